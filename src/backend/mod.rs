@@ -1,0 +1,238 @@
+//! The one interface every lock service implements, and what is generic
+//! about locking: waiting with a deadline, and connecting by URL.
+//!
+//! A backend knows how to *try* to take one key (`try_acquire`), how to wait
+//! cheaply until trying again is worthwhile (`wait_change`), and how to renew,
+//! release and inspect leases. Queue-based services (ZooKeeper, etcd) may
+//! override `acquire` to wait in line instead of retrying.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Result;
+use async_trait::async_trait;
+
+use crate::error::usage;
+
+pub mod sqlite;
+
+/// What kind of process holds a lease. A `Run` lease belongs to a live
+/// `dlock run` process; a `Handle` lease was taken by `dlock acquire` whose
+/// process exits by design, so only its TTL ends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseKind {
+    Run,
+    Handle,
+}
+
+impl LeaseKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaseKind::Run => "run",
+            LeaseKind::Handle => "handle",
+        }
+    }
+}
+
+/// One key to lock.
+#[derive(Debug, Clone)]
+pub struct LockSpec {
+    pub namespace: String,
+    pub key: String,
+    pub ttl: Duration,
+    pub limit: u32,
+}
+
+/// Who we are, recorded with every lease so `status` can say who holds it.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    /// A random secret per acquisition; proves ownership on renew/release.
+    pub id: String,
+    pub user: String,
+    pub host: String,
+    pub pid: u32,
+    /// Identifies this kernel and PID namespace, so a lease whose process is
+    /// known dead can be broken at once by another process on the same host.
+    pub host_id: String,
+    /// The process start time (clock ticks since boot), against PID reuse.
+    pub proc_start: u64,
+    pub kind: LeaseKind,
+}
+
+/// A held lease.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub namespace: String,
+    pub key: String,
+    pub token: u64,
+    pub id: String,
+    pub ttl: Duration,
+    /// When the request that granted it was sent: the lease cannot have
+    /// started on the server before this, so it is safe until `granted_at + ttl`.
+    pub granted_at: Instant,
+}
+
+/// Someone holding a lock, as far as the backend knows.
+#[derive(Debug, Clone, Default)]
+pub struct Holder {
+    pub owner: Option<String>,
+    pub host: Option<String>,
+    pub pid: Option<u32>,
+    pub token: Option<u64>,
+    pub acquired_at: Option<SystemTime>,
+    pub expires_at: Option<SystemTime>,
+}
+
+/// The state of one key.
+#[derive(Debug, Clone)]
+pub struct KeyStatus {
+    pub key: String,
+    pub limit: u32,
+    pub holders: Vec<Holder>,
+    pub waiters: Option<u64>,
+}
+
+#[derive(Debug)]
+pub enum Attempt {
+    Acquired(Lease),
+    Busy(Vec<Holder>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    Renewed,
+    /// The backend says the lease is no longer ours.
+    Lost,
+}
+
+#[derive(Debug)]
+pub struct PingInfo {
+    pub kind: &'static str,
+    pub version: String,
+    pub detail: String,
+}
+
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// The backend's URL with any password removed, for messages.
+    fn describe(&self) -> String;
+
+    /// Try once to take a slot of `spec.key`, without waiting.
+    async fn try_acquire(&self, spec: &LockSpec, me: &Owner) -> Result<Attempt>;
+
+    /// Return when trying again might succeed, or at `until`. May return
+    /// early; it must not sleep past `until`.
+    async fn wait_change(&self, spec: &LockSpec, until: Option<Instant>) -> Result<()>;
+
+    /// Take a slot of `spec.key`, waiting until `deadline` (None: forever).
+    async fn acquire(
+        &self,
+        spec: &LockSpec,
+        me: &Owner,
+        deadline: Option<Instant>,
+    ) -> Result<Attempt> {
+        loop {
+            match self.try_acquire(spec, me).await? {
+                Attempt::Acquired(l) => return Ok(Attempt::Acquired(l)),
+                Attempt::Busy(h) => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Ok(Attempt::Busy(h));
+                    }
+                    self.wait_change(spec, deadline).await?;
+                }
+            }
+        }
+    }
+
+    /// Extend the lease to `ttl` from now, if it is still ours.
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Renewal>;
+
+    /// Release the lease if it is still ours; false if it was not.
+    async fn release(&self, lease: &Lease) -> Result<bool>;
+
+    /// Keep the lock until `remaining` from now without this process, then
+    /// let it lapse (`--lock-at-least`). Returns false if the backend cannot
+    /// (its leases die with the session); the caller then waits and releases.
+    async fn release_after(&self, lease: &Lease, remaining: Duration) -> Result<bool> {
+        let _ = (lease, remaining);
+        Ok(false)
+    }
+
+    /// Evict every holder of a key; returns how many there were.
+    async fn force_release(&self, namespace: &str, key: &str) -> Result<u64>;
+
+    /// The state of the given keys, or of every held key if `keys` is empty.
+    async fn status(&self, namespace: &str, keys: &[String]) -> Result<Vec<KeyStatus>>;
+
+    async fn ping(&self) -> Result<PingInfo>;
+}
+
+/// Connect to the backend named by the URL(s).
+pub async fn connect(urls: &[String], connect_timeout: Duration) -> Result<Arc<dyn Backend>> {
+    let first = &urls[0];
+    let scheme = first
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if urls.len() > 1 && !urls.iter().all(|u| u.starts_with("redis")) {
+        return Err(usage(format!(
+            "several backend URLs are only meaningful for Redlock (redis:// URLs), got {}",
+            urls.iter()
+                .map(|u| redact_url(u))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    match scheme.as_str() {
+        "sqlite" => Ok(Arc::new(
+            sqlite::SqliteBackend::connect(first, connect_timeout).await?,
+        )),
+        "redis" | "rediss" | "redis+sentinel" | "zk" | "postgres" | "postgresql" | "mysql"
+        | "mariadb" | "etcd" | "etcds" => Err(crate::error::unavailable(format!(
+            "the {scheme} backend is not built into this version of dlock yet; \
+             use sqlite:PATH (see the README for the status of each backend)"
+        ))),
+        _ => Err(usage(format!(
+            "unknown backend URL {}: expected sqlite:, redis://, zk://, postgres://, mysql:// or etcd://",
+            redact_url(first)
+        ))),
+    }
+}
+
+/// A URL with the password (if any) replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            let masked = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                user.to_string()
+            };
+            format!("{}://{masked}@{}", &url[..scheme_end], &rest[at + 1..])
+        }
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact_url("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(redact_url("redis://:secret@h"), "redis://:***@h");
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("sqlite:/tmp/x.db"), "sqlite:/tmp/x.db");
+        assert_eq!(redact_url("mysql://u:p@ss@h/db"), "mysql://u:***@h/db");
+    }
+}

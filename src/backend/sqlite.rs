@@ -1,0 +1,560 @@
+//! The embedded default: a lease table in a SQLite database on this host.
+//!
+//! Layout: `dlock_lease` holds one row per held lease (key, secret id, token,
+//! who, expiry); `dlock_fence` holds the per-key fencing counter, bumped in
+//! the same `BEGIN IMMEDIATE` transaction that inserts the lease, so tokens
+//! strictly increase. Expired rows are deleted by the next acquirer.
+//!
+//! Waking waiters: a `run` holder also keeps a shared `flock` on a small
+//! per-key file beside the database; a waiter blocks on an exclusive `flock`
+//! of that file, which the kernel grants the moment the holder releases or
+//! dies. That makes a hand-over as prompt as `flock(1)`'s, with no polling.
+//! Where nobody holds that file (the lock was taken by `dlock acquire`, or a
+//! semaphore with `--limit` > 1), waiters fall back to a short bounded poll.
+//!
+//! A `run` lease whose process is on this host and gone (SIGKILL, OOM, power
+//! cut of a container) is broken at once instead of after its TTL.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex as StdMutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteRow, SqliteSynchronous};
+use sqlx::{Connection, Row, SqliteConnection};
+use tokio::sync::{Mutex, watch};
+
+use super::{
+    Attempt, Backend, Holder, KeyStatus, Lease, LeaseKind, LockSpec, Owner, PingInfo, Renewal,
+};
+use crate::error::{unavailable, usage};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS dlock_lease (
+    ns          TEXT    NOT NULL,
+    key         TEXT    NOT NULL,
+    id          TEXT    NOT NULL,
+    token       INTEGER NOT NULL,
+    kind        TEXT    NOT NULL,
+    owner       TEXT    NOT NULL,
+    host        TEXT    NOT NULL,
+    pid         INTEGER NOT NULL,
+    host_id     TEXT    NOT NULL,
+    proc_start  INTEGER NOT NULL,
+    lim         INTEGER NOT NULL,
+    acquired_at INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    PRIMARY KEY (ns, key, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dlock_fence (
+    ns    TEXT    NOT NULL,
+    key   TEXT    NOT NULL,
+    token INTEGER NOT NULL,
+    PRIMARY KEY (ns, key)
+) WITHOUT ROWID;
+";
+
+const LEASE_COLUMNS: &str =
+    "id, token, kind, owner, host, pid, host_id, proc_start, lim, acquired_at, expires_at";
+
+/// The shortest and longest pause of the fallback poll.
+const POLL_MIN: Duration = Duration::from_millis(5);
+const POLL_MAX: Duration = Duration::from_millis(100);
+
+pub struct SqliteBackend {
+    path: PathBuf,
+    conn: Mutex<SqliteConnection>,
+    host_id: String,
+    /// Shared flocks on the wake files of the keys we hold, by (ns, key).
+    held: StdMutex<HashMap<(String, String), File>>,
+    /// In-flight waits on a wake file, so a long wait never piles up threads.
+    waits: StdMutex<HashMap<PathBuf, watch::Receiver<bool>>>,
+    poll: StdMutex<Duration>,
+}
+
+struct Row_ {
+    id: String,
+    kind: String,
+    host_id: String,
+    pid: u32,
+    proc_start: u64,
+    lim: u32,
+    holder: Holder,
+}
+
+fn parse_row(r: &SqliteRow) -> Result<Row_> {
+    let pid: i64 = r.try_get("pid")?;
+    let token: i64 = r.try_get("token")?;
+    let proc_start: i64 = r.try_get("proc_start")?;
+    let lim: i64 = r.try_get("lim")?;
+    Ok(Row_ {
+        id: r.try_get("id")?,
+        kind: r.try_get("kind")?,
+        host_id: r.try_get("host_id")?,
+        pid: pid as u32,
+        proc_start: proc_start as u64,
+        lim: lim as u32,
+        holder: Holder {
+            owner: Some(r.try_get("owner")?),
+            host: Some(r.try_get("host")?),
+            pid: Some(pid as u32),
+            token: Some(token as u64),
+            acquired_at: Some(from_ms(r.try_get("acquired_at")?)),
+            expires_at: Some(from_ms(r.try_get("expires_at")?)),
+        },
+    })
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn from_ms(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+/// `sqlite:PATH`, `sqlite://PATH` or `sqlite:///ABSOLUTE`.
+fn parse_path(url: &str) -> Result<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite:")
+        .or_else(|| url.strip_prefix("SQLITE:"))
+        .unwrap_or(url);
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let rest = rest.split('?').next().unwrap_or_default();
+    if rest.is_empty() {
+        return Err(usage(format!(
+            "backend URL {url:?} names no database file: use sqlite:PATH"
+        )));
+    }
+    if rest == ":memory:" {
+        return Err(usage(
+            "sqlite::memory: cannot be shared between processes; give a file path",
+        ));
+    }
+    Ok(PathBuf::from(rest))
+}
+
+fn fnv64(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.bytes().chain(std::iter::once(0)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+fn flock(f: &File, op: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let r = unsafe { libc::flock(f.as_raw_fd(), op) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+impl SqliteBackend {
+    pub async fn connect(url: &str, timeout: Duration) -> Result<SqliteBackend> {
+        let path = parse_path(url)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let opts = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // WAL + NORMAL: a commit is durable against a crash of dlock,
+            // not against power loss, which a lock does not need to survive.
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(timeout)
+            .foreign_keys(false);
+        let fail = |e: &dyn std::fmt::Display| {
+            unavailable(format!(
+                "cannot open SQLite database {}: {e}",
+                path.display()
+            ))
+        };
+        let mut conn = tokio::time::timeout(timeout, SqliteConnection::connect_with(&opts))
+            .await
+            .map_err(|_| fail(&"timed out"))?
+            .map_err(|e| fail(&e))?;
+        sqlx::raw_sql(SCHEMA)
+            .execute(&mut conn)
+            .await
+            .map_err(|e| fail(&e))?;
+        Ok(SqliteBackend {
+            path,
+            conn: Mutex::new(conn),
+            host_id: crate::host::host_id(),
+            held: StdMutex::new(HashMap::new()),
+            waits: StdMutex::new(HashMap::new()),
+            poll: StdMutex::new(POLL_MIN),
+        })
+    }
+
+    fn wake_path(&self, ns: &str, key: &str) -> PathBuf {
+        let mut dir = self.path.clone().into_os_string();
+        dir.push(".wait");
+        Path::new(&dir).join(format!("{:016x}", fnv64(&[ns, key])))
+    }
+
+    fn open_wake(&self, ns: &str, key: &str) -> Result<File> {
+        let p = self.wake_path(ns, key);
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+        }
+        File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&p)
+            .with_context(|| format!("cannot open {}", p.display()))
+    }
+
+    /// Hold a shared lock on the key's wake file while we hold the key, so
+    /// waiters blocked on it wake when we let go (or die).
+    async fn hold_wake(&self, ns: &str, key: &str) {
+        let Ok(f) = self.open_wake(ns, key) else {
+            return;
+        };
+        // A waiter holds the exclusive lock only for an instant after it wakes.
+        for _ in 0..200 {
+            if flock(&f, libc::LOCK_SH | libc::LOCK_NB).is_ok() {
+                self.held
+                    .lock()
+                    .unwrap()
+                    .insert((ns.to_string(), key.to_string()), f);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tracing::debug!(key, "could not take the wake file; waiters will poll");
+    }
+
+    fn drop_wake(&self, ns: &str, key: &str) {
+        self.held
+            .lock()
+            .unwrap()
+            .remove(&(ns.to_string(), key.to_string()));
+    }
+
+    async fn rows(&self, conn: &mut SqliteConnection, ns: &str, key: &str) -> Result<Vec<Row_>> {
+        let sql = format!(
+            "SELECT {LEASE_COLUMNS} FROM dlock_lease WHERE ns = ?1 AND key = ?2 ORDER BY acquired_at"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(ns)
+            .bind(key)
+            .fetch_all(conn)
+            .await?
+            .iter()
+            .map(parse_row)
+            .collect()
+    }
+
+    async fn next_poll(&self) -> Duration {
+        let mut p = self.poll.lock().unwrap();
+        let cur = *p;
+        *p = (cur * 2).min(POLL_MAX);
+        cur
+    }
+}
+
+#[async_trait]
+impl Backend for SqliteBackend {
+    fn describe(&self) -> String {
+        format!("sqlite:{}", self.path.display())
+    }
+
+    async fn try_acquire(&self, spec: &LockSpec, me: &Owner) -> Result<Attempt> {
+        let granted_at = Instant::now();
+        let mut conn = self.conn.lock().await;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let now = now_ms();
+        sqlx::query("DELETE FROM dlock_lease WHERE ns = ?1 AND key = ?2 AND expires_at <= ?3")
+            .bind(&spec.namespace)
+            .bind(&spec.key)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        let mut rows = self.rows(&mut tx, &spec.namespace, &spec.key).await?;
+        if rows.len() >= spec.limit as usize {
+            // Break leases of `run` processes on this host that are gone.
+            let mut kept = Vec::with_capacity(rows.len());
+            for r in rows {
+                let dead = r.kind == LeaseKind::Run.as_str()
+                    && r.host_id == self.host_id
+                    && !crate::host::process_alive(r.pid, r.proc_start);
+                if dead {
+                    tracing::info!(
+                        key = spec.key,
+                        pid = r.pid,
+                        "breaking the lease of a dead holder"
+                    );
+                    sqlx::query("DELETE FROM dlock_lease WHERE ns = ?1 AND key = ?2 AND id = ?3")
+                        .bind(&spec.namespace)
+                        .bind(&spec.key)
+                        .bind(&r.id)
+                        .execute(&mut *tx)
+                        .await?;
+                } else {
+                    kept.push(r);
+                }
+            }
+            rows = kept;
+            if rows.len() >= spec.limit as usize {
+                tx.commit().await?;
+                return Ok(Attempt::Busy(rows.into_iter().map(|r| r.holder).collect()));
+            }
+        }
+        let token: i64 = sqlx::query_scalar(
+            "INSERT INTO dlock_fence (ns, key, token) VALUES (?1, ?2, 1) \
+             ON CONFLICT (ns, key) DO UPDATE SET token = token + 1 RETURNING token",
+        )
+        .bind(&spec.namespace)
+        .bind(&spec.key)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO dlock_lease (ns, key, id, token, kind, owner, host, pid, host_id, proc_start, lim, acquired_at, expires_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        )
+        .bind(&spec.namespace)
+        .bind(&spec.key)
+        .bind(&me.id)
+        .bind(token)
+        .bind(me.kind.as_str())
+        .bind(&me.user)
+        .bind(&me.host)
+        .bind(i64::from(me.pid))
+        .bind(&me.host_id)
+        .bind(me.proc_start as i64)
+        .bind(i64::from(spec.limit))
+        .bind(now)
+        .bind(now.saturating_add(ms(spec.ttl)))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        drop(conn);
+        *self.poll.lock().unwrap() = POLL_MIN;
+        if me.kind == LeaseKind::Run {
+            self.hold_wake(&spec.namespace, &spec.key).await;
+        }
+        Ok(Attempt::Acquired(Lease {
+            namespace: spec.namespace.clone(),
+            key: spec.key.clone(),
+            token: token as u64,
+            id: me.id.clone(),
+            ttl: spec.ttl,
+            granted_at,
+        }))
+    }
+
+    async fn wait_change(&self, spec: &LockSpec, until: Option<Instant>) -> Result<()> {
+        // Never sleep past the moment the earliest lease could expire, nor
+        // longer than a second: the flock only tells about `run` holders.
+        let cap = Instant::now() + Duration::from_secs(1);
+        let until = until.map_or(cap, |u| u.min(cap));
+        if spec.limit > 1 {
+            let p = self.next_poll().await;
+            tokio::time::sleep_until(until.min(Instant::now() + p).into()).await;
+            return Ok(());
+        }
+        let path = self.wake_path(&spec.namespace, &spec.key);
+        let mut rx = {
+            let mut waits = self.waits.lock().unwrap();
+            match waits.get(&path) {
+                Some(rx) if !*rx.borrow() => rx.clone(),
+                _ => {
+                    let f = self.open_wake(&spec.namespace, &spec.key)?;
+                    let (tx, rx) = watch::channel(false);
+                    std::thread::Builder::new()
+                        .name("dlock-wake".into())
+                        .spawn(move || {
+                            // Granted when every holder's shared lock is gone.
+                            let _ = flock(&f, libc::LOCK_EX);
+                            let _ = flock(&f, libc::LOCK_UN);
+                            let _ = tx.send(true);
+                        })
+                        .context("cannot start a waiting thread")?;
+                    waits.insert(path.clone(), rx.clone());
+                    rx
+                }
+            }
+        };
+        let started = Instant::now();
+        let woke = tokio::time::timeout_at(until.into(), rx.wait_for(|done| *done))
+            .await
+            .is_ok();
+        if woke {
+            self.waits.lock().unwrap().remove(&path);
+            if started.elapsed() < Duration::from_millis(2) {
+                // Nobody held the wake file: the holder is not a live `run`
+                // (or is just taking it). Poll, backing off to POLL_MAX.
+                let p = self.next_poll().await;
+                tokio::time::sleep_until(until.min(Instant::now() + p).into()).await;
+            } else {
+                *self.poll.lock().unwrap() = POLL_MIN;
+            }
+        }
+        Ok(())
+    }
+
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Renewal> {
+        let mut conn = self.conn.lock().await;
+        let now = now_ms();
+        let r = sqlx::query(
+            "UPDATE dlock_lease SET expires_at = ?1 WHERE ns = ?2 AND key = ?3 AND id = ?4 AND expires_at > ?5",
+        )
+        .bind(now.saturating_add(ms(ttl)))
+        .bind(&lease.namespace)
+        .bind(&lease.key)
+        .bind(&lease.id)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+        Ok(if r.rows_affected() == 1 {
+            Renewal::Renewed
+        } else {
+            Renewal::Lost
+        })
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<bool> {
+        let mut conn = self.conn.lock().await;
+        let expires: Option<i64> = sqlx::query_scalar(
+            "DELETE FROM dlock_lease WHERE ns = ?1 AND key = ?2 AND id = ?3 RETURNING expires_at",
+        )
+        .bind(&lease.namespace)
+        .bind(&lease.key)
+        .bind(&lease.id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        drop(conn);
+        self.drop_wake(&lease.namespace, &lease.key);
+        Ok(expires.is_some_and(|e| e > now_ms()))
+    }
+
+    async fn release_after(&self, lease: &Lease, remaining: Duration) -> Result<bool> {
+        let mut conn = self.conn.lock().await;
+        let now = now_ms();
+        // The lease outlives this process now: mark it so that nobody breaks
+        // it early for its process being gone.
+        let r = sqlx::query(
+            "UPDATE dlock_lease SET expires_at = ?1, kind = ?2 WHERE ns = ?3 AND key = ?4 AND id = ?5 AND expires_at > ?6",
+        )
+        .bind(now.saturating_add(ms(remaining)))
+        .bind(LeaseKind::Handle.as_str())
+        .bind(&lease.namespace)
+        .bind(&lease.key)
+        .bind(&lease.id)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+        drop(conn);
+        self.drop_wake(&lease.namespace, &lease.key);
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn force_release(&self, namespace: &str, key: &str) -> Result<u64> {
+        let mut conn = self.conn.lock().await;
+        let r =
+            sqlx::query("DELETE FROM dlock_lease WHERE ns = ?1 AND key = ?2 AND expires_at > ?3")
+                .bind(namespace)
+                .bind(key)
+                .bind(now_ms())
+                .execute(&mut *conn)
+                .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn status(&self, namespace: &str, keys: &[String]) -> Result<Vec<KeyStatus>> {
+        let mut conn = self.conn.lock().await;
+        let now = now_ms();
+        let sql = format!(
+            "SELECT key, {LEASE_COLUMNS} FROM dlock_lease WHERE ns = ?1 AND expires_at > ?2 ORDER BY key, acquired_at"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(namespace)
+            .bind(now)
+            .fetch_all(&mut *conn)
+            .await?;
+        let mut by_key: std::collections::BTreeMap<String, KeyStatus> = Default::default();
+        for k in keys {
+            by_key.insert(
+                k.clone(),
+                KeyStatus {
+                    key: k.clone(),
+                    limit: 1,
+                    holders: vec![],
+                    waiters: None,
+                },
+            );
+        }
+        for r in &rows {
+            let key: String = r.try_get("key")?;
+            if !keys.is_empty() && !by_key.contains_key(&key) {
+                continue;
+            }
+            let row = parse_row(r)?;
+            let e = by_key.entry(key.clone()).or_insert_with(|| KeyStatus {
+                key,
+                limit: 1,
+                holders: vec![],
+                waiters: None,
+            });
+            e.limit = e.limit.max(row.lim);
+            e.holders.push(row.holder);
+        }
+        Ok(by_key.into_values().collect())
+    }
+
+    async fn ping(&self) -> Result<PingInfo> {
+        let mut conn = self.conn.lock().await;
+        let version: String = sqlx::query_scalar("SELECT sqlite_version()")
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok(PingInfo {
+            kind: "sqlite",
+            version,
+            detail: self.path.display().to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(
+            parse_path("sqlite:/a/b.db").unwrap(),
+            PathBuf::from("/a/b.db")
+        );
+        assert_eq!(
+            parse_path("sqlite:///a/b.db").unwrap(),
+            PathBuf::from("/a/b.db")
+        );
+        assert_eq!(
+            parse_path("sqlite:rel.db").unwrap(),
+            PathBuf::from("rel.db")
+        );
+        assert!(parse_path("sqlite:").is_err());
+        assert!(parse_path("sqlite::memory:").is_err());
+    }
+}

@@ -1,0 +1,279 @@
+//! The command line, as clap derive types. Doc comments here are the help
+//! text, and `completions/` and `man/` are generated from this one source.
+//!
+//! Options that also come from the environment or the config file are
+//! `Option`s without clap defaults, so [`crate::config`] can tell "not given"
+//! from "given as the default" and apply flag > env > file > built-in.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const AFTER_HELP: &str = "\
+Exit status:
+  0 or the child's own   success, or the status of CMD
+  64    usage error (bad flag, duration, URL, key or handle)
+  69    backend unavailable (refused, timed out, auth failed)
+  70    internal error (a bug in dlock)
+  74    the lease was lost while held
+  75    not acquired: busy or waited too long (-E overrides)
+  78    configuration file missing, unreadable or malformed
+  126   CMD is not executable
+  127   CMD was not found
+  128+N CMD died of signal N
+
+Environment given to CMD:
+  DLOCK_KEY, DLOCK_TOKEN (the fencing token), DLOCK_TTL (seconds)
+
+Backends (--backend URL):
+  sqlite:PATH                     embedded default, no server
+  redis://[user:pass@]host[:port][/db], several for Redlock
+  zk://host:port[,host:port...][/chroot]
+  postgres://..., mysql://...
+  etcd://host:port[,host:port...]";
+
+/// Run a command under a distributed lock.
+///
+/// dlock takes a named lock with a time-to-live on a shared backend, runs a
+/// command while it holds it, renews the lease while the command runs and
+/// releases it when the command ends, crashes or is killed. If the lease is
+/// lost, the command is stopped before anyone else can have the lock.
+#[derive(Debug, Parser)]
+#[command(name = "dlock", version, after_long_help = AFTER_HELP, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Backend URL; several Redis URLs (comma-separated or repeated) mean Redlock.
+    ///
+    /// Default: sqlite:$XDG_STATE_HOME/dlock/locks.db (else ~/.local/state/dlock/locks.db).
+    #[arg(
+        long,
+        short = 'b',
+        global = true,
+        env = "DLOCK_BACKEND",
+        value_name = "URL"
+    )]
+    pub backend: Vec<String>,
+
+    /// Namespace that every key lives under [default: dlock].
+    #[arg(long, global = true, env = "DLOCK_NAMESPACE", value_name = "NAME")]
+    pub namespace: Option<String>,
+
+    /// Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml].
+    #[arg(long, global = true, env = "DLOCK_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Use the [profile.NAME] table of the config file.
+    #[arg(long, global = true, env = "DLOCK_PROFILE", value_name = "NAME")]
+    pub profile: Option<String>,
+
+    /// Bound on connecting to the backend and on each request [default: 5s].
+    #[arg(long, global = true, env = "DLOCK_CONNECT_TIMEOUT", value_name = "D", value_parser = parse_duration)]
+    pub connect_timeout: Option<Duration>,
+
+    /// Log what dlock does on stderr (-v: events with timings, -vv: debug).
+    #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Print nothing but errors.
+    #[arg(long, short = 'q', global = true)]
+    pub quiet: bool,
+
+    /// Format of log lines on stderr.
+    #[arg(long, global = true, env = "DLOCK_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Acquire the lock(s), run CMD as a child, release when it ends.
+    Run(RunArgs),
+    /// Acquire without a child; print a lease handle on stdout.
+    Acquire(AcquireArgs),
+    /// Extend a lease by its handle.
+    Renew(RenewArgs),
+    /// Release a lease by its handle, or break a key's lock with --force.
+    Release(ReleaseArgs),
+    /// Show who holds which lock.
+    Status(StatusArgs),
+    /// Connect to the backend and print its kind, version and round-trip time.
+    Ping,
+    /// Print a shell completion script.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (of a subcommand, if named).
+    Man {
+        /// Subcommand whose page to print.
+        subcommand: Option<String>,
+    },
+}
+
+/// Options shared by everything that takes a lock.
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    /// Lock name; repeat for several locks, taken all or nothing in sorted order.
+    #[arg(long, short = 'k', required = true, value_name = "KEY")]
+    pub key: Vec<String>,
+
+    /// Lease length, renewed about every third of it while held [default: 30s].
+    #[arg(long, short = 't', value_name = "D", value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
+
+    /// Give up after waiting D for the lock [default: wait as long as it takes].
+    #[arg(long, short = 'w', value_name = "D", value_parser = parse_duration, conflicts_with = "no_wait")]
+    pub wait: Option<Duration>,
+
+    /// Give up at once if the lock is held.
+    #[arg(long, short = 'n')]
+    pub no_wait: bool,
+
+    /// Exit code when the lock is not acquired [default: 75].
+    #[arg(long, short = 'E', value_name = "CODE", value_parser = clap::value_parser!(i32).range(0..=255))]
+    pub conflict_exit_code: Option<i32>,
+
+    /// Semaphore: at most N holders of each key at once [default: 1].
+    #[arg(long, short = 'l', value_name = "N")]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub lock: LockArgs,
+
+    /// Run CMD through /bin/sh -c (its words joined by spaces).
+    #[arg(long, short = 'c')]
+    pub shell: bool,
+
+    /// After SIGTERM on a lost lease, wait this long before SIGKILL [default: 10s].
+    ///
+    /// When the loss is foreseen (renewals failing), the SIGTERM is sent early
+    /// enough that the SIGKILL lands before the lease can expire on the server.
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    pub kill_after: Option<Duration>,
+
+    /// What to do when the lease is lost while CMD runs [default: kill].
+    #[arg(long, value_name = "ACTION")]
+    pub on_lost: Option<OnLost>,
+
+    /// Keep the lock until D after it was taken, even if CMD ends sooner.
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    pub lock_at_least: Option<Duration>,
+
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct AcquireArgs {
+    #[command(flatten)]
+    pub lock: LockArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RenewArgs {
+    /// The handle printed by `dlock acquire`.
+    pub handle: String,
+
+    /// New lease length, from now [default: the TTL it was acquired with].
+    #[arg(long, short = 't', value_name = "D", value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("what").required(true).args(["handle", "key"]))]
+pub struct ReleaseArgs {
+    /// The handle printed by `dlock acquire`.
+    pub handle: Option<String>,
+
+    /// With --force: the key whose holders to evict.
+    #[arg(
+        long,
+        short = 'k',
+        value_name = "KEY",
+        requires = "force",
+        conflicts_with = "handle"
+    )]
+    pub key: Vec<String>,
+
+    /// Break the lock whoever holds it (administrator's tool).
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Keys to show [default: every held lock in the namespace].
+    pub keys: Vec<String>,
+
+    /// Print a JSON array, one object per key.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnLost {
+    /// SIGTERM the child's process group, SIGKILL after --kill-after, exit 74.
+    Kill,
+    /// Only warn on stderr; the child runs on (and dlock still exits 74).
+    Ignore,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A humantime duration (`500ms`, `30s`, `1h 30m`), or a bare number of
+/// seconds (`10`, `0.5`) as `flock -w` takes it.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Err("empty duration".into());
+    }
+    if let Ok(secs) = t.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs).map_err(|_| {
+            format!("invalid duration {s:?}: must be a non-negative number of seconds")
+        });
+    }
+    humantime::parse_duration(t)
+        .map_err(|e| format!("invalid duration {s:?}: {e} (try 500ms, 30s, 5m, 1h 30m)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,399 @@
+//! Flags, `DLOCK_*` environment variables and the config file, merged into
+//! one validated [`Settings`].
+//!
+//! Precedence is flag > environment > config file ([profile.NAME] over the
+//! top level) > built-in default. clap already folds the environment into the
+//! flags, so here it is "what clap gave" > file > default.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Result;
+use serde::{Deserialize, Deserializer};
+
+use crate::cli::{GlobalArgs, LockArgs, LogFormat, OnLost, RunArgs};
+use crate::error::{Error, usage};
+use crate::exit_code;
+
+pub const DEFAULT_NAMESPACE: &str = "dlock";
+pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_KILL_AFTER: Duration = Duration::from_secs(10);
+/// Keys longer than this are refused: they would not fit the SQL layouts and
+/// are almost certainly a mistake (a whole command line used as a key).
+pub const MAX_KEY_LEN: usize = 512;
+
+/// The config file's keys are the long flag names.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileConfig {
+    backend: Option<OneOrMany>,
+    namespace: Option<String>,
+    #[serde(default, deserialize_with = "de_duration")]
+    connect_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    ttl: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    wait: Option<Duration>,
+    no_wait: Option<bool>,
+    conflict_exit_code: Option<u8>,
+    limit: Option<u32>,
+    #[serde(default, deserialize_with = "de_duration")]
+    kill_after: Option<Duration>,
+    on_lost: Option<OnLost>,
+    #[serde(default, deserialize_with = "de_duration")]
+    lock_at_least: Option<Duration>,
+    shell: Option<bool>,
+    log_format: Option<LogFormat>,
+    #[serde(default)]
+    profile: BTreeMap<String, FileConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(f64),
+        Text(String),
+    }
+    let parsed = match Raw::deserialize(d)? {
+        Raw::Secs(s) => crate::cli::parse_duration(&s.to_string()),
+        Raw::Text(t) => crate::cli::parse_duration(&t),
+    };
+    parsed.map(Some).map_err(serde::de::Error::custom)
+}
+
+impl FileConfig {
+    /// Lay `over` on top of `self`: every key `over` sets wins.
+    fn overlay(self, over: FileConfig) -> FileConfig {
+        FileConfig {
+            backend: over.backend.or(self.backend),
+            namespace: over.namespace.or(self.namespace),
+            connect_timeout: over.connect_timeout.or(self.connect_timeout),
+            ttl: over.ttl.or(self.ttl),
+            wait: over.wait.or(self.wait),
+            no_wait: over.no_wait.or(self.no_wait),
+            conflict_exit_code: over.conflict_exit_code.or(self.conflict_exit_code),
+            limit: over.limit.or(self.limit),
+            kill_after: over.kill_after.or(self.kill_after),
+            on_lost: over.on_lost.or(self.on_lost),
+            lock_at_least: over.lock_at_least.or(self.lock_at_least),
+            shell: over.shell.or(self.shell),
+            log_format: over.log_format.or(self.log_format),
+            profile: BTreeMap::new(),
+        }
+    }
+}
+
+/// How long to wait for a busy lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    Forever,
+    No,
+    For(Duration),
+}
+
+/// Everything the commands need, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub backends: Vec<String>,
+    pub namespace: String,
+    pub connect_timeout: Duration,
+    pub log_format: LogFormat,
+    pub verbose: u8,
+    pub quiet: bool,
+    file: std::sync::Arc<FileConfig>,
+}
+
+/// The lock-taking part of the settings.
+#[derive(Debug, Clone)]
+pub struct LockSettings {
+    pub keys: Vec<String>,
+    pub ttl: Duration,
+    pub wait: Wait,
+    pub conflict_exit_code: i32,
+    pub limit: u32,
+}
+
+/// The `run`-only part of the settings.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    pub kill_after: Duration,
+    pub on_lost: OnLost,
+    pub lock_at_least: Option<Duration>,
+    pub shell: bool,
+}
+
+impl Settings {
+    pub fn resolve(g: &GlobalArgs) -> Result<Settings> {
+        let file = load_file(g.config.as_deref(), g.profile.as_deref())?;
+        let backends = if g.backend.is_empty() {
+            match &file.backend {
+                Some(OneOrMany::One(s)) => vec![s.clone()],
+                Some(OneOrMany::Many(v)) => v.clone(),
+                None => vec![default_backend()?],
+            }
+        } else {
+            g.backend.clone()
+        };
+        let backends = split_backends(&backends);
+        if backends.is_empty() {
+            return Err(usage("no backend URL given"));
+        }
+        let namespace = g
+            .namespace
+            .clone()
+            .or_else(|| file.namespace.clone())
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+        validate_name("namespace", &namespace)?;
+        let connect_timeout = g
+            .connect_timeout
+            .or(file.connect_timeout)
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        if connect_timeout.is_zero() {
+            return Err(usage("--connect-timeout must be greater than zero"));
+        }
+        Ok(Settings {
+            backends,
+            namespace,
+            connect_timeout,
+            log_format: g.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+            verbose: g.verbose,
+            quiet: g.quiet,
+            file: std::sync::Arc::new(file),
+        })
+    }
+
+    pub fn lock(&self, a: &LockArgs) -> Result<LockSettings> {
+        let f = &self.file;
+        let mut keys = a.key.clone();
+        for k in &keys {
+            validate_name("key", k)?;
+        }
+        // One canonical order, so two runs naming the same keys in another
+        // order never wait on each other crosswise.
+        keys.sort();
+        keys.dedup();
+        let ttl = a.ttl.or(f.ttl).unwrap_or(DEFAULT_TTL);
+        if ttl < Duration::from_millis(100) {
+            return Err(usage(format!(
+                "--ttl {} is too short: a lease must last at least 100ms to be renewed in time",
+                humantime::format_duration(ttl)
+            )));
+        }
+        let wait = if a.no_wait {
+            Wait::No
+        } else if let Some(d) = a.wait {
+            if d.is_zero() { Wait::No } else { Wait::For(d) }
+        } else if f.no_wait == Some(true) {
+            Wait::No
+        } else if let Some(d) = f.wait {
+            if d.is_zero() { Wait::No } else { Wait::For(d) }
+        } else {
+            Wait::Forever
+        };
+        let limit = a.limit.or(f.limit).unwrap_or(1);
+        if limit == 0 {
+            return Err(usage("--limit must be at least 1"));
+        }
+        Ok(LockSettings {
+            keys,
+            ttl,
+            wait,
+            conflict_exit_code: a
+                .conflict_exit_code
+                .or(f.conflict_exit_code.map(i32::from))
+                .unwrap_or(exit_code::BUSY),
+            limit,
+        })
+    }
+
+    pub fn run(&self, a: &RunArgs) -> Result<RunSettings> {
+        let f = &self.file;
+        Ok(RunSettings {
+            kill_after: a.kill_after.or(f.kill_after).unwrap_or(DEFAULT_KILL_AFTER),
+            on_lost: a.on_lost.or(f.on_lost).unwrap_or(OnLost::Kill),
+            lock_at_least: a.lock_at_least.or(f.lock_at_least),
+            shell: a.shell || f.shell == Some(true),
+        })
+    }
+}
+
+pub fn validate_name(what: &str, s: &str) -> Result<()> {
+    if s.is_empty() {
+        return Err(usage(format!("{what} must not be empty")));
+    }
+    if s.len() > MAX_KEY_LEN {
+        return Err(usage(format!(
+            "{what} is {} bytes long; the limit is {MAX_KEY_LEN}",
+            s.len()
+        )));
+    }
+    if s.chars().any(|c| c.is_control()) {
+        return Err(usage(format!("{what} {s:?} contains control characters")));
+    }
+    Ok(())
+}
+
+/// `--backend a,b` and repeated `--backend` both give a list; a comma only
+/// separates URLs when a scheme follows it, because ZooKeeper and etcd URLs
+/// list several hosts with commas inside one URL.
+fn split_backends(raw: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in raw {
+        let mut cur = String::new();
+        for part in s.split(',') {
+            if !cur.is_empty() && starts_with_scheme(part.trim_start()) {
+                out.push(std::mem::take(&mut cur));
+            } else if !cur.is_empty() {
+                cur.push(',');
+            }
+            cur.push_str(if cur.is_empty() {
+                part.trim_start()
+            } else {
+                part
+            });
+        }
+        if !cur.trim().is_empty() {
+            out.push(cur.trim().to_string());
+        }
+    }
+    out
+}
+
+fn starts_with_scheme(s: &str) -> bool {
+    match s.find(':') {
+        Some(i) if i > 0 => s[..i]
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.'),
+        _ => false,
+    }
+}
+
+fn default_backend() -> Result<String> {
+    let state = match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        Some(d) => PathBuf::from(d),
+        None => match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+            Some(h) => PathBuf::from(h).join(".local/state"),
+            None => {
+                return Err(usage(
+                    "neither XDG_STATE_HOME nor HOME is set; give --backend sqlite:PATH",
+                ));
+            }
+        },
+    };
+    Ok(format!("sqlite:{}", state.join("dlock/locks.db").display()))
+}
+
+fn config_candidates() -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    if let Some(d) = std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
+        v.push(PathBuf::from(d).join("dlock/config.toml"));
+    } else if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        v.push(PathBuf::from(h).join(".config/dlock/config.toml"));
+    }
+    v.push(PathBuf::from("/etc/dlock/config.toml"));
+    v
+}
+
+fn load_file(explicit: Option<&Path>, profile: Option<&str>) -> Result<FileConfig> {
+    let (path, text) = match explicit {
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(t) => (p.to_path_buf(), t),
+            Err(e) => {
+                return Err(Error::Config(format!("config file {}: {e}", p.display())).into());
+            }
+        },
+        None => {
+            let mut found = None;
+            for p in config_candidates() {
+                match std::fs::read_to_string(&p) {
+                    Ok(t) => {
+                        found = Some((p, t));
+                        break;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => {
+                        return Err(
+                            Error::Config(format!("config file {}: {e}", p.display())).into()
+                        );
+                    }
+                }
+            }
+            match found {
+                Some(f) => f,
+                None if profile.is_some() => {
+                    return Err(Error::Config(format!(
+                        "--profile {} given but no config file found (looked in {})",
+                        profile.unwrap_or_default(),
+                        config_candidates()
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                    .into());
+                }
+                None => return Ok(FileConfig::default()),
+            }
+        }
+    };
+    let mut cfg: FileConfig = toml::from_str(&text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+        let msg = e.message().trim().to_string();
+        match line {
+            Some(l) => Error::Config(format!("config file {}, line {l}: {msg}", path.display())),
+            None => Error::Config(format!("config file {}: {msg}", path.display())),
+        }
+    })?;
+    match profile {
+        None => Ok(cfg),
+        Some(name) => match cfg.profile.remove(name) {
+            Some(p) => Ok(cfg.overlay(p)),
+            None => Err(Error::Config(format!(
+                "config file {}: no [profile.{name}] table (profiles: {})",
+                path.display(),
+                if cfg.profile.is_empty() {
+                    "none".to_string()
+                } else {
+                    cfg.profile.keys().cloned().collect::<Vec<_>>().join(", ")
+                }
+            ))
+            .into()),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_keeps_multi_host_urls() {
+        let v = split_backends(&["zk://a:1,b:2/chroot".into()]);
+        assert_eq!(v, vec!["zk://a:1,b:2/chroot"]);
+        let v = split_backends(&["redis://a:1,redis://b:2".into(), "redis://c".into()]);
+        assert_eq!(v, vec!["redis://a:1", "redis://b:2", "redis://c"]);
+    }
+
+    #[test]
+    fn profile_overlays() {
+        let cfg: FileConfig =
+            toml::from_str("ttl = '10s'\nnamespace = 'a'\n[profile.x]\nttl = 20\n").unwrap();
+        let mut cfg = cfg;
+        let p = cfg.profile.remove("x").unwrap();
+        let m = cfg.overlay(p);
+        assert_eq!(m.ttl, Some(Duration::from_secs(20)));
+        assert_eq!(m.namespace.as_deref(), Some("a"));
+    }
+}

@@ -1,0 +1,52 @@
+//! Typed errors at the edges where the exit code is decided.
+//!
+//! Everything else uses `anyhow` with context; `main` walks the chain for
+//! the first [`Error`] and takes its exit code, or 70 (a bug) if none.
+
+use crate::exit_code;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad flags, durations, URLs, keys or handles.
+    #[error("{0}")]
+    Usage(String),
+    /// The configuration file is missing, unreadable or malformed.
+    #[error("{0}")]
+    Config(String),
+    /// The backend could not be reached or refused us.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The lock is held by someone else (or waiting timed out).
+    #[error("{message}")]
+    Busy { message: String, code: i32 },
+    /// A lease we held (or a handle named) is no longer ours.
+    #[error("{0}")]
+    Lost(String),
+}
+
+impl Error {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Usage(_) => exit_code::USAGE,
+            Error::Config(_) => exit_code::CONFIG,
+            Error::Unavailable(_) => exit_code::UNAVAILABLE,
+            Error::Busy { code, .. } => *code,
+            Error::Lost(_) => exit_code::LOST,
+        }
+    }
+}
+
+/// The exit code for an error chain: the first typed [`Error`] in it, else 70.
+pub fn exit_code_of(err: &anyhow::Error) -> i32 {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<Error>())
+        .map_or(exit_code::SOFTWARE, Error::exit_code)
+}
+
+pub fn usage(msg: impl Into<String>) -> anyhow::Error {
+    Error::Usage(msg.into()).into()
+}
+
+pub fn unavailable(msg: impl Into<String>) -> anyhow::Error {
+    Error::Unavailable(msg.into()).into()
+}

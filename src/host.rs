@@ -1,0 +1,77 @@
+//! Facts about this host and its processes: who we are, and whether a
+//! process that took a lease is still alive.
+
+use std::sync::OnceLock;
+
+/// The user name for `status`: `$USER`, `$LOGNAME`, else the passwd entry.
+pub fn user() -> String {
+    for var in ["USER", "LOGNAME"] {
+        if let Ok(u) = std::env::var(var)
+            && !u.is_empty()
+        {
+            return u;
+        }
+    }
+    let uid = nix::unistd::getuid();
+    match nix::unistd::User::from_uid(uid) {
+        Ok(Some(u)) => u.name,
+        _ => uid.to_string(),
+    }
+}
+
+pub fn hostname() -> String {
+    static H: OnceLock<String> = OnceLock::new();
+    H.get_or_init(|| {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".to_string())
+    })
+    .clone()
+}
+
+/// Identifies this kernel boot and PID namespace: two processes with the
+/// same host id see the same PIDs, so one can tell whether the other lives.
+pub fn host_id() -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let pidns = std::fs::read_link("/proc/self/ns/pid")
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    format!("{}/{}", boot.trim(), pidns)
+}
+
+/// A process's start time in clock ticks since boot (field 22 of
+/// /proc/PID/stat), or None if it cannot be read.
+pub fn proc_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the process that recorded (`pid`, `start`) is still running.
+/// Only meaningful for a process with our [`host_id`].
+pub fn process_alive(pid: u32, start: u64) -> bool {
+    let Ok(p) = i32::try_from(pid) else {
+        return false;
+    };
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None) {
+        Err(nix::errno::Errno::ESRCH) => false,
+        // Alive (EPERM: alive but not ours); make sure it is the same process.
+        _ => proc_start(pid).is_none_or(|s| s == start),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_is_alive() {
+        let pid = std::process::id();
+        let start = proc_start(pid).unwrap();
+        assert!(process_alive(pid, start));
+        assert!(!process_alive(pid, start + 1));
+        assert!(!host_id().is_empty());
+    }
+}

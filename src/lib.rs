@@ -1,0 +1,510 @@
+//! # dlock: run a command under a distributed lock
+//!
+//! ## Theory of operation
+//!
+//! A lock flows from flags to backend to child:
+//!
+//! 1. [`config`] merges flags, `DLOCK_*` variables and the config file into
+//!    validated settings; keys are sorted into one canonical order.
+//! 2. [`backend::connect`] picks a [`backend::Backend`] by URL scheme. Every
+//!    backend offers the same operations: try to take a slot of a key (a
+//!    lease with a TTL and a fencing token), wait until trying again is
+//!    worthwhile, renew, release with an owner check, force, and inspect.
+//! 3. [`lease::acquire_all`] takes the keys one after another in canonical
+//!    order, all or nothing, within the `--wait` deadline; each lease is
+//!    handed to a [`lease::Keeper`] at once, which renews it every third of
+//!    the TTL and declares it lost by deadline, not only by error.
+//! 4. [`supervise`] runs the child in its own process group, forwards
+//!    signals, stops the group when the keeper reports a loss, and leaves a
+//!    guard process behind that kills the group if dlock itself dies or
+//!    freezes.
+//! 5. The leases are released (or, with `--lock-at-least`, left to lapse at
+//!    the right time) and dlock exits with the child's status.
+
+pub mod backend;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod exit_code;
+pub mod handle;
+pub mod host;
+pub mod lease;
+pub mod status;
+pub mod supervise;
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use clap::CommandFactory;
+
+use crate::backend::{Backend, LeaseKind, Owner, redact_url};
+use crate::cli::{Cli, Command, LogFormat, OnLost};
+use crate::config::Settings;
+use crate::error::{Error, usage};
+use crate::handle::Handle;
+use crate::lease::{Keeper, acquire_all, release_all};
+use crate::supervise::{ChildSpec, Signals, grace, supervise};
+
+/// Run one dlock invocation; the result is the process's exit code.
+pub async fn run(cli: Cli) -> Result<i32> {
+    match &cli.command {
+        Command::Completions { shell } => {
+            print_completions(*shell, &mut std::io::stdout())?;
+            return Ok(exit_code::SUCCESS);
+        }
+        Command::Man { subcommand } => {
+            std::io::stdout().write_all(&man_page(subcommand.as_deref())?)?;
+            return Ok(exit_code::SUCCESS);
+        }
+        _ => {}
+    }
+    let settings = Settings::resolve(&cli.global)?;
+    init_logging(&settings);
+    match cli.command {
+        Command::Run(a) => cmd_run(&settings, a).await,
+        Command::Acquire(a) => cmd_acquire(&settings, a).await,
+        Command::Renew(a) => cmd_renew(&settings, a).await,
+        Command::Release(a) => cmd_release(&settings, a).await,
+        Command::Status(a) => cmd_status(&settings, a).await,
+        Command::Ping => cmd_ping(&settings).await,
+        Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
+    }
+}
+
+pub fn print_completions(shell: clap_complete::Shell, out: &mut dyn Write) -> Result<()> {
+    clap_complete::generate(shell, &mut Cli::command(), "dlock", out);
+    Ok(())
+}
+
+/// The roff man page of dlock, or of `dlock-SUBCOMMAND`.
+pub fn man_page(subcommand: Option<&str>) -> Result<Vec<u8>> {
+    let cmd = Cli::command();
+    let page = match subcommand {
+        None => cmd,
+        Some(name) => {
+            let sub = cmd
+                .find_subcommand(name)
+                .ok_or_else(|| usage(format!("no subcommand {name:?}")))?
+                .clone();
+            let full = format!("dlock-{name}");
+            sub.name(full).version(env!("CARGO_PKG_VERSION"))
+        }
+    };
+    let mut buf = Vec::new();
+    clap_mangen::Man::new(page).render(&mut buf)?;
+    Ok(buf)
+}
+
+fn init_logging(s: &Settings) {
+    use tracing_subscriber::filter::LevelFilter;
+    let level = match (s.quiet, s.verbose, s.log_format) {
+        (true, _, _) => LevelFilter::OFF,
+        (_, 0, LogFormat::Text) => LevelFilter::OFF,
+        (_, 0 | 1, _) => LevelFilter::INFO,
+        _ => LevelFilter::DEBUG,
+    };
+    if level == LevelFilter::OFF {
+        return;
+    }
+    let b = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false);
+    match s.log_format {
+        LogFormat::Json => b.json().flatten_event(true).init(),
+        LogFormat::Text => b.compact().init(),
+    }
+}
+
+/// A random hex secret; it names our lease and proves we own it.
+fn secret() -> Result<String> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+fn owner(kind: LeaseKind) -> Result<Owner> {
+    let pid = std::process::id();
+    Ok(Owner {
+        id: secret()?,
+        user: host::user(),
+        host: host::hostname(),
+        pid,
+        host_id: host::host_id(),
+        proc_start: host::proc_start(pid).unwrap_or(0),
+        kind,
+    })
+}
+
+async fn connect(s: &Settings) -> Result<Arc<dyn Backend>> {
+    let shown = s
+        .backends
+        .iter()
+        .map(|u| redact_url(u))
+        .collect::<Vec<_>>()
+        .join(",");
+    match tokio::time::timeout(
+        s.connect_timeout,
+        backend::connect(&s.backends, s.connect_timeout),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(error::unavailable(format!(
+            "backend {shown} did not answer within {} (--connect-timeout)",
+            status::human_duration(s.connect_timeout)
+        ))),
+    }
+}
+
+/// Errors from talking to the backend, without a type of their own, mean
+/// the backend is unavailable (exit 69), not that dlock has a bug.
+fn backend_error(b: &dyn Backend, e: anyhow::Error) -> anyhow::Error {
+    if e.chain().any(|c| c.downcast_ref::<Error>().is_some()) {
+        return e;
+    }
+    Error::Unavailable(format!("backend {}: {e:#}", b.describe())).into()
+}
+
+fn busy_message(busy: &lease::Busy, waited: Option<Duration>) -> String {
+    let mut m = format!("lock {:?} is busy", busy.key);
+    if let Some(w) = waited {
+        m.push_str(&format!(" after waiting {}", status::human_duration(w)));
+    }
+    match busy.holders.as_slice() {
+        [] => {}
+        [h] => m.push_str(&format!(": {}", status::describe_holder(h))),
+        hs => {
+            m.push_str(&format!(": {} holders", hs.len()));
+            for h in hs {
+                m.push_str(&format!("\n  {}", status::describe_holder(h)));
+            }
+        }
+    }
+    m
+}
+
+/// Take every key, or say why not. `Ok(Err(code))` is the exit code for
+/// "not acquired" (busy, or a signal while waiting).
+async fn take_locks(
+    s: &Settings,
+    backend: &Arc<dyn Backend>,
+    lock: &config::LockSettings,
+    me: &Owner,
+    keeper: &Keeper,
+    signals: &mut Signals,
+) -> Result<std::result::Result<(), i32>> {
+    let started = Instant::now();
+    tracing::info!(event = "waiting", keys = ?lock.keys, backend = backend.describe(), "acquiring");
+    let mut lost = keeper.lost();
+    let outcome = tokio::select! {
+        r = acquire_all(backend.as_ref(), &s.namespace, lock, me, keeper) => r.map_err(|e| backend_error(backend.as_ref(), e))?,
+        sig = signals.recv() => {
+            release_all(backend.as_ref(), &keeper.leases()).await;
+            tracing::info!(event = "interrupted", signal = sig.as_str(), "gave up waiting");
+            return Ok(Err(exit_code::SIGNAL_BASE + sig as i32));
+        }
+        _ = lost.changed() => {
+            release_all(backend.as_ref(), &keeper.leases()).await;
+            let msg = lost.borrow().as_ref().map(|l| l.message.clone()).unwrap_or_default();
+            return Err(Error::Lost(format!("{msg} while waiting for the other keys")).into());
+        }
+    };
+    let waited = started.elapsed();
+    match outcome {
+        Ok(()) => {
+            let tokens = keeper.leases().iter().map(|l| l.token).collect::<Vec<_>>();
+            tracing::info!(
+                event = "acquired",
+                keys = ?lock.keys,
+                tokens = ?tokens,
+                waited_ms = waited.as_millis() as u64,
+                "lock acquired"
+            );
+            Ok(Ok(()))
+        }
+        Err(busy) => {
+            tracing::info!(
+                event = "busy",
+                key = busy.key,
+                waited_ms = waited.as_millis() as u64,
+                "not acquired"
+            );
+            if !s.quiet {
+                let w = (lock.wait != config::Wait::No).then_some(waited);
+                eprintln!("dlock: {}", busy_message(&busy, w));
+            }
+            Ok(Err(lock.conflict_exit_code))
+        }
+    }
+}
+
+fn fmt_secs(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s.fract() == 0.0 {
+        format!("{}", d.as_secs())
+    } else {
+        format!("{s}")
+    }
+}
+
+async fn cmd_run(s: &Settings, a: cli::RunArgs) -> Result<i32> {
+    let lock = s.lock(&a.lock)?;
+    let rs = s.run(&a)?;
+    let mut signals = Signals::install()?;
+    let backend = connect(s).await?;
+    let me = owner(LeaseKind::Run)?;
+    let keeper = Keeper::start(
+        backend.clone(),
+        lock.ttl,
+        s.connect_timeout,
+        grace(rs.kill_after, lock.ttl),
+    );
+    if let Err(code) = take_locks(s, &backend, &lock, &me, &keeper, &mut signals).await? {
+        keeper.stop();
+        return Ok(code);
+    }
+    let acquired = Instant::now();
+    let leases = keeper.leases();
+    let mut env = vec![
+        ("DLOCK_KEY".to_string(), lock.keys.join(",")),
+        (
+            "DLOCK_TOKEN".to_string(),
+            leases
+                .iter()
+                .map(|l| l.token.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        ("DLOCK_TTL".to_string(), fmt_secs(lock.ttl)),
+    ];
+    env.push(("DLOCK_NAMESPACE".to_string(), s.namespace.clone()));
+    // A password in DLOCK_BACKEND must not reach the child.
+    let env_remove = match std::env::var("DLOCK_BACKEND") {
+        Ok(v) if redact_url(&v) != v || v.contains("@") => vec!["DLOCK_BACKEND".to_string()],
+        _ => vec![],
+    };
+    let spec = ChildSpec {
+        argv: a.command.clone(),
+        shell: rs.shell,
+        env,
+        env_remove,
+        on_lost: rs.on_lost,
+        kill_after: rs.kill_after,
+    };
+    let outcome = supervise(spec, &mut signals, &keeper, lock.ttl).await;
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            release_all(backend.as_ref(), &keeper.stop()).await;
+            return Err(e);
+        }
+    };
+    let lost = outcome.lost.is_some();
+    if !lost && let Some(least) = rs.lock_at_least {
+        let remaining = least.saturating_sub(acquired.elapsed());
+        if !remaining.is_zero() {
+            let mut handed_over = true;
+            for l in &keeper.leases() {
+                handed_over &= backend.release_after(l, remaining).await.unwrap_or(false);
+            }
+            if handed_over {
+                keeper.stop();
+                tracing::info!(
+                    event = "released",
+                    held_ms = acquired.elapsed().as_millis() as u64,
+                    lapse_ms = remaining.as_millis() as u64,
+                    "lock left to lapse (--lock-at-least)"
+                );
+                return Ok(outcome.code);
+            }
+            tokio::time::sleep(remaining).await;
+        }
+    }
+    let leases = keeper.stop();
+    if !lost {
+        release_all(backend.as_ref(), &leases).await;
+    }
+    tracing::info!(
+        event = "released",
+        held_ms = acquired.elapsed().as_millis() as u64,
+        code = outcome.code,
+        lost,
+        "done"
+    );
+    if lost && rs.on_lost == OnLost::Kill {
+        eprintln!(
+            "dlock: exiting {} because the lease was lost (the command's own status was {})",
+            exit_code::LOST,
+            outcome.code
+        );
+        return Ok(exit_code::LOST);
+    }
+    Ok(outcome.code)
+}
+
+async fn cmd_acquire(s: &Settings, a: cli::AcquireArgs) -> Result<i32> {
+    let lock = s.lock(&a.lock)?;
+    let mut signals = Signals::install()?;
+    let backend = connect(s).await?;
+    let me = owner(LeaseKind::Handle)?;
+    let keeper = Keeper::start(backend.clone(), lock.ttl, s.connect_timeout, Duration::ZERO);
+    if let Err(code) = take_locks(s, &backend, &lock, &me, &keeper, &mut signals).await? {
+        keeper.stop();
+        return Ok(code);
+    }
+    let leases = keeper.stop();
+    println!("{}", Handle::new(&s.namespace, lock.ttl, &leases).encode());
+    Ok(exit_code::SUCCESS)
+}
+
+async fn cmd_renew(s: &Settings, a: cli::RenewArgs) -> Result<i32> {
+    let h = Handle::decode(&a.handle)?;
+    let ttl = a.ttl.unwrap_or(h.ttl());
+    if ttl < Duration::from_millis(100) {
+        return Err(usage("--ttl must be at least 100ms"));
+    }
+    let backend = connect(s).await?;
+    for l in h.leases() {
+        match backend
+            .renew(&l, ttl)
+            .await
+            .map_err(|e| backend_error(backend.as_ref(), e))?
+        {
+            backend::Renewal::Renewed => {
+                tracing::info!(
+                    event = "renewed",
+                    key = l.key,
+                    token = l.token,
+                    ttl_ms = ttl.as_millis() as u64,
+                    "lease renewed"
+                )
+            }
+            backend::Renewal::Lost => {
+                return Err(Error::Lost(format!(
+                    "the handle no longer holds {:?} (token {}): its lease expired or was broken; nothing was changed",
+                    l.key, l.token
+                ))
+                .into());
+            }
+        }
+    }
+    Ok(exit_code::SUCCESS)
+}
+
+async fn cmd_release(s: &Settings, a: cli::ReleaseArgs) -> Result<i32> {
+    let backend = connect(s).await?;
+    if let Some(hs) = &a.handle {
+        let h = Handle::decode(hs)?;
+        let mut gone = Vec::new();
+        for l in h.leases() {
+            let ok = backend
+                .release(&l)
+                .await
+                .map_err(|e| backend_error(backend.as_ref(), e))?;
+            if !ok {
+                gone.push(format!("{:?} (token {})", l.key, l.token));
+            }
+        }
+        if !gone.is_empty() {
+            return Err(Error::Lost(format!(
+                "the handle no longer held {}: its lease had expired or was broken, and whoever holds it now keeps it",
+                gone.join(", ")
+            ))
+            .into());
+        }
+        return Ok(exit_code::SUCCESS);
+    }
+    if !a.force {
+        return Err(usage(
+            "releasing by --key needs --force (it breaks whoever holds the lock)",
+        ));
+    }
+    for key in &a.key {
+        config::validate_name("key", key)?;
+        let n = backend
+            .force_release(&s.namespace, key)
+            .await
+            .map_err(|e| backend_error(backend.as_ref(), e))?;
+        let by = format!(
+            "{}@{} (pid {})",
+            host::user(),
+            host::hostname(),
+            std::process::id()
+        );
+        tracing::warn!(event = "forced", key, holders = n, by, "forced release");
+        if !s.quiet {
+            if n == 0 {
+                eprintln!("dlock: {key:?} was not held");
+            } else {
+                eprintln!(
+                    "dlock: broke the lock on {key:?} ({n} holder{})",
+                    if n == 1 { "" } else { "s" }
+                );
+            }
+        }
+    }
+    Ok(exit_code::SUCCESS)
+}
+
+async fn cmd_status(s: &Settings, a: cli::StatusArgs) -> Result<i32> {
+    for k in &a.keys {
+        config::validate_name("key", k)?;
+    }
+    let backend = connect(s).await?;
+    let st = backend
+        .status(&s.namespace, &a.keys)
+        .await
+        .map_err(|e| backend_error(backend.as_ref(), e))?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&status::to_json(&st))?
+        )?;
+    } else if st.is_empty() {
+        writeln!(
+            out,
+            "no lock is held in namespace {:?} on {}",
+            s.namespace,
+            backend.describe()
+        )?;
+    } else {
+        write!(out, "{}", status::table(&st))?;
+    }
+    Ok(exit_code::SUCCESS)
+}
+
+async fn cmd_ping(s: &Settings) -> Result<i32> {
+    let t0 = Instant::now();
+    let backend = connect(s).await?;
+    let connected = t0.elapsed();
+    let t1 = Instant::now();
+    let info = tokio::time::timeout(s.connect_timeout, backend.ping())
+        .await
+        .map_err(|_| {
+            error::unavailable(format!(
+                "backend {} did not answer a ping",
+                backend.describe()
+            ))
+        })?
+        .map_err(|e| backend_error(backend.as_ref(), e))?;
+    let rtt = t1.elapsed();
+    println!(
+        "{} {} ({}): connect {:.1}ms, round trip {:.2}ms",
+        info.kind,
+        info.version,
+        info.detail,
+        connected.as_secs_f64() * 1e3,
+        rtt.as_secs_f64() * 1e3
+    );
+    Ok(exit_code::SUCCESS)
+}
+
+/// Used by `main` for the top-level error message.
+pub fn report(err: &anyhow::Error) -> String {
+    format!("dlock: {err:#}")
+}

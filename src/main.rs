@@ -1,0 +1,52 @@
+//! `main` only builds the runtime, runs [`dlock::run`] and turns its result
+//! into an exit code; everything else lives in the library.
+
+use std::io::Write;
+
+use clap::Parser;
+use dlock::cli::Cli;
+use dlock::exit_code;
+
+fn main() {
+    // A panic is a bug: say so and exit 70, never a bare abort.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("dlock: internal error (a bug, please report it): {info}");
+        std::process::exit(exit_code::SOFTWARE);
+    }));
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            // --help and --version print to stdout and succeed; every other
+            // parse failure is a usage error (64), not clap's usual 2.
+            std::process::exit(if e.use_stderr() {
+                exit_code::USAGE
+            } else {
+                exit_code::SUCCESS
+            });
+        }
+    };
+    // One thread: the child must be spawned from the thread that lives as
+    // long as dlock, or PR_SET_PDEATHSIG would fire when a worker exits.
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dlock: cannot start: {e}");
+            std::process::exit(exit_code::SOFTWARE);
+        }
+    };
+    let code = match rt.block_on(dlock::run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{}", dlock::report(&e));
+            dlock::error::exit_code_of(&e)
+        }
+    };
+    let _ = std::io::stdout().flush();
+    // Exit without dropping the runtime: a thread blocked in flock() for a
+    // waiter must not hold up the exit.
+    std::process::exit(code);
+}

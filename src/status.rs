@@ -1,0 +1,193 @@
+//! How locks and holders are shown to people (`status`, busy messages) and
+//! to programs (`status --json`).
+
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Value, json};
+
+use crate::backend::{Holder, KeyStatus};
+
+/// A short human duration: `850ms`, `12s`, `3m 20s`, `2h 5m`, `3d 4h`.
+pub fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s == 0 {
+        return format!("{}ms", d.as_millis());
+    }
+    let (d_, h, m, sec) = (s / 86400, s / 3600 % 24, s / 60 % 60, s % 60);
+    match (d_, h, m) {
+        (0, 0, 0) => format!("{sec}s"),
+        (0, 0, _) if sec == 0 => format!("{m}m"),
+        (0, 0, _) => format!("{m}m {sec}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d_}d {h}h"),
+    }
+}
+
+fn ago(t: SystemTime, now: SystemTime) -> String {
+    match now.duration_since(t) {
+        Ok(d) => format!("{} ago", human_duration(d)),
+        Err(_) => "just now".to_string(),
+    }
+}
+
+fn until(t: SystemTime, now: SystemTime) -> String {
+    match t.duration_since(now) {
+        Ok(d) => format!("in {}", human_duration(d)),
+        Err(_) => "expired".to_string(),
+    }
+}
+
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// `alice@build-3`, or whatever part of it is known.
+pub fn who(h: &Holder) -> String {
+    match (&h.owner, &h.host) {
+        (Some(o), Some(host)) => format!("{o}@{host}"),
+        (Some(o), None) => o.clone(),
+        (None, Some(host)) => format!("?@{host}"),
+        (None, None) => "unknown".to_string(),
+    }
+}
+
+/// One line about a holder, for the busy message.
+pub fn describe_holder(h: &Holder) -> String {
+    let now = SystemTime::now();
+    let mut s = format!("held by {}", who(h));
+    let mut extra = Vec::new();
+    if let Some(p) = h.pid {
+        extra.push(format!("pid {p}"));
+    }
+    if let Some(t) = h.token {
+        extra.push(format!("token {t}"));
+    }
+    if !extra.is_empty() {
+        s.push_str(&format!(" ({})", extra.join(", ")));
+    }
+    if let Some(a) = h.acquired_at {
+        s.push_str(&format!(" since {}", ago(a, now)));
+    }
+    if let Some(e) = h.expires_at {
+        s.push_str(&format!(", lease expires {}", until(e, now)));
+    }
+    s
+}
+
+pub fn to_json(statuses: &[KeyStatus]) -> Value {
+    Value::Array(
+        statuses
+            .iter()
+            .map(|k| {
+                json!({
+                    "key": k.key,
+                    "held": !k.holders.is_empty(),
+                    "limit": k.limit,
+                    "holders": k.holders.iter().map(|h| json!({
+                        "owner": h.owner,
+                        "host": h.host,
+                        "pid": h.pid,
+                        "token": h.token,
+                        "acquired_at": h.acquired_at.map(rfc3339),
+                        "expires_at": h.expires_at.map(rfc3339),
+                    })).collect::<Vec<_>>(),
+                    "waiters": k.waiters,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// The `status` table, one line per holder (a free key gets one line).
+pub fn table(statuses: &[KeyStatus]) -> String {
+    let now = SystemTime::now();
+    let mut rows: Vec<[String; 8]> = vec![[
+        "KEY".into(),
+        "STATE".into(),
+        "HOLDER".into(),
+        "PID".into(),
+        "SINCE".into(),
+        "EXPIRES".into(),
+        "TOKEN".into(),
+        "WAITERS".into(),
+    ]];
+    let dash = || "-".to_string();
+    for k in statuses {
+        let waiters = k.waiters.map_or_else(dash, |w| w.to_string());
+        let state = |n: usize| {
+            if k.limit > 1 {
+                format!("held {n}/{}", k.limit)
+            } else {
+                "held".to_string()
+            }
+        };
+        if k.holders.is_empty() {
+            rows.push([
+                k.key.clone(),
+                "free".into(),
+                dash(),
+                dash(),
+                dash(),
+                dash(),
+                dash(),
+                waiters,
+            ]);
+            continue;
+        }
+        for (i, h) in k.holders.iter().enumerate() {
+            rows.push([
+                if i == 0 { k.key.clone() } else { String::new() },
+                if i == 0 {
+                    state(k.holders.len())
+                } else {
+                    String::new()
+                },
+                who(h),
+                h.pid.map_or_else(dash, |p| p.to_string()),
+                h.acquired_at.map_or_else(dash, |a| ago(a, now)),
+                h.expires_at.map_or_else(dash, |e| until(e, now)),
+                h.token.map_or_else(dash, |t| t.to_string()),
+                if i == 0 {
+                    waiters.clone()
+                } else {
+                    String::new()
+                },
+            ]);
+        }
+    }
+    let mut widths = [0usize; 8];
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in &rows {
+        let line = r
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ");
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(human_duration(Duration::from_millis(850)), "850ms");
+        assert_eq!(human_duration(Duration::from_secs(12)), "12s");
+        assert_eq!(human_duration(Duration::from_secs(200)), "3m 20s");
+        assert_eq!(human_duration(Duration::from_secs(7500)), "2h 5m");
+        assert_eq!(
+            human_duration(Duration::from_secs(3 * 86400 + 4 * 3600)),
+            "3d 4h"
+        );
+    }
+}

@@ -1,0 +1,467 @@
+//! The child process: spawn it in its own process group, forward signals to
+//! that group, stop it when the lease is lost, and map how it ended to an
+//! exit code.
+//!
+//! Three layers make sure the child never runs on unlocked:
+//! 1. dlock itself SIGTERMs the group when the keeper reports a loss, and
+//!    SIGKILLs it after `--kill-after` or at the lease's deadline, whichever
+//!    comes first.
+//! 2. The child gets `PR_SET_PDEATHSIG = SIGKILL`, so it dies with dlock.
+//! 3. A tiny *guard* process, forked from the child before `exec`, holds the
+//!    read end of a pipe whose write end only dlock has. dlock writes each new
+//!    lease deadline to it. If dlock dies (even by SIGKILL) the pipe reads EOF
+//!    and the guard SIGKILLs the whole group, grandchildren included; if dlock
+//!    is frozen (SIGSTOP, a VM pause) the guard SIGTERMs the group at the
+//!    deadline minus the grace and SIGKILLs it at the deadline. The guard
+//!    uses `CLOCK_BOOTTIME`, so time spent suspended counts, as it does for
+//!    the server's TTL.
+
+use std::ffi::OsString;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::cli::OnLost;
+use crate::exit_code;
+use crate::lease::{Keeper, Loss};
+
+/// The signals dlock passes on to the child.
+pub const FORWARDED: [Signal; 6] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+/// Signal streams for [`FORWARDED`], installed before the lock is taken so a
+/// signal never kills dlock between taking the lock and starting the child.
+pub struct Signals {
+    streams: Vec<(Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    pub fn install() -> Result<Signals> {
+        let mut streams = Vec::new();
+        for s in FORWARDED {
+            let stream =
+                signal(SignalKind::from_raw(s as i32)).context("cannot install signal handlers")?;
+            streams.push((s, stream));
+        }
+        Ok(Signals { streams })
+    }
+
+    pub async fn recv(&mut self) -> Signal {
+        let futs = self
+            .streams
+            .iter_mut()
+            .map(|(s, st)| {
+                let s = *s;
+                Box::pin(async move {
+                    st.recv().await;
+                    s
+                })
+            })
+            .collect::<Vec<_>>();
+        futures_select_all(futs).await
+    }
+}
+
+/// Await the first of several futures (a tiny `select_all`).
+async fn futures_select_all<F: std::future::Future<Output = Signal> + Unpin>(
+    mut futs: Vec<F>,
+) -> Signal {
+    std::future::poll_fn(move |cx| {
+        for f in futs.iter_mut() {
+            if let std::task::Poll::Ready(s) = std::pin::Pin::new(f).poll(cx) {
+                return std::task::Poll::Ready(s);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+pub struct ChildSpec {
+    pub argv: Vec<OsString>,
+    pub shell: bool,
+    pub env: Vec<(String, String)>,
+    pub env_remove: Vec<String>,
+    pub on_lost: OnLost,
+    pub kill_after: Duration,
+}
+
+pub struct Outcome {
+    pub code: i32,
+    pub lost: Option<Loss>,
+}
+
+/// The grace between SIGTERM and the lease deadline: `--kill-after`, but
+/// never more than a third of the TTL, or a foreseen loss would stop every
+/// child before its first renewal.
+pub fn grace(kill_after: Duration, ttl: Duration) -> Duration {
+    kill_after.min(ttl / 3)
+}
+
+fn boottime_ns() -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we pass; async-signal-safe.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as i64 * 1_000_000_000 + ts.tv_nsec as i64
+}
+
+/// An `Instant` expressed on `CLOCK_BOOTTIME`, for the guard.
+fn to_boottime(at: Instant) -> i64 {
+    let now = Instant::now();
+    let base = boottime_ns();
+    if at >= now {
+        base.saturating_add(at.duration_since(now).as_nanos() as i64)
+    } else {
+        base.saturating_sub(now.duration_since(at).as_nanos() as i64)
+    }
+}
+
+/// Tells the guard about deadlines; dropping it without `disarm` makes the
+/// guard kill the group.
+struct GuardPipe(Option<OwnedFd>);
+
+impl GuardPipe {
+    fn send(&self, v: i64) {
+        if let Some(fd) = &self.0 {
+            let b = v.to_ne_bytes();
+            // SAFETY: writing 8 bytes from a local buffer to a pipe we own;
+            // under PIPE_BUF, so the write is atomic.
+            unsafe { libc::write(fd.as_raw_fd(), b.as_ptr().cast(), b.len()) };
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.send(0);
+        self.0 = None;
+    }
+}
+
+/// Spawn the child and supervise it until it exits.
+pub async fn supervise(
+    spec: ChildSpec,
+    signals: &mut Signals,
+    keeper: &Keeper,
+    ttl: Duration,
+) -> Result<Outcome> {
+    let grace_ns = grace(spec.kill_after, ttl).as_nanos() as i64;
+    // Lease deadline for the guard; -1 means "no deadline" (--on-lost ignore).
+    let deadline = |at: Option<Instant>| match (spec.on_lost, at) {
+        (OnLost::Kill, Some(at)) => to_boottime(at).max(1),
+        _ => -1,
+    };
+
+    let (program, args): (OsString, Vec<OsString>) = if spec.shell {
+        let joined = spec
+            .argv
+            .iter()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ");
+        ("/bin/sh".into(), vec!["-c".into(), joined.into()])
+    } else {
+        (spec.argv[0].clone(), spec.argv[1..].to_vec())
+    };
+    let shown = program.to_string_lossy().into_owned();
+
+    let (guard_r, guard_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("cannot create a pipe")?;
+    let mut guard = GuardPipe(Some(guard_w));
+    let guard_fd = guard_r.as_raw_fd();
+    let initial = deadline(keeper.safe_until());
+    let parent = std::process::id() as i32;
+    let tty_fg = foreground_tty();
+
+    let mut cmd = tokio::process::Command::new(&program);
+    cmd.args(&args).process_group(0).kill_on_drop(false);
+    for k in &spec.env_remove {
+        cmd.env_remove(k);
+    }
+    for (k, v) in &spec.env {
+        cmd.env(k, v);
+    }
+    // SAFETY: the closure runs in the forked child before exec and makes only
+    // async-signal-safe calls (prctl, getppid, sigprocmask, tcsetpgrp, fork,
+    // waitpid, and the guard's raw syscalls); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
+            if libc::getppid() != parent {
+                // dlock died before the death signal was armed.
+                libc::_exit(exit_code::SIGNAL_BASE + libc::SIGKILL);
+            }
+            if tty_fg {
+                take_terminal();
+            }
+            spawn_guard(guard_fd, grace_ns, initial);
+            Ok(())
+        });
+    }
+    let spawned = cmd.spawn();
+    drop(guard_r);
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            guard.disarm();
+            let code = match e.kind() {
+                std::io::ErrorKind::NotFound => exit_code::NOT_FOUND,
+                _ => exit_code::NOT_EXECUTABLE,
+            };
+            let what = if code == exit_code::NOT_FOUND {
+                "command not found"
+            } else {
+                "cannot execute"
+            };
+            eprintln!("dlock: {shown}: {what}: {e}");
+            return Ok(Outcome { code, lost: None });
+        }
+    };
+    let pgid = Pid::from_raw(child.id().context("child has no pid")? as i32);
+    tracing::info!(
+        event = "started",
+        pid = pgid.as_raw(),
+        command = shown,
+        "child started"
+    );
+
+    let mut lost_rx = keeper.lost();
+    let mut safe_rx = keeper.safe_until_updates();
+    let mut lost: Option<Loss> = None;
+    let mut kill_at: Option<Instant> = None;
+    let mut interrupts = 0;
+    let status = loop {
+        let kill_sleep = async {
+            match kill_at {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            st = child.wait() => break st.context("waiting for the child failed")?,
+            sig = signals.recv() => {
+                let mut sig = sig;
+                if sig == Signal::SIGINT {
+                    interrupts += 1;
+                    if interrupts >= 2 {
+                        sig = Signal::SIGKILL;
+                    }
+                }
+                tracing::info!(event = "signal", signal = sig.as_str(), "forwarding signal to the child");
+                let _ = killpg(pgid, sig);
+            }
+            changed = lost_rx.changed(), if lost.is_none() => {
+                if changed.is_err() { continue; }
+                let Some(loss) = lost_rx.borrow_and_update().clone() else { continue };
+                eprintln!("dlock: {}", loss.message);
+                match spec.on_lost {
+                    OnLost::Ignore => eprintln!("dlock: --on-lost ignore: letting {shown} run on without the lock"),
+                    OnLost::Kill => {
+                        let by = Instant::now() + spec.kill_after;
+                        let by = loss.expires.map_or(by, |e| by.min(e));
+                        eprintln!(
+                            "dlock: stopping {shown}: SIGTERM to its process group, SIGKILL in {}",
+                            crate::status::human_duration(by.saturating_duration_since(Instant::now()))
+                        );
+                        let _ = killpg(pgid, Signal::SIGTERM);
+                        kill_at = Some(by);
+                    }
+                }
+                lost = Some(loss);
+            }
+            _ = kill_sleep => {
+                tracing::warn!(event = "kill", "child still running at its deadline: SIGKILL");
+                let _ = killpg(pgid, Signal::SIGKILL);
+                kill_at = None;
+            }
+            changed = safe_rx.changed() => {
+                if changed.is_ok() {
+                    let at = *safe_rx.borrow_and_update();
+                    guard.send(deadline(at));
+                }
+            }
+        }
+    };
+    if tty_fg {
+        restore_terminal();
+    }
+    reap_group(pgid, spec.kill_after.min(Duration::from_secs(5))).await;
+    guard.disarm();
+    let code = match (status.code(), status.signal()) {
+        (Some(c), _) => c,
+        (None, Some(s)) => exit_code::SIGNAL_BASE + s,
+        _ => exit_code::SOFTWARE,
+    };
+    tracing::info!(event = "exited", code, "child exited");
+    Ok(Outcome { code, lost })
+}
+
+/// Processes the child left in its group would run on without the lock:
+/// SIGTERM them, and SIGKILL whatever is left after `grace`.
+async fn reap_group(pgid: Pid, grace: Duration) {
+    if killpg(pgid, None).is_err() {
+        return;
+    }
+    tracing::info!(
+        event = "leftovers",
+        "stopping processes the child left in its group"
+    );
+    let _ = killpg(pgid, Signal::SIGTERM);
+    let until = Instant::now() + grace;
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if killpg(pgid, None).is_err() {
+            return;
+        }
+    }
+    let _ = killpg(pgid, Signal::SIGKILL);
+}
+
+/// Whether stdin is a terminal whose foreground process group is ours: then
+/// the child gets the terminal, so it can read from it and Ctrl-C reaches it.
+fn foreground_tty() -> bool {
+    // SAFETY: plain queries on fd 0.
+    unsafe { libc::isatty(0) == 1 && libc::tcgetpgrp(0) == libc::getpgrp() }
+}
+
+/// In the child (a new, background group): make its group the foreground.
+fn take_terminal() {
+    // SAFETY: async-signal-safe calls on local values; SIGTTOU is blocked so
+    // tcsetpgrp from a background group does not stop us, then unblocked.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTTOU);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, &mut old);
+        libc::tcsetpgrp(0, libc::getpid());
+        libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+    }
+}
+
+/// In dlock, after the child ended: take the terminal back.
+fn restore_terminal() {
+    // SAFETY: as in take_terminal, for our own process group.
+    unsafe {
+        let prev = libc::signal(libc::SIGTTOU, libc::SIG_IGN);
+        libc::tcsetpgrp(0, libc::getpgrp());
+        libc::signal(libc::SIGTTOU, prev);
+    }
+}
+
+/// Fork the guard (see the module docs) from the child, before exec. The
+/// guard is double-forked so the child never sees it as its own child, and
+/// moves to its own session so signals meant for the job do not reach it.
+///
+/// # Safety
+/// Must only be called in a freshly forked child before exec.
+unsafe fn spawn_guard(read_fd: i32, grace_ns: i64, initial_deadline: i64) {
+    // SAFETY: fork/waitpid/_exit in a single-threaded forked child.
+    unsafe {
+        let pgid = libc::getpid();
+        match libc::fork() {
+            -1 => {} // no guard; the death signal still covers the child
+            0 => {
+                if libc::fork() == 0 {
+                    guard_main(read_fd, pgid, grace_ns, initial_deadline);
+                }
+                libc::_exit(0);
+            }
+            g => {
+                let mut st = 0;
+                libc::waitpid(g, &mut st, 0);
+            }
+        }
+    }
+}
+
+/// The guard's whole life: raw syscalls only, no allocation.
+unsafe fn guard_main(read_fd: i32, pgid: i32, grace_ns: i64, mut deadline: i64) -> ! {
+    // SAFETY: only async-signal-safe syscalls on values we own.
+    unsafe {
+        libc::setsid();
+        for s in [
+            libc::SIGINT,
+            libc::SIGTERM,
+            libc::SIGHUP,
+            libc::SIGQUIT,
+            libc::SIGUSR1,
+            libc::SIGUSR2,
+            libc::SIGPIPE,
+        ] {
+            libc::signal(s, libc::SIG_IGN);
+        }
+        // Hold no descriptor but the pipe: a guard must never keep a CI log
+        // pipe or a socket open.
+        if read_fd > 0 {
+            libc::syscall(libc::SYS_close_range, 0u32, (read_fd - 1) as u32, 0u32);
+        }
+        if libc::syscall(libc::SYS_close_range, (read_fd + 1) as u32, u32::MAX, 0u32) != 0 {
+            for fd in (read_fd + 1)..4096 {
+                libc::close(fd);
+            }
+        }
+        let mut term_sent = false;
+        loop {
+            let now = boottime_ns();
+            let next = if deadline < 0 {
+                None
+            } else if !term_sent {
+                Some((deadline - grace_ns, libc::SIGTERM))
+            } else {
+                Some((deadline, libc::SIGKILL))
+            };
+            let timeout_ms = match next {
+                None => -1,
+                Some((at, sig)) if at <= now => {
+                    libc::kill(-pgid, sig);
+                    if sig == libc::SIGKILL {
+                        libc::_exit(0);
+                    }
+                    term_sent = true;
+                    continue;
+                }
+                Some((at, _)) => ((at - now) / 1_000_000 + 1).min(i32::MAX as i64) as i32,
+            };
+            let mut pfd = libc::pollfd {
+                fd: read_fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            if libc::poll(&mut pfd, 1, timeout_ms) <= 0 {
+                continue;
+            }
+            let mut buf = [0u8; 8];
+            let n = libc::read(read_fd, buf.as_mut_ptr().cast(), 8);
+            if n == 8 {
+                let v = i64::from_ne_bytes(buf);
+                if v == 0 {
+                    libc::_exit(0); // disarmed: the child has ended normally
+                }
+                deadline = v;
+            } else if n == 0 || (n < 0 && *libc::__errno_location() != libc::EINTR) {
+                // dlock is gone: nothing holds the lock for this group.
+                libc::kill(-pgid, libc::SIGKILL);
+                libc::_exit(0);
+            }
+        }
+    }
+}
