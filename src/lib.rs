@@ -62,14 +62,38 @@ pub async fn run(cli: Cli) -> Result<i32> {
     }
     let settings = Settings::resolve(&cli.global)?;
     init_logging(&settings);
-    match cli.command {
-        Command::Run(a) => cmd_run(&settings, a).await,
-        Command::Acquire(a) => cmd_acquire(&settings, a).await,
-        Command::Renew(a) => cmd_renew(&settings, a).await,
-        Command::Release(a) => cmd_release(&settings, a).await,
-        Command::Status(a) => cmd_status(&settings, a).await,
-        Command::Ping => cmd_ping(&settings).await,
+    let conn = Connector {
+        settings: &settings,
+        backend: tokio::sync::OnceCell::new(),
+    };
+    let result = match cli.command {
+        Command::Run(a) => cmd_run(&conn, a).await,
+        Command::Acquire(a) => cmd_acquire(&conn, a).await,
+        Command::Renew(a) => cmd_renew(&conn, a).await,
+        Command::Release(a) => cmd_release(&conn, a).await,
+        Command::Status(a) => cmd_status(&conn, a).await,
+        Command::Ping => cmd_ping(&conn).await,
         Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
+    };
+    if let Some(b) = conn.backend.get() {
+        b.close().await;
+    }
+    result
+}
+
+/// Connects on first use (after the arguments are validated, so bad input
+/// is a usage error even when the backend is down) and closes at the end.
+struct Connector<'a> {
+    settings: &'a Settings,
+    backend: tokio::sync::OnceCell<Arc<dyn Backend>>,
+}
+
+impl Connector<'_> {
+    async fn get(&self) -> Result<Arc<dyn Backend>> {
+        self.backend
+            .get_or_try_init(|| connect(self.settings))
+            .await
+            .cloned()
     }
 }
 
@@ -250,11 +274,12 @@ fn fmt_secs(d: Duration) -> String {
     }
 }
 
-async fn cmd_run(s: &Settings, a: cli::RunArgs) -> Result<i32> {
+async fn cmd_run(c: &Connector<'_>, a: cli::RunArgs) -> Result<i32> {
+    let s = c.settings;
     let lock = s.lock(&a.lock)?;
     let rs = s.run(&a)?;
     let mut signals = Signals::install()?;
-    let backend = connect(s).await?;
+    let backend = c.get().await?;
     let me = owner(LeaseKind::Run)?;
     let keeper = Keeper::start(
         backend.clone(),
@@ -345,10 +370,11 @@ async fn cmd_run(s: &Settings, a: cli::RunArgs) -> Result<i32> {
     Ok(outcome.code)
 }
 
-async fn cmd_acquire(s: &Settings, a: cli::AcquireArgs) -> Result<i32> {
+async fn cmd_acquire(c: &Connector<'_>, a: cli::AcquireArgs) -> Result<i32> {
+    let s = c.settings;
     let lock = s.lock(&a.lock)?;
     let mut signals = Signals::install()?;
-    let backend = connect(s).await?;
+    let backend = c.get().await?;
     let me = owner(LeaseKind::Handle)?;
     let keeper = Keeper::start(backend.clone(), lock.ttl, s.connect_timeout, Duration::ZERO);
     if let Err(code) = take_locks(s, &backend, &lock, &me, &keeper, &mut signals).await? {
@@ -360,13 +386,13 @@ async fn cmd_acquire(s: &Settings, a: cli::AcquireArgs) -> Result<i32> {
     Ok(exit_code::SUCCESS)
 }
 
-async fn cmd_renew(s: &Settings, a: cli::RenewArgs) -> Result<i32> {
+async fn cmd_renew(c: &Connector<'_>, a: cli::RenewArgs) -> Result<i32> {
     let h = Handle::decode(&a.handle)?;
     let ttl = a.ttl.unwrap_or(h.ttl());
     if ttl < Duration::from_millis(100) {
         return Err(usage("--ttl must be at least 100ms"));
     }
-    let backend = connect(s).await?;
+    let backend = c.get().await?;
     for l in h.leases() {
         match backend
             .renew(&l, ttl)
@@ -394,8 +420,9 @@ async fn cmd_renew(s: &Settings, a: cli::RenewArgs) -> Result<i32> {
     Ok(exit_code::SUCCESS)
 }
 
-async fn cmd_release(s: &Settings, a: cli::ReleaseArgs) -> Result<i32> {
-    let backend = connect(s).await?;
+async fn cmd_release(c: &Connector<'_>, a: cli::ReleaseArgs) -> Result<i32> {
+    let s = c.settings;
+    let backend = c.get().await?;
     if let Some(hs) = &a.handle {
         let h = Handle::decode(hs)?;
         let mut gone = Vec::new();
@@ -449,11 +476,12 @@ async fn cmd_release(s: &Settings, a: cli::ReleaseArgs) -> Result<i32> {
     Ok(exit_code::SUCCESS)
 }
 
-async fn cmd_status(s: &Settings, a: cli::StatusArgs) -> Result<i32> {
+async fn cmd_status(c: &Connector<'_>, a: cli::StatusArgs) -> Result<i32> {
+    let s = c.settings;
     for k in &a.keys {
         config::validate_name("key", k)?;
     }
-    let backend = connect(s).await?;
+    let backend = c.get().await?;
     let st = backend
         .status(&s.namespace, &a.keys)
         .await
@@ -478,9 +506,10 @@ async fn cmd_status(s: &Settings, a: cli::StatusArgs) -> Result<i32> {
     Ok(exit_code::SUCCESS)
 }
 
-async fn cmd_ping(s: &Settings) -> Result<i32> {
+async fn cmd_ping(c: &Connector<'_>) -> Result<i32> {
+    let s = c.settings;
     let t0 = Instant::now();
-    let backend = connect(s).await?;
+    let backend = c.get().await?;
     let connected = t0.elapsed();
     let t1 = Instant::now();
     let info = tokio::time::timeout(s.connect_timeout, backend.ping())

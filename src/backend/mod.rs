@@ -165,6 +165,9 @@ pub trait Backend: Send + Sync {
     async fn status(&self, namespace: &str, keys: &[String]) -> Result<Vec<KeyStatus>>;
 
     async fn ping(&self) -> Result<PingInfo>;
+
+    /// Close connections cleanly before the process exits.
+    async fn close(&self) {}
 }
 
 /// Connect to the backend named by the URL(s).
