@@ -269,8 +269,12 @@ fn split_backends(raw: &[String]) -> Vec<String> {
     out
 }
 
+/// `scheme://...` or `sqlite:...`; a bare `host:port` is not a new URL.
 fn starts_with_scheme(s: &str) -> bool {
-    match s.find(':') {
+    if s.starts_with("sqlite:") {
+        return true;
+    }
+    match s.find("://") {
         Some(i) if i > 0 => s[..i]
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.'),

@@ -303,6 +303,24 @@ pub async fn supervise(
     if tty_fg {
         restore_terminal();
     }
+    // The child may have ended (killed by the guard, say) before the loss
+    // was seen: if dlock was frozen past the lease, the run still lost it.
+    if lost.is_none() {
+        lost = lost_rx.borrow().clone();
+    }
+    let grace = grace(spec.kill_after, ttl);
+    if lost.is_none()
+        && keeper
+            .safe_until()
+            .is_some_and(|u| Instant::now() + grace >= u)
+    {
+        let msg = "the lease could not be renewed in time while dlock was not running (frozen or suspended?)";
+        eprintln!("dlock: {msg}");
+        lost = Some(Loss {
+            message: msg.to_string(),
+            expires: None,
+        });
+    }
     reap_group(pgid, spec.kill_after.min(Duration::from_secs(5))).await;
     guard.disarm();
     let code = match (status.code(), status.signal()) {

@@ -64,6 +64,8 @@ const LEASE_COLUMNS: &str =
 /// The shortest and longest pause of the fallback poll.
 const POLL_MIN: Duration = Duration::from_millis(5);
 const POLL_MAX: Duration = Duration::from_millis(100);
+/// How soon the lease of a holder found dead on this host is broken.
+const BREAK_GRACE: Duration = Duration::from_millis(100);
 
 pub struct SqliteBackend {
     path: PathBuf,
@@ -83,6 +85,7 @@ struct Row_ {
     pid: u32,
     proc_start: u64,
     lim: u32,
+    expires_at: i64,
     holder: Holder,
 }
 
@@ -98,6 +101,7 @@ fn parse_row(r: &SqliteRow) -> Result<Row_> {
         pid: pid as u32,
         proc_start: proc_start as u64,
         lim: lim as u32,
+        expires_at: r.try_get("expires_at")?,
         holder: Holder {
             owner: Some(r.try_get("owner")?),
             host: Some(r.try_get("host")?),
@@ -142,6 +146,12 @@ fn parse_path(url: &str) -> Result<PathBuf> {
         ));
     }
     Ok(PathBuf::from(rest))
+}
+
+fn is_busy(e: &sqlx::Error) -> bool {
+    // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
+    matches!(e, sqlx::Error::Database(d)
+        if d.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| matches!(c & 0xff, 5 | 6)))
 }
 
 fn fnv64(parts: &[&str]) -> u64 {
@@ -190,14 +200,27 @@ impl SqliteBackend {
                 path.display()
             ))
         };
-        let mut conn = tokio::time::timeout(timeout, SqliteConnection::connect_with(&opts))
-            .await
-            .map_err(|_| fail(&"timed out"))?
-            .map_err(|e| fail(&e))?;
-        sqlx::raw_sql(SCHEMA)
-            .execute(&mut conn)
-            .await
-            .map_err(|e| fail(&e))?;
+        // Opening races with other processes switching a new file to WAL or
+        // replaying its WAL, which SQLite answers with SQLITE_BUSY at once
+        // rather than through the busy handler: retry within the timeout.
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_millis(1);
+        let conn = loop {
+            let attempt = async {
+                let mut c = SqliteConnection::connect_with(&opts).await?;
+                sqlx::raw_sql(SCHEMA).execute(&mut c).await?;
+                Ok::<_, sqlx::Error>(c)
+            };
+            match tokio::time::timeout_at(deadline.into(), attempt).await {
+                Err(_) => return Err(fail(&"timed out")),
+                Ok(Ok(c)) => break c,
+                Ok(Err(e)) if is_busy(&e) && Instant::now() + pause < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                Ok(Err(e)) => return Err(fail(&e)),
+            }
+        };
         Ok(SqliteBackend {
             path,
             conn: Mutex::new(conn),
@@ -298,35 +321,34 @@ impl Backend for SqliteBackend {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        let mut rows = self.rows(&mut tx, &spec.namespace, &spec.key).await?;
+        let rows = self.rows(&mut tx, &spec.namespace, &spec.key).await?;
         if rows.len() >= spec.limit as usize {
-            // Break leases of `run` processes on this host that are gone.
-            let mut kept = Vec::with_capacity(rows.len());
-            for r in rows {
+            // A `run` holder on this host whose process is gone: its lease
+            // ends BREAK_GRACE from now instead of at its TTL. The grace lets
+            // the dead holder's guard finish killing the job's process group.
+            let soon = now + ms(BREAK_GRACE);
+            for r in &rows {
                 let dead = r.kind == LeaseKind::Run.as_str()
                     && r.host_id == self.host_id
+                    && r.expires_at > soon
                     && !crate::host::process_alive(r.pid, r.proc_start);
                 if dead {
                     tracing::info!(
                         key = spec.key,
                         pid = r.pid,
-                        "breaking the lease of a dead holder"
+                        "the holder's process is gone: breaking its lease"
                     );
-                    sqlx::query("DELETE FROM dlock_lease WHERE ns = ?1 AND key = ?2 AND id = ?3")
+                    sqlx::query("UPDATE dlock_lease SET expires_at = ?1 WHERE ns = ?2 AND key = ?3 AND id = ?4")
+                        .bind(soon)
                         .bind(&spec.namespace)
                         .bind(&spec.key)
                         .bind(&r.id)
                         .execute(&mut *tx)
                         .await?;
-                } else {
-                    kept.push(r);
                 }
             }
-            rows = kept;
-            if rows.len() >= spec.limit as usize {
-                tx.commit().await?;
-                return Ok(Attempt::Busy(rows.into_iter().map(|r| r.holder).collect()));
-            }
+            tx.commit().await?;
+            return Ok(Attempt::Busy(rows.into_iter().map(|r| r.holder).collect()));
         }
         let token: i64 = sqlx::query_scalar(
             "INSERT INTO dlock_fence (ns, key, token) VALUES (?1, ?2, 1) \

@@ -1,0 +1,153 @@
+//! Shared test harness: the real `dlock` binary, a clean environment, and
+//! helpers to start, signal and time processes.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub mod suite;
+pub mod torture;
+
+pub const DLOCK: &str = env!("CARGO_BIN_EXE_dlock");
+
+/// A scratch directory plus the backend URL the test runs against.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub url: String,
+}
+
+impl Env {
+    /// A fresh SQLite backend in a temporary directory.
+    pub fn sqlite() -> Env {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite:{}", dir.path().join("locks.db").display());
+        Env { dir, url }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `dlock --backend URL ARGS...` with none of the developer's DLOCK_*
+    /// settings or config files able to change the result.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = bare(self.dir.path());
+        c.arg("--backend").arg(&self.url).args(args);
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run dlock")
+    }
+
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.cmd(args)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn dlock")
+    }
+
+    pub fn status_json(&self, keys: &[&str]) -> serde_json::Value {
+        let mut a = vec!["status", "--json"];
+        a.extend_from_slice(keys);
+        let out = self.run(&a);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "status failed: {}",
+            stderr(&out)
+        );
+        serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+    }
+
+    pub fn held(&self, key: &str) -> bool {
+        self.status_json(&[key])[0]["held"].as_bool().unwrap()
+    }
+}
+
+/// `dlock` with a scrubbed environment rooted at `home`.
+pub fn bare(home: &Path) -> Command {
+    let mut c = Command::new(DLOCK);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("DLOCK_") {
+            c.env_remove(&k);
+        }
+    }
+    c.env("HOME", home)
+        .env("XDG_STATE_HOME", home.join("state"))
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env_remove("NO_COLOR");
+    c
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn code(o: &Output) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    o.status
+        .code()
+        .unwrap_or_else(|| 128 + o.status.signal().unwrap_or(0))
+}
+
+pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).expect("kill");
+}
+
+pub fn alive(pid: i32) -> bool {
+    // A zombie still answers kill(0); look at its state too.
+    if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            let after = &s[s.rfind(')').unwrap() + 2..];
+            !after.starts_with('Z')
+        }
+        Err(_) => false,
+    }
+}
+
+/// Wait until `f` holds, or panic with `what` after `limit`.
+pub fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Wait for a file to appear and hold a non-empty line.
+pub fn read_when_ready(path: &Path, limit: Duration) -> String {
+    let mut s = String::new();
+    wait_for(limit, &format!("{} to be written", path.display()), || {
+        s = std::fs::read_to_string(path).unwrap_or_default();
+        s.ends_with('\n')
+    });
+    s.trim().to_string()
+}
+
+/// Wait for a child with a bound; kill it and panic if it overruns.
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            return st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0));
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("process {} did not finish within {limit:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

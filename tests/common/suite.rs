@@ -1,0 +1,562 @@
+//! The backend conformance suite: every backend must pass all of it against
+//! a real server. `conformance!(name, Env::...)` instantiates it.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use super::torture::{self, Fault};
+use super::*;
+
+macro_rules! conformance {
+    ($name:ident, $env:expr) => {
+        mod $name {
+            use $crate::common::suite;
+            #[allow(unused_imports)]
+            use $crate::common::*;
+            fn env() -> Env {
+                $env
+            }
+            $crate::common::suite::suite_tests!(
+                child_status_and_environment,
+                missing_and_unexecutable_commands,
+                child_killed_by_signal_frees_lock,
+                busy_no_wait_wait_and_conflict_code,
+                waiter_wakes_promptly,
+                contention_never_overlaps,
+                fencing_tokens_increase,
+                stale_handle_cannot_release_new_holder,
+                renew_extends_a_handle,
+                forced_release_stops_child_with_74,
+                sigkill_of_dlock_kills_child_and_grandchild,
+                signals_are_forwarded,
+                semaphore_limit,
+                multi_key_opposite_orders_do_not_deadlock,
+                lock_at_least_keeps_the_lock,
+                status_json_fields,
+                frozen_dlock_child_is_stopped_before_expiry,
+                faults_never_overlap,
+            );
+        }
+    };
+}
+pub(crate) use conformance;
+
+macro_rules! suite_tests {
+    ($($t:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $t() {
+                suite::$t(&env());
+            }
+        )*
+    };
+}
+pub(crate) use suite_tests;
+
+const LONG: Duration = Duration::from_secs(20);
+
+fn key(name: &str) -> String {
+    format!("{name}-{}", std::process::id())
+}
+
+/// Start a holder of `k` that runs `sh -c script`, and wait until it holds.
+fn hold(env: &Env, k: &str, extra: &[&str], script: &str) -> std::process::Child {
+    let mut args = vec!["run", "--key", k];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", "sh", "-c", script]);
+    let c = env
+        .cmd(&args)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn dlock");
+    wait_for(LONG, &format!("{k} to be held"), || env.held(k));
+    c
+}
+
+pub fn child_status_and_environment(env: &Env) {
+    let k = key("env");
+    let out = env.run(&[
+        "run",
+        "--key",
+        &k,
+        "--",
+        "sh",
+        "-c",
+        "echo \"$DLOCK_KEY|$DLOCK_TOKEN|$DLOCK_TTL\"; exit 3",
+    ]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let line = stdout(&out);
+    let parts: Vec<&str> = line.trim().split('|').collect();
+    assert_eq!(parts[0], k);
+    assert!(parts[1].parse::<u64>().unwrap() >= 1, "token {line}");
+    assert_eq!(parts[2], "30");
+    assert!(!env.held(&k), "released after the child exited");
+    // --shell runs through /bin/sh.
+    let out = env.run(&["run", "--key", &k, "--shell", "--", "echo", "$DLOCK_KEY"]);
+    assert_eq!(stdout(&out).trim(), k);
+}
+
+pub fn missing_and_unexecutable_commands(env: &Env) {
+    let k = key("exec");
+    let out = env.run(&["run", "--key", &k, "--", "/nonexistent/cmd"]);
+    assert_eq!(code(&out), 127);
+    assert!(stderr(&out).contains("not found"), "{}", stderr(&out));
+    let f = env.path("not-exec");
+    std::fs::write(&f, "#!/bin/sh\necho hi\n").unwrap();
+    let out = env.run(&["run", "--key", &k, "--", f.to_str().unwrap()]);
+    assert_eq!(code(&out), 126);
+    assert!(!env.held(&k));
+}
+
+pub fn child_killed_by_signal_frees_lock(env: &Env) {
+    let k = key("sig");
+    let out = env.run(&["run", "--key", &k, "--", "sh", "-c", "kill -TERM $$"]);
+    assert_eq!(code(&out), 143);
+    let pidf = env.path("child.pid");
+    let mut c = env.spawn(&[
+        "run",
+        "--key",
+        &k,
+        "--",
+        "sh",
+        "-c",
+        &format!("echo $$ > {}; exec sleep 30", pidf.display()),
+    ]);
+    let pid: u32 = read_when_ready(&pidf, LONG).parse().unwrap();
+    signal(pid, Signal::SIGKILL);
+    assert_eq!(wait_timeout(&mut c, LONG), 137);
+    assert!(!env.held(&k));
+}
+
+pub fn busy_no_wait_wait_and_conflict_code(env: &Env) {
+    let k = key("busy");
+    let mut h = hold(env, &k, &[], "sleep 30");
+    let t = Instant::now();
+    let out = env.run(&["run", "-n", "--key", &k, "--", "true"]);
+    assert_eq!(code(&out), 75);
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "--no-wait returned in {:?}",
+        t.elapsed()
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("busy") && err.contains("held by") && err.contains("token"),
+        "{err}"
+    );
+    let out = env.run(&["run", "-n", "-E", "3", "--key", &k, "--", "true"]);
+    assert_eq!(code(&out), 3);
+    let t = Instant::now();
+    let out = env.run(&["run", "-w", "400ms", "--key", &k, "--", "true"]);
+    let took = t.elapsed();
+    assert_eq!(code(&out), 75);
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(4),
+        "--wait 400ms took {took:?}"
+    );
+    assert!(stderr(&out).contains("after waiting"), "{}", stderr(&out));
+    let out = env.run(&["acquire", "-n", "--key", &k]);
+    assert_eq!(code(&out), 75);
+    assert!(stdout(&out).is_empty());
+    signal(h.id(), Signal::SIGTERM);
+    assert_eq!(wait_timeout(&mut h, LONG), 143);
+}
+
+pub fn waiter_wakes_promptly(env: &Env) {
+    let k = key("wake");
+    let end = env.path("end");
+    let start = env.path("start");
+    let mut h = hold(
+        env,
+        &k,
+        &[],
+        &format!("sleep 0.7; date +%s%N > {}", end.display()),
+    );
+    let mut w = env.spawn(&[
+        "run",
+        "--key",
+        &k,
+        "--",
+        "sh",
+        "-c",
+        &format!("date +%s%N > {}", start.display()),
+    ]);
+    assert_eq!(wait_timeout(&mut h, LONG), 0);
+    assert_eq!(wait_timeout(&mut w, LONG), 0);
+    let e: i128 = read_when_ready(&end, LONG).parse().unwrap();
+    let s: i128 = read_when_ready(&start, LONG).parse().unwrap();
+    let gap = Duration::from_nanos((s - e).max(0) as u64);
+    assert!(s > e, "the waiter ran before the holder ended");
+    assert!(
+        gap < Duration::from_millis(300),
+        "the waiter took {gap:?} to take a freed lock"
+    );
+}
+
+fn torture_cfg(env: &Env, name: &str) -> torture::Config {
+    torture::Config {
+        dlock: DLOCK.into(),
+        backend: env.url.clone(),
+        key: key(name),
+        clients: 5,
+        runs: 4,
+        hold: Duration::from_millis(15),
+        ttl: Duration::from_secs(2),
+        limit: 1,
+        faults: vec![],
+        fault_rate: 0.0,
+        dir: env.path(name),
+        seed: 42,
+    }
+}
+
+pub fn contention_never_overlaps(env: &Env) {
+    let cfg = torture_cfg(env, "contend");
+    let r = torture::run(&cfg);
+    assert!(r.ok(), "{r:#?}");
+    assert_eq!(r.intervals, 20, "{r:#?}");
+    assert_eq!(r.max_concurrent, 1);
+    assert_eq!(r.exit_codes.get(&0), Some(&20), "{r:#?}");
+}
+
+pub fn faults_never_overlap(env: &Env) {
+    let mut cfg = torture_cfg(env, "faults");
+    cfg.clients = 4;
+    cfg.runs = 5;
+    cfg.ttl = Duration::from_millis(1500);
+    cfg.faults = vec![Fault::KillDlock, Fault::KillChild, Fault::StopDlock];
+    cfg.fault_rate = 0.35;
+    let r = torture::run(&cfg);
+    assert!(r.ok(), "{r:#?}");
+    assert_eq!(r.max_concurrent, 1, "{r:#?}");
+    assert!(!r.faults.is_empty(), "no fault was injected: {r:#?}");
+}
+
+pub fn fencing_tokens_increase(env: &Env) {
+    let k = key("fence");
+    let mut last = 0u64;
+    for _ in 0..4 {
+        let out = env.run(&["run", "--key", &k, "--", "sh", "-c", "echo $DLOCK_TOKEN"]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let t: u64 = stdout(&out).trim().parse().unwrap();
+        assert!(t > last, "token {t} after {last}");
+        last = t;
+    }
+    let out = env.run(&["acquire", "--key", &k]);
+    let h = stdout(&out).trim().to_string();
+    let st = env.status_json(&[&k]);
+    let t = st[0]["holders"][0]["token"].as_u64().unwrap();
+    assert!(t > last);
+    assert_eq!(code(&env.run(&["release", &h])), 0);
+}
+
+pub fn stale_handle_cannot_release_new_holder(env: &Env) {
+    let k = key("stale");
+    let out = env.run(&["acquire", "--key", &k, "--ttl", "300ms"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let old = stdout(&out).trim().to_string();
+    assert!(
+        old.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
+        "not shell-safe: {old}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let out = env.run(&["acquire", "--key", &k, "--ttl", "30s", "--wait", "10s"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let new = stdout(&out).trim().to_string();
+    let out = env.run(&["release", &old]);
+    assert_eq!(code(&out), 74, "{}", stderr(&out));
+    assert!(stderr(&out).contains("no longer"), "{}", stderr(&out));
+    assert_eq!(code(&env.run(&["renew", &old])), 74);
+    assert!(env.held(&k), "a stale handle released the new holder");
+    let out = env.run(&["release", "not-a-handle"]);
+    assert_eq!(code(&out), 64);
+    assert_eq!(code(&env.run(&["release", &new])), 0);
+    assert!(!env.held(&k));
+}
+
+pub fn renew_extends_a_handle(env: &Env) {
+    let k = key("renew");
+    let out = env.run(&["acquire", "--key", &k, "--ttl", "1s"]);
+    let h = stdout(&out).trim().to_string();
+    std::thread::sleep(Duration::from_millis(400));
+    let out = env.run(&["renew", &h, "--ttl", "5s"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(env.held(&k), "the renewed lease ended at its first TTL");
+    assert_eq!(code(&env.run(&["release", &h])), 0);
+}
+
+pub fn forced_release_stops_child_with_74(env: &Env) {
+    let k = key("force");
+    let pidf = env.path("forced.pid");
+    let mut h = hold(
+        env,
+        &k,
+        &["--ttl", "1500ms", "--kill-after", "1s"],
+        &format!("echo $$ > {}; exec sleep 30", pidf.display()),
+    );
+    let pid: i32 = read_when_ready(&pidf, LONG).parse().unwrap();
+    let out = env.run(&["release", "--key", &k, "--force"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let t = Instant::now();
+    let out = h.wait_with_output_timeout();
+    assert_eq!(out.0, 74, "dlock must exit 74 when its lease is broken");
+    assert!(out.1.contains("lost"), "{}", out.1);
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(!alive(pid), "the child outlived the lost lease");
+    let out = env.run(&["release", "--key", &k]);
+    assert_eq!(code(&out), 64, "--key without --force is a usage error");
+}
+
+pub fn sigkill_of_dlock_kills_child_and_grandchild(env: &Env) {
+    let k = key("kill9");
+    let pidf = env.path("k9.pid");
+    let gpidf = env.path("k9.gpid");
+    let script = format!(
+        "sleep 30 & echo $! > {}; echo $$ > {}; wait",
+        gpidf.display(),
+        pidf.display()
+    );
+    let mut h = hold(env, &k, &["--ttl", "2s"], &script);
+    let pid: i32 = read_when_ready(&pidf, LONG).parse().unwrap();
+    let gpid: i32 = read_when_ready(&gpidf, LONG).parse().unwrap();
+    signal(h.id(), Signal::SIGKILL);
+    let _ = h.wait();
+    wait_for(
+        Duration::from_secs(3),
+        "the child to die with dlock",
+        || !alive(pid),
+    );
+    wait_for(
+        Duration::from_secs(3),
+        "the grandchild to die with dlock",
+        || !alive(gpid),
+    );
+    // The lock frees by the TTL at the latest.
+    wait_for(
+        Duration::from_secs(6),
+        "the lock to free after its holder died",
+        || !env.held(&k),
+    );
+    let out = env.run(&["run", "-w", "5s", "--key", &k, "--", "true"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}
+
+pub fn signals_are_forwarded(env: &Env) {
+    let k = key("fwd");
+    let ready = env.path("fwd.ready");
+    let script = format!(
+        "trap 'exit 7' TERM; echo go > {}; while :; do sleep 0.05; done",
+        ready.display()
+    );
+    let mut h = env.spawn(&["run", "--key", &k, "--", "sh", "-c", &script]);
+    read_when_ready(&ready, LONG);
+    signal(h.id(), Signal::SIGTERM);
+    assert_eq!(
+        wait_timeout(&mut h, LONG),
+        7,
+        "the child's own status after a forwarded SIGTERM"
+    );
+    let ready2 = env.path("fwd2.ready");
+    let mut h = env.spawn(&[
+        "run",
+        "--key",
+        &k,
+        "--",
+        "sh",
+        "-c",
+        &format!("echo go > {}; exec sleep 30", ready2.display()),
+    ]);
+    read_when_ready(&ready2, LONG);
+    signal(h.id(), Signal::SIGINT);
+    assert_eq!(wait_timeout(&mut h, LONG), 130);
+    let ready3 = env.path("fwd3.ready");
+    let mut h = env.spawn(&[
+        "run",
+        "--key",
+        &k,
+        "--",
+        "sh",
+        "-c",
+        &format!("trap '' INT; echo go > {}; exec sleep 30", ready3.display()),
+    ]);
+    read_when_ready(&ready3, LONG);
+    signal(h.id(), Signal::SIGUSR1);
+    assert_eq!(wait_timeout(&mut h, LONG), 128 + 10);
+    assert!(!env.held(&k));
+}
+
+pub fn semaphore_limit(env: &Env) {
+    let k = key("sem");
+    let mut a = env.spawn(&["run", "--limit", "2", "--key", &k, "--", "sleep", "30"]);
+    let mut b = env.spawn(&["run", "--limit", "2", "--key", &k, "--", "sleep", "30"]);
+    wait_for(LONG, "two holders", || {
+        env.status_json(&[&k])[0]["holders"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 2
+    });
+    let st = env.status_json(&[&k]);
+    assert_eq!(st[0]["limit"], 2);
+    let out = env.run(&["run", "-n", "--limit", "2", "--key", &k, "--", "true"]);
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    signal(a.id(), Signal::SIGTERM);
+    assert_eq!(wait_timeout(&mut a, LONG), 143);
+    let out = env.run(&["run", "-w", "5s", "--limit", "2", "--key", &k, "--", "true"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    signal(b.id(), Signal::SIGTERM);
+    wait_timeout(&mut b, LONG);
+    let out = env.run(&["run", "--limit", "0", "--key", &k, "--", "true"]);
+    assert_eq!(code(&out), 64);
+}
+
+pub fn multi_key_opposite_orders_do_not_deadlock(env: &Env) {
+    let x = key("mx");
+    let y = key("my");
+    let out = env.run(&[
+        "run",
+        "--key",
+        &y,
+        "--key",
+        &x,
+        "--",
+        "sh",
+        "-c",
+        "echo $DLOCK_KEY",
+    ]);
+    let mut sorted = [x.clone(), y.clone()];
+    sorted.sort();
+    assert_eq!(stdout(&out).trim(), sorted.join(","));
+    std::thread::scope(|s| {
+        for i in 0..4 {
+            let (a, b) = if i % 2 == 0 { (&x, &y) } else { (&y, &x) };
+            s.spawn(move || {
+                for _ in 0..4 {
+                    let mut c = env.spawn(&["run", "--key", a, "--key", b, "--", "sleep", "0.02"]);
+                    assert_eq!(wait_timeout(&mut c, Duration::from_secs(30)), 0);
+                }
+            });
+        }
+    });
+    // All or nothing: with y held, --no-wait on x+y takes neither.
+    let mut h = hold(env, &y, &[], "sleep 30");
+    let out = env.run(&["run", "-n", "--key", &x, "--key", &y, "--", "true"]);
+    assert_eq!(code(&out), 75);
+    assert!(!env.held(&x), "a failed multi-key run kept one of its keys");
+    signal(h.id(), Signal::SIGTERM);
+    wait_timeout(&mut h, LONG);
+}
+
+pub fn lock_at_least_keeps_the_lock(env: &Env) {
+    let k = key("least");
+    let t = Instant::now();
+    let out = env.run(&[
+        "run",
+        "--lock-at-least",
+        "1500ms",
+        "--key",
+        &k,
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    if t.elapsed() < Duration::from_millis(1200) {
+        // The backend left the lease to lapse on its own: it is still held.
+        let out = env.run(&["run", "-n", "--key", &k, "--", "true"]);
+        assert_eq!(
+            code(&out),
+            75,
+            "the lock was free before --lock-at-least passed"
+        );
+    }
+    wait_for(Duration::from_secs(5), "the lock to lapse", || {
+        !env.held(&k)
+    });
+    assert!(
+        t.elapsed() >= Duration::from_millis(1400),
+        "freed after {:?}",
+        t.elapsed()
+    );
+}
+
+pub fn status_json_fields(env: &Env) {
+    let k = key("stat");
+    let free = key("free");
+    let mut h = hold(env, &k, &[], "sleep 30");
+    let st = env.status_json(&[&k, &free]);
+    let arr = st.as_array().unwrap();
+    assert_eq!(arr.len(), 2);
+    let held = arr.iter().find(|o| o["key"] == k.as_str()).unwrap();
+    assert_eq!(held["held"], true);
+    assert_eq!(held["limit"], 1);
+    let holder = &held["holders"][0];
+    assert_eq!(holder["pid"].as_u64().unwrap(), u64::from(h.id()));
+    assert!(holder["owner"].is_string() && holder["host"].is_string());
+    assert!(holder["token"].as_u64().unwrap() >= 1);
+    for f in ["acquired_at", "expires_at"] {
+        let s = holder[f].as_str().unwrap();
+        assert!(s.ends_with('Z') && s.contains('T'), "{f} = {s}");
+    }
+    assert!(held.get("waiters").is_some());
+    let fr = arr.iter().find(|o| o["key"] == free.as_str()).unwrap();
+    assert_eq!(fr["held"], false);
+    assert_eq!(fr["holders"].as_array().unwrap().len(), 0);
+    let out = env.run(&["status"]);
+    assert!(stdout(&out).contains(&k), "{}", stdout(&out));
+    signal(h.id(), Signal::SIGTERM);
+    wait_timeout(&mut h, LONG);
+}
+
+pub fn frozen_dlock_child_is_stopped_before_expiry(env: &Env) {
+    let k = key("frozen");
+    let pidf = env.path("frozen.pid");
+    let mut h = hold(
+        env,
+        &k,
+        &["--ttl", "1200ms", "--kill-after", "200ms"],
+        &format!("echo $$ > {}; exec sleep 30", pidf.display()),
+    );
+    let pid: i32 = read_when_ready(&pidf, LONG).parse().unwrap();
+    let stopped = Instant::now();
+    signal(h.id(), Signal::SIGSTOP);
+    // The guard must stop the child before the lease can expire (<= TTL
+    // after the last renewal, which was at most TTL/3 before the stop).
+    wait_for(
+        Duration::from_secs(3),
+        "the guard to kill the child of a frozen dlock",
+        || !alive(pid),
+    );
+    assert!(
+        stopped.elapsed() < Duration::from_millis(1200),
+        "child lived {:?} after the freeze",
+        stopped.elapsed()
+    );
+    signal(h.id(), Signal::SIGCONT);
+    assert_eq!(wait_timeout(&mut h, LONG), 74);
+}
+
+/// Wait for a dlock child and collect (exit code, stderr).
+trait WaitOutput {
+    fn wait_with_output_timeout(&mut self) -> (i32, String);
+}
+
+impl WaitOutput for std::process::Child {
+    fn wait_with_output_timeout(&mut self) -> (i32, String) {
+        let c = wait_timeout(self, LONG);
+        let mut s = String::new();
+        if let Some(e) = self.stderr.as_mut() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut s);
+        }
+        (c, s)
+    }
+}
