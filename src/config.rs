@@ -353,7 +353,7 @@ fn load_file(explicit: Option<&Path>, profile: Option<&str>) -> Result<FileConfi
     let mut cfg: FileConfig = toml::from_str(&text).map_err(|e| {
         let line = e
             .span()
-            .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
         let msg = e.message().trim().to_string();
         match line {
             Some(l) => Error::Config(format!("config file {}, line {l}: {msg}", path.display())),

@@ -40,17 +40,23 @@ pub fn host_id() -> String {
     format!("{}/{}", boot.trim(), pidns)
 }
 
-/// A process's start time in clock ticks since boot (field 22 of
-/// /proc/PID/stat), or None if it cannot be read.
-pub fn proc_start(pid: u32) -> Option<u64> {
+/// A process's state letter and start time in clock ticks since boot
+/// (fields 3 and 22 of /proc/PID/stat), or None if it cannot be read.
+fn proc_stat(pid: u32) -> Option<(char, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) is in parentheses and may hold spaces.
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(19)?.parse().ok()
+    let mut f = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = f.next()?.chars().next()?;
+    Some((state, f.nth(18)?.parse().ok()?))
+}
+
+pub fn proc_start(pid: u32) -> Option<u64> {
+    proc_stat(pid).map(|(_, start)| start)
 }
 
 /// Whether the process that recorded (`pid`, `start`) is still running.
-/// Only meaningful for a process with our [`host_id`].
+/// Only meaningful for a process with our [`host_id`]. A zombie counts as
+/// dead: it has exited, and its children have had their death signal.
 pub fn process_alive(pid: u32, start: u64) -> bool {
     let Ok(p) = i32::try_from(pid) else {
         return false;
@@ -58,7 +64,10 @@ pub fn process_alive(pid: u32, start: u64) -> bool {
     match nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None) {
         Err(nix::errno::Errno::ESRCH) => false,
         // Alive (EPERM: alive but not ours); make sure it is the same process.
-        _ => proc_start(pid).is_none_or(|s| s == start),
+        _ => match proc_stat(pid) {
+            Some((state, s)) => state != 'Z' && state != 'X' && s == start,
+            None => true,
+        },
     }
 }
 

@@ -104,7 +104,9 @@ pub fn print_completions(shell: clap_complete::Shell, out: &mut dyn Write) -> Re
 
 /// The roff man page of dlock, or of `dlock-SUBCOMMAND`.
 pub fn man_page(subcommand: Option<&str>) -> Result<Vec<u8>> {
-    let cmd = Cli::command();
+    let mut cmd = Cli::command();
+    // Propagate the global options into the subcommands' pages.
+    cmd.build();
     let page = match subcommand {
         None => cmd,
         Some(name) => {

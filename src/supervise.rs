@@ -109,6 +109,8 @@ pub fn grace(kill_after: Duration, ttl: Duration) -> Duration {
     kill_after.min(ttl / 3)
 }
 
+// time_t is i64 here but not on every target.
+#[allow(clippy::unnecessary_cast)]
 fn boottime_ns() -> i64 {
     let mut ts = libc::timespec {
         tv_sec: 0,

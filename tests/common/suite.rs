@@ -1,6 +1,6 @@
 //! The backend conformance suite: every backend must pass all of it against
 //! a real server. `conformance!(name, Env::...)` instantiates it.
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros, unused_imports)]
 
 use std::time::{Duration, Instant};
 

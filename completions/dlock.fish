@@ -1,0 +1,156 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_dlock_global_optspecs
+    string join \n b/backend= namespace= config= profile= connect-timeout= v/verbose q/quiet log-format= h/help V/version
+end
+
+function __fish_dlock_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_dlock_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_dlock_using_subcommand
+    set -l cmd (__fish_dlock_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c dlock -n "__fish_dlock_needs_command" -s b -l backend -d 'Backend URL; several Redis URLs (comma-separated or repeated) mean Redlock' -r
+complete -c dlock -n "__fish_dlock_needs_command" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
+complete -c dlock -n "__fish_dlock_needs_command" -l config -d 'Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml]' -r -F
+complete -c dlock -n "__fish_dlock_needs_command" -l profile -d 'Use the [profile.NAME] table of the config file' -r
+complete -c dlock -n "__fish_dlock_needs_command" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
+complete -c dlock -n "__fish_dlock_needs_command" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
+json\t'One JSON object per line'"
+complete -c dlock -n "__fish_dlock_needs_command" -s v -l verbose -d 'Log what dlock does on stderr (-v: events with timings, -vv: debug)'
+complete -c dlock -n "__fish_dlock_needs_command" -s q -l quiet -d 'Print nothing but errors'
+complete -c dlock -n "__fish_dlock_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c dlock -n "__fish_dlock_needs_command" -s V -l version -d 'Print version'
+complete -c dlock -n "__fish_dlock_needs_command" -f -a "run" -d 'Acquire the lock(s), run CMD as a child, release when it ends'
+complete -c dlock -n "__fish_dlock_needs_command" -f -a "acquire" -d 'Acquire without a child; print a lease handle on stdout'
+complete -c dlock -n "__fish_dlock_needs_command" -f -a "renew" -d 'Extend a lease by its handle'
+complete -c dlock -n "__fish_dlock_needs_command" -f -a "release" -d 'Release a lease by its handle, or break a key\'s lock with --force'
+complete -c dlock -n "__fish_dlock_needs_command" -f -a "status" -d 'Show who holds which lock'
+complete -c dlock -n "__fish_dlock_needs_command" -f -a "ping" -d 'Connect to the backend and print its kind, version and round-trip time'
+complete -c dlock -n "__fish_dlock_needs_command" -f -a "completions" -d 'Print a shell completion script'
+complete -c dlock -n "__fish_dlock_needs_command" -f -a "man" -d 'Print the man page (of a subcommand, if named)'
+complete -c dlock -n "__fish_dlock_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c dlock -n "__fish_dlock_using_subcommand run" -s k -l key -d 'Lock name; repeat for several locks, taken all or nothing in sorted order' -r
+complete -c dlock -n "__fish_dlock_using_subcommand run" -s t -l ttl -d 'Lease length, renewed about every third of it while held [default: 30s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand run" -s w -l wait -d 'Give up after waiting D for the lock [default: wait as long as it takes]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand run" -s E -l conflict-exit-code -d 'Exit code when the lock is not acquired [default: 75]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand run" -s l -l limit -d 'Semaphore: at most N holders of each key at once [default: 1]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand run" -l kill-after -d 'After SIGTERM on a lost lease, wait this long before SIGKILL [default: 10s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand run" -l on-lost -d 'What to do when the lease is lost while CMD runs [default: kill]' -r -f -a "kill\t'SIGTERM the child\'s process group, SIGKILL after --kill-after, exit 74'
+ignore\t'Only warn on stderr; the child runs on (and dlock still exits 74)'"
+complete -c dlock -n "__fish_dlock_using_subcommand run" -l lock-at-least -d 'Keep the lock until D after it was taken, even if CMD ends sooner' -r
+complete -c dlock -n "__fish_dlock_using_subcommand run" -s b -l backend -d 'Backend URL; several Redis URLs (comma-separated or repeated) mean Redlock' -r
+complete -c dlock -n "__fish_dlock_using_subcommand run" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand run" -l config -d 'Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml]' -r -F
+complete -c dlock -n "__fish_dlock_using_subcommand run" -l profile -d 'Use the [profile.NAME] table of the config file' -r
+complete -c dlock -n "__fish_dlock_using_subcommand run" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand run" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
+json\t'One JSON object per line'"
+complete -c dlock -n "__fish_dlock_using_subcommand run" -s n -l no-wait -d 'Give up at once if the lock is held'
+complete -c dlock -n "__fish_dlock_using_subcommand run" -s c -l shell -d 'Run CMD through /bin/sh -c (its words joined by spaces)'
+complete -c dlock -n "__fish_dlock_using_subcommand run" -s v -l verbose -d 'Log what dlock does on stderr (-v: events with timings, -vv: debug)'
+complete -c dlock -n "__fish_dlock_using_subcommand run" -s q -l quiet -d 'Print nothing but errors'
+complete -c dlock -n "__fish_dlock_using_subcommand run" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s k -l key -d 'Lock name; repeat for several locks, taken all or nothing in sorted order' -r
+complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s t -l ttl -d 'Lease length, renewed about every third of it while held [default: 30s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s w -l wait -d 'Give up after waiting D for the lock [default: wait as long as it takes]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s E -l conflict-exit-code -d 'Exit code when the lock is not acquired [default: 75]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s l -l limit -d 'Semaphore: at most N holders of each key at once [default: 1]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s b -l backend -d 'Backend URL; several Redis URLs (comma-separated or repeated) mean Redlock' -r
+complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l config -d 'Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml]' -r -F
+complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l profile -d 'Use the [profile.NAME] table of the config file' -r
+complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
+json\t'One JSON object per line'"
+complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s n -l no-wait -d 'Give up at once if the lock is held'
+complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s v -l verbose -d 'Log what dlock does on stderr (-v: events with timings, -vv: debug)'
+complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s q -l quiet -d 'Print nothing but errors'
+complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c dlock -n "__fish_dlock_using_subcommand renew" -s t -l ttl -d 'New lease length, from now [default: the TTL it was acquired with]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand renew" -s b -l backend -d 'Backend URL; several Redis URLs (comma-separated or repeated) mean Redlock' -r
+complete -c dlock -n "__fish_dlock_using_subcommand renew" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand renew" -l config -d 'Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml]' -r -F
+complete -c dlock -n "__fish_dlock_using_subcommand renew" -l profile -d 'Use the [profile.NAME] table of the config file' -r
+complete -c dlock -n "__fish_dlock_using_subcommand renew" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand renew" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
+json\t'One JSON object per line'"
+complete -c dlock -n "__fish_dlock_using_subcommand renew" -s v -l verbose -d 'Log what dlock does on stderr (-v: events with timings, -vv: debug)'
+complete -c dlock -n "__fish_dlock_using_subcommand renew" -s q -l quiet -d 'Print nothing but errors'
+complete -c dlock -n "__fish_dlock_using_subcommand renew" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c dlock -n "__fish_dlock_using_subcommand release" -s k -l key -d 'With --force: the key whose holders to evict' -r
+complete -c dlock -n "__fish_dlock_using_subcommand release" -s b -l backend -d 'Backend URL; several Redis URLs (comma-separated or repeated) mean Redlock' -r
+complete -c dlock -n "__fish_dlock_using_subcommand release" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand release" -l config -d 'Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml]' -r -F
+complete -c dlock -n "__fish_dlock_using_subcommand release" -l profile -d 'Use the [profile.NAME] table of the config file' -r
+complete -c dlock -n "__fish_dlock_using_subcommand release" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand release" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
+json\t'One JSON object per line'"
+complete -c dlock -n "__fish_dlock_using_subcommand release" -l force -d 'Break the lock whoever holds it (administrator\'s tool)'
+complete -c dlock -n "__fish_dlock_using_subcommand release" -s v -l verbose -d 'Log what dlock does on stderr (-v: events with timings, -vv: debug)'
+complete -c dlock -n "__fish_dlock_using_subcommand release" -s q -l quiet -d 'Print nothing but errors'
+complete -c dlock -n "__fish_dlock_using_subcommand release" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c dlock -n "__fish_dlock_using_subcommand status" -s b -l backend -d 'Backend URL; several Redis URLs (comma-separated or repeated) mean Redlock' -r
+complete -c dlock -n "__fish_dlock_using_subcommand status" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand status" -l config -d 'Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml]' -r -F
+complete -c dlock -n "__fish_dlock_using_subcommand status" -l profile -d 'Use the [profile.NAME] table of the config file' -r
+complete -c dlock -n "__fish_dlock_using_subcommand status" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand status" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
+json\t'One JSON object per line'"
+complete -c dlock -n "__fish_dlock_using_subcommand status" -l json -d 'Print a JSON array, one object per key'
+complete -c dlock -n "__fish_dlock_using_subcommand status" -s v -l verbose -d 'Log what dlock does on stderr (-v: events with timings, -vv: debug)'
+complete -c dlock -n "__fish_dlock_using_subcommand status" -s q -l quiet -d 'Print nothing but errors'
+complete -c dlock -n "__fish_dlock_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c dlock -n "__fish_dlock_using_subcommand ping" -s b -l backend -d 'Backend URL; several Redis URLs (comma-separated or repeated) mean Redlock' -r
+complete -c dlock -n "__fish_dlock_using_subcommand ping" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand ping" -l config -d 'Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml]' -r -F
+complete -c dlock -n "__fish_dlock_using_subcommand ping" -l profile -d 'Use the [profile.NAME] table of the config file' -r
+complete -c dlock -n "__fish_dlock_using_subcommand ping" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand ping" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
+json\t'One JSON object per line'"
+complete -c dlock -n "__fish_dlock_using_subcommand ping" -s v -l verbose -d 'Log what dlock does on stderr (-v: events with timings, -vv: debug)'
+complete -c dlock -n "__fish_dlock_using_subcommand ping" -s q -l quiet -d 'Print nothing but errors'
+complete -c dlock -n "__fish_dlock_using_subcommand ping" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c dlock -n "__fish_dlock_using_subcommand completions" -s b -l backend -d 'Backend URL; several Redis URLs (comma-separated or repeated) mean Redlock' -r
+complete -c dlock -n "__fish_dlock_using_subcommand completions" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand completions" -l config -d 'Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml]' -r -F
+complete -c dlock -n "__fish_dlock_using_subcommand completions" -l profile -d 'Use the [profile.NAME] table of the config file' -r
+complete -c dlock -n "__fish_dlock_using_subcommand completions" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand completions" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
+json\t'One JSON object per line'"
+complete -c dlock -n "__fish_dlock_using_subcommand completions" -s v -l verbose -d 'Log what dlock does on stderr (-v: events with timings, -vv: debug)'
+complete -c dlock -n "__fish_dlock_using_subcommand completions" -s q -l quiet -d 'Print nothing but errors'
+complete -c dlock -n "__fish_dlock_using_subcommand completions" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c dlock -n "__fish_dlock_using_subcommand man" -s b -l backend -d 'Backend URL; several Redis URLs (comma-separated or repeated) mean Redlock' -r
+complete -c dlock -n "__fish_dlock_using_subcommand man" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand man" -l config -d 'Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml]' -r -F
+complete -c dlock -n "__fish_dlock_using_subcommand man" -l profile -d 'Use the [profile.NAME] table of the config file' -r
+complete -c dlock -n "__fish_dlock_using_subcommand man" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand man" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
+json\t'One JSON object per line'"
+complete -c dlock -n "__fish_dlock_using_subcommand man" -s v -l verbose -d 'Log what dlock does on stderr (-v: events with timings, -vv: debug)'
+complete -c dlock -n "__fish_dlock_using_subcommand man" -s q -l quiet -d 'Print nothing but errors'
+complete -c dlock -n "__fish_dlock_using_subcommand man" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping completions man help" -f -a "run" -d 'Acquire the lock(s), run CMD as a child, release when it ends'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping completions man help" -f -a "acquire" -d 'Acquire without a child; print a lease handle on stdout'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping completions man help" -f -a "renew" -d 'Extend a lease by its handle'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping completions man help" -f -a "release" -d 'Release a lease by its handle, or break a key\'s lock with --force'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping completions man help" -f -a "status" -d 'Show who holds which lock'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping completions man help" -f -a "ping" -d 'Connect to the backend and print its kind, version and round-trip time'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping completions man help" -f -a "completions" -d 'Print a shell completion script'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping completions man help" -f -a "man" -d 'Print the man page (of a subcommand, if named)'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Regenerate completions/ and man/ from the clap definition (src/cli.rs).
+# tests/cli.rs fails when the committed files differ from what this writes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --quiet
+d=target/debug/dlock
+mkdir -p completions man
+"$d" completions bash > completions/dlock.bash
+"$d" completions zsh > completions/_dlock
+"$d" completions fish > completions/dlock.fish
+"$d" man > man/dlock.1
+for sub in run acquire renew release status ping completions man; do
+  "$d" man "$sub" > "man/dlock-$sub.1"
+done
+echo "regenerated completions/ and man/"

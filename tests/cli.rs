@@ -1,0 +1,369 @@
+//! The command line as a user meets it: help, bad input and its exit codes,
+//! configuration precedence, and the generated docs being current.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn help_and_version_succeed() {
+    let env = Env::sqlite();
+    let out = env.run(&["--help"]);
+    assert_eq!(code(&out), 0);
+    assert!(
+        stdout(&out).contains("Exit status"),
+        "--help documents exit codes"
+    );
+    let out = env.run(&["--version"]);
+    assert_eq!(code(&out), 0);
+    assert!(stdout(&out).starts_with("dlock "));
+    let out = env.run(&["run", "--help"]);
+    assert_eq!(code(&out), 0);
+}
+
+#[test]
+fn usage_errors_exit_64_with_a_message() {
+    let env = Env::sqlite();
+    let cases: &[(&[&str], &str)] = &[
+        (&[], "Usage"),
+        (&["--bogus", "status"], "--bogus"),
+        (&["run", "--key", "a"], "CMD"),
+        (
+            &["run", "--ttl", "soon", "--key", "a", "--", "true"],
+            "invalid duration",
+        ),
+        (
+            &["run", "--ttl", "10ms", "--key", "a", "--", "true"],
+            "too short",
+        ),
+        (
+            &["run", "--wait=-1", "--key", "a", "--", "true"],
+            "duration",
+        ),
+        (&["run", "--key", "", "--", "true"], "key must not be empty"),
+        (
+            &["run", "--limit", "0", "--key", "a", "--", "true"],
+            "--limit",
+        ),
+        (&["run", "-E", "300", "--key", "a", "--", "true"], "300"),
+        (&["release"], "required"),
+        (&["release", "garbage"], "not a dlock lease handle"),
+        (&["renew", "dlock1.AAAA"], "not a dlock lease handle"),
+        (&["man", "nosuch"], "no subcommand"),
+    ];
+    for (args, needle) in cases {
+        let out = env.run(args);
+        assert_eq!(code(&out), 64, "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(needle),
+            "{args:?}: expected {needle:?} in {}",
+            stderr(&out)
+        );
+        assert!(!stderr(&out).contains("panicked"), "{args:?} panicked");
+    }
+}
+
+#[test]
+fn bad_backend_urls() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |url: &str| {
+        bare(dir.path())
+            .args(["--backend", url, "status"])
+            .output()
+            .unwrap()
+    };
+    let out = run("foo://x");
+    assert_eq!(code(&out), 64);
+    assert!(stderr(&out).contains("unknown backend URL"));
+    let out = run("sqlite:");
+    assert_eq!(code(&out), 64);
+    // A database that cannot be created is an unavailable backend.
+    let out = run("sqlite:/proc/no/such/dir/locks.db");
+    assert_eq!(code(&out), 69, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/proc/no/such/dir"),
+        "{}",
+        stderr(&out)
+    );
+    // Passwords never reach the output.
+    let out = run("redis://user:hunter2@127.0.0.1:1/0");
+    assert_ne!(code(&out), 0);
+    assert!(!stderr(&out).contains("hunter2"), "{}", stderr(&out));
+    let out = bare(dir.path())
+        .args([
+            "--backend",
+            "redis://u:pw1@127.0.0.1:1",
+            "--backend",
+            "sqlite:/tmp/x.db",
+            "status",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 64);
+    assert!(!stderr(&out).contains("pw1"), "{}", stderr(&out));
+}
+
+#[test]
+fn unreachable_backend_is_bounded() {
+    // A database file locked by another process for longer than the timeout.
+    let env = Env::sqlite();
+    assert_eq!(code(&env.run(&["status"])), 0);
+    let db = env.dir.path().join("locks.db");
+    let f = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(&db)
+        .unwrap();
+    // Hold SQLite's own write lock bytes would need SQLite; an exclusive
+    // POSIX lock over the whole file has the same effect on it.
+    let lock = libc::flock {
+        l_type: libc::F_WRLCK as i16,
+        l_whence: libc::SEEK_SET as i16,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    // SAFETY: fcntl on a file we opened, with a lock struct we own.
+    assert_eq!(
+        unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&f), libc::F_SETLK, &lock) },
+        0
+    );
+    let t = Instant::now();
+    let out = env.run(&[
+        "--connect-timeout",
+        "500ms",
+        "run",
+        "--key",
+        "k",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&out), 69, "{}", stderr(&out));
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    drop(f);
+}
+
+#[test]
+fn config_file_errors_exit_78_naming_file_and_line() {
+    let env = Env::sqlite();
+    let cfg = env.path("bad.toml");
+    std::fs::write(&cfg, "namespace = 'x'\nttl = [\n").unwrap();
+    let out = env.run(&["--config", cfg.to_str().unwrap(), "status"]);
+    assert_eq!(code(&out), 78, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("bad.toml") && err.contains("line"), "{err}");
+    std::fs::write(&cfg, "namespace = 'x'\nbogus_key = 1\n").unwrap();
+    let out = env.run(&["--config", cfg.to_str().unwrap(), "status"]);
+    assert_eq!(code(&out), 78);
+    assert!(stderr(&out).contains("line 2"), "{}", stderr(&out));
+    std::fs::write(&cfg, "ttl = 'forever'\n").unwrap();
+    let out = env.run(&["--config", cfg.to_str().unwrap(), "status"]);
+    assert_eq!(code(&out), 78);
+    assert!(stderr(&out).contains("line 1"), "{}", stderr(&out));
+    let out = env.run(&[
+        "--config",
+        env.path("missing.toml").to_str().unwrap(),
+        "status",
+    ]);
+    assert_eq!(code(&out), 78);
+    assert!(stderr(&out).contains("missing.toml"));
+    std::fs::write(&cfg, "namespace = 'x'\n").unwrap();
+    let out = env.run(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--profile",
+        "nope",
+        "status",
+    ]);
+    assert_eq!(code(&out), 78);
+    assert!(stderr(&out).contains("profile.nope"), "{}", stderr(&out));
+}
+
+#[test]
+fn precedence_flag_env_file_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf_dir = dir.path().join("config/dlock");
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    let db = dir.path().join("from-file.db");
+    std::fs::write(
+        conf_dir.join("config.toml"),
+        format!(
+            "backend = 'sqlite:{}'\nnamespace = 'file-ns'\n[profile.ci]\nnamespace = 'profile-ns'\n",
+            db.display()
+        ),
+    )
+    .unwrap();
+    let ns = |args: &[&str], env: &[(&str, &str)]| {
+        let mut c = bare(dir.path());
+        c.args(args).arg("status");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        stdout(&out)
+    };
+    assert!(
+        ns(&[], &[]).contains("\"file-ns\""),
+        "config file beats the default"
+    );
+    assert!(
+        ns(&["--profile", "ci"], &[]).contains("\"profile-ns\""),
+        "profile beats the top level"
+    );
+    assert!(
+        ns(&[], &[("DLOCK_NAMESPACE", "env-ns")]).contains("\"env-ns\""),
+        "env beats the file"
+    );
+    assert!(
+        ns(
+            &["--namespace", "flag-ns"],
+            &[("DLOCK_NAMESPACE", "env-ns")]
+        )
+        .contains("\"flag-ns\""),
+        "flag beats env"
+    );
+    assert!(
+        ns(&[], &[]).contains("from-file.db"),
+        "backend from the config file"
+    );
+    // With no config and no flags, the default lives under XDG_STATE_HOME.
+    let empty = tempfile::tempdir().unwrap();
+    let out = bare(empty.path())
+        .args(["run", "--key", "demo", "--", "echo", "hello"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "hello\n");
+    assert!(empty.path().join("state/dlock/locks.db").exists());
+}
+
+#[test]
+fn config_sets_lock_options() {
+    let env = Env::sqlite();
+    let cfg = env.path("c.toml");
+    std::fs::write(
+        &cfg,
+        "ttl = '45s'\nconflict-exit-code = 9\nno-wait = true\n",
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    let out = env.run(&[
+        "--config",
+        c,
+        "run",
+        "--key",
+        "k",
+        "--",
+        "sh",
+        "-c",
+        "echo $DLOCK_TTL",
+    ]);
+    assert_eq!(stdout(&out).trim(), "45");
+    let out = env.run(&[
+        "--config",
+        c,
+        "run",
+        "--ttl",
+        "5s",
+        "--key",
+        "k",
+        "--",
+        "sh",
+        "-c",
+        "echo $DLOCK_TTL",
+    ]);
+    assert_eq!(stdout(&out).trim(), "5", "the flag beats the file");
+    let h = stdout(&env.run(&["acquire", "--key", "k"]))
+        .trim()
+        .to_string();
+    let out = env.run(&["--config", c, "run", "--key", "k", "--", "true"]);
+    assert_eq!(
+        code(&out),
+        9,
+        "no-wait and conflict-exit-code from the file"
+    );
+    assert_eq!(code(&env.run(&["release", &h])), 0);
+}
+
+#[test]
+fn quiet_suppresses_the_busy_message_and_json_logs_report_timings() {
+    let env = Env::sqlite();
+    let h = stdout(&env.run(&["acquire", "--key", "q"]))
+        .trim()
+        .to_string();
+    let out = env.run(&["-q", "run", "-n", "--key", "q", "--", "true"]);
+    assert_eq!(code(&out), 75);
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+    assert_eq!(code(&env.run(&["release", &h])), 0);
+    let out = env.run(&["--log-format", "json", "run", "--key", "q", "--", "true"]);
+    assert_eq!(code(&out), 0);
+    let events: Vec<serde_json::Value> = stderr(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect();
+    let find = |e: &str| {
+        events
+            .iter()
+            .find(|v| v["event"] == e)
+            .unwrap_or_else(|| panic!("no {e} event in {events:?}"))
+    };
+    assert!(find("acquired")["waited_ms"].is_u64());
+    assert!(find("released")["held_ms"].is_u64());
+}
+
+#[test]
+fn ping_reports_the_backend() {
+    let env = Env::sqlite();
+    let out = env.run(&["ping"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("sqlite 3."), "{}", stdout(&out));
+}
+
+#[test]
+fn completions_and_man_pages_are_current() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let render = |args: &[&str]| {
+        let out = bare(dir.path()).args(args).output().unwrap();
+        assert_eq!(code(&out), 0);
+        out.stdout
+    };
+    let mut files: Vec<(String, Vec<u8>)> = vec![
+        (
+            "completions/dlock.bash".into(),
+            render(&["completions", "bash"]),
+        ),
+        ("completions/_dlock".into(), render(&["completions", "zsh"])),
+        (
+            "completions/dlock.fish".into(),
+            render(&["completions", "fish"]),
+        ),
+        ("man/dlock.1".into(), render(&["man"])),
+    ];
+    for sub in [
+        "run",
+        "acquire",
+        "renew",
+        "release",
+        "status",
+        "ping",
+        "completions",
+        "man",
+    ] {
+        files.push((format!("man/dlock-{sub}.1"), render(&["man", sub])));
+    }
+    for (path, fresh) in files {
+        let committed = std::fs::read(root.join(&path)).unwrap_or_default();
+        assert!(
+            committed == fresh,
+            "{path} is stale: run scripts/gen-docs.sh and commit the result"
+        );
+    }
+}
