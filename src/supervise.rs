@@ -7,8 +7,8 @@
 //!    SIGKILLs it after `--kill-after` or at the lease's deadline, whichever
 //!    comes first.
 //! 2. The child gets `PR_SET_PDEATHSIG = SIGKILL`, so it dies with dlock.
-//! 3. A tiny *guard* process, forked from the child before `exec`, holds the
-//!    read end of a pipe whose write end only dlock has. dlock writes each new
+//! 3. A tiny *guard* process, forked from dlock before the child is spawned,
+//!    holds the read end of a pipe whose write end only dlock has. dlock writes each new
 //!    lease deadline to it. If dlock dies (even by SIGKILL) the pipe reads EOF
 //!    and the guard SIGKILLs the whole group, grandchildren included; if dlock
 //!    is frozen (SIGSTOP, a VM pause) the guard SIGTERMs the group at the
@@ -181,9 +181,15 @@ pub async fn supervise(
 
     let (guard_r, guard_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("cannot create a pipe")?;
-    let mut guard = GuardPipe(Some(guard_w));
-    let guard_fd = guard_r.as_raw_fd();
     let initial = deadline(keeper.safe_until());
+    // SAFETY: the forked guard runs only raw syscalls (see guard_main), so
+    // forking from a process with other threads is sound.
+    if unsafe { libc::fork() } == 0 {
+        // SAFETY: we are the freshly forked guard.
+        unsafe { guard_main(guard_r.as_raw_fd(), grace_ns, initial) };
+    }
+    drop(guard_r);
+    let mut guard = GuardPipe(Some(guard_w));
     let parent = std::process::id() as i32;
     let tty_fg = foreground_tty();
 
@@ -196,8 +202,8 @@ pub async fn supervise(
         cmd.env(k, v);
     }
     // SAFETY: the closure runs in the forked child before exec and makes only
-    // async-signal-safe calls (prctl, getppid, sigprocmask, tcsetpgrp, fork,
-    // waitpid, and the guard's raw syscalls); it allocates nothing.
+    // async-signal-safe calls (prctl, getppid, sigprocmask, tcsetpgrp); it
+    // allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             libc::prctl(
@@ -214,12 +220,10 @@ pub async fn supervise(
             if tty_fg {
                 take_terminal();
             }
-            spawn_guard(guard_fd, grace_ns, initial);
             Ok(())
         });
     }
     let spawned = cmd.spawn();
-    drop(guard_r);
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
@@ -238,6 +242,8 @@ pub async fn supervise(
         }
     };
     let pgid = Pid::from_raw(child.id().context("child has no pid")? as i32);
+    // The guard's first message: whom to kill.
+    guard.send(i64::from(pgid.as_raw()));
     tracing::info!(
         event = "started",
         pid = pgid.as_raw(),
@@ -387,36 +393,18 @@ fn restore_terminal() {
     }
 }
 
-/// Fork the guard (see the module docs) from the child, before exec. The
-/// guard is double-forked so the child never sees it as its own child, and
-/// moves to its own session so signals meant for the job do not reach it.
+/// The guard's whole life: raw syscalls only, no allocation.
+///
+/// Protocol on the pipe, 8-byte native-endian i64s: first the child's
+/// process group; then each new lease deadline (CLOCK_BOOTTIME ns, or -1 for
+/// none); 0 disarms. EOF before a disarm means dlock died.
 ///
 /// # Safety
-/// Must only be called in a freshly forked child before exec.
-unsafe fn spawn_guard(read_fd: i32, grace_ns: i64, initial_deadline: i64) {
-    // SAFETY: fork/waitpid/_exit in a single-threaded forked child.
-    unsafe {
-        let pgid = libc::getpid();
-        match libc::fork() {
-            -1 => {} // no guard; the death signal still covers the child
-            0 => {
-                if libc::fork() == 0 {
-                    guard_main(read_fd, pgid, grace_ns, initial_deadline);
-                }
-                libc::_exit(0);
-            }
-            g => {
-                let mut st = 0;
-                libc::waitpid(g, &mut st, 0);
-            }
-        }
-    }
-}
-
-/// The guard's whole life: raw syscalls only, no allocation.
-unsafe fn guard_main(read_fd: i32, pgid: i32, grace_ns: i64, mut deadline: i64) -> ! {
+/// Must only be called in a freshly forked child; it never returns.
+unsafe fn guard_main(read_fd: i32, grace_ns: i64, mut deadline: i64) -> ! {
     // SAFETY: only async-signal-safe syscalls on values we own.
     unsafe {
+        // Its own session: signals for the job's terminal do not reach it.
         libc::setsid();
         for s in [
             libc::SIGINT,
@@ -439,10 +427,11 @@ unsafe fn guard_main(read_fd: i32, pgid: i32, grace_ns: i64, mut deadline: i64) 
                 libc::close(fd);
             }
         }
+        let mut pgid: i32 = 0;
         let mut term_sent = false;
         loop {
             let now = boottime_ns();
-            let next = if deadline < 0 {
+            let next = if deadline < 0 || pgid == 0 {
                 None
             } else if !term_sent {
                 Some((deadline - grace_ns, libc::SIGTERM))
@@ -475,11 +464,16 @@ unsafe fn guard_main(read_fd: i32, pgid: i32, grace_ns: i64, mut deadline: i64) 
                 let v = i64::from_ne_bytes(buf);
                 if v == 0 {
                     libc::_exit(0); // disarmed: the child has ended normally
+                } else if pgid == 0 {
+                    pgid = v as i32;
+                } else {
+                    deadline = v;
                 }
-                deadline = v;
             } else if n == 0 || (n < 0 && *libc::__errno_location() != libc::EINTR) {
                 // dlock is gone: nothing holds the lock for this group.
-                libc::kill(-pgid, libc::SIGKILL);
+                if pgid > 0 {
+                    libc::kill(-pgid, libc::SIGKILL);
+                }
                 libc::_exit(0);
             }
         }

@@ -315,13 +315,19 @@ impl Backend for SqliteBackend {
         let mut conn = self.conn().await?;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         let now = now_ms();
-        sqlx::query("DELETE FROM dlock_lease WHERE ns = ?1 AND key = ?2 AND expires_at <= ?3")
-            .bind(&spec.namespace)
-            .bind(&spec.key)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        let rows = self.rows(&mut tx, &spec.namespace, &spec.key).await?;
+        let (rows, expired): (Vec<_>, Vec<_>) = self
+            .rows(&mut tx, &spec.namespace, &spec.key)
+            .await?
+            .into_iter()
+            .partition(|r| r.expires_at > now);
+        if !expired.is_empty() {
+            sqlx::query("DELETE FROM dlock_lease WHERE ns = ?1 AND key = ?2 AND expires_at <= ?3")
+                .bind(&spec.namespace)
+                .bind(&spec.key)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
         if rows.len() >= spec.limit as usize {
             // A `run` holder on this host whose process is gone: its lease
             // ends BREAK_GRACE from now instead of at its TTL. The grace lets
