@@ -5,10 +5,12 @@
 //! the same `BEGIN IMMEDIATE` transaction that inserts the lease, so tokens
 //! strictly increase. Expired rows are deleted by the next acquirer.
 //!
-//! Waking waiters: a `run` holder also keeps a shared `flock` on a small
-//! per-key file beside the database; a waiter blocks on an exclusive `flock`
-//! of that file, which the kernel grants the moment the holder releases or
-//! dies. That makes a hand-over as prompt as `flock(1)`'s, with no polling.
+//! Waking waiters: a `run` holder also keeps an exclusive `flock` on a small
+//! per-key file beside the database; each waiter blocks on an exclusive
+//! `flock` of that file. The kernel grants it to one waiter the moment the
+//! holder releases or dies; that waiter keeps it while it tries the key and,
+//! if it wins, while it holds the key. A hand-over is as prompt as
+//! `flock(1)`'s, without polling and without waking every waiter.
 //! Where nobody holds that file (the lock was taken by `dlock acquire`, or a
 //! semaphore with `--limit` > 1), waiters fall back to a short bounded poll.
 //!
@@ -19,7 +21,8 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex as StdMutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
@@ -72,10 +75,23 @@ pub struct SqliteBackend {
     conn: Mutex<SqliteConnection>,
     host_id: String,
     /// Shared flocks on the wake files of the keys we hold, by (ns, key).
-    held: StdMutex<HashMap<(String, String), File>>,
+    held: StdMutex<HashMap<PathBuf, File>>,
     /// In-flight waits on a wake file, so a long wait never piles up threads.
-    waits: StdMutex<HashMap<PathBuf, watch::Receiver<bool>>>,
+    waits: StdMutex<HashMap<PathBuf, Waiter>>,
+    /// Wake files whose exclusive lock a waiting thread was just granted: the
+    /// next attempt keeps it if it wins the key, so one release wakes one
+    /// waiter, not all of them.
+    granted: StdMutex<HashMap<PathBuf, File>>,
     poll: StdMutex<Duration>,
+}
+
+/// A thread blocked in `flock(LOCK_EX)` on a wake file.
+struct Waiter {
+    done: watch::Receiver<bool>,
+    /// The file, exclusively locked, once the lock was granted.
+    slot: Arc<StdMutex<Option<File>>>,
+    /// Set when nobody wants the grant any more: the thread unlocks at once.
+    abandoned: Arc<AtomicBool>,
 }
 
 struct Row_ {
@@ -227,6 +243,7 @@ impl SqliteBackend {
             host_id: crate::host::host_id(),
             held: StdMutex::new(HashMap::new()),
             waits: StdMutex::new(HashMap::new()),
+            granted: StdMutex::new(HashMap::new()),
             poll: StdMutex::new(POLL_MIN),
         })
     }
@@ -251,31 +268,41 @@ impl SqliteBackend {
             .with_context(|| format!("cannot open {}", p.display()))
     }
 
-    /// Hold a shared lock on the key's wake file while we hold the key, so
-    /// waiters blocked on it wake when we let go (or die).
-    async fn hold_wake(&self, ns: &str, key: &str) {
-        let Ok(f) = self.open_wake(ns, key) else {
+    /// Hold the exclusive lock on the key's wake file while we hold the key
+    /// (with `--limit 1`), so the one waiter the kernel picks wakes when we
+    /// let go (or die). If we were woken as that waiter, we hold it already.
+    async fn hold_wake(&self, spec: &LockSpec) {
+        let path = self.wake_path(&spec.namespace, &spec.key);
+        if let Some(w) = self.waits.lock().unwrap().remove(&path) {
+            w.abandoned.store(true, Ordering::SeqCst);
+            if let Some(f) = w.slot.lock().unwrap().take() {
+                drop(f);
+            }
+        }
+        if let Some(f) = self.granted.lock().unwrap().remove(&path) {
+            self.held.lock().unwrap().insert(path, f);
+            return;
+        }
+        let Ok(f) = self.open_wake(&spec.namespace, &spec.key) else {
             return;
         };
-        // A waiter holds the exclusive lock only for an instant after it wakes.
+        // A waiter holds the lock only for the instant it tries and fails.
         for _ in 0..200 {
-            if flock(&f, libc::LOCK_SH | libc::LOCK_NB).is_ok() {
-                self.held
-                    .lock()
-                    .unwrap()
-                    .insert((ns.to_string(), key.to_string()), f);
+            if flock(&f, libc::LOCK_EX | libc::LOCK_NB).is_ok() {
+                self.held.lock().unwrap().insert(path, f);
                 return;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        tracing::debug!(key, "could not take the wake file; waiters will poll");
+        tracing::debug!(
+            key = spec.key,
+            "could not take the wake file; waiters will poll"
+        );
     }
 
     fn drop_wake(&self, ns: &str, key: &str) {
-        self.held
-            .lock()
-            .unwrap()
-            .remove(&(ns.to_string(), key.to_string()));
+        let path = self.wake_path(ns, key);
+        self.held.lock().unwrap().remove(&path);
     }
 
     async fn rows(&self, conn: &mut SqliteConnection, ns: &str, key: &str) -> Result<Vec<Row_>> {
@@ -354,6 +381,11 @@ impl Backend for SqliteBackend {
                 }
             }
             tx.commit().await?;
+            // Lost the race: pass the wake-up on to the next waiter.
+            self.granted
+                .lock()
+                .unwrap()
+                .remove(&self.wake_path(&spec.namespace, &spec.key));
             return Ok(Attempt::Busy(rows.into_iter().map(|r| r.holder).collect()));
         }
         let token: i64 = sqlx::query_scalar(
@@ -386,8 +418,13 @@ impl Backend for SqliteBackend {
         tx.commit().await?;
         drop(conn);
         *self.poll.lock().unwrap() = POLL_MIN;
-        if me.kind == LeaseKind::Run {
-            self.hold_wake(&spec.namespace, &spec.key).await;
+        if me.kind == LeaseKind::Run && spec.limit == 1 {
+            self.hold_wake(spec).await;
+        } else {
+            self.granted
+                .lock()
+                .unwrap()
+                .remove(&self.wake_path(&spec.namespace, &spec.key));
         }
         Ok(Attempt::Acquired(Lease {
             namespace: spec.namespace.clone(),
@@ -410,36 +447,56 @@ impl Backend for SqliteBackend {
             return Ok(());
         }
         let path = self.wake_path(&spec.namespace, &spec.key);
-        let mut rx = {
+        let (mut done, slot) = {
             let mut waits = self.waits.lock().unwrap();
             match waits.get(&path) {
-                Some(rx) if !*rx.borrow() => rx.clone(),
+                Some(w) if !*w.done.borrow() => (w.done.clone(), w.slot.clone()),
                 _ => {
                     let f = self.open_wake(&spec.namespace, &spec.key)?;
-                    let (tx, rx) = watch::channel(false);
+                    let (tx, done) = watch::channel(false);
+                    let slot = Arc::new(StdMutex::new(None));
+                    let abandoned = Arc::new(AtomicBool::new(false));
+                    let (s2, a2) = (slot.clone(), abandoned.clone());
                     std::thread::Builder::new()
                         .name("dlock-wake".into())
                         .spawn(move || {
-                            // Granted when every holder's shared lock is gone.
+                            // Granted when the holder lets go or dies; one
+                            // waiter at a time holds it.
                             let _ = flock(&f, libc::LOCK_EX);
-                            let _ = flock(&f, libc::LOCK_UN);
+                            let mut slot = s2.lock().unwrap();
+                            if !a2.load(Ordering::SeqCst) {
+                                *slot = Some(f);
+                            }
+                            drop(slot);
                             let _ = tx.send(true);
                         })
                         .context("cannot start a waiting thread")?;
-                    waits.insert(path.clone(), rx.clone());
-                    rx
+                    waits.insert(
+                        path.clone(),
+                        Waiter {
+                            done: done.clone(),
+                            slot: slot.clone(),
+                            abandoned,
+                        },
+                    );
+                    (done, slot)
                 }
             }
         };
         let started = Instant::now();
-        let woke = tokio::time::timeout_at(until.into(), rx.wait_for(|done| *done))
+        let woke = tokio::time::timeout_at(until.into(), done.wait_for(|d| *d))
             .await
             .is_ok();
         if woke {
             self.waits.lock().unwrap().remove(&path);
+            if let Some(f) = slot.lock().unwrap().take() {
+                self.granted.lock().unwrap().insert(path.clone(), f);
+            }
             if started.elapsed() < Duration::from_millis(2) {
                 // Nobody held the wake file: the holder is not a live `run`
-                // (or is just taking it). Poll, backing off to POLL_MAX.
+                // (or is just taking it). Poll, backing off to POLL_MAX,
+                // without keeping the file from that holder meanwhile.
+                self.granted.lock().unwrap().remove(&path);
                 let p = self.next_poll().await;
                 tokio::time::sleep_until(until.min(Instant::now() + p).into()).await;
             } else {
