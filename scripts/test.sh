@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the suite needs; the tests fail naming a missing one.
 need=()
-for pair in "flock:util-linux" "date:coreutils"; do
-  command -v "${pair%%:*}" >/dev/null || need+=("${pair##*:}")
+for pair in "flock:util-linux" "date:coreutils" "redis-server:redis-server" "redis-cli:redis-tools"; do
+  command -v "${pair%%:*}" >/dev/null || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
@@ -18,6 +18,13 @@ if [ ${#need[@]} -gt 0 ]; then
     exit 1
   fi
 fi
+
+# Servers are started by the tests themselves; make sure no system service
+# holds the default ports or the CPU.
+if command -v systemctl >/dev/null; then systemctl stop redis-server 2>/dev/null || true; fi
+
+# redis-py, for the interoperability test (from PyPI).
+python3 -c 'import redis' 2>/dev/null || python3 -m pip install --quiet redis
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings

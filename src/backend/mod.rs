@@ -14,6 +14,7 @@ use async_trait::async_trait;
 
 use crate::error::usage;
 
+pub mod redis;
 pub mod sqlite;
 
 /// What kind of process holds a lease. A `Run` lease belongs to a live
@@ -191,8 +192,11 @@ pub async fn connect(urls: &[String], connect_timeout: Duration) -> Result<Arc<d
         "sqlite" => Ok(Arc::new(
             sqlite::SqliteBackend::connect(first, connect_timeout).await?,
         )),
-        "redis" | "rediss" | "redis+sentinel" | "zk" | "postgres" | "postgresql" | "mysql"
-        | "mariadb" | "etcd" | "etcds" => Err(crate::error::unavailable(format!(
+        "redis" | "rediss" => Ok(Arc::new(
+            redis::RedisBackend::connect(urls, connect_timeout).await?,
+        )),
+        "redis+sentinel" | "zk" | "postgres" | "postgresql" | "mysql" | "mariadb" | "etcd"
+        | "etcds" => Err(crate::error::unavailable(format!(
             "the {scheme} backend is not built into this version of dlock yet; \
              use sqlite:PATH (see the README for the status of each backend)"
         ))),

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod servers;
 pub mod suite;
 pub mod torture;
 
@@ -15,6 +16,7 @@ pub const DLOCK: &str = env!("CARGO_BIN_EXE_dlock");
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub url: String,
+    pub redis: Vec<servers::Redis>,
 }
 
 impl Env {
@@ -22,7 +24,27 @@ impl Env {
     pub fn sqlite() -> Env {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite:{}", dir.path().join("locks.db").display());
-        Env { dir, url }
+        Env {
+            dir,
+            url,
+            redis: vec![],
+        }
+    }
+
+    /// One fresh redis-server.
+    pub fn redis() -> Env {
+        Env::redlock(1)
+    }
+
+    /// `n` independent redis-servers: Redlock when n > 1.
+    pub fn redlock(n: usize) -> Env {
+        let redis: Vec<_> = (0..n).map(|_| servers::Redis::start()).collect();
+        let url = redis.iter().map(|r| r.url()).collect::<Vec<_>>().join(",");
+        Env {
+            dir: tempfile::tempdir().expect("tempdir"),
+            url,
+            redis,
+        }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {

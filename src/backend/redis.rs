@@ -1,0 +1,789 @@
+//! Redis: one server, or Redlock over several independent servers.
+//!
+//! Layout, shared with redis-py's `Lock` and redsync: the lock is the string
+//! key `NAMESPACE:KEY`, taken with the equivalent of `SET key value NX PX ttl`
+//! and renewed or released only by Lua scripts that compare the value first.
+//! A redis-py or redsync client on the same key therefore excludes dlock and
+//! is excluded by it. dlock's value is `dlock1|ID|TOKEN|USER|HOST|PID|SINCE`,
+//! so `status` can say who holds it; any other value shows as a foreign
+//! holder. Beside it, in the same cluster slot (`{NAMESPACE:KEY}` hash tag):
+//! `:fence` (the fencing counter), `:sem` (a sorted set of semaphore holders
+//! scored by expiry, for `--limit` > 1) and the `:released` pub/sub channel.
+//!
+//! Expiry is judged by the Redis server's clock (`TIME` inside the scripts,
+//! and `PX`), never ours.
+//!
+//! Redlock (several URLs): every step goes to all servers in parallel with a
+//! per-server timeout much shorter than the TTL, and counts only with a
+//! majority. The fencing token is the highest counter seen on the granting
+//! majority plus one, written back to a majority before the child starts:
+//! any two majorities share a server, so tokens keep rising while servers
+//! keep their data.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Result;
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use futures_util::future::join_all;
+use futures_util::stream::SelectAll;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubStream};
+use redis::{AsyncCommands, Script, Value};
+use tokio::sync::Mutex;
+
+use super::{
+    Attempt, Backend, Holder, KeyStatus, Lease, LockSpec, Owner, PingInfo, Renewal, redact_url,
+};
+use crate::error::{unavailable, usage};
+
+const ACQUIRE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local limit = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+local function busy()
+  local out = {0}
+  local v = redis.call('GET', KEYS[1])
+  if v then
+    table.insert(out, v)
+    table.insert(out, tostring(redis.call('PTTL', KEYS[1])))
+  end
+  local m = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')
+  for i = 1, #m, 2 do
+    table.insert(out, m[i])
+    table.insert(out, tostring(tonumber(m[i + 1]) - now))
+  end
+  return out
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then return busy() end
+local held = redis.call('ZCARD', KEYS[3])
+if (limit <= 1 and held > 0) or held >= limit then return busy() end
+local token
+if ARGV[4] == '1' then
+  token = redis.call('INCR', KEYS[2])
+else
+  token = tonumber(redis.call('GET', KEYS[2]) or '0')
+end
+local v = 'dlock1|' .. ARGV[1] .. '|' .. (ARGV[4] == '1' and token or 0) .. '|' .. ARGV[5] .. '|' .. ARGV[6] .. '|' .. ARGV[7] .. '|' .. now
+if limit <= 1 then
+  redis.call('SET', KEYS[1], v, 'PX', ARGV[2])
+else
+  redis.call('ZADD', KEYS[3], now + tonumber(ARGV[2]), v)
+  if redis.call('PTTL', KEYS[3]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[3], ARGV[2]) end
+end
+return {1, token}
+";
+
+/// Redlock, second round: raise the counter to the chosen token and put the
+/// token into our value.
+const FENCE: &str = r"
+local prefix = 'dlock1|' .. ARGV[1] .. '|'
+local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
+if tonumber(ARGV[2]) > cur then redis.call('SET', KEYS[2], ARGV[2]) end
+local function retoken(v)
+  local rest = string.sub(v, #prefix + 1)
+  local bar = string.find(rest, '|', 1, true)
+  return prefix .. ARGV[2] .. string.sub(rest, bar)
+end
+local v = redis.call('GET', KEYS[1])
+if v and string.sub(v, 1, #prefix) == prefix then
+  redis.call('SET', KEYS[1], retoken(v), 'KEEPTTL')
+  return 1
+end
+local m = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')
+for i = 1, #m, 2 do
+  if string.sub(m[i], 1, #prefix) == prefix then
+    redis.call('ZREM', KEYS[3], m[i])
+    redis.call('ZADD', KEYS[3], m[i + 1], retoken(m[i]))
+    return 1
+  end
+end
+return 0
+";
+
+const RENEW: &str = r"
+local prefix = 'dlock1|' .. ARGV[1] .. '|'
+local v = redis.call('GET', KEYS[1])
+if v and string.sub(v, 1, #prefix) == prefix then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local m = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+for i = 1, #m, 2 do
+  if string.sub(m[i], 1, #prefix) == prefix and tonumber(m[i + 1]) > now then
+    redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), m[i])
+    if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end
+    return 1
+  end
+end
+return 0
+";
+
+/// Release if ours (ARGV[2] = 'release'), or keep it exactly ARGV[3] ms
+/// more and let it lapse (`--lock-at-least`).
+const RELEASE: &str = r"
+local prefix = 'dlock1|' .. ARGV[1] .. '|'
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local v = redis.call('GET', KEYS[1])
+if v and string.sub(v, 1, #prefix) == prefix then
+  if ARGV[2] == 'release' then
+    redis.call('DEL', KEYS[1])
+    redis.call('PUBLISH', KEYS[3], '1')
+  else
+    redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  end
+  return 1
+end
+local m = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+for i = 1, #m, 2 do
+  if string.sub(m[i], 1, #prefix) == prefix and tonumber(m[i + 1]) > now then
+    if ARGV[2] == 'release' then
+      redis.call('ZREM', KEYS[2], m[i])
+      redis.call('PUBLISH', KEYS[3], '1')
+    else
+      redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), m[i])
+    end
+    return 1
+  end
+end
+return 0
+";
+
+const FORCE: &str = r"
+local n = redis.call('EXISTS', KEYS[1]) + redis.call('ZCARD', KEYS[2])
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('PUBLISH', KEYS[3], '1')
+return n
+";
+
+/// Holders of one key on one server, with the server's `TIME`.
+const INSPECT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {tostring(now)}
+local v = redis.call('GET', KEYS[1])
+if v then
+  table.insert(out, v)
+  table.insert(out, tostring(redis.call('PTTL', KEYS[1])))
+end
+local m = redis.call('ZRANGEBYSCORE', KEYS[2], now, '+inf', 'WITHSCORES')
+for i = 1, #m, 2 do
+  table.insert(out, m[i])
+  table.insert(out, tostring(tonumber(m[i + 1]) - now))
+end
+return out
+";
+
+struct Node {
+    shown: String,
+    db: i64,
+    client: redis::Client,
+    conn: ConnectionManager,
+}
+
+pub struct RedisBackend {
+    nodes: Vec<Node>,
+    quorum: usize,
+    op_timeout: Duration,
+    /// Subscriptions for waiting: (channel key, merged message streams).
+    subs: Mutex<Option<(String, SelectAll<PubSubStream>)>>,
+}
+
+struct Keys {
+    main: String,
+    fence: String,
+    sem: String,
+    chan: String,
+}
+
+fn keys(ns: &str, key: &str) -> Keys {
+    let main = format!("{ns}:{key}");
+    Keys {
+        fence: format!("{{{main}}}:fence"),
+        sem: format!("{{{main}}}:sem"),
+        chan: format!("{{{main}}}:released"),
+        main,
+    }
+}
+
+fn clean(s: &str) -> String {
+    s.replace('|', "_")
+}
+
+/// A value as a holder: ours (`dlock1|...`) in full, anyone else's as a
+/// foreign holder with only the expiry known.
+fn parse_holder(value: &str, ttl_ms: i64, now: SystemTime) -> (Option<String>, Holder) {
+    let expires_at = (ttl_ms >= 0).then(|| now + Duration::from_millis(ttl_ms as u64));
+    let f: Vec<&str> = value.splitn(7, '|').collect();
+    if f.len() == 7 && f[0] == "dlock1" {
+        let h = Holder {
+            owner: Some(f[3].to_string()),
+            host: Some(f[4].to_string()),
+            pid: f[5].parse().ok(),
+            token: f[2].parse().ok().filter(|t| *t > 0),
+            acquired_at: f[6]
+                .parse::<u64>()
+                .ok()
+                .map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
+            expires_at,
+        };
+        (Some(f[1].to_string()), h)
+    } else {
+        (
+            None,
+            Holder {
+                expires_at,
+                ..Holder::default()
+            },
+        )
+    }
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    match v {
+        Value::Array(items) => items
+            .iter()
+            .map(|i| match i {
+                Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                Value::SimpleString(s) => s.clone(),
+                Value::Int(n) => n.to_string(),
+                _ => String::new(),
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Holders from a list of (value, ms left) pairs.
+fn holders_from(pairs: &[String]) -> Vec<(String, Holder)> {
+    let now = SystemTime::now();
+    pairs
+        .chunks(2)
+        .filter(|c| c.len() == 2)
+        .map(|c| {
+            let (id, h) = parse_holder(&c[0], c[1].parse().unwrap_or(-1), now);
+            (id.unwrap_or_else(|| format!("foreign:{}", c[0])), h)
+        })
+        .collect()
+}
+
+fn db_of(url: &str) -> i64 {
+    url.split("://")
+        .nth(1)
+        .and_then(|r| r.split_once('/'))
+        .and_then(|(_, p)| p.split(['?', '#']).next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
+}
+
+impl RedisBackend {
+    pub async fn connect(urls: &[String], timeout: Duration) -> Result<RedisBackend> {
+        let mut nodes = Vec::new();
+        for url in urls {
+            let shown = redact_url(url);
+            if url.starts_with("rediss://") {
+                return Err(usage(format!(
+                    "{shown}: TLS (rediss://) is not built into this version of dlock yet"
+                )));
+            }
+            let client = redis::Client::open(url.as_str()).map_err(|e| {
+                usage(format!(
+                    "bad Redis URL {shown}: {}",
+                    e.to_string().replace(url.as_str(), &shown)
+                ))
+            })?;
+            let cfg = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(1);
+            let conn = ConnectionManager::new_lazy_with_config(client.clone(), cfg)
+                .map_err(|e| unavailable(format!("Redis {shown}: {e}")))?;
+            nodes.push(Node {
+                db: db_of(url),
+                shown,
+                client,
+                conn,
+            });
+        }
+        let quorum = nodes.len() / 2 + 1;
+        let b = RedisBackend {
+            nodes,
+            quorum,
+            op_timeout: timeout,
+            subs: Mutex::new(None),
+        };
+        // Reach a quorum now, so an unreachable backend is exit 69 at once.
+        let pings = join_all(b.nodes.iter().map(|n| {
+            let mut c = n.conn.clone();
+            async move {
+                tokio::time::timeout(timeout, redis::cmd("PING").query_async::<String>(&mut c))
+                    .await
+                    .map_err(|_| "timed out".to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()))
+            }
+        }))
+        .await;
+        let failed: Vec<String> = b
+            .nodes
+            .iter()
+            .zip(&pings)
+            .filter_map(|(n, p)| p.as_ref().err().map(|e| format!("{} ({e})", n.shown)))
+            .collect();
+        if b.nodes.len() - failed.len() < b.quorum {
+            return Err(unavailable(format!(
+                "cannot reach {} of {} Redis server(s): {}",
+                failed.len(),
+                b.nodes.len(),
+                failed.join(", ")
+            )));
+        }
+        for f in &failed {
+            tracing::warn!("Redis server unreachable, continuing with a majority: {f}");
+        }
+        Ok(b)
+    }
+
+    fn redlock(&self) -> bool {
+        self.nodes.len() > 1
+    }
+
+    /// Per-server timeout for one step: Redlock wants it much shorter than
+    /// the TTL so that a dead server costs little of the lease.
+    fn step_timeout(&self, ttl: Duration) -> Duration {
+        if self.redlock() {
+            (ttl / 10).clamp(Duration::from_millis(20), self.op_timeout)
+        } else {
+            self.op_timeout
+        }
+    }
+
+    /// Run a script on every server in parallel; one result per server.
+    async fn everywhere(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[String],
+        step: Duration,
+    ) -> Vec<Result<Value, String>> {
+        join_all(self.nodes.iter().map(|n| {
+            let mut conn = n.conn.clone();
+            let mut inv = script.prepare_invoke();
+            for k in keys {
+                inv.key(*k);
+            }
+            for a in args {
+                inv.arg(a.as_str());
+            }
+            async move {
+                match tokio::time::timeout(step, inv.invoke_async::<Value>(&mut conn)).await {
+                    Err(_) => Err(format!("{}: timed out after {step:?}", n.shown)),
+                    Ok(Err(e)) => Err(format!("{}: {e}", n.shown)),
+                    Ok(Ok(v)) => Ok(v),
+                }
+            }
+        }))
+        .await
+    }
+
+    fn too_few(&self, errors: &[String]) -> anyhow::Error {
+        unavailable(format!(
+            "only {} of {} Redis servers answered (a majority of {} is needed): {}",
+            self.nodes.len() - errors.len(),
+            self.nodes.len(),
+            self.quorum,
+            errors.join("; ")
+        ))
+    }
+
+    async fn release_on(
+        &self,
+        lease: &Lease,
+        mode: &str,
+        keep_ms: u64,
+    ) -> Vec<Result<Value, String>> {
+        let k = keys(&lease.namespace, &lease.key);
+        self.everywhere(
+            &Script::new(RELEASE),
+            &[&k.main, &k.sem, &k.chan],
+            &[lease.id.clone(), mode.to_string(), keep_ms.to_string()],
+            self.step_timeout(lease.ttl),
+        )
+        .await
+    }
+
+    async fn subscribe(&self, ns: &str, key: &str) -> Result<()> {
+        let k = keys(ns, key);
+        let mut subs = self.subs.lock().await;
+        if subs.as_ref().is_some_and(|(c, _)| *c == k.chan) {
+            return Ok(());
+        }
+        let mut all = SelectAll::new();
+        for n in &self.nodes {
+            let sub = async {
+                let mut ps = n.client.get_async_pubsub().await?;
+                ps.subscribe(&k.chan).await?;
+                // Keyspace events, where the server has them enabled, also
+                // tell about releases by other clients and expiry.
+                ps.subscribe(format!("__keyspace@{}__:{}", n.db, k.main))
+                    .await?;
+                Ok::<_, redis::RedisError>(ps.into_on_message())
+            };
+            match tokio::time::timeout(self.op_timeout, sub).await {
+                Ok(Ok(stream)) => all.push(stream),
+                Ok(Err(e)) => tracing::debug!("cannot subscribe on {}: {e}", n.shown),
+                Err(_) => tracing::debug!("subscribing on {} timed out", n.shown),
+            }
+        }
+        *subs = Some((k.chan, all));
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Backend for RedisBackend {
+    fn describe(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.shown.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    async fn try_acquire(&self, spec: &LockSpec, me: &Owner) -> Result<Attempt> {
+        let k = keys(&spec.namespace, &spec.key);
+        let step = self.step_timeout(spec.ttl);
+        let granted_at = Instant::now();
+        let mode = if self.redlock() { "2" } else { "1" };
+        let args = [
+            me.id.clone(),
+            spec.ttl.as_millis().to_string(),
+            spec.limit.to_string(),
+            mode.to_string(),
+            clean(&me.user),
+            clean(&me.host),
+            me.pid.to_string(),
+        ];
+        let results = self
+            .everywhere(
+                &Script::new(ACQUIRE),
+                &[&k.main, &k.fence, &k.sem],
+                &args,
+                step,
+            )
+            .await;
+        let mut counters = Vec::new();
+        let mut busy: Vec<(String, Holder)> = Vec::new();
+        let mut errors = Vec::new();
+        for r in &results {
+            match r {
+                Ok(v) => {
+                    let s = strings(v);
+                    if s.first().map(String::as_str) == Some("1") {
+                        counters.push(s.get(1).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0));
+                    } else {
+                        for (id, h) in holders_from(&s[1.min(s.len())..]) {
+                            if !busy.iter().any(|(i, _)| *i == id) {
+                                busy.push((id, h));
+                            }
+                        }
+                    }
+                }
+                Err(e) => errors.push(e.clone()),
+            }
+        }
+        let elapsed = granted_at.elapsed();
+        let drift = spec.ttl / 100 + Duration::from_millis(2);
+        let valid = spec.ttl.saturating_sub(elapsed + drift);
+        let lease = |token| Lease {
+            namespace: spec.namespace.clone(),
+            key: spec.key.clone(),
+            token,
+            id: me.id.clone(),
+            ttl: spec.ttl,
+            granted_at,
+        };
+        if counters.len() >= self.quorum && !valid.is_zero() {
+            if !self.redlock() {
+                return Ok(Attempt::Acquired(lease(counters[0])));
+            }
+            let token = counters.iter().max().copied().unwrap_or(0) + 1;
+            let fenced = self
+                .everywhere(
+                    &Script::new(FENCE),
+                    &[&k.main, &k.fence, &k.sem],
+                    &[me.id.clone(), token.to_string()],
+                    step,
+                )
+                .await;
+            let ok = fenced
+                .iter()
+                .filter(|r| matches!(r, Ok(Value::Int(1))))
+                .count();
+            if ok >= self.quorum && granted_at.elapsed() + drift < spec.ttl {
+                return Ok(Attempt::Acquired(lease(token)));
+            }
+            errors.extend(fenced.into_iter().filter_map(|r| r.err()));
+        }
+        // No majority (or no validity left): undo everywhere, then report.
+        if !counters.is_empty() {
+            self.release_on(&lease(0), "release", 0).await;
+        }
+        if self.nodes.len() - errors.len() < self.quorum {
+            return Err(self.too_few(&errors));
+        }
+        Ok(Attempt::Busy(busy.into_iter().map(|(_, h)| h).collect()))
+    }
+
+    async fn wait_change(&self, spec: &LockSpec, until: Option<Instant>) -> Result<()> {
+        self.subscribe(&spec.namespace, &spec.key).await?;
+        // Wake on a release message, or poll: a holder that expires or a
+        // foreign client that releases does not publish.
+        let mut cap = Duration::from_millis(200);
+        if self.redlock() {
+            // Redlock: a random delay, so contenders do not collide in step.
+            let mut b = [0u8; 1];
+            let _ = getrandom::fill(&mut b);
+            cap += Duration::from_millis(u64::from(b[0]) % 50);
+        }
+        let bound = until.map_or(Instant::now() + cap, |u| u.min(Instant::now() + cap));
+        let mut subs = self.subs.lock().await;
+        if let Some((_, streams)) = subs.as_mut() {
+            if streams.is_empty() {
+                tokio::time::sleep_until(bound.into()).await;
+            } else {
+                let _ = tokio::time::timeout_at(bound.into(), streams.next()).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Renewal> {
+        let k = keys(&lease.namespace, &lease.key);
+        let results = self
+            .everywhere(
+                &Script::new(RENEW),
+                &[&k.main, &k.sem],
+                &[lease.id.clone(), ttl.as_millis().to_string()],
+                self.step_timeout(ttl),
+            )
+            .await;
+        let ok = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Value::Int(1))))
+            .count();
+        let gone = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Value::Int(0))))
+            .count();
+        if ok >= self.quorum {
+            Ok(Renewal::Renewed)
+        } else if gone > self.nodes.len() - self.quorum {
+            Ok(Renewal::Lost)
+        } else {
+            let errors: Vec<String> = results.into_iter().filter_map(|r| r.err()).collect();
+            Err(self.too_few(&errors))
+        }
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<bool> {
+        let results = self.release_on(lease, "release", 0).await;
+        let ok = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Value::Int(1))))
+            .count();
+        if ok == 0 && results.iter().all(|r| r.is_err()) {
+            let errors: Vec<String> = results.into_iter().filter_map(|r| r.err()).collect();
+            return Err(self.too_few(&errors));
+        }
+        Ok(ok >= self.quorum)
+    }
+
+    async fn release_after(&self, lease: &Lease, remaining: Duration) -> Result<bool> {
+        let results = self
+            .release_on(lease, "keep", remaining.as_millis().max(1) as u64)
+            .await;
+        Ok(results
+            .iter()
+            .filter(|r| matches!(r, Ok(Value::Int(1))))
+            .count()
+            >= self.quorum)
+    }
+
+    async fn force_release(&self, namespace: &str, key: &str) -> Result<u64> {
+        let k = keys(namespace, key);
+        let results = self
+            .everywhere(
+                &Script::new(FORCE),
+                &[&k.main, &k.sem, &k.chan],
+                &[],
+                self.op_timeout,
+            )
+            .await;
+        let mut n = 0;
+        let mut errors = Vec::new();
+        for r in results {
+            match r {
+                Ok(Value::Int(c)) => n = n.max(c as u64),
+                Ok(_) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+        if errors.len() == self.nodes.len() {
+            return Err(self.too_few(&errors));
+        }
+        Ok(n)
+    }
+
+    async fn status(&self, namespace: &str, keys_in: &[String]) -> Result<Vec<KeyStatus>> {
+        let mut names: Vec<String> = keys_in.to_vec();
+        if names.is_empty() {
+            // Every lock in the namespace: SCAN (never KEYS) each server.
+            let prefix = format!("{namespace}:");
+            for n in &self.nodes {
+                let mut c = n.conn.clone();
+                let scan = async {
+                    let mut found = Vec::new();
+                    let mut it: redis::AsyncIter<String> =
+                        c.scan_match(format!("{}*", glob_escape(&prefix))).await?;
+                    while let Some(k) = it.next_item().await {
+                        found.push(k?);
+                    }
+                    let mut c2 = n.conn.clone();
+                    let mut it: redis::AsyncIter<String> = c2
+                        .scan_match(format!("{{{}*}}:sem", glob_escape(&prefix)))
+                        .await?;
+                    while let Some(k) = it.next_item().await {
+                        let k = k?;
+                        found.push(
+                            k.trim_start_matches('{')
+                                .trim_end_matches("}:sem")
+                                .to_string(),
+                        );
+                    }
+                    Ok::<_, redis::RedisError>(found)
+                };
+                match tokio::time::timeout(self.op_timeout, scan).await {
+                    Ok(Ok(found)) => {
+                        for k in found {
+                            if let Some(name) = k.strip_prefix(&prefix)
+                                && !names.iter().any(|x| x == name)
+                            {
+                                names.push(name.to_string());
+                            }
+                        }
+                    }
+                    Ok(Err(e)) => tracing::warn!("SCAN on {} failed: {e}", n.shown),
+                    Err(_) => tracing::warn!("SCAN on {} timed out", n.shown),
+                }
+            }
+            names.sort();
+        }
+        let mut out = Vec::new();
+        for name in names {
+            let k = keys(namespace, &name);
+            let results = self
+                .everywhere(
+                    &Script::new(INSPECT),
+                    &[&k.main, &k.sem],
+                    &[],
+                    self.op_timeout,
+                )
+                .await;
+            // A holder counts where a majority of servers agree on it.
+            let mut seen: Vec<(String, Holder, usize)> = Vec::new();
+            let mut answered = 0;
+            for r in results.iter().flatten() {
+                answered += 1;
+                let s = strings(r);
+                for (id, h) in holders_from(&s[1.min(s.len())..]) {
+                    match seen.iter_mut().find(|(i, _, _)| *i == id) {
+                        Some(e) => e.2 += 1,
+                        None => seen.push((id, h, 1)),
+                    }
+                }
+            }
+            if answered == 0 {
+                let errors: Vec<String> = results.into_iter().filter_map(|r| r.err()).collect();
+                return Err(self.too_few(&errors));
+            }
+            let holders: Vec<Holder> = seen
+                .into_iter()
+                .filter(|(_, _, c)| *c >= self.quorum)
+                .map(|(_, h, _)| h)
+                .collect();
+            out.push(KeyStatus {
+                key: name,
+                limit: holders.len().max(1) as u32,
+                holders,
+                waiters: None,
+            });
+        }
+        if keys_in.is_empty() {
+            out.retain(|k| !k.holders.is_empty());
+        }
+        Ok(out)
+    }
+
+    async fn ping(&self) -> Result<PingInfo> {
+        let mut versions = Vec::new();
+        for n in &self.nodes {
+            let mut c = n.conn.clone();
+            let info = tokio::time::timeout(
+                self.op_timeout,
+                redis::cmd("INFO")
+                    .arg("server")
+                    .query_async::<String>(&mut c),
+            )
+            .await;
+            let v = match info {
+                Ok(Ok(s)) => s
+                    .lines()
+                    .find_map(|l| l.strip_prefix("redis_version:"))
+                    .unwrap_or("?")
+                    .trim()
+                    .to_string(),
+                _ => "unreachable".to_string(),
+            };
+            versions.push(v);
+        }
+        let kind = if self.redlock() { "redlock" } else { "redis" };
+        Ok(PingInfo {
+            kind,
+            version: versions.join(","),
+            detail: self.describe(),
+        })
+    }
+}
+
+fn glob_escape(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            o.push('\\');
+        }
+        o.push(c);
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_parse() {
+        let now = SystemTime::now();
+        let (id, h) = parse_holder("dlock1|abc|7|root|box|42|1700000000000", 5000, now);
+        assert_eq!(id.as_deref(), Some("abc"));
+        assert_eq!(h.token, Some(7));
+        assert_eq!(h.pid, Some(42));
+        let (id, h) = parse_holder("f3b2c1", 1000, now);
+        assert!(id.is_none() && h.owner.is_none() && h.expires_at.is_some());
+        assert_eq!(db_of("redis://h:1/3"), 3);
+        assert_eq!(db_of("redis://h:1"), 0);
+        assert_eq!(keys("ns", "k").fence, "{ns:k}:fence");
+    }
+}

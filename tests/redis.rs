@@ -1,0 +1,195 @@
+//! Redis and Redlock against real redis-server processes (Debian
+//! `redis-server`), started per test on free loopback ports.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::suite::conformance;
+use common::*;
+use nix::sys::signal::Signal;
+
+conformance!(redis_single, Env::redis());
+conformance!(redlock, Env::redlock(5));
+
+fn pidfile_child(env: &Env, k: &str, extra: &[&str], name: &str) -> (std::process::Child, i32) {
+    let pidf = env.path(name);
+    let mut args = vec!["run", "--key", k];
+    args.extend_from_slice(extra);
+    let script = format!("echo $$ > {}; exec sleep 60", pidf.display());
+    args.extend_from_slice(&["--", "sh", "-c", &script]);
+    let c = env
+        .cmd(&args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = read_when_ready(&pidf, Duration::from_secs(20))
+        .parse()
+        .unwrap();
+    (c, pid)
+}
+
+#[test]
+fn server_frozen_past_the_ttl_stops_the_child_before_expiry() {
+    let env = Env::redis();
+    let (mut h, pid) = pidfile_child(
+        &env,
+        "frz",
+        &["--ttl", "1500ms", "--kill-after", "300ms"],
+        "frz.pid",
+    );
+    let t = Instant::now();
+    env.redis[0].signal(Signal::SIGSTOP);
+    wait_for(Duration::from_secs(5), "the child to be stopped", || {
+        !alive(pid)
+    });
+    // The last renewal was at most TTL/3 before the freeze: the child must be
+    // gone before that renewal's lease could end.
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "child lived {:?} into the freeze",
+        t.elapsed()
+    );
+    assert_eq!(wait_timeout(&mut h, Duration::from_secs(20)), 74);
+    env.redis[0].signal(Signal::SIGCONT);
+}
+
+#[test]
+fn server_restarted_empty_loses_the_lease() {
+    let mut env = Env::redis();
+    let (mut h, pid) = pidfile_child(&env, "rst", &["--ttl", "1500ms"], "rst.pid");
+    env.redis[0].restart();
+    let t = Instant::now();
+    assert_eq!(wait_timeout(&mut h, Duration::from_secs(20)), 74);
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "noticed after {:?}",
+        t.elapsed()
+    );
+    assert!(!alive(pid));
+}
+
+#[test]
+fn redlock_survives_two_of_five_servers_down() {
+    let mut env = Env::redlock(5);
+    env.redis[0].stop();
+    env.redis[3].stop();
+    let out = env.run(&["run", "--key", "maj", "--", "sh", "-c", "echo $DLOCK_TOKEN"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let mut h = env.spawn(&["run", "--key", "maj", "--", "sleep", "30"]);
+    wait_for(Duration::from_secs(10), "the lock to be held", || {
+        env.held("maj")
+    });
+    let out = env.run(&["run", "-n", "--key", "maj", "--", "true"]);
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    signal(h.id(), Signal::SIGTERM);
+    assert_eq!(wait_timeout(&mut h, Duration::from_secs(10)), 143);
+}
+
+#[test]
+fn redlock_without_a_majority_never_locks() {
+    let mut env = Env::redlock(5);
+    for i in [0, 2, 4] {
+        env.redis[i].stop();
+    }
+    let out = env.run(&["run", "--wait", "1s", "--key", "min", "--", "echo", "ran"]);
+    assert!(
+        matches!(code(&out), 69 | 75),
+        "{}: {}",
+        code(&out),
+        stderr(&out)
+    );
+    assert!(
+        !stdout(&out).contains("ran"),
+        "the command ran without a majority"
+    );
+}
+
+#[test]
+fn redlock_tokens_rise_across_changing_majorities() {
+    let mut env = Env::redlock(5);
+    let token = |env: &Env| -> u64 {
+        let out = env.run(&[
+            "run",
+            "--key",
+            "fence",
+            "--",
+            "sh",
+            "-c",
+            "echo $DLOCK_TOKEN",
+        ]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        stdout(&out).trim().parse().unwrap()
+    };
+    let a = token(&env);
+    env.redis[0].stop();
+    env.redis[1].stop();
+    let b = token(&env);
+    assert!(b > a, "{b} after {a}");
+    env.redis[0].restart(); // empty: its counter is gone
+    env.redis[1].restart();
+    env.redis[4].stop();
+    env.redis[3].stop();
+    let c = token(&env);
+    assert!(
+        c > b,
+        "{c} after {b}: majorities share a server that remembers"
+    );
+}
+
+/// redis-py's `Lock` and dlock on the same key exclude each other.
+#[test]
+fn redis_py_lock_interoperates() {
+    let python = servers::require("python3", "python3");
+    let probe = std::process::Command::new(&python)
+        .args(["-c", "import redis"])
+        .output()
+        .unwrap();
+    assert!(
+        probe.status.success(),
+        "python3 module `redis` missing: pip install redis (scripts/test.sh does)"
+    );
+    let env = Env::redis();
+    let port = env.redis[0].port;
+    // redis-py holds dlock:job for 2 s; dlock must not get it meanwhile.
+    let script = format!(
+        "import redis,time,sys\nr=redis.Redis(port={port})\nl=r.lock('dlock:job',timeout=10)\nassert l.acquire(blocking=False)\nprint('held',flush=True)\ntime.sleep(2)\nl.release()\n"
+    );
+    let mut py = std::process::Command::new(&python)
+        .args(["-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(py.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "held");
+    let out = env.run(&["run", "-n", "--key", "job", "--", "true"]);
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    let st = env.status_json(&["job"]);
+    assert_eq!(st[0]["held"], true, "a redis-py holder shows as held");
+    let t = Instant::now();
+    let out = env.run(&["run", "--wait", "10s", "--key", "job", "--", "true"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        t.elapsed() > Duration::from_millis(1200),
+        "dlock got the lock while redis-py held it"
+    );
+    assert!(py.wait().unwrap().success());
+    // And the other way round: dlock holds, redis-py cannot take it.
+    let mut h = env.spawn(&["run", "--key", "job", "--", "sleep", "30"]);
+    wait_for(Duration::from_secs(10), "dlock to hold", || env.held("job"));
+    let script = format!(
+        "import redis\nr=redis.Redis(port={port})\nprint(r.lock('dlock:job',timeout=10).acquire(blocking=False))\n"
+    );
+    let out = std::process::Command::new(&python)
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "False");
+    signal(h.id(), Signal::SIGTERM);
+    wait_timeout(&mut h, Duration::from_secs(10));
+}
