@@ -14,7 +14,10 @@ use async_trait::async_trait;
 
 use crate::error::usage;
 
+pub mod mysql;
+pub mod postgres;
 pub mod redis;
+pub mod sql;
 pub mod sqlite;
 
 /// What kind of process holds a lease. A `Run` lease belongs to a live
@@ -195,8 +198,13 @@ pub async fn connect(urls: &[String], connect_timeout: Duration) -> Result<Arc<d
         "redis" | "rediss" => Ok(Arc::new(
             redis::RedisBackend::connect(urls, connect_timeout).await?,
         )),
-        "redis+sentinel" | "zk" | "postgres" | "postgresql" | "mysql" | "mariadb" | "etcd"
-        | "etcds" => Err(crate::error::unavailable(format!(
+        "postgres" | "postgresql" => Ok(Arc::new(
+            postgres::PostgresBackend::connect(first, connect_timeout).await?,
+        )),
+        "mysql" | "mariadb" => Ok(Arc::new(
+            mysql::MysqlBackend::connect(first, connect_timeout).await?,
+        )),
+        "redis+sentinel" | "zk" | "etcd" | "etcds" => Err(crate::error::unavailable(format!(
             "the {scheme} backend is not built into this version of dlock yet; \
              use sqlite:PATH (see the README for the status of each backend)"
         ))),

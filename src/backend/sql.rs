@@ -1,0 +1,91 @@
+//! What the PostgreSQL and MySQL backends share: table names and per-key
+//! names for notification channels and server-side locks.
+
+use anyhow::Result;
+
+use crate::error::usage;
+
+/// Table names; `?dlock_table=NAME` in the URL changes the `dlock` prefix
+/// (for sites with naming rules). The parameter is removed before the URL
+/// reaches the driver.
+pub struct Names {
+    pub lease: String,
+    pub fence: String,
+    pub prefix: String,
+}
+
+impl Names {
+    pub fn from_url(url: &str) -> Result<(String, Names)> {
+        let mut prefix = "dlock".to_string();
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("dlock_table", v)) => prefix = v.to_string(),
+                _ => kept.push(pair),
+            }
+        }
+        let ok = !prefix.is_empty()
+            && prefix.len() <= 48
+            && prefix
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok {
+            return Err(usage(format!(
+                "dlock_table={prefix:?}: a table prefix must be a plain identifier (letters, digits, _)"
+            )));
+        }
+        let url = if kept.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
+        Ok((
+            url,
+            Names {
+                lease: format!("{prefix}_lease"),
+                fence: format!("{prefix}_fence"),
+                prefix,
+            },
+        ))
+    }
+}
+
+pub fn fnv64(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.bytes().chain(std::iter::once(0)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// A short identifier naming one key, safe to use unquoted (LISTEN channel,
+/// GET_LOCK name).
+pub fn channel_name(ns: &str, key: &str) -> String {
+    format!("dlock_{:016x}", fnv64(&[ns, key]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_option() {
+        let (u, n) = Names::from_url("postgres://h/db?dlock_table=locks&sslmode=disable").unwrap();
+        assert_eq!(u, "postgres://h/db?sslmode=disable");
+        assert_eq!(n.lease, "locks_lease");
+        assert!(Names::from_url("postgres://h/db?dlock_table=x;drop").is_err());
+        let (u, n) = Names::from_url("mysql://h/db").unwrap();
+        assert_eq!(
+            (u.as_str(), n.fence.as_str()),
+            ("mysql://h/db", "dlock_fence")
+        );
+    }
+}
