@@ -93,13 +93,15 @@ SH="$TMP/redis-cli-lock.sh"
 PY="python3 $TMP/redis-py-lock.py"
 
 # --- sanity: each contender really holds dlock:b while CMD runs, and frees it after ---
-held() { for p in "$@"; do redis-cli -p "$p" EXISTS dlock:b; done | awk '{ s += $1 } END { print s + 0 }'; }
-export -f held
+# A script, not an exported function: /bin/sh (dash) drops bash functions from the env.
+printf '%s\n' '#!/bin/sh' 'for p; do redis-cli -p "$p" EXISTS dlock:b; done | awk "{ s += \$1 } END { print s + 0 }"' >"$TMP/held"
+chmod +x "$TMP/held"
+held() { "$TMP/held" "$@"; }
 for c in "$DL run -q --key b --" "$SH" "$PY"; do
-  n=$($c bash -c "held $P")
+  n=$($c "$TMP/held" "$P")
   [[ $n == 1 && $(held "$P") == 0 ]] || { echo "sanity: '$c' held=$n" >&2; exit 1; }
 done
-n=$($DR run -q --key b -- bash -c "held ${ports[*]:1}")
+n=$($DR run -q --key b -- "$TMP/held" "${ports[@]:1}")
 [[ $n -ge 3 && $(held "${ports[@]:1}") == 0 ]] || { echo "sanity: redlock held on $n/5" >&2; exit 1; }
 
 # --- 1. uncontended: one lock/run/unlock per process, no shell in between (-N) ---
@@ -134,8 +136,8 @@ python3 - "$TMP/unc.json" "$TMP/con.json" <<'EOF' >"$TMP/table.md"
 import json, sys
 def res(path):
     return {r["command"]: r for r in json.load(open(path))["results"]}
-def fmt(s):
-    return f"{s*1e3:.1f} ms" if s < 1 else f"{s:.2f} s"
+def fmt(s):  # stddev is null when CRUNS=1
+    return "n/a" if s is None else f"{s*1e3:.1f} ms" if s < 1 else f"{s:.2f} s"
 u, c = res(sys.argv[1]), res(sys.argv[2])
 print("| scenario | contender | mean ± σ | min |")
 print("|---|---|---|---|")
