@@ -7,9 +7,11 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the suite needs; the tests fail naming a missing one.
 need=()
-for pair in "flock:util-linux" "date:coreutils" "redis-server:redis-server" "redis-cli:redis-tools"; do
+for pair in "flock:util-linux" "date:coreutils" "redis-server:redis-server" "redis-cli:redis-tools" \
+  "mariadbd:mariadb-server" "mariadb:mariadb-client" "python3:python3"; do
   command -v "${pair%%:*}" >/dev/null || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair##*:}")
 done
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
@@ -21,7 +23,9 @@ fi
 
 # Servers are started by the tests themselves; make sure no system service
 # holds the default ports or the CPU.
-if command -v systemctl >/dev/null; then systemctl stop redis-server 2>/dev/null || true; fi
+if command -v systemctl >/dev/null; then
+  systemctl stop redis-server postgresql mariadb 2>/dev/null || true
+fi
 
 # redis-py, for the interoperability test (from PyPI).
 python3 -c 'import redis' 2>/dev/null || python3 -m pip install --quiet redis

@@ -7,6 +7,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod servers;
+#[path = "servers_sql.rs"]
+pub mod servers_sql;
 pub mod suite;
 pub mod torture;
 
@@ -17,6 +19,8 @@ pub struct Env {
     pub dir: tempfile::TempDir,
     pub url: String,
     pub redis: Vec<servers::Redis>,
+    pub postgres: Option<servers_sql::Postgres>,
+    pub mariadb: Option<servers_sql::Mariadb>,
 }
 
 impl Env {
@@ -28,12 +32,40 @@ impl Env {
             dir,
             url,
             redis: vec![],
+            postgres: None,
+            mariadb: None,
         }
     }
 
     /// One fresh redis-server.
     pub fn redis() -> Env {
         Env::redlock(1)
+    }
+
+    /// A fresh PostgreSQL server with an empty `dlock` database.
+    pub fn postgres() -> Env {
+        let pg = servers_sql::Postgres::start();
+        let url = pg.url();
+        Env {
+            dir: tempfile::tempdir().expect("tempdir"),
+            url,
+            redis: vec![],
+            postgres: Some(pg),
+            mariadb: None,
+        }
+    }
+
+    /// A fresh MariaDB server with an empty `dlock` database.
+    pub fn mariadb() -> Env {
+        let m = servers_sql::Mariadb::start();
+        let url = m.url();
+        Env {
+            dir: tempfile::tempdir().expect("tempdir"),
+            url,
+            redis: vec![],
+            postgres: None,
+            mariadb: Some(m),
+        }
     }
 
     /// `n` independent redis-servers: Redlock when n > 1.
@@ -44,6 +76,8 @@ impl Env {
             dir: tempfile::tempdir().expect("tempdir"),
             url,
             redis,
+            postgres: None,
+            mariadb: None,
         }
     }
 

@@ -1,0 +1,205 @@
+//! PostgreSQL and MariaDB against real servers (Debian `postgresql` and
+//! `mariadb-server`), started per test on free loopback ports.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::suite::conformance;
+use common::torture;
+use common::*;
+use nix::sys::signal::Signal;
+
+conformance!(postgres, Env::postgres());
+conformance!(mariadb, Env::mariadb());
+
+type MakeEnv = fn() -> Env;
+
+fn sql_envs() -> Vec<(&'static str, MakeEnv)> {
+    vec![
+        ("postgres", Env::postgres as fn() -> Env),
+        ("mariadb", Env::mariadb as fn() -> Env),
+    ]
+}
+
+/// A process and its children: PostgreSQL serves each connection from a
+/// child of the postmaster, so freezing the server means freezing them all.
+fn family(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let ppid = stat[stat.rfind(')').unwrap() + 2..]
+            .split_whitespace()
+            .nth(1)
+            .and_then(|x| x.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn freeze(env: &Env, sig: Signal) {
+    if let Some(p) = &env.postgres {
+        for pid in family(p.pid()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+        }
+    }
+    if let Some(m) = &env.mariadb {
+        m.signal(sig);
+    }
+}
+
+fn restart(env: &mut Env) {
+    if let Some(p) = env.postgres.as_mut() {
+        p.restart();
+    }
+    if let Some(m) = env.mariadb.as_mut() {
+        m.restart();
+    }
+}
+
+fn child_with_pidfile(
+    env: &Env,
+    k: &str,
+    extra: &[&str],
+    script_tail: &str,
+) -> (std::process::Child, i32) {
+    let pidf = env.path(&format!("{k}.pid"));
+    let script = format!("echo $$ > {}; {script_tail}", pidf.display());
+    let mut args = vec!["run", "--key", k];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", "sh", "-c", &script]);
+    let c = env
+        .cmd(&args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = read_when_ready(&pidf, Duration::from_secs(30))
+        .parse()
+        .unwrap();
+    (c, pid)
+}
+
+#[test]
+fn server_frozen_past_the_ttl_stops_the_child_before_expiry() {
+    for (name, make) in sql_envs() {
+        let env = make();
+        let (mut h, pid) = child_with_pidfile(
+            &env,
+            "frz",
+            &["--ttl", "2s", "--kill-after", "400ms"],
+            "exec sleep 60",
+        );
+        let t = Instant::now();
+        freeze(&env, Signal::SIGSTOP);
+        wait_for(Duration::from_secs(6), "the child to be stopped", || {
+            !alive(pid)
+        });
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "{name}: child lived {:?} into the freeze",
+            t.elapsed()
+        );
+        freeze(&env, Signal::SIGCONT);
+        assert_eq!(wait_timeout(&mut h, Duration::from_secs(30)), 74, "{name}");
+    }
+}
+
+#[test]
+fn server_restart_shorter_than_the_ttl_keeps_the_lease() {
+    for (name, make) in sql_envs() {
+        let mut env = make();
+        let (mut h, _pid) = child_with_pidfile(&env, "rst", &["--ttl", "8s"], "sleep 4; echo done");
+        std::thread::sleep(Duration::from_millis(500));
+        restart(&mut env);
+        assert_eq!(
+            wait_timeout(&mut h, Duration::from_secs(30)),
+            0,
+            "{name}: the lease did not survive a restart"
+        );
+        // And the lock is free again (released, not left to expire).
+        let out = env.run(&["run", "-n", "--key", "rst", "--", "true"]);
+        assert_eq!(code(&out), 0, "{name}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn racing_clients_never_exceed_the_limit() {
+    for (name, make) in sql_envs() {
+        let env = make();
+        let cfg = torture::Config {
+            dlock: DLOCK.into(),
+            backend: env.url.clone(),
+            key: "race".into(),
+            clients: 10,
+            runs: 3,
+            hold: Duration::from_millis(60),
+            ttl: Duration::from_secs(5),
+            limit: 3,
+            faults: vec![],
+            fault_rate: 0.0,
+            dir: env.path("race"),
+            seed: 7,
+        };
+        let r = torture::run(&cfg);
+        assert!(r.ok(), "{name}: {r:#?}");
+        assert!(r.max_concurrent <= 3, "{name}: {r:#?}");
+        assert_eq!(r.intervals, 30, "{name}: {r:#?}");
+    }
+}
+
+#[test]
+fn hostile_keys_are_only_data() {
+    for (name, make) in sql_envs() {
+        let env = make();
+        let k = "a'b\";DROP TABLE dlock_lease;--ü🔒 \\x";
+        let out = env.run(&["run", "--key", k, "--", "sh", "-c", "echo \"$DLOCK_KEY\""]);
+        assert_eq!(code(&out), 0, "{name}: {}", stderr(&out));
+        assert_eq!(stdout(&out).trim(), k);
+        let mut h = env.spawn(&["run", "--key", k, "--", "sleep", "30"]);
+        wait_for(
+            Duration::from_secs(10),
+            "the hostile key to be held",
+            || env.held(k),
+        );
+        let st = env.status_json(&[]);
+        assert_eq!(st[0]["key"], k, "{name}");
+        signal(h.id(), Signal::SIGTERM);
+        wait_timeout(&mut h, Duration::from_secs(10));
+        let out = bare(env.dir.path())
+            .args([
+                "--backend",
+                &format!("{}?dlock_table=x;drop", env.url),
+                "status",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 64, "{name}: a bad table name is refused");
+    }
+}
+
+#[test]
+fn table_name_option() {
+    for (name, make) in sql_envs() {
+        let env = make();
+        let url = format!("{}?dlock_table=jobs_lock", env.url);
+        let run = |args: &[&str]| {
+            bare(env.dir.path())
+                .arg("--backend")
+                .arg(&url)
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        let out = run(&["run", "--key", "t", "--", "true"]);
+        assert_eq!(code(&out), 0, "{name}: {}", stderr(&out));
+        let out = run(&["ping"]);
+        assert_eq!(code(&out), 0, "{name}: {}", stderr(&out));
+    }
+}
