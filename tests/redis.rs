@@ -193,3 +193,95 @@ fn redis_py_lock_interoperates() {
     signal(h.id(), Signal::SIGTERM);
     wait_timeout(&mut h, Duration::from_secs(10));
 }
+
+/// A three-primary Redis Cluster on loopback.
+fn cluster() -> Env {
+    let nodes: Vec<servers::Redis> = (0..3)
+        .map(|_| {
+            servers::Redis::start_with(&[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+            ])
+        })
+        .collect();
+    let addrs: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    let mut args = vec!["--cluster", "create"];
+    args.extend(addrs.iter().map(String::as_str));
+    args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+    nodes[0].cli(&args);
+    wait_for(Duration::from_secs(20), "the cluster to be ready", || {
+        nodes
+            .iter()
+            .all(|n| n.cli(&["cluster", "info"]).contains("cluster_state:ok"))
+    });
+    let url = format!("redis+cluster://{}", addrs.join(","));
+    let mut env = Env::sqlite();
+    env.url = url;
+    env.redis = nodes;
+    env
+}
+
+conformance!(redis_cluster, super::cluster());
+
+#[test]
+fn sentinel_failover_keeps_locking() {
+    let mut primary = servers::Redis::start();
+    let replica =
+        servers::Redis::start_with(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
+    wait_for(Duration::from_secs(20), "the replica to sync", || {
+        replica
+            .cli(&["info", "replication"])
+            .contains("master_link_status:up")
+    });
+    let sentinel = servers::Redis::sentinel("m", primary.port);
+    wait_for(
+        Duration::from_secs(20),
+        "the sentinel to see the replica",
+        || {
+            sentinel
+                .cli(&["sentinel", "replicas", "m"])
+                .contains(&replica.port.to_string())
+        },
+    );
+    let mut env = Env::sqlite();
+    env.url = format!("redis+sentinel://127.0.0.1:{}/m", sentinel.port);
+    let token = |env: &Env| -> u64 {
+        let out = env.run(&[
+            "run",
+            "--wait",
+            "20s",
+            "--key",
+            "s",
+            "--",
+            "sh",
+            "-c",
+            "echo $DLOCK_TOKEN",
+        ]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        stdout(&out).trim().parse().unwrap()
+    };
+    let a = token(&env);
+    // Let the replica receive the counter before its primary dies.
+    std::thread::sleep(Duration::from_millis(300));
+    primary.stop();
+    wait_for(
+        Duration::from_secs(30),
+        "the sentinel to promote the replica",
+        || {
+            sentinel
+                .cli(&["sentinel", "get-master-addr-by-name", "m"])
+                .contains(&replica.port.to_string())
+        },
+    );
+    let b = token(&env);
+    assert!(b > a, "token {b} after failover, {a} before");
+    let st = env.status_json(&["s"]);
+    assert_eq!(st[0]["held"], false);
+}

@@ -182,7 +182,7 @@ pub async fn connect(urls: &[String], connect_timeout: Duration) -> Result<Arc<d
         .next()
         .unwrap_or_default()
         .to_ascii_lowercase();
-    if urls.len() > 1 && !urls.iter().all(|u| u.starts_with("redis")) {
+    if urls.len() > 1 && !urls.iter().all(|u| u.starts_with("redis://")) {
         return Err(usage(format!(
             "several backend URLs are only meaningful for Redlock (redis:// URLs), got {}",
             urls.iter()
@@ -195,7 +195,7 @@ pub async fn connect(urls: &[String], connect_timeout: Duration) -> Result<Arc<d
         "sqlite" => Ok(Arc::new(
             sqlite::SqliteBackend::connect(first, connect_timeout).await?,
         )),
-        "redis" | "rediss" => Ok(Arc::new(
+        "redis" | "rediss" | "redis+sentinel" | "redis+cluster" => Ok(Arc::new(
             redis::RedisBackend::connect(urls, connect_timeout).await?,
         )),
         "postgres" | "postgresql" => Ok(Arc::new(
@@ -204,7 +204,7 @@ pub async fn connect(urls: &[String], connect_timeout: Duration) -> Result<Arc<d
         "mysql" | "mariadb" => Ok(Arc::new(
             mysql::MysqlBackend::connect(first, connect_timeout).await?,
         )),
-        "redis+sentinel" | "zk" | "etcd" | "etcds" => Err(crate::error::unavailable(format!(
+        "zk" | "etcd" | "etcds" => Err(crate::error::unavailable(format!(
             "the {scheme} backend is not built into this version of dlock yet; \
              use sqlite:PATH (see the README for the status of each backend)"
         ))),

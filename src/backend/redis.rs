@@ -27,8 +27,16 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use futures_util::future::join_all;
 use futures_util::stream::SelectAll;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubStream};
-use redis::{AsyncCommands, Script, Value};
+use std::sync::Arc;
+
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection, PubSubStream,
+};
+use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelServerType};
+use redis::{
+    AsyncCommands, AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, RedisResult, Script, Value,
+};
 use tokio::sync::Mutex;
 
 use super::{
@@ -180,8 +188,161 @@ return out
 struct Node {
     shown: String,
     db: i64,
-    client: redis::Client,
-    conn: ConnectionManager,
+    conn: Conn,
+    /// Direct clients to SCAN (every node listed for a cluster).
+    scan: Vec<redis::Client>,
+}
+
+/// One logical Redis server: a plain server, a Sentinel-managed primary
+/// (re-resolved after a failover), or a Redis Cluster.
+#[derive(Clone)]
+enum Conn {
+    Direct(ConnectionManager, redis::Client),
+    Cluster(ClusterConnection, redis::Client),
+    Sentinel(Arc<SentinelConn>),
+}
+
+struct SentinelConn {
+    sentinel: Mutex<SentinelClient>,
+    current: Mutex<Option<MultiplexedConnection>>,
+    timeout: Duration,
+}
+
+/// Errors after which the primary may have moved: ask the sentinels again.
+fn moved(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.to_string().contains("READONLY")
+}
+
+impl SentinelConn {
+    async fn conn(&self) -> RedisResult<MultiplexedConnection> {
+        let mut cur = self.current.lock().await;
+        if let Some(c) = cur.as_ref() {
+            return Ok(c.clone());
+        }
+        let cfg = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout));
+        let c = self
+            .sentinel
+            .lock()
+            .await
+            .get_async_connection_with_config(&cfg)
+            .await?;
+        *cur = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn client(&self) -> RedisResult<redis::Client> {
+        self.sentinel.lock().await.async_get_client().await
+    }
+
+    /// Send to the primary; while the primary seems to have moved (a
+    /// failover in progress), ask the sentinels again, within the timeout.
+    async fn send(&self, req: Req<'_>) -> RedisResult<Resp> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let r = match self.conn().await {
+                Ok(mut c) => match req {
+                    Req::One(cmd) => c.req_packed_command(cmd).await.map(Resp::One),
+                    Req::Many(p, offset, count) => c
+                        .req_packed_commands(p, offset, count)
+                        .await
+                        .map(Resp::Many),
+                },
+                Err(e) => Err(e),
+            };
+            match r {
+                Err(e) if moved(&e) && Instant::now() + Duration::from_millis(100) < deadline => {
+                    *self.current.lock().await = None;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                r => return r,
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Req<'a> {
+    One(&'a Cmd),
+    Many(&'a Pipeline, usize, usize),
+}
+
+enum Resp {
+    One(Value),
+    Many(Vec<Value>),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Direct(c, _) => c.req_packed_command(cmd),
+            Conn::Cluster(c, _) => c.req_packed_command(cmd),
+            Conn::Sentinel(s) => Box::pin(async move {
+                match s.send(Req::One(cmd)).await? {
+                    Resp::One(v) => Ok(v),
+                    Resp::Many(_) => unreachable!("one command, one reply"),
+                }
+            }),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        p: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Direct(c, _) => c.req_packed_commands(p, offset, count),
+            Conn::Cluster(c, _) => c.req_packed_commands(p, offset, count),
+            Conn::Sentinel(s) => Box::pin(async move {
+                match s.send(Req::Many(p, offset, count)).await? {
+                    Resp::Many(v) => Ok(v),
+                    Resp::One(_) => unreachable!("a pipeline, many replies"),
+                }
+            }),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Direct(c, _) => c.get_db(),
+            Conn::Cluster(c, _) => c.get_db(),
+            Conn::Sentinel(_) => 0,
+        }
+    }
+}
+
+impl Conn {
+    /// A client to subscribe with. In a cluster, PUBLISH reaches every node.
+    async fn pubsub_client(&self) -> RedisResult<redis::Client> {
+        match self {
+            Conn::Direct(_, c) | Conn::Cluster(_, c) => Ok(c.clone()),
+            Conn::Sentinel(s) => s.client().await,
+        }
+    }
+}
+
+/// `redis+sentinel://h:p[,h:p]/MASTER[/DB]` and `redis+cluster://h:p[,h:p]`:
+/// the hosts of the URL, as plain `redis://` URLs, and the path.
+fn hosts_and_path(url: &str) -> (Vec<String>, String) {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((u, h)) => (format!("{u}@"), h),
+        None => (String::new(), authority),
+    };
+    let hosts = hosts
+        .split(',')
+        .filter(|h| !h.is_empty())
+        .map(|h| format!("redis://{userinfo}{h}"))
+        .collect();
+    (hosts, path.to_string())
 }
 
 pub struct RedisBackend {
@@ -283,30 +444,7 @@ impl RedisBackend {
     pub async fn connect(urls: &[String], timeout: Duration) -> Result<RedisBackend> {
         let mut nodes = Vec::new();
         for url in urls {
-            let shown = redact_url(url);
-            if url.starts_with("rediss://") {
-                return Err(usage(format!(
-                    "{shown}: TLS (rediss://) is not built into this version of dlock yet"
-                )));
-            }
-            let client = redis::Client::open(url.as_str()).map_err(|e| {
-                usage(format!(
-                    "bad Redis URL {shown}: {}",
-                    e.to_string().replace(url.as_str(), &shown)
-                ))
-            })?;
-            let cfg = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(timeout))
-                .set_response_timeout(Some(timeout))
-                .set_number_of_retries(1);
-            let conn = ConnectionManager::new_lazy_with_config(client.clone(), cfg)
-                .map_err(|e| unavailable(format!("Redis {shown}: {e}")))?;
-            nodes.push(Node {
-                db: db_of(url),
-                shown,
-                client,
-                conn,
-            });
+            nodes.push(Self::node(url, timeout).await?);
         }
         let quorum = nodes.len() / 2 + 1;
         let b = RedisBackend {
@@ -344,6 +482,88 @@ impl RedisBackend {
             tracing::warn!("Redis server unreachable, continuing with a majority: {f}");
         }
         Ok(b)
+    }
+
+    async fn node(url: &str, timeout: Duration) -> Result<Node> {
+        let shown = redact_url(url);
+        let bad = |e: &dyn std::fmt::Display| {
+            usage(format!(
+                "bad Redis URL {shown}: {}",
+                e.to_string().replace(url, &shown)
+            ))
+        };
+        if url.starts_with("rediss") {
+            return Err(usage(format!(
+                "{shown}: TLS (rediss://) is not built into this version of dlock yet"
+            )));
+        }
+        if let Some(_rest) = url.strip_prefix("redis+sentinel://") {
+            let (hosts, path) = hosts_and_path(url);
+            let mut parts = path.split('/');
+            let master = parts.next().filter(|m| !m.is_empty()).ok_or_else(|| {
+                usage(format!(
+                    "{shown}: name the master: redis+sentinel://HOST:PORT[,HOST:PORT]/MASTER"
+                ))
+            })?;
+            let db: i64 = parts.next().and_then(|d| d.parse().ok()).unwrap_or(0);
+            let node_info = redis::sentinel::SentinelNodeConnectionInfo::default()
+                .set_redis_connection_info(redis::RedisConnectionInfo::default().set_db(db));
+            let sentinel = SentinelClient::build(
+                hosts,
+                master.to_string(),
+                Some(node_info),
+                SentinelServerType::Master,
+            )
+            .map_err(|e| bad(&e))?;
+            let conn = Conn::Sentinel(Arc::new(SentinelConn {
+                sentinel: Mutex::new(sentinel),
+                current: Mutex::new(None),
+                timeout,
+            }));
+            return Ok(Node {
+                shown,
+                db,
+                conn,
+                scan: vec![],
+            });
+        }
+        if url.starts_with("redis+cluster://") {
+            let (hosts, _) = hosts_and_path(url);
+            let scan = hosts
+                .iter()
+                .map(|h| redis::Client::open(h.as_str()))
+                .collect::<RedisResult<Vec<_>>>()
+                .map_err(|e| bad(&e))?;
+            let client = redis::cluster::ClusterClient::builder(hosts)
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .retries(1)
+                .build()
+                .map_err(|e| bad(&e))?;
+            let conn = tokio::time::timeout(timeout, client.get_async_connection())
+                .await
+                .map_err(|_| unavailable(format!("Redis Cluster {shown}: timed out")))?
+                .map_err(|e| unavailable(format!("Redis Cluster {shown}: {e}")))?;
+            return Ok(Node {
+                shown,
+                db: 0,
+                conn: Conn::Cluster(conn, scan[0].clone()),
+                scan,
+            });
+        }
+        let client = redis::Client::open(url).map_err(|e| bad(&e))?;
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1);
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), cfg)
+            .map_err(|e| unavailable(format!("Redis {shown}: {e}")))?;
+        Ok(Node {
+            shown,
+            db: db_of(url),
+            conn: Conn::Direct(conn, client.clone()),
+            scan: vec![client],
+        })
     }
 
     fn redlock(&self) -> bool {
@@ -423,7 +643,7 @@ impl RedisBackend {
         let mut all = SelectAll::new();
         for n in &self.nodes {
             let sub = async {
-                let mut ps = n.client.get_async_pubsub().await?;
+                let mut ps = n.conn.pubsub_client().await?.get_async_pubsub().await?;
                 ps.subscribe(&k.chan).await?;
                 // Keyspace events, where the server has them enabled, also
                 // tell about releases by other clients and expiry.
@@ -643,40 +863,42 @@ impl Backend for RedisBackend {
             // Every lock in the namespace: SCAN (never KEYS) each server.
             let prefix = format!("{namespace}:");
             for n in &self.nodes {
-                let mut c = n.conn.clone();
-                let scan = async {
-                    let mut found = Vec::new();
-                    let mut it: redis::AsyncIter<String> =
-                        c.scan_match(format!("{}*", glob_escape(&prefix))).await?;
-                    while let Some(k) = it.next_item().await {
-                        found.push(k?);
-                    }
-                    let mut c2 = n.conn.clone();
-                    let mut it: redis::AsyncIter<String> = c2
-                        .scan_match(format!("{{{}*}}:sem", glob_escape(&prefix)))
-                        .await?;
-                    while let Some(k) = it.next_item().await {
-                        let k = k?;
-                        found.push(
-                            k.trim_start_matches('{')
-                                .trim_end_matches("}:sem")
-                                .to_string(),
-                        );
-                    }
-                    Ok::<_, redis::RedisError>(found)
-                };
-                match tokio::time::timeout(self.op_timeout, scan).await {
-                    Ok(Ok(found)) => {
-                        for k in found {
-                            if let Some(name) = k.strip_prefix(&prefix)
-                                && !names.iter().any(|x| x == name)
-                            {
-                                names.push(name.to_string());
+                for client in &n.scan {
+                    let scan = async {
+                        let mut c = client.get_multiplexed_async_connection().await?;
+                        let mut found = Vec::new();
+                        let mut it: redis::AsyncIter<String> =
+                            c.scan_match(format!("{}*", glob_escape(&prefix))).await?;
+                        while let Some(k) = it.next_item().await {
+                            found.push(k?);
+                        }
+                        drop(it);
+                        let mut it: redis::AsyncIter<String> = c
+                            .scan_match(format!("{{{}*}}:sem", glob_escape(&prefix)))
+                            .await?;
+                        while let Some(k) = it.next_item().await {
+                            let k = k?;
+                            found.push(
+                                k.trim_start_matches('{')
+                                    .trim_end_matches("}:sem")
+                                    .to_string(),
+                            );
+                        }
+                        Ok::<_, redis::RedisError>(found)
+                    };
+                    match tokio::time::timeout(self.op_timeout, scan).await {
+                        Ok(Ok(found)) => {
+                            for k in found {
+                                if let Some(name) = k.strip_prefix(&prefix)
+                                    && !names.iter().any(|x| x == name)
+                                {
+                                    names.push(name.to_string());
+                                }
                             }
                         }
+                        Ok(Err(e)) => tracing::warn!("SCAN on {} failed: {e}", n.shown),
+                        Err(_) => tracing::warn!("SCAN on {} timed out", n.shown),
                     }
-                    Ok(Err(e)) => tracing::warn!("SCAN on {} failed: {e}", n.shown),
-                    Err(_) => tracing::warn!("SCAN on {} timed out", n.shown),
                 }
             }
             names.sort();

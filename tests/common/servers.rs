@@ -47,25 +47,73 @@ pub struct Redis {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Extra arguments; a leading config file path makes it a sentinel.
+    extra: Vec<String>,
 }
 
 impl Redis {
     pub fn start() -> Redis {
+        Redis::start_with(&[])
+    }
+
+    /// A redis-server with extra arguments (`--replicaof`, cluster mode...).
+    pub fn start_with(extra: &[&str]) -> Redis {
         let mut r = Redis {
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
             child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         r.launch();
         r
     }
 
+    /// A Redis Sentinel watching `master` at `primary_port` (quorum 1, quick
+    /// failure detection).
+    pub fn sentinel(master: &str, primary_port: u16) -> Redis {
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\nprotected-mode no\n\
+                 sentinel monitor {master} 127.0.0.1 {primary_port} 1\n\
+                 sentinel down-after-milliseconds {master} 400\n\
+                 sentinel failover-timeout {master} 4000\n"
+            ),
+        )
+        .unwrap();
+        let mut r = Redis {
+            port,
+            dir,
+            child: None,
+            extra: vec![conf.display().to_string(), "--sentinel".into()],
+        };
+        r.launch();
+        r
+    }
+
+    /// `redis-cli -p PORT ARGS...`, its stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(require("redis-cli", "redis-tools"))
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     fn launch(&mut self) {
         let bin = require("redis-server", "redis-server");
-        let child = Command::new(bin)
-            .args([
+        let mut cmd = Command::new(bin);
+        if self.extra.first().is_some_and(|a| a.ends_with(".conf")) {
+            cmd.args(&self.extra);
+        } else {
+            let port = self.port.to_string();
+            cmd.args([
                 "--port",
-                &self.port.to_string(),
+                &port,
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -73,6 +121,9 @@ impl Redis {
                 "--appendonly",
                 "no",
             ])
+            .args(&self.extra);
+        }
+        let child = cmd
             .args(["--protected-mode", "no", "--dir"])
             .arg(self.dir.path())
             .stdout(Stdio::null())
