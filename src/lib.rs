@@ -278,10 +278,14 @@ fn fmt_secs(d: Duration) -> String {
 
 async fn cmd_run(c: &Connector<'_>, a: cli::RunArgs) -> Result<i32> {
     let s = c.settings;
-    let lock = s.lock(&a.lock)?;
+    let mut lock = s.lock(&a.lock)?;
     let rs = s.run(&a)?;
     let mut signals = Signals::install()?;
     let backend = c.get().await?;
+    lock.ttl = backend
+        .effective_ttl(lock.ttl)
+        .await
+        .map_err(|e| backend_error(backend.as_ref(), e))?;
     let me = owner(LeaseKind::Run)?;
     let keeper = Keeper::start(
         backend.clone(),

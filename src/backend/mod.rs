@@ -19,6 +19,7 @@ pub mod postgres;
 pub mod redis;
 pub mod sql;
 pub mod sqlite;
+pub mod zk;
 
 /// What kind of process holds a lease. A `Run` lease belongs to a live
 /// `dlock run` process; a `Handle` lease was taken by `dlock acquire` whose
@@ -121,6 +122,12 @@ pub trait Backend: Send + Sync {
     /// The backend's URL with any password removed, for messages.
     fn describe(&self) -> String;
 
+    /// The TTL leases will really have: a session-based backend may have had
+    /// its session timeout clamped by the server. `run` adopts it.
+    async fn effective_ttl(&self, ttl: Duration) -> Result<Duration> {
+        Ok(ttl)
+    }
+
     /// Try once to take a slot of `spec.key`, without waiting.
     async fn try_acquire(&self, spec: &LockSpec, me: &Owner) -> Result<Attempt>;
 
@@ -204,7 +211,8 @@ pub async fn connect(urls: &[String], connect_timeout: Duration) -> Result<Arc<d
         "mysql" | "mariadb" => Ok(Arc::new(
             mysql::MysqlBackend::connect(first, connect_timeout).await?,
         )),
-        "zk" | "etcd" | "etcds" => Err(crate::error::unavailable(format!(
+        "zk" => Ok(Arc::new(zk::ZkBackend::new(first, connect_timeout)?)),
+        "etcd" | "etcds" => Err(crate::error::unavailable(format!(
             "the {scheme} backend is not built into this version of dlock yet; \
              use sqlite:PATH (see the README for the status of each backend)"
         ))),

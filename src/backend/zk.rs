@@ -1,0 +1,574 @@
+//! ZooKeeper: the standard lock recipe, in Apache Curator's layout.
+//!
+//! Each contender creates an ephemeral sequential child of `/NAMESPACE/KEY`
+//! named like Curator's `InterProcessMutex`: `_c_<uuid>-lock-NNNNNNNNNN`.
+//! Children are ordered by the number after the last `lock-` (kazoo's
+//! `...__lock__NNNNNNNNNN` count as contenders too); the first `--limit`
+//! hold the lock, and every other contender watches only the one `--limit`
+//! places before it (no herd). The uuid lets us find our node again.
+//!
+//! The session is the lease: its timeout follows `--ttl` (the server may
+//! clamp it; the lease then follows what was negotiated). The fencing token
+//! is our node's `czxid`: zxids are totally ordered across the ensemble and
+//! a later holder's node was created later.
+//!
+//! `dlock acquire` cannot use an ephemeral node (its process exits), so it
+//! creates a persistent sequential node with a server-side TTL (ZooKeeper
+//! TTL nodes, which need `zookeeper.extendedTypesEnabled=true`); `renew`
+//! touches it, and the server deletes it when it goes untouched for the TTL.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Result;
+use async_trait::async_trait;
+use tokio::sync::{Mutex, OnceCell};
+use zookeeper_client as zk;
+
+use super::{
+    Attempt, Backend, Holder, KeyStatus, Lease, LeaseKind, LockSpec, Owner, PingInfo, Renewal,
+    redact_url,
+};
+use crate::error::{Error, unavailable, usage};
+
+pub struct ZkBackend {
+    shown: String,
+    cluster: String,
+    auth: Option<Vec<u8>>,
+    timeout: Duration,
+    client: OnceCell<zk::Client>,
+    /// Our nodes, by (namespace, key): full path.
+    mine: Mutex<HashMap<(String, String), String>>,
+}
+
+struct Contender {
+    name: String,
+    seq: i64,
+}
+
+fn seq_of(name: &str) -> Option<i64> {
+    let tail = match name.rfind("lock-") {
+        Some(i) => &name[i + 5..],
+        None => &name[name.rfind("__lock__")? + 8..],
+    };
+    tail.parse().ok()
+}
+
+fn uuid_of(id: &str) -> String {
+    let h: String = id.chars().chain(std::iter::repeat('0')).take(32).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+fn zk_err(shown: &str, what: &str, e: zk::Error) -> anyhow::Error {
+    Error::Unavailable(format!("ZooKeeper {shown}: {what}: {e}")).into()
+}
+
+fn holder_from(data: &[u8], stat: &zk::Stat) -> (Holder, Option<u32>) {
+    let s = String::from_utf8_lossy(data);
+    let f: Vec<&str> = s.splitn(7, '|').collect();
+    let token = Some(stat.czxid as u64);
+    if f.len() == 7 && f[0] == "dlock1" {
+        let h = Holder {
+            owner: Some(f[3].to_string()),
+            host: Some(f[4].to_string()),
+            pid: f[5].parse().ok(),
+            token,
+            acquired_at: f[6]
+                .parse::<u64>()
+                .ok()
+                .map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
+            expires_at: None,
+        };
+        (h, f[2].parse().ok())
+    } else {
+        // Curator stores the client's IP, kazoo an identifier: show it as the host.
+        let host = (!s.is_empty()).then(|| s.chars().take(64).collect());
+        let acquired_at = Some(UNIX_EPOCH + Duration::from_millis(stat.ctime.max(0) as u64));
+        (
+            Holder {
+                host,
+                token,
+                acquired_at,
+                ..Holder::default()
+            },
+            None,
+        )
+    }
+}
+
+impl ZkBackend {
+    pub fn new(url: &str, timeout: Duration) -> Result<ZkBackend> {
+        let shown = redact_url(url);
+        let rest = url.split_once("://").map(|(_, r)| r).unwrap_or_default();
+        let (auth, cluster) = match rest.rsplit_once('@') {
+            Some((userinfo, c)) => (Some(userinfo.as_bytes().to_vec()), c.to_string()),
+            None => (None, rest.to_string()),
+        };
+        if cluster.is_empty() || cluster.starts_with('/') {
+            return Err(usage(format!(
+                "{shown}: expected zk://HOST:PORT[,HOST:PORT...][/chroot]"
+            )));
+        }
+        Ok(ZkBackend {
+            shown,
+            cluster,
+            auth,
+            timeout,
+            client: OnceCell::new(),
+            mine: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Connect on first use, with a session timeout of `ttl`.
+    async fn client(&self, ttl: Duration) -> Result<&zk::Client> {
+        self.client
+            .get_or_try_init(|| async {
+                let mut c = zk::Client::connector()
+                    .with_session_timeout(ttl.max(Duration::from_millis(100)))
+                    .with_connection_timeout(self.timeout)
+                    .with_fail_eagerly();
+                if let Some(a) = &self.auth {
+                    c = c.with_auth("digest", a);
+                }
+                match tokio::time::timeout(self.timeout, c.connect(&self.cluster)).await {
+                    Ok(Ok(client)) => Ok(client),
+                    Ok(Err(e)) => Err(unavailable(format!(
+                        "cannot connect to ZooKeeper {}: {e}",
+                        self.shown
+                    ))),
+                    Err(_) => Err(unavailable(format!(
+                        "ZooKeeper {} did not answer within {:?} (--connect-timeout)",
+                        self.shown, self.timeout
+                    ))),
+                }
+            })
+            .await
+    }
+
+    fn acls(&self) -> zk::Acls<'static> {
+        if self.auth.is_some() {
+            zk::Acls::creator_all()
+        } else {
+            zk::Acls::anyone_all()
+        }
+    }
+
+    fn dir(ns: &str, key: &str) -> Result<String> {
+        let p = format!("/{ns}/{key}");
+        if p.split('/')
+            .skip(1)
+            .any(|c| c.is_empty() || c == "." || c == "..")
+            || p.contains('\0')
+        {
+            return Err(usage(format!(
+                "{p:?} is not a usable ZooKeeper path (empty, '.' or '..' components)"
+            )));
+        }
+        Ok(p)
+    }
+
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        f: impl std::future::Future<Output = std::result::Result<T, zk::Error>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.timeout, f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(zk_err(&self.shown, what, e)),
+            Err(_) => Err(unavailable(format!(
+                "ZooKeeper {}: {what} timed out",
+                self.shown
+            ))),
+        }
+    }
+
+    /// The contenders of a lock directory, in lock order.
+    async fn contenders(&self, c: &zk::Client, dir: &str) -> Result<Vec<Contender>> {
+        let names = match tokio::time::timeout(self.timeout, c.list_children(dir)).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(zk::Error::NoNode)) => vec![],
+            Ok(Err(e)) => return Err(zk_err(&self.shown, "list", e)),
+            Err(_) => {
+                return Err(unavailable(format!(
+                    "ZooKeeper {}: list timed out",
+                    self.shown
+                )));
+            }
+        };
+        let mut v: Vec<Contender> = names
+            .into_iter()
+            .filter_map(|name| seq_of(&name).map(|seq| Contender { name, seq }))
+            .collect();
+        v.sort_by_key(|c| c.seq);
+        Ok(v)
+    }
+
+    async fn holders(
+        &self,
+        c: &zk::Client,
+        dir: &str,
+        contenders: &[Contender],
+        limit: usize,
+    ) -> Vec<Holder> {
+        let mut out = Vec::new();
+        for ct in contenders.iter().take(limit) {
+            if let Ok(Ok((data, stat))) =
+                tokio::time::timeout(self.timeout, c.get_data(&format!("{dir}/{}", ct.name))).await
+            {
+                out.push(holder_from(&data, &stat).0);
+            }
+        }
+        out
+    }
+
+    async fn find_mine(&self, c: &zk::Client, lease: &Lease) -> Result<Option<String>> {
+        if let Some(p) = self
+            .mine
+            .lock()
+            .await
+            .get(&(lease.namespace.clone(), lease.key.clone()))
+        {
+            return Ok(Some(p.clone()));
+        }
+        let dir = Self::dir(&lease.namespace, &lease.key)?;
+        let tag = format!("_c_{}-lock-", uuid_of(&lease.id));
+        Ok(self
+            .contenders(c, &dir)
+            .await?
+            .into_iter()
+            .find(|ct| ct.name.starts_with(&tag))
+            .map(|ct| format!("{dir}/{}", ct.name)))
+    }
+}
+
+#[async_trait]
+impl Backend for ZkBackend {
+    fn describe(&self) -> String {
+        self.shown.clone()
+    }
+
+    async fn effective_ttl(&self, ttl: Duration) -> Result<Duration> {
+        let c = self.client(ttl).await?;
+        let negotiated = c.session_timeout();
+        if negotiated < ttl {
+            tracing::warn!(
+                "the ZooKeeper server clamped the session timeout to {negotiated:?}: the lease follows it"
+            );
+        }
+        Ok(negotiated.min(ttl))
+    }
+
+    async fn try_acquire(&self, spec: &LockSpec, me: &Owner) -> Result<Attempt> {
+        self.acquire(spec, me, Some(Instant::now())).await
+    }
+
+    async fn wait_change(&self, _spec: &LockSpec, until: Option<Instant>) -> Result<()> {
+        let cap = Instant::now() + Duration::from_millis(200);
+        tokio::time::sleep_until(until.map_or(cap, |u| u.min(cap)).into()).await;
+        Ok(())
+    }
+
+    async fn acquire(
+        &self,
+        spec: &LockSpec,
+        me: &Owner,
+        deadline: Option<Instant>,
+    ) -> Result<Attempt> {
+        let c = self.client(spec.ttl).await?;
+        let dir = Self::dir(&spec.namespace, &spec.key)?;
+        let acls = self.acls();
+        let parent = zk::CreateMode::Persistent.with_acls(acls);
+        match tokio::time::timeout(self.timeout, c.mkdir(&dir, &parent)).await {
+            Ok(Ok(())) | Ok(Err(zk::Error::NodeExists)) => {}
+            Ok(Err(e)) => return Err(zk_err(&self.shown, "create the lock directory", e)),
+            Err(_) => {
+                return Err(unavailable(format!(
+                    "ZooKeeper {}: mkdir timed out",
+                    self.shown
+                )));
+            }
+        }
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let data = format!(
+            "dlock1|{}|{}|{}|{}|{}|{}",
+            me.id, spec.limit, me.user, me.host, me.pid, now_ms
+        );
+        let prefix = format!("{dir}/_c_{}-lock-", uuid_of(&me.id));
+        let opts = match me.kind {
+            LeaseKind::Run => zk::CreateMode::EphemeralSequential.with_acls(acls),
+            LeaseKind::Handle => zk::CreateMode::PersistentSequential
+                .with_acls(acls)
+                .with_ttl(spec.ttl),
+        };
+        let (stat, seq) =
+            match tokio::time::timeout(self.timeout, c.create(&prefix, data.as_bytes(), &opts))
+                .await
+            {
+                Ok(Ok(r)) => r,
+                Ok(Err(zk::Error::Unimplemented)) if me.kind == LeaseKind::Handle => {
+                    return Err(unavailable(format!(
+                        "ZooKeeper {}: `dlock acquire` needs TTL nodes; start the server with \
+                     -Dzookeeper.extendedTypesEnabled=true (or use `dlock run`)",
+                        self.shown
+                    )));
+                }
+                Ok(Err(e)) => return Err(zk_err(&self.shown, "create the lock node", e)),
+                Err(_) => {
+                    return Err(unavailable(format!(
+                        "ZooKeeper {}: create timed out",
+                        self.shown
+                    )));
+                }
+            };
+        let name = format!("{}{seq}", prefix.rsplit('/').next().unwrap_or_default());
+        let path = format!("{dir}/{name}");
+        let limit = spec.limit as usize;
+        loop {
+            let checked = Instant::now();
+            let contenders = match self.contenders(c, &dir).await {
+                Ok(v) => v,
+                Err(e) => {
+                    let _ = tokio::time::timeout(self.timeout, c.delete(&path, None)).await;
+                    return Err(e);
+                }
+            };
+            let Some(idx) = contenders.iter().position(|ct| ct.name == name) else {
+                return Err(Error::Lost(format!(
+                    "our lock node {path} vanished (session expired?)"
+                ))
+                .into());
+            };
+            if idx < limit {
+                self.mine
+                    .lock()
+                    .await
+                    .insert((spec.namespace.clone(), spec.key.clone()), path.clone());
+                let ttl = if me.kind == LeaseKind::Run {
+                    c.session_timeout().min(spec.ttl)
+                } else {
+                    spec.ttl
+                };
+                return Ok(Attempt::Acquired(Lease {
+                    namespace: spec.namespace.clone(),
+                    key: spec.key.clone(),
+                    token: stat.czxid as u64,
+                    id: me.id.clone(),
+                    ttl,
+                    granted_at: checked,
+                }));
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                let holders = self.holders(c, &dir, &contenders, limit).await;
+                let _ = tokio::time::timeout(self.timeout, c.delete(&path, None)).await;
+                return Ok(Attempt::Busy(holders));
+            }
+            // Watch only the contender `limit` places ahead of us.
+            let pred = format!("{dir}/{}", contenders[idx - limit].name);
+            let watch = tokio::time::timeout(self.timeout, c.check_and_watch_stat(&pred)).await;
+            let watcher = match watch {
+                Ok(Ok((Some(_), w))) => w,
+                Ok(Ok((None, _))) => continue,
+                Ok(Err(e)) => {
+                    let _ = tokio::time::timeout(self.timeout, c.delete(&path, None)).await;
+                    return Err(zk_err(&self.shown, "watch", e));
+                }
+                Err(_) => {
+                    let _ = tokio::time::timeout(self.timeout, c.delete(&path, None)).await;
+                    return Err(unavailable(format!(
+                        "ZooKeeper {}: watch timed out",
+                        self.shown
+                    )));
+                }
+            };
+            // Wake on the predecessor's change, the deadline, or a periodic
+            // re-check (a session event can end the watch silently).
+            let recheck = Instant::now() + Duration::from_secs(2);
+            let until = deadline.map_or(recheck, |d| d.min(recheck));
+            let _ = tokio::time::timeout_at(until.into(), watcher.changed()).await;
+        }
+    }
+
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Renewal> {
+        let c = self.client(ttl).await?;
+        let Some(path) = self.find_mine(c, lease).await? else {
+            return Ok(Renewal::Lost);
+        };
+        let handle = !self
+            .mine
+            .lock()
+            .await
+            .contains_key(&(lease.namespace.clone(), lease.key.clone()));
+        let r = if handle {
+            // A TTL node lives while it is modified: touch it.
+            match tokio::time::timeout(self.timeout, c.get_data(&path)).await {
+                Ok(Ok((data, _))) => {
+                    tokio::time::timeout(self.timeout, c.set_data(&path, &data, None))
+                        .await
+                        .map(|r| r.map(|_| ()))
+                }
+                Ok(Err(e)) => Ok(Err(e)),
+                Err(e) => Err(e),
+            }
+        } else {
+            tokio::time::timeout(self.timeout, c.check_stat(&path))
+                .await
+                .map(|r| r.and_then(|s| s.map(|_| ()).ok_or(zk::Error::NoNode)))
+        };
+        match r {
+            Ok(Ok(())) => Ok(Renewal::Renewed),
+            Ok(Err(zk::Error::NoNode | zk::Error::SessionExpired)) => Ok(Renewal::Lost),
+            Ok(Err(e)) => Err(zk_err(&self.shown, "renew", e)),
+            Err(_) => Err(unavailable(format!(
+                "ZooKeeper {}: renew timed out",
+                self.shown
+            ))),
+        }
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<bool> {
+        let c = self.client(lease.ttl).await?;
+        let Some(path) = self.find_mine(c, lease).await? else {
+            return Ok(false);
+        };
+        self.mine
+            .lock()
+            .await
+            .remove(&(lease.namespace.clone(), lease.key.clone()));
+        match self.bounded("release", c.delete(&path, None)).await {
+            Ok(()) => Ok(true),
+            Err(e)
+                if e.to_string().contains("node does not exist")
+                    || e.to_string().contains("NoNode") =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn force_release(&self, namespace: &str, key: &str) -> Result<u64> {
+        let c = self.client(Duration::from_secs(30)).await?;
+        let dir = Self::dir(namespace, key)?;
+        let contenders = self.contenders(c, &dir).await?;
+        let mut n = 0;
+        // Break the holders (by their own limit, else one); waiters stay queued.
+        let limit = match contenders.first() {
+            Some(first) => match self
+                .bounded("read", c.get_data(&format!("{dir}/{}", first.name)))
+                .await
+            {
+                Ok((data, stat)) => holder_from(&data, &stat).1.unwrap_or(1) as usize,
+                Err(_) => 1,
+            },
+            None => 0,
+        };
+        for ct in contenders.iter().take(limit) {
+            if self
+                .bounded("delete", c.delete(&format!("{dir}/{}", ct.name), None))
+                .await
+                .is_ok()
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    async fn status(&self, namespace: &str, keys: &[String]) -> Result<Vec<KeyStatus>> {
+        let c = self.client(Duration::from_secs(30)).await?;
+        let mut names = keys.to_vec();
+        let listing = names.is_empty();
+        if listing {
+            names =
+                match tokio::time::timeout(self.timeout, c.list_children(&format!("/{namespace}")))
+                    .await
+                {
+                    Ok(Ok(n)) => n,
+                    Ok(Err(zk::Error::NoNode)) => vec![],
+                    Ok(Err(e)) => return Err(zk_err(&self.shown, "list", e)),
+                    Err(_) => {
+                        return Err(unavailable(format!(
+                            "ZooKeeper {}: list timed out",
+                            self.shown
+                        )));
+                    }
+                };
+            names.sort();
+        }
+        let mut out = Vec::new();
+        for k in names {
+            let dir = Self::dir(namespace, &k)?;
+            let contenders = self.contenders(c, &dir).await?;
+            let mut limit = 1usize;
+            if let Some(first) = contenders.first()
+                && let Ok((data, stat)) = self
+                    .bounded("read", c.get_data(&format!("{dir}/{}", first.name)))
+                    .await
+            {
+                limit = holder_from(&data, &stat).1.unwrap_or(1).max(1) as usize;
+            }
+            let holders = self.holders(c, &dir, &contenders, limit).await;
+            let waiters = contenders.len().saturating_sub(holders.len()) as u64;
+            if listing && holders.is_empty() {
+                continue;
+            }
+            out.push(KeyStatus {
+                key: k,
+                limit: limit as u32,
+                holders,
+                waiters: Some(waiters),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn ping(&self) -> Result<PingInfo> {
+        let c = self.client(Duration::from_secs(30)).await?;
+        self.bounded("ping", c.check_stat("/")).await?;
+        Ok(PingInfo {
+            kind: "zookeeper",
+            version: format!("session {:?}", c.session_timeout()),
+            detail: self.shown.clone(),
+        })
+    }
+
+    async fn close(&self) {
+        let Some(c) = self.client.get() else { return };
+        // Delete what we still hold before the session goes, so waiters
+        // wake now rather than when the session expires.
+        let mine: Vec<String> = self.mine.lock().await.drain().map(|(_, p)| p).collect();
+        for p in mine {
+            let _ = tokio::time::timeout(self.timeout, c.delete(&p, None)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(
+            seq_of("_c_0a1b2c3d-0000-0000-0000-000000000000-lock-0000000042"),
+            Some(42)
+        );
+        assert_eq!(seq_of("f00dfeed__lock__0000000007"), Some(7));
+        assert_eq!(seq_of("unrelated"), None);
+        assert_eq!(
+            uuid_of("0123456789abcdef0123456789abcdef"),
+            "01234567-89ab-cdef-0123-456789abcdef"
+        );
+        assert!(ZkBackend::dir("dlock", "a/../b").is_err());
+        assert!(ZkBackend::dir("dlock", "a/b").is_ok());
+    }
+}
