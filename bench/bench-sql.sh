@@ -11,11 +11,7 @@ RUNS=${RUNS:-100}
 CRUNS=${CRUNS:-3}
 
 # --- tools -------------------------------------------------------------------
-if [[ ! -x $DLOCK ]]; then
-  echo "dlock not found at $DLOCK; building it (cargo build --release)" >&2
-  (cd "$here/.." && cargo build --release)
-  DLOCK=$here/../target/release/dlock
-fi
+[[ -x $DLOCK ]] || { echo "dlock not found at $DLOCK: run cargo build --release" >&2; exit 1; }
 DLOCK=$(realpath "$DLOCK")
 for t in hyperfine mariadb mariadb-install-db flock python3 setpriv; do   # Debian: hyperfine,
   command -v "$t" >/dev/null || { echo "$t is missing" >&2; exit 1; }      # mariadb-server, util-linux
@@ -35,8 +31,7 @@ cleanup() {   # stop our servers (clean shutdown, SIGKILL after 10 s), reap them
   for i in "${!pids[@]}"; do kill -"${sigs[i]}" "${pids[i]}" 2>/dev/null || true; done
   for p in "${pids[@]}"; do
     for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
+    kill -KILL "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true
   done
   rm -rf "$TMP"
 }
@@ -192,9 +187,7 @@ cat >"$TMP/contend.sh" <<'EOF'
 #!/usr/bin/env bash
 set -eu
 pids=()
-for j in $(seq 8); do
-  ( for i in $(seq 20); do "$@" || exit; done ) & pids+=($!)
-done
+for j in $(seq 8); do ( for i in $(seq 20); do "$@" || exit; done ) & pids+=($!); done
 for p in "${pids[@]}"; do wait "$p"; done
 EOF
 chmod +x "$TMP/contend.sh"
@@ -231,6 +224,7 @@ cat <<EOF
 
 $(cat "$TMP/table.md")
 
+- dlock binary: $DLOCK
 - means of hyperfine: $RUNS runs (uncontended, -N, 10 warmup), $CRUNS runs (contended, -N, 1 warmup)
 - servers on 127.0.0.1, same machine: PostgreSQL with fsync=off; MariaDB with innodb-flush-log-at-trx-commit=2
 - scripts: /bin/sh, one client session holding pg_try_advisory_lock / GET_LOCK(…, 0) while \`\\!\` runs CMD

@@ -12,6 +12,7 @@ for pair in "flock:util-linux" "date:coreutils" "redis-server:redis-server" "red
   command -v "${pair%%:*}" >/dev/null || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair##*:}")
 done
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+[ -f /usr/share/java/zookeeper.jar ] && command -v java >/dev/null || need+=(zookeeper)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
@@ -24,11 +25,12 @@ fi
 # Servers are started by the tests themselves; make sure no system service
 # holds the default ports or the CPU.
 if command -v systemctl >/dev/null; then
-  systemctl stop redis-server postgresql mariadb 2>/dev/null || true
+  systemctl stop redis-server postgresql mariadb zookeeper 2>/dev/null || true
 fi
 
-# redis-py, for the interoperability test (from PyPI).
+# redis-py and kazoo, for the interoperability tests (from PyPI).
 python3 -c 'import redis' 2>/dev/null || python3 -m pip install --quiet redis
+python3 -c 'import kazoo' 2>/dev/null || python3 -m pip install --quiet kazoo
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings

@@ -37,8 +37,9 @@ pub struct ZkBackend {
     auth: Option<Vec<u8>>,
     timeout: Duration,
     client: OnceCell<zk::Client>,
-    /// Our nodes, by (namespace, key): full path.
-    mine: Mutex<HashMap<(String, String), String>>,
+    /// Our nodes, by (namespace, key): full path, and whether it is a
+    /// handle's TTL node (which must outlive this process).
+    mine: Mutex<HashMap<(String, String), (String, bool)>>,
 }
 
 struct Contender {
@@ -235,7 +236,7 @@ impl ZkBackend {
             .await
             .get(&(lease.namespace.clone(), lease.key.clone()))
         {
-            return Ok(Some(p.clone()));
+            return Ok(Some(p.0.clone()));
         }
         let dir = Self::dir(&lease.namespace, &lease.key)?;
         let tag = format!("_c_{}-lock-", uuid_of(&lease.id));
@@ -348,10 +349,11 @@ impl Backend for ZkBackend {
                 .into());
             };
             if idx < limit {
-                self.mine
-                    .lock()
-                    .await
-                    .insert((spec.namespace.clone(), spec.key.clone()), path.clone());
+                let handle = me.kind == LeaseKind::Handle;
+                self.mine.lock().await.insert(
+                    (spec.namespace.clone(), spec.key.clone()),
+                    (path.clone(), handle),
+                );
                 let ttl = if me.kind == LeaseKind::Run {
                     c.session_timeout().min(spec.ttl)
                 } else {
@@ -545,7 +547,14 @@ impl Backend for ZkBackend {
         let Some(c) = self.client.get() else { return };
         // Delete what we still hold before the session goes, so waiters
         // wake now rather than when the session expires.
-        let mine: Vec<String> = self.mine.lock().await.drain().map(|(_, p)| p).collect();
+        let mine: Vec<String> = self
+            .mine
+            .lock()
+            .await
+            .drain()
+            .filter(|(_, (_, handle))| !handle)
+            .map(|(_, (p, _))| p)
+            .collect();
         for p in mine {
             let _ = tokio::time::timeout(self.timeout, c.delete(&p, None)).await;
         }

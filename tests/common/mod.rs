@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 pub mod servers;
 #[path = "servers_sql.rs"]
 pub mod servers_sql;
+#[path = "servers_zk.rs"]
+pub mod servers_zk;
 pub mod suite;
 pub mod torture;
 
@@ -21,6 +23,8 @@ pub struct Env {
     pub redis: Vec<servers::Redis>,
     pub postgres: Option<servers_sql::Postgres>,
     pub mariadb: Option<servers_sql::Mariadb>,
+    pub zookeeper: Option<servers_zk::Zookeeper>,
+    pub ensemble: Option<servers_zk::ZookeeperEnsemble>,
 }
 
 impl Env {
@@ -34,6 +38,8 @@ impl Env {
             redis: vec![],
             postgres: None,
             mariadb: None,
+            zookeeper: None,
+            ensemble: None,
         }
     }
 
@@ -42,16 +48,46 @@ impl Env {
         Env::redlock(1)
     }
 
+    /// No server, just a scratch directory and a URL.
+    pub fn bare(url: String) -> Env {
+        Env {
+            dir: tempfile::tempdir().expect("tempdir"),
+            url,
+            redis: vec![],
+            postgres: None,
+            mariadb: None,
+            zookeeper: None,
+            ensemble: None,
+        }
+    }
+
+    /// A fresh standalone ZooKeeper (short tick, TTL nodes enabled).
+    pub fn zookeeper() -> Env {
+        let z = servers_zk::Zookeeper::start();
+        let url = z.url();
+        Env {
+            zookeeper: Some(z),
+            ..Env::bare(url)
+        }
+    }
+
+    /// A three-server ZooKeeper ensemble on loopback.
+    pub fn zk_ensemble() -> Env {
+        let e = servers_zk::ZookeeperEnsemble::start();
+        let url = e.url();
+        Env {
+            ensemble: Some(e),
+            ..Env::bare(url)
+        }
+    }
+
     /// A fresh PostgreSQL server with an empty `dlock` database.
     pub fn postgres() -> Env {
         let pg = servers_sql::Postgres::start();
         let url = pg.url();
         Env {
-            dir: tempfile::tempdir().expect("tempdir"),
-            url,
-            redis: vec![],
             postgres: Some(pg),
-            mariadb: None,
+            ..Env::bare(url)
         }
     }
 
@@ -60,11 +96,8 @@ impl Env {
         let m = servers_sql::Mariadb::start();
         let url = m.url();
         Env {
-            dir: tempfile::tempdir().expect("tempdir"),
-            url,
-            redis: vec![],
-            postgres: None,
             mariadb: Some(m),
+            ..Env::bare(url)
         }
     }
 
@@ -78,6 +111,8 @@ impl Env {
             redis,
             postgres: None,
             mariadb: None,
+            zookeeper: None,
+            ensemble: None,
         }
     }
 

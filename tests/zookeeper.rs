@@ -1,0 +1,157 @@
+//! ZooKeeper against real servers (Debian `zookeeper`), started per test on
+//! free loopback ports: standalone, and a three-server ensemble.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::suite::conformance;
+use common::*;
+use nix::sys::signal::Signal;
+
+conformance!(zookeeper, Env::zookeeper());
+
+fn holding(env: &Env, k: &str, extra: &[&str]) -> (std::process::Child, i32) {
+    let pidf = env.path(&format!("{k}.pid"));
+    let script = format!("echo $$ > {}; exec sleep 60", pidf.display());
+    let mut args = vec!["run", "--key", k];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", "sh", "-c", &script]);
+    let c = env
+        .cmd(&args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = read_when_ready(&pidf, Duration::from_secs(30))
+        .parse()
+        .unwrap();
+    (c, pid)
+}
+
+#[test]
+fn server_frozen_past_the_session_timeout_stops_the_child() {
+    let env = Env::zookeeper();
+    let (mut h, pid) = holding(&env, "frz", &["--ttl", "2s", "--kill-after", "400ms"]);
+    let t = Instant::now();
+    env.zookeeper.as_ref().unwrap().signal(Signal::SIGSTOP);
+    wait_for(Duration::from_secs(6), "the child to be stopped", || {
+        !alive(pid)
+    });
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "child lived {:?} into the freeze",
+        t.elapsed()
+    );
+    env.zookeeper.as_ref().unwrap().signal(Signal::SIGCONT);
+    assert_eq!(wait_timeout(&mut h, Duration::from_secs(30)), 74);
+}
+
+#[test]
+fn server_restart_keeps_the_lock_or_loses_it_cleanly() {
+    let mut env = Env::zookeeper();
+    let (mut h, pid) = holding(&env, "rst", &["--ttl", "4s"]);
+    env.zookeeper.as_mut().unwrap().restart();
+    // Either the session survives (the child runs on, the lock is held) or
+    // it is lost cleanly (child stopped, exit 74): never a child running on
+    // a lock somebody else holds.
+    std::thread::sleep(Duration::from_secs(2));
+    if alive(pid) {
+        assert!(env.held("rst"), "the child runs but the lock is not held");
+        signal(h.id(), Signal::SIGTERM);
+        assert_eq!(wait_timeout(&mut h, Duration::from_secs(20)), 143);
+    } else {
+        assert_eq!(wait_timeout(&mut h, Duration::from_secs(20)), 74);
+    }
+}
+
+#[test]
+fn ensemble_survives_a_follower_and_the_leader_dying() {
+    let mut env = Env::zk_ensemble();
+    let out = env.run(&["run", "--key", "e", "--", "true"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let e = env.ensemble.as_mut().unwrap();
+    let leader = e.wait_leader(Duration::from_secs(20));
+    let follower = (leader + 1) % 3;
+    e.stop(follower);
+    let out = env.run(&["run", "--wait", "20s", "--key", "e", "--", "true"]);
+    assert_eq!(code(&out), 0, "one follower down: {}", stderr(&out));
+    let e = env.ensemble.as_mut().unwrap();
+    e.restart(follower);
+    let leader = e.wait_leader(Duration::from_secs(20));
+    e.stop(leader);
+    e.wait_leader(Duration::from_secs(20));
+    let out = env.run(&[
+        "--connect-timeout",
+        "10s",
+        "run",
+        "--wait",
+        "20s",
+        "--key",
+        "e",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&out), 0, "leader killed: {}", stderr(&out));
+}
+
+/// kazoo's `Lock` and dlock on the same path exclude each other.
+#[test]
+fn kazoo_lock_interoperates() {
+    let python = servers::require("python3", "python3");
+    let probe = std::process::Command::new(&python)
+        .args(["-c", "import kazoo"])
+        .output()
+        .unwrap();
+    assert!(
+        probe.status.success(),
+        "python3 module `kazoo` missing: pip install kazoo (scripts/test.sh does)"
+    );
+    let env = Env::zookeeper();
+    let hosts = env.url.trim_start_matches("zk://").to_string();
+    let script = format!(
+        "import time\nfrom kazoo.client import KazooClient\nzk=KazooClient(hosts='{hosts}')\nzk.start()\n\
+         l=zk.Lock('/dlock/job','kazoo', extra_lock_patterns=['-lock-'])\nassert l.acquire(blocking=False)\n\
+         print('held',flush=True)\ntime.sleep(2)\nl.release()\nzk.stop()\n"
+    );
+    let mut py = std::process::Command::new(&python)
+        .args(["-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(py.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "held");
+    let out = env.run(&["run", "-n", "--key", "job", "--", "true"]);
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    assert!(env.held("job"), "a kazoo holder shows as held");
+    let t = Instant::now();
+    let out = env.run(&["run", "--wait", "10s", "--key", "job", "--", "true"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        t.elapsed() > Duration::from_millis(1200),
+        "dlock got the lock while kazoo held it"
+    );
+    assert!(py.wait().unwrap().success());
+    let mut h = env.spawn(&["run", "--key", "job", "--", "sleep", "30"]);
+    wait_for(Duration::from_secs(10), "dlock to hold", || env.held("job"));
+    let script = format!(
+        "from kazoo.client import KazooClient\nzk=KazooClient(hosts='{hosts}')\nzk.start()\n\
+         print(zk.Lock('/dlock/job','kazoo', extra_lock_patterns=['-lock-']).acquire(blocking=False))\nzk.stop()\n"
+    );
+    let out = std::process::Command::new(&python)
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "False",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    signal(h.id(), Signal::SIGTERM);
+    wait_timeout(&mut h, Duration::from_secs(10));
+}
