@@ -316,7 +316,9 @@ pub async fn supervise(
     if lost.is_none() {
         lost = lost_rx.borrow().clone();
     }
-    let grace = grace(spec.kill_after, ttl);
+    // With a little slack: the guard, on its own clock, may have acted a
+    // hair before this process would have.
+    let grace = grace(spec.kill_after, ttl) + Duration::from_millis(50);
     if lost.is_none()
         && keeper
             .safe_until()
