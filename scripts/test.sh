@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 # Debian packages the suite needs; the tests fail naming a missing one.
 need=()
 for pair in "flock:util-linux" "date:coreutils" "redis-server:redis-server" "redis-cli:redis-tools" \
-  "mariadbd:mariadb-server" "mariadb:mariadb-client" "python3:python3"; do
+  "mariadbd:mariadb-server" "mariadb:mariadb-client" "python3:python3" "openssl:openssl"; do
   command -v "${pair%%:*}" >/dev/null || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair##*:}")
 done
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)

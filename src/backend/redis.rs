@@ -492,11 +492,6 @@ impl RedisBackend {
                 e.to_string().replace(url, &shown)
             ))
         };
-        if url.starts_with("rediss") {
-            return Err(usage(format!(
-                "{shown}: TLS (rediss://) is not built into this version of dlock yet"
-            )));
-        }
         if let Some(_rest) = url.strip_prefix("redis+sentinel://") {
             let (hosts, path) = hosts_and_path(url);
             let mut parts = path.split('/');

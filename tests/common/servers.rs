@@ -68,6 +68,36 @@ impl Redis {
         r
     }
 
+    /// A redis-server that speaks only TLS, on `port`.
+    pub fn start_tls(cert: &str, key: &str, ca: &str) -> Redis {
+        let port = free_port();
+        let extra = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            cert,
+            "--tls-key-file",
+            key,
+            "--tls-ca-cert-file",
+            ca,
+            "--tls-auth-clients",
+            "no",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut r = Redis {
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            extra,
+        };
+        r.launch();
+        r
+    }
+
     /// A Redis Sentinel watching `master` at `primary_port` (quorum 1, quick
     /// failure detection).
     pub fn sentinel(master: &str, primary_port: u16) -> Redis {
