@@ -503,13 +503,9 @@ impl RedisBackend {
             let db: i64 = parts.next().and_then(|d| d.parse().ok()).unwrap_or(0);
             let node_info = redis::sentinel::SentinelNodeConnectionInfo::default()
                 .set_redis_connection_info(redis::RedisConnectionInfo::default().set_db(db));
-            let sentinel = SentinelClient::build(
-                hosts,
-                master.to_string(),
-                Some(node_info),
-                SentinelServerType::Master,
-            )
-            .map_err(|e| bad(&e))?;
+            let sentinel =
+                SentinelClient::build(hosts, master, Some(node_info), SentinelServerType::Master)
+                    .map_err(|e| bad(&e))?;
             let conn = Conn::Sentinel(Arc::new(SentinelConn {
                 sentinel: Mutex::new(sentinel),
                 current: Mutex::new(None),
