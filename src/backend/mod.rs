@@ -14,6 +14,8 @@ use async_trait::async_trait;
 
 use crate::error::usage;
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod mysql;
 pub mod postgres;
 pub mod redis;
@@ -212,7 +214,16 @@ pub async fn connect(urls: &[String], connect_timeout: Duration) -> Result<Arc<d
             mysql::MysqlBackend::connect(first, connect_timeout).await?,
         )),
         "zk" => Ok(Arc::new(zk::ZkBackend::new(first, connect_timeout)?)),
-        "etcd" | "etcds" => Err(crate::error::unavailable(format!(
+        #[cfg(feature = "etcd")]
+        "etcd" => Ok(Arc::new(
+            etcd::EtcdBackend::connect(first, connect_timeout).await?,
+        )),
+        #[cfg(not(feature = "etcd"))]
+        "etcd" => Err(crate::error::unavailable(
+            "this dlock was built without etcd support: rebuild with `cargo build --release --features etcd` \
+             (it needs protoc, Debian package protobuf-compiler)",
+        )),
+        "etcds" => Err(crate::error::unavailable(format!(
             "the {scheme} backend is not built into this version of dlock yet; \
              use sqlite:PATH (see the README for the status of each backend)"
         ))),

@@ -25,6 +25,7 @@ pub struct Env {
     pub mariadb: Option<servers_sql::Mariadb>,
     pub zookeeper: Option<servers_zk::Zookeeper>,
     pub ensemble: Option<servers_zk::ZookeeperEnsemble>,
+    pub etcd: Option<servers::Etcd>,
 }
 
 impl Env {
@@ -40,6 +41,7 @@ impl Env {
             mariadb: None,
             zookeeper: None,
             ensemble: None,
+            etcd: None,
         }
     }
 
@@ -58,6 +60,17 @@ impl Env {
             mariadb: None,
             zookeeper: None,
             ensemble: None,
+            etcd: None,
+        }
+    }
+
+    /// A fresh single-member etcd.
+    pub fn etcd() -> Env {
+        let e = servers::Etcd::start();
+        let url = e.url();
+        Env {
+            etcd: Some(e),
+            ..Env::bare(url)
         }
     }
 
@@ -113,6 +126,7 @@ impl Env {
             mariadb: None,
             zookeeper: None,
             ensemble: None,
+            etcd: None,
         }
     }
 

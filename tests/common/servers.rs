@@ -202,3 +202,107 @@ impl Drop for Redis {
         self.stop();
     }
 }
+
+/// A single-member etcd on its own ports and data directory.
+pub struct Etcd {
+    pub port: u16,
+    peer: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Etcd {
+    pub fn start() -> Etcd {
+        let mut e = Etcd {
+            port: free_port(),
+            peer: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        e.launch();
+        e
+    }
+
+    fn launch(&mut self) {
+        let bin = require("etcd", "etcd-server");
+        let client = format!("http://127.0.0.1:{}", self.port);
+        let peer = format!("http://127.0.0.1:{}", self.peer);
+        let log = std::fs::File::create(self.dir.path().join("etcd.log")).unwrap();
+        let child = Command::new(bin)
+            .args(["--name", "n1", "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args([
+                "--initial-cluster",
+                &format!("n1={peer}"),
+                "--log-level",
+                "warn",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd");
+        self.child = Some(child);
+        wait_port(self.port, Duration::from_secs(20));
+        let start = Instant::now();
+        while !self.ctl(&["endpoint", "health"]).contains("is healthy") {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "etcd on port {} not healthy",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("etcd://127.0.0.1:{}", self.port)
+    }
+
+    /// `etcdctl --endpoints ... ARGS`, stdout and stderr together.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let out = Command::new(require("etcdctl", "etcd-client"))
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &format!("127.0.0.1:{}", self.port)])
+            .args(args)
+            .output()
+            .expect("etcdctl");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        super::signal(self.pid(), sig);
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGCONT,
+            );
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -1,0 +1,434 @@
+//! etcd v3, in the layout of etcd's own `concurrency.Mutex` and
+//! `etcdctl lock`: each contender puts `NAMESPACE/KEY/<lease id in hex>`
+//! attached to a lease of `--ttl`; the lowest create revisions under the
+//! prefix hold (the first `--limit`), and a waiter watches only the key
+//! `--limit` places ahead of it for deletion. So `etcdctl lock dlock/job`
+//! and `dlock run --key job` exclude each other. The fencing token is the
+//! holder key's create revision. Release deletes the key and revokes the
+//! lease.
+//!
+//! Built only with `--features etcd`: the etcd client compiles etcd's
+//! protobuf files at build time and needs `protoc` (Debian
+//! `protobuf-compiler`).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Result;
+use async_trait::async_trait;
+use etcd_client as ec;
+use tokio::sync::Mutex;
+
+use super::{
+    Attempt, Backend, Holder, KeyStatus, Lease, LeaseKind, LockSpec, Owner, PingInfo, Renewal,
+    redact_url,
+};
+use crate::error::{Error, unavailable, usage};
+
+pub struct EtcdBackend {
+    shown: String,
+    client: ec::Client,
+    timeout: Duration,
+    /// Our keys, by (namespace, key): (etcd key, lease id).
+    mine: Mutex<HashMap<(String, String), (String, i64)>>,
+}
+
+fn err(shown: &str, what: &str, e: ec::Error) -> anyhow::Error {
+    Error::Unavailable(format!("etcd {shown}: {what}: {e}")).into()
+}
+
+fn holder_from(kv: &ec::KeyValue) -> Holder {
+    let s = String::from_utf8_lossy(kv.value());
+    let f: Vec<&str> = s.splitn(7, '|').collect();
+    let token = Some(kv.create_revision() as u64);
+    if f.len() == 7 && f[0] == "dlock1" {
+        Holder {
+            owner: Some(f[3].to_string()),
+            host: Some(f[4].to_string()),
+            pid: f[5].parse().ok(),
+            token,
+            acquired_at: f[6]
+                .parse::<u64>()
+                .ok()
+                .map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
+            expires_at: None,
+        }
+    } else {
+        // etcdctl lock and concurrency.Mutex store an empty value.
+        Holder {
+            token,
+            ..Holder::default()
+        }
+    }
+}
+
+fn limit_of(kv: &ec::KeyValue) -> Option<u32> {
+    let s = String::from_utf8_lossy(kv.value());
+    let f: Vec<&str> = s.splitn(7, '|').collect();
+    (f.len() == 7 && f[0] == "dlock1")
+        .then(|| f[2].parse().ok())
+        .flatten()
+}
+
+impl EtcdBackend {
+    pub async fn connect(url: &str, timeout: Duration) -> Result<EtcdBackend> {
+        let shown = redact_url(url);
+        let rest = url.split_once("://").map(|(_, r)| r).unwrap_or_default();
+        let (auth, hosts) = match rest.rsplit_once('@') {
+            Some((u, h)) => (Some(u.to_string()), h),
+            None => (None, rest),
+        };
+        let hosts = hosts.trim_end_matches('/');
+        if hosts.is_empty() {
+            return Err(usage(format!(
+                "{shown}: expected etcd://HOST:PORT[,HOST:PORT...]"
+            )));
+        }
+        let endpoints: Vec<String> = hosts.split(',').map(|h| format!("http://{h}")).collect();
+        let mut opts = ec::ConnectOptions::new()
+            .with_connect_timeout(timeout)
+            .with_timeout(timeout);
+        if let Some(a) = auth {
+            let (user, pass) = a.split_once(':').unwrap_or((&a, ""));
+            opts = opts.with_user(user, pass);
+        }
+        let client = match tokio::time::timeout(
+            timeout,
+            ec::Client::connect(&endpoints, Some(opts)),
+        )
+        .await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(unavailable(format!("cannot connect to etcd {shown}: {e}"))),
+            Err(_) => {
+                return Err(unavailable(format!(
+                    "etcd {shown} did not answer within {timeout:?}"
+                )));
+            }
+        };
+        let b = EtcdBackend {
+            shown,
+            client,
+            timeout,
+            mine: Mutex::new(HashMap::new()),
+        };
+        // The connection is lazy: make sure somebody answers now (exit 69).
+        let mut c = b.client.clone();
+        b.bounded("status", c.status()).await?;
+        Ok(b)
+    }
+
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        f: impl std::future::Future<Output = Result<T, ec::Error>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.timeout, f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(err(&self.shown, what, e)),
+            Err(_) => Err(unavailable(format!(
+                "etcd {}: {what} timed out",
+                self.shown
+            ))),
+        }
+    }
+
+    fn prefix(ns: &str, key: &str) -> String {
+        format!("{ns}/{key}/")
+    }
+
+    /// The contenders under a prefix, oldest first.
+    async fn contenders(&self, prefix: &str) -> Result<(Vec<ec::KeyValue>, i64)> {
+        let mut c = self.client.clone();
+        let opts = ec::GetOptions::new()
+            .with_prefix()
+            .with_sort(ec::SortTarget::Create, ec::SortOrder::Ascend);
+        let r = self.bounded("get", c.get(prefix, Some(opts))).await?;
+        let rev = r.header().map_or(0, |h| h.revision());
+        Ok((r.kvs().to_vec(), rev))
+    }
+
+    async fn give_up(&self, key: &str, lease: i64) {
+        let mut c = self.client.clone();
+        let _ = tokio::time::timeout(self.timeout, c.delete(key, None)).await;
+        let _ = tokio::time::timeout(self.timeout, c.lease_revoke(lease)).await;
+    }
+
+    async fn find_mine(&self, lease: &Lease) -> Result<Option<(String, i64)>> {
+        if let Some(m) = self
+            .mine
+            .lock()
+            .await
+            .get(&(lease.namespace.clone(), lease.key.clone()))
+        {
+            return Ok(Some(m.clone()));
+        }
+        // From a handle: our key's lease id is in the handle's id.
+        let Ok(id) = i64::from_str_radix(&lease.id, 16) else {
+            return Ok(None);
+        };
+        Ok(Some((
+            format!("{}{:x}", Self::prefix(&lease.namespace, &lease.key), id),
+            id,
+        )))
+    }
+}
+
+#[async_trait]
+impl Backend for EtcdBackend {
+    fn describe(&self) -> String {
+        self.shown.clone()
+    }
+
+    async fn try_acquire(&self, spec: &LockSpec, me: &Owner) -> Result<Attempt> {
+        self.acquire(spec, me, Some(Instant::now())).await
+    }
+
+    async fn wait_change(&self, _spec: &LockSpec, until: Option<Instant>) -> Result<()> {
+        let cap = Instant::now() + Duration::from_millis(200);
+        tokio::time::sleep_until(until.map_or(cap, |u| u.min(cap)).into()).await;
+        Ok(())
+    }
+
+    async fn acquire(
+        &self,
+        spec: &LockSpec,
+        me: &Owner,
+        deadline: Option<Instant>,
+    ) -> Result<Attempt> {
+        let mut c = self.client.clone();
+        let granted_at = Instant::now();
+        // etcd leases are whole seconds: round up (the keeper still works to
+        // the shorter --ttl, so the child stops in time).
+        let secs = spec.ttl.as_millis().div_ceil(1000).max(1) as i64;
+        let lease = self
+            .bounded("lease grant", c.lease_grant(secs, None))
+            .await?
+            .id();
+        let prefix = Self::prefix(&spec.namespace, &spec.key);
+        let key = format!("{prefix}{lease:x}");
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let value = format!(
+            "dlock1|{lease:x}|{}|{}|{}|{}|{}",
+            spec.limit, me.user, me.host, me.pid, now_ms
+        );
+        let put = ec::Txn::new()
+            .when([ec::Compare::create_revision(
+                key.as_str(),
+                ec::CompareOp::Equal,
+                0,
+            )])
+            .and_then([ec::TxnOp::put(
+                key.as_str(),
+                value,
+                Some(ec::PutOptions::new().with_lease(lease)),
+            )]);
+        if let Err(e) = self.bounded("put", c.txn(put)).await {
+            self.give_up(&key, lease).await;
+            return Err(e);
+        }
+        let limit = spec.limit as usize;
+        // The lease is safe for its TTL from the last keep-alive we sent.
+        let mut alive_since = granted_at;
+        loop {
+            let (kvs, rev) = match self.contenders(&prefix).await {
+                Ok(v) => v,
+                Err(e) => {
+                    self.give_up(&key, lease).await;
+                    return Err(e);
+                }
+            };
+            let Some(idx) = kvs.iter().position(|kv| kv.key() == key.as_bytes()) else {
+                self.give_up(&key, lease).await;
+                return Err(
+                    Error::Lost(format!("our lock key {key} vanished (lease expired?)")).into(),
+                );
+            };
+            if idx < limit {
+                let token = kvs[idx].create_revision() as u64;
+                self.mine.lock().await.insert(
+                    (spec.namespace.clone(), spec.key.clone()),
+                    (key.clone(), lease),
+                );
+                return Ok(Attempt::Acquired(Lease {
+                    namespace: spec.namespace.clone(),
+                    key: spec.key.clone(),
+                    token,
+                    // The handle carries the lease id: it names our key.
+                    id: if me.kind == LeaseKind::Handle {
+                        format!("{lease:x}")
+                    } else {
+                        me.id.clone()
+                    },
+                    ttl: spec.ttl,
+                    granted_at: alive_since,
+                }));
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                let holders = kvs.iter().take(limit).map(holder_from).collect();
+                self.give_up(&key, lease).await;
+                return Ok(Attempt::Busy(holders));
+            }
+            // While waiting, keep our own lease alive.
+            let sent = Instant::now();
+            let kept = tokio::time::timeout(self.timeout, async {
+                let (mut k, mut s) = c.lease_keep_alive(lease).await?;
+                k.keep_alive().await?;
+                Ok::<_, ec::Error>(s.message().await?.is_some_and(|m| m.ttl() > 0))
+            })
+            .await;
+            if matches!(kept, Ok(Ok(true))) {
+                alive_since = sent;
+            }
+            // Watch only the contender `limit` places ahead for deletion.
+            let pred = kvs[idx - limit].key().to_vec();
+            let opts = ec::WatchOptions::new().with_start_revision(rev + 1);
+            let watch = tokio::time::timeout(self.timeout, c.watch(pred, Some(opts))).await;
+            let recheck = Instant::now() + (spec.ttl / 3).min(Duration::from_secs(2));
+            let until = deadline.map_or(recheck, |d| d.min(recheck));
+            if let Ok(Ok(mut stream)) = watch {
+                let _ = tokio::time::timeout_at(until.into(), async {
+                    while let Ok(Some(resp)) = stream.message().await {
+                        if resp
+                            .events()
+                            .iter()
+                            .any(|e| e.event_type() == ec::EventType::Delete)
+                        {
+                            break;
+                        }
+                    }
+                })
+                .await;
+            } else {
+                tokio::time::sleep_until(
+                    until
+                        .min(Instant::now() + Duration::from_millis(200))
+                        .into(),
+                )
+                .await;
+            }
+        }
+    }
+
+    async fn renew(&self, lease: &Lease, _ttl: Duration) -> Result<Renewal> {
+        let Some((key, id)) = self.find_mine(lease).await? else {
+            return Ok(Renewal::Lost);
+        };
+        let mut c = self.client.clone();
+        let kept = self
+            .bounded("keep-alive", async {
+                let (mut k, mut s) = c.lease_keep_alive(id).await?;
+                k.keep_alive().await?;
+                Ok(s.message().await?.map_or(0, |m| m.ttl()))
+            })
+            .await;
+        let alive = match kept {
+            Ok(ttl) => ttl,
+            // The lease is gone (expired or revoked): not an outage.
+            Err(e) if e.to_string().contains("not found") => 0,
+            Err(e) => return Err(e),
+        };
+        if alive <= 0 {
+            return Ok(Renewal::Lost);
+        }
+        // Someone may have deleted our key (release --force).
+        let r = self.bounded("get", c.get(key.as_str(), None)).await?;
+        Ok(if r.kvs().is_empty() {
+            Renewal::Lost
+        } else {
+            Renewal::Renewed
+        })
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<bool> {
+        let Some((key, id)) = self.find_mine(lease).await? else {
+            return Ok(false);
+        };
+        self.mine
+            .lock()
+            .await
+            .remove(&(lease.namespace.clone(), lease.key.clone()));
+        let mut c = self.client.clone();
+        let deleted = self
+            .bounded("delete", c.delete(key.as_str(), None))
+            .await?
+            .deleted();
+        let _ = tokio::time::timeout(self.timeout, c.lease_revoke(id)).await;
+        Ok(deleted > 0)
+    }
+
+    async fn force_release(&self, namespace: &str, key: &str) -> Result<u64> {
+        let prefix = Self::prefix(namespace, key);
+        let (kvs, _) = self.contenders(&prefix).await?;
+        let limit = kvs.first().and_then(limit_of).unwrap_or(1) as usize;
+        let mut c = self.client.clone();
+        let mut n = 0;
+        for kv in kvs.iter().take(limit) {
+            if self
+                .bounded("delete", c.delete(kv.key(), None))
+                .await
+                .is_ok()
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    async fn status(&self, namespace: &str, keys: &[String]) -> Result<Vec<KeyStatus>> {
+        let mut by_key: std::collections::BTreeMap<String, Vec<ec::KeyValue>> = Default::default();
+        for k in keys {
+            by_key.insert(k.clone(), Vec::new());
+        }
+        let (kvs, _) = self.contenders(&format!("{namespace}/")).await?;
+        for kv in kvs {
+            let full = String::from_utf8_lossy(kv.key()).into_owned();
+            let Some(rest) = full.strip_prefix(&format!("{namespace}/")) else {
+                continue;
+            };
+            let Some((name, _lease)) = rest.rsplit_once('/') else {
+                continue;
+            };
+            if keys.is_empty() || by_key.contains_key(name) {
+                by_key.entry(name.to_string()).or_default().push(kv);
+            }
+        }
+        let mut out = Vec::new();
+        let mut c = self.client.clone();
+        for (name, mut kvs) in by_key {
+            kvs.sort_by_key(|kv| kv.create_revision());
+            let limit = kvs.first().and_then(limit_of).unwrap_or(1).max(1);
+            let mut holders = Vec::new();
+            for kv in kvs.iter().take(limit as usize) {
+                let mut h = holder_from(kv);
+                if let Ok(Ok(t)) =
+                    tokio::time::timeout(self.timeout, c.lease_time_to_live(kv.lease(), None)).await
+                    && t.ttl() >= 0
+                {
+                    h.expires_at = Some(SystemTime::now() + Duration::from_secs(t.ttl() as u64));
+                }
+                holders.push(h);
+            }
+            let waiters = kvs.len().saturating_sub(holders.len()) as u64;
+            out.push(KeyStatus {
+                key: name,
+                limit,
+                holders,
+                waiters: Some(waiters),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn ping(&self) -> Result<PingInfo> {
+        let mut c = self.client.clone();
+        let s = self.bounded("status", c.status()).await?;
+        Ok(PingInfo {
+            kind: "etcd",
+            version: s.version().to_string(),
+            detail: self.shown.clone(),
+        })
+    }
+}

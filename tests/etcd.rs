@@ -1,0 +1,96 @@
+//! etcd v3 against a real server (Debian `etcd-server`, `etcd-client`),
+//! started per test on free loopback ports. Built with `--features etcd`.
+#![cfg(feature = "etcd")]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::suite::conformance;
+use common::*;
+use nix::sys::signal::Signal;
+
+conformance!(etcd, Env::etcd());
+
+#[test]
+fn server_frozen_past_the_ttl_stops_the_child() {
+    let env = Env::etcd();
+    let pidf = env.path("frz.pid");
+    let script = format!("echo $$ > {}; exec sleep 60", pidf.display());
+    let mut h = env
+        .cmd(&[
+            "run",
+            "--key",
+            "frz",
+            "--ttl",
+            "2s",
+            "--kill-after",
+            "400ms",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid: i32 = read_when_ready(&pidf, Duration::from_secs(30))
+        .parse()
+        .unwrap();
+    let t = Instant::now();
+    env.etcd.as_ref().unwrap().signal(Signal::SIGSTOP);
+    wait_for(Duration::from_secs(6), "the child to be stopped", || {
+        !alive(pid)
+    });
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "child lived {:?} into the freeze",
+        t.elapsed()
+    );
+    env.etcd.as_ref().unwrap().signal(Signal::SIGCONT);
+    assert_eq!(wait_timeout(&mut h, Duration::from_secs(30)), 74);
+}
+
+/// `etcdctl lock dlock/KEY` and dlock exclude each other, both ways.
+#[test]
+fn etcdctl_lock_interoperates() {
+    let env = Env::etcd();
+    let etcd = env.etcd.as_ref().unwrap();
+    let ctl = servers::require("etcdctl", "etcd-client");
+    let mut held = std::process::Command::new(&ctl)
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            &format!("127.0.0.1:{}", etcd.port),
+            "lock",
+            "dlock/job",
+            "sleep",
+            "2",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(10), "etcdctl to hold the lock", || {
+        env.held("job")
+    });
+    let out = env.run(&["run", "-n", "--key", "job", "--", "true"]);
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    let t = Instant::now();
+    let out = env.run(&["run", "--wait", "15s", "--key", "job", "--", "true"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        t.elapsed() > Duration::from_millis(1000),
+        "dlock got the lock while etcdctl held it"
+    );
+    assert!(held.wait().unwrap().success());
+    // dlock holds; etcdctl waits until dlock lets go.
+    let mut h = env.spawn(&["run", "--key", "job", "--", "sleep", "2"]);
+    wait_for(Duration::from_secs(10), "dlock to hold", || env.held("job"));
+    let t = Instant::now();
+    let out = etcd.ctl(&["lock", "dlock/job", "true"]);
+    assert!(
+        t.elapsed() > Duration::from_millis(1000),
+        "etcdctl got the lock while dlock held it: {out}"
+    );
+    assert_eq!(wait_timeout(&mut h, Duration::from_secs(10)), 0);
+}
