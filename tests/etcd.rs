@@ -94,3 +94,84 @@ fn etcdctl_lock_interoperates() {
     );
     assert_eq!(wait_timeout(&mut h, Duration::from_secs(10)), 0);
 }
+
+#[test]
+fn cluster_survives_a_member_and_the_leader_dying() {
+    let mut members = servers::Etcd::cluster();
+    let url = format!(
+        "etcd://{}",
+        members
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let mut env = Env::sqlite();
+    env.url = url;
+    let out = env.run(&["run", "--key", "c", "--", "true"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let follower = members.iter().position(|m| !m.is_leader()).unwrap();
+    members[follower].stop();
+    let out = env.run(&[
+        "--connect-timeout",
+        "10s",
+        "run",
+        "--wait",
+        "20s",
+        "--key",
+        "c",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&out), 0, "one member down: {}", stderr(&out));
+    // Back to three, then kill the leader: the two left elect a new one.
+    members[follower].restart();
+    let leader = members.iter().position(|m| m.is_leader()).unwrap();
+    members[leader].stop();
+    wait_for(Duration::from_secs(20), "a new leader", || {
+        members
+            .iter()
+            .enumerate()
+            .any(|(i, m)| i != leader && m.is_leader())
+    });
+    let out = env.run(&[
+        "--connect-timeout",
+        "10s",
+        "run",
+        "--wait",
+        "20s",
+        "--key",
+        "c",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&out), 0, "leader killed: {}", stderr(&out));
+    // Two of three members gone: no quorum, so no lock, and a bounded error.
+    let other = (0..3).find(|i| *i != leader && *i != follower).unwrap();
+    members[other].stop();
+    let t = Instant::now();
+    let out = env.run(&[
+        "--connect-timeout",
+        "2s",
+        "run",
+        "--wait",
+        "2s",
+        "--key",
+        "c",
+        "--",
+        "echo",
+        "ran",
+    ]);
+    assert!(
+        matches!(code(&out), 69 | 75),
+        "{}: {}",
+        code(&out),
+        stderr(&out)
+    );
+    assert!(!stdout(&out).contains("ran"), "ran without a quorum");
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        t.elapsed()
+    );
+}

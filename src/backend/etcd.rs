@@ -92,6 +92,32 @@ impl EtcdBackend {
             let (user, pass) = a.split_once(':').unwrap_or((&a, ""));
             opts = opts.with_user(user, pass);
         }
+        // The client balances requests over its endpoints without skipping a
+        // dead one, so start with the members that answer now.
+        let endpoints = if endpoints.len() > 1 {
+            let probes = futures_util::future::join_all(endpoints.iter().map(|ep| {
+                let opts = opts.clone();
+                async move {
+                    let ok = tokio::time::timeout(timeout, async {
+                        let mut c = ec::Client::connect([ep.as_str()], Some(opts)).await?;
+                        c.status().await
+                    })
+                    .await;
+                    matches!(ok, Ok(Ok(_)))
+                }
+            }))
+            .await;
+            let live: Vec<String> = endpoints
+                .iter()
+                .zip(probes)
+                .filter(|(_, ok)| *ok)
+                .map(|(e, _)| e.clone())
+                .collect();
+            tracing::debug!(?live, "etcd members answering");
+            if live.is_empty() { endpoints } else { live }
+        } else {
+            endpoints
+        };
         let client = match tokio::time::timeout(
             timeout,
             ec::Client::connect(&endpoints, Some(opts)),

@@ -203,33 +203,106 @@ impl Drop for Redis {
     }
 }
 
-/// A single-member etcd on its own ports and data directory.
+/// One etcd member on its own ports and data directory.
 pub struct Etcd {
     pub port: u16,
     peer: u16,
+    name: String,
+    cluster: String,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
 
 impl Etcd {
+    /// A single-member cluster.
     pub fn start() -> Etcd {
-        let mut e = Etcd {
-            port: free_port(),
-            peer: free_port(),
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-        };
-        e.launch();
+        let peer = free_port();
+        let mut e = Etcd::member(
+            "n1",
+            free_port(),
+            peer,
+            format!("n1=http://127.0.0.1:{peer}"),
+        );
+        e.spawn();
+        wait_port(e.port, Duration::from_secs(20));
+        e.wait_healthy();
         e
     }
 
-    fn launch(&mut self) {
+    fn member(name: &str, port: u16, peer: u16, cluster: String) -> Etcd {
+        Etcd {
+            port,
+            peer,
+            name: name.into(),
+            cluster,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        }
+    }
+
+    /// Three members on loopback, started together.
+    pub fn cluster() -> Vec<Etcd> {
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, p))| format!("n{}=http://127.0.0.1:{p}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members: Vec<Etcd> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (c, p))| Etcd::member(&format!("n{}", i + 1), *c, *p, cluster.clone()))
+            .collect();
+        for m in members.iter_mut() {
+            m.spawn();
+        }
+        for m in &members {
+            wait_port(m.port, Duration::from_secs(30));
+            m.wait_healthy();
+        }
+        members
+    }
+
+    /// Whether this member is the cluster's leader now.
+    pub fn is_leader(&self) -> bool {
+        self.ctl(&["endpoint", "status"]).split(", ").nth(4) == Some("true")
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start a stopped member again on its data directory.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+        wait_port(self.port, Duration::from_secs(30));
+        self.wait_healthy();
+    }
+
+    fn wait_healthy(&self) {
+        let start = Instant::now();
+        while !self.ctl(&["endpoint", "health"]).contains("is healthy") {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "etcd on port {} not healthy",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn spawn(&mut self) {
         let bin = require("etcd", "etcd-server");
         let client = format!("http://127.0.0.1:{}", self.port);
         let peer = format!("http://127.0.0.1:{}", self.peer);
         let log = std::fs::File::create(self.dir.path().join("etcd.log")).unwrap();
         let child = Command::new(bin)
-            .args(["--name", "n1", "--data-dir"])
+            .args(["--name", &self.name, "--data-dir"])
             .arg(self.dir.path().join("data"))
             .args([
                 "--listen-client-urls",
@@ -243,27 +316,13 @@ impl Etcd {
                 "--initial-advertise-peer-urls",
                 &peer,
             ])
-            .args([
-                "--initial-cluster",
-                &format!("n1={peer}"),
-                "--log-level",
-                "warn",
-            ])
+            .args(["--initial-cluster", &self.cluster, "--log-level", "warn"])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start etcd");
         self.child = Some(child);
-        wait_port(self.port, Duration::from_secs(20));
-        let start = Instant::now();
-        while !self.ctl(&["endpoint", "health"]).contains("is healthy") {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "etcd on port {} not healthy",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
     }
 
     pub fn url(&self) -> String {
