@@ -251,6 +251,8 @@ pub async fn supervise(
         "child started"
     );
 
+    // The deadline the guard knows (it can lag the keeper's by a renewal).
+    let mut guard_deadline = keeper.safe_until();
     let mut lost_rx = keeper.lost();
     let mut safe_rx = keeper.safe_until_updates();
     let mut lost: Option<Loss> = None;
@@ -304,6 +306,7 @@ pub async fn supervise(
                 if changed.is_ok() {
                     let at = *safe_rx.borrow_and_update();
                     guard.send(deadline(at));
+                    guard_deadline = at;
                 }
             }
         }
@@ -316,14 +319,11 @@ pub async fn supervise(
     if lost.is_none() {
         lost = lost_rx.borrow().clone();
     }
-    // With a little slack: the guard, on its own clock, may have acted a
-    // hair before this process would have.
+    // Judge by the deadline the guard acted on (if dlock froze between a
+    // renewal and telling the guard, the guard's is the earlier one), with a
+    // little slack for the guard's own clock.
     let grace = grace(spec.kill_after, ttl) + Duration::from_millis(50);
-    if lost.is_none()
-        && keeper
-            .safe_until()
-            .is_some_and(|u| Instant::now() + grace >= u)
-    {
+    if lost.is_none() && guard_deadline.is_some_and(|u| Instant::now() + grace >= u) {
         let msg = "the lease could not be renewed in time while dlock was not running (frozen or suspended?)";
         eprintln!("dlock: {msg}");
         lost = Some(Loss {
