@@ -15,28 +15,11 @@ conformance!(etcd, Env::etcd());
 #[test]
 fn server_frozen_past_the_ttl_stops_the_child() {
     let env = Env::etcd();
-    let pidf = env.path("frz.pid");
-    let script = format!("echo $$ > {}; exec sleep 60", pidf.display());
-    let mut h = env
-        .cmd(&[
-            "run",
-            "--key",
-            "frz",
-            "--ttl",
-            "2s",
-            "--kill-after",
-            "400ms",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid: i32 = read_when_ready(&pidf, Duration::from_secs(30))
-        .parse()
-        .unwrap();
+    let (mut h, pid) = env.run_child(
+        "frz",
+        &["--ttl", "2s", "--kill-after", "400ms"],
+        "exec sleep 60",
+    );
     let t = Instant::now();
     env.etcd.as_ref().unwrap().signal(Signal::SIGSTOP);
     wait_for(Duration::from_secs(6), "the child to be stopped", || {

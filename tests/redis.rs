@@ -12,31 +12,13 @@ use nix::sys::signal::Signal;
 conformance!(redis_single, Env::redis());
 conformance!(redlock, Env::redlock(5));
 
-fn pidfile_child(env: &Env, k: &str, extra: &[&str], name: &str) -> (std::process::Child, i32) {
-    let pidf = env.path(name);
-    let mut args = vec!["run", "--key", k];
-    args.extend_from_slice(extra);
-    let script = format!("echo $$ > {}; exec sleep 60", pidf.display());
-    args.extend_from_slice(&["--", "sh", "-c", &script]);
-    let c = env
-        .cmd(&args)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = read_when_ready(&pidf, Duration::from_secs(20))
-        .parse()
-        .unwrap();
-    (c, pid)
-}
-
 #[test]
 fn server_frozen_past_the_ttl_stops_the_child_before_expiry() {
     let env = Env::redis();
-    let (mut h, pid) = pidfile_child(
-        &env,
+    let (mut h, pid) = env.run_child(
         "frz",
         &["--ttl", "1500ms", "--kill-after", "300ms"],
-        "frz.pid",
+        "exec sleep 60",
     );
     let t = Instant::now();
     env.redis[0].signal(Signal::SIGSTOP);
@@ -57,7 +39,7 @@ fn server_frozen_past_the_ttl_stops_the_child_before_expiry() {
 #[test]
 fn server_restarted_empty_loses_the_lease() {
     let mut env = Env::redis();
-    let (mut h, pid) = pidfile_child(&env, "rst", &["--ttl", "1500ms"], "rst.pid");
+    let (mut h, pid) = env.run_child("rst", &["--ttl", "1500ms"], "exec sleep 60");
     env.redis[0].restart();
     let t = Instant::now();
     assert_eq!(wait_timeout(&mut h, Duration::from_secs(20)), 74);
@@ -140,33 +122,13 @@ fn redlock_tokens_rise_across_changing_majorities() {
 /// redis-py's `Lock` and dlock on the same key exclude each other.
 #[test]
 fn redis_py_lock_interoperates() {
-    let python = servers::require("python3", "python3");
-    let probe = std::process::Command::new(&python)
-        .args(["-c", "import redis"])
-        .output()
-        .unwrap();
-    assert!(
-        probe.status.success(),
-        "python3 module `redis` missing: pip install redis (scripts/test.sh does)"
-    );
     let env = Env::redis();
     let port = env.redis[0].port;
     // redis-py holds dlock:job for 2 s; dlock must not get it meanwhile.
     let script = format!(
         "import redis,time,sys\nr=redis.Redis(port={port})\nl=r.lock('dlock:job',timeout=10)\nassert l.acquire(blocking=False)\nprint('held',flush=True)\ntime.sleep(2)\nl.release()\n"
     );
-    let mut py = std::process::Command::new(&python)
-        .args(["-c", &script])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(py.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line.trim(), "held");
+    let mut py = python_holder("redis", &script);
     let out = env.run(&["run", "-n", "--key", "job", "--", "true"]);
     assert_eq!(code(&out), 75, "{}", stderr(&out));
     let st = env.status_json(&["job"]);
@@ -185,7 +147,7 @@ fn redis_py_lock_interoperates() {
     let script = format!(
         "import redis\nr=redis.Redis(port={port})\nprint(r.lock('dlock:job',timeout=10).acquire(blocking=False))\n"
     );
-    let out = std::process::Command::new(&python)
+    let out = std::process::Command::new("python3")
         .args(["-c", &script])
         .output()
         .unwrap();

@@ -64,34 +64,11 @@ fn restart(env: &mut Env) {
     }
 }
 
-fn child_with_pidfile(
-    env: &Env,
-    k: &str,
-    extra: &[&str],
-    script_tail: &str,
-) -> (std::process::Child, i32) {
-    let pidf = env.path(&format!("{k}.pid"));
-    let script = format!("echo $$ > {}; {script_tail}", pidf.display());
-    let mut args = vec!["run", "--key", k];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&["--", "sh", "-c", &script]);
-    let c = env
-        .cmd(&args)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = read_when_ready(&pidf, Duration::from_secs(30))
-        .parse()
-        .unwrap();
-    (c, pid)
-}
-
 #[test]
 fn server_frozen_past_the_ttl_stops_the_child_before_expiry() {
     for (name, make) in sql_envs() {
         let env = make();
-        let (mut h, pid) = child_with_pidfile(
-            &env,
+        let (mut h, pid) = env.run_child(
             "frz",
             &["--ttl", "2s", "--kill-after", "400ms"],
             "exec sleep 60",
@@ -115,7 +92,7 @@ fn server_frozen_past_the_ttl_stops_the_child_before_expiry() {
 fn server_restart_shorter_than_the_ttl_keeps_the_lease() {
     for (name, make) in sql_envs() {
         let mut env = make();
-        let (mut h, _pid) = child_with_pidfile(&env, "rst", &["--ttl", "8s"], "sleep 4; echo done");
+        let (mut h, _pid) = env.run_child("rst", &["--ttl", "8s"], "sleep 4; echo done");
         std::thread::sleep(Duration::from_millis(500));
         restart(&mut env);
         assert_eq!(

@@ -11,27 +11,14 @@ use nix::sys::signal::Signal;
 
 conformance!(zookeeper, Env::zookeeper());
 
-fn holding(env: &Env, k: &str, extra: &[&str]) -> (std::process::Child, i32) {
-    let pidf = env.path(&format!("{k}.pid"));
-    let script = format!("echo $$ > {}; exec sleep 60", pidf.display());
-    let mut args = vec!["run", "--key", k];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&["--", "sh", "-c", &script]);
-    let c = env
-        .cmd(&args)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = read_when_ready(&pidf, Duration::from_secs(30))
-        .parse()
-        .unwrap();
-    (c, pid)
-}
-
 #[test]
 fn server_frozen_past_the_session_timeout_stops_the_child() {
     let env = Env::zookeeper();
-    let (mut h, pid) = holding(&env, "frz", &["--ttl", "2s", "--kill-after", "400ms"]);
+    let (mut h, pid) = env.run_child(
+        "frz",
+        &["--ttl", "2s", "--kill-after", "400ms"],
+        "exec sleep 60",
+    );
     let t = Instant::now();
     env.zookeeper.as_ref().unwrap().signal(Signal::SIGSTOP);
     wait_for(Duration::from_secs(6), "the child to be stopped", || {
@@ -49,7 +36,7 @@ fn server_frozen_past_the_session_timeout_stops_the_child() {
 #[test]
 fn server_restart_keeps_the_lock_or_loses_it_cleanly() {
     let mut env = Env::zookeeper();
-    let (mut h, pid) = holding(&env, "rst", &["--ttl", "4s"]);
+    let (mut h, pid) = env.run_child("rst", &["--ttl", "4s"], "exec sleep 60");
     env.zookeeper.as_mut().unwrap().restart();
     // Either the session survives (the child runs on, the lock is held) or
     // it is lost cleanly (child stopped, exit 74): never a child running on
@@ -97,15 +84,6 @@ fn ensemble_survives_a_follower_and_the_leader_dying() {
 /// kazoo's `Lock` and dlock on the same path exclude each other.
 #[test]
 fn kazoo_lock_interoperates() {
-    let python = servers::require("python3", "python3");
-    let probe = std::process::Command::new(&python)
-        .args(["-c", "import kazoo"])
-        .output()
-        .unwrap();
-    assert!(
-        probe.status.success(),
-        "python3 module `kazoo` missing: pip install kazoo (scripts/test.sh does)"
-    );
     let env = Env::zookeeper();
     let hosts = env.url.trim_start_matches("zk://").to_string();
     let script = format!(
@@ -113,18 +91,7 @@ fn kazoo_lock_interoperates() {
          l=zk.Lock('/dlock/job','kazoo', extra_lock_patterns=['-lock-'])\nassert l.acquire(blocking=False)\n\
          print('held',flush=True)\ntime.sleep(2)\nl.release()\nzk.stop()\n"
     );
-    let mut py = std::process::Command::new(&python)
-        .args(["-c", &script])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(py.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line.trim(), "held");
+    let mut py = python_holder("kazoo", &script);
     let out = env.run(&["run", "-n", "--key", "job", "--", "true"]);
     assert_eq!(code(&out), 75, "{}", stderr(&out));
     assert!(env.held("job"), "a kazoo holder shows as held");
@@ -142,7 +109,7 @@ fn kazoo_lock_interoperates() {
         "from kazoo.client import KazooClient\nzk=KazooClient(hosts='{hosts}')\nzk.start()\n\
          print(zk.Lock('/dlock/job','kazoo', extra_lock_patterns=['-lock-']).acquire(blocking=False))\nzk.stop()\n"
     );
-    let out = std::process::Command::new(&python)
+    let out = std::process::Command::new("python3")
         .args(["-c", &script])
         .output()
         .unwrap();

@@ -153,6 +153,26 @@ impl Env {
             .expect("spawn dlock")
     }
 
+    /// `dlock run --key K EXTRA -- sh -c 'echo $$ > PIDFILE; TAIL'`, once
+    /// the child runs: the dlock process and the child's pid.
+    pub fn run_child(&self, k: &str, extra: &[&str], tail: &str) -> (Child, i32) {
+        let pidf = self.path(&format!("{k}.pid"));
+        let script = format!("echo $$ > {}; {tail}", pidf.display());
+        let mut args = vec!["run", "--key", k];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "sh", "-c", &script]);
+        let c = self
+            .cmd(&args)
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn dlock");
+        let pid = read_when_ready(&pidf, Duration::from_secs(30))
+            .parse()
+            .expect("a pid");
+        (c, pid)
+    }
+
     pub fn status_json(&self, keys: &[&str]) -> serde_json::Value {
         let mut a = vec!["status", "--json"];
         a.extend_from_slice(keys);
@@ -217,6 +237,37 @@ pub fn alive(pid: i32) -> bool {
         }
         Err(_) => false,
     }
+}
+
+/// A Python script (`python3 -c`) that takes a lock with another client
+/// library and prints `held` once it has it; `module` must be importable.
+pub fn python_holder(module: &str, script: &str) -> Child {
+    let python = servers::require("python3", "python3");
+    let probe = Command::new(&python)
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .unwrap();
+    assert!(
+        probe.status.success(),
+        "python3 module `{module}` missing: pip install {module} (scripts/test.sh does)"
+    );
+    let mut c = Command::new(&python)
+        .args(["-c", script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(c.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(
+        line.trim(),
+        "held",
+        "the {module} client did not take the lock"
+    );
+    c
 }
 
 /// Wait until `f` holds, or panic with `what` after `limit`.
