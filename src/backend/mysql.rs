@@ -73,7 +73,7 @@ impl MysqlBackend {
             .map_err(|e| crate::error::usage(format!("bad MySQL URL {shown}: {e}")))?
             .timezone(Some("+00:00".to_string()));
         let pool = MySqlPoolOptions::new()
-            .max_connections(3)
+            .max_connections(1)
             .acquire_timeout(timeout)
             .connect_with(opts.clone())
             .await

@@ -35,6 +35,7 @@ pub struct PostgresBackend {
     listener: Mutex<Option<(String, PgListener)>>,
     /// The soonest a busy key's holder can expire, from the last attempt.
     next_expiry: StdMutex<Option<Instant>>,
+    opts: PgConnectOptions,
 }
 
 fn holder(r: &PgRow) -> Result<(Holder, i64)> {
@@ -65,10 +66,13 @@ impl PostgresBackend {
                 ("statement_timeout", format!("{}", timeout.as_millis())),
                 ("lock_timeout", format!("{}", timeout.as_millis())),
             ]);
+        // One connection: a PostgreSQL connection costs a server process, and
+        // a pool of more opens a second one whenever the first is on its way
+        // back. The listener for waiting gets its own, only when waiting.
         let pool = PgPoolOptions::new()
-            .max_connections(3)
+            .max_connections(1)
             .acquire_timeout(timeout)
-            .connect_with(opts)
+            .connect_with(opts.clone())
             .await
             .map_err(|e| unavailable(format!("cannot connect to PostgreSQL {shown}: {e}")))?;
         let b = PostgresBackend {
@@ -78,6 +82,7 @@ impl PostgresBackend {
             timeout,
             listener: Mutex::new(None),
             next_expiry: StdMutex::new(None),
+            opts,
         };
         let ddl = format!(
             "CREATE TABLE IF NOT EXISTS {lease} (
@@ -90,6 +95,19 @@ impl PostgresBackend {
             lease = b.t.lease,
             fence = b.t.fence
         );
+        // Most runs find the tables there: one cheap look instead of DDL
+        // (which takes locks and sends notices).
+        let present: bool = sqlx::query_scalar(
+            "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL",
+        )
+        .bind(&b.t.lease)
+        .bind(&b.t.fence)
+        .fetch_one(&b.pool)
+        .await
+        .unwrap_or(false);
+        if present {
+            return Ok(b);
+        }
         // Two clients creating the tables at once may collide; the loser
         // finds them made.
         if let Err(e) = sqlx::raw_sql(AssertSqlSafe(ddl.clone()))
@@ -238,7 +256,10 @@ impl Backend for PostgresBackend {
         let mut l = self.listener.lock().await;
         if l.as_ref().is_none_or(|(c, _)| *c != chan) {
             let listen = async {
-                let mut pl = PgListener::connect_with(&self.pool).await?;
+                let own = PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect_lazy_with(self.opts.clone());
+                let mut pl = PgListener::connect_with(&own).await?;
                 pl.listen(&chan).await?;
                 Ok::<_, sqlx::Error>(pl)
             };
