@@ -180,3 +180,35 @@ fn table_name_option() {
         assert_eq!(code(&out), 0, "{name}: {}", stderr(&out));
     }
 }
+
+/// The URL's TLS parameters reach the driver: demanding TLS from a server
+/// without it fails clearly (69) instead of silently going plain.
+#[test]
+fn tls_parameters_are_honoured() {
+    for (name, make, param) in [
+        ("postgres", Env::postgres as MakeEnv, "sslmode=require"),
+        ("mariadb", Env::mariadb as MakeEnv, "ssl-mode=REQUIRED"),
+    ] {
+        let env = make();
+        let url = format!("{}?{param}", env.url);
+        let out = bare(env.dir.path())
+            .args(["--backend", &url, "status"])
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 69, "{name}: {}", stderr(&out));
+        let plain = format!(
+            "{}?{}",
+            env.url,
+            if name == "postgres" {
+                "sslmode=disable"
+            } else {
+                "ssl-mode=DISABLED"
+            }
+        );
+        let out = bare(env.dir.path())
+            .args(["--backend", &plain, "status"])
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "{name}: {}", stderr(&out));
+    }
+}
