@@ -158,3 +158,32 @@ fn cluster_survives_a_member_and_the_leader_dying() {
         t.elapsed()
     );
 }
+
+/// `etcds://`: TLS verified against a CA given in `SSL_CERT_FILE`; an
+/// untrusted server is refused (69).
+#[test]
+fn tls_with_a_trusted_ca_and_refusal_without() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, ca) = servers::test_certificates(dir.path());
+    let server = servers::Etcd::start_tls(&cert, &key, &ca);
+    let mut env = Env::sqlite();
+    env.url = format!("etcds://127.0.0.1:{}", server.port);
+    let out = env
+        .cmd(&["run", "--key", "tls", "--", "echo", "over-tls"])
+        .env("SSL_CERT_FILE", &ca)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "over-tls");
+    let out = env
+        .cmd(&["run", "--key", "tls", "--", "true"])
+        .env("SSL_CERT_FILE", "/dev/null")
+        .output()
+        .unwrap();
+    assert_eq!(
+        code(&out),
+        69,
+        "an untrusted certificate must be refused: {}",
+        stderr(&out)
+    );
+}

@@ -252,72 +252,8 @@ fn sentinel_failover_keeps_locking() {
 /// trusted through `SSL_CERT_FILE`; an untrusted server is refused (69).
 #[test]
 fn tls_with_a_trusted_ca_and_refusal_without() {
-    let openssl = servers::require("openssl", "openssl");
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let run = |args: &[&str]| {
-        let st = std::process::Command::new(&openssl)
-            .current_dir(d)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            st.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&st.stderr)
-        );
-    };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=dlock-test-ca",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "srv.key",
-        "-out",
-        "srv.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    std::fs::write(
-        d.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "srv.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "srv.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-    ]);
-    let p = |f: &str| d.join(f).display().to_string();
-    let (cert, key, ca) = (p("srv.pem"), p("srv.key"), p("ca.pem"));
+    let (cert, key, ca) = servers::test_certificates(dir.path());
     let server = servers::Redis::start_tls(&cert, &key, &ca);
     let mut env = Env::sqlite();
     env.url = format!("rediss://127.0.0.1:{}", server.port);

@@ -84,10 +84,20 @@ impl EtcdBackend {
                 "{shown}: expected etcd://HOST:PORT[,HOST:PORT...]"
             )));
         }
-        let endpoints: Vec<String> = hosts.split(',').map(|h| format!("http://{h}")).collect();
+        // etcds:// is TLS, verified against the system's roots (or the CA
+        // file in SSL_CERT_FILE).
+        let tls = url.starts_with("etcds://");
+        let scheme = if tls { "https" } else { "http" };
+        let endpoints: Vec<String> = hosts
+            .split(',')
+            .map(|h| format!("{scheme}://{h}"))
+            .collect();
         let mut opts = ec::ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_timeout(timeout);
+        if tls {
+            opts = opts.with_tls(ec::TlsOptions::new().with_native_roots());
+        }
         if let Some(a) = auth {
             let (user, pass) = a.split_once(':').unwrap_or((&a, ""));
             opts = opts.with_user(user, pass);

@@ -215,18 +215,14 @@ pub async fn connect(urls: &[String], connect_timeout: Duration) -> Result<Arc<d
         )),
         "zk" => Ok(Arc::new(zk::ZkBackend::new(first, connect_timeout)?)),
         #[cfg(feature = "etcd")]
-        "etcd" => Ok(Arc::new(
+        "etcd" | "etcds" => Ok(Arc::new(
             etcd::EtcdBackend::connect(first, connect_timeout).await?,
         )),
         #[cfg(not(feature = "etcd"))]
-        "etcd" => Err(crate::error::unavailable(
+        "etcd" | "etcds" => Err(crate::error::unavailable(
             "this dlock was built without etcd support: rebuild with `cargo build --release --features etcd` \
              (it needs protoc, Debian package protobuf-compiler)",
         )),
-        "etcds" => Err(crate::error::unavailable(format!(
-            "the {scheme} backend is not built into this version of dlock yet; \
-             use sqlite:PATH (see the README for the status of each backend)"
-        ))),
         _ => Err(usage(format!(
             "unknown backend URL {}: expected sqlite:, redis://, zk://, postgres://, mysql:// or etcd://",
             redact_url(first)

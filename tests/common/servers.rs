@@ -7,6 +7,76 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A throwaway CA and a server certificate for 127.0.0.1 made with the
+/// openssl CLI in `dir`: (certificate, key, CA certificate) paths.
+pub fn test_certificates(dir: &Path) -> (String, String, String) {
+    let openssl = require("openssl", "openssl");
+    let run = |args: &[&str]| {
+        let st = Command::new(&openssl)
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+    };
+    let subj = |cn: &str| format!("/CN={cn}");
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        &subj("dlock-test-ca"),
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "srv.key",
+        "-out",
+        "srv.csr",
+        "-subj",
+        &subj("127.0.0.1"),
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "srv.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let p = |f: &str| dir.join(f).display().to_string();
+    (p("srv.pem"), p("srv.key"), p("ca.pem"))
+}
+
 /// A free TCP port on 127.0.0.1 (bound, then released for the server).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -211,9 +281,27 @@ pub struct Etcd {
     cluster: String,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// (certificate, key, CA) when clients must speak TLS.
+    tls: Option<(String, String, String)>,
 }
 
 impl Etcd {
+    /// A single member serving clients over TLS only.
+    pub fn start_tls(cert: &str, key: &str, ca: &str) -> Etcd {
+        let peer = free_port();
+        let mut e = Etcd::member(
+            "n1",
+            free_port(),
+            peer,
+            format!("n1=http://127.0.0.1:{peer}"),
+        );
+        e.tls = Some((cert.into(), key.into(), ca.into()));
+        e.spawn();
+        wait_port(e.port, Duration::from_secs(20));
+        e.wait_healthy();
+        e
+    }
+
     /// A single-member cluster.
     pub fn start() -> Etcd {
         let peer = free_port();
@@ -237,6 +325,7 @@ impl Etcd {
             cluster,
             dir: tempfile::tempdir().unwrap(),
             child: None,
+            tls: None,
         }
     }
 
@@ -298,7 +387,8 @@ impl Etcd {
 
     fn spawn(&mut self) {
         let bin = require("etcd", "etcd-server");
-        let client = format!("http://127.0.0.1:{}", self.port);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", self.port);
         let peer = format!("http://127.0.0.1:{}", self.peer);
         let log = std::fs::File::create(self.dir.path().join("etcd.log")).unwrap();
         let child = Command::new(bin)
@@ -318,6 +408,12 @@ impl Etcd {
             ])
             .args(["--initial-cluster", &self.cluster, "--log-level", "warn"])
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(match &self.tls {
+                Some((cert, key, _)) => {
+                    vec!["--cert-file", cert.as_str(), "--key-file", key.as_str()]
+                }
+                None => vec![],
+            })
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -334,6 +430,10 @@ impl Etcd {
         let out = Command::new(require("etcdctl", "etcd-client"))
             .env("ETCDCTL_API", "3")
             .args(["--endpoints", &format!("127.0.0.1:{}", self.port)])
+            .args(match &self.tls {
+                Some((_, _, ca)) => vec!["--cacert", ca.as_str()],
+                None => vec![],
+            })
             .args(args)
             .output()
             .expect("etcdctl");
