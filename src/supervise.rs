@@ -181,14 +181,19 @@ pub async fn supervise(
 
     let (guard_r, guard_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("cannot create a pipe")?;
+    // The guard tells us, one byte on this pipe, when it had to act.
+    let (acted_r, acted_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+            .context("cannot create a pipe")?;
     let initial = deadline(keeper.safe_until());
     // SAFETY: the forked guard runs only raw syscalls (see guard_main), so
     // forking from a process with other threads is sound.
     if unsafe { libc::fork() } == 0 {
         // SAFETY: we are the freshly forked guard.
-        unsafe { guard_main(guard_r.as_raw_fd(), grace_ns, initial) };
+        unsafe { guard_main(guard_r.as_raw_fd(), acted_w.as_raw_fd(), grace_ns, initial) };
     }
     drop(guard_r);
+    drop(acted_w);
     let mut guard = GuardPipe(Some(guard_w));
     let parent = std::process::id() as i32;
     let tty_fg = foreground_tty();
@@ -319,11 +324,15 @@ pub async fn supervise(
     if lost.is_none() {
         lost = lost_rx.borrow().clone();
     }
-    // Judge by the deadline the guard acted on (if dlock froze between a
-    // renewal and telling the guard, the guard's is the earlier one), with a
-    // little slack for the guard's own clock.
+    // The guard stopped the group at a deadline (dlock was frozen), or the
+    // deadline the guard knew has as good as passed.
+    let mut byte = [0u8; 1];
+    // SAFETY: a non-blocking read into a local buffer from a pipe we own.
+    let guard_acted = unsafe { libc::read(acted_r.as_raw_fd(), byte.as_mut_ptr().cast(), 1) } == 1;
     let grace = grace(spec.kill_after, ttl) + Duration::from_millis(50);
-    if lost.is_none() && guard_deadline.is_some_and(|u| Instant::now() + grace >= u) {
+    if lost.is_none()
+        && (guard_acted || guard_deadline.is_some_and(|u| Instant::now() + grace >= u))
+    {
         let msg = "the lease could not be renewed in time while dlock was not running (frozen or suspended?)";
         eprintln!("dlock: {msg}");
         lost = Some(Loss {
@@ -403,7 +412,7 @@ fn restore_terminal() {
 ///
 /// # Safety
 /// Must only be called in a freshly forked child; it never returns.
-unsafe fn guard_main(read_fd: i32, grace_ns: i64, mut deadline: i64) -> ! {
+unsafe fn guard_main(read_fd: i32, acted_fd: i32, grace_ns: i64, mut deadline: i64) -> ! {
     // SAFETY: only async-signal-safe syscalls on values we own.
     unsafe {
         // Its own session: signals for the job's terminal do not reach it.
@@ -419,13 +428,14 @@ unsafe fn guard_main(read_fd: i32, grace_ns: i64, mut deadline: i64) -> ! {
         ] {
             libc::signal(s, libc::SIG_IGN);
         }
-        // Hold no descriptor but the pipe: a guard must never keep a CI log
-        // pipe or a socket open.
-        if read_fd > 0 {
-            libc::syscall(libc::SYS_close_range, 0u32, (read_fd - 1) as u32, 0u32);
-        }
-        if libc::syscall(libc::SYS_close_range, (read_fd + 1) as u32, u32::MAX, 0u32) != 0 {
-            for fd in (read_fd + 1)..4096 {
+        // Hold no descriptor but the two pipes, moved to 0 and 1: a guard
+        // must never keep a CI log pipe or a socket open. (Both pipes were
+        // made after stdio, so neither is 0 or 1 already.)
+        libc::dup2(read_fd, 0);
+        libc::dup2(acted_fd, 1);
+        let (read_fd, acted_fd) = (0, 1);
+        if libc::syscall(libc::SYS_close_range, 2u32, u32::MAX, 0u32) != 0 {
+            for fd in 2..4096 {
                 libc::close(fd);
             }
         }
@@ -444,6 +454,7 @@ unsafe fn guard_main(read_fd: i32, grace_ns: i64, mut deadline: i64) -> ! {
                 None => -1,
                 Some((at, sig)) if at <= now => {
                     libc::kill(-pgid, sig);
+                    libc::write(acted_fd, b"!".as_ptr().cast(), 1);
                     if sig == libc::SIGKILL {
                         libc::_exit(0);
                     }
