@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::suite::conformance;
+use common::suite::{self, conformance};
 use common::*;
 use nix::sys::signal::Signal;
 
@@ -15,25 +15,12 @@ conformance!(redlock, Env::redlock(5));
 #[test]
 fn server_frozen_past_the_ttl_stops_the_child_before_expiry() {
     let env = Env::redis();
-    let (mut h, pid) = env.run_child(
-        "frz",
-        &["--ttl", "1500ms", "--kill-after", "300ms"],
-        "exec sleep 60",
+    suite::frozen_server_stops_child(
+        &env,
+        Duration::from_millis(1500),
+        Duration::from_millis(300),
+        |sig| env.redis[0].signal(sig),
     );
-    let t = Instant::now();
-    env.redis[0].signal(Signal::SIGSTOP);
-    wait_for(Duration::from_secs(5), "the child to be stopped", || {
-        !alive(pid)
-    });
-    // The last renewal was at most TTL/3 before the freeze: the child must be
-    // gone before that renewal's lease could end.
-    assert!(
-        t.elapsed() < Duration::from_millis(1500),
-        "child lived {:?} into the freeze",
-        t.elapsed()
-    );
-    assert_eq!(wait_timeout(&mut h, Duration::from_secs(20)), 74);
-    env.redis[0].signal(Signal::SIGCONT);
 }
 
 #[test]

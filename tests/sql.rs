@@ -3,9 +3,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::suite::conformance;
+use common::suite::{self, conformance};
 use common::torture;
 use common::*;
 use nix::sys::signal::Signal;
@@ -66,25 +66,14 @@ fn restart(env: &mut Env) {
 
 #[test]
 fn server_frozen_past_the_ttl_stops_the_child_before_expiry() {
-    for (name, make) in sql_envs() {
+    for (_name, make) in sql_envs() {
         let env = make();
-        let (mut h, pid) = env.run_child(
-            "frz",
-            &["--ttl", "2s", "--kill-after", "400ms"],
-            "exec sleep 60",
+        suite::frozen_server_stops_child(
+            &env,
+            Duration::from_secs(2),
+            Duration::from_millis(400),
+            |sig| freeze(&env, sig),
         );
-        let t = Instant::now();
-        freeze(&env, Signal::SIGSTOP);
-        wait_for(Duration::from_secs(6), "the child to be stopped", || {
-            !alive(pid)
-        });
-        assert!(
-            t.elapsed() < Duration::from_secs(2),
-            "{name}: child lived {:?} into the freeze",
-            t.elapsed()
-        );
-        freeze(&env, Signal::SIGCONT);
-        assert_eq!(wait_timeout(&mut h, Duration::from_secs(30)), 74, "{name}");
     }
 }
 

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::suite::conformance;
+use common::suite::{self, conformance};
 use common::*;
 use nix::sys::signal::Signal;
 
@@ -14,23 +14,12 @@ conformance!(zookeeper, Env::zookeeper());
 #[test]
 fn server_frozen_past_the_session_timeout_stops_the_child() {
     let env = Env::zookeeper();
-    let (mut h, pid) = env.run_child(
-        "frz",
-        &["--ttl", "2s", "--kill-after", "400ms"],
-        "exec sleep 60",
+    suite::frozen_server_stops_child(
+        &env,
+        Duration::from_secs(2),
+        Duration::from_millis(400),
+        |sig| env.zookeeper.as_ref().unwrap().signal(sig),
     );
-    let t = Instant::now();
-    env.zookeeper.as_ref().unwrap().signal(Signal::SIGSTOP);
-    wait_for(Duration::from_secs(6), "the child to be stopped", || {
-        !alive(pid)
-    });
-    assert!(
-        t.elapsed() < Duration::from_secs(2),
-        "child lived {:?} into the freeze",
-        t.elapsed()
-    );
-    env.zookeeper.as_ref().unwrap().signal(Signal::SIGCONT);
-    assert_eq!(wait_timeout(&mut h, Duration::from_secs(30)), 74);
 }
 
 #[test]

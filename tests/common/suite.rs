@@ -550,6 +550,38 @@ pub fn frozen_dlock_child_is_stopped_before_expiry(env: &Env) {
     assert_eq!(wait_timeout(&mut h, LONG), 74);
 }
 
+/// The server freezes (`freeze(SIGSTOP)`) under a holder: its child must be
+/// stopped within the TTL (the last renewal was at most TTL/3 before the
+/// freeze, so before that renewal's lease could end), and once the server
+/// thaws (`freeze(SIGCONT)`) dlock exits 74. Not part of the generic suite:
+/// each backend knows how to freeze its own server.
+pub fn frozen_server_stops_child(
+    env: &Env,
+    ttl: Duration,
+    kill_after: Duration,
+    freeze: impl Fn(Signal),
+) {
+    let (ttl_s, kill_s) = (
+        format!("{}ms", ttl.as_millis()),
+        format!("{}ms", kill_after.as_millis()),
+    );
+    let (mut h, pid) = env.run_child(
+        "frz",
+        &["--ttl", &ttl_s, "--kill-after", &kill_s],
+        "exec sleep 60",
+    );
+    let t = Instant::now();
+    freeze(Signal::SIGSTOP);
+    wait_for(ttl * 3, "the child to be stopped", || !alive(pid));
+    assert!(
+        t.elapsed() < ttl,
+        "child lived {:?} into the freeze",
+        t.elapsed()
+    );
+    freeze(Signal::SIGCONT);
+    assert_eq!(wait_timeout(&mut h, Duration::from_secs(30)), 74);
+}
+
 /// Wait for a dlock child and collect (exit code, stderr).
 trait WaitOutput {
     fn wait_with_output_timeout(&mut self) -> (i32, String);
