@@ -23,7 +23,7 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOpti
 use sqlx::{AssertSqlSafe, Connection, Row};
 use tokio::sync::Mutex;
 
-use super::sql::{Names, channel_name};
+use super::sql::{Names, channel_name, key_status};
 use super::{
     Attempt, Backend, Holder, KeyStatus, Lease, LeaseKind, LockSpec, Owner, PingInfo, Renewal,
     redact_url,
@@ -412,19 +412,10 @@ impl Backend for MysqlBackend {
                         .fetch_all(&self.pool),
                 )
                 .await?;
-            let mut limit = 1u32;
-            let mut holders = Vec::new();
-            for r in &rows {
+            out.push(key_status(k, &rows, |r| {
                 let lim: i32 = r.try_get("lim")?;
-                limit = limit.max(lim as u32);
-                holders.push(holder(r)?);
-            }
-            out.push(KeyStatus {
-                key: k,
-                limit,
-                holders,
-                waiters: None,
-            });
+                Ok((holder(r)?, lim as u32))
+            })?);
         }
         Ok(out)
     }

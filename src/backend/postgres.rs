@@ -21,7 +21,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow}
 use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::Mutex;
 
-use super::sql::{Names, channel_name};
+use super::sql::{Names, channel_name, key_status};
 use super::{
     Attempt, Backend, Holder, KeyStatus, Lease, LockSpec, Owner, PingInfo, Renewal, redact_url,
 };
@@ -379,19 +379,10 @@ impl Backend for PostgresBackend {
                         .fetch_all(&self.pool),
                 )
                 .await?;
-            let mut limit = 1u32;
-            let mut holders = Vec::new();
-            for r in &rows {
+            out.push(key_status(k, &rows, |r| {
                 let lim: i32 = r.try_get("lim")?;
-                limit = limit.max(lim as u32);
-                holders.push(holder(r)?.0);
-            }
-            out.push(KeyStatus {
-                key: k,
-                limit,
-                holders,
-                waiters: None,
-            });
+                Ok((holder(r)?.0, lim as u32))
+            })?);
         }
         Ok(out)
     }

@@ -3,6 +3,7 @@
 
 use anyhow::Result;
 
+use super::{Holder, KeyStatus};
 use crate::error::usage;
 
 /// Table names; `?dlock_table=NAME` in the URL changes the `dlock` prefix
@@ -53,6 +54,28 @@ impl Names {
             },
         ))
     }
+}
+
+/// One key's status from its live lease rows; `holder` reads a row as the
+/// holder and the `--limit` it was taken with. SQL does not know waiters.
+pub fn key_status<R>(
+    key: String,
+    rows: &[R],
+    holder: impl Fn(&R) -> Result<(Holder, u32)>,
+) -> Result<KeyStatus> {
+    let mut limit = 1u32;
+    let mut holders = Vec::with_capacity(rows.len());
+    for r in rows {
+        let (h, lim) = holder(r)?;
+        limit = limit.max(lim);
+        holders.push(h);
+    }
+    Ok(KeyStatus {
+        key,
+        limit,
+        holders,
+        waiters: None,
+    })
 }
 
 pub fn fnv64(parts: &[&str]) -> u64 {
