@@ -197,6 +197,7 @@ pub async fn supervise(
     let mut guard = GuardPipe(Some(guard_w));
     let parent = std::process::id() as i32;
     let tty_fg = foreground_tty();
+    let guard_fd = guard.0.as_ref().map_or(-1, |fd| fd.as_raw_fd());
 
     let mut cmd = tokio::process::Command::new(&program);
     cmd.args(&args).process_group(0).kill_on_drop(false);
@@ -207,10 +208,15 @@ pub async fn supervise(
         cmd.env(k, v);
     }
     // SAFETY: the closure runs in the forked child before exec and makes only
-    // async-signal-safe calls (prctl, getppid, sigprocmask, tcsetpgrp); it
-    // allocates nothing.
+    // async-signal-safe calls (write, prctl, getppid, sigprocmask, tcsetpgrp);
+    // it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
+            // The guard's first message, whom to kill, comes from the child
+            // itself before the command runs: were dlock frozen the moment
+            // spawn returned, the guard would otherwise not know the group.
+            let me = i64::from(libc::getpid()).to_ne_bytes();
+            libc::write(guard_fd, me.as_ptr().cast(), me.len());
             libc::prctl(
                 libc::PR_SET_PDEATHSIG,
                 libc::SIGKILL as libc::c_ulong,
@@ -247,8 +253,6 @@ pub async fn supervise(
         }
     };
     let pgid = Pid::from_raw(child.id().context("child has no pid")? as i32);
-    // The guard's first message: whom to kill.
-    guard.send(i64::from(pgid.as_raw()));
     tracing::info!(
         event = "started",
         pid = pgid.as_raw(),
@@ -407,8 +411,9 @@ fn restore_terminal() {
 /// The guard's whole life: raw syscalls only, no allocation.
 ///
 /// Protocol on the pipe, 8-byte native-endian i64s: first the child's
-/// process group; then each new lease deadline (CLOCK_BOOTTIME ns, or -1 for
-/// none); 0 disarms. EOF before a disarm means dlock died.
+/// process group (written by the child itself, before exec); then each new
+/// lease deadline (CLOCK_BOOTTIME ns, or -1 for none); 0 disarms. EOF before
+/// a disarm means dlock died.
 ///
 /// # Safety
 /// Must only be called in a freshly forked child; it never returns.
