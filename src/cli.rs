@@ -91,6 +91,10 @@ pub struct GlobalArgs {
     /// Format of log lines on stderr.
     #[arg(long, global = true, env = "DLOCK_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+
+    /// Colour in `status` and `doctor` output [default: auto: on a terminal, unless NO_COLOR is set].
+    #[arg(long, global = true, env = "DLOCK_COLOR", value_name = "WHEN")]
+    pub color: Option<ColorWhen>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -107,6 +111,15 @@ pub enum Command {
     Status(StatusArgs),
     /// Connect to the backend and print its kind, version and round-trip time.
     Ping,
+    /// Check the backend for what would make locks unsafe or slow, and say how to fix it.
+    ///
+    /// Checks every server of a Redlock set or cluster, the round-trip time
+    /// against the TTL, this host's clock against the server's, persistence
+    /// of Redis servers, a ZooKeeper session timeout the server clamps, and
+    /// an SQLite file on a network filesystem. Exits 0 when nothing is wrong
+    /// (warnings allowed unless --strict), 1 when something is, 69 when no
+    /// server answers.
+    Doctor(DoctorArgs),
     /// Print a shell completion script.
     Completions {
         /// The shell to complete for.
@@ -171,6 +184,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "D", value_parser = parse_duration)]
     pub lock_at_least: Option<Duration>,
 
+    /// Write Prometheus metrics of this run to FILE when it ends (atomically).
+    ///
+    /// In the node_exporter textfile-collector format: seconds waited and
+    /// held, the outcome, the exit code, the fencing token and the time of
+    /// the last success, labelled by key. Use one file per job.
+    #[arg(long, value_name = "FILE", env = "DLOCK_METRICS_FILE")]
+    pub metrics_file: Option<PathBuf>,
+
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -221,6 +242,29 @@ pub struct StatusArgs {
     /// Print a JSON array, one object per key.
     #[arg(long)]
     pub json: bool,
+
+    /// Refresh every D (default 2s) until interrupted; with --json, one array per line.
+    #[arg(long, value_name = "D", value_parser = parse_duration, num_args = 0..=1, default_missing_value = "2s")]
+    pub watch: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The TTL you mean to use, to judge round-trip times and clamping against [default: 30s].
+    #[arg(long, short = 't', value_name = "D", value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
+
+    /// The largest clock difference with the server that passes [default: 1s].
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    pub max_skew: Option<Duration>,
+
+    /// Count warnings as failures too.
+    #[arg(long)]
+    pub strict: bool,
+
+    /// Print a JSON array of checks instead of lines.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
@@ -230,6 +274,15 @@ pub enum OnLost {
     Kill,
     /// Only warn on stderr; the child runs on (and dlock still exits 74).
     Ignore,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ColorWhen {
+    /// On a terminal, unless NO_COLOR is set.
+    Auto,
+    Always,
+    Never,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]

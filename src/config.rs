@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Result;
 use serde::{Deserialize, Deserializer};
 
-use crate::cli::{GlobalArgs, LockArgs, LogFormat, OnLost, RunArgs};
+use crate::cli::{ColorWhen, GlobalArgs, LockArgs, LogFormat, OnLost, RunArgs};
 use crate::error::{Error, usage};
 use crate::exit_code;
 
@@ -46,6 +46,8 @@ pub struct FileConfig {
     lock_at_least: Option<Duration>,
     shell: Option<bool>,
     log_format: Option<LogFormat>,
+    color: Option<ColorWhen>,
+    metrics_file: Option<PathBuf>,
     #[serde(default)]
     profile: BTreeMap<String, FileConfig>,
 }
@@ -88,6 +90,8 @@ impl FileConfig {
             lock_at_least: over.lock_at_least.or(self.lock_at_least),
             shell: over.shell.or(self.shell),
             log_format: over.log_format.or(self.log_format),
+            color: over.color.or(self.color),
+            metrics_file: over.metrics_file.or(self.metrics_file),
             profile: BTreeMap::new(),
         }
     }
@@ -110,6 +114,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub verbose: u8,
     pub quiet: bool,
+    /// Whether `status` and `doctor` colour their output on stdout.
+    pub color: bool,
     file: std::sync::Arc<FileConfig>,
 }
 
@@ -130,6 +136,7 @@ pub struct RunSettings {
     pub on_lost: OnLost,
     pub lock_at_least: Option<Duration>,
     pub shell: bool,
+    pub metrics_file: Option<PathBuf>,
 }
 
 impl Settings {
@@ -168,8 +175,29 @@ impl Settings {
             log_format: g.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
             verbose: g.verbose,
             quiet: g.quiet,
+            color: match g.color.or(file.color).unwrap_or(ColorWhen::Auto) {
+                ColorWhen::Always => true,
+                ColorWhen::Never => false,
+                ColorWhen::Auto => {
+                    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+                        && std::io::IsTerminal::is_terminal(&std::io::stdout())
+                }
+            },
             file: std::sync::Arc::new(file),
         })
+    }
+
+    /// The TTL: the flag's, else the config file's, else the default; at
+    /// least 100ms.
+    pub fn ttl(&self, flag: Option<Duration>) -> Result<Duration> {
+        let ttl = flag.or(self.file.ttl).unwrap_or(DEFAULT_TTL);
+        if ttl < Duration::from_millis(100) {
+            return Err(usage(format!(
+                "--ttl {} is too short: a lease must last at least 100ms to be renewed in time",
+                humantime::format_duration(ttl)
+            )));
+        }
+        Ok(ttl)
     }
 
     pub fn lock(&self, a: &LockArgs) -> Result<LockSettings> {
@@ -182,13 +210,7 @@ impl Settings {
         // order never wait on each other crosswise.
         keys.sort();
         keys.dedup();
-        let ttl = a.ttl.or(f.ttl).unwrap_or(DEFAULT_TTL);
-        if ttl < Duration::from_millis(100) {
-            return Err(usage(format!(
-                "--ttl {} is too short: a lease must last at least 100ms to be renewed in time",
-                humantime::format_duration(ttl)
-            )));
-        }
+        let ttl = self.ttl(a.ttl)?;
         let wait = if a.no_wait {
             Wait::No
         } else if let Some(d) = a.wait {
@@ -223,6 +245,7 @@ impl Settings {
             on_lost: a.on_lost.or(f.on_lost).unwrap_or(OnLost::Kill),
             lock_at_least: a.lock_at_least.or(f.lock_at_least),
             shell: a.shell || f.shell == Some(true),
+            metrics_file: a.metrics_file.clone().or(f.metrics_file.clone()),
         })
     }
 }

@@ -172,12 +172,22 @@ async fn renew_loop(
                     return;
                 }
                 Ok(Err(e)) => {
-                    tracing::warn!(key = l.key, "renewal failed: {e:#}");
+                    tracing::warn!(
+                        event = "renew_failed",
+                        key = l.key,
+                        error = format!("{e:#}"),
+                        "renewal failed"
+                    );
                     ok = false;
                     break;
                 }
                 Err(_) => {
-                    tracing::warn!(key = l.key, "renewal timed out");
+                    tracing::warn!(
+                        event = "renew_failed",
+                        key = l.key,
+                        error = "timed out",
+                        "renewal timed out"
+                    );
                     ok = false;
                     break;
                 }
@@ -187,7 +197,13 @@ async fn renew_loop(
             let until = sent + ttl.saturating_sub(margin(ttl));
             state.lock().unwrap().safe_until = Some(until);
             let _ = safe.send(Some(until));
-            tracing::debug!(event = "renewed", "leases renewed");
+            tracing::info!(
+                event = "renewed",
+                keys = ?leases.iter().map(|l| l.key.as_str()).collect::<Vec<_>>(),
+                rtt_ms = sent.elapsed().as_secs_f64() * 1e3,
+                valid_ms = ttl.saturating_sub(margin(ttl)).as_millis() as u64,
+                "leases renewed"
+            );
             next = sent + period;
         } else {
             next = Instant::now() + retry;

@@ -24,11 +24,14 @@
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod error;
 pub mod exit_code;
 pub mod handle;
 pub mod host;
 pub mod lease;
+pub mod metrics;
+pub mod progress;
 pub mod status;
 pub mod supervise;
 
@@ -73,6 +76,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Release(a) => cmd_release(&conn, a).await,
         Command::Status(a) => cmd_status(&conn, a).await,
         Command::Ping => cmd_ping(&conn).await,
+        Command::Doctor(a) => cmd_doctor(&conn, a).await,
         Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
     };
     if let Some(b) = conn.backend.get() {
@@ -212,8 +216,22 @@ fn busy_message(busy: &lease::Busy, waited: Option<Duration>) -> String {
     m
 }
 
-/// Take every key, or say why not. `Ok(Err(code))` is the exit code for
-/// "not acquired" (busy, or a signal while waiting).
+/// Why the keys were not taken, with the exit code to use.
+#[derive(Debug, Clone, Copy)]
+enum NotTaken {
+    Busy(i32),
+    Interrupted(i32),
+}
+
+impl NotTaken {
+    fn code(self) -> i32 {
+        match self {
+            NotTaken::Busy(c) | NotTaken::Interrupted(c) => c,
+        }
+    }
+}
+
+/// Take every key, or say why not.
 async fn take_locks(
     s: &Settings,
     backend: &Arc<dyn Backend>,
@@ -221,23 +239,29 @@ async fn take_locks(
     me: &Owner,
     keeper: &Keeper,
     signals: &mut Signals,
-) -> Result<std::result::Result<(), i32>> {
+) -> Result<std::result::Result<(), NotTaken>> {
     let started = Instant::now();
     tracing::info!(event = "waiting", keys = ?lock.keys, backend = backend.describe(), "acquiring");
     let mut lost = keeper.lost();
+    let line = progress::WaitLine::new(s, lock);
     let outcome = tokio::select! {
-        r = acquire_all(backend.as_ref(), &s.namespace, lock, me, keeper) => r.map_err(|e| backend_error(backend.as_ref(), e))?,
+        r = acquire_all(backend.as_ref(), &s.namespace, lock, me, keeper) => r.map_err(|e| backend_error(backend.as_ref(), e)),
+        () = line.show(backend.as_ref(), &s.namespace, keeper, started) => unreachable!("the waiting line never ends"),
         sig = signals.recv() => {
+            line.clear();
             release_all(backend.as_ref(), &keeper.leases()).await;
-            tracing::info!(event = "interrupted", signal = sig.as_str(), "gave up waiting");
-            return Ok(Err(exit_code::SIGNAL_BASE + sig as i32));
+            tracing::info!(event = "interrupted", signal = sig.as_str(), waited_ms = started.elapsed().as_millis() as u64, "gave up waiting");
+            return Ok(Err(NotTaken::Interrupted(exit_code::SIGNAL_BASE + sig as i32)));
         }
         _ = lost.changed() => {
+            line.clear();
             release_all(backend.as_ref(), &keeper.leases()).await;
             let msg = lost.borrow().as_ref().map(|l| l.message.clone()).unwrap_or_default();
             return Err(Error::Lost(format!("{msg} while waiting for the other keys")).into());
         }
     };
+    line.clear();
+    let outcome = outcome?;
     let waited = started.elapsed();
     match outcome {
         Ok(()) => {
@@ -262,7 +286,7 @@ async fn take_locks(
                 let w = (lock.wait != config::Wait::No).then_some(waited);
                 eprintln!("dlock: {}", busy_message(&busy, w));
             }
-            Ok(Err(lock.conflict_exit_code))
+            Ok(Err(NotTaken::Busy(lock.conflict_exit_code)))
         }
     }
 }
@@ -276,10 +300,62 @@ fn fmt_secs(d: Duration) -> String {
     }
 }
 
+/// What a run got as far as, for `--metrics-file`.
+#[derive(Debug, Default)]
+struct Trace {
+    waited: Duration,
+    held: Duration,
+    token: Option<u64>,
+    not_taken: Option<NotTaken>,
+    lost: bool,
+}
+
 async fn cmd_run(c: &Connector<'_>, a: cli::RunArgs) -> Result<i32> {
     let s = c.settings;
-    let mut lock = s.lock(&a.lock)?;
+    let lock = s.lock(&a.lock)?;
     let rs = s.run(&a)?;
+    let mut trace = Trace::default();
+    let result = run_locked(c, &a, lock.clone(), &rs, &mut trace).await;
+    if let Some(path) = &rs.metrics_file {
+        use metrics::Outcome;
+        let (outcome, code) = match &result {
+            Err(e) => (Outcome::Error, error::exit_code_of(e)),
+            Ok(code) => (
+                match trace.not_taken {
+                    Some(NotTaken::Busy(_)) => Outcome::Busy,
+                    Some(NotTaken::Interrupted(_)) => Outcome::Interrupted,
+                    None if trace.lost => Outcome::Lost,
+                    None if *code == 0 => Outcome::Success,
+                    None => Outcome::Failed,
+                },
+                *code,
+            ),
+        };
+        let rec = metrics::RunRecord {
+            key: lock.keys.join(","),
+            namespace: s.namespace.clone(),
+            outcome,
+            exit_code: code,
+            waited: trace.waited,
+            held: trace.held,
+            token: trace.token,
+            ended: std::time::SystemTime::now(),
+        };
+        if let Err(e) = metrics::write(path, &rec) {
+            eprintln!("dlock: {e:#}");
+        }
+    }
+    result
+}
+
+async fn run_locked(
+    c: &Connector<'_>,
+    a: &cli::RunArgs,
+    mut lock: config::LockSettings,
+    rs: &config::RunSettings,
+    trace: &mut Trace,
+) -> Result<i32> {
+    let s = c.settings;
     let mut signals = Signals::install()?;
     let backend = c.get().await?;
     lock.ttl = backend
@@ -293,12 +369,17 @@ async fn cmd_run(c: &Connector<'_>, a: cli::RunArgs) -> Result<i32> {
         s.connect_timeout,
         grace(rs.kill_after, lock.ttl),
     );
-    if let Err(code) = take_locks(s, &backend, &lock, &me, &keeper, &mut signals).await? {
+    let started = Instant::now();
+    let taken = take_locks(s, &backend, &lock, &me, &keeper, &mut signals).await;
+    trace.waited = started.elapsed();
+    if let Err(not) = taken? {
         keeper.stop();
-        return Ok(code);
+        trace.not_taken = Some(not);
+        return Ok(not.code());
     }
     let acquired = Instant::now();
     let leases = keeper.leases();
+    trace.token = leases.iter().map(|l| l.token).max();
     let mut env = vec![
         ("DLOCK_KEY".to_string(), lock.keys.join(",")),
         (
@@ -330,10 +411,13 @@ async fn cmd_run(c: &Connector<'_>, a: cli::RunArgs) -> Result<i32> {
         Ok(o) => o,
         Err(e) => {
             release_all(backend.as_ref(), &keeper.stop()).await;
+            trace.held = acquired.elapsed();
             return Err(e);
         }
     };
     let lost = outcome.lost.is_some();
+    trace.lost = lost;
+    trace.held = acquired.elapsed();
     if !lost && let Some(least) = rs.lock_at_least {
         let remaining = least.saturating_sub(acquired.elapsed());
         if !remaining.is_zero() {
@@ -383,9 +467,9 @@ async fn cmd_acquire(c: &Connector<'_>, a: cli::AcquireArgs) -> Result<i32> {
     let backend = c.get().await?;
     let me = owner(LeaseKind::Handle)?;
     let keeper = Keeper::start(backend.clone(), lock.ttl, s.connect_timeout, Duration::ZERO);
-    if let Err(code) = take_locks(s, &backend, &lock, &me, &keeper, &mut signals).await? {
+    if let Err(not) = take_locks(s, &backend, &lock, &me, &keeper, &mut signals).await? {
         keeper.stop();
-        return Ok(code);
+        return Ok(not.code());
     }
     let leases = keeper.stop();
     println!("{}", Handle::new(&s.namespace, lock.ttl, &leases).encode());
@@ -488,28 +572,80 @@ async fn cmd_status(c: &Connector<'_>, a: cli::StatusArgs) -> Result<i32> {
         config::validate_name("key", k)?;
     }
     let backend = c.get().await?;
-    let st = backend
-        .status(&s.namespace, &a.keys)
-        .await
-        .map_err(|e| backend_error(backend.as_ref(), e))?;
-    let mut out = std::io::stdout().lock();
-    if a.json {
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&status::to_json(&st))?
-        )?;
+    let Some(every) = a.watch else {
+        let st = backend
+            .status(&s.namespace, &a.keys)
+            .await
+            .map_err(|e| backend_error(backend.as_ref(), e))?;
+        let mut out = std::io::stdout().lock();
+        write!(out, "{}", render_status(s, backend.as_ref(), &st, a.json)?)?;
+        return Ok(exit_code::SUCCESS);
+    };
+    if every < Duration::from_millis(100) {
+        return Err(usage("--watch must be at least 100ms"));
+    }
+    // Refresh until interrupted, which is the normal way to stop: exit 0.
+    let mut signals = Signals::install()?;
+    let in_place = !a.json && std::io::IsTerminal::is_terminal(&std::io::stdout());
+    loop {
+        let t0 = Instant::now();
+        let st =
+            tokio::time::timeout(s.connect_timeout, backend.status(&s.namespace, &a.keys)).await;
+        let body = match st {
+            Ok(Ok(st)) if a.json => serde_json::to_string(&status::to_json(&st))? + "\n",
+            Ok(Ok(st)) => render_status(s, backend.as_ref(), &st, false)?,
+            Ok(Err(e)) => format!("dlock: {:#}\n", backend_error(backend.as_ref(), e)),
+            Err(_) => format!(
+                "dlock: backend {} did not answer within {}\n",
+                backend.describe(),
+                status::human_duration(s.connect_timeout)
+            ),
+        };
+        let mut out = std::io::stdout().lock();
+        if a.json {
+            write!(out, "{body}")?;
+        } else {
+            let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+            let head = format!(
+                "Every {}: dlock status on {}    {now}",
+                status::human_duration(every),
+                backend.describe()
+            );
+            let head = status::Paint(s.color).paint(status::Paint::DIM, &head);
+            if in_place {
+                // Home and clear, like watch(1).
+                write!(out, "\x1b[H\x1b[2J{head}\n\n{body}")?;
+            } else {
+                write!(out, "{head}\n{body}\n")?;
+            }
+        }
+        out.flush()?;
+        drop(out);
+        tokio::select! {
+            () = tokio::time::sleep_until((t0 + every).into()) => {}
+            _ = signals.recv() => return Ok(exit_code::SUCCESS),
+        }
+    }
+}
+
+/// The table (or JSON) for one look at the locks.
+fn render_status(
+    s: &Settings,
+    backend: &dyn Backend,
+    st: &[backend::KeyStatus],
+    json: bool,
+) -> Result<String> {
+    Ok(if json {
+        serde_json::to_string_pretty(&status::to_json(st))? + "\n"
     } else if st.is_empty() {
-        writeln!(
-            out,
-            "no lock is held in namespace {:?} on {}",
+        format!(
+            "no lock is held in namespace {:?} on {}\n",
             s.namespace,
             backend.describe()
-        )?;
+        )
     } else {
-        write!(out, "{}", status::table(&st))?;
-    }
-    Ok(exit_code::SUCCESS)
+        status::table(st, status::Paint(s.color))
+    })
 }
 
 async fn cmd_ping(c: &Connector<'_>) -> Result<i32> {
@@ -537,6 +673,52 @@ async fn cmd_ping(c: &Connector<'_>) -> Result<i32> {
         rtt.as_secs_f64() * 1e3
     );
     Ok(exit_code::SUCCESS)
+}
+
+async fn cmd_doctor(c: &Connector<'_>, a: cli::DoctorArgs) -> Result<i32> {
+    let s = c.settings;
+    let ttl = s.ttl(a.ttl)?;
+    let max_skew = a.max_skew.unwrap_or(Duration::from_secs(1));
+    let shown = s
+        .backends
+        .iter()
+        .map(|u| redact_url(u))
+        .collect::<Vec<_>>()
+        .join(",");
+    let (checks, code) = match c.get().await {
+        Ok(backend) => {
+            let checks = doctor::examine(backend.as_ref(), ttl, max_skew, s.connect_timeout).await;
+            let unreachable = !checks
+                .iter()
+                .any(|c| c.name == "reachable" && c.level == doctor::Level::Ok);
+            (checks, unreachable.then_some(exit_code::UNAVAILABLE))
+        }
+        Err(e) => {
+            let code = error::exit_code_of(&e);
+            if code != exit_code::UNAVAILABLE {
+                return Err(e);
+            }
+            let check = doctor::Check::new(doctor::Level::Fail, "reachable", format!("{e:#}"))
+                .fix("check the URL, that the server runs, and that this host may reach it");
+            (vec![check], Some(code))
+        }
+    };
+    let report = doctor::Report {
+        backend: shown,
+        ttl,
+        checks,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+    } else {
+        print!("{}", report.text(status::Paint(s.color)));
+    }
+    let worst = report.worst();
+    Ok(match code {
+        Some(code) => code,
+        None if worst == doctor::Level::Fail || (a.strict && worst == doctor::Level::Warn) => 1,
+        None => exit_code::SUCCESS,
+    })
 }
 
 /// Used by `main` for the top-level error message.

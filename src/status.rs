@@ -98,9 +98,34 @@ pub fn to_json(statuses: &[KeyStatus]) -> Value {
     )
 }
 
+/// ANSI styles, or nothing when colour is off.
+#[derive(Debug, Clone, Copy)]
+pub struct Paint(pub bool);
+
+impl Paint {
+    pub const BOLD: &'static str = "1";
+    pub const DIM: &'static str = "2";
+    pub const RED: &'static str = "31";
+    pub const GREEN: &'static str = "32";
+    pub const YELLOW: &'static str = "33";
+    pub const MAGENTA: &'static str = "35";
+
+    pub fn paint(self, style: &str, text: &str) -> String {
+        if self.0 && !style.is_empty() && !text.is_empty() {
+            format!("\x1b[{style}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    }
+}
+
 /// The `status` table, one line per holder (a free key gets one line).
-pub fn table(statuses: &[KeyStatus]) -> String {
+/// Colour marks free and held keys, expired leases and holders that are not
+/// dlock (another client of the same recipe, whose owner is unknown).
+pub fn table(statuses: &[KeyStatus], paint: Paint) -> String {
     let now = SystemTime::now();
+    // Each row's cells, and the style of each cell ("" for none).
+    let mut styles: Vec<[&str; 8]> = vec![[Paint::BOLD; 8]];
     let mut rows: Vec<[String; 8]> = vec![[
         "KEY".into(),
         "STATE".into(),
@@ -122,6 +147,7 @@ pub fn table(statuses: &[KeyStatus]) -> String {
             }
         };
         if k.holders.is_empty() {
+            styles.push(["", Paint::GREEN, "", "", "", "", "", ""]);
             rows.push([
                 k.key.clone(),
                 "free".into(),
@@ -135,6 +161,21 @@ pub fn table(statuses: &[KeyStatus]) -> String {
             continue;
         }
         for (i, h) in k.holders.iter().enumerate() {
+            let expired = h.expires_at.is_some_and(|e| e <= now);
+            styles.push([
+                "",
+                Paint::YELLOW,
+                if h.owner.is_none() {
+                    Paint::MAGENTA
+                } else {
+                    ""
+                },
+                "",
+                "",
+                if expired { Paint::RED } else { "" },
+                "",
+                "",
+            ]);
             rows.push([
                 if i == 0 { k.key.clone() } else { String::new() },
                 if i == 0 {
@@ -162,14 +203,17 @@ pub fn table(statuses: &[KeyStatus]) -> String {
         }
     }
     let mut out = String::new();
-    for r in &rows {
-        let line = r
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
+    for (r, st) in rows.iter().zip(&styles) {
+        let last = r.iter().rposition(|c| !c.is_empty()).unwrap_or(0);
+        let cells = r.iter().zip(widths).zip(st).take(last + 1).enumerate();
+        let line = cells
+            .map(|(i, ((c, w), style))| {
+                let pad = if i == last { 0 } else { w - c.chars().count() };
+                format!("{}{}", paint.paint(style, c), " ".repeat(pad))
+            })
             .collect::<Vec<_>>()
             .join("  ");
-        out.push_str(line.trim_end());
+        out.push_str(&line);
         out.push('\n');
     }
     out

@@ -23,12 +23,16 @@ use super::{
     Attempt, Backend, Holder, KeyStatus, Lease, LeaseKind, LockSpec, Owner, PingInfo, Renewal,
     redact_url,
 };
+use crate::doctor::{Check, Level};
 use crate::error::{Error, unavailable, usage};
 
 pub struct EtcdBackend {
     shown: String,
     client: ec::Client,
     timeout: Duration,
+    /// Every endpoint in the URL, and how to connect, for `doctor`.
+    listed: Vec<String>,
+    opts: ec::ConnectOptions,
     /// Our keys, by (namespace, key): (etcd key, lease id).
     mine: Mutex<HashMap<(String, String), (String, i64)>>,
 }
@@ -104,6 +108,7 @@ impl EtcdBackend {
         }
         // The client balances requests over its endpoints without skipping a
         // dead one, so start with the members that answer now.
+        let listed = endpoints.clone();
         let endpoints = if endpoints.len() > 1 {
             let probes = futures_util::future::join_all(endpoints.iter().map(|ep| {
                 let opts = opts.clone();
@@ -130,7 +135,7 @@ impl EtcdBackend {
         };
         let client = match tokio::time::timeout(
             timeout,
-            ec::Client::connect(&endpoints, Some(opts)),
+            ec::Client::connect(&endpoints, Some(opts.clone())),
         )
         .await
         {
@@ -146,6 +151,8 @@ impl EtcdBackend {
             shown,
             client,
             timeout,
+            listed,
+            opts,
             mine: Mutex::new(HashMap::new()),
         };
         // The connection is lazy: make sure somebody answers now (exit 69).
@@ -466,5 +473,64 @@ impl Backend for EtcdBackend {
             version: s.version().to_string(),
             detail: self.shown.clone(),
         })
+    }
+
+    async fn doctor(&self, _ttl: Duration, timeout: Duration) -> Vec<Check> {
+        let mut out = Vec::new();
+        let fix = "bring it back: every member down is one fault less the cluster survives";
+        let mut answered = 0;
+        for ep in &self.listed {
+            let probe = tokio::time::timeout(timeout, async {
+                let mut c = ec::Client::connect([ep.as_str()], Some(self.opts.clone())).await?;
+                c.status().await
+            })
+            .await;
+            match probe {
+                Ok(Ok(st)) if st.leader() == 0 => out.push(
+                    Check::new(
+                        Level::Fail,
+                        "member",
+                        format!(
+                            "{ep} answers but knows no leader: the cluster has lost its quorum"
+                        ),
+                    )
+                    .fix("bring members back until a majority runs"),
+                ),
+                Ok(Ok(_)) => answered += 1,
+                Ok(Err(e)) => out.push(
+                    Check::new(Level::Fail, "member", format!("{ep} does not answer: {e}"))
+                        .fix(fix),
+                ),
+                Err(_) => out.push(
+                    Check::new(
+                        Level::Fail,
+                        "member",
+                        format!("{ep} did not answer within {timeout:?}"),
+                    )
+                    .fix(fix),
+                ),
+            }
+        }
+        if answered == self.listed.len() {
+            out.push(Check::ok(
+                "members",
+                format!("all {answered} listed endpoints answer and know a leader"),
+            ));
+        }
+        let mut c = self.client.clone();
+        if let Ok(Ok(m)) = tokio::time::timeout(timeout, c.member_list()).await {
+            let members = m.members().len();
+            if members > self.listed.len() {
+                out.push(Check::new(
+                    Level::Info,
+                    "members",
+                    format!(
+                        "the cluster has {members} members but the URL lists {}: list them all so dlock can fail over",
+                        self.listed.len()
+                    ),
+                ));
+            }
+        }
+        out
     }
 }

@@ -179,6 +179,18 @@ pub trait Backend: Send + Sync {
 
     async fn ping(&self) -> Result<PingInfo>;
 
+    /// The server's wall clock now, if the service tells it (for `doctor`).
+    async fn server_time(&self) -> Result<Option<SystemTime>> {
+        Ok(None)
+    }
+
+    /// Findings of this backend's own for `doctor`, each step bounded by
+    /// `timeout`.
+    async fn doctor(&self, ttl: Duration, timeout: Duration) -> Vec<crate::doctor::Check> {
+        let _ = (ttl, timeout);
+        Vec::new()
+    }
+
     /// Close connections cleanly before the process exits.
     async fn close(&self) {}
 }

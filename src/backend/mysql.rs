@@ -23,7 +23,7 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOpti
 use sqlx::{AssertSqlSafe, Connection, Row};
 use tokio::sync::Mutex;
 
-use super::sql::{Names, channel_name, key_status};
+use super::sql::{Names, channel_name, epoch_micros, key_status};
 use super::{
     Attempt, Backend, Holder, KeyStatus, Lease, LeaseKind, LockSpec, Owner, PingInfo, Renewal,
     redact_url,
@@ -437,5 +437,16 @@ impl Backend for MysqlBackend {
             version: v,
             detail: self.shown.clone(),
         })
+    }
+
+    async fn server_time(&self) -> Result<Option<SystemTime>> {
+        let us: i64 = self
+            .bounded(
+                "reading the server's clock",
+                sqlx::query_scalar("SELECT CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)")
+                    .fetch_one(&self.pool),
+            )
+            .await?;
+        Ok(Some(epoch_micros(us)))
     }
 }

@@ -21,7 +21,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow}
 use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::Mutex;
 
-use super::sql::{Names, channel_name, key_status};
+use super::sql::{Names, channel_name, epoch_micros, key_status};
 use super::{
     Attempt, Backend, Holder, KeyStatus, Lease, LockSpec, Owner, PingInfo, Renewal, redact_url,
 };
@@ -399,5 +399,18 @@ impl Backend for PostgresBackend {
             version: v,
             detail: self.shown.clone(),
         })
+    }
+
+    async fn server_time(&self) -> Result<Option<SystemTime>> {
+        let us: i64 = self
+            .bounded(
+                "reading the server's clock",
+                sqlx::query_scalar(
+                    "SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint",
+                )
+                .fetch_one(&self.pool),
+            )
+            .await?;
+        Ok(Some(epoch_micros(us)))
     }
 }

@@ -39,6 +39,8 @@ use redis::{
 };
 use tokio::sync::Mutex;
 
+mod doctor;
+
 use super::{
     Attempt, Backend, Holder, KeyStatus, Lease, LockSpec, Owner, PingInfo, Renewal, redact_url,
 };
@@ -968,6 +970,32 @@ impl Backend for RedisBackend {
             version: versions.join(","),
             detail: self.describe(),
         })
+    }
+
+    async fn server_time(&self) -> Result<Option<SystemTime>> {
+        let mut last = None;
+        for n in &self.nodes {
+            let mut c = n.conn.clone();
+            let t = tokio::time::timeout(
+                self.op_timeout,
+                redis::cmd("TIME").query_async::<(u64, u64)>(&mut c),
+            )
+            .await;
+            match t {
+                Ok(Ok((secs, micros))) => {
+                    return Ok(Some(
+                        UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros),
+                    ));
+                }
+                Ok(Err(e)) => last = Some(e.to_string()),
+                Err(_) => last = Some(format!("{} did not answer TIME", n.shown)),
+            }
+        }
+        Err(anyhow::anyhow!(last.unwrap_or_default()))
+    }
+
+    async fn doctor(&self, _ttl: Duration, timeout: Duration) -> Vec<crate::doctor::Check> {
+        self.diagnose(timeout).await
     }
 }
 

@@ -112,3 +112,8 @@ mod tests {
         );
     }
 }
+
+/// A server's clock reading in microseconds since the epoch.
+pub fn epoch_micros(us: i64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_micros(us.max(0) as u64)
+}

@@ -34,6 +34,7 @@ use tokio::sync::{Mutex, watch};
 use super::{
     Attempt, Backend, Holder, KeyStatus, Lease, LeaseKind, LockSpec, Owner, PingInfo, Renewal,
 };
+use crate::doctor::{Check, Level};
 use crate::error::{unavailable, usage};
 
 const SCHEMA: &str = "
@@ -626,6 +627,66 @@ impl Backend for SqliteBackend {
             detail: self.path.display().to_string(),
         })
     }
+
+    async fn doctor(&self, _ttl: Duration, _timeout: Duration) -> Vec<Check> {
+        let mut out = vec![Check::new(
+            Level::Info,
+            "scope",
+            "the embedded backend excludes processes on this host only",
+        )
+        .fix("to lock across machines, use a server backend (redis://, zk://, postgres://, mysql://, etcd://)")];
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        out.push(match filesystem_of(dir) {
+            Some((name, true)) => Check::new(
+                Level::Fail,
+                "filesystem",
+                format!(
+                    "{} is on a network filesystem ({name}): SQLite's and flock's locks are not reliable there, and several hosts sharing the file do not exclude each other",
+                    self.path.display()
+                ),
+            )
+            .fix("keep the database on a local disk (the default under ~/.local/state), and use a server backend across hosts"),
+            Some((name, false)) => Check::ok("filesystem", format!("{} is on a local filesystem ({name})", self.path.display())),
+            None => Check::new(Level::Warn, "filesystem", format!("cannot tell the filesystem of {}", dir.display())),
+        });
+        out
+    }
+}
+
+/// The filesystem type of `dir`, and whether it is a network filesystem.
+fn filesystem_of(dir: &Path) -> Option<(&'static str, bool)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statfs fills the struct we pass from a NUL-terminated path.
+    let magic = unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        if libc::statfs(c.as_ptr(), &mut st) != 0 {
+            return None;
+        }
+        st.f_type as u64
+    };
+    Some(match magic {
+        0x6969 => ("nfs", true),
+        0xFF53_4D42 => ("cifs", true),
+        0xFE53_4D42 => ("smb2", true),
+        0x517B => ("smb", true),
+        0x0102_1997 => ("9p", true),
+        0x00C3_6400 => ("ceph", true),
+        0x6573_5546 => ("fuse", true),
+        0x0BD0_0BD0 => ("lustre", true),
+        0x4750_4653 => ("gpfs", true),
+        0xEF53 => ("ext4", false),
+        0x5846_5342 => ("xfs", false),
+        0x9123_683E => ("btrfs", false),
+        0x0102_1994 => ("tmpfs", false),
+        0x794C_7630 => ("overlayfs", false),
+        0x2FC1_2FC1 => ("zfs", false),
+        0xF2F5_2010 => ("f2fs", false),
+        _ => ("other local", false),
+    })
 }
 
 #[cfg(test)]

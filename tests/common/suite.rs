@@ -37,6 +37,10 @@ macro_rules! conformance {
                 status_json_fields,
                 frozen_dlock_child_is_stopped_before_expiry,
                 faults_never_overlap,
+                status_table_for_free_held_and_semaphore_keys,
+                metrics_file_records_success_busy_and_loss,
+                waiting_line_only_on_a_terminal,
+                doctor_reports_every_check,
             );
         }
     };
@@ -597,4 +601,271 @@ impl WaitOutput for std::process::Child {
         }
         (c, s)
     }
+}
+
+/// The `status` table and JSON for a free key, a held key and a semaphore
+/// with two holders; colour only when asked for (stdout is not a terminal).
+pub fn status_table_for_free_held_and_semaphore_keys(env: &Env) {
+    let (held, sem, free) = (key("tab-held"), key("tab-sem"), key("tab-free"));
+    let mut h1 = hold(env, &held, &[], "sleep 30");
+    let mut s1 = hold(env, &sem, &["--limit", "2"], "sleep 30");
+    let mut s2 = env.spawn(&["run", "--key", &sem, "--limit", "2", "--", "sleep", "30"]);
+    wait_for(LONG, "two holders of the semaphore", || {
+        env.status_json(&[&sem])[0]["holders"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 2
+    });
+    let st = env.status_json(&[&free, &held, &sem]);
+    let by_key = |k: &str| {
+        st.as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["key"] == k)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by_key(&free)["held"], false);
+    assert_eq!(by_key(&held)["holders"].as_array().unwrap().len(), 1);
+    let s = by_key(&sem);
+    assert_eq!(s["held"], true);
+    assert!(s["limit"].as_u64().unwrap() >= 2, "{s}");
+    assert_eq!(s["holders"].as_array().unwrap().len(), 2);
+    let out = env.run(&["status", &free, &held, &sem]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let table = stdout(&out);
+    assert!(
+        !table.contains('\x1b'),
+        "no colour off a terminal: {table:?}"
+    );
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("KEY") && lines[0].contains("EXPIRES"),
+        "{table}"
+    );
+    let row = |k: &str| {
+        *lines
+            .iter()
+            .find(|l| l.starts_with(k))
+            .unwrap_or_else(|| panic!("no row for {k}: {table}"))
+    };
+    assert!(row(&free).contains("free"), "{table}");
+    assert!(
+        row(&held).contains(" held ") && row(&held).contains(" ago"),
+        "{table}"
+    );
+    assert!(row(&sem).contains("held 2/"), "{table}");
+    // The second holder of the semaphore gets a line of its own.
+    assert_eq!(lines.len(), 1 + 1 + 1 + 2, "{table}");
+    let out = env.run(&["--color", "always", "status", &free, &held]);
+    assert!(
+        stdout(&out).contains("\x1b[32mfree\x1b[0m"),
+        "{:?}",
+        stdout(&out)
+    );
+    let out = env
+        .cmd(&["--color", "auto", "status", &held])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(!stdout(&out).contains('\x1b'));
+    for c in [&mut h1, &mut s1, &mut s2] {
+        signal(c.id(), Signal::SIGTERM);
+        wait_timeout(c, LONG);
+    }
+}
+
+/// A Prometheus textfile line's value: `name{labels...} value`.
+fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| {
+            l.starts_with(name_and_labels)
+                && l[name_and_labels.len()..].starts_with([' ', '}', ','])
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// `--metrics-file` after a success, a busy run and a lost lease: the
+/// outcome, exit code and token, and the last success kept across failures.
+pub fn metrics_file_records_success_busy_and_loss(env: &Env) {
+    let k = key("metrics");
+    let prom = env.path("job.prom");
+    let m = prom.to_str().unwrap();
+    let labels = format!("namespace=\"dlock\",key=\"{k}\"");
+    let read = || std::fs::read_to_string(&prom).unwrap();
+    let outcome =
+        |text: &str, o: &str| metric(text, &format!("dlock_outcome{{{labels},outcome=\"{o}\"}}"));
+    let value = |text: &str, name: &str| metric(text, &format!("{name}{{{labels}}}"));
+
+    let out = env.run(&[
+        "run",
+        "--key",
+        &k,
+        "--metrics-file",
+        m,
+        "--",
+        "sleep",
+        "0.3",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let ok = read();
+    assert_eq!(outcome(&ok, "success"), Some(1.0), "{ok}");
+    assert_eq!(outcome(&ok, "busy"), Some(0.0), "{ok}");
+    assert_eq!(value(&ok, "dlock_exit_code"), Some(0.0));
+    assert!(value(&ok, "dlock_hold_seconds").unwrap() >= 0.3, "{ok}");
+    assert!(value(&ok, "dlock_fencing_token").unwrap() >= 1.0, "{ok}");
+    let success_at = value(&ok, "dlock_last_success_timestamp_seconds").unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!((now - success_at).abs() < 60.0, "{success_at} vs {now}");
+    assert!(ok.contains("# TYPE dlock_outcome gauge"), "{ok}");
+    // No temporary file is left beside it.
+    let left: Vec<_> = std::fs::read_dir(env.dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    let mut h = hold(env, &k, &[], "sleep 30");
+    let out = env.run(&[
+        "run",
+        "--key",
+        &k,
+        "--wait",
+        "300ms",
+        "--metrics-file",
+        m,
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    let busy = read();
+    assert_eq!(outcome(&busy, "busy"), Some(1.0), "{busy}");
+    assert_eq!(outcome(&busy, "success"), Some(0.0), "{busy}");
+    assert_eq!(value(&busy, "dlock_exit_code"), Some(75.0));
+    assert!(value(&busy, "dlock_wait_seconds").unwrap() >= 0.3, "{busy}");
+    assert_eq!(value(&busy, "dlock_hold_seconds"), Some(0.0));
+    assert_eq!(
+        value(&busy, "dlock_last_success_timestamp_seconds"),
+        Some(success_at),
+        "kept across a busy run"
+    );
+    signal(h.id(), Signal::SIGTERM);
+    wait_timeout(&mut h, LONG);
+
+    let mut lost = env
+        .cmd(&[
+            "run",
+            "--key",
+            &k,
+            "--ttl",
+            "1500ms",
+            "--kill-after",
+            "500ms",
+            "--metrics-file",
+            m,
+            "--",
+            "sleep",
+            "30",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(LONG, "the run to hold", || env.held(&k));
+    let out = env.run(&["release", "--key", &k, "--force"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(wait_timeout(&mut lost, LONG), 74);
+    let l = read();
+    assert_eq!(outcome(&l, "lost"), Some(1.0), "{l}");
+    assert_eq!(value(&l, "dlock_exit_code"), Some(74.0));
+    assert_eq!(
+        value(&l, "dlock_last_success_timestamp_seconds"),
+        Some(success_at)
+    );
+}
+
+/// On a terminal a waiter shows one live line naming the lock and who holds
+/// it, erased when the wait ends; without a terminal, nothing.
+pub fn waiting_line_only_on_a_terminal(env: &Env) {
+    let k = key("line");
+    let mut h = hold(env, &k, &[], "sleep 1.5");
+    // script(1) gives the waiter a pseudo-terminal.
+    let inner = format!(
+        "{} --backend '{}' run --key {k} --wait 20s -- echo got-it",
+        DLOCK, env.url
+    );
+    let script = servers::require("script", "bsdutils");
+    let out = std::process::Command::new(script)
+        .args(["-qec", &inner, "/dev/null"])
+        .env("HOME", env.dir.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("waiting") && text.contains(&format!("for \"{k}\"")),
+        "{text:?}"
+    );
+    assert!(text.contains("held by"), "the holder is named: {text:?}");
+    assert!(
+        text.contains("\r\x1b[2Kgot-it"),
+        "the line is erased before the child runs: {text:?}"
+    );
+    wait_timeout(&mut h, LONG);
+    // The same wait without a terminal prints nothing extra.
+    let mut h = hold(env, &k, &[], "sleep 1");
+    let out = env.run(&["run", "--key", &k, "--wait", "20s", "--", "echo", "got-it"]);
+    assert_eq!(code(&out), 0);
+    assert_eq!(stderr(&out), "", "nothing on stderr without a terminal");
+    assert_eq!(stdout(&out), "got-it\n");
+    wait_timeout(&mut h, LONG);
+}
+
+/// `doctor --json`: every check has a level and a message, the backend
+/// answers, and the exit code follows the worst finding.
+pub fn doctor_reports_every_check(env: &Env) {
+    let out = env.run(&["doctor", "--json", "--ttl", "10s"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}{}", stdout(&out), stderr(&out)));
+    let checks = report["checks"].as_array().unwrap();
+    let level = |name: &str| {
+        checks
+            .iter()
+            .find(|c| c["check"] == name)
+            .map(|c| c["level"].as_str().unwrap().to_string())
+    };
+    assert_eq!(level("reachable").as_deref(), Some("ok"), "{report:#}");
+    assert_eq!(level("round-trip").as_deref(), Some("ok"), "{report:#}");
+    assert!(level("clock").is_some(), "{report:#}");
+    for c in checks {
+        assert!(
+            ["ok", "info", "warn", "fail"].contains(&c["level"].as_str().unwrap()),
+            "{c}"
+        );
+        assert!(!c["message"].as_str().unwrap().is_empty(), "{c}");
+        if c["level"] == "fail" {
+            assert!(c["fix"].is_string(), "a failure says how to fix it: {c}");
+        }
+    }
+    let failed = checks.iter().any(|c| c["level"] == "fail");
+    assert_eq!(code(&out), if failed { 1 } else { 0 }, "{report:#}");
+    assert_eq!(report["ttl_seconds"], 10.0);
+    // The text form says the same, one line per check.
+    let out = env.run(&["doctor", "--ttl", "10s"]);
+    let text = stdout(&out);
+    assert!(text.starts_with("dlock doctor: "), "{text}");
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("  ") && !l.trim_start().starts_with("fix:"))
+            .count(),
+        checks.len(),
+        "{text}"
+    );
 }

@@ -1,0 +1,139 @@
+//! The live "waiting for ..." line on a terminal.
+//!
+//! While `run` or `acquire` waits for a busy lock and stderr is a terminal,
+//! one line, redrawn in place, says what dlock waits for, for how long, and
+//! who holds it. It is erased once the wait ends. Without a terminal (cron,
+//! CI logs), with `-q`, `-v` or `--log-format json`, nothing is drawn: cron
+//! mail stays quiet and logs stay line-oriented.
+
+use std::cell::Cell;
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use crate::backend::Backend;
+use crate::cli::LogFormat;
+use crate::config::{LockSettings, Settings};
+use crate::lease::Keeper;
+use crate::status::{describe_holder, human_duration};
+
+/// Drawn only after this, so an uncontended lock never flickers a line.
+const FIRST_DRAW: Duration = Duration::from_millis(300);
+const TICK: Duration = Duration::from_millis(250);
+/// How often the holder is looked up again.
+const LOOKUP_EVERY: Duration = Duration::from_secs(2);
+const SPINNER: [char; 10] = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+
+pub struct WaitLine {
+    enabled: bool,
+    keys: Vec<String>,
+    lookup_timeout: Duration,
+    drawn: Cell<bool>,
+}
+
+impl WaitLine {
+    pub fn new(s: &Settings, lock: &LockSettings) -> WaitLine {
+        let enabled = !s.quiet
+            && s.verbose == 0
+            && s.log_format == LogFormat::Text
+            && std::io::stderr().is_terminal();
+        WaitLine {
+            enabled,
+            keys: lock.keys.clone(),
+            lookup_timeout: s.connect_timeout.min(LOOKUP_EVERY),
+            drawn: Cell::new(false),
+        }
+    }
+
+    /// Redraw the line until dropped; never returns.
+    pub async fn show(
+        &self,
+        backend: &dyn Backend,
+        namespace: &str,
+        keeper: &Keeper,
+        started: Instant,
+    ) {
+        if !self.enabled {
+            return std::future::pending().await;
+        }
+        tokio::time::sleep_until((started + FIRST_DRAW).into()).await;
+        let mut holder = String::new();
+        let mut looked_up: Option<(Instant, String)> = None;
+        for frame in 0usize.. {
+            let held: Vec<String> = keeper.leases().into_iter().map(|l| l.key).collect();
+            let waiting_for = self
+                .keys
+                .iter()
+                .find(|k| !held.contains(k))
+                .cloned()
+                .unwrap_or_default();
+            let stale = looked_up
+                .as_ref()
+                .is_none_or(|(at, k)| at.elapsed() >= LOOKUP_EVERY || *k != waiting_for);
+            if stale {
+                holder = self.holder(backend, namespace, &waiting_for).await;
+                looked_up = Some((Instant::now(), waiting_for.clone()));
+            }
+            let mut line = format!(
+                "{} dlock: waiting {} for {waiting_for:?}",
+                SPINNER[frame % SPINNER.len()],
+                human_duration(Duration::from_secs(started.elapsed().as_secs()))
+            );
+            if self.keys.len() > 1 {
+                line.push_str(&format!(
+                    " ({} of {} keys held)",
+                    held.len(),
+                    self.keys.len()
+                ));
+            }
+            if !holder.is_empty() {
+                line.push_str(": ");
+                line.push_str(&holder);
+            }
+            self.draw(&line);
+            tokio::time::sleep(TICK).await;
+        }
+    }
+
+    async fn holder(&self, backend: &dyn Backend, namespace: &str, key: &str) -> String {
+        let keys = [key.to_string()];
+        let st = tokio::time::timeout(self.lookup_timeout, backend.status(namespace, &keys)).await;
+        let Ok(Ok(st)) = st else {
+            return String::new();
+        };
+        match st.first().map(|k| k.holders.as_slice()) {
+            Some([h]) => describe_holder(h),
+            Some(hs) if hs.len() > 1 => format!("{} holders", hs.len()),
+            _ => "just freed".to_string(),
+        }
+    }
+
+    fn draw(&self, line: &str) {
+        let width = terminal_width().saturating_sub(1).max(20);
+        let line: String = line.chars().take(width).collect();
+        let mut e = std::io::stderr().lock();
+        let _ = write!(e, "\r\x1b[2K{line}");
+        let _ = e.flush();
+        self.drawn.set(true);
+    }
+
+    /// Erase the line, if one was drawn.
+    pub fn clear(&self) {
+        if self.drawn.replace(false) {
+            let mut e = std::io::stderr().lock();
+            let _ = write!(e, "\r\x1b[2K");
+            let _ = e.flush();
+        }
+    }
+}
+
+fn terminal_width() -> usize {
+    // SAFETY: TIOCGWINSZ fills the winsize we pass; fd 2 is only queried.
+    unsafe {
+        let mut ws: libc::winsize = std::mem::zeroed();
+        if libc::ioctl(2, libc::TIOCGWINSZ, &mut ws) == 0 && ws.ws_col > 0 {
+            usize::from(ws.ws_col)
+        } else {
+            80
+        }
+    }
+}
