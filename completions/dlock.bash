@@ -22,6 +22,9 @@ _dlock() {
             dlock,completions)
                 cmd="dlock__subcmd__completions"
                 ;;
+            dlock,doctor)
+                cmd="dlock__subcmd__doctor"
+                ;;
             dlock,help)
                 cmd="dlock__subcmd__help"
                 ;;
@@ -48,6 +51,9 @@ _dlock() {
                 ;;
             dlock__subcmd__help,completions)
                 cmd="dlock__subcmd__help__subcmd__completions"
+                ;;
+            dlock__subcmd__help,doctor)
+                cmd="dlock__subcmd__help__subcmd__doctor"
                 ;;
             dlock__subcmd__help,help)
                 cmd="dlock__subcmd__help__subcmd__help"
@@ -77,7 +83,7 @@ _dlock() {
 
     case "${cmd}" in
         dlock)
-            opts="-b -v -q -h -V --backend --namespace --config --profile --connect-timeout --verbose --quiet --log-format --help --version run acquire renew release status ping completions man help"
+            opts="-b -v -q -h -V --backend --namespace --config --profile --connect-timeout --verbose --quiet --log-format --color --help --version run acquire renew release status ping doctor completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -111,6 +117,10 @@ _dlock() {
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
                     ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -119,7 +129,7 @@ _dlock() {
             return 0
             ;;
         dlock__subcmd__acquire)
-            opts="-k -t -w -n -E -l -b -v -q -h --key --ttl --wait --no-wait --conflict-exit-code --limit --backend --namespace --config --profile --connect-timeout --verbose --quiet --log-format --help"
+            opts="-k -t -w -n -E -l -b -v -q -h --key --ttl --wait --no-wait --conflict-exit-code --limit --backend --namespace --config --profile --connect-timeout --verbose --quiet --log-format --color --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -193,6 +203,10 @@ _dlock() {
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
                     ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -201,7 +215,7 @@ _dlock() {
             return 0
             ;;
         dlock__subcmd__completions)
-            opts="-b -v -q -h --backend --namespace --config --profile --connect-timeout --verbose --quiet --log-format --help bash elvish fish powershell zsh"
+            opts="-b -v -q -h --backend --namespace --config --profile --connect-timeout --verbose --quiet --log-format --color --help bash elvish fish powershell zsh"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -235,6 +249,68 @@ _dlock() {
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
                     ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        dlock__subcmd__doctor)
+            opts="-t -b -v -q -h --ttl --max-skew --strict --json --backend --namespace --config --profile --connect-timeout --verbose --quiet --log-format --color --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --ttl)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -t)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-skew)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backend)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -b)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --namespace)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --connect-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -243,7 +319,7 @@ _dlock() {
             return 0
             ;;
         dlock__subcmd__help)
-            opts="run acquire renew release status ping completions man help"
+            opts="run acquire renew release status ping doctor completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -271,6 +347,20 @@ _dlock() {
             return 0
             ;;
         dlock__subcmd__help__subcmd__completions)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        dlock__subcmd__help__subcmd__doctor)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -383,7 +473,7 @@ _dlock() {
             return 0
             ;;
         dlock__subcmd__man)
-            opts="-b -v -q -h --backend --namespace --config --profile --connect-timeout --verbose --quiet --log-format --help"
+            opts="-b -v -q -h --backend --namespace --config --profile --connect-timeout --verbose --quiet --log-format --color --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -415,6 +505,10 @@ _dlock() {
                     ;;
                 --log-format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -425,7 +519,7 @@ _dlock() {
             return 0
             ;;
         dlock__subcmd__ping)
-            opts="-b -v -q -h --backend --namespace --config --profile --connect-timeout --verbose --quiet --log-format --help"
+            opts="-b -v -q -h --backend --namespace --config --profile --connect-timeout --verbose --quiet --log-format --color --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -459,6 +553,10 @@ _dlock() {
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
                     ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -467,7 +565,7 @@ _dlock() {
             return 0
             ;;
         dlock__subcmd__release)
-            opts="-k -b -v -q -h --key --force --backend --namespace --config --profile --connect-timeout --verbose --quiet --log-format --help"
+            opts="-k -b -v -q -h --key --force --backend --namespace --config --profile --connect-timeout --verbose --quiet --log-format --color --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -509,6 +607,10 @@ _dlock() {
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
                     ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -517,7 +619,7 @@ _dlock() {
             return 0
             ;;
         dlock__subcmd__renew)
-            opts="-t -b -v -q -h --ttl --backend --namespace --config --profile --connect-timeout --verbose --quiet --log-format --help"
+            opts="-t -b -v -q -h --ttl --backend --namespace --config --profile --connect-timeout --verbose --quiet --log-format --color --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -559,6 +661,10 @@ _dlock() {
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
                     ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -567,7 +673,7 @@ _dlock() {
             return 0
             ;;
         dlock__subcmd__run)
-            opts="-k -t -w -n -E -l -c -b -v -q -h --key --ttl --wait --no-wait --conflict-exit-code --limit --shell --kill-after --on-lost --lock-at-least --backend --namespace --config --profile --connect-timeout --verbose --quiet --log-format --help"
+            opts="-k -t -w -n -E -l -c -b -v -q -h --key --ttl --wait --no-wait --conflict-exit-code --limit --shell --kill-after --on-lost --lock-at-least --metrics-file --backend --namespace --config --profile --connect-timeout --verbose --quiet --log-format --color --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -625,6 +731,10 @@ _dlock() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --metrics-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --backend)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -651,6 +761,10 @@ _dlock() {
                     ;;
                 --log-format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -661,12 +775,16 @@ _dlock() {
             return 0
             ;;
         dlock__subcmd__status)
-            opts="-b -v -q -h --json --backend --namespace --config --profile --connect-timeout --verbose --quiet --log-format --help"
+            opts="-b -v -q -h --json --watch --backend --namespace --config --profile --connect-timeout --verbose --quiet --log-format --color --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --watch)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --backend)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -693,6 +811,10 @@ _dlock() {
                     ;;
                 --log-format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
                     return 0
                     ;;
                 *)

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_dlock_global_optspecs
-    string join \n b/backend= namespace= config= profile= connect-timeout= v/verbose q/quiet log-format= h/help V/version
+    string join \n b/backend= namespace= config= profile= connect-timeout= v/verbose q/quiet log-format= color= h/help V/version
 end
 
 function __fish_dlock_needs_command
@@ -31,6 +31,9 @@ complete -c dlock -n "__fish_dlock_needs_command" -l profile -d 'Use the [profil
 complete -c dlock -n "__fish_dlock_needs_command" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
 complete -c dlock -n "__fish_dlock_needs_command" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
 json\t'One JSON object per line'"
+complete -c dlock -n "__fish_dlock_needs_command" -l color -d 'Colour in `status` and `doctor` output [default: auto: on a terminal, unless NO_COLOR is set]' -r -f -a "auto\t'On a terminal, unless NO_COLOR is set'
+always\t''
+never\t''"
 complete -c dlock -n "__fish_dlock_needs_command" -s v -l verbose -d 'Log what dlock does on stderr (-v: events with timings, -vv: debug)'
 complete -c dlock -n "__fish_dlock_needs_command" -s q -l quiet -d 'Print nothing but errors'
 complete -c dlock -n "__fish_dlock_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -41,6 +44,7 @@ complete -c dlock -n "__fish_dlock_needs_command" -f -a "renew" -d 'Extend a lea
 complete -c dlock -n "__fish_dlock_needs_command" -f -a "release" -d 'Release a lease by its handle, or break a key\'s lock with --force'
 complete -c dlock -n "__fish_dlock_needs_command" -f -a "status" -d 'Show who holds which lock'
 complete -c dlock -n "__fish_dlock_needs_command" -f -a "ping" -d 'Connect to the backend and print its kind, version and round-trip time'
+complete -c dlock -n "__fish_dlock_needs_command" -f -a "doctor" -d 'Check the backend for what would make locks unsafe or slow, and say how to fix it'
 complete -c dlock -n "__fish_dlock_needs_command" -f -a "completions" -d 'Print a shell completion script'
 complete -c dlock -n "__fish_dlock_needs_command" -f -a "man" -d 'Print the man page (of a subcommand, if named)'
 complete -c dlock -n "__fish_dlock_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -53,6 +57,7 @@ complete -c dlock -n "__fish_dlock_using_subcommand run" -l kill-after -d 'After
 complete -c dlock -n "__fish_dlock_using_subcommand run" -l on-lost -d 'What to do when the lease is lost while CMD runs [default: kill]' -r -f -a "kill\t'SIGTERM the child\'s process group, SIGKILL after --kill-after, exit 74'
 ignore\t'Only warn on stderr; the child runs on (and dlock still exits 74)'"
 complete -c dlock -n "__fish_dlock_using_subcommand run" -l lock-at-least -d 'Keep the lock until D after it was taken, even if CMD ends sooner' -r
+complete -c dlock -n "__fish_dlock_using_subcommand run" -l metrics-file -d 'Write Prometheus metrics of this run to FILE when it ends (atomically)' -r -F
 complete -c dlock -n "__fish_dlock_using_subcommand run" -s b -l backend -d 'Backend URL; several Redis URLs (comma-separated or repeated) mean Redlock' -r
 complete -c dlock -n "__fish_dlock_using_subcommand run" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand run" -l config -d 'Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml]' -r -F
@@ -60,6 +65,9 @@ complete -c dlock -n "__fish_dlock_using_subcommand run" -l profile -d 'Use the 
 complete -c dlock -n "__fish_dlock_using_subcommand run" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand run" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
 json\t'One JSON object per line'"
+complete -c dlock -n "__fish_dlock_using_subcommand run" -l color -d 'Colour in `status` and `doctor` output [default: auto: on a terminal, unless NO_COLOR is set]' -r -f -a "auto\t'On a terminal, unless NO_COLOR is set'
+always\t''
+never\t''"
 complete -c dlock -n "__fish_dlock_using_subcommand run" -s n -l no-wait -d 'Give up at once if the lock is held'
 complete -c dlock -n "__fish_dlock_using_subcommand run" -s c -l shell -d 'Run CMD through /bin/sh -c (its words joined by spaces)'
 complete -c dlock -n "__fish_dlock_using_subcommand run" -s v -l verbose -d 'Log what dlock does on stderr (-v: events with timings, -vv: debug)'
@@ -77,6 +85,9 @@ complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l profile -d 'Use 
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
 json\t'One JSON object per line'"
+complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l color -d 'Colour in `status` and `doctor` output [default: auto: on a terminal, unless NO_COLOR is set]' -r -f -a "auto\t'On a terminal, unless NO_COLOR is set'
+always\t''
+never\t''"
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s n -l no-wait -d 'Give up at once if the lock is held'
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s v -l verbose -d 'Log what dlock does on stderr (-v: events with timings, -vv: debug)'
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s q -l quiet -d 'Print nothing but errors'
@@ -89,6 +100,9 @@ complete -c dlock -n "__fish_dlock_using_subcommand renew" -l profile -d 'Use th
 complete -c dlock -n "__fish_dlock_using_subcommand renew" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand renew" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
 json\t'One JSON object per line'"
+complete -c dlock -n "__fish_dlock_using_subcommand renew" -l color -d 'Colour in `status` and `doctor` output [default: auto: on a terminal, unless NO_COLOR is set]' -r -f -a "auto\t'On a terminal, unless NO_COLOR is set'
+always\t''
+never\t''"
 complete -c dlock -n "__fish_dlock_using_subcommand renew" -s v -l verbose -d 'Log what dlock does on stderr (-v: events with timings, -vv: debug)'
 complete -c dlock -n "__fish_dlock_using_subcommand renew" -s q -l quiet -d 'Print nothing but errors'
 complete -c dlock -n "__fish_dlock_using_subcommand renew" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -100,10 +114,14 @@ complete -c dlock -n "__fish_dlock_using_subcommand release" -l profile -d 'Use 
 complete -c dlock -n "__fish_dlock_using_subcommand release" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand release" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
 json\t'One JSON object per line'"
+complete -c dlock -n "__fish_dlock_using_subcommand release" -l color -d 'Colour in `status` and `doctor` output [default: auto: on a terminal, unless NO_COLOR is set]' -r -f -a "auto\t'On a terminal, unless NO_COLOR is set'
+always\t''
+never\t''"
 complete -c dlock -n "__fish_dlock_using_subcommand release" -l force -d 'Break the lock whoever holds it (administrator\'s tool)'
 complete -c dlock -n "__fish_dlock_using_subcommand release" -s v -l verbose -d 'Log what dlock does on stderr (-v: events with timings, -vv: debug)'
 complete -c dlock -n "__fish_dlock_using_subcommand release" -s q -l quiet -d 'Print nothing but errors'
 complete -c dlock -n "__fish_dlock_using_subcommand release" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c dlock -n "__fish_dlock_using_subcommand status" -l watch -d 'Refresh every D (default 2s) until interrupted; with --json, one array per line' -r
 complete -c dlock -n "__fish_dlock_using_subcommand status" -s b -l backend -d 'Backend URL; several Redis URLs (comma-separated or repeated) mean Redlock' -r
 complete -c dlock -n "__fish_dlock_using_subcommand status" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand status" -l config -d 'Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml]' -r -F
@@ -111,6 +129,9 @@ complete -c dlock -n "__fish_dlock_using_subcommand status" -l profile -d 'Use t
 complete -c dlock -n "__fish_dlock_using_subcommand status" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand status" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
 json\t'One JSON object per line'"
+complete -c dlock -n "__fish_dlock_using_subcommand status" -l color -d 'Colour in `status` and `doctor` output [default: auto: on a terminal, unless NO_COLOR is set]' -r -f -a "auto\t'On a terminal, unless NO_COLOR is set'
+always\t''
+never\t''"
 complete -c dlock -n "__fish_dlock_using_subcommand status" -l json -d 'Print a JSON array, one object per key'
 complete -c dlock -n "__fish_dlock_using_subcommand status" -s v -l verbose -d 'Log what dlock does on stderr (-v: events with timings, -vv: debug)'
 complete -c dlock -n "__fish_dlock_using_subcommand status" -s q -l quiet -d 'Print nothing but errors'
@@ -122,9 +143,29 @@ complete -c dlock -n "__fish_dlock_using_subcommand ping" -l profile -d 'Use the
 complete -c dlock -n "__fish_dlock_using_subcommand ping" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand ping" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
 json\t'One JSON object per line'"
+complete -c dlock -n "__fish_dlock_using_subcommand ping" -l color -d 'Colour in `status` and `doctor` output [default: auto: on a terminal, unless NO_COLOR is set]' -r -f -a "auto\t'On a terminal, unless NO_COLOR is set'
+always\t''
+never\t''"
 complete -c dlock -n "__fish_dlock_using_subcommand ping" -s v -l verbose -d 'Log what dlock does on stderr (-v: events with timings, -vv: debug)'
 complete -c dlock -n "__fish_dlock_using_subcommand ping" -s q -l quiet -d 'Print nothing but errors'
 complete -c dlock -n "__fish_dlock_using_subcommand ping" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c dlock -n "__fish_dlock_using_subcommand doctor" -s t -l ttl -d 'The TTL you mean to use, to judge round-trip times and clamping against [default: 30s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand doctor" -l max-skew -d 'The largest clock difference with the server that passes [default: 1s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand doctor" -s b -l backend -d 'Backend URL; several Redis URLs (comma-separated or repeated) mean Redlock' -r
+complete -c dlock -n "__fish_dlock_using_subcommand doctor" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand doctor" -l config -d 'Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml]' -r -F
+complete -c dlock -n "__fish_dlock_using_subcommand doctor" -l profile -d 'Use the [profile.NAME] table of the config file' -r
+complete -c dlock -n "__fish_dlock_using_subcommand doctor" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand doctor" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
+json\t'One JSON object per line'"
+complete -c dlock -n "__fish_dlock_using_subcommand doctor" -l color -d 'Colour in `status` and `doctor` output [default: auto: on a terminal, unless NO_COLOR is set]' -r -f -a "auto\t'On a terminal, unless NO_COLOR is set'
+always\t''
+never\t''"
+complete -c dlock -n "__fish_dlock_using_subcommand doctor" -l strict -d 'Count warnings as failures too'
+complete -c dlock -n "__fish_dlock_using_subcommand doctor" -l json -d 'Print a JSON array of checks instead of lines'
+complete -c dlock -n "__fish_dlock_using_subcommand doctor" -s v -l verbose -d 'Log what dlock does on stderr (-v: events with timings, -vv: debug)'
+complete -c dlock -n "__fish_dlock_using_subcommand doctor" -s q -l quiet -d 'Print nothing but errors'
+complete -c dlock -n "__fish_dlock_using_subcommand doctor" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c dlock -n "__fish_dlock_using_subcommand completions" -s b -l backend -d 'Backend URL; several Redis URLs (comma-separated or repeated) mean Redlock' -r
 complete -c dlock -n "__fish_dlock_using_subcommand completions" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand completions" -l config -d 'Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml]' -r -F
@@ -132,6 +173,9 @@ complete -c dlock -n "__fish_dlock_using_subcommand completions" -l profile -d '
 complete -c dlock -n "__fish_dlock_using_subcommand completions" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand completions" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
 json\t'One JSON object per line'"
+complete -c dlock -n "__fish_dlock_using_subcommand completions" -l color -d 'Colour in `status` and `doctor` output [default: auto: on a terminal, unless NO_COLOR is set]' -r -f -a "auto\t'On a terminal, unless NO_COLOR is set'
+always\t''
+never\t''"
 complete -c dlock -n "__fish_dlock_using_subcommand completions" -s v -l verbose -d 'Log what dlock does on stderr (-v: events with timings, -vv: debug)'
 complete -c dlock -n "__fish_dlock_using_subcommand completions" -s q -l quiet -d 'Print nothing but errors'
 complete -c dlock -n "__fish_dlock_using_subcommand completions" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -142,15 +186,19 @@ complete -c dlock -n "__fish_dlock_using_subcommand man" -l profile -d 'Use the 
 complete -c dlock -n "__fish_dlock_using_subcommand man" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand man" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
 json\t'One JSON object per line'"
+complete -c dlock -n "__fish_dlock_using_subcommand man" -l color -d 'Colour in `status` and `doctor` output [default: auto: on a terminal, unless NO_COLOR is set]' -r -f -a "auto\t'On a terminal, unless NO_COLOR is set'
+always\t''
+never\t''"
 complete -c dlock -n "__fish_dlock_using_subcommand man" -s v -l verbose -d 'Log what dlock does on stderr (-v: events with timings, -vv: debug)'
 complete -c dlock -n "__fish_dlock_using_subcommand man" -s q -l quiet -d 'Print nothing but errors'
 complete -c dlock -n "__fish_dlock_using_subcommand man" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping completions man help" -f -a "run" -d 'Acquire the lock(s), run CMD as a child, release when it ends'
-complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping completions man help" -f -a "acquire" -d 'Acquire without a child; print a lease handle on stdout'
-complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping completions man help" -f -a "renew" -d 'Extend a lease by its handle'
-complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping completions man help" -f -a "release" -d 'Release a lease by its handle, or break a key\'s lock with --force'
-complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping completions man help" -f -a "status" -d 'Show who holds which lock'
-complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping completions man help" -f -a "ping" -d 'Connect to the backend and print its kind, version and round-trip time'
-complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping completions man help" -f -a "completions" -d 'Print a shell completion script'
-complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping completions man help" -f -a "man" -d 'Print the man page (of a subcommand, if named)'
-complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping doctor completions man help" -f -a "run" -d 'Acquire the lock(s), run CMD as a child, release when it ends'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping doctor completions man help" -f -a "acquire" -d 'Acquire without a child; print a lease handle on stdout'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping doctor completions man help" -f -a "renew" -d 'Extend a lease by its handle'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping doctor completions man help" -f -a "release" -d 'Release a lease by its handle, or break a key\'s lock with --force'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping doctor completions man help" -f -a "status" -d 'Show who holds which lock'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping doctor completions man help" -f -a "ping" -d 'Connect to the backend and print its kind, version and round-trip time'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping doctor completions man help" -f -a "doctor" -d 'Check the backend for what would make locks unsafe or slow, and say how to fix it'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping doctor completions man help" -f -a "completions" -d 'Print a shell completion script'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping doctor completions man help" -f -a "man" -d 'Print the man page (of a subcommand, if named)'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping doctor completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -316,6 +316,177 @@ fn quiet_suppresses_the_busy_message_and_json_logs_report_timings() {
     };
     assert!(find("acquired")["waited_ms"].is_u64());
     assert!(find("released")["held_ms"].is_u64());
+    // A run long enough to renew: every event of a lock's life, in order.
+    let h = stdout(&env.run(&["acquire", "--key", "q", "--ttl", "5s"]))
+        .trim()
+        .to_string();
+    let waiter = env
+        .cmd(&[
+            "--log-format",
+            "json",
+            "run",
+            "--key",
+            "q",
+            "--ttl",
+            "600ms",
+            "--",
+            "sleep",
+            "0.7",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(code(&env.run(&["release", &h])), 0);
+    let out = waiter.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let events: Vec<serde_json::Value> = stderr(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect();
+    let names: Vec<&str> = events.iter().filter_map(|v| v["event"].as_str()).collect();
+    let pos = |e: &str| {
+        names
+            .iter()
+            .position(|n| *n == e)
+            .unwrap_or_else(|| panic!("no {e} event in {names:?}"))
+    };
+    assert!(pos("waiting") < pos("acquired"), "{names:?}");
+    assert!(pos("acquired") < pos("renewed"), "{names:?}");
+    assert!(pos("renewed") < pos("released"), "{names:?}");
+    let acquired = &events[pos("acquired")];
+    assert!(acquired["waited_ms"].as_u64().unwrap() >= 250, "{acquired}");
+    assert!(
+        events[pos("renewed")]["rtt_ms"].is_f64(),
+        "{:?}",
+        events[pos("renewed")]
+    );
+    for e in &events {
+        assert!(e["timestamp"].is_string() && e["level"].is_string(), "{e}");
+    }
+}
+
+/// `status --watch` without a terminal prints a fresh block each period
+/// (one JSON array per line with --json) and ends with exit 0 on SIGTERM.
+#[test]
+fn status_watch_refreshes_until_interrupted() {
+    let env = Env::sqlite();
+    let mut h = env.spawn(&["run", "--key", "w", "--", "sleep", "30"]);
+    wait_for(Duration::from_secs(10), "w held", || env.held("w"));
+    for json in [false, true] {
+        let mut args = vec!["status", "--watch", "200ms"];
+        if json {
+            args.push("--json");
+        }
+        let w = env
+            .cmd(&args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+        signal(w.id(), nix::sys::signal::Signal::SIGTERM);
+        let out = w.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "interrupting a watch is its normal end"
+        );
+        let text = stdout(&out);
+        assert!(
+            !text.contains('\x1b'),
+            "no escapes off a terminal: {text:?}"
+        );
+        if json {
+            let lines: Vec<&str> = text.lines().collect();
+            assert!(lines.len() >= 3, "{text}");
+            for l in lines {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                assert_eq!(v[0]["key"], "w", "{l}");
+            }
+        } else {
+            let blocks = text.matches("Every 200ms: dlock status on sqlite:").count();
+            assert!(blocks >= 3, "{text}");
+            assert!(text.matches("\nw ").count() >= 3, "{text}");
+        }
+    }
+    let out = env.run(&["status", "--watch", "10ms"]);
+    assert_eq!(code(&out), 64, "{}", stderr(&out));
+    signal(h.id(), nix::sys::signal::Signal::SIGTERM);
+    wait_timeout(&mut h, Duration::from_secs(10));
+}
+
+/// A metrics file that cannot be written is reported, and the run's own
+/// exit status stands.
+#[test]
+fn unwritable_metrics_file_keeps_the_exit_status() {
+    let env = Env::sqlite();
+    let out = env.run(&[
+        "run",
+        "--key",
+        "m",
+        "--metrics-file",
+        "/nonexistent/dir/job.prom",
+        "--",
+        "sh",
+        "-c",
+        "exit 3",
+    ]);
+    assert_eq!(code(&out), 3);
+    assert!(
+        stderr(&out).contains("cannot write metrics to /nonexistent/dir/job.prom"),
+        "{}",
+        stderr(&out)
+    );
+    // The config file key works too.
+    let prom = env.path("cfg.prom");
+    let cfg = env.path("c.toml");
+    std::fs::write(
+        &cfg,
+        format!("metrics-file = {:?}\n", prom.to_str().unwrap()),
+    )
+    .unwrap();
+    let out = env.run(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "run",
+        "--key",
+        "m",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = std::fs::read_to_string(&prom).unwrap();
+    assert!(
+        text.contains("dlock_outcome{namespace=\"dlock\",key=\"m\",outcome=\"success\"} 1"),
+        "{text}"
+    );
+}
+
+/// doctor on the embedded backend: local filesystem, host-only scope, and
+/// an unreachable backend exits 69 with a failed "reachable" check.
+#[test]
+fn doctor_on_sqlite_and_on_nothing() {
+    let env = Env::sqlite();
+    let (c, checks) = env.doctor(&[]);
+    assert_eq!(c, 0, "{checks:?}");
+    assert!(
+        checks
+            .iter()
+            .any(|(n, l, _)| n == "filesystem" && l == "ok"),
+        "{checks:?}"
+    );
+    assert!(
+        checks.iter().any(|(n, l, _)| n == "scope" && l == "info"),
+        "{checks:?}"
+    );
+    let port = servers::free_port();
+    let gone = Env::bare(format!("redis://:hunter2@127.0.0.1:{port}"));
+    let out = gone.run(&["--connect-timeout", "1s", "doctor"]);
+    assert_eq!(code(&out), 69, "{}", stdout(&out));
+    assert!(stdout(&out).contains("FAIL  reachable"), "{}", stdout(&out));
+    assert!(!stdout(&out).contains("hunter2") && !stderr(&out).contains("hunter2"));
+    let out = env.run(&["doctor", "--ttl", "1ms"]);
+    assert_eq!(code(&out), 64);
 }
 
 #[test]

@@ -82,7 +82,16 @@ fn cluster_survives_a_member_and_the_leader_dying() {
     let out = env.run(&["run", "--key", "c", "--", "true"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let follower = members.iter().position(|m| !m.is_leader()).unwrap();
+    let down = members[follower].port;
     members[follower].stop();
+    let (c, checks) = env.doctor(&["--connect-timeout", "2s"]);
+    assert!(
+        checks
+            .iter()
+            .any(|(n, l, m)| n == "member" && l == "fail" && m.contains(&down.to_string())),
+        "{checks:?}"
+    );
+    assert_eq!(c, 1, "{checks:?}");
     let out = env.run(&[
         "--connect-timeout",
         "10s",

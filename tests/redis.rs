@@ -261,3 +261,85 @@ fn tls_with_a_trusted_ca_and_refusal_without() {
     assert!(stderr(&out).contains("certificate"), "{}", stderr(&out));
     drop(server);
 }
+
+/// doctor fails a Redis without persistence or with an eviction policy, and
+/// passes the same server once it has both right.
+#[test]
+fn doctor_flags_a_redis_without_persistence_and_passes_one_with_it() {
+    let env = Env::redis();
+    let r = &env.redis[0];
+    let level = |checks: &[(String, String, String)], name: &str| {
+        checks
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, l, m)| (l.clone(), m.clone()))
+            .unwrap_or_else(|| panic!("no {name} check: {checks:?}"))
+    };
+    let (c, checks) = env.doctor(&[]);
+    let (l, m) = level(&checks, "persistence");
+    assert_eq!(l, "fail", "{m}");
+    assert!(m.contains("appendonly no"), "{m}");
+    assert_eq!(c, 1);
+    r.cli(&["CONFIG", "SET", "appendonly", "yes"]);
+    r.cli(&["CONFIG", "SET", "appendfsync", "everysec"]);
+    let (c, checks) = env.doctor(&[]);
+    assert_eq!(level(&checks, "persistence").0, "warn");
+    assert_eq!(c, 0, "{checks:?}");
+    r.cli(&["CONFIG", "SET", "appendfsync", "always"]);
+    let (c, checks) = env.doctor(&[]);
+    assert_eq!(level(&checks, "persistence").0, "ok");
+    assert_eq!(level(&checks, "eviction").0, "ok");
+    assert_eq!(level(&checks, "clock").0, "ok");
+    assert_eq!(c, 0, "{checks:?}");
+    // Locks carry a TTL, so even volatile-* policies may evict them.
+    r.cli(&["CONFIG", "SET", "maxmemory", "100mb"]);
+    r.cli(&["CONFIG", "SET", "maxmemory-policy", "volatile-lru"]);
+    let (c, checks) = env.doctor(&[]);
+    assert_eq!(level(&checks, "eviction").0, "fail", "{checks:?}");
+    assert_eq!(c, 1);
+}
+
+/// doctor on Redlock: servers sharing one host, the same server twice, and
+/// a member that does not answer are all failures.
+#[test]
+fn doctor_flags_redlock_servers_that_are_not_independent() {
+    let mut env = Env::redlock(3);
+    for r in &env.redis {
+        r.cli(&["CONFIG", "SET", "appendonly", "yes"]);
+        r.cli(&["CONFIG", "SET", "appendfsync", "always"]);
+    }
+    let (c, checks) = env.doctor(&[]);
+    assert!(
+        checks
+            .iter()
+            .any(|(n, l, m)| n == "independence" && l == "fail" && m.contains("share one host")),
+        "{checks:?}"
+    );
+    assert!(
+        checks.iter().any(|(n, l, _)| n == "members" && l == "ok"),
+        "{checks:?}"
+    );
+    assert_eq!(c, 1);
+    let twice = format!("{},{}", env.redis[0].url(), env.redis[0].url());
+    let out = Env::bare(twice.clone()).run(&["doctor"]);
+    assert!(
+        stdout(&out).contains("are the same Redis server"),
+        "{}",
+        stdout(&out)
+    );
+    env.redis[2].stop();
+    let (c, checks) = env.doctor(&["--connect-timeout", "1s"]);
+    assert!(
+        checks.iter().any(|(n, l, m)| n == "member"
+            && l == "fail"
+            && m.contains(&env.redis[2].port.to_string())),
+        "{checks:?}"
+    );
+    assert!(
+        checks
+            .iter()
+            .any(|(n, l, m)| n == "members" && l == "warn" && m.contains("2 of 3")),
+        "{checks:?}"
+    );
+    assert_eq!(c, 1);
+}

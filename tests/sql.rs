@@ -201,3 +201,19 @@ fn tls_parameters_are_honoured() {
         assert_eq!(code(&out), 0, "{name}: {}", stderr(&out));
     }
 }
+
+/// doctor reads the database server's clock and finds it close to ours.
+#[test]
+fn doctor_compares_clocks_with_the_database() {
+    for (name, make) in sql_envs() {
+        let env = make();
+        let (c, checks) = env.doctor(&[]);
+        let clock = checks
+            .iter()
+            .find(|(n, _, _)| n == "clock")
+            .unwrap_or_else(|| panic!("{name}: {checks:?}"));
+        assert_eq!(clock.1, "ok", "{name}: {clock:?}");
+        assert!(clock.2.contains("the server's"), "{name}: {clock:?}");
+        assert_eq!(c, 0, "{name}: {checks:?}");
+    }
+}

@@ -48,9 +48,26 @@ fn ensemble_survives_a_follower_and_the_leader_dying() {
     let e = env.ensemble.as_mut().unwrap();
     let leader = e.wait_leader(Duration::from_secs(20));
     let follower = (leader + 1) % 3;
+    let (c, checks) = env.doctor(&[]);
+    assert!(
+        checks.iter().any(|(n, l, _)| n == "members" && l == "ok"),
+        "{checks:?}"
+    );
+    assert_eq!(c, 0, "{checks:?}");
+    let e = env.ensemble.as_mut().unwrap();
+    let down = e.port(follower);
     e.stop(follower);
     let out = env.run(&["run", "--wait", "20s", "--key", "e", "--", "true"]);
     assert_eq!(code(&out), 0, "one follower down: {}", stderr(&out));
+    // doctor names the member that is down, and fails.
+    let (c, checks) = env.doctor(&["--connect-timeout", "2s"]);
+    assert!(
+        checks
+            .iter()
+            .any(|(n, l, m)| n == "member" && l == "fail" && m.contains(&down.to_string())),
+        "{checks:?}"
+    );
+    assert_eq!(c, 1, "{checks:?}");
     let e = env.ensemble.as_mut().unwrap();
     e.restart(follower);
     let leader = e.wait_leader(Duration::from_secs(20));
@@ -110,4 +127,34 @@ fn kazoo_lock_interoperates() {
     );
     signal(h.id(), Signal::SIGTERM);
     wait_timeout(&mut h, Duration::from_secs(10));
+}
+
+/// doctor: a TTL the server clamps (its maxSessionTimeout is 60s, its
+/// minSessionTimeout 400ms) is a warning, a failure only with --strict.
+#[test]
+fn doctor_flags_a_session_timeout_the_server_clamps() {
+    let env = Env::zookeeper();
+    let (c, checks) = env.doctor(&["--ttl", "10s"]);
+    assert_eq!(c, 0, "{checks:?}");
+    assert!(
+        checks.iter().any(|(n, l, _)| n == "session" && l == "ok"),
+        "{checks:?}"
+    );
+    let (c, checks) = env.doctor(&["--ttl", "2m"]);
+    let clamp = checks
+        .iter()
+        .find(|(n, l, _)| n == "ttl" && l == "warn")
+        .unwrap_or_else(|| panic!("no clamp warning: {checks:?}"));
+    assert!(clamp.2.contains("grants 1m"), "{clamp:?}");
+    assert!(checks.iter().all(|(_, l, _)| l != "fail"), "{checks:?}");
+    assert_eq!(c, 0, "warnings alone pass");
+    let (c, _) = env.doctor(&["--ttl", "2m", "--strict"]);
+    assert_eq!(c, 1, "--strict fails on warnings");
+    let (_, checks) = env.doctor(&["--ttl", "200ms"]);
+    assert!(
+        checks
+            .iter()
+            .any(|(n, l, m)| n == "session" && l == "warn" && m.contains("raises")),
+        "{checks:?}"
+    );
 }

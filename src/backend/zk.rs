@@ -559,18 +559,7 @@ impl Backend for ZkBackend {
                     )
                     .fix("choose a --ttl of at least minSessionTimeout (default 2 x tickTime), or lower it in zoo.cfg"),
                 );
-            } else if granted < ttl {
-                out.push(
-                    Check::new(
-                        Level::Warn,
-                        "session",
-                        format!(
-                            "the server clamps the session timeout to {granted:?} (its maxSessionTimeout) where --ttl {ttl:?} was asked"
-                        ),
-                    )
-                    .fix("choose a --ttl of at most maxSessionTimeout (default 20 x tickTime), or raise it in zoo.cfg"),
-                );
-            } else {
+            } else if granted == ttl {
                 out.push(Check::ok(
                     "session",
                     format!("the server grants the session timeout asked, {granted:?}"),

@@ -186,6 +186,26 @@ impl Env {
         serde_json::from_slice(&out.stdout).expect("status --json is JSON")
     }
 
+    /// `dlock doctor --json ARGS`: the exit code, and each check as
+    /// (name, level, message).
+    pub fn doctor(&self, args: &[&str]) -> (i32, Vec<(String, String, String)>) {
+        let mut a = vec!["doctor", "--json"];
+        a.extend_from_slice(args);
+        let out = self.run(&a);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("doctor --json: {e}: {}", stderr(&out)));
+        let checks = v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                let s = |f: &str| c[f].as_str().unwrap_or_default().to_string();
+                (s("check"), s("level"), s("message"))
+            })
+            .collect();
+        (code(&out), checks)
+    }
+
     pub fn held(&self, key: &str) -> bool {
         self.status_json(&[key])[0]["held"].as_bool().unwrap()
     }
