@@ -46,6 +46,7 @@ fn etcdctl_lock_interoperates() {
     });
     let out = env.run(&["run", "-n", "--key", "job", "--", "true"]);
     assert_eq!(code(&out), 75, "{}", stderr(&out));
+    foreign_holder_shown(&env, "job");
     let t = Instant::now();
     let out = env.run(&["run", "--wait", "15s", "--key", "job", "--", "true"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));

@@ -120,6 +120,7 @@ fn redis_py_lock_interoperates() {
     assert_eq!(code(&out), 75, "{}", stderr(&out));
     let st = env.status_json(&["job"]);
     assert_eq!(st[0]["held"], true, "a redis-py holder shows as held");
+    foreign_holder_shown(&env, "job");
     let t = Instant::now();
     let out = env.run(&["run", "--wait", "10s", "--key", "job", "--", "true"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));

@@ -101,6 +101,7 @@ fn kazoo_lock_interoperates() {
     let out = env.run(&["run", "-n", "--key", "job", "--", "true"]);
     assert_eq!(code(&out), 75, "{}", stderr(&out));
     assert!(env.held("job"), "a kazoo holder shows as held");
+    foreign_holder_shown(&env, "job");
     let t = Instant::now();
     let out = env.run(&["run", "--wait", "10s", "--key", "job", "--", "true"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));

@@ -211,6 +211,33 @@ impl Env {
     }
 }
 
+/// A lock held by another client of the same recipe shows in `status` as
+/// held by one holder, with no dlock owner, in JSON and in the table
+/// (listed by name, and in the namespace-wide listing).
+pub fn foreign_holder_shown(env: &Env, key: &str) {
+    let st = env.status_json(&[key]);
+    let holders = st[0]["holders"].as_array().unwrap();
+    assert_eq!(holders.len(), 1, "{st}");
+    assert!(holders[0]["owner"].is_null(), "not a dlock holder: {st}");
+    for args in [vec!["status", key], vec!["status"]] {
+        let out = env.run(&args);
+        let table = stdout(&out);
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&format!("{key} ")))
+            .unwrap_or_else(|| panic!("no row for {key}: {table}"));
+        assert!(row.contains(" held "), "{table}");
+        assert!(
+            !row.contains(&format!("{}@", whoami())),
+            "not shown as ours: {table}"
+        );
+    }
+}
+
+fn whoami() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "root".to_string())
+}
+
 /// `dlock` with a scrubbed environment rooted at `home`.
 pub fn bare(home: &Path) -> Command {
     let mut c = Command::new(DLOCK);
@@ -259,9 +286,33 @@ pub fn alive(pid: i32) -> bool {
     }
 }
 
+/// A child process killed when dropped, so a failing test never leaves a
+/// client behind (one retrying a stopped server would hang the test run).
+pub struct Reaped(pub Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A Python script (`python3 -c`) that takes a lock with another client
 /// library and prints `held` once it has it; `module` must be importable.
-pub fn python_holder(module: &str, script: &str) -> Child {
+pub fn python_holder(module: &str, script: &str) -> Reaped {
     let python = servers::require("python3", "python3");
     let probe = Command::new(&python)
         .args(["-c", &format!("import {module}")])
@@ -287,7 +338,7 @@ pub fn python_holder(module: &str, script: &str) -> Child {
         "held",
         "the {module} client did not take the lock"
     );
-    c
+    Reaped(c)
 }
 
 /// Wait until `f` holds, or panic with `what` after `limit`.
