@@ -118,9 +118,9 @@ pub fn judge_skew(
     };
     let shown = format!(
         "this host's clock is {} {} the server's (±{})",
-        human_duration(d),
+        fine(d),
         if ahead { "ahead of" } else { "behind" },
-        human_duration(span / 2)
+        fine(span / 2)
     );
     if d.saturating_sub(span / 2) > max {
         Check::new(
@@ -134,6 +134,15 @@ pub fn judge_skew(
         .fix("run an NTP client (chrony, systemd-timesyncd) on this host and on the server")
     } else {
         Check::ok("clock", shown)
+    }
+}
+
+/// A duration to a tenth of a millisecond when it is short.
+fn fine(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{:.1}ms", d.as_secs_f64() * 1e3)
+    } else {
+        human_duration(d)
     }
 }
 

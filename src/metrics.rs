@@ -175,9 +175,8 @@ pub fn write(path: &Path, r: &RunRecord) -> Result<()> {
     ));
     std::fs::write(&tmp, text)
         .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| {
+        .inspect_err(|_| {
             let _ = std::fs::remove_file(&tmp);
-            e
         })
         .with_context(|| format!("cannot write metrics to {}", path.display()))
 }

@@ -95,6 +95,11 @@ pub fn channel_name(ns: &str, key: &str) -> String {
     format!("dlock_{:016x}", fnv64(&[ns, key]))
 }
 
+/// A server's clock reading in microseconds since the epoch.
+pub fn epoch_micros(us: i64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_micros(us.max(0) as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,9 +116,4 @@ mod tests {
             ("mysql://h/db", "dlock_fence")
         );
     }
-}
-
-/// A server's clock reading in microseconds since the epoch.
-pub fn epoch_micros(us: i64) -> std::time::SystemTime {
-    std::time::UNIX_EPOCH + std::time::Duration::from_micros(us.max(0) as u64)
 }
