@@ -10,7 +10,10 @@ mkdir -p completions man
 "$d" completions zsh > completions/_dlock
 "$d" completions fish > completions/dlock.fish
 "$d" man > man/dlock.1
-for sub in run acquire renew release status ping completions man; do
+# Every subcommand listed by `dlock --help`, so a new one gets its page.
+subs=$("$d" --help | awk '/^Commands:/{on=1; next} on && /^$/{on=0} on {print $1}' | grep -vx help)
+rm -f man/dlock-*.1
+for sub in $subs; do
   "$d" man "$sub" > "man/dlock-$sub.1"
 done
 echo "regenerated completions/ and man/"

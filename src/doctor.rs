@@ -353,7 +353,7 @@ mod tests {
         assert!(behind.message.contains("behind"), "{}", behind.message);
         // Uncertainty (half the round trip) is given the benefit of the doubt.
         assert_eq!(
-            judge_skew(t - ms(1500), t, t + ms(1200), max).level,
+            judge_skew(t - ms(900), t, t + ms(1200), max).level,
             Level::Ok
         );
     }

@@ -518,17 +518,27 @@ fn completions_and_man_pages_are_current() {
         ),
         ("man/dlock.1".into(), render(&["man"])),
     ];
-    for sub in [
-        "run",
-        "acquire",
-        "renew",
-        "release",
-        "status",
-        "ping",
-        "completions",
-        "man",
-    ] {
+    use clap::CommandFactory;
+    let subs: Vec<String> = dlock::cli::Cli::command()
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .collect();
+    assert!(subs.iter().any(|s| s == "doctor"), "{subs:?}");
+    for sub in &subs {
         files.push((format!("man/dlock-{sub}.1"), render(&["man", sub])));
+    }
+    // No page for a subcommand that is gone.
+    for e in std::fs::read_dir(root.join("man")).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(sub) = name
+            .strip_prefix("dlock-")
+            .and_then(|n| n.strip_suffix(".1"))
+        {
+            assert!(
+                subs.iter().any(|s| s == sub),
+                "man/{name} documents no subcommand"
+            );
+        }
     }
     for (path, fresh) in files {
         let committed = std::fs::read(root.join(&path)).unwrap_or_default();
