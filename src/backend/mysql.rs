@@ -23,7 +23,7 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOpti
 use sqlx::{AssertSqlSafe, Connection, Row};
 use tokio::sync::Mutex;
 
-use super::sql::{Names, channel_name, epoch_micros, key_status};
+use super::sql::{Names, WAITER_LAPSE, Waiting, channel_name, epoch_micros, key_status};
 use super::{
     Attempt, Backend, Holder, KeyStatus, Lease, LeaseKind, LockSpec, Owner, PingInfo, Renewal,
     redact_url,
@@ -44,6 +44,7 @@ pub struct MysqlBackend {
     /// The connection a waiter blocks on.
     waiter: Mutex<Option<MySqlConnection>>,
     poll: StdMutex<Duration>,
+    waiting: Waiting,
 }
 
 fn holder(r: &MySqlRow) -> Result<Holder> {
@@ -87,6 +88,7 @@ impl MysqlBackend {
             held: Mutex::new(Vec::new()),
             waiter: Mutex::new(None),
             poll: StdMutex::new(POLL_MIN),
+            waiting: Waiting::new(),
         };
         for ddl in [
             format!(
@@ -106,6 +108,14 @@ impl MysqlBackend {
                  ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
                 b.t.fence
             ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {} (
+                    ns VARCHAR(191) NOT NULL, lkey VARCHAR(512) NOT NULL, id VARCHAR(64) NOT NULL,
+                    expires_at DATETIME(6) NOT NULL,
+                    PRIMARY KEY (ns, lkey, id)
+                 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+                b.t.waiter
+            ),
         ] {
             b.bounded(
                 "create tables",
@@ -114,6 +124,21 @@ impl MysqlBackend {
             .await?;
         }
         Ok(b)
+    }
+
+    /// Drop our waiter row for a key we got.
+    async fn not_waiting(&self, ns: &str, key: &str) {
+        if self.waiting.done(ns, key) {
+            let q = sqlx::query(AssertSqlSafe(format!(
+                "DELETE FROM {} WHERE ns = ? AND lkey = ? AND id = ?",
+                self.t.waiter
+            )))
+            .bind(ns)
+            .bind(key)
+            .bind(&self.waiting.id)
+            .execute(&self.pool);
+            let _ = self.bounded("waiting", q).await;
+        }
     }
 
     async fn bounded<T>(
@@ -253,6 +278,7 @@ impl Backend for MysqlBackend {
         match self.bounded("acquire", attempt).await? {
             Ok(token) => {
                 *self.poll.lock().unwrap() = POLL_MIN;
+                self.not_waiting(&spec.namespace, &spec.key).await;
                 if me.kind == LeaseKind::Run && spec.limit == 1 {
                     self.hold_wake(self.wake_name(&spec.namespace, &spec.key))
                         .await;
@@ -273,6 +299,21 @@ impl Backend for MysqlBackend {
     }
 
     async fn wait_change(&self, spec: &LockSpec, until: Option<Instant>) -> Result<()> {
+        // Counted as a waiter for `status`; best effort.
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {} (ns, lkey, id, expires_at)
+             VALUES (?, ?, ?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)
+             ON DUPLICATE KEY UPDATE expires_at = VALUES(expires_at)",
+            self.t.waiter
+        )))
+        .bind(&spec.namespace)
+        .bind(&spec.key)
+        .bind(&self.waiting.id)
+        .bind(WAITER_LAPSE.as_micros() as i64)
+        .execute(&self.pool);
+        if self.bounded("waiting", row).await.is_ok() {
+            self.waiting.note(&spec.namespace, &spec.key);
+        }
         let cap = Instant::now() + Duration::from_secs(1);
         let bound = until.map_or(cap, |u| u.min(cap));
         if spec.limit > 1 {
@@ -401,6 +442,17 @@ impl Backend for MysqlBackend {
                 )
                 .await?;
         }
+        let counts: Vec<(String, i64)> = self
+            .bounded(
+                "status",
+                sqlx::query_as(AssertSqlSafe(format!(
+                    "SELECT lkey, COUNT(*) FROM {} WHERE ns = ? AND expires_at > UTC_TIMESTAMP(6) GROUP BY lkey",
+                    self.t.waiter
+                )))
+                .bind(namespace)
+                .fetch_all(&self.pool),
+            )
+            .await?;
         let mut out = Vec::new();
         for k in names {
             let rows = self
@@ -412,7 +464,11 @@ impl Backend for MysqlBackend {
                         .fetch_all(&self.pool),
                 )
                 .await?;
-            out.push(key_status(k, &rows, |r| {
+            let w = counts
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map_or(0, |(_, c)| *c as u64);
+            out.push(key_status(k, &rows, w, |r: &MySqlRow| {
                 let lim: i32 = r.try_get("lim")?;
                 Ok((holder(r)?, lim as u32))
             })?);
@@ -437,6 +493,18 @@ impl Backend for MysqlBackend {
             version: v,
             detail: self.shown.clone(),
         })
+    }
+
+    async fn close(&self) {
+        if self.waiting.clear() {
+            let q = sqlx::query(AssertSqlSafe(format!(
+                "DELETE FROM {} WHERE id = ?",
+                self.t.waiter
+            )))
+            .bind(&self.waiting.id)
+            .execute(&self.pool);
+            let _ = self.bounded("waiting", q).await;
+        }
     }
 
     async fn server_time(&self) -> Result<Option<SystemTime>> {

@@ -21,7 +21,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow}
 use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::Mutex;
 
-use super::sql::{Names, channel_name, epoch_micros, key_status};
+use super::sql::{Names, WAITER_LAPSE, Waiting, channel_name, epoch_micros, key_status};
 use super::{
     Attempt, Backend, Holder, KeyStatus, Lease, LockSpec, Owner, PingInfo, Renewal, redact_url,
 };
@@ -36,6 +36,7 @@ pub struct PostgresBackend {
     /// The soonest a busy key's holder can expire, from the last attempt.
     next_expiry: StdMutex<Option<Instant>>,
     opts: PgConnectOptions,
+    waiting: Waiting,
 }
 
 fn holder(r: &PgRow) -> Result<(Holder, i64)> {
@@ -83,6 +84,7 @@ impl PostgresBackend {
             listener: Mutex::new(None),
             next_expiry: StdMutex::new(None),
             opts,
+            waiting: Waiting::new(),
         };
         let ddl = format!(
             "CREATE TABLE IF NOT EXISTS {lease} (
@@ -91,17 +93,22 @@ impl PostgresBackend {
                 acquired_at TIMESTAMPTZ NOT NULL, expires_at TIMESTAMPTZ NOT NULL,
                 PRIMARY KEY (ns, key, id));
              CREATE TABLE IF NOT EXISTS {fence} (
-                ns TEXT NOT NULL, key TEXT NOT NULL, token BIGINT NOT NULL, PRIMARY KEY (ns, key))",
+                ns TEXT NOT NULL, key TEXT NOT NULL, token BIGINT NOT NULL, PRIMARY KEY (ns, key));
+             CREATE TABLE IF NOT EXISTS {waiter} (
+                ns TEXT NOT NULL, key TEXT NOT NULL, id TEXT NOT NULL,
+                expires_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (ns, key, id))",
             lease = b.t.lease,
-            fence = b.t.fence
+            fence = b.t.fence,
+            waiter = b.t.waiter
         );
         // Most runs find the tables there: one cheap look instead of DDL
         // (which takes locks and sends notices).
         let present: bool = sqlx::query_scalar(
-            "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL",
+            "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL AND to_regclass($3) IS NOT NULL",
         )
         .bind(&b.t.lease)
         .bind(&b.t.fence)
+        .bind(&b.t.waiter)
         .fetch_one(&b.pool)
         .await
         .unwrap_or(false);
@@ -125,6 +132,21 @@ impl PostgresBackend {
                 })?;
         }
         Ok(b)
+    }
+
+    /// Drop our waiter row for a key we got (or stopped waiting for).
+    async fn not_waiting(&self, ns: &str, key: &str) {
+        if self.waiting.done(ns, key) {
+            let q = sqlx::query(AssertSqlSafe(format!(
+                "DELETE FROM {} WHERE ns = $1 AND key = $2 AND id = $3",
+                self.t.waiter
+            )))
+            .bind(ns)
+            .bind(key)
+            .bind(&self.waiting.id)
+            .execute(&self.pool);
+            let _ = self.bounded("waiting", q).await;
+        }
     }
 
     fn select_holders(&self) -> String {
@@ -216,14 +238,17 @@ impl Backend for PostgresBackend {
             Ok(Ok(token))
         };
         match self.bounded("acquire", attempt).await? {
-            Ok(token) => Ok(Attempt::Acquired(Lease {
-                namespace: spec.namespace.clone(),
-                key: spec.key.clone(),
-                token: token as u64,
-                id: me.id.clone(),
-                ttl: spec.ttl,
-                granted_at,
-            })),
+            Ok(token) => {
+                self.not_waiting(&spec.namespace, &spec.key).await;
+                Ok(Attempt::Acquired(Lease {
+                    namespace: spec.namespace.clone(),
+                    key: spec.key.clone(),
+                    token: token as u64,
+                    id: me.id.clone(),
+                    ttl: spec.ttl,
+                    granted_at,
+                }))
+            }
             Err(rows) => {
                 let mut hs = Vec::new();
                 let mut soonest = i64::MAX;
@@ -241,6 +266,21 @@ impl Backend for PostgresBackend {
     }
 
     async fn wait_change(&self, spec: &LockSpec, until: Option<Instant>) -> Result<()> {
+        // Counted as a waiter for `status`; best effort.
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {} (ns, key, id, expires_at)
+             VALUES ($1, $2, $3, clock_timestamp() + $4 * interval '1 millisecond')
+             ON CONFLICT (ns, key, id) DO UPDATE SET expires_at = EXCLUDED.expires_at",
+            self.t.waiter
+        )))
+        .bind(&spec.namespace)
+        .bind(&spec.key)
+        .bind(&self.waiting.id)
+        .bind(WAITER_LAPSE.as_millis() as f64)
+        .execute(&self.pool);
+        if self.bounded("waiting", row).await.is_ok() {
+            self.waiting.note(&spec.namespace, &spec.key);
+        }
         let chan = channel_name(&spec.namespace, &spec.key);
         let cap = Instant::now() + Duration::from_secs(1);
         let expiry = self
@@ -368,6 +408,23 @@ impl Backend for PostgresBackend {
                 )
                 .await?;
         }
+        let counts: Vec<(String, i64)> = self
+            .bounded(
+                "status",
+                sqlx::query_as(AssertSqlSafe(format!(
+                    "SELECT key, count(*) FROM {} WHERE ns = $1 AND expires_at > clock_timestamp() GROUP BY key",
+                    self.t.waiter
+                )))
+                .bind(namespace)
+                .fetch_all(&self.pool),
+            )
+            .await?;
+        let waiters = |k: &str| {
+            counts
+                .iter()
+                .find(|(n, _)| n == k)
+                .map_or(0, |(_, c)| *c as u64)
+        };
         let mut out = Vec::new();
         for k in names {
             let rows = self
@@ -379,7 +436,8 @@ impl Backend for PostgresBackend {
                         .fetch_all(&self.pool),
                 )
                 .await?;
-            out.push(key_status(k, &rows, |r| {
+            let w = waiters(&k);
+            out.push(key_status(k, &rows, w, |r| {
                 let lim: i32 = r.try_get("lim")?;
                 Ok((holder(r)?.0, lim as u32))
             })?);
@@ -399,6 +457,18 @@ impl Backend for PostgresBackend {
             version: v,
             detail: self.shown.clone(),
         })
+    }
+
+    async fn close(&self) {
+        if self.waiting.clear() {
+            let q = sqlx::query(AssertSqlSafe(format!(
+                "DELETE FROM {} WHERE id = $1",
+                self.t.waiter
+            )))
+            .bind(&self.waiting.id)
+            .execute(&self.pool);
+            let _ = self.bounded("waiting", q).await;
+        }
     }
 
     async fn server_time(&self) -> Result<Option<SystemTime>> {

@@ -81,6 +81,7 @@ else
   redis.call('ZADD', KEYS[3], now + tonumber(ARGV[2]), v)
   if redis.call('PTTL', KEYS[3]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[3], ARGV[2]) end
 end
+redis.call('ZREM', KEYS[4], ARGV[8])
 return {1, token}
 ";
 
@@ -162,6 +163,26 @@ end
 return 0
 ";
 
+/// A waiter says it is still waiting: its entry in the waiters sorted set
+/// (scored by when it lapses, by the server's clock) is renewed. Entries of
+/// waiters that gave up or died lapse on their own.
+const WAITING: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if ARGV[2] == '0' then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+else
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 1
+";
+
+/// How long a waiter's entry lasts without being renewed (it is renewed at
+/// every poll, at most 250ms apart).
+const WAITER_LAPSE: Duration = Duration::from_secs(2);
+
 const FORCE: &str = r"
 local n = redis.call('EXISTS', KEYS[1]) + redis.call('ZCARD', KEYS[2])
 redis.call('DEL', KEYS[1], KEYS[2])
@@ -169,11 +190,12 @@ redis.call('PUBLISH', KEYS[3], '1')
 return n
 ";
 
-/// Holders of one key on one server, with the server's `TIME`.
+/// Holders of one key on one server, with the server's `TIME` and the
+/// number of live waiters.
 const INSPECT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local out = {tostring(now)}
+local out = {tostring(now), tostring(redis.call('ZCOUNT', KEYS[3], now, '+inf'))}
 local v = redis.call('GET', KEYS[1])
 if v then
   table.insert(out, v)
@@ -351,6 +373,8 @@ pub struct RedisBackend {
     nodes: Vec<Node>,
     quorum: usize,
     op_timeout: Duration,
+    /// Names this process in the waiters sets of the keys it waits for.
+    waiter_id: String,
     /// Subscriptions for waiting: (channel key, merged message streams).
     subs: Mutex<Option<(String, SelectAll<PubSubStream>)>>,
 }
@@ -360,6 +384,7 @@ struct Keys {
     fence: String,
     sem: String,
     chan: String,
+    waiters: String,
 }
 
 fn keys(ns: &str, key: &str) -> Keys {
@@ -367,6 +392,7 @@ fn keys(ns: &str, key: &str) -> Keys {
     Keys {
         fence: format!("{{{main}}}:fence"),
         sem: format!("{{{main}}}:sem"),
+        waiters: format!("{{{main}}}:waiters"),
         chan: format!("{{{main}}}:released"),
         main,
     }
@@ -453,6 +479,11 @@ impl RedisBackend {
             nodes,
             quorum,
             op_timeout: timeout,
+            waiter_id: {
+                let mut b = [0u8; 8];
+                let _ = getrandom::fill(&mut b);
+                format!("{}-{}", std::process::id(), u64::from_ne_bytes(b))
+            },
             subs: Mutex::new(None),
         };
         // Reach a quorum now, so an unreachable backend is exit 69 at once.
@@ -678,11 +709,12 @@ impl Backend for RedisBackend {
             clean(&me.user),
             clean(&me.host),
             me.pid.to_string(),
+            self.waiter_id.clone(),
         ];
         let results = self
             .everywhere(
                 &Script::new(ACQUIRE),
-                &[&k.main, &k.fence, &k.sem],
+                &[&k.main, &k.fence, &k.sem, &k.waiters],
                 &args,
                 step,
             )
@@ -752,6 +784,17 @@ impl Backend for RedisBackend {
 
     async fn wait_change(&self, spec: &LockSpec, until: Option<Instant>) -> Result<()> {
         self.subscribe(&spec.namespace, &spec.key).await?;
+        // Counted as a waiter for `status` (best effort: an error here only
+        // makes the count low).
+        let k = keys(&spec.namespace, &spec.key);
+        let _ = self
+            .everywhere(
+                &Script::new(WAITING),
+                &[&k.waiters],
+                &[self.waiter_id.clone(), WAITER_LAPSE.as_millis().to_string()],
+                self.step_timeout(spec.ttl),
+            )
+            .await;
         // Wake on a release message, or poll: a holder that expires or a
         // foreign client that releases does not publish.
         let mut cap = Duration::from_millis(200);
@@ -902,7 +945,7 @@ impl Backend for RedisBackend {
             let results = self
                 .everywhere(
                     &Script::new(INSPECT),
-                    &[&k.main, &k.sem],
+                    &[&k.main, &k.sem, &k.waiters],
                     &[],
                     self.op_timeout,
                 )
@@ -910,10 +953,12 @@ impl Backend for RedisBackend {
             // A holder counts where a majority of servers agree on it.
             let mut seen: Vec<(String, Holder, usize)> = Vec::new();
             let mut answered = 0;
+            let mut waiters = 0u64;
             for r in results.iter().flatten() {
                 answered += 1;
                 let s = strings(r);
-                for (id, h) in holders_from(&s[1.min(s.len())..]) {
+                waiters = waiters.max(s.get(1).and_then(|w| w.parse().ok()).unwrap_or(0));
+                for (id, h) in holders_from(&s[2.min(s.len())..]) {
                     match seen.iter_mut().find(|(i, _, _)| *i == id) {
                         Some(e) => e.2 += 1,
                         None => seen.push((id, h, 1)),
@@ -933,7 +978,7 @@ impl Backend for RedisBackend {
                 key: name,
                 limit: holders.len().max(1) as u32,
                 holders,
-                waiters: None,
+                waiters: Some(waiters),
             });
         }
         if keys_in.is_empty() {

@@ -12,6 +12,7 @@ use crate::error::usage;
 pub struct Names {
     pub lease: String,
     pub fence: String,
+    pub waiter: String,
     pub prefix: String,
 }
 
@@ -50,17 +51,73 @@ impl Names {
             Names {
                 lease: format!("{prefix}_lease"),
                 fence: format!("{prefix}_fence"),
+                waiter: format!("{prefix}_waiter"),
                 prefix,
             },
         ))
     }
 }
 
+/// How long a waiter row lasts without being renewed; waiters renew it at
+/// every poll, at most a second apart, so a waiter that died or gave up
+/// stops being counted within this.
+pub const WAITER_LAPSE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Which keys this process has a waiter row for (the SQL backends and
+/// SQLite count waiters in a table, for `status`).
+pub struct Waiting {
+    /// This process's id in waiter rows.
+    pub id: String,
+    keys: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
+}
+
+impl Default for Waiting {
+    fn default() -> Waiting {
+        Waiting::new()
+    }
+}
+
+impl Waiting {
+    pub fn new() -> Waiting {
+        let mut b = [0u8; 8];
+        let _ = getrandom::fill(&mut b);
+        Waiting {
+            id: format!("{}-{:016x}", std::process::id(), u64::from_ne_bytes(b)),
+            keys: Default::default(),
+        }
+    }
+
+    /// Remember that a row for this key exists.
+    pub fn note(&self, ns: &str, key: &str) {
+        self.keys
+            .lock()
+            .unwrap()
+            .insert((ns.to_string(), key.to_string()));
+    }
+
+    /// Forget the key; true if there was a row to delete.
+    pub fn done(&self, ns: &str, key: &str) -> bool {
+        self.keys
+            .lock()
+            .unwrap()
+            .remove(&(ns.to_string(), key.to_string()))
+    }
+
+    /// Forget every key; true if there were rows to delete.
+    pub fn clear(&self) -> bool {
+        let mut k = self.keys.lock().unwrap();
+        let any = !k.is_empty();
+        k.clear();
+        any
+    }
+}
+
 /// One key's status from its live lease rows; `holder` reads a row as the
-/// holder and the `--limit` it was taken with. SQL does not know waiters.
+/// holder and the `--limit` it was taken with.
 pub fn key_status<R>(
     key: String,
     rows: &[R],
+    waiters: u64,
     holder: impl Fn(&R) -> Result<(Holder, u32)>,
 ) -> Result<KeyStatus> {
     let mut limit = 1u32;
@@ -74,7 +131,7 @@ pub fn key_status<R>(
         key,
         limit,
         holders,
-        waiters: None,
+        waiters: Some(waiters),
     })
 }
 

@@ -31,6 +31,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteRow, SqliteSyn
 use sqlx::{Connection, Row, SqliteConnection};
 use tokio::sync::{Mutex, watch};
 
+use super::sql::{WAITER_LAPSE, Waiting};
 use super::{
     Attempt, Backend, Holder, KeyStatus, Lease, LeaseKind, LockSpec, Owner, PingInfo, Renewal,
 };
@@ -60,6 +61,13 @@ CREATE TABLE IF NOT EXISTS dlock_fence (
     token INTEGER NOT NULL,
     PRIMARY KEY (ns, key)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dlock_waiter (
+    ns         TEXT    NOT NULL,
+    key        TEXT    NOT NULL,
+    id         TEXT    NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (ns, key, id)
+) WITHOUT ROWID;
 ";
 
 const LEASE_COLUMNS: &str =
@@ -84,6 +92,8 @@ pub struct SqliteBackend {
     /// waiter, not all of them.
     granted: StdMutex<HashMap<PathBuf, File>>,
     poll: StdMutex<Duration>,
+    /// Our rows in dlock_waiter, for `status`.
+    waiting: Waiting,
 }
 
 /// A thread blocked in `flock(LOCK_EX)` on a wake file.
@@ -246,6 +256,7 @@ impl SqliteBackend {
             waits: StdMutex::new(HashMap::new()),
             granted: StdMutex::new(HashMap::new()),
             poll: StdMutex::new(POLL_MIN),
+            waiting: Waiting::new(),
         })
     }
 
@@ -419,6 +430,15 @@ impl Backend for SqliteBackend {
         tx.commit().await?;
         drop(conn);
         *self.poll.lock().unwrap() = POLL_MIN;
+        if self.waiting.done(&spec.namespace, &spec.key) {
+            let mut conn = self.conn().await?;
+            let _ = sqlx::query("DELETE FROM dlock_waiter WHERE ns = ?1 AND key = ?2 AND id = ?3")
+                .bind(&spec.namespace)
+                .bind(&spec.key)
+                .bind(&self.waiting.id)
+                .execute(&mut *conn)
+                .await;
+        }
         if me.kind == LeaseKind::Run && spec.limit == 1 {
             self.hold_wake(spec).await;
         } else {
@@ -438,6 +458,23 @@ impl Backend for SqliteBackend {
     }
 
     async fn wait_change(&self, spec: &LockSpec, until: Option<Instant>) -> Result<()> {
+        // Counted as a waiter for `status`; best effort.
+        {
+            let mut conn = self.conn().await?;
+            let r = sqlx::query(
+                "INSERT INTO dlock_waiter (ns, key, id, expires_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (ns, key, id) DO UPDATE SET expires_at = excluded.expires_at",
+            )
+            .bind(&spec.namespace)
+            .bind(&spec.key)
+            .bind(&self.waiting.id)
+            .bind(now_ms() + ms(WAITER_LAPSE))
+            .execute(&mut *conn)
+            .await;
+            if r.is_ok() {
+                self.waiting.note(&spec.namespace, &spec.key);
+            }
+        }
         // Never sleep past the moment the earliest lease could expire, nor
         // longer than a second: the flock only tells about `run` holders.
         let cap = Instant::now() + Duration::from_secs(1);
@@ -586,6 +623,19 @@ impl Backend for SqliteBackend {
             .bind(now)
             .fetch_all(&mut *conn)
             .await?;
+        let counts: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT key, COUNT(*) FROM dlock_waiter WHERE ns = ?1 AND expires_at > ?2 GROUP BY key",
+        )
+        .bind(namespace)
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await?;
+        let waiting = |k: &str| {
+            counts
+                .iter()
+                .find(|(n, _)| n == k)
+                .map_or(0, |(_, c)| *c as u64)
+        };
         let mut by_key: std::collections::BTreeMap<String, KeyStatus> = Default::default();
         for k in keys {
             by_key.insert(
@@ -594,7 +644,7 @@ impl Backend for SqliteBackend {
                     key: k.clone(),
                     limit: 1,
                     holders: vec![],
-                    waiters: None,
+                    waiters: Some(waiting(k)),
                 },
             );
         }
@@ -604,11 +654,12 @@ impl Backend for SqliteBackend {
                 continue;
             }
             let row = parse_row(r)?;
+            let w = waiting(&key);
             let e = by_key.entry(key.clone()).or_insert_with(|| KeyStatus {
                 key,
                 limit: 1,
                 holders: vec![],
-                waiters: None,
+                waiters: Some(w),
             });
             e.limit = e.limit.max(row.lim);
             e.holders.push(row.holder);
@@ -626,6 +677,17 @@ impl Backend for SqliteBackend {
             version,
             detail: self.path.display().to_string(),
         })
+    }
+
+    async fn close(&self) {
+        if self.waiting.clear()
+            && let Ok(mut conn) = self.conn().await
+        {
+            let _ = sqlx::query("DELETE FROM dlock_waiter WHERE id = ?1")
+                .bind(&self.waiting.id)
+                .execute(&mut *conn)
+                .await;
+        }
     }
 
     async fn doctor(&self, _ttl: Duration, _timeout: Duration) -> Vec<Check> {

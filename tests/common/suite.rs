@@ -41,6 +41,7 @@ macro_rules! conformance {
                 metrics_file_records_success_busy_and_loss,
                 waiting_line_only_on_a_terminal,
                 doctor_reports_every_check,
+                status_counts_waiters,
             );
         }
     };
@@ -868,4 +869,41 @@ pub fn doctor_reports_every_check(env: &Env) {
         checks.len(),
         "{text}"
     );
+}
+
+/// `status` counts who waits for a key, on every backend: waiters that give
+/// up stop being counted, and so do waiters that got the lock.
+pub fn status_counts_waiters(env: &Env) {
+    let k = key("waiters");
+    let waiters = || env.status_json(&[&k])[0]["waiters"].as_u64();
+    let mut h = hold(env, &k, &[], "sleep 30");
+    assert_eq!(waiters(), Some(0), "nobody waits yet");
+    let spawn = |wait: &str| {
+        env.cmd(&["run", "--key", &k, "--wait", wait, "--", "true"])
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut patient = [spawn("30s"), spawn("30s")];
+    let mut quitter = spawn("2s");
+    wait_for(LONG, "three waiters counted", || waiters() == Some(3));
+    let out = env.run(&["status", &k]);
+    let table = stdout(&out);
+    let row = table.lines().find(|l| l.starts_with(&k)).unwrap();
+    assert!(row.trim_end().ends_with(" 3"), "WAITERS column: {table}");
+    assert_eq!(wait_timeout(&mut quitter, LONG), 75);
+    wait_for(
+        Duration::from_secs(6),
+        "the quitter to stop counting",
+        || waiters() == Some(2),
+    );
+    signal(h.id(), Signal::SIGTERM);
+    wait_timeout(&mut h, LONG);
+    for p in &mut patient {
+        assert_eq!(wait_timeout(p, LONG), 0);
+    }
+    wait_for(Duration::from_secs(6), "no waiter left", || {
+        waiters().unwrap_or(0) == 0
+    });
 }
