@@ -8,7 +8,9 @@
 //! so `status` can say who holds it; any other value shows as a foreign
 //! holder. Beside it, in the same cluster slot (`{NAMESPACE:KEY}` hash tag):
 //! `:fence` (the fencing counter), `:sem` (a sorted set of semaphore holders
-//! scored by expiry, for `--limit` > 1) and the `:released` pub/sub channel.
+//! scored by expiry, for `--limit` > 1), `:waiters` (a sorted set of waiting
+//! processes scored by when each entry lapses, for `status`) and the
+//! `:released` pub/sub channel.
 //!
 //! Expiry is judged by the Redis server's clock (`TIME` inside the scripts,
 //! and `PX`), never ours.
