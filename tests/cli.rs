@@ -415,6 +415,41 @@ fn status_watch_refreshes_until_interrupted() {
     wait_timeout(&mut h, Duration::from_secs(10));
 }
 
+/// On a terminal `status --watch` redraws in place (home, clear) with
+/// colour; `NO_COLOR` turns the colour off.
+#[test]
+fn status_watch_redraws_in_place_on_a_terminal() {
+    let env = Env::sqlite();
+    let mut h = env.spawn(&["run", "--key", "t", "--", "sleep", "30"]);
+    wait_for(Duration::from_secs(10), "t held", || env.held("t"));
+    let script = servers::require("script", "bsdutils");
+    for no_color in [false, true] {
+        let inner = format!(
+            "timeout --preserve-status -s TERM 1 {DLOCK} --backend '{}' status --watch 200ms; echo exit=$?",
+            env.url
+        );
+        let mut cmd = std::process::Command::new(&script);
+        cmd.args(["-qec", &inner, "/dev/null"])
+            .env("HOME", env.dir.path())
+            .env_remove("NO_COLOR")
+            .stdin(std::process::Stdio::null());
+        if no_color {
+            cmd.env("NO_COLOR", "1");
+        }
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("exit=0"),
+            "SIGTERM ends a watch with 0: {text:?}"
+        );
+        assert!(text.matches("\x1b[H\x1b[2J").count() >= 3, "{text:?}");
+        let coloured = text.contains("\x1b[33mheld\x1b[0m");
+        assert_eq!(coloured, !no_color, "{text:?}");
+    }
+    signal(h.id(), nix::sys::signal::Signal::SIGTERM);
+    wait_timeout(&mut h, Duration::from_secs(10));
+}
+
 /// A metrics file that cannot be written is reported, and the run's own
 /// exit status stands.
 #[test]
