@@ -262,7 +262,7 @@ pub struct DoctorArgs {
     #[arg(long)]
     pub strict: bool,
 
-    /// Print a JSON array of checks instead of lines.
+    /// Print a JSON object (backend, ttl_seconds, checks) instead of lines.
     #[arg(long)]
     pub json: bool,
 }

@@ -153,7 +153,13 @@ fn local_clock() -> Check {
         let mut t: libc::timex = std::mem::zeroed();
         libc::adjtimex(&mut t)
     };
-    if state == libc::TIME_ERROR {
+    if state < 0 {
+        Check::new(
+            Level::Warn,
+            "ntp",
+            "cannot tell whether this host's clock is synchronised (adjtimex failed)",
+        )
+    } else if state == libc::TIME_ERROR {
         Check::new(
             Level::Warn,
             "ntp",
@@ -247,7 +253,9 @@ pub async fn examine(
     let mut version = None;
     for _ in 0..5 {
         let t = Instant::now();
-        match tokio::time::timeout(timeout, backend.ping()).await {
+        // The backend bounds each server by `timeout` (in parallel); this
+        // outer bound only catches a backend that would not.
+        match tokio::time::timeout(timeout * 2, backend.ping()).await {
             Ok(Ok(info)) => {
                 times.push(t.elapsed());
                 version.get_or_insert(format!("{} {}", info.kind, info.version));
@@ -260,7 +268,7 @@ pub async fn examine(
                 checks.push(Check::new(
                     Level::Fail,
                     "reachable",
-                    format!("no answer to a ping within {}", human_duration(timeout)),
+                    format!("no answer to a ping within {}", human_duration(timeout * 2)),
                 ));
                 break;
             }
@@ -292,9 +300,19 @@ pub async fn examine(
                     human_duration(ttl)
                 ),
             )
-            .fix("choose a --ttl within the server's limits, or change them"),
+            .fix("choose a --ttl within the server's limits (ZooKeeper: minSessionTimeout and maxSessionTimeout in zoo.cfg), or change them"),
         ),
-        _ => {}
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => checks.push(Check::new(
+            Level::Warn,
+            "ttl",
+            format!("could not learn the TTL the server grants: {e:#}"),
+        )),
+        Err(_) => checks.push(Check::new(
+            Level::Warn,
+            "ttl",
+            format!("the server did not say what TTL it grants within {}", human_duration(timeout)),
+        )),
     }
     // The server's clock against ours.
     let before = SystemTime::now();

@@ -587,23 +587,37 @@ async fn cmd_status(c: &Connector<'_>, a: cli::StatusArgs) -> Result<i32> {
     // Refresh until interrupted, which is the normal way to stop: exit 0.
     let mut signals = Signals::install()?;
     let in_place = !a.json && std::io::IsTerminal::is_terminal(&std::io::stdout());
+    // Each backend step is bounded; this only catches a status of many keys
+    // on a backend that has stopped answering altogether.
+    let bound = s.connect_timeout * 4;
     loop {
         let t0 = Instant::now();
-        let st =
-            tokio::time::timeout(s.connect_timeout, backend.status(&s.namespace, &a.keys)).await;
-        let body = match st {
-            Ok(Ok(st)) if a.json => serde_json::to_string(&status::to_json(&st))? + "\n",
-            Ok(Ok(st)) => render_status(s, backend.as_ref(), &st, false)?,
-            Ok(Err(e)) => format!("dlock: {:#}\n", backend_error(backend.as_ref(), e)),
-            Err(_) => format!(
-                "dlock: backend {} did not answer within {}\n",
-                backend.describe(),
-                status::human_duration(s.connect_timeout)
+        let st = tokio::time::timeout(bound, backend.status(&s.namespace, &a.keys)).await;
+        let (body, failed) = match st {
+            Ok(Ok(st)) if a.json => (serde_json::to_string(&status::to_json(&st))? + "\n", false),
+            Ok(Ok(st)) => (render_status(s, backend.as_ref(), &st, false)?, false),
+            Ok(Err(e)) => (
+                format!("dlock: {:#}\n", backend_error(backend.as_ref(), e)),
+                true,
+            ),
+            Err(_) => (
+                format!(
+                    "dlock: backend {} did not answer within {}\n",
+                    backend.describe(),
+                    status::human_duration(bound)
+                ),
+                true,
             ),
         };
         let mut out = std::io::stdout().lock();
-        if a.json {
-            write!(out, "{body}")?;
+        let written = if a.json {
+            // Errors go to stderr: stdout stays one JSON array per line.
+            if failed {
+                eprint!("{body}");
+                Ok(())
+            } else {
+                write!(out, "{body}")
+            }
         } else {
             let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
             let head = format!(
@@ -614,12 +628,16 @@ async fn cmd_status(c: &Connector<'_>, a: cli::StatusArgs) -> Result<i32> {
             let head = status::Paint(s.color).paint(status::Paint::DIM, &head);
             if in_place {
                 // Home and clear, like watch(1).
-                write!(out, "\x1b[H\x1b[2J{head}\n\n{body}")?;
+                write!(out, "\x1b[H\x1b[2J{head}\n\n{body}")
             } else {
-                write!(out, "{head}\n{body}\n")?;
+                write!(out, "{head}\n{body}\n")
             }
+        };
+        match written.and_then(|()| out.flush()) {
+            // The reader went away (`| head`): a normal end of a watch.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(exit_code::SUCCESS),
+            r => r?,
         }
-        out.flush()?;
         drop(out);
         tokio::select! {
             () = tokio::time::sleep_until((t0 + every).into()) => {}

@@ -167,13 +167,21 @@ pub fn write(path: &Path, r: &RunRecord) -> Result<()> {
     let name = path
         .file_name()
         .with_context(|| format!("--metrics-file {} names no file", path.display()))?;
-    // A dot-name the textfile collector ignores (it reads only *.prom).
+    // A dot-name the textfile collector ignores (it reads only *.prom),
+    // unpredictable and created new: never a file someone else prepared.
+    let mut r = [0u8; 8];
+    let _ = getrandom::fill(&mut r);
     let tmp = dir.join(format!(
-        ".{}.{}.tmp",
+        ".{}.{}.{:016x}.tmp",
         name.to_string_lossy(),
-        std::process::id()
+        std::process::id(),
+        u64::from_ne_bytes(r)
     ));
-    std::fs::write(&tmp, text)
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
         .and_then(|()| std::fs::rename(&tmp, path))
         .inspect_err(|_| {
             let _ = std::fs::remove_file(&tmp);

@@ -73,10 +73,15 @@ impl WaitLine {
                 holder = self.holder(backend, namespace, &waiting_for).await;
                 looked_up = Some((Instant::now(), waiting_for.clone()));
             }
+            let secs = started.elapsed().as_secs();
             let mut line = format!(
                 "{} dlock: waiting {} for {waiting_for:?}",
                 SPINNER[frame % SPINNER.len()],
-                human_duration(Duration::from_secs(started.elapsed().as_secs()))
+                if secs == 0 {
+                    "0s".to_string()
+                } else {
+                    human_duration(Duration::from_secs(secs))
+                }
             );
             if self.keys.len() > 1 {
                 line.push_str(&format!(

@@ -344,3 +344,36 @@ fn doctor_flags_redlock_servers_that_are_not_independent() {
     );
     assert_eq!(c, 1);
 }
+
+/// doctor on a Redis Cluster asks every listed node for itself: each one's
+/// persistence is judged, and a healthy cluster has no failed member.
+#[test]
+fn doctor_on_a_cluster_asks_every_node() {
+    let env = cluster();
+    for r in &env.redis {
+        r.cli(&["CONFIG", "SET", "appendonly", "yes"]);
+        r.cli(&["CONFIG", "SET", "appendfsync", "always"]);
+    }
+    env.redis[1].cli(&["CONFIG", "SET", "appendonly", "no"]);
+    let (c, checks) = env.doctor(&[]);
+    assert!(
+        checks.iter().all(|(n, _, _)| n != "member"),
+        "every node answers: {checks:?}"
+    );
+    let persistence: Vec<_> = checks
+        .iter()
+        .filter(|(n, _, _)| n == "persistence")
+        .collect();
+    assert_eq!(persistence.len(), 3, "{checks:?}");
+    let bad = format!("127.0.0.1:{}", env.redis[1].port);
+    assert!(
+        persistence
+            .iter()
+            .any(|(_, l, m)| l == "fail" && m.contains(&bad)),
+        "{checks:?}"
+    );
+    assert_eq!(persistence.iter().filter(|(_, l, _)| l == "ok").count(), 2);
+    assert_eq!(c, 1);
+    let out = env.run(&["ping"]);
+    assert!(!stdout(&out).contains("unreachable"), "{}", stdout(&out));
+}

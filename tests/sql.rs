@@ -217,3 +217,34 @@ fn doctor_compares_clocks_with_the_database() {
         assert_eq!(c, 0, "{name}: {checks:?}");
     }
 }
+
+/// A site upgrading from a dlock without waiter rows, whose role may use the
+/// lock tables but not create tables: locking works, and `status` shows no
+/// waiter count rather than failing.
+#[test]
+fn postgres_role_without_create_rights_still_locks() {
+    let env = Env::postgres();
+    let out = env.run(&["run", "--key", "k", "--", "true"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let pg = env.postgres.as_ref().unwrap();
+    pg.psql(
+        "DROP TABLE dlock_waiter; CREATE ROLE app LOGIN; \
+         REVOKE CREATE ON SCHEMA public FROM PUBLIC; \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON dlock_lease, dlock_fence TO app",
+    );
+    let app = Env::bare(format!("postgres://app@127.0.0.1:{}/dlock", pg.port));
+    let out = app.run(&["run", "--key", "k", "--", "true"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let mut h = app.spawn(&["run", "--key", "k", "--", "sleep", "1"]);
+    wait_for(Duration::from_secs(10), "k held", || app.held("k"));
+    let out = app.run(&["run", "--key", "k", "--wait", "10s", "--", "true"]);
+    assert_eq!(
+        code(&out),
+        0,
+        "waiting works without the waiter table: {}",
+        stderr(&out)
+    );
+    assert_eq!(wait_timeout(&mut h, Duration::from_secs(10)), 0);
+    let st = app.status_json(&["k"]);
+    assert!(st[0]["waiters"].is_null(), "{st}");
+}

@@ -23,7 +23,9 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOpti
 use sqlx::{AssertSqlSafe, Connection, Row};
 use tokio::sync::Mutex;
 
-use super::sql::{Names, WAITER_LAPSE, Waiting, channel_name, epoch_micros, key_status};
+use super::sql::{
+    Names, WAITER_LAPSE, Waiting, channel_name, epoch_micros, key_status, waiters_of,
+};
 use super::{
     Attempt, Backend, Holder, KeyStatus, Lease, LeaseKind, LockSpec, Owner, PingInfo, Renewal,
     redact_url,
@@ -108,14 +110,6 @@ impl MysqlBackend {
                  ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
                 b.t.fence
             ),
-            format!(
-                "CREATE TABLE IF NOT EXISTS {} (
-                    ns VARCHAR(191) NOT NULL, lkey VARCHAR(512) NOT NULL, id VARCHAR(64) NOT NULL,
-                    expires_at DATETIME(6) NOT NULL,
-                    PRIMARY KEY (ns, lkey, id)
-                 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
-                b.t.waiter
-            ),
         ] {
             b.bounded(
                 "create tables",
@@ -123,22 +117,23 @@ impl MysqlBackend {
             )
             .await?;
         }
+        // Waiter rows only feed `status`: without the table, locking works
+        // and `status` shows no waiter count.
+        let _ = b
+            .bounded(
+                "create the waiter table",
+                sqlx::raw_sql(AssertSqlSafe(format!(
+                    "CREATE TABLE IF NOT EXISTS {} (
+                        ns VARCHAR(191) NOT NULL, lkey VARCHAR(512) NOT NULL, id VARCHAR(64) NOT NULL,
+                        expires_at DATETIME(6) NOT NULL,
+                        PRIMARY KEY (ns, lkey, id)
+                     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+                    b.t.waiter
+                )))
+                .execute(&b.pool),
+            )
+            .await;
         Ok(b)
-    }
-
-    /// Drop our waiter row for a key we got.
-    async fn not_waiting(&self, ns: &str, key: &str) {
-        if self.waiting.done(ns, key) {
-            let q = sqlx::query(AssertSqlSafe(format!(
-                "DELETE FROM {} WHERE ns = ? AND lkey = ? AND id = ?",
-                self.t.waiter
-            )))
-            .bind(ns)
-            .bind(key)
-            .bind(&self.waiting.id)
-            .execute(&self.pool);
-            let _ = self.bounded("waiting", q).await;
-        }
     }
 
     async fn bounded<T>(
@@ -272,13 +267,26 @@ impl Backend for MysqlBackend {
             .bind(spec.ttl.as_micros() as i64)
             .execute(&mut *tx)
             .await?;
+            // No longer a waiter: in the same transaction, so the new holder
+            // is never counted as both.
+            if self.waiting.has(&spec.namespace, &spec.key) {
+                sqlx::query(AssertSqlSafe(format!(
+                    "DELETE FROM {} WHERE ns = ? AND lkey = ? AND id = ?",
+                    t.waiter
+                )))
+                .bind(&spec.namespace)
+                .bind(&spec.key)
+                .bind(&self.waiting.id)
+                .execute(&mut *tx)
+                .await?;
+            }
             tx.commit().await?;
             Ok(Ok(token))
         };
         match self.bounded("acquire", attempt).await? {
             Ok(token) => {
                 *self.poll.lock().unwrap() = POLL_MIN;
-                self.not_waiting(&spec.namespace, &spec.key).await;
+                self.waiting.done(&spec.namespace, &spec.key);
                 if me.kind == LeaseKind::Run && spec.limit == 1 {
                     self.hold_wake(self.wake_name(&spec.namespace, &spec.key))
                         .await;
@@ -311,8 +319,18 @@ impl Backend for MysqlBackend {
         .bind(&self.waiting.id)
         .bind(WAITER_LAPSE.as_micros() as i64)
         .execute(&self.pool);
-        if self.bounded("waiting", row).await.is_ok() {
-            self.waiting.note(&spec.namespace, &spec.key);
+        if self.bounded("waiting", row).await.is_ok()
+            && self.waiting.note(&spec.namespace, &spec.key)
+        {
+            // Rows of waiters that died long ago: once per key and process.
+            let stale = sqlx::query(AssertSqlSafe(format!(
+                "DELETE FROM {} WHERE ns = ? AND lkey = ? AND expires_at < UTC_TIMESTAMP(6) - INTERVAL 1 MINUTE",
+                self.t.waiter
+            )))
+            .bind(&spec.namespace)
+            .bind(&spec.key)
+            .execute(&self.pool);
+            let _ = self.bounded("waiting", stale).await;
         }
         let cap = Instant::now() + Duration::from_secs(1);
         let bound = until.map_or(cap, |u| u.min(cap));
@@ -442,7 +460,7 @@ impl Backend for MysqlBackend {
                 )
                 .await?;
         }
-        let counts: Vec<(String, i64)> = self
+        let counts: Option<Vec<(String, i64)>> = self
             .bounded(
                 "status",
                 sqlx::query_as(AssertSqlSafe(format!(
@@ -452,7 +470,8 @@ impl Backend for MysqlBackend {
                 .bind(namespace)
                 .fetch_all(&self.pool),
             )
-            .await?;
+            .await
+            .ok();
         let mut out = Vec::new();
         for k in names {
             let rows = self
@@ -464,10 +483,7 @@ impl Backend for MysqlBackend {
                         .fetch_all(&self.pool),
                 )
                 .await?;
-            let w = counts
-                .iter()
-                .find(|(n, _)| *n == k)
-                .map_or(0, |(_, c)| *c as u64);
+            let w = waiters_of(&counts, &k);
             out.push(key_status(k, &rows, w, |r: &MySqlRow| {
                 let lim: i32 = r.try_get("lim")?;
                 Ok((holder(r)?, lim as u32))
@@ -496,11 +512,13 @@ impl Backend for MysqlBackend {
     }
 
     async fn close(&self) {
-        if self.waiting.clear() {
+        for (ns, key) in self.waiting.clear() {
             let q = sqlx::query(AssertSqlSafe(format!(
-                "DELETE FROM {} WHERE id = ?",
+                "DELETE FROM {} WHERE ns = ? AND lkey = ? AND id = ?",
                 self.t.waiter
             )))
+            .bind(&ns)
+            .bind(&key)
             .bind(&self.waiting.id)
             .execute(&self.pool);
             let _ = self.bounded("waiting", q).await;

@@ -21,7 +21,9 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow}
 use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::Mutex;
 
-use super::sql::{Names, WAITER_LAPSE, Waiting, channel_name, epoch_micros, key_status};
+use super::sql::{
+    Names, WAITER_LAPSE, Waiting, channel_name, epoch_micros, key_status, waiters_of,
+};
 use super::{
     Attempt, Backend, Holder, KeyStatus, Lease, LockSpec, Owner, PingInfo, Renewal, redact_url,
 };
@@ -93,25 +95,37 @@ impl PostgresBackend {
                 acquired_at TIMESTAMPTZ NOT NULL, expires_at TIMESTAMPTZ NOT NULL,
                 PRIMARY KEY (ns, key, id));
              CREATE TABLE IF NOT EXISTS {fence} (
-                ns TEXT NOT NULL, key TEXT NOT NULL, token BIGINT NOT NULL, PRIMARY KEY (ns, key));
-             CREATE TABLE IF NOT EXISTS {waiter} (
-                ns TEXT NOT NULL, key TEXT NOT NULL, id TEXT NOT NULL,
-                expires_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (ns, key, id))",
+                ns TEXT NOT NULL, key TEXT NOT NULL, token BIGINT NOT NULL, PRIMARY KEY (ns, key))",
             lease = b.t.lease,
             fence = b.t.fence,
-            waiter = b.t.waiter
+        );
+        // Waiter rows only feed `status`: a role that may not create tables
+        // still locks without them.
+        let waiter_ddl = format!(
+            "CREATE TABLE IF NOT EXISTS {} (
+                ns TEXT NOT NULL, key TEXT NOT NULL, id TEXT NOT NULL,
+                expires_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (ns, key, id))",
+            b.t.waiter
         );
         // Most runs find the tables there: one cheap look instead of DDL
         // (which takes locks and sends notices).
-        let present: bool = sqlx::query_scalar(
-            "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL AND to_regclass($3) IS NOT NULL",
+        let (present, waiter_present): (bool, bool) = sqlx::query_as(
+            "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL, to_regclass($3) IS NOT NULL",
         )
         .bind(&b.t.lease)
         .bind(&b.t.fence)
         .bind(&b.t.waiter)
         .fetch_one(&b.pool)
         .await
-        .unwrap_or(false);
+        .unwrap_or((false, false));
+        if !waiter_present {
+            let _ = b
+                .bounded(
+                    "create the waiter table",
+                    sqlx::raw_sql(AssertSqlSafe(waiter_ddl)).execute(&b.pool),
+                )
+                .await;
+        }
         if present {
             return Ok(b);
         }
@@ -132,21 +146,6 @@ impl PostgresBackend {
                 })?;
         }
         Ok(b)
-    }
-
-    /// Drop our waiter row for a key we got (or stopped waiting for).
-    async fn not_waiting(&self, ns: &str, key: &str) {
-        if self.waiting.done(ns, key) {
-            let q = sqlx::query(AssertSqlSafe(format!(
-                "DELETE FROM {} WHERE ns = $1 AND key = $2 AND id = $3",
-                self.t.waiter
-            )))
-            .bind(ns)
-            .bind(key)
-            .bind(&self.waiting.id)
-            .execute(&self.pool);
-            let _ = self.bounded("waiting", q).await;
-        }
     }
 
     fn select_holders(&self) -> String {
@@ -234,12 +233,25 @@ impl Backend for PostgresBackend {
             .bind(spec.ttl.as_millis() as f64)
             .fetch_one(&mut *tx)
             .await?;
+            // No longer a waiter: in the same transaction, so the new holder
+            // is never counted as both.
+            if self.waiting.has(&spec.namespace, &spec.key) {
+                sqlx::query(AssertSqlSafe(format!(
+                    "DELETE FROM {} WHERE ns = $1 AND key = $2 AND id = $3",
+                    t.waiter
+                )))
+                .bind(&spec.namespace)
+                .bind(&spec.key)
+                .bind(&self.waiting.id)
+                .execute(&mut *tx)
+                .await?;
+            }
             tx.commit().await?;
             Ok(Ok(token))
         };
         match self.bounded("acquire", attempt).await? {
             Ok(token) => {
-                self.not_waiting(&spec.namespace, &spec.key).await;
+                self.waiting.done(&spec.namespace, &spec.key);
                 Ok(Attempt::Acquired(Lease {
                     namespace: spec.namespace.clone(),
                     key: spec.key.clone(),
@@ -267,11 +279,14 @@ impl Backend for PostgresBackend {
 
     async fn wait_change(&self, spec: &LockSpec, until: Option<Instant>) -> Result<()> {
         // Counted as a waiter for `status`; best effort.
+        // Rows of waiters that died long ago go in the same statement.
         let row = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO {} (ns, key, id, expires_at)
+            "WITH stale AS (DELETE FROM {w} WHERE ns = $1 AND key = $2
+                             AND expires_at < clock_timestamp() - interval '1 minute')
+             INSERT INTO {w} (ns, key, id, expires_at)
              VALUES ($1, $2, $3, clock_timestamp() + $4 * interval '1 millisecond')
              ON CONFLICT (ns, key, id) DO UPDATE SET expires_at = EXCLUDED.expires_at",
-            self.t.waiter
+            w = self.t.waiter
         )))
         .bind(&spec.namespace)
         .bind(&spec.key)
@@ -408,7 +423,7 @@ impl Backend for PostgresBackend {
                 )
                 .await?;
         }
-        let counts: Vec<(String, i64)> = self
+        let counts: Option<Vec<(String, i64)>> = self
             .bounded(
                 "status",
                 sqlx::query_as(AssertSqlSafe(format!(
@@ -418,13 +433,8 @@ impl Backend for PostgresBackend {
                 .bind(namespace)
                 .fetch_all(&self.pool),
             )
-            .await?;
-        let waiters = |k: &str| {
-            counts
-                .iter()
-                .find(|(n, _)| n == k)
-                .map_or(0, |(_, c)| *c as u64)
-        };
+            .await
+            .ok();
         let mut out = Vec::new();
         for k in names {
             let rows = self
@@ -436,7 +446,7 @@ impl Backend for PostgresBackend {
                         .fetch_all(&self.pool),
                 )
                 .await?;
-            let w = waiters(&k);
+            let w = waiters_of(&counts, &k);
             out.push(key_status(k, &rows, w, |r| {
                 let lim: i32 = r.try_get("lim")?;
                 Ok((holder(r)?.0, lim as u32))
@@ -460,11 +470,13 @@ impl Backend for PostgresBackend {
     }
 
     async fn close(&self) {
-        if self.waiting.clear() {
+        for (ns, key) in self.waiting.clear() {
             let q = sqlx::query(AssertSqlSafe(format!(
-                "DELETE FROM {} WHERE id = $1",
+                "DELETE FROM {} WHERE ns = $1 AND key = $2 AND id = $3",
                 self.t.waiter
             )))
+            .bind(&ns)
+            .bind(&key)
             .bind(&self.waiting.id)
             .execute(&self.pool);
             let _ = self.bounded("waiting", q).await;

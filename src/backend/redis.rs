@@ -990,26 +990,31 @@ impl Backend for RedisBackend {
     }
 
     async fn ping(&self) -> Result<PingInfo> {
-        let mut versions = Vec::new();
-        for n in &self.nodes {
+        // Every server at once, each bounded: one that hangs must not hold
+        // up (or hide) the others.
+        let versions = join_all(self.nodes.iter().map(|n| async move {
             let mut c = n.conn.clone();
             let info = tokio::time::timeout(
                 self.op_timeout,
                 redis::cmd("INFO")
                     .arg("server")
-                    .query_async::<String>(&mut c),
+                    .query_async::<Value>(&mut c),
             )
             .await;
-            let v = match info {
-                Ok(Ok(s)) => s
+            match info {
+                Ok(Ok(v)) => info_text(&v)
                     .lines()
                     .find_map(|l| l.strip_prefix("redis_version:"))
                     .unwrap_or("?")
                     .trim()
                     .to_string(),
                 _ => "unreachable".to_string(),
-            };
-            versions.push(v);
+            }
+        }))
+        .await;
+        if versions.iter().all(|v| v == "unreachable") {
+            let none = vec!["no answer to INFO".to_string(); self.nodes.len()];
+            return Err(self.too_few(&none));
         }
         let kind = if self.redlock() { "redlock" } else { "redis" };
         Ok(PingInfo {
@@ -1043,6 +1048,21 @@ impl Backend for RedisBackend {
 
     async fn doctor(&self, _ttl: Duration, timeout: Duration) -> Vec<crate::doctor::Check> {
         self.diagnose(timeout).await
+    }
+}
+
+/// The text of an `INFO` reply: a cluster answers with one per primary (a
+/// map); any of them will do.
+fn info_text(v: &Value) -> String {
+    match v {
+        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::VerbatimString { text, .. } => text.clone(),
+        Value::SimpleString(s) => s.clone(),
+        Value::Map(entries) => entries
+            .first()
+            .map(|(_, v)| info_text(v))
+            .unwrap_or_default(),
+        _ => String::new(),
     }
 }
 

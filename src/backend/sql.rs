@@ -87,28 +87,35 @@ impl Waiting {
         }
     }
 
-    /// Remember that a row for this key exists.
-    pub fn note(&self, ns: &str, key: &str) {
+    /// Remember that a row for this key exists; true the first time.
+    pub fn note(&self, ns: &str, key: &str) -> bool {
         self.keys
             .lock()
             .unwrap()
-            .insert((ns.to_string(), key.to_string()));
+            .insert((ns.to_string(), key.to_string()))
     }
 
-    /// Forget the key; true if there was a row to delete.
-    pub fn done(&self, ns: &str, key: &str) -> bool {
+    /// Whether this process has a row for the key (the acquiring
+    /// transaction then deletes it).
+    pub fn has(&self, ns: &str, key: &str) -> bool {
         self.keys
             .lock()
             .unwrap()
-            .remove(&(ns.to_string(), key.to_string()))
+            .contains(&(ns.to_string(), key.to_string()))
     }
 
-    /// Forget every key; true if there were rows to delete.
-    pub fn clear(&self) -> bool {
-        let mut k = self.keys.lock().unwrap();
-        let any = !k.is_empty();
-        k.clear();
-        any
+    /// Forget the key (its row was deleted with the acquisition).
+    pub fn done(&self, ns: &str, key: &str) {
+        self.keys
+            .lock()
+            .unwrap()
+            .remove(&(ns.to_string(), key.to_string()));
+    }
+
+    /// Forget every key, returning the (namespace, key) pairs whose rows to
+    /// delete.
+    pub fn clear(&self) -> Vec<(String, String)> {
+        self.keys.lock().unwrap().drain().collect()
     }
 }
 
@@ -117,7 +124,7 @@ impl Waiting {
 pub fn key_status<R>(
     key: String,
     rows: &[R],
-    waiters: u64,
+    waiters: Option<u64>,
     holder: impl Fn(&R) -> Result<(Holder, u32)>,
 ) -> Result<KeyStatus> {
     let mut limit = 1u32;
@@ -131,7 +138,7 @@ pub fn key_status<R>(
         key,
         limit,
         holders,
-        waiters: Some(waiters),
+        waiters,
     })
 }
 
@@ -150,6 +157,16 @@ pub fn fnv64(parts: &[&str]) -> u64 {
 /// GET_LOCK name).
 pub fn channel_name(ns: &str, key: &str) -> String {
     format!("dlock_{:016x}", fnv64(&[ns, key]))
+}
+
+/// Waiters counted per key from `(key, count)` rows; `None` when the count
+/// could not be read (no waiter table: dlock may not create tables there).
+pub fn waiters_of(counts: &Option<Vec<(String, i64)>>, key: &str) -> Option<u64> {
+    counts.as_ref().map(|c| {
+        c.iter()
+            .find(|(n, _)| n == key)
+            .map_or(0, |(_, n)| *n as u64)
+    })
 }
 
 /// A server's clock reading in microseconds since the epoch.

@@ -427,18 +427,19 @@ impl Backend for SqliteBackend {
         .bind(now.saturating_add(ms(spec.ttl)))
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
-        drop(conn);
-        *self.poll.lock().unwrap() = POLL_MIN;
-        if self.waiting.done(&spec.namespace, &spec.key) {
-            let mut conn = self.conn().await?;
-            let _ = sqlx::query("DELETE FROM dlock_waiter WHERE ns = ?1 AND key = ?2 AND id = ?3")
+        // No longer a waiter, in the same transaction.
+        if self.waiting.has(&spec.namespace, &spec.key) {
+            sqlx::query("DELETE FROM dlock_waiter WHERE ns = ?1 AND key = ?2 AND id = ?3")
                 .bind(&spec.namespace)
                 .bind(&spec.key)
                 .bind(&self.waiting.id)
-                .execute(&mut *conn)
-                .await;
+                .execute(&mut *tx)
+                .await?;
         }
+        tx.commit().await?;
+        drop(conn);
+        self.waiting.done(&spec.namespace, &spec.key);
+        *self.poll.lock().unwrap() = POLL_MIN;
         if me.kind == LeaseKind::Run && spec.limit == 1 {
             self.hold_wake(spec).await;
         } else {
@@ -471,8 +472,16 @@ impl Backend for SqliteBackend {
             .bind(now_ms() + ms(WAITER_LAPSE))
             .execute(&mut *conn)
             .await;
-            if r.is_ok() {
-                self.waiting.note(&spec.namespace, &spec.key);
+            if r.is_ok() && self.waiting.note(&spec.namespace, &spec.key) {
+                // Rows of waiters that died long ago: once per key and process.
+                let _ = sqlx::query(
+                    "DELETE FROM dlock_waiter WHERE ns = ?1 AND key = ?2 AND expires_at < ?3",
+                )
+                .bind(&spec.namespace)
+                .bind(&spec.key)
+                .bind(now_ms() - 60_000)
+                .execute(&mut *conn)
+                .await;
             }
         }
         // Never sleep past the moment the earliest lease could expire, nor
@@ -680,13 +689,19 @@ impl Backend for SqliteBackend {
     }
 
     async fn close(&self) {
-        if self.waiting.clear()
+        let rows = self.waiting.clear();
+        if !rows.is_empty()
             && let Ok(mut conn) = self.conn().await
         {
-            let _ = sqlx::query("DELETE FROM dlock_waiter WHERE id = ?1")
-                .bind(&self.waiting.id)
-                .execute(&mut *conn)
-                .await;
+            for (ns, key) in rows {
+                let _ =
+                    sqlx::query("DELETE FROM dlock_waiter WHERE ns = ?1 AND key = ?2 AND id = ?3")
+                        .bind(&ns)
+                        .bind(&key)
+                        .bind(&self.waiting.id)
+                        .execute(&mut *conn)
+                        .await;
+            }
         }
     }
 

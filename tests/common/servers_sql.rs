@@ -371,6 +371,30 @@ impl Postgres {
         format!("postgres://postgres@127.0.0.1:{}/dlock", self.port)
     }
 
+    /// Run SQL as the superuser in the `dlock` database; panics on failure.
+    pub fn psql(&self, sql: &str) {
+        let out = self
+            .command("psql")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args([
+                "-U",
+                "postgres",
+                "-d",
+                "dlock",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ])
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// The postmaster's pid.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()

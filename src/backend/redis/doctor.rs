@@ -15,7 +15,10 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use super::{Node, RedisBackend};
+use redis::AsyncConnectionConfig;
+use redis::aio::ConnectionLike;
+
+use super::{Conn, Node, RedisBackend};
 use crate::doctor::{Check, Level};
 
 /// What one server said about itself.
@@ -24,8 +27,39 @@ struct Facts {
     run_id: Option<String>,
 }
 
-async fn facts(n: &Node, timeout: Duration) -> Result<Facts, String> {
-    let mut c = n.conn.clone();
+/// Each server behind a node, by name: the node itself, or for a cluster
+/// every node listed in the URL, asked directly (a cluster connection would
+/// route `INFO` to all primaries and `CONFIG GET` to a random one).
+async fn servers(n: &Node, timeout: Duration) -> Vec<(String, Result<Facts, String>)> {
+    match &n.conn {
+        Conn::Cluster(..) => {
+            let mut out = Vec::new();
+            for client in &n.scan {
+                let name = format!("{} node {}", n.shown, client.get_connection_info().addr());
+                let cfg = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(timeout));
+                let conn = tokio::time::timeout(
+                    timeout,
+                    client.get_multiplexed_async_connection_with_config(&cfg),
+                )
+                .await;
+                let f = match conn {
+                    Ok(Ok(c)) => facts(c, timeout).await,
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("no answer within {timeout:?}")),
+                };
+                out.push((name, f));
+            }
+            out
+        }
+        _ => {
+            vec![(n.shown.clone(), facts(n.conn.clone(), timeout).await)]
+        }
+    }
+}
+
+async fn facts<C: ConnectionLike + Send>(mut c: C, timeout: Duration) -> Result<Facts, String> {
     let info = tokio::time::timeout(
         timeout,
         redis::cmd("INFO")
@@ -87,13 +121,18 @@ impl RedisBackend {
         let redlock = self.redlock();
         let mut out = Vec::new();
         let mut answered = 0;
-        let mut by_run_id: BTreeMap<String, Vec<&str>> = BTreeMap::new();
-        for n in &self.nodes {
-            let f = match facts(n, timeout).await {
-                Ok(f) => f,
-                Err(e) => {
-                    out.push(
-                        Check::new(Level::Fail, "member", format!("{} does not answer: {e}", n.shown))
+        let mut by_run_id: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let all =
+            futures_util::future::join_all(self.nodes.iter().map(|n| servers(n, timeout))).await;
+        for (n, found) in self.nodes.iter().zip(all) {
+            let mut node_ok = true;
+            for (name, f) in found {
+                let f = match f {
+                    Ok(f) => f,
+                    Err(e) => {
+                        node_ok = false;
+                        out.push(
+                        Check::new(Level::Fail, "member", format!("{name} does not answer: {e}"))
                             .fix(if redlock {
                                 format!(
                                     "bring it back: Redlock needs {} of {} servers, and every one down is one fault less it survives",
@@ -104,14 +143,20 @@ impl RedisBackend {
                                 "check that the server runs and this host may reach it".to_string()
                             }),
                     );
-                    continue;
+                        continue;
+                    }
+                };
+                if let Some(id) = &f.run_id {
+                    by_run_id
+                        .entry(id.clone())
+                        .or_default()
+                        .push(n.shown.clone());
                 }
-            };
-            answered += 1;
-            if let Some(id) = &f.run_id {
-                by_run_id.entry(id.clone()).or_default().push(&n.shown);
+                out.extend(judge_config(&name, &f.config, redlock));
             }
-            out.extend(judge_config(&n.shown, &f.config, redlock));
+            if node_ok {
+                answered += 1;
+            }
         }
         if redlock {
             out.push(if answered == self.nodes.len() {
