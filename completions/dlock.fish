@@ -162,7 +162,7 @@ complete -c dlock -n "__fish_dlock_using_subcommand doctor" -l color -d 'Colour 
 always\t''
 never\t''"
 complete -c dlock -n "__fish_dlock_using_subcommand doctor" -l strict -d 'Count warnings as failures too'
-complete -c dlock -n "__fish_dlock_using_subcommand doctor" -l json -d 'Print a JSON array of checks instead of lines'
+complete -c dlock -n "__fish_dlock_using_subcommand doctor" -l json -d 'Print a JSON object (backend, ttl_seconds, checks) instead of lines'
 complete -c dlock -n "__fish_dlock_using_subcommand doctor" -s v -l verbose -d 'Log what dlock does on stderr (-v: events with timings, -vv: debug)'
 complete -c dlock -n "__fish_dlock_using_subcommand doctor" -s q -l quiet -d 'Print nothing but errors'
 complete -c dlock -n "__fish_dlock_using_subcommand doctor" -s h -l help -d 'Print help (see more with \'--help\')'

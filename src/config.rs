@@ -187,6 +187,15 @@ impl Settings {
         })
     }
 
+    /// The backend URLs, passwords removed, for messages.
+    pub fn shown_backends(&self) -> String {
+        self.backends
+            .iter()
+            .map(|u| crate::backend::redact_url(u))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// The TTL: the flag's, else the config file's, else the default; at
     /// least 100ms.
     pub fn ttl(&self, flag: Option<Duration>) -> Result<Duration> {

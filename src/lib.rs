@@ -169,12 +169,7 @@ fn owner(kind: LeaseKind) -> Result<Owner> {
 }
 
 async fn connect(s: &Settings) -> Result<Arc<dyn Backend>> {
-    let shown = s
-        .backends
-        .iter()
-        .map(|u| redact_url(u))
-        .collect::<Vec<_>>()
-        .join(",");
+    let shown = s.shown_backends();
     match tokio::time::timeout(
         s.connect_timeout,
         backend::connect(&s.backends, s.connect_timeout),
@@ -697,12 +692,7 @@ async fn cmd_doctor(c: &Connector<'_>, a: cli::DoctorArgs) -> Result<i32> {
     let s = c.settings;
     let ttl = s.ttl(a.ttl)?;
     let max_skew = a.max_skew.unwrap_or(Duration::from_secs(1));
-    let shown = s
-        .backends
-        .iter()
-        .map(|u| redact_url(u))
-        .collect::<Vec<_>>()
-        .join(",");
+    let shown = s.shown_backends();
     let (checks, code) = match c.get().await {
         Ok(backend) => {
             let checks = doctor::examine(backend.as_ref(), ttl, max_skew, s.connect_timeout).await;

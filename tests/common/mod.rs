@@ -206,6 +206,18 @@ impl Env {
         (code(&out), checks)
     }
 
+    /// doctor fails, naming the member on `port` as not answering.
+    pub fn doctor_names_a_member_down(&self, port: u16) {
+        let (c, checks) = self.doctor(&["--connect-timeout", "2s"]);
+        assert!(
+            checks
+                .iter()
+                .any(|(n, l, m)| n == "member" && l == "fail" && m.contains(&port.to_string())),
+            "{checks:?}"
+        );
+        assert_eq!(c, 1, "{checks:?}");
+    }
+
     pub fn held(&self, key: &str) -> bool {
         self.status_json(&[key])[0]["held"].as_bool().unwrap()
     }
