@@ -23,12 +23,10 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOpti
 use sqlx::{AssertSqlSafe, Connection, Row};
 use tokio::sync::Mutex;
 
-use super::sql::{
-    Names, WAITER_LAPSE, Waiting, channel_name, epoch_micros, key_status, waiters_of,
-};
+use super::sql::{Names, WAITER_LAPSE, channel_name, epoch_micros, key_status, waiters_of};
 use super::{
     Attempt, Backend, Holder, KeyStatus, Lease, LeaseKind, LockSpec, Owner, PingInfo, Renewal,
-    redact_url,
+    Waiting, redact_url,
 };
 use crate::error::unavailable;
 
@@ -307,30 +305,32 @@ impl Backend for MysqlBackend {
     }
 
     async fn wait_change(&self, spec: &LockSpec, until: Option<Instant>) -> Result<()> {
-        // Counted as a waiter for `status`; best effort.
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO {} (ns, lkey, id, expires_at)
-             VALUES (?, ?, ?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)
-             ON DUPLICATE KEY UPDATE expires_at = VALUES(expires_at)",
-            self.t.waiter
-        )))
-        .bind(&spec.namespace)
-        .bind(&spec.key)
-        .bind(&self.waiting.id)
-        .bind(WAITER_LAPSE.as_micros() as i64)
-        .execute(&self.pool);
-        if self.bounded("waiting", row).await.is_ok()
-            && self.waiting.note(&spec.namespace, &spec.key)
-        {
-            // Rows of waiters that died long ago: once per key and process.
-            let stale = sqlx::query(AssertSqlSafe(format!(
-                "DELETE FROM {} WHERE ns = ? AND lkey = ? AND expires_at < UTC_TIMESTAMP(6) - INTERVAL 1 MINUTE",
+        if self.waiting.due(&spec.namespace, &spec.key, WAITER_LAPSE) {
+            // Counted as a waiter for `status`; best effort.
+            let row = sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO {} (ns, lkey, id, expires_at)
+                 VALUES (?, ?, ?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)
+                 ON DUPLICATE KEY UPDATE expires_at = VALUES(expires_at)",
                 self.t.waiter
             )))
             .bind(&spec.namespace)
             .bind(&spec.key)
+            .bind(&self.waiting.id)
+            .bind(WAITER_LAPSE.as_micros() as i64)
             .execute(&self.pool);
-            let _ = self.bounded("waiting", stale).await;
+            if self.bounded("waiting", row).await.is_ok()
+                && self.waiting.note(&spec.namespace, &spec.key)
+            {
+                // Rows of waiters that died long ago: once per key and process.
+                let stale = sqlx::query(AssertSqlSafe(format!(
+                    "DELETE FROM {} WHERE ns = ? AND lkey = ? AND expires_at < UTC_TIMESTAMP(6) - INTERVAL 1 MINUTE",
+                    self.t.waiter
+                )))
+                .bind(&spec.namespace)
+                .bind(&spec.key)
+                .execute(&self.pool);
+                let _ = self.bounded("waiting", stale).await;
+            }
         }
         let cap = Instant::now() + Duration::from_secs(1);
         let bound = until.map_or(cap, |u| u.min(cap));

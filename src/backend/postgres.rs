@@ -21,11 +21,10 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow}
 use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::Mutex;
 
-use super::sql::{
-    Names, WAITER_LAPSE, Waiting, channel_name, epoch_micros, key_status, waiters_of,
-};
+use super::sql::{Names, WAITER_LAPSE, channel_name, epoch_micros, key_status, waiters_of};
 use super::{
-    Attempt, Backend, Holder, KeyStatus, Lease, LockSpec, Owner, PingInfo, Renewal, redact_url,
+    Attempt, Backend, Holder, KeyStatus, Lease, LockSpec, Owner, PingInfo, Renewal, Waiting,
+    redact_url,
 };
 use crate::error::unavailable;
 
@@ -278,23 +277,25 @@ impl Backend for PostgresBackend {
     }
 
     async fn wait_change(&self, spec: &LockSpec, until: Option<Instant>) -> Result<()> {
-        // Counted as a waiter for `status`; best effort.
-        // Rows of waiters that died long ago go in the same statement.
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "WITH stale AS (DELETE FROM {w} WHERE ns = $1 AND key = $2
-                             AND expires_at < clock_timestamp() - interval '1 minute')
-             INSERT INTO {w} (ns, key, id, expires_at)
-             VALUES ($1, $2, $3, clock_timestamp() + $4 * interval '1 millisecond')
-             ON CONFLICT (ns, key, id) DO UPDATE SET expires_at = EXCLUDED.expires_at",
-            w = self.t.waiter
-        )))
-        .bind(&spec.namespace)
-        .bind(&spec.key)
-        .bind(&self.waiting.id)
-        .bind(WAITER_LAPSE.as_millis() as f64)
-        .execute(&self.pool);
-        if self.bounded("waiting", row).await.is_ok() {
-            self.waiting.note(&spec.namespace, &spec.key);
+        if self.waiting.due(&spec.namespace, &spec.key, WAITER_LAPSE) {
+            // Counted as a waiter for `status`; best effort.
+            // Rows of waiters that died long ago go in the same statement.
+            let row = sqlx::query(AssertSqlSafe(format!(
+                "WITH stale AS (DELETE FROM {w} WHERE ns = $1 AND key = $2
+                                 AND expires_at < clock_timestamp() - interval '1 minute')
+                 INSERT INTO {w} (ns, key, id, expires_at)
+                 VALUES ($1, $2, $3, clock_timestamp() + $4 * interval '1 millisecond')
+                 ON CONFLICT (ns, key, id) DO UPDATE SET expires_at = EXCLUDED.expires_at",
+                w = self.t.waiter
+            )))
+            .bind(&spec.namespace)
+            .bind(&spec.key)
+            .bind(&self.waiting.id)
+            .bind(WAITER_LAPSE.as_millis() as f64)
+            .execute(&self.pool);
+            if self.bounded("waiting", row).await.is_ok() {
+                self.waiting.note(&spec.namespace, &spec.key);
+            }
         }
         let chan = channel_name(&spec.namespace, &spec.key);
         let cap = Instant::now() + Duration::from_secs(1);

@@ -44,7 +44,8 @@ use tokio::sync::Mutex;
 mod doctor;
 
 use super::{
-    Attempt, Backend, Holder, KeyStatus, Lease, LockSpec, Owner, PingInfo, Renewal, redact_url,
+    Attempt, Backend, Holder, KeyStatus, Lease, LockSpec, Owner, PingInfo, Renewal, Waiting,
+    redact_url,
 };
 use crate::error::{unavailable, usage};
 
@@ -375,8 +376,8 @@ pub struct RedisBackend {
     nodes: Vec<Node>,
     quorum: usize,
     op_timeout: Duration,
-    /// Names this process in the waiters sets of the keys it waits for.
-    waiter_id: String,
+    /// This process's entries in the waiters sets of the keys it waits for.
+    waiting: Waiting,
     /// Subscriptions for waiting: (channel key, merged message streams).
     subs: Mutex<Option<(String, SelectAll<PubSubStream>)>>,
 }
@@ -481,11 +482,7 @@ impl RedisBackend {
             nodes,
             quorum,
             op_timeout: timeout,
-            waiter_id: {
-                let mut b = [0u8; 8];
-                let _ = getrandom::fill(&mut b);
-                format!("{}-{}", std::process::id(), u64::from_ne_bytes(b))
-            },
+            waiting: Waiting::new(),
             subs: Mutex::new(None),
         };
         // Reach a quorum now, so an unreachable backend is exit 69 at once.
@@ -711,7 +708,7 @@ impl Backend for RedisBackend {
             clean(&me.user),
             clean(&me.host),
             me.pid.to_string(),
-            self.waiter_id.clone(),
+            self.waiting.id.clone(),
         ];
         let results = self
             .everywhere(
@@ -754,6 +751,7 @@ impl Backend for RedisBackend {
         };
         if counters.len() >= self.quorum && !valid.is_zero() {
             if !self.redlock() {
+                self.waiting.done(&spec.namespace, &spec.key);
                 return Ok(Attempt::Acquired(lease(counters[0])));
             }
             let token = counters.iter().max().copied().unwrap_or(0) + 1;
@@ -770,6 +768,7 @@ impl Backend for RedisBackend {
                 .filter(|r| matches!(r, Ok(Value::Int(1))))
                 .count();
             if ok >= self.quorum && granted_at.elapsed() + drift < spec.ttl {
+                self.waiting.done(&spec.namespace, &spec.key);
                 return Ok(Attempt::Acquired(lease(token)));
             }
             errors.extend(fenced.into_iter().filter_map(|r| r.err()));
@@ -788,15 +787,21 @@ impl Backend for RedisBackend {
         self.subscribe(&spec.namespace, &spec.key).await?;
         // Counted as a waiter for `status` (best effort: an error here only
         // makes the count low).
-        let k = keys(&spec.namespace, &spec.key);
-        let _ = self
-            .everywhere(
-                &Script::new(WAITING),
-                &[&k.waiters],
-                &[self.waiter_id.clone(), WAITER_LAPSE.as_millis().to_string()],
-                self.step_timeout(spec.ttl),
-            )
-            .await;
+        if self.waiting.due(&spec.namespace, &spec.key, WAITER_LAPSE) {
+            let k = keys(&spec.namespace, &spec.key);
+            let _ = self
+                .everywhere(
+                    &Script::new(WAITING),
+                    &[&k.waiters],
+                    &[
+                        self.waiting.id.clone(),
+                        WAITER_LAPSE.as_millis().to_string(),
+                    ],
+                    self.step_timeout(spec.ttl),
+                )
+                .await;
+            self.waiting.note(&spec.namespace, &spec.key);
+        }
         // Wake on a release message, or poll: a holder that expires or a
         // foreign client that releases does not publish.
         let mut cap = Duration::from_millis(200);

@@ -63,62 +63,6 @@ impl Names {
 /// stops being counted within this.
 pub const WAITER_LAPSE: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Which keys this process has a waiter row for (the SQL backends and
-/// SQLite count waiters in a table, for `status`).
-pub struct Waiting {
-    /// This process's id in waiter rows.
-    pub id: String,
-    keys: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
-}
-
-impl Default for Waiting {
-    fn default() -> Waiting {
-        Waiting::new()
-    }
-}
-
-impl Waiting {
-    pub fn new() -> Waiting {
-        let mut b = [0u8; 8];
-        let _ = getrandom::fill(&mut b);
-        Waiting {
-            id: format!("{}-{:016x}", std::process::id(), u64::from_ne_bytes(b)),
-            keys: Default::default(),
-        }
-    }
-
-    /// Remember that a row for this key exists; true the first time.
-    pub fn note(&self, ns: &str, key: &str) -> bool {
-        self.keys
-            .lock()
-            .unwrap()
-            .insert((ns.to_string(), key.to_string()))
-    }
-
-    /// Whether this process has a row for the key (the acquiring
-    /// transaction then deletes it).
-    pub fn has(&self, ns: &str, key: &str) -> bool {
-        self.keys
-            .lock()
-            .unwrap()
-            .contains(&(ns.to_string(), key.to_string()))
-    }
-
-    /// Forget the key (its row was deleted with the acquisition).
-    pub fn done(&self, ns: &str, key: &str) {
-        self.keys
-            .lock()
-            .unwrap()
-            .remove(&(ns.to_string(), key.to_string()));
-    }
-
-    /// Forget every key, returning the (namespace, key) pairs whose rows to
-    /// delete.
-    pub fn clear(&self) -> Vec<(String, String)> {
-        self.keys.lock().unwrap().drain().collect()
-    }
-}
-
 /// One key's status from its live lease rows; `holder` reads a row as the
 /// holder and the `--limit` it was taken with.
 pub fn key_status<R>(

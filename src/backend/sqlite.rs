@@ -31,9 +31,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteRow, SqliteSyn
 use sqlx::{Connection, Row, SqliteConnection};
 use tokio::sync::{Mutex, watch};
 
-use super::sql::{WAITER_LAPSE, Waiting};
+use super::sql::WAITER_LAPSE;
 use super::{
     Attempt, Backend, Holder, KeyStatus, Lease, LeaseKind, LockSpec, Owner, PingInfo, Renewal,
+    Waiting,
 };
 use crate::doctor::{Check, Level};
 use crate::error::{unavailable, usage};
@@ -460,7 +461,7 @@ impl Backend for SqliteBackend {
 
     async fn wait_change(&self, spec: &LockSpec, until: Option<Instant>) -> Result<()> {
         // Counted as a waiter for `status`; best effort.
-        {
+        if self.waiting.due(&spec.namespace, &spec.key, WAITER_LAPSE) {
             let mut conn = self.conn().await?;
             let r = sqlx::query(
                 "INSERT INTO dlock_waiter (ns, key, id, expires_at) VALUES (?1, ?2, ?3, ?4)
