@@ -383,7 +383,7 @@ fn status_watch_refreshes_until_interrupted() {
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(1100));
+        std::thread::sleep(Duration::from_millis(2000));
         signal(w.id(), nix::sys::signal::Signal::SIGTERM);
         let out = w.wait_with_output().unwrap();
         assert_eq!(
@@ -425,7 +425,7 @@ fn status_watch_redraws_in_place_on_a_terminal() {
     let script = servers::require("script", "bsdutils");
     for no_color in [false, true] {
         let inner = format!(
-            "timeout --preserve-status -s TERM 1 {DLOCK} --backend '{}' status --watch 200ms; echo exit=$?",
+            "timeout --preserve-status -s TERM 2 {DLOCK} --backend '{}' status --watch 200ms; echo exit=$?",
             env.url
         );
         let mut cmd = std::process::Command::new(&script);

@@ -795,7 +795,7 @@ pub fn metrics_file_records_success_busy_and_loss(env: &Env) {
 /// it, erased when the wait ends; without a terminal, nothing.
 pub fn waiting_line_only_on_a_terminal(env: &Env) {
     let k = key("line");
-    let mut h = hold(env, &k, &[], "sleep 1.5");
+    let mut h = hold(env, &k, &[], "sleep 3");
     // script(1) gives the waiter a pseudo-terminal.
     let inner = format!(
         "{} --backend '{}' run --key {k} --wait 20s -- echo got-it",
@@ -886,7 +886,7 @@ pub fn status_counts_waiters(env: &Env) {
             .unwrap()
     };
     let mut patient = [spawn("30s"), spawn("30s")];
-    let mut quitter = spawn("2s");
+    let mut quitter = spawn("4s");
     wait_for(LONG, "three waiters counted", || waiters() == Some(3));
     let out = env.run(&["status", &k]);
     let table = stdout(&out);
@@ -894,7 +894,7 @@ pub fn status_counts_waiters(env: &Env) {
     assert!(row.trim_end().ends_with(" 3"), "WAITERS column: {table}");
     assert_eq!(wait_timeout(&mut quitter, LONG), 75);
     wait_for(
-        Duration::from_secs(6),
+        Duration::from_secs(8),
         "the quitter to stop counting",
         || waiters() == Some(2),
     );
