@@ -115,8 +115,9 @@ pub enum Command {
     ///
     /// Checks every server of a Redlock set or cluster, the round-trip time
     /// against the TTL, this host's clock against the server's, persistence
-    /// of Redis servers, a ZooKeeper session timeout the server clamps, and
-    /// an SQLite file on a network filesystem. Exits 0 when nothing is wrong
+    /// of Redis servers and databases, the database role's rights on the lock
+    /// tables, a ZooKeeper session timeout the server clamps, and an SQLite
+    /// file on a network filesystem. Exits 0 when nothing is wrong
     /// (warnings allowed unless --strict), 1 when something is, 69 when no
     /// server answers.
     Doctor(DoctorArgs),

@@ -215,6 +215,16 @@ fn doctor_compares_clocks_with_the_database() {
         assert_eq!(clock.1, "ok", "{name}: {clock:?}");
         assert!(clock.2.contains("the server's"), "{name}: {clock:?}");
         assert_eq!(c, 0, "{name}: {checks:?}");
+        let rights = checks.iter().find(|(n, _, _)| n == "rights");
+        assert_eq!(
+            rights.map(|r| r.1.as_str()),
+            Some("ok"),
+            "{name}: {checks:?}"
+        );
+        assert!(
+            checks.iter().any(|(n, _, _)| n == "durability"),
+            "{name}: {checks:?}"
+        );
     }
 }
 
@@ -247,4 +257,27 @@ fn postgres_role_without_create_rights_still_locks() {
     assert_eq!(wait_timeout(&mut h, Duration::from_secs(10)), 0);
     let st = app.status_json(&["k"]);
     assert!(st[0]["waiters"].is_null(), "{st}");
+    // doctor: the rights are enough, and the missing waiter table is said.
+    let (c, checks) = app.doctor(&[]);
+    let level = |name: &str| {
+        checks
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, l, _)| l.clone())
+            .unwrap_or_else(|| panic!("no {name} check: {checks:?}"))
+    };
+    assert_eq!(level("rights"), "ok", "{checks:?}");
+    assert_eq!(level("waiters"), "info", "{checks:?}");
+    assert_eq!(c, 0, "{checks:?}");
+    // A role that may only read cannot lock: doctor says so before a job does.
+    pg.psql("CREATE ROLE ro LOGIN; GRANT SELECT ON dlock_lease, dlock_fence TO ro");
+    let ro = Env::bare(format!("postgres://ro@127.0.0.1:{}/dlock", pg.port));
+    let (c, checks) = ro.doctor(&[]);
+    assert!(
+        checks
+            .iter()
+            .any(|(n, l, m)| n == "rights" && l == "fail" && m.contains("permission denied")),
+        "{checks:?}"
+    );
+    assert_eq!(c, 1);
 }

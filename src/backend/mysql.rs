@@ -28,6 +28,7 @@ use super::{
     Attempt, Backend, Holder, KeyStatus, Lease, LeaseKind, LockSpec, Owner, PingInfo, Renewal,
     Waiting, redact_url,
 };
+use crate::doctor::{Check, Level};
 use crate::error::unavailable;
 
 const POLL_MIN: Duration = Duration::from_millis(5);
@@ -523,6 +524,86 @@ impl Backend for MysqlBackend {
             .execute(&self.pool);
             let _ = self.bounded("waiting", q).await;
         }
+    }
+
+    async fn doctor(&self, _ttl: Duration, _timeout: Duration) -> Vec<Check> {
+        let mut out = Vec::new();
+        // Settings under which a crash can take back a committed lease row.
+        let flush = sqlx::query_scalar::<_, String>(
+            "SELECT CAST(@@innodb_flush_log_at_trx_commit AS CHAR)",
+        )
+        .fetch_one(&self.pool);
+        out.push(match self.bounded("doctor", flush).await {
+            Ok(v) if v == "1" => Check::ok(
+                "durability",
+                "innodb_flush_log_at_trx_commit = 1: a committed lease survives a crash",
+            ),
+            Ok(v) => Check::new(
+                Level::Warn,
+                "durability",
+                format!(
+                    "{} has innodb_flush_log_at_trx_commit = {v}: a crash can lose about a second of commits, a lease just taken among them, and another process then takes the lock while its holder runs",
+                    self.shown
+                ),
+            )
+            .fix("SET GLOBAL innodb_flush_log_at_trx_commit = 1 (and in my.cnf)"),
+            Err(e) => Check::new(Level::Warn, "durability", format!("cannot read innodb_flush_log_at_trx_commit: {e:#}")),
+        });
+        // Rights: every statement dlock makes, rolled back.
+        let probe_key = format!("doctor-{}", self.waiting.id);
+        let t = &self.t;
+        let probe = async {
+            let mut tx = self.pool.begin().await?;
+            for sql in [
+                format!("INSERT INTO {} (ns, lkey, token) VALUES ('', ?, 0)", t.fence),
+                format!("UPDATE {} SET token = token + 1 WHERE ns = '' AND lkey = ?", t.fence),
+                format!(
+                    "INSERT INTO {} (ns, lkey, id, token, owner, host, pid, lim, acquired_at, expires_at)
+                     VALUES ('', ?, 'doctor', 0, '', '', 0, 1, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))",
+                    t.lease
+                ),
+                format!("UPDATE {} SET expires_at = UTC_TIMESTAMP(6) WHERE ns = '' AND lkey = ?", t.lease),
+                format!("DELETE FROM {} WHERE ns = '' AND lkey = ?", t.lease),
+                format!("DELETE FROM {} WHERE ns = '' AND lkey = ?", t.fence),
+            ] {
+                sqlx::query(AssertSqlSafe(sql))
+                    .bind(&probe_key)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.rollback().await
+        };
+        out.push(
+            match self.bounded("a rolled-back test write", probe).await {
+                Ok(()) => Check::ok(
+                    "rights",
+                    format!(
+                        "this user may take and release locks in {} and {}",
+                        t.lease, t.fence
+                    ),
+                ),
+                Err(e) => Check::new(Level::Fail, "rights", format!("{e:#}")).fix(format!(
+                    "GRANT SELECT, INSERT, UPDATE, DELETE ON {}, {}, {} TO the user in the URL",
+                    t.lease, t.fence, t.waiter
+                )),
+            },
+        );
+        let waiters = sqlx::query(AssertSqlSafe(format!("SELECT 1 FROM {} LIMIT 1", t.waiter)))
+            .fetch_optional(&self.pool);
+        if let Err(e) = self.bounded("reading the waiter table", waiters).await {
+            out.push(
+                Check::new(
+                    Level::Info,
+                    "waiters",
+                    format!("`status` cannot count waiters: {e:#}"),
+                )
+                .fix(format!(
+                    "create {} (dlock does when the user may) and grant access to it",
+                    t.waiter
+                )),
+            );
+        }
+        out
     }
 
     async fn server_time(&self) -> Result<Option<SystemTime>> {

@@ -26,6 +26,7 @@ use super::{
     Attempt, Backend, Holder, KeyStatus, Lease, LockSpec, Owner, PingInfo, Renewal, Waiting,
     redact_url,
 };
+use crate::doctor::{Check, Level};
 use crate::error::unavailable;
 
 pub struct PostgresBackend {
@@ -482,6 +483,90 @@ impl Backend for PostgresBackend {
             .execute(&self.pool);
             let _ = self.bounded("waiting", q).await;
         }
+    }
+
+    async fn doctor(&self, _ttl: Duration, _timeout: Duration) -> Vec<Check> {
+        let mut out = Vec::new();
+        // Settings under which a crash can take back a committed lease row.
+        let mut lax = Vec::new();
+        for name in ["fsync", "synchronous_commit"] {
+            let q = sqlx::query_scalar::<_, String>(AssertSqlSafe(format!("SHOW {name}")))
+                .fetch_one(&self.pool);
+            if let Ok(v) = self.bounded("doctor", q).await
+                && v == "off"
+            {
+                lax.push(format!("{name} = off"));
+            }
+        }
+        out.push(if lax.is_empty() {
+            Check::ok("durability", "fsync and synchronous_commit are on: a committed lease survives a crash")
+        } else {
+            Check::new(
+                Level::Warn,
+                "durability",
+                format!(
+                    "{} has {}: a crash can lose a lease just committed, and another process then takes the lock while its holder runs",
+                    self.shown,
+                    lax.join(", ")
+                ),
+            )
+            .fix("turn them on for the lock tables' database (ALTER SYSTEM SET ... ; SELECT pg_reload_conf())")
+        });
+        // Rights: every statement dlock makes, rolled back.
+        let probe_key = format!("doctor-{}", self.waiting.id);
+        let t = &self.t;
+        let probe = async {
+            let mut tx = self.pool.begin().await?;
+            for sql in [
+                format!("INSERT INTO {} (ns, key, token) VALUES ('', $1, 0)", t.fence),
+                format!("UPDATE {} SET token = token + 1 WHERE ns = '' AND key = $1", t.fence),
+                format!(
+                    "INSERT INTO {} (ns, key, id, token, owner, host, pid, lim, acquired_at, expires_at)
+                     VALUES ('', $1, 'doctor', 0, '', '', 0, 1, now(), now())",
+                    t.lease
+                ),
+                format!("UPDATE {} SET expires_at = now() WHERE ns = '' AND key = $1", t.lease),
+                format!("DELETE FROM {} WHERE ns = '' AND key = $1", t.lease),
+                format!("DELETE FROM {} WHERE ns = '' AND key = $1", t.fence),
+            ] {
+                sqlx::query(AssertSqlSafe(sql))
+                    .bind(&probe_key)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.rollback().await
+        };
+        out.push(
+            match self.bounded("a rolled-back test write", probe).await {
+                Ok(()) => Check::ok(
+                    "rights",
+                    format!(
+                        "this role may take and release locks in {} and {}",
+                        t.lease, t.fence
+                    ),
+                ),
+                Err(e) => Check::new(Level::Fail, "rights", format!("{e:#}")).fix(format!(
+                    "GRANT SELECT, INSERT, UPDATE, DELETE ON {}, {}, {} TO the role in the URL",
+                    t.lease, t.fence, t.waiter
+                )),
+            },
+        );
+        let waiters = sqlx::query(AssertSqlSafe(format!("SELECT 1 FROM {} LIMIT 1", t.waiter)))
+            .fetch_optional(&self.pool);
+        if let Err(e) = self.bounded("reading the waiter table", waiters).await {
+            out.push(
+                Check::new(
+                    Level::Info,
+                    "waiters",
+                    format!("`status` cannot count waiters: {e:#}"),
+                )
+                .fix(format!(
+                    "create {} (dlock does when the role may) and grant the role access",
+                    t.waiter
+                )),
+            );
+        }
+        out
     }
 
     async fn server_time(&self) -> Result<Option<SystemTime>> {
