@@ -572,8 +572,13 @@ async fn cmd_status(c: &Connector<'_>, a: cli::StatusArgs) -> Result<i32> {
             .status(&s.namespace, &a.keys)
             .await
             .map_err(|e| backend_error(backend.as_ref(), e))?;
+        let text = render_status(s, backend.as_ref(), &st, a.json)?;
         let mut out = std::io::stdout().lock();
-        write!(out, "{}", render_status(s, backend.as_ref(), &st, a.json)?)?;
+        match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+            // `dlock status | head`: the reader has what it wanted.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            r => r?,
+        }
         return Ok(exit_code::SUCCESS);
     };
     if every < Duration::from_millis(100) {

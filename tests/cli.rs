@@ -583,3 +583,20 @@ fn completions_and_man_pages_are_current() {
         );
     }
 }
+
+/// `status` into a pipe whose reader has gone (`| head -1`) is not an error.
+#[test]
+fn status_into_a_closed_pipe_succeeds() {
+    let env = Env::sqlite();
+    for k in ["p1", "p2", "p3"] {
+        let out = env.run(&["acquire", "--key", k]);
+        assert_eq!(code(&out), 0);
+    }
+    let mut c = env
+        .cmd(&["status", "p1", "p2", "p3"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(c.stdout.take());
+    assert_eq!(wait_timeout(&mut c, Duration::from_secs(10)), 0);
+}
