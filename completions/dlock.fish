@@ -55,7 +55,7 @@ complete -c dlock -n "__fish_dlock_using_subcommand run" -s E -l conflict-exit-c
 complete -c dlock -n "__fish_dlock_using_subcommand run" -s l -l limit -d 'Semaphore: at most N holders of each key at once [default: 1]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand run" -l kill-after -d 'After SIGTERM on a lost lease, wait this long before SIGKILL [default: 10s]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand run" -l on-lost -d 'What to do when the lease is lost while CMD runs [default: kill]' -r -f -a "kill\t'SIGTERM the child\'s process group, SIGKILL after --kill-after, exit 74'
-ignore\t'Only warn on stderr; the child runs on (and dlock still exits 74)'"
+ignore\t'Only warn on stderr; the child runs on, and dlock exits with its status'"
 complete -c dlock -n "__fish_dlock_using_subcommand run" -l lock-at-least -d 'Keep the lock until D after it was taken, even if CMD ends sooner' -r
 complete -c dlock -n "__fish_dlock_using_subcommand run" -l metrics-file -d 'Write Prometheus metrics of this run to FILE when it ends (atomically)' -r -F
 complete -c dlock -n "__fish_dlock_using_subcommand run" -s b -l backend -d 'Backend URL; several Redis URLs (comma-separated or repeated) mean Redlock' -r

@@ -25,14 +25,16 @@ Exit status:
   128+N CMD died of signal N
 
 Environment given to CMD:
-  DLOCK_KEY, DLOCK_TOKEN (the fencing token), DLOCK_TTL (seconds)
+  DLOCK_KEY, DLOCK_TOKEN (the fencing token), DLOCK_TTL (seconds),
+  DLOCK_NAMESPACE
 
 Backends (--backend URL):
   sqlite:PATH                     embedded default, no server
-  redis://[user:pass@]host[:port][/db], several for Redlock
+  redis://[user:pass@]host[:port][/db], several for Redlock; rediss:// (TLS),
+    redis+sentinel://, redis+cluster://
   zk://host:port[,host:port...][/chroot]
-  postgres://..., mysql://...
-  etcd://host:port[,host:port...]";
+  postgres://..., mysql://..., mariadb://
+  etcd://host:port[,host:port...], etcds:// (TLS)";
 
 /// Run a command under a distributed lock.
 ///
@@ -273,7 +275,7 @@ pub struct DoctorArgs {
 pub enum OnLost {
     /// SIGTERM the child's process group, SIGKILL after --kill-after, exit 74.
     Kill,
-    /// Only warn on stderr; the child runs on (and dlock still exits 74).
+    /// Only warn on stderr; the child runs on, and dlock exits with its status.
     Ignore,
 }
 

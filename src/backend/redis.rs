@@ -182,8 +182,8 @@ end
 return 1
 ";
 
-/// How long a waiter's entry lasts without being renewed (it is renewed at
-/// every poll, at most 250ms apart).
+/// How long a waiter's entry lasts without being renewed (it is renewed
+/// every third of this; polls are at most 250ms apart).
 const WAITER_LAPSE: Duration = Duration::from_secs(2);
 
 const FORCE: &str = r"

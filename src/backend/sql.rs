@@ -58,9 +58,9 @@ impl Names {
     }
 }
 
-/// How long a waiter row lasts without being renewed; waiters renew it at
-/// every poll, at most a second apart, so a waiter that died or gave up
-/// stops being counted within this.
+/// How long a waiter row lasts without being renewed; a waiter renews it
+/// every third of this (its polls are at most a second apart), so one that
+/// died or gave up stops being counted within this.
 pub const WAITER_LAPSE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// One key's status from its live lease rows; `holder` reads a row as the

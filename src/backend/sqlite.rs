@@ -84,7 +84,7 @@ pub struct SqliteBackend {
     path: PathBuf,
     conn: Mutex<SqliteConnection>,
     host_id: String,
-    /// Shared flocks on the wake files of the keys we hold, by (ns, key).
+    /// Exclusive flocks on the wake files of the keys we hold, by (ns, key).
     held: StdMutex<HashMap<PathBuf, File>>,
     /// In-flight waits on a wake file, so a long wait never piles up threads.
     waits: StdMutex<HashMap<PathBuf, Waiter>>,
