@@ -600,3 +600,44 @@ fn status_into_a_closed_pipe_succeeds() {
     drop(c.stdout.take());
     assert_eq!(wait_timeout(&mut c, Duration::from_secs(10)), 0);
 }
+
+/// A lost lease in JSON logs: a `lost` event, then `released` with
+/// `lost: true`, and exit 74.
+#[test]
+fn json_logs_report_a_lost_lease() {
+    let env = Env::sqlite();
+    let c = env
+        .cmd(&[
+            "--log-format",
+            "json",
+            "run",
+            "--key",
+            "gone",
+            "--ttl",
+            "1s",
+            "--kill-after",
+            "300ms",
+            "--",
+            "sleep",
+            "30",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(10), "gone held", || env.held("gone"));
+    assert_eq!(code(&env.run(&["release", "--key", "gone", "--force"])), 0);
+    let out = c.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(74));
+    let events: Vec<serde_json::Value> = stderr(&out)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let lost = events.iter().position(|e| e["event"] == "lost");
+    let released = events.iter().position(|e| e["event"] == "released");
+    assert!(lost.is_some() && lost < released, "{events:?}");
+    let r = &events[released.unwrap()];
+    assert_eq!(r["lost"], true, "{r}");
+    assert!(r["held_ms"].as_u64().is_some(), "{r}");
+    assert_eq!(events[lost.unwrap()]["key"], "gone");
+}
