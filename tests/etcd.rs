@@ -178,3 +178,22 @@ fn tls_with_a_trusted_ca_and_refusal_without() {
         stderr(&out)
     );
 }
+
+/// doctor says what lease etcd really grants for the TTL.
+#[test]
+fn doctor_reports_the_lease_etcd_grants() {
+    let env = Env::etcd();
+    let (c, checks) = env.doctor(&["--ttl", "1500ms"]);
+    assert!(
+        checks
+            .iter()
+            .any(|(n, l, m)| n == "lease" && l == "info" && m.contains("2s")),
+        "{checks:?}"
+    );
+    assert_eq!(c, 0, "{checks:?}");
+    let (_, checks) = env.doctor(&["--ttl", "5s"]);
+    assert!(
+        checks.iter().any(|(n, l, _)| n == "lease" && l == "ok"),
+        "{checks:?}"
+    );
+}

@@ -475,8 +475,27 @@ impl Backend for EtcdBackend {
         })
     }
 
-    async fn doctor(&self, _ttl: Duration, timeout: Duration) -> Vec<Check> {
+    async fn doctor(&self, ttl: Duration, timeout: Duration) -> Vec<Check> {
         let mut out = Vec::new();
+        // What lease the server really grants for this TTL (a test lease,
+        // revoked at once).
+        let asked = ttl.as_millis().div_ceil(1000).max(1) as i64;
+        let mut c = self.client.clone();
+        if let Ok(Ok(g)) = tokio::time::timeout(timeout, c.lease_grant(asked, None)).await {
+            let _ = tokio::time::timeout(timeout, c.lease_revoke(g.id())).await;
+            let granted = Duration::from_secs(g.ttl().max(0) as u64);
+            out.push(if granted > ttl {
+                Check::new(
+                    Level::Info,
+                    "lease",
+                    format!(
+                        "etcd leases are whole seconds: --ttl {ttl:?} is held as {granted:?} on the server, so a crashed holder's lock lasts that long"
+                    ),
+                )
+            } else {
+                Check::ok("lease", format!("the server grants {granted:?} leases as asked"))
+            });
+        }
         let fix = "bring it back: every member down is one fault less the cluster survives";
         let mut answered = 0;
         for ep in &self.listed {
