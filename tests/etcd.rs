@@ -197,3 +197,37 @@ fn doctor_reports_the_lease_etcd_grants() {
         "{checks:?}"
     );
 }
+
+/// With etcd's authentication on, the user and password in the URL are
+/// used, a wrong password exits 69 without showing it, and none reaches the
+/// child's environment or the output.
+#[test]
+fn authentication_from_the_url() {
+    let env = Env::etcd();
+    let etcd = env.etcd.as_ref().unwrap();
+    let out = etcd.ctl(&["user", "add", "root:s3cret-pw"]);
+    assert!(out.contains("created"), "{out}");
+    let out = etcd.ctl(&["auth", "enable"]);
+    assert!(out.contains("Enabled"), "{out}");
+    let good = Env::bare(format!("etcd://root:s3cret-pw@127.0.0.1:{}", etcd.port));
+    let out = good.run(&["run", "--key", "a", "--", "sh", "-c", "env; echo ran"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stdout(&out).contains("ran"));
+    assert!(
+        !stdout(&out).contains("s3cret-pw"),
+        "the password reached the child"
+    );
+    let h = good.run(&["run", "--key", "a", "--", "true"]);
+    assert_eq!(code(&h), 0, "{}", stderr(&h));
+    let bad = Env::bare(format!("etcd://root:wrong-pw@127.0.0.1:{}", etcd.port));
+    let out = bad.run(&["run", "--key", "a", "--", "true"]);
+    assert_eq!(code(&out), 69, "{}", stderr(&out));
+    assert!(!stderr(&out).contains("wrong-pw"), "{}", stderr(&out));
+    let anon = Env::bare(etcd.url());
+    let out = anon.run(&["run", "--key", "a", "--", "true"]);
+    assert_ne!(
+        code(&out),
+        0,
+        "without credentials, an auth-enabled etcd refuses"
+    );
+}
