@@ -281,3 +281,36 @@ fn postgres_role_without_create_rights_still_locks() {
     );
     assert_eq!(c, 1);
 }
+
+/// A real TLS handshake with PostgreSQL: verified against the test CA it
+/// locks; against the system's roots it is refused (69).
+#[test]
+fn postgres_over_verified_tls() {
+    let env = Env::postgres();
+    let pg = env.postgres.as_ref().unwrap();
+    let (cert, key, ca) = servers::test_certificates(env.dir.path());
+    pg.enable_tls(&cert, &key);
+    let base = format!("postgres://postgres@127.0.0.1:{}/dlock", pg.port);
+    let tls = Env::bare(format!("{base}?sslmode=verify-full&sslrootcert={ca}"));
+    let mut ok = false;
+    // The reload that turns TLS on is asynchronous.
+    for _ in 0..50 {
+        let out = tls.run(&["run", "--key", "t", "--", "true"]);
+        if code(&out) == 0 {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(ok, "no TLS lock with the test CA");
+    let out = tls.run(&["doctor"]);
+    assert_eq!(code(&out), 0, "{}", stdout(&out));
+    let untrusted = Env::bare(format!("{base}?sslmode=verify-full"));
+    let out = untrusted
+        .cmd(&["run", "--key", "t", "--", "true"])
+        .env("SSL_CERT_FILE", "/dev/null")
+        .env_remove("SSL_CERT_DIR")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 69, "{}", stderr(&out));
+}

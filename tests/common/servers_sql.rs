@@ -371,6 +371,29 @@ impl Postgres {
         format!("postgres://postgres@127.0.0.1:{}/dlock", self.port)
     }
 
+    /// Turn TLS on (a reload, no restart) with this certificate and key,
+    /// which are copied where the server's OS user may read them.
+    pub fn enable_tls(&self, cert: &str, key: &str) {
+        let (c, k) = (
+            self.dir.path().join("srv.pem"),
+            self.dir.path().join("srv.key"),
+        );
+        std::fs::copy(cert, &c).expect("copy the certificate");
+        std::fs::copy(key, &k).expect("copy the key");
+        std::fs::set_permissions(&k, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod the key");
+        if let Some((uid, gid)) = self.user {
+            for f in [&c, &k] {
+                std::os::unix::fs::chown(f, Some(uid), Some(gid)).expect("chown");
+            }
+        }
+        // One statement per psql: ALTER SYSTEM may not share a transaction.
+        self.psql(&format!("ALTER SYSTEM SET ssl_cert_file = '{}'", c.display()));
+        self.psql(&format!("ALTER SYSTEM SET ssl_key_file = '{}'", k.display()));
+        self.psql("ALTER SYSTEM SET ssl = on");
+        self.psql("SELECT pg_reload_conf()");
+    }
+
     /// Run SQL as the superuser in the `dlock` database; panics on failure.
     pub fn psql(&self, sql: &str) {
         let out = self
