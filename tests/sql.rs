@@ -314,3 +314,26 @@ fn postgres_over_verified_tls() {
         .unwrap();
     assert_eq!(code(&out), 69, "{}", stderr(&out));
 }
+
+/// A real TLS handshake with MariaDB, verified against the test CA and the
+/// server's name; against the system's roots it is refused (69).
+#[test]
+fn mariadb_over_verified_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, ca) = servers::test_certificates(dir.path());
+    let m = servers_sql::Mariadb::start_tls(&cert, &key, &ca);
+    let base = m.url();
+    let tls = Env::bare(format!("{base}?ssl-mode=VERIFY_IDENTITY&ssl-ca={ca}"));
+    let out = tls.run(&["run", "--key", "t", "--", "true"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = tls.run(&["doctor"]);
+    assert_eq!(code(&out), 0, "{}", stdout(&out));
+    let untrusted = Env::bare(format!("{base}?ssl-mode=VERIFY_CA"));
+    let out = untrusted
+        .cmd(&["run", "--key", "t", "--", "true"])
+        .env("SSL_CERT_FILE", "/dev/null")
+        .env_remove("SSL_CERT_DIR")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 69, "{}", stderr(&out));
+}

@@ -388,8 +388,14 @@ impl Postgres {
             }
         }
         // One statement per psql: ALTER SYSTEM may not share a transaction.
-        self.psql(&format!("ALTER SYSTEM SET ssl_cert_file = '{}'", c.display()));
-        self.psql(&format!("ALTER SYSTEM SET ssl_key_file = '{}'", k.display()));
+        self.psql(&format!(
+            "ALTER SYSTEM SET ssl_cert_file = '{}'",
+            c.display()
+        ));
+        self.psql(&format!(
+            "ALTER SYSTEM SET ssl_key_file = '{}'",
+            k.display()
+        ));
         self.psql("ALTER SYSTEM SET ssl = on");
         self.psql("SELECT pg_reload_conf()");
     }
@@ -467,15 +473,31 @@ pub struct Mariadb {
     /// mariadbd, found before mariadb-install-db needs it too.
     bin: PathBuf,
     child: Option<Child>,
+    /// Extra server options (TLS files).
+    extra: Vec<String>,
 }
 
 impl Mariadb {
     pub fn start() -> Mariadb {
+        Mariadb::start_with(vec![])
+    }
+
+    /// A server that offers TLS with this certificate, key and CA.
+    pub fn start_tls(cert: &str, key: &str, ca: &str) -> Mariadb {
+        Mariadb::start_with(vec![
+            format!("--ssl-cert={cert}"),
+            format!("--ssl-key={key}"),
+            format!("--ssl-ca={ca}"),
+        ])
+    }
+
+    fn start_with(extra: Vec<String>) -> Mariadb {
         let mut m = Mariadb {
             port: 0,
             dir: scratch("dlock-mariadb."),
             bin: find(&["mariadbd", "mysqld"], "mariadb-server"),
             child: None,
+            extra,
         };
         m.install();
         with_ports(|| {
@@ -564,6 +586,7 @@ impl Mariadb {
             .args([&format!("--port={}", self.port), "--bind-address=127.0.0.1"])
             .arg("--skip-log-bin")
             .args(Self::tuning())
+            .args(&self.extra)
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
