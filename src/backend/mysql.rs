@@ -23,7 +23,9 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOpti
 use sqlx::{AssertSqlSafe, Connection, Row};
 use tokio::sync::Mutex;
 
-use super::sql::{Names, WAITER_LAPSE, channel_name, epoch_micros, key_status, waiters_of};
+use super::sql::{
+    Dialect, Names, WAITER_LAPSE, channel_name, epoch_micros, key_status, waiters_of,
+};
 use super::{
     Attempt, Backend, Holder, KeyStatus, Lease, LeaseKind, LockSpec, Owner, PingInfo, Renewal,
     Waiting, redact_url,
@@ -551,21 +553,13 @@ impl Backend for MysqlBackend {
         });
         // Rights: every statement dlock makes, rolled back.
         let probe_key = format!("doctor-{}", self.waiting.id);
-        let t = &self.t;
         let probe = async {
             let mut tx = self.pool.begin().await?;
-            for sql in [
-                format!("INSERT INTO {} (ns, lkey, token) VALUES ('', ?, 0)", t.fence),
-                format!("UPDATE {} SET token = token + 1 WHERE ns = '' AND lkey = ?", t.fence),
-                format!(
-                    "INSERT INTO {} (ns, lkey, id, token, owner, host, pid, lim, acquired_at, expires_at)
-                     VALUES ('', ?, 'doctor', 0, '', '', 0, 1, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))",
-                    t.lease
-                ),
-                format!("UPDATE {} SET expires_at = UTC_TIMESTAMP(6) WHERE ns = '' AND lkey = ?", t.lease),
-                format!("DELETE FROM {} WHERE ns = '' AND lkey = ?", t.lease),
-                format!("DELETE FROM {} WHERE ns = '' AND lkey = ?", t.fence),
-            ] {
+            for sql in self.t.probe_statements(&Dialect {
+                key: "lkey",
+                param: "?",
+                now: "UTC_TIMESTAMP(6)",
+            }) {
                 sqlx::query(AssertSqlSafe(sql))
                     .bind(&probe_key)
                     .execute(&mut *tx)
@@ -573,36 +567,17 @@ impl Backend for MysqlBackend {
             }
             tx.rollback().await
         };
-        out.push(
-            match self.bounded("a rolled-back test write", probe).await {
-                Ok(()) => Check::ok(
-                    "rights",
-                    format!(
-                        "this user may take and release locks in {} and {}",
-                        t.lease, t.fence
-                    ),
-                ),
-                Err(e) => Check::new(Level::Fail, "rights", format!("{e:#}")).fix(format!(
-                    "GRANT SELECT, INSERT, UPDATE, DELETE ON {}, {}, {} TO the user in the URL",
-                    t.lease, t.fence, t.waiter
-                )),
-            },
-        );
-        let waiters = sqlx::query(AssertSqlSafe(format!("SELECT 1 FROM {} LIMIT 1", t.waiter)))
-            .fetch_optional(&self.pool);
-        if let Err(e) = self.bounded("reading the waiter table", waiters).await {
-            out.push(
-                Check::new(
-                    Level::Info,
-                    "waiters",
-                    format!("`status` cannot count waiters: {e:#}"),
-                )
-                .fix(format!(
-                    "create {} (dlock does when the user may) and grant access to it",
-                    t.waiter
-                )),
-            );
-        }
+        let probe = self.bounded("a rolled-back test write", probe).await;
+        let waiters = sqlx::query(AssertSqlSafe(format!(
+            "SELECT 1 FROM {} LIMIT 1",
+            self.t.waiter
+        )))
+        .fetch_optional(&self.pool);
+        let waiters = self
+            .bounded("reading the waiter table", waiters)
+            .await
+            .map(drop);
+        out.extend(self.t.judge_access(probe, waiters));
         out
     }
 

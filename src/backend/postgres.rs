@@ -21,7 +21,9 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow}
 use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::Mutex;
 
-use super::sql::{Names, WAITER_LAPSE, channel_name, epoch_micros, key_status, waiters_of};
+use super::sql::{
+    Dialect, Names, WAITER_LAPSE, channel_name, epoch_micros, key_status, waiters_of,
+};
 use super::{
     Attempt, Backend, Holder, KeyStatus, Lease, LockSpec, Owner, PingInfo, Renewal, Waiting,
     redact_url,
@@ -514,21 +516,13 @@ impl Backend for PostgresBackend {
         });
         // Rights: every statement dlock makes, rolled back.
         let probe_key = format!("doctor-{}", self.waiting.id);
-        let t = &self.t;
         let probe = async {
             let mut tx = self.pool.begin().await?;
-            for sql in [
-                format!("INSERT INTO {} (ns, key, token) VALUES ('', $1, 0)", t.fence),
-                format!("UPDATE {} SET token = token + 1 WHERE ns = '' AND key = $1", t.fence),
-                format!(
-                    "INSERT INTO {} (ns, key, id, token, owner, host, pid, lim, acquired_at, expires_at)
-                     VALUES ('', $1, 'doctor', 0, '', '', 0, 1, now(), now())",
-                    t.lease
-                ),
-                format!("UPDATE {} SET expires_at = now() WHERE ns = '' AND key = $1", t.lease),
-                format!("DELETE FROM {} WHERE ns = '' AND key = $1", t.lease),
-                format!("DELETE FROM {} WHERE ns = '' AND key = $1", t.fence),
-            ] {
+            for sql in self.t.probe_statements(&Dialect {
+                key: "key",
+                param: "$1",
+                now: "now()",
+            }) {
                 sqlx::query(AssertSqlSafe(sql))
                     .bind(&probe_key)
                     .execute(&mut *tx)
@@ -536,36 +530,17 @@ impl Backend for PostgresBackend {
             }
             tx.rollback().await
         };
-        out.push(
-            match self.bounded("a rolled-back test write", probe).await {
-                Ok(()) => Check::ok(
-                    "rights",
-                    format!(
-                        "this role may take and release locks in {} and {}",
-                        t.lease, t.fence
-                    ),
-                ),
-                Err(e) => Check::new(Level::Fail, "rights", format!("{e:#}")).fix(format!(
-                    "GRANT SELECT, INSERT, UPDATE, DELETE ON {}, {}, {} TO the role in the URL",
-                    t.lease, t.fence, t.waiter
-                )),
-            },
-        );
-        let waiters = sqlx::query(AssertSqlSafe(format!("SELECT 1 FROM {} LIMIT 1", t.waiter)))
-            .fetch_optional(&self.pool);
-        if let Err(e) = self.bounded("reading the waiter table", waiters).await {
-            out.push(
-                Check::new(
-                    Level::Info,
-                    "waiters",
-                    format!("`status` cannot count waiters: {e:#}"),
-                )
-                .fix(format!(
-                    "create {} (dlock does when the role may) and grant the role access",
-                    t.waiter
-                )),
-            );
-        }
+        let probe = self.bounded("a rolled-back test write", probe).await;
+        let waiters = sqlx::query(AssertSqlSafe(format!(
+            "SELECT 1 FROM {} LIMIT 1",
+            self.t.waiter
+        )))
+        .fetch_optional(&self.pool);
+        let waiters = self
+            .bounded("reading the waiter table", waiters)
+            .await
+            .map(drop);
+        out.extend(self.t.judge_access(probe, waiters));
         out
     }
 

@@ -4,6 +4,7 @@
 use anyhow::Result;
 
 use super::{Holder, KeyStatus};
+use crate::doctor::{Check, Level};
 use crate::error::usage;
 
 /// Table names; `?dlock_table=NAME` in the URL changes the `dlock` prefix
@@ -111,6 +112,77 @@ pub fn waiters_of(counts: &Option<Vec<(String, i64)>>, key: &str) -> Option<u64>
             .find(|(n, _)| n == key)
             .map_or(0, |(_, n)| *n as u64)
     })
+}
+
+/// How one SQL dialect spells what the doctor's probe needs.
+pub struct Dialect {
+    /// The key column (`key`, or `lkey` where `key` is reserved).
+    pub key: &'static str,
+    /// The one bind parameter (`$1` or `?`).
+    pub param: &'static str,
+    /// The server's current time.
+    pub now: &'static str,
+}
+
+impl Names {
+    /// Every kind of statement dlock makes on the lock tables, on a key of
+    /// its own (bound as the one parameter), for a probe that is rolled back.
+    pub fn probe_statements(&self, d: &Dialect) -> Vec<String> {
+        let (k, p, now) = (d.key, d.param, d.now);
+        vec![
+            format!(
+                "INSERT INTO {} (ns, {k}, token) VALUES ('', {p}, 0)",
+                self.fence
+            ),
+            format!(
+                "UPDATE {} SET token = token + 1 WHERE ns = '' AND {k} = {p}",
+                self.fence
+            ),
+            format!(
+                "INSERT INTO {} (ns, {k}, id, token, owner, host, pid, lim, acquired_at, expires_at)
+                 VALUES ('', {p}, 'doctor', 0, '', '', 0, 1, {now}, {now})",
+                self.lease
+            ),
+            format!(
+                "UPDATE {} SET expires_at = {now} WHERE ns = '' AND {k} = {p}",
+                self.lease
+            ),
+            format!("DELETE FROM {} WHERE ns = '' AND {k} = {p}", self.lease),
+            format!("DELETE FROM {} WHERE ns = '' AND {k} = {p}", self.fence),
+        ]
+    }
+
+    /// The doctor's findings from the rights probe and from reading the
+    /// waiter table.
+    pub fn judge_access(&self, probe: Result<()>, waiters: Result<()>) -> Vec<Check> {
+        let mut out = vec![match probe {
+            Ok(()) => Check::ok(
+                "rights",
+                format!(
+                    "dlock's user may take and release locks in {} and {}",
+                    self.lease, self.fence
+                ),
+            ),
+            Err(e) => Check::new(Level::Fail, "rights", format!("{e:#}")).fix(format!(
+                "GRANT SELECT, INSERT, UPDATE, DELETE ON {}, {}, {} TO the user in the URL",
+                self.lease, self.fence, self.waiter
+            )),
+        }];
+        if let Err(e) = waiters {
+            out.push(
+                Check::new(
+                    Level::Info,
+                    "waiters",
+                    format!("`status` cannot count waiters: {e:#}"),
+                )
+                .fix(format!(
+                    "create {} (dlock does when it may) and grant access to it",
+                    self.waiter
+                )),
+            );
+        }
+        out
+    }
 }
 
 /// A server's clock reading in microseconds since the epoch.
