@@ -1029,6 +1029,23 @@ impl Backend for RedisBackend {
         })
     }
 
+    async fn close(&self) {
+        // A waiter that gave up takes its entry out now rather than letting
+        // it lapse (one that died still lapses).
+        for (ns, key) in self.waiting.clear() {
+            let k = keys(&ns, &key);
+            let _ = self
+                .everywhere(
+                    &Script::new(WAITING),
+                    &[&k.waiters],
+                    &[self.waiting.id.clone(), "0".to_string()],
+                    // Best effort: never hold up dlock's exit for long.
+                    self.op_timeout.min(Duration::from_millis(500)),
+                )
+                .await;
+        }
+    }
+
     async fn server_time(&self) -> Result<Option<SystemTime>> {
         let mut last = None;
         for n in &self.nodes {
