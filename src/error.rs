@@ -13,9 +13,18 @@ pub enum Error {
     /// The configuration file is missing, unreadable or malformed.
     #[error("{0}")]
     Config(String),
-    /// The backend could not be reached or refused us.
+    /// The backend could not be reached, or did not answer in time: an
+    /// outage, ridden out while waiting for up to `--connect-timeout`.
     #[error("{0}")]
     Unavailable(String),
+    /// The backend refused us for good: authentication or authorisation
+    /// failed, or TLS was not trusted. Never retried.
+    #[error("{0}")]
+    Denied(String),
+    /// The backend answered but has no room for another client ("too many
+    /// connections"): while waiting this is waited out like a busy lock.
+    #[error("{0}")]
+    Full(String),
     /// The lock is held by someone else (or waiting timed out).
     #[error("{message}")]
     Busy { message: String, code: i32 },
@@ -29,10 +38,30 @@ impl Error {
         match self {
             Error::Usage(_) => exit_code::USAGE,
             Error::Config(_) => exit_code::CONFIG,
-            Error::Unavailable(_) => exit_code::UNAVAILABLE,
+            Error::Unavailable(_) | Error::Denied(_) | Error::Full(_) => exit_code::UNAVAILABLE,
             Error::Busy { code, .. } => *code,
             Error::Lost(_) => exit_code::LOST,
         }
+    }
+}
+
+/// How a waiter treats an error from the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// An outage: retry with backoff for up to `--connect-timeout`.
+    Outage,
+    /// The server is full: wait it out like a busy lock.
+    Full,
+    /// Give up now.
+    Never,
+}
+
+/// How to treat an error chain: by its first typed [`Error`].
+pub fn retry_of(err: &anyhow::Error) -> Retry {
+    match err.chain().find_map(|e| e.downcast_ref::<Error>()) {
+        Some(Error::Unavailable(_)) => Retry::Outage,
+        Some(Error::Full(_)) => Retry::Full,
+        _ => Retry::Never,
     }
 }
 
@@ -49,4 +78,12 @@ pub fn usage(msg: impl Into<String>) -> anyhow::Error {
 
 pub fn unavailable(msg: impl Into<String>) -> anyhow::Error {
     Error::Unavailable(msg.into()).into()
+}
+
+pub fn denied(msg: impl Into<String>) -> anyhow::Error {
+    Error::Denied(msg.into()).into()
+}
+
+pub fn full(msg: impl Into<String>) -> anyhow::Error {
+    Error::Full(msg.into()).into()
 }

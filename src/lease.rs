@@ -14,8 +14,9 @@ use anyhow::Result;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::backend::{Attempt, Backend, Holder, Lease, LockSpec, Owner, Renewal};
+use crate::backend::{Attempt, Backend, Holder, Lease, LockSpec, Owner, Renewal, kit};
 use crate::config::{LockSettings, Wait};
+use crate::error::{Retry, retry_of};
 
 /// What the supervisor is told when a lease is lost.
 #[derive(Debug, Clone)]
@@ -211,28 +212,49 @@ async fn renew_loop(
     }
 }
 
-/// The lock could not be taken: which key, and who holds it.
+/// The lock could not be taken: which key, who holds it, and why if not
+/// because of a holder (the server was full until the deadline).
 #[derive(Debug)]
 pub struct Busy {
     pub key: String,
     pub holders: Vec<Holder>,
+    pub cause: Option<String>,
 }
 
-/// Take every key in `lock.keys` (already sorted) all or nothing. Keys are
-/// waited for one after another in that canonical order, each added to the
-/// keeper as soon as it is held so it stays alive while we wait for the next.
+impl Busy {
+    /// A full server (an [`crate::error::Error::Full`]) reported as busy.
+    pub fn full(key: &str, err: &anyhow::Error) -> Busy {
+        Busy {
+            key: key.to_string(),
+            holders: Vec::new(),
+            cause: Some(format!("{err:#}")),
+        }
+    }
+}
+
+/// The deadline of a `--wait` setting, from now.
+pub fn deadline(wait: Wait) -> Option<Instant> {
+    match wait {
+        Wait::Forever => None,
+        Wait::No => Some(Instant::now()),
+        Wait::For(d) => Some(Instant::now() + d),
+    }
+}
+
+/// Take every key in `lock.keys` (already sorted) all or nothing, by
+/// `deadline`. Keys are waited for one after another in that canonical
+/// order, each added to the keeper as soon as it is held so it stays alive
+/// while we wait for the next. Outages and a full server are ridden out as
+/// [`kit::patiently`] says, `patience` (`--connect-timeout`) per outage.
 pub async fn acquire_all(
     backend: &dyn Backend,
     namespace: &str,
     lock: &LockSettings,
     me: &Owner,
     keeper: &Keeper,
+    deadline: Option<Instant>,
+    patience: Duration,
 ) -> Result<std::result::Result<(), Busy>> {
-    let deadline = match lock.wait {
-        Wait::Forever => None,
-        Wait::No => Some(Instant::now()),
-        Wait::For(d) => Some(Instant::now() + d),
-    };
     for key in &lock.keys {
         let spec = LockSpec {
             namespace: namespace.to_string(),
@@ -240,20 +262,25 @@ pub async fn acquire_all(
             ttl: lock.ttl,
             limit: lock.limit,
         };
-        match backend.acquire(&spec, me, deadline).await {
-            Ok(Attempt::Acquired(l)) => keeper.add(l),
-            Ok(Attempt::Busy(holders)) => {
-                release_all(backend, &keeper.leases()).await;
-                return Ok(Err(Busy {
-                    key: key.clone(),
-                    holders,
-                }));
+        let got = kit::patiently(deadline, patience, || backend.acquire(&spec, me, deadline)).await;
+        let busy = match got {
+            Ok(Attempt::Acquired(l)) => {
+                keeper.add(l);
+                continue;
             }
+            Ok(Attempt::Busy(holders)) => Busy {
+                key: key.clone(),
+                holders,
+                cause: None,
+            },
+            Err(e) if retry_of(&e) == Retry::Full => Busy::full(key, &e),
             Err(e) => {
                 release_all(backend, &keeper.leases()).await;
                 return Err(e);
             }
-        }
+        };
+        release_all(backend, &keeper.leases()).await;
+        return Ok(Err(busy));
     }
     Ok(Ok(()))
 }

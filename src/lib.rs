@@ -198,6 +198,9 @@ fn busy_message(busy: &lease::Busy, waited: Option<Duration>) -> String {
     if let Some(w) = waited {
         m.push_str(&format!(" after waiting {}", status::human_duration(w)));
     }
+    if let Some(cause) = &busy.cause {
+        m.push_str(&format!(": the backend had no room for another client: {cause}"));
+    }
     match busy.holders.as_slice() {
         [] => {}
         [h] => m.push_str(&format!(": {}", status::describe_holder(h))),
@@ -234,13 +237,14 @@ async fn take_locks(
     me: &Owner,
     keeper: &Keeper,
     signals: &mut Signals,
+    deadline: Option<Instant>,
 ) -> Result<std::result::Result<(), NotTaken>> {
     let started = Instant::now();
     tracing::info!(event = "waiting", keys = ?lock.keys, backend = backend.describe(), "acquiring");
     let mut lost = keeper.lost();
     let line = progress::WaitLine::new(s, lock);
     let outcome = tokio::select! {
-        r = acquire_all(backend.as_ref(), &s.namespace, lock, me, keeper) => r.map_err(|e| backend_error(backend.as_ref(), e)),
+        r = acquire_all(backend.as_ref(), &s.namespace, lock, me, keeper, deadline, s.connect_timeout) => r.map_err(|e| backend_error(backend.as_ref(), e)),
         () = line.show(backend.as_ref(), &s.namespace, keeper, started) => unreachable!("the waiting line never ends"),
         sig = signals.recv() => {
             line.clear();
@@ -270,19 +274,55 @@ async fn take_locks(
             );
             Ok(Ok(()))
         }
-        Err(busy) => {
-            tracing::info!(
-                event = "busy",
-                key = busy.key,
-                waited_ms = waited.as_millis() as u64,
-                "not acquired"
-            );
-            if !s.quiet {
-                let w = (lock.wait != config::Wait::No).then_some(waited);
-                eprintln!("dlock: {}", busy_message(&busy, w));
-            }
-            Ok(Err(NotTaken::Busy(lock.conflict_exit_code)))
+        Err(busy) => Ok(Err(not_taken(s, lock, &busy, waited))),
+    }
+}
+
+/// Say that the keys were not taken, and why.
+fn not_taken(
+    s: &Settings,
+    lock: &config::LockSettings,
+    busy: &lease::Busy,
+    waited: Duration,
+) -> NotTaken {
+    tracing::info!(
+        event = "busy",
+        key = busy.key,
+        waited_ms = waited.as_millis() as u64,
+        cause = busy.cause,
+        "not acquired"
+    );
+    if !s.quiet {
+        let w = (lock.wait != config::Wait::No).then_some(waited);
+        eprintln!("dlock: {}", busy_message(busy, w));
+    }
+    NotTaken::Busy(lock.conflict_exit_code)
+}
+
+/// Connect for a waiter, and learn the TTL its leases will really have:
+/// outages and a full server are ridden out as they are while waiting.
+async fn connect_waiting(
+    c: &Connector<'_>,
+    lock: &config::LockSettings,
+    deadline: Option<Instant>,
+) -> Result<std::result::Result<(Arc<dyn Backend>, Duration), NotTaken>> {
+    let started = Instant::now();
+    let got = backend::kit::patiently(deadline, c.settings.connect_timeout, || async {
+        let b = c.get().await?;
+        let ttl = b
+            .effective_ttl(lock.ttl)
+            .await
+            .map_err(|e| backend_error(b.as_ref(), e))?;
+        Ok((b, ttl))
+    })
+    .await;
+    match got {
+        Ok(v) => Ok(Ok(v)),
+        Err(e) if error::retry_of(&e) == error::Retry::Full => {
+            let busy = lease::Busy::full(&lock.keys[0], &e);
+            Ok(Err(not_taken(c.settings, lock, &busy, started.elapsed())))
         }
+        Err(e) => Err(e),
     }
 }
 
@@ -352,11 +392,17 @@ async fn run_locked(
 ) -> Result<i32> {
     let s = c.settings;
     let mut signals = Signals::install()?;
-    let backend = c.get().await?;
-    lock.ttl = backend
-        .effective_ttl(lock.ttl)
-        .await
-        .map_err(|e| backend_error(backend.as_ref(), e))?;
+    let deadline = lease::deadline(lock.wait);
+    let started = Instant::now();
+    let (backend, ttl) = match connect_waiting(c, &lock, deadline).await? {
+        Ok(v) => v,
+        Err(not) => {
+            trace.waited = started.elapsed();
+            trace.not_taken = Some(not);
+            return Ok(not.code());
+        }
+    };
+    lock.ttl = ttl;
     let me = owner(LeaseKind::Run)?;
     let keeper = Keeper::start(
         backend.clone(),
@@ -364,8 +410,7 @@ async fn run_locked(
         s.connect_timeout,
         grace(rs.kill_after, lock.ttl),
     );
-    let started = Instant::now();
-    let taken = take_locks(s, &backend, &lock, &me, &keeper, &mut signals).await;
+    let taken = take_locks(s, &backend, &lock, &me, &keeper, &mut signals, deadline).await;
     trace.waited = started.elapsed();
     if let Err(not) = taken? {
         keeper.stop();
@@ -459,10 +504,14 @@ async fn cmd_acquire(c: &Connector<'_>, a: cli::AcquireArgs) -> Result<i32> {
     let s = c.settings;
     let lock = s.lock(&a.lock)?;
     let mut signals = Signals::install()?;
-    let backend = c.get().await?;
+    let deadline = lease::deadline(lock.wait);
+    let backend = match connect_waiting(c, &lock, deadline).await? {
+        Ok((b, _)) => b,
+        Err(not) => return Ok(not.code()),
+    };
     let me = owner(LeaseKind::Handle)?;
     let keeper = Keeper::start(backend.clone(), lock.ttl, s.connect_timeout, Duration::ZERO);
-    if let Err(not) = take_locks(s, &backend, &lock, &me, &keeper, &mut signals).await? {
+    if let Err(not) = take_locks(s, &backend, &lock, &me, &keeper, &mut signals, deadline).await? {
         keeper.stop();
         return Ok(not.code());
     }

@@ -24,7 +24,8 @@ use super::{
     redact_url,
 };
 use crate::doctor::{Check, Level};
-use crate::error::{Error, unavailable, usage};
+use super::kit::{self, Kind, Queued};
+use crate::error::{unavailable, usage};
 
 pub struct EtcdBackend {
     shown: String,
@@ -35,11 +36,26 @@ pub struct EtcdBackend {
     opts: ec::ConnectOptions,
     /// Our keys, by (namespace, key): (etcd key, lease id).
     mine: Mutex<HashMap<(String, String), (String, i64)>>,
+    /// Leases of queue entries not yet resolved: registered as soon as the
+    /// lease is granted, so a waiter that is interrupted revokes it (and its
+    /// key with it) in `close` instead of leaving it for its TTL.
+    queued: Queued<i64>,
 }
 
-fn err(shown: &str, what: &str, e: ec::Error) -> anyhow::Error {
-    Error::Unavailable(format!("etcd {shown}: {what}: {e}")).into()
+/// What kind of failure an etcd error is.
+fn kind(e: &ec::Error) -> Kind {
+    match e {
+        // gRPC codes: PERMISSION_DENIED 7, RESOURCE_EXHAUSTED 8,
+        // UNAUTHENTICATED 16.
+        ec::Error::GRpcStatus(s) => match s.code() as i32 {
+            7 | 16 => Kind::Denied,
+            8 => Kind::Full,
+            _ => Kind::Outage,
+        },
+        _ => Kind::Outage,
+    }
 }
+
 
 fn holder_from(kv: &ec::KeyValue) -> Holder {
     let s = String::from_utf8_lossy(kv.value());
@@ -133,20 +149,14 @@ impl EtcdBackend {
         } else {
             endpoints
         };
-        let client = match tokio::time::timeout(
+        let client = kit::bounded(
+            &format!("etcd {shown}"),
+            "connect",
             timeout,
             ec::Client::connect(&endpoints, Some(opts.clone())),
+            kind,
         )
-        .await
-        {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(unavailable(format!("cannot connect to etcd {shown}: {e}"))),
-            Err(_) => {
-                return Err(unavailable(format!(
-                    "etcd {shown} did not answer within {timeout:?}"
-                )));
-            }
-        };
+        .await?;
         let b = EtcdBackend {
             shown,
             client,
@@ -154,6 +164,7 @@ impl EtcdBackend {
             listed,
             opts,
             mine: Mutex::new(HashMap::new()),
+            queued: Queued::default(),
         };
         // The connection is lazy: make sure somebody answers now (exit 69).
         let mut c = b.client.clone();
@@ -166,14 +177,8 @@ impl EtcdBackend {
         what: &str,
         f: impl std::future::Future<Output = Result<T, ec::Error>>,
     ) -> Result<T> {
-        match tokio::time::timeout(self.timeout, f).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(err(&self.shown, what, e)),
-            Err(_) => Err(unavailable(format!(
-                "etcd {}: {what} timed out",
-                self.shown
-            ))),
-        }
+        let service = format!("etcd {}", self.shown);
+        kit::bounded(&service, what, self.timeout, f, kind).await
     }
 
     fn prefix(ns: &str, key: &str) -> String {
@@ -194,7 +199,12 @@ impl EtcdBackend {
     async fn give_up(&self, key: &str, lease: i64) {
         let mut c = self.client.clone();
         let _ = tokio::time::timeout(self.timeout, c.delete(key, None)).await;
-        let _ = tokio::time::timeout(self.timeout, c.lease_revoke(lease)).await;
+        if matches!(
+            tokio::time::timeout(self.timeout, c.lease_revoke(lease)).await,
+            Ok(Ok(_))
+        ) {
+            self.queued.resolved(&lease);
+        }
     }
 
     async fn find_mine(&self, lease: &Lease) -> Result<Option<(String, i64)>> {
@@ -248,6 +258,7 @@ impl Backend for EtcdBackend {
             .bounded("lease grant", c.lease_grant(secs, None))
             .await?
             .id();
+        self.queued.add(lease);
         let prefix = Self::prefix(&spec.namespace, &spec.key);
         let key = format!("{prefix}{lease:x}");
         let now_ms = SystemTime::now()
@@ -285,9 +296,10 @@ impl Backend for EtcdBackend {
             };
             let Some(idx) = kvs.iter().position(|kv| kv.key() == key.as_bytes()) else {
                 self.give_up(&key, lease).await;
-                return Err(
-                    Error::Lost(format!("our lock key {key} vanished (lease expired?)")).into(),
-                );
+                return Err(unavailable(format!(
+                    "etcd {}: our queue key {key} vanished (its lease expired?)",
+                    self.shown
+                )));
             };
             if idx < limit {
                 let token = kvs[idx].create_revision() as u64;
@@ -295,6 +307,7 @@ impl Backend for EtcdBackend {
                     (spec.namespace.clone(), spec.key.clone()),
                     (key.clone(), lease),
                 );
+                self.queued.resolved(&lease);
                 return Ok(Attempt::Acquired(Lease {
                     namespace: spec.namespace.clone(),
                     key: spec.key.clone(),
@@ -473,6 +486,15 @@ impl Backend for EtcdBackend {
             version: s.version().to_string(),
             detail: self.shown.clone(),
         })
+    }
+
+    async fn close(&self) {
+        // A waiter that was interrupted or gave up revokes its queue lease,
+        // and its key with it, so the waiters behind it are not held up.
+        let mut c = self.client.clone();
+        for lease in self.queued.take() {
+            let _ = tokio::time::timeout(self.timeout, c.lease_revoke(lease)).await;
+        }
     }
 
     async fn doctor(&self, ttl: Duration, timeout: Duration) -> Vec<Check> {

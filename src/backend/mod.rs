@@ -16,6 +16,7 @@ use crate::error::usage;
 
 #[cfg(feature = "etcd")]
 pub mod etcd;
+pub mod kit;
 pub mod mysql;
 pub mod postgres;
 pub mod redis;

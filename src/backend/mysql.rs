@@ -23,7 +23,8 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOpti
 use sqlx::{AssertSqlSafe, Connection, Row};
 use tokio::sync::Mutex;
 
-use super::sql::{
+use super::kit;
+use super::sql::{self, 
     Dialect, Names, WAITER_LAPSE, channel_name, epoch_micros, key_status, waiters_of,
 };
 use super::{
@@ -31,7 +32,6 @@ use super::{
     Waiting, redact_url,
 };
 use crate::doctor::{Check, Level};
-use crate::error::unavailable;
 
 const POLL_MIN: Duration = Duration::from_millis(5);
 const POLL_MAX: Duration = Duration::from_millis(100);
@@ -80,8 +80,14 @@ impl MysqlBackend {
             .max_connections(1)
             .acquire_timeout(timeout)
             .connect_with(opts.clone())
-            .await
-            .map_err(|e| unavailable(format!("cannot connect to MySQL {shown}: {e}")))?;
+            .await;
+        let pool = match pool {
+            Ok(p) => p,
+            Err(e) => {
+                let probe = <sqlx::mysql::MySqlConnection as sqlx::Connection>::connect_with(&opts);
+                return Err(sql::connect_error(&format!("MySQL {shown}"), e, timeout, probe).await);
+            }
+        };
         let b = MysqlBackend {
             shown,
             opts,
@@ -142,14 +148,8 @@ impl MysqlBackend {
         what: &str,
         f: impl std::future::Future<Output = Result<T, sqlx::Error>>,
     ) -> Result<T> {
-        match tokio::time::timeout(self.timeout, f).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(unavailable(format!("MySQL {}: {what}: {e}", self.shown))),
-            Err(_) => Err(unavailable(format!(
-                "MySQL {}: {what} timed out",
-                self.shown
-            ))),
-        }
+        let service = format!("MySQL {}", self.shown);
+        kit::bounded(&service, what, self.timeout, f, sql::kind).await
     }
 
     fn select_holders(&self) -> String {

@@ -21,7 +21,8 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow}
 use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::Mutex;
 
-use super::sql::{
+use super::kit;
+use super::sql::{self, 
     Dialect, Names, WAITER_LAPSE, channel_name, epoch_micros, key_status, waiters_of,
 };
 use super::{
@@ -78,8 +79,14 @@ impl PostgresBackend {
             .max_connections(1)
             .acquire_timeout(timeout)
             .connect_with(opts.clone())
-            .await
-            .map_err(|e| unavailable(format!("cannot connect to PostgreSQL {shown}: {e}")))?;
+            .await;
+        let pool = match pool {
+            Ok(p) => p,
+            Err(e) => {
+                let probe = <sqlx::postgres::PgConnection as sqlx::Connection>::connect_with(&opts);
+                return Err(sql::connect_error(&format!("PostgreSQL {shown}"), e, timeout, probe).await);
+            }
+        };
         let b = PostgresBackend {
             shown,
             pool,
@@ -165,17 +172,8 @@ impl PostgresBackend {
         what: &str,
         f: impl std::future::Future<Output = Result<T, sqlx::Error>>,
     ) -> Result<T> {
-        match tokio::time::timeout(self.timeout, f).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(unavailable(format!(
-                "PostgreSQL {}: {what}: {e}",
-                self.shown
-            ))),
-            Err(_) => Err(unavailable(format!(
-                "PostgreSQL {}: {what} timed out",
-                self.shown
-            ))),
-        }
+        let service = format!("PostgreSQL {}", self.shown);
+        kit::bounded(&service, what, self.timeout, f, sql::kind).await
     }
 }
 

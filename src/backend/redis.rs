@@ -814,10 +814,19 @@ impl Backend for RedisBackend {
         let bound = until.map_or(Instant::now() + cap, |u| u.min(Instant::now() + cap));
         let mut subs = self.subs.lock().await;
         if let Some((_, streams)) = subs.as_mut() {
-            if streams.is_empty() {
-                tokio::time::sleep_until(bound.into()).await;
+            let woke = if streams.is_empty() {
+                None
             } else {
-                let _ = tokio::time::timeout_at(bound.into(), streams.next()).await;
+                tokio::time::timeout_at(bound.into(), streams.next()).await.ok()
+            };
+            // Every subscription ended (a server restarted): subscribe again
+            // at the next wait, and poll until then rather than spin.
+            if matches!(woke, None | Some(None)) {
+                if woke.is_some() {
+                    *subs = None;
+                }
+                drop(subs);
+                tokio::time::sleep_until(bound.into()).await;
             }
         }
         Ok(())
@@ -903,46 +912,64 @@ impl Backend for RedisBackend {
     async fn status(&self, namespace: &str, keys_in: &[String]) -> Result<Vec<KeyStatus>> {
         let mut names: Vec<String> = keys_in.to_vec();
         if names.is_empty() {
-            // Every lock in the namespace: SCAN (never KEYS) each server.
+            // Every lock in the namespace: SCAN (never KEYS) each server, in
+            // one pass of large batches, since a shared Redis may hold
+            // millions of other keys. A server that cannot be read makes the
+            // answer an error, never "nothing held".
             let prefix = format!("{namespace}:");
+            let pattern = format!("*{}*", glob_escape(&prefix));
+            let mut errors = Vec::new();
+            let mut answered = 0;
             for n in &self.nodes {
                 for client in &n.scan {
                     let scan = async {
                         let mut c = client.get_multiplexed_async_connection().await?;
+                        let opts = redis::ScanOptions::default()
+                            .with_pattern(pattern.as_str())
+                            .with_count(5000);
+                        let mut it: redis::AsyncIter<String> = c.scan_options(opts).await?;
                         let mut found = Vec::new();
-                        let mut it: redis::AsyncIter<String> =
-                            c.scan_match(format!("{}*", glob_escape(&prefix))).await?;
                         while let Some(k) = it.next_item().await {
                             found.push(k?);
                         }
-                        drop(it);
-                        let mut it: redis::AsyncIter<String> = c
-                            .scan_match(format!("{{{}*}}:sem", glob_escape(&prefix)))
-                            .await?;
-                        while let Some(k) = it.next_item().await {
-                            let k = k?;
-                            found.push(
-                                k.trim_start_matches('{')
-                                    .trim_end_matches("}:sem")
-                                    .to_string(),
-                            );
-                        }
                         Ok::<_, redis::RedisError>(found)
                     };
-                    match tokio::time::timeout(self.op_timeout, scan).await {
+                    // Listing may take longer than one step: a few seconds
+                    // per million keys.
+                    match tokio::time::timeout(self.op_timeout * 4, scan).await {
                         Ok(Ok(found)) => {
-                            for k in found {
-                                if let Some(name) = k.strip_prefix(&prefix)
+                            answered += 1;
+                            for k in &found {
+                                // `NS:KEY` (held), or `{NS:KEY}:sem` (a semaphore).
+                                let name = k.strip_prefix(&prefix).or_else(|| {
+                                    k.strip_prefix('{')?
+                                        .strip_suffix("}:sem")?
+                                        .strip_prefix(&prefix)
+                                });
+                                if let Some(name) = name
                                     && !names.iter().any(|x| x == name)
                                 {
                                     names.push(name.to_string());
                                 }
                             }
                         }
-                        Ok(Err(e)) => tracing::warn!("SCAN on {} failed: {e}", n.shown),
-                        Err(_) => tracing::warn!("SCAN on {} timed out", n.shown),
+                        Ok(Err(e)) => errors.push(format!("{}: SCAN: {e}", n.shown)),
+                        Err(_) => errors.push(format!(
+                            "{}: SCAN: no answer within {}",
+                            n.shown,
+                            crate::status::human_duration(self.op_timeout * 4)
+                        )),
                     }
                 }
+            }
+            // Redlock: a lock is held only on a majority, so a majority of
+            // answers lists every lock; one server (or cluster node) must answer.
+            let need = if self.redlock() { self.quorum } else { self.nodes.iter().map(|n| n.scan.len()).sum() };
+            if answered < need {
+                return Err(unavailable(format!(
+                    "cannot list the locks in namespace {namespace:?}: {}",
+                    errors.join("; ")
+                )));
             }
             names.sort();
         }

@@ -3,6 +3,7 @@
 
 use anyhow::Result;
 
+use super::kit::{self, Kind};
 use super::{Holder, KeyStatus};
 use crate::doctor::{Check, Level};
 use crate::error::usage;
@@ -183,6 +184,51 @@ impl Names {
         }
         out
     }
+}
+
+/// What kind of failure a database error is: "too many connections" is a
+/// full server (waited out like a busy lock), a rejected login or missing
+/// privilege is final, anything else is an outage.
+pub fn kind(e: &sqlx::Error) -> Kind {
+    match e {
+        sqlx::Error::Database(db) => {
+            if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+                // ER_CON_COUNT_ERROR, ER_TOO_MANY_USER_CONNECTIONS,
+                // ER_USER_LIMIT_REACHED; access denied (db, user, plugin).
+                return match my.number() {
+                    1040 | 1203 | 1226 => Kind::Full,
+                    1044 | 1045 | 1698 => Kind::Denied,
+                    _ => Kind::Outage,
+                };
+            }
+            match db.code().as_deref() {
+                // too_many_connections
+                Some("53300") => Kind::Full,
+                // invalid authorization, insufficient privilege
+                Some(c) if c.starts_with("28") || c == "42501" => Kind::Denied,
+                _ => Kind::Outage,
+            }
+        }
+        sqlx::Error::Tls(_) => Kind::Denied,
+        _ => Kind::Outage,
+    }
+}
+
+/// The typed error for a failed connection. sqlx's pool retries a refused
+/// or full server until its time-out and then says only "pool timed out";
+/// one direct attempt (`probe`) then tells which it was.
+pub async fn connect_error<F, C>(service: &str, e: sqlx::Error, timeout: std::time::Duration, probe: F) -> anyhow::Error
+where
+    F: std::future::Future<Output = Result<C, sqlx::Error>>,
+{
+    let e = match e {
+        sqlx::Error::PoolTimedOut => match tokio::time::timeout(timeout, probe).await {
+            Ok(Err(e)) => e,
+            _ => return kit::no_answer(service, "connect", timeout),
+        },
+        e => e,
+    };
+    kit::typed(kind(&e), format!("{service}: connect: {e}"))
 }
 
 /// A server's clock reading in microseconds since the epoch.

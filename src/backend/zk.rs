@@ -25,12 +25,13 @@ use async_trait::async_trait;
 use tokio::sync::{Mutex, OnceCell};
 use zookeeper_client as zk;
 
+use super::kit::{self, Kind, Queued};
 use super::{
     Attempt, Backend, Holder, KeyStatus, Lease, LeaseKind, LockSpec, Owner, PingInfo, Renewal,
     redact_url,
 };
 use crate::doctor::{Check, Level};
-use crate::error::{Error, unavailable, usage};
+use crate::error::{unavailable, usage};
 
 pub struct ZkBackend {
     shown: String,
@@ -41,6 +42,10 @@ pub struct ZkBackend {
     /// Our nodes, by (namespace, key): full path, and whether it is a
     /// handle's TTL node (which must outlive this process).
     mine: Mutex<HashMap<(String, String), (String, bool)>>,
+    /// Queue entries not yet resolved, as (lock directory, our node-name
+    /// prefix): registered before the node is created, so a waiter that is
+    /// interrupted even mid-create finds and deletes its node in `close`.
+    queued: Queued<(String, String)>,
 }
 
 struct Contender {
@@ -68,8 +73,16 @@ fn uuid_of(id: &str) -> String {
     )
 }
 
+/// What kind of failure a ZooKeeper error is.
+fn kind(e: &zk::Error) -> Kind {
+    match e {
+        zk::Error::NoAuth | zk::Error::AuthFailed => Kind::Denied,
+        _ => Kind::Outage,
+    }
+}
+
 fn zk_err(shown: &str, what: &str, e: zk::Error) -> anyhow::Error {
-    Error::Unavailable(format!("ZooKeeper {shown}: {what}: {e}")).into()
+    kit::typed(kind(&e), format!("ZooKeeper {shown}: {what}: {e}"))
 }
 
 fn holder_from(data: &[u8], stat: &zk::Stat) -> (Holder, Option<u32>) {
@@ -125,6 +138,7 @@ impl ZkBackend {
             timeout,
             client: OnceCell::new(),
             mine: Mutex::new(HashMap::new()),
+            queued: Queued::default(),
         })
     }
 
@@ -139,17 +153,7 @@ impl ZkBackend {
                 if let Some(a) = &self.auth {
                     c = c.with_auth("digest", a);
                 }
-                match tokio::time::timeout(self.timeout, c.connect(&self.cluster)).await {
-                    Ok(Ok(client)) => Ok(client),
-                    Ok(Err(e)) => Err(unavailable(format!(
-                        "cannot connect to ZooKeeper {}: {e}",
-                        self.shown
-                    ))),
-                    Err(_) => Err(unavailable(format!(
-                        "ZooKeeper {} did not answer within {:?} (--connect-timeout)",
-                        self.shown, self.timeout
-                    ))),
-                }
+                self.bounded("connect", c.connect(&self.cluster)).await
             })
             .await
     }
@@ -181,29 +185,20 @@ impl ZkBackend {
         what: &str,
         f: impl std::future::Future<Output = std::result::Result<T, zk::Error>>,
     ) -> Result<T> {
-        match tokio::time::timeout(self.timeout, f).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(zk_err(&self.shown, what, e)),
-            Err(_) => Err(unavailable(format!(
-                "ZooKeeper {}: {what} timed out",
-                self.shown
-            ))),
-        }
+        let service = format!("ZooKeeper {}", self.shown);
+        kit::bounded(&service, what, self.timeout, f, kind).await
     }
 
     /// The contenders of a lock directory, in lock order.
     async fn contenders(&self, c: &zk::Client, dir: &str) -> Result<Vec<Contender>> {
-        let names = match tokio::time::timeout(self.timeout, c.list_children(dir)).await {
-            Ok(Ok(n)) => n,
-            Ok(Err(zk::Error::NoNode)) => vec![],
-            Ok(Err(e)) => return Err(zk_err(&self.shown, "list", e)),
-            Err(_) => {
-                return Err(unavailable(format!(
-                    "ZooKeeper {}: list timed out",
-                    self.shown
-                )));
-            }
-        };
+        let names = self
+            .bounded(&format!("list {dir}"), async {
+                match c.list_children(dir).await {
+                    Err(zk::Error::NoNode) => Ok(vec![]),
+                    r => r,
+                }
+            })
+            .await?;
         let mut v: Vec<Contender> = names
             .into_iter()
             .filter_map(|name| seq_of(&name).map(|seq| Contender { name, seq }))
@@ -250,6 +245,23 @@ impl ZkBackend {
     }
 }
 
+impl ZkBackend {
+    /// Delete the queue nodes of attempts that were interrupted or failed:
+    /// every child of a registered directory that carries our prefix.
+    async fn drop_queued(&self, c: &zk::Client) {
+        for (dir, tag) in self.queued.take() {
+            let Ok(contenders) = self.contenders(c, &dir).await else {
+                continue;
+            };
+            for ct in contenders.iter().filter(|ct| ct.name.starts_with(&tag)) {
+                let _ = self
+                    .bounded("delete", c.delete(&format!("{dir}/{}", ct.name), None))
+                    .await;
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl Backend for ZkBackend {
     fn describe(&self) -> String {
@@ -285,18 +297,18 @@ impl Backend for ZkBackend {
     ) -> Result<Attempt> {
         let c = self.client(spec.ttl).await?;
         let dir = Self::dir(&spec.namespace, &spec.key)?;
+        // What an earlier, failed attempt left in this queue goes first: our
+        // own node ahead of us would keep us waiting for ourselves.
+        self.drop_queued(c).await;
         let acls = self.acls();
         let parent = zk::CreateMode::Persistent.with_acls(acls);
-        match tokio::time::timeout(self.timeout, c.mkdir(&dir, &parent)).await {
-            Ok(Ok(())) | Ok(Err(zk::Error::NodeExists)) => {}
-            Ok(Err(e)) => return Err(zk_err(&self.shown, "create the lock directory", e)),
-            Err(_) => {
-                return Err(unavailable(format!(
-                    "ZooKeeper {}: mkdir timed out",
-                    self.shown
-                )));
+        self.bounded("create the lock directory", async {
+            match c.mkdir(&dir, &parent).await {
+                Err(zk::Error::NodeExists) => Ok(()),
+                r => r,
             }
-        }
+        })
+        .await?;
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
@@ -304,50 +316,44 @@ impl Backend for ZkBackend {
             "dlock1|{}|{}|{}|{}|{}|{}",
             me.id, spec.limit, me.user, me.host, me.pid, now_ms
         );
-        let prefix = format!("{dir}/_c_{}-lock-", uuid_of(&me.id));
+        let tag = format!("_c_{}-lock-", uuid_of(&me.id));
+        let prefix = format!("{dir}/{tag}");
         let opts = match me.kind {
             LeaseKind::Run => zk::CreateMode::EphemeralSequential.with_acls(acls),
             LeaseKind::Handle => zk::CreateMode::PersistentSequential
                 .with_acls(acls)
                 .with_ttl(spec.ttl),
         };
-        let (stat, seq) =
-            match tokio::time::timeout(self.timeout, c.create(&prefix, data.as_bytes(), &opts))
-                .await
-            {
-                Ok(Ok(r)) => r,
-                Ok(Err(zk::Error::Unimplemented)) if me.kind == LeaseKind::Handle => {
-                    return Err(unavailable(format!(
-                        "ZooKeeper {}: `dlock acquire` needs TTL nodes; start the server with \
-                     -Dzookeeper.extendedTypesEnabled=true (or use `dlock run`)",
-                        self.shown
-                    )));
+        let entry = (dir.clone(), tag.clone());
+        self.queued.add(entry.clone());
+        let created = self
+            .bounded("create the lock node", async {
+                match c.create(&prefix, data.as_bytes(), &opts).await {
+                    // No TTL nodes on this server.
+                    Err(zk::Error::Unimplemented) => Ok(None),
+                    r => r.map(Some),
                 }
-                Ok(Err(e)) => return Err(zk_err(&self.shown, "create the lock node", e)),
-                Err(_) => {
-                    return Err(unavailable(format!(
-                        "ZooKeeper {}: create timed out",
-                        self.shown
-                    )));
-                }
-            };
-        let name = format!("{}{seq}", prefix.rsplit('/').next().unwrap_or_default());
+            })
+            .await?;
+        let Some((stat, seq)) = created else {
+            self.queued.resolved(&entry);
+            return Err(unavailable(format!(
+                "ZooKeeper {}: `dlock acquire` needs TTL nodes; start the server with \
+                 -Dzookeeper.extendedTypesEnabled=true (or use `dlock run`)",
+                self.shown
+            )));
+        };
+        let name = format!("{tag}{seq}");
         let path = format!("{dir}/{name}");
         let limit = spec.limit as usize;
         loop {
             let checked = Instant::now();
-            let contenders = match self.contenders(c, &dir).await {
-                Ok(v) => v,
-                Err(e) => {
-                    let _ = tokio::time::timeout(self.timeout, c.delete(&path, None)).await;
-                    return Err(e);
-                }
-            };
+            let contenders = self.contenders(c, &dir).await?;
             let Some(idx) = contenders.iter().position(|ct| ct.name == name) else {
-                return Err(Error::Lost(format!(
-                    "our lock node {path} vanished (session expired?)"
-                ))
-                .into());
+                return Err(unavailable(format!(
+                    "ZooKeeper {}: our queue node {path} vanished (the session expired?)",
+                    self.shown
+                )));
             };
             if idx < limit {
                 let handle = me.kind == LeaseKind::Handle;
@@ -355,6 +361,7 @@ impl Backend for ZkBackend {
                     (spec.namespace.clone(), spec.key.clone()),
                     (path.clone(), handle),
                 );
+                self.queued.resolved(&entry);
                 let ttl = if me.kind == LeaseKind::Run {
                     c.session_timeout().min(spec.ttl)
                 } else {
@@ -371,26 +378,16 @@ impl Backend for ZkBackend {
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 let holders = self.holders(c, &dir, &contenders, limit).await;
-                let _ = tokio::time::timeout(self.timeout, c.delete(&path, None)).await;
+                if self.bounded("delete", c.delete(&path, None)).await.is_ok() {
+                    self.queued.resolved(&entry);
+                }
                 return Ok(Attempt::Busy(holders));
             }
             // Watch only the contender `limit` places ahead of us.
             let pred = format!("{dir}/{}", contenders[idx - limit].name);
-            let watch = tokio::time::timeout(self.timeout, c.check_and_watch_stat(&pred)).await;
-            let watcher = match watch {
-                Ok(Ok((Some(_), w))) => w,
-                Ok(Ok((None, _))) => continue,
-                Ok(Err(e)) => {
-                    let _ = tokio::time::timeout(self.timeout, c.delete(&path, None)).await;
-                    return Err(zk_err(&self.shown, "watch", e));
-                }
-                Err(_) => {
-                    let _ = tokio::time::timeout(self.timeout, c.delete(&path, None)).await;
-                    return Err(unavailable(format!(
-                        "ZooKeeper {}: watch timed out",
-                        self.shown
-                    )));
-                }
+            let watcher = match self.bounded("watch", c.check_and_watch_stat(&pred)).await? {
+                (Some(_), w) => w,
+                (None, _) => continue,
             };
             // Wake on the predecessor's change, the deadline, or a periodic
             // re-check (a session event can end the watch silently).
@@ -617,6 +614,9 @@ impl Backend for ZkBackend {
 
     async fn close(&self) {
         let Some(c) = self.client.get() else { return };
+        // A waiter that was interrupted or gave up leaves no queue entry to
+        // hold up the waiters behind it.
+        self.drop_queued(c).await;
         // Delete what we still hold before the session goes, so waiters
         // wake now rather than when the session expires.
         let mine: Vec<String> = self

@@ -130,6 +130,51 @@ impl Env {
         }
     }
 
+    /// Whether [`Env::restart_server`] can restart this backend's server.
+    pub fn can_restart(&self) -> bool {
+        self.url.starts_with("redis://")
+            || self.postgres.is_some()
+            || self.mariadb.is_some()
+            || self.zookeeper.is_some()
+            || self.etcd.is_some()
+    }
+
+    /// Kill the backend's server(s), keep them down for `down`, and start
+    /// them again on the same ports (Redis empty, the others with their data).
+    pub fn restart_server(&mut self, down: Duration) {
+        for r in &mut self.redis {
+            r.stop();
+        }
+        if let Some(p) = &mut self.postgres {
+            p.stop();
+        }
+        if let Some(m) = &mut self.mariadb {
+            m.stop();
+        }
+        if let Some(z) = &mut self.zookeeper {
+            z.stop();
+        }
+        if let Some(e) = &mut self.etcd {
+            e.stop();
+        }
+        std::thread::sleep(down);
+        for r in &mut self.redis {
+            r.restart();
+        }
+        if let Some(p) = &mut self.postgres {
+            p.restart();
+        }
+        if let Some(m) = &mut self.mariadb {
+            m.restart();
+        }
+        if let Some(z) = &mut self.zookeeper {
+            z.restart();
+        }
+        if let Some(e) = &mut self.etcd {
+            e.restart();
+        }
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }

@@ -270,8 +270,7 @@ impl Node {
              admin.enableServer=false\n\
              4lw.commands.whitelist=*\n\
              forceSync=no\n\
-             preAllocSize=1024\n\
-             maxClientCnxns=0\n",
+             preAllocSize=1024\n",
             self.data().display(),
             self.port,
         );

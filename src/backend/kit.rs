@@ -1,0 +1,298 @@
+//! What every adapter uses, written once: one bounded call that types its
+//! error (outage, full, denied), capped jittered backoff, and the registry
+//! of queue entries a waiter has made, so that a waiter that is interrupted
+//! removes them on its way out instead of holding up the waiters behind it.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Retry, retry_of};
+use crate::status::human_duration;
+
+/// What kind of failure a service's error is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Refused, reset, restarting, timed out: retried while waiting.
+    Outage,
+    /// Up, but no room for another client: waited out like a busy lock.
+    Full,
+    /// Authentication, authorisation or TLS trust failed: never retried.
+    Denied,
+}
+
+/// The typed error for a failure of `kind`.
+pub fn typed(kind: Kind, msg: String) -> anyhow::Error {
+    match kind {
+        Kind::Outage => Error::Unavailable(msg),
+        Kind::Full => Error::Full(msg),
+        Kind::Denied => Error::Denied(msg),
+    }
+    .into()
+}
+
+/// The message for a step that got no answer in time.
+pub fn no_answer(service: &str, what: &str, timeout: Duration) -> anyhow::Error {
+    Error::Unavailable(format!(
+        "{service}: {what}: no answer within {} (--connect-timeout)",
+        human_duration(timeout)
+    ))
+    .into()
+}
+
+/// One call to a service, bounded by `timeout`. Its error, or the
+/// time-out, becomes a typed error naming the service and the step;
+/// `kind` says what kind of failure the service's error is.
+pub async fn bounded<T, E: Display>(
+    service: &str,
+    what: &str,
+    timeout: Duration,
+    f: impl Future<Output = Result<T, E>>,
+    kind: impl FnOnce(&E) -> Kind,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(timeout, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(typed(kind(&e), format!("{service}: {what}: {e}"))),
+        Err(_) => Err(no_answer(service, what, timeout)),
+    }
+}
+
+/// A random duration between half of `d` and all of it, so that many
+/// waiters retrying together spread out.
+pub fn jitter(d: Duration) -> Duration {
+    let mut b = [0u8; 4];
+    let _ = getrandom::fill(&mut b);
+    let frac = f64::from(u32::from_ne_bytes(b)) / f64::from(u32::MAX);
+    d / 2 + d.mul_f64(frac / 2.0)
+}
+
+/// Exponential backoff with jitter, capped.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    step: Duration,
+    cap: Duration,
+}
+
+impl Backoff {
+    pub fn new(first: Duration, cap: Duration) -> Backoff {
+        Backoff { step: first, cap }
+    }
+
+    /// The next delay: a jittered step; the step doubles up to the cap.
+    pub fn next_delay(&mut self) -> Duration {
+        let d = jitter(self.step);
+        self.step = (self.step * 2).min(self.cap);
+        d
+    }
+}
+
+/// Run `step` until it succeeds, the way a waiter must treat its backend
+/// (the contract's "Riding out the backend"):
+///
+/// - an outage (refused, reset, timed out) is retried with capped, jittered
+///   backoff for up to `patience` (`--connect-timeout`) per outage, and
+///   never past `deadline`; then its error is returned (exit 69);
+/// - a full server is retried the same way until `deadline` (None: for
+///   ever); then its [`Error::Full`] is returned, for the caller to report
+///   as busy (75);
+/// - any other error is returned at once.
+///
+/// A step that ran longer than `patience` before failing was waiting, not
+/// failing, so its failure starts a new outage. A `deadline` already past
+/// (`--no-wait`) makes one attempt.
+pub async fn patiently<T, F, Fut>(
+    deadline: Option<Instant>,
+    patience: Duration,
+    mut step: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let mut outage_since: Option<Instant> = None;
+    let mut outage = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+    let mut full = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    loop {
+        let began = Instant::now();
+        let err = match step().await {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
+            return Err(err);
+        }
+        let wake = match retry_of(&err) {
+            Retry::Never => return Err(err),
+            Retry::Full => {
+                outage_since = None;
+                now + full.next_delay()
+            }
+            Retry::Outage => {
+                let long = now.duration_since(began) > patience + Duration::from_secs(1);
+                let since = match outage_since {
+                    Some(s) if !long => s,
+                    _ => now,
+                };
+                outage_since = Some(since);
+                let end = since + patience;
+                if now >= end {
+                    return Err(err);
+                }
+                (now + outage.next_delay()).min(end)
+            }
+        };
+        tracing::warn!(
+            event = "retrying",
+            error = format!("{err:#}"),
+            "backend not ready; trying again"
+        );
+        let wake = deadline.map_or(wake, |d| d.min(wake));
+        tokio::time::sleep_until(wake.into()).await;
+    }
+}
+
+/// Entries a waiter has put in a service's queue and not yet resolved
+/// (acquired or removed). An entry is added *before* the call that waits
+/// on it, so a waiter interrupted at any point leaves it here, and the
+/// backend's `close` removes what is left.
+pub struct Queued<T>(std::sync::Mutex<Vec<T>>);
+
+impl<T> Default for Queued<T> {
+    fn default() -> Queued<T> {
+        Queued(std::sync::Mutex::new(Vec::new()))
+    }
+}
+
+impl<T: PartialEq> Queued<T> {
+    pub fn add(&self, entry: T) {
+        self.0.lock().unwrap().push(entry);
+    }
+
+    /// The entry was resolved: it is a lease now, or it was removed.
+    pub fn resolved(&self, entry: &T) {
+        self.0.lock().unwrap().retain(|e| e != entry);
+    }
+
+    /// Every entry left, for `close` to remove.
+    pub fn take(&self) -> Vec<T> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_jittered_and_capped() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(400));
+        let d: Vec<Duration> = (0..6).map(|_| b.next_delay()).collect();
+        assert!(d[0] >= Duration::from_millis(50) && d[0] <= Duration::from_millis(100));
+        assert!(d[1] >= Duration::from_millis(100) && d[1] <= Duration::from_millis(200));
+        for x in &d[2..] {
+            assert!(*x >= Duration::from_millis(200) && *x <= Duration::from_millis(400));
+        }
+    }
+
+    #[test]
+    fn queued_entries_are_left_until_resolved() {
+        let q = Queued::default();
+        q.add(1);
+        q.add(2);
+        q.resolved(&1);
+        assert_eq!(q.take(), vec![2]);
+        assert!(q.take().is_empty());
+    }
+
+    /// A step failing with `kind` `fails` times, then succeeding.
+    fn flaky(
+        kind: Kind,
+        fails: usize,
+        calls: &std::cell::Cell<usize>,
+    ) -> impl FnMut() -> std::future::Ready<anyhow::Result<()>> + '_ {
+        move || {
+            calls.set(calls.get() + 1);
+            std::future::ready(if calls.get() <= fails {
+                Err(typed(kind, "down".into()))
+            } else {
+                Ok(())
+            })
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn an_outage_shorter_than_the_patience_is_ridden_out() {
+        let calls = std::cell::Cell::new(0);
+        let t = Instant::now();
+        patiently(None, Duration::from_secs(5), flaky(Kind::Outage, 5, &calls))
+            .await
+            .unwrap();
+        assert_eq!(calls.get(), 6);
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_longer_outage_ends_in_its_error_within_the_patience() {
+        let calls = std::cell::Cell::new(0);
+        let t = Instant::now();
+        let e = patiently(None, Duration::from_secs(5), flaky(Kind::Outage, 1000, &calls))
+            .await
+            .unwrap_err();
+        assert_eq!(retry_of(&e), Retry::Outage);
+        assert!(t.elapsed() >= Duration::from_secs(5) && t.elapsed() < Duration::from_secs(6));
+        // Never past the --wait deadline, however patient.
+        let t = Instant::now();
+        let d = Some(t + Duration::from_secs(2));
+        patiently(d, Duration::from_secs(60), flaky(Kind::Outage, 10_000, &calls))
+            .await
+            .unwrap_err();
+        assert!(t.elapsed() <= Duration::from_secs(2));
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_full_server_is_waited_out_until_the_deadline_and_denial_is_final() {
+        let calls = std::cell::Cell::new(0);
+        let t = Instant::now();
+        patiently(None, Duration::from_secs(1), flaky(Kind::Full, 30, &calls))
+            .await
+            .unwrap();
+        assert!(t.elapsed() > Duration::from_secs(10), "full is waited out past --connect-timeout");
+        let d = Some(Instant::now() + Duration::from_secs(3));
+        let e = patiently(d, Duration::from_secs(1), flaky(Kind::Full, 10_000, &calls))
+            .await
+            .unwrap_err();
+        assert_eq!(retry_of(&e), Retry::Full);
+        let calls = std::cell::Cell::new(0);
+        patiently(None, Duration::from_secs(5), flaky(Kind::Denied, 10, &calls))
+            .await
+            .unwrap_err();
+        assert_eq!(calls.get(), 1);
+        // --no-wait: one attempt.
+        let calls = std::cell::Cell::new(0);
+        patiently(Some(Instant::now()), Duration::from_secs(5), flaky(Kind::Outage, 10, &calls))
+            .await
+            .unwrap_err();
+        assert_eq!(calls.get(), 1);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn bounded_types_errors_and_timeouts() {
+        let e = bounded("svc", "step", Duration::from_secs(1), async { Err::<(), _>("too many") }, |_| Kind::Full)
+            .await
+            .unwrap_err();
+        assert_eq!(crate::error::retry_of(&e), crate::error::Retry::Full);
+        assert_eq!(e.to_string(), "svc: step: too many");
+        let e = bounded(
+            "svc",
+            "step",
+            Duration::from_millis(10),
+            std::future::pending::<Result<(), String>>(),
+            |_| Kind::Denied,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(crate::error::retry_of(&e), crate::error::Retry::Outage);
+        assert!(e.to_string().contains("no answer within 10ms"), "{e}");
+    }
+}
