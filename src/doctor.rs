@@ -14,56 +14,8 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::json;
 
 use crate::backend::Backend;
+pub use crate::backend::probe::{Check, Level};
 use crate::status::{Paint, human_duration};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Level {
-    Ok,
-    Info,
-    Warn,
-    Fail,
-}
-
-impl Level {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Level::Ok => "ok",
-            Level::Info => "info",
-            Level::Warn => "warn",
-            Level::Fail => "FAIL",
-        }
-    }
-}
-
-/// One finding.
-#[derive(Debug, Clone)]
-pub struct Check {
-    pub level: Level,
-    /// A short name: `reachable`, `round-trip`, `clock`, `persistence`, ...
-    pub name: &'static str,
-    pub message: String,
-    pub fix: Option<String>,
-}
-
-impl Check {
-    pub fn new(level: Level, name: &'static str, message: impl Into<String>) -> Check {
-        Check {
-            level,
-            name,
-            message: message.into(),
-            fix: None,
-        }
-    }
-
-    pub fn ok(name: &'static str, message: impl Into<String>) -> Check {
-        Check::new(Level::Ok, name, message)
-    }
-
-    pub fn fix(mut self, fix: impl Into<String>) -> Check {
-        self.fix = Some(fix.into());
-        self
-    }
-}
 
 /// Round trips measured with `ping`.
 pub struct Rtt {

@@ -307,3 +307,129 @@ pub async fn release_all(backend: &dyn Backend, leases: &[Lease]) -> bool {
     }
     all
 }
+
+#[cfg(test)]
+mod tests {
+    //! The keeper against an in-memory backend whose renewals can be made
+    //! to succeed, say the lease is gone, or hang.
+    use super::*;
+    use crate::backend::{KeyStatus, PingInfo};
+    use async_trait::async_trait;
+    use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+
+    const OK: u8 = 0;
+    const GONE: u8 = 1;
+    const HANG: u8 = 2;
+
+    #[derive(Default)]
+    struct Fake {
+        renew: AtomicU8,
+        renewals: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Backend for Fake {
+        fn describe(&self) -> String {
+            "fake".into()
+        }
+        async fn try_acquire(&self, _: &LockSpec, _: &Owner) -> Result<Attempt> {
+            anyhow::bail!("not used")
+        }
+        async fn wait_change(&self, _: &LockSpec, _: Option<Instant>) -> Result<()> {
+            Ok(())
+        }
+        async fn renew(&self, _: &Lease, _: Duration) -> Result<Renewal> {
+            self.renewals.fetch_add(1, Ordering::SeqCst);
+            match self.renew.load(Ordering::SeqCst) {
+                OK => Ok(Renewal::Renewed),
+                GONE => Ok(Renewal::Lost),
+                _ => std::future::pending().await,
+            }
+        }
+        async fn release(&self, _: &Lease) -> Result<bool> {
+            Ok(true)
+        }
+        async fn force_release(&self, _: &str, _: &str) -> Result<u64> {
+            Ok(0)
+        }
+        async fn status(&self, _: &str, _: &[String]) -> Result<Vec<KeyStatus>> {
+            Ok(vec![])
+        }
+        async fn ping(&self) -> Result<PingInfo> {
+            anyhow::bail!("not used")
+        }
+    }
+
+    fn lease(ttl: Duration) -> Lease {
+        Lease {
+            namespace: "ns".into(),
+            key: "k".into(),
+            token: 1,
+            id: "me".into(),
+            ttl,
+            granted_at: Instant::now(),
+        }
+    }
+
+    const TTL: Duration = Duration::from_millis(600);
+
+    fn start(fake: &Arc<Fake>, grace: Duration) -> Keeper {
+        let k = Keeper::start(fake.clone(), TTL, Duration::from_millis(100), grace);
+        k.add(lease(TTL));
+        k
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn renews_every_third_of_the_ttl_and_moves_the_deadline() {
+        let fake = Arc::new(Fake::default());
+        let k = start(&fake, Duration::from_millis(50));
+        let first = k.safe_until().unwrap();
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let n = fake.renewals.load(Ordering::SeqCst);
+        assert!((3..=6).contains(&n), "{n} renewals in 1 s with a 600ms TTL");
+        assert!(k.safe_until().unwrap() > first + Duration::from_millis(600));
+        assert!(k.lost().borrow().is_none());
+        k.stop();
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_lease_the_backend_says_is_gone_is_lost_at_once() {
+        let fake = Arc::new(Fake::default());
+        fake.renew.store(GONE, Ordering::SeqCst);
+        let k = start(&fake, Duration::from_millis(50));
+        let mut lost = k.lost();
+        let t = Instant::now();
+        tokio::time::timeout(Duration::from_secs(2), lost.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        let loss = lost.borrow().clone().unwrap();
+        assert!(loss.expires.is_none(), "gone, not expiring");
+        assert!(t.elapsed() < TTL / 3 + Duration::from_millis(100));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn renewals_that_hang_are_a_loss_reported_grace_before_the_deadline() {
+        let fake = Arc::new(Fake::default());
+        fake.renew.store(HANG, Ordering::SeqCst);
+        let grace = Duration::from_millis(200);
+        let k = start(&fake, grace);
+        let deadline = k.safe_until().unwrap();
+        let mut lost = k.lost();
+        tokio::time::timeout(Duration::from_secs(2), lost.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        let now = Instant::now();
+        let loss = lost.borrow().clone().unwrap();
+        assert_eq!(loss.expires, Some(deadline));
+        assert!(
+            now + grace >= deadline,
+            "reported {:?} early",
+            deadline - now - grace
+        );
+        assert!(now < deadline, "reported after the deadline");
+        // It keeps trying: a renewal that lands afterwards keeps the lease.
+        assert!(fake.renewals.load(Ordering::SeqCst) >= 2);
+    }
+}

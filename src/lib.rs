@@ -199,7 +199,9 @@ fn busy_message(busy: &lease::Busy, waited: Option<Duration>) -> String {
         m.push_str(&format!(" after waiting {}", status::human_duration(w)));
     }
     if let Some(cause) = &busy.cause {
-        m.push_str(&format!(": the backend had no room for another client: {cause}"));
+        m.push_str(&format!(
+            ": the backend had no room for another client: {cause}"
+        ));
     }
     match busy.holders.as_slice() {
         [] => {}

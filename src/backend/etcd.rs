@@ -19,12 +19,12 @@ use async_trait::async_trait;
 use etcd_client as ec;
 use tokio::sync::Mutex;
 
+use super::kit::{self, Kind, Queued};
 use super::{
     Attempt, Backend, Holder, KeyStatus, Lease, LeaseKind, LockSpec, Owner, PingInfo, Renewal,
     redact_url,
 };
-use crate::doctor::{Check, Level};
-use super::kit::{self, Kind, Queued};
+use crate::backend::probe::{Check, Level};
 use crate::error::{unavailable, usage};
 
 pub struct EtcdBackend {
@@ -55,7 +55,6 @@ fn kind(e: &ec::Error) -> Kind {
         _ => Kind::Outage,
     }
 }
-
 
 fn holder_from(kv: &ec::KeyValue) -> Holder {
     let s = String::from_utf8_lossy(kv.value());

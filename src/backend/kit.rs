@@ -109,6 +109,10 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<T>>,
 {
+    // On tokio's clock, so that tests can run it under paused time.
+    use tokio::time::Instant;
+    let deadline =
+        deadline.map(|d| Instant::now() + d.saturating_duration_since(std::time::Instant::now()));
     let mut outage_since: Option<Instant> = None;
     let mut outage = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
     let mut full = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
@@ -148,7 +152,7 @@ where
             "backend not ready; trying again"
         );
         let wake = deadline.map_or(wake, |d| d.min(wake));
-        tokio::time::sleep_until(wake.into()).await;
+        tokio::time::sleep_until(wake).await;
     }
 }
 
@@ -183,6 +187,7 @@ impl<T: PartialEq> Queued<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::time::Instant as Clock;
 
     #[test]
     fn backoff_is_jittered_and_capped() {
@@ -224,7 +229,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn an_outage_shorter_than_the_patience_is_ridden_out() {
         let calls = std::cell::Cell::new(0);
-        let t = Instant::now();
+        let t = Clock::now();
         patiently(None, Duration::from_secs(5), flaky(Kind::Outage, 5, &calls))
             .await
             .unwrap();
@@ -235,52 +240,77 @@ mod tests {
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn a_longer_outage_ends_in_its_error_within_the_patience() {
         let calls = std::cell::Cell::new(0);
-        let t = Instant::now();
-        let e = patiently(None, Duration::from_secs(5), flaky(Kind::Outage, 1000, &calls))
-            .await
-            .unwrap_err();
+        let t = Clock::now();
+        let e = patiently(
+            None,
+            Duration::from_secs(5),
+            flaky(Kind::Outage, 1000, &calls),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(retry_of(&e), Retry::Outage);
         assert!(t.elapsed() >= Duration::from_secs(5) && t.elapsed() < Duration::from_secs(6));
         // Never past the --wait deadline, however patient.
-        let t = Instant::now();
-        let d = Some(t + Duration::from_secs(2));
-        patiently(d, Duration::from_secs(60), flaky(Kind::Outage, 10_000, &calls))
-            .await
-            .unwrap_err();
+        let t = Clock::now();
+        let d = Some(Instant::now() + Duration::from_secs(2));
+        patiently(
+            d,
+            Duration::from_secs(60),
+            flaky(Kind::Outage, 10_000, &calls),
+        )
+        .await
+        .unwrap_err();
         assert!(t.elapsed() <= Duration::from_secs(2));
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn a_full_server_is_waited_out_until_the_deadline_and_denial_is_final() {
         let calls = std::cell::Cell::new(0);
-        let t = Instant::now();
+        let t = Clock::now();
         patiently(None, Duration::from_secs(1), flaky(Kind::Full, 30, &calls))
             .await
             .unwrap();
-        assert!(t.elapsed() > Duration::from_secs(10), "full is waited out past --connect-timeout");
+        assert!(
+            t.elapsed() > Duration::from_secs(10),
+            "full is waited out past --connect-timeout"
+        );
         let d = Some(Instant::now() + Duration::from_secs(3));
         let e = patiently(d, Duration::from_secs(1), flaky(Kind::Full, 10_000, &calls))
             .await
             .unwrap_err();
         assert_eq!(retry_of(&e), Retry::Full);
         let calls = std::cell::Cell::new(0);
-        patiently(None, Duration::from_secs(5), flaky(Kind::Denied, 10, &calls))
-            .await
-            .unwrap_err();
+        patiently(
+            None,
+            Duration::from_secs(5),
+            flaky(Kind::Denied, 10, &calls),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(calls.get(), 1);
         // --no-wait: one attempt.
         let calls = std::cell::Cell::new(0);
-        patiently(Some(Instant::now()), Duration::from_secs(5), flaky(Kind::Outage, 10, &calls))
-            .await
-            .unwrap_err();
+        patiently(
+            Some(Instant::now()),
+            Duration::from_secs(5),
+            flaky(Kind::Outage, 10, &calls),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(calls.get(), 1);
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn bounded_types_errors_and_timeouts() {
-        let e = bounded("svc", "step", Duration::from_secs(1), async { Err::<(), _>("too many") }, |_| Kind::Full)
-            .await
-            .unwrap_err();
+        let e = bounded(
+            "svc",
+            "step",
+            Duration::from_secs(1),
+            async { Err::<(), _>("too many") },
+            |_| Kind::Full,
+        )
+        .await
+        .unwrap_err();
         assert_eq!(crate::error::retry_of(&e), crate::error::Retry::Full);
         assert_eq!(e.to_string(), "svc: step: too many");
         let e = bounded(

@@ -19,6 +19,7 @@ pub mod etcd;
 pub mod kit;
 pub mod mysql;
 pub mod postgres;
+pub mod probe;
 pub mod redis;
 pub mod sql;
 pub mod sqlite;
@@ -187,7 +188,7 @@ pub trait Backend: Send + Sync {
 
     /// Findings of this backend's own for `doctor`, each step bounded by
     /// `timeout`.
-    async fn doctor(&self, ttl: Duration, timeout: Duration) -> Vec<crate::doctor::Check> {
+    async fn doctor(&self, ttl: Duration, timeout: Duration) -> Vec<crate::backend::probe::Check> {
         let _ = (ttl, timeout);
         Vec::new()
     }

@@ -24,14 +24,14 @@ use sqlx::{AssertSqlSafe, Connection, Row};
 use tokio::sync::Mutex;
 
 use super::kit;
-use super::sql::{self, 
-    Dialect, Names, WAITER_LAPSE, channel_name, epoch_micros, key_status, waiters_of,
+use super::sql::{
+    self, Dialect, Names, WAITER_LAPSE, channel_name, epoch_micros, key_status, waiters_of,
 };
 use super::{
     Attempt, Backend, Holder, KeyStatus, Lease, LeaseKind, LockSpec, Owner, PingInfo, Renewal,
     Waiting, redact_url,
 };
-use crate::doctor::{Check, Level};
+use crate::backend::probe::{Check, Level};
 
 const POLL_MIN: Duration = Duration::from_millis(5);
 const POLL_MAX: Duration = Duration::from_millis(100);

@@ -22,14 +22,14 @@ use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::Mutex;
 
 use super::kit;
-use super::sql::{self, 
-    Dialect, Names, WAITER_LAPSE, channel_name, epoch_micros, key_status, waiters_of,
+use super::sql::{
+    self, Dialect, Names, WAITER_LAPSE, channel_name, epoch_micros, key_status, waiters_of,
 };
 use super::{
     Attempt, Backend, Holder, KeyStatus, Lease, LockSpec, Owner, PingInfo, Renewal, Waiting,
     redact_url,
 };
-use crate::doctor::{Check, Level};
+use crate::backend::probe::{Check, Level};
 use crate::error::unavailable;
 
 pub struct PostgresBackend {
@@ -84,7 +84,9 @@ impl PostgresBackend {
             Ok(p) => p,
             Err(e) => {
                 let probe = <sqlx::postgres::PgConnection as sqlx::Connection>::connect_with(&opts);
-                return Err(sql::connect_error(&format!("PostgreSQL {shown}"), e, timeout, probe).await);
+                return Err(
+                    sql::connect_error(&format!("PostgreSQL {shown}"), e, timeout, probe).await,
+                );
             }
         };
         let b = PostgresBackend {

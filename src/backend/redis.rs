@@ -817,7 +817,9 @@ impl Backend for RedisBackend {
             let woke = if streams.is_empty() {
                 None
             } else {
-                tokio::time::timeout_at(bound.into(), streams.next()).await.ok()
+                tokio::time::timeout_at(bound.into(), streams.next())
+                    .await
+                    .ok()
             };
             // Every subscription ended (a server restarted): subscribe again
             // at the next wait, and poll until then rather than spin.
@@ -964,7 +966,11 @@ impl Backend for RedisBackend {
             }
             // Redlock: a lock is held only on a majority, so a majority of
             // answers lists every lock; one server (or cluster node) must answer.
-            let need = if self.redlock() { self.quorum } else { self.nodes.iter().map(|n| n.scan.len()).sum() };
+            let need = if self.redlock() {
+                self.quorum
+            } else {
+                self.nodes.iter().map(|n| n.scan.len()).sum()
+            };
             if answered < need {
                 return Err(unavailable(format!(
                     "cannot list the locks in namespace {namespace:?}: {}",
@@ -1095,7 +1101,7 @@ impl Backend for RedisBackend {
         Err(anyhow::anyhow!(last.unwrap_or_default()))
     }
 
-    async fn doctor(&self, _ttl: Duration, timeout: Duration) -> Vec<crate::doctor::Check> {
+    async fn doctor(&self, _ttl: Duration, timeout: Duration) -> Vec<crate::backend::probe::Check> {
         self.diagnose(timeout).await
     }
 }

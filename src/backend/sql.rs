@@ -5,7 +5,7 @@ use anyhow::Result;
 
 use super::kit::{self, Kind};
 use super::{Holder, KeyStatus};
-use crate::doctor::{Check, Level};
+use crate::backend::probe::{Check, Level};
 use crate::error::usage;
 
 /// Table names; `?dlock_table=NAME` in the URL changes the `dlock` prefix
@@ -217,7 +217,12 @@ pub fn kind(e: &sqlx::Error) -> Kind {
 /// The typed error for a failed connection. sqlx's pool retries a refused
 /// or full server until its time-out and then says only "pool timed out";
 /// one direct attempt (`probe`) then tells which it was.
-pub async fn connect_error<F, C>(service: &str, e: sqlx::Error, timeout: std::time::Duration, probe: F) -> anyhow::Error
+pub async fn connect_error<F, C>(
+    service: &str,
+    e: sqlx::Error,
+    timeout: std::time::Duration,
+    probe: F,
+) -> anyhow::Error
 where
     F: std::future::Future<Output = Result<C, sqlx::Error>>,
 {

@@ -36,7 +36,7 @@ use super::{
     Attempt, Backend, Holder, KeyStatus, Lease, LeaseKind, LockSpec, Owner, PingInfo, Renewal,
     Waiting,
 };
-use crate::doctor::{Check, Level};
+use crate::backend::probe::{Check, Level};
 use crate::error::{unavailable, usage};
 
 const SCHEMA: &str = "

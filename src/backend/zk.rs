@@ -30,7 +30,7 @@ use super::{
     Attempt, Backend, Holder, KeyStatus, Lease, LeaseKind, LockSpec, Owner, PingInfo, Renewal,
     redact_url,
 };
-use crate::doctor::{Check, Level};
+use crate::backend::probe::{Check, Level};
 use crate::error::{unavailable, usage};
 
 pub struct ZkBackend {

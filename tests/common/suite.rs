@@ -974,7 +974,11 @@ pub fn crowd_on_one_key_all_get_their_turn(env: &Env) {
             failed.push((code, err));
         }
     }
-    assert!(failed.is_empty(), "{} of {n} failed: {failed:?}", failed.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {n} failed: {failed:?}",
+        failed.len()
+    );
 }
 
 /// The server is killed and started again while clients wait: every run
@@ -1011,5 +1015,8 @@ pub fn server_restart_during_waits_is_ridden_out(env: &mut Env) {
     let codes = codes.into_inner().unwrap();
     assert_eq!(codes.len(), clients * runs);
     let bad: Vec<_> = codes.iter().filter(|(c, _)| *c != 0 && *c != 74).collect();
-    assert!(bad.is_empty(), "runs that did not ride out the restart: {bad:?}");
+    assert!(
+        bad.is_empty(),
+        "runs that did not ride out the restart: {bad:?}"
+    );
 }

@@ -19,7 +19,7 @@ use redis::AsyncConnectionConfig;
 use redis::aio::ConnectionLike;
 
 use super::{Conn, Node, RedisBackend};
-use crate::doctor::{Check, Level};
+use crate::backend::probe::{Check, Level};
 
 /// What one server said about itself.
 struct Facts {
