@@ -41,6 +41,7 @@ struct State {
 
 /// Keeps leases alive in a background task while they are held.
 pub struct Keeper {
+    backend: Arc<dyn Backend>,
     state: Arc<Mutex<State>>,
     lost: watch::Receiver<Option<Loss>>,
     safe_until: watch::Receiver<Option<Instant>>,
@@ -62,7 +63,7 @@ impl Keeper {
         let (lost_tx, lost) = watch::channel(None);
         let (safe_tx, safe_until) = watch::channel(None);
         let task = tokio::spawn(renew_loop(
-            backend,
+            backend.clone(),
             state.clone(),
             ttl,
             call_timeout,
@@ -71,6 +72,7 @@ impl Keeper {
             safe_tx,
         ));
         Keeper {
+            backend,
             state,
             lost,
             safe_until,
@@ -101,10 +103,20 @@ impl Keeper {
         self.safe_until.clone()
     }
 
-    /// Stop renewing; returns the leases still held.
+    /// Stop renewing and hand the leases over (to a handle, or to lapse by
+    /// themselves).
     pub fn stop(self) -> Vec<Lease> {
         self.task.abort();
         self.leases()
+    }
+
+    /// The one way to let go: stop renewing and release every held lease,
+    /// newest first. False if any was no longer ours (broken or expired).
+    /// Best effort: a lease that cannot be released ends with its TTL.
+    pub async fn release(&self) -> bool {
+        self.task.abort();
+        let leases = std::mem::take(&mut self.state.lock().unwrap().leases);
+        release_all(self.backend.as_ref(), &leases).await
     }
 }
 
@@ -275,18 +287,18 @@ pub async fn acquire_all(
             },
             Err(e) if retry_of(&e) == Retry::Full => Busy::full(key, &e),
             Err(e) => {
-                release_all(backend, &keeper.leases()).await;
+                keeper.release().await;
                 return Err(e);
             }
         };
-        release_all(backend, &keeper.leases()).await;
+        keeper.release().await;
         return Ok(Err(busy));
     }
     Ok(Ok(()))
 }
 
 /// Release leases, best effort: a failure only costs the rest of the TTL.
-pub async fn release_all(backend: &dyn Backend, leases: &[Lease]) -> bool {
+async fn release_all(backend: &dyn Backend, leases: &[Lease]) -> bool {
     let mut all = true;
     for l in leases.iter().rev() {
         match backend.release(l).await {
@@ -332,11 +344,8 @@ mod tests {
         fn describe(&self) -> String {
             "fake".into()
         }
-        async fn try_acquire(&self, _: &LockSpec, _: &Owner) -> Result<Attempt> {
+        async fn acquire(&self, _: &LockSpec, _: &Owner, _: Option<Instant>) -> Result<Attempt> {
             anyhow::bail!("not used")
-        }
-        async fn wait_change(&self, _: &LockSpec, _: Option<Instant>) -> Result<()> {
-            Ok(())
         }
         async fn renew(&self, _: &Lease, _: Duration) -> Result<Renewal> {
             self.renewals.fetch_add(1, Ordering::SeqCst);

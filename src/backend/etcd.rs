@@ -232,16 +232,6 @@ impl Backend for EtcdBackend {
         self.shown.clone()
     }
 
-    async fn try_acquire(&self, spec: &LockSpec, me: &Owner) -> Result<Attempt> {
-        self.acquire(spec, me, Some(Instant::now())).await
-    }
-
-    async fn wait_change(&self, _spec: &LockSpec, until: Option<Instant>) -> Result<()> {
-        let cap = Instant::now() + Duration::from_millis(200);
-        tokio::time::sleep_until(until.map_or(cap, |u| u.min(cap)).into()).await;
-        Ok(())
-    }
-
     async fn acquire(
         &self,
         spec: &LockSpec,

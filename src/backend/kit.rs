@@ -7,6 +7,7 @@ use std::fmt::Display;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use super::{Attempt, LockSpec, Owner, Poll};
 use crate::error::{Error, Retry, retry_of};
 use crate::status::human_duration;
 
@@ -153,6 +154,27 @@ where
         );
         let wake = deadline.map_or(wake, |d| d.min(wake));
         tokio::time::sleep_until(wake).await;
+    }
+}
+
+/// Take a slot of `spec.key` on a service without a queue: try, and until
+/// `deadline` wait for a change and try again.
+pub async fn poll(
+    b: &impl Poll,
+    spec: &LockSpec,
+    me: &Owner,
+    deadline: Option<Instant>,
+) -> anyhow::Result<Attempt> {
+    loop {
+        match b.try_acquire(spec, me).await? {
+            Attempt::Acquired(l) => return Ok(Attempt::Acquired(l)),
+            Attempt::Busy(h) => {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Ok(Attempt::Busy(h));
+                }
+                b.wait_change(spec, deadline).await?;
+            }
+        }
     }
 }
 

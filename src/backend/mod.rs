@@ -132,32 +132,15 @@ pub trait Backend: Send + Sync {
         Ok(ttl)
     }
 
-    /// Try once to take a slot of `spec.key`, without waiting.
-    async fn try_acquire(&self, spec: &LockSpec, me: &Owner) -> Result<Attempt>;
-
-    /// Return when trying again might succeed, or at `until`. May return
-    /// early; it must not sleep past `until`.
-    async fn wait_change(&self, spec: &LockSpec, until: Option<Instant>) -> Result<()>;
-
-    /// Take a slot of `spec.key`, waiting until `deadline` (None: forever).
+    /// Take a slot of `spec.key`, waiting until `deadline` (None: for
+    /// ever). A service with a queue of its own (ZooKeeper, etcd) waits in
+    /// it; the others implement [`Poll`] and call [`kit::poll`].
     async fn acquire(
         &self,
         spec: &LockSpec,
         me: &Owner,
         deadline: Option<Instant>,
-    ) -> Result<Attempt> {
-        loop {
-            match self.try_acquire(spec, me).await? {
-                Attempt::Acquired(l) => return Ok(Attempt::Acquired(l)),
-                Attempt::Busy(h) => {
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
-                        return Ok(Attempt::Busy(h));
-                    }
-                    self.wait_change(spec, deadline).await?;
-                }
-            }
-        }
-    }
+    ) -> Result<Attempt>;
 
     /// Extend the lease to `ttl` from now, if it is still ours.
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Renewal>;
@@ -195,6 +178,18 @@ pub trait Backend: Send + Sync {
 
     /// Close connections cleanly before the process exits.
     async fn close(&self) {}
+}
+
+/// A service without a queue of its own: a waiter tries, and waits for a
+/// change (a notification, or a short poll) before trying again.
+#[async_trait]
+pub trait Poll: Send + Sync {
+    /// Try once to take a slot of `spec.key`, without waiting.
+    async fn try_acquire(&self, spec: &LockSpec, me: &Owner) -> Result<Attempt>;
+
+    /// Return when trying again might succeed, or at `until`. May return
+    /// early; it must not sleep past `until`.
+    async fn wait_change(&self, spec: &LockSpec, until: Option<Instant>) -> Result<()>;
 }
 
 /// The keys this process is registered as waiting for (Redis, SQL and

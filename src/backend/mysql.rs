@@ -28,8 +28,8 @@ use super::sql::{
     self, Dialect, Names, WAITER_LAPSE, channel_name, epoch_micros, key_status, waiters_of,
 };
 use super::{
-    Attempt, Backend, Holder, KeyStatus, Lease, LeaseKind, LockSpec, Owner, PingInfo, Renewal,
-    Waiting, redact_url,
+    Attempt, Backend, Holder, KeyStatus, Lease, LeaseKind, LockSpec, Owner, PingInfo, Poll,
+    Renewal, Waiting, redact_url,
 };
 use crate::backend::probe::{Check, Level};
 
@@ -209,175 +209,13 @@ impl Backend for MysqlBackend {
         self.shown.clone()
     }
 
-    async fn try_acquire(&self, spec: &LockSpec, me: &Owner) -> Result<Attempt> {
-        let granted_at = Instant::now();
-        let t = &self.t;
-        let attempt = async {
-            let mut tx = self.pool.begin().await?;
-            // Lock this key's fence row: contenders queue here.
-            sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO {} (ns, lkey, token) VALUES (?, ?, 0) ON DUPLICATE KEY UPDATE token = token",
-                t.fence
-            )))
-            .bind(&spec.namespace)
-            .bind(&spec.key)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(AssertSqlSafe(format!(
-                "DELETE FROM {} WHERE ns = ? AND lkey = ? AND expires_at <= UTC_TIMESTAMP(6)",
-                t.lease
-            )))
-            .bind(&spec.namespace)
-            .bind(&spec.key)
-            .execute(&mut *tx)
-            .await?;
-            let rows = sqlx::query(AssertSqlSafe(format!(
-                "{} LOCK IN SHARE MODE",
-                self.select_holders()
-            )))
-            .bind(&spec.namespace)
-            .bind(&spec.key)
-            .fetch_all(&mut *tx)
-            .await?;
-            if rows.len() >= spec.limit as usize {
-                tx.commit().await?;
-                return Ok::<_, sqlx::Error>(Err(rows));
-            }
-            let bumped = sqlx::query(AssertSqlSafe(format!(
-                "UPDATE {} SET token = LAST_INSERT_ID(token + 1) WHERE ns = ? AND lkey = ?",
-                t.fence
-            )))
-            .bind(&spec.namespace)
-            .bind(&spec.key)
-            .execute(&mut *tx)
-            .await?;
-            let token = bumped.last_insert_id() as i64;
-            sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO {} (ns, lkey, id, token, owner, host, pid, lim, acquired_at, expires_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)",
-                t.lease
-            )))
-            .bind(&spec.namespace)
-            .bind(&spec.key)
-            .bind(&me.id)
-            .bind(token)
-            .bind(&me.user)
-            .bind(&me.host)
-            .bind(i64::from(me.pid))
-            .bind(spec.limit as i32)
-            .bind(spec.ttl.as_micros() as i64)
-            .execute(&mut *tx)
-            .await?;
-            // No longer a waiter: in the same transaction, so the new holder
-            // is never counted as both.
-            if self.waiting.has(&spec.namespace, &spec.key) {
-                sqlx::query(AssertSqlSafe(format!(
-                    "DELETE FROM {} WHERE ns = ? AND lkey = ? AND id = ?",
-                    t.waiter
-                )))
-                .bind(&spec.namespace)
-                .bind(&spec.key)
-                .bind(&self.waiting.id)
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await?;
-            Ok(Ok(token))
-        };
-        match self.bounded("acquire", attempt).await? {
-            Ok(token) => {
-                *self.poll.lock().unwrap() = POLL_MIN;
-                self.waiting.done(&spec.namespace, &spec.key);
-                if me.kind == LeaseKind::Run && spec.limit == 1 {
-                    self.hold_wake(self.wake_name(&spec.namespace, &spec.key))
-                        .await;
-                }
-                Ok(Attempt::Acquired(Lease {
-                    namespace: spec.namespace.clone(),
-                    key: spec.key.clone(),
-                    token: token as u64,
-                    id: me.id.clone(),
-                    ttl: spec.ttl,
-                    granted_at,
-                }))
-            }
-            Err(rows) => Ok(Attempt::Busy(
-                rows.iter().map(holder).collect::<Result<_>>()?,
-            )),
-        }
-    }
-
-    async fn wait_change(&self, spec: &LockSpec, until: Option<Instant>) -> Result<()> {
-        if self.waiting.due(&spec.namespace, &spec.key, WAITER_LAPSE) {
-            // Counted as a waiter for `status`; best effort.
-            let row = sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO {} (ns, lkey, id, expires_at)
-                 VALUES (?, ?, ?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)
-                 ON DUPLICATE KEY UPDATE expires_at = VALUES(expires_at)",
-                self.t.waiter
-            )))
-            .bind(&spec.namespace)
-            .bind(&spec.key)
-            .bind(&self.waiting.id)
-            .bind(WAITER_LAPSE.as_micros() as i64)
-            .execute(&self.pool);
-            if self.bounded("waiting", row).await.is_ok()
-                && self.waiting.note(&spec.namespace, &spec.key)
-            {
-                // Rows of waiters that died long ago: once per key and process.
-                let stale = sqlx::query(AssertSqlSafe(format!(
-                    "DELETE FROM {} WHERE ns = ? AND lkey = ? AND expires_at < UTC_TIMESTAMP(6) - INTERVAL 1 MINUTE",
-                    self.t.waiter
-                )))
-                .bind(&spec.namespace)
-                .bind(&spec.key)
-                .execute(&self.pool);
-                let _ = self.bounded("waiting", stale).await;
-            }
-        }
-        let cap = Instant::now() + Duration::from_secs(1);
-        let bound = until.map_or(cap, |u| u.min(cap));
-        if spec.limit > 1 {
-            tokio::time::sleep_until(bound.min(Instant::now() + self.next_poll()).into()).await;
-            return Ok(());
-        }
-        let name = self.wake_name(&spec.namespace, &spec.key);
-        let started = Instant::now();
-        let mut w = self.waiter.lock().await;
-        let secs = bound
-            .saturating_duration_since(Instant::now())
-            .as_secs_f64();
-        let wait = async {
-            if w.is_none() {
-                *w = Some(MySqlConnection::connect_with(&self.opts).await?);
-            }
-            let c = w.as_mut().expect("just made");
-            let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
-                .bind(&name)
-                .bind(secs)
-                .fetch_one(&mut *c)
-                .await?;
-            if got == Some(1) {
-                sqlx::query("SELECT RELEASE_LOCK(?)")
-                    .bind(&name)
-                    .execute(&mut *c)
-                    .await?;
-            }
-            Ok::<_, sqlx::Error>(())
-        };
-        match tokio::time::timeout_at((bound + Duration::from_millis(500)).into(), wait).await {
-            Ok(Ok(())) => {}
-            // A connection stuck in GET_LOCK or broken is dropped; the next
-            // wait makes a new one.
-            _ => *w = None,
-        }
-        drop(w);
-        if started.elapsed() < Duration::from_millis(2) {
-            tokio::time::sleep_until(bound.min(Instant::now() + self.next_poll()).into()).await;
-        } else {
-            *self.poll.lock().unwrap() = POLL_MIN;
-        }
-        Ok(())
+    async fn acquire(
+        &self,
+        spec: &LockSpec,
+        me: &Owner,
+        deadline: Option<Instant>,
+    ) -> Result<Attempt> {
+        kit::poll(self, spec, me, deadline).await
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Renewal> {
@@ -590,5 +428,179 @@ impl Backend for MysqlBackend {
             )
             .await?;
         Ok(Some(epoch_micros(us)))
+    }
+}
+
+#[async_trait]
+impl Poll for MysqlBackend {
+    async fn try_acquire(&self, spec: &LockSpec, me: &Owner) -> Result<Attempt> {
+        let granted_at = Instant::now();
+        let t = &self.t;
+        let attempt = async {
+            let mut tx = self.pool.begin().await?;
+            // Lock this key's fence row: contenders queue here.
+            sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO {} (ns, lkey, token) VALUES (?, ?, 0) ON DUPLICATE KEY UPDATE token = token",
+                t.fence
+            )))
+            .bind(&spec.namespace)
+            .bind(&spec.key)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(AssertSqlSafe(format!(
+                "DELETE FROM {} WHERE ns = ? AND lkey = ? AND expires_at <= UTC_TIMESTAMP(6)",
+                t.lease
+            )))
+            .bind(&spec.namespace)
+            .bind(&spec.key)
+            .execute(&mut *tx)
+            .await?;
+            let rows = sqlx::query(AssertSqlSafe(format!(
+                "{} LOCK IN SHARE MODE",
+                self.select_holders()
+            )))
+            .bind(&spec.namespace)
+            .bind(&spec.key)
+            .fetch_all(&mut *tx)
+            .await?;
+            if rows.len() >= spec.limit as usize {
+                tx.commit().await?;
+                return Ok::<_, sqlx::Error>(Err(rows));
+            }
+            let bumped = sqlx::query(AssertSqlSafe(format!(
+                "UPDATE {} SET token = LAST_INSERT_ID(token + 1) WHERE ns = ? AND lkey = ?",
+                t.fence
+            )))
+            .bind(&spec.namespace)
+            .bind(&spec.key)
+            .execute(&mut *tx)
+            .await?;
+            let token = bumped.last_insert_id() as i64;
+            sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO {} (ns, lkey, id, token, owner, host, pid, lim, acquired_at, expires_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)",
+                t.lease
+            )))
+            .bind(&spec.namespace)
+            .bind(&spec.key)
+            .bind(&me.id)
+            .bind(token)
+            .bind(&me.user)
+            .bind(&me.host)
+            .bind(i64::from(me.pid))
+            .bind(spec.limit as i32)
+            .bind(spec.ttl.as_micros() as i64)
+            .execute(&mut *tx)
+            .await?;
+            // No longer a waiter: in the same transaction, so the new holder
+            // is never counted as both.
+            if self.waiting.has(&spec.namespace, &spec.key) {
+                sqlx::query(AssertSqlSafe(format!(
+                    "DELETE FROM {} WHERE ns = ? AND lkey = ? AND id = ?",
+                    t.waiter
+                )))
+                .bind(&spec.namespace)
+                .bind(&spec.key)
+                .bind(&self.waiting.id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(Ok(token))
+        };
+        match self.bounded("acquire", attempt).await? {
+            Ok(token) => {
+                *self.poll.lock().unwrap() = POLL_MIN;
+                self.waiting.done(&spec.namespace, &spec.key);
+                if me.kind == LeaseKind::Run && spec.limit == 1 {
+                    self.hold_wake(self.wake_name(&spec.namespace, &spec.key))
+                        .await;
+                }
+                Ok(Attempt::Acquired(Lease {
+                    namespace: spec.namespace.clone(),
+                    key: spec.key.clone(),
+                    token: token as u64,
+                    id: me.id.clone(),
+                    ttl: spec.ttl,
+                    granted_at,
+                }))
+            }
+            Err(rows) => Ok(Attempt::Busy(
+                rows.iter().map(holder).collect::<Result<_>>()?,
+            )),
+        }
+    }
+
+    async fn wait_change(&self, spec: &LockSpec, until: Option<Instant>) -> Result<()> {
+        if self.waiting.due(&spec.namespace, &spec.key, WAITER_LAPSE) {
+            // Counted as a waiter for `status`; best effort.
+            let row = sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO {} (ns, lkey, id, expires_at)
+                 VALUES (?, ?, ?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)
+                 ON DUPLICATE KEY UPDATE expires_at = VALUES(expires_at)",
+                self.t.waiter
+            )))
+            .bind(&spec.namespace)
+            .bind(&spec.key)
+            .bind(&self.waiting.id)
+            .bind(WAITER_LAPSE.as_micros() as i64)
+            .execute(&self.pool);
+            if self.bounded("waiting", row).await.is_ok()
+                && self.waiting.note(&spec.namespace, &spec.key)
+            {
+                // Rows of waiters that died long ago: once per key and process.
+                let stale = sqlx::query(AssertSqlSafe(format!(
+                    "DELETE FROM {} WHERE ns = ? AND lkey = ? AND expires_at < UTC_TIMESTAMP(6) - INTERVAL 1 MINUTE",
+                    self.t.waiter
+                )))
+                .bind(&spec.namespace)
+                .bind(&spec.key)
+                .execute(&self.pool);
+                let _ = self.bounded("waiting", stale).await;
+            }
+        }
+        let cap = Instant::now() + Duration::from_secs(1);
+        let bound = until.map_or(cap, |u| u.min(cap));
+        if spec.limit > 1 {
+            tokio::time::sleep_until(bound.min(Instant::now() + self.next_poll()).into()).await;
+            return Ok(());
+        }
+        let name = self.wake_name(&spec.namespace, &spec.key);
+        let started = Instant::now();
+        let mut w = self.waiter.lock().await;
+        let secs = bound
+            .saturating_duration_since(Instant::now())
+            .as_secs_f64();
+        let wait = async {
+            if w.is_none() {
+                *w = Some(MySqlConnection::connect_with(&self.opts).await?);
+            }
+            let c = w.as_mut().expect("just made");
+            let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
+                .bind(&name)
+                .bind(secs)
+                .fetch_one(&mut *c)
+                .await?;
+            if got == Some(1) {
+                sqlx::query("SELECT RELEASE_LOCK(?)")
+                    .bind(&name)
+                    .execute(&mut *c)
+                    .await?;
+            }
+            Ok::<_, sqlx::Error>(())
+        };
+        match tokio::time::timeout_at((bound + Duration::from_millis(500)).into(), wait).await {
+            Ok(Ok(())) => {}
+            // A connection stuck in GET_LOCK or broken is dropped; the next
+            // wait makes a new one.
+            _ => *w = None,
+        }
+        drop(w);
+        if started.elapsed() < Duration::from_millis(2) {
+            tokio::time::sleep_until(bound.min(Instant::now() + self.next_poll()).into()).await;
+        } else {
+            *self.poll.lock().unwrap() = POLL_MIN;
+        }
+        Ok(())
     }
 }

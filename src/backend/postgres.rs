@@ -26,7 +26,7 @@ use super::sql::{
     self, Dialect, Names, WAITER_LAPSE, channel_name, epoch_micros, key_status, waiters_of,
 };
 use super::{
-    Attempt, Backend, Holder, KeyStatus, Lease, LockSpec, Owner, PingInfo, Renewal, Waiting,
+    Attempt, Backend, Holder, KeyStatus, Lease, LockSpec, Owner, PingInfo, Poll, Renewal, Waiting,
     redact_url,
 };
 use crate::backend::probe::{Check, Level};
@@ -185,164 +185,13 @@ impl Backend for PostgresBackend {
         self.shown.clone()
     }
 
-    async fn try_acquire(&self, spec: &LockSpec, me: &Owner) -> Result<Attempt> {
-        let granted_at = Instant::now();
-        let t = &self.t;
-        let attempt = async {
-            let mut tx = self.pool.begin().await?;
-            // Lock this key's fence row: contenders queue here.
-            sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO {} (ns, key, token) VALUES ($1, $2, 0)
-                 ON CONFLICT (ns, key) DO UPDATE SET token = {}.token",
-                t.fence, t.fence
-            )))
-            .bind(&spec.namespace)
-            .bind(&spec.key)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(AssertSqlSafe(format!(
-                "DELETE FROM {} WHERE ns = $1 AND key = $2 AND expires_at <= now()",
-                t.lease
-            )))
-            .bind(&spec.namespace)
-            .bind(&spec.key)
-            .execute(&mut *tx)
-            .await?;
-            let rows = sqlx::query(AssertSqlSafe(self.select_holders()))
-                .bind(&spec.namespace)
-                .bind(&spec.key)
-                .fetch_all(&mut *tx)
-                .await?;
-            if rows.len() >= spec.limit as usize {
-                tx.commit().await?;
-                return Ok::<_, sqlx::Error>(Err(rows));
-            }
-            let token: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
-                "WITH t AS (UPDATE {fence} SET token = token + 1 WHERE ns = $1 AND key = $2 RETURNING token)
-                 INSERT INTO {lease} (ns, key, id, token, owner, host, pid, lim, acquired_at, expires_at)
-                 SELECT $1, $2, $3, t.token, $4, $5, $6, $7, now(), now() + $8 * interval '1 millisecond' FROM t
-                 RETURNING token",
-                fence = t.fence,
-                lease = t.lease
-            )))
-            .bind(&spec.namespace)
-            .bind(&spec.key)
-            .bind(&me.id)
-            .bind(&me.user)
-            .bind(&me.host)
-            .bind(i64::from(me.pid))
-            .bind(spec.limit as i32)
-            .bind(spec.ttl.as_millis() as f64)
-            .fetch_one(&mut *tx)
-            .await?;
-            // No longer a waiter: in the same transaction, so the new holder
-            // is never counted as both.
-            if self.waiting.has(&spec.namespace, &spec.key) {
-                sqlx::query(AssertSqlSafe(format!(
-                    "DELETE FROM {} WHERE ns = $1 AND key = $2 AND id = $3",
-                    t.waiter
-                )))
-                .bind(&spec.namespace)
-                .bind(&spec.key)
-                .bind(&self.waiting.id)
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await?;
-            Ok(Ok(token))
-        };
-        match self.bounded("acquire", attempt).await? {
-            Ok(token) => {
-                self.waiting.done(&spec.namespace, &spec.key);
-                Ok(Attempt::Acquired(Lease {
-                    namespace: spec.namespace.clone(),
-                    key: spec.key.clone(),
-                    token: token as u64,
-                    id: me.id.clone(),
-                    ttl: spec.ttl,
-                    granted_at,
-                }))
-            }
-            Err(rows) => {
-                let mut hs = Vec::new();
-                let mut soonest = i64::MAX;
-                for r in &rows {
-                    let (h, left) = holder(r)?;
-                    soonest = soonest.min(left);
-                    hs.push(h);
-                }
-                *self.next_expiry.lock().unwrap() = Some(
-                    Instant::now() + Duration::from_millis(soonest.clamp(0, 3_600_000) as u64),
-                );
-                Ok(Attempt::Busy(hs))
-            }
-        }
-    }
-
-    async fn wait_change(&self, spec: &LockSpec, until: Option<Instant>) -> Result<()> {
-        if self.waiting.due(&spec.namespace, &spec.key, WAITER_LAPSE) {
-            // Counted as a waiter for `status`; best effort.
-            // Rows of waiters that died long ago go in the same statement.
-            let row = sqlx::query(AssertSqlSafe(format!(
-                "WITH stale AS (DELETE FROM {w} WHERE ns = $1 AND key = $2
-                                 AND expires_at < clock_timestamp() - interval '1 minute')
-                 INSERT INTO {w} (ns, key, id, expires_at)
-                 VALUES ($1, $2, $3, clock_timestamp() + $4 * interval '1 millisecond')
-                 ON CONFLICT (ns, key, id) DO UPDATE SET expires_at = EXCLUDED.expires_at",
-                w = self.t.waiter
-            )))
-            .bind(&spec.namespace)
-            .bind(&spec.key)
-            .bind(&self.waiting.id)
-            .bind(WAITER_LAPSE.as_millis() as f64)
-            .execute(&self.pool);
-            if self.bounded("waiting", row).await.is_ok() {
-                self.waiting.note(&spec.namespace, &spec.key);
-            }
-        }
-        let chan = channel_name(&spec.namespace, &spec.key);
-        let cap = Instant::now() + Duration::from_secs(1);
-        let expiry = self
-            .next_expiry
-            .lock()
-            .unwrap()
-            .map(|e| e + Duration::from_millis(5));
-        let bound = [Some(cap), until, expiry]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(cap);
-        let mut l = self.listener.lock().await;
-        if l.as_ref().is_none_or(|(c, _)| *c != chan) {
-            let listen = async {
-                let own = PgPoolOptions::new()
-                    .max_connections(1)
-                    .connect_lazy_with(self.opts.clone());
-                let mut pl = PgListener::connect_with(&own).await?;
-                pl.listen(&chan).await?;
-                Ok::<_, sqlx::Error>(pl)
-            };
-            match tokio::time::timeout(self.timeout, listen).await {
-                Ok(Ok(pl)) => *l = Some((chan, pl)),
-                _ => {
-                    // No listener: poll.
-                    drop(l);
-                    tokio::time::sleep_until(
-                        bound
-                            .min(Instant::now() + Duration::from_millis(100))
-                            .into(),
-                    )
-                    .await;
-                    return Ok(());
-                }
-            }
-        }
-        if let Some((_, pl)) = l.as_mut()
-            && let Ok(Err(_)) = tokio::time::timeout_at(bound.into(), pl.recv()).await
-        {
-            *l = None;
-        }
-        Ok(())
+    async fn acquire(
+        &self,
+        spec: &LockSpec,
+        me: &Owner,
+        deadline: Option<Instant>,
+    ) -> Result<Attempt> {
+        kit::poll(self, spec, me, deadline).await
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Renewal> {
@@ -555,5 +404,168 @@ impl Backend for PostgresBackend {
             )
             .await?;
         Ok(Some(epoch_micros(us)))
+    }
+}
+
+#[async_trait]
+impl Poll for PostgresBackend {
+    async fn try_acquire(&self, spec: &LockSpec, me: &Owner) -> Result<Attempt> {
+        let granted_at = Instant::now();
+        let t = &self.t;
+        let attempt = async {
+            let mut tx = self.pool.begin().await?;
+            // Lock this key's fence row: contenders queue here.
+            sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO {} (ns, key, token) VALUES ($1, $2, 0)
+                 ON CONFLICT (ns, key) DO UPDATE SET token = {}.token",
+                t.fence, t.fence
+            )))
+            .bind(&spec.namespace)
+            .bind(&spec.key)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(AssertSqlSafe(format!(
+                "DELETE FROM {} WHERE ns = $1 AND key = $2 AND expires_at <= now()",
+                t.lease
+            )))
+            .bind(&spec.namespace)
+            .bind(&spec.key)
+            .execute(&mut *tx)
+            .await?;
+            let rows = sqlx::query(AssertSqlSafe(self.select_holders()))
+                .bind(&spec.namespace)
+                .bind(&spec.key)
+                .fetch_all(&mut *tx)
+                .await?;
+            if rows.len() >= spec.limit as usize {
+                tx.commit().await?;
+                return Ok::<_, sqlx::Error>(Err(rows));
+            }
+            let token: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+                "WITH t AS (UPDATE {fence} SET token = token + 1 WHERE ns = $1 AND key = $2 RETURNING token)
+                 INSERT INTO {lease} (ns, key, id, token, owner, host, pid, lim, acquired_at, expires_at)
+                 SELECT $1, $2, $3, t.token, $4, $5, $6, $7, now(), now() + $8 * interval '1 millisecond' FROM t
+                 RETURNING token",
+                fence = t.fence,
+                lease = t.lease
+            )))
+            .bind(&spec.namespace)
+            .bind(&spec.key)
+            .bind(&me.id)
+            .bind(&me.user)
+            .bind(&me.host)
+            .bind(i64::from(me.pid))
+            .bind(spec.limit as i32)
+            .bind(spec.ttl.as_millis() as f64)
+            .fetch_one(&mut *tx)
+            .await?;
+            // No longer a waiter: in the same transaction, so the new holder
+            // is never counted as both.
+            if self.waiting.has(&spec.namespace, &spec.key) {
+                sqlx::query(AssertSqlSafe(format!(
+                    "DELETE FROM {} WHERE ns = $1 AND key = $2 AND id = $3",
+                    t.waiter
+                )))
+                .bind(&spec.namespace)
+                .bind(&spec.key)
+                .bind(&self.waiting.id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(Ok(token))
+        };
+        match self.bounded("acquire", attempt).await? {
+            Ok(token) => {
+                self.waiting.done(&spec.namespace, &spec.key);
+                Ok(Attempt::Acquired(Lease {
+                    namespace: spec.namespace.clone(),
+                    key: spec.key.clone(),
+                    token: token as u64,
+                    id: me.id.clone(),
+                    ttl: spec.ttl,
+                    granted_at,
+                }))
+            }
+            Err(rows) => {
+                let mut hs = Vec::new();
+                let mut soonest = i64::MAX;
+                for r in &rows {
+                    let (h, left) = holder(r)?;
+                    soonest = soonest.min(left);
+                    hs.push(h);
+                }
+                *self.next_expiry.lock().unwrap() = Some(
+                    Instant::now() + Duration::from_millis(soonest.clamp(0, 3_600_000) as u64),
+                );
+                Ok(Attempt::Busy(hs))
+            }
+        }
+    }
+
+    async fn wait_change(&self, spec: &LockSpec, until: Option<Instant>) -> Result<()> {
+        if self.waiting.due(&spec.namespace, &spec.key, WAITER_LAPSE) {
+            // Counted as a waiter for `status`; best effort.
+            // Rows of waiters that died long ago go in the same statement.
+            let row = sqlx::query(AssertSqlSafe(format!(
+                "WITH stale AS (DELETE FROM {w} WHERE ns = $1 AND key = $2
+                                 AND expires_at < clock_timestamp() - interval '1 minute')
+                 INSERT INTO {w} (ns, key, id, expires_at)
+                 VALUES ($1, $2, $3, clock_timestamp() + $4 * interval '1 millisecond')
+                 ON CONFLICT (ns, key, id) DO UPDATE SET expires_at = EXCLUDED.expires_at",
+                w = self.t.waiter
+            )))
+            .bind(&spec.namespace)
+            .bind(&spec.key)
+            .bind(&self.waiting.id)
+            .bind(WAITER_LAPSE.as_millis() as f64)
+            .execute(&self.pool);
+            if self.bounded("waiting", row).await.is_ok() {
+                self.waiting.note(&spec.namespace, &spec.key);
+            }
+        }
+        let chan = channel_name(&spec.namespace, &spec.key);
+        let cap = Instant::now() + Duration::from_secs(1);
+        let expiry = self
+            .next_expiry
+            .lock()
+            .unwrap()
+            .map(|e| e + Duration::from_millis(5));
+        let bound = [Some(cap), until, expiry]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(cap);
+        let mut l = self.listener.lock().await;
+        if l.as_ref().is_none_or(|(c, _)| *c != chan) {
+            let listen = async {
+                let own = PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect_lazy_with(self.opts.clone());
+                let mut pl = PgListener::connect_with(&own).await?;
+                pl.listen(&chan).await?;
+                Ok::<_, sqlx::Error>(pl)
+            };
+            match tokio::time::timeout(self.timeout, listen).await {
+                Ok(Ok(pl)) => *l = Some((chan, pl)),
+                _ => {
+                    // No listener: poll.
+                    drop(l);
+                    tokio::time::sleep_until(
+                        bound
+                            .min(Instant::now() + Duration::from_millis(100))
+                            .into(),
+                    )
+                    .await;
+                    return Ok(());
+                }
+            }
+        }
+        if let Some((_, pl)) = l.as_mut()
+            && let Ok(Err(_)) = tokio::time::timeout_at(bound.into(), pl.recv()).await
+        {
+            *l = None;
+        }
+        Ok(())
     }
 }

@@ -43,8 +43,9 @@ use tokio::sync::Mutex;
 
 mod doctor;
 
+use super::kit;
 use super::{
-    Attempt, Backend, Holder, KeyStatus, Lease, LockSpec, Owner, PingInfo, Renewal, Waiting,
+    Attempt, Backend, Holder, KeyStatus, Lease, LockSpec, Owner, PingInfo, Poll, Renewal, Waiting,
     redact_url,
 };
 use crate::error::{unavailable, usage};
@@ -695,143 +696,13 @@ impl Backend for RedisBackend {
             .join(",")
     }
 
-    async fn try_acquire(&self, spec: &LockSpec, me: &Owner) -> Result<Attempt> {
-        let k = keys(&spec.namespace, &spec.key);
-        let step = self.step_timeout(spec.ttl);
-        let granted_at = Instant::now();
-        let mode = if self.redlock() { "2" } else { "1" };
-        let args = [
-            me.id.clone(),
-            spec.ttl.as_millis().to_string(),
-            spec.limit.to_string(),
-            mode.to_string(),
-            clean(&me.user),
-            clean(&me.host),
-            me.pid.to_string(),
-            self.waiting.id.clone(),
-        ];
-        let results = self
-            .everywhere(
-                &Script::new(ACQUIRE),
-                &[&k.main, &k.fence, &k.sem, &k.waiters],
-                &args,
-                step,
-            )
-            .await;
-        let mut counters = Vec::new();
-        let mut busy: Vec<(String, Holder)> = Vec::new();
-        let mut errors = Vec::new();
-        for r in &results {
-            match r {
-                Ok(v) => {
-                    let s = strings(v);
-                    if s.first().map(String::as_str) == Some("1") {
-                        counters.push(s.get(1).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0));
-                    } else {
-                        for (id, h) in holders_from(&s[1.min(s.len())..]) {
-                            if !busy.iter().any(|(i, _)| *i == id) {
-                                busy.push((id, h));
-                            }
-                        }
-                    }
-                }
-                Err(e) => errors.push(e.clone()),
-            }
-        }
-        let elapsed = granted_at.elapsed();
-        let drift = spec.ttl / 100 + Duration::from_millis(2);
-        let valid = spec.ttl.saturating_sub(elapsed + drift);
-        let lease = |token| Lease {
-            namespace: spec.namespace.clone(),
-            key: spec.key.clone(),
-            token,
-            id: me.id.clone(),
-            ttl: spec.ttl,
-            granted_at,
-        };
-        if counters.len() >= self.quorum && !valid.is_zero() {
-            if !self.redlock() {
-                self.waiting.done(&spec.namespace, &spec.key);
-                return Ok(Attempt::Acquired(lease(counters[0])));
-            }
-            let token = counters.iter().max().copied().unwrap_or(0) + 1;
-            let fenced = self
-                .everywhere(
-                    &Script::new(FENCE),
-                    &[&k.main, &k.fence, &k.sem],
-                    &[me.id.clone(), token.to_string()],
-                    step,
-                )
-                .await;
-            let ok = fenced
-                .iter()
-                .filter(|r| matches!(r, Ok(Value::Int(1))))
-                .count();
-            if ok >= self.quorum && granted_at.elapsed() + drift < spec.ttl {
-                self.waiting.done(&spec.namespace, &spec.key);
-                return Ok(Attempt::Acquired(lease(token)));
-            }
-            errors.extend(fenced.into_iter().filter_map(|r| r.err()));
-        }
-        // No majority (or no validity left): undo everywhere, then report.
-        if !counters.is_empty() {
-            self.release_on(&lease(0), "release", 0).await;
-        }
-        if self.nodes.len() - errors.len() < self.quorum {
-            return Err(self.too_few(&errors));
-        }
-        Ok(Attempt::Busy(busy.into_iter().map(|(_, h)| h).collect()))
-    }
-
-    async fn wait_change(&self, spec: &LockSpec, until: Option<Instant>) -> Result<()> {
-        self.subscribe(&spec.namespace, &spec.key).await?;
-        // Counted as a waiter for `status` (best effort: an error here only
-        // makes the count low).
-        if self.waiting.due(&spec.namespace, &spec.key, WAITER_LAPSE) {
-            let k = keys(&spec.namespace, &spec.key);
-            let _ = self
-                .everywhere(
-                    &Script::new(WAITING),
-                    &[&k.waiters],
-                    &[
-                        self.waiting.id.clone(),
-                        WAITER_LAPSE.as_millis().to_string(),
-                    ],
-                    self.step_timeout(spec.ttl),
-                )
-                .await;
-            self.waiting.note(&spec.namespace, &spec.key);
-        }
-        // Wake on a release message, or poll: a holder that expires or a
-        // foreign client that releases does not publish.
-        let mut cap = Duration::from_millis(200);
-        if self.redlock() {
-            // Redlock: a random delay, so contenders do not collide in step.
-            let mut b = [0u8; 1];
-            let _ = getrandom::fill(&mut b);
-            cap += Duration::from_millis(u64::from(b[0]) % 50);
-        }
-        let bound = until.map_or(Instant::now() + cap, |u| u.min(Instant::now() + cap));
-        let mut subs = self.subs.lock().await;
-        if let Some((_, streams)) = subs.as_mut() {
-            let woke = if streams.is_empty() {
-                None
-            } else {
-                tokio::time::timeout_at(bound.into(), streams.next())
-                    .await
-                    .ok()
-            };
-            // Every subscription ended (a server restarted): subscribe again
-            // at the next wait, and poll until then rather than spin.
-            if matches!(woke, None | Some(None)) {
-                if woke.is_some() {
-                    *subs = None;
-                }
-                drop(subs);
-                tokio::time::sleep_until(bound.into()).await;
-            }
-        }
-        Ok(())
+    async fn acquire(
+        &self,
+        spec: &LockSpec,
+        me: &Owner,
+        deadline: Option<Instant>,
+    ) -> Result<Attempt> {
+        kit::poll(self, spec, me, deadline).await
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Renewal> {
@@ -1103,6 +974,148 @@ impl Backend for RedisBackend {
 
     async fn doctor(&self, _ttl: Duration, timeout: Duration) -> Vec<crate::backend::probe::Check> {
         self.diagnose(timeout).await
+    }
+}
+
+#[async_trait]
+impl Poll for RedisBackend {
+    async fn try_acquire(&self, spec: &LockSpec, me: &Owner) -> Result<Attempt> {
+        let k = keys(&spec.namespace, &spec.key);
+        let step = self.step_timeout(spec.ttl);
+        let granted_at = Instant::now();
+        let mode = if self.redlock() { "2" } else { "1" };
+        let args = [
+            me.id.clone(),
+            spec.ttl.as_millis().to_string(),
+            spec.limit.to_string(),
+            mode.to_string(),
+            clean(&me.user),
+            clean(&me.host),
+            me.pid.to_string(),
+            self.waiting.id.clone(),
+        ];
+        let results = self
+            .everywhere(
+                &Script::new(ACQUIRE),
+                &[&k.main, &k.fence, &k.sem, &k.waiters],
+                &args,
+                step,
+            )
+            .await;
+        let mut counters = Vec::new();
+        let mut busy: Vec<(String, Holder)> = Vec::new();
+        let mut errors = Vec::new();
+        for r in &results {
+            match r {
+                Ok(v) => {
+                    let s = strings(v);
+                    if s.first().map(String::as_str) == Some("1") {
+                        counters.push(s.get(1).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0));
+                    } else {
+                        for (id, h) in holders_from(&s[1.min(s.len())..]) {
+                            if !busy.iter().any(|(i, _)| *i == id) {
+                                busy.push((id, h));
+                            }
+                        }
+                    }
+                }
+                Err(e) => errors.push(e.clone()),
+            }
+        }
+        let elapsed = granted_at.elapsed();
+        let drift = spec.ttl / 100 + Duration::from_millis(2);
+        let valid = spec.ttl.saturating_sub(elapsed + drift);
+        let lease = |token| Lease {
+            namespace: spec.namespace.clone(),
+            key: spec.key.clone(),
+            token,
+            id: me.id.clone(),
+            ttl: spec.ttl,
+            granted_at,
+        };
+        if counters.len() >= self.quorum && !valid.is_zero() {
+            if !self.redlock() {
+                self.waiting.done(&spec.namespace, &spec.key);
+                return Ok(Attempt::Acquired(lease(counters[0])));
+            }
+            let token = counters.iter().max().copied().unwrap_or(0) + 1;
+            let fenced = self
+                .everywhere(
+                    &Script::new(FENCE),
+                    &[&k.main, &k.fence, &k.sem],
+                    &[me.id.clone(), token.to_string()],
+                    step,
+                )
+                .await;
+            let ok = fenced
+                .iter()
+                .filter(|r| matches!(r, Ok(Value::Int(1))))
+                .count();
+            if ok >= self.quorum && granted_at.elapsed() + drift < spec.ttl {
+                self.waiting.done(&spec.namespace, &spec.key);
+                return Ok(Attempt::Acquired(lease(token)));
+            }
+            errors.extend(fenced.into_iter().filter_map(|r| r.err()));
+        }
+        // No majority (or no validity left): undo everywhere, then report.
+        if !counters.is_empty() {
+            self.release_on(&lease(0), "release", 0).await;
+        }
+        if self.nodes.len() - errors.len() < self.quorum {
+            return Err(self.too_few(&errors));
+        }
+        Ok(Attempt::Busy(busy.into_iter().map(|(_, h)| h).collect()))
+    }
+
+    async fn wait_change(&self, spec: &LockSpec, until: Option<Instant>) -> Result<()> {
+        self.subscribe(&spec.namespace, &spec.key).await?;
+        // Counted as a waiter for `status` (best effort: an error here only
+        // makes the count low).
+        if self.waiting.due(&spec.namespace, &spec.key, WAITER_LAPSE) {
+            let k = keys(&spec.namespace, &spec.key);
+            let _ = self
+                .everywhere(
+                    &Script::new(WAITING),
+                    &[&k.waiters],
+                    &[
+                        self.waiting.id.clone(),
+                        WAITER_LAPSE.as_millis().to_string(),
+                    ],
+                    self.step_timeout(spec.ttl),
+                )
+                .await;
+            self.waiting.note(&spec.namespace, &spec.key);
+        }
+        // Wake on a release message, or poll: a holder that expires or a
+        // foreign client that releases does not publish.
+        let mut cap = Duration::from_millis(200);
+        if self.redlock() {
+            // Redlock: a random delay, so contenders do not collide in step.
+            let mut b = [0u8; 1];
+            let _ = getrandom::fill(&mut b);
+            cap += Duration::from_millis(u64::from(b[0]) % 50);
+        }
+        let bound = until.map_or(Instant::now() + cap, |u| u.min(Instant::now() + cap));
+        let mut subs = self.subs.lock().await;
+        if let Some((_, streams)) = subs.as_mut() {
+            let woke = if streams.is_empty() {
+                None
+            } else {
+                tokio::time::timeout_at(bound.into(), streams.next())
+                    .await
+                    .ok()
+            };
+            // Every subscription ended (a server restarted): subscribe again
+            // at the next wait, and poll until then rather than spin.
+            if matches!(woke, None | Some(None)) {
+                if woke.is_some() {
+                    *subs = None;
+                }
+                drop(subs);
+                tokio::time::sleep_until(bound.into()).await;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -31,10 +31,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteRow, SqliteSyn
 use sqlx::{Connection, Row, SqliteConnection};
 use tokio::sync::{Mutex, watch};
 
+use super::kit;
 use super::sql::WAITER_LAPSE;
 use super::{
-    Attempt, Backend, Holder, KeyStatus, Lease, LeaseKind, LockSpec, Owner, PingInfo, Renewal,
-    Waiting,
+    Attempt, Backend, Holder, KeyStatus, Lease, LeaseKind, LockSpec, Owner, PingInfo, Poll,
+    Renewal, Waiting,
 };
 use crate::backend::probe::{Check, Level};
 use crate::error::{unavailable, usage};
@@ -350,6 +351,197 @@ impl Backend for SqliteBackend {
         format!("sqlite:{}", self.path.display())
     }
 
+    async fn acquire(
+        &self,
+        spec: &LockSpec,
+        me: &Owner,
+        deadline: Option<Instant>,
+    ) -> Result<Attempt> {
+        kit::poll(self, spec, me, deadline).await
+    }
+
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Renewal> {
+        let mut conn = self.conn().await?;
+        let now = now_ms();
+        let r = sqlx::query(
+            "UPDATE dlock_lease SET expires_at = ?1 WHERE ns = ?2 AND key = ?3 AND id = ?4 AND expires_at > ?5",
+        )
+        .bind(now.saturating_add(ms(ttl)))
+        .bind(&lease.namespace)
+        .bind(&lease.key)
+        .bind(&lease.id)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+        Ok(if r.rows_affected() == 1 {
+            Renewal::Renewed
+        } else {
+            Renewal::Lost
+        })
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<bool> {
+        let mut conn = self.conn().await?;
+        let expires: Option<i64> = sqlx::query_scalar(
+            "DELETE FROM dlock_lease WHERE ns = ?1 AND key = ?2 AND id = ?3 RETURNING expires_at",
+        )
+        .bind(&lease.namespace)
+        .bind(&lease.key)
+        .bind(&lease.id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        drop(conn);
+        self.drop_wake(&lease.namespace, &lease.key);
+        Ok(expires.is_some_and(|e| e > now_ms()))
+    }
+
+    async fn release_after(&self, lease: &Lease, remaining: Duration) -> Result<bool> {
+        let mut conn = self.conn().await?;
+        let now = now_ms();
+        // The lease outlives this process now: mark it so that nobody breaks
+        // it early for its process being gone.
+        let r = sqlx::query(
+            "UPDATE dlock_lease SET expires_at = ?1, kind = ?2 WHERE ns = ?3 AND key = ?4 AND id = ?5 AND expires_at > ?6",
+        )
+        .bind(now.saturating_add(ms(remaining)))
+        .bind(LeaseKind::Handle.as_str())
+        .bind(&lease.namespace)
+        .bind(&lease.key)
+        .bind(&lease.id)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+        drop(conn);
+        self.drop_wake(&lease.namespace, &lease.key);
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn force_release(&self, namespace: &str, key: &str) -> Result<u64> {
+        let mut conn = self.conn().await?;
+        let r =
+            sqlx::query("DELETE FROM dlock_lease WHERE ns = ?1 AND key = ?2 AND expires_at > ?3")
+                .bind(namespace)
+                .bind(key)
+                .bind(now_ms())
+                .execute(&mut *conn)
+                .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn status(&self, namespace: &str, keys: &[String]) -> Result<Vec<KeyStatus>> {
+        let mut conn = self.conn().await?;
+        let now = now_ms();
+        let sql = format!(
+            "SELECT key, {LEASE_COLUMNS} FROM dlock_lease WHERE ns = ?1 AND expires_at > ?2 ORDER BY key, acquired_at"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(namespace)
+            .bind(now)
+            .fetch_all(&mut *conn)
+            .await?;
+        let counts: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT key, COUNT(*) FROM dlock_waiter WHERE ns = ?1 AND expires_at > ?2 GROUP BY key",
+        )
+        .bind(namespace)
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await?;
+        let waiting = |k: &str| {
+            counts
+                .iter()
+                .find(|(n, _)| n == k)
+                .map_or(0, |(_, c)| *c as u64)
+        };
+        let mut by_key: std::collections::BTreeMap<String, KeyStatus> = Default::default();
+        for k in keys {
+            by_key.insert(
+                k.clone(),
+                KeyStatus {
+                    key: k.clone(),
+                    limit: 1,
+                    holders: vec![],
+                    waiters: Some(waiting(k)),
+                },
+            );
+        }
+        for r in &rows {
+            let key: String = r.try_get("key")?;
+            if !keys.is_empty() && !by_key.contains_key(&key) {
+                continue;
+            }
+            let row = parse_row(r)?;
+            let w = waiting(&key);
+            let e = by_key.entry(key.clone()).or_insert_with(|| KeyStatus {
+                key,
+                limit: 1,
+                holders: vec![],
+                waiters: Some(w),
+            });
+            e.limit = e.limit.max(row.lim);
+            e.holders.push(row.holder);
+        }
+        Ok(by_key.into_values().collect())
+    }
+
+    async fn ping(&self) -> Result<PingInfo> {
+        let mut conn = self.conn().await?;
+        let version: String = sqlx::query_scalar("SELECT sqlite_version()")
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok(PingInfo {
+            kind: "sqlite",
+            version,
+            detail: self.path.display().to_string(),
+        })
+    }
+
+    async fn close(&self) {
+        let rows = self.waiting.clear();
+        if !rows.is_empty()
+            && let Ok(mut conn) = self.conn().await
+        {
+            for (ns, key) in rows {
+                let _ =
+                    sqlx::query("DELETE FROM dlock_waiter WHERE ns = ?1 AND key = ?2 AND id = ?3")
+                        .bind(&ns)
+                        .bind(&key)
+                        .bind(&self.waiting.id)
+                        .execute(&mut *conn)
+                        .await;
+            }
+        }
+    }
+
+    async fn doctor(&self, _ttl: Duration, _timeout: Duration) -> Vec<Check> {
+        let mut out = vec![Check::new(
+            Level::Info,
+            "scope",
+            "the embedded backend excludes processes on this host only",
+        )
+        .fix("to lock across machines, use a server backend (redis://, zk://, postgres://, mysql://, etcd://)")];
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        out.push(match filesystem_of(dir) {
+            Some((name, true)) => Check::new(
+                Level::Fail,
+                "filesystem",
+                format!(
+                    "{} is on a network filesystem ({name}): SQLite's and flock's locks are not reliable there, and several hosts sharing the file do not exclude each other",
+                    self.path.display()
+                ),
+            )
+            .fix("keep the database on a local disk (the default under ~/.local/state), and use a server backend across hosts"),
+            Some((name, false)) => Check::ok("filesystem", format!("{} is on a local filesystem ({name})", self.path.display())),
+            None => Check::new(Level::Warn, "filesystem", format!("cannot tell the filesystem of {}", dir.display())),
+        });
+        out
+    }
+}
+
+#[async_trait]
+impl Poll for SqliteBackend {
     async fn try_acquire(&self, spec: &LockSpec, me: &Owner) -> Result<Attempt> {
         let granted_at = Instant::now();
         let mut conn = self.conn().await?;
@@ -552,185 +744,6 @@ impl Backend for SqliteBackend {
             }
         }
         Ok(())
-    }
-
-    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Renewal> {
-        let mut conn = self.conn().await?;
-        let now = now_ms();
-        let r = sqlx::query(
-            "UPDATE dlock_lease SET expires_at = ?1 WHERE ns = ?2 AND key = ?3 AND id = ?4 AND expires_at > ?5",
-        )
-        .bind(now.saturating_add(ms(ttl)))
-        .bind(&lease.namespace)
-        .bind(&lease.key)
-        .bind(&lease.id)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
-        Ok(if r.rows_affected() == 1 {
-            Renewal::Renewed
-        } else {
-            Renewal::Lost
-        })
-    }
-
-    async fn release(&self, lease: &Lease) -> Result<bool> {
-        let mut conn = self.conn().await?;
-        let expires: Option<i64> = sqlx::query_scalar(
-            "DELETE FROM dlock_lease WHERE ns = ?1 AND key = ?2 AND id = ?3 RETURNING expires_at",
-        )
-        .bind(&lease.namespace)
-        .bind(&lease.key)
-        .bind(&lease.id)
-        .fetch_optional(&mut *conn)
-        .await?;
-        drop(conn);
-        self.drop_wake(&lease.namespace, &lease.key);
-        Ok(expires.is_some_and(|e| e > now_ms()))
-    }
-
-    async fn release_after(&self, lease: &Lease, remaining: Duration) -> Result<bool> {
-        let mut conn = self.conn().await?;
-        let now = now_ms();
-        // The lease outlives this process now: mark it so that nobody breaks
-        // it early for its process being gone.
-        let r = sqlx::query(
-            "UPDATE dlock_lease SET expires_at = ?1, kind = ?2 WHERE ns = ?3 AND key = ?4 AND id = ?5 AND expires_at > ?6",
-        )
-        .bind(now.saturating_add(ms(remaining)))
-        .bind(LeaseKind::Handle.as_str())
-        .bind(&lease.namespace)
-        .bind(&lease.key)
-        .bind(&lease.id)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
-        drop(conn);
-        self.drop_wake(&lease.namespace, &lease.key);
-        Ok(r.rows_affected() == 1)
-    }
-
-    async fn force_release(&self, namespace: &str, key: &str) -> Result<u64> {
-        let mut conn = self.conn().await?;
-        let r =
-            sqlx::query("DELETE FROM dlock_lease WHERE ns = ?1 AND key = ?2 AND expires_at > ?3")
-                .bind(namespace)
-                .bind(key)
-                .bind(now_ms())
-                .execute(&mut *conn)
-                .await?;
-        Ok(r.rows_affected())
-    }
-
-    async fn status(&self, namespace: &str, keys: &[String]) -> Result<Vec<KeyStatus>> {
-        let mut conn = self.conn().await?;
-        let now = now_ms();
-        let sql = format!(
-            "SELECT key, {LEASE_COLUMNS} FROM dlock_lease WHERE ns = ?1 AND expires_at > ?2 ORDER BY key, acquired_at"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(namespace)
-            .bind(now)
-            .fetch_all(&mut *conn)
-            .await?;
-        let counts: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT key, COUNT(*) FROM dlock_waiter WHERE ns = ?1 AND expires_at > ?2 GROUP BY key",
-        )
-        .bind(namespace)
-        .bind(now)
-        .fetch_all(&mut *conn)
-        .await?;
-        let waiting = |k: &str| {
-            counts
-                .iter()
-                .find(|(n, _)| n == k)
-                .map_or(0, |(_, c)| *c as u64)
-        };
-        let mut by_key: std::collections::BTreeMap<String, KeyStatus> = Default::default();
-        for k in keys {
-            by_key.insert(
-                k.clone(),
-                KeyStatus {
-                    key: k.clone(),
-                    limit: 1,
-                    holders: vec![],
-                    waiters: Some(waiting(k)),
-                },
-            );
-        }
-        for r in &rows {
-            let key: String = r.try_get("key")?;
-            if !keys.is_empty() && !by_key.contains_key(&key) {
-                continue;
-            }
-            let row = parse_row(r)?;
-            let w = waiting(&key);
-            let e = by_key.entry(key.clone()).or_insert_with(|| KeyStatus {
-                key,
-                limit: 1,
-                holders: vec![],
-                waiters: Some(w),
-            });
-            e.limit = e.limit.max(row.lim);
-            e.holders.push(row.holder);
-        }
-        Ok(by_key.into_values().collect())
-    }
-
-    async fn ping(&self) -> Result<PingInfo> {
-        let mut conn = self.conn().await?;
-        let version: String = sqlx::query_scalar("SELECT sqlite_version()")
-            .fetch_one(&mut *conn)
-            .await?;
-        Ok(PingInfo {
-            kind: "sqlite",
-            version,
-            detail: self.path.display().to_string(),
-        })
-    }
-
-    async fn close(&self) {
-        let rows = self.waiting.clear();
-        if !rows.is_empty()
-            && let Ok(mut conn) = self.conn().await
-        {
-            for (ns, key) in rows {
-                let _ =
-                    sqlx::query("DELETE FROM dlock_waiter WHERE ns = ?1 AND key = ?2 AND id = ?3")
-                        .bind(&ns)
-                        .bind(&key)
-                        .bind(&self.waiting.id)
-                        .execute(&mut *conn)
-                        .await;
-            }
-        }
-    }
-
-    async fn doctor(&self, _ttl: Duration, _timeout: Duration) -> Vec<Check> {
-        let mut out = vec![Check::new(
-            Level::Info,
-            "scope",
-            "the embedded backend excludes processes on this host only",
-        )
-        .fix("to lock across machines, use a server backend (redis://, zk://, postgres://, mysql://, etcd://)")];
-        let dir = match self.path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        out.push(match filesystem_of(dir) {
-            Some((name, true)) => Check::new(
-                Level::Fail,
-                "filesystem",
-                format!(
-                    "{} is on a network filesystem ({name}): SQLite's and flock's locks are not reliable there, and several hosts sharing the file do not exclude each other",
-                    self.path.display()
-                ),
-            )
-            .fix("keep the database on a local disk (the default under ~/.local/state), and use a server backend across hosts"),
-            Some((name, false)) => Check::ok("filesystem", format!("{} is on a local filesystem ({name})", self.path.display())),
-            None => Check::new(Level::Warn, "filesystem", format!("cannot tell the filesystem of {}", dir.display())),
-        });
-        out
     }
 }
 

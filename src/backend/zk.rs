@@ -279,16 +279,6 @@ impl Backend for ZkBackend {
         Ok(negotiated.min(ttl))
     }
 
-    async fn try_acquire(&self, spec: &LockSpec, me: &Owner) -> Result<Attempt> {
-        self.acquire(spec, me, Some(Instant::now())).await
-    }
-
-    async fn wait_change(&self, _spec: &LockSpec, until: Option<Instant>) -> Result<()> {
-        let cap = Instant::now() + Duration::from_millis(200);
-        tokio::time::sleep_until(until.map_or(cap, |u| u.min(cap)).into()).await;
-        Ok(())
-    }
-
     async fn acquire(
         &self,
         spec: &LockSpec,

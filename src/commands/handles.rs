@@ -1,0 +1,125 @@
+//! `dlock acquire`, `renew` and `release`: leases that outlive the process,
+//! carried in a handle.
+
+use std::time::Duration;
+
+use anyhow::Result;
+
+use super::{Connector, backend_error, connect_waiting, owner, take_locks};
+use crate::backend::{self, LeaseKind};
+use crate::cli;
+use crate::error::{Error, usage};
+use crate::handle::Handle;
+use crate::lease::{self, Keeper};
+use crate::supervise::Signals;
+use crate::{config, exit_code, host};
+
+pub async fn cmd_acquire(c: &Connector<'_>, a: cli::AcquireArgs) -> Result<i32> {
+    let s = c.settings;
+    let lock = s.lock(&a.lock)?;
+    let mut signals = Signals::install()?;
+    let deadline = lease::deadline(lock.wait);
+    let backend = match connect_waiting(c, &lock, deadline).await? {
+        Ok((b, _)) => b,
+        Err(not) => return Ok(not.code()),
+    };
+    let me = owner(LeaseKind::Handle)?;
+    let keeper = Keeper::start(backend.clone(), lock.ttl, s.connect_timeout, Duration::ZERO);
+    if let Err(not) = take_locks(s, &backend, &lock, &me, &keeper, &mut signals, deadline).await? {
+        keeper.release().await;
+        return Ok(not.code());
+    }
+    let leases = keeper.stop();
+    println!("{}", Handle::new(&s.namespace, lock.ttl, &leases).encode());
+    Ok(exit_code::SUCCESS)
+}
+
+pub async fn cmd_renew(c: &Connector<'_>, a: cli::RenewArgs) -> Result<i32> {
+    let h = Handle::decode(&a.handle)?;
+    let ttl = a.ttl.unwrap_or(h.ttl());
+    if ttl < Duration::from_millis(100) {
+        return Err(usage("--ttl must be at least 100ms"));
+    }
+    let backend = c.get().await?;
+    for l in h.leases() {
+        match backend
+            .renew(&l, ttl)
+            .await
+            .map_err(|e| backend_error(backend.as_ref(), e))?
+        {
+            backend::Renewal::Renewed => {
+                tracing::info!(
+                    event = "renewed",
+                    key = l.key,
+                    token = l.token,
+                    ttl_ms = ttl.as_millis() as u64,
+                    "lease renewed"
+                )
+            }
+            backend::Renewal::Lost => {
+                return Err(Error::Lost(format!(
+                    "the handle no longer holds {:?} (token {}): its lease expired or was broken; nothing was changed",
+                    l.key, l.token
+                ))
+                .into());
+            }
+        }
+    }
+    Ok(exit_code::SUCCESS)
+}
+
+pub async fn cmd_release(c: &Connector<'_>, a: cli::ReleaseArgs) -> Result<i32> {
+    let s = c.settings;
+    let backend = c.get().await?;
+    if let Some(hs) = &a.handle {
+        let h = Handle::decode(hs)?;
+        let mut gone = Vec::new();
+        for l in h.leases() {
+            let ok = backend
+                .release(&l)
+                .await
+                .map_err(|e| backend_error(backend.as_ref(), e))?;
+            if !ok {
+                gone.push(format!("{:?} (token {})", l.key, l.token));
+            }
+        }
+        if !gone.is_empty() {
+            return Err(Error::Lost(format!(
+                "the handle no longer held {}: its lease had expired or was broken, and whoever holds it now keeps it",
+                gone.join(", ")
+            ))
+            .into());
+        }
+        return Ok(exit_code::SUCCESS);
+    }
+    if !a.force {
+        return Err(usage(
+            "releasing by --key needs --force (it breaks whoever holds the lock)",
+        ));
+    }
+    for key in &a.key {
+        config::validate_name("key", key)?;
+        let n = backend
+            .force_release(&s.namespace, key)
+            .await
+            .map_err(|e| backend_error(backend.as_ref(), e))?;
+        let by = format!(
+            "{}@{} (pid {})",
+            host::user(),
+            host::hostname(),
+            std::process::id()
+        );
+        tracing::warn!(event = "forced", key, holders = n, by, "forced release");
+        if !s.quiet {
+            if n == 0 {
+                eprintln!("dlock: {key:?} was not held");
+            } else {
+                eprintln!(
+                    "dlock: broke the lock on {key:?} ({n} holder{})",
+                    if n == 1 { "" } else { "s" }
+                );
+            }
+        }
+    }
+    Ok(exit_code::SUCCESS)
+}

@@ -1,0 +1,221 @@
+//! The subcommands, one file each, and what they share: connecting on
+//! first use, who we are, and taking the locks (waiting, riding out the
+//! backend, saying why a lock was not taken).
+
+mod handles;
+mod probe;
+mod run;
+mod status;
+
+pub use handles::{cmd_acquire, cmd_release, cmd_renew};
+pub use probe::{cmd_doctor, cmd_ping};
+pub use run::cmd_run;
+pub use status::cmd_status;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use crate::backend::{self, Backend, LeaseKind, Owner};
+use crate::config::{self, Settings};
+use crate::error::{self, Error};
+use crate::lease::{self, Keeper, acquire_all};
+use crate::supervise::Signals;
+use crate::{exit_code, host, progress, status as show};
+
+/// Connects on first use (after the arguments are validated, so bad input
+/// is a usage error even when the backend is down) and closes at the end.
+pub struct Connector<'a> {
+    pub settings: &'a Settings,
+    pub backend: tokio::sync::OnceCell<Arc<dyn Backend>>,
+}
+
+impl Connector<'_> {
+    pub async fn get(&self) -> Result<Arc<dyn Backend>> {
+        self.backend
+            .get_or_try_init(|| connect(self.settings))
+            .await
+            .cloned()
+    }
+}
+
+/// A random hex secret; it names our lease and proves we own it.
+fn secret() -> Result<String> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+fn owner(kind: LeaseKind) -> Result<Owner> {
+    let pid = std::process::id();
+    Ok(Owner {
+        id: secret()?,
+        user: host::user(),
+        host: host::hostname(),
+        pid,
+        host_id: host::host_id(),
+        proc_start: host::proc_start(pid).unwrap_or(0),
+        kind,
+    })
+}
+
+async fn connect(s: &Settings) -> Result<Arc<dyn Backend>> {
+    let shown = s.shown_backends();
+    match tokio::time::timeout(
+        s.connect_timeout,
+        backend::connect(&s.backends, s.connect_timeout),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(error::unavailable(format!(
+            "backend {shown} did not answer within {} (--connect-timeout)",
+            show::human_duration(s.connect_timeout)
+        ))),
+    }
+}
+
+/// Errors from talking to the backend, without a type of their own, mean
+/// the backend is unavailable (exit 69), not that dlock has a bug.
+fn backend_error(b: &dyn Backend, e: anyhow::Error) -> anyhow::Error {
+    if e.chain().any(|c| c.downcast_ref::<Error>().is_some()) {
+        return e;
+    }
+    Error::Unavailable(format!("backend {}: {e:#}", b.describe())).into()
+}
+
+fn busy_message(busy: &lease::Busy, waited: Option<Duration>) -> String {
+    let mut m = format!("lock {:?} is busy", busy.key);
+    if let Some(w) = waited {
+        m.push_str(&format!(" after waiting {}", show::human_duration(w)));
+    }
+    if let Some(cause) = &busy.cause {
+        m.push_str(&format!(
+            ": the backend had no room for another client: {cause}"
+        ));
+    }
+    match busy.holders.as_slice() {
+        [] => {}
+        [h] => m.push_str(&format!(": {}", show::describe_holder(h))),
+        hs => {
+            m.push_str(&format!(": {} holders", hs.len()));
+            for h in hs {
+                m.push_str(&format!("\n  {}", show::describe_holder(h)));
+            }
+        }
+    }
+    m
+}
+
+/// Why the keys were not taken, with the exit code to use.
+#[derive(Debug, Clone, Copy)]
+enum NotTaken {
+    Busy(i32),
+    Interrupted(i32),
+}
+
+impl NotTaken {
+    fn code(self) -> i32 {
+        match self {
+            NotTaken::Busy(c) | NotTaken::Interrupted(c) => c,
+        }
+    }
+}
+
+/// Take every key, or say why not.
+async fn take_locks(
+    s: &Settings,
+    backend: &Arc<dyn Backend>,
+    lock: &config::LockSettings,
+    me: &Owner,
+    keeper: &Keeper,
+    signals: &mut Signals,
+    deadline: Option<Instant>,
+) -> Result<std::result::Result<(), NotTaken>> {
+    let started = Instant::now();
+    tracing::info!(event = "waiting", keys = ?lock.keys, backend = backend.describe(), "acquiring");
+    let mut lost = keeper.lost();
+    let line = progress::WaitLine::new(s, lock);
+    let outcome = tokio::select! {
+        r = acquire_all(backend.as_ref(), &s.namespace, lock, me, keeper, deadline, s.connect_timeout) => r.map_err(|e| backend_error(backend.as_ref(), e)),
+        () = line.show(backend.as_ref(), &s.namespace, keeper, started) => unreachable!("the waiting line never ends"),
+        sig = signals.recv() => {
+            line.clear();
+            keeper.release().await;
+            tracing::info!(event = "interrupted", signal = sig.as_str(), waited_ms = started.elapsed().as_millis() as u64, "gave up waiting");
+            return Ok(Err(NotTaken::Interrupted(exit_code::SIGNAL_BASE + sig as i32)));
+        }
+        Ok(()) = lost.changed() => {
+            line.clear();
+            keeper.release().await;
+            let msg = lost.borrow().as_ref().map(|l| l.message.clone()).unwrap_or_default();
+            return Err(Error::Lost(format!("{msg} while waiting for the other keys")).into());
+        }
+    };
+    line.clear();
+    let outcome = outcome?;
+    let waited = started.elapsed();
+    match outcome {
+        Ok(()) => {
+            let tokens = keeper.leases().iter().map(|l| l.token).collect::<Vec<_>>();
+            tracing::info!(
+                event = "acquired",
+                keys = ?lock.keys,
+                tokens = ?tokens,
+                waited_ms = waited.as_millis() as u64,
+                "lock acquired"
+            );
+            Ok(Ok(()))
+        }
+        Err(busy) => Ok(Err(not_taken(s, lock, &busy, waited))),
+    }
+}
+
+/// Say that the keys were not taken, and why.
+fn not_taken(
+    s: &Settings,
+    lock: &config::LockSettings,
+    busy: &lease::Busy,
+    waited: Duration,
+) -> NotTaken {
+    tracing::info!(
+        event = "busy",
+        key = busy.key,
+        waited_ms = waited.as_millis() as u64,
+        cause = busy.cause,
+        "not acquired"
+    );
+    if !s.quiet {
+        let w = (lock.wait != config::Wait::No).then_some(waited);
+        eprintln!("dlock: {}", busy_message(busy, w));
+    }
+    NotTaken::Busy(lock.conflict_exit_code)
+}
+
+/// Connect for a waiter, and learn the TTL its leases will really have:
+/// outages and a full server are ridden out as they are while waiting.
+async fn connect_waiting(
+    c: &Connector<'_>,
+    lock: &config::LockSettings,
+    deadline: Option<Instant>,
+) -> Result<std::result::Result<(Arc<dyn Backend>, Duration), NotTaken>> {
+    let started = Instant::now();
+    let got = backend::kit::patiently(deadline, c.settings.connect_timeout, || async {
+        let b = c.get().await?;
+        let ttl = b
+            .effective_ttl(lock.ttl)
+            .await
+            .map_err(|e| backend_error(b.as_ref(), e))?;
+        Ok((b, ttl))
+    })
+    .await;
+    match got {
+        Ok(v) => Ok(Ok(v)),
+        Err(e) if error::retry_of(&e) == error::Retry::Full => {
+            let busy = lease::Busy::full(&lock.keys[0], &e);
+            Ok(Err(not_taken(c.settings, lock, &busy, started.elapsed())))
+        }
+        Err(e) => Err(e),
+    }
+}

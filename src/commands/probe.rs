@@ -1,0 +1,76 @@
+//! `dlock ping` and `dlock doctor`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use super::{Connector, backend_error};
+use crate::{cli, doctor, error, exit_code, status};
+
+pub async fn cmd_ping(c: &Connector<'_>) -> Result<i32> {
+    let s = c.settings;
+    let t0 = Instant::now();
+    let backend = c.get().await?;
+    let connected = t0.elapsed();
+    let t1 = Instant::now();
+    let info = tokio::time::timeout(s.connect_timeout, backend.ping())
+        .await
+        .map_err(|_| {
+            error::unavailable(format!(
+                "backend {} did not answer a ping",
+                backend.describe()
+            ))
+        })?
+        .map_err(|e| backend_error(backend.as_ref(), e))?;
+    let rtt = t1.elapsed();
+    println!(
+        "{} {} ({}): connect {:.1}ms, round trip {:.2}ms",
+        info.kind,
+        info.version,
+        info.detail,
+        connected.as_secs_f64() * 1e3,
+        rtt.as_secs_f64() * 1e3
+    );
+    Ok(exit_code::SUCCESS)
+}
+
+pub async fn cmd_doctor(c: &Connector<'_>, a: cli::DoctorArgs) -> Result<i32> {
+    let s = c.settings;
+    let ttl = s.ttl(a.ttl)?;
+    let max_skew = a.max_skew.unwrap_or(Duration::from_secs(1));
+    let shown = s.shown_backends();
+    let (checks, code) = match c.get().await {
+        Ok(backend) => {
+            let checks = doctor::examine(backend.as_ref(), ttl, max_skew, s.connect_timeout).await;
+            let unreachable = !checks
+                .iter()
+                .any(|c| c.name == "reachable" && c.level == doctor::Level::Ok);
+            (checks, unreachable.then_some(exit_code::UNAVAILABLE))
+        }
+        Err(e) => {
+            let code = error::exit_code_of(&e);
+            if code != exit_code::UNAVAILABLE {
+                return Err(e);
+            }
+            let check = doctor::Check::new(doctor::Level::Fail, "reachable", format!("{e:#}"))
+                .fix("check the URL, that the server runs, and that this host may reach it");
+            (vec![check], Some(code))
+        }
+    };
+    let report = doctor::Report {
+        backend: shown,
+        ttl,
+        checks,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+    } else {
+        print!("{}", report.text(status::Paint(s.color)));
+    }
+    let worst = report.worst();
+    Ok(match code {
+        Some(code) => code,
+        None if worst == doctor::Level::Fail || (a.strict && worst == doctor::Level::Warn) => 1,
+        None => exit_code::SUCCESS,
+    })
+}

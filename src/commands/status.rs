@@ -1,0 +1,119 @@
+//! `dlock status`: once, or `--watch`.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use super::{Connector, backend_error};
+use crate::backend::{self, Backend};
+use crate::cli;
+use crate::config::{self, Settings};
+use crate::error::usage;
+use crate::supervise::Signals;
+use crate::{exit_code, status};
+
+pub async fn cmd_status(c: &Connector<'_>, a: cli::StatusArgs) -> Result<i32> {
+    let s = c.settings;
+    for k in &a.keys {
+        config::validate_name("key", k)?;
+    }
+    let backend = c.get().await?;
+    let Some(every) = a.watch else {
+        let st = backend
+            .status(&s.namespace, &a.keys)
+            .await
+            .map_err(|e| backend_error(backend.as_ref(), e))?;
+        let text = render_status(s, backend.as_ref(), &st, a.json)?;
+        let mut out = std::io::stdout().lock();
+        match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+            // `dlock status | head`: the reader has what it wanted.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            r => r?,
+        }
+        return Ok(exit_code::SUCCESS);
+    };
+    if every < Duration::from_millis(100) {
+        return Err(usage("--watch must be at least 100ms"));
+    }
+    // Refresh until interrupted, which is the normal way to stop: exit 0.
+    let mut signals = Signals::install()?;
+    let in_place = !a.json && std::io::IsTerminal::is_terminal(&std::io::stdout());
+    // Each backend step is bounded; this only catches a status of many keys
+    // on a backend that has stopped answering altogether.
+    let bound = s.connect_timeout * 4;
+    loop {
+        let t0 = Instant::now();
+        let st = tokio::time::timeout(bound, backend.status(&s.namespace, &a.keys)).await;
+        let (body, failed) = match st {
+            Ok(Ok(st)) if a.json => (serde_json::to_string(&status::to_json(&st))? + "\n", false),
+            Ok(Ok(st)) => (render_status(s, backend.as_ref(), &st, false)?, false),
+            Ok(Err(e)) => (
+                format!("dlock: {:#}\n", backend_error(backend.as_ref(), e)),
+                true,
+            ),
+            Err(_) => (
+                format!(
+                    "dlock: backend {} did not answer within {}\n",
+                    backend.describe(),
+                    status::human_duration(bound)
+                ),
+                true,
+            ),
+        };
+        let mut out = std::io::stdout().lock();
+        let written = if a.json {
+            // Errors go to stderr: stdout stays one JSON array per line.
+            if failed {
+                eprint!("{body}");
+                Ok(())
+            } else {
+                write!(out, "{body}")
+            }
+        } else {
+            let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+            let head = format!(
+                "Every {}: dlock status on {}    {now}",
+                status::human_duration(every),
+                backend.describe()
+            );
+            let head = status::Paint(s.color).paint(status::Paint::DIM, &head);
+            if in_place {
+                // Home and clear, like watch(1).
+                write!(out, "\x1b[H\x1b[2J{head}\n\n{body}")
+            } else {
+                write!(out, "{head}\n{body}\n")
+            }
+        };
+        match written.and_then(|()| out.flush()) {
+            // The reader went away (`| head`): a normal end of a watch.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(exit_code::SUCCESS),
+            r => r?,
+        }
+        drop(out);
+        tokio::select! {
+            () = tokio::time::sleep_until((t0 + every).into()) => {}
+            _ = signals.recv() => return Ok(exit_code::SUCCESS),
+        }
+    }
+}
+
+/// The table (or JSON) for one look at the locks.
+fn render_status(
+    s: &Settings,
+    backend: &dyn Backend,
+    st: &[backend::KeyStatus],
+    json: bool,
+) -> Result<String> {
+    Ok(if json {
+        serde_json::to_string_pretty(&status::to_json(st))? + "\n"
+    } else if st.is_empty() {
+        format!(
+            "no lock is held in namespace {:?} on {}\n",
+            s.namespace,
+            backend.describe()
+        )
+    } else {
+        status::table(st, status::Paint(s.color))
+    })
+}
