@@ -31,7 +31,7 @@ for i in $(seq "$N"); do
 done
 wait "${pids[@]}"
 t1=$(date +%s%N)
-echo "== $N contenders on one key, each holding ${HOLD}s, against ${URL%%://*}://..."
+echo "== $N contenders on one key, each holding ${HOLD}s, against ${URL%%:*}"
 cat "$TMP"/*.rc | sort -n | uniq -c | awk '{printf "exit %s: %s\n", $2, $1}'
 echo "wall time: $(( (t1 - t0) / 1000000 )) ms"
 bad=$(grep -vLx 0 "$TMP"/*.rc | wc -l)

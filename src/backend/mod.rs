@@ -17,8 +17,6 @@ use crate::error::usage;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod kit;
-pub mod mysql;
-pub mod postgres;
 pub mod probe;
 pub mod redis;
 pub mod sql;
@@ -284,11 +282,9 @@ pub async fn connect(urls: &[String], connect_timeout: Duration) -> Result<Arc<d
             redis::RedisBackend::connect(urls, connect_timeout).await?,
         )),
         "postgres" | "postgresql" => Ok(Arc::new(
-            postgres::PostgresBackend::connect(first, connect_timeout).await?,
+            sql::connect_postgres(first, connect_timeout).await?,
         )),
-        "mysql" | "mariadb" => Ok(Arc::new(
-            mysql::MysqlBackend::connect(first, connect_timeout).await?,
-        )),
+        "mysql" | "mariadb" => Ok(Arc::new(sql::connect_mysql(first, connect_timeout).await?)),
         "zk" => Ok(Arc::new(zk::ZkBackend::new(first, connect_timeout)?)),
         #[cfg(feature = "etcd")]
         "etcd" | "etcds" => Ok(Arc::new(

@@ -1,0 +1,723 @@
+//! PostgreSQL and MySQL/MariaDB: one engine over two dialects.
+//!
+//! A lease row per holder, judged by the database server's clock, never the
+//! client's. Tables (created if missing; `?dlock_table=NAME` in the URL
+//! renames the `dlock` prefix): `dlock_lease` (one row per held lease),
+//! `dlock_fence` (the per-key token counter) and `dlock_waiter` (waiters,
+//! for `status`). Acquisition is one transaction of the same steps on both:
+//! lock the key's fence row (contenders queue on that row lock, so no more
+//! than `--limit` are ever admitted), delete expired leases, read the live
+//! ones, and if there is room bump the token and insert our lease, dropping
+//! our waiter row in the same transaction. Every value is a bound parameter.
+//!
+//! What differs is in a [`Dialect`]: the statements' spelling, the tables,
+//! the token bump, how a waiter is woken (PostgreSQL `LISTEN`/`NOTIFY`,
+//! MySQL `GET_LOCK`), and the doctor's durability check. The engine talks
+//! through sqlx's `Any` driver, so it is written once.
+
+mod mysql;
+mod postgres;
+
+pub use mysql::connect as connect_mysql;
+pub use postgres::connect as connect_postgres;
+
+use std::sync::Mutex as StdMutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Result;
+use async_trait::async_trait;
+use sqlx::AnyPool;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AssertSqlSafe, Row};
+
+use super::kit::{self, Kind};
+use super::{
+    Attempt, Backend, Holder, KeyStatus, Lease, LeaseKind, LockSpec, Owner, PingInfo, Poll,
+    Renewal, Waiting,
+};
+use crate::backend::probe::{Check, Level};
+use crate::error::usage;
+
+/// Table names; `?dlock_table=NAME` in the URL changes the `dlock` prefix
+/// (for sites with naming rules). The parameter is removed before the URL
+/// reaches the driver.
+pub struct Names {
+    pub lease: String,
+    pub fence: String,
+    pub waiter: String,
+    pub prefix: String,
+}
+
+impl Names {
+    pub fn from_url(url: &str) -> Result<(String, Names)> {
+        let mut prefix = "dlock".to_string();
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("dlock_table", v)) => prefix = v.to_string(),
+                _ => kept.push(pair),
+            }
+        }
+        let ok = !prefix.is_empty()
+            && prefix.len() <= 48
+            && prefix
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok {
+            return Err(usage(format!(
+                "dlock_table={prefix:?}: a table prefix must be a plain identifier (letters, digits, _)"
+            )));
+        }
+        let url = if kept.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
+        Ok((
+            url,
+            Names {
+                lease: format!("{prefix}_lease"),
+                fence: format!("{prefix}_fence"),
+                waiter: format!("{prefix}_waiter"),
+                prefix,
+            },
+        ))
+    }
+}
+
+/// How long a waiter row lasts without being renewed; a waiter renews it
+/// every third of this (its polls are at most a second apart), so one that
+/// died or gave up stops being counted within this.
+pub const WAITER_LAPSE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// One key's status from its live lease rows; `holder` reads a row as the
+/// holder and the `--limit` it was taken with.
+pub fn key_status<R>(
+    key: String,
+    rows: &[R],
+    waiters: Option<u64>,
+    holder: impl Fn(&R) -> Result<(Holder, u32)>,
+) -> Result<KeyStatus> {
+    let mut limit = 1u32;
+    let mut holders = Vec::with_capacity(rows.len());
+    for r in rows {
+        let (h, lim) = holder(r)?;
+        limit = limit.max(lim);
+        holders.push(h);
+    }
+    Ok(KeyStatus {
+        key,
+        limit,
+        holders,
+        waiters,
+    })
+}
+
+pub fn fnv64(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.bytes().chain(std::iter::once(0)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// A short identifier naming one key, safe to use unquoted (LISTEN channel,
+/// GET_LOCK name).
+pub fn channel_name(ns: &str, key: &str) -> String {
+    format!("dlock_{:016x}", fnv64(&[ns, key]))
+}
+
+/// Waiters counted per key from `(key, count)` rows; `None` when the count
+/// could not be read (no waiter table: dlock may not create tables there).
+pub fn waiters_of(counts: &Option<Vec<(String, i64)>>, key: &str) -> Option<u64> {
+    counts.as_ref().map(|c| {
+        c.iter()
+            .find(|(n, _)| n == key)
+            .map_or(0, |(_, n)| *n as u64)
+    })
+}
+
+/// How one SQL dialect spells what the doctor's probe needs.
+pub struct Spelling {
+    /// The key column (`key`, or `lkey` where `key` is reserved).
+    pub key: &'static str,
+    /// The one bind parameter (`$1` or `?`).
+    pub param: &'static str,
+    /// The server's current time.
+    pub now: &'static str,
+}
+
+impl Names {
+    /// Every kind of statement dlock makes on the lock tables, on a key of
+    /// its own (bound as the one parameter), for a probe that is rolled back.
+    pub fn probe_statements(&self, d: &Spelling) -> Vec<String> {
+        let (k, p, now) = (d.key, d.param, d.now);
+        vec![
+            format!(
+                "INSERT INTO {} (ns, {k}, token) VALUES ('', {p}, 0)",
+                self.fence
+            ),
+            format!(
+                "UPDATE {} SET token = token + 1 WHERE ns = '' AND {k} = {p}",
+                self.fence
+            ),
+            format!(
+                "INSERT INTO {} (ns, {k}, id, token, owner, host, pid, lim, acquired_at, expires_at)
+                 VALUES ('', {p}, 'doctor', 0, '', '', 0, 1, {now}, {now})",
+                self.lease
+            ),
+            format!(
+                "UPDATE {} SET expires_at = {now} WHERE ns = '' AND {k} = {p}",
+                self.lease
+            ),
+            format!("DELETE FROM {} WHERE ns = '' AND {k} = {p}", self.lease),
+            format!("DELETE FROM {} WHERE ns = '' AND {k} = {p}", self.fence),
+        ]
+    }
+
+    /// The doctor's findings from the rights probe and from reading the
+    /// waiter table.
+    pub fn judge_access(&self, probe: Result<()>, waiters: Result<()>) -> Vec<Check> {
+        let mut out = vec![match probe {
+            Ok(()) => Check::ok(
+                "rights",
+                format!(
+                    "dlock's user may take and release locks in {} and {}",
+                    self.lease, self.fence
+                ),
+            ),
+            Err(e) => Check::new(Level::Fail, "rights", format!("{e:#}")).fix(format!(
+                "GRANT SELECT, INSERT, UPDATE, DELETE ON {}, {}, {} TO the user in the URL",
+                self.lease, self.fence, self.waiter
+            )),
+        }];
+        if let Err(e) = waiters {
+            out.push(
+                Check::new(
+                    Level::Info,
+                    "waiters",
+                    format!("`status` cannot count waiters: {e:#}"),
+                )
+                .fix(format!(
+                    "create {} (dlock does when it may) and grant access to it",
+                    self.waiter
+                )),
+            );
+        }
+        out
+    }
+}
+
+/// What kind of failure a database error is: "too many connections" is a
+/// full server (waited out like a busy lock), a rejected login or missing
+/// privilege is final, anything else is an outage.
+pub fn kind(e: &sqlx::Error) -> Kind {
+    match e {
+        sqlx::Error::Database(db) => {
+            if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+                // ER_CON_COUNT_ERROR, ER_TOO_MANY_USER_CONNECTIONS,
+                // ER_USER_LIMIT_REACHED; access denied (db, user, plugin).
+                return match my.number() {
+                    1040 | 1203 | 1226 => Kind::Full,
+                    1044 | 1045 | 1698 => Kind::Denied,
+                    _ => Kind::Outage,
+                };
+            }
+            match db.code().as_deref() {
+                // too_many_connections
+                Some("53300") => Kind::Full,
+                // invalid authorization, insufficient privilege
+                Some(c) if c.starts_with("28") || c == "42501" => Kind::Denied,
+                _ => Kind::Outage,
+            }
+        }
+        sqlx::Error::Tls(_) => Kind::Denied,
+        _ => Kind::Outage,
+    }
+}
+
+/// The typed error for a failed connection. sqlx's pool retries a refused
+/// or full server until its time-out and then says only "pool timed out";
+/// one direct attempt (`probe`) then tells which it was.
+pub async fn connect_error<F, C>(
+    service: &str,
+    e: sqlx::Error,
+    timeout: std::time::Duration,
+    probe: F,
+) -> anyhow::Error
+where
+    F: std::future::Future<Output = Result<C, sqlx::Error>>,
+{
+    let e = match e {
+        sqlx::Error::PoolTimedOut => match tokio::time::timeout(timeout, probe).await {
+            Ok(Err(e)) => e,
+            _ => return kit::no_answer(service, "connect", timeout),
+        },
+        e => e,
+    };
+    kit::typed(kind(&e), format!("{service}: connect: {e}"))
+}
+
+/// A server's clock reading in microseconds since the epoch.
+pub fn epoch_micros(us: i64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_micros(us.max(0) as u64)
+}
+
+/// The statements of one dialect. Each takes its parameters in the order
+/// its comment gives, the same on every dialect, so the engine binds them
+/// once for all.
+pub struct Statements {
+    /// (ns, key): create the key's fence row, or lock it.
+    pub fence: String,
+    /// (ns, key)
+    pub delete_expired: String,
+    /// (ns, key) -> id, token, owner, host, pid, lim, acquired_us, left_us,
+    /// the live leases, oldest first.
+    pub holders: String,
+    /// As `holders`, inside the acquiring transaction.
+    pub holders_locked: String,
+    /// (ns, key): bump the token on its own, where `insert` cannot; the
+    /// statement's LAST_INSERT_ID is the token.
+    pub bump: Option<String>,
+    /// (ns, key, id, owner, host, pid, lim, ttl_us): insert our lease
+    /// (returning the token, where there is no `bump`).
+    pub insert: String,
+    /// (ns, key, id)
+    pub delete_waiter: String,
+    /// (ns, key, id, lapse_us)
+    pub upsert_waiter: String,
+    /// (ns, key): waiter rows of processes that died long ago.
+    pub stale_waiters: String,
+    /// (ttl_us, ns, key, id)
+    pub renew: String,
+    /// (ns, key, id): deletes our live lease.
+    pub release: String,
+    /// (ns, key): deletes every live lease of the key.
+    pub force: String,
+    /// (ns) -> key, every key with a live lease.
+    pub held_keys: String,
+    /// (ns) -> key, count of live waiter rows.
+    pub waiter_counts: String,
+    /// -> the server's version.
+    pub version: &'static str,
+    /// -> the server's clock, microseconds since the epoch.
+    pub clock_us: &'static str,
+    pub spelling: Spelling,
+}
+
+/// What one database does its own way, beside its statements.
+#[async_trait]
+pub trait Dialect: Send + Sync {
+    /// The service's name in messages: `PostgreSQL`, `MySQL`.
+    fn service(&self) -> &'static str;
+    /// The product, from its version string, for `ping`.
+    fn product(&self, version: &str) -> &'static str;
+    /// We took `spec.key` (MySQL holds a wake-up lock for it).
+    async fn taken(&self, _spec: &LockSpec, _kind: LeaseKind) {}
+    /// We let go of a key, or broke it: wake its waiters.
+    async fn freed(&self, e: &SqlBackend, ns: &str, key: &str);
+    /// Sleep until trying `spec.key` again is worthwhile, or `bound`.
+    async fn wait(&self, spec: &LockSpec, bound: Instant);
+    /// The doctor's finding on durability settings.
+    async fn durability(&self, e: &SqlBackend) -> Check;
+}
+
+/// The engine: a lease row per holder, for any [`Dialect`].
+pub struct SqlBackend {
+    shown: String,
+    pool: AnyPool,
+    t: Names,
+    q: Statements,
+    d: Box<dyn Dialect>,
+    timeout: Duration,
+    /// The soonest a busy key's holder can expire, from the last attempt.
+    next_expiry: StdMutex<Option<Instant>>,
+    waiting: Waiting,
+}
+
+/// A lease row: the holder, the `--limit` it was taken with, and how many
+/// microseconds it has left by the server's clock.
+fn holder(r: &AnyRow) -> Result<(Holder, u32, i64)> {
+    let acquired_us: i64 = r.try_get("acquired_us")?;
+    let left_us: i64 = r.try_get("left_us")?;
+    let pid: i64 = r.try_get("pid")?;
+    let token: i64 = r.try_get("token")?;
+    let lim: i32 = r.try_get("lim")?;
+    Ok((
+        Holder {
+            owner: Some(r.try_get("owner")?),
+            host: Some(r.try_get("host")?),
+            pid: Some(pid as u32),
+            token: Some(token as u64),
+            acquired_at: Some(UNIX_EPOCH + Duration::from_micros(acquired_us.max(0) as u64)),
+            expires_at: Some(SystemTime::now() + Duration::from_micros(left_us.max(0) as u64)),
+        },
+        lim.max(1) as u32,
+        left_us,
+    ))
+}
+
+fn us(d: Duration) -> i64 {
+    d.as_micros().min(i64::MAX as u128) as i64
+}
+
+impl SqlBackend {
+    /// Connect to `url` (sqlx's own form, for the `Any` driver) with one
+    /// connection: a database connection costs a server process or
+    /// thread, and a pool of more opens a second one whenever the first is
+    /// on its way back.
+    async fn open(
+        shown: String,
+        url: &str,
+        timeout: Duration,
+        t: Names,
+        q: Statements,
+        d: Box<dyn Dialect>,
+    ) -> Result<SqlBackend> {
+        static DRIVERS: std::sync::Once = std::sync::Once::new();
+        DRIVERS.call_once(sqlx::any::install_default_drivers);
+        let service = format!("{} {shown}", d.service());
+        let pool = match AnyPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(timeout)
+            .connect(url)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                let probe = <sqlx::AnyConnection as sqlx::Connection>::connect(url);
+                return Err(connect_error(&service, e, timeout, probe).await);
+            }
+        };
+        Ok(SqlBackend {
+            shown,
+            pool,
+            t,
+            q,
+            d,
+            timeout,
+            next_expiry: StdMutex::new(None),
+            waiting: Waiting::new(),
+        })
+    }
+
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        f: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T> {
+        let service = format!("{} {}", self.d.service(), self.shown);
+        kit::bounded(&service, what, self.timeout, f, kind).await
+    }
+
+    /// Run DDL (several statements) once.
+    async fn ddl(&self, what: &str, sql: String) -> Result<()> {
+        self.bounded(what, sqlx::raw_sql(AssertSqlSafe(sql)).execute(&self.pool))
+            .await
+            .map(drop)
+    }
+
+    /// Delete the rows of our waiter entries.
+    async fn drop_waiters(&self) {
+        for (ns, key) in self.waiting.clear() {
+            let q = sqlx::query(AssertSqlSafe(self.q.delete_waiter.as_str()))
+                .bind(ns)
+                .bind(key)
+                .bind(&self.waiting.id)
+                .execute(&self.pool);
+            let _ = self.bounded("waiting", q).await;
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for SqlBackend {
+    fn describe(&self) -> String {
+        self.shown.clone()
+    }
+
+    async fn acquire(
+        &self,
+        spec: &LockSpec,
+        me: &Owner,
+        deadline: Option<Instant>,
+    ) -> Result<Attempt> {
+        kit::poll(self, spec, me, deadline).await
+    }
+
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Renewal> {
+        let q = sqlx::query(AssertSqlSafe(self.q.renew.as_str()))
+            .bind(us(ttl))
+            .bind(&lease.namespace)
+            .bind(&lease.key)
+            .bind(&lease.id)
+            .execute(&self.pool);
+        Ok(if self.bounded("renew", q).await?.rows_affected() == 1 {
+            Renewal::Renewed
+        } else {
+            Renewal::Lost
+        })
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<bool> {
+        let q = sqlx::query(AssertSqlSafe(self.q.release.as_str()))
+            .bind(&lease.namespace)
+            .bind(&lease.key)
+            .bind(&lease.id)
+            .execute(&self.pool);
+        let n = self.bounded("release", q).await?.rows_affected();
+        self.d.freed(self, &lease.namespace, &lease.key).await;
+        Ok(n == 1)
+    }
+
+    async fn release_after(&self, lease: &Lease, remaining: Duration) -> Result<bool> {
+        let kept = self
+            .renew(lease, remaining.max(Duration::from_millis(1)))
+            .await?
+            == Renewal::Renewed;
+        self.d.freed(self, &lease.namespace, &lease.key).await;
+        Ok(kept)
+    }
+
+    async fn force_release(&self, namespace: &str, key: &str) -> Result<u64> {
+        let q = sqlx::query(AssertSqlSafe(self.q.force.as_str()))
+            .bind(namespace)
+            .bind(key)
+            .execute(&self.pool);
+        let n = self.bounded("force release", q).await?.rows_affected();
+        self.d.freed(self, namespace, key).await;
+        Ok(n)
+    }
+
+    async fn status(&self, namespace: &str, keys: &[String]) -> Result<Vec<KeyStatus>> {
+        let mut names = keys.to_vec();
+        if names.is_empty() {
+            let q = sqlx::query_scalar(AssertSqlSafe(self.q.held_keys.as_str()))
+                .bind(namespace)
+                .fetch_all(&self.pool);
+            names = self.bounded("status", q).await?;
+        }
+        // Without a waiter table (dlock may not create one there): no count.
+        let q = sqlx::query_as(AssertSqlSafe(self.q.waiter_counts.as_str()))
+            .bind(namespace)
+            .fetch_all(&self.pool);
+        let counts: Option<Vec<(String, i64)>> = self.bounded("status", q).await.ok();
+        let mut out = Vec::new();
+        for k in names {
+            let q = sqlx::query(AssertSqlSafe(self.q.holders.as_str()))
+                .bind(namespace)
+                .bind(&k)
+                .fetch_all(&self.pool);
+            let rows: Vec<AnyRow> = self.bounded("status", q).await?;
+            let w = waiters_of(&counts, &k);
+            out.push(key_status(k, &rows, w, |r| {
+                holder(r).map(|(h, lim, _)| (h, lim))
+            })?);
+        }
+        Ok(out)
+    }
+
+    async fn ping(&self) -> Result<PingInfo> {
+        let q = sqlx::query_scalar(self.q.version).fetch_one(&self.pool);
+        let version: String = self.bounded("ping", q).await?;
+        Ok(PingInfo {
+            kind: self.d.product(&version),
+            version,
+            detail: self.shown.clone(),
+        })
+    }
+
+    async fn close(&self) {
+        self.drop_waiters().await;
+    }
+
+    async fn doctor(&self, _ttl: Duration, _timeout: Duration) -> Vec<Check> {
+        let mut out = vec![self.d.durability(self).await];
+        // Rights: every statement dlock makes, rolled back.
+        let probe_key = format!("doctor-{}", self.waiting.id);
+        let probe = async {
+            let mut tx = self.pool.begin().await?;
+            for sql in self.t.probe_statements(&self.q.spelling) {
+                sqlx::query(AssertSqlSafe(sql))
+                    .bind(&probe_key)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.rollback().await
+        };
+        let probe = self.bounded("a rolled-back test write", probe).await;
+        let waiters = sqlx::query(AssertSqlSafe(format!(
+            "SELECT 1 FROM {} LIMIT 1",
+            self.t.waiter
+        )))
+        .fetch_optional(&self.pool);
+        let waiters = self
+            .bounded("reading the waiter table", waiters)
+            .await
+            .map(drop);
+        out.extend(self.t.judge_access(probe, waiters));
+        out
+    }
+
+    async fn server_time(&self) -> Result<Option<SystemTime>> {
+        let q = sqlx::query_scalar(self.q.clock_us).fetch_one(&self.pool);
+        let us: i64 = self.bounded("reading the server's clock", q).await?;
+        Ok(Some(epoch_micros(us)))
+    }
+}
+
+#[async_trait]
+impl Poll for SqlBackend {
+    async fn try_acquire(&self, spec: &LockSpec, me: &Owner) -> Result<Attempt> {
+        let granted_at = Instant::now();
+        let (ns, key) = (&spec.namespace, &spec.key);
+        let q = &self.q;
+        let attempt = async {
+            let mut tx = self.pool.begin().await?;
+            // Lock this key's fence row: contenders queue here.
+            for sql in [&q.fence, &q.delete_expired] {
+                sqlx::query(AssertSqlSafe(sql.as_str()))
+                    .bind(ns)
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let rows = sqlx::query(AssertSqlSafe(q.holders_locked.as_str()))
+                .bind(ns)
+                .bind(key)
+                .fetch_all(&mut *tx)
+                .await?;
+            if rows.len() >= spec.limit as usize {
+                tx.commit().await?;
+                return Ok::<_, sqlx::Error>(Err(rows));
+            }
+            let bumped = match &q.bump {
+                Some(bump) => {
+                    let r = sqlx::query(AssertSqlSafe(bump.as_str()))
+                        .bind(ns)
+                        .bind(key)
+                        .execute(&mut *tx)
+                        .await?;
+                    Some(r.last_insert_id().unwrap_or(0))
+                }
+                None => None,
+            };
+            let insert = sqlx::query(AssertSqlSafe(q.insert.as_str()))
+                .bind(ns)
+                .bind(key)
+                .bind(&me.id)
+                .bind(&me.user)
+                .bind(&me.host)
+                .bind(i64::from(me.pid))
+                .bind(spec.limit as i32)
+                .bind(us(spec.ttl));
+            let token: i64 = match bumped {
+                Some(t) => {
+                    insert.execute(&mut *tx).await?;
+                    t
+                }
+                None => insert.fetch_one(&mut *tx).await?.try_get(0)?,
+            };
+            // No longer a waiter: in the same transaction, so the new holder
+            // is never counted as both.
+            if self.waiting.has(ns, key) {
+                sqlx::query(AssertSqlSafe(q.delete_waiter.as_str()))
+                    .bind(ns)
+                    .bind(key)
+                    .bind(&self.waiting.id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(Ok(token))
+        };
+        match self.bounded("acquire", attempt).await? {
+            Ok(token) => {
+                self.waiting.done(ns, key);
+                self.d.taken(spec, me.kind).await;
+                Ok(Attempt::Acquired(Lease {
+                    namespace: ns.clone(),
+                    key: key.clone(),
+                    token: token as u64,
+                    id: me.id.clone(),
+                    ttl: spec.ttl,
+                    granted_at,
+                }))
+            }
+            Err(rows) => {
+                let mut hs = Vec::new();
+                let mut soonest = i64::MAX;
+                for r in &rows {
+                    let (h, _, left) = holder(r)?;
+                    soonest = soonest.min(left);
+                    hs.push(h);
+                }
+                *self.next_expiry.lock().unwrap() = Some(
+                    Instant::now() + Duration::from_micros(soonest.clamp(0, 3_600_000_000) as u64),
+                );
+                Ok(Attempt::Busy(hs))
+            }
+        }
+    }
+
+    async fn wait_change(&self, spec: &LockSpec, until: Option<Instant>) -> Result<()> {
+        let (ns, key) = (&spec.namespace, &spec.key);
+        if self.waiting.due(ns, key, WAITER_LAPSE) {
+            // Counted as a waiter for `status`; best effort.
+            let row = sqlx::query(AssertSqlSafe(self.q.upsert_waiter.as_str()))
+                .bind(ns)
+                .bind(key)
+                .bind(&self.waiting.id)
+                .bind(us(WAITER_LAPSE))
+                .execute(&self.pool);
+            if self.bounded("waiting", row).await.is_ok() && self.waiting.note(ns, key) {
+                // Rows of waiters that died long ago: once per key and process.
+                let stale = sqlx::query(AssertSqlSafe(self.q.stale_waiters.as_str()))
+                    .bind(ns)
+                    .bind(key)
+                    .execute(&self.pool);
+                let _ = self.bounded("waiting", stale).await;
+            }
+        }
+        // At least once a second, and just after the soonest holder expires.
+        let cap = Instant::now() + Duration::from_secs(1);
+        let expiry = self
+            .next_expiry
+            .lock()
+            .unwrap()
+            .map(|e| e + Duration::from_millis(5));
+        let bound = [Some(cap), until, expiry]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(cap);
+        self.d.wait(spec, bound).await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_option() {
+        let (u, n) = Names::from_url("postgres://h/db?dlock_table=locks&sslmode=disable").unwrap();
+        assert_eq!(u, "postgres://h/db?sslmode=disable");
+        assert_eq!(n.lease, "locks_lease");
+        assert!(Names::from_url("postgres://h/db?dlock_table=x;drop").is_err());
+        let (u, n) = Names::from_url("mysql://h/db").unwrap();
+        assert_eq!(
+            (u.as_str(), n.fence.as_str()),
+            ("mysql://h/db", "dlock_fence")
+        );
+    }
+}

@@ -1,0 +1,308 @@
+//! MySQL's and MariaDB's dialect: `lkey` is the key column (`key` is
+//! reserved), expiry is against `UTC_TIMESTAMP(6)`, and the token is bumped
+//! with `LAST_INSERT_ID(token + 1)` in a statement of its own.
+//!
+//! Waiting uses a server-side wait instead of a poll: a `run` holder keeps
+//! `GET_LOCK(name)` on a connection of its own for as long as it holds the
+//! key; a waiter blocks in `GET_LOCK(name, timeout)` on its own connection,
+//! which the server grants the moment the holder releases it or its
+//! connection dies. Where nobody holds it (a lock taken by `dlock acquire`,
+//! `--limit` > 1), waiters poll with a backoff from 5 ms to 100 ms.
+
+use std::str::FromStr;
+use std::sync::Mutex as StdMutex;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use async_trait::async_trait;
+use sqlx::Connection;
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
+use tokio::sync::Mutex;
+
+use super::{Dialect, Names, Spelling, SqlBackend, Statements, channel_name};
+use crate::backend::probe::{Check, Level};
+use crate::backend::{LeaseKind, LockSpec, redact_url};
+use crate::error::usage;
+
+const POLL_MIN: Duration = Duration::from_millis(5);
+const POLL_MAX: Duration = Duration::from_millis(100);
+
+struct Mysql {
+    opts: MySqlConnectOptions,
+    timeout: Duration,
+    /// Names server-side locks uniquely per database and table prefix.
+    wake_scope: String,
+    /// Connections holding GET_LOCK for keys we hold, by lock name.
+    held: Mutex<Vec<(String, MySqlConnection)>>,
+    /// The connection a waiter blocks on.
+    waiter: Mutex<Option<MySqlConnection>>,
+    poll: StdMutex<Duration>,
+}
+
+fn statements(t: &Names) -> Statements {
+    let (lease, fence, waiter) = (&t.lease, &t.fence, &t.waiter);
+    let holders = format!(
+        "SELECT id, token, owner, host, pid, lim,
+                CAST(TIMESTAMPDIFF(MICROSECOND, '1970-01-01', acquired_at) AS SIGNED) AS acquired_us,
+                CAST(TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires_at) AS SIGNED) AS left_us
+           FROM {lease} WHERE ns = ? AND lkey = ? AND expires_at > UTC_TIMESTAMP(6) ORDER BY acquired_at"
+    );
+    Statements {
+        fence: format!(
+            "INSERT INTO {fence} (ns, lkey, token) VALUES (?, ?, 0) ON DUPLICATE KEY UPDATE token = token"
+        ),
+        delete_expired: format!(
+            "DELETE FROM {lease} WHERE ns = ? AND lkey = ? AND expires_at <= UTC_TIMESTAMP(6)"
+        ),
+        holders_locked: format!("{holders} LOCK IN SHARE MODE"),
+        holders,
+        bump: Some(format!(
+            "UPDATE {fence} SET token = LAST_INSERT_ID(token + 1) WHERE ns = ? AND lkey = ?"
+        )),
+        insert: format!(
+            "INSERT INTO {lease} (ns, lkey, id, token, owner, host, pid, lim, acquired_at, expires_at)
+             VALUES (?, ?, ?, LAST_INSERT_ID(), ?, ?, ?, ?, UTC_TIMESTAMP(6),
+                     UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)"
+        ),
+        delete_waiter: format!("DELETE FROM {waiter} WHERE ns = ? AND lkey = ? AND id = ?"),
+        upsert_waiter: format!(
+            "INSERT INTO {waiter} (ns, lkey, id, expires_at)
+             VALUES (?, ?, ?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)
+             ON DUPLICATE KEY UPDATE expires_at = VALUES(expires_at)"
+        ),
+        stale_waiters: format!(
+            "DELETE FROM {waiter} WHERE ns = ? AND lkey = ?
+                AND expires_at < UTC_TIMESTAMP(6) - INTERVAL 1 MINUTE"
+        ),
+        renew: format!(
+            "UPDATE {lease} SET expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND
+              WHERE ns = ? AND lkey = ? AND id = ? AND expires_at > UTC_TIMESTAMP(6)"
+        ),
+        release: format!(
+            "DELETE FROM {lease} WHERE ns = ? AND lkey = ? AND id = ? AND expires_at > UTC_TIMESTAMP(6)"
+        ),
+        force: format!(
+            "DELETE FROM {lease} WHERE ns = ? AND lkey = ? AND expires_at > UTC_TIMESTAMP(6)"
+        ),
+        held_keys: format!(
+            "SELECT DISTINCT lkey FROM {lease} WHERE ns = ? AND expires_at > UTC_TIMESTAMP(6) ORDER BY lkey"
+        ),
+        waiter_counts: format!(
+            "SELECT lkey, COUNT(*) FROM {waiter}
+              WHERE ns = ? AND expires_at > UTC_TIMESTAMP(6) GROUP BY lkey"
+        ),
+        version: "SELECT VERSION()",
+        clock_us: "SELECT CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)",
+        spelling: Spelling {
+            key: "lkey",
+            param: "?",
+            now: "UTC_TIMESTAMP(6)",
+        },
+    }
+}
+
+/// Connect, and create the tables where they are missing.
+pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend> {
+    let shown = redact_url(url);
+    let (url, t) = Names::from_url(url)?;
+    let url = match url.strip_prefix("mariadb://") {
+        Some(rest) => format!("mysql://{rest}"),
+        None => url,
+    };
+    // Session times in UTC, as the lease columns are.
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let url = format!("{url}{sep}timezone=%2B00:00");
+    let opts = MySqlConnectOptions::from_str(&url)
+        .map_err(|e| usage(format!("bad MySQL URL {shown}: {e}")))?;
+    let db = opts.get_database().unwrap_or_default().to_string();
+    let d = Mysql {
+        opts,
+        timeout,
+        wake_scope: format!("{db}.{}", t.prefix),
+        held: Mutex::new(Vec::new()),
+        waiter: Mutex::new(None),
+        poll: StdMutex::new(POLL_MIN),
+    };
+    let q = statements(&t);
+    let b = SqlBackend::open(shown, &url, timeout, t, q, Box::new(d)).await?;
+    let table = |name: &str, cols: &str, key: &str| {
+        format!(
+            "CREATE TABLE IF NOT EXISTS {name} ({cols}, PRIMARY KEY ({key}))
+             ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+        )
+    };
+    let (ns, lkey, id) = (
+        "ns VARCHAR(191) NOT NULL",
+        "lkey VARCHAR(512) NOT NULL",
+        "id VARCHAR(64) NOT NULL",
+    );
+    b.ddl(
+        "create tables",
+        table(
+            &b.t.lease,
+            &format!(
+                "{ns}, {lkey}, {id}, token BIGINT NOT NULL, owner VARCHAR(255) NOT NULL,
+                 host VARCHAR(255) NOT NULL, pid BIGINT NOT NULL, lim INT NOT NULL,
+                 acquired_at DATETIME(6) NOT NULL, expires_at DATETIME(6) NOT NULL"
+            ),
+            "ns, lkey, id",
+        ),
+    )
+    .await?;
+    b.ddl(
+        "create tables",
+        table(
+            &b.t.fence,
+            &format!("{ns}, {lkey}, token BIGINT NOT NULL"),
+            "ns, lkey",
+        ),
+    )
+    .await?;
+    // Waiter rows only feed `status`: without the table, locking works and
+    // `status` shows no waiter count.
+    let _ = b
+        .ddl(
+            "create the waiter table",
+            table(
+                &b.t.waiter,
+                &format!("{ns}, {lkey}, {id}, expires_at DATETIME(6) NOT NULL"),
+                "ns, lkey, id",
+            ),
+        )
+        .await;
+    Ok(b)
+}
+
+impl Mysql {
+    /// The server-side lock name for a key.
+    fn wake_name(&self, ns: &str, key: &str) -> String {
+        format!(
+            "{}_w",
+            channel_name(&format!("{}\0{ns}", self.wake_scope), key)
+        )
+    }
+
+    fn next_poll(&self) -> Duration {
+        let mut p = self.poll.lock().unwrap();
+        let cur = *p;
+        *p = (cur * 2).min(POLL_MAX);
+        cur
+    }
+}
+
+#[async_trait]
+impl Dialect for Mysql {
+    fn service(&self) -> &'static str {
+        "MySQL"
+    }
+
+    fn product(&self, version: &str) -> &'static str {
+        if version.to_ascii_lowercase().contains("mariadb") {
+            "mariadb"
+        } else {
+            "mysql"
+        }
+    }
+
+    /// Hold GET_LOCK for a key a `run` holds alone, on a connection of its own.
+    async fn taken(&self, spec: &LockSpec, kind: LeaseKind) {
+        *self.poll.lock().unwrap() = POLL_MIN;
+        if kind != LeaseKind::Run || spec.limit != 1 {
+            return;
+        }
+        let name = self.wake_name(&spec.namespace, &spec.key);
+        let take = async {
+            let mut c = MySqlConnection::connect_with(&self.opts).await?;
+            let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, 0.2)")
+                .bind(&name)
+                .fetch_one(&mut c)
+                .await?;
+            Ok::<_, sqlx::Error>((got == Some(1)).then_some(c))
+        };
+        if let Ok(Ok(Some(c))) = tokio::time::timeout(self.timeout, take).await {
+            self.held.lock().await.push((name, c));
+        }
+    }
+
+    async fn freed(&self, _e: &SqlBackend, ns: &str, key: &str) {
+        let name = self.wake_name(ns, key);
+        let mut held = self.held.lock().await;
+        if let Some(i) = held.iter().position(|(n, _)| *n == name) {
+            let (_, c) = held.remove(i);
+            let _ = tokio::time::timeout(self.timeout, c.close()).await;
+        }
+    }
+
+    async fn wait(&self, spec: &LockSpec, bound: Instant) {
+        if spec.limit > 1 {
+            tokio::time::sleep_until(bound.min(Instant::now() + self.next_poll()).into()).await;
+            return;
+        }
+        let name = self.wake_name(&spec.namespace, &spec.key);
+        let started = Instant::now();
+        let mut w = self.waiter.lock().await;
+        let secs = bound
+            .saturating_duration_since(Instant::now())
+            .as_secs_f64();
+        let wait = async {
+            if w.is_none() {
+                *w = Some(MySqlConnection::connect_with(&self.opts).await?);
+            }
+            let c = w.as_mut().expect("just made");
+            let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
+                .bind(&name)
+                .bind(secs)
+                .fetch_one(&mut *c)
+                .await?;
+            if got == Some(1) {
+                sqlx::query("SELECT RELEASE_LOCK(?)")
+                    .bind(&name)
+                    .execute(&mut *c)
+                    .await?;
+            }
+            Ok::<_, sqlx::Error>(())
+        };
+        match tokio::time::timeout_at((bound + Duration::from_millis(500)).into(), wait).await {
+            Ok(Ok(())) => {}
+            // A connection stuck in GET_LOCK or broken (or refused: the
+            // server may be full) is dropped; the next wait makes a new one.
+            _ => *w = None,
+        }
+        drop(w);
+        if started.elapsed() < Duration::from_millis(2) {
+            // Granted at once: nobody holds the wake-up lock (a handle's
+            // lease, or a holder that lost it). Poll.
+            tokio::time::sleep_until(bound.min(Instant::now() + self.next_poll()).into()).await;
+        } else {
+            *self.poll.lock().unwrap() = POLL_MIN;
+        }
+    }
+
+    async fn durability(&self, e: &SqlBackend) -> Check {
+        // Settings under which a crash can take back a committed lease row.
+        let flush = sqlx::query_scalar::<_, String>(
+            "SELECT CAST(@@innodb_flush_log_at_trx_commit AS CHAR)",
+        )
+        .fetch_one(&e.pool);
+        match e.bounded("doctor", flush).await {
+            Ok(v) if v == "1" => Check::ok(
+                "durability",
+                "innodb_flush_log_at_trx_commit = 1: a committed lease survives a crash",
+            ),
+            Ok(v) => Check::new(
+                Level::Warn,
+                "durability",
+                format!(
+                    "{} has innodb_flush_log_at_trx_commit = {v}: a crash can lose about a second of commits, a lease just taken among them, and another process then takes the lock while its holder runs",
+                    e.shown
+                ),
+            )
+            .fix("SET GLOBAL innodb_flush_log_at_trx_commit = 1 (and in my.cnf)"),
+            Err(err) => Check::new(
+                Level::Warn,
+                "durability",
+                format!("cannot read innodb_flush_log_at_trx_commit: {err:#}"),
+            ),
+        }
+    }
+}
