@@ -153,9 +153,40 @@ impl ZkBackend {
                 if let Some(a) = &self.auth {
                     c = c.with_auth("digest", a);
                 }
-                self.bounded("connect", c.connect(&self.cluster)).await
+                let service = format!("ZooKeeper {}", self.shown);
+                match tokio::time::timeout(self.timeout, c.connect(&self.cluster)).await {
+                    Ok(Ok(client)) => Ok(client),
+                    Ok(Err(e)) => {
+                        // A server past `maxClientCnxns` for our address
+                        // accepts the connection and closes it at once: up,
+                        // but full. A server that is down refuses it.
+                        let k = match kind(&e) {
+                            Kind::Outage if self.accepts_tcp().await => Kind::Full,
+                            k => k,
+                        };
+                        let why = if k == Kind::Full {
+                            " (it accepts connections but drops ours: too many from this address?)"
+                        } else {
+                            ""
+                        };
+                        Err(kit::typed(k, format!("{service}: connect: {e}{why}")))
+                    }
+                    Err(_) => Err(kit::no_answer(&service, "connect", self.timeout)),
+                }
             })
             .await
+    }
+
+    /// Whether any listed server accepts a TCP connection.
+    async fn accepts_tcp(&self) -> bool {
+        let hosts = self.cluster.split('/').next().unwrap_or_default();
+        for h in hosts.split(',').filter(|h| !h.is_empty()) {
+            let c = tokio::net::TcpStream::connect(h);
+            if matches!(tokio::time::timeout(self.timeout / 4, c).await, Ok(Ok(_))) {
+                return true;
+            }
+        }
+        false
     }
 
     fn acls(&self) -> zk::Acls<'static> {
