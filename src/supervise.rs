@@ -42,14 +42,32 @@ pub const FORWARDED: [Signal; 6] = [
 
 /// Signal streams for [`FORWARDED`], installed before the lock is taken so a
 /// signal never kills dlock between taking the lock and starting the child.
+/// A signal that was ignored when dlock started (`nohup`, a background job
+/// of a non-interactive shell) gets no handler: it stays ignored, is not
+/// forwarded, and the child inherits the ignore, as with `flock(1)`.
 pub struct Signals {
     streams: Vec<(Signal, tokio::signal::unix::Signal)>,
+}
+
+/// Whether `s` is ignored (`SIG_IGN`) right now.
+fn ignored(s: Signal) -> bool {
+    // SAFETY: with a null new action, sigaction only reads the current
+    // disposition into the zeroed struct we own.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(s as libc::c_int, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction == libc::SIG_IGN
+    }
 }
 
 impl Signals {
     pub fn install() -> Result<Signals> {
         let mut streams = Vec::new();
         for s in FORWARDED {
+            if ignored(s) {
+                tracing::debug!(signal = s.as_str(), "ignored at start: left ignored");
+                continue;
+            }
             let stream =
                 signal(SignalKind::from_raw(s as i32)).context("cannot install signal handlers")?;
             streams.push((s, stream));

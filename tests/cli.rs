@@ -641,3 +641,60 @@ fn json_logs_report_a_lost_lease() {
     assert!(r["held_ms"].as_u64().is_some(), "{r}");
     assert_eq!(events[lost.unwrap()]["key"], "gone");
 }
+
+/// A signal ignored when dlock starts stays ignored and reaches nobody:
+/// `nohup`-style SIGHUP, and SIGINT to a background job of a
+/// non-interactive shell (which the shell starts with SIGINT ignored). The
+/// child runs to its end and dlock exits with its status.
+#[test]
+fn signals_ignored_at_start_stay_ignored() {
+    let env = Env::sqlite();
+    for (sig, setup) in [
+        (nix::sys::signal::Signal::SIGHUP, "trap '' HUP; exec"),
+        (nix::sys::signal::Signal::SIGINT, ""),
+    ] {
+        let ready = env.path(&format!("{sig}.ready"));
+        let dlock_pid = env.path(&format!("{sig}.dlock"));
+        let child = format!("echo go > {}; sleep 1; echo survived", ready.display());
+        // `exec` keeps the shell's ignore; `&` starts a background job
+        // (SIGINT and SIGQUIT ignored: sh without job control).
+        let script = if setup.is_empty() {
+            format!(
+                "\"$0\" --backend \"$1\" run --key {sig} -- sh -c \"$2\" & echo $! > {}; wait $!",
+                dlock_pid.display()
+            )
+        } else {
+            format!(
+                "echo $$ > {}; {setup} \"$0\" --backend \"$1\" run --key {sig} -- sh -c \"$2\"",
+                dlock_pid.display()
+            )
+        };
+        let mut sh = std::process::Command::new("sh");
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("DLOCK_") {
+                sh.env_remove(&k);
+            }
+        }
+        sh.args(["-c", &script, DLOCK, &env.url, &child])
+            .env("HOME", env.dir.path())
+            .env("XDG_STATE_HOME", env.dir.path().join("state"))
+            .env("XDG_CONFIG_HOME", env.dir.path().join("config"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let sh = sh.spawn().unwrap();
+        read_when_ready(&ready, Duration::from_secs(20));
+        let pid: u32 = read_when_ready(&dlock_pid, Duration::from_secs(5))
+            .parse()
+            .unwrap();
+        signal(pid, sig);
+        let out = sh.wait_with_output().unwrap();
+        assert_eq!(
+            code(&out),
+            0,
+            "{sig} ignored at start must stay ignored: {}",
+            stderr(&out)
+        );
+        assert_eq!(stdout(&out).trim(), "survived", "{}", stderr(&out));
+    }
+}
