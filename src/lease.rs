@@ -259,17 +259,18 @@ pub async fn acquire_all(
 }
 
 /// Release leases, best effort: a failure only costs the rest of the TTL.
-pub async fn release_all(backend: &dyn Backend, leases: &[Lease]) -> bool {
-    let mut all = true;
+/// Returns the leases the backend said were already gone (broken or
+/// expired), so a run can report a loss it had not seen yet.
+pub async fn release_all(backend: &dyn Backend, leases: &[Lease]) -> Vec<Lease> {
+    let mut gone = Vec::new();
     for l in leases.iter().rev() {
         match backend.release(l).await {
             Ok(true) => {}
             Ok(false) => {
-                all = false;
                 tracing::warn!(key = l.key, "lease was already gone at release");
+                gone.push(l.clone());
             }
             Err(e) => {
-                all = false;
                 eprintln!(
                     "dlock: could not release {:?} on {}: {e:#} (it expires by itself within its TTL)",
                     l.key,
@@ -278,5 +279,5 @@ pub async fn release_all(backend: &dyn Backend, leases: &[Lease]) -> bool {
             }
         }
     }
-    all
+    gone
 }

@@ -434,8 +434,32 @@ async fn run_locked(
         }
     }
     let leases = keeper.stop();
+    let mut lost = lost;
     if !lost {
-        release_all(backend.as_ref(), &leases).await;
+        // Broken (`release --force`) or expired since the last renewal: the
+        // end of the command ran without the lock, which is a loss too.
+        let gone = release_all(backend.as_ref(), &leases).await;
+        if !gone.is_empty() {
+            let what = gone
+                .iter()
+                .map(|l| format!("{:?} (token {})", l.key, l.token))
+                .collect::<Vec<_>>()
+                .join(", ");
+            for l in &gone {
+                tracing::warn!(
+                    event = "lost",
+                    key = l.key,
+                    token = l.token,
+                    "lease found gone at release"
+                );
+            }
+            eprintln!(
+                "dlock: lost the lock on {what}: it was broken or expired on {} before the command ended",
+                backend.describe()
+            );
+            lost = true;
+            trace.lost = true;
+        }
     }
     tracing::info!(
         event = "released",

@@ -42,6 +42,7 @@ macro_rules! conformance {
                 waiting_line_only_on_a_terminal,
                 doctor_reports_every_check,
                 status_counts_waiters,
+                lock_broken_before_the_next_renewal_is_reported,
             );
         }
     };
@@ -906,4 +907,69 @@ pub fn status_counts_waiters(env: &Env) {
     wait_for(Duration::from_secs(6), "no waiter left", || {
         waiters().unwrap_or(0) == 0
     });
+}
+
+/// A lock broken (`release --force`) while the child runs, the child ending
+/// before the next renewal could notice: the release at the end finds the
+/// lease gone, and the run still reports the loss (74, a `lost` event, the
+/// metrics outcome `lost`).
+pub fn lock_broken_before_the_next_renewal_is_reported(env: &Env) {
+    let k = key("brk");
+    let go = env.path("brk.go");
+    let prom = env.path("brk.prom");
+    let script = format!(
+        "while [ ! -e {} ]; do sleep 0.05; done; echo done",
+        go.display()
+    );
+    let mut h = env
+        .cmd(&[
+            "--log-format",
+            "json",
+            "run",
+            "--ttl",
+            "30s",
+            "--key",
+            &k,
+            "--metrics-file",
+            prom.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(LONG, &format!("{k} to be held"), || env.held(&k));
+    let out = env.run(&["release", "--key", &k, "--force"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    std::fs::write(&go, "").unwrap();
+    let t = Instant::now();
+    let (c, err) = h.wait_with_output_timeout();
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    assert_eq!(c, 74, "a broken lock must not end in 0: {err}");
+    let events: Vec<serde_json::Value> = err
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "lost" && e["key"] == k.as_str()),
+        "{err}"
+    );
+    assert!(err.contains("lost the lock"), "{err}");
+    let m = std::fs::read_to_string(&prom).unwrap();
+    let labels = format!("namespace=\"dlock\",key=\"{k}\"");
+    assert_eq!(
+        metric(&m, &format!("dlock_outcome{{{labels},outcome=\"lost\"}}")),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, &format!("dlock_exit_code{{{labels}}}")),
+        Some(74.0)
+    );
 }
