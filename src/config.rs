@@ -117,6 +117,106 @@ pub struct Settings {
     /// Whether `status` and `doctor` colour their output on stdout.
     pub color: bool,
     file: std::sync::Arc<FileConfig>,
+    /// How the backend names locks, for the names it cannot store.
+    layout: Layout,
+}
+
+/// How a backend turns a namespace and a key into the name of a lock, as
+/// far as the names it can store go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// `NAMESPACE:KEY`, and `{NAMESPACE:KEY}:...` beside it.
+    Redis,
+    /// `NAMESPACE/KEY/<lease>`.
+    Etcd,
+    /// The path `/NAMESPACE/KEY`.
+    ZooKeeper,
+    /// Namespace and key in columns of their own (SQLite, SQL).
+    Columns,
+}
+
+impl Layout {
+    fn of(url: &str) -> Layout {
+        let scheme = url.split(':').next().unwrap_or_default();
+        match scheme.to_ascii_lowercase().as_str() {
+            "redis" | "rediss" | "redis+sentinel" | "redis+cluster" => Layout::Redis,
+            "etcd" | "etcds" => Layout::Etcd,
+            "zk" => Layout::ZooKeeper,
+            _ => Layout::Columns,
+        }
+    }
+
+    /// A namespace must not hold the layout's separators: namespace `a:x`
+    /// with key `y` would otherwise be the same lock as namespace `a` with
+    /// key `x:y`.
+    fn check_namespace(self, ns: &str) -> Result<()> {
+        let (service, layout, seps): (&str, &str, &[char]) = match self {
+            Layout::Redis => ("Redis", "NAMESPACE:KEY", &[':', '{', '}']),
+            Layout::Etcd => ("etcd", "NAMESPACE/KEY/", &['/']),
+            Layout::ZooKeeper => ("ZooKeeper", "/NAMESPACE/KEY", &['/']),
+            Layout::Columns => return Ok(()),
+        };
+        if let Some(c) = ns.chars().find(|c| seps.contains(c)) {
+            let list = seps
+                .iter()
+                .map(|c| format!("'{c}'"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(usage(format!(
+                "namespace {ns:?} contains {c:?}: on {service} a lock is named {layout}, so a namespace \
+                 may not contain {list} (namespace \"a{c}x\" with key \"y\" would be the same lock as \
+                 namespace \"a\" with key \"x{c}y\"); use '-', '.' or '_' instead"
+            )));
+        }
+        if self == Layout::ZooKeeper {
+            if ns == "zookeeper" {
+                return Err(usage(
+                    "namespace \"zookeeper\" is reserved by ZooKeeper (/zookeeper); choose another",
+                ));
+            }
+            zk_chars("namespace", ns)?;
+        }
+        Ok(())
+    }
+
+    /// A key the backend cannot store is refused before connecting (64)
+    /// rather than failing on the server.
+    fn check_key(self, key: &str) -> Result<()> {
+        if self != Layout::ZooKeeper {
+            return Ok(());
+        }
+        if key
+            .split('/')
+            .any(|part| part.is_empty() || part == "." || part == "..")
+        {
+            return Err(usage(format!(
+                "key {key:?} is not a usable ZooKeeper path: the lock is the node \
+                 /NAMESPACE/KEY, so a key may not start or end with '/' or hold \"//\", \
+                 and no part between slashes may be '.' or '..'"
+            )));
+        }
+        zk_chars("key", key)
+    }
+}
+
+/// ZooKeeper refuses these characters in a path (its PathUtils): UTF-16
+/// surrogates, so anything beyond U+FFFF such as emoji, private-use
+/// characters U+E000 to U+F8FF, and U+FFF0 to U+FFFF. Control characters are
+/// refused for every backend already.
+fn zk_chars(what: &str, s: &str) -> Result<()> {
+    let bad = |c: char| {
+        let u = c as u32;
+        u > 0xFFFF || (0xE000..=0xF8FF).contains(&u) || u >= 0xFFF0
+    };
+    if let Some(c) = s.chars().find(|c| bad(*c)) {
+        return Err(usage(format!(
+            "{what} {s:?} cannot be stored on ZooKeeper: {c:?} (U+{:04X}) is not allowed in a \
+             ZooKeeper path, which takes no characters beyond U+FFFF (emoji among them), \
+             U+E000 to U+F8FF or U+FFF0 to U+FFFF",
+            c as u32
+        )));
+    }
+    Ok(())
 }
 
 /// The lock-taking part of the settings.
@@ -161,6 +261,8 @@ impl Settings {
             .or_else(|| file.namespace.clone())
             .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
         validate_name("namespace", &namespace)?;
+        let layout = Layout::of(&backends[0]);
+        layout.check_namespace(&namespace)?;
         let connect_timeout = g
             .connect_timeout
             .or(file.connect_timeout)
@@ -184,7 +286,14 @@ impl Settings {
                 }
             },
             file: std::sync::Arc::new(file),
+            layout,
         })
+    }
+
+    /// A key as [`validate_name`] checks it, and one the backend can store.
+    pub fn validate_key(&self, key: &str) -> Result<()> {
+        validate_name("key", key)?;
+        self.layout.check_key(key)
     }
 
     /// The backend URLs, passwords removed, for messages.
@@ -213,7 +322,7 @@ impl Settings {
         let f = &self.file;
         let mut keys = a.key.clone();
         for k in &keys {
-            validate_name("key", k)?;
+            self.validate_key(k)?;
         }
         // One canonical order, so two runs naming the same keys in another
         // order never wait on each other crosswise.

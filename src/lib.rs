@@ -531,6 +531,9 @@ async fn cmd_renew(c: &Connector<'_>, a: cli::RenewArgs) -> Result<i32> {
 
 async fn cmd_release(c: &Connector<'_>, a: cli::ReleaseArgs) -> Result<i32> {
     let s = c.settings;
+    for key in &a.key {
+        s.validate_key(key)?;
+    }
     let backend = c.get().await?;
     if let Some(hs) = &a.handle {
         let h = Handle::decode(hs)?;
@@ -559,7 +562,6 @@ async fn cmd_release(c: &Connector<'_>, a: cli::ReleaseArgs) -> Result<i32> {
         ));
     }
     for key in &a.key {
-        config::validate_name("key", key)?;
         let n = backend
             .force_release(&s.namespace, key)
             .await
@@ -588,7 +590,7 @@ async fn cmd_release(c: &Connector<'_>, a: cli::ReleaseArgs) -> Result<i32> {
 async fn cmd_status(c: &Connector<'_>, a: cli::StatusArgs) -> Result<i32> {
     let s = c.settings;
     for k in &a.keys {
-        config::validate_name("key", k)?;
+        s.validate_key(k)?;
     }
     let backend = c.get().await?;
     let Some(every) = a.watch else {

@@ -698,3 +698,54 @@ fn signals_ignored_at_start_stay_ignored() {
         assert_eq!(stdout(&out).trim(), "survived", "{}", stderr(&out));
     }
 }
+
+/// A namespace holding the separator of the backend's layout is refused
+/// (64) before connecting: on Redis `a:x` + key `y` would be the lock of
+/// `a` + `x:y`, on etcd and ZooKeeper `a/x` + `y` that of `a` + `x/y`.
+/// Backends that keep the namespace in a column of its own take any.
+#[test]
+fn namespaces_that_would_alias_are_refused() {
+    // Nothing listens on port 1: a refusal must come before connecting.
+    for (url, bad, sep) in [
+        ("redis://127.0.0.1:1", "a:x", ":"),
+        ("redis://127.0.0.1:1", "{a}", "{"),
+        ("rediss://127.0.0.1:1", "a:x", ":"),
+        ("etcd://127.0.0.1:1", "a/x", "/"),
+        ("zk://127.0.0.1:1", "a/x", "/"),
+    ] {
+        let env = Env::bare(url.to_string());
+        for args in [
+            vec!["--namespace", bad, "run", "--key", "y", "--", "true"],
+            vec!["--namespace", bad, "status"],
+        ] {
+            let out = env.run(&args);
+            assert_eq!(code(&out), 64, "{url} {args:?}: {}", stderr(&out));
+            let err = stderr(&out);
+            assert!(
+                err.contains("namespace") && err.contains(sep),
+                "{url}: {err}"
+            );
+        }
+    }
+    let env = Env::sqlite();
+    let out = env.run(&["--namespace", "a:x/y", "run", "--key", "k", "--", "true"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}
+
+/// A key ZooKeeper cannot store is refused before connecting (64), not
+/// reported as an unreachable backend (69).
+#[test]
+fn zookeeper_key_rules_apply_before_connecting() {
+    let env = Env::bare("zk://127.0.0.1:1".to_string());
+    let out = env.run(&[
+        "--connect-timeout",
+        "1s",
+        "run",
+        "--key",
+        "🔒",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&out), 64, "{}", stderr(&out));
+    assert!(stderr(&out).contains("ZooKeeper"), "{}", stderr(&out));
+}

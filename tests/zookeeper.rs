@@ -152,3 +152,43 @@ fn doctor_flags_a_session_timeout_the_server_clamps() {
         "{checks:?}"
     );
 }
+
+/// A key ZooKeeper cannot hold in a path (an emoji is beyond U+FFFF) is a
+/// usage error naming the rule (64), not "backend unavailable" (69): for
+/// run, acquire, status and release --force alike.
+#[test]
+fn keys_zookeeper_cannot_store_are_refused() {
+    let env = Env::zookeeper();
+    for args in [
+        vec!["run", "--key", "🔒", "--", "true"],
+        vec!["acquire", "--key", "🔒"],
+        vec!["status", "🔒"],
+        vec!["release", "--key", "🔒", "--force"],
+        vec!["run", "--key", "a//b", "--", "true"],
+        vec!["run", "--key", "a/../b", "--", "true"],
+        vec![
+            "--namespace",
+            "zookeeper",
+            "run",
+            "--key",
+            "a",
+            "--",
+            "true",
+        ],
+    ] {
+        let out = env.run(&args);
+        assert_eq!(code(&out), 64, "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("ZooKeeper"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    let out = env.run(&["run", "--key", "🔒", "--", "true"]);
+    assert!(stderr(&out).contains("U+1F512"), "{}", stderr(&out));
+    // What ZooKeeper can store works: accents, CJK, a nested key.
+    for k in ["café", "锁", "a/b"] {
+        let out = env.run(&["run", "--key", k, "--", "true"]);
+        assert_eq!(code(&out), 0, "{k}: {}", stderr(&out));
+    }
+}
