@@ -62,6 +62,9 @@ pub fn describe_holder(h: &Holder) -> String {
     if let Some(t) = h.token {
         extra.push(format!("token {t}"));
     }
+    if h.dead {
+        extra.push("dead: its process is gone".to_string());
+    }
     if !extra.is_empty() {
         s.push_str(&format!(" ({})", extra.join(", ")));
     }
@@ -81,7 +84,8 @@ pub fn to_json(statuses: &[KeyStatus]) -> Value {
             .map(|k| {
                 json!({
                     "key": k.key,
-                    "held": !k.holders.is_empty(),
+                    // Unknown when the key could not be read.
+                    "held": k.unreadable.is_none().then_some(!k.holders.is_empty()),
                     "limit": k.limit,
                     "holders": k.holders.iter().map(|h| json!({
                         "owner": h.owner,
@@ -90,8 +94,10 @@ pub fn to_json(statuses: &[KeyStatus]) -> Value {
                         "token": h.token,
                         "acquired_at": h.acquired_at.map(rfc3339),
                         "expires_at": h.expires_at.map(rfc3339),
+                        "dead": h.dead,
                     })).collect::<Vec<_>>(),
                     "waiters": k.waiters,
+                    "unreadable": k.unreadable,
                 })
             })
             .collect(),
@@ -146,6 +152,20 @@ pub fn table(statuses: &[KeyStatus], paint: Paint) -> String {
                 "held".to_string()
             }
         };
+        if let Some(why) = &k.unreadable {
+            styles.push(["", Paint::RED, "", "", "", "", "", ""]);
+            rows.push([
+                k.key.clone(),
+                "unreadable".into(),
+                why.clone(),
+                dash(),
+                dash(),
+                dash(),
+                dash(),
+                waiters,
+            ]);
+            continue;
+        }
         if k.holders.is_empty() {
             styles.push(["", Paint::GREEN, "", "", "", "", "", ""]);
             rows.push([
@@ -170,7 +190,7 @@ pub fn table(statuses: &[KeyStatus], paint: Paint) -> String {
                 } else {
                     ""
                 },
-                "",
+                if h.dead { Paint::RED } else { "" },
                 "",
                 if expired { Paint::RED } else { "" },
                 "",
@@ -184,7 +204,12 @@ pub fn table(statuses: &[KeyStatus], paint: Paint) -> String {
                     String::new()
                 },
                 who(h),
-                h.pid.map_or_else(dash, |p| p.to_string()),
+                match (h.pid, h.dead) {
+                    (Some(p), true) => format!("{p} dead"),
+                    (Some(p), false) => p.to_string(),
+                    (None, true) => "dead".to_string(),
+                    (None, false) => dash(),
+                },
                 h.acquired_at.map_or_else(dash, |a| ago(a, now)),
                 h.expires_at.map_or_else(dash, |e| until(e, now)),
                 h.token.map_or_else(dash, |t| t.to_string()),

@@ -56,6 +56,7 @@ fn holder_from(kv: &ec::KeyValue) -> Holder {
                 .ok()
                 .map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
             expires_at: None,
+            dead: false,
         }
     } else {
         // etcdctl lock and concurrency.Mutex store an empty value.
@@ -460,6 +461,7 @@ impl Backend for EtcdBackend {
                 limit,
                 holders,
                 waiters: Some(waiters),
+                unreadable: None,
             });
         }
         Ok(out)

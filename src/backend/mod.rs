@@ -88,6 +88,9 @@ pub struct Holder {
     pub token: Option<u64>,
     pub acquired_at: Option<SystemTime>,
     pub expires_at: Option<SystemTime>,
+    /// The holder's process is known to be gone (a `run` on this host that
+    /// died; only SQLite can tell). Its lease is broken by the next contender.
+    pub dead: bool,
 }
 
 /// The state of one key.
@@ -97,6 +100,9 @@ pub struct KeyStatus {
     pub limit: u32,
     pub holders: Vec<Holder>,
     pub waiters: Option<u64>,
+    /// Why the key's state could not be read (ZooKeeper ACLs), naming the
+    /// path; the key is then listed as unreadable, not as free.
+    pub unreadable: Option<String>,
 }
 
 #[derive(Debug)]

@@ -62,6 +62,7 @@ fn holder(r: &MySqlRow) -> Result<Holder> {
         token: Some(token as u64),
         acquired_at: Some(UNIX_EPOCH + Duration::from_micros(acquired_us.max(0) as u64)),
         expires_at: Some(SystemTime::now() + Duration::from_micros(left_us.max(0) as u64)),
+        dead: false,
     })
 }
 

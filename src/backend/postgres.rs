@@ -56,6 +56,7 @@ fn holder(r: &PgRow) -> Result<(Holder, i64)> {
             token: Some(token as u64),
             acquired_at: Some(UNIX_EPOCH + Duration::from_millis(acquired_ms.max(0.0) as u64)),
             expires_at: Some(SystemTime::now() + Duration::from_millis(left_ms.max(0.0) as u64)),
+            dead: false,
         },
         left_ms as i64,
     ))

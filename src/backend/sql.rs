@@ -84,6 +84,7 @@ pub fn key_status<R>(
         limit,
         holders,
         waiters,
+        unreadable: None,
     })
 }
 

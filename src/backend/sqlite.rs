@@ -137,6 +137,7 @@ fn parse_row(r: &SqliteRow) -> Result<Row_> {
             token: Some(token as u64),
             acquired_at: Some(from_ms(r.try_get("acquired_at")?)),
             expires_at: Some(from_ms(r.try_get("expires_at")?)),
+            dead: false,
         },
     })
 }
@@ -655,6 +656,7 @@ impl Backend for SqliteBackend {
                     limit: 1,
                     holders: vec![],
                     waiters: Some(waiting(k)),
+                    unreadable: None,
                 },
             );
         }
@@ -670,6 +672,7 @@ impl Backend for SqliteBackend {
                 limit: 1,
                 holders: vec![],
                 waiters: Some(w),
+                unreadable: None,
             });
             e.limit = e.limit.max(row.lim);
             e.holders.push(row.holder);

@@ -87,6 +87,7 @@ fn holder_from(data: &[u8], stat: &zk::Stat) -> (Holder, Option<u32>) {
                 .ok()
                 .map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
             expires_at: None,
+            dead: false,
         };
         (h, f[2].parse().ok())
     } else {
@@ -529,6 +530,7 @@ impl Backend for ZkBackend {
                 limit: limit as u32,
                 holders,
                 waiters: Some(waiters),
+                unreadable: None,
             });
         }
         Ok(out)
