@@ -153,6 +153,63 @@ fn doctor_flags_a_session_timeout_the_server_clamps() {
     );
 }
 
+/// A key whose lock directory this client may not read (another user's
+/// `CREATOR_ALL_ACL`) does not break `status`: it is listed as unreadable,
+/// naming the path, and the other keys are listed as usual.
+#[test]
+fn status_lists_past_a_key_it_may_not_read() {
+    let env = Env::zookeeper();
+    let hosts = env.url.trim_start_matches("zk://").to_string();
+    // Anonymous: /dlock is created open to anyone.
+    let mut open = env.spawn(&["run", "--key", "open", "--", "sleep", "30"]);
+    wait_for(Duration::from_secs(10), "open to be held", || {
+        env.held("open")
+    });
+    // Another user: /dlock/secret readable by that user only.
+    let alice = Env::bare(format!("zk://alice:pw@{hosts}"));
+    let mut secret = alice.spawn(&["run", "--key", "secret", "--", "sleep", "30"]);
+    wait_for(Duration::from_secs(10), "secret to be held", || {
+        alice.held("secret")
+    });
+    let st = env.status_json(&[]);
+    let arr = st.as_array().unwrap();
+    let find = |k: &str| arr.iter().find(|o| o["key"] == k).cloned();
+    let o = find("open").unwrap_or_else(|| panic!("open not listed: {st}"));
+    assert_eq!(o["held"], true, "{st}");
+    let s = find("secret").unwrap_or_else(|| panic!("secret not listed: {st}"));
+    assert!(s["held"].is_null(), "unknown, not free: {st}");
+    let why = s["unreadable"].as_str().unwrap_or_default();
+    assert!(why.contains("/dlock/secret"), "names the path: {st}");
+    let out = env.run(&["status"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let table = stdout(&out);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("secret ") && l.contains("unreadable")),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("open ") && l.contains(" held ")),
+        "{table}"
+    );
+    let st = env.status_json(&["secret", "open"]);
+    assert!(
+        st[0]["unreadable"].is_string() && st[1]["held"] == true,
+        "{st}"
+    );
+    // A lock attempt it may not make names the path too.
+    let out = env.run(&["run", "-n", "--key", "secret", "--", "true"]);
+    assert_ne!(code(&out), 0);
+    assert!(stderr(&out).contains("/dlock/secret"), "{}", stderr(&out));
+    for c in [&mut open, &mut secret] {
+        signal(c.id(), Signal::SIGTERM);
+        wait_timeout(c, Duration::from_secs(10));
+    }
+}
+
 /// A key ZooKeeper cannot hold in a path (an emoji is beyond U+FFFF) is a
 /// usage error naming the rule (64), not "backend unavailable" (69): for
 /// run, acquire, status and release --force alike.

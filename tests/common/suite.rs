@@ -43,6 +43,7 @@ macro_rules! conformance {
                 doctor_reports_every_check,
                 status_counts_waiters,
                 lock_broken_before_the_next_renewal_is_reported,
+                nested_keys_are_independent,
             );
         }
     };
@@ -972,4 +973,48 @@ pub fn lock_broken_before_the_next_renewal_is_reported(env: &Env) {
         metric(&m, &format!("dlock_exit_code{{{labels}}}")),
         Some(74.0)
     );
+}
+
+/// Distinct keys are independent even when one names a path below the
+/// other (`p` and `p/q`): taking, forcing and listing one never touches the
+/// other, on every backend (etcd's prefix `NS/p/` also matches `NS/p/q/...`;
+/// ZooKeeper's `/NS/p/q` is a child of `/NS/p`).
+pub fn nested_keys_are_independent(env: &Env) {
+    let p = key("nest");
+    let q = format!("{p}/q");
+    // A short TTL: a forced holder notices at its next renewal (ttl/3).
+    let mut hq = hold(env, &q, &["--ttl", "3s"], "sleep 30");
+    let out = env.run(&["run", "-n", "--key", &p, "--", "true"]);
+    assert_eq!(
+        code(&out),
+        0,
+        "p is free while p/q is held: {}",
+        stderr(&out)
+    );
+    let st = env.status_json(&[&p]);
+    assert_eq!(st[0]["held"], false, "{st}");
+    let out = env.run(&["release", "--key", &p, "--force"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stderr(&out).contains("was not held"), "{}", stderr(&out));
+    assert!(env.held(&q), "forcing p broke p/q");
+    // Both held: each listed once, in the namespace-wide listing too.
+    let mut hp = hold(env, &p, &["--ttl", "3s"], "sleep 30");
+    let all = env.status_json(&[]);
+    for k in [&p, &q] {
+        let rows: Vec<_> = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|o| o["key"] == k.as_str())
+            .collect();
+        assert_eq!(rows.len(), 1, "{k} in {all}");
+        assert_eq!(rows[0]["holders"].as_array().unwrap().len(), 1, "{all}");
+    }
+    let out = env.run(&["release", "--key", &p, "--force"]);
+    assert!(stderr(&out).contains("(1 holder)"), "{}", stderr(&out));
+    assert_eq!(wait_timeout(&mut hp, LONG), 74);
+    assert!(env.held(&q), "forcing p broke p/q");
+    let out = env.run(&["release", "--key", &q, "--force"]);
+    assert!(stderr(&out).contains("(1 holder)"), "{}", stderr(&out));
+    assert_eq!(wait_timeout(&mut hq, LONG), 74);
 }
