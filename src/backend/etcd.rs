@@ -379,7 +379,20 @@ impl Backend for EtcdBackend {
         }
     }
 
-    async fn renew(&self, lease: &Lease, _ttl: Duration) -> Result<Renewal> {
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Renewal> {
+        // A keep-alive restarts the TTL the lease was granted with; etcd
+        // cannot change it, so a different one is refused, never ignored.
+        let secs = |d: Duration| d.as_millis().div_ceil(1000).max(1);
+        if secs(ttl) != secs(lease.ttl) {
+            return Err(usage(format!(
+                "etcd cannot change a lease's TTL: the lease of {:?} was granted for {}s, and \
+                 renewing restarts that; renew without --ttl (or with --ttl {}s), or acquire \
+                 anew with the TTL you want",
+                lease.key,
+                secs(lease.ttl),
+                secs(lease.ttl)
+            )));
+        }
         let Some((key, id)) = self.find_mine(lease).await? else {
             return Ok(Renewal::Lost);
         };

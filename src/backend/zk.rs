@@ -479,15 +479,28 @@ impl Backend for ZkBackend {
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Renewal> {
-        let c = self.client(ttl).await?;
-        let Some(path) = self.find_mine(c, lease).await? else {
-            return Ok(Renewal::Lost);
-        };
         let handle = !self
             .mine
             .lock()
             .await
             .contains_key(&(lease.namespace.clone(), lease.key.clone()));
+        // A handle's TTL node restarts the TTL it was created with when
+        // touched; ZooKeeper cannot change it, so a different one is
+        // refused, never ignored.
+        if handle && ttl != lease.ttl {
+            return Err(usage(format!(
+                "ZooKeeper cannot change a TTL node's TTL: the lease of {:?} was created with {}, \
+                 and renewing restarts that; renew without --ttl (or with --ttl {}), or acquire \
+                 anew with the TTL you want",
+                lease.key,
+                humantime::format_duration(lease.ttl),
+                humantime::format_duration(lease.ttl)
+            )));
+        }
+        let c = self.client(ttl).await?;
+        let Some(path) = self.find_mine(c, lease).await? else {
+            return Ok(Renewal::Lost);
+        };
         let r = if handle {
             // A TTL node lives while it is modified: touch it.
             match tokio::time::timeout(self.timeout, c.get_data(&path)).await {

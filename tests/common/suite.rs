@@ -42,8 +42,9 @@ macro_rules! conformance {
                 waiting_line_only_on_a_terminal,
                 doctor_reports_every_check,
                 status_counts_waiters,
-                lock_broken_before_the_next_renewal_is_reported,
                 nested_keys_are_independent,
+                lock_broken_before_the_next_renewal_is_reported,
+                renew_ttl_is_applied_or_refused,
             );
         }
     };
@@ -290,10 +291,10 @@ pub fn renew_extends_a_handle(env: &Env) {
     let out = env.run(&["acquire", "--key", &k, "--ttl", "1s"]);
     let h = stdout(&out).trim().to_string();
     std::thread::sleep(Duration::from_millis(400));
-    let out = env.run(&["renew", &h, "--ttl", "5s"]);
+    let out = env.run(&["renew", &h]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    // Past the first TTL (1s from the start), within the original TTL from
-    // the renewal (ZooKeeper's TTL nodes keep the TTL they were made with).
+    // Past the first TTL (1s from the start), within the TTL from the
+    // renewal. (A different --ttl: see renew_ttl_is_applied_or_refused.)
     std::thread::sleep(Duration::from_millis(750));
     assert!(env.held(&k), "the renewed lease ended at its first TTL");
     assert_eq!(code(&env.run(&["release", &h])), 0);
@@ -910,6 +911,50 @@ pub fn status_counts_waiters(env: &Env) {
     });
 }
 
+/// Distinct keys are independent even when one names a path below the
+/// other (`p` and `p/q`): taking, forcing and listing one never touches the
+/// other, on every backend (etcd's prefix `NS/p/` also matches `NS/p/q/...`;
+/// ZooKeeper's `/NS/p/q` is a child of `/NS/p`).
+pub fn nested_keys_are_independent(env: &Env) {
+    let p = key("nest");
+    let q = format!("{p}/q");
+    // A short TTL: a forced holder notices at its next renewal (ttl/3).
+    let mut hq = hold(env, &q, &["--ttl", "3s"], "sleep 30");
+    let out = env.run(&["run", "-n", "--key", &p, "--", "true"]);
+    assert_eq!(
+        code(&out),
+        0,
+        "p is free while p/q is held: {}",
+        stderr(&out)
+    );
+    let st = env.status_json(&[&p]);
+    assert_eq!(st[0]["held"], false, "{st}");
+    let out = env.run(&["release", "--key", &p, "--force"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stderr(&out).contains("was not held"), "{}", stderr(&out));
+    assert!(env.held(&q), "forcing p broke p/q");
+    // Both held: each listed once, in the namespace-wide listing too.
+    let mut hp = hold(env, &p, &["--ttl", "3s"], "sleep 30");
+    let all = env.status_json(&[]);
+    for k in [&p, &q] {
+        let rows: Vec<_> = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|o| o["key"] == k.as_str())
+            .collect();
+        assert_eq!(rows.len(), 1, "{k} in {all}");
+        assert_eq!(rows[0]["holders"].as_array().unwrap().len(), 1, "{all}");
+    }
+    let out = env.run(&["release", "--key", &p, "--force"]);
+    assert!(stderr(&out).contains("(1 holder)"), "{}", stderr(&out));
+    assert_eq!(wait_timeout(&mut hp, LONG), 74);
+    assert!(env.held(&q), "forcing p broke p/q");
+    let out = env.run(&["release", "--key", &q, "--force"]);
+    assert!(stderr(&out).contains("(1 holder)"), "{}", stderr(&out));
+    assert_eq!(wait_timeout(&mut hq, LONG), 74);
+}
+
 /// A lock broken (`release --force`) while the child runs, the child ending
 /// before the next renewal could notice: the release at the end finds the
 /// lease gone, and the run still reports the loss (74, a `lost` event, the
@@ -975,46 +1020,39 @@ pub fn lock_broken_before_the_next_renewal_is_reported(env: &Env) {
     );
 }
 
-/// Distinct keys are independent even when one names a path below the
-/// other (`p` and `p/q`): taking, forcing and listing one never touches the
-/// other, on every backend (etcd's prefix `NS/p/` also matches `NS/p/q/...`;
-/// ZooKeeper's `/NS/p/q` is a child of `/NS/p`).
-pub fn nested_keys_are_independent(env: &Env) {
-    let p = key("nest");
-    let q = format!("{p}/q");
-    // A short TTL: a forced holder notices at its next renewal (ttl/3).
-    let mut hq = hold(env, &q, &["--ttl", "3s"], "sleep 30");
-    let out = env.run(&["run", "-n", "--key", &p, "--", "true"]);
-    assert_eq!(
-        code(&out),
-        0,
-        "p is free while p/q is held: {}",
-        stderr(&out)
-    );
-    let st = env.status_json(&[&p]);
-    assert_eq!(st[0]["held"], false, "{st}");
-    let out = env.run(&["release", "--key", &p, "--force"]);
+/// `renew --ttl D` with a TTL other than the handle's: either the lease
+/// really lasts D from now (status shows it), or it is refused with 64 and a
+/// reason (etcd and ZooKeeper cannot change a lease's TTL); never a silent
+/// success. The lease is unchanged by a refusal.
+pub fn renew_ttl_is_applied_or_refused(env: &Env) {
+    let k = key("rttl");
+    let out = env.run(&["acquire", "--key", &k, "--ttl", "3s"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(stderr(&out).contains("was not held"), "{}", stderr(&out));
-    assert!(env.held(&q), "forcing p broke p/q");
-    // Both held: each listed once, in the namespace-wide listing too.
-    let mut hp = hold(env, &p, &["--ttl", "3s"], "sleep 30");
-    let all = env.status_json(&[]);
-    for k in [&p, &q] {
-        let rows: Vec<_> = all
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|o| o["key"] == k.as_str())
-            .collect();
-        assert_eq!(rows.len(), 1, "{k} in {all}");
-        assert_eq!(rows[0]["holders"].as_array().unwrap().len(), 1, "{all}");
+    let h = stdout(&out).trim().to_string();
+    let out = env.run(&["renew", &h, "--ttl", "1h"]);
+    match code(&out) {
+        0 => {
+            let st = env.status_json(&[&k]);
+            let exp = st[0]["holders"][0]["expires_at"]
+                .as_str()
+                .unwrap_or_else(|| panic!("renew --ttl 1h succeeded, but is it true? {st}"));
+            let exp = humantime::parse_rfc3339(exp).unwrap();
+            let left = exp
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            assert!(
+                left > Duration::from_secs(30 * 60),
+                "renew --ttl 1h exited 0 but the lease ends in {left:?}: {st}"
+            );
+        }
+        64 => {
+            let err = stderr(&out);
+            assert!(err.contains("TTL"), "a refusal says why: {err}");
+            assert!(env.held(&k), "a refused renewal changed the lease");
+            let out = env.run(&["renew", &h]);
+            assert_eq!(code(&out), 0, "{}", stderr(&out));
+        }
+        c => panic!("renew --ttl 1h: exit {c}: {}", stderr(&out)),
     }
-    let out = env.run(&["release", "--key", &p, "--force"]);
-    assert!(stderr(&out).contains("(1 holder)"), "{}", stderr(&out));
-    assert_eq!(wait_timeout(&mut hp, LONG), 74);
-    assert!(env.held(&q), "forcing p broke p/q");
-    let out = env.run(&["release", "--key", &q, "--force"]);
-    assert!(stderr(&out).contains("(1 holder)"), "{}", stderr(&out));
-    assert_eq!(wait_timeout(&mut hq, LONG), 74);
+    assert_eq!(code(&env.run(&["release", &h])), 0);
 }
