@@ -337,21 +337,9 @@ impl SqliteBackend {
         Ok(self.conn.lock().await)
     }
 
-    async fn next_poll(&self) -> Duration {
-        let mut p = self.poll.lock().unwrap();
-        let cur = *p;
-        *p = (cur * 2).min(POLL_MAX);
-        cur
-    }
-}
-
-#[async_trait]
-impl Backend for SqliteBackend {
-    fn describe(&self) -> String {
-        format!("sqlite:{}", self.path.display())
-    }
-
-    async fn try_acquire(&self, spec: &LockSpec, me: &Owner) -> Result<Attempt> {
+    /// One attempt; when busy only because of dead holders whose leases are
+    /// being broken, also when they will be gone.
+    async fn try_once(&self, spec: &LockSpec, me: &Owner) -> Result<(Attempt, Option<Instant>)> {
         let granted_at = Instant::now();
         let mut conn = self.conn().await?;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
@@ -374,12 +362,17 @@ impl Backend for SqliteBackend {
             // ends BREAK_GRACE from now instead of at its TTL. The grace lets
             // the dead holder's guard finish killing the job's process group.
             let soon = now + ms(BREAK_GRACE);
-            for r in &rows {
-                let dead = r.kind == LeaseKind::Run.as_str()
-                    && r.host_id == self.host_id
-                    && r.expires_at > soon
-                    && !crate::host::process_alive(r.pid, r.proc_start);
-                if dead {
+            let mut rows = rows;
+            let mut dying = 0;
+            let mut gone_at = now;
+            for r in &mut rows {
+                r.holder.dead = self.is_dead(r);
+                if !r.holder.dead {
+                    continue;
+                }
+                dying += 1;
+                gone_at = gone_at.max(r.expires_at.min(soon));
+                if r.expires_at > soon {
                     tracing::info!(
                         key = spec.key,
                         pid = r.pid,
@@ -400,7 +393,12 @@ impl Backend for SqliteBackend {
                 .lock()
                 .unwrap()
                 .remove(&self.wake_path(&spec.namespace, &spec.key));
-            return Ok(Attempt::Busy(rows.into_iter().map(|r| r.holder).collect()));
+            // Busy only because of holders that are dead: say when they
+            // will be gone, so the caller can try again then.
+            let free_at = (rows.len() - dying < spec.limit as usize)
+                .then(|| Instant::now() + Duration::from_millis((gone_at - now).max(0) as u64 + 5));
+            let holders = rows.into_iter().map(|r| r.holder).collect();
+            return Ok((Attempt::Busy(holders), free_at));
         }
         let token: i64 = sqlx::query_scalar(
             "INSERT INTO dlock_fence (ns, key, token) VALUES (?1, ?2, 1) \
@@ -450,14 +448,52 @@ impl Backend for SqliteBackend {
                 .unwrap()
                 .remove(&self.wake_path(&spec.namespace, &spec.key));
         }
-        Ok(Attempt::Acquired(Lease {
+        let lease = Lease {
             namespace: spec.namespace.clone(),
             key: spec.key.clone(),
             token: token as u64,
             id: me.id.clone(),
             ttl: spec.ttl,
             granted_at,
-        }))
+        };
+        Ok((Attempt::Acquired(lease), None))
+    }
+
+    /// A `run` holder on this host whose process is gone.
+    fn is_dead(&self, r: &Row_) -> bool {
+        r.kind == LeaseKind::Run.as_str()
+            && r.host_id == self.host_id
+            && !crate::host::process_alive(r.pid, r.proc_start)
+    }
+
+    async fn next_poll(&self) -> Duration {
+        let mut p = self.poll.lock().unwrap();
+        let cur = *p;
+        *p = (cur * 2).min(POLL_MAX);
+        cur
+    }
+}
+
+#[async_trait]
+impl Backend for SqliteBackend {
+    fn describe(&self) -> String {
+        format!("sqlite:{}", self.path.display())
+    }
+
+    async fn try_acquire(&self, spec: &LockSpec, me: &Owner) -> Result<Attempt> {
+        // A dead holder's lease ends BREAK_GRACE after it is found dead; the
+        // attempt that finds it waits that out and tries once more, so the
+        // first contender after a crash gets the lock (`run -n` included).
+        let mut retried = false;
+        loop {
+            match self.try_once(spec, me).await? {
+                (Attempt::Busy(_), Some(free_at)) if !retried => {
+                    retried = true;
+                    tokio::time::sleep_until(free_at.into()).await;
+                }
+                (attempt, _) => return Ok(attempt),
+            }
+        }
     }
 
     async fn wait_change(&self, spec: &LockSpec, until: Option<Instant>) -> Result<()> {
@@ -665,7 +701,8 @@ impl Backend for SqliteBackend {
             if !keys.is_empty() && !by_key.contains_key(&key) {
                 continue;
             }
-            let row = parse_row(r)?;
+            let mut row = parse_row(r)?;
+            row.holder.dead = self.is_dead(&row);
             let w = waiting(&key);
             let e = by_key.entry(key.clone()).or_insert_with(|| KeyStatus {
                 key,
