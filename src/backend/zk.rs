@@ -537,18 +537,16 @@ impl Backend for ZkBackend {
             .lock()
             .await
             .remove(&(lease.namespace.clone(), lease.key.clone()));
-        match self
-            .bounded(&format!("release {path}"), c.delete(&path, None))
-            .await
-        {
-            Ok(()) => Ok(true),
-            Err(e)
-                if e.to_string().contains("node does not exist")
-                    || e.to_string().contains("NoNode") =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(e),
+        // A node already gone (broken with --force, session expired) is a
+        // lease we no longer held: not an error.
+        match tokio::time::timeout(self.timeout, c.delete(&path, None)).await {
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(zk::Error::NoNode)) => Ok(false),
+            Ok(Err(e)) => Err(zk_err(&self.shown, &format!("release {path}"), e)),
+            Err(_) => Err(unavailable(format!(
+                "ZooKeeper {}: release {path} timed out",
+                self.shown
+            ))),
         }
     }
 
