@@ -142,7 +142,7 @@ pub struct LockArgs {
     #[arg(long, short = 'k', required = true, value_name = "KEY")]
     pub key: Vec<String>,
 
-    /// Lease length, renewed about every third of it while held [default: 30s].
+    /// Lease length, renewed about every third of it while CMD runs [default: 30s].
     #[arg(long, short = 't', value_name = "D", value_parser = parse_duration)]
     pub ttl: Option<Duration>,
 
@@ -201,6 +201,9 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(mut_arg("ttl", |a| a.help(
+    "Lease length [default: 30s]; nothing renews it: it ends after D unless `dlock renew` extends it"
+)))]
 pub struct AcquireArgs {
     #[command(flatten)]
     pub lock: LockArgs,

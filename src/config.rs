@@ -255,6 +255,9 @@ impl Settings {
         if backends.is_empty() {
             return Err(usage("no backend URL given"));
         }
+        for b in &backends {
+            redlock_short_form(b)?;
+        }
         let namespace = g
             .namespace
             .clone()
@@ -408,6 +411,37 @@ fn split_backends(raw: &[String]) -> Vec<String> {
         }
     }
     out
+}
+
+/// `redis://h:1,h:2` looks like Redlock but is one URL with a bad host:
+/// say how to write it (each server its own URL).
+fn redlock_short_form(url: &str) -> Result<()> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Ok(());
+    };
+    if !matches!(scheme.to_ascii_lowercase().as_str(), "redis" | "rediss") {
+        return Ok(());
+    }
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let (userinfo, hosts) = match authority.rfind('@') {
+        Some(at) => (&authority[..=at], &authority[at + 1..]),
+        None => ("", authority),
+    };
+    if !hosts.contains(',') {
+        return Ok(());
+    }
+    let tail = &rest[authority.len()..];
+    let each = hosts
+        .split(',')
+        .map(|h| crate::backend::redact_url(&format!("{scheme}://{userinfo}{h}{tail}")))
+        .collect::<Vec<_>>()
+        .join(",");
+    Err(usage(format!(
+        "{} lists several hosts in one {scheme}:// URL: for Redlock, give each server its own URL, \
+         comma-separated or with --backend repeated: {each} \
+         (redis+sentinel:// and redis+cluster:// take several hosts in one URL)",
+        crate::backend::redact_url(url)
+    )))
 }
 
 /// `scheme://...` or `sqlite:...`; a bare `host:port` is not a new URL.

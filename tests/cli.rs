@@ -749,3 +749,60 @@ fn zookeeper_key_rules_apply_before_connecting() {
     assert_eq!(code(&out), 64, "{}", stderr(&out));
     assert!(stderr(&out).contains("ZooKeeper"), "{}", stderr(&out));
 }
+
+/// Messages that point the way: the unknown-scheme message lists every
+/// scheme dlock takes, and the Redlock short form `redis://h:1,h:2` says how
+/// to write it (each server its own URL), without showing a password.
+#[test]
+fn bad_url_messages_say_what_would_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |url: &str| {
+        bare(dir.path())
+            .args(["--backend", url, "status"])
+            .output()
+            .unwrap()
+    };
+    let out = run("foo://x");
+    assert_eq!(code(&out), 64);
+    for scheme in [
+        "sqlite:",
+        "redis://",
+        "rediss://",
+        "redis+sentinel://",
+        "redis+cluster://",
+        "zk://",
+        "postgres://",
+        "postgresql://",
+        "mysql://",
+        "mariadb://",
+        "etcd://",
+        "etcds://",
+    ] {
+        assert!(stderr(&out).contains(scheme), "{scheme}: {}", stderr(&out));
+    }
+    let out = run("redis://u:s3cret@127.0.0.1:1,127.0.0.1:2/0");
+    assert_eq!(code(&out), 64, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("Redlock")
+            && err.contains("redis://u:***@127.0.0.1:1/0,redis://u:***@127.0.0.1:2/0"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret"), "{err}");
+}
+
+/// `acquire --help` does not promise renewals: nothing renews an `acquire`
+/// lease; `run --help` says when its lease is renewed.
+#[test]
+fn acquire_help_does_not_promise_renewals() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bare(dir.path())
+        .args(["acquire", "--help"])
+        .output()
+        .unwrap();
+    let help = stdout(&out);
+    assert!(!help.contains("every third"), "{help}");
+    assert!(help.contains("nothing renews it"), "{help}");
+    let out = bare(dir.path()).args(["run", "--help"]).output().unwrap();
+    assert!(stdout(&out).contains("while CMD runs"), "{}", stdout(&out));
+}

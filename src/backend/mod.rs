@@ -309,7 +309,8 @@ pub async fn connect(urls: &[String], connect_timeout: Duration) -> Result<Arc<d
              (it needs protoc, Debian package protobuf-compiler)",
         )),
         _ => Err(usage(format!(
-            "unknown backend URL {}: expected sqlite:, redis://, zk://, postgres://, mysql:// or etcd://",
+            "unknown backend URL {}: expected one of sqlite:, redis://, rediss://, redis+sentinel://, \
+             redis+cluster://, zk://, postgres://, postgresql://, mysql://, mariadb://, etcd://, etcds://",
             redact_url(first)
         ))),
     }
