@@ -469,6 +469,9 @@ fn default_backend() -> Result<String> {
             }
         },
     };
+    // The default location's directories are created here, and only they:
+    // an explicit path's directory must exist (a typo is not a new lock).
+    let _ = std::fs::create_dir_all(state.join("dlock"));
     Ok(format!("sqlite:{}", state.join("dlock/locks.db").display()))
 }
 

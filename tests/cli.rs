@@ -806,3 +806,32 @@ fn acquire_help_does_not_promise_renewals() {
     let out = bare(dir.path()).args(["run", "--help"]).output().unwrap();
     assert!(stdout(&out).contains("while CMD runs"), "{}", stdout(&out));
 }
+
+/// `sqlite:/typo/dir/x.db` is an error naming the missing directory, not a
+/// fresh private database that excludes nothing; the default location's
+/// directories are created.
+#[test]
+fn sqlite_creates_only_the_default_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("typo/dir");
+    let url = format!("sqlite:{}/x.db", typo.display());
+    let out = bare(dir.path())
+        .args(["--backend", &url, "run", "--key", "k", "--", "echo", "ran"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 69, "{}", stderr(&out));
+    assert!(!stdout(&out).contains("ran"));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&typo.display().to_string()) && err.contains("does not exist"),
+        "{err}"
+    );
+    assert!(!typo.exists(), "the mistyped directory was created");
+    // The default: $XDG_STATE_HOME/dlock/locks.db, created as needed.
+    let out = bare(dir.path())
+        .args(["run", "--key", "k", "--", "echo", "ran"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(dir.path().join("state/dlock/locks.db").exists());
+}

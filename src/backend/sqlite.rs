@@ -207,9 +207,19 @@ fn flock(f: &File, op: libc::c_int) -> std::io::Result<()> {
 impl SqliteBackend {
     pub async fn connect(url: &str, timeout: Duration) -> Result<SqliteBackend> {
         let path = parse_path(url)?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        // Only the default location's directories are created (in config):
+        // a mistyped directory would otherwise be a private lock that
+        // excludes nothing.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.is_dir()
+        {
+            return Err(unavailable(format!(
+                "cannot open SQLite database {}: the directory {} does not exist; dlock creates \
+                 only the default location's directories, so that a mistyped path does not \
+                 become a private lock that excludes nothing: create it, or fix the path",
+                path.display(),
+                dir.display()
+            )));
         }
         let opts = SqliteConnectOptions::new()
             .filename(&path)
