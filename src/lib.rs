@@ -587,16 +587,20 @@ async fn cmd_release(c: &Connector<'_>, a: cli::ReleaseArgs) -> Result<i32> {
     Ok(exit_code::SUCCESS)
 }
 
-async fn cmd_status(c: &Connector<'_>, a: cli::StatusArgs) -> Result<i32> {
+async fn cmd_status(c: &Connector<'_>, mut a: cli::StatusArgs) -> Result<i32> {
     let s = c.settings;
     for k in &a.keys {
         s.validate_key(k)?;
     }
+    // Each named key once, in the order given.
+    let mut seen = std::collections::HashSet::new();
+    a.keys.retain(|k| seen.insert(k.clone()));
     let backend = c.get().await?;
     let Some(every) = a.watch else {
         let st = backend
             .status(&s.namespace, &a.keys)
             .await
+            .map(|st| in_order(st, &a.keys))
             .map_err(|e| backend_error(backend.as_ref(), e))?;
         let text = render_status(s, backend.as_ref(), &st, a.json)?;
         let mut out = std::io::stdout().lock();
@@ -618,7 +622,9 @@ async fn cmd_status(c: &Connector<'_>, a: cli::StatusArgs) -> Result<i32> {
     let bound = s.connect_timeout * 4;
     loop {
         let t0 = Instant::now();
-        let st = tokio::time::timeout(bound, backend.status(&s.namespace, &a.keys)).await;
+        let st = tokio::time::timeout(bound, backend.status(&s.namespace, &a.keys))
+            .await
+            .map(|r| r.map(|st| in_order(st, &a.keys)));
         let (body, failed) = match st {
             Ok(Ok(st)) if a.json => (serde_json::to_string(&status::to_json(&st))? + "\n", false),
             Ok(Ok(st)) => (render_status(s, backend.as_ref(), &st, false)?, false),
@@ -670,6 +676,17 @@ async fn cmd_status(c: &Connector<'_>, a: cli::StatusArgs) -> Result<i32> {
             _ = signals.recv() => return Ok(exit_code::SUCCESS),
         }
     }
+}
+
+/// The same row order on every backend: named keys in the order given,
+/// the namespace's keys sorted.
+fn in_order(mut st: Vec<backend::KeyStatus>, keys: &[String]) -> Vec<backend::KeyStatus> {
+    if keys.is_empty() {
+        st.sort_by(|a, b| a.key.cmp(&b.key));
+    } else {
+        st.sort_by_key(|k| keys.iter().position(|n| *n == k.key).unwrap_or(usize::MAX));
+    }
+    st
 }
 
 /// The table (or JSON) for one look at the locks.

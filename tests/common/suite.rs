@@ -45,6 +45,7 @@ macro_rules! conformance {
                 nested_keys_are_independent,
                 lock_broken_before_the_next_renewal_is_reported,
                 renew_ttl_is_applied_or_refused,
+                status_rows_in_the_order_given,
             );
         }
     };
@@ -1055,4 +1056,38 @@ pub fn renew_ttl_is_applied_or_refused(env: &Env) {
         c => panic!("renew --ttl 1h: exit {c}: {}", stderr(&out)),
     }
     assert_eq!(code(&env.run(&["release", &h])), 0);
+}
+
+/// `status` lists named keys in the order given (each once), and the
+/// namespace's keys sorted, the same on every backend.
+pub fn status_rows_in_the_order_given(env: &Env) {
+    let (z, a, m) = (key("ord-z"), key("ord-a"), key("ord-m"));
+    let mut hz = hold(env, &z, &[], "sleep 30");
+    let mut ha = hold(env, &a, &[], "sleep 30");
+    let keys = |st: &serde_json::Value| {
+        st.as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["key"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let st = env.status_json(&[&z, &m, &a, &z]);
+    assert_eq!(keys(&st), vec![z.clone(), m.clone(), a.clone()], "{st}");
+    let out = env.run(&["status", &m, &z, &a]);
+    let table = stdout(&out);
+    let rows: Vec<&str> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(rows, vec![m.as_str(), z.as_str(), a.as_str()], "{table}");
+    let all = keys(&env.status_json(&[]));
+    let mut sorted = all.clone();
+    sorted.sort();
+    assert_eq!(all, sorted);
+    assert!(all.contains(&a) && all.contains(&z), "{all:?}");
+    for c in [&mut hz, &mut ha] {
+        signal(c.id(), Signal::SIGTERM);
+        wait_timeout(c, LONG);
+    }
 }
