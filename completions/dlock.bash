@@ -565,7 +565,7 @@ _dlock() {
             return 0
             ;;
         dlock__subcmd__release)
-            opts="-k -b -v -q -h --key --force --backend --namespace --config --profile --connect-timeout --verbose --quiet --log-format --color --help"
+            opts="-k -b -v -q -h --key --force --if-held --backend --namespace --config --profile --connect-timeout --verbose --quiet --log-format --color --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -118,6 +118,7 @@ complete -c dlock -n "__fish_dlock_using_subcommand release" -l color -d 'Colour
 always\t''
 never\t''"
 complete -c dlock -n "__fish_dlock_using_subcommand release" -l force -d 'Break the lock whoever holds it (administrator\'s tool)'
+complete -c dlock -n "__fish_dlock_using_subcommand release" -l if-held -d 'Exit 0 when the handle holds nothing any more (already released, expired or broken): an idempotent release for cleanup steps'
 complete -c dlock -n "__fish_dlock_using_subcommand release" -s v -l verbose -d 'Log what dlock does on stderr (-v: events with timings, -vv: debug)'
 complete -c dlock -n "__fish_dlock_using_subcommand release" -s q -l quiet -d 'Print nothing but errors'
 complete -c dlock -n "__fish_dlock_using_subcommand release" -s h -l help -d 'Print help (see more with \'--help\')'

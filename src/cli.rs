@@ -238,6 +238,11 @@ pub struct ReleaseArgs {
     /// Break the lock whoever holds it (administrator's tool).
     #[arg(long)]
     pub force: bool,
+
+    /// Exit 0 when the handle holds nothing any more (already released,
+    /// expired or broken): an idempotent release for cleanup steps.
+    #[arg(long, requires = "handle", conflicts_with = "force")]
+    pub if_held: bool,
 }
 
 #[derive(Debug, Args)]

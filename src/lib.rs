@@ -547,9 +547,19 @@ async fn cmd_release(c: &Connector<'_>, a: cli::ReleaseArgs) -> Result<i32> {
                 gone.push(format!("{:?} (token {})", l.key, l.token));
             }
         }
+        if !gone.is_empty() && a.if_held {
+            if !s.quiet {
+                eprintln!(
+                    "dlock: the handle no longer held {}: nothing to release (--if-held)",
+                    gone.join(", ")
+                );
+            }
+            return Ok(exit_code::SUCCESS);
+        }
         if !gone.is_empty() {
             return Err(Error::Lost(format!(
-                "the handle no longer held {}: its lease had expired or was broken, and whoever holds it now keeps it",
+                "the handle no longer held {}: it was already released, or its lease expired or was broken, \
+                 and whoever holds it now keeps it (--if-held makes this exit 0)",
                 gone.join(", ")
             ))
             .into());

@@ -835,3 +835,31 @@ fn sqlite_creates_only_the_default_directories() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(dir.path().join("state/dlock/locks.db").exists());
 }
+
+/// Releasing a handle twice says it was already released (74), and
+/// `release --if-held` is the idempotent form for cleanup steps (0).
+#[test]
+fn release_twice_and_if_held() {
+    let env = Env::sqlite();
+    let out = env.run(&["acquire", "--key", "ci"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let h = stdout(&out).trim().to_string();
+    assert_eq!(code(&env.run(&["release", "--if-held", &h])), 0);
+    assert!(!env.held("ci"), "--if-held released a held lease");
+    let out = env.run(&["release", &h]);
+    assert_eq!(code(&out), 74, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("already released"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.run(&["release", "--if-held", &h]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("nothing to release"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.run(&["release", "--if-held", "--key", "ci", "--force"]);
+    assert_eq!(code(&out), 64, "{}", stderr(&out));
+}
