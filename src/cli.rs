@@ -25,8 +25,8 @@ Exit status:
   128+N CMD died of signal N
 
 Environment given to CMD:
-  DLOCK_KEY, DLOCK_TOKEN (the fencing token), DLOCK_TTL (seconds),
-  DLOCK_NAMESPACE
+  DLOCK_KEY, DLOCK_KEYS (one key per line), DLOCK_TOKEN (the fencing
+  token), DLOCK_TTL (seconds), DLOCK_NAMESPACE
 
 Backends (--backend URL):
   sqlite:PATH                     embedded default, no server

@@ -387,6 +387,9 @@ async fn run_locked(
         ),
         ("DLOCK_TTL".to_string(), fmt_secs(lock.ttl)),
     ];
+    // DLOCK_KEY joins keys with commas, which a key may hold; DLOCK_KEYS has
+    // one per line, unambiguous since a key holds no control character.
+    env.push(("DLOCK_KEYS".to_string(), lock.keys.join("\n")));
     env.push(("DLOCK_NAMESPACE".to_string(), s.namespace.clone()));
     // A password in DLOCK_BACKEND must not reach the child.
     let env_remove = match std::env::var("DLOCK_BACKEND") {

@@ -863,3 +863,23 @@ fn release_twice_and_if_held() {
     let out = env.run(&["release", "--if-held", "--key", "ci", "--force"]);
     assert_eq!(code(&out), 64, "{}", stderr(&out));
 }
+
+/// `DLOCK_KEYS` names the keys one per line (a key holds no control
+/// character), unambiguous where `DLOCK_KEY`'s commas are not.
+#[test]
+fn dlock_keys_is_unambiguous() {
+    let env = Env::sqlite();
+    let out = env.run(&[
+        "run",
+        "--key",
+        "b,c",
+        "--key",
+        "a",
+        "--",
+        "sh",
+        "-c",
+        "printf '%s|%s' \"$DLOCK_KEY\" \"$DLOCK_KEYS\"",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "a,b,c|a\nb,c");
+}
