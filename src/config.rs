@@ -413,6 +413,20 @@ fn split_backends(raw: &[String]) -> Vec<String> {
     out
 }
 
+/// The service a backend URL names, for messages.
+pub fn service_of(url: &str) -> &'static str {
+    let scheme = url.split(':').next().unwrap_or_default();
+    match scheme.to_ascii_lowercase().as_str() {
+        "sqlite" => "SQLite",
+        "redis" | "rediss" | "redis+sentinel" | "redis+cluster" => "Redis",
+        "zk" => "ZooKeeper",
+        "postgres" | "postgresql" => "PostgreSQL",
+        "mysql" | "mariadb" => "MySQL",
+        "etcd" | "etcds" => "etcd",
+        _ => "unknown",
+    }
+}
+
 /// `redis://h:1,h:2` looks like Redlock but is one URL with a bad host:
 /// say how to write it (each server its own URL).
 fn redlock_short_form(url: &str) -> Result<()> {

@@ -494,12 +494,14 @@ async fn cmd_acquire(c: &Connector<'_>, a: cli::AcquireArgs) -> Result<i32> {
         return Ok(not.code());
     }
     let leases = keeper.stop();
-    println!("{}", Handle::new(&s.namespace, lock.ttl, &leases).encode());
+    let h = Handle::new(&s.namespace, lock.ttl, &leases).issued_by(s.shown_backends());
+    println!("{}", h.encode());
     Ok(exit_code::SUCCESS)
 }
 
 async fn cmd_renew(c: &Connector<'_>, a: cli::RenewArgs) -> Result<i32> {
     let h = Handle::decode(&a.handle)?;
+    same_service(c.settings, &h)?;
     let ttl = a.ttl.unwrap_or(h.ttl());
     if ttl < Duration::from_millis(100) {
         return Err(usage("--ttl must be at least 100ms"));
@@ -532,10 +534,33 @@ async fn cmd_renew(c: &Connector<'_>, a: cli::RenewArgs) -> Result<i32> {
     Ok(exit_code::SUCCESS)
 }
 
+/// A handle used against another kind of backend than the one that issued
+/// it (a CI step that forgot `--backend`) is a usage error, said as such
+/// before connecting, rather than "its lease expired".
+fn same_service(s: &Settings, h: &Handle) -> Result<()> {
+    let Some(issuer) = &h.backend else {
+        return Ok(());
+    };
+    let (was, is) = (
+        config::service_of(issuer),
+        config::service_of(&s.backends[0]),
+    );
+    if was != is {
+        return Err(usage(format!(
+            "this handle was issued by {issuer} ({was}); this is {} ({is}): give the --backend it was acquired with",
+            s.shown_backends()
+        )));
+    }
+    Ok(())
+}
+
 async fn cmd_release(c: &Connector<'_>, a: cli::ReleaseArgs) -> Result<i32> {
     let s = c.settings;
     for key in &a.key {
         s.validate_key(key)?;
+    }
+    if let Some(hs) = &a.handle {
+        same_service(s, &Handle::decode(hs)?)?;
     }
     let backend = c.get().await?;
     if let Some(hs) = &a.handle {

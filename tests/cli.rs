@@ -883,3 +883,27 @@ fn dlock_keys_is_unambiguous() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(stdout(&out), "a,b,c|a\nb,c");
 }
+
+/// A handle used against another kind of backend than the one that issued
+/// it (a CI step that forgot `--backend`) is refused (64) naming both,
+/// before connecting, not reported as an expired lease (74).
+#[test]
+fn a_handle_names_the_backend_that_issued_it() {
+    let env = Env::sqlite();
+    let out = env.run(&["acquire", "--key", "deploy"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let h = stdout(&out).trim().to_string();
+    let other = Env::bare("redis://u:pw9@127.0.0.1:1".to_string());
+    for args in [vec!["release", &h], vec!["renew", &h]] {
+        let out = other.run(&args);
+        assert_eq!(code(&out), 64, "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("issued by sqlite:") && err.contains("redis://u:***@127.0.0.1:1"),
+            "{err}"
+        );
+        assert!(!err.contains("pw9"), "{err}");
+    }
+    assert!(env.held("deploy"));
+    assert_eq!(code(&env.run(&["release", &h])), 0);
+}
