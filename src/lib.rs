@@ -161,7 +161,10 @@ fn owner(kind: LeaseKind) -> Result<Owner> {
         id: secret()?,
         user: host::user(),
         host: host::hostname(),
-        pid,
+        // A handle outlives the `dlock acquire` that took it: its pid would
+        // name a long-exited process. Pid 0 (never a user process) marks
+        // the lease as a handle's in `status`.
+        pid: if kind == LeaseKind::Handle { 0 } else { pid },
         host_id: host::host_id(),
         proc_start: host::proc_start(pid).unwrap_or(0),
         kind,

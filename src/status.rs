@@ -41,6 +41,10 @@ pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
+/// The pid recorded for a lease taken by `dlock acquire`: no process holds
+/// it, the handle does.
+pub const HANDLE_PID: u32 = 0;
+
 /// `alice@build-3`, or whatever part of it is known.
 pub fn who(h: &Holder) -> String {
     match (&h.owner, &h.host) {
@@ -56,8 +60,10 @@ pub fn describe_holder(h: &Holder) -> String {
     let now = SystemTime::now();
     let mut s = format!("held by {}", who(h));
     let mut extra = Vec::new();
-    if let Some(p) = h.pid {
-        extra.push(format!("pid {p}"));
+    match h.pid {
+        Some(HANDLE_PID) => extra.push("a handle from `dlock acquire`".to_string()),
+        Some(p) => extra.push(format!("pid {p}")),
+        None => {}
     }
     if let Some(t) = h.token {
         extra.push(format!("token {t}"));
@@ -90,7 +96,8 @@ pub fn to_json(statuses: &[KeyStatus]) -> Value {
                     "holders": k.holders.iter().map(|h| json!({
                         "owner": h.owner,
                         "host": h.host,
-                        "pid": h.pid,
+                        "pid": h.pid.filter(|p| *p != HANDLE_PID),
+                        "handle": h.pid == Some(HANDLE_PID),
                         "token": h.token,
                         "acquired_at": h.acquired_at.map(rfc3339),
                         "expires_at": h.expires_at.map(rfc3339),
@@ -205,6 +212,7 @@ pub fn table(statuses: &[KeyStatus], paint: Paint) -> String {
                 },
                 who(h),
                 match (h.pid, h.dead) {
+                    (Some(HANDLE_PID), _) => "handle".to_string(),
                     (Some(p), true) => format!("{p} dead"),
                     (Some(p), false) => p.to_string(),
                     (None, true) => "dead".to_string(),

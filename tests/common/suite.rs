@@ -46,6 +46,7 @@ macro_rules! conformance {
                 lock_broken_before_the_next_renewal_is_reported,
                 renew_ttl_is_applied_or_refused,
                 status_rows_in_the_order_given,
+                acquire_leases_show_as_handles,
             );
         }
     };
@@ -1090,4 +1091,33 @@ pub fn status_rows_in_the_order_given(env: &Env) {
         signal(c.id(), Signal::SIGTERM);
         wait_timeout(c, LONG);
     }
+}
+
+/// A lease taken by `dlock acquire` is held by its handle, not by the
+/// long-exited `dlock acquire` process: `status` says "handle" instead of a
+/// pid (JSON: `"pid": null, "handle": true`), and so does the busy message.
+pub fn acquire_leases_show_as_handles(env: &Env) {
+    let k = key("hnd");
+    let out = env.run(&["acquire", "--key", &k]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let h = stdout(&out).trim().to_string();
+    let st = env.status_json(&[&k]);
+    let holder = &st[0]["holders"][0];
+    assert!(holder["pid"].is_null(), "{st}");
+    assert_eq!(holder["handle"], true, "{st}");
+    let out = env.run(&["status", &k]);
+    let table = stdout(&out);
+    let row = table.lines().find(|l| l.starts_with(&k)).unwrap();
+    assert!(row.contains(" handle "), "{table}");
+    let out = env.run(&["run", "-n", "--key", &k, "--", "true"]);
+    assert_eq!(code(&out), 75);
+    assert!(stderr(&out).contains("handle"), "{}", stderr(&out));
+    assert_eq!(code(&env.run(&["release", &h])), 0);
+    // A run's holder shows its pid, and is no handle.
+    let mut r = hold(env, &k, &[], "sleep 30");
+    let st = env.status_json(&[&k]);
+    assert_eq!(st[0]["holders"][0]["pid"].as_u64(), Some(u64::from(r.id())));
+    assert_eq!(st[0]["holders"][0]["handle"], false, "{st}");
+    signal(r.id(), Signal::SIGTERM);
+    wait_timeout(&mut r, LONG);
 }
