@@ -46,7 +46,7 @@ complete -c dlock -n "__fish_dlock_needs_command" -f -a "status" -d 'Show who ho
 complete -c dlock -n "__fish_dlock_needs_command" -f -a "ping" -d 'Connect to the backend and print its kind, version and round-trip time'
 complete -c dlock -n "__fish_dlock_needs_command" -f -a "doctor" -d 'Check the backend for what would make locks unsafe or slow, and say how to fix it'
 complete -c dlock -n "__fish_dlock_needs_command" -f -a "completions" -d 'Print a shell completion script'
-complete -c dlock -n "__fish_dlock_needs_command" -f -a "man" -d 'Print the man page (of a subcommand, if named)'
+complete -c dlock -n "__fish_dlock_needs_command" -f -a "man" -d 'Print the man page (of a subcommand, if named) as roff: `dlock man run | man -l -`'
 complete -c dlock -n "__fish_dlock_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c dlock -n "__fish_dlock_using_subcommand run" -s k -l key -d 'Lock name; repeat for several locks, taken all or nothing in sorted order' -r
 complete -c dlock -n "__fish_dlock_using_subcommand run" -s t -l ttl -d 'Lease length, renewed about every third of it while CMD runs [default: 30s]' -r
@@ -201,5 +201,5 @@ complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_su
 complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping doctor completions man help" -f -a "ping" -d 'Connect to the backend and print its kind, version and round-trip time'
 complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping doctor completions man help" -f -a "doctor" -d 'Check the backend for what would make locks unsafe or slow, and say how to fix it'
 complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping doctor completions man help" -f -a "completions" -d 'Print a shell completion script'
-complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping doctor completions man help" -f -a "man" -d 'Print the man page (of a subcommand, if named)'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping doctor completions man help" -f -a "man" -d 'Print the man page (of a subcommand, if named) as roff: `dlock man run | man -l -`'
 complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping doctor completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -34,7 +34,26 @@ Backends (--backend URL):
     redis+sentinel://, redis+cluster://
   zk://host:port[,host:port...][/chroot]
   postgres://..., mysql://..., mariadb://
-  etcd://host:port[,host:port...], etcds:// (TLS)";
+  etcd://host:port[,host:port...], etcds:// (TLS)
+
+Environment read by dlock:
+  DLOCK_BACKEND, DLOCK_NAMESPACE, DLOCK_CONFIG, DLOCK_PROFILE,
+  DLOCK_CONNECT_TIMEOUT, DLOCK_LOG_FORMAT, DLOCK_COLOR, DLOCK_METRICS_FILE;
+  NO_COLOR; XDG_STATE_HOME and XDG_CONFIG_HOME (else HOME) for the defaults
+
+Files:
+  $XDG_CONFIG_HOME/dlock/config.toml (~/.config/dlock/config.toml), then
+    /etc/dlock/config.toml: the config file, unless --config is given
+  $XDG_STATE_HOME/dlock/locks.db (~/.local/state/dlock/locks.db): the
+    default SQLite database, per user
+
+Examples:
+  dlock run --key nightly-report -- ./report.sh
+  dlock run -n -E 0 --key backup -- ./backup.sh     # cron: skip if running
+  dlock -b redis://locks:6379 run -w 5m --key deploy -- ./deploy.sh
+  H=$(dlock acquire --key deploy --ttl 15m); ...; dlock release \"$H\"
+  dlock status --json
+  dlock man run | man -l -                           # read a man page";
 
 /// Run a command under a distributed lock.
 ///
@@ -102,6 +121,7 @@ pub struct GlobalArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Acquire the lock(s), run CMD as a child, release when it ends.
+    #[command(after_long_help = AFTER_HELP)]
     Run(RunArgs),
     /// Acquire without a child; print a lease handle on stdout.
     Acquire(AcquireArgs),
@@ -128,7 +148,7 @@ pub enum Command {
         /// The shell to complete for.
         shell: clap_complete::Shell,
     },
-    /// Print the man page (of a subcommand, if named).
+    /// Print the man page (of a subcommand, if named) as roff: `dlock man run | man -l -`.
     Man {
         /// Subcommand whose page to print.
         subcommand: Option<String>,

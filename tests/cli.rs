@@ -907,3 +907,25 @@ fn a_handle_names_the_backend_that_issued_it() {
     assert!(env.held("deploy"));
     assert_eq!(code(&env.run(&["release", &h])), 0);
 }
+
+/// `run --help` and its man page carry exit status, environment, files and
+/// examples; `dlock man --help` says how to read the roff it prints.
+#[test]
+fn run_help_and_man_page_have_the_reference_sections() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bare(dir.path()).args(["run", "--help"]).output().unwrap();
+    let man = bare(dir.path()).args(["man", "run"]).output().unwrap();
+    for text in [stdout(&out), stdout(&man)] {
+        for section in [
+            "Exit status:",
+            "Environment given to CMD:",
+            "Files:",
+            "Examples:",
+        ] {
+            assert!(text.contains(section), "{section}: {text}");
+        }
+        assert!(text.contains("DLOCK_KEYS"), "{text}");
+    }
+    let out = bare(dir.path()).args(["man", "--help"]).output().unwrap();
+    assert!(stdout(&out).contains("man -l -"), "{}", stdout(&out));
+}
