@@ -271,10 +271,13 @@ pub async fn release_all(backend: &dyn Backend, leases: &[Lease]) -> Vec<Lease> 
                 gone.push(l.clone());
             }
             Err(e) => {
-                eprintln!(
-                    "dlock: could not release {:?} on {}: {e:#} (it expires by itself within its TTL)",
-                    l.key,
-                    backend.describe()
+                crate::jsonlog::say(
+                    "WARN",
+                    &format!(
+                        "could not release {:?} on {}: {e:#} (it expires by itself within its TTL)",
+                        l.key,
+                        backend.describe()
+                    ),
                 );
             }
         }

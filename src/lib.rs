@@ -29,6 +29,7 @@ pub mod error;
 pub mod exit_code;
 pub mod handle;
 pub mod host;
+pub mod jsonlog;
 pub mod lease;
 pub mod metrics;
 pub mod progress;
@@ -63,6 +64,9 @@ pub async fn run(cli: Cli) -> Result<i32> {
         }
         _ => {}
     }
+    // JSON from the start when the flag or DLOCK_LOG_FORMAT asks for it, so
+    // that a configuration error is a JSON line too.
+    jsonlog::set_json(cli.global.log_format == Some(LogFormat::Json));
     let settings = Settings::resolve(&cli.global)?;
     init_logging(&settings);
     let conn = Connector {
@@ -129,6 +133,7 @@ pub fn man_page(subcommand: Option<&str>) -> Result<Vec<u8>> {
 
 fn init_logging(s: &Settings) {
     use tracing_subscriber::filter::LevelFilter;
+    jsonlog::set_json(s.log_format == LogFormat::Json);
     let level = match (s.quiet, s.verbose, s.log_format) {
         (true, _, _) => LevelFilter::OFF,
         (_, 0, LogFormat::Text) => LevelFilter::OFF,
@@ -143,7 +148,7 @@ fn init_logging(s: &Settings) {
         .with_max_level(level)
         .with_target(false);
     match s.log_format {
-        LogFormat::Json => b.json().flatten_event(true).init(),
+        LogFormat::Json => b.event_format(jsonlog::JsonLines).init(),
         LogFormat::Text => b.compact().init(),
     }
 }
@@ -282,7 +287,7 @@ async fn take_locks(
             );
             if !s.quiet {
                 let w = (lock.wait != config::Wait::No).then_some(waited);
-                eprintln!("dlock: {}", busy_message(&busy, w));
+                jsonlog::say("INFO", &busy_message(&busy, w));
             }
             Ok(Err(NotTaken::Busy(lock.conflict_exit_code)))
         }
@@ -340,7 +345,7 @@ async fn cmd_run(c: &Connector<'_>, a: cli::RunArgs) -> Result<i32> {
             ended: std::time::SystemTime::now(),
         };
         if let Err(e) = metrics::write(path, &rec) {
-            eprintln!("dlock: {e:#}");
+            jsonlog::say("ERROR", &format!("{e:#}"));
         }
     }
     result
@@ -459,9 +464,12 @@ async fn run_locked(
                     "lease found gone at release"
                 );
             }
-            eprintln!(
-                "dlock: lost the lock on {what}: it was broken or expired on {} before the command ended",
-                backend.describe()
+            jsonlog::say(
+                "WARN",
+                &format!(
+                    "lost the lock on {what}: it was broken or expired on {} before the command ended",
+                    backend.describe()
+                ),
             );
             lost = true;
             trace.lost = true;
@@ -475,10 +483,13 @@ async fn run_locked(
         "done"
     );
     if lost && rs.on_lost == OnLost::Kill {
-        eprintln!(
-            "dlock: exiting {} because the lease was lost (the command's own status was {})",
-            exit_code::LOST,
-            outcome.code
+        jsonlog::say(
+            "WARN",
+            &format!(
+                "exiting {} because the lease was lost (the command's own status was {})",
+                exit_code::LOST,
+                outcome.code
+            ),
         );
         return Ok(exit_code::LOST);
     }
@@ -580,9 +591,12 @@ async fn cmd_release(c: &Connector<'_>, a: cli::ReleaseArgs) -> Result<i32> {
         }
         if !gone.is_empty() && a.if_held {
             if !s.quiet {
-                eprintln!(
-                    "dlock: the handle no longer held {}: nothing to release (--if-held)",
-                    gone.join(", ")
+                jsonlog::say(
+                    "INFO",
+                    &format!(
+                        "the handle no longer held {}: nothing to release (--if-held)",
+                        gone.join(", ")
+                    ),
                 );
             }
             return Ok(exit_code::SUCCESS);
@@ -616,11 +630,14 @@ async fn cmd_release(c: &Connector<'_>, a: cli::ReleaseArgs) -> Result<i32> {
         tracing::warn!(event = "forced", key, holders = n, by, "forced release");
         if !s.quiet {
             if n == 0 {
-                eprintln!("dlock: {key:?} was not held");
+                jsonlog::say("INFO", &format!("{key:?} was not held"));
             } else {
-                eprintln!(
-                    "dlock: broke the lock on {key:?} ({n} holder{})",
-                    if n == 1 { "" } else { "s" }
+                jsonlog::say(
+                    "WARN",
+                    &format!(
+                        "broke the lock on {key:?} ({n} holder{})",
+                        if n == 1 { "" } else { "s" }
+                    ),
                 );
             }
         }
@@ -686,7 +703,8 @@ async fn cmd_status(c: &Connector<'_>, mut a: cli::StatusArgs) -> Result<i32> {
         let written = if a.json {
             // Errors go to stderr: stdout stays one JSON array per line.
             if failed {
-                eprint!("{body}");
+                let msg = body.trim_end();
+                jsonlog::say("ERROR", msg.strip_prefix("dlock: ").unwrap_or(msg));
                 Ok(())
             } else {
                 write!(out, "{body}")
@@ -820,5 +838,15 @@ async fn cmd_doctor(c: &Connector<'_>, a: cli::DoctorArgs) -> Result<i32> {
 
 /// Used by `main` for the top-level error message.
 pub fn report(err: &anyhow::Error) -> String {
-    format!("dlock: {err:#}")
+    if jsonlog::is_json() {
+        let code = error::exit_code_of(err);
+        jsonlog::line(
+            "ERROR",
+            "error",
+            &format!("{err:#}"),
+            &[("exit_code", code.into())],
+        )
+    } else {
+        format!("dlock: {err:#}")
+    }
 }

@@ -28,6 +28,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::OnLost;
 use crate::exit_code;
+use crate::jsonlog::say;
 use crate::lease::{Keeper, Loss};
 
 /// The signals dlock passes on to the child.
@@ -266,7 +267,7 @@ pub async fn supervise(
             } else {
                 "cannot execute"
             };
-            eprintln!("dlock: {shown}: {what}: {e}");
+            say("ERROR", &format!("{shown}: {what}: {e}"));
             return Ok(Outcome { code, lost: None });
         }
     };
@@ -308,16 +309,16 @@ pub async fn supervise(
             changed = lost_rx.changed(), if lost.is_none() => {
                 if changed.is_err() { continue; }
                 let Some(loss) = lost_rx.borrow_and_update().clone() else { continue };
-                eprintln!("dlock: {}", loss.message);
+                say("WARN", &loss.message);
                 match spec.on_lost {
-                    OnLost::Ignore => eprintln!("dlock: --on-lost ignore: letting {shown} run on without the lock"),
+                    OnLost::Ignore => say("WARN", &format!("--on-lost ignore: letting {shown} run on without the lock")),
                     OnLost::Kill => {
                         let by = Instant::now() + spec.kill_after;
                         let by = loss.expires.map_or(by, |e| by.min(e));
-                        eprintln!(
-                            "dlock: stopping {shown}: SIGTERM to its process group, SIGKILL in {}",
+                        say("WARN", &format!(
+                            "stopping {shown}: SIGTERM to its process group, SIGKILL in {}",
                             crate::status::human_duration(by.saturating_duration_since(Instant::now()))
-                        );
+                        ));
                         let _ = killpg(pgid, Signal::SIGTERM);
                         kill_at = Some(by);
                     }
@@ -356,7 +357,7 @@ pub async fn supervise(
         && (guard_acted || guard_deadline.is_some_and(|u| Instant::now() + grace >= u))
     {
         let msg = "the lease could not be renewed in time while dlock was not running (frozen or suspended?)";
-        eprintln!("dlock: {msg}");
+        say("WARN", msg);
         lost = Some(Loss {
             message: msg.to_string(),
             expires: None,

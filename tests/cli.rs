@@ -929,3 +929,82 @@ fn run_help_and_man_page_have_the_reference_sections() {
     let out = bare(dir.path()).args(["man", "--help"]).output().unwrap();
     assert!(stdout(&out).contains("man -l -"), "{}", stdout(&out));
 }
+
+/// With `--log-format json`, every line on stderr is one JSON object with
+/// typed fields: events (`keys` and `tokens` as arrays), the messages for
+/// the user (busy: `event: "notice"`) and the final error (`event: "error"`
+/// with `exit_code`).
+#[test]
+fn json_logs_are_one_typed_object_per_line() {
+    let env = Env::sqlite();
+    let objects = |out: &std::process::Output| -> Vec<serde_json::Value> {
+        stderr(out)
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {l}\n{}", stderr(out)));
+                assert!(
+                    v.is_object() && v["event"].is_string() && v["level"].is_string(),
+                    "{l}"
+                );
+                v
+            })
+            .collect()
+    };
+    let out = env.run(&[
+        "--log-format",
+        "json",
+        "run",
+        "--key",
+        "b",
+        "--key",
+        "a",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let ev = objects(&out);
+    let acquired = ev.iter().find(|e| e["event"] == "acquired").unwrap();
+    assert_eq!(
+        acquired["keys"],
+        serde_json::json!(["a", "b"]),
+        "{acquired}"
+    );
+    assert!(
+        acquired["tokens"]
+            .as_array()
+            .is_some_and(|t| t.iter().all(|x| x.is_u64())),
+        "{acquired}"
+    );
+    let mut h = env.spawn(&["run", "--key", "x", "--", "sleep", "30"]);
+    wait_for(Duration::from_secs(10), "x held", || env.held("x"));
+    let out = env.run(&[
+        "--log-format",
+        "json",
+        "run",
+        "-n",
+        "--key",
+        "x",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&out), 75);
+    let ev = objects(&out);
+    assert!(
+        ev.iter()
+            .any(|e| e["event"] == "notice" && e["message"].as_str().unwrap().contains("busy")),
+        "{ev:?}"
+    );
+    signal(h.id(), nix::sys::signal::Signal::SIGTERM);
+    let _ = h.wait();
+    let missing = format!("sqlite:{}/no/such/x.db", env.dir.path().display());
+    let out = bare(env.dir.path())
+        .args(["--log-format", "json", "--backend", &missing, "status"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 69);
+    let ev = objects(&out);
+    let err = ev.iter().find(|e| e["event"] == "error").unwrap();
+    assert_eq!(err["exit_code"], 69, "{err}");
+    assert_eq!(err["level"], "ERROR");
+}

@@ -249,3 +249,33 @@ fn keys_zookeeper_cannot_store_are_refused() {
         assert_eq!(code(&out), 0, "{k}: {}", stderr(&out));
     }
 }
+
+/// With `--log-format json`, the ZooKeeper client library's lines are JSON
+/// objects too, marked `event: "library"` with their target.
+#[test]
+fn json_logs_mark_client_library_lines() {
+    let env = Env::zookeeper();
+    let out = env.run(&[
+        "--log-format",
+        "json",
+        "-vv",
+        "run",
+        "--key",
+        "j",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> = stderr(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.iter().all(|v| v["event"].is_string()), "{lines:?}");
+    assert!(
+        lines.iter().any(|v| v["event"] == "library"
+            && v["target"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("zookeeper"))),
+        "{lines:?}"
+    );
+}
