@@ -471,18 +471,29 @@ fn starts_with_scheme(s: &str) -> bool {
     }
 }
 
-fn default_backend() -> Result<String> {
+/// This user's default SQLite database, `$XDG_STATE_HOME/dlock/locks.db`
+/// (else `~/.local/state/dlock/locks.db`), if either is set.
+pub fn default_sqlite_path() -> Option<PathBuf> {
     let state = match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
         Some(d) => PathBuf::from(d),
-        None => match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
-            Some(h) => PathBuf::from(h).join(".local/state"),
-            None => {
-                return Err(usage(
-                    "neither XDG_STATE_HOME nor HOME is set; give --backend sqlite:PATH",
-                ));
-            }
-        },
+        None => {
+            PathBuf::from(std::env::var_os("HOME").filter(|v| !v.is_empty())?).join(".local/state")
+        }
     };
+    Some(state.join("dlock/locks.db"))
+}
+
+fn default_backend() -> Result<String> {
+    let Some(db) = default_sqlite_path() else {
+        return Err(usage(
+            "neither XDG_STATE_HOME nor HOME is set; give --backend sqlite:PATH",
+        ));
+    };
+    let state = db
+        .parent()
+        .and_then(|d| d.parent())
+        .unwrap_or(&db)
+        .to_path_buf();
     // The default location's directories are created here, and only they:
     // an explicit path's directory must exist (a typo is not a new lock).
     let _ = std::fs::create_dir_all(state.join("dlock"));

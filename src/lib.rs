@@ -757,14 +757,32 @@ fn render_status(
 ) -> Result<String> {
     Ok(if json {
         serde_json::to_string_pretty(&status::to_json(st))? + "\n"
-    } else if st.is_empty() {
-        format!(
-            "no lock is held in namespace {:?} on {}\n",
-            s.namespace,
-            backend.describe()
-        )
     } else {
-        status::table(st, status::Paint(s.color))
+        // The default database is this user's own: say so, since another
+        // user's dlock on this host does not see these locks.
+        let own = config::default_sqlite_path()
+            .is_some_and(|p| backend.describe() == format!("sqlite:{}", p.display()));
+        let note = if own {
+            " (your own default database: other users' locks are not in it)"
+        } else {
+            ""
+        };
+        if st.is_empty() {
+            format!(
+                "no lock is held in namespace {:?} on {}{note}\n",
+                s.namespace,
+                backend.describe()
+            )
+        } else if own && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            let table = status::table(st, status::Paint(s.color));
+            let foot = format!("on {}{note}", backend.describe());
+            format!(
+                "{table}{}\n",
+                status::Paint(s.color).paint(status::Paint::DIM, &foot)
+            )
+        } else {
+            status::table(st, status::Paint(s.color))
+        }
     })
 }
 

@@ -1008,3 +1008,46 @@ fn json_logs_are_one_typed_object_per_line() {
     assert_eq!(err["exit_code"], 69, "{err}");
     assert_eq!(err["level"], "ERROR");
 }
+
+/// The default SQLite database is per user (so no other user can break
+/// your locks, and none of theirs exclude yours): `doctor` and `status`
+/// say so when they use it.
+#[test]
+fn the_per_user_default_is_said_out_loud() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bare(dir.path()).args(["status"]).output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("your own default database"),
+        "{}",
+        stdout(&out)
+    );
+    let out = bare(dir.path())
+        .args(["doctor", "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let scope = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "scope")
+        .unwrap()
+        .clone();
+    assert!(
+        scope["message"]
+            .as_str()
+            .unwrap()
+            .contains("your own default database"),
+        "{scope}"
+    );
+    // An explicit shared path says who can break its locks instead.
+    let env = Env::sqlite();
+    let (_, checks) = env.doctor(&[]);
+    assert!(
+        checks
+            .iter()
+            .any(|(n, _, m)| n == "scope" && m.contains("may also break")),
+        "{checks:?}"
+    );
+}

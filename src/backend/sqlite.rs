@@ -757,12 +757,25 @@ impl Backend for SqliteBackend {
     }
 
     async fn doctor(&self, _ttl: Duration, _timeout: Duration) -> Vec<Check> {
-        let mut out = vec![Check::new(
-            Level::Info,
-            "scope",
-            "the embedded backend excludes processes on this host only",
-        )
-        .fix("to lock across machines, use a server backend (redis://, zk://, postgres://, mysql://, etcd://)")];
+        let per_user = crate::config::default_sqlite_path().is_some_and(|d| d == self.path);
+        let scope = if per_user {
+            format!(
+                "this is your own default database ({}): it excludes your processes on this host \
+                 only; another user's dlock uses another file and does not see these locks",
+                self.path.display()
+            )
+        } else {
+            format!(
+                "the embedded backend excludes processes on this host that use {}; whoever may \
+                 write that file may also break the locks in it",
+                self.path.display()
+            )
+        };
+        let mut out = vec![Check::new(Level::Info, "scope", scope).fix(
+            "to lock across users, give them all one --backend sqlite:PATH they can write (any of \
+             them can then break the others' locks); across machines, use a server backend \
+             (redis://, zk://, postgres://, mysql://, etcd://)",
+        )];
         let dir = match self.path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
