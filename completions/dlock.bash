@@ -129,7 +129,7 @@ _dlock() {
             return 0
             ;;
         dlock__subcmd__acquire)
-            opts="-k -t -w -n -E -l -b -v -q -h --key --ttl --wait --no-wait --conflict-exit-code --limit --backend --namespace --config --profile --connect-timeout --verbose --quiet --log-format --color --help"
+            opts="-k -w -n -E -l -t -b -v -q -h --key --wait --no-wait --conflict-exit-code --limit --ttl --backend --namespace --config --profile --connect-timeout --verbose --quiet --log-format --color --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -140,14 +140,6 @@ _dlock() {
                     return 0
                     ;;
                 -k)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --ttl)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                -t)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -172,6 +164,14 @@ _dlock() {
                     return 0
                     ;;
                 -l)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ttl)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -t)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -565,7 +565,7 @@ _dlock() {
             return 0
             ;;
         dlock__subcmd__release)
-            opts="-k -b -v -q -h --key --force --backend --namespace --config --profile --connect-timeout --verbose --quiet --log-format --color --help"
+            opts="-k -b -v -q -h --key --force --if-held --backend --namespace --config --profile --connect-timeout --verbose --quiet --log-format --color --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -46,10 +46,10 @@ complete -c dlock -n "__fish_dlock_needs_command" -f -a "status" -d 'Show who ho
 complete -c dlock -n "__fish_dlock_needs_command" -f -a "ping" -d 'Connect to the backend and print its kind, version and round-trip time'
 complete -c dlock -n "__fish_dlock_needs_command" -f -a "doctor" -d 'Check the backend for what would make locks unsafe or slow, and say how to fix it'
 complete -c dlock -n "__fish_dlock_needs_command" -f -a "completions" -d 'Print a shell completion script'
-complete -c dlock -n "__fish_dlock_needs_command" -f -a "man" -d 'Print the man page (of a subcommand, if named)'
+complete -c dlock -n "__fish_dlock_needs_command" -f -a "man" -d 'Print the man page (of a subcommand, if named) as roff: `dlock man run | man -l -`'
 complete -c dlock -n "__fish_dlock_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c dlock -n "__fish_dlock_using_subcommand run" -s k -l key -d 'Lock name; repeat for several locks, taken all or nothing in sorted order' -r
-complete -c dlock -n "__fish_dlock_using_subcommand run" -s t -l ttl -d 'Lease length, renewed about every third of it while held [default: 30s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand run" -s t -l ttl -d 'Lease length, renewed about every third of it while CMD runs [default: 30s]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand run" -s w -l wait -d 'Give up after waiting D for the lock [default: wait as long as it takes]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand run" -s E -l conflict-exit-code -d 'Exit code when the lock is not acquired [default: 75]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand run" -s l -l limit -d 'Semaphore: at most N holders of each key at once [default: 1]' -r
@@ -74,10 +74,10 @@ complete -c dlock -n "__fish_dlock_using_subcommand run" -s v -l verbose -d 'Log
 complete -c dlock -n "__fish_dlock_using_subcommand run" -s q -l quiet -d 'Print nothing but errors'
 complete -c dlock -n "__fish_dlock_using_subcommand run" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s k -l key -d 'Lock name; repeat for several locks, taken all or nothing in sorted order' -r
-complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s t -l ttl -d 'Lease length, renewed about every third of it while held [default: 30s]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s w -l wait -d 'Give up after waiting D for the lock [default: wait as long as it takes]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s E -l conflict-exit-code -d 'Exit code when the lock is not acquired [default: 75]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s l -l limit -d 'Semaphore: at most N holders of each key at once [default: 1]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s t -l ttl -d 'Lease length [default: 30s]; nothing renews it: it ends after D unless `dlock renew` extends it' -r
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s b -l backend -d 'Backend URL; several Redis URLs (comma-separated or repeated) mean Redlock' -r
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l config -d 'Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml]' -r -F
@@ -118,6 +118,7 @@ complete -c dlock -n "__fish_dlock_using_subcommand release" -l color -d 'Colour
 always\t''
 never\t''"
 complete -c dlock -n "__fish_dlock_using_subcommand release" -l force -d 'Break the lock whoever holds it (administrator\'s tool)'
+complete -c dlock -n "__fish_dlock_using_subcommand release" -l if-held -d 'Exit 0 when the handle holds nothing any more (already released, expired or broken): an idempotent release for cleanup steps'
 complete -c dlock -n "__fish_dlock_using_subcommand release" -s v -l verbose -d 'Log what dlock does on stderr (-v: events with timings, -vv: debug)'
 complete -c dlock -n "__fish_dlock_using_subcommand release" -s q -l quiet -d 'Print nothing but errors'
 complete -c dlock -n "__fish_dlock_using_subcommand release" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -200,5 +201,5 @@ complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_su
 complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping doctor completions man help" -f -a "ping" -d 'Connect to the backend and print its kind, version and round-trip time'
 complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping doctor completions man help" -f -a "doctor" -d 'Check the backend for what would make locks unsafe or slow, and say how to fix it'
 complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping doctor completions man help" -f -a "completions" -d 'Print a shell completion script'
-complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping doctor completions man help" -f -a "man" -d 'Print the man page (of a subcommand, if named)'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping doctor completions man help" -f -a "man" -d 'Print the man page (of a subcommand, if named) as roff: `dlock man run | man -l -`'
 complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping doctor completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

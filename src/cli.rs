@@ -25,8 +25,8 @@ Exit status:
   128+N CMD died of signal N
 
 Environment given to CMD:
-  DLOCK_KEY, DLOCK_TOKEN (the fencing token), DLOCK_TTL (seconds),
-  DLOCK_NAMESPACE
+  DLOCK_KEY, DLOCK_KEYS (one key per line), DLOCK_TOKEN (the fencing
+  token), DLOCK_TTL (seconds), DLOCK_NAMESPACE
 
 Backends (--backend URL):
   sqlite:PATH                     embedded default, no server
@@ -34,7 +34,26 @@ Backends (--backend URL):
     redis+sentinel://, redis+cluster://
   zk://host:port[,host:port...][/chroot]
   postgres://..., mysql://..., mariadb://
-  etcd://host:port[,host:port...], etcds:// (TLS)";
+  etcd://host:port[,host:port...], etcds:// (TLS)
+
+Environment read by dlock:
+  DLOCK_BACKEND, DLOCK_NAMESPACE, DLOCK_CONFIG, DLOCK_PROFILE,
+  DLOCK_CONNECT_TIMEOUT, DLOCK_LOG_FORMAT, DLOCK_COLOR, DLOCK_METRICS_FILE;
+  NO_COLOR; XDG_STATE_HOME and XDG_CONFIG_HOME (else HOME) for the defaults
+
+Files:
+  $XDG_CONFIG_HOME/dlock/config.toml (~/.config/dlock/config.toml), then
+    /etc/dlock/config.toml: the config file, unless --config is given
+  $XDG_STATE_HOME/dlock/locks.db (~/.local/state/dlock/locks.db): the
+    default SQLite database, per user
+
+Examples:
+  dlock run --key nightly-report -- ./report.sh
+  dlock run -n -E 0 --key backup -- ./backup.sh     # cron: skip if running
+  dlock -b redis://locks:6379 run -w 5m --key deploy -- ./deploy.sh
+  H=$(dlock acquire --key deploy --ttl 15m); ...; dlock release \"$H\"
+  dlock status --json
+  dlock man run | man -l -                           # read a man page";
 
 /// Run a command under a distributed lock.
 ///
@@ -102,6 +121,7 @@ pub struct GlobalArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Acquire the lock(s), run CMD as a child, release when it ends.
+    #[command(after_long_help = AFTER_HELP)]
     Run(RunArgs),
     /// Acquire without a child; print a lease handle on stdout.
     Acquire(AcquireArgs),
@@ -128,7 +148,7 @@ pub enum Command {
         /// The shell to complete for.
         shell: clap_complete::Shell,
     },
-    /// Print the man page (of a subcommand, if named).
+    /// Print the man page (of a subcommand, if named) as roff: `dlock man run | man -l -`.
     Man {
         /// Subcommand whose page to print.
         subcommand: Option<String>,
@@ -142,7 +162,7 @@ pub struct LockArgs {
     #[arg(long, short = 'k', required = true, value_name = "KEY")]
     pub key: Vec<String>,
 
-    /// Lease length, renewed about every third of it while held [default: 30s].
+    /// Lease length, renewed about every third of it while CMD runs [default: 30s].
     #[arg(long, short = 't', value_name = "D", value_parser = parse_duration)]
     pub ttl: Option<Duration>,
 
@@ -201,6 +221,9 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(mut_arg("ttl", |a| a.help(
+    "Lease length [default: 30s]; nothing renews it: it ends after D unless `dlock renew` extends it"
+)))]
 pub struct AcquireArgs {
     #[command(flatten)]
     pub lock: LockArgs,
@@ -235,6 +258,11 @@ pub struct ReleaseArgs {
     /// Break the lock whoever holds it (administrator's tool).
     #[arg(long)]
     pub force: bool,
+
+    /// Exit 0 when the handle holds nothing any more (already released,
+    /// expired or broken): an idempotent release for cleanup steps.
+    #[arg(long, requires = "handle", conflicts_with = "force")]
+    pub if_held: bool,
 }
 
 #[derive(Debug, Args)]

@@ -117,6 +117,106 @@ pub struct Settings {
     /// Whether `status` and `doctor` colour their output on stdout.
     pub color: bool,
     file: std::sync::Arc<FileConfig>,
+    /// How the backend names locks, for the names it cannot store.
+    layout: Layout,
+}
+
+/// How a backend turns a namespace and a key into the name of a lock, as
+/// far as the names it can store go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// `NAMESPACE:KEY`, and `{NAMESPACE:KEY}:...` beside it.
+    Redis,
+    /// `NAMESPACE/KEY/<lease>`.
+    Etcd,
+    /// The path `/NAMESPACE/KEY`.
+    ZooKeeper,
+    /// Namespace and key in columns of their own (SQLite, SQL).
+    Columns,
+}
+
+impl Layout {
+    fn of(url: &str) -> Layout {
+        let scheme = url.split(':').next().unwrap_or_default();
+        match scheme.to_ascii_lowercase().as_str() {
+            "redis" | "rediss" | "redis+sentinel" | "redis+cluster" => Layout::Redis,
+            "etcd" | "etcds" => Layout::Etcd,
+            "zk" => Layout::ZooKeeper,
+            _ => Layout::Columns,
+        }
+    }
+
+    /// A namespace must not hold the layout's separators: namespace `a:x`
+    /// with key `y` would otherwise be the same lock as namespace `a` with
+    /// key `x:y`.
+    fn check_namespace(self, ns: &str) -> Result<()> {
+        let (service, layout, seps): (&str, &str, &[char]) = match self {
+            Layout::Redis => ("Redis", "NAMESPACE:KEY", &[':', '{', '}']),
+            Layout::Etcd => ("etcd", "NAMESPACE/KEY/", &['/']),
+            Layout::ZooKeeper => ("ZooKeeper", "/NAMESPACE/KEY", &['/']),
+            Layout::Columns => return Ok(()),
+        };
+        if let Some(c) = ns.chars().find(|c| seps.contains(c)) {
+            let list = seps
+                .iter()
+                .map(|c| format!("'{c}'"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(usage(format!(
+                "namespace {ns:?} contains {c:?}: on {service} a lock is named {layout}, so a namespace \
+                 may not contain {list} (namespace \"a{c}x\" with key \"y\" would be the same lock as \
+                 namespace \"a\" with key \"x{c}y\"); use '-', '.' or '_' instead"
+            )));
+        }
+        if self == Layout::ZooKeeper {
+            if ns == "zookeeper" {
+                return Err(usage(
+                    "namespace \"zookeeper\" is reserved by ZooKeeper (/zookeeper); choose another",
+                ));
+            }
+            zk_chars("namespace", ns)?;
+        }
+        Ok(())
+    }
+
+    /// A key the backend cannot store is refused before connecting (64)
+    /// rather than failing on the server.
+    fn check_key(self, key: &str) -> Result<()> {
+        if self != Layout::ZooKeeper {
+            return Ok(());
+        }
+        if key
+            .split('/')
+            .any(|part| part.is_empty() || part == "." || part == "..")
+        {
+            return Err(usage(format!(
+                "key {key:?} is not a usable ZooKeeper path: the lock is the node \
+                 /NAMESPACE/KEY, so a key may not start or end with '/' or hold \"//\", \
+                 and no part between slashes may be '.' or '..'"
+            )));
+        }
+        zk_chars("key", key)
+    }
+}
+
+/// ZooKeeper refuses these characters in a path (its PathUtils): UTF-16
+/// surrogates, so anything beyond U+FFFF such as emoji, private-use
+/// characters U+E000 to U+F8FF, and U+FFF0 to U+FFFF. Control characters are
+/// refused for every backend already.
+fn zk_chars(what: &str, s: &str) -> Result<()> {
+    let bad = |c: char| {
+        let u = c as u32;
+        u > 0xFFFF || (0xE000..=0xF8FF).contains(&u) || u >= 0xFFF0
+    };
+    if let Some(c) = s.chars().find(|c| bad(*c)) {
+        return Err(usage(format!(
+            "{what} {s:?} cannot be stored on ZooKeeper: {c:?} (U+{:04X}) is not allowed in a \
+             ZooKeeper path, which takes no characters beyond U+FFFF (emoji among them), \
+             U+E000 to U+F8FF or U+FFF0 to U+FFFF",
+            c as u32
+        )));
+    }
+    Ok(())
 }
 
 /// The lock-taking part of the settings.
@@ -155,12 +255,17 @@ impl Settings {
         if backends.is_empty() {
             return Err(usage("no backend URL given"));
         }
+        for b in &backends {
+            redlock_short_form(b)?;
+        }
         let namespace = g
             .namespace
             .clone()
             .or_else(|| file.namespace.clone())
             .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
         validate_name("namespace", &namespace)?;
+        let layout = Layout::of(&backends[0]);
+        layout.check_namespace(&namespace)?;
         let connect_timeout = g
             .connect_timeout
             .or(file.connect_timeout)
@@ -184,7 +289,14 @@ impl Settings {
                 }
             },
             file: std::sync::Arc::new(file),
+            layout,
         })
+    }
+
+    /// A key as [`validate_name`] checks it, and one the backend can store.
+    pub fn validate_key(&self, key: &str) -> Result<()> {
+        validate_name("key", key)?;
+        self.layout.check_key(key)
     }
 
     /// The backend URLs, passwords removed, for messages.
@@ -213,7 +325,7 @@ impl Settings {
         let f = &self.file;
         let mut keys = a.key.clone();
         for k in &keys {
-            validate_name("key", k)?;
+            self.validate_key(k)?;
         }
         // One canonical order, so two runs naming the same keys in another
         // order never wait on each other crosswise.
@@ -301,6 +413,51 @@ fn split_backends(raw: &[String]) -> Vec<String> {
     out
 }
 
+/// The service a backend URL names, for messages.
+pub fn service_of(url: &str) -> &'static str {
+    let scheme = url.split(':').next().unwrap_or_default();
+    match scheme.to_ascii_lowercase().as_str() {
+        "sqlite" => "SQLite",
+        "redis" | "rediss" | "redis+sentinel" | "redis+cluster" => "Redis",
+        "zk" => "ZooKeeper",
+        "postgres" | "postgresql" => "PostgreSQL",
+        "mysql" | "mariadb" => "MySQL",
+        "etcd" | "etcds" => "etcd",
+        _ => "unknown",
+    }
+}
+
+/// `redis://h:1,h:2` looks like Redlock but is one URL with a bad host:
+/// say how to write it (each server its own URL).
+fn redlock_short_form(url: &str) -> Result<()> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Ok(());
+    };
+    if !matches!(scheme.to_ascii_lowercase().as_str(), "redis" | "rediss") {
+        return Ok(());
+    }
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let (userinfo, hosts) = match authority.rfind('@') {
+        Some(at) => (&authority[..=at], &authority[at + 1..]),
+        None => ("", authority),
+    };
+    if !hosts.contains(',') {
+        return Ok(());
+    }
+    let tail = &rest[authority.len()..];
+    let each = hosts
+        .split(',')
+        .map(|h| crate::backend::redact_url(&format!("{scheme}://{userinfo}{h}{tail}")))
+        .collect::<Vec<_>>()
+        .join(",");
+    Err(usage(format!(
+        "{} lists several hosts in one {scheme}:// URL: for Redlock, give each server its own URL, \
+         comma-separated or with --backend repeated: {each} \
+         (redis+sentinel:// and redis+cluster:// take several hosts in one URL)",
+        crate::backend::redact_url(url)
+    )))
+}
+
 /// `scheme://...` or `sqlite:...`; a bare `host:port` is not a new URL.
 fn starts_with_scheme(s: &str) -> bool {
     if s.starts_with("sqlite:") {
@@ -314,18 +471,32 @@ fn starts_with_scheme(s: &str) -> bool {
     }
 }
 
-fn default_backend() -> Result<String> {
+/// This user's default SQLite database, `$XDG_STATE_HOME/dlock/locks.db`
+/// (else `~/.local/state/dlock/locks.db`), if either is set.
+pub fn default_sqlite_path() -> Option<PathBuf> {
     let state = match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
         Some(d) => PathBuf::from(d),
-        None => match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
-            Some(h) => PathBuf::from(h).join(".local/state"),
-            None => {
-                return Err(usage(
-                    "neither XDG_STATE_HOME nor HOME is set; give --backend sqlite:PATH",
-                ));
-            }
-        },
+        None => {
+            PathBuf::from(std::env::var_os("HOME").filter(|v| !v.is_empty())?).join(".local/state")
+        }
     };
+    Some(state.join("dlock/locks.db"))
+}
+
+fn default_backend() -> Result<String> {
+    let Some(db) = default_sqlite_path() else {
+        return Err(usage(
+            "neither XDG_STATE_HOME nor HOME is set; give --backend sqlite:PATH",
+        ));
+    };
+    let state = db
+        .parent()
+        .and_then(|d| d.parent())
+        .unwrap_or(&db)
+        .to_path_buf();
+    // The default location's directories are created here, and only they:
+    // an explicit path's directory must exist (a typo is not a new lock).
+    let _ = std::fs::create_dir_all(state.join("dlock"));
     Ok(format!("sqlite:{}", state.join("dlock/locks.db").display()))
 }
 

@@ -22,6 +22,10 @@ pub struct Handle {
     pub ns: String,
     pub ttl_ms: u64,
     pub leases: Vec<HandleLease>,
+    /// The backend that issued it, password removed (older handles have
+    /// none), so one used against another backend can say so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -44,7 +48,14 @@ impl Handle {
                     id: l.id.clone(),
                 })
                 .collect(),
+            backend: None,
         }
+    }
+
+    /// Record the issuing backend (shown without its password).
+    pub fn issued_by(mut self, backend: String) -> Handle {
+        self.backend = Some(backend);
+        self
     }
 
     pub fn encode(&self) -> String {
@@ -109,6 +120,7 @@ mod tests {
                 token: 7,
                 id: "ff".into(),
             }],
+            backend: None,
         };
         let s = h.encode();
         assert!(

@@ -111,9 +111,10 @@ impl Keeper {
     }
 
     /// The one way to let go: stop renewing and release every held lease,
-    /// newest first. False if any was no longer ours (broken or expired).
-    /// Best effort: a lease that cannot be released ends with its TTL.
-    pub async fn release(&self) -> bool {
+    /// newest first. Returns those that were no longer ours (broken or
+    /// expired). Best effort: a lease that cannot be released ends with its
+    /// TTL.
+    pub async fn release(&self) -> Vec<Lease> {
         self.task.abort();
         let leases = std::mem::take(&mut self.state.lock().unwrap().leases);
         release_all(self.backend.as_ref(), &leases).await
@@ -298,26 +299,30 @@ pub async fn acquire_all(
 }
 
 /// Release leases, best effort: a failure only costs the rest of the TTL.
-async fn release_all(backend: &dyn Backend, leases: &[Lease]) -> bool {
-    let mut all = true;
+/// Returns the leases the backend said were already gone (broken or
+/// expired), so a run can report a loss it had not seen yet.
+async fn release_all(backend: &dyn Backend, leases: &[Lease]) -> Vec<Lease> {
+    let mut gone = Vec::new();
     for l in leases.iter().rev() {
         match backend.release(l).await {
             Ok(true) => {}
             Ok(false) => {
-                all = false;
                 tracing::warn!(key = l.key, "lease was already gone at release");
+                gone.push(l.clone());
             }
             Err(e) => {
-                all = false;
-                eprintln!(
-                    "dlock: could not release {:?} on {}: {e:#} (it expires by itself within its TTL)",
-                    l.key,
-                    backend.describe()
+                crate::jsonlog::say(
+                    "WARN",
+                    &format!(
+                        "could not release {:?} on {}: {e:#} (it expires by itself within its TTL)",
+                        l.key,
+                        backend.describe()
+                    ),
                 );
             }
         }
     }
-    all
+    gone
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ pub mod error;
 pub mod exit_code;
 pub mod handle;
 pub mod host;
+pub mod jsonlog;
 pub mod lease;
 pub mod metrics;
 pub mod progress;
@@ -59,6 +60,9 @@ pub async fn run(cli: Cli) -> Result<i32> {
         }
         _ => {}
     }
+    // JSON from the start when the flag or DLOCK_LOG_FORMAT asks for it, so
+    // that a configuration error is a JSON line too.
+    jsonlog::set_json(cli.global.log_format == Some(LogFormat::Json));
     let settings = Settings::resolve(&cli.global)?;
     init_logging(&settings);
     let conn = Connector {
@@ -109,6 +113,7 @@ pub fn man_page(subcommand: Option<&str>) -> Result<Vec<u8>> {
 
 fn init_logging(s: &Settings) {
     use tracing_subscriber::filter::LevelFilter;
+    jsonlog::set_json(s.log_format == LogFormat::Json);
     let level = match (s.quiet, s.verbose, s.log_format) {
         (true, _, _) => LevelFilter::OFF,
         (_, 0, LogFormat::Text) => LevelFilter::OFF,
@@ -123,12 +128,22 @@ fn init_logging(s: &Settings) {
         .with_max_level(level)
         .with_target(false);
     match s.log_format {
-        LogFormat::Json => b.json().flatten_event(true).init(),
+        LogFormat::Json => b.event_format(jsonlog::JsonLines).init(),
         LogFormat::Text => b.compact().init(),
     }
 }
 
 /// Used by `main` for the top-level error message.
 pub fn report(err: &anyhow::Error) -> String {
-    format!("dlock: {err:#}")
+    if jsonlog::is_json() {
+        let code = error::exit_code_of(err);
+        jsonlog::line(
+            "ERROR",
+            "error",
+            &format!("{err:#}"),
+            &[("exit_code", code.into())],
+        )
+    } else {
+        format!("dlock: {err:#}")
+    }
 }

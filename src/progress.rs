@@ -113,8 +113,7 @@ impl WaitLine {
     }
 
     fn draw(&self, line: &str) {
-        let width = terminal_width().saturating_sub(1).max(20);
-        let line: String = line.chars().take(width).collect();
+        let line = fit(line, terminal_width().saturating_sub(1).max(20));
         let mut e = std::io::stderr().lock();
         let _ = write!(e, "\r\x1b[2K{line}");
         let _ = e.flush();
@@ -131,6 +130,20 @@ impl WaitLine {
     }
 }
 
+/// The line cut to `width` characters at a word boundary, with an
+/// ellipsis, rather than mid-word.
+fn fit(line: &str, width: usize) -> String {
+    if line.chars().count() <= width {
+        return line.to_string();
+    }
+    let head: String = line.chars().take(width.saturating_sub(1)).collect();
+    let cut = match head.rfind(' ') {
+        Some(i) if head[..i].chars().count() >= width / 2 => &head[..i],
+        _ => head.as_str(),
+    };
+    format!("{}…", cut.trim_end_matches([' ', ',', ':', '(']))
+}
+
 fn terminal_width() -> usize {
     // SAFETY: TIOCGWINSZ fills the winsize we pass; fd 2 is only queried.
     unsafe {
@@ -140,5 +153,25 @@ fn terminal_width() -> usize {
         } else {
             80
         }
+    }
+}
+
+#[cfg(test)]
+mod fit_tests {
+    use super::fit;
+
+    #[test]
+    fn cuts_at_a_word() {
+        assert_eq!(fit("short", 20), "short");
+        let l = "waiting 3s for \"deploy\": held by alice@build-3 (pid 4242, token 17)";
+        let f = fit(l, 40);
+        assert!(f.chars().count() <= 40, "{f}");
+        assert!(f.ends_with('…'), "{f}");
+        assert!(l.starts_with(f.trim_end_matches('…')), "{f}");
+        let next = l[f.trim_end_matches('…').len()..].chars().next();
+        assert!(
+            matches!(next, Some(' ' | ',' | ':' | '(')),
+            "cut mid-word: {f}"
+        );
     }
 }

@@ -41,6 +41,10 @@ pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
+/// The pid recorded for a lease taken by `dlock acquire`: no process holds
+/// it, the handle does.
+pub const HANDLE_PID: u32 = 0;
+
 /// `alice@build-3`, or whatever part of it is known.
 pub fn who(h: &Holder) -> String {
     match (&h.owner, &h.host) {
@@ -56,11 +60,16 @@ pub fn describe_holder(h: &Holder) -> String {
     let now = SystemTime::now();
     let mut s = format!("held by {}", who(h));
     let mut extra = Vec::new();
-    if let Some(p) = h.pid {
-        extra.push(format!("pid {p}"));
+    match h.pid {
+        Some(HANDLE_PID) => extra.push("a handle from `dlock acquire`".to_string()),
+        Some(p) => extra.push(format!("pid {p}")),
+        None => {}
     }
     if let Some(t) = h.token {
         extra.push(format!("token {t}"));
+    }
+    if h.dead {
+        extra.push("dead: its process is gone".to_string());
     }
     if !extra.is_empty() {
         s.push_str(&format!(" ({})", extra.join(", ")));
@@ -81,17 +90,21 @@ pub fn to_json(statuses: &[KeyStatus]) -> Value {
             .map(|k| {
                 json!({
                     "key": k.key,
-                    "held": !k.holders.is_empty(),
+                    // Unknown when the key could not be read.
+                    "held": k.unreadable.is_none().then_some(!k.holders.is_empty()),
                     "limit": k.limit,
                     "holders": k.holders.iter().map(|h| json!({
                         "owner": h.owner,
                         "host": h.host,
-                        "pid": h.pid,
+                        "pid": h.pid.filter(|p| *p != HANDLE_PID),
+                        "handle": h.pid == Some(HANDLE_PID),
                         "token": h.token,
                         "acquired_at": h.acquired_at.map(rfc3339),
                         "expires_at": h.expires_at.map(rfc3339),
+                        "dead": h.dead,
                     })).collect::<Vec<_>>(),
                     "waiters": k.waiters,
+                    "unreadable": k.unreadable,
                 })
             })
             .collect(),
@@ -146,6 +159,20 @@ pub fn table(statuses: &[KeyStatus], paint: Paint) -> String {
                 "held".to_string()
             }
         };
+        if let Some(why) = &k.unreadable {
+            styles.push(["", Paint::RED, "", "", "", "", "", ""]);
+            rows.push([
+                k.key.clone(),
+                "unreadable".into(),
+                why.clone(),
+                dash(),
+                dash(),
+                dash(),
+                dash(),
+                waiters,
+            ]);
+            continue;
+        }
         if k.holders.is_empty() {
             styles.push(["", Paint::GREEN, "", "", "", "", "", ""]);
             rows.push([
@@ -170,7 +197,7 @@ pub fn table(statuses: &[KeyStatus], paint: Paint) -> String {
                 } else {
                     ""
                 },
-                "",
+                if h.dead { Paint::RED } else { "" },
                 "",
                 if expired { Paint::RED } else { "" },
                 "",
@@ -184,7 +211,13 @@ pub fn table(statuses: &[KeyStatus], paint: Paint) -> String {
                     String::new()
                 },
                 who(h),
-                h.pid.map_or_else(dash, |p| p.to_string()),
+                match (h.pid, h.dead) {
+                    (Some(HANDLE_PID), _) => "handle".to_string(),
+                    (Some(p), true) => format!("{p} dead"),
+                    (Some(p), false) => p.to_string(),
+                    (None, true) => "dead".to_string(),
+                    (None, false) => dash(),
+                },
                 h.acquired_at.map_or_else(dash, |a| ago(a, now)),
                 h.expires_at.map_or_else(dash, |e| until(e, now)),
                 h.token.map_or_else(dash, |t| t.to_string()),

@@ -28,6 +28,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::OnLost;
 use crate::exit_code;
+use crate::jsonlog::say;
 use crate::lease::{Keeper, Loss};
 
 /// The signals dlock passes on to the child.
@@ -42,14 +43,32 @@ pub const FORWARDED: [Signal; 6] = [
 
 /// Signal streams for [`FORWARDED`], installed before the lock is taken so a
 /// signal never kills dlock between taking the lock and starting the child.
+/// A signal that was ignored when dlock started (`nohup`, a background job
+/// of a non-interactive shell) gets no handler: it stays ignored, is not
+/// forwarded, and the child inherits the ignore, as with `flock(1)`.
 pub struct Signals {
     streams: Vec<(Signal, tokio::signal::unix::Signal)>,
+}
+
+/// Whether `s` is ignored (`SIG_IGN`) right now.
+fn ignored(s: Signal) -> bool {
+    // SAFETY: with a null new action, sigaction only reads the current
+    // disposition into the zeroed struct we own.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(s as libc::c_int, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction == libc::SIG_IGN
+    }
 }
 
 impl Signals {
     pub fn install() -> Result<Signals> {
         let mut streams = Vec::new();
         for s in FORWARDED {
+            if ignored(s) {
+                tracing::debug!(signal = s.as_str(), "ignored at start: left ignored");
+                continue;
+            }
             let stream =
                 signal(SignalKind::from_raw(s as i32)).context("cannot install signal handlers")?;
             streams.push((s, stream));
@@ -248,7 +267,7 @@ pub async fn supervise(
             } else {
                 "cannot execute"
             };
-            eprintln!("dlock: {shown}: {what}: {e}");
+            say("ERROR", &format!("{shown}: {what}: {e}"));
             return Ok(Outcome { code, lost: None });
         }
     };
@@ -290,16 +309,16 @@ pub async fn supervise(
             changed = lost_rx.changed(), if lost.is_none() => {
                 if changed.is_err() { continue; }
                 let Some(loss) = lost_rx.borrow_and_update().clone() else { continue };
-                eprintln!("dlock: {}", loss.message);
+                say("WARN", &loss.message);
                 match spec.on_lost {
-                    OnLost::Ignore => eprintln!("dlock: --on-lost ignore: letting {shown} run on without the lock"),
+                    OnLost::Ignore => say("WARN", &format!("--on-lost ignore: letting {shown} run on without the lock")),
                     OnLost::Kill => {
                         let by = Instant::now() + spec.kill_after;
                         let by = loss.expires.map_or(by, |e| by.min(e));
-                        eprintln!(
-                            "dlock: stopping {shown}: SIGTERM to its process group, SIGKILL in {}",
+                        say("WARN", &format!(
+                            "stopping {shown}: SIGTERM to its process group, SIGKILL in {}",
                             crate::status::human_duration(by.saturating_duration_since(Instant::now()))
-                        );
+                        ));
                         let _ = killpg(pgid, Signal::SIGTERM);
                         kill_at = Some(by);
                     }
@@ -338,7 +357,7 @@ pub async fn supervise(
         && (guard_acted || guard_deadline.is_some_and(|u| Instant::now() + grace >= u))
     {
         let msg = "the lease could not be renewed in time while dlock was not running (frozen or suspended?)";
-        eprintln!("dlock: {msg}");
+        say("WARN", msg);
         lost = Some(Loss {
             message: msg.to_string(),
             expires: None,

@@ -641,3 +641,413 @@ fn json_logs_report_a_lost_lease() {
     assert!(r["held_ms"].as_u64().is_some(), "{r}");
     assert_eq!(events[lost.unwrap()]["key"], "gone");
 }
+
+/// A signal ignored when dlock starts stays ignored and reaches nobody:
+/// `nohup`-style SIGHUP, and SIGINT to a background job of a
+/// non-interactive shell (which the shell starts with SIGINT ignored). The
+/// child runs to its end and dlock exits with its status.
+#[test]
+fn signals_ignored_at_start_stay_ignored() {
+    let env = Env::sqlite();
+    for (sig, setup) in [
+        (nix::sys::signal::Signal::SIGHUP, "trap '' HUP; exec"),
+        (nix::sys::signal::Signal::SIGINT, ""),
+    ] {
+        let ready = env.path(&format!("{sig}.ready"));
+        let dlock_pid = env.path(&format!("{sig}.dlock"));
+        let child = format!("echo go > {}; sleep 1; echo survived", ready.display());
+        // `exec` keeps the shell's ignore; `&` starts a background job
+        // (SIGINT and SIGQUIT ignored: sh without job control).
+        let script = if setup.is_empty() {
+            format!(
+                "\"$0\" --backend \"$1\" run --key {sig} -- sh -c \"$2\" & echo $! > {}; wait $!",
+                dlock_pid.display()
+            )
+        } else {
+            format!(
+                "echo $$ > {}; {setup} \"$0\" --backend \"$1\" run --key {sig} -- sh -c \"$2\"",
+                dlock_pid.display()
+            )
+        };
+        let mut sh = std::process::Command::new("sh");
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("DLOCK_") {
+                sh.env_remove(&k);
+            }
+        }
+        sh.args(["-c", &script, DLOCK, &env.url, &child])
+            .env("HOME", env.dir.path())
+            .env("XDG_STATE_HOME", env.dir.path().join("state"))
+            .env("XDG_CONFIG_HOME", env.dir.path().join("config"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let sh = sh.spawn().unwrap();
+        read_when_ready(&ready, Duration::from_secs(20));
+        let pid: u32 = read_when_ready(&dlock_pid, Duration::from_secs(5))
+            .parse()
+            .unwrap();
+        signal(pid, sig);
+        let out = sh.wait_with_output().unwrap();
+        assert_eq!(
+            code(&out),
+            0,
+            "{sig} ignored at start must stay ignored: {}",
+            stderr(&out)
+        );
+        assert_eq!(stdout(&out).trim(), "survived", "{}", stderr(&out));
+    }
+}
+
+/// A namespace holding the separator of the backend's layout is refused
+/// (64) before connecting: on Redis `a:x` + key `y` would be the lock of
+/// `a` + `x:y`, on etcd and ZooKeeper `a/x` + `y` that of `a` + `x/y`.
+/// Backends that keep the namespace in a column of its own take any.
+#[test]
+fn namespaces_that_would_alias_are_refused() {
+    // Nothing listens on port 1: a refusal must come before connecting.
+    for (url, bad, sep) in [
+        ("redis://127.0.0.1:1", "a:x", ":"),
+        ("redis://127.0.0.1:1", "{a}", "{"),
+        ("rediss://127.0.0.1:1", "a:x", ":"),
+        ("etcd://127.0.0.1:1", "a/x", "/"),
+        ("zk://127.0.0.1:1", "a/x", "/"),
+    ] {
+        let env = Env::bare(url.to_string());
+        for args in [
+            vec!["--namespace", bad, "run", "--key", "y", "--", "true"],
+            vec!["--namespace", bad, "status"],
+        ] {
+            let out = env.run(&args);
+            assert_eq!(code(&out), 64, "{url} {args:?}: {}", stderr(&out));
+            let err = stderr(&out);
+            assert!(
+                err.contains("namespace") && err.contains(sep),
+                "{url}: {err}"
+            );
+        }
+    }
+    let env = Env::sqlite();
+    let out = env.run(&["--namespace", "a:x/y", "run", "--key", "k", "--", "true"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}
+
+/// A key ZooKeeper cannot store is refused before connecting (64), not
+/// reported as an unreachable backend (69).
+#[test]
+fn zookeeper_key_rules_apply_before_connecting() {
+    let env = Env::bare("zk://127.0.0.1:1".to_string());
+    let out = env.run(&[
+        "--connect-timeout",
+        "1s",
+        "run",
+        "--key",
+        "🔒",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&out), 64, "{}", stderr(&out));
+    assert!(stderr(&out).contains("ZooKeeper"), "{}", stderr(&out));
+}
+
+/// Messages that point the way: the unknown-scheme message lists every
+/// scheme dlock takes, and the Redlock short form `redis://h:1,h:2` says how
+/// to write it (each server its own URL), without showing a password.
+#[test]
+fn bad_url_messages_say_what_would_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |url: &str| {
+        bare(dir.path())
+            .args(["--backend", url, "status"])
+            .output()
+            .unwrap()
+    };
+    let out = run("foo://x");
+    assert_eq!(code(&out), 64);
+    for scheme in [
+        "sqlite:",
+        "redis://",
+        "rediss://",
+        "redis+sentinel://",
+        "redis+cluster://",
+        "zk://",
+        "postgres://",
+        "postgresql://",
+        "mysql://",
+        "mariadb://",
+        "etcd://",
+        "etcds://",
+    ] {
+        assert!(stderr(&out).contains(scheme), "{scheme}: {}", stderr(&out));
+    }
+    let out = run("redis://u:s3cret@127.0.0.1:1,127.0.0.1:2/0");
+    assert_eq!(code(&out), 64, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("Redlock")
+            && err.contains("redis://u:***@127.0.0.1:1/0,redis://u:***@127.0.0.1:2/0"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret"), "{err}");
+}
+
+/// `acquire --help` does not promise renewals: nothing renews an `acquire`
+/// lease; `run --help` says when its lease is renewed.
+#[test]
+fn acquire_help_does_not_promise_renewals() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bare(dir.path())
+        .args(["acquire", "--help"])
+        .output()
+        .unwrap();
+    let help = stdout(&out);
+    assert!(!help.contains("every third"), "{help}");
+    assert!(help.contains("nothing renews it"), "{help}");
+    let out = bare(dir.path()).args(["run", "--help"]).output().unwrap();
+    assert!(stdout(&out).contains("while CMD runs"), "{}", stdout(&out));
+}
+
+/// `sqlite:/typo/dir/x.db` is an error naming the missing directory, not a
+/// fresh private database that excludes nothing; the default location's
+/// directories are created.
+#[test]
+fn sqlite_creates_only_the_default_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("typo/dir");
+    let url = format!("sqlite:{}/x.db", typo.display());
+    let out = bare(dir.path())
+        .args(["--backend", &url, "run", "--key", "k", "--", "echo", "ran"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 69, "{}", stderr(&out));
+    assert!(!stdout(&out).contains("ran"));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&typo.display().to_string()) && err.contains("does not exist"),
+        "{err}"
+    );
+    assert!(!typo.exists(), "the mistyped directory was created");
+    // The default: $XDG_STATE_HOME/dlock/locks.db, created as needed.
+    let out = bare(dir.path())
+        .args(["run", "--key", "k", "--", "echo", "ran"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(dir.path().join("state/dlock/locks.db").exists());
+}
+
+/// Releasing a handle twice says it was already released (74), and
+/// `release --if-held` is the idempotent form for cleanup steps (0).
+#[test]
+fn release_twice_and_if_held() {
+    let env = Env::sqlite();
+    let out = env.run(&["acquire", "--key", "ci"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let h = stdout(&out).trim().to_string();
+    assert_eq!(code(&env.run(&["release", "--if-held", &h])), 0);
+    assert!(!env.held("ci"), "--if-held released a held lease");
+    let out = env.run(&["release", &h]);
+    assert_eq!(code(&out), 74, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("already released"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.run(&["release", "--if-held", &h]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("nothing to release"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.run(&["release", "--if-held", "--key", "ci", "--force"]);
+    assert_eq!(code(&out), 64, "{}", stderr(&out));
+}
+
+/// `DLOCK_KEYS` names the keys one per line (a key holds no control
+/// character), unambiguous where `DLOCK_KEY`'s commas are not.
+#[test]
+fn dlock_keys_is_unambiguous() {
+    let env = Env::sqlite();
+    let out = env.run(&[
+        "run",
+        "--key",
+        "b,c",
+        "--key",
+        "a",
+        "--",
+        "sh",
+        "-c",
+        "printf '%s|%s' \"$DLOCK_KEY\" \"$DLOCK_KEYS\"",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "a,b,c|a\nb,c");
+}
+
+/// A handle used against another kind of backend than the one that issued
+/// it (a CI step that forgot `--backend`) is refused (64) naming both,
+/// before connecting, not reported as an expired lease (74).
+#[test]
+fn a_handle_names_the_backend_that_issued_it() {
+    let env = Env::sqlite();
+    let out = env.run(&["acquire", "--key", "deploy"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let h = stdout(&out).trim().to_string();
+    let other = Env::bare("redis://u:pw9@127.0.0.1:1".to_string());
+    for args in [vec!["release", &h], vec!["renew", &h]] {
+        let out = other.run(&args);
+        assert_eq!(code(&out), 64, "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("issued by sqlite:") && err.contains("redis://u:***@127.0.0.1:1"),
+            "{err}"
+        );
+        assert!(!err.contains("pw9"), "{err}");
+    }
+    assert!(env.held("deploy"));
+    assert_eq!(code(&env.run(&["release", &h])), 0);
+}
+
+/// `run --help` and its man page carry exit status, environment, files and
+/// examples; `dlock man --help` says how to read the roff it prints.
+#[test]
+fn run_help_and_man_page_have_the_reference_sections() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bare(dir.path()).args(["run", "--help"]).output().unwrap();
+    let man = bare(dir.path()).args(["man", "run"]).output().unwrap();
+    for text in [stdout(&out), stdout(&man)] {
+        for section in [
+            "Exit status:",
+            "Environment given to CMD:",
+            "Files:",
+            "Examples:",
+        ] {
+            assert!(text.contains(section), "{section}: {text}");
+        }
+        assert!(text.contains("DLOCK_KEYS"), "{text}");
+    }
+    let out = bare(dir.path()).args(["man", "--help"]).output().unwrap();
+    assert!(stdout(&out).contains("man -l -"), "{}", stdout(&out));
+}
+
+/// With `--log-format json`, every line on stderr is one JSON object with
+/// typed fields: events (`keys` and `tokens` as arrays), the messages for
+/// the user (busy: `event: "notice"`) and the final error (`event: "error"`
+/// with `exit_code`).
+#[test]
+fn json_logs_are_one_typed_object_per_line() {
+    let env = Env::sqlite();
+    let objects = |out: &std::process::Output| -> Vec<serde_json::Value> {
+        stderr(out)
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {l}\n{}", stderr(out)));
+                assert!(
+                    v.is_object() && v["event"].is_string() && v["level"].is_string(),
+                    "{l}"
+                );
+                v
+            })
+            .collect()
+    };
+    let out = env.run(&[
+        "--log-format",
+        "json",
+        "run",
+        "--key",
+        "b",
+        "--key",
+        "a",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let ev = objects(&out);
+    let acquired = ev.iter().find(|e| e["event"] == "acquired").unwrap();
+    assert_eq!(
+        acquired["keys"],
+        serde_json::json!(["a", "b"]),
+        "{acquired}"
+    );
+    assert!(
+        acquired["tokens"]
+            .as_array()
+            .is_some_and(|t| t.iter().all(|x| x.is_u64())),
+        "{acquired}"
+    );
+    let mut h = env.spawn(&["run", "--key", "x", "--", "sleep", "30"]);
+    wait_for(Duration::from_secs(10), "x held", || env.held("x"));
+    let out = env.run(&[
+        "--log-format",
+        "json",
+        "run",
+        "-n",
+        "--key",
+        "x",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&out), 75);
+    let ev = objects(&out);
+    assert!(
+        ev.iter()
+            .any(|e| e["event"] == "notice" && e["message"].as_str().unwrap().contains("busy")),
+        "{ev:?}"
+    );
+    signal(h.id(), nix::sys::signal::Signal::SIGTERM);
+    let _ = h.wait();
+    let missing = format!("sqlite:{}/no/such/x.db", env.dir.path().display());
+    let out = bare(env.dir.path())
+        .args(["--log-format", "json", "--backend", &missing, "status"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 69);
+    let ev = objects(&out);
+    let err = ev.iter().find(|e| e["event"] == "error").unwrap();
+    assert_eq!(err["exit_code"], 69, "{err}");
+    assert_eq!(err["level"], "ERROR");
+}
+
+/// The default SQLite database is per user (so no other user can break
+/// your locks, and none of theirs exclude yours): `doctor` and `status`
+/// say so when they use it.
+#[test]
+fn the_per_user_default_is_said_out_loud() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bare(dir.path()).args(["status"]).output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("your own default database"),
+        "{}",
+        stdout(&out)
+    );
+    let out = bare(dir.path())
+        .args(["doctor", "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let scope = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "scope")
+        .unwrap()
+        .clone();
+    assert!(
+        scope["message"]
+            .as_str()
+            .unwrap()
+            .contains("your own default database"),
+        "{scope}"
+    );
+    // An explicit shared path says who can break its locks instead.
+    let env = Env::sqlite();
+    let (_, checks) = env.doctor(&[]);
+    assert!(
+        checks
+            .iter()
+            .any(|(n, _, m)| n == "scope" && m.contains("may also break")),
+        "{checks:?}"
+    );
+}

@@ -29,3 +29,43 @@ fn sqlite_breaks_a_dead_local_holder_promptly() {
     );
     let _ = h.wait();
 }
+
+/// SQLite-only: after a `run` holder (same host) is SIGKILLed, the very
+/// first contender gets the lock, even with `--no-wait` (the cron pattern
+/// `-n -E 0` must not skip its slot), and until then `status` marks the
+/// holder as dead.
+#[test]
+fn sqlite_first_contender_after_a_crash_gets_the_lock() {
+    use common::*;
+    use std::time::Duration;
+    let env = Env::sqlite();
+    let mut h = env.spawn(&["run", "--ttl", "1h", "--key", "crash", "--", "sleep", "30"]);
+    wait_for(Duration::from_secs(10), "the lock to be held", || {
+        env.held("crash")
+    });
+    signal(h.id(), nix::sys::signal::Signal::SIGKILL);
+    let _ = h.wait();
+    let st = env.status_json(&["crash"]);
+    assert_eq!(st[0]["holders"][0]["dead"], true, "{st}");
+    let out = env.run(&["status", "crash"]);
+    let table = stdout(&out);
+    assert!(
+        table.contains(&format!("{} dead", h.id())),
+        "the PID column marks the dead holder: {table}"
+    );
+    let out = env.run(&["run", "-n", "--key", "crash", "--", "echo", "ran"]);
+    assert_eq!(code(&out), 0, "the first contender: {}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "ran");
+    // A live holder is not marked dead.
+    let mut h = env.spawn(&["run", "--key", "crash", "--", "sleep", "30"]);
+    wait_for(Duration::from_secs(10), "the lock to be held", || {
+        env.held("crash")
+    });
+    let st = env.status_json(&["crash"]);
+    assert_eq!(st[0]["holders"][0]["dead"], false, "{st}");
+    let out = env.run(&["run", "-n", "--key", "crash", "--", "true"]);
+    assert_eq!(code(&out), 75);
+    assert!(!stderr(&out).contains("dead"), "{}", stderr(&out));
+    signal(h.id(), nix::sys::signal::Signal::SIGTERM);
+    let _ = h.wait();
+}

@@ -377,3 +377,39 @@ fn doctor_on_a_cluster_asks_every_node() {
     let out = env.run(&["ping"]);
     assert!(!stdout(&out).contains("unreachable"), "{}", stdout(&out));
 }
+
+/// Namespace `a:x` with key `y` would be the very Redis key of namespace
+/// `a` with key `x:y`: such a namespace is refused (64), so the two can
+/// never be taken for one lock.
+#[test]
+fn a_namespace_with_the_separator_is_refused() {
+    let env = Env::redis();
+    let mut h = env.spawn(&[
+        "--namespace",
+        "a",
+        "run",
+        "--key",
+        "x:y",
+        "--",
+        "sleep",
+        "30",
+    ]);
+    wait_for(Duration::from_secs(10), "a / x:y to be held", || {
+        let out = env.run(&["--namespace", "a", "status", "--json", "x:y"]);
+        String::from_utf8_lossy(&out.stdout).contains("\"held\": true")
+    });
+    let out = env.run(&[
+        "--namespace",
+        "a:x",
+        "run",
+        "-n",
+        "--key",
+        "y",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&out), 64, "{}", stderr(&out));
+    assert!(stderr(&out).contains("namespace"), "{}", stderr(&out));
+    signal(h.id(), nix::sys::signal::Signal::SIGTERM);
+    let _ = h.wait();
+}

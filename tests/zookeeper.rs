@@ -152,3 +152,130 @@ fn doctor_flags_a_session_timeout_the_server_clamps() {
         "{checks:?}"
     );
 }
+
+/// A key whose lock directory this client may not read (another user's
+/// `CREATOR_ALL_ACL`) does not break `status`: it is listed as unreadable,
+/// naming the path, and the other keys are listed as usual.
+#[test]
+fn status_lists_past_a_key_it_may_not_read() {
+    let env = Env::zookeeper();
+    let hosts = env.url.trim_start_matches("zk://").to_string();
+    // Anonymous: /dlock is created open to anyone.
+    let mut open = env.spawn(&["run", "--key", "open", "--", "sleep", "30"]);
+    wait_for(Duration::from_secs(10), "open to be held", || {
+        env.held("open")
+    });
+    // Another user: /dlock/secret readable by that user only.
+    let alice = Env::bare(format!("zk://alice:pw@{hosts}"));
+    let mut secret = alice.spawn(&["run", "--key", "secret", "--", "sleep", "30"]);
+    wait_for(Duration::from_secs(10), "secret to be held", || {
+        alice.held("secret")
+    });
+    let st = env.status_json(&[]);
+    let arr = st.as_array().unwrap();
+    let find = |k: &str| arr.iter().find(|o| o["key"] == k).cloned();
+    let o = find("open").unwrap_or_else(|| panic!("open not listed: {st}"));
+    assert_eq!(o["held"], true, "{st}");
+    let s = find("secret").unwrap_or_else(|| panic!("secret not listed: {st}"));
+    assert!(s["held"].is_null(), "unknown, not free: {st}");
+    let why = s["unreadable"].as_str().unwrap_or_default();
+    assert!(why.contains("/dlock/secret"), "names the path: {st}");
+    let out = env.run(&["status"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let table = stdout(&out);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("secret ") && l.contains("unreadable")),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("open ") && l.contains(" held ")),
+        "{table}"
+    );
+    let st = env.status_json(&["secret", "open"]);
+    assert!(
+        st[0]["unreadable"].is_string() && st[1]["held"] == true,
+        "{st}"
+    );
+    // A lock attempt it may not make names the path too.
+    let out = env.run(&["run", "-n", "--key", "secret", "--", "true"]);
+    assert_ne!(code(&out), 0);
+    assert!(stderr(&out).contains("/dlock/secret"), "{}", stderr(&out));
+    for c in [&mut open, &mut secret] {
+        signal(c.id(), Signal::SIGTERM);
+        wait_timeout(c, Duration::from_secs(10));
+    }
+}
+
+/// A key ZooKeeper cannot hold in a path (an emoji is beyond U+FFFF) is a
+/// usage error naming the rule (64), not "backend unavailable" (69): for
+/// run, acquire, status and release --force alike.
+#[test]
+fn keys_zookeeper_cannot_store_are_refused() {
+    let env = Env::zookeeper();
+    for args in [
+        vec!["run", "--key", "🔒", "--", "true"],
+        vec!["acquire", "--key", "🔒"],
+        vec!["status", "🔒"],
+        vec!["release", "--key", "🔒", "--force"],
+        vec!["run", "--key", "a//b", "--", "true"],
+        vec!["run", "--key", "a/../b", "--", "true"],
+        vec![
+            "--namespace",
+            "zookeeper",
+            "run",
+            "--key",
+            "a",
+            "--",
+            "true",
+        ],
+    ] {
+        let out = env.run(&args);
+        assert_eq!(code(&out), 64, "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("ZooKeeper"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    let out = env.run(&["run", "--key", "🔒", "--", "true"]);
+    assert!(stderr(&out).contains("U+1F512"), "{}", stderr(&out));
+    // What ZooKeeper can store works: accents, CJK, a nested key.
+    for k in ["café", "锁", "a/b"] {
+        let out = env.run(&["run", "--key", k, "--", "true"]);
+        assert_eq!(code(&out), 0, "{k}: {}", stderr(&out));
+    }
+}
+
+/// With `--log-format json`, the ZooKeeper client library's lines are JSON
+/// objects too, marked `event: "library"` with their target.
+#[test]
+fn json_logs_mark_client_library_lines() {
+    let env = Env::zookeeper();
+    let out = env.run(&[
+        "--log-format",
+        "json",
+        "-vv",
+        "run",
+        "--key",
+        "j",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> = stderr(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.iter().all(|v| v["event"].is_string()), "{lines:?}");
+    assert!(
+        lines.iter().any(|v| v["event"] == "library"
+            && v["target"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("zookeeper"))),
+        "{lines:?}"
+    );
+}

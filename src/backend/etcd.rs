@@ -71,6 +71,7 @@ fn holder_from(kv: &ec::KeyValue) -> Holder {
                 .ok()
                 .map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
             expires_at: None,
+            dead: false,
         }
     } else {
         // etcdctl lock and concurrency.Mutex store an empty value.
@@ -79,6 +80,11 @@ fn holder_from(kv: &ec::KeyValue) -> Holder {
             ..Holder::default()
         }
     }
+}
+
+/// A lease id as `concurrency.Mutex` and dlock write it: lowercase hex.
+fn is_lease_id(tail: &[u8]) -> bool {
+    !tail.is_empty() && tail.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 fn limit_of(kv: &ec::KeyValue) -> Option<u32> {
@@ -184,13 +190,31 @@ impl EtcdBackend {
         format!("{ns}/{key}/")
     }
 
-    /// The contenders under a prefix, oldest first.
+    /// The contenders of a key's prefix `NS/KEY/`, oldest first: only
+    /// `NS/KEY/<lease id in hex>`. The prefix also matches the contenders of
+    /// nested keys (`NS/KEY/sub/<lease>`), which are another lock.
     async fn contenders(&self, prefix: &str) -> Result<(Vec<ec::KeyValue>, i64)> {
+        let (kvs, rev) = self.under(prefix).await?;
+        let kvs = kvs
+            .into_iter()
+            .filter(|kv| {
+                kv.key()
+                    .strip_prefix(prefix.as_bytes())
+                    .is_some_and(is_lease_id)
+            })
+            .collect();
+        Ok((kvs, rev))
+    }
+
+    /// Every key under a prefix, oldest first, and the revision read at.
+    async fn under(&self, prefix: &str) -> Result<(Vec<ec::KeyValue>, i64)> {
         let mut c = self.client.clone();
         let opts = ec::GetOptions::new()
             .with_prefix()
             .with_sort(ec::SortTarget::Create, ec::SortOrder::Ascend);
-        let r = self.bounded("get", c.get(prefix, Some(opts))).await?;
+        let r = self
+            .bounded(&format!("get {prefix}"), c.get(prefix, Some(opts)))
+            .await?;
         let rev = r.header().map_or(0, |h| h.revision());
         Ok((r.kvs().to_vec(), rev))
     }
@@ -357,7 +381,20 @@ impl Backend for EtcdBackend {
         }
     }
 
-    async fn renew(&self, lease: &Lease, _ttl: Duration) -> Result<Renewal> {
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Renewal> {
+        // A keep-alive restarts the TTL the lease was granted with; etcd
+        // cannot change it, so a different one is refused, never ignored.
+        let secs = |d: Duration| d.as_millis().div_ceil(1000).max(1);
+        if secs(ttl) != secs(lease.ttl) {
+            return Err(usage(format!(
+                "etcd cannot change a lease's TTL: the lease of {:?} was granted for {}s, and \
+                 renewing restarts that; renew without --ttl (or with --ttl {}s), or acquire \
+                 anew with the TTL you want",
+                lease.key,
+                secs(lease.ttl),
+                secs(lease.ttl)
+            )));
+        }
         let Some((key, id)) = self.find_mine(lease).await? else {
             return Ok(Renewal::Lost);
         };
@@ -427,15 +464,19 @@ impl Backend for EtcdBackend {
         for k in keys {
             by_key.insert(k.clone(), Vec::new());
         }
-        let (kvs, _) = self.contenders(&format!("{namespace}/")).await?;
+        let (kvs, _) = self.under(&format!("{namespace}/")).await?;
         for kv in kvs {
             let full = String::from_utf8_lossy(kv.key()).into_owned();
             let Some(rest) = full.strip_prefix(&format!("{namespace}/")) else {
                 continue;
             };
-            let Some((name, _lease)) = rest.rsplit_once('/') else {
+            // NS/KEY/<lease id>: KEY may itself hold slashes (nested keys).
+            let Some((name, lease)) = rest.rsplit_once('/') else {
                 continue;
             };
+            if !is_lease_id(lease.as_bytes()) {
+                continue;
+            }
             if keys.is_empty() || by_key.contains_key(name) {
                 by_key.entry(name.to_string()).or_default().push(kv);
             }
@@ -462,6 +503,7 @@ impl Backend for EtcdBackend {
                 limit,
                 holders,
                 waiters: Some(waiters),
+                unreadable: None,
             });
         }
         Ok(out)

@@ -88,6 +88,9 @@ pub struct Holder {
     pub token: Option<u64>,
     pub acquired_at: Option<SystemTime>,
     pub expires_at: Option<SystemTime>,
+    /// The holder's process is known to be gone (a `run` on this host that
+    /// died; only SQLite can tell). Its lease is broken by the next contender.
+    pub dead: bool,
 }
 
 /// The state of one key.
@@ -97,6 +100,9 @@ pub struct KeyStatus {
     pub limit: u32,
     pub holders: Vec<Holder>,
     pub waiters: Option<u64>,
+    /// Why the key's state could not be read (ZooKeeper ACLs), naming the
+    /// path; the key is then listed as unreadable, not as free.
+    pub unreadable: Option<String>,
 }
 
 #[derive(Debug)]
@@ -296,7 +302,8 @@ pub async fn connect(urls: &[String], connect_timeout: Duration) -> Result<Arc<d
              (it needs protoc, Debian package protobuf-compiler)",
         )),
         _ => Err(usage(format!(
-            "unknown backend URL {}: expected sqlite:, redis://, zk://, postgres://, mysql:// or etcd://",
+            "unknown backend URL {}: expected one of sqlite:, redis://, rediss://, redis+sentinel://, \
+             redis+cluster://, zk://, postgres://, postgresql://, mysql://, mariadb://, etcd://, etcds://",
             redact_url(first)
         ))),
     }

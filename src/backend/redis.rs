@@ -422,6 +422,7 @@ fn parse_holder(value: &str, ttl_ms: i64, now: SystemTime) -> (Option<String>, H
                 .ok()
                 .map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
             expires_at,
+            dead: false,
         };
         (Some(f[1].to_string()), h)
     } else {
@@ -890,6 +891,7 @@ impl Backend for RedisBackend {
                 limit: holders.len().max(1) as u32,
                 holders,
                 waiters: Some(waiters),
+                unreadable: None,
             });
         }
         if keys_in.is_empty() {

@@ -138,6 +138,7 @@ fn parse_row(r: &SqliteRow) -> Result<Row_> {
             token: Some(token as u64),
             acquired_at: Some(from_ms(r.try_get("acquired_at")?)),
             expires_at: Some(from_ms(r.try_get("expires_at")?)),
+            dead: false,
         },
     })
 }
@@ -207,9 +208,19 @@ fn flock(f: &File, op: libc::c_int) -> std::io::Result<()> {
 impl SqliteBackend {
     pub async fn connect(url: &str, timeout: Duration) -> Result<SqliteBackend> {
         let path = parse_path(url)?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        // Only the default location's directories are created (in config):
+        // a mistyped directory would otherwise be a private lock that
+        // excludes nothing.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.is_dir()
+        {
+            return Err(unavailable(format!(
+                "cannot open SQLite database {}: the directory {} does not exist; dlock creates \
+                 only the default location's directories, so that a mistyped path does not \
+                 become a private lock that excludes nothing: create it, or fix the path",
+                path.display(),
+                dir.display()
+            )));
         }
         let opts = SqliteConnectOptions::new()
             .filename(&path)
@@ -337,6 +348,135 @@ impl SqliteBackend {
         Ok(self.conn.lock().await)
     }
 
+    /// One attempt; when busy only because of dead holders whose leases are
+    /// being broken, also when they will be gone.
+    async fn try_once(&self, spec: &LockSpec, me: &Owner) -> Result<(Attempt, Option<Instant>)> {
+        let granted_at = Instant::now();
+        let mut conn = self.conn().await?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let now = now_ms();
+        let (rows, expired): (Vec<_>, Vec<_>) = self
+            .rows(&mut tx, &spec.namespace, &spec.key)
+            .await?
+            .into_iter()
+            .partition(|r| r.expires_at > now);
+        if !expired.is_empty() {
+            sqlx::query("DELETE FROM dlock_lease WHERE ns = ?1 AND key = ?2 AND expires_at <= ?3")
+                .bind(&spec.namespace)
+                .bind(&spec.key)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if rows.len() >= spec.limit as usize {
+            // A `run` holder on this host whose process is gone: its lease
+            // ends BREAK_GRACE from now instead of at its TTL. The grace lets
+            // the dead holder's guard finish killing the job's process group.
+            let soon = now + ms(BREAK_GRACE);
+            let mut rows = rows;
+            let mut dying = 0;
+            let mut gone_at = now;
+            for r in &mut rows {
+                r.holder.dead = self.is_dead(r);
+                if !r.holder.dead {
+                    continue;
+                }
+                dying += 1;
+                gone_at = gone_at.max(r.expires_at.min(soon));
+                if r.expires_at > soon {
+                    tracing::info!(
+                        key = spec.key,
+                        pid = r.pid,
+                        "the holder's process is gone: breaking its lease"
+                    );
+                    sqlx::query("UPDATE dlock_lease SET expires_at = ?1 WHERE ns = ?2 AND key = ?3 AND id = ?4")
+                        .bind(soon)
+                        .bind(&spec.namespace)
+                        .bind(&spec.key)
+                        .bind(&r.id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            tx.commit().await?;
+            // Lost the race: pass the wake-up on to the next waiter.
+            self.granted
+                .lock()
+                .unwrap()
+                .remove(&self.wake_path(&spec.namespace, &spec.key));
+            // Busy only because of holders that are dead: say when they
+            // will be gone, so the caller can try again then.
+            let free_at = (rows.len() - dying < spec.limit as usize)
+                .then(|| Instant::now() + Duration::from_millis((gone_at - now).max(0) as u64 + 5));
+            let holders = rows.into_iter().map(|r| r.holder).collect();
+            return Ok((Attempt::Busy(holders), free_at));
+        }
+        let token: i64 = sqlx::query_scalar(
+            "INSERT INTO dlock_fence (ns, key, token) VALUES (?1, ?2, 1) \
+             ON CONFLICT (ns, key) DO UPDATE SET token = token + 1 RETURNING token",
+        )
+        .bind(&spec.namespace)
+        .bind(&spec.key)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO dlock_lease (ns, key, id, token, kind, owner, host, pid, host_id, proc_start, lim, acquired_at, expires_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        )
+        .bind(&spec.namespace)
+        .bind(&spec.key)
+        .bind(&me.id)
+        .bind(token)
+        .bind(me.kind.as_str())
+        .bind(&me.user)
+        .bind(&me.host)
+        .bind(i64::from(me.pid))
+        .bind(&me.host_id)
+        .bind(me.proc_start as i64)
+        .bind(i64::from(spec.limit))
+        .bind(now)
+        .bind(now.saturating_add(ms(spec.ttl)))
+        .execute(&mut *tx)
+        .await?;
+        // No longer a waiter, in the same transaction.
+        if self.waiting.has(&spec.namespace, &spec.key) {
+            sqlx::query("DELETE FROM dlock_waiter WHERE ns = ?1 AND key = ?2 AND id = ?3")
+                .bind(&spec.namespace)
+                .bind(&spec.key)
+                .bind(&self.waiting.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        drop(conn);
+        self.waiting.done(&spec.namespace, &spec.key);
+        *self.poll.lock().unwrap() = POLL_MIN;
+        if me.kind == LeaseKind::Run && spec.limit == 1 {
+            self.hold_wake(spec).await;
+        } else {
+            self.granted
+                .lock()
+                .unwrap()
+                .remove(&self.wake_path(&spec.namespace, &spec.key));
+        }
+        let lease = Lease {
+            namespace: spec.namespace.clone(),
+            key: spec.key.clone(),
+            token: token as u64,
+            id: me.id.clone(),
+            ttl: spec.ttl,
+            granted_at,
+        };
+        Ok((Attempt::Acquired(lease), None))
+    }
+
+    /// A `run` holder on this host whose process is gone.
+    fn is_dead(&self, r: &Row_) -> bool {
+        r.kind == LeaseKind::Run.as_str()
+            && r.host_id == self.host_id
+            && !crate::host::process_alive(r.pid, r.proc_start)
+    }
+
     async fn next_poll(&self) -> Duration {
         let mut p = self.poll.lock().unwrap();
         let cur = *p;
@@ -461,6 +601,7 @@ impl Backend for SqliteBackend {
                     limit: 1,
                     holders: vec![],
                     waiters: Some(waiting(k)),
+                    unreadable: None,
                 },
             );
         }
@@ -469,13 +610,15 @@ impl Backend for SqliteBackend {
             if !keys.is_empty() && !by_key.contains_key(&key) {
                 continue;
             }
-            let row = parse_row(r)?;
+            let mut row = parse_row(r)?;
+            row.holder.dead = self.is_dead(&row);
             let w = waiting(&key);
             let e = by_key.entry(key.clone()).or_insert_with(|| KeyStatus {
                 key,
                 limit: 1,
                 holders: vec![],
                 waiters: Some(w),
+                unreadable: None,
             });
             e.limit = e.limit.max(row.lim);
             e.holders.push(row.holder);
@@ -513,12 +656,25 @@ impl Backend for SqliteBackend {
     }
 
     async fn doctor(&self, _ttl: Duration, _timeout: Duration) -> Vec<Check> {
-        let mut out = vec![Check::new(
-            Level::Info,
-            "scope",
-            "the embedded backend excludes processes on this host only",
-        )
-        .fix("to lock across machines, use a server backend (redis://, zk://, postgres://, mysql://, etcd://)")];
+        let per_user = crate::config::default_sqlite_path().is_some_and(|d| d == self.path);
+        let scope = if per_user {
+            format!(
+                "this is your own default database ({}): it excludes your processes on this host \
+                 only; another user's dlock uses another file and does not see these locks",
+                self.path.display()
+            )
+        } else {
+            format!(
+                "the embedded backend excludes processes on this host that use {}; whoever may \
+                 write that file may also break the locks in it",
+                self.path.display()
+            )
+        };
+        let mut out = vec![Check::new(Level::Info, "scope", scope).fix(
+            "to lock across users, give them all one --backend sqlite:PATH they can write (any of \
+             them can then break the others' locks); across machines, use a server backend \
+             (redis://, zk://, postgres://, mysql://, etcd://)",
+        )];
         let dir = match self.path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
@@ -543,112 +699,19 @@ impl Backend for SqliteBackend {
 #[async_trait]
 impl Poll for SqliteBackend {
     async fn try_acquire(&self, spec: &LockSpec, me: &Owner) -> Result<Attempt> {
-        let granted_at = Instant::now();
-        let mut conn = self.conn().await?;
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        let now = now_ms();
-        let (rows, expired): (Vec<_>, Vec<_>) = self
-            .rows(&mut tx, &spec.namespace, &spec.key)
-            .await?
-            .into_iter()
-            .partition(|r| r.expires_at > now);
-        if !expired.is_empty() {
-            sqlx::query("DELETE FROM dlock_lease WHERE ns = ?1 AND key = ?2 AND expires_at <= ?3")
-                .bind(&spec.namespace)
-                .bind(&spec.key)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if rows.len() >= spec.limit as usize {
-            // A `run` holder on this host whose process is gone: its lease
-            // ends BREAK_GRACE from now instead of at its TTL. The grace lets
-            // the dead holder's guard finish killing the job's process group.
-            let soon = now + ms(BREAK_GRACE);
-            for r in &rows {
-                let dead = r.kind == LeaseKind::Run.as_str()
-                    && r.host_id == self.host_id
-                    && r.expires_at > soon
-                    && !crate::host::process_alive(r.pid, r.proc_start);
-                if dead {
-                    tracing::info!(
-                        key = spec.key,
-                        pid = r.pid,
-                        "the holder's process is gone: breaking its lease"
-                    );
-                    sqlx::query("UPDATE dlock_lease SET expires_at = ?1 WHERE ns = ?2 AND key = ?3 AND id = ?4")
-                        .bind(soon)
-                        .bind(&spec.namespace)
-                        .bind(&spec.key)
-                        .bind(&r.id)
-                        .execute(&mut *tx)
-                        .await?;
+        // A dead holder's lease ends BREAK_GRACE after it is found dead; the
+        // attempt that finds it waits that out and tries once more, so the
+        // first contender after a crash gets the lock (`run -n` included).
+        let mut retried = false;
+        loop {
+            match self.try_once(spec, me).await? {
+                (Attempt::Busy(_), Some(free_at)) if !retried => {
+                    retried = true;
+                    tokio::time::sleep_until(free_at.into()).await;
                 }
+                (attempt, _) => return Ok(attempt),
             }
-            tx.commit().await?;
-            // Lost the race: pass the wake-up on to the next waiter.
-            self.granted
-                .lock()
-                .unwrap()
-                .remove(&self.wake_path(&spec.namespace, &spec.key));
-            return Ok(Attempt::Busy(rows.into_iter().map(|r| r.holder).collect()));
         }
-        let token: i64 = sqlx::query_scalar(
-            "INSERT INTO dlock_fence (ns, key, token) VALUES (?1, ?2, 1) \
-             ON CONFLICT (ns, key) DO UPDATE SET token = token + 1 RETURNING token",
-        )
-        .bind(&spec.namespace)
-        .bind(&spec.key)
-        .fetch_one(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO dlock_lease (ns, key, id, token, kind, owner, host, pid, host_id, proc_start, lim, acquired_at, expires_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-        )
-        .bind(&spec.namespace)
-        .bind(&spec.key)
-        .bind(&me.id)
-        .bind(token)
-        .bind(me.kind.as_str())
-        .bind(&me.user)
-        .bind(&me.host)
-        .bind(i64::from(me.pid))
-        .bind(&me.host_id)
-        .bind(me.proc_start as i64)
-        .bind(i64::from(spec.limit))
-        .bind(now)
-        .bind(now.saturating_add(ms(spec.ttl)))
-        .execute(&mut *tx)
-        .await?;
-        // No longer a waiter, in the same transaction.
-        if self.waiting.has(&spec.namespace, &spec.key) {
-            sqlx::query("DELETE FROM dlock_waiter WHERE ns = ?1 AND key = ?2 AND id = ?3")
-                .bind(&spec.namespace)
-                .bind(&spec.key)
-                .bind(&self.waiting.id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        drop(conn);
-        self.waiting.done(&spec.namespace, &spec.key);
-        *self.poll.lock().unwrap() = POLL_MIN;
-        if me.kind == LeaseKind::Run && spec.limit == 1 {
-            self.hold_wake(spec).await;
-        } else {
-            self.granted
-                .lock()
-                .unwrap()
-                .remove(&self.wake_path(&spec.namespace, &spec.key));
-        }
-        Ok(Attempt::Acquired(Lease {
-            namespace: spec.namespace.clone(),
-            key: spec.key.clone(),
-            token: token as u64,
-            id: me.id.clone(),
-            ttl: spec.ttl,
-            granted_at,
-        }))
     }
 
     async fn wait_change(&self, spec: &LockSpec, until: Option<Instant>) -> Result<()> {

@@ -31,7 +31,7 @@ use super::{
     redact_url,
 };
 use crate::backend::probe::{Check, Level};
-use crate::error::{unavailable, usage};
+use crate::error::{Error, unavailable, usage};
 
 pub struct ZkBackend {
     shown: String,
@@ -53,12 +53,34 @@ struct Contender {
     seq: i64,
 }
 
+/// What listing a node's children found.
+enum Listing {
+    Children(Vec<String>),
+    /// The client may not read the node: why, naming the path.
+    Unreadable(String),
+}
+
+/// The sequence number of a contender's node (ZooKeeper appends ten
+/// digits); None for any other child, such as a nested key's directory.
 fn seq_of(name: &str) -> Option<i64> {
     let tail = match name.rfind("lock-") {
         Some(i) => &name[i + 5..],
         None => &name[name.rfind("__lock__")? + 8..],
     };
+    if tail.len() != 10 || !tail.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     tail.parse().ok()
+}
+
+/// The contenders among a lock directory's children, in lock order.
+fn contenders_of(names: Vec<String>) -> Vec<Contender> {
+    let mut v: Vec<Contender> = names
+        .into_iter()
+        .filter_map(|name| seq_of(&name).map(|seq| Contender { name, seq }))
+        .collect();
+    v.sort_by_key(|c| c.seq);
+    v
 }
 
 fn uuid_of(id: &str) -> String {
@@ -81,6 +103,16 @@ fn kind(e: &zk::Error) -> Kind {
     }
 }
 
+fn unreadable(key: &str, why: String) -> KeyStatus {
+    KeyStatus {
+        key: key.to_string(),
+        limit: 1,
+        holders: vec![],
+        waiters: None,
+        unreadable: Some(why),
+    }
+}
+
 fn zk_err(shown: &str, what: &str, e: zk::Error) -> anyhow::Error {
     kit::typed(kind(&e), format!("ZooKeeper {shown}: {what}: {e}"))
 }
@@ -100,6 +132,7 @@ fn holder_from(data: &[u8], stat: &zk::Stat) -> (Holder, Option<u32>) {
                 .ok()
                 .map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
             expires_at: None,
+            dead: false,
         };
         (h, f[2].parse().ok())
     } else {
@@ -220,22 +253,58 @@ impl ZkBackend {
         kit::bounded(&service, what, self.timeout, f, kind).await
     }
 
+    /// The children of a node (none if it does not exist), or why this
+    /// client may not list them (its ACL).
+    async fn list(&self, c: &zk::Client, path: &str) -> Result<Listing> {
+        match tokio::time::timeout(self.timeout, c.list_children(path)).await {
+            Ok(Ok(n)) => Ok(Listing::Children(n)),
+            Ok(Err(zk::Error::NoNode)) => Ok(Listing::Children(vec![])),
+            Ok(Err(e @ (zk::Error::NoAuth | zk::Error::AuthFailed))) => Ok(Listing::Unreadable(
+                format!("cannot list {path}: {e} (its ACL does not let this client read it)"),
+            )),
+            Ok(Err(e)) => Err(zk_err(&self.shown, &format!("list {path}"), e)),
+            Err(_) => Err(unavailable(format!(
+                "ZooKeeper {}: list {path} timed out",
+                self.shown
+            ))),
+        }
+    }
+
     /// The contenders of a lock directory, in lock order.
     async fn contenders(&self, c: &zk::Client, dir: &str) -> Result<Vec<Contender>> {
-        let names = self
-            .bounded(&format!("list {dir}"), async {
-                match c.list_children(dir).await {
-                    Err(zk::Error::NoNode) => Ok(vec![]),
-                    r => r,
-                }
-            })
-            .await?;
-        let mut v: Vec<Contender> = names
-            .into_iter()
-            .filter_map(|name| seq_of(&name).map(|seq| Contender { name, seq }))
-            .collect();
-        v.sort_by_key(|c| c.seq);
-        Ok(v)
+        match self.list(c, dir).await? {
+            Listing::Children(names) => Ok(contenders_of(names)),
+            Listing::Unreadable(why) => {
+                Err(Error::Unavailable(format!("ZooKeeper {}: {why}", self.shown)).into())
+            }
+        }
+    }
+
+    /// The status of one key from its lock directory's children.
+    async fn key_status(
+        &self,
+        c: &zk::Client,
+        key: String,
+        dir: &str,
+        contenders: &[Contender],
+    ) -> KeyStatus {
+        let mut limit = 1usize;
+        if let Some(first) = contenders.first()
+            && let Ok((data, stat)) = self
+                .bounded("read", c.get_data(&format!("{dir}/{}", first.name)))
+                .await
+        {
+            limit = holder_from(&data, &stat).1.unwrap_or(1).max(1) as usize;
+        }
+        let holders = self.holders(c, dir, contenders, limit).await;
+        let waiters = contenders.len().saturating_sub(holders.len()) as u64;
+        KeyStatus {
+            key,
+            limit: limit as u32,
+            holders,
+            waiters: Some(waiters),
+            unreadable: None,
+        }
     }
 
     async fn holders(
@@ -323,7 +392,7 @@ impl Backend for ZkBackend {
         self.drop_queued(c).await;
         let acls = self.acls();
         let parent = zk::CreateMode::Persistent.with_acls(acls);
-        self.bounded("create the lock directory", async {
+        self.bounded(&format!("create the lock directory {dir}"), async {
             match c.mkdir(&dir, &parent).await {
                 Err(zk::Error::NodeExists) => Ok(()),
                 r => r,
@@ -348,7 +417,7 @@ impl Backend for ZkBackend {
         let entry = (dir.clone(), tag.clone());
         self.queued.add(entry.clone());
         let created = self
-            .bounded("create the lock node", async {
+            .bounded(&format!("create a lock node in {dir}"), async {
                 match c.create(&prefix, data.as_bytes(), &opts).await {
                     // No TTL nodes on this server.
                     Err(zk::Error::Unimplemented) => Ok(None),
@@ -406,7 +475,10 @@ impl Backend for ZkBackend {
             }
             // Watch only the contender `limit` places ahead of us.
             let pred = format!("{dir}/{}", contenders[idx - limit].name);
-            let watcher = match self.bounded("watch", c.check_and_watch_stat(&pred)).await? {
+            let watcher = match self
+                .bounded(&format!("watch {pred}"), c.check_and_watch_stat(&pred))
+                .await?
+            {
                 (Some(_), w) => w,
                 (None, _) => continue,
             };
@@ -419,15 +491,28 @@ impl Backend for ZkBackend {
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Renewal> {
-        let c = self.client(ttl).await?;
-        let Some(path) = self.find_mine(c, lease).await? else {
-            return Ok(Renewal::Lost);
-        };
         let handle = !self
             .mine
             .lock()
             .await
             .contains_key(&(lease.namespace.clone(), lease.key.clone()));
+        // A handle's TTL node restarts the TTL it was created with when
+        // touched; ZooKeeper cannot change it, so a different one is
+        // refused, never ignored.
+        if handle && ttl != lease.ttl {
+            return Err(usage(format!(
+                "ZooKeeper cannot change a TTL node's TTL: the lease of {:?} was created with {}, \
+                 and renewing restarts that; renew without --ttl (or with --ttl {}), or acquire \
+                 anew with the TTL you want",
+                lease.key,
+                humantime::format_duration(lease.ttl),
+                humantime::format_duration(lease.ttl)
+            )));
+        }
+        let c = self.client(ttl).await?;
+        let Some(path) = self.find_mine(c, lease).await? else {
+            return Ok(Renewal::Lost);
+        };
         let r = if handle {
             // A TTL node lives while it is modified: touch it.
             match tokio::time::timeout(self.timeout, c.get_data(&path)).await {
@@ -447,7 +532,7 @@ impl Backend for ZkBackend {
         match r {
             Ok(Ok(())) => Ok(Renewal::Renewed),
             Ok(Err(zk::Error::NoNode | zk::Error::SessionExpired)) => Ok(Renewal::Lost),
-            Ok(Err(e)) => Err(zk_err(&self.shown, "renew", e)),
+            Ok(Err(e)) => Err(zk_err(&self.shown, &format!("renew {path}"), e)),
             Err(_) => Err(unavailable(format!(
                 "ZooKeeper {}: renew timed out",
                 self.shown
@@ -464,15 +549,16 @@ impl Backend for ZkBackend {
             .lock()
             .await
             .remove(&(lease.namespace.clone(), lease.key.clone()));
-        match self.bounded("release", c.delete(&path, None)).await {
-            Ok(()) => Ok(true),
-            Err(e)
-                if e.to_string().contains("node does not exist")
-                    || e.to_string().contains("NoNode") =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(e),
+        // A node already gone (broken with --force, session expired) is a
+        // lease we no longer held: not an error.
+        match tokio::time::timeout(self.timeout, c.delete(&path, None)).await {
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(zk::Error::NoNode)) => Ok(false),
+            Ok(Err(e)) => Err(zk_err(&self.shown, &format!("release {path}"), e)),
+            Err(_) => Err(unavailable(format!(
+                "ZooKeeper {}: release {path} timed out",
+                self.shown
+            ))),
         }
     }
 
@@ -506,49 +592,51 @@ impl Backend for ZkBackend {
 
     async fn status(&self, namespace: &str, keys: &[String]) -> Result<Vec<KeyStatus>> {
         let c = self.client(Duration::from_secs(30)).await?;
-        let mut names = keys.to_vec();
-        let listing = names.is_empty();
-        if listing {
-            names =
-                match tokio::time::timeout(self.timeout, c.list_children(&format!("/{namespace}")))
-                    .await
-                {
-                    Ok(Ok(n)) => n,
-                    Ok(Err(zk::Error::NoNode)) => vec![],
-                    Ok(Err(e)) => return Err(zk_err(&self.shown, "list", e)),
-                    Err(_) => {
-                        return Err(unavailable(format!(
-                            "ZooKeeper {}: list timed out",
-                            self.shown
-                        )));
-                    }
-                };
-            names.sort();
-        }
         let mut out = Vec::new();
-        for k in names {
-            let dir = Self::dir(namespace, &k)?;
-            let contenders = self.contenders(c, &dir).await?;
-            let mut limit = 1usize;
-            if let Some(first) = contenders.first()
-                && let Ok((data, stat)) = self
-                    .bounded("read", c.get_data(&format!("{dir}/{}", first.name)))
-                    .await
-            {
-                limit = holder_from(&data, &stat).1.unwrap_or(1).max(1) as usize;
+        if !keys.is_empty() {
+            for k in keys {
+                let dir = Self::dir(namespace, k)?;
+                out.push(match self.list(c, &dir).await? {
+                    Listing::Children(names) => {
+                        self.key_status(c, k.clone(), &dir, &contenders_of(names))
+                            .await
+                    }
+                    Listing::Unreadable(why) => unreadable(k, why),
+                });
             }
-            let holders = self.holders(c, &dir, &contenders, limit).await;
-            let waiters = contenders.len().saturating_sub(holders.len()) as u64;
-            if listing && holders.is_empty() {
-                continue;
-            }
-            out.push(KeyStatus {
-                key: k,
-                limit: limit as u32,
-                holders,
-                waiters: Some(waiters),
-            });
+            return Ok(out);
         }
+        // Every held key of the namespace, nested ones (`a/b`) included: a
+        // lock directory's children that are not contenders are the
+        // directories of nested keys. A key this client may not read is
+        // listed as unreadable; the others are listed all the same.
+        let root = format!("/{namespace}");
+        let mut todo: Vec<String> = match self.list(c, &root).await? {
+            Listing::Children(names) => names,
+            Listing::Unreadable(why) => {
+                return Err(Error::Unavailable(format!("ZooKeeper {}: {why}", self.shown)).into());
+            }
+        };
+        while let Some(k) = todo.pop() {
+            let dir = format!("{root}/{k}");
+            match self.list(c, &dir).await? {
+                Listing::Children(names) => {
+                    let (mine, nested): (Vec<String>, Vec<String>) =
+                        names.into_iter().partition(|n| seq_of(n).is_some());
+                    todo.extend(nested.into_iter().map(|n| format!("{k}/{n}")));
+                    let contenders = contenders_of(mine);
+                    if contenders.is_empty() {
+                        continue;
+                    }
+                    let st = self.key_status(c, k, &dir, &contenders).await;
+                    if !st.holders.is_empty() {
+                        out.push(st);
+                    }
+                }
+                Listing::Unreadable(why) => out.push(unreadable(&k, why)),
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }
 

@@ -8,11 +8,12 @@ use anyhow::Result;
 use super::{Connector, backend_error, connect_waiting, owner, take_locks};
 use crate::backend::{self, LeaseKind};
 use crate::cli;
+use crate::config::{self, Settings};
 use crate::error::{Error, usage};
 use crate::handle::Handle;
 use crate::lease::{self, Keeper};
 use crate::supervise::Signals;
-use crate::{config, exit_code, host};
+use crate::{exit_code, host, jsonlog};
 
 pub async fn cmd_acquire(c: &Connector<'_>, a: cli::AcquireArgs) -> Result<i32> {
     let s = c.settings;
@@ -30,12 +31,14 @@ pub async fn cmd_acquire(c: &Connector<'_>, a: cli::AcquireArgs) -> Result<i32> 
         return Ok(not.code());
     }
     let leases = keeper.stop();
-    println!("{}", Handle::new(&s.namespace, lock.ttl, &leases).encode());
+    let h = Handle::new(&s.namespace, lock.ttl, &leases).issued_by(s.shown_backends());
+    println!("{}", h.encode());
     Ok(exit_code::SUCCESS)
 }
 
 pub async fn cmd_renew(c: &Connector<'_>, a: cli::RenewArgs) -> Result<i32> {
     let h = Handle::decode(&a.handle)?;
+    same_service(c.settings, &h)?;
     let ttl = a.ttl.unwrap_or(h.ttl());
     if ttl < Duration::from_millis(100) {
         return Err(usage("--ttl must be at least 100ms"));
@@ -68,8 +71,34 @@ pub async fn cmd_renew(c: &Connector<'_>, a: cli::RenewArgs) -> Result<i32> {
     Ok(exit_code::SUCCESS)
 }
 
+/// A handle used against another kind of backend than the one that issued
+/// it (a CI step that forgot `--backend`) is a usage error, said as such
+/// before connecting, rather than "its lease expired".
+fn same_service(s: &Settings, h: &Handle) -> Result<()> {
+    let Some(issuer) = &h.backend else {
+        return Ok(());
+    };
+    let (was, is) = (
+        config::service_of(issuer),
+        config::service_of(&s.backends[0]),
+    );
+    if was != is {
+        return Err(usage(format!(
+            "this handle was issued by {issuer} ({was}); this is {} ({is}): give the --backend it was acquired with",
+            s.shown_backends()
+        )));
+    }
+    Ok(())
+}
+
 pub async fn cmd_release(c: &Connector<'_>, a: cli::ReleaseArgs) -> Result<i32> {
     let s = c.settings;
+    for key in &a.key {
+        s.validate_key(key)?;
+    }
+    if let Some(hs) = &a.handle {
+        same_service(s, &Handle::decode(hs)?)?;
+    }
     let backend = c.get().await?;
     if let Some(hs) = &a.handle {
         let h = Handle::decode(hs)?;
@@ -83,9 +112,22 @@ pub async fn cmd_release(c: &Connector<'_>, a: cli::ReleaseArgs) -> Result<i32> 
                 gone.push(format!("{:?} (token {})", l.key, l.token));
             }
         }
+        if !gone.is_empty() && a.if_held {
+            if !s.quiet {
+                jsonlog::say(
+                    "INFO",
+                    &format!(
+                        "the handle no longer held {}: nothing to release (--if-held)",
+                        gone.join(", ")
+                    ),
+                );
+            }
+            return Ok(exit_code::SUCCESS);
+        }
         if !gone.is_empty() {
             return Err(Error::Lost(format!(
-                "the handle no longer held {}: its lease had expired or was broken, and whoever holds it now keeps it",
+                "the handle no longer held {}: it was already released, or its lease expired or was broken, \
+                 and whoever holds it now keeps it (--if-held makes this exit 0)",
                 gone.join(", ")
             ))
             .into());
@@ -98,7 +140,6 @@ pub async fn cmd_release(c: &Connector<'_>, a: cli::ReleaseArgs) -> Result<i32> 
         ));
     }
     for key in &a.key {
-        config::validate_name("key", key)?;
         let n = backend
             .force_release(&s.namespace, key)
             .await
@@ -112,11 +153,14 @@ pub async fn cmd_release(c: &Connector<'_>, a: cli::ReleaseArgs) -> Result<i32> 
         tracing::warn!(event = "forced", key, holders = n, by, "forced release");
         if !s.quiet {
             if n == 0 {
-                eprintln!("dlock: {key:?} was not held");
+                jsonlog::say("INFO", &format!("{key:?} was not held"));
             } else {
-                eprintln!(
-                    "dlock: broke the lock on {key:?} ({n} holder{})",
-                    if n == 1 { "" } else { "s" }
+                jsonlog::say(
+                    "WARN",
+                    &format!(
+                        "broke the lock on {key:?} ({n} holder{})",
+                        if n == 1 { "" } else { "s" }
+                    ),
                 );
             }
         }

@@ -53,7 +53,10 @@ fn owner(kind: LeaseKind) -> Result<Owner> {
         id: secret()?,
         user: host::user(),
         host: host::hostname(),
-        pid,
+        // A handle outlives the `dlock acquire` that took it: its pid would
+        // name a long-exited process. Pid 0 (never a user process) marks
+        // the lease as a handle's in `status`.
+        pid: if kind == LeaseKind::Handle { 0 } else { pid },
         host_id: host::host_id(),
         proc_start: host::proc_start(pid).unwrap_or(0),
         kind,
@@ -188,7 +191,7 @@ fn not_taken(
     );
     if !s.quiet {
         let w = (lock.wait != config::Wait::No).then_some(waited);
-        eprintln!("dlock: {}", busy_message(busy, w));
+        crate::jsonlog::say("INFO", &busy_message(busy, w));
     }
     NotTaken::Busy(lock.conflict_exit_code)
 }

@@ -62,7 +62,7 @@ pub async fn cmd_run(c: &Connector<'_>, a: cli::RunArgs) -> Result<i32> {
             ended: std::time::SystemTime::now(),
         };
         if let Err(e) = metrics::write(path, &rec) {
-            eprintln!("dlock: {e:#}");
+            crate::jsonlog::say("ERROR", &format!("{e:#}"));
         }
     }
     result
@@ -117,6 +117,9 @@ async fn run_locked(
         ),
         ("DLOCK_TTL".to_string(), fmt_secs(lock.ttl)),
     ];
+    // DLOCK_KEY joins keys with commas, which a key may hold; DLOCK_KEYS has
+    // one per line, unambiguous since a key holds no control character.
+    env.push(("DLOCK_KEYS".to_string(), lock.keys.join("\n")));
     env.push(("DLOCK_NAMESPACE".to_string(), s.namespace.clone()));
     // A password in DLOCK_BACKEND must not reach the child.
     let env_remove = match std::env::var("DLOCK_BACKEND") {
@@ -163,10 +166,37 @@ async fn run_locked(
             tokio::time::sleep(remaining).await;
         }
     }
+    let mut lost = lost;
     if lost {
         keeper.stop();
     } else {
-        keeper.release().await;
+        // Broken (`release --force`) or expired since the last renewal: the
+        // end of the command ran without the lock, which is a loss too.
+        let gone = keeper.release().await;
+        if !gone.is_empty() {
+            let what = gone
+                .iter()
+                .map(|l| format!("{:?} (token {})", l.key, l.token))
+                .collect::<Vec<_>>()
+                .join(", ");
+            for l in &gone {
+                tracing::warn!(
+                    event = "lost",
+                    key = l.key,
+                    token = l.token,
+                    "lease found gone at release"
+                );
+            }
+            crate::jsonlog::say(
+                "WARN",
+                &format!(
+                    "lost the lock on {what}: it was broken or expired on {} before the command ended",
+                    backend.describe()
+                ),
+            );
+            lost = true;
+            trace.lost = true;
+        }
     }
     tracing::info!(
         event = "released",
@@ -176,10 +206,13 @@ async fn run_locked(
         "done"
     );
     if lost && rs.on_lost == OnLost::Kill {
-        eprintln!(
-            "dlock: exiting {} because the lease was lost (the command's own status was {})",
-            exit_code::LOST,
-            outcome.code
+        crate::jsonlog::say(
+            "WARN",
+            &format!(
+                "exiting {} because the lease was lost (the command's own status was {})",
+                exit_code::LOST,
+                outcome.code
+            ),
         );
         return Ok(exit_code::LOST);
     }

@@ -13,16 +13,20 @@ use crate::error::usage;
 use crate::supervise::Signals;
 use crate::{exit_code, status};
 
-pub async fn cmd_status(c: &Connector<'_>, a: cli::StatusArgs) -> Result<i32> {
+pub async fn cmd_status(c: &Connector<'_>, mut a: cli::StatusArgs) -> Result<i32> {
     let s = c.settings;
     for k in &a.keys {
-        config::validate_name("key", k)?;
+        s.validate_key(k)?;
     }
+    // Each named key once, in the order given.
+    let mut seen = std::collections::HashSet::new();
+    a.keys.retain(|k| seen.insert(k.clone()));
     let backend = c.get().await?;
     let Some(every) = a.watch else {
         let st = backend
             .status(&s.namespace, &a.keys)
             .await
+            .map(|st| in_order(st, &a.keys))
             .map_err(|e| backend_error(backend.as_ref(), e))?;
         let text = render_status(s, backend.as_ref(), &st, a.json)?;
         let mut out = std::io::stdout().lock();
@@ -44,7 +48,9 @@ pub async fn cmd_status(c: &Connector<'_>, a: cli::StatusArgs) -> Result<i32> {
     let bound = s.connect_timeout * 4;
     loop {
         let t0 = Instant::now();
-        let st = tokio::time::timeout(bound, backend.status(&s.namespace, &a.keys)).await;
+        let st = tokio::time::timeout(bound, backend.status(&s.namespace, &a.keys))
+            .await
+            .map(|r| r.map(|st| in_order(st, &a.keys)));
         let (body, failed) = match st {
             Ok(Ok(st)) if a.json => (serde_json::to_string(&status::to_json(&st))? + "\n", false),
             Ok(Ok(st)) => (render_status(s, backend.as_ref(), &st, false)?, false),
@@ -65,7 +71,8 @@ pub async fn cmd_status(c: &Connector<'_>, a: cli::StatusArgs) -> Result<i32> {
         let written = if a.json {
             // Errors go to stderr: stdout stays one JSON array per line.
             if failed {
-                eprint!("{body}");
+                let msg = body.trim_end();
+                crate::jsonlog::say("ERROR", msg.strip_prefix("dlock: ").unwrap_or(msg));
                 Ok(())
             } else {
                 write!(out, "{body}")
@@ -98,6 +105,17 @@ pub async fn cmd_status(c: &Connector<'_>, a: cli::StatusArgs) -> Result<i32> {
     }
 }
 
+/// The same row order on every backend: named keys in the order given,
+/// the namespace's keys sorted.
+fn in_order(mut st: Vec<backend::KeyStatus>, keys: &[String]) -> Vec<backend::KeyStatus> {
+    if keys.is_empty() {
+        st.sort_by(|a, b| a.key.cmp(&b.key));
+    } else {
+        st.sort_by_key(|k| keys.iter().position(|n| *n == k.key).unwrap_or(usize::MAX));
+    }
+    st
+}
+
 /// The table (or JSON) for one look at the locks.
 fn render_status(
     s: &Settings,
@@ -107,13 +125,31 @@ fn render_status(
 ) -> Result<String> {
     Ok(if json {
         serde_json::to_string_pretty(&status::to_json(st))? + "\n"
-    } else if st.is_empty() {
-        format!(
-            "no lock is held in namespace {:?} on {}\n",
-            s.namespace,
-            backend.describe()
-        )
     } else {
-        status::table(st, status::Paint(s.color))
+        // The default database is this user's own: say so, since another
+        // user's dlock on this host does not see these locks.
+        let own = config::default_sqlite_path()
+            .is_some_and(|p| backend.describe() == format!("sqlite:{}", p.display()));
+        let note = if own {
+            " (your own default database: other users' locks are not in it)"
+        } else {
+            ""
+        };
+        if st.is_empty() {
+            format!(
+                "no lock is held in namespace {:?} on {}{note}\n",
+                s.namespace,
+                backend.describe()
+            )
+        } else if own && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            let table = status::table(st, status::Paint(s.color));
+            let foot = format!("on {}{note}", backend.describe());
+            format!(
+                "{table}{}\n",
+                status::Paint(s.color).paint(status::Paint::DIM, &foot)
+            )
+        } else {
+            status::table(st, status::Paint(s.color))
+        }
     })
 }

@@ -45,6 +45,11 @@ macro_rules! conformance {
                 interrupted_waiter_does_not_delay_the_next,
                 crowd_on_one_key_all_get_their_turn,
                 server_restart_during_waits_is_ridden_out,
+                nested_keys_are_independent,
+                lock_broken_before_the_next_renewal_is_reported,
+                renew_ttl_is_applied_or_refused,
+                status_rows_in_the_order_given,
+                acquire_leases_show_as_handles,
             );
         }
     };
@@ -291,10 +296,10 @@ pub fn renew_extends_a_handle(env: &Env) {
     let out = env.run(&["acquire", "--key", &k, "--ttl", "1s"]);
     let h = stdout(&out).trim().to_string();
     std::thread::sleep(Duration::from_millis(400));
-    let out = env.run(&["renew", &h, "--ttl", "5s"]);
+    let out = env.run(&["renew", &h]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    // Past the first TTL (1s from the start), within the original TTL from
-    // the renewal (ZooKeeper's TTL nodes keep the TTL they were made with).
+    // Past the first TTL (1s from the start), within the TTL from the
+    // renewal. (A different --ttl: see renew_ttl_is_applied_or_refused.)
     std::thread::sleep(Duration::from_millis(750));
     assert!(env.held(&k), "the renewed lease ended at its first TTL");
     assert_eq!(code(&env.run(&["release", &h])), 0);
@@ -1019,4 +1024,213 @@ pub fn server_restart_during_waits_is_ridden_out(env: &mut Env) {
         bad.is_empty(),
         "runs that did not ride out the restart: {bad:?}"
     );
+}
+
+/// Distinct keys are independent even when one names a path below the
+/// other (`p` and `p/q`): taking, forcing and listing one never touches the
+/// other, on every backend (etcd's prefix `NS/p/` also matches `NS/p/q/...`;
+/// ZooKeeper's `/NS/p/q` is a child of `/NS/p`).
+pub fn nested_keys_are_independent(env: &Env) {
+    let p = key("nest");
+    let q = format!("{p}/q");
+    // A short TTL: a forced holder notices at its next renewal (ttl/3).
+    let mut hq = hold(env, &q, &["--ttl", "3s"], "sleep 30");
+    let out = env.run(&["run", "-n", "--key", &p, "--", "true"]);
+    assert_eq!(
+        code(&out),
+        0,
+        "p is free while p/q is held: {}",
+        stderr(&out)
+    );
+    let st = env.status_json(&[&p]);
+    assert_eq!(st[0]["held"], false, "{st}");
+    let out = env.run(&["release", "--key", &p, "--force"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stderr(&out).contains("was not held"), "{}", stderr(&out));
+    assert!(env.held(&q), "forcing p broke p/q");
+    // Both held: each listed once, in the namespace-wide listing too.
+    let mut hp = hold(env, &p, &["--ttl", "3s"], "sleep 30");
+    let all = env.status_json(&[]);
+    for k in [&p, &q] {
+        let rows: Vec<_> = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|o| o["key"] == k.as_str())
+            .collect();
+        assert_eq!(rows.len(), 1, "{k} in {all}");
+        assert_eq!(rows[0]["holders"].as_array().unwrap().len(), 1, "{all}");
+    }
+    let out = env.run(&["release", "--key", &p, "--force"]);
+    assert!(stderr(&out).contains("(1 holder)"), "{}", stderr(&out));
+    assert_eq!(wait_timeout(&mut hp, LONG), 74);
+    assert!(env.held(&q), "forcing p broke p/q");
+    let out = env.run(&["release", "--key", &q, "--force"]);
+    assert!(stderr(&out).contains("(1 holder)"), "{}", stderr(&out));
+    assert_eq!(wait_timeout(&mut hq, LONG), 74);
+}
+
+/// A lock broken (`release --force`) while the child runs, the child ending
+/// before the next renewal could notice: the release at the end finds the
+/// lease gone, and the run still reports the loss (74, a `lost` event, the
+/// metrics outcome `lost`).
+pub fn lock_broken_before_the_next_renewal_is_reported(env: &Env) {
+    let k = key("brk");
+    let go = env.path("brk.go");
+    let prom = env.path("brk.prom");
+    let script = format!(
+        "while [ ! -e {} ]; do sleep 0.05; done; echo done",
+        go.display()
+    );
+    let mut h = env
+        .cmd(&[
+            "--log-format",
+            "json",
+            "run",
+            "--ttl",
+            "30s",
+            "--key",
+            &k,
+            "--metrics-file",
+            prom.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(LONG, &format!("{k} to be held"), || env.held(&k));
+    let out = env.run(&["release", "--key", &k, "--force"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    std::fs::write(&go, "").unwrap();
+    let t = Instant::now();
+    let (c, err) = h.wait_with_output_timeout();
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    assert_eq!(c, 74, "a broken lock must not end in 0: {err}");
+    let events: Vec<serde_json::Value> = err
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "lost" && e["key"] == k.as_str()),
+        "{err}"
+    );
+    assert!(err.contains("lost the lock"), "{err}");
+    let m = std::fs::read_to_string(&prom).unwrap();
+    let labels = format!("namespace=\"dlock\",key=\"{k}\"");
+    assert_eq!(
+        metric(&m, &format!("dlock_outcome{{{labels},outcome=\"lost\"}}")),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, &format!("dlock_exit_code{{{labels}}}")),
+        Some(74.0)
+    );
+}
+
+/// `renew --ttl D` with a TTL other than the handle's: either the lease
+/// really lasts D from now (status shows it), or it is refused with 64 and a
+/// reason (etcd and ZooKeeper cannot change a lease's TTL); never a silent
+/// success. The lease is unchanged by a refusal.
+pub fn renew_ttl_is_applied_or_refused(env: &Env) {
+    let k = key("rttl");
+    let out = env.run(&["acquire", "--key", &k, "--ttl", "3s"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let h = stdout(&out).trim().to_string();
+    let out = env.run(&["renew", &h, "--ttl", "1h"]);
+    match code(&out) {
+        0 => {
+            let st = env.status_json(&[&k]);
+            let exp = st[0]["holders"][0]["expires_at"]
+                .as_str()
+                .unwrap_or_else(|| panic!("renew --ttl 1h succeeded, but is it true? {st}"));
+            let exp = humantime::parse_rfc3339(exp).unwrap();
+            let left = exp
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            assert!(
+                left > Duration::from_secs(30 * 60),
+                "renew --ttl 1h exited 0 but the lease ends in {left:?}: {st}"
+            );
+        }
+        64 => {
+            let err = stderr(&out);
+            assert!(err.contains("TTL"), "a refusal says why: {err}");
+            assert!(env.held(&k), "a refused renewal changed the lease");
+            let out = env.run(&["renew", &h]);
+            assert_eq!(code(&out), 0, "{}", stderr(&out));
+        }
+        c => panic!("renew --ttl 1h: exit {c}: {}", stderr(&out)),
+    }
+    assert_eq!(code(&env.run(&["release", &h])), 0);
+}
+
+/// `status` lists named keys in the order given (each once), and the
+/// namespace's keys sorted, the same on every backend.
+pub fn status_rows_in_the_order_given(env: &Env) {
+    let (z, a, m) = (key("ord-z"), key("ord-a"), key("ord-m"));
+    let mut hz = hold(env, &z, &[], "sleep 30");
+    let mut ha = hold(env, &a, &[], "sleep 30");
+    let keys = |st: &serde_json::Value| {
+        st.as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["key"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let st = env.status_json(&[&z, &m, &a, &z]);
+    assert_eq!(keys(&st), vec![z.clone(), m.clone(), a.clone()], "{st}");
+    let out = env.run(&["status", &m, &z, &a]);
+    let table = stdout(&out);
+    let rows: Vec<&str> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(rows, vec![m.as_str(), z.as_str(), a.as_str()], "{table}");
+    let all = keys(&env.status_json(&[]));
+    let mut sorted = all.clone();
+    sorted.sort();
+    assert_eq!(all, sorted);
+    assert!(all.contains(&a) && all.contains(&z), "{all:?}");
+    for c in [&mut hz, &mut ha] {
+        signal(c.id(), Signal::SIGTERM);
+        wait_timeout(c, LONG);
+    }
+}
+
+/// A lease taken by `dlock acquire` is held by its handle, not by the
+/// long-exited `dlock acquire` process: `status` says "handle" instead of a
+/// pid (JSON: `"pid": null, "handle": true`), and so does the busy message.
+pub fn acquire_leases_show_as_handles(env: &Env) {
+    let k = key("hnd");
+    let out = env.run(&["acquire", "--key", &k]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let h = stdout(&out).trim().to_string();
+    let st = env.status_json(&[&k]);
+    let holder = &st[0]["holders"][0];
+    assert!(holder["pid"].is_null(), "{st}");
+    assert_eq!(holder["handle"], true, "{st}");
+    let out = env.run(&["status", &k]);
+    let table = stdout(&out);
+    let row = table.lines().find(|l| l.starts_with(&k)).unwrap();
+    assert!(row.contains(" handle "), "{table}");
+    let out = env.run(&["run", "-n", "--key", &k, "--", "true"]);
+    assert_eq!(code(&out), 75);
+    assert!(stderr(&out).contains("handle"), "{}", stderr(&out));
+    assert_eq!(code(&env.run(&["release", &h])), 0);
+    // A run's holder shows its pid, and is no handle.
+    let mut r = hold(env, &k, &[], "sleep 30");
+    let st = env.status_json(&[&k]);
+    assert_eq!(st[0]["holders"][0]["pid"].as_u64(), Some(u64::from(r.id())));
+    assert_eq!(st[0]["holders"][0]["handle"], false, "{st}");
+    signal(r.id(), Signal::SIGTERM);
+    wait_timeout(&mut r, LONG);
 }

@@ -115,6 +115,7 @@ pub fn key_status<R>(
         limit,
         holders,
         waiters,
+        unreadable: None,
     })
 }
 
@@ -359,6 +360,7 @@ fn holder(r: &AnyRow) -> Result<(Holder, u32, i64)> {
             token: Some(token as u64),
             acquired_at: Some(UNIX_EPOCH + Duration::from_micros(acquired_us.max(0) as u64)),
             expires_at: Some(SystemTime::now() + Duration::from_micros(left_us.max(0) as u64)),
+            dead: false,
         },
         lim.max(1) as u32,
         left_us,
