@@ -1,23 +1,33 @@
-//! ZooKeeper: the standard lock recipe, in Apache Curator's layout.
+//! ZooKeeper: the standard lock recipe, in Apache Curator's layout (or
+//! kazoo's, with `?recipe=kazoo`).
 //!
-//! Each contender creates an ephemeral sequential child of `/NAMESPACE/KEY`
-//! named like Curator's `InterProcessMutex`: `_c_<uuid>-lock-NNNNNNNNNN`.
+//! Each contender creates a sequential child of `/NAMESPACE/KEY` named like
+//! Curator's `InterProcessMutex`: `_c_<uuid>-lock-NNNNNNNNNN` (with
+//! `?recipe=kazoo`, like kazoo's `Lock`: `<uuid hex>__lock__NNNNNNNNNN`).
 //! Children are ordered by the number after the last `lock-` (kazoo's
 //! `...__lock__NNNNNNNNNN` count as contenders too); the first `--limit`
 //! hold the lock, and every other contender watches only the one `--limit`
 //! places before it (no herd). The uuid lets us find our node again.
 //!
-//! The session is the lease: its timeout follows `--ttl` (the server may
-//! clamp it; the lease then follows what was negotiated). The fencing token
-//! is our node's `czxid`: zxids are totally ordered across the ensemble and
-//! a later holder's node was created later.
+//! The session is the lease of a `run`: its node is ephemeral, its timeout
+//! follows `--ttl` (the server may clamp it; the lease then follows what
+//! was negotiated). The fencing token is our node's `czxid`: zxids are
+//! totally ordered across the ensemble and a later holder's node was
+//! created later.
 //!
-//! `dlock acquire` cannot use an ephemeral node (its process exits), so it
-//! creates a persistent sequential node with a server-side TTL (ZooKeeper
-//! TTL nodes, which need `zookeeper.extendedTypesEnabled=true`); `renew`
-//! touches it, and the server deletes it when it goes untouched for the TTL.
+//! A node that must outlive its process (a `dlock acquire` handle, or a
+//! `run --lock-at-least` left to lapse) is persistent and carries its TTL in
+//! its data. It expires when it has gone unmodified for that TTL, judged on
+//! the server's clock: its `mtime` against the `mtime` of a write made now
+//! (the lock directory's data, rewritten as it was). `renew` rewrites it
+//! (moving its `mtime`); any dlock contender, or `status`, that finds one
+//! expired deletes it (only if it is unchanged since it was judged). Where
+//! the server offers TTL nodes (`zookeeper.extendedTypesEnabled=true`) the
+//! node is a TTL node as well, so the server deletes it too, even when no
+//! dlock comes by.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
@@ -33,19 +43,42 @@ use super::{
 use crate::backend::probe::{Check, Level};
 use crate::error::{Error, unavailable, usage};
 
+/// Whose node names dlock writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recipe {
+    /// Apache Curator's `InterProcessMutex`: `_c_<uuid>-lock-NNNNNNNNNN`.
+    Curator,
+    /// kazoo's `Lock`: `<uuid hex>__lock__NNNNNNNNNN`.
+    Kazoo,
+}
+
+impl Recipe {
+    /// The name of a node of lease `id`, before its sequence number.
+    fn tag(self, id: &str) -> String {
+        match self {
+            Recipe::Curator => format!("_c_{}-lock-", uuid_of(id)),
+            Recipe::Kazoo => format!("{}__lock__", hex_of(id)),
+        }
+    }
+}
+
 pub struct ZkBackend {
     shown: String,
     cluster: String,
     auth: Option<Vec<u8>>,
     timeout: Duration,
+    recipe: Recipe,
     client: OnceCell<zk::Client>,
-    /// Our nodes, by (namespace, key): full path, and whether it is a
-    /// handle's TTL node (which must outlive this process).
+    /// Our nodes, by (namespace, key): full path, and whether it outlives
+    /// this process (a handle's node).
     mine: Mutex<HashMap<(String, String), (String, bool)>>,
     /// Queue entries not yet resolved, as (lock directory, our node-name
     /// prefix): registered before the node is created, so a waiter that is
     /// interrupted even mid-create finds and deletes its node in `close`.
     queued: Queued<(String, String)>,
+    /// The server refused a TTL node: it has no extended types, so nodes
+    /// that outlive their session are plain persistent ones.
+    no_ttl_nodes: AtomicBool,
 }
 
 struct Contender {
@@ -83,8 +116,13 @@ fn contenders_of(names: Vec<String>) -> Vec<Contender> {
     v
 }
 
+/// A lease id as 32 hex digits (kazoo's `uuid4().hex`).
+fn hex_of(id: &str) -> String {
+    id.chars().chain(std::iter::repeat('0')).take(32).collect()
+}
+
 fn uuid_of(id: &str) -> String {
-    let h: String = id.chars().chain(std::iter::repeat('0')).take(32).collect();
+    let h = hex_of(id);
     format!(
         "{}-{}-{}-{}-{}",
         &h[..8],
@@ -117,26 +155,104 @@ fn zk_err(shown: &str, what: &str, e: zk::Error) -> anyhow::Error {
     kit::typed(kind(&e), format!("ZooKeeper {shown}: {what}: {e}"))
 }
 
+/// A dlock node's data:
+/// `dlock1|ID|LIMIT|USER|HOST|PID|SINCE[|TTL_MS[|TOKEN]]`. `TTL_MS` is
+/// there on a node that outlives its session; `TOKEN` on one that took over
+/// a `run`'s lease (`--lock-at-least`), whose fencing token it keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct NodeData {
+    id: String,
+    limit: String,
+    user: String,
+    host: String,
+    pid: String,
+    since_ms: String,
+    ttl_ms: Option<u64>,
+    token: Option<u64>,
+}
+
+impl NodeData {
+    fn parse(data: &[u8]) -> Option<NodeData> {
+        let s = std::str::from_utf8(data).ok()?;
+        let f: Vec<&str> = s.splitn(9, '|').collect();
+        if f.len() < 7 || f[0] != "dlock1" {
+            return None;
+        }
+        Some(NodeData {
+            id: f[1].to_string(),
+            limit: f[2].to_string(),
+            user: f[3].to_string(),
+            host: f[4].to_string(),
+            pid: f[5].to_string(),
+            since_ms: f[6].to_string(),
+            ttl_ms: f.get(7).and_then(|t| t.parse().ok()),
+            token: f.get(8).and_then(|t| t.parse().ok()),
+        })
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut s = format!(
+            "dlock1|{}|{}|{}|{}|{}|{}",
+            self.id, self.limit, self.user, self.host, self.pid, self.since_ms
+        );
+        if let Some(t) = self.ttl_ms {
+            s.push_str(&format!("|{t}"));
+            if let Some(tok) = self.token {
+                s.push_str(&format!("|{tok}"));
+            }
+        }
+        s.into_bytes()
+    }
+}
+
+/// Whether a node is a ZooKeeper TTL node (its `ephemeralOwner` is
+/// `0xFF` followed by its TTL).
+fn is_ttl_node(stat: &zk::Stat) -> bool {
+    (stat.ephemeral_owner as u64) >> 56 == 0xFF
+}
+
+/// Whether a node outlives any session: persistent, or a TTL node.
+fn outlives_session(stat: &zk::Stat) -> bool {
+    stat.ephemeral_owner == 0 || is_ttl_node(stat)
+}
+
+/// When a dlock node that outlives its session expires, in milliseconds
+/// since the epoch on the server's clock; None for a node that lives with
+/// its session, or one that is not dlock's (a foreign client's).
+fn expiry_of(data: &[u8], stat: &zk::Stat) -> Option<i64> {
+    if !outlives_session(stat) {
+        return None;
+    }
+    let ttl = NodeData::parse(data)?.ttl_ms?;
+    Some(stat.mtime.saturating_add(ttl.min(i64::MAX as u64) as i64))
+}
+
+fn ms_of(d: Duration) -> u64 {
+    d.as_millis().max(1).min(u128::from(u64::MAX)) as u64
+}
+
 fn holder_from(data: &[u8], stat: &zk::Stat) -> (Holder, Option<u32>) {
-    let s = String::from_utf8_lossy(data);
-    let f: Vec<&str> = s.splitn(7, '|').collect();
     let token = Some(stat.czxid as u64);
-    if f.len() == 7 && f[0] == "dlock1" {
+    let expires_at =
+        expiry_of(data, stat).map(|ms| UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64));
+    if let Some(d) = NodeData::parse(data) {
         let h = Holder {
-            owner: Some(f[3].to_string()),
-            host: Some(f[4].to_string()),
-            pid: f[5].parse().ok(),
-            token,
-            acquired_at: f[6]
+            owner: Some(d.user.clone()),
+            host: Some(d.host.clone()),
+            pid: d.pid.parse().ok(),
+            token: d.token.or(token),
+            acquired_at: d
+                .since_ms
                 .parse::<u64>()
                 .ok()
                 .map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
-            expires_at: None,
+            expires_at,
             dead: false,
         };
-        (h, f[2].parse().ok())
+        (h, d.limit.parse().ok())
     } else {
         // Curator stores the client's IP, kazoo an identifier: show it as the host.
+        let s = String::from_utf8_lossy(data);
         let host = (!s.is_empty()).then(|| s.chars().take(64).collect());
         let acquired_at = Some(UNIX_EPOCH + Duration::from_millis(stat.ctime.max(0) as u64));
         (
@@ -151,30 +267,69 @@ fn holder_from(data: &[u8], stat: &zk::Stat) -> (Holder, Option<u32>) {
     }
 }
 
+/// A random lease id (32 hex digits), for a node that takes over another.
+fn fresh_id() -> String {
+    let mut b = [0u8; 16];
+    let _ = getrandom::fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// `zk://[auth@]hosts[/chroot][?recipe=curator|kazoo]`: (auth, hosts and
+/// chroot, recipe).
+fn parse_url(url: &str, shown: &str) -> Result<(Option<Vec<u8>>, String, Recipe)> {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or_default();
+    let rest = rest.split('#').next().unwrap_or_default();
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, q),
+        None => (rest, ""),
+    };
+    let (auth, cluster) = match rest.rsplit_once('@') {
+        Some((userinfo, c)) => (Some(userinfo.as_bytes().to_vec()), c.to_string()),
+        None => (None, rest.to_string()),
+    };
+    if cluster.is_empty() || cluster.starts_with('/') {
+        return Err(usage(format!(
+            "{shown}: expected zk://HOST:PORT[,HOST:PORT...][/chroot][?recipe=curator|kazoo]"
+        )));
+    }
+    let mut recipe = Recipe::Curator;
+    for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+        match kv.split_once('=') {
+            Some(("recipe", "curator")) => recipe = Recipe::Curator,
+            Some(("recipe", "kazoo")) => recipe = Recipe::Kazoo,
+            Some(("recipe", v)) => {
+                return Err(usage(format!(
+                    "{shown}: unknown ZooKeeper recipe {v:?}: expected recipe=curator \
+                     (Curator's node names, the default) or recipe=kazoo (kazoo's)"
+                )));
+            }
+            _ => {
+                return Err(usage(format!(
+                    "{shown}: unknown ZooKeeper URL parameter {kv:?}: the one accepted is \
+                     recipe=curator|kazoo"
+                )));
+            }
+        }
+    }
+    Ok((auth, cluster, recipe))
+}
+
 impl ZkBackend {
     pub fn new(url: &str, timeout: Duration) -> Result<ZkBackend> {
         let shown = redact_url(url);
-        let rest = url.split_once("://").map(|(_, r)| r).unwrap_or_default();
-        let (auth, cluster) = match rest.rsplit_once('@') {
-            Some((userinfo, c)) => (Some(userinfo.as_bytes().to_vec()), c.to_string()),
-            None => (None, rest.to_string()),
-        };
-        if cluster.is_empty() || cluster.starts_with('/') {
-            return Err(usage(format!(
-                "{shown}: expected zk://HOST:PORT[,HOST:PORT...][/chroot]"
-            )));
-        }
+        let (auth, cluster, recipe) = parse_url(url, &shown)?;
         Ok(ZkBackend {
             shown,
             cluster,
             auth,
             timeout,
+            recipe,
             client: OnceCell::new(),
             mine: Mutex::new(HashMap::new()),
             queued: Queued::default(),
+            no_ttl_nodes: AtomicBool::new(false),
         })
     }
-
     /// Connect on first use, with a session timeout of `ttl`.
     async fn client(&self, ttl: Duration) -> Result<&zk::Client> {
         self.client
@@ -279,15 +434,23 @@ impl ZkBackend {
             }
         }
     }
+}
 
-    /// The status of one key from its lock directory's children.
+impl ZkBackend {
+    /// The status of one key from its lock directory's children; nodes
+    /// found expired are deleted first.
     async fn key_status(
         &self,
         c: &zk::Client,
         key: String,
         dir: &str,
-        contenders: &[Contender],
-    ) -> KeyStatus {
+        mut contenders: Vec<Contender>,
+    ) -> Result<KeyStatus> {
+        let names: Vec<&str> = contenders.iter().map(|ct| ct.name.as_str()).collect();
+        let (gone, _) = self.reap(c, dir, &names, &mut HashSet::new()).await?;
+        if gone {
+            contenders = self.contenders(c, dir).await?;
+        }
         let mut limit = 1usize;
         if let Some(first) = contenders.first()
             && let Ok((data, stat)) = self
@@ -296,15 +459,15 @@ impl ZkBackend {
         {
             limit = holder_from(&data, &stat).1.unwrap_or(1).max(1) as usize;
         }
-        let holders = self.holders(c, dir, contenders, limit).await;
+        let holders = self.holders(c, dir, &contenders, limit).await;
         let waiters = contenders.len().saturating_sub(holders.len()) as u64;
-        KeyStatus {
+        Ok(KeyStatus {
             key,
             limit: limit as u32,
             holders,
             waiters: Some(waiters),
             unreadable: None,
-        }
+        })
     }
 
     async fn holders(
@@ -325,6 +488,9 @@ impl ZkBackend {
         out
     }
 
+    /// The path of a lease's node: ours from this process, else found by
+    /// the lease id in its name (in either recipe's naming, so a handle is
+    /// found whichever `?recipe=` renews it).
     async fn find_mine(&self, c: &zk::Client, lease: &Lease) -> Result<Option<String>> {
         if let Some(p) = self
             .mine
@@ -335,17 +501,165 @@ impl ZkBackend {
             return Ok(Some(p.0.clone()));
         }
         let dir = Self::dir(&lease.namespace, &lease.key)?;
-        let tag = format!("_c_{}-lock-", uuid_of(&lease.id));
+        let tags = [Recipe::Curator.tag(&lease.id), Recipe::Kazoo.tag(&lease.id)];
         Ok(self
             .contenders(c, &dir)
             .await?
             .into_iter()
-            .find(|ct| ct.name.starts_with(&tag))
+            .find(|ct| tags.iter().any(|t| ct.name.starts_with(t.as_str())))
             .map(|ct| format!("{dir}/{}", ct.name)))
     }
-}
 
-impl ZkBackend {
+    /// The server's clock now (milliseconds since the epoch): the `mtime`
+    /// of a write made now, to the lock directory `dir` (its data written
+    /// back unchanged). None if this client may not write it.
+    async fn server_now(&self, c: &zk::Client, dir: &str) -> Option<i64> {
+        for _ in 0..3 {
+            let (data, stat) = tokio::time::timeout(self.timeout, c.get_data(dir))
+                .await
+                .ok()?
+                .ok()?;
+            match tokio::time::timeout(self.timeout, c.set_data(dir, &data, Some(stat.version)))
+                .await
+                .ok()?
+            {
+                Ok(s) => return Some(s.mtime),
+                Err(zk::Error::BadVersion) => continue,
+                Err(e) => {
+                    tracing::debug!("cannot read the server's clock by writing {dir}: {e}");
+                    return None;
+                }
+            }
+        }
+        None
+    }
+
+    /// Delete the nodes among `names` (children of `dir`) that outlive
+    /// their session and have gone unmodified for their TTL, judged on the
+    /// server's clock; each only if unchanged since it was judged.
+    /// `lasting` remembers the names that need no second look (ephemeral
+    /// nodes, foreign clients' nodes). Returns whether any node went or
+    /// changed (list again), and how long until the next one expires.
+    async fn reap(
+        &self,
+        c: &zk::Client,
+        dir: &str,
+        names: &[&str],
+        lasting: &mut HashSet<String>,
+    ) -> Result<(bool, Option<Duration>)> {
+        let mut changed = false;
+        let mut expiring = Vec::new();
+        for n in names {
+            if lasting.contains(*n) {
+                continue;
+            }
+            let path = format!("{dir}/{n}");
+            match tokio::time::timeout(self.timeout, c.get_data(&path)).await {
+                Ok(Ok((data, stat))) => match expiry_of(&data, &stat) {
+                    Some(at) => expiring.push((path, at, stat.version)),
+                    None => {
+                        lasting.insert(n.to_string());
+                    }
+                },
+                Ok(Err(zk::Error::NoNode)) => changed = true,
+                // Not ours to judge (an ACL): leave it.
+                Ok(Err(_)) => {
+                    lasting.insert(n.to_string());
+                }
+                Err(_) => {
+                    return Err(kit::no_answer(
+                        &format!("ZooKeeper {}", self.shown),
+                        &format!("read {path}"),
+                        self.timeout,
+                    ));
+                }
+            }
+        }
+        if expiring.is_empty() {
+            return Ok((changed, None));
+        }
+        let Some(now) = self.server_now(c, dir).await else {
+            return Ok((changed, None));
+        };
+        let mut next: Option<i64> = None;
+        for (path, at, version) in expiring {
+            if now < at {
+                next = Some(next.map_or(at - now, |n| n.min(at - now)));
+                continue;
+            }
+            match tokio::time::timeout(self.timeout, c.delete(&path, Some(version))).await {
+                Ok(Ok(())) => {
+                    tracing::info!(
+                        event = "expired",
+                        node = path,
+                        "deleted a lock node whose TTL ran out on the server's clock"
+                    );
+                    changed = true;
+                }
+                // Gone, or renewed since it was judged: look again.
+                Ok(Err(zk::Error::NoNode | zk::Error::BadVersion)) => changed = true,
+                Ok(Err(e)) => tracing::debug!("cannot delete expired {path}: {e}"),
+                Err(_) => {}
+            }
+        }
+        Ok((
+            changed,
+            next.map(|ms| Duration::from_millis(ms.max(0) as u64)),
+        ))
+    }
+
+    /// Create a persistent sequential node at `prefix` that expires after
+    /// `ttl` unmodified: a TTL node where the server has them, else a plain
+    /// persistent node whose TTL (in its data) dlock judges.
+    async fn create_outliving(
+        &self,
+        c: &zk::Client,
+        prefix: &str,
+        data: &[u8],
+        ttl: Duration,
+    ) -> Result<(zk::Stat, zk::CreateSequence)> {
+        let acls = self.acls();
+        let what = format!("create a lock node at {prefix}");
+        if !self.no_ttl_nodes.load(Ordering::Relaxed) {
+            let opts = zk::CreateMode::PersistentSequential
+                .with_acls(acls)
+                .with_ttl(ttl);
+            let created = self
+                .bounded(&what, async {
+                    match c.create(prefix, data, &opts).await {
+                        // No TTL nodes on this server.
+                        Err(zk::Error::Unimplemented) => Ok(None),
+                        r => r.map(Some),
+                    }
+                })
+                .await?;
+            if let Some(r) = created {
+                return Ok(r);
+            }
+            tracing::debug!("the server has no TTL nodes: dlock judges expiry itself");
+            self.no_ttl_nodes.store(true, Ordering::Relaxed);
+        }
+        let opts = zk::CreateMode::PersistentSequential.with_acls(acls);
+        self.bounded(&what, c.create(prefix, data, &opts)).await
+    }
+
+    /// Rewrite a node that outlives its session, unchanged, so that its
+    /// TTL starts again (a handle's node while it waits). When the write
+    /// was sent, or None if the node is gone.
+    async fn touch(&self, c: &zk::Client, path: &str, data: &[u8]) -> Result<Option<Instant>> {
+        let t = Instant::now();
+        match tokio::time::timeout(self.timeout, c.set_data(path, data, None)).await {
+            Ok(Ok(_)) => Ok(Some(t)),
+            Ok(Err(zk::Error::NoNode)) => Ok(None),
+            Ok(Err(e)) => Err(zk_err(&self.shown, &format!("touch {path}"), e)),
+            Err(_) => Err(kit::no_answer(
+                &format!("ZooKeeper {}", self.shown),
+                &format!("touch {path}"),
+                self.timeout,
+            )),
+        }
+    }
+
     /// Delete the queue nodes of attempts that were interrupted or failed:
     /// every child of a registered directory that carries our prefix.
     async fn drop_queued(&self, c: &zk::Client) {
@@ -402,60 +716,70 @@ impl Backend for ZkBackend {
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
-        let data = format!(
-            "dlock1|{}|{}|{}|{}|{}|{}",
-            me.id, spec.limit, me.user, me.host, me.pid, now_ms
-        );
-        let tag = format!("_c_{}-lock-", uuid_of(&me.id));
+        let handle = me.kind == LeaseKind::Handle;
+        let data = NodeData {
+            id: me.id.clone(),
+            limit: spec.limit.to_string(),
+            user: me.user.clone(),
+            host: me.host.clone(),
+            pid: me.pid.to_string(),
+            since_ms: now_ms.to_string(),
+            ttl_ms: handle.then(|| ms_of(spec.ttl)),
+            token: None,
+        }
+        .encode();
+        let tag = self.recipe.tag(&me.id);
         let prefix = format!("{dir}/{tag}");
-        let opts = match me.kind {
-            LeaseKind::Run => zk::CreateMode::EphemeralSequential.with_acls(acls),
-            LeaseKind::Handle => zk::CreateMode::PersistentSequential
-                .with_acls(acls)
-                .with_ttl(spec.ttl),
-        };
         let entry = (dir.clone(), tag.clone());
         self.queued.add(entry.clone());
-        let created = self
-            .bounded(&format!("create a lock node in {dir}"), async {
-                match c.create(&prefix, data.as_bytes(), &opts).await {
-                    // No TTL nodes on this server.
-                    Err(zk::Error::Unimplemented) => Ok(None),
-                    r => r.map(Some),
-                }
-            })
-            .await?;
-        let Some((stat, seq)) = created else {
-            self.queued.resolved(&entry);
-            return Err(unavailable(format!(
-                "ZooKeeper {}: `dlock acquire` needs TTL nodes; start the server with \
-                 -Dzookeeper.extendedTypesEnabled=true (or use `dlock run`)",
-                self.shown
-            )));
+        // A handle's node lives from the last write to it: when that write
+        // was sent is when its lease can have started, at the earliest.
+        let mut touched = Instant::now();
+        let (stat, seq) = if handle {
+            self.create_outliving(c, &prefix, &data, spec.ttl).await?
+        } else {
+            let opts = zk::CreateMode::EphemeralSequential.with_acls(acls);
+            self.bounded(
+                &format!("create a lock node in {dir}"),
+                c.create(&prefix, &data, &opts),
+            )
+            .await?
         };
         let name = format!("{tag}{seq}");
         let path = format!("{dir}/{name}");
         let limit = spec.limit as usize;
+        let vanished = || {
+            unavailable(format!(
+                "ZooKeeper {}: our queue node {path} vanished (the session expired, or it \
+                 went untouched past its TTL?)",
+                self.shown
+            ))
+        };
+        let mut lasting = HashSet::new();
+        let mut waited = false;
         loop {
             let checked = Instant::now();
             let contenders = self.contenders(c, &dir).await?;
             let Some(idx) = contenders.iter().position(|ct| ct.name == name) else {
-                return Err(unavailable(format!(
-                    "ZooKeeper {}: our queue node {path} vanished (the session expired?)",
-                    self.shown
-                )));
+                return Err(vanished());
             };
             if idx < limit {
-                let handle = me.kind == LeaseKind::Handle;
+                if handle && waited {
+                    // Its full TTL from now on, not what the wait left of it.
+                    match self.touch(c, &path, &data).await? {
+                        Some(t) => touched = t,
+                        None => return Err(vanished()),
+                    }
+                }
                 self.mine.lock().await.insert(
                     (spec.namespace.clone(), spec.key.clone()),
                     (path.clone(), handle),
                 );
                 self.queued.resolved(&entry);
-                let ttl = if me.kind == LeaseKind::Run {
-                    c.session_timeout().min(spec.ttl)
+                let (ttl, granted_at) = if handle {
+                    (spec.ttl, touched)
                 } else {
-                    spec.ttl
+                    (c.session_timeout().min(spec.ttl), checked)
                 };
                 return Ok(Attempt::Acquired(Lease {
                     namespace: spec.namespace.clone(),
@@ -463,8 +787,18 @@ impl Backend for ZkBackend {
                     token: stat.czxid as u64,
                     id: me.id.clone(),
                     ttl,
-                    granted_at: checked,
+                    granted_at,
                 }));
+            }
+            // A node ahead of us whose TTL ran out (a handle nobody renewed,
+            // a `--lock-at-least` lapse) is deleted; then look again.
+            let ahead: Vec<&str> = contenders[..idx]
+                .iter()
+                .map(|ct| ct.name.as_str())
+                .collect();
+            let (changed, next_expiry) = self.reap(c, &dir, &ahead, &mut lasting).await?;
+            if changed {
+                continue;
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 let holders = self.holders(c, &dir, &contenders, limit).await;
@@ -472,6 +806,12 @@ impl Backend for ZkBackend {
                     self.queued.resolved(&entry);
                 }
                 return Ok(Attempt::Busy(holders));
+            }
+            if handle && touched.elapsed() >= spec.ttl / 3 {
+                match self.touch(c, &path, &data).await? {
+                    Some(t) => touched = t,
+                    None => return Err(vanished()),
+                }
             }
             // Watch only the contender `limit` places ahead of us.
             let pred = format!("{dir}/{}", contenders[idx - limit].name);
@@ -483,61 +823,92 @@ impl Backend for ZkBackend {
                 (None, _) => continue,
             };
             // Wake on the predecessor's change, the deadline, or a periodic
-            // re-check (a session event can end the watch silently).
-            let recheck = Instant::now() + Duration::from_secs(2);
+            // re-check (a session event can end the watch silently; a node
+            // ahead may expire; a handle's own node needs touching).
+            let mut recheck = Instant::now() + Duration::from_secs(2);
+            if let Some(d) = next_expiry {
+                recheck = recheck.min(Instant::now() + d + Duration::from_millis(20));
+            }
+            if handle {
+                recheck = recheck.min(touched + spec.ttl / 3);
+            }
             let until = deadline.map_or(recheck, |d| d.min(recheck));
             let _ = tokio::time::timeout_at(until.into(), watcher.changed()).await;
+            waited = true;
         }
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Renewal> {
-        let handle = !self
-            .mine
-            .lock()
-            .await
-            .contains_key(&(lease.namespace.clone(), lease.key.clone()));
-        // A handle's TTL node restarts the TTL it was created with when
-        // touched; ZooKeeper cannot change it, so a different one is
-        // refused, never ignored.
-        if handle && ttl != lease.ttl {
-            return Err(usage(format!(
-                "ZooKeeper cannot change a TTL node's TTL: the lease of {:?} was created with {}, \
-                 and renewing restarts that; renew without --ttl (or with --ttl {}), or acquire \
-                 anew with the TTL you want",
-                lease.key,
-                humantime::format_duration(lease.ttl),
-                humantime::format_duration(lease.ttl)
-            )));
-        }
         let c = self.client(ttl).await?;
         let Some(path) = self.find_mine(c, lease).await? else {
             return Ok(Renewal::Lost);
         };
-        let r = if handle {
-            // A TTL node lives while it is modified: touch it.
-            match tokio::time::timeout(self.timeout, c.get_data(&path)).await {
-                Ok(Ok((data, _))) => {
-                    tokio::time::timeout(self.timeout, c.set_data(&path, &data, None))
-                        .await
-                        .map(|r| r.map(|_| ()))
+        let what = format!("renew {path}");
+        for _ in 0..5 {
+            let (data, stat) = match tokio::time::timeout(self.timeout, c.get_data(&path)).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(zk::Error::NoNode | zk::Error::SessionExpired)) => {
+                    return Ok(Renewal::Lost);
                 }
-                Ok(Err(e)) => Ok(Err(e)),
-                Err(e) => Err(e),
+                Ok(Err(e)) => return Err(zk_err(&self.shown, &what, e)),
+                Err(_) => {
+                    return Err(unavailable(format!(
+                        "ZooKeeper {}: renew timed out",
+                        self.shown
+                    )));
+                }
+            };
+            // A run's ephemeral node lives while the session does.
+            if !outlives_session(&stat) {
+                return Ok(Renewal::Renewed);
             }
-        } else {
-            tokio::time::timeout(self.timeout, c.check_stat(&path))
+            // A TTL node restarts the TTL it was created with when touched;
+            // ZooKeeper cannot change it, so a different one is refused,
+            // never ignored. A plain node carries its TTL in its data.
+            if is_ttl_node(&stat) && ttl != lease.ttl {
+                return Err(usage(format!(
+                    "ZooKeeper cannot change a TTL node's TTL: the lease of {:?} was created with {}, \
+                     and renewing restarts that; renew without --ttl (or with --ttl {}), or acquire \
+                     anew with the TTL you want",
+                    lease.key,
+                    humantime::format_duration(lease.ttl),
+                    humantime::format_duration(lease.ttl)
+                )));
+            }
+            let expiry = expiry_of(&data, &stat);
+            let new = match NodeData::parse(&data) {
+                Some(mut d) if !is_ttl_node(&stat) => {
+                    d.ttl_ms = Some(ms_of(ttl));
+                    d.encode()
+                }
+                _ => data.clone(),
+            };
+            match tokio::time::timeout(self.timeout, c.set_data(&path, &new, Some(stat.version)))
                 .await
-                .map(|r| r.and_then(|s| s.map(|_| ()).ok_or(zk::Error::NoNode)))
-        };
-        match r {
-            Ok(Ok(())) => Ok(Renewal::Renewed),
-            Ok(Err(zk::Error::NoNode | zk::Error::SessionExpired)) => Ok(Renewal::Lost),
-            Ok(Err(e)) => Err(zk_err(&self.shown, &format!("renew {path}"), e)),
-            Err(_) => Err(unavailable(format!(
-                "ZooKeeper {}: renew timed out",
-                self.shown
-            ))),
+            {
+                // Written after its TTL ran out (nobody had deleted it
+                // yet): the lease had ended, so this is no renewal.
+                Ok(Ok(s)) if expiry.is_some_and(|at| s.mtime > at) => {
+                    let _ =
+                        tokio::time::timeout(self.timeout, c.delete(&path, Some(s.version))).await;
+                    return Ok(Renewal::Lost);
+                }
+                Ok(Ok(_)) => return Ok(Renewal::Renewed),
+                Ok(Err(zk::Error::NoNode)) => return Ok(Renewal::Lost),
+                Ok(Err(zk::Error::BadVersion)) => continue,
+                Ok(Err(e)) => return Err(zk_err(&self.shown, &what, e)),
+                Err(_) => {
+                    return Err(unavailable(format!(
+                        "ZooKeeper {}: renew timed out",
+                        self.shown
+                    )));
+                }
+            }
         }
+        Err(unavailable(format!(
+            "ZooKeeper {}: renew {path}: the node kept changing under us",
+            self.shown
+        )))
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool> {
@@ -549,17 +920,113 @@ impl Backend for ZkBackend {
             .lock()
             .await
             .remove(&(lease.namespace.clone(), lease.key.clone()));
-        // A node already gone (broken with --force, session expired) is a
-        // lease we no longer held: not an error.
-        match tokio::time::timeout(self.timeout, c.delete(&path, None)).await {
-            Ok(Ok(())) => Ok(true),
-            Ok(Err(zk::Error::NoNode)) => Ok(false),
-            Ok(Err(e)) => Err(zk_err(&self.shown, &format!("release {path}"), e)),
-            Err(_) => Err(unavailable(format!(
+        let what = format!("release {path}");
+        let timed_out = || {
+            unavailable(format!(
                 "ZooKeeper {}: release {path} timed out",
                 self.shown
-            ))),
+            ))
+        };
+        // A node already gone (broken with --force, session expired,
+        // deleted when found expired) is a lease we no longer held: not an
+        // error.
+        let mut version = None;
+        let mut ours = true;
+        for _ in 0..5 {
+            let (data, stat) = match tokio::time::timeout(self.timeout, c.get_data(&path)).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(zk::Error::NoNode)) => return Ok(false),
+                Ok(Err(e)) => return Err(zk_err(&self.shown, &what, e)),
+                Err(_) => return Err(timed_out()),
+            };
+            let Some(at) = expiry_of(&data, &stat) else {
+                break;
+            };
+            // A node that outlives its session may have expired without
+            // anyone deleting it yet: judge on the server's clock, by
+            // writing it (unchanged) and reading the write's time.
+            match tokio::time::timeout(self.timeout, c.set_data(&path, &data, Some(stat.version)))
+                .await
+            {
+                Ok(Ok(s)) => {
+                    ours = s.mtime <= at;
+                    version = Some(s.version);
+                    break;
+                }
+                Ok(Err(zk::Error::NoNode)) => return Ok(false),
+                Ok(Err(zk::Error::BadVersion)) => continue,
+                Ok(Err(e)) => return Err(zk_err(&self.shown, &what, e)),
+                Err(_) => return Err(timed_out()),
+            }
         }
+        match tokio::time::timeout(self.timeout, c.delete(&path, version)).await {
+            Ok(Ok(())) => Ok(ours),
+            Ok(Err(zk::Error::NoNode | zk::Error::BadVersion)) => Ok(false),
+            Ok(Err(e)) => Err(zk_err(&self.shown, &what, e)),
+            Err(_) => Err(timed_out()),
+        }
+    }
+
+    /// `--lock-at-least`: our ephemeral node is replaced, in one
+    /// transaction, by a node that outlives the session and expires after
+    /// `remaining`, with the same sequence number (so it keeps our place
+    /// ahead of every waiter, for Curator and kazoo too) and our fencing
+    /// token in its data.
+    async fn release_after(&self, lease: &Lease, remaining: Duration) -> Result<bool> {
+        let Some(c) = self.client.get() else {
+            return Ok(false);
+        };
+        let k = (lease.namespace.clone(), lease.key.clone());
+        let Some((path, false)) = self.mine.lock().await.get(&k).cloned() else {
+            return Ok(false);
+        };
+        let (data, stat) = self.bounded("read", c.get_data(&path)).await?;
+        let Some(mut d) = NodeData::parse(&data) else {
+            return Ok(false);
+        };
+        let Some((dir, name)) = path.rsplit_once('/') else {
+            return Ok(false);
+        };
+        if outlives_session(&stat) || seq_of(name).is_none() {
+            return Ok(false);
+        }
+        let seq = &name[name.len() - 10..];
+        d.ttl_ms = Some(ms_of(remaining));
+        d.token = Some(lease.token);
+        let data = d.encode();
+        let new_path = format!("{dir}/{}{seq}", self.recipe.tag(&fresh_id()));
+        let acls = self.acls();
+        for with_ttl in [true, false] {
+            if with_ttl && self.no_ttl_nodes.load(Ordering::Relaxed) {
+                continue;
+            }
+            let opts = zk::CreateMode::Persistent.with_acls(acls);
+            let opts = if with_ttl {
+                opts.with_ttl(remaining)
+            } else {
+                opts
+            };
+            let mut m = c.new_multi_writer();
+            m.add_create(&new_path, &data, &opts)?;
+            m.add_delete(&path, Some(stat.version))?;
+            match tokio::time::timeout(self.timeout, m.commit()).await {
+                Ok(Ok(_)) => {
+                    self.mine.lock().await.remove(&k);
+                    return Ok(true);
+                }
+                Ok(Err(e)) => {
+                    let e = zk::Error::from(e);
+                    if with_ttl && e == zk::Error::Unimplemented {
+                        self.no_ttl_nodes.store(true, Ordering::Relaxed);
+                        continue;
+                    }
+                    tracing::debug!("cannot leave {path} to lapse: {e}");
+                    return Ok(false);
+                }
+                Err(_) => return Ok(false),
+            }
+        }
+        Ok(false)
     }
 
     async fn force_release(&self, namespace: &str, key: &str) -> Result<u64> {
@@ -598,8 +1065,8 @@ impl Backend for ZkBackend {
                 let dir = Self::dir(namespace, k)?;
                 out.push(match self.list(c, &dir).await? {
                     Listing::Children(names) => {
-                        self.key_status(c, k.clone(), &dir, &contenders_of(names))
-                            .await
+                        self.key_status(c, k.clone(), &dir, contenders_of(names))
+                            .await?
                     }
                     Listing::Unreadable(why) => unreadable(k, why),
                 });
@@ -628,7 +1095,7 @@ impl Backend for ZkBackend {
                     if contenders.is_empty() {
                         continue;
                     }
-                    let st = self.key_status(c, k, &dir, &contenders).await;
+                    let st = self.key_status(c, k, &dir, contenders).await?;
                     if !st.holders.is_empty() {
                         out.push(st);
                     }

@@ -74,7 +74,7 @@ impl Env {
         }
     }
 
-    /// A fresh standalone ZooKeeper (short tick, TTL nodes enabled).
+    /// A fresh standalone ZooKeeper (short tick, otherwise stock: no TTL nodes).
     pub fn zookeeper() -> Env {
         let z = servers_zk::Zookeeper::start();
         let url = z.url();

@@ -18,7 +18,9 @@
 //! `tickTime` is 200 ms, so sessions may be as short as 400 ms (and as long
 //! as 60 s) and session-expiry tests are quick. `forceSync=no`: every write
 //! still reaches the OS before the client hears of it, so a killed server
-//! (not a crashed machine) loses nothing.
+//! (not a crashed machine) loses nothing. Otherwise the servers run as
+//! shipped: no TTL nodes (`Zookeeper::start_with_ttl` turns them on), the
+//! default `maxClientCnxns` (60 per client address).
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -231,6 +233,9 @@ struct Node {
     id: usize,
     port: u16,
     child: Option<Child>,
+    /// TTL nodes on (`zookeeper.extendedTypesEnabled=true`); off, as
+    /// shipped, unless asked for.
+    ttl_nodes: bool,
 }
 
 impl Node {
@@ -240,6 +245,7 @@ impl Node {
             id,
             port: 0,
             child: None,
+            ttl_nodes: false,
         }
     }
 
@@ -293,11 +299,14 @@ impl Node {
             .append(true)
             .open(self.log())
             .expect("open zookeeper.log");
-        let child = jvm("info")
-            // Container znodes are reaped within a second, not a minute.
-            .arg("-Dznode.container.checkIntervalMs=100")
-            // TTL znodes, for `dlock acquire` handles.
-            .arg("-Dzookeeper.extendedTypesEnabled=true")
+        let mut java = jvm("info");
+        // Container (and TTL) znodes are reaped within a second, not a minute.
+        java.arg("-Dznode.container.checkIntervalMs=100");
+        if self.ttl_nodes {
+            // TTL znodes: off in a stock server.
+            java.arg("-Dzookeeper.extendedTypesEnabled=true");
+        }
+        let child = java
             // An election waits at most 1 s (not 60) for a late peer.
             .arg("-Dzookeeper.fastleader.maxNotificationInterval=1000")
             .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
@@ -403,9 +412,20 @@ pub struct Zookeeper {
 }
 
 impl Zookeeper {
+    /// A server as shipped: no TTL nodes, `maxClientCnxns` 60.
     pub fn start() -> Zookeeper {
+        Self::start_as(false)
+    }
+
+    /// A server with TTL nodes on (`-Dzookeeper.extendedTypesEnabled=true`).
+    pub fn start_with_ttl() -> Zookeeper {
+        Self::start_as(true)
+    }
+
+    fn start_as(ttl_nodes: bool) -> Zookeeper {
         let dir = scratch("dlock-zk.");
         let mut node = Node::new(dir.path().to_path_buf(), 0);
+        node.ttl_nodes = ttl_nodes;
         with_ports(|| {
             node.port = ports(1)[0];
             node.configure(&[]);
