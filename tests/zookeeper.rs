@@ -279,3 +279,276 @@ fn json_logs_mark_client_library_lines() {
         "{lines:?}"
     );
 }
+
+/// The TTL-node path: a server with `zookeeper.extendedTypesEnabled=true`.
+/// Handles are TTL nodes there, and the conformance tests of handles and
+/// `--lock-at-least` pass as on the stock server.
+mod zookeeper_ttl {
+    #[allow(unused_imports)]
+    use crate::common::*;
+    use crate::common::{servers_zk, suite};
+
+    fn env() -> Env {
+        let z = servers_zk::Zookeeper::start_with_ttl();
+        let url = z.url();
+        Env {
+            zookeeper: Some(z),
+            ..Env::bare(url)
+        }
+    }
+
+    crate::common::suite::suite_tests!(
+        stale_handle_cannot_release_new_holder,
+        renew_extends_a_handle,
+        renew_ttl_is_applied_or_refused,
+        lock_at_least_keeps_the_lock,
+        acquire_leases_show_as_handles,
+    );
+
+    /// A handle's node is a TTL node: the server deletes it once its TTL
+    /// has run out, with no dlock around to do it.
+    #[test]
+    fn the_server_deletes_an_expired_handle() {
+        let env = env();
+        let out = env.run(&["acquire", "--key", "ttl", "--ttl", "500ms"]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let z = env.zookeeper.as_ref().unwrap();
+        let ls = |z: &servers_zk::Zookeeper| stdout(&z.cli(&["ls", "/dlock/ttl"]));
+        assert!(ls(z).contains("-lock-"), "{}", ls(z));
+        wait_for(
+            std::time::Duration::from_secs(10),
+            "the server to delete the TTL node",
+            || !ls(z).contains("-lock-"),
+        );
+    }
+}
+
+/// `?recipe=kazoo` with an URL: the same URL for every step, `kazoo`'s names.
+fn kazoo_env(env: &Env) -> Env {
+    Env::bare(format!("{}?recipe=kazoo", env.url))
+}
+
+/// A default kazoo `Lock` (no `extra_lock_patterns`) tries `/dlock/KEY`
+/// once without blocking: whether it got it (released at once).
+fn kazoo_try(env: &Env, key: &str) -> bool {
+    let hosts = env.url.trim_start_matches("zk://").to_string();
+    let script = format!(
+        "from kazoo.client import KazooClient\nzk=KazooClient(hosts='{hosts}')\nzk.start()\n\
+         l=zk.Lock('/dlock/{key}','kazoo')\ngot=l.acquire(blocking=False)\nprint(got)\n\
+         if got: l.release()\nzk.stop()\n"
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        said == "True" || said == "False",
+        "{said}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    said == "True"
+}
+
+/// An unknown recipe or URL parameter is a usage error.
+#[test]
+fn recipe_parameter_is_checked() {
+    let env = Env::bare("zk://127.0.0.1:1?recipe=consul".into());
+    let out = env.run(&["status"]);
+    assert_eq!(code(&out), 64, "{}", stderr(&out));
+    assert!(stderr(&out).contains("recipe"), "{}", stderr(&out));
+    let env = Env::bare("zk://127.0.0.1:1?lock=kazoo".into());
+    assert_eq!(code(&env.run(&["status"])), 64);
+}
+
+/// On a stock server (no TTL nodes): `acquire`, `renew` and `release` work,
+/// in either recipe's naming; a default kazoo `Lock` is excluded by a
+/// `?recipe=kazoo` handle.
+#[test]
+fn handles_on_a_stock_server() {
+    let env = Env::zookeeper();
+    for (e, key) in [(&env, "h-curator"), (&kazoo_env(&env), "h-kazoo")] {
+        let out = e.run(&["acquire", "--key", key, "--ttl", "10m"]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let h = stdout(&out).trim().to_string();
+        assert!(e.held(key));
+        let st = e.status_json(&[key]);
+        assert!(st[0]["holders"][0]["expires_at"].is_string(), "{st}");
+        if key == "h-kazoo" {
+            assert!(!kazoo_try(&env, key), "kazoo got a lock a handle holds");
+        }
+        let out = e.run(&["renew", &h, "--ttl", "20m"]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let out = e.run(&["release", &h]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert!(!e.held(key));
+        if key == "h-kazoo" {
+            assert!(kazoo_try(&env, key), "the lock was not freed for kazoo");
+        }
+    }
+}
+
+/// `run --lock-at-least` returns as soon as the command ends and leaves
+/// the lock held for its minimum: dlock and a default kazoo `Lock` (with
+/// `?recipe=kazoo`) both find it held, then it lapses.
+#[test]
+fn lock_at_least_returns_at_once_and_holds_for_its_minimum() {
+    let env = Env::zookeeper();
+    for e in [&env, &kazoo_env(&env)] {
+        let t = Instant::now();
+        let out = e.run(&[
+            "run",
+            "--lock-at-least",
+            "3s",
+            "--key",
+            "cron",
+            "--",
+            "true",
+        ]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert!(
+            t.elapsed() < Duration::from_millis(1500),
+            "run --lock-at-least 3s took {:?}",
+            t.elapsed()
+        );
+        let out = e.run(&["run", "-n", "--key", "cron", "--", "true"]);
+        assert_eq!(code(&out), 75, "{}", stderr(&out));
+        if e.url.contains("recipe=kazoo") {
+            assert!(
+                !kazoo_try(&env, "cron"),
+                "kazoo got the lock within the minimum"
+            );
+        }
+        let st = e.status_json(&["cron"]);
+        assert_eq!(st[0]["held"], true, "{st}");
+        assert!(st[0]["holders"][0]["expires_at"].is_string(), "{st}");
+        // A waiter gets it when the minimum is over (not before).
+        let out = e.run(&["run", "--wait", "10s", "--key", "cron", "--", "true"]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_millis(2900) && took < Duration::from_secs(6),
+            "the waiter got the lock after {took:?}"
+        );
+        assert!(!e.held("cron"));
+    }
+}
+
+/// A handle's node never renewed (its `dlock acquire` long gone) is
+/// deleted, once its TTL has run out on the server's clock, by the next
+/// dlock contender (which gets the lock), by one already waiting behind it,
+/// or by `status`. A foreign client finds it in its way until then.
+#[test]
+fn an_expired_handle_is_deleted_by_the_next_contender() {
+    let env = Env::zookeeper();
+    // The next contender.
+    let out = env.run(&["acquire", "--key", "x", "--ttl", "500ms"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    std::thread::sleep(Duration::from_millis(700));
+    let out = env.run(&["run", "-n", "--key", "x", "--", "true"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    // A waiter already queued behind it.
+    let out = env.run(&["acquire", "--key", "x", "--ttl", "1500ms"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let old = stdout(&out).trim().to_string();
+    let t = Instant::now();
+    let out = env.run(&["run", "--wait", "10s", "--key", "x", "--", "true"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        t.elapsed() >= Duration::from_millis(1200) && t.elapsed() < Duration::from_secs(4),
+        "the waiter got the lock after {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        code(&env.run(&["renew", &old])),
+        74,
+        "an expired handle renewed"
+    );
+    // Expired, not yet deleted: a default kazoo Lock waits behind it until
+    // a dlock (here `status`) deletes it.
+    let kz = kazoo_env(&env);
+    let out = kz.run(&["acquire", "--key", "y", "--ttl", "500ms"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let h = stdout(&out).trim().to_string();
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        !kazoo_try(&env, "y"),
+        "nobody deleted it yet: kazoo must wait"
+    );
+    // Its own handle cannot release it either: it expired.
+    assert_eq!(code(&kz.run(&["release", &h])), 74);
+    let out = kz.run(&["acquire", "--key", "y", "--ttl", "500ms"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(!kazoo_try(&env, "y"));
+    assert!(!kz.held("y"), "status shows an expired handle as held");
+    assert!(
+        kazoo_try(&env, "y"),
+        "status did not delete the expired node"
+    );
+}
+
+/// Torture: dlock clients with `?recipe=kazoo` and default kazoo `Lock`s
+/// (no `extra_lock_patterns`) on one key: never two critical sections at once.
+#[test]
+fn torture_dlock_with_recipe_kazoo_and_default_kazoo_locks() {
+    use common::torture;
+    let env = Env::zookeeper();
+    let hosts = env.url.trim_start_matches("zk://").to_string();
+    let dir = env.path("torture");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (dlocks, kazoos, runs) = (3, 2, 8);
+    let mut py: Vec<Reaped> = (dlocks..dlocks + kazoos)
+        .map(|i| {
+            let log = dir.join(format!("client-{i}.log"));
+            let script = format!(
+                "import os,time\nfrom kazoo.client import KazooClient\n\
+                 zk=KazooClient(hosts='{hosts}')\nzk.start()\nl=zk.Lock('/dlock/mix','kazoo')\n\
+                 f=open('{log}','a')\n\
+                 for i in range({runs}):\n\
+                 \x20   with l:\n\
+                 \x20       f.write('B - %d %d\\n'%(os.getpid(),time.time_ns()));f.flush()\n\
+                 \x20       time.sleep(0.05)\n\
+                 \x20       f.write('E - %d %d\\n'%(os.getpid(),time.time_ns()));f.flush()\n\
+                 zk.stop()\n",
+                log = log.display()
+            );
+            Reaped(
+                std::process::Command::new("python3")
+                    .args(["-c", &script])
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let mut cfg = torture::Config {
+        dlock: DLOCK.into(),
+        backend: format!("{}?recipe=kazoo", env.url),
+        key: "mix".into(),
+        clients: dlocks,
+        runs,
+        hold: Duration::from_millis(50),
+        ttl: Duration::from_secs(5),
+        limit: 1,
+        faults: vec![],
+        fault_rate: 0.0,
+        dir: dir.clone(),
+        seed: 7,
+    };
+    let r = torture::run(&cfg);
+    assert_eq!(r.exit_codes.get(&0).copied(), Some(dlocks * runs), "{r:?}");
+    for p in py.iter_mut() {
+        assert_eq!(
+            wait_timeout(p, Duration::from_secs(60)),
+            0,
+            "a kazoo client failed"
+        );
+    }
+    cfg.clients = dlocks + kazoos;
+    let mut all = torture::Report::default();
+    torture::check(&cfg, &mut all);
+    assert_eq!(all.intervals, (dlocks + kazoos) * runs, "{all:?}");
+    assert!(all.overlaps.is_empty(), "overlaps: {:?}", all.overlaps);
+    assert!(all.ok(), "{all:?}");
+    assert_eq!(all.max_concurrent, 1);
+}
