@@ -32,7 +32,7 @@ Backends (--backend URL):
   sqlite:PATH                     embedded default, no server
   redis://[user:pass@]host[:port][/db], several for Redlock; rediss:// (TLS),
     redis+sentinel://, redis+cluster://
-  zk://host:port[,host:port...][/chroot]
+  zk://host:port[,host:port...][/chroot][?recipe=kazoo]
   postgres://..., mysql://..., mariadb://
   etcd://host:port[,host:port...], etcds:// (TLS)
 

@@ -1227,5 +1227,74 @@ mod tests {
         );
         assert!(ZkBackend::dir("dlock", "a/../b").is_err());
         assert!(ZkBackend::dir("dlock", "a/b").is_ok());
+        let id = "0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            Recipe::Curator.tag(id),
+            "_c_01234567-89ab-cdef-0123-456789abcdef-lock-"
+        );
+        assert_eq!(
+            Recipe::Kazoo.tag(id),
+            "0123456789abcdef0123456789abcdef__lock__"
+        );
+        assert_eq!(
+            seq_of(&format!("{}0000000009", Recipe::Kazoo.tag(id))),
+            Some(9)
+        );
+    }
+
+    #[test]
+    fn urls() {
+        let (auth, cluster, recipe) = parse_url("zk://h:1,h:2/app?recipe=kazoo", "x").unwrap();
+        assert_eq!(
+            (auth, cluster.as_str(), recipe),
+            (None, "h:1,h:2/app", Recipe::Kazoo)
+        );
+        let (auth, cluster, recipe) = parse_url("zk://u:p@h:1", "x").unwrap();
+        assert_eq!(auth.as_deref(), Some(&b"u:p"[..]));
+        assert_eq!((cluster.as_str(), recipe), ("h:1", Recipe::Curator));
+        let (_, _, recipe) = parse_url("zk://h:1?recipe=curator", "x").unwrap();
+        assert_eq!(recipe, Recipe::Curator);
+        assert!(parse_url("zk://h:1?recipe=etcd", "x").is_err());
+        assert!(parse_url("zk://h:1?x=1", "x").is_err());
+        assert!(parse_url("zk://?recipe=kazoo", "x").is_err());
+    }
+
+    #[test]
+    fn node_data() {
+        let old = b"dlock1|id|1|me|host|42|1000";
+        let d = NodeData::parse(old).unwrap();
+        assert_eq!((d.ttl_ms, d.token), (None, None));
+        assert_eq!(d.encode(), old.to_vec());
+        let mut d2 = d.clone();
+        d2.ttl_ms = Some(500);
+        d2.token = Some(7);
+        assert_eq!(NodeData::parse(&d2.encode()), Some(d2));
+        assert!(NodeData::parse(b"10.0.0.1").is_none());
+        let stat = |owner: i64| zk::Stat {
+            czxid: 1,
+            mzxid: 1,
+            pzxid: 1,
+            ctime: 1000,
+            mtime: 2000,
+            version: 0,
+            cversion: 0,
+            aversion: 0,
+            ephemeral_owner: owner,
+            data_length: 0,
+            num_children: 0,
+        };
+        let with_ttl = b"dlock1|id|1|me|host|0|1000|500";
+        // Persistent and TTL nodes expire at mtime + TTL; ephemeral ones
+        // and foreign nodes live with their session.
+        assert_eq!(expiry_of(with_ttl, &stat(0)), Some(2500));
+        let ttl_node = (0xFFu64 << 56 | 500) as i64;
+        assert!(is_ttl_node(&stat(ttl_node)));
+        assert_eq!(expiry_of(with_ttl, &stat(ttl_node)), Some(2500));
+        assert_eq!(expiry_of(with_ttl, &stat(0x1234)), None);
+        assert_eq!(expiry_of(old, &stat(0)), None);
+        assert_eq!(expiry_of(b"10.0.0.1", &stat(0)), None);
+        let (h, limit) = holder_from(b"dlock1|id|3|me|host|0|1000|500|7", &stat(0));
+        assert_eq!((h.token, limit), (Some(7), Some(3)));
+        assert_eq!(h.expires_at, Some(UNIX_EPOCH + Duration::from_millis(2500)));
     }
 }
