@@ -552,3 +552,44 @@ fn torture_dlock_with_recipe_kazoo_and_default_kazoo_locks() {
     assert!(all.ok(), "{all:?}");
     assert_eq!(all.max_concurrent, 1);
 }
+
+/// A `dlock acquire` waiting longer than its TTL keeps its queue node
+/// alive (the dlock waiting behind it does not delete it as expired), gets
+/// the lock, and the lease then runs out after its TTL unless renewed.
+#[test]
+fn a_waiting_handle_keeps_its_node_alive() {
+    let env = Env::zookeeper();
+    let mut holder = env.spawn(&["run", "--key", "w", "--", "sleep", "2"]);
+    wait_for(Duration::from_secs(10), "w to be held", || env.held("w"));
+    let t = Instant::now();
+    let acquire = env
+        .cmd(&["acquire", "--key", "w", "--ttl", "600ms", "--wait", "10s"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let next = env
+        .cmd(&["run", "--wait", "10s", "--key", "w", "--", "true"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = acquire.wait_with_output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        t.elapsed() >= Duration::from_millis(1500),
+        "acquired after {:?}, while the run held it",
+        t.elapsed()
+    );
+    let got = Instant::now();
+    let out = next.wait_with_output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        got.elapsed() >= Duration::from_millis(400),
+        "the next waiter did not wait for the handle's TTL: {:?}",
+        got.elapsed()
+    );
+    assert_eq!(wait_timeout(&mut holder, Duration::from_secs(10)), 0);
+}
