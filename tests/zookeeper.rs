@@ -305,20 +305,63 @@ mod zookeeper_ttl {
         acquire_leases_show_as_handles,
     );
 
-    /// A handle's node is a TTL node: the server deletes it once its TTL
-    /// has run out, with no dlock around to do it.
+    /// A handle's node is a TTL node (its data says so: the server shows
+    /// clients a TTL node's `ephemeralOwner` as 0), whose TTL ZooKeeper
+    /// cannot change (`renew --ttl` another is refused), and which the
+    /// server deletes once its TTL has run out, with no dlock around.
     #[test]
     fn the_server_deletes_an_expired_handle() {
         let env = env();
-        let out = env.run(&["acquire", "--key", "ttl", "--ttl", "500ms"]);
-        assert_eq!(code(&out), 0, "{}", stderr(&out));
         let z = env.zookeeper.as_ref().unwrap();
-        let ls = |z: &servers_zk::Zookeeper| stdout(&z.cli(&["ls", "/dlock/ttl"]));
-        assert!(ls(z).contains("-lock-"), "{}", ls(z));
+        let ls = |key: &str| stdout(&z.cli(&["ls", &format!("/dlock/{key}")]));
+        let out = env.run(&["acquire", "--key", "long", "--ttl", "30s"]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let h = stdout(&out).trim().to_string();
+        let listing = ls("long");
+        let name = listing
+            .rsplit('[')
+            .next()
+            .and_then(|l| l.split(']').next())
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        assert!(name.contains("-lock-"), "{listing}");
+        let data = z.get(&format!("/dlock/long/{name}")).unwrap_or_default();
+        assert!(
+            data.ends_with("|30000||T"),
+            "not a TTL node of 30 s: {data}"
+        );
+        let out = env.run(&["renew", &h, "--ttl", "1h"]);
+        assert_eq!(code(&out), 64, "{}", stderr(&out));
+        assert_eq!(code(&env.run(&["renew", &h])), 0);
+        // A --lock-at-least lapse is a TTL node too.
+        let out = env.run(&[
+            "run",
+            "--lock-at-least",
+            "20s",
+            "--key",
+            "least",
+            "--",
+            "true",
+        ]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let listing = ls("least");
+        let name = listing
+            .rsplit('[')
+            .next()
+            .and_then(|l| l.split(']').next())
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let data = z.get(&format!("/dlock/least/{name}")).unwrap_or_default();
+        assert!(data.ends_with("|T"), "not a TTL node: {name}: {data}");
+        // Short-lived: gone without any dlock call after the acquire.
+        let out = env.run(&["acquire", "--key", "short", "--ttl", "500ms"]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
         wait_for(
-            std::time::Duration::from_secs(10),
+            std::time::Duration::from_secs(15),
             "the server to delete the TTL node",
-            || !ls(z).contains("-lock-"),
+            || !ls("short").contains("-lock-"),
         );
     }
 }

@@ -156,9 +156,11 @@ fn zk_err(shown: &str, what: &str, e: zk::Error) -> anyhow::Error {
 }
 
 /// A dlock node's data:
-/// `dlock1|ID|LIMIT|USER|HOST|PID|SINCE[|TTL_MS[|TOKEN]]`. `TTL_MS` is
-/// there on a node that outlives its session; `TOKEN` on one that took over
-/// a `run`'s lease (`--lock-at-least`), whose fencing token it keeps.
+/// `dlock1|ID|LIMIT|USER|HOST|PID|SINCE[|TTL_MS[|TOKEN[|T]]]`. `TTL_MS` is
+/// there on a node that outlives its session; `TOKEN` (may be empty) on one
+/// that took over a `run`'s lease (`--lock-at-least`), whose fencing token
+/// it keeps; `T` marks a server TTL node (whose `ephemeralOwner` clients
+/// see as 0, as a plain persistent node's), which cannot change its TTL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct NodeData {
     id: String,
@@ -169,12 +171,13 @@ struct NodeData {
     since_ms: String,
     ttl_ms: Option<u64>,
     token: Option<u64>,
+    ttl_node: bool,
 }
 
 impl NodeData {
     fn parse(data: &[u8]) -> Option<NodeData> {
         let s = std::str::from_utf8(data).ok()?;
-        let f: Vec<&str> = s.splitn(9, '|').collect();
+        let f: Vec<&str> = s.splitn(10, '|').collect();
         if f.len() < 7 || f[0] != "dlock1" {
             return None;
         }
@@ -187,6 +190,7 @@ impl NodeData {
             since_ms: f[6].to_string(),
             ttl_ms: f.get(7).and_then(|t| t.parse().ok()),
             token: f.get(8).and_then(|t| t.parse().ok()),
+            ttl_node: f.get(9) == Some(&"T"),
         })
     }
 
@@ -197,23 +201,24 @@ impl NodeData {
         );
         if let Some(t) = self.ttl_ms {
             s.push_str(&format!("|{t}"));
-            if let Some(tok) = self.token {
-                s.push_str(&format!("|{tok}"));
+            if self.token.is_some() || self.ttl_node {
+                s.push('|');
+                if let Some(tok) = self.token {
+                    s.push_str(&tok.to_string());
+                }
+            }
+            if self.ttl_node {
+                s.push_str("|T");
             }
         }
         s.into_bytes()
     }
 }
 
-/// Whether a node is a ZooKeeper TTL node (its `ephemeralOwner` is
-/// `0xFF` followed by its TTL).
-fn is_ttl_node(stat: &zk::Stat) -> bool {
-    (stat.ephemeral_owner as u64) >> 56 == 0xFF
-}
-
-/// Whether a node outlives any session: persistent, or a TTL node.
+/// Whether a node outlives any session: persistent, or a TTL node (the
+/// server shows clients the `ephemeralOwner` of both as 0).
 fn outlives_session(stat: &zk::Stat) -> bool {
-    stat.ephemeral_owner == 0 || is_ttl_node(stat)
+    stat.ephemeral_owner == 0
 }
 
 /// When a dlock node that outlives its session expires, in milliseconds
@@ -611,36 +616,42 @@ impl ZkBackend {
     /// Create a persistent sequential node at `prefix` that expires after
     /// `ttl` unmodified: a TTL node where the server has them, else a plain
     /// persistent node whose TTL (in its data) dlock judges.
+    /// Its data is `data` marked as a TTL node's or not; returned with it.
     async fn create_outliving(
         &self,
         c: &zk::Client,
         prefix: &str,
-        data: &[u8],
+        mut data: NodeData,
         ttl: Duration,
-    ) -> Result<(zk::Stat, zk::CreateSequence)> {
+    ) -> Result<(zk::Stat, zk::CreateSequence, Vec<u8>)> {
         let acls = self.acls();
         let what = format!("create a lock node at {prefix}");
         if !self.no_ttl_nodes.load(Ordering::Relaxed) {
             let opts = zk::CreateMode::PersistentSequential
                 .with_acls(acls)
                 .with_ttl(ttl);
+            data.ttl_node = true;
+            let bytes = data.encode();
             let created = self
                 .bounded(&what, async {
-                    match c.create(prefix, data, &opts).await {
+                    match c.create(prefix, &bytes, &opts).await {
                         // No TTL nodes on this server.
                         Err(zk::Error::Unimplemented) => Ok(None),
                         r => r.map(Some),
                     }
                 })
                 .await?;
-            if let Some(r) = created {
-                return Ok(r);
+            if let Some((stat, seq)) = created {
+                return Ok((stat, seq, bytes));
             }
             tracing::debug!("the server has no TTL nodes: dlock judges expiry itself");
             self.no_ttl_nodes.store(true, Ordering::Relaxed);
         }
         let opts = zk::CreateMode::PersistentSequential.with_acls(acls);
-        self.bounded(&what, c.create(prefix, data, &opts)).await
+        data.ttl_node = false;
+        let bytes = data.encode();
+        let (stat, seq) = self.bounded(&what, c.create(prefix, &bytes, &opts)).await?;
+        Ok((stat, seq, bytes))
     }
 
     /// Rewrite a node that outlives its session, unchanged, so that its
@@ -726,8 +737,8 @@ impl Backend for ZkBackend {
             since_ms: now_ms.to_string(),
             ttl_ms: handle.then(|| ms_of(spec.ttl)),
             token: None,
-        }
-        .encode();
+            ttl_node: false,
+        };
         let tag = self.recipe.tag(&me.id);
         let prefix = format!("{dir}/{tag}");
         let entry = (dir.clone(), tag.clone());
@@ -735,15 +746,18 @@ impl Backend for ZkBackend {
         // A handle's node lives from the last write to it: when that write
         // was sent is when its lease can have started, at the earliest.
         let mut touched = Instant::now();
-        let (stat, seq) = if handle {
-            self.create_outliving(c, &prefix, &data, spec.ttl).await?
+        let (stat, seq, data) = if handle {
+            self.create_outliving(c, &prefix, data, spec.ttl).await?
         } else {
+            let data = data.encode();
             let opts = zk::CreateMode::EphemeralSequential.with_acls(acls);
-            self.bounded(
-                &format!("create a lock node in {dir}"),
-                c.create(&prefix, &data, &opts),
-            )
-            .await?
+            let (stat, seq) = self
+                .bounded(
+                    &format!("create a lock node in {dir}"),
+                    c.create(&prefix, &data, &opts),
+                )
+                .await?;
+            (stat, seq, data)
         };
         let name = format!("{tag}{seq}");
         let path = format!("{dir}/{name}");
@@ -865,7 +879,9 @@ impl Backend for ZkBackend {
             // A TTL node restarts the TTL it was created with when touched;
             // ZooKeeper cannot change it, so a different one is refused,
             // never ignored. A plain node carries its TTL in its data.
-            if is_ttl_node(&stat) && ttl != lease.ttl {
+            let parsed = NodeData::parse(&data);
+            let ttl_node = parsed.as_ref().is_some_and(|d| d.ttl_node);
+            if ttl_node && ttl != lease.ttl {
                 return Err(usage(format!(
                     "ZooKeeper cannot change a TTL node's TTL: the lease of {:?} was created with {}, \
                      and renewing restarts that; renew without --ttl (or with --ttl {}), or acquire \
@@ -876,8 +892,8 @@ impl Backend for ZkBackend {
                 )));
             }
             let expiry = expiry_of(&data, &stat);
-            let new = match NodeData::parse(&data) {
-                Some(mut d) if !is_ttl_node(&stat) => {
+            let new = match parsed {
+                Some(mut d) if !ttl_node => {
                     d.ttl_ms = Some(ms_of(ttl));
                     d.encode()
                 }
@@ -993,7 +1009,6 @@ impl Backend for ZkBackend {
         let seq = &name[name.len() - 10..];
         d.ttl_ms = Some(ms_of(remaining));
         d.token = Some(lease.token);
-        let data = d.encode();
         let new_path = format!("{dir}/{}{seq}", self.recipe.tag(&fresh_id()));
         let acls = self.acls();
         for with_ttl in [true, false] {
@@ -1006,8 +1021,9 @@ impl Backend for ZkBackend {
             } else {
                 opts
             };
+            d.ttl_node = with_ttl;
             let mut m = c.new_multi_writer();
-            m.add_create(&new_path, &data, &opts)?;
+            m.add_create(&new_path, &d.encode(), &opts)?;
             m.add_delete(&path, Some(stat.version))?;
             match tokio::time::timeout(self.timeout, m.commit()).await {
                 Ok(Ok(_)) => {
@@ -1287,9 +1303,11 @@ mod tests {
         // Persistent and TTL nodes expire at mtime + TTL; ephemeral ones
         // and foreign nodes live with their session.
         assert_eq!(expiry_of(with_ttl, &stat(0)), Some(2500));
-        let ttl_node = (0xFFu64 << 56 | 500) as i64;
-        assert!(is_ttl_node(&stat(ttl_node)));
-        assert_eq!(expiry_of(with_ttl, &stat(ttl_node)), Some(2500));
+        let mut d3 = NodeData::parse(with_ttl).unwrap();
+        d3.ttl_node = true;
+        assert_eq!(d3.encode(), b"dlock1|id|1|me|host|0|1000|500||T".to_vec());
+        assert_eq!(NodeData::parse(&d3.encode()), Some(d3.clone()));
+        assert_eq!(expiry_of(&d3.encode(), &stat(0)), Some(2500));
         assert_eq!(expiry_of(with_ttl, &stat(0x1234)), None);
         assert_eq!(expiry_of(old, &stat(0)), None);
         assert_eq!(expiry_of(b"10.0.0.1", &stat(0)), None);
