@@ -637,3 +637,46 @@ fn a_waiting_handle_keeps_its_node_alive() {
     );
     assert_eq!(wait_timeout(&mut holder, Duration::from_secs(10)), 0);
 }
+
+/// An expired handle ahead of a foreign waiter ahead of a dlock waiter:
+/// the dlock waiter deletes it (it checks every node ahead of it, not only
+/// the one it watches), so neither waits for ever.
+#[test]
+fn a_dlock_waiter_frees_a_foreign_waiter_stuck_behind_an_expired_handle() {
+    let env = Env::zookeeper();
+    let kz = kazoo_env(&env);
+    let out = kz.run(&["acquire", "--key", "z", "--ttl", "2s"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let hosts = env.url.trim_start_matches("zk://").to_string();
+    let script = format!(
+        "import time\nfrom kazoo.client import KazooClient\nzk=KazooClient(hosts='{hosts}')\nzk.start()\n\
+         l=zk.Lock('/dlock/z','kazoo')\nprint('waiting',flush=True)\nl.acquire(timeout=20)\n\
+         print('held',flush=True)\ntime.sleep(0.3)\nl.release()\nzk.stop()\n"
+    );
+    let mut py = Reaped(
+        std::process::Command::new("python3")
+            .args(["-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(py.stdout.take().unwrap()));
+    assert_eq!(lines.next().unwrap().unwrap(), "waiting");
+    // Let kazoo queue up behind the handle.
+    wait_for(Duration::from_secs(10), "kazoo to queue", || {
+        kz.status_json(&["z"])[0]["waiters"].as_u64() == Some(1)
+    });
+    // Still the handle's (not expired yet: `status` would have deleted it).
+    let st = kz.status_json(&["z"]);
+    assert_eq!(st[0]["holders"][0]["handle"], true, "{st}");
+    let t = Instant::now();
+    let out = kz.run(&["run", "--wait", "15s", "--key", "z", "--", "true"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        t.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(lines.next().unwrap().unwrap(), "held");
+    assert_eq!(wait_timeout(&mut py, Duration::from_secs(10)), 0);
+}
