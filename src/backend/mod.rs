@@ -136,15 +136,30 @@ pub trait Backend: Send + Sync {
         Ok(ttl)
     }
 
+    /// How this backend waits, if by polling (its capability): a service
+    /// without a queue of its own (Redis, SQL, SQLite) implements [`Poll`]
+    /// and returns itself here.
+    fn poller(&self) -> Option<&dyn Poll> {
+        None
+    }
+
     /// Take a slot of `spec.key`, waiting until `deadline` (None: for
     /// ever). A service with a queue of its own (ZooKeeper, etcd) waits in
-    /// it; the others implement [`Poll`] and call [`kit::poll`].
+    /// it; a [`Poll`]er tries, and waits for a change, in [`kit::poll`].
     async fn acquire(
         &self,
         spec: &LockSpec,
         me: &Owner,
         deadline: Option<Instant>,
-    ) -> Result<Attempt>;
+    ) -> Result<Attempt> {
+        match self.poller() {
+            Some(p) => kit::poll(p, spec, me, deadline).await,
+            None => Err(anyhow::anyhow!(
+                "{}: this backend neither queues nor polls (a bug)",
+                self.describe()
+            )),
+        }
+    }
 
     /// Extend the lease to `ttl` from now, if it is still ours.
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Renewal>;

@@ -31,7 +31,6 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteRow, SqliteSyn
 use sqlx::{Connection, Row, SqliteConnection};
 use tokio::sync::{Mutex, watch};
 
-use super::kit;
 use super::sql::WAITER_LAPSE;
 use super::{
     Attempt, Backend, Holder, KeyStatus, Lease, LeaseKind, LockSpec, Owner, PingInfo, Poll,
@@ -491,13 +490,8 @@ impl Backend for SqliteBackend {
         format!("sqlite:{}", self.path.display())
     }
 
-    async fn acquire(
-        &self,
-        spec: &LockSpec,
-        me: &Owner,
-        deadline: Option<Instant>,
-    ) -> Result<Attempt> {
-        kit::poll(self, spec, me, deadline).await
+    fn poller(&self) -> Option<&dyn Poll> {
+        Some(self)
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Renewal> {

@@ -18,7 +18,7 @@
 //! touches it, and the server deletes it when it goes untouched for the TTL.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::Result;
 use async_trait::async_trait;
@@ -119,22 +119,10 @@ fn zk_err(shown: &str, what: &str, e: zk::Error) -> anyhow::Error {
 
 fn holder_from(data: &[u8], stat: &zk::Stat) -> (Holder, Option<u32>) {
     let s = String::from_utf8_lossy(data);
-    let f: Vec<&str> = s.splitn(7, '|').collect();
     let token = Some(stat.czxid as u64);
-    if f.len() == 7 && f[0] == "dlock1" {
-        let h = Holder {
-            owner: Some(f[3].to_string()),
-            host: Some(f[4].to_string()),
-            pid: f[5].parse().ok(),
-            token,
-            acquired_at: f[6]
-                .parse::<u64>()
-                .ok()
-                .map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
-            expires_at: None,
-            dead: false,
-        };
-        (h, f[2].parse().ok())
+    if let Some(r) = kit::Record::parse(&s) {
+        // The third field is the --limit here.
+        (r.holder(token, None), r.n.map(|n| n as u32))
     } else {
         // Curator stores the client's IP, kazoo an identifier: show it as the host.
         let host = (!s.is_empty()).then(|| s.chars().take(64).collect());
@@ -399,13 +387,7 @@ impl Backend for ZkBackend {
             }
         })
         .await?;
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
-        let data = format!(
-            "dlock1|{}|{}|{}|{}|{}|{}",
-            me.id, spec.limit, me.user, me.host, me.pid, now_ms
-        );
+        let data = kit::Record::write(&me.id, u64::from(spec.limit), me);
         let tag = format!("_c_{}-lock-", uuid_of(&me.id));
         let prefix = format!("{dir}/{tag}");
         let opts = match me.kind {
