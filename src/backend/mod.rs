@@ -21,6 +21,7 @@ pub mod probe;
 pub mod redis;
 pub mod sql;
 pub mod sqlite;
+pub mod typed;
 pub mod zk;
 
 /// What kind of process holds a lease. A `Run` lease belongs to a live
@@ -295,33 +296,33 @@ pub async fn connect(urls: &[String], connect_timeout: Duration) -> Result<Arc<d
                 .join(", ")
         )));
     }
-    match scheme.as_str() {
-        "sqlite" => Ok(Arc::new(
-            sqlite::SqliteBackend::connect(first, connect_timeout).await?,
-        )),
-        "redis" | "rediss" | "redis+sentinel" | "redis+cluster" => Ok(Arc::new(
-            redis::RedisBackend::connect(urls, connect_timeout).await?,
-        )),
-        "postgres" | "postgresql" => Ok(Arc::new(
-            sql::connect_postgres(first, connect_timeout).await?,
-        )),
-        "mysql" | "mariadb" => Ok(Arc::new(sql::connect_mysql(first, connect_timeout).await?)),
-        "zk" => Ok(Arc::new(zk::ZkBackend::new(first, connect_timeout)?)),
+    let inner: Arc<dyn Backend> = match scheme.as_str() {
+        "sqlite" => Arc::new(sqlite::SqliteBackend::connect(first, connect_timeout).await?),
+        "redis" | "rediss" | "redis+sentinel" | "redis+cluster" => {
+            Arc::new(redis::RedisBackend::connect(urls, connect_timeout).await?)
+        }
+        "postgres" | "postgresql" => Arc::new(sql::connect_postgres(first, connect_timeout).await?),
+        "mysql" | "mariadb" => Arc::new(sql::connect_mysql(first, connect_timeout).await?),
+        "zk" => Arc::new(zk::ZkBackend::new(first, connect_timeout)?),
         #[cfg(feature = "etcd")]
-        "etcd" | "etcds" => Ok(Arc::new(
-            etcd::EtcdBackend::connect(first, connect_timeout).await?,
-        )),
+        "etcd" | "etcds" => Arc::new(etcd::EtcdBackend::connect(first, connect_timeout).await?),
         #[cfg(not(feature = "etcd"))]
-        "etcd" | "etcds" => Err(crate::error::unavailable(
-            "this dlock was built without etcd support: rebuild with `cargo build --release --features etcd` \
-             (it needs protoc, Debian package protobuf-compiler)",
-        )),
-        _ => Err(usage(format!(
-            "unknown backend URL {}: expected one of sqlite:, redis://, rediss://, redis+sentinel://, \
-             redis+cluster://, zk://, postgres://, postgresql://, mysql://, mariadb://, etcd://, etcds://",
-            redact_url(first)
-        ))),
-    }
+        "etcd" | "etcds" => {
+            return Err(crate::error::unavailable(
+                "this dlock was built without etcd support: rebuild with `cargo build --release --features etcd` \
+                 (it needs protoc, Debian package protobuf-compiler)",
+            ));
+        }
+        _ => {
+            return Err(usage(format!(
+                "unknown backend URL {}: expected one of sqlite:, redis://, rediss://, redis+sentinel://, \
+                 redis+cluster://, zk://, postgres://, postgresql://, mysql://, mariadb://, etcd://, etcds://",
+                redact_url(first)
+            )));
+        }
+    };
+    // Every error from here on is typed at the boundary.
+    Ok(Arc::new(typed::Typed(inner)))
 }
 
 /// A URL with the password (if any) replaced by `***`.
