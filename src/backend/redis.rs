@@ -785,7 +785,7 @@ impl Backend for RedisBackend {
                         let mut c = client.get_multiplexed_async_connection().await?;
                         let opts = redis::ScanOptions::default()
                             .with_pattern(pattern.as_str())
-                            .with_count(5000);
+                            .with_count(20_000);
                         let mut it: redis::AsyncIter<String> = c.scan_options(opts).await?;
                         let mut found = Vec::new();
                         while let Some(k) = it.next_item().await {
