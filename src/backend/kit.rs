@@ -236,6 +236,34 @@ impl<'a> Record<'a> {
     }
 }
 
+/// A waiter's poll interval where nothing wakes it (a handle's lease, a
+/// semaphore): 5 ms, doubling to 100 ms, and back to 5 ms after a hand-off.
+pub struct PollBackoff(std::sync::Mutex<Duration>);
+
+impl Default for PollBackoff {
+    fn default() -> PollBackoff {
+        PollBackoff(std::sync::Mutex::new(PollBackoff::MIN))
+    }
+}
+
+impl PollBackoff {
+    const MIN: Duration = Duration::from_millis(5);
+    const MAX: Duration = Duration::from_millis(100);
+
+    /// The next interval to sleep.
+    pub fn next(&self) -> Duration {
+        let mut p = self.0.lock().unwrap();
+        let cur = *p;
+        *p = (cur * 2).min(Self::MAX);
+        cur
+    }
+
+    /// Something happened: poll fast again.
+    pub fn reset(&self) {
+        *self.0.lock().unwrap() = Self::MIN;
+    }
+}
+
 /// Entries a waiter has put in a service's queue and not yet resolved
 /// (acquired or removed). An entry is added *before* the call that waits
 /// on it, so a waiter interrupted at any point leaves it here, and the
