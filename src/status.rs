@@ -159,26 +159,18 @@ pub fn table(statuses: &[KeyStatus], paint: Paint) -> String {
                 "held".to_string()
             }
         };
-        if let Some(why) = &k.unreadable {
-            styles.push(["", Paint::RED, "", "", "", "", "", ""]);
+        // A key with no holder to list: unreadable, or free.
+        let bare = match &k.unreadable {
+            Some(why) => Some((Paint::RED, "unreadable", why.clone())),
+            None if k.holders.is_empty() => Some((Paint::GREEN, "free", dash())),
+            None => None,
+        };
+        if let Some((paint, word, detail)) = bare {
+            styles.push(["", paint, "", "", "", "", "", ""]);
             rows.push([
                 k.key.clone(),
-                "unreadable".into(),
-                why.clone(),
-                dash(),
-                dash(),
-                dash(),
-                dash(),
-                waiters,
-            ]);
-            continue;
-        }
-        if k.holders.is_empty() {
-            styles.push(["", Paint::GREEN, "", "", "", "", "", ""]);
-            rows.push([
-                k.key.clone(),
-                "free".into(),
-                dash(),
+                word.into(),
+                detail,
                 dash(),
                 dash(),
                 dash(),

@@ -25,6 +25,7 @@ use anyhow::{Context, Result};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
 
 use crate::cli::OnLost;
 use crate::exit_code;
@@ -282,63 +283,27 @@ pub async fn supervise(
     // The deadline the guard knows (it can lag the keeper's by a renewal).
     let mut guard_deadline = keeper.safe_until();
     let mut lost_rx = keeper.lost();
-    let mut safe_rx = keeper.safe_until_updates();
-    let mut lost: Option<Loss> = None;
-    let mut kill_at: Option<Instant> = None;
-    let mut interrupts = 0;
-    let status = loop {
-        let kill_sleep = async {
-            match kill_at {
-                Some(at) => tokio::time::sleep_until(at.into()).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            st = child.wait() => break st.context("waiting for the child failed")?,
-            sig = signals.recv() => {
-                let mut sig = sig;
-                if sig == Signal::SIGINT {
-                    interrupts += 1;
-                    if interrupts >= 2 {
-                        sig = Signal::SIGKILL;
-                    }
-                }
-                tracing::info!(event = "signal", signal = sig.as_str(), "forwarding signal to the child");
-                let _ = killpg(pgid, sig);
-            }
-            changed = lost_rx.changed(), if lost.is_none() => {
-                if changed.is_err() { continue; }
-                let Some(loss) = lost_rx.borrow_and_update().clone() else { continue };
-                say("WARN", &loss.message);
-                match spec.on_lost {
-                    OnLost::Ignore => say("WARN", &format!("--on-lost ignore: letting {shown} run on without the lock")),
-                    OnLost::Kill => {
-                        let by = Instant::now() + spec.kill_after;
-                        let by = loss.expires.map_or(by, |e| by.min(e));
-                        say("WARN", &format!(
-                            "stopping {shown}: SIGTERM to its process group, SIGKILL in {}",
-                            crate::status::human_duration(by.saturating_duration_since(Instant::now()))
-                        ));
-                        let _ = killpg(pgid, Signal::SIGTERM);
-                        kill_at = Some(by);
-                    }
-                }
-                lost = Some(loss);
-            }
-            _ = kill_sleep => {
-                tracing::warn!(event = "kill", "child still running at its deadline: SIGKILL");
-                let _ = killpg(pgid, Signal::SIGKILL);
-                kill_at = None;
-            }
-            changed = safe_rx.changed() => {
-                if changed.is_ok() {
-                    let at = *safe_rx.borrow_and_update();
-                    guard.send(deadline(at));
-                    guard_deadline = at;
-                }
-            }
-        }
-    };
+    let watched = watch_child(
+        child.wait(),
+        |sig| {
+            let _ = killpg(pgid, sig);
+        },
+        signals,
+        &mut lost_rx,
+        keeper.safe_until_updates(),
+        Policy {
+            on_lost: spec.on_lost,
+            kill_after: spec.kill_after,
+            shown: &shown,
+        },
+        |at| {
+            guard.send(deadline(at));
+            guard_deadline = at;
+        },
+    )
+    .await;
+    let (status, mut lost) = watched;
+    let status = status.context("waiting for the child failed")?;
     if tty_fg {
         restore_terminal();
     }
@@ -372,6 +337,99 @@ pub async fn supervise(
     };
     tracing::info!(event = "exited", code, "child exited");
     Ok(Outcome { code, lost })
+}
+
+/// Where signals come from: the process's own ([`Signals`]), or a test's.
+pub trait SignalSource {
+    fn recv(&mut self) -> impl std::future::Future<Output = Signal>;
+}
+
+impl SignalSource for Signals {
+    fn recv(&mut self) -> impl std::future::Future<Output = Signal> {
+        Signals::recv(self)
+    }
+}
+
+/// How the loop treats a loss, and the child's name for messages.
+pub struct Policy<'a> {
+    pub on_lost: OnLost,
+    pub kill_after: Duration,
+    pub shown: &'a str,
+}
+
+/// Watch a started child until it exits: forward signals to its group (a
+/// second SIGINT becomes SIGKILL); when the keeper reports a loss, SIGTERM
+/// the group and SIGKILL it after `--kill-after` or at the lease's expiry,
+/// whichever is first (`--on-lost ignore`: only warn); pass every new safe
+/// deadline to `on_deadline` (the guard). `exited` is the child's exit,
+/// `kill` signals its process group. Returns how it exited and the loss
+/// seen, if any.
+pub async fn watch_child(
+    exited: impl std::future::Future<Output = std::io::Result<std::process::ExitStatus>>,
+    mut kill: impl FnMut(Signal),
+    signals: &mut impl SignalSource,
+    lost_rx: &mut watch::Receiver<Option<Loss>>,
+    mut safe_rx: watch::Receiver<Option<Instant>>,
+    policy: Policy<'_>,
+    mut on_deadline: impl FnMut(Option<Instant>),
+) -> (std::io::Result<std::process::ExitStatus>, Option<Loss>) {
+    let shown = policy.shown;
+    let mut lost: Option<Loss> = None;
+    let mut kill_at: Option<Instant> = None;
+    let mut interrupts = 0;
+    let mut exited = std::pin::pin!(exited);
+    let status = loop {
+        let kill_sleep = async {
+            match kill_at {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            st = &mut exited => break st,
+            sig = signals.recv() => {
+                let mut sig = sig;
+                if sig == Signal::SIGINT {
+                    interrupts += 1;
+                    if interrupts >= 2 {
+                        sig = Signal::SIGKILL;
+                    }
+                }
+                tracing::info!(event = "signal", signal = sig.as_str(), "forwarding signal to the child");
+                kill(sig);
+            }
+            changed = lost_rx.changed(), if lost.is_none() => {
+                if changed.is_err() { continue; }
+                let Some(loss) = lost_rx.borrow_and_update().clone() else { continue };
+                eprintln!("dlock: {}", loss.message);
+                match policy.on_lost {
+                    OnLost::Ignore => eprintln!("dlock: --on-lost ignore: letting {shown} run on without the lock"),
+                    OnLost::Kill => {
+                        let by = Instant::now() + policy.kill_after;
+                        let by = loss.expires.map_or(by, |e| by.min(e));
+                        eprintln!(
+                            "dlock: stopping {shown}: SIGTERM to its process group, SIGKILL in {}",
+                            crate::status::human_duration(by.saturating_duration_since(Instant::now()))
+                        );
+                        kill(Signal::SIGTERM);
+                        kill_at = Some(by);
+                    }
+                }
+                lost = Some(loss);
+            }
+            _ = kill_sleep => {
+                tracing::warn!(event = "kill", "child still running at its deadline: SIGKILL");
+                kill(Signal::SIGKILL);
+                kill_at = None;
+            }
+            changed = safe_rx.changed() => {
+                if changed.is_ok() {
+                    on_deadline(*safe_rx.borrow_and_update());
+                }
+            }
+        }
+    };
+    (status, lost)
 }
 
 /// Processes the child left in its group would run on without the lock:
@@ -514,5 +572,228 @@ unsafe fn guard_main(read_fd: i32, acted_fd: i32, grace_ns: i64, mut deadline: i
                 libc::_exit(0);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The supervision loop with a test child and test signals, under
+    //! paused time: what it sends the child, and when.
+    use super::*;
+    use std::cell::RefCell;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::ExitStatus;
+    use tokio::sync::{mpsc, oneshot};
+    use tokio::time::Instant as Clock;
+
+    struct TestSignals(mpsc::UnboundedReceiver<Signal>);
+
+    impl SignalSource for TestSignals {
+        async fn recv(&mut self) -> Signal {
+            match self.0.recv().await {
+                Some(s) => s,
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    /// A child that records the signals its group gets, with when, and
+    /// dies of the first one in `fatal`.
+    struct Child {
+        got: RefCell<Vec<(Signal, Duration)>>,
+        fatal: Vec<Signal>,
+        die: RefCell<Option<oneshot::Sender<ExitStatus>>>,
+        t0: Clock,
+    }
+
+    impl Child {
+        fn new(fatal: &[Signal]) -> (Child, oneshot::Receiver<ExitStatus>) {
+            let (tx, rx) = oneshot::channel();
+            let c = Child {
+                got: RefCell::new(Vec::new()),
+                fatal: fatal.to_vec(),
+                die: RefCell::new(Some(tx)),
+                t0: Clock::now(),
+            };
+            (c, rx)
+        }
+
+        fn kill(&self, s: Signal) {
+            self.got.borrow_mut().push((s, self.t0.elapsed()));
+            if self.fatal.contains(&s)
+                && let Some(tx) = self.die.borrow_mut().take()
+            {
+                let _ = tx.send(ExitStatus::from_raw(s as i32));
+            }
+        }
+
+        fn signals(&self) -> Vec<Signal> {
+            self.got.borrow().iter().map(|(s, _)| *s).collect()
+        }
+    }
+
+    struct Setup {
+        sig_tx: mpsc::UnboundedSender<Signal>,
+        signals: TestSignals,
+        lost_tx: watch::Sender<Option<Loss>>,
+        lost_rx: watch::Receiver<Option<Loss>>,
+        safe_tx: watch::Sender<Option<Instant>>,
+        safe_rx: watch::Receiver<Option<Instant>>,
+    }
+
+    fn setup() -> Setup {
+        let (sig_tx, sig_rx) = mpsc::unbounded_channel();
+        let (lost_tx, lost_rx) = watch::channel(None);
+        let (safe_tx, safe_rx) = watch::channel(None);
+        Setup {
+            sig_tx,
+            signals: TestSignals(sig_rx),
+            lost_tx,
+            lost_rx,
+            safe_tx,
+            safe_rx,
+        }
+    }
+
+    fn policy(on_lost: OnLost) -> Policy<'static> {
+        Policy {
+            on_lost,
+            kill_after: Duration::from_secs(10),
+            shown: "job",
+        }
+    }
+
+    /// The loop over the test child, recording the guard's deadlines.
+    async fn watch(
+        s: &mut Setup,
+        child: &Child,
+        exited: oneshot::Receiver<ExitStatus>,
+        on_lost: OnLost,
+        seen: &RefCell<Vec<Option<Instant>>>,
+    ) -> (std::io::Result<ExitStatus>, Option<Loss>) {
+        let exited = async { exited.await.map_err(|_| std::io::Error::other("gone")) };
+        watch_child(
+            exited,
+            |sig| child.kill(sig),
+            &mut s.signals,
+            &mut s.lost_rx,
+            s.safe_rx.clone(),
+            policy(on_lost),
+            |at| seen.borrow_mut().push(at),
+        )
+        .await
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_loss_is_sigterm_now_and_sigkill_after_kill_after() {
+        let mut s = setup();
+        let (child, exited) = Child::new(&[Signal::SIGKILL]);
+        let seen = RefCell::new(Vec::new());
+        s.lost_tx
+            .send(Some(Loss {
+                message: "broken".into(),
+                expires: None,
+            }))
+            .unwrap();
+        let (st, lost) = watch(&mut s, &child, exited, OnLost::Kill, &seen).await;
+        assert_eq!(st.unwrap().signal(), Some(libc::SIGKILL));
+        assert!(lost.is_some());
+        let got = child.got.borrow();
+        assert_eq!(got[0].0, Signal::SIGTERM);
+        assert!(got[0].1 < Duration::from_millis(10), "SIGTERM at once");
+        assert_eq!(got[1].0, Signal::SIGKILL);
+        let at = got[1].1;
+        assert!(
+            at >= Duration::from_millis(9990) && at <= Duration::from_millis(10_010),
+            "SIGKILL after --kill-after (10s), at {at:?}"
+        );
+        drop(s.sig_tx);
+        drop(s.safe_tx);
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn sigkill_lands_at_the_lease_expiry_when_that_is_sooner() {
+        let mut s = setup();
+        let (child, exited) = Child::new(&[Signal::SIGKILL]);
+        let seen = RefCell::new(Vec::new());
+        s.lost_tx
+            .send(Some(Loss {
+                message: "could not renew".into(),
+                expires: Some(Instant::now() + Duration::from_secs(2)),
+            }))
+            .unwrap();
+        let (_, lost) = watch(&mut s, &child, exited, OnLost::Kill, &seen).await;
+        assert!(lost.is_some());
+        let got = child.got.borrow();
+        assert_eq!(child.signals(), vec![Signal::SIGTERM, Signal::SIGKILL]);
+        assert!(
+            got[1].1 <= Duration::from_millis(2_010),
+            "SIGKILL by the expiry, at {:?}",
+            got[1].1
+        );
+        drop(s.sig_tx);
+        drop(s.safe_tx);
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn signals_are_forwarded_and_a_second_sigint_is_sigkill() {
+        let mut s = setup();
+        let (child, exited) = Child::new(&[Signal::SIGKILL]);
+        let seen = RefCell::new(Vec::new());
+        for sig in [
+            Signal::SIGHUP,
+            Signal::SIGUSR1,
+            Signal::SIGINT,
+            Signal::SIGINT,
+        ] {
+            s.sig_tx.send(sig).unwrap();
+        }
+        let (st, lost) = watch(&mut s, &child, exited, OnLost::Kill, &seen).await;
+        assert!(lost.is_none());
+        assert_eq!(st.unwrap().signal(), Some(libc::SIGKILL));
+        assert_eq!(
+            child.signals(),
+            vec![
+                Signal::SIGHUP,
+                Signal::SIGUSR1,
+                Signal::SIGINT,
+                Signal::SIGKILL
+            ]
+        );
+        drop(s.lost_tx);
+        drop(s.safe_tx);
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn on_lost_ignore_only_warns_and_deadlines_reach_the_guard() {
+        let mut s = setup();
+        let (child, exited) = Child::new(&[Signal::SIGTERM]);
+        let seen = RefCell::new(Vec::new());
+        let until = Instant::now() + Duration::from_secs(30);
+        s.safe_tx.send(Some(until)).unwrap();
+        s.lost_tx
+            .send(Some(Loss {
+                message: "broken".into(),
+                expires: None,
+            }))
+            .unwrap();
+        // The test ends the child itself, a while later.
+        let sig_tx = s.sig_tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            let _ = sig_tx.send(Signal::SIGTERM);
+        });
+        let (st, lost) = watch(&mut s, &child, exited, OnLost::Ignore, &seen).await;
+        assert!(lost.is_some(), "the loss is reported");
+        assert_eq!(st.unwrap().signal(), Some(libc::SIGTERM));
+        let got = child.got.borrow();
+        assert_eq!(
+            child.signals(),
+            vec![Signal::SIGTERM],
+            "only the forwarded one"
+        );
+        assert!(got[0].1 >= Duration::from_secs(60));
+        assert_eq!(*seen.borrow(), vec![Some(until)]);
+        drop(s.lost_tx);
     }
 }

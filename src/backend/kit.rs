@@ -7,7 +7,7 @@ use std::fmt::Display;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use super::{Attempt, LockSpec, Owner, Poll};
+use super::{Attempt, Holder, LockSpec, Owner, Poll};
 use crate::error::{Error, Retry, retry_of};
 use crate::status::human_duration;
 
@@ -160,7 +160,7 @@ where
 /// Take a slot of `spec.key` on a service without a queue: try, and until
 /// `deadline` wait for a change and try again.
 pub async fn poll(
-    b: &impl Poll,
+    b: &dyn Poll,
     spec: &LockSpec,
     me: &Owner,
     deadline: Option<Instant>,
@@ -175,6 +175,92 @@ pub async fn poll(
                 b.wait_change(spec, deadline).await?;
             }
         }
+    }
+}
+
+/// dlock's holder record, stored with every lease on Redis, ZooKeeper and
+/// etcd so that `status` can say who holds it:
+/// `dlock1|ID|N|USER|HOST|PID|SINCE_MS`. `ID` names the lease (Redis: the
+/// secret; ZooKeeper: the secret; etcd: the lease id in hex). `N` is the
+/// `--limit` on ZooKeeper and etcd, whose token is the node's `czxid` or the
+/// key's create revision, and the token on Redis, whose scripts write it
+/// (and rewrite it for Redlock). Anything else is a foreign client's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record<'a> {
+    pub id: &'a str,
+    pub n: Option<u64>,
+    pub user: &'a str,
+    pub host: &'a str,
+    pub pid: Option<u32>,
+    pub since_ms: Option<u64>,
+}
+
+impl<'a> Record<'a> {
+    /// The record in a stored value, if it is one of dlock's.
+    pub fn parse(value: &'a str) -> Option<Record<'a>> {
+        let f: Vec<&str> = value.splitn(7, '|').collect();
+        (f.len() == 7 && f[0] == "dlock1").then(|| Record {
+            id: f[1],
+            n: f[2].parse().ok(),
+            user: f[3],
+            host: f[4],
+            pid: f[5].parse().ok(),
+            since_ms: f[6].parse().ok(),
+        })
+    }
+
+    /// The value to store for `me`, taking the lease now.
+    pub fn write(id: &str, n: u64, me: &Owner) -> String {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        format!(
+            "dlock1|{id}|{n}|{}|{}|{}|{now_ms}",
+            me.user, me.host, me.pid
+        )
+    }
+
+    /// The holder it describes, with the token and expiry known otherwise.
+    pub fn holder(&self, token: Option<u64>, expires_at: Option<std::time::SystemTime>) -> Holder {
+        Holder {
+            owner: Some(self.user.to_string()),
+            host: Some(self.host.to_string()),
+            pid: self.pid,
+            token,
+            acquired_at: self
+                .since_ms
+                .map(|ms| std::time::UNIX_EPOCH + Duration::from_millis(ms)),
+            expires_at,
+            dead: false,
+        }
+    }
+}
+
+/// A waiter's poll interval where nothing wakes it (a handle's lease, a
+/// semaphore): 5 ms, doubling to 100 ms, and back to 5 ms after a hand-off.
+pub struct PollBackoff(std::sync::Mutex<Duration>);
+
+impl Default for PollBackoff {
+    fn default() -> PollBackoff {
+        PollBackoff(std::sync::Mutex::new(PollBackoff::MIN))
+    }
+}
+
+impl PollBackoff {
+    const MIN: Duration = Duration::from_millis(5);
+    const MAX: Duration = Duration::from_millis(100);
+
+    /// The next interval to sleep.
+    pub fn next(&self) -> Duration {
+        let mut p = self.0.lock().unwrap();
+        let cur = *p;
+        *p = (cur * 2).min(Self::MAX);
+        cur
+    }
+
+    /// Something happened: poll fast again.
+    pub fn reset(&self) {
+        *self.0.lock().unwrap() = Self::MIN;
     }
 }
 
@@ -220,6 +306,30 @@ mod tests {
         for x in &d[2..] {
             assert!(*x >= Duration::from_millis(200) && *x <= Duration::from_millis(400));
         }
+    }
+
+    #[test]
+    fn holder_records_round_trip() {
+        let me = Owner {
+            id: "s3cr3t".into(),
+            user: "ci".into(),
+            host: "runner-7".into(),
+            pid: 81234,
+            host_id: String::new(),
+            proc_start: 0,
+            kind: crate::backend::LeaseKind::Run,
+        };
+        let v = Record::write("abc", 3, &me);
+        let r = Record::parse(&v).unwrap();
+        assert_eq!(
+            (r.id, r.n, r.user, r.host, r.pid),
+            ("abc", Some(3), "ci", "runner-7", Some(81234))
+        );
+        let h = r.holder(Some(9), None);
+        assert_eq!((h.token, h.owner.as_deref()), (Some(9), Some("ci")));
+        assert!(h.acquired_at.is_some());
+        assert_eq!(Record::parse("a redis-py token"), None);
+        assert_eq!(Record::parse("dlock1|only|three"), None);
     }
 
     #[test]

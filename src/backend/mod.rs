@@ -21,6 +21,7 @@ pub mod probe;
 pub mod redis;
 pub mod sql;
 pub mod sqlite;
+pub mod typed;
 pub mod zk;
 
 /// What kind of process holds a lease. A `Run` lease belongs to a live
@@ -136,15 +137,30 @@ pub trait Backend: Send + Sync {
         Ok(ttl)
     }
 
+    /// How this backend waits, if by polling (its capability): a service
+    /// without a queue of its own (Redis, SQL, SQLite) implements [`Poll`]
+    /// and returns itself here.
+    fn poller(&self) -> Option<&dyn Poll> {
+        None
+    }
+
     /// Take a slot of `spec.key`, waiting until `deadline` (None: for
     /// ever). A service with a queue of its own (ZooKeeper, etcd) waits in
-    /// it; the others implement [`Poll`] and call [`kit::poll`].
+    /// it; a [`Poll`]er tries, and waits for a change, in [`kit::poll`].
     async fn acquire(
         &self,
         spec: &LockSpec,
         me: &Owner,
         deadline: Option<Instant>,
-    ) -> Result<Attempt>;
+    ) -> Result<Attempt> {
+        match self.poller() {
+            Some(p) => kit::poll(p, spec, me, deadline).await,
+            None => Err(anyhow::anyhow!(
+                "{}: this backend neither queues nor polls (a bug)",
+                self.describe()
+            )),
+        }
+    }
 
     /// Extend the lease to `ttl` from now, if it is still ours.
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Renewal>;
@@ -280,33 +296,33 @@ pub async fn connect(urls: &[String], connect_timeout: Duration) -> Result<Arc<d
                 .join(", ")
         )));
     }
-    match scheme.as_str() {
-        "sqlite" => Ok(Arc::new(
-            sqlite::SqliteBackend::connect(first, connect_timeout).await?,
-        )),
-        "redis" | "rediss" | "redis+sentinel" | "redis+cluster" => Ok(Arc::new(
-            redis::RedisBackend::connect(urls, connect_timeout).await?,
-        )),
-        "postgres" | "postgresql" => Ok(Arc::new(
-            sql::connect_postgres(first, connect_timeout).await?,
-        )),
-        "mysql" | "mariadb" => Ok(Arc::new(sql::connect_mysql(first, connect_timeout).await?)),
-        "zk" => Ok(Arc::new(zk::ZkBackend::new(first, connect_timeout)?)),
+    let inner: Arc<dyn Backend> = match scheme.as_str() {
+        "sqlite" => Arc::new(sqlite::SqliteBackend::connect(first, connect_timeout).await?),
+        "redis" | "rediss" | "redis+sentinel" | "redis+cluster" => {
+            Arc::new(redis::RedisBackend::connect(urls, connect_timeout).await?)
+        }
+        "postgres" | "postgresql" => Arc::new(sql::connect_postgres(first, connect_timeout).await?),
+        "mysql" | "mariadb" => Arc::new(sql::connect_mysql(first, connect_timeout).await?),
+        "zk" => Arc::new(zk::ZkBackend::new(first, connect_timeout)?),
         #[cfg(feature = "etcd")]
-        "etcd" | "etcds" => Ok(Arc::new(
-            etcd::EtcdBackend::connect(first, connect_timeout).await?,
-        )),
+        "etcd" | "etcds" => Arc::new(etcd::EtcdBackend::connect(first, connect_timeout).await?),
         #[cfg(not(feature = "etcd"))]
-        "etcd" | "etcds" => Err(crate::error::unavailable(
-            "this dlock was built without etcd support: rebuild with `cargo build --release --features etcd` \
-             (it needs protoc, Debian package protobuf-compiler)",
-        )),
-        _ => Err(usage(format!(
-            "unknown backend URL {}: expected one of sqlite:, redis://, rediss://, redis+sentinel://, \
-             redis+cluster://, zk://, postgres://, postgresql://, mysql://, mariadb://, etcd://, etcds://",
-            redact_url(first)
-        ))),
-    }
+        "etcd" | "etcds" => {
+            return Err(crate::error::unavailable(
+                "this dlock was built without etcd support: rebuild with `cargo build --release --features etcd` \
+                 (it needs protoc, Debian package protobuf-compiler)",
+            ));
+        }
+        _ => {
+            return Err(usage(format!(
+                "unknown backend URL {}: expected one of sqlite:, redis://, rediss://, redis+sentinel://, \
+                 redis+cluster://, zk://, postgres://, postgresql://, mysql://, mariadb://, etcd://, etcds://",
+                redact_url(first)
+            )));
+        }
+    };
+    // Every error from here on is typed at the boundary.
+    Ok(Arc::new(typed::Typed(inner)))
 }
 
 /// A URL with the password (if any) replaced by `***`.

@@ -410,29 +410,19 @@ fn clean(s: &str) -> String {
 /// foreign holder with only the expiry known.
 fn parse_holder(value: &str, ttl_ms: i64, now: SystemTime) -> (Option<String>, Holder) {
     let expires_at = (ttl_ms >= 0).then(|| now + Duration::from_millis(ttl_ms as u64));
-    let f: Vec<&str> = value.splitn(7, '|').collect();
-    if f.len() == 7 && f[0] == "dlock1" {
-        let h = Holder {
-            owner: Some(f[3].to_string()),
-            host: Some(f[4].to_string()),
-            pid: f[5].parse().ok(),
-            token: f[2].parse().ok().filter(|t| *t > 0),
-            acquired_at: f[6]
-                .parse::<u64>()
-                .ok()
-                .map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
-            expires_at,
-            dead: false,
-        };
-        (Some(f[1].to_string()), h)
-    } else {
-        (
+    match kit::Record::parse(value) {
+        // The third field is the token here (0 until Redlock fences it).
+        Some(r) => (
+            Some(r.id.to_string()),
+            r.holder(r.n.filter(|t| *t > 0), expires_at),
+        ),
+        None => (
             None,
             Holder {
                 expires_at,
                 ..Holder::default()
             },
-        )
+        ),
     }
 }
 
@@ -697,13 +687,8 @@ impl Backend for RedisBackend {
             .join(",")
     }
 
-    async fn acquire(
-        &self,
-        spec: &LockSpec,
-        me: &Owner,
-        deadline: Option<Instant>,
-    ) -> Result<Attempt> {
-        kit::poll(self, spec, me, deadline).await
+    fn poller(&self) -> Option<&dyn Poll> {
+        Some(self)
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Renewal> {
@@ -800,7 +785,7 @@ impl Backend for RedisBackend {
                         let mut c = client.get_multiplexed_async_connection().await?;
                         let opts = redis::ScanOptions::default()
                             .with_pattern(pattern.as_str())
-                            .with_count(5000);
+                            .with_count(20_000);
                         let mut it: redis::AsyncIter<String> = c.scan_options(opts).await?;
                         let mut found = Vec::new();
                         while let Some(k) = it.next_item().await {

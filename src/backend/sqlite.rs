@@ -76,8 +76,6 @@ const LEASE_COLUMNS: &str =
     "id, token, kind, owner, host, pid, host_id, proc_start, lim, acquired_at, expires_at";
 
 /// The shortest and longest pause of the fallback poll.
-const POLL_MIN: Duration = Duration::from_millis(5);
-const POLL_MAX: Duration = Duration::from_millis(100);
 /// How soon the lease of a holder found dead on this host is broken.
 const BREAK_GRACE: Duration = Duration::from_millis(100);
 
@@ -93,7 +91,7 @@ pub struct SqliteBackend {
     /// next attempt keeps it if it wins the key, so one release wakes one
     /// waiter, not all of them.
     granted: StdMutex<HashMap<PathBuf, File>>,
-    poll: StdMutex<Duration>,
+    poll: kit::PollBackoff,
     /// Our rows in dlock_waiter, for `status`.
     waiting: Waiting,
 }
@@ -268,7 +266,7 @@ impl SqliteBackend {
             held: StdMutex::new(HashMap::new()),
             waits: StdMutex::new(HashMap::new()),
             granted: StdMutex::new(HashMap::new()),
-            poll: StdMutex::new(POLL_MIN),
+            poll: kit::PollBackoff::default(),
             waiting: Waiting::new(),
         })
     }
@@ -450,7 +448,7 @@ impl SqliteBackend {
         tx.commit().await?;
         drop(conn);
         self.waiting.done(&spec.namespace, &spec.key);
-        *self.poll.lock().unwrap() = POLL_MIN;
+        self.poll.reset();
         if me.kind == LeaseKind::Run && spec.limit == 1 {
             self.hold_wake(spec).await;
         } else {
@@ -476,13 +474,6 @@ impl SqliteBackend {
             && r.host_id == self.host_id
             && !crate::host::process_alive(r.pid, r.proc_start)
     }
-
-    async fn next_poll(&self) -> Duration {
-        let mut p = self.poll.lock().unwrap();
-        let cur = *p;
-        *p = (cur * 2).min(POLL_MAX);
-        cur
-    }
 }
 
 #[async_trait]
@@ -491,13 +482,8 @@ impl Backend for SqliteBackend {
         format!("sqlite:{}", self.path.display())
     }
 
-    async fn acquire(
-        &self,
-        spec: &LockSpec,
-        me: &Owner,
-        deadline: Option<Instant>,
-    ) -> Result<Attempt> {
-        kit::poll(self, spec, me, deadline).await
+    fn poller(&self) -> Option<&dyn Poll> {
+        Some(self)
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Renewal> {
@@ -745,7 +731,7 @@ impl Poll for SqliteBackend {
         let cap = Instant::now() + Duration::from_secs(1);
         let until = until.map_or(cap, |u| u.min(cap));
         if spec.limit > 1 {
-            let p = self.next_poll().await;
+            let p = self.poll.next();
             tokio::time::sleep_until(until.min(Instant::now() + p).into()).await;
             return Ok(());
         }
@@ -797,13 +783,13 @@ impl Poll for SqliteBackend {
             }
             if started.elapsed() < Duration::from_millis(2) {
                 // Nobody held the wake file: the holder is not a live `run`
-                // (or is just taking it). Poll, backing off to POLL_MAX,
+                // (or is just taking it). Poll, backing off to 100 ms,
                 // without keeping the file from that holder meanwhile.
                 self.granted.lock().unwrap().remove(&path);
-                let p = self.next_poll().await;
+                let p = self.poll.next();
                 tokio::time::sleep_until(until.min(Instant::now() + p).into()).await;
             } else {
-                *self.poll.lock().unwrap() = POLL_MIN;
+                self.poll.reset();
             }
         }
         Ok(())

@@ -155,8 +155,8 @@ fn zk_err(shown: &str, what: &str, e: zk::Error) -> anyhow::Error {
     kit::typed(kind(&e), format!("ZooKeeper {shown}: {what}: {e}"))
 }
 
-/// A dlock node's data:
-/// `dlock1|ID|LIMIT|USER|HOST|PID|SINCE[|TTL_MS[|TOKEN[|T]]]`. `TTL_MS` is
+/// A dlock node's data: `kit::Record`'s holder record, extended on
+/// ZooKeeper: `dlock1|ID|LIMIT|USER|HOST|PID|SINCE[|TTL_MS[|TOKEN[|T]]]`. `TTL_MS` is
 /// there on a node that outlives its session; `TOKEN` (may be empty) on one
 /// that took over a `run`'s lease (`--lock-at-least`), whose fencing token
 /// it keeps; `T` marks a server TTL node (whose `ephemeralOwner` clients

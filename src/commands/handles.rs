@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use super::{Connector, backend_error, connect_waiting, owner, take_locks};
+use super::{Connector, connect_waiting, owner, take_locks};
 use crate::backend::{self, LeaseKind};
 use crate::cli;
 use crate::config::{self, Settings};
@@ -45,11 +45,7 @@ pub async fn cmd_renew(c: &Connector<'_>, a: cli::RenewArgs) -> Result<i32> {
     }
     let backend = c.get().await?;
     for l in h.leases() {
-        match backend
-            .renew(&l, ttl)
-            .await
-            .map_err(|e| backend_error(backend.as_ref(), e))?
-        {
+        match backend.renew(&l, ttl).await? {
             backend::Renewal::Renewed => {
                 tracing::info!(
                     event = "renewed",
@@ -104,10 +100,7 @@ pub async fn cmd_release(c: &Connector<'_>, a: cli::ReleaseArgs) -> Result<i32> 
         let h = Handle::decode(hs)?;
         let mut gone = Vec::new();
         for l in h.leases() {
-            let ok = backend
-                .release(&l)
-                .await
-                .map_err(|e| backend_error(backend.as_ref(), e))?;
+            let ok = backend.release(&l).await?;
             if !ok {
                 gone.push(format!("{:?} (token {})", l.key, l.token));
             }
@@ -140,10 +133,7 @@ pub async fn cmd_release(c: &Connector<'_>, a: cli::ReleaseArgs) -> Result<i32> 
         ));
     }
     for key in &a.key {
-        let n = backend
-            .force_release(&s.namespace, key)
-            .await
-            .map_err(|e| backend_error(backend.as_ref(), e))?;
+        let n = backend.force_release(&s.namespace, key).await?;
         let by = format!(
             "{}@{} (pid {})",
             host::user(),

@@ -79,15 +79,6 @@ async fn connect(s: &Settings) -> Result<Arc<dyn Backend>> {
     }
 }
 
-/// Errors from talking to the backend, without a type of their own, mean
-/// the backend is unavailable (exit 69), not that dlock has a bug.
-fn backend_error(b: &dyn Backend, e: anyhow::Error) -> anyhow::Error {
-    if e.chain().any(|c| c.downcast_ref::<Error>().is_some()) {
-        return e;
-    }
-    Error::Unavailable(format!("backend {}: {e:#}", b.describe())).into()
-}
-
 fn busy_message(busy: &lease::Busy, waited: Option<Duration>) -> String {
     let mut m = format!("lock {:?} is busy", busy.key);
     if let Some(w) = waited {
@@ -141,7 +132,7 @@ async fn take_locks(
     let mut lost = keeper.lost();
     let line = progress::WaitLine::new(s, lock);
     let outcome = tokio::select! {
-        r = acquire_all(backend.as_ref(), &s.namespace, lock, me, keeper, deadline, s.connect_timeout) => r.map_err(|e| backend_error(backend.as_ref(), e)),
+        r = acquire_all(backend.as_ref(), &s.namespace, lock, me, keeper, deadline, s.connect_timeout) => r,
         () = line.show(backend.as_ref(), &s.namespace, keeper, started) => unreachable!("the waiting line never ends"),
         sig = signals.recv() => {
             line.clear();
@@ -206,10 +197,7 @@ async fn connect_waiting(
     let started = Instant::now();
     let got = backend::kit::patiently(deadline, c.settings.connect_timeout, || async {
         let b = c.get().await?;
-        let ttl = b
-            .effective_ttl(lock.ttl)
-            .await
-            .map_err(|e| backend_error(b.as_ref(), e))?;
+        let ttl = b.effective_ttl(lock.ttl).await?;
         Ok((b, ttl))
     })
     .await;

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use super::{Connector, backend_error};
+use super::Connector;
 use crate::{cli, doctor, error, exit_code, status};
 
 pub async fn cmd_ping(c: &Connector<'_>) -> Result<i32> {
@@ -20,8 +20,7 @@ pub async fn cmd_ping(c: &Connector<'_>) -> Result<i32> {
                 "backend {} did not answer a ping",
                 backend.describe()
             ))
-        })?
-        .map_err(|e| backend_error(backend.as_ref(), e))?;
+        })??;
     let rtt = t1.elapsed();
     println!(
         "{} {} ({}): connect {:.1}ms, round trip {:.2}ms",

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use super::{Connector, backend_error};
+use super::Connector;
 use crate::backend::{self, Backend};
 use crate::cli;
 use crate::config::{self, Settings};
@@ -26,8 +26,7 @@ pub async fn cmd_status(c: &Connector<'_>, mut a: cli::StatusArgs) -> Result<i32
         let st = backend
             .status(&s.namespace, &a.keys)
             .await
-            .map(|st| in_order(st, &a.keys))
-            .map_err(|e| backend_error(backend.as_ref(), e))?;
+            .map(|st| in_order(st, &a.keys))?;
         let text = render_status(s, backend.as_ref(), &st, a.json)?;
         let mut out = std::io::stdout().lock();
         match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
@@ -54,10 +53,7 @@ pub async fn cmd_status(c: &Connector<'_>, mut a: cli::StatusArgs) -> Result<i32
         let (body, failed) = match st {
             Ok(Ok(st)) if a.json => (serde_json::to_string(&status::to_json(&st))? + "\n", false),
             Ok(Ok(st)) => (render_status(s, backend.as_ref(), &st, false)?, false),
-            Ok(Err(e)) => (
-                format!("dlock: {:#}\n", backend_error(backend.as_ref(), e)),
-                true,
-            ),
+            Ok(Err(e)) => (format!("dlock: {e:#}\n"), true),
             Err(_) => (
                 format!(
                     "dlock: backend {} did not answer within {}\n",

@@ -449,13 +449,8 @@ impl Backend for SqlBackend {
         self.shown.clone()
     }
 
-    async fn acquire(
-        &self,
-        spec: &LockSpec,
-        me: &Owner,
-        deadline: Option<Instant>,
-    ) -> Result<Attempt> {
-        kit::poll(self, spec, me, deadline).await
+    fn poller(&self) -> Option<&dyn Poll> {
+        Some(self)
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Renewal> {

@@ -10,7 +10,6 @@
 //! `--limit` > 1), waiters poll with a backoff from 5 ms to 100 ms.
 
 use std::str::FromStr;
-use std::sync::Mutex as StdMutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -20,12 +19,10 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
 use tokio::sync::Mutex;
 
 use super::{Dialect, Names, Spelling, SqlBackend, Statements, channel_name};
+use crate::backend::kit;
 use crate::backend::probe::{Check, Level};
 use crate::backend::{LeaseKind, LockSpec, redact_url};
 use crate::error::usage;
-
-const POLL_MIN: Duration = Duration::from_millis(5);
-const POLL_MAX: Duration = Duration::from_millis(100);
 
 struct Mysql {
     opts: MySqlConnectOptions,
@@ -36,7 +33,7 @@ struct Mysql {
     held: Mutex<Vec<(String, MySqlConnection)>>,
     /// The connection a waiter blocks on.
     waiter: Mutex<Option<MySqlConnection>>,
-    poll: StdMutex<Duration>,
+    poll: kit::PollBackoff,
 }
 
 fn statements(t: &Names) -> Statements {
@@ -121,7 +118,7 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend> {
         wake_scope: format!("{db}.{}", t.prefix),
         held: Mutex::new(Vec::new()),
         waiter: Mutex::new(None),
-        poll: StdMutex::new(POLL_MIN),
+        poll: kit::PollBackoff::default(),
     };
     let q = statements(&t);
     let b = SqlBackend::open(shown, &url, timeout, t, q, Box::new(d)).await?;
@@ -181,13 +178,6 @@ impl Mysql {
             channel_name(&format!("{}\0{ns}", self.wake_scope), key)
         )
     }
-
-    fn next_poll(&self) -> Duration {
-        let mut p = self.poll.lock().unwrap();
-        let cur = *p;
-        *p = (cur * 2).min(POLL_MAX);
-        cur
-    }
 }
 
 #[async_trait]
@@ -206,7 +196,7 @@ impl Dialect for Mysql {
 
     /// Hold GET_LOCK for a key a `run` holds alone, on a connection of its own.
     async fn taken(&self, spec: &LockSpec, kind: LeaseKind) {
-        *self.poll.lock().unwrap() = POLL_MIN;
+        self.poll.reset();
         if kind != LeaseKind::Run || spec.limit != 1 {
             return;
         }
@@ -235,7 +225,7 @@ impl Dialect for Mysql {
 
     async fn wait(&self, spec: &LockSpec, bound: Instant) {
         if spec.limit > 1 {
-            tokio::time::sleep_until(bound.min(Instant::now() + self.next_poll()).into()).await;
+            tokio::time::sleep_until(bound.min(Instant::now() + self.poll.next()).into()).await;
             return;
         }
         let name = self.wake_name(&spec.namespace, &spec.key);
@@ -272,9 +262,9 @@ impl Dialect for Mysql {
         if started.elapsed() < Duration::from_millis(2) {
             // Granted at once: nobody holds the wake-up lock (a handle's
             // lease, or a holder that lost it). Poll.
-            tokio::time::sleep_until(bound.min(Instant::now() + self.next_poll()).into()).await;
+            tokio::time::sleep_until(bound.min(Instant::now() + self.poll.next()).into()).await;
         } else {
-            *self.poll.lock().unwrap() = POLL_MIN;
+            self.poll.reset();
         }
     }
 
