@@ -2,11 +2,13 @@
 //! first use, who we are, and taking the locks (waiting, riding out the
 //! backend, saying why a lock was not taken).
 
+mod elect;
 mod handles;
 mod probe;
 mod run;
 mod status;
 
+pub use elect::{cmd_elect, cmd_leader};
 pub use handles::{cmd_acquire, cmd_release, cmd_renew};
 pub use probe::{cmd_doctor, cmd_ping};
 pub use run::cmd_run;

@@ -1,0 +1,422 @@
+//! `dlock elect`: leader election as a supervisor. A loop of terms: campaign
+//! for the key exactly as `run` takes it, supervise CMD while leader, resign,
+//! and campaign again after a lost term (or as `--restart` says after CMD
+//! exited by itself). `dlock leader`: who leads now.
+//!
+//! Nothing here is new to the backends: a term is a `run` lease, and its
+//! fencing token, which rises with every acquisition on every backend, is the
+//! term number.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::Result;
+use nix::sys::signal::Signal;
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::{Connector, NotTaken, backend_error, connect_waiting, owner, take_locks};
+use crate::backend::{Holder, LeaseKind, redact_url};
+use crate::cli::{self, OnLost, Restart};
+use crate::config::{self, Wait};
+use crate::lease::{self, Keeper};
+use crate::supervise::{ChildSpec, Signals, grace, supervise};
+use crate::{exit_code, host, status};
+
+fn fmt_secs(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s.fract() == 0.0 {
+        format!("{}", d.as_secs())
+    } else {
+        format!("{s}")
+    }
+}
+
+/// Whether `s` is ignored (`SIG_IGN`) right now.
+fn ignored(s: Signal) -> bool {
+    // SAFETY: with a null new action, sigaction only reads the current
+    // disposition into the zeroed struct we own.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(s as libc::c_int, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction == libc::SIG_IGN
+    }
+}
+
+/// Our own view of SIGINT and SIGTERM, next to the [`Signals`] that
+/// `supervise` forwards: it tells "CMD exited because we were asked to stop"
+/// from "CMD exited by itself", which decides between exiting and
+/// `--restart`. Signals ignored at start stay ignored.
+struct Stops {
+    streams: Vec<(Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Stops {
+    /// Before [`Signals::install`], which replaces the dispositions.
+    fn wanted() -> Vec<Signal> {
+        [Signal::SIGINT, Signal::SIGTERM]
+            .into_iter()
+            .filter(|s| !ignored(*s))
+            .collect()
+    }
+
+    fn install(which: Vec<Signal>) -> Result<Stops> {
+        let mut streams = Vec::new();
+        for s in which {
+            streams.push((s, signal(SignalKind::from_raw(s as i32))?));
+        }
+        Ok(Stops { streams })
+    }
+
+    /// A stop signal delivered since the last call, without waiting. The
+    /// signal driver hands a signal to every stream at once, so one that
+    /// `supervise` forwarded is already here when it returns.
+    async fn take(&mut self) -> Option<Signal> {
+        let mut got = None;
+        for (s, st) in self.streams.iter_mut() {
+            loop {
+                let ready = tokio::select! {
+                    biased;
+                    r = st.recv() => r.is_some(),
+                    () = std::future::ready(()) => false,
+                };
+                if !ready {
+                    break;
+                }
+                got = Some(*s);
+            }
+        }
+        got
+    }
+}
+
+/// `USER@HOST pid PID`: what `dlock leader` shows for a leader.
+fn default_value() -> String {
+    format!(
+        "{}@{} pid {}",
+        host::user(),
+        host::hostname(),
+        std::process::id()
+    )
+}
+
+pub async fn cmd_elect(c: &Connector<'_>, a: cli::ElectArgs) -> Result<i32> {
+    let s = c.settings;
+    // The settings of a `run` with the same flags: the config file's ttl,
+    // kill-after and shell apply as they do to `run`.
+    let ra = cli::RunArgs {
+        lock: cli::LockArgs {
+            key: vec![a.key.clone()],
+            ttl: a.ttl,
+            wait: a.wait,
+            no_wait: false,
+            conflict_exit_code: None,
+            limit: Some(1),
+        },
+        shell: a.shell,
+        kill_after: a.kill_after,
+        on_lost: Some(OnLost::Kill),
+        lock_at_least: None,
+        metrics_file: None,
+        command: a.command.clone(),
+    };
+    let mut lock = s.lock(&ra.lock)?;
+    let rs = s.run(&ra)?;
+    // A candidate waits as long as it takes unless --wait says otherwise,
+    // whatever the config file says for `run`, and there is one leader.
+    lock.wait = match a.wait {
+        None => Wait::Forever,
+        Some(d) if d.is_zero() => Wait::No,
+        Some(d) => Wait::For(d),
+    };
+    lock.limit = 1;
+    lock.conflict_exit_code = exit_code::BUSY;
+    let value = a.value.clone().unwrap_or_else(default_value);
+    let key = lock.keys[0].clone();
+
+    let wanted = Stops::wanted();
+    let mut signals = Signals::install()?;
+    let mut stops = Stops::install(wanted)?;
+    let mut first = true;
+    loop {
+        // Only the first campaign is bounded by --wait: a candidate that
+        // has led once stands by for as long as it takes.
+        let deadline = if first {
+            lease::deadline(lock.wait)
+        } else {
+            None
+        };
+        let campaign = campaign(c, &lock, &rs, &mut signals, deadline).await;
+        let (keeper, ttl) = match campaign {
+            Ok(Ok(v)) => v,
+            Ok(Err(not)) => return Ok(not.code()),
+            Err(e) if first => return Err(e),
+            Err(e) => {
+                // Having led once, an outage does not end the candidate.
+                let again = rs
+                    .kill_after
+                    .clamp(Duration::from_secs(1), Duration::from_secs(5));
+                crate::jsonlog::say(
+                    "WARN",
+                    &format!(
+                        "campaign for {key:?} failed: {e:#}; trying again in {}",
+                        status::human_duration(again)
+                    ),
+                );
+                if let Some(code) = pause(&mut signals, again).await {
+                    return Ok(code);
+                }
+                continue;
+            }
+        };
+        first = false;
+        let token = keeper.leases().first().map_or(0, |l| l.token);
+        tracing::info!(event = "elected", key, token, value, "leader");
+        let _ = stops.take().await;
+        let spec = child_spec(s, &lock, &rs, &a, &value, ttl, token);
+        let outcome = match supervise(spec, &mut signals, &keeper, ttl).await {
+            Ok(o) => o,
+            Err(e) => {
+                keeper.release().await;
+                return Err(e);
+            }
+        };
+        let stopped_by = stops.take().await;
+        // Resign at once; a lease found gone was lost before CMD ended.
+        let gone = keeper.release().await;
+        let lost = outcome.lost.is_some() || !gone.is_empty();
+        if lost {
+            tracing::warn!(
+                event = "lost",
+                key,
+                token,
+                code = outcome.code,
+                "leadership lost"
+            );
+            if stopped_by.is_some() {
+                return Ok(outcome.code);
+            }
+            crate::jsonlog::say(
+                "WARN",
+                &format!("lost the leadership of {key:?} (term {token}); campaigning again"),
+            );
+            continue;
+        }
+        tracing::info!(
+            event = "resigned",
+            key,
+            token,
+            code = outcome.code,
+            "leadership given up"
+        );
+        if stopped_by.is_some() {
+            return Ok(outcome.code);
+        }
+        let again = match a.restart {
+            Restart::Never => false,
+            Restart::OnFailure => outcome.code != 0,
+            Restart::Always => true,
+        };
+        if !again {
+            return Ok(outcome.code);
+        }
+        if !s.quiet {
+            crate::jsonlog::say(
+                "INFO",
+                &format!(
+                    "the command exited with status {}; campaigning again in {} (--restart {})",
+                    outcome.code,
+                    status::human_duration(a.restart_delay),
+                    match a.restart {
+                        Restart::Never => "never",
+                        Restart::OnFailure => "on-failure",
+                        Restart::Always => "always",
+                    }
+                ),
+            );
+        }
+        if let Some(code) = pause(&mut signals, a.restart_delay).await {
+            return Ok(code);
+        }
+    }
+}
+
+/// Sleep, unless a signal comes first: then the exit code for it.
+async fn pause(signals: &mut Signals, d: Duration) -> Option<i32> {
+    tokio::select! {
+        () = tokio::time::sleep(d) => None,
+        sig = signals.recv() => {
+            tracing::info!(event = "interrupted", signal = sig.as_str(), "stopped while standing by");
+            Some(exit_code::SIGNAL_BASE + sig as i32)
+        }
+    }
+}
+
+/// One campaign: connect (riding out outages as `run` does), then take the
+/// key with a fresh keeper. The keeper holds the term's lease on success.
+async fn campaign(
+    c: &Connector<'_>,
+    lock: &config::LockSettings,
+    rs: &config::RunSettings,
+    signals: &mut Signals,
+    deadline: Option<std::time::Instant>,
+) -> Result<std::result::Result<(Keeper, Duration), NotTaken>> {
+    let s = c.settings;
+    let mut lock = lock.clone();
+    let connected = tokio::select! {
+        r = connect_waiting(c, &lock, deadline) => r?,
+        sig = signals.recv() => {
+            // Still connecting: nothing of ours is on the backend yet.
+            tracing::info!(event = "interrupted", signal = sig.as_str(), "gave up campaigning");
+            return Ok(Err(NotTaken::Interrupted(exit_code::SIGNAL_BASE + sig as i32)));
+        }
+    };
+    let (backend, ttl) = match connected {
+        Ok(v) => v,
+        Err(not) => return Ok(Err(not)),
+    };
+    lock.ttl = ttl;
+    let me = owner(LeaseKind::Run)?;
+    let keeper = Keeper::start(
+        backend.clone(),
+        ttl,
+        s.connect_timeout,
+        grace(rs.kill_after, ttl),
+    );
+    if let Err(not) = take_locks(s, &backend, &lock, &me, &keeper, signals, deadline).await? {
+        keeper.release().await;
+        return Ok(Err(not));
+    }
+    Ok(Ok((keeper, ttl)))
+}
+
+fn child_spec(
+    s: &config::Settings,
+    lock: &config::LockSettings,
+    rs: &config::RunSettings,
+    a: &cli::ElectArgs,
+    value: &str,
+    ttl: Duration,
+    token: u64,
+) -> ChildSpec {
+    let env = vec![
+        ("DLOCK_KEY".to_string(), lock.keys.join(",")),
+        ("DLOCK_TOKEN".to_string(), token.to_string()),
+        ("DLOCK_TTL".to_string(), fmt_secs(ttl)),
+        ("DLOCK_KEYS".to_string(), lock.keys.join("\n")),
+        ("DLOCK_NAMESPACE".to_string(), s.namespace.clone()),
+        ("DLOCK_VALUE".to_string(), value.to_string()),
+    ];
+    // A password in DLOCK_BACKEND must not reach the child.
+    let env_remove = match std::env::var("DLOCK_BACKEND") {
+        Ok(v) if redact_url(&v) != v || v.contains("@") => vec!["DLOCK_BACKEND".to_string()],
+        _ => vec![],
+    };
+    ChildSpec {
+        argv: a.command.clone(),
+        shell: rs.shell,
+        env,
+        env_remove,
+        on_lost: OnLost::Kill,
+        kill_after: rs.kill_after,
+    }
+}
+
+/// The leader as `dlock leader` shows it: the holder of the key (a dead
+/// holder leads nobody).
+fn leader_of(key: &str, holders: &[Holder]) -> Option<serde_json::Value> {
+    let h = holders.iter().find(|h| !h.dead)?;
+    let mut value = status::who(h);
+    if let Some(p) = h.pid.filter(|p| *p != status::HANDLE_PID) {
+        value.push_str(&format!(" pid {p}"));
+    }
+    Some(serde_json::json!({
+        "key": key,
+        "value": value,
+        "token": h.token,
+        "since": h.acquired_at.map(status::rfc3339),
+    }))
+}
+
+fn leader_line(leader: &Option<serde_json::Value>, key: &str, json: bool) -> String {
+    match leader {
+        Some(l) if json => l.to_string(),
+        Some(l) => l["value"].as_str().unwrap_or_default().to_string(),
+        None if json => "null".to_string(),
+        None => format!("no leader for {key:?}"),
+    }
+}
+
+pub async fn cmd_leader(c: &Connector<'_>, a: cli::LeaderArgs) -> Result<i32> {
+    let s = c.settings;
+    s.validate_key(&a.key)?;
+    let backend = c.get().await?;
+    let keys = [a.key.clone()];
+    let read = || async {
+        let st = backend
+            .status(&s.namespace, &keys)
+            .await
+            .map_err(|e| backend_error(backend.as_ref(), e))?;
+        let holders = st
+            .into_iter()
+            .find(|k| k.key == a.key)
+            .map(|k| k.holders)
+            .unwrap_or_default();
+        anyhow::Ok(leader_of(&a.key, &holders))
+    };
+    let print = |line: String| -> Result<bool> {
+        let mut out = std::io::stdout().lock();
+        match writeln!(out, "{line}").and_then(|()| out.flush()) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+            r => r.map(|()| true).map_err(Into::into),
+        }
+    };
+    if !a.watch {
+        let leader = read().await?;
+        let line = leader_line(&leader, &a.key, a.json);
+        if leader.is_none() && !a.json {
+            if !s.quiet {
+                crate::jsonlog::say("INFO", &line);
+            }
+        } else {
+            print(line)?;
+        }
+        return Ok(if leader.is_some() {
+            exit_code::SUCCESS
+        } else {
+            exit_code::BUSY
+        });
+    }
+    // One line at each change (a new term is a change even with the same
+    // value), until interrupted: that is the normal end, exit 0.
+    let mut signals = Signals::install()?;
+    let mut last: Option<Option<(Option<u64>, String)>> = None;
+    loop {
+        let bound = s.connect_timeout * 2;
+        let got = tokio::select! {
+            r = tokio::time::timeout(bound, read()) => r,
+            _ = signals.recv() => return Ok(exit_code::SUCCESS),
+        };
+        match got {
+            Ok(Ok(leader)) => {
+                let id = leader.as_ref().map(|l| {
+                    (
+                        l["token"].as_u64(),
+                        l["value"].as_str().unwrap_or_default().to_string(),
+                    )
+                });
+                if last.as_ref() != Some(&id) {
+                    if !print(leader_line(&leader, &a.key, a.json))? {
+                        return Ok(exit_code::SUCCESS);
+                    }
+                    last = Some(id);
+                }
+            }
+            Ok(Err(e)) => crate::jsonlog::say("WARN", &format!("{e:#}")),
+            Err(_) => crate::jsonlog::say("WARN", "the backend did not answer in time"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = signals.recv() => return Ok(exit_code::SUCCESS),
+        }
+    }
+}
