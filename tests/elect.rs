@@ -409,3 +409,9 @@ fn first_campaign_bounded_by_wait() {
     signal(h.id(), Signal::SIGTERM);
     let _ = h.wait();
 }
+
+elect_suite!(redlock, Env::redlock(3));
+elect_suite!(mariadb, Env::mariadb());
+elect_suite!(zookeeper, Env::zookeeper());
+#[cfg(feature = "etcd")]
+elect_suite!(etcd, Env::etcd());
