@@ -127,7 +127,7 @@ complete -c dlock -n "__fish_dlock_using_subcommand release" -s h -l help -d 'Pr
 complete -c dlock -n "__fish_dlock_using_subcommand elect" -s k -l key -d 'The election\'s name: a lock key, shared with `run` on the same key' -r
 complete -c dlock -n "__fish_dlock_using_subcommand elect" -s t -l ttl -d 'Lease length, renewed about every third of it while leader [default: 30s]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand elect" -s w -l wait -d 'Give up the first campaign after D (exit 75) [default: wait as long as it takes]' -r
-complete -c dlock -n "__fish_dlock_using_subcommand elect" -l value -d 'What this candidate says about itself while leader, given to CMD as DLOCK_VALUE [default: USER@HOST pid PID]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand elect" -l value -d 'What this candidate says about itself while leader [default: USER@HOST pid PID]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand elect" -l restart -d 'After CMD exits by itself: exit with its status (never), campaign again unless it succeeded (on-failure), or campaign again (always)' -r -f -a "never\t'Exit with CMD\'s status'
 on-failure\t'Campaign again if CMD failed; exit 0 if it succeeded'
 always\t'Always campaign again'"

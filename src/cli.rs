@@ -250,7 +250,12 @@ pub struct ElectArgs {
     #[arg(long, short = 'w', value_name = "D", value_parser = parse_duration)]
     pub wait: Option<Duration>,
 
-    /// What this candidate says about itself while leader, given to CMD as DLOCK_VALUE [default: USER@HOST pid PID].
+    /// What this candidate says about itself while leader [default: USER@HOST pid PID].
+    ///
+    /// Given to CMD as DLOCK_VALUE and logged with the `elected` event.
+    /// `dlock leader` and `status` show the holder as USER@HOST pid PID (the
+    /// default value) whatever V is: the backends' lock records have no field
+    /// for it yet.
     #[arg(long, value_name = "V")]
     pub value: Option<String>,
 

@@ -171,7 +171,8 @@ pub async fn cmd_elect(c: &Connector<'_>, a: cli::ElectArgs) -> Result<i32> {
         first = false;
         let token = keeper.leases().first().map_or(0, |l| l.token);
         tracing::info!(event = "elected", key, token, value, "leader");
-        let _ = stops.take().await;
+        // No stale stop signal can be pending here: one that came while
+        // standing by ended dlock, so `stops` only has what came since.
         let spec = child_spec(s, &lock, &rs, &a, &value, ttl, token);
         let outcome = match supervise(spec, &mut signals, &keeper, ttl).await {
             Ok(o) => o,
