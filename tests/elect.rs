@@ -415,3 +415,63 @@ elect_suite!(mariadb, Env::mariadb());
 elect_suite!(zookeeper, Env::zookeeper());
 #[cfg(feature = "etcd")]
 elect_suite!(etcd, Env::etcd());
+
+/// The JSON log: `elected` with the token, `lost` after `release --force`,
+/// `elected` again with a greater token, `resigned` when stopped.
+#[test]
+fn json_events() {
+    let env = Env::sqlite();
+    let errf = env.path("err");
+    let mut c = Reaped(
+        env.cmd(&[
+            "--log-format",
+            "json",
+            "-v",
+            "elect",
+            "--ttl",
+            "3s",
+            "--key",
+            "ev",
+            "--",
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; while :; do sleep 0.05; done",
+        ])
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(&errf).unwrap())
+        .spawn()
+        .unwrap(),
+    );
+    let events = || {
+        std::fs::read_to_string(&errf)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| {
+                ["elected", "lost", "resigned"].contains(&v["event"].as_str().unwrap_or(""))
+            })
+            .filter(|v| v["key"] == "ev")
+            // The keeper's own `lost` ("lease lost") comes first; `elect`
+            // says "leadership lost" once CMD is stopped.
+            .filter(|v| v["event"] != "lost" || v["message"] == "leadership lost")
+            .collect::<Vec<_>>()
+    };
+    wait_for(LONG, "elected", || events().len() == 1);
+    let out = env.run(&["release", "--force", "--key", "ev"]);
+    assert_eq!(code(&out), 0);
+    wait_for(LONG, "lost, elected", || events().len() == 3);
+    signal(c.id(), Signal::SIGTERM);
+    assert_eq!(wait_timeout(&mut c, LONG), 0);
+    let ev = events();
+    let names: Vec<&str> = ev.iter().map(|v| v["event"].as_str().unwrap()).collect();
+    assert_eq!(names, ["elected", "lost", "elected", "resigned"], "{ev:?}");
+    assert_eq!(ev[0]["token"], ev[1]["token"]);
+    assert!(ev[2]["token"].as_u64() > ev[0]["token"].as_u64(), "{ev:?}");
+    assert_eq!(ev[3]["token"], ev[2]["token"]);
+    assert!(
+        ev[0]["value"]
+            .as_str()
+            .unwrap()
+            .contains(&format!(" pid {}", c.id()))
+    );
+}
