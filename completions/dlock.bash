@@ -331,7 +331,7 @@ _dlock() {
             return 0
             ;;
         dlock__subcmd__elect)
-            opts="-k -t -w -c -b -v -q -h --key --ttl --wait --value --restart --restart-delay --kill-after --shell --backend --namespace --config --profile --connect-timeout --verbose --quiet --log-format --color --help"
+            opts="-k -t -w -c -b -v -q -h --key --ttl --wait --value --restart --restart-delay --kill-after --shell --metrics-file --backend --namespace --config --profile --connect-timeout --verbose --quiet --log-format --color --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -374,6 +374,10 @@ _dlock() {
                     return 0
                     ;;
                 --kill-after)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -133,6 +133,7 @@ on-failure\t'Campaign again if CMD failed; exit 0 if it succeeded'
 always\t'Always campaign again'"
 complete -c dlock -n "__fish_dlock_using_subcommand elect" -l restart-delay -d 'How long to stand aside before campaigning again after CMD exited' -r
 complete -c dlock -n "__fish_dlock_using_subcommand elect" -l kill-after -d 'After SIGTERM on lost leadership, wait this long before SIGKILL [default: 10s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand elect" -l metrics-file -d 'Keep Prometheus metrics of this candidate\'s leadership in FILE (atomically)' -r -F
 complete -c dlock -n "__fish_dlock_using_subcommand elect" -s b -l backend -d 'Backend URL; several Redis URLs (comma-separated or repeated) mean Redlock' -r
 complete -c dlock -n "__fish_dlock_using_subcommand elect" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand elect" -l config -d 'Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml]' -r -F

@@ -275,6 +275,14 @@ pub struct ElectArgs {
     #[arg(long, short = 'c')]
     pub shell: bool,
 
+    /// Keep Prometheus metrics of this candidate's leadership in FILE (atomically).
+    ///
+    /// Rewritten at each change: whether it leads now, terms won, seconds as
+    /// leader, the latest term's token and when the current term began,
+    /// labelled by key. node_exporter textfile-collector format.
+    #[arg(long, value_name = "FILE", env = "DLOCK_METRICS_FILE")]
+    pub metrics_file: Option<PathBuf>,
+
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,

@@ -475,3 +475,57 @@ fn json_events() {
             .contains(&format!(" pid {}", c.id()))
     );
 }
+
+/// `--metrics-file`: whether it leads, terms won, time as leader, token.
+#[test]
+fn metrics_file_records_leadership() {
+    let env = Env::sqlite();
+    let prom = env.path("elect.prom");
+    let runs = env.path("runs");
+    let metric = |name: &str| -> f64 {
+        let text = std::fs::read_to_string(&prom).unwrap_or_default();
+        let prefix = format!("{name}{{namespace=\"dlock\",key=\"m\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map_or(-1.0, |v| v.parse().unwrap())
+    };
+    // Fails its first term, then leads until told to stop.
+    let script = format!(
+        "echo $DLOCK_TOKEN >> {r}; [ $(wc -l < {r}) -ge 2 ] || exit 1; \
+         trap 'exit 0' TERM; while :; do sleep 0.05; done",
+        r = runs.display()
+    );
+    let mut c = candidate(
+        &env,
+        "m",
+        &[
+            "--metrics-file",
+            prom.to_str().unwrap(),
+            "--restart",
+            "on-failure",
+            "--restart-delay",
+            "100ms",
+        ],
+        &script,
+    );
+    wait_for(LONG, "the second term", || {
+        metric("dlock_leader_terms_total") == 2.0
+    });
+    assert_eq!(metric("dlock_leader"), 1.0);
+    assert!(metric("dlock_leader_since_timestamp_seconds") > 1.0e9);
+    std::thread::sleep(Duration::from_millis(300));
+    signal(c.id(), Signal::SIGTERM);
+    assert_eq!(wait_timeout(&mut c, LONG), 0);
+    assert_eq!(metric("dlock_leader"), 0.0);
+    assert_eq!(metric("dlock_leader_terms_total"), 2.0);
+    assert!(metric("dlock_leader_seconds_total") >= 0.3);
+    assert_eq!(metric("dlock_leader_since_timestamp_seconds"), 0.0);
+    let last: f64 = std::fs::read_to_string(&runs)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(metric("dlock_leader_token"), last);
+}

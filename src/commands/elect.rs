@@ -8,7 +8,7 @@
 //! term number.
 
 use std::io::Write;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Result;
 use nix::sys::signal::Signal;
@@ -20,7 +20,7 @@ use crate::cli::{self, OnLost, Restart};
 use crate::config::{self, Wait};
 use crate::lease::{self, Keeper};
 use crate::supervise::{ChildSpec, Signals, grace, supervise};
-use crate::{exit_code, host, status};
+use crate::{exit_code, host, metrics, status};
 
 fn fmt_secs(d: Duration) -> String {
     let s = d.as_secs_f64();
@@ -116,7 +116,7 @@ pub async fn cmd_elect(c: &Connector<'_>, a: cli::ElectArgs) -> Result<i32> {
         kill_after: a.kill_after,
         on_lost: Some(OnLost::Kill),
         lock_at_least: None,
-        metrics_file: None,
+        metrics_file: a.metrics_file.clone(),
         command: a.command.clone(),
     };
     let mut lock = s.lock(&ra.lock)?;
@@ -136,6 +136,22 @@ pub async fn cmd_elect(c: &Connector<'_>, a: cli::ElectArgs) -> Result<i32> {
     let wanted = Stops::wanted();
     let mut signals = Signals::install()?;
     let mut stops = Stops::install(wanted)?;
+    let mut board = metrics::Leadership {
+        key: key.clone(),
+        namespace: s.namespace.clone(),
+        since: None,
+        terms: 0,
+        led: Duration::ZERO,
+        token: None,
+    };
+    let publish = |b: &metrics::Leadership| {
+        if let Some(path) = &rs.metrics_file
+            && let Err(e) = metrics::write_leadership(path, b)
+        {
+            crate::jsonlog::say("ERROR", &format!("{e:#}"));
+        }
+    };
+    publish(&board);
     let mut first = true;
     loop {
         // Only the first campaign is bounded by --wait: a candidate that
@@ -171,6 +187,11 @@ pub async fn cmd_elect(c: &Connector<'_>, a: cli::ElectArgs) -> Result<i32> {
         first = false;
         let token = keeper.leases().first().map_or(0, |l| l.token);
         tracing::info!(event = "elected", key, token, value, "leader");
+        let began = Instant::now();
+        board.since = Some(SystemTime::now());
+        board.terms += 1;
+        board.token = Some(token);
+        publish(&board);
         // No stale stop signal can be pending here: one that came while
         // standing by ended dlock, so `stops` only has what came since.
         let spec = child_spec(s, &lock, &rs, &a, &value, ttl, token);
@@ -184,6 +205,9 @@ pub async fn cmd_elect(c: &Connector<'_>, a: cli::ElectArgs) -> Result<i32> {
         let stopped_by = stops.take().await;
         // Resign at once; a lease found gone was lost before CMD ended.
         let gone = keeper.release().await;
+        board.since = None;
+        board.led += began.elapsed();
+        publish(&board);
         let lost = outcome.lost.is_some() || !gone.is_empty();
         if lost {
             tracing::warn!(
