@@ -252,10 +252,10 @@ pub struct ElectArgs {
 
     /// What this candidate says about itself while leader [default: USER@HOST pid PID].
     ///
-    /// Given to CMD as DLOCK_VALUE and logged with the `elected` event.
-    /// `dlock leader` and `status` show the holder as USER@HOST pid PID (the
-    /// default value) whatever V is: the backends' lock records have no field
-    /// for it yet.
+    /// Published with the leadership: `dlock leader` prints it, and `status`
+    /// shows the holder as `USER (V)@HOST` (it travels in the owner field
+    /// every backend stores; `|` and control characters become `_`, and it
+    /// is cut at 200 characters). CMD gets it unchanged as DLOCK_VALUE.
     #[arg(long, value_name = "V")]
     pub value: Option<String>,
 

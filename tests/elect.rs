@@ -333,9 +333,29 @@ pub fn leader_watch(env: &Env, _name: &str) {
     };
     wait_for(LONG, "the first line", || !seen().is_empty());
     let log = env.path("log");
-    let mut c = candidate(env, &k, &[], &body(&log, 0));
+    let mut c = candidate(
+        env,
+        &k,
+        &["--value", "web-1:8080 (a|b)"],
+        &format!(
+            "echo \"$DLOCK_VALUE\" > {}; {}",
+            env.path("value").display(),
+            body(&log, 0)
+        ),
+    );
     wait_start(&log, 1, LONG);
     wait_for(LONG, "the leader line", || seen().len() >= 2);
+    // The value is published (a `|` becomes `_`), and CMD gets it as given.
+    let out = env.run(&["leader", &k]);
+    assert_eq!(code(&out), 0);
+    assert_eq!(stdout(&out), "web-1:8080 (a_b)\n");
+    assert_eq!(
+        std::fs::read_to_string(env.path("value")).unwrap(),
+        "web-1:8080 (a|b)\n"
+    );
+    let st = env.status_json(&[&k]);
+    let owner = st[0]["holders"][0]["owner"].as_str().unwrap();
+    assert!(owner.ends_with(" (web-1:8080 (a_b))"), "{st}");
     signal(c.id(), Signal::SIGTERM);
     assert_eq!(wait_timeout(&mut c, LONG), 0);
     wait_for(LONG, "the null line", || seen().len() >= 3);
@@ -345,6 +365,7 @@ pub fn leader_watch(env: &Env, _name: &str) {
     assert_eq!(s.len(), 3, "{s:?}");
     assert!(s[0].is_null() && s[2].is_null(), "{s:?}");
     assert_eq!(s[1]["key"], k.as_str());
+    assert_eq!(s[1]["value"], "web-1:8080 (a_b)");
     assert_eq!(s[1]["token"].as_u64(), Some(starts(&log)[0].0));
     assert!(s[1]["since"].is_string(), "{s:?}");
 }

@@ -89,6 +89,27 @@ impl Stops {
     }
 }
 
+/// A `--value` travels in the owner field the backends already store, as
+/// `USER (V)`: no backend's record changes, `status` shows it in the HOLDER
+/// column, and an older dlock sees an unusual user name. A user name has no
+/// " (", so it splits back unambiguously. `|` (a field separator in some
+/// records) and control characters become `_`; V is cut at 200 characters
+/// (MySQL's owner column holds 255).
+fn with_value(user: &str, v: &str) -> String {
+    let clean: String = v
+        .chars()
+        .map(|c| if c == '|' || c.is_control() { '_' } else { c })
+        .take(200)
+        .collect();
+    format!("{user} ({clean})")
+}
+
+/// The value a holder's owner field carries, if it was published.
+fn value_of(owner: &str) -> Option<&str> {
+    let (_, rest) = owner.split_once(" (")?;
+    rest.strip_suffix(')')
+}
+
 /// `USER@HOST pid PID`: what `dlock leader` shows for a leader.
 fn default_value() -> String {
     format!(
@@ -161,7 +182,7 @@ pub async fn cmd_elect(c: &Connector<'_>, a: cli::ElectArgs) -> Result<i32> {
         } else {
             None
         };
-        let campaign = campaign(c, &lock, &rs, &mut signals, deadline).await;
+        let campaign = campaign(c, &lock, &rs, &mut signals, deadline, a.value.as_deref()).await;
         let (keeper, ttl) = match campaign {
             Ok(Ok(v)) => v,
             Ok(Err(not)) => return Ok(not.code()),
@@ -284,6 +305,7 @@ async fn campaign(
     rs: &config::RunSettings,
     signals: &mut Signals,
     deadline: Option<std::time::Instant>,
+    value: Option<&str>,
 ) -> Result<std::result::Result<(Keeper, Duration), NotTaken>> {
     let s = c.settings;
     let mut lock = lock.clone();
@@ -300,7 +322,10 @@ async fn campaign(
         Err(not) => return Ok(Err(not)),
     };
     lock.ttl = ttl;
-    let me = owner(LeaseKind::Run)?;
+    let mut me = owner(LeaseKind::Run)?;
+    if let Some(v) = value {
+        me.user = with_value(&me.user, v);
+    }
     let keeper = Keeper::start(
         backend.clone(),
         ttl,
@@ -350,10 +375,16 @@ fn child_spec(
 /// holder leads nobody).
 fn leader_of(key: &str, holders: &[Holder]) -> Option<serde_json::Value> {
     let h = holders.iter().find(|h| !h.dead)?;
-    let mut value = status::who(h);
-    if let Some(p) = h.pid.filter(|p| *p != status::HANDLE_PID) {
-        value.push_str(&format!(" pid {p}"));
-    }
+    let value = match h.owner.as_deref().and_then(value_of) {
+        Some(v) => v.to_string(),
+        None => {
+            let mut v = status::who(h);
+            if let Some(p) = h.pid.filter(|p| *p != status::HANDLE_PID) {
+                v.push_str(&format!(" pid {p}"));
+            }
+            v
+        }
+    };
     Some(serde_json::json!({
         "key": key,
         "value": value,
@@ -443,5 +474,25 @@ pub async fn cmd_leader(c: &Connector<'_>, a: cli::LeaderArgs) -> Result<i32> {
             () = tokio::time::sleep(Duration::from_millis(250)) => {}
             _ = signals.recv() => return Ok(exit_code::SUCCESS),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_travel_in_the_owner_field() {
+        let o = with_value("alice", "sched-a:8080 (primary)");
+        assert_eq!(o, "alice (sched-a:8080 (primary))");
+        assert_eq!(value_of(&o), Some("sched-a:8080 (primary)"));
+        assert_eq!(value_of("alice"), None);
+        assert_eq!(value_of(&with_value("bob", "a|b\nc")), Some("a_b_c"));
+        assert_eq!(
+            value_of(&with_value("bob", &"x".repeat(300)))
+                .unwrap()
+                .len(),
+            200
+        );
     }
 }
