@@ -30,13 +30,19 @@ fn body(log: &Path, id: usize) -> String {
 }
 
 fn candidate(env: &Env, k: &str, extra: &[&str], script: &str) -> Reaped {
-    let mut args = vec!["elect", "--key", k];
+    let mut args = vec!["-v", "elect", "--key", k];
     args.extend_from_slice(extra);
     args.extend_from_slice(&["--", "sh", "-c", script]);
+    // Each candidate's log, for a failing test to show.
+    let errs = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(env.path("candidates.err"))
+        .unwrap();
     Reaped(
         env.cmd(&args)
             .stdin(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(errs)
             .spawn()
             .expect("spawn dlock elect"),
     )
@@ -370,6 +376,68 @@ pub fn leader_watch(env: &Env, _name: &str) {
     assert!(s[1]["since"].is_string(), "{s:?}");
 }
 
+/// The server is down for longer than the TTL: the leader's body is
+/// stopped, no candidate exits, and once the server is back some candidate
+/// leads again.
+pub fn outage_longer_than_the_ttl(env: &mut Env, name: &str) {
+    let k = key("outage");
+    let log = env.path("log");
+    let mut cands: Vec<Reaped> = (0..2)
+        .map(|i| {
+            candidate(
+                env,
+                &k,
+                &["--ttl", "2s", "--kill-after", "500ms"],
+                &body(&log, i),
+            )
+        })
+        .collect();
+    wait_start(&log, 1, LONG);
+    let (token1, id1, _, _) = starts(&log)[0];
+    let down = Instant::now();
+    env.restart_server(Duration::from_secs(4));
+    assert!(
+        lines(&log).contains(&Line::End {
+            token: token1,
+            id: id1
+        }),
+        "[{name}] the body was stopped while the server was down: {:?}",
+        lines(&log)
+    );
+    let t = Instant::now();
+    while starts(&log).len() < 2 {
+        if t.elapsed() > Duration::from_secs(30) {
+            let errs = std::fs::read_to_string(env.path("candidates.err")).unwrap_or_default();
+            panic!("[{name}] no leader 30s after the server came back:\n{errs}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let took = t.elapsed();
+    eprintln!(
+        "[{name}] a leader again {:?} after the server came back ({:?} after it went down)",
+        took,
+        down.elapsed()
+    );
+    for c in cands.iter_mut() {
+        assert!(
+            c.try_wait().unwrap().is_none(),
+            "[{name}] a candidate exited"
+        );
+    }
+    // A Redis server restarted empty starts its tokens again (see "Redis
+    // specifics"): only the order of bodies is checked here.
+    let mut running = false;
+    for l in lines(&log) {
+        match l {
+            Line::Start { .. } => {
+                assert!(!running, "[{name}] two bodies at once: {:?}", lines(&log));
+                running = true;
+            }
+            Line::End { .. } => running = false,
+        }
+    }
+}
+
 macro_rules! elect_suite {
     ($name:ident, $env:expr) => {
         mod $name {
@@ -390,6 +458,13 @@ macro_rules! elect_suite {
             #[test]
             fn leader_watch() {
                 super::leader_watch(&$env, stringify!($name));
+            }
+            #[test]
+            fn outage_longer_than_the_ttl() {
+                let mut env = $env;
+                if env.can_restart() {
+                    super::outage_longer_than_the_ttl(&mut env, stringify!($name));
+                }
             }
         }
     };

@@ -121,6 +121,32 @@ fn default_value() -> String {
 }
 
 pub async fn cmd_elect(c: &Connector<'_>, a: cli::ElectArgs) -> Result<i32> {
+    let mut fresh = None;
+    let r = elect(c, a, &mut fresh).await;
+    if let Some(b) = fresh.as_ref().and_then(|f: &Connector| f.backend.get()) {
+        b.close().await;
+    }
+    r
+}
+
+/// Start campaigning on a new connection: a client whose session the
+/// server expired (ZooKeeper after an outage longer than the session
+/// timeout) never gets another one by itself.
+async fn reconnect<'a>(fresh: &mut Option<Connector<'a>>, s: &'a config::Settings) {
+    if let Some(b) = fresh.take().as_ref().and_then(|f| f.backend.get()) {
+        b.close().await;
+    }
+    *fresh = Some(Connector {
+        settings: s,
+        backend: tokio::sync::OnceCell::new(),
+    });
+}
+
+async fn elect<'a>(
+    c: &Connector<'a>,
+    a: cli::ElectArgs,
+    fresh: &mut Option<Connector<'a>>,
+) -> Result<i32> {
     let s = c.settings;
     // The settings of a `run` with the same flags: the config file's ttl,
     // kill-after and shell apply as they do to `run`.
@@ -173,22 +199,26 @@ pub async fn cmd_elect(c: &Connector<'_>, a: cli::ElectArgs) -> Result<i32> {
         }
     };
     publish(&board);
-    let mut first = true;
+    // Only campaigning before the first term is bounded by --wait: a
+    // candidate that has led once stands by for as long as it takes.
+    let first_deadline = lease::deadline(lock.wait);
+    let mut led = false;
+    let mut connected = false;
     loop {
-        // Only the first campaign is bounded by --wait: a candidate that
-        // has led once stands by for as long as it takes.
-        let deadline = if first {
-            lease::deadline(lock.wait)
-        } else {
-            None
-        };
-        let campaign = campaign(c, &lock, &rs, &mut signals, deadline, a.value.as_deref()).await;
+        let deadline = if led { None } else { first_deadline };
+        let conn = fresh.as_ref().unwrap_or(c);
+        let campaign = campaign(conn, &lock, &rs, &mut signals, deadline, a.value.as_deref()).await;
+        connected |= conn.backend.get().is_some();
         let (keeper, ttl) = match campaign {
             Ok(Ok(v)) => v,
             Ok(Err(not)) => return Ok(not.code()),
-            Err(e) if first => return Err(e),
+            // Never reached the backend: a wrong URL or credentials, most
+            // likely; say so (69) as `run` does.
+            Err(e) if !connected => return Err(e),
+            Err(e) if !led && deadline.is_some_and(|d| Instant::now() >= d) => return Err(e),
             Err(e) => {
-                // Having led once, an outage does not end the candidate.
+                // Once connected, an outage does not end the candidate.
+                reconnect(fresh, s).await;
                 let again = rs
                     .kill_after
                     .clamp(Duration::from_secs(1), Duration::from_secs(5));
@@ -205,7 +235,7 @@ pub async fn cmd_elect(c: &Connector<'_>, a: cli::ElectArgs) -> Result<i32> {
                 continue;
             }
         };
-        first = false;
+        led = true;
         let token = keeper.leases().first().map_or(0, |l| l.token);
         tracing::info!(event = "elected", key, token, value, "leader");
         let began = Instant::now();
@@ -245,6 +275,7 @@ pub async fn cmd_elect(c: &Connector<'_>, a: cli::ElectArgs) -> Result<i32> {
                 "WARN",
                 &format!("lost the leadership of {key:?} (term {token}); campaigning again"),
             );
+            reconnect(fresh, s).await;
             continue;
         }
         tracing::info!(
