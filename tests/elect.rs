@@ -625,3 +625,23 @@ fn metrics_file_records_leadership() {
         .unwrap();
     assert_eq!(metric("dlock_leader_token"), last);
 }
+
+/// A backend that cannot be reached at start is exit 69, as for `run`.
+#[test]
+fn unreachable_backend_at_start_is_69() {
+    let env = Env::bare("redis://127.0.0.1:1".into());
+    let t = Instant::now();
+    let out = env.run(&[
+        "--connect-timeout",
+        "1s",
+        "elect",
+        "--key",
+        "k",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&out), 69, "{}", stderr(&out));
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    let out = env.run(&["--connect-timeout", "1s", "leader", "k"]);
+    assert_eq!(code(&out), 69, "{}", stderr(&out));
+}

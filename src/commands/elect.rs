@@ -215,6 +215,8 @@ async fn elect<'a>(
             // Never reached the backend: a wrong URL or credentials, most
             // likely; say so (69) as `run` does.
             Err(e) if !connected => return Err(e),
+            // Authentication or privileges, a bad setting: retrying cannot help.
+            Err(e) if final_error(&e) => return Err(e),
             Err(e) if !led && deadline.is_some_and(|d| Instant::now() >= d) => return Err(e),
             Err(e) => {
                 // Once connected, an outage does not end the candidate.
@@ -315,6 +317,15 @@ async fn elect<'a>(
             return Ok(code);
         }
     }
+}
+
+/// An error no retry can cure: denied, usage or configuration.
+fn final_error(e: &anyhow::Error) -> bool {
+    use crate::error::Error;
+    matches!(
+        e.chain().find_map(|c| c.downcast_ref::<Error>()),
+        Some(Error::Denied(_) | Error::Usage(_) | Error::Config(_))
+    )
 }
 
 /// Sleep, unless a signal comes first: then the exit code for it.
