@@ -645,3 +645,39 @@ fn unreachable_backend_at_start_is_69() {
     let out = env.run(&["--connect-timeout", "1s", "leader", "k"]);
     assert_eq!(code(&out), 69, "{}", stderr(&out));
 }
+
+/// ZooKeeper: a term is Curator's `InterProcessMutex` layout, the one a
+/// `LeaderSelector` uses: a kazoo `Lock` on the same path (told dlock's node
+/// names, as `extra_lock_patterns`) and `dlock elect` exclude each other,
+/// both ways.
+#[test]
+fn zookeeper_kazoo_and_elect_exclude_each_other() {
+    let env = Env::zookeeper();
+    let hosts = env.url.trim_start_matches("zk://").to_string();
+    let script = format!(
+        "import time\nfrom kazoo.client import KazooClient\nzk=KazooClient(hosts='{hosts}')\nzk.start()\n\
+         l=zk.Lock('/dlock/lead','kazoo', extra_lock_patterns=['-lock-'])\nassert l.acquire(blocking=False)\n\
+         print('held',flush=True)\ntime.sleep(2)\nl.release()\nzk.stop()\n"
+    );
+    let mut py = python_holder("kazoo", &script);
+    let t = Instant::now();
+    let log = env.path("log");
+    let mut c = candidate(&env, "lead", &["--wait", "20s"], &body(&log, 0));
+    wait_start(&log, 1, LONG);
+    assert!(
+        t.elapsed() > Duration::from_millis(1200),
+        "dlock led while kazoo held the lock"
+    );
+    assert!(py.wait().unwrap().success());
+    let script = format!(
+        "from kazoo.client import KazooClient\nzk=KazooClient(hosts='{hosts}')\nzk.start()\n\
+         print(zk.Lock('/dlock/lead','kazoo', extra_lock_patterns=['-lock-']).acquire(blocking=False))\nzk.stop()\n"
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out).trim(), "False", "{}", stderr(&out));
+    signal(c.id(), Signal::SIGTERM);
+    assert_eq!(wait_timeout(&mut c, LONG), 0);
+}
