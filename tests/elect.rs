@@ -681,3 +681,67 @@ fn zookeeper_kazoo_and_elect_exclude_each_other() {
     signal(c.id(), Signal::SIGTERM);
     assert_eq!(wait_timeout(&mut c, LONG), 0);
 }
+
+/// etcd: `etcdctl elect` and `dlock elect` take turns on the same prefix
+/// (the mutex layout, which `concurrency.Election` shares), both ways, and
+/// `etcdctl elect -l` observes dlock's leader (its record, not bare V).
+#[cfg(feature = "etcd")]
+#[test]
+fn etcd_etcdctl_elect_and_dlock_elect_take_turns() {
+    let env = Env::etcd();
+    let etcd = env.etcd.as_ref().unwrap();
+    let ctl = servers::require("etcdctl", "etcd-client");
+    let etcdctl = |args: &[&str], out: &Path| {
+        Reaped(
+            std::process::Command::new(&ctl)
+                .env("ETCDCTL_API", "3")
+                .args(["--endpoints", &format!("127.0.0.1:{}", etcd.port)])
+                .args(args)
+                .stdout(std::fs::File::create(out).unwrap())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    // etcdctl leads; dlock waits for it.
+    let first = env.path("etcdctl1.out");
+    let mut e = etcdctl(&["elect", "dlock/lead", "etcd-side"], &first);
+    wait_for(LONG, "etcdctl to lead", || {
+        std::fs::read_to_string(&first)
+            .unwrap_or_default()
+            .contains("etcd-side")
+    });
+    let log = env.path("log");
+    let mut c = candidate(&env, "lead", &[], &body(&log, 0));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(starts(&log).is_empty(), "dlock led while etcdctl did");
+    signal(e.id(), Signal::SIGINT);
+    let _ = e.wait();
+    wait_start(&log, 1, LONG);
+    // dlock leads: an observer sees it, and etcdctl's campaign waits.
+    let observed = env.path("observe.out");
+    let mut o = etcdctl(&["elect", "-l", "dlock/lead"], &observed);
+    wait_for(LONG, "the observer to print the leader", || {
+        std::fs::read_to_string(&observed)
+            .unwrap_or_default()
+            .contains("dlock1|")
+    });
+    let _ = o.kill();
+    let second = env.path("etcdctl2.out");
+    let mut e = etcdctl(&["elect", "dlock/lead", "etcd-side"], &second);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        std::fs::read_to_string(&second).unwrap_or_default(),
+        "",
+        "etcdctl led while dlock did"
+    );
+    signal(c.id(), Signal::SIGTERM);
+    assert_eq!(wait_timeout(&mut c, LONG), 0);
+    wait_for(LONG, "etcdctl to lead after dlock resigned", || {
+        std::fs::read_to_string(&second)
+            .unwrap_or_default()
+            .contains("etcd-side")
+    });
+    signal(e.id(), Signal::SIGINT);
+    let _ = e.wait();
+}
