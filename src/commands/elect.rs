@@ -14,7 +14,7 @@ use anyhow::Result;
 use nix::sys::signal::Signal;
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::{Connector, NotTaken, backend_error, connect_waiting, owner, take_locks};
+use super::{Connector, NotTaken, connect_waiting, owner, take_locks};
 use crate::backend::{Holder, LeaseKind, redact_url};
 use crate::cli::{self, OnLost, Restart};
 use crate::config::{self, Wait};
@@ -319,6 +319,17 @@ async fn elect<'a>(
     }
 }
 
+/// An error from the backend without a type of its own means the backend
+/// is unavailable (69), not a bug (70). (Kept here rather than shared, so
+/// this file does not depend on how the engine types backend errors.)
+fn unavailable(b: &dyn crate::backend::Backend, e: anyhow::Error) -> anyhow::Error {
+    use crate::error::Error;
+    if e.chain().any(|c| c.downcast_ref::<Error>().is_some()) {
+        return e;
+    }
+    Error::Unavailable(format!("backend {}: {e:#}", b.describe())).into()
+}
+
 /// An error no retry can cure: denied, usage or configuration.
 fn final_error(e: &anyhow::Error) -> bool {
     use crate::error::Error;
@@ -453,7 +464,7 @@ pub async fn cmd_leader(c: &Connector<'_>, a: cli::LeaderArgs) -> Result<i32> {
         let st = backend
             .status(&s.namespace, &keys)
             .await
-            .map_err(|e| backend_error(backend.as_ref(), e))?;
+            .map_err(|e| unavailable(backend.as_ref(), e))?;
         let holders = st
             .into_iter()
             .find(|k| k.key == a.key)
