@@ -42,6 +42,8 @@ complete -c dlock -n "__fish_dlock_needs_command" -f -a "run" -d 'Acquire the lo
 complete -c dlock -n "__fish_dlock_needs_command" -f -a "acquire" -d 'Acquire without a child; print a lease handle on stdout'
 complete -c dlock -n "__fish_dlock_needs_command" -f -a "renew" -d 'Extend a lease by its handle'
 complete -c dlock -n "__fish_dlock_needs_command" -f -a "release" -d 'Release a lease by its handle, or break a key\'s lock with --force'
+complete -c dlock -n "__fish_dlock_needs_command" -f -a "elect" -d 'Leader election: run CMD only while leader of KEY, stand by otherwise'
+complete -c dlock -n "__fish_dlock_needs_command" -f -a "leader" -d 'Print the current leader of KEY (see `elect`); exit 75 if there is none'
 complete -c dlock -n "__fish_dlock_needs_command" -f -a "status" -d 'Show who holds which lock'
 complete -c dlock -n "__fish_dlock_needs_command" -f -a "ping" -d 'Connect to the backend and print its kind, version and round-trip time'
 complete -c dlock -n "__fish_dlock_needs_command" -f -a "doctor" -d 'Check the backend for what would make locks unsafe or slow, and say how to fix it'
@@ -122,6 +124,45 @@ complete -c dlock -n "__fish_dlock_using_subcommand release" -l if-held -d 'Exit
 complete -c dlock -n "__fish_dlock_using_subcommand release" -s v -l verbose -d 'Log what dlock does on stderr (-v: events with timings, -vv: debug)'
 complete -c dlock -n "__fish_dlock_using_subcommand release" -s q -l quiet -d 'Print nothing but errors'
 complete -c dlock -n "__fish_dlock_using_subcommand release" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c dlock -n "__fish_dlock_using_subcommand elect" -s k -l key -d 'The election\'s name: a lock key, shared with `run` on the same key' -r
+complete -c dlock -n "__fish_dlock_using_subcommand elect" -s t -l ttl -d 'Lease length, renewed about every third of it while leader [default: 30s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand elect" -s w -l wait -d 'Give up the first campaign after D (exit 75) [default: wait as long as it takes]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand elect" -l value -d 'What this candidate says about itself while leader [default: USER@HOST pid PID]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand elect" -l restart -d 'After CMD exits by itself: exit with its status (never), campaign again unless it succeeded (on-failure), or campaign again (always)' -r -f -a "never\t'Exit with CMD\'s status'
+on-failure\t'Campaign again if CMD failed; exit 0 if it succeeded'
+always\t'Always campaign again'"
+complete -c dlock -n "__fish_dlock_using_subcommand elect" -l restart-delay -d 'How long to stand aside before campaigning again after CMD exited' -r
+complete -c dlock -n "__fish_dlock_using_subcommand elect" -l kill-after -d 'After SIGTERM on lost leadership, wait this long before SIGKILL [default: 10s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand elect" -l metrics-file -d 'Keep Prometheus metrics of this candidate\'s leadership in FILE (atomically)' -r -F
+complete -c dlock -n "__fish_dlock_using_subcommand elect" -s b -l backend -d 'Backend URL; several Redis URLs (comma-separated or repeated) mean Redlock' -r
+complete -c dlock -n "__fish_dlock_using_subcommand elect" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand elect" -l config -d 'Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml]' -r -F
+complete -c dlock -n "__fish_dlock_using_subcommand elect" -l profile -d 'Use the [profile.NAME] table of the config file' -r
+complete -c dlock -n "__fish_dlock_using_subcommand elect" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand elect" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
+json\t'One JSON object per line'"
+complete -c dlock -n "__fish_dlock_using_subcommand elect" -l color -d 'Colour in `status` and `doctor` output [default: auto: on a terminal, unless NO_COLOR is set]' -r -f -a "auto\t'On a terminal, unless NO_COLOR is set'
+always\t''
+never\t''"
+complete -c dlock -n "__fish_dlock_using_subcommand elect" -s c -l shell -d 'Run CMD through /bin/sh -c (its words joined by spaces)'
+complete -c dlock -n "__fish_dlock_using_subcommand elect" -s v -l verbose -d 'Log what dlock does on stderr (-v: events with timings, -vv: debug)'
+complete -c dlock -n "__fish_dlock_using_subcommand elect" -s q -l quiet -d 'Print nothing but errors'
+complete -c dlock -n "__fish_dlock_using_subcommand elect" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c dlock -n "__fish_dlock_using_subcommand leader" -s b -l backend -d 'Backend URL; several Redis URLs (comma-separated or repeated) mean Redlock' -r
+complete -c dlock -n "__fish_dlock_using_subcommand leader" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand leader" -l config -d 'Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml]' -r -F
+complete -c dlock -n "__fish_dlock_using_subcommand leader" -l profile -d 'Use the [profile.NAME] table of the config file' -r
+complete -c dlock -n "__fish_dlock_using_subcommand leader" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand leader" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
+json\t'One JSON object per line'"
+complete -c dlock -n "__fish_dlock_using_subcommand leader" -l color -d 'Colour in `status` and `doctor` output [default: auto: on a terminal, unless NO_COLOR is set]' -r -f -a "auto\t'On a terminal, unless NO_COLOR is set'
+always\t''
+never\t''"
+complete -c dlock -n "__fish_dlock_using_subcommand leader" -l json -d 'Print JSON: {"key", "value", "token", "since"}, or null when there is no leader'
+complete -c dlock -n "__fish_dlock_using_subcommand leader" -l watch -d 'Print a line at each change of leader until interrupted'
+complete -c dlock -n "__fish_dlock_using_subcommand leader" -s v -l verbose -d 'Log what dlock does on stderr (-v: events with timings, -vv: debug)'
+complete -c dlock -n "__fish_dlock_using_subcommand leader" -s q -l quiet -d 'Print nothing but errors'
+complete -c dlock -n "__fish_dlock_using_subcommand leader" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c dlock -n "__fish_dlock_using_subcommand status" -l watch -d 'Refresh every D (default 2s) until interrupted; with --json, one array per line' -r
 complete -c dlock -n "__fish_dlock_using_subcommand status" -s b -l backend -d 'Backend URL; several Redis URLs (comma-separated or repeated) mean Redlock' -r
 complete -c dlock -n "__fish_dlock_using_subcommand status" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
@@ -193,13 +234,15 @@ never\t''"
 complete -c dlock -n "__fish_dlock_using_subcommand man" -s v -l verbose -d 'Log what dlock does on stderr (-v: events with timings, -vv: debug)'
 complete -c dlock -n "__fish_dlock_using_subcommand man" -s q -l quiet -d 'Print nothing but errors'
 complete -c dlock -n "__fish_dlock_using_subcommand man" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping doctor completions man help" -f -a "run" -d 'Acquire the lock(s), run CMD as a child, release when it ends'
-complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping doctor completions man help" -f -a "acquire" -d 'Acquire without a child; print a lease handle on stdout'
-complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping doctor completions man help" -f -a "renew" -d 'Extend a lease by its handle'
-complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping doctor completions man help" -f -a "release" -d 'Release a lease by its handle, or break a key\'s lock with --force'
-complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping doctor completions man help" -f -a "status" -d 'Show who holds which lock'
-complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping doctor completions man help" -f -a "ping" -d 'Connect to the backend and print its kind, version and round-trip time'
-complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping doctor completions man help" -f -a "doctor" -d 'Check the backend for what would make locks unsafe or slow, and say how to fix it'
-complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping doctor completions man help" -f -a "completions" -d 'Print a shell completion script'
-complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping doctor completions man help" -f -a "man" -d 'Print the man page (of a subcommand, if named) as roff: `dlock man run | man -l -`'
-complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release status ping doctor completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release elect leader status ping doctor completions man help" -f -a "run" -d 'Acquire the lock(s), run CMD as a child, release when it ends'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release elect leader status ping doctor completions man help" -f -a "acquire" -d 'Acquire without a child; print a lease handle on stdout'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release elect leader status ping doctor completions man help" -f -a "renew" -d 'Extend a lease by its handle'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release elect leader status ping doctor completions man help" -f -a "release" -d 'Release a lease by its handle, or break a key\'s lock with --force'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release elect leader status ping doctor completions man help" -f -a "elect" -d 'Leader election: run CMD only while leader of KEY, stand by otherwise'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release elect leader status ping doctor completions man help" -f -a "leader" -d 'Print the current leader of KEY (see `elect`); exit 75 if there is none'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release elect leader status ping doctor completions man help" -f -a "status" -d 'Show who holds which lock'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release elect leader status ping doctor completions man help" -f -a "ping" -d 'Connect to the backend and print its kind, version and round-trip time'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release elect leader status ping doctor completions man help" -f -a "doctor" -d 'Check the backend for what would make locks unsafe or slow, and say how to fix it'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release elect leader status ping doctor completions man help" -f -a "completions" -d 'Print a shell completion script'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release elect leader status ping doctor completions man help" -f -a "man" -d 'Print the man page (of a subcommand, if named) as roff: `dlock man run | man -l -`'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from run acquire renew release elect leader status ping doctor completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -129,6 +129,20 @@ pub enum Command {
     Renew(RenewArgs),
     /// Release a lease by its handle, or break a key's lock with --force.
     Release(ReleaseArgs),
+    /// Leader election: run CMD only while leader of KEY, stand by otherwise.
+    ///
+    /// Every candidate runs the same `dlock elect`; one runs CMD, the others
+    /// stand by, and one of them takes over when the leader goes away. CMD is
+    /// supervised exactly as by `run`; DLOCK_TOKEN (the fencing token) is the
+    /// leadership term and rises with every new leader. Losing leadership
+    /// stops CMD and campaigns again; it never ends dlock. When CMD exits by
+    /// itself leadership is given up at once and --restart decides what
+    /// follows. SIGINT/SIGTERM: forwarded to CMD while leader, then dlock
+    /// resigns and exits with CMD's status (128+N while standing by).
+    #[command(after_long_help = AFTER_HELP)]
+    Elect(ElectArgs),
+    /// Print the current leader of KEY (see `elect`); exit 75 if there is none.
+    Leader(LeaderArgs),
     /// Show who holds which lock.
     Status(StatusArgs),
     /// Connect to the backend and print its kind, version and round-trip time.
@@ -218,6 +232,84 @@ pub struct RunArgs {
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct ElectArgs {
+    /// The election's name: a lock key, shared with `run` on the same key.
+    #[arg(long, short = 'k', value_name = "KEY")]
+    pub key: String,
+
+    /// Lease length, renewed about every third of it while leader [default: 30s].
+    ///
+    /// A leader that dies without resigning is replaced within about this long.
+    #[arg(long, short = 't', value_name = "D", value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
+
+    /// Give up the first campaign after D (exit 75) [default: wait as long as it takes].
+    #[arg(long, short = 'w', value_name = "D", value_parser = parse_duration)]
+    pub wait: Option<Duration>,
+
+    /// What this candidate says about itself while leader [default: USER@HOST pid PID].
+    ///
+    /// Published with the leadership: `dlock leader` prints it, and `status`
+    /// shows the holder as `USER (V)@HOST` (it travels in the owner field
+    /// every backend stores; `|` and control characters become `_`, and it
+    /// is cut at 200 characters). CMD gets it unchanged as DLOCK_VALUE.
+    #[arg(long, value_name = "V")]
+    pub value: Option<String>,
+
+    /// After CMD exits by itself: exit with its status (never), campaign again unless it succeeded (on-failure), or campaign again (always).
+    #[arg(long, value_name = "WHEN", default_value = "never")]
+    pub restart: Restart,
+
+    /// How long to stand aside before campaigning again after CMD exited.
+    #[arg(long, value_name = "D", value_parser = parse_duration, default_value = "1s")]
+    pub restart_delay: Duration,
+
+    /// After SIGTERM on lost leadership, wait this long before SIGKILL [default: 10s].
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    pub kill_after: Option<Duration>,
+
+    /// Run CMD through /bin/sh -c (its words joined by spaces).
+    #[arg(long, short = 'c')]
+    pub shell: bool,
+
+    /// Keep Prometheus metrics of this candidate's leadership in FILE (atomically).
+    ///
+    /// Rewritten at each change: whether it leads now, terms won, seconds as
+    /// leader, the latest term's token and when the current term began,
+    /// labelled by key. node_exporter textfile-collector format.
+    #[arg(long, value_name = "FILE", env = "DLOCK_METRICS_FILE")]
+    pub metrics_file: Option<PathBuf>,
+
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct LeaderArgs {
+    /// The election's key.
+    pub key: String,
+
+    /// Print JSON: {"key", "value", "token", "since"}, or null when there is no leader.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Print a line at each change of leader until interrupted.
+    #[arg(long)]
+    pub watch: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Restart {
+    /// Exit with CMD's status.
+    Never,
+    /// Campaign again if CMD failed; exit 0 if it succeeded.
+    OnFailure,
+    /// Always campaign again.
+    Always,
 }
 
 #[derive(Debug, Args)]

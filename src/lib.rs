@@ -74,6 +74,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Acquire(a) => cmd_acquire(&conn, a).await,
         Command::Renew(a) => cmd_renew(&conn, a).await,
         Command::Release(a) => cmd_release(&conn, a).await,
+        Command::Elect(a) => cmd_elect(&conn, a).await,
+        Command::Leader(a) => cmd_leader(&conn, a).await,
         Command::Status(a) => cmd_status(&conn, a).await,
         Command::Ping => cmd_ping(&conn).await,
         Command::Doctor(a) => cmd_doctor(&conn, a).await,

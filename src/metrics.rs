@@ -159,7 +159,80 @@ pub fn render(r: &RunRecord, old: &str) -> String {
 /// Replace the file at `path` with the metrics of `r`, atomically.
 pub fn write(path: &Path, r: &RunRecord) -> Result<()> {
     let old = std::fs::read_to_string(path).unwrap_or_default();
-    let text = render(r, &old);
+    replace(path, &render(r, &old))
+}
+
+/// What one `dlock elect` candidate has done so far.
+#[derive(Debug, Clone)]
+pub struct Leadership {
+    pub key: String,
+    pub namespace: String,
+    /// When the current term began, if this candidate leads now.
+    pub since: Option<SystemTime>,
+    /// Terms won so far.
+    pub terms: u64,
+    /// Time as leader in the terms that have ended.
+    pub led: Duration,
+    /// The token of the latest term won.
+    pub token: Option<u64>,
+}
+
+/// The file's text for an `elect` candidate, as of `now`.
+pub fn render_leadership(l: &Leadership, now: SystemTime) -> String {
+    let labels = format!(
+        "namespace=\"{}\",key=\"{}\"",
+        label(&l.namespace),
+        label(&l.key)
+    );
+    let current = l.since.map_or(Duration::ZERO, |s| {
+        now.duration_since(s).unwrap_or_default()
+    });
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{{labels}}} {value}\n"
+        ));
+    };
+    metric(
+        "dlock_leader",
+        "gauge",
+        "1 while this candidate leads, 0 while it stands by.",
+        u8::from(l.since.is_some()).to_string(),
+    );
+    metric(
+        "dlock_leader_terms_total",
+        "counter",
+        "Terms this candidate has won.",
+        l.terms.to_string(),
+    );
+    metric(
+        "dlock_leader_seconds_total",
+        "counter",
+        "Seconds this candidate has led, as of the last write.",
+        format!("{:.6}", (l.led + current).as_secs_f64()),
+    );
+    metric(
+        "dlock_leader_token",
+        "gauge",
+        "The fencing token (term) of the latest term won.",
+        l.token.map_or("NaN".to_string(), |t| t.to_string()),
+    );
+    metric(
+        "dlock_leader_since_timestamp_seconds",
+        "gauge",
+        "When the current term began (0 while standing by).",
+        format!("{:.3}", l.since.map_or(0.0, secs)),
+    );
+    out
+}
+
+/// Replace the file at `path` with an `elect` candidate's metrics.
+pub fn write_leadership(path: &Path, l: &Leadership) -> Result<()> {
+    replace(path, &render_leadership(l, SystemTime::now()))
+}
+
+/// Replace the file at `path` with `text`, atomically.
+fn replace(path: &Path, text: &str) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -192,6 +265,47 @@ pub fn write(path: &Path, r: &RunRecord) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leadership_counts_the_current_term() {
+        let now = UNIX_EPOCH + Duration::from_secs(1000);
+        let mut l = Leadership {
+            key: "k".into(),
+            namespace: "ns".into(),
+            since: Some(now - Duration::from_secs(5)),
+            terms: 3,
+            led: Duration::from_secs(10),
+            token: Some(42),
+        };
+        let t = render_leadership(&l, now);
+        assert!(
+            t.contains("dlock_leader{namespace=\"ns\",key=\"k\"} 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("dlock_leader_seconds_total{namespace=\"ns\",key=\"k\"} 15.0"),
+            "{t}"
+        );
+        assert!(t.contains("# TYPE dlock_leader_terms_total counter"), "{t}");
+        assert!(
+            t.contains("dlock_leader_token{namespace=\"ns\",key=\"k\"} 42\n"),
+            "{t}"
+        );
+        l.since = None;
+        let t = render_leadership(&l, now);
+        assert!(
+            t.contains("dlock_leader{namespace=\"ns\",key=\"k\"} 0\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("dlock_leader_seconds_total{namespace=\"ns\",key=\"k\"} 10.0"),
+            "{t}"
+        );
+        assert!(
+            t.contains("dlock_leader_since_timestamp_seconds{namespace=\"ns\",key=\"k\"} 0.000\n"),
+            "{t}"
+        );
+    }
 
     fn record(outcome: Outcome) -> RunRecord {
         RunRecord {

@@ -52,7 +52,7 @@ pub struct Signals {
 }
 
 /// Whether `s` is ignored (`SIG_IGN`) right now.
-fn ignored(s: Signal) -> bool {
+pub fn ignored(s: Signal) -> bool {
     // SAFETY: with a null new action, sigaction only reads the current
     // disposition into the zeroed struct we own.
     unsafe {

@@ -2,11 +2,13 @@
 //! first use, who we are, and taking the locks (waiting, riding out the
 //! backend, saying why a lock was not taken).
 
+mod elect;
 mod handles;
 mod probe;
 mod run;
 mod status;
 
+pub use elect::{cmd_elect, cmd_leader};
 pub use handles::{cmd_acquire, cmd_release, cmd_renew};
 pub use probe::{cmd_doctor, cmd_ping};
 pub use run::cmd_run;
@@ -208,5 +210,54 @@ async fn connect_waiting(
             Ok(Err(not_taken(c.settings, lock, &busy, started.elapsed())))
         }
         Err(e) => Err(e),
+    }
+}
+
+/// What the child is run with: its command, and the environment of the
+/// contract (`DLOCK_KEY`, `DLOCK_KEYS`, `DLOCK_TOKEN`, `DLOCK_TTL`,
+/// `DLOCK_NAMESPACE`, and `extra`), without a `DLOCK_BACKEND` that holds a
+/// password.
+pub(crate) fn child_spec(
+    s: &Settings,
+    lock: &config::LockSettings,
+    rs: &config::RunSettings,
+    argv: &[std::ffi::OsString],
+    tokens: &[u64],
+    on_lost: crate::cli::OnLost,
+    extra: Vec<(String, String)>,
+) -> crate::supervise::ChildSpec {
+    let ttl = lock.ttl.as_secs_f64();
+    let mut env = vec![
+        ("DLOCK_KEY".to_string(), lock.keys.join(",")),
+        (
+            "DLOCK_TOKEN".to_string(),
+            tokens
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        ("DLOCK_TTL".to_string(), format!("{ttl}")),
+        // DLOCK_KEY joins keys with commas, which a key may hold; DLOCK_KEYS
+        // has one per line, unambiguous since a key holds no control
+        // character.
+        ("DLOCK_KEYS".to_string(), lock.keys.join("\n")),
+        ("DLOCK_NAMESPACE".to_string(), s.namespace.clone()),
+    ];
+    env.extend(extra);
+    // A password in DLOCK_BACKEND must not reach the child.
+    let env_remove = match std::env::var("DLOCK_BACKEND") {
+        Ok(v) if backend::redact_url(&v) != v || v.contains('@') => {
+            vec!["DLOCK_BACKEND".to_string()]
+        }
+        _ => vec![],
+    };
+    crate::supervise::ChildSpec {
+        argv: argv.to_vec(),
+        shell: rs.shell,
+        env,
+        env_remove,
+        on_lost,
+        kill_after: rs.kill_after,
     }
 }

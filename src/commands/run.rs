@@ -4,21 +4,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use super::{Connector, NotTaken, connect_waiting, owner, take_locks};
-use crate::backend::{LeaseKind, redact_url};
+use super::{Connector, NotTaken, child_spec, connect_waiting, owner, take_locks};
+use crate::backend::LeaseKind;
 use crate::cli::{self, OnLost};
 use crate::lease::{self, Keeper};
-use crate::supervise::{ChildSpec, Signals, grace, supervise};
+use crate::supervise::{Signals, grace, supervise};
 use crate::{config, error, exit_code, metrics};
-
-fn fmt_secs(d: Duration) -> String {
-    let s = d.as_secs_f64();
-    if s.fract() == 0.0 {
-        format!("{}", d.as_secs())
-    } else {
-        format!("{s}")
-    }
-}
 
 /// What a run got as far as, for `--metrics-file`.
 #[derive(Debug, Default)]
@@ -105,35 +96,8 @@ async fn run_locked(
     let acquired = Instant::now();
     let leases = keeper.leases();
     trace.token = leases.iter().map(|l| l.token).max();
-    let mut env = vec![
-        ("DLOCK_KEY".to_string(), lock.keys.join(",")),
-        (
-            "DLOCK_TOKEN".to_string(),
-            leases
-                .iter()
-                .map(|l| l.token.to_string())
-                .collect::<Vec<_>>()
-                .join(","),
-        ),
-        ("DLOCK_TTL".to_string(), fmt_secs(lock.ttl)),
-    ];
-    // DLOCK_KEY joins keys with commas, which a key may hold; DLOCK_KEYS has
-    // one per line, unambiguous since a key holds no control character.
-    env.push(("DLOCK_KEYS".to_string(), lock.keys.join("\n")));
-    env.push(("DLOCK_NAMESPACE".to_string(), s.namespace.clone()));
-    // A password in DLOCK_BACKEND must not reach the child.
-    let env_remove = match std::env::var("DLOCK_BACKEND") {
-        Ok(v) if redact_url(&v) != v || v.contains("@") => vec!["DLOCK_BACKEND".to_string()],
-        _ => vec![],
-    };
-    let spec = ChildSpec {
-        argv: a.command.clone(),
-        shell: rs.shell,
-        env,
-        env_remove,
-        on_lost: rs.on_lost,
-        kill_after: rs.kill_after,
-    };
+    let tokens: Vec<u64> = leases.iter().map(|l| l.token).collect();
+    let spec = child_spec(s, &lock, rs, &a.command, &tokens, rs.on_lost, vec![]);
     let outcome = supervise(spec, &mut signals, &keeper, lock.ttl).await;
     let outcome = match outcome {
         Ok(o) => o,

@@ -1,0 +1,496 @@
+//! `dlock elect`: leader election as a supervisor. A loop of terms: campaign
+//! for the key exactly as `run` takes it, supervise CMD while leader, resign,
+//! and campaign again after a lost term (or as `--restart` says after CMD
+//! exited by itself). `dlock leader`: who leads now.
+//!
+//! Nothing here is new to the backends: a term is a `run` lease, and its
+//! fencing token, which rises with every acquisition on every backend, is the
+//! term number.
+
+use std::io::Write;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Result;
+use nix::sys::signal::Signal;
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::{Connector, NotTaken, connect_waiting, owner, take_locks};
+use crate::backend::{Holder, LeaseKind};
+use crate::cli::{self, OnLost, Restart};
+use crate::config::{self, Wait};
+use crate::lease::{self, Keeper};
+use crate::supervise::{Signals, grace, supervise};
+use crate::{exit_code, host, metrics, status};
+
+/// Our own view of SIGINT and SIGTERM, next to the [`Signals`] that
+/// `supervise` forwards: it tells "CMD exited because we were asked to stop"
+/// from "CMD exited by itself", which decides between exiting and
+/// `--restart`. Signals ignored at start stay ignored.
+struct Stops {
+    streams: Vec<(Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Stops {
+    /// Before [`Signals::install`], which replaces the dispositions.
+    fn wanted() -> Vec<Signal> {
+        [Signal::SIGINT, Signal::SIGTERM]
+            .into_iter()
+            .filter(|s| !crate::supervise::ignored(*s))
+            .collect()
+    }
+
+    fn install(which: Vec<Signal>) -> Result<Stops> {
+        let mut streams = Vec::new();
+        for s in which {
+            streams.push((s, signal(SignalKind::from_raw(s as i32))?));
+        }
+        Ok(Stops { streams })
+    }
+
+    /// A stop signal delivered since the last call, without waiting. The
+    /// signal driver hands a signal to every stream at once, so one that
+    /// `supervise` forwarded is already here when it returns.
+    async fn take(&mut self) -> Option<Signal> {
+        let mut got = None;
+        for (s, st) in self.streams.iter_mut() {
+            loop {
+                let ready = tokio::select! {
+                    biased;
+                    r = st.recv() => r.is_some(),
+                    () = std::future::ready(()) => false,
+                };
+                if !ready {
+                    break;
+                }
+                got = Some(*s);
+            }
+        }
+        got
+    }
+}
+
+/// A `--value` travels in the owner field the backends already store, as
+/// `USER (V)`: no backend's record changes, `status` shows it in the HOLDER
+/// column, and an older dlock sees an unusual user name. A user name has no
+/// " (", so it splits back unambiguously. `|` (a field separator in some
+/// records) and control characters become `_`; V is cut at 200 characters
+/// (MySQL's owner column holds 255).
+fn with_value(user: &str, v: &str) -> String {
+    let clean: String = v
+        .chars()
+        .map(|c| if c == '|' || c.is_control() { '_' } else { c })
+        .take(200)
+        .collect();
+    format!("{user} ({clean})")
+}
+
+/// The value a holder's owner field carries, if it was published.
+fn value_of(owner: &str) -> Option<&str> {
+    let (_, rest) = owner.split_once(" (")?;
+    rest.strip_suffix(')')
+}
+
+/// `USER@HOST pid PID`: what `dlock leader` shows for a leader.
+fn default_value() -> String {
+    format!(
+        "{}@{} pid {}",
+        host::user(),
+        host::hostname(),
+        std::process::id()
+    )
+}
+
+pub async fn cmd_elect(c: &Connector<'_>, a: cli::ElectArgs) -> Result<i32> {
+    let mut fresh = None;
+    let r = elect(c, a, &mut fresh).await;
+    if let Some(b) = fresh.as_ref().and_then(|f: &Connector| f.backend.get()) {
+        b.close().await;
+    }
+    r
+}
+
+/// Start campaigning on a new connection: a client whose session the
+/// server expired (ZooKeeper after an outage longer than the session
+/// timeout) never gets another one by itself.
+async fn reconnect<'a>(fresh: &mut Option<Connector<'a>>, s: &'a config::Settings) {
+    if let Some(b) = fresh.take().as_ref().and_then(|f| f.backend.get()) {
+        b.close().await;
+    }
+    *fresh = Some(Connector {
+        settings: s,
+        backend: tokio::sync::OnceCell::new(),
+    });
+}
+
+async fn elect<'a>(
+    c: &Connector<'a>,
+    a: cli::ElectArgs,
+    fresh: &mut Option<Connector<'a>>,
+) -> Result<i32> {
+    let s = c.settings;
+    // The settings of a `run` with the same flags: the config file's ttl,
+    // kill-after and shell apply as they do to `run`.
+    let ra = cli::RunArgs {
+        lock: cli::LockArgs {
+            key: vec![a.key.clone()],
+            ttl: a.ttl,
+            wait: a.wait,
+            no_wait: false,
+            conflict_exit_code: None,
+            limit: Some(1),
+        },
+        shell: a.shell,
+        kill_after: a.kill_after,
+        on_lost: Some(OnLost::Kill),
+        lock_at_least: None,
+        metrics_file: a.metrics_file.clone(),
+        command: a.command.clone(),
+    };
+    let mut lock = s.lock(&ra.lock)?;
+    let rs = s.run(&ra)?;
+    // A candidate waits as long as it takes unless --wait says otherwise,
+    // whatever the config file says for `run`, and there is one leader.
+    lock.wait = match a.wait {
+        None => Wait::Forever,
+        Some(d) if d.is_zero() => Wait::No,
+        Some(d) => Wait::For(d),
+    };
+    lock.limit = 1;
+    lock.conflict_exit_code = exit_code::BUSY;
+    let value = a.value.clone().unwrap_or_else(default_value);
+    let key = lock.keys[0].clone();
+
+    let wanted = Stops::wanted();
+    let mut signals = Signals::install()?;
+    let mut stops = Stops::install(wanted)?;
+    let mut board = metrics::Leadership {
+        key: key.clone(),
+        namespace: s.namespace.clone(),
+        since: None,
+        terms: 0,
+        led: Duration::ZERO,
+        token: None,
+    };
+    let publish = |b: &metrics::Leadership| {
+        if let Some(path) = &rs.metrics_file
+            && let Err(e) = metrics::write_leadership(path, b)
+        {
+            crate::jsonlog::say("ERROR", &format!("{e:#}"));
+        }
+    };
+    publish(&board);
+    // Only campaigning before the first term is bounded by --wait: a
+    // candidate that has led once stands by for as long as it takes.
+    let first_deadline = lease::deadline(lock.wait);
+    let mut led = false;
+    let mut connected = false;
+    loop {
+        let deadline = if led { None } else { first_deadline };
+        let conn = fresh.as_ref().unwrap_or(c);
+        let campaign = campaign(conn, &lock, &rs, &mut signals, deadline, a.value.as_deref()).await;
+        connected |= conn.backend.get().is_some();
+        let (keeper, ttl) = match campaign {
+            Ok(Ok(v)) => v,
+            Ok(Err(not)) => return Ok(not.code()),
+            // Never reached the backend: a wrong URL or credentials, most
+            // likely; say so (69) as `run` does.
+            Err(e) if !connected => return Err(e),
+            // Authentication or privileges, a bad setting: retrying cannot help.
+            Err(e) if final_error(&e) => return Err(e),
+            Err(e) if !led && deadline.is_some_and(|d| Instant::now() >= d) => return Err(e),
+            Err(e) => {
+                // Once connected, an outage does not end the candidate.
+                reconnect(fresh, s).await;
+                let again = rs
+                    .kill_after
+                    .clamp(Duration::from_secs(1), Duration::from_secs(5));
+                crate::jsonlog::say(
+                    "WARN",
+                    &format!(
+                        "campaign for {key:?} failed: {e:#}; trying again in {}",
+                        status::human_duration(again)
+                    ),
+                );
+                if let Some(code) = pause(&mut signals, again).await {
+                    return Ok(code);
+                }
+                continue;
+            }
+        };
+        led = true;
+        let token = keeper.leases().first().map_or(0, |l| l.token);
+        tracing::info!(event = "elected", key, token, value, "leader");
+        let began = Instant::now();
+        board.since = Some(SystemTime::now());
+        board.terms += 1;
+        board.token = Some(token);
+        publish(&board);
+        // No stale stop signal can be pending here: one that came while
+        // standing by ended dlock, so `stops` only has what came since.
+        let spec = super::child_spec(
+            s,
+            &config::LockSettings {
+                ttl,
+                ..lock.clone()
+            },
+            &rs,
+            &a.command,
+            &[token],
+            OnLost::Kill,
+            vec![("DLOCK_VALUE".to_string(), value.clone())],
+        );
+        let outcome = match supervise(spec, &mut signals, &keeper, ttl).await {
+            Ok(o) => o,
+            Err(e) => {
+                keeper.release().await;
+                return Err(e);
+            }
+        };
+        let stopped_by = stops.take().await;
+        // Resign at once; a lease found gone was lost before CMD ended.
+        let gone = keeper.release().await;
+        board.since = None;
+        board.led += began.elapsed();
+        publish(&board);
+        let lost = outcome.lost.is_some() || !gone.is_empty();
+        if lost {
+            tracing::warn!(
+                event = "lost",
+                key,
+                token,
+                code = outcome.code,
+                "leadership lost"
+            );
+            if stopped_by.is_some() {
+                return Ok(outcome.code);
+            }
+            crate::jsonlog::say(
+                "WARN",
+                &format!("lost the leadership of {key:?} (term {token}); campaigning again"),
+            );
+            reconnect(fresh, s).await;
+            continue;
+        }
+        tracing::info!(
+            event = "resigned",
+            key,
+            token,
+            code = outcome.code,
+            "leadership given up"
+        );
+        if stopped_by.is_some() {
+            return Ok(outcome.code);
+        }
+        let again = match a.restart {
+            Restart::Never => false,
+            Restart::OnFailure => outcome.code != 0,
+            Restart::Always => true,
+        };
+        if !again {
+            return Ok(outcome.code);
+        }
+        if !s.quiet {
+            crate::jsonlog::say(
+                "INFO",
+                &format!(
+                    "the command exited with status {}; campaigning again in {} (--restart {})",
+                    outcome.code,
+                    status::human_duration(a.restart_delay),
+                    match a.restart {
+                        Restart::Never => "never",
+                        Restart::OnFailure => "on-failure",
+                        Restart::Always => "always",
+                    }
+                ),
+            );
+        }
+        if let Some(code) = pause(&mut signals, a.restart_delay).await {
+            return Ok(code);
+        }
+    }
+}
+
+/// An error no retry can cure: denied, usage or configuration.
+fn final_error(e: &anyhow::Error) -> bool {
+    use crate::error::Error;
+    matches!(
+        e.chain().find_map(|c| c.downcast_ref::<Error>()),
+        Some(Error::Denied(_) | Error::Usage(_) | Error::Config(_))
+    )
+}
+
+/// Sleep, unless a signal comes first: then the exit code for it.
+async fn pause(signals: &mut Signals, d: Duration) -> Option<i32> {
+    tokio::select! {
+        () = tokio::time::sleep(d) => None,
+        sig = signals.recv() => {
+            tracing::info!(event = "interrupted", signal = sig.as_str(), "stopped while standing by");
+            Some(exit_code::SIGNAL_BASE + sig as i32)
+        }
+    }
+}
+
+/// One campaign: connect (riding out outages as `run` does), then take the
+/// key with a fresh keeper. The keeper holds the term's lease on success.
+async fn campaign(
+    c: &Connector<'_>,
+    lock: &config::LockSettings,
+    rs: &config::RunSettings,
+    signals: &mut Signals,
+    deadline: Option<std::time::Instant>,
+    value: Option<&str>,
+) -> Result<std::result::Result<(Keeper, Duration), NotTaken>> {
+    let s = c.settings;
+    let mut lock = lock.clone();
+    let connected = tokio::select! {
+        r = connect_waiting(c, &lock, deadline) => r?,
+        sig = signals.recv() => {
+            // Still connecting: nothing of ours is on the backend yet.
+            tracing::info!(event = "interrupted", signal = sig.as_str(), "gave up campaigning");
+            return Ok(Err(NotTaken::Interrupted(exit_code::SIGNAL_BASE + sig as i32)));
+        }
+    };
+    let (backend, ttl) = match connected {
+        Ok(v) => v,
+        Err(not) => return Ok(Err(not)),
+    };
+    lock.ttl = ttl;
+    let mut me = owner(LeaseKind::Run)?;
+    if let Some(v) = value {
+        me.user = with_value(&me.user, v);
+    }
+    let keeper = Keeper::start(
+        backend.clone(),
+        ttl,
+        s.connect_timeout,
+        grace(rs.kill_after, ttl),
+    );
+    if let Err(not) = take_locks(s, &backend, &lock, &me, &keeper, signals, deadline).await? {
+        keeper.release().await;
+        return Ok(Err(not));
+    }
+    Ok(Ok((keeper, ttl)))
+}
+
+/// The leader as `dlock leader` shows it: the holder of the key (a dead
+/// holder leads nobody).
+fn leader_of(key: &str, holders: &[Holder]) -> Option<serde_json::Value> {
+    let h = holders.iter().find(|h| !h.dead)?;
+    let value = match h.owner.as_deref().and_then(value_of) {
+        Some(v) => v.to_string(),
+        None => {
+            let mut v = status::who(h);
+            if let Some(p) = h.pid.filter(|p| *p != status::HANDLE_PID) {
+                v.push_str(&format!(" pid {p}"));
+            }
+            v
+        }
+    };
+    Some(serde_json::json!({
+        "key": key,
+        "value": value,
+        "token": h.token,
+        "since": h.acquired_at.map(status::rfc3339),
+    }))
+}
+
+fn leader_line(leader: &Option<serde_json::Value>, key: &str, json: bool) -> String {
+    match leader {
+        Some(l) if json => l.to_string(),
+        Some(l) => l["value"].as_str().unwrap_or_default().to_string(),
+        None if json => "null".to_string(),
+        None => format!("no leader for {key:?}"),
+    }
+}
+
+pub async fn cmd_leader(c: &Connector<'_>, a: cli::LeaderArgs) -> Result<i32> {
+    let s = c.settings;
+    s.validate_key(&a.key)?;
+    let backend = c.get().await?;
+    let keys = [a.key.clone()];
+    let read = || async {
+        let st = backend.status(&s.namespace, &keys).await?;
+        let holders = st
+            .into_iter()
+            .find(|k| k.key == a.key)
+            .map(|k| k.holders)
+            .unwrap_or_default();
+        anyhow::Ok(leader_of(&a.key, &holders))
+    };
+    let print = |line: String| -> Result<bool> {
+        let mut out = std::io::stdout().lock();
+        match writeln!(out, "{line}").and_then(|()| out.flush()) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+            r => r.map(|()| true).map_err(Into::into),
+        }
+    };
+    if !a.watch {
+        let leader = read().await?;
+        let line = leader_line(&leader, &a.key, a.json);
+        if leader.is_none() && !a.json {
+            if !s.quiet {
+                crate::jsonlog::say("INFO", &line);
+            }
+        } else {
+            print(line)?;
+        }
+        return Ok(if leader.is_some() {
+            exit_code::SUCCESS
+        } else {
+            exit_code::BUSY
+        });
+    }
+    // One line at each change (a new term is a change even with the same
+    // value), until interrupted: that is the normal end, exit 0.
+    let mut signals = Signals::install()?;
+    let mut last: Option<Option<(Option<u64>, String)>> = None;
+    loop {
+        let bound = s.connect_timeout * 2;
+        let got = tokio::select! {
+            r = tokio::time::timeout(bound, read()) => r,
+            _ = signals.recv() => return Ok(exit_code::SUCCESS),
+        };
+        match got {
+            Ok(Ok(leader)) => {
+                let id = leader.as_ref().map(|l| {
+                    (
+                        l["token"].as_u64(),
+                        l["value"].as_str().unwrap_or_default().to_string(),
+                    )
+                });
+                if last.as_ref() != Some(&id) {
+                    if !print(leader_line(&leader, &a.key, a.json))? {
+                        return Ok(exit_code::SUCCESS);
+                    }
+                    last = Some(id);
+                }
+            }
+            Ok(Err(e)) => crate::jsonlog::say("WARN", &format!("{e:#}")),
+            Err(_) => crate::jsonlog::say("WARN", "the backend did not answer in time"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = signals.recv() => return Ok(exit_code::SUCCESS),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_travel_in_the_owner_field() {
+        let o = with_value("alice", "sched-a:8080 (primary)");
+        assert_eq!(o, "alice (sched-a:8080 (primary))");
+        assert_eq!(value_of(&o), Some("sched-a:8080 (primary)"));
+        assert_eq!(value_of("alice"), None);
+        assert_eq!(value_of(&with_value("bob", "a|b\nc")), Some("a_b_c"));
+        assert_eq!(
+            value_of(&with_value("bob", &"x".repeat(300)))
+                .unwrap()
+                .len(),
+            200
+        );
+    }
+}

@@ -1,0 +1,747 @@
+//! `dlock elect` and `dlock leader` against every backend this build has:
+//! three candidates whose bodies log their start and end, failover after a
+//! graceful stop and after a crash, a broken lease, the restart policies and
+//! the leader's view. Failover times are printed (`--nocapture` shows them).
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::Signal;
+
+const LONG: Duration = Duration::from_secs(30);
+
+fn key(name: &str) -> String {
+    format!("{name}-{}", std::process::id())
+}
+
+/// The body of candidate `id`: log "start TOKEN ID PID TTL", run until
+/// SIGTERM, then log "end TOKEN ID" and exit 0.
+fn body(log: &Path, id: usize) -> String {
+    let log = log.display();
+    format!(
+        "echo \"start $DLOCK_TOKEN {id} $$ $DLOCK_TTL\" >> {log}; \
+         trap 'echo \"end $DLOCK_TOKEN {id}\" >> {log}; exit 0' TERM; \
+         while :; do sleep 0.05; done"
+    )
+}
+
+fn candidate(env: &Env, k: &str, extra: &[&str], script: &str) -> Reaped {
+    let mut args = vec!["-v", "elect", "--key", k];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", "sh", "-c", script]);
+    // Each candidate's log, for a failing test to show.
+    let errs = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(env.path("candidates.err"))
+        .unwrap();
+    Reaped(
+        env.cmd(&args)
+            .stdin(Stdio::null())
+            .stderr(errs)
+            .spawn()
+            .expect("spawn dlock elect"),
+    )
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Line {
+    Start {
+        token: u64,
+        id: usize,
+        pid: i32,
+        ttl: f64,
+    },
+    End {
+        token: u64,
+        id: usize,
+    },
+}
+
+fn lines(log: &Path) -> Vec<Line> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            match w[0] {
+                "start" => Line::Start {
+                    token: w[1].parse().unwrap(),
+                    id: w[2].parse().unwrap(),
+                    pid: w[3].parse().unwrap(),
+                    ttl: w[4].parse().unwrap(),
+                },
+                _ => Line::End {
+                    token: w[1].parse().unwrap(),
+                    id: w[2].parse().unwrap(),
+                },
+            }
+        })
+        .collect()
+}
+
+fn starts(log: &Path) -> Vec<(u64, usize, i32, f64)> {
+    lines(log)
+        .into_iter()
+        .filter_map(|l| match l {
+            Line::Start {
+                token,
+                id,
+                pid,
+                ttl,
+            } => Some((token, id, pid, ttl)),
+            Line::End { .. } => None,
+        })
+        .collect()
+}
+
+/// Wait for the n-th start line; how long it took.
+fn wait_start(log: &Path, n: usize, limit: Duration) -> Duration {
+    let t = Instant::now();
+    wait_for(limit, &format!("start number {n}"), || {
+        starts(log).len() >= n
+    });
+    t.elapsed()
+}
+
+/// Exactly one body at a time: every start follows the end of the
+/// previous term, unless `excused` lists that term (killed with its dlock,
+/// so no end line; or its lock was broken by force), and tokens rise.
+fn assert_one_at_a_time(log: &Path, excused: &[u64]) {
+    let mut running: Vec<u64> = Vec::new();
+    let mut last = 0;
+    for l in lines(log) {
+        match l {
+            Line::Start { token, .. } => {
+                for r in &running {
+                    assert!(excused.contains(r), "term {token} started while {r} ran");
+                }
+                assert!(token > last, "token {token} after {last}");
+                last = token;
+                running.push(token);
+            }
+            Line::End { token, .. } => {
+                assert!(
+                    running.contains(&token),
+                    "end of term {token}, which was not running"
+                );
+                running.retain(|r| *r != token);
+            }
+        }
+    }
+}
+
+fn leader(env: &Env, k: &str) -> (i32, serde_json::Value) {
+    let out = env.run(&["leader", k, "--json"]);
+    let v = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (code(&out), v)
+}
+
+/// Three candidates: one body at a time; SIGTERM to the leader's dlock
+/// hands over within 1 s; `dlock leader` names each leader; SIGKILL of a
+/// leader's dlock hands over within the TTL plus 1 s; the last one stopped
+/// leaves no leader.
+pub fn failover(env: &Env, name: &str) {
+    let k = key("failover");
+    let log = env.path("log");
+    let (c, _) = leader(env, &k);
+    assert_eq!(c, 75, "no leader yet");
+    let mut cands: Vec<Reaped> = (0..3)
+        .map(|i| candidate(env, &k, &["--ttl", "2s"], &body(&log, i)))
+        .collect();
+    wait_start(&log, 1, LONG);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(starts(&log).len(), 1, "one leader: {:?}", lines(&log));
+    let (_, first, _, _) = starts(&log)[0];
+    let (c, v) = leader(env, &k);
+    assert_eq!(c, 0);
+    assert_eq!(v["token"].as_u64(), Some(starts(&log)[0].0), "{v}");
+    let dlock_pid = cands[first].id();
+    assert!(
+        v["value"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!(" pid {dlock_pid}")),
+        "{v}"
+    );
+
+    // Graceful: SIGTERM to the leader's dlock.
+    signal(cands[first].id(), Signal::SIGTERM);
+    let took = wait_start(&log, 2, LONG);
+    assert_eq!(
+        wait_timeout(&mut cands[first], LONG),
+        0,
+        "the body's status"
+    );
+    eprintln!("[{name}] graceful failover: {took:?}");
+    assert!(
+        took < Duration::from_secs(1),
+        "graceful failover took {took:?}"
+    );
+
+    // Crash: SIGKILL of the leader's dlock; its guard kills the body.
+    let (token2, second, pid2, ttl) = starts(&log)[1];
+    signal(cands[second].id(), Signal::SIGKILL);
+    let limit = Duration::from_secs_f64(ttl) + Duration::from_secs(1);
+    let took = wait_start(&log, 3, limit + Duration::from_secs(5));
+    let _ = cands[second].wait();
+    eprintln!("[{name}] crash failover: {took:?} (TTL {ttl}s)");
+    assert!(
+        took < limit,
+        "crash failover took {took:?} with a TTL of {ttl}s"
+    );
+    assert!(!alive(pid2), "the crashed leader's body was killed");
+    let (token3, third, _, _) = starts(&log)[2];
+    assert!(token3 > token2);
+    let (c, v) = leader(env, &k);
+    assert_eq!(c, 0);
+    assert_eq!(v["token"].as_u64(), Some(token3), "{v}");
+
+    signal(cands[third].id(), Signal::SIGTERM);
+    assert_eq!(wait_timeout(&mut cands[third], LONG), 0);
+    wait_for(LONG, "no leader", || leader(env, &k).0 == 75);
+    assert_eq!(leader(env, &k).1, serde_json::Value::Null);
+    assert_one_at_a_time(&log, &[token2]);
+}
+
+/// `release --force` of the key: the leader's body is stopped, the
+/// candidates campaign again and one leads, with a greater token; neither
+/// candidate exits. Then an interrupted standby leaves nothing behind.
+pub fn broken_lease_and_interrupted_standby(env: &Env, _name: &str) {
+    let k = key("broken");
+    let log = env.path("log");
+    let mut cands: Vec<Reaped> = (0..2)
+        .map(|i| candidate(env, &k, &["--ttl", "3s"], &body(&log, i)))
+        .collect();
+    wait_start(&log, 1, LONG);
+    let (token1, _, _, _) = starts(&log)[0];
+    let out = env.run(&["release", "--force", "--key", &k]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    wait_start(&log, 2, LONG);
+    let (token2, lead, _, _) = starts(&log)[1];
+    assert!(token2 > token1);
+    // Breaking the lock is an administrator's act: another candidate may
+    // lead at once, while the old body runs until its dlock's next renewal
+    // (a third of the TTL) finds the lease gone; the token tells them apart.
+    let first_id = starts(&log)[0].1;
+    wait_for(
+        Duration::from_secs(3),
+        "the broken term's body to stop",
+        || {
+            lines(&log).contains(&Line::End {
+                token: token1,
+                id: first_id,
+            })
+        },
+    );
+    for c in cands.iter_mut() {
+        assert!(c.try_wait().unwrap().is_none(), "a candidate exited");
+    }
+    assert_one_at_a_time(&log, &[token1]);
+
+    // The standby is interrupted, by SIGINT then (a new one) by SIGTERM.
+    let waiters = || env.status_json(&[&k])[0]["waiters"].as_u64().unwrap_or(0);
+    let standby = 1 - lead;
+    wait_for(LONG, "the standby to queue", || waiters() >= 1);
+    signal(cands[standby].id(), Signal::SIGINT);
+    assert_eq!(wait_timeout(&mut cands[standby], LONG), 130);
+    let mut other = candidate(env, &k, &["--ttl", "3s"], &body(&log, 2));
+    wait_for(LONG, "the new standby to queue", || waiters() >= 1);
+    signal(other.id(), Signal::SIGTERM);
+    assert_eq!(wait_timeout(&mut other, LONG), 143);
+    wait_for(Duration::from_secs(8), "no waiter left", || waiters() == 0);
+    let st = env.status_json(&[&k]);
+    assert_eq!(st[0]["holders"].as_array().unwrap().len(), 1, "{st}");
+    assert_eq!(st[0]["holders"][0]["token"].as_u64(), Some(token2), "{st}");
+    signal(cands[lead].id(), Signal::SIGTERM);
+    assert_eq!(wait_timeout(&mut cands[lead], LONG), 0);
+    wait_for(LONG, "the key to be free", || !env.held(&k));
+    assert_eq!(starts(&log).len(), 2, "the interrupted standbys never led");
+}
+
+/// `--restart never` exits with the body's status and resigns; `on-failure`
+/// campaigns again until it succeeds; `always` until stopped. Each term's
+/// token is greater.
+pub fn restart_policies(env: &Env, _name: &str) {
+    let k = key("restart");
+    let out = env.run(&["elect", "--key", &k, "--", "sh", "-c", "exit 3"]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(!env.held(&k), "resigned");
+
+    let runs = env.path("runs");
+    let script = format!(
+        "echo $DLOCK_TOKEN >> {r}; [ $(wc -l < {r}) -ge 3 ]",
+        r = runs.display()
+    );
+    let out = env.run(&[
+        "elect",
+        "--key",
+        &k,
+        "--restart",
+        "on-failure",
+        "--restart-delay",
+        "100ms",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let tokens: Vec<u64> = std::fs::read_to_string(&runs)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(tokens.len(), 3, "{tokens:?}");
+    assert!(tokens.windows(2).all(|w| w[1] > w[0]), "{tokens:?}");
+
+    let always = env.path("always");
+    let mut c = candidate(
+        env,
+        &k,
+        &["--restart", "always", "--restart-delay", "100ms"],
+        &format!("echo run >> {}; sleep 0.1", always.display()),
+    );
+    wait_for(LONG, "three terms", || {
+        std::fs::read_to_string(&always)
+            .unwrap_or_default()
+            .lines()
+            .count()
+            >= 3
+    });
+    signal(c.id(), Signal::SIGTERM);
+    let code = wait_timeout(&mut c, LONG);
+    assert!([0, 143].contains(&code), "exit {code}");
+    wait_for(LONG, "the key to be free", || !env.held(&k));
+}
+
+/// `dlock leader --watch --json`: null, the leader, null again.
+pub fn leader_watch(env: &Env, _name: &str) {
+    let k = key("watch");
+    let out_path = env.path("watch.out");
+    let mut w = Reaped(
+        env.cmd(&["leader", &k, "--json", "--watch"])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let seen = || {
+        std::fs::read_to_string(&out_path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    wait_for(LONG, "the first line", || !seen().is_empty());
+    let log = env.path("log");
+    let mut c = candidate(
+        env,
+        &k,
+        &["--value", "web-1:8080 (a|b)"],
+        &format!(
+            "echo \"$DLOCK_VALUE\" > {}; {}",
+            env.path("value").display(),
+            body(&log, 0)
+        ),
+    );
+    wait_start(&log, 1, LONG);
+    wait_for(LONG, "the leader line", || seen().len() >= 2);
+    // The value is published (a `|` becomes `_`), and CMD gets it as given.
+    let out = env.run(&["leader", &k]);
+    assert_eq!(code(&out), 0);
+    assert_eq!(stdout(&out), "web-1:8080 (a_b)\n");
+    assert_eq!(
+        std::fs::read_to_string(env.path("value")).unwrap(),
+        "web-1:8080 (a|b)\n"
+    );
+    let st = env.status_json(&[&k]);
+    let owner = st[0]["holders"][0]["owner"].as_str().unwrap();
+    assert!(owner.ends_with(" (web-1:8080 (a_b))"), "{st}");
+    signal(c.id(), Signal::SIGTERM);
+    assert_eq!(wait_timeout(&mut c, LONG), 0);
+    wait_for(LONG, "the null line", || seen().len() >= 3);
+    signal(w.id(), Signal::SIGTERM);
+    assert_eq!(wait_timeout(&mut w, LONG), 0);
+    let s = seen();
+    assert_eq!(s.len(), 3, "{s:?}");
+    assert!(s[0].is_null() && s[2].is_null(), "{s:?}");
+    assert_eq!(s[1]["key"], k.as_str());
+    assert_eq!(s[1]["value"], "web-1:8080 (a_b)");
+    assert_eq!(s[1]["token"].as_u64(), Some(starts(&log)[0].0));
+    assert!(s[1]["since"].is_string(), "{s:?}");
+}
+
+/// The server is down for longer than the TTL: the leader's body is
+/// stopped, no candidate exits, and once the server is back some candidate
+/// leads again.
+pub fn outage_longer_than_the_ttl(env: &mut Env, name: &str) {
+    let k = key("outage");
+    let log = env.path("log");
+    let mut cands: Vec<Reaped> = (0..2)
+        .map(|i| {
+            candidate(
+                env,
+                &k,
+                &["--ttl", "2s", "--kill-after", "500ms"],
+                &body(&log, i),
+            )
+        })
+        .collect();
+    wait_start(&log, 1, LONG);
+    let (token1, id1, _, _) = starts(&log)[0];
+    let down = Instant::now();
+    env.restart_server(Duration::from_secs(4));
+    assert!(
+        lines(&log).contains(&Line::End {
+            token: token1,
+            id: id1
+        }),
+        "[{name}] the body was stopped while the server was down: {:?}",
+        lines(&log)
+    );
+    let t = Instant::now();
+    while starts(&log).len() < 2 {
+        if t.elapsed() > Duration::from_secs(30) {
+            let errs = std::fs::read_to_string(env.path("candidates.err")).unwrap_or_default();
+            panic!("[{name}] no leader 30s after the server came back:\n{errs}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let took = t.elapsed();
+    eprintln!(
+        "[{name}] a leader again {:?} after the server came back ({:?} after it went down)",
+        took,
+        down.elapsed()
+    );
+    for c in cands.iter_mut() {
+        assert!(
+            c.try_wait().unwrap().is_none(),
+            "[{name}] a candidate exited"
+        );
+    }
+    // A Redis server restarted empty starts its tokens again (see "Redis
+    // specifics"): only the order of bodies is checked here.
+    let mut running = false;
+    for l in lines(&log) {
+        match l {
+            Line::Start { .. } => {
+                assert!(!running, "[{name}] two bodies at once: {:?}", lines(&log));
+                running = true;
+            }
+            Line::End { .. } => running = false,
+        }
+    }
+}
+
+macro_rules! elect_suite {
+    ($name:ident, $env:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::common::*;
+            #[test]
+            fn failover() {
+                super::failover(&$env, stringify!($name));
+            }
+            #[test]
+            fn broken_lease_and_interrupted_standby() {
+                super::broken_lease_and_interrupted_standby(&$env, stringify!($name));
+            }
+            #[test]
+            fn restart_policies() {
+                super::restart_policies(&$env, stringify!($name));
+            }
+            #[test]
+            fn leader_watch() {
+                super::leader_watch(&$env, stringify!($name));
+            }
+            #[test]
+            fn outage_longer_than_the_ttl() {
+                let mut env = $env;
+                if env.can_restart() {
+                    super::outage_longer_than_the_ttl(&mut env, stringify!($name));
+                }
+            }
+        }
+    };
+}
+
+elect_suite!(sqlite, Env::sqlite());
+elect_suite!(redis, Env::redis());
+elect_suite!(postgres, Env::postgres());
+
+#[test]
+fn usage_errors() {
+    let env = Env::sqlite();
+    let out = env.run(&[
+        "elect",
+        "--key",
+        "k",
+        "--restart",
+        "sometimes",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&out), 64);
+    let out = env.run(&["elect", "--key", "", "--", "true"]);
+    assert_eq!(code(&out), 64);
+    let out = env.run(&["leader", ""]);
+    assert_eq!(code(&out), 64);
+}
+
+#[test]
+fn first_campaign_bounded_by_wait() {
+    let env = Env::sqlite();
+    let mut h = Reaped(env.spawn(&["run", "--key", "w", "--", "sleep", "30"]));
+    wait_for(LONG, "held", || env.held("w"));
+    let t = Instant::now();
+    let out = env.run(&["elect", "--key", "w", "--wait", "500ms", "--", "true"]);
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    assert!(t.elapsed() < Duration::from_secs(5));
+    signal(h.id(), Signal::SIGTERM);
+    let _ = h.wait();
+}
+
+elect_suite!(redlock, Env::redlock(3));
+elect_suite!(mariadb, Env::mariadb());
+elect_suite!(zookeeper, Env::zookeeper());
+#[cfg(feature = "etcd")]
+elect_suite!(etcd, Env::etcd());
+
+/// The JSON log: `elected` with the token, `lost` after `release --force`,
+/// `elected` again with a greater token, `resigned` when stopped.
+#[test]
+fn json_events() {
+    let env = Env::sqlite();
+    let errf = env.path("err");
+    let mut c = Reaped(
+        env.cmd(&[
+            "--log-format",
+            "json",
+            "-v",
+            "elect",
+            "--ttl",
+            "3s",
+            "--key",
+            "ev",
+            "--",
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; while :; do sleep 0.05; done",
+        ])
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(&errf).unwrap())
+        .spawn()
+        .unwrap(),
+    );
+    let events = || {
+        std::fs::read_to_string(&errf)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| {
+                ["elected", "lost", "resigned"].contains(&v["event"].as_str().unwrap_or(""))
+            })
+            .filter(|v| v["key"] == "ev")
+            // The keeper's own `lost` ("lease lost") comes first; `elect`
+            // says "leadership lost" once CMD is stopped.
+            .filter(|v| v["event"] != "lost" || v["message"] == "leadership lost")
+            .collect::<Vec<_>>()
+    };
+    wait_for(LONG, "elected", || events().len() == 1);
+    let out = env.run(&["release", "--force", "--key", "ev"]);
+    assert_eq!(code(&out), 0);
+    wait_for(LONG, "lost, elected", || events().len() == 3);
+    signal(c.id(), Signal::SIGTERM);
+    assert_eq!(wait_timeout(&mut c, LONG), 0);
+    let ev = events();
+    let names: Vec<&str> = ev.iter().map(|v| v["event"].as_str().unwrap()).collect();
+    assert_eq!(names, ["elected", "lost", "elected", "resigned"], "{ev:?}");
+    assert_eq!(ev[0]["token"], ev[1]["token"]);
+    assert!(ev[2]["token"].as_u64() > ev[0]["token"].as_u64(), "{ev:?}");
+    assert_eq!(ev[3]["token"], ev[2]["token"]);
+    assert!(
+        ev[0]["value"]
+            .as_str()
+            .unwrap()
+            .contains(&format!(" pid {}", c.id()))
+    );
+}
+
+/// `--metrics-file`: whether it leads, terms won, time as leader, token.
+#[test]
+fn metrics_file_records_leadership() {
+    let env = Env::sqlite();
+    let prom = env.path("elect.prom");
+    let runs = env.path("runs");
+    let metric = |name: &str| -> f64 {
+        let text = std::fs::read_to_string(&prom).unwrap_or_default();
+        let prefix = format!("{name}{{namespace=\"dlock\",key=\"m\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map_or(-1.0, |v| v.parse().unwrap())
+    };
+    // Fails its first term, then leads until told to stop.
+    let script = format!(
+        "echo $DLOCK_TOKEN >> {r}; [ $(wc -l < {r}) -ge 2 ] || exit 1; \
+         trap 'exit 0' TERM; while :; do sleep 0.05; done",
+        r = runs.display()
+    );
+    let mut c = candidate(
+        &env,
+        "m",
+        &[
+            "--metrics-file",
+            prom.to_str().unwrap(),
+            "--restart",
+            "on-failure",
+            "--restart-delay",
+            "100ms",
+        ],
+        &script,
+    );
+    wait_for(LONG, "the second term", || {
+        metric("dlock_leader_terms_total") == 2.0
+    });
+    assert_eq!(metric("dlock_leader"), 1.0);
+    assert!(metric("dlock_leader_since_timestamp_seconds") > 1.0e9);
+    std::thread::sleep(Duration::from_millis(300));
+    signal(c.id(), Signal::SIGTERM);
+    assert_eq!(wait_timeout(&mut c, LONG), 0);
+    assert_eq!(metric("dlock_leader"), 0.0);
+    assert_eq!(metric("dlock_leader_terms_total"), 2.0);
+    assert!(metric("dlock_leader_seconds_total") >= 0.3);
+    assert_eq!(metric("dlock_leader_since_timestamp_seconds"), 0.0);
+    let last: f64 = std::fs::read_to_string(&runs)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(metric("dlock_leader_token"), last);
+}
+
+/// A backend that cannot be reached at start is exit 69, as for `run`.
+#[test]
+fn unreachable_backend_at_start_is_69() {
+    let env = Env::bare("redis://127.0.0.1:1".into());
+    let t = Instant::now();
+    let out = env.run(&[
+        "--connect-timeout",
+        "1s",
+        "elect",
+        "--key",
+        "k",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&out), 69, "{}", stderr(&out));
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    let out = env.run(&["--connect-timeout", "1s", "leader", "k"]);
+    assert_eq!(code(&out), 69, "{}", stderr(&out));
+}
+
+/// ZooKeeper: a term is Curator's `InterProcessMutex` layout, the one a
+/// `LeaderSelector` uses: a kazoo `Lock` on the same path (told dlock's node
+/// names, as `extra_lock_patterns`) and `dlock elect` exclude each other,
+/// both ways.
+#[test]
+fn zookeeper_kazoo_and_elect_exclude_each_other() {
+    let env = Env::zookeeper();
+    let hosts = env.url.trim_start_matches("zk://").to_string();
+    let script = format!(
+        "import time\nfrom kazoo.client import KazooClient\nzk=KazooClient(hosts='{hosts}')\nzk.start()\n\
+         l=zk.Lock('/dlock/lead','kazoo', extra_lock_patterns=['-lock-'])\nassert l.acquire(blocking=False)\n\
+         print('held',flush=True)\ntime.sleep(2)\nl.release()\nzk.stop()\n"
+    );
+    let mut py = python_holder("kazoo", &script);
+    let t = Instant::now();
+    let log = env.path("log");
+    let mut c = candidate(&env, "lead", &["--wait", "20s"], &body(&log, 0));
+    wait_start(&log, 1, LONG);
+    assert!(
+        t.elapsed() > Duration::from_millis(1200),
+        "dlock led while kazoo held the lock"
+    );
+    assert!(py.wait().unwrap().success());
+    let script = format!(
+        "from kazoo.client import KazooClient\nzk=KazooClient(hosts='{hosts}')\nzk.start()\n\
+         print(zk.Lock('/dlock/lead','kazoo', extra_lock_patterns=['-lock-']).acquire(blocking=False))\nzk.stop()\n"
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out).trim(), "False", "{}", stderr(&out));
+    signal(c.id(), Signal::SIGTERM);
+    assert_eq!(wait_timeout(&mut c, LONG), 0);
+}
+
+/// etcd: `etcdctl elect` and `dlock elect` take turns on the same prefix
+/// (the mutex layout, which `concurrency.Election` shares), both ways, and
+/// `etcdctl elect -l` observes dlock's leader (its record, not bare V).
+#[cfg(feature = "etcd")]
+#[test]
+fn etcd_etcdctl_elect_and_dlock_elect_take_turns() {
+    let env = Env::etcd();
+    let etcd = env.etcd.as_ref().unwrap();
+    let ctl = servers::require("etcdctl", "etcd-client");
+    let etcdctl = |args: &[&str], out: &Path| {
+        Reaped(
+            std::process::Command::new(&ctl)
+                .env("ETCDCTL_API", "3")
+                .args(["--endpoints", &format!("127.0.0.1:{}", etcd.port)])
+                .args(args)
+                .stdout(std::fs::File::create(out).unwrap())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    // etcdctl leads; dlock waits for it.
+    let first = env.path("etcdctl1.out");
+    let mut e = etcdctl(&["elect", "dlock/lead", "etcd-side"], &first);
+    wait_for(LONG, "etcdctl to lead", || {
+        std::fs::read_to_string(&first)
+            .unwrap_or_default()
+            .contains("etcd-side")
+    });
+    let log = env.path("log");
+    let mut c = candidate(&env, "lead", &[], &body(&log, 0));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(starts(&log).is_empty(), "dlock led while etcdctl did");
+    signal(e.id(), Signal::SIGINT);
+    let _ = e.wait();
+    wait_start(&log, 1, LONG);
+    // dlock leads: an observer sees it, and etcdctl's campaign waits.
+    let observed = env.path("observe.out");
+    let mut o = etcdctl(&["elect", "-l", "dlock/lead"], &observed);
+    wait_for(LONG, "the observer to print the leader", || {
+        std::fs::read_to_string(&observed)
+            .unwrap_or_default()
+            .contains("dlock1|")
+    });
+    let _ = o.kill();
+    let second = env.path("etcdctl2.out");
+    let mut e = etcdctl(&["elect", "dlock/lead", "etcd-side"], &second);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        std::fs::read_to_string(&second).unwrap_or_default(),
+        "",
+        "etcdctl led while dlock did"
+    );
+    signal(c.id(), Signal::SIGTERM);
+    assert_eq!(wait_timeout(&mut c, LONG), 0);
+    wait_for(LONG, "etcdctl to lead after dlock resigned", || {
+        std::fs::read_to_string(&second)
+            .unwrap_or_default()
+            .contains("etcd-side")
+    });
+    signal(e.id(), Signal::SIGINT);
+    let _ = e.wait();
+}
