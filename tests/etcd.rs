@@ -1,6 +1,5 @@
 //! etcd v3 against a real server (Debian `etcd-server`, `etcd-client`),
-//! started per test on free loopback ports. Built with `--features etcd`.
-#![cfg(feature = "etcd")]
+//! started per test on free loopback ports.
 
 mod common;
 

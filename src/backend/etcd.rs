@@ -7,16 +7,14 @@
 //! holder key's create revision. Release deletes the key and revokes the
 //! lease.
 //!
-//! Built only with `--features etcd`: the etcd client compiles etcd's
-//! protobuf files at build time and needs `protoc` (Debian
-//! `protobuf-compiler`).
+//! The gRPC client is our own (`etcd/client.rs`), over code generated from
+//! etcd's protos and committed, so building dlock needs no `protoc`.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 use async_trait::async_trait;
-use etcd_client as ec;
 use tokio::sync::Mutex;
 
 use super::kit::{self, Kind, Queued};
@@ -26,6 +24,9 @@ use super::{
 };
 use crate::backend::probe::{Check, Level};
 use crate::error::{unavailable, usage};
+
+mod client;
+use client as ec;
 
 pub struct EtcdBackend {
     shown: String,

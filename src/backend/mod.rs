@@ -14,7 +14,6 @@ use async_trait::async_trait;
 
 use crate::error::usage;
 
-#[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod kit;
 pub mod mysql;
@@ -295,14 +294,8 @@ pub async fn connect(urls: &[String], connect_timeout: Duration) -> Result<Arc<d
             mysql::MysqlBackend::connect(first, connect_timeout).await?,
         )),
         "zk" => Ok(Arc::new(zk::ZkBackend::new(first, connect_timeout)?)),
-        #[cfg(feature = "etcd")]
         "etcd" | "etcds" => Ok(Arc::new(
             etcd::EtcdBackend::connect(first, connect_timeout).await?,
-        )),
-        #[cfg(not(feature = "etcd"))]
-        "etcd" | "etcds" => Err(crate::error::unavailable(
-            "this dlock was built without etcd support: rebuild with `cargo build --release --features etcd` \
-             (it needs protoc, Debian package protobuf-compiler)",
         )),
         _ => Err(usage(format!(
             "unknown backend URL {}: expected sqlite:, redis://, zk://, postgres://, mysql:// or etcd://",
