@@ -67,32 +67,32 @@ pub enum Error {
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Error::GRpcStatus(s) => {
-                if s.message().is_empty() {
-                    write!(f, "{:?}", s.code())?;
-                } else {
-                    f.write_str(s.message())?;
-                }
-                // What the transport said (refused, TLS, ...).
-                let mut cause = std::error::Error::source(s);
-                while let Some(c) = cause {
-                    write!(f, ": {c}")?;
-                    cause = c.source();
-                }
-                Ok(())
+            Error::GRpcStatus(s) if s.message().is_empty() => {
+                with_causes(f, format!("{:?}", s.code()), s)
             }
-            Error::Transport(e) => {
-                write!(f, "{e}")?;
-                let mut cause = std::error::Error::source(e);
-                while let Some(c) = cause {
-                    write!(f, ": {c}")?;
-                    cause = c.source();
-                }
-                Ok(())
-            }
+            Error::GRpcStatus(s) => with_causes(f, s.message().to_string(), s),
+            Error::Transport(e) => with_causes(f, e.to_string(), e),
             Error::InvalidArgs(m) | Error::Watch(m) => f.write_str(m),
         }
     }
+}
+
+/// `text`, then what the transport under it said (refused, TLS, ...), each
+/// cause once: tonic repeats them.
+fn with_causes(
+    f: &mut std::fmt::Formatter<'_>,
+    mut text: String,
+    e: &dyn std::error::Error,
+) -> std::fmt::Result {
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let c_text = c.to_string();
+        if !text.contains(&c_text) {
+            text = format!("{text}: {c_text}");
+        }
+        cause = c.source();
+    }
+    f.write_str(&text)
 }
 
 impl std::error::Error for Error {}
