@@ -26,6 +26,7 @@ use crate::backend::probe::{Check, Level};
 use crate::error::{unavailable, usage};
 
 mod client;
+mod transport;
 use client as ec;
 
 pub struct EtcdBackend {
@@ -112,9 +113,9 @@ impl EtcdBackend {
             .split(',')
             .map(|h| format!("{scheme}://{h}"))
             .collect();
-        let mut opts = ec::ConnectOptions::new()
-            .with_connect_timeout(timeout)
-            .with_timeout(timeout);
+        // Every call below is bounded by `timeout` (kit::bounded and the
+        // like), streams included.
+        let mut opts = ec::ConnectOptions::new().with_connect_timeout(timeout);
         if tls {
             opts = opts.with_tls(ec::TlsOptions::new().with_native_roots());
         }

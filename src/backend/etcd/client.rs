@@ -1,6 +1,7 @@
 //! A thin etcd v3 gRPC client: exactly the calls the etcd backend makes, in
 //! the shape of the `etcd-client` crate's API that it used before (so
-//! `etcd.rs` reads the same), over `tonic` with rustls.
+//! `etcd.rs` reads the same), with `tonic`'s gRPC over our own HTTP/2
+//! connection (`transport.rs`, rustls for `etcds://`).
 //!
 //! The message and client types are generated from etcd's protos
 //! (`proto/etcd/`) once and committed in `proto/` next to this file, so a
@@ -16,7 +17,8 @@ use std::time::Duration;
 
 use tonic::Request;
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+use super::transport::{self, Transport};
 
 use pb::auth_client::AuthClient;
 use pb::cluster_client::ClusterClient;
@@ -55,10 +57,9 @@ const TOKEN: &str = "token";
 
 #[derive(Debug)]
 pub enum Error {
-    /// The server (or the transport under it) answered with a gRPC status.
+    /// The server (or the connection to it) answered with a gRPC status.
     GRpcStatus(tonic::Status),
     /// A bad endpoint URL or TLS set-up.
-    Transport(tonic::transport::Error),
     InvalidArgs(String),
     /// The server ended or refused a watch.
     Watch(String),
@@ -71,7 +72,6 @@ impl std::fmt::Display for Error {
                 with_causes(f, format!("{:?}", s.code()), s)
             }
             Error::GRpcStatus(s) => with_causes(f, s.message().to_string(), s),
-            Error::Transport(e) => with_causes(f, e.to_string(), e),
             Error::InvalidArgs(m) | Error::Watch(m) => f.write_str(m),
         }
     }
@@ -103,25 +103,22 @@ impl From<tonic::Status> for Error {
     }
 }
 
-impl From<tonic::transport::Error> for Error {
-    fn from(e: tonic::transport::Error) -> Error {
-        Error::Transport(e)
-    }
-}
-
 pub type Result<T> = std::result::Result<T, Error>;
 
 #[derive(Debug, Clone, Default)]
-pub struct TlsOptions(ClientTlsConfig);
+pub struct TlsOptions {
+    native_roots: bool,
+}
 
 impl TlsOptions {
     pub fn new() -> TlsOptions {
-        TlsOptions(ClientTlsConfig::new())
+        TlsOptions::default()
     }
 
-    /// Trust the system's roots (or the CA file in `SSL_CERT_FILE`).
+    /// Trust the system's roots (or the CA file in `SSL_CERT_FILE`): the
+    /// only roots there are.
     pub fn with_native_roots(self) -> TlsOptions {
-        TlsOptions(self.0.with_native_roots())
+        TlsOptions { native_roots: true }
     }
 }
 
@@ -130,7 +127,6 @@ pub struct ConnectOptions {
     user: Option<(String, String)>,
     tls: Option<TlsOptions>,
     connect_timeout: Option<Duration>,
-    timeout: Option<Duration>,
 }
 
 impl ConnectOptions {
@@ -152,22 +148,16 @@ impl ConnectOptions {
         self.connect_timeout = Some(d);
         self
     }
-
-    /// A bound on every call (until the answer's headers, for a stream).
-    pub fn with_timeout(mut self, d: Duration) -> Self {
-        self.timeout = Some(d);
-        self
-    }
 }
 
 #[derive(Clone)]
 pub struct Client {
-    kv: KvClient<Channel>,
-    watch: WatchClient<Channel>,
-    lease: LeaseClient<Channel>,
-    cluster: ClusterClient<Channel>,
-    maintenance: MaintenanceClient<Channel>,
-    auth: AuthClient<Channel>,
+    kv: KvClient<Transport>,
+    watch: WatchClient<Transport>,
+    lease: LeaseClient<Transport>,
+    cluster: ClusterClient<Transport>,
+    maintenance: MaintenanceClient<Transport>,
+    auth: AuthClient<Transport>,
     user: Option<(String, String)>,
     /// The auth token, shared by every clone, replaced on re-authentication.
     token: Arc<RwLock<Option<MetadataValue<Ascii>>>>,
@@ -194,36 +184,20 @@ macro_rules! call {
 }
 
 impl Client {
-    /// A client over `endpoints` (`http://host:port` or `https://...`). The
-    /// connection is made by the first call (here, if there are credentials:
-    /// authentication).
+    /// A client over `endpoints` (`http://host:port` or `https://...`),
+    /// connected to one of them at a time. The connection is made by the
+    /// first call (here, if there are credentials: authentication).
     pub async fn connect<E: AsRef<str>, S: AsRef<[E]>>(
         endpoints: S,
         options: Option<ConnectOptions>,
     ) -> Result<Client> {
         let o = options.unwrap_or_default();
-        let mut eps = Vec::new();
-        for url in endpoints.as_ref() {
-            let url = url.as_ref();
-            let mut ep = Endpoint::from_shared(url.to_string())?;
-            if let Some(tls) = &o.tls {
-                ep = ep.tls_config(tls.0.clone())?;
-            }
-            if let Some(d) = o.connect_timeout {
-                ep = ep.connect_timeout(d);
-            }
-            if let Some(d) = o.timeout {
-                ep = ep.timeout(d);
-            }
-            eps.push(ep);
-        }
-        // One endpoint: a plain channel, whose calls fail at once (with the
-        // cause) when the server cannot be reached. Several: balanced.
-        let channel = match eps.len() {
-            0 => return Err(Error::InvalidArgs("no etcd endpoint".into())),
-            1 => eps[0].connect_lazy(),
-            _ => Channel::balance_list(eps.into_iter()),
+        let urls: Vec<&str> = endpoints.as_ref().iter().map(|e| e.as_ref()).collect();
+        let tls = match &o.tls {
+            Some(t) if t.native_roots => Some(transport::tls_config().map_err(Error::InvalidArgs)?),
+            _ => None,
         };
+        let channel = Transport::new(&urls, tls, o.connect_timeout).map_err(Error::InvalidArgs)?;
         let c = Client {
             kv: KvClient::new(channel.clone()),
             watch: WatchClient::new(channel.clone()),
