@@ -123,8 +123,9 @@ impl EtcdBackend {
             let (user, pass) = a.split_once(':').unwrap_or((&a, ""));
             opts = opts.with_user(user, pass);
         }
-        // The client balances requests over its endpoints without skipping a
-        // dead one, so start with the members that answer now.
+        // The client uses the first endpoint that takes a connection, and a
+        // member that takes it but does not answer (frozen, say) would hold
+        // every call up: start with the members that answer now.
         let listed = endpoints.clone();
         let endpoints = if endpoints.len() > 1 {
             let probes = futures_util::future::join_all(endpoints.iter().map(|ep| {
