@@ -10,14 +10,8 @@ RUNS=${RUNS:-100}
 CRUNS=${CRUNS:-3}
 
 # --- tools -------------------------------------------------------------------
-[[ -x $DLOCK ]] || { echo "dlock not found at $DLOCK: run cargo build --release --features etcd" >&2; exit 1; }
+[[ -x $DLOCK ]] || { echo "dlock not found at $DLOCK: run cargo build --release" >&2; exit 1; }
 DLOCK=$(realpath "$DLOCK")
-# etcd is a cargo feature; without it any etcd:// URL fails at once, no server needed.
-out=$("$DLOCK" --backend etcd://127.0.0.1:1 ping 2>&1 || true)   # refused here: fine
-if [[ $out == *"without etcd support"* ]]; then
-  echo "$DLOCK was built without etcd support: run cargo build --release --features etcd" >&2
-  exit 1
-fi
 for t in hyperfine etcd etcdctl flock python3; do   # Debian: hyperfine, etcd-server,
   command -v "$t" >/dev/null || { echo "$t is missing" >&2; exit 1; }   # etcd-client, util-linux
 done

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 need=()
 for pair in "flock:util-linux" "date:coreutils" "redis-server:redis-server" "redis-cli:redis-tools" \
   "mariadbd:mariadb-server" "mariadb:mariadb-client" "python3:python3" "openssl:openssl" \
-  "protoc:protobuf-compiler" "etcd:etcd-server" "etcdctl:etcd-client"; do
+  "etcd:etcd-server" "etcdctl:etcd-client"; do
   command -v "${pair%%:*}" >/dev/null || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair##*:}")
 done
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
@@ -34,6 +34,5 @@ python3 -c 'import redis' 2>/dev/null || python3 -m pip install --quiet redis
 python3 -c 'import kazoo' 2>/dev/null || python3 -m pip install --quiet kazoo
 
 cargo fmt --all -- --check
-# --all-features includes etcd, which needs protoc (installed above).
 cargo clippy --all-targets --all-features --quiet -- -D warnings
 cargo test --all-targets --all-features --no-fail-fast

@@ -509,7 +509,6 @@ fn first_campaign_bounded_by_wait() {
 elect_suite!(redlock, Env::redlock(3));
 elect_suite!(mariadb, Env::mariadb());
 elect_suite!(zookeeper, Env::zookeeper());
-#[cfg(feature = "etcd")]
 elect_suite!(etcd, Env::etcd());
 
 /// The JSON log: `elected` with the token, `lost` after `release --force`,
@@ -685,7 +684,6 @@ fn zookeeper_kazoo_and_elect_exclude_each_other() {
 /// etcd: `etcdctl elect` and `dlock elect` take turns on the same prefix
 /// (the mutex layout, which `concurrency.Election` shares), both ways, and
 /// `etcdctl elect -l` observes dlock's leader (its record, not bare V).
-#[cfg(feature = "etcd")]
 #[test]
 fn etcd_etcdctl_elect_and_dlock_elect_take_turns() {
     let env = Env::etcd();

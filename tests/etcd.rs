@@ -1,6 +1,5 @@
 //! etcd v3 against a real server (Debian `etcd-server`, `etcd-client`),
-//! started per test on free loopback ports. Built with `--features etcd`.
-#![cfg(feature = "etcd")]
+//! started per test on free loopback ports.
 
 mod common;
 
@@ -230,4 +229,21 @@ fn authentication_from_the_url() {
         0,
         "without credentials, an auth-enabled etcd refuses"
     );
+}
+
+/// etcd's auth tokens expire (`--auth-token-ttl`, 5 minutes by default, here
+/// 1 s): dlock authenticates again and carries on, renewing the lease and
+/// releasing it with the new token.
+#[test]
+fn an_expired_auth_token_is_renewed() {
+    let etcd = servers::Etcd::start_with(&["--auth-token-ttl", "1"]);
+    let out = etcd.ctl(&["user", "add", "root:s3cret-pw"]);
+    assert!(out.contains("created"), "{out}");
+    let out = etcd.ctl(&["auth", "enable"]);
+    assert!(out.contains("Enabled"), "{out}");
+    let env = Env::bare(format!("etcd://root:s3cret-pw@127.0.0.1:{}", etcd.port));
+    // Renewals every 2 s, each after the token has expired.
+    let out = env.run(&["run", "--ttl", "6s", "--key", "t", "--", "sleep", "5"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(!env.held("t"), "released");
 }

@@ -7,16 +7,14 @@
 //! holder key's create revision. Release deletes the key and revokes the
 //! lease.
 //!
-//! Built only with `--features etcd`: the etcd client compiles etcd's
-//! protobuf files at build time and needs `protoc` (Debian
-//! `protobuf-compiler`).
+//! The gRPC client is our own (`etcd/client.rs`), over code generated from
+//! etcd's protos and committed, so building dlock needs no `protoc`.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 use async_trait::async_trait;
-use etcd_client as ec;
 use tokio::sync::Mutex;
 
 use super::kit::{self, Kind, Queued};
@@ -26,6 +24,10 @@ use super::{
 };
 use crate::backend::probe::{Check, Level};
 use crate::error::{unavailable, usage};
+
+mod client;
+mod transport;
+use client as ec;
 
 pub struct EtcdBackend {
     shown: String,
@@ -117,9 +119,9 @@ impl EtcdBackend {
             .split(',')
             .map(|h| format!("{scheme}://{h}"))
             .collect();
-        let mut opts = ec::ConnectOptions::new()
-            .with_connect_timeout(timeout)
-            .with_timeout(timeout);
+        // Every call below is bounded by `timeout` (kit::bounded and the
+        // like), streams included.
+        let mut opts = ec::ConnectOptions::new().with_connect_timeout(timeout);
         if tls {
             opts = opts.with_tls(ec::TlsOptions::new().with_native_roots());
         }
@@ -127,8 +129,9 @@ impl EtcdBackend {
             let (user, pass) = a.split_once(':').unwrap_or((&a, ""));
             opts = opts.with_user(user, pass);
         }
-        // The client balances requests over its endpoints without skipping a
-        // dead one, so start with the members that answer now.
+        // The client uses the first endpoint that takes a connection, and a
+        // member that takes it but does not answer (frozen, say) would hold
+        // every call up: start with the members that answer now.
         let listed = endpoints.clone();
         let endpoints = if endpoints.len() > 1 {
             let probes = futures_util::future::join_all(endpoints.iter().map(|ep| {

@@ -14,7 +14,6 @@ use async_trait::async_trait;
 
 use crate::error::usage;
 
-#[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod kit;
 pub mod probe;
@@ -304,15 +303,7 @@ pub async fn connect(urls: &[String], connect_timeout: Duration) -> Result<Arc<d
         "postgres" | "postgresql" => Arc::new(sql::connect_postgres(first, connect_timeout).await?),
         "mysql" | "mariadb" => Arc::new(sql::connect_mysql(first, connect_timeout).await?),
         "zk" => Arc::new(zk::ZkBackend::new(first, connect_timeout)?),
-        #[cfg(feature = "etcd")]
         "etcd" | "etcds" => Arc::new(etcd::EtcdBackend::connect(first, connect_timeout).await?),
-        #[cfg(not(feature = "etcd"))]
-        "etcd" | "etcds" => {
-            return Err(crate::error::unavailable(
-                "this dlock was built without etcd support: rebuild with `cargo build --release --features etcd` \
-                 (it needs protoc, Debian package protobuf-compiler)",
-            ));
-        }
         _ => {
             return Err(usage(format!(
                 "unknown backend URL {}: expected one of sqlite:, redis://, rediss://, redis+sentinel://, \

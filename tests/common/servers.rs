@@ -283,6 +283,8 @@ pub struct Etcd {
     child: Option<Child>,
     /// (certificate, key, CA) when clients must speak TLS.
     tls: Option<(String, String, String)>,
+    /// More `etcd` flags.
+    extra: Vec<String>,
 }
 
 impl Etcd {
@@ -304,6 +306,11 @@ impl Etcd {
 
     /// A single-member cluster.
     pub fn start() -> Etcd {
+        Etcd::start_with(&[])
+    }
+
+    /// A single-member cluster started with more `etcd` flags.
+    pub fn start_with(flags: &[&str]) -> Etcd {
         let peer = free_port();
         let mut e = Etcd::member(
             "n1",
@@ -311,6 +318,7 @@ impl Etcd {
             peer,
             format!("n1=http://127.0.0.1:{peer}"),
         );
+        e.extra = flags.iter().map(|f| f.to_string()).collect();
         e.spawn();
         wait_port(e.port, Duration::from_secs(20));
         e.wait_healthy();
@@ -326,6 +334,7 @@ impl Etcd {
             dir: tempfile::tempdir().unwrap(),
             child: None,
             tls: None,
+            extra: Vec::new(),
         }
     }
 
@@ -414,6 +423,7 @@ impl Etcd {
                 }
                 None => vec![],
             })
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
