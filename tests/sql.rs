@@ -335,3 +335,17 @@ fn refused_without_a_trusted_root(url: &str) {
         .unwrap();
     assert_eq!(code(&out), 69, "{}", stderr(&out));
 }
+
+/// A database error reads as the server's message and code, without the
+/// server's own source line ("at line 768") that the driver appends.
+#[test]
+fn postgres_errors_show_the_message_not_server_internals() {
+    let env = Env::postgres();
+    let url = env.url.rsplit_once('/').unwrap().0.to_string() + "/no_such_db";
+    let out = Env::bare(url).run(&["run", "-n", "--key", "k", "--", "true"]);
+    assert_eq!(code(&out), 69, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(err.contains("SQLSTATE"), "{err}");
+    assert!(!err.contains(" at line "), "server internals shown: {err}");
+}

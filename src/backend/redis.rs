@@ -236,6 +236,13 @@ struct SentinelConn {
     timeout: Duration,
 }
 
+/// A refusal of our credentials (a wrong password, or a user without the
+/// rights): the server was reached, so this is no outage.
+fn denied(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
+}
+
 /// Errors after which the primary may have moved: ask the sentinels again.
 fn moved(e: &redis::RedisError) -> bool {
     e.is_io_error()
@@ -478,30 +485,50 @@ impl RedisBackend {
             subs: Mutex::new(None),
         };
         // Reach a quorum now, so an unreachable backend is exit 69 at once.
+        // Each answer, and whether the server refused our credentials.
         let pings = join_all(b.nodes.iter().map(|n| {
             let mut c = n.conn.clone();
             async move {
-                tokio::time::timeout(timeout, redis::cmd("PING").query_async::<String>(&mut c))
-                    .await
-                    .map_err(|_| "timed out".to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string()))
+                match tokio::time::timeout(
+                    timeout,
+                    redis::cmd("PING").query_async::<String>(&mut c),
+                )
+                .await
+                {
+                    Err(_) => Err(("timed out".to_string(), false)),
+                    Ok(Err(e)) => Err((e.to_string(), denied(&e))),
+                    Ok(Ok(_)) => Ok(()),
+                }
             }
         }))
         .await;
-        let failed: Vec<String> = b
+        let failed: Vec<(String, bool)> = b
             .nodes
             .iter()
             .zip(&pings)
-            .filter_map(|(n, p)| p.as_ref().err().map(|e| format!("{} ({e})", n.shown)))
+            .filter_map(|(n, p)| {
+                p.as_ref()
+                    .err()
+                    .map(|(e, d)| (format!("{} ({e})", n.shown), *d))
+            })
             .collect();
         if b.nodes.len() - failed.len() < b.quorum {
+            let all: Vec<&str> = failed.iter().map(|(f, _)| f.as_str()).collect();
+            // Reached, but refused: say so, and do not retry.
+            if failed.iter().any(|(_, d)| *d) {
+                return Err(crate::error::denied(format!(
+                    "Redis refused the credentials in the URL: {}",
+                    all.join(", ")
+                )));
+            }
             return Err(unavailable(format!(
                 "cannot reach {} of {} Redis server(s): {}",
                 failed.len(),
                 b.nodes.len(),
-                failed.join(", ")
+                all.join(", ")
             )));
         }
+        let failed: Vec<String> = failed.into_iter().map(|(f, _)| f).collect();
         for f in &failed {
             tracing::warn!("Redis server unreachable, continuing with a majority: {f}");
         }

@@ -228,20 +228,39 @@ pub fn kind(e: &sqlx::Error) -> Kind {
                 // ER_USER_LIMIT_REACHED; access denied (db, user, plugin).
                 return match my.number() {
                     1040 | 1203 | 1226 => Kind::Full,
-                    1044 | 1045 | 1698 => Kind::Denied,
+                    // ... and an unknown database: no retry cures these.
+                    1044 | 1045 | 1698 | 1049 => Kind::Denied,
                     _ => Kind::Outage,
                 };
             }
             match db.code().as_deref() {
                 // too_many_connections
                 Some("53300") => Kind::Full,
-                // invalid authorization, insufficient privilege
-                Some(c) if c.starts_with("28") || c == "42501" => Kind::Denied,
+                // invalid authorization, insufficient privilege, no such
+                // database: no retry cures these.
+                Some(c) if c.starts_with("28") || c == "42501" || c == "3D000" => Kind::Denied,
                 _ => Kind::Outage,
             }
         }
         sqlx::Error::Tls(_) => Kind::Denied,
         _ => Kind::Outage,
+    }
+}
+
+/// A database error as a user should read it: the server's message and its
+/// code, without the server's source line that sqlx adds for PostgreSQL
+/// ("at line 768").
+struct Shown(sqlx::Error);
+
+impl std::fmt::Display for Shown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            sqlx::Error::Database(db) => match db.code() {
+                Some(code) => write!(f, "{} (SQLSTATE {code})", db.message()),
+                None => f.write_str(db.message()),
+            },
+            e => write!(f, "{e}"),
+        }
     }
 }
 
@@ -264,7 +283,7 @@ where
         },
         e => e,
     };
-    kit::typed(kind(&e), format!("{service}: connect: {e}"))
+    kit::typed(kind(&e), format!("{service}: connect: {}", Shown(e)))
 }
 
 /// A server's clock reading in microseconds since the epoch.
@@ -420,7 +439,11 @@ impl SqlBackend {
         f: impl std::future::Future<Output = Result<T, sqlx::Error>>,
     ) -> Result<T> {
         let service = format!("{} {}", self.d.service(), self.shown);
-        kit::bounded(&service, what, self.timeout, f, kind).await
+        use futures_util::TryFutureExt;
+        kit::bounded(&service, what, self.timeout, f.map_err(Shown), |e| {
+            kind(&e.0)
+        })
+        .await
     }
 
     /// Run DDL (several statements) once.
