@@ -65,15 +65,18 @@ fn usage_errors_exit_64_with_a_message() {
     }
 }
 
+/// `dlock --backend URL status`, in a clean environment.
+fn status_on(home: &std::path::Path, url: &str) -> std::process::Output {
+    bare(home)
+        .args(["--backend", url, "status"])
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn bad_backend_urls() {
     let dir = tempfile::tempdir().unwrap();
-    let run = |url: &str| {
-        bare(dir.path())
-            .args(["--backend", url, "status"])
-            .output()
-            .unwrap()
-    };
+    let run = |url: &str| status_on(dir.path(), url);
     let out = run("foo://x");
     assert_eq!(code(&out), 64);
     assert!(stderr(&out).contains("unknown backend URL"));
@@ -756,12 +759,7 @@ fn zookeeper_key_rules_apply_before_connecting() {
 #[test]
 fn bad_url_messages_say_what_would_work() {
     let dir = tempfile::tempdir().unwrap();
-    let run = |url: &str| {
-        bare(dir.path())
-            .args(["--backend", url, "status"])
-            .output()
-            .unwrap()
-    };
+    let run = |url: &str| status_on(dir.path(), url);
     let out = run("foo://x");
     assert_eq!(code(&out), 64);
     for scheme in [
