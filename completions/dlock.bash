@@ -141,7 +141,7 @@ _dlock() {
             return 0
             ;;
         dlock__subcmd__acquire)
-            opts="-k -w -n -E -l -t -b -v -q -h --key --wait --no-wait --conflict-exit-code --limit --ttl --backend --namespace --config --profile --connect-timeout --verbose --quiet --log-format --color --help"
+            opts="-k -w -n -E -l -s -t -b -v -q -h --key --wait --no-wait --conflict-exit-code --limit --shared --ttl --backend --namespace --config --profile --connect-timeout --verbose --quiet --log-format --color --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -849,7 +849,7 @@ _dlock() {
             return 0
             ;;
         dlock__subcmd__run)
-            opts="-k -t -w -n -E -l -c -b -v -q -h --key --ttl --wait --no-wait --conflict-exit-code --limit --shell --kill-after --on-lost --lock-at-least --metrics-file --backend --namespace --config --profile --connect-timeout --verbose --quiet --log-format --color --help"
+            opts="-k -t -w -n -E -l -s -c -b -v -q -h --key --ttl --wait --no-wait --conflict-exit-code --limit --shared --shell --kill-after --on-lost --lock-at-least --metrics-file --backend --namespace --config --profile --connect-timeout --verbose --quiet --log-format --color --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -71,6 +71,7 @@ complete -c dlock -n "__fish_dlock_using_subcommand run" -l color -d 'Colour in 
 always\t''
 never\t''"
 complete -c dlock -n "__fish_dlock_using_subcommand run" -s n -l no-wait -d 'Give up at once if the lock is held'
+complete -c dlock -n "__fish_dlock_using_subcommand run" -s s -l shared -d 'Take the lock shared, as `flock -s`: beside any number of other shared holders, never beside an exclusive one'
 complete -c dlock -n "__fish_dlock_using_subcommand run" -s c -l shell -d 'Run CMD through /bin/sh -c (its words joined by spaces)'
 complete -c dlock -n "__fish_dlock_using_subcommand run" -s v -l verbose -d 'Log what dlock does on stderr (-v: events with timings, -vv: debug)'
 complete -c dlock -n "__fish_dlock_using_subcommand run" -s q -l quiet -d 'Print nothing but errors'
@@ -91,6 +92,7 @@ complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l color -d 'Colour
 always\t''
 never\t''"
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s n -l no-wait -d 'Give up at once if the lock is held'
+complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s s -l shared -d 'Take the lock shared, as `flock -s`: beside any number of other shared holders, never beside an exclusive one'
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s v -l verbose -d 'Log what dlock does on stderr (-v: events with timings, -vv: debug)'
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s q -l quiet -d 'Print nothing but errors'
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s h -l help -d 'Print help (see more with \'--help\')'

@@ -195,6 +195,15 @@ pub struct LockArgs {
     /// Semaphore: at most N holders of each key at once [default: 1].
     #[arg(long, short = 'l', value_name = "N")]
     pub limit: Option<u32>,
+
+    /// Take the lock shared, as `flock -s`: beside any number of other
+    /// shared holders, never beside an exclusive one.
+    ///
+    /// An exclusive request (the default) that waits is served before
+    /// shared requests that come after it, so readers never starve a
+    /// writer. With several keys, every key is taken shared.
+    #[arg(long, short = 's')]
+    pub shared: bool,
 }
 
 #[derive(Debug, Args)]

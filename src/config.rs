@@ -39,6 +39,7 @@ pub struct FileConfig {
     no_wait: Option<bool>,
     conflict_exit_code: Option<u8>,
     limit: Option<u32>,
+    shared: Option<bool>,
     #[serde(default, deserialize_with = "de_duration")]
     kill_after: Option<Duration>,
     on_lost: Option<OnLost>,
@@ -85,6 +86,7 @@ impl FileConfig {
             no_wait: over.no_wait.or(self.no_wait),
             conflict_exit_code: over.conflict_exit_code.or(self.conflict_exit_code),
             limit: over.limit.or(self.limit),
+            shared: over.shared.or(self.shared),
             kill_after: over.kill_after.or(self.kill_after),
             on_lost: over.on_lost.or(self.on_lost),
             lock_at_least: over.lock_at_least.or(self.lock_at_least),
@@ -227,6 +229,8 @@ pub struct LockSettings {
     pub wait: Wait,
     pub conflict_exit_code: i32,
     pub limit: u32,
+    /// Every key taken shared (`--shared`).
+    pub shared: bool,
 }
 
 /// The `run`-only part of the settings.
@@ -347,6 +351,13 @@ impl Settings {
         if limit == 0 {
             return Err(usage("--limit must be at least 1"));
         }
+        let shared = a.shared || f.shared == Some(true);
+        if shared && limit > 1 {
+            return Err(usage(format!(
+                "--shared with --limit {limit}: a shared lock has no limit (any number of \
+                 shared holders at once), and a semaphore already is \"N at once\"; use one or the other"
+            )));
+        }
         Ok(LockSettings {
             keys,
             ttl,
@@ -356,6 +367,7 @@ impl Settings {
                 .or(f.conflict_exit_code.map(i32::from))
                 .unwrap_or(exit_code::BUSY),
             limit,
+            shared,
         })
     }
 

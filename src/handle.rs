@@ -33,6 +33,9 @@ pub struct HandleLease {
     pub key: String,
     pub token: u64,
     pub id: String,
+    /// Taken with `--shared` (absent: exclusive).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
 }
 
 impl Handle {
@@ -46,6 +49,7 @@ impl Handle {
                     key: l.key.clone(),
                     token: l.token,
                     id: l.id.clone(),
+                    shared: l.shared,
                 })
                 .collect(),
             backend: None,
@@ -93,6 +97,7 @@ impl Handle {
                 id: l.id.clone(),
                 ttl: self.ttl(),
                 granted_at: Instant::now(),
+                shared: l.shared,
             })
             .collect()
     }
@@ -119,6 +124,7 @@ mod tests {
                 key: "a b'\"$;".into(),
                 token: 7,
                 id: "ff".into(),
+                shared: false,
             }],
             backend: None,
         };

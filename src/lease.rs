@@ -274,6 +274,7 @@ pub async fn acquire_all(
             key: key.clone(),
             ttl: lock.ttl,
             limit: lock.limit,
+            shared: lock.shared,
         };
         let got = kit::patiently(deadline, patience, || backend.acquire(&spec, me, deadline)).await;
         let busy = match got {
@@ -382,6 +383,7 @@ mod tests {
             id: "me".into(),
             ttl,
             granted_at: Instant::now(),
+            shared: false,
         }
     }
 

@@ -58,7 +58,8 @@ pub fn who(h: &Holder) -> String {
 /// One line about a holder, for the busy message.
 pub fn describe_holder(h: &Holder) -> String {
     let now = SystemTime::now();
-    let mut s = format!("held by {}", who(h));
+    let how = if h.shared { "shared by" } else { "held by" };
+    let mut s = format!("{how} {}", who(h));
     let mut extra = Vec::new();
     match h.pid {
         Some(HANDLE_PID) => extra.push("a handle from `dlock acquire`".to_string()),
@@ -102,6 +103,7 @@ pub fn to_json(statuses: &[KeyStatus]) -> Value {
                         "acquired_at": h.acquired_at.map(rfc3339),
                         "expires_at": h.expires_at.map(rfc3339),
                         "dead": h.dead,
+                        "mode": if h.shared { "shared" } else { "exclusive" },
                     })).collect::<Vec<_>>(),
                     "waiters": k.waiters,
                     "unreadable": k.unreadable,
@@ -152,8 +154,11 @@ pub fn table(statuses: &[KeyStatus], paint: Paint) -> String {
     let dash = || "-".to_string();
     for k in statuses {
         let waiters = k.waiters.map_or_else(dash, |w| w.to_string());
+        let shared = k.holders.iter().filter(|h| h.shared).count();
         let state = |n: usize| {
-            if k.limit > 1 {
+            if shared > 0 {
+                format!("shared {shared}")
+            } else if k.limit > 1 {
                 format!("held {n}/{}", k.limit)
             } else {
                 "held".to_string()

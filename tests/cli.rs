@@ -48,6 +48,16 @@ fn usage_errors_exit_64_with_a_message() {
             "--limit",
         ),
         (&["run", "-E", "300", "--key", "a", "--", "true"], "300"),
+        (
+            &[
+                "run", "--shared", "--limit", "2", "--key", "a", "--", "true",
+            ],
+            "--shared with --limit 2",
+        ),
+        (
+            &["acquire", "-s", "-l", "3", "--key", "a"],
+            "a shared lock has no limit",
+        ),
         (&["release"], "required"),
         (&["release", "garbage"], "not a dlock lease handle"),
         (&["renew", "dlock1.AAAA"], "not a dlock lease handle"),

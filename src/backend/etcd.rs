@@ -74,6 +74,7 @@ fn holder_from(kv: &ec::KeyValue) -> Holder {
                 .map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
             expires_at: None,
             dead: false,
+            shared: false,
         }
     } else {
         // etcdctl lock and concurrency.Mutex store an empty value.
@@ -336,6 +337,7 @@ impl Backend for EtcdBackend {
                     },
                     ttl: spec.ttl,
                     granted_at: alive_since,
+                    shared: spec.shared,
                 }));
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {

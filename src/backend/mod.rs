@@ -47,7 +47,22 @@ pub struct LockSpec {
     pub namespace: String,
     pub key: String,
     pub ttl: Duration,
+    /// Exclusive holders allowed at once (1: a mutex; N: a semaphore).
     pub limit: u32,
+    /// Taken in shared mode (`--shared`): beside any number of other
+    /// shared holders, never beside an exclusive one.
+    pub shared: bool,
+}
+
+impl LockSpec {
+    /// The mode the admission rule ([`kit::admits`]) reads.
+    pub fn mode(&self) -> kit::Mode {
+        if self.shared {
+            kit::Mode::Shared
+        } else {
+            kit::Mode::Exclusive { limit: self.limit }
+        }
+    }
 }
 
 /// Who we are, recorded with every lease so `status` can say who holds it.
@@ -77,6 +92,8 @@ pub struct Lease {
     /// When the request that granted it was sent: the lease cannot have
     /// started on the server before this, so it is safe until `granted_at + ttl`.
     pub granted_at: Instant,
+    /// Taken in shared mode (a backend may keep shared leases elsewhere).
+    pub shared: bool,
 }
 
 /// Someone holding a lock, as far as the backend knows.
@@ -91,6 +108,8 @@ pub struct Holder {
     /// The holder's process is known to be gone (a `run` on this host that
     /// died; only SQLite can tell). Its lease is broken by the next contender.
     pub dead: bool,
+    /// A shared holder (`--shared`), one of possibly many.
+    pub shared: bool,
 }
 
 /// The state of one key.
@@ -193,6 +212,12 @@ pub trait Backend: Send + Sync {
     async fn doctor(&self, ttl: Duration, timeout: Duration) -> Vec<crate::backend::probe::Check> {
         let _ = (ttl, timeout);
         Vec::new()
+    }
+
+    /// Whether this backend takes shared locks (`--shared`); the
+    /// decorator refuses them with a clear message where it does not.
+    fn shares(&self) -> bool {
+        false
     }
 
     /// Close connections cleanly before the process exits.

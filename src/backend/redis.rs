@@ -1046,6 +1046,7 @@ impl Poll for RedisBackend {
             id: me.id.clone(),
             ttl: spec.ttl,
             granted_at,
+            shared: spec.shared,
         };
         if counters.len() >= self.quorum && !valid.is_zero() {
             if !self.redlock() {

@@ -137,6 +137,7 @@ fn parse_row(r: &SqliteRow) -> Result<Row_> {
             acquired_at: Some(from_ms(r.try_get("acquired_at")?)),
             expires_at: Some(from_ms(r.try_get("expires_at")?)),
             dead: false,
+            shared: false,
         },
     })
 }
@@ -464,6 +465,7 @@ impl SqliteBackend {
             id: me.id.clone(),
             ttl: spec.ttl,
             granted_at,
+            shared: spec.shared,
         };
         Ok((Attempt::Acquired(lease), None))
     }

@@ -44,7 +44,17 @@ impl Backend for Typed {
         me: &Owner,
         deadline: Option<Instant>,
     ) -> Result<Attempt> {
+        if spec.shared && !self.0.shares() {
+            return Err(crate::error::usage(format!(
+                "{}: this backend does not take shared locks (--shared)",
+                self.0.describe()
+            )));
+        }
         self.typed(self.0.acquire(spec, me, deadline).await)
+    }
+
+    fn shares(&self) -> bool {
+        self.0.shares()
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Renewal> {
@@ -124,6 +134,7 @@ mod tests {
             key: "k".into(),
             ttl: Duration::from_secs(1),
             limit: 1,
+            shared: false,
         };
         let me = Owner {
             id: "i".into(),
@@ -141,6 +152,7 @@ mod tests {
             id: "i".into(),
             ttl: Duration::from_secs(1),
             granted_at: Instant::now(),
+            shared: false,
         };
         let e = b.acquire(&spec, &me, None).await.unwrap_err();
         assert_eq!(exit_code_of(&e), 69);

@@ -253,6 +253,7 @@ fn holder_from(data: &[u8], stat: &zk::Stat) -> (Holder, Option<u32>) {
                 .map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
             expires_at,
             dead: false,
+            shared: false,
         };
         (h, d.limit.parse().ok())
     } else {
@@ -802,6 +803,7 @@ impl Backend for ZkBackend {
                     id: me.id.clone(),
                     ttl,
                     granted_at,
+                    shared: spec.shared,
                 }));
             }
             // A node ahead of us whose TTL ran out (a handle nobody renewed,

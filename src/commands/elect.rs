@@ -138,6 +138,7 @@ async fn elect<'a>(
             no_wait: false,
             conflict_exit_code: None,
             limit: Some(1),
+            shared: false,
         },
         shell: a.shell,
         kill_after: a.kill_after,
@@ -156,6 +157,7 @@ async fn elect<'a>(
         Some(d) => Wait::For(d),
     };
     lock.limit = 1;
+    lock.shared = false;
     lock.conflict_exit_code = exit_code::BUSY;
     let value = a.value.clone().unwrap_or_else(default_value);
     let key = lock.keys[0].clone();

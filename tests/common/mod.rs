@@ -11,6 +11,7 @@ pub mod servers;
 pub mod servers_sql;
 #[path = "servers_zk.rs"]
 pub mod servers_zk;
+pub mod shared;
 pub mod suite;
 pub mod torture;
 

@@ -380,6 +380,7 @@ fn holder(r: &AnyRow) -> Result<(Holder, u32, i64)> {
             acquired_at: Some(UNIX_EPOCH + Duration::from_micros(acquired_us.max(0) as u64)),
             expires_at: Some(SystemTime::now() + Duration::from_micros(left_us.max(0) as u64)),
             dead: false,
+            shared: false,
         },
         lim.max(1) as u32,
         left_us,
@@ -673,6 +674,7 @@ impl Poll for SqlBackend {
                     id: me.id.clone(),
                     ttl: spec.ttl,
                     granted_at,
+                    shared: spec.shared,
                 }))
             }
             Err(rows) => {
