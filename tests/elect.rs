@@ -438,6 +438,51 @@ pub fn outage_longer_than_the_ttl(env: &mut Env, name: &str) {
     }
 }
 
+/// The fault-injection tool's election mode: three candidates, the leader
+/// SIGTERMed, SIGKILLed, frozen past its TTL and its CMD killed, in turn.
+/// Leader bodies never overlap, and a new one starts within 1 s of a
+/// graceful stop or CMD's exit and within the TTL + 1 s of a crash.
+pub fn torture_faults_to_the_leader(env: &Env, name: &str) {
+    use common::torture::{self, Fault};
+    let ttl = Duration::from_secs(2);
+    let cfg = torture::Config {
+        dlock: DLOCK.into(),
+        backend: env.url.clone(),
+        key: key(&format!("torture-{name}")),
+        clients: 3,
+        runs: 4,
+        hold: Duration::from_millis(200),
+        ttl,
+        limit: 1,
+        shared: 0.0,
+        faults: vec![
+            Fault::TermDlock,
+            Fault::KillDlock,
+            Fault::KillChild,
+            Fault::StopDlock,
+        ],
+        fault_rate: 1.0,
+        dir: env.path("torture"),
+        seed: 5,
+    };
+    let r = torture::elect(&cfg);
+    assert!(r.ok(), "{r:#?}");
+    assert_eq!(r.gaps.len(), 4, "{r:#?}");
+    let second = Duration::from_secs(1);
+    for (fault, bound) in [
+        (Fault::TermDlock, second),
+        (Fault::KillChild, second),
+        (Fault::KillDlock, ttl + second),
+        (Fault::StopDlock, ttl + second),
+    ] {
+        let worst = r.worst(fault).expect("measured");
+        assert!(
+            worst < bound,
+            "{fault:?}: {worst:?} without a leader: {r:#?}"
+        );
+    }
+}
+
 macro_rules! elect_suite {
     ($name:ident, $env:expr) => {
         mod $name {
@@ -458,6 +503,10 @@ macro_rules! elect_suite {
             #[test]
             fn leader_watch() {
                 super::leader_watch(&$env, stringify!($name));
+            }
+            #[test]
+            fn torture_faults_to_the_leader() {
+                super::torture_faults_to_the_leader(&$env, stringify!($name));
             }
             #[test]
             fn outage_longer_than_the_ttl() {

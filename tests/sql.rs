@@ -108,6 +108,7 @@ fn racing_clients_never_exceed_the_limit() {
             hold: Duration::from_millis(60),
             ttl: Duration::from_secs(5),
             limit: 3,
+            shared: 0.0,
             faults: vec![],
             fault_rate: 0.0,
             dir: env.path("race"),

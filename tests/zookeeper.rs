@@ -574,6 +574,7 @@ fn torture_dlock_with_recipe_kazoo_and_default_kazoo_locks() {
         hold: Duration::from_millis(50),
         ttl: Duration::from_secs(5),
         limit: 1,
+        shared: 0.0,
         faults: vec![],
         fault_rate: 0.0,
         dir: dir.clone(),

@@ -28,6 +28,7 @@ macro_rules! shared_conformance {
                 status_and_json_show_the_mode,
                 force_release_breaks_every_reader,
                 every_key_of_a_multi_key_run_is_shared,
+                readers_and_writers_under_faults_never_overlap,
             );
         }
     };
@@ -374,4 +375,30 @@ pub fn every_key_of_a_multi_key_run_is_shared(env: &mut Env) {
     std::fs::write(&stop, "").unwrap();
     finish(&mut r);
     finish(&mut m);
+}
+
+/// The fault-injection tool with readers and writers mixed: SIGKILLed
+/// holders, SIGKILLed children and frozen holders; no exclusive section ever
+/// meets another section, and readers did run side by side.
+pub fn readers_and_writers_under_faults_never_overlap(env: &mut Env) {
+    use super::torture::{self, Fault};
+    let cfg = torture::Config {
+        dlock: DLOCK.into(),
+        backend: env.url.clone(),
+        key: key("torture"),
+        clients: 5,
+        runs: 6,
+        hold: Duration::from_millis(60),
+        ttl: Duration::from_millis(1500),
+        limit: 1,
+        shared: 0.6,
+        faults: vec![Fault::KillDlock, Fault::KillChild, Fault::StopDlock],
+        fault_rate: 0.25,
+        dir: env.path("torture"),
+        seed: 11,
+    };
+    let r = torture::run(&cfg);
+    assert!(r.ok(), "{r:#?}");
+    assert!(!r.faults.is_empty(), "no fault was injected: {r:#?}");
+    assert!(r.max_concurrent >= 2, "readers never held together: {r:#?}");
 }

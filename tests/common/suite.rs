@@ -219,6 +219,7 @@ fn torture_cfg(env: &Env, name: &str) -> torture::Config {
         hold: Duration::from_millis(15),
         ttl: Duration::from_secs(2),
         limit: 1,
+        shared: 0.0,
         faults: vec![],
         fault_rate: 0.0,
         dir: env.path(name),

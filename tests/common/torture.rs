@@ -4,6 +4,15 @@
 //! ends; the check proves that no more than `limit` children ever ran at
 //! once and that fencing tokens rose in the order the holders began.
 //!
+//! With `shared` > 0, that fraction of the runs take the lock `--shared`
+//! (readers beside writers): the check then counts an overlap only where
+//! an exclusive section meets any other section, and compares the tokens of
+//! two sections only where one of them is exclusive.
+//!
+//! [`elect`] is the election mode: candidates run `dlock elect`, the
+//! leader is struck with a fault, and the time without a leader after each
+//! fault is measured (and leader bodies checked never to overlap).
+//!
 //! Used by the test suite (small numbers) and by `cargo run --example
 //! torture -- --backend URL` (any numbers, any backend).
 #![allow(dead_code)]
@@ -22,6 +31,20 @@ pub enum Fault {
     KillChild,
     /// SIGSTOP the holding dlock for longer than the TTL, then SIGCONT it.
     StopDlock,
+    /// SIGTERM the holding dlock (a graceful stop).
+    TermDlock,
+}
+
+impl Fault {
+    pub fn parse(s: &str) -> Option<Fault> {
+        Some(match s {
+            "kill-dlock" => Fault::KillDlock,
+            "kill-child" => Fault::KillChild,
+            "stop-dlock" => Fault::StopDlock,
+            "term-dlock" => Fault::TermDlock,
+            _ => return None,
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -34,6 +57,8 @@ pub struct Config {
     pub hold: Duration,
     pub ttl: Duration,
     pub limit: u32,
+    /// The fraction of runs that take the lock `--shared` (0: none).
+    pub shared: f64,
     /// Faults to inject, each tried with probability `fault_rate` per run.
     pub faults: Vec<Fault>,
     pub fault_rate: f64,
@@ -113,17 +138,22 @@ fn client(
     let mut codes = BTreeMap::new();
     let mut faults = BTreeMap::new();
     let mut problems = Vec::new();
-    let script = format!(
-        "echo \"B $DLOCK_TOKEN $$ $(date +%s%N)\" >> '{log}'; sleep {hold}; echo \"E $DLOCK_TOKEN $$ $(date +%s%N)\" >> '{log}'",
-        log = log.display(),
-        hold = cfg.hold.as_secs_f64()
-    );
+    // The fifth field is the mode: X exclusive, S shared.
+    let script = |mode: &str| {
+        format!(
+            "echo \"B $DLOCK_TOKEN $$ $(date +%s%N) {mode}\" >> '{log}'; sleep {hold}; echo \"E $DLOCK_TOKEN $$ $(date +%s%N) {mode}\" >> '{log}'",
+            log = log.display(),
+            hold = cfg.hold.as_secs_f64()
+        )
+    };
     for _ in 0..cfg.runs {
         let fault = if !cfg.faults.is_empty() && rng.unit() < cfg.fault_rate {
             cfg.faults[(rng.next() % cfg.faults.len() as u64) as usize]
         } else {
             Fault::None
         };
+        let shared = cfg.shared > 0.0 && rng.unit() < cfg.shared;
+        let script = script(if shared { "S" } else { "X" });
         let before = lines(&log).len();
         let mut child = Command::new(&cfg.dlock)
             .args([
@@ -140,6 +170,7 @@ fn client(
                 "--limit",
                 &cfg.limit.to_string(),
             ])
+            .args(shared.then_some("--shared"))
             .args(["--kill-after", "200ms", "--", "sh", "-c", &script])
             .env_remove("DLOCK_BACKEND")
             .stdin(Stdio::null())
@@ -170,6 +201,7 @@ fn client(
                     Fault::KillDlock => kill(dlock_pid, libc::SIGKILL),
                     Fault::KillChild => kill(cpid, libc::SIGKILL),
                     Fault::StopDlock => kill(dlock_pid, libc::SIGSTOP),
+                    Fault::TermDlock => kill(dlock_pid, libc::SIGTERM),
                     Fault::None => {}
                 }
                 let stop_until = Instant::now() + cfg.ttl + Duration::from_millis(300);
@@ -245,28 +277,43 @@ pub fn run(cfg: &Config) -> Report {
     report
 }
 
+/// One child's section of the lock, from its log lines.
+#[derive(Debug, Clone)]
+struct Section {
+    start: i128,
+    end: Option<i128>,
+    token: Option<u64>,
+    pid: i32,
+    shared: bool,
+}
+
 /// Read every client's log and look for overlaps and token disorder.
 pub fn check(cfg: &Config, report: &mut Report) {
-    // (start, end, token, pid)
-    let mut intervals: Vec<(i128, Option<i128>, Option<u64>, i32)> = Vec::new();
+    let mut intervals: Vec<Section> = Vec::new();
     for i in 0..cfg.clients {
         let log = cfg.dir.join(format!("client-{i}.log"));
         for l in lines(&log) {
             let f: Vec<&str> = l.split_whitespace().collect();
-            if f.len() != 4 {
+            if f.len() != 4 && f.len() != 5 {
                 continue;
             }
             let pid: i32 = f[2].parse().unwrap_or(0);
             let t: i128 = f[3].parse().unwrap_or(0);
             match f[0] {
-                "B" => intervals.push((t, None, f[1].parse().ok(), pid)),
+                "B" => intervals.push(Section {
+                    start: t,
+                    end: None,
+                    token: f[1].parse().ok(),
+                    pid,
+                    shared: f.get(4) == Some(&"S"),
+                }),
                 "E" | "K" => {
                     if let Some(iv) = intervals
                         .iter_mut()
                         .rev()
-                        .find(|iv| iv.3 == pid && iv.1.is_none())
+                        .find(|iv| iv.pid == pid && iv.end.is_none())
                     {
-                        iv.1 = Some(t);
+                        iv.end = Some(t);
                     }
                 }
                 _ => {}
@@ -274,45 +321,234 @@ pub fn check(cfg: &Config, report: &mut Report) {
         }
     }
     report.intervals = intervals.len();
+    // (time, +1 begin / -1 end, pid, shared)
     let mut events = Vec::new();
     for iv in &intervals {
-        match iv.1 {
+        match iv.end {
             Some(end) => {
-                events.push((iv.0, 1i32, iv.3));
-                events.push((end, -1, iv.3));
+                events.push((iv.start, 1i32, iv.pid, iv.shared));
+                events.push((end, -1, iv.pid, iv.shared));
             }
             None => report.unfinished.push(format!(
                 "child {} (token {:?}) began but never ended",
-                iv.3, iv.2
+                iv.pid, iv.token
             )),
         }
     }
     // At equal times, ends before begins: touching intervals do not overlap.
     events.sort_by_key(|e| (e.0, e.1));
-    let mut cur = 0usize;
-    for (t, d, pid) in events {
-        if d > 0 {
-            cur += 1;
-            if cur > cfg.limit as usize {
-                report.overlaps.push(format!(
-                    "{cur} children at once when child {pid} began at {t}"
-                ));
-            }
-        } else {
-            cur = cur.saturating_sub(1);
+    let (mut excl, mut shared) = (0usize, 0usize);
+    for (t, d, pid, is_shared) in events {
+        let n = if is_shared { &mut shared } else { &mut excl };
+        if d < 0 {
+            *n = n.saturating_sub(1);
+            continue;
         }
-        report.max_concurrent = report.max_concurrent.max(cur);
+        *n += 1;
+        // An exclusive section beside a shared one, or more exclusive ones
+        // than the limit: an overlap. Shared beside shared is the point.
+        if (excl > 0 && shared > 0) || excl > cfg.limit as usize {
+            report.overlaps.push(format!(
+                "{excl} exclusive and {shared} shared children at once when child {pid} began at {t}"
+            ));
+        }
+        report.max_concurrent = report.max_concurrent.max(excl + shared);
     }
     if cfg.limit == 1 {
-        intervals.sort_by_key(|iv| iv.0);
-        for w in intervals.windows(2) {
-            if let (Some(a), Some(b)) = (w[0].2, w[1].2)
-                && b <= a
-            {
-                report
-                    .token_errors
-                    .push(format!("token {b} began after token {a}"));
+        // A section that ended before another began has the smaller token,
+        // where either is exclusive (two readers may start out of order).
+        intervals.sort_by_key(|iv| iv.start);
+        for (i, b) in intervals.iter().enumerate() {
+            for a in &intervals[..i] {
+                let before = a.end.is_some_and(|e| e <= b.start);
+                if let (true, false, Some(ta), Some(tb)) =
+                    (before, a.shared && b.shared, a.token, b.token)
+                    && tb <= ta
+                {
+                    report
+                        .token_errors
+                        .push(format!("token {tb} began after token {ta} had ended"));
+                }
             }
         }
     }
+}
+
+/// What the election mode measured after each fault.
+#[derive(Debug, Default)]
+pub struct ElectReport {
+    /// Leader bodies checked, overlaps and unfinished bodies, as for `run`.
+    pub check: Report,
+    /// Per fault: its name, the time from the fault to the next leader's
+    /// body starting, and the time without any leader body running.
+    pub gaps: Vec<(String, Duration, Duration)>,
+    /// Faults after which no new leader started in time.
+    pub no_leader: Vec<String>,
+}
+
+impl ElectReport {
+    pub fn ok(&self) -> bool {
+        self.check.ok() && self.no_leader.is_empty()
+    }
+
+    /// The longest time without a leader after `fault`.
+    pub fn worst(&self, fault: Fault) -> Option<Duration> {
+        let name = format!("{fault:?}");
+        self.gaps.iter().filter(|g| g.0 == name).map(|g| g.2).max()
+    }
+}
+
+/// The last line of a log that begins a body still running: (pid, line).
+fn running_body(log: &Path) -> Option<i32> {
+    let l = lines(log);
+    let last = l.last()?;
+    let f: Vec<&str> = last.split_whitespace().collect();
+    let pid = f.get(2)?.parse().ok()?;
+    (f[0] == "B" && pid_alive(pid)).then_some(pid)
+}
+
+fn candidate(cfg: &Config, i: usize) -> std::process::Child {
+    let log = cfg.dir.join(format!("client-{i}.log"));
+    let script = format!(
+        "echo \"B $DLOCK_TOKEN $$ $(date +%s%N)\" >> '{}'; exec sleep 100000",
+        log.display()
+    );
+    Command::new(&cfg.dlock)
+        .args([
+            "--backend",
+            &cfg.backend,
+            "--quiet",
+            "elect",
+            "--key",
+            &cfg.key,
+        ])
+        .args(["--ttl", &format!("{}ms", cfg.ttl.as_millis())])
+        .args(["--restart", "always", "--restart-delay", "100ms"])
+        .args(["--kill-after", "200ms", "--", "sh", "-c", &script])
+        .env_remove("DLOCK_BACKEND")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn dlock elect")
+}
+
+/// Wait until `pid` is gone (bounded) and log its end in client `i`'s log.
+fn note_end(cfg: &Config, i: usize, pid: i32, problems: &mut Vec<String>) -> i128 {
+    let limit = Instant::now() + cfg.ttl * 3 + Duration::from_secs(10);
+    while pid_alive(pid) && Instant::now() < limit {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let end = now_ns();
+    if pid_alive(pid) {
+        problems.push(format!("leader body {pid} outlived its fault"));
+    }
+    use std::io::Write;
+    let log = cfg.dir.join(format!("client-{i}.log"));
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(log)
+        .expect("log");
+    let _ = writeln!(f, "K - {pid} {end}");
+    end
+}
+
+/// The election mode: `clients` candidates run `dlock elect --restart
+/// always`; `runs` times, the leader is struck with the next of `faults`
+/// (in turn), and the time until another leader's body starts is measured.
+/// A killed or terminated candidate is started again, so the field stays
+/// `clients` strong.
+pub fn elect(cfg: &Config) -> ElectReport {
+    std::fs::create_dir_all(&cfg.dir).expect("log dir");
+    for i in 0..cfg.clients {
+        std::fs::write(cfg.dir.join(format!("client-{i}.log")), "").expect("log");
+    }
+    let mut cands: Vec<std::process::Child> = (0..cfg.clients).map(|i| candidate(cfg, i)).collect();
+    let mut out = ElectReport::default();
+    let mut problems = Vec::new();
+    let faults = if cfg.faults.is_empty() {
+        vec![Fault::KillDlock]
+    } else {
+        cfg.faults.clone()
+    };
+    let bound = cfg.ttl * 3 + Duration::from_secs(10);
+    let leader = |cands: &[std::process::Child]| {
+        (0..cands.len()).find_map(|i| {
+            running_body(&cfg.dir.join(format!("client-{i}.log"))).map(|pid| (i, pid))
+        })
+    };
+    for run in 0..cfg.runs {
+        let fault = faults[run % faults.len()];
+        let t0 = Instant::now();
+        let found = loop {
+            if let Some(l) = leader(&cands) {
+                break Some(l);
+            }
+            if t0.elapsed() > bound {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        let Some((i, body)) = found else {
+            out.no_leader.push(format!("no leader before fault {run}"));
+            break;
+        };
+        // Let the term settle a little, as a real leader would run.
+        std::thread::sleep(cfg.hold);
+        let dpid = cands[i].id() as i32;
+        let struck = Instant::now();
+        match fault {
+            Fault::KillDlock | Fault::None => kill(dpid, libc::SIGKILL),
+            Fault::KillChild => kill(body, libc::SIGKILL),
+            Fault::StopDlock => kill(dpid, libc::SIGSTOP),
+            Fault::TermDlock => kill(dpid, libc::SIGTERM),
+        }
+        let ended = note_end(cfg, i, body, &mut problems);
+        // The next leader: a body starting after the fault, anywhere.
+        let next = loop {
+            if let Some((_, pid)) = leader(&cands).filter(|l| l.1 != body) {
+                break Some(pid);
+            }
+            if struck.elapsed() > bound {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        let started = now_ns();
+        match next {
+            Some(_) => out.gaps.push((
+                format!("{fault:?}"),
+                struck.elapsed(),
+                Duration::from_nanos((started - ended).max(0) as u64),
+            )),
+            None => out.no_leader.push(format!("no new leader after {fault:?}")),
+        }
+        match fault {
+            Fault::StopDlock => {
+                let until = struck + cfg.ttl + Duration::from_millis(300);
+                std::thread::sleep(until.saturating_duration_since(Instant::now()));
+                kill(dpid, libc::SIGCONT);
+            }
+            Fault::KillDlock | Fault::TermDlock | Fault::None => {
+                let _ = cands[i].wait();
+                cands[i] = candidate(cfg, i);
+            }
+            Fault::KillChild => {}
+        }
+    }
+    // Stop every candidate; the last leader's body ends with it.
+    let last = leader(&cands);
+    for c in &cands {
+        kill(c.id() as i32, libc::SIGTERM);
+    }
+    if let Some((i, body)) = last {
+        note_end(cfg, i, body, &mut problems);
+    }
+    for c in &mut cands {
+        let _ = c.wait();
+    }
+    let mut check_cfg = cfg.clone();
+    check_cfg.limit = 1;
+    check(&check_cfg, &mut out.check);
+    out.check.unfinished.extend(problems);
+    out
 }
