@@ -113,6 +113,11 @@ hyperfine -N --warmup 20 --runs "$RUNS" --export-json "$TMP/unc.json" \
   -n redlock5 "$DR run --key b -- true" \
   -n flock "$FL true"
 
+# --- shared vs exclusive, uncontended (bench/shared.sh) -----------------------
+. "$here/shared.sh"
+shared_vs_exclusive redis "$DL"
+shared_vs_exclusive redlock5 "$DR"
+
 # --- 2. contended: 8 concurrent loops x 20 runs on the same key / lock file -------
 # A generated script (run with -N) so hyperfine times the whole batch; each
 # loop's exit status is checked, so a failed lock attempt fails the benchmark.
@@ -168,3 +173,4 @@ $(cat "$TMP/table.md")
 
 Machine: nproc $(nproc), kernel $(uname -r), $(redis-server --version | cut -d' ' -f1-3), $("$DLOCK" --version), $(hyperfine --version), redis-py $(python3 -c 'import redis; print(redis.__version__)')
 EOF
+print_shared
