@@ -3,9 +3,11 @@
 
 mod common;
 
+use common::shared::shared_conformance;
 use common::suite::conformance;
 
 conformance!(sqlite, Env::sqlite());
+shared_conformance!(sqlite_shared, Env::sqlite());
 
 /// SQLite-only: a `run` holder on this host whose process died is broken at
 /// once (after a short grace), not after its TTL.

@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::shared::shared_conformance;
 use common::suite::{self, conformance};
 use common::torture;
 use common::*;
@@ -12,6 +13,8 @@ use nix::sys::signal::Signal;
 
 conformance!(postgres, Env::postgres());
 conformance!(mariadb, Env::mariadb());
+shared_conformance!(postgres_shared, Env::postgres());
+shared_conformance!(mariadb_shared, Env::mariadb());
 
 type MakeEnv = fn() -> Env;
 
