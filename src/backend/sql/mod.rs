@@ -389,7 +389,8 @@ pub trait Dialect: Send + Sync {
     fn product(&self, version: &str) -> &'static str;
     /// We took `spec.key` (MySQL holds a wake-up lock for an exclusive one).
     async fn taken(&self, _spec: &LockSpec, _kind: LeaseKind) {}
-    /// We let go of a key, or broke it: wake its waiters.
+    /// We let go of a key, broke it, or stopped waiting for it as a writer
+    /// (readers may be giving way to us): wake its waiters.
     async fn freed(&self, e: &SqlBackend, ns: &str, key: &str);
     /// Sleep until trying `spec.key` again is worthwhile, or `bound`.
     async fn wait(&self, spec: &LockSpec, bound: Instant);
@@ -832,5 +833,29 @@ mod tests {
             (u.as_str(), n.fence.as_str()),
             ("mysql://h/db", "dlock_fence")
         );
+    }
+
+    #[test]
+    fn shared_rows() {
+        assert_eq!(mode_of_lim(0), Mode::Shared);
+        assert_eq!(mode_of_lim(1), Mode::Exclusive { limit: 1 });
+        assert_eq!(mode_of_lim(5), Mode::Exclusive { limit: 5 });
+        let mut spec = LockSpec {
+            namespace: "n".into(),
+            key: "k".into(),
+            ttl: Duration::from_secs(1),
+            limit: 1,
+            shared: true,
+        };
+        assert_eq!(lim_of(&spec), 0);
+        assert_eq!(mode_of_lim(lim_of(&spec).into()), spec.mode());
+        spec.shared = false;
+        assert_eq!(mode_of_lim(lim_of(&spec).into()), spec.mode());
+        // Exclusive waiters keep the id older versions wrote; shared ones
+        // are told apart by the pattern the statements bind.
+        assert_eq!(waiter_id("12-ab", false), "12-ab");
+        let s = waiter_id("12-ab", true);
+        assert!(s.starts_with(SHARED_WAITER_LIKE.trim_end_matches('%')));
+        assert!(!"12-ab".starts_with(SHARED_WAITER));
     }
 }

@@ -1,7 +1,8 @@
 //! PostgreSQL's dialect: `now()` is the transaction's clock, the token is
 //! bumped and the lease inserted in one statement, and a waiter `LISTEN`s on
 //! a per-key channel that a release `NOTIFY`s (with a bounded poll for
-//! expiries).
+//! expiries). Readers and writers listen alike; a writer that stops waiting
+//! notifies too, for the readers that gave way to it.
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
