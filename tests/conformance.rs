@@ -131,3 +131,22 @@ fn sqlite_breaks_a_dead_local_reader_promptly() {
     assert_eq!(code(&out), 0, "the first contender: {}", stderr(&out));
     assert_eq!(stdout(&out).trim(), "ran");
 }
+
+#[path = "common/mixed.rs"]
+mod mixed;
+
+/// SQLite: readers and writers racing on one key: no writer ever beside
+/// anyone, readers side by side, a token each.
+#[test]
+fn sqlite_readers_and_writers_race_without_overlap() {
+    let env = common::Env::sqlite();
+    let seen = mixed::readers_and_writers_race(
+        &env,
+        "sqlite",
+        3,
+        6,
+        4,
+        std::time::Duration::from_millis(40),
+    );
+    assert!(seen.max_readers >= 2, "readers never met: {seen:?}");
+}

@@ -394,3 +394,17 @@ fn a_writer_that_gives_up_lets_the_readers_behind_it_in() {
         assert_eq!(wait_timeout(&mut r1, Duration::from_secs(20)), 0, "{name}");
     }
 }
+
+#[path = "common/mixed.rs"]
+mod mixed;
+
+/// Readers and writers racing on one key: no writer ever beside anyone,
+/// readers side by side, a token each.
+#[test]
+fn readers_and_writers_race_without_overlap() {
+    for (name, make) in sql_envs() {
+        let env = make();
+        let seen = mixed::readers_and_writers_race(&env, name, 3, 6, 4, Duration::from_millis(40));
+        assert!(seen.max_readers >= 2, "{name}: readers never met: {seen:?}");
+    }
+}
