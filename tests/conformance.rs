@@ -150,3 +150,8 @@ fn sqlite_readers_and_writers_race_without_overlap() {
     );
     assert!(seen.max_readers >= 2, "readers never met: {seen:?}");
 }
+
+#[test]
+fn sqlite_a_crowd_of_readers_wakes_together() {
+    mixed::crowd_of_readers_wakes_together(&common::Env::sqlite(), "sqlite", 12);
+}

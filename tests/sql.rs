@@ -408,3 +408,11 @@ fn readers_and_writers_race_without_overlap() {
         assert!(seen.max_readers >= 2, "{name}: readers never met: {seen:?}");
     }
 }
+
+#[test]
+fn a_crowd_of_readers_wakes_together() {
+    for (name, make) in sql_envs() {
+        let env = make();
+        mixed::crowd_of_readers_wakes_together(&env, name, 12);
+    }
+}

@@ -84,3 +84,40 @@ pub fn readers_and_writers_race(
     assert_eq!(seen.sections, (writers + readers) * runs, "{name}:\n{text}");
     seen
 }
+
+/// A crowd of readers waiting for a writer: when it lets go, they all get
+/// in together and promptly (each holds `hold`; one after the other they
+/// would take `readers` times as long).
+pub fn crowd_of_readers_wakes_together(env: &Env, name: &str, readers: usize) {
+    use std::time::Instant;
+    let k = "crowd";
+    let stop = env.path("crowd-stop");
+    let hold = format!("while [ ! -e {} ]; do sleep 0.02; done", stop.display());
+    let mut w = env.spawn(&["run", "--key", k, "--", "sh", "-c", &hold]);
+    wait_for(Duration::from_secs(10), "the writer to hold", || {
+        env.held(k)
+    });
+    let kids: Vec<_> = (0..readers)
+        .map(|_| {
+            env.spawn(&[
+                "run", "-s", "-q", "--wait", "60s", "--key", k, "--", "sleep", "0.5",
+            ])
+        })
+        .collect();
+    wait_for(Duration::from_secs(30), "the readers to wait", || {
+        env.status_json(&[k])[0]["waiters"].as_u64() == Some(readers as u64)
+    });
+    std::fs::write(&stop, "").unwrap();
+    assert_eq!(wait_timeout(&mut w, Duration::from_secs(10)), 0, "{name}");
+    let released = Instant::now();
+    for mut c in kids {
+        assert_eq!(wait_timeout(&mut c, Duration::from_secs(30)), 0, "{name}");
+    }
+    // 0.5 s each, together; a wake-up that let them in one by one would
+    // take `readers` times that.
+    assert!(
+        released.elapsed() < Duration::from_millis(2500),
+        "{name}: {readers} readers took {:?} after the writer",
+        released.elapsed()
+    );
+}

@@ -249,7 +249,10 @@ impl Names {
                 Check::new(
                     Level::Info,
                     "waiters",
-                    format!("`status` cannot count waiters: {e:#}"),
+                    format!(
+                        "`status` cannot count waiters, and readers (--shared) cannot see \
+                         writers waiting, so they do not give way to them: {e:#}"
+                    ),
                 )
                 .fix(format!(
                     "create {} (dlock does when it may) and grant access to it",
