@@ -175,8 +175,10 @@ done
 echo "== uncontended ($RUNS runs each)"
 hyperfine -N --warmup 10 --runs "$RUNS" --export-json "$TMP/unc.json" \
   -n dlock-pg "$DP run --key b -- true" \
+  -n dlock-pg-shared "$DP run --shared --key b -- true" \
   -n psql-script "$PS true" \
   -n dlock-mariadb "$DM run --key b -- true" \
+  -n dlock-mariadb-shared "$DM run --shared --key b -- true" \
   -n mariadb-script "$MS true" \
   -n flock "$FL true"
 
@@ -210,7 +212,8 @@ fmt = lambda s: "n/a" if s is None else f"{s*1e3:.1f} ms" if s < 1 else f"{s:.2f
 u, c = res(sys.argv[1]), res(sys.argv[2])
 print("| scenario | contender | mean ± σ | min |\n|---|---|---|---|")
 for scen, d, names in [("uncontended, one `run -- true`", u,
-                        ["dlock-pg", "psql-script", "dlock-mariadb", "mariadb-script", "flock"]),
+                        ["dlock-pg", "dlock-pg-shared", "psql-script", "dlock-mariadb",
+                         "dlock-mariadb-shared", "mariadb-script", "flock"]),
                        ("8 loops x 20 runs, one key", c, ["dlock-pg", "dlock-mariadb", "flock"])]:
     for n in names:
         print(f"| {scen} | {n} | {fmt(d[n]['mean'])} ± {fmt(d[n]['stddev'])} | {fmt(d[n]['min'])} |")
@@ -219,6 +222,9 @@ for label, d, a, b in [("dlock-pg / psql script", u, "dlock-pg", "psql-script"),
                        ("dlock-mariadb / mariadb script", u, "dlock-mariadb", "mariadb-script"),
                        ("dlock-pg / flock", u, "dlock-pg", "flock"),
                        ("dlock-mariadb / flock", u, "dlock-mariadb", "flock"),
+                       ("dlock-pg: --shared / exclusive (goal <= 1.1x)", u, "dlock-pg-shared", "dlock-pg"),
+                       ("dlock-mariadb: --shared / exclusive (goal <= 1.1x)", u, "dlock-mariadb-shared",
+                        "dlock-mariadb"),
                        ("contended: dlock-pg / flock (goal <= 3x)", c, "dlock-pg", "flock"),
                        ("contended: dlock-mariadb / flock (goal <= 3x)", c, "dlock-mariadb", "flock")]:
     print(f"| {label} | {d[a]['mean'] / d[b]['mean']:.2f}x |")

@@ -36,7 +36,8 @@ FL="flock $TMP/flock.lock"
 # --- 1. uncontended: one lock/run/unlock per process, no shell in between (-N) ---
 echo "== uncontended ($RUNS runs each)"
 hyperfine -N --warmup 20 --runs "$RUNS" --export-json "$TMP/unc.json" \
-  -n flock "$FL true" -n dlock "$DL run --key b -- true"
+  -n flock "$FL true" -n dlock "$DL run --key b -- true" \
+  -n dlock-shared "$DL run --shared --key b -- true"
 
 # --- shared vs exclusive, uncontended (bench/shared.sh) -----------------------
 . "$here/shared.sh"
@@ -100,6 +101,9 @@ print("| scenario | flock | dlock (sqlite) | ratio |")
 print("|---|---|---|---|")
 for name, m in rows:
     print(f"| {name} | {fmt(m['flock'])} | {fmt(m['dlock'])} | {m['dlock']/m['flock']:.1f}x |")
+u = rows[0][1]
+print(f"\nUncontended `run --shared`: {fmt(u['dlock-shared'])}, "
+      f"{u['dlock-shared']/u['dlock']:.2f}x exclusive (goal <= 1.1x).")
 EOF
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k/1024 }'; }
 cat <<EOF

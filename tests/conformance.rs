@@ -3,9 +3,11 @@
 
 mod common;
 
+use common::shared::shared_conformance;
 use common::suite::conformance;
 
 conformance!(sqlite, Env::sqlite());
+shared_conformance!(sqlite_shared, Env::sqlite());
 
 /// SQLite-only: a `run` holder on this host whose process died is broken at
 /// once (after a short grace), not after its TTL.
@@ -68,4 +70,88 @@ fn sqlite_first_contender_after_a_crash_gets_the_lock() {
     assert!(!stderr(&out).contains("dead"), "{}", stderr(&out));
     signal(h.id(), nix::sys::signal::Signal::SIGTERM);
     let _ = h.wait();
+}
+
+/// SQLite-only: a SIGKILLed shared `run` on this host is broken at once
+/// (its TTL is long), and only its own share: the live reader still keeps
+/// a writer out. A shared request is the first contender after a dead
+/// exclusive holder too.
+#[test]
+fn sqlite_breaks_a_dead_local_reader_promptly() {
+    use common::*;
+    use std::time::{Duration, Instant};
+    let env = Env::sqlite();
+    let readers = || {
+        env.status_json(&["dr"])[0]["holders"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let mut a = env.spawn(&[
+        "run", "-s", "--ttl", "1h", "--key", "dr", "--", "sleep", "30",
+    ]);
+    wait_for(Duration::from_secs(10), "one reader", || readers() == 1);
+    let mut b = env.spawn(&[
+        "run", "-s", "--ttl", "1h", "--key", "dr", "--", "sleep", "30",
+    ]);
+    wait_for(Duration::from_secs(10), "two readers", || readers() == 2);
+    signal(a.id(), nix::sys::signal::Signal::SIGKILL);
+    let _ = a.wait();
+    let st = env.status_json(&["dr"]);
+    let dead: Vec<bool> = st[0]["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["dead"].as_bool().unwrap())
+        .collect();
+    assert_eq!(dead, [true, false], "{st}");
+    let out = env.run(&["run", "-n", "--key", "dr", "--", "true"]);
+    assert_eq!(code(&out), 75, "the live reader keeps a writer out");
+    // Broken after a grace of a tenth of a second, not after its TTL.
+    wait_for(
+        Duration::from_secs(1),
+        "the dead reader's share to go",
+        || readers() == 1,
+    );
+    signal(b.id(), nix::sys::signal::Signal::SIGTERM);
+    let _ = b.wait();
+    let t = Instant::now();
+    let out = env.run(&["run", "-w", "10s", "--key", "dr", "--", "true"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+
+    // A dead exclusive holder: the first shared contender gets in.
+    let mut h = env.spawn(&["run", "--ttl", "1h", "--key", "dr", "--", "sleep", "30"]);
+    wait_for(Duration::from_secs(10), "the writer to hold", || {
+        readers() == 1
+    });
+    signal(h.id(), nix::sys::signal::Signal::SIGKILL);
+    let _ = h.wait();
+    let out = env.run(&["run", "-s", "-n", "--key", "dr", "--", "echo", "ran"]);
+    assert_eq!(code(&out), 0, "the first contender: {}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "ran");
+}
+
+#[path = "common/mixed.rs"]
+mod mixed;
+
+/// SQLite: readers and writers racing on one key: no writer ever beside
+/// anyone, readers side by side, a token each.
+#[test]
+fn sqlite_readers_and_writers_race_without_overlap() {
+    let env = common::Env::sqlite();
+    let seen = mixed::readers_and_writers_race(
+        &env,
+        "sqlite",
+        3,
+        6,
+        4,
+        std::time::Duration::from_millis(40),
+    );
+    assert!(seen.max_readers >= 2, "readers never met: {seen:?}");
+}
+
+#[test]
+fn sqlite_a_crowd_of_readers_wakes_together() {
+    mixed::crowd_of_readers_wakes_together(&common::Env::sqlite(), "sqlite", 12);
 }

@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::shared::shared_conformance;
 use common::suite::{self, conformance};
 use common::torture;
 use common::*;
@@ -12,6 +13,8 @@ use nix::sys::signal::Signal;
 
 conformance!(postgres, Env::postgres());
 conformance!(mariadb, Env::mariadb());
+shared_conformance!(postgres_shared, Env::postgres());
+shared_conformance!(mariadb_shared, Env::mariadb());
 
 type MakeEnv = fn() -> Env;
 
@@ -258,6 +261,14 @@ fn postgres_role_without_create_rights_still_locks() {
     assert_eq!(wait_timeout(&mut h, Duration::from_secs(10)), 0);
     let st = app.status_json(&["k"]);
     assert!(st[0]["waiters"].is_null(), "{st}");
+    // Shared locks too (readers then cannot see waiting writers).
+    let mut r = app.spawn(&["run", "-s", "--key", "k", "--", "sleep", "1"]);
+    wait_for(Duration::from_secs(10), "k held", || app.held("k"));
+    let out = app.run(&["run", "-s", "-n", "--key", "k", "--", "true"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = app.run(&["run", "-n", "--key", "k", "--", "true"]);
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    assert_eq!(wait_timeout(&mut r, Duration::from_secs(10)), 0);
     // doctor: the rights are enough, and the missing waiter table is said.
     let (c, checks) = app.doctor(&[]);
     let level = |name: &str| {
@@ -349,4 +360,60 @@ fn postgres_errors_show_the_message_not_server_internals() {
     assert!(err.contains("does not exist"), "{err}");
     assert!(err.contains("SQLSTATE"), "{err}");
     assert!(!err.contains(" at line "), "server internals shown: {err}");
+}
+
+/// A writer that gives up waiting (its --wait runs out) lets the readers
+/// that gave way to it in at once, not at their next poll.
+#[test]
+fn a_writer_that_gives_up_lets_the_readers_behind_it_in() {
+    use std::time::Instant;
+    for (name, make) in sql_envs() {
+        let env = make();
+        let k = "gives-up";
+        let stop = env.path("gu-stop");
+        let hold = format!("while [ ! -e {} ]; do sleep 0.02; done", stop.display());
+        let st = |f: &str| env.status_json(&[k])[0][f].clone();
+        let mut r1 = env.spawn(&["run", "-s", "--key", k, "--", "sh", "-c", &hold]);
+        wait_for(Duration::from_secs(10), "the first reader", || env.held(k));
+        let mut w = env.spawn(&["run", "--wait", "3s", "--key", k, "--", "true"]);
+        wait_for(Duration::from_secs(10), "the writer to wait", || {
+            st("waiters").as_u64() == Some(1)
+        });
+        let mut r2 = env.spawn(&["run", "-s", "--wait", "20s", "--key", k, "--", "true"]);
+        wait_for(Duration::from_secs(10), "the reader to wait", || {
+            st("waiters").as_u64() == Some(2)
+        });
+        assert_eq!(wait_timeout(&mut w, Duration::from_secs(20)), 75, "{name}");
+        let gave_up = Instant::now();
+        assert_eq!(wait_timeout(&mut r2, Duration::from_secs(20)), 0, "{name}");
+        assert!(
+            gave_up.elapsed() < Duration::from_millis(1500),
+            "{name}: the reader waited {:?} after the writer gave up",
+            gave_up.elapsed()
+        );
+        std::fs::write(&stop, "").unwrap();
+        assert_eq!(wait_timeout(&mut r1, Duration::from_secs(20)), 0, "{name}");
+    }
+}
+
+#[path = "common/mixed.rs"]
+mod mixed;
+
+/// Readers and writers racing on one key: no writer ever beside anyone,
+/// readers side by side, a token each.
+#[test]
+fn readers_and_writers_race_without_overlap() {
+    for (name, make) in sql_envs() {
+        let env = make();
+        let seen = mixed::readers_and_writers_race(&env, name, 3, 6, 4, Duration::from_millis(40));
+        assert!(seen.max_readers >= 2, "{name}: readers never met: {seen:?}");
+    }
+}
+
+#[test]
+fn a_crowd_of_readers_wakes_together() {
+    for (name, make) in sql_envs() {
+        let env = make();
+        mixed::crowd_of_readers_wakes_together(&env, name, 12);
+    }
 }

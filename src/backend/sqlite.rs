@@ -5,6 +5,14 @@
 //! the same `BEGIN IMMEDIATE` transaction that inserts the lease, so tokens
 //! strictly increase. Expired rows are deleted by the next acquirer.
 //!
+//! Shared locks (`--shared`) need no other table: a shared lease is a row
+//! with `lim = 0` (an exclusive one has its `--limit`, 1 or more), and a
+//! shared waiter's row in `dlock_waiter` has its id prefixed with `s:`. The
+//! admission rule is [`kit::admits`]: a shared request enters when no live
+//! lease is exclusive and no exclusive waiter row is live, so once a writer
+//! waits, later readers wait behind it; an exclusive request reads only the
+//! leases, as before.
+//!
 //! Waking waiters: a `run` holder also keeps an exclusive `flock` on a small
 //! per-key file beside the database; each waiter blocks on an exclusive
 //! `flock` of that file. The kernel grants it to one waiter the moment the
@@ -13,6 +21,11 @@
 //! `flock(1)`'s, without polling and without waking every waiter.
 //! Where nobody holds that file (the lock was taken by `dlock acquire`, or a
 //! semaphore with `--limit` > 1), waiters fall back to a short bounded poll.
+//! Shared `run` holders keep a *shared* `flock` on that file, and shared
+//! waiters block on a shared `flock`: a writer waiting for readers wakes
+//! when the last of them lets go, and every reader waiting for a writer
+//! wakes at once when it lets go. A reader giving way to a waiting writer
+//! while other readers hold gets its shared `flock` at once and polls.
 //!
 //! A `run` lease whose process is on this host and gone (SIGKILL, OOM, power
 //! cut of a container) is broken at once instead of after its TTL.
@@ -32,7 +45,7 @@ use sqlx::{Connection, Row, SqliteConnection};
 use tokio::sync::{Mutex, watch};
 
 use super::kit;
-use super::sql::WAITER_LAPSE;
+use super::sql::{SHARED_WAITER_LIKE, WAITER_LAPSE, lim_of, mode_of_lim, waiter_id};
 use super::{
     Attempt, Backend, Holder, KeyStatus, Lease, LeaseKind, LockSpec, Owner, PingInfo, Poll,
     Renewal, Waiting,
@@ -94,6 +107,8 @@ pub struct SqliteBackend {
     poll: kit::PollBackoff,
     /// Our rows in dlock_waiter, for `status`.
     waiting: Waiting,
+    /// This process waited in shared mode (its waiter rows are `s:ID`).
+    waits_shared: AtomicBool,
 }
 
 /// A thread blocked in `flock(LOCK_EX)` on a wake file.
@@ -137,7 +152,7 @@ fn parse_row(r: &SqliteRow) -> Result<Row_> {
             acquired_at: Some(from_ms(r.try_get("acquired_at")?)),
             expires_at: Some(from_ms(r.try_get("expires_at")?)),
             dead: false,
-            shared: false,
+            shared: mode_of_lim(lim).is_shared(),
         },
     })
 }
@@ -269,6 +284,7 @@ impl SqliteBackend {
             granted: StdMutex::new(HashMap::new()),
             poll: kit::PollBackoff::default(),
             waiting: Waiting::new(),
+            waits_shared: AtomicBool::new(false),
         })
     }
 
@@ -294,7 +310,9 @@ impl SqliteBackend {
 
     /// Hold the exclusive lock on the key's wake file while we hold the key
     /// (with `--limit 1`), so the one waiter the kernel picks wakes when we
-    /// let go (or die). If we were woken as that waiter, we hold it already.
+    /// let go (or die); a shared lock if we hold the key shared, so that a
+    /// writer waiting wakes when the last reader lets go. If we were woken
+    /// as a waiter, we hold it already (in the same mode).
     async fn hold_wake(&self, spec: &LockSpec) {
         let path = self.wake_path(&spec.namespace, &spec.key);
         if let Some(w) = self.waits.lock().unwrap().remove(&path) {
@@ -311,8 +329,13 @@ impl SqliteBackend {
             return;
         };
         // A waiter holds the lock only for the instant it tries and fails.
+        let op = if spec.shared {
+            libc::LOCK_SH
+        } else {
+            libc::LOCK_EX
+        };
         for _ in 0..200 {
-            if flock(&f, libc::LOCK_EX | libc::LOCK_NB).is_ok() {
+            if flock(&f, op | libc::LOCK_NB).is_ok() {
                 self.held.lock().unwrap().insert(path, f);
                 return;
             }
@@ -367,7 +390,27 @@ impl SqliteBackend {
                 .execute(&mut *tx)
                 .await?;
         }
-        if rows.len() >= spec.limit as usize {
+        let mode = spec.mode();
+        let mut ahead: Vec<kit::Mode> = rows.iter().map(|r| mode_of_lim(r.lim.into())).collect();
+        // A shared request also gives way to the writers waiting.
+        let writers = if spec.shared {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM dlock_waiter \
+                 WHERE ns = ?1 AND key = ?2 AND expires_at > ?3 AND id NOT LIKE ?4",
+            )
+            .bind(&spec.namespace)
+            .bind(&spec.key)
+            .bind(now)
+            .bind(SHARED_WAITER_LIKE)
+            .fetch_one(&mut *tx)
+            .await?;
+            n.clamp(0, 1024) as usize
+        } else {
+            0
+        };
+        let writer = kit::Mode::Exclusive { limit: 1 };
+        ahead.extend(std::iter::repeat_n(writer, writers));
+        if !kit::admits(mode, &ahead) {
             // A `run` holder on this host whose process is gone: its lease
             // ends BREAK_GRACE from now instead of at its TTL. The grace lets
             // the dead holder's guard finish killing the job's process group.
@@ -405,7 +448,13 @@ impl SqliteBackend {
                 .remove(&self.wake_path(&spec.namespace, &spec.key));
             // Busy only because of holders that are dead: say when they
             // will be gone, so the caller can try again then.
-            let free_at = (rows.len() - dying < spec.limit as usize)
+            let mut alive: Vec<kit::Mode> = rows
+                .iter()
+                .filter(|r| !r.holder.dead)
+                .map(|r| mode_of_lim(r.lim.into()))
+                .collect();
+            alive.extend(std::iter::repeat_n(writer, writers));
+            let free_at = (dying > 0 && kit::admits(mode, &alive))
                 .then(|| Instant::now() + Duration::from_millis((gone_at - now).max(0) as u64 + 5));
             let holders = rows.into_iter().map(|r| r.holder).collect();
             return Ok((Attempt::Busy(holders), free_at));
@@ -432,7 +481,7 @@ impl SqliteBackend {
         .bind(i64::from(me.pid))
         .bind(&me.host_id)
         .bind(me.proc_start as i64)
-        .bind(i64::from(spec.limit))
+        .bind(i64::from(lim_of(spec)))
         .bind(now)
         .bind(now.saturating_add(ms(spec.ttl)))
         .execute(&mut *tx)
@@ -442,7 +491,7 @@ impl SqliteBackend {
             sqlx::query("DELETE FROM dlock_waiter WHERE ns = ?1 AND key = ?2 AND id = ?3")
                 .bind(&spec.namespace)
                 .bind(&spec.key)
-                .bind(&self.waiting.id)
+                .bind(waiter_id(&self.waiting.id, spec.shared).as_ref())
                 .execute(&mut *tx)
                 .await?;
         }
@@ -450,7 +499,7 @@ impl SqliteBackend {
         drop(conn);
         self.waiting.done(&spec.namespace, &spec.key);
         self.poll.reset();
-        if me.kind == LeaseKind::Run && spec.limit == 1 {
+        if me.kind == LeaseKind::Run && (spec.limit == 1 || spec.shared) {
             self.hold_wake(spec).await;
         } else {
             self.granted
@@ -626,17 +675,22 @@ impl Backend for SqliteBackend {
         })
     }
 
+    fn shares(&self) -> bool {
+        true
+    }
+
     async fn close(&self) {
         let rows = self.waiting.clear();
         if !rows.is_empty()
             && let Ok(mut conn) = self.conn().await
         {
+            let id = waiter_id(&self.waiting.id, self.waits_shared.load(Ordering::Relaxed));
             for (ns, key) in rows {
                 let _ =
                     sqlx::query("DELETE FROM dlock_waiter WHERE ns = ?1 AND key = ?2 AND id = ?3")
                         .bind(&ns)
                         .bind(&key)
-                        .bind(&self.waiting.id)
+                        .bind(id.as_ref())
                         .execute(&mut *conn)
                         .await;
             }
@@ -703,8 +757,12 @@ impl Poll for SqliteBackend {
     }
 
     async fn wait_change(&self, spec: &LockSpec, until: Option<Instant>) -> Result<()> {
-        // Counted as a waiter for `status`; best effort.
+        // Counted as a waiter for `status`, and, if exclusive, seen by later
+        // readers, who give way to it; best effort.
         if self.waiting.due(&spec.namespace, &spec.key, WAITER_LAPSE) {
+            if spec.shared {
+                self.waits_shared.store(true, Ordering::SeqCst);
+            }
             let mut conn = self.conn().await?;
             let r = sqlx::query(
                 "INSERT INTO dlock_waiter (ns, key, id, expires_at) VALUES (?1, ?2, ?3, ?4)
@@ -712,7 +770,7 @@ impl Poll for SqliteBackend {
             )
             .bind(&spec.namespace)
             .bind(&spec.key)
-            .bind(&self.waiting.id)
+            .bind(waiter_id(&self.waiting.id, spec.shared).as_ref())
             .bind(now_ms() + ms(WAITER_LAPSE))
             .execute(&mut *conn)
             .await;
@@ -748,12 +806,19 @@ impl Poll for SqliteBackend {
                     let slot = Arc::new(StdMutex::new(None));
                     let abandoned = Arc::new(AtomicBool::new(false));
                     let (s2, a2) = (slot.clone(), abandoned.clone());
+                    // A reader waits for a writer only: every reader waiting
+                    // is let in together.
+                    let op = if spec.shared {
+                        libc::LOCK_SH
+                    } else {
+                        libc::LOCK_EX
+                    };
                     std::thread::Builder::new()
                         .name("dlock-wake".into())
                         .spawn(move || {
                             // Granted when the holder lets go or dies; one
-                            // waiter at a time holds it.
-                            let _ = flock(&f, libc::LOCK_EX);
+                            // writer at a time holds it.
+                            let _ = flock(&f, op);
                             let mut slot = s2.lock().unwrap();
                             if !a2.load(Ordering::SeqCst) {
                                 *slot = Some(f);

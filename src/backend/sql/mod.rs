@@ -7,8 +7,19 @@
 //! for `status`). Acquisition is one transaction of the same steps on both:
 //! lock the key's fence row (contenders queue on that row lock, so no more
 //! than `--limit` are ever admitted), delete expired leases, read the live
-//! ones, and if there is room bump the token and insert our lease, dropping
-//! our waiter row in the same transaction. Every value is a bound parameter.
+//! ones, and if [`kit::admits`] lets us in bump the token and insert our
+//! lease, dropping our waiter row in the same transaction. Every value is a
+//! bound parameter.
+//!
+//! Shared locks (`--shared`) use the same tables, unchanged: a shared lease
+//! is a lease row with `lim = 0` (an exclusive one has its `--limit`, 1 or
+//! more), and a shared waiter's row in `dlock_waiter` has its id prefixed
+//! with `s:` (an exclusive waiter's id is the bare waiter id, as before). A
+//! shared request is admitted when no live lease row is exclusive and no
+//! exclusive waiter row is live: once a writer waits, later readers wait
+//! behind it. An exclusive request reads only the lease rows, as before.
+//! Older dlock versions see a shared lease as a holder (so their mutex
+//! excludes it) and their waiters as exclusive ones.
 //!
 //! What differs is in a [`Dialect`]: the statements' spelling, the tables,
 //! the token bump, how a waiter is woken (PostgreSQL `LISTEN`/`NOTIFY`,
@@ -22,6 +33,7 @@ pub use mysql::connect as connect_mysql;
 pub use postgres::connect as connect_postgres;
 
 use std::sync::Mutex as StdMutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
@@ -30,7 +42,7 @@ use sqlx::AnyPool;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AssertSqlSafe, Row};
 
-use super::kit::{self, Kind};
+use super::kit::{self, Kind, Mode};
 use super::{
     Attempt, Backend, Holder, KeyStatus, Lease, LeaseKind, LockSpec, Owner, PingInfo, Poll,
     Renewal, Waiting,
@@ -94,6 +106,38 @@ impl Names {
 /// every third of this (its polls are at most a second apart), so one that
 /// died or gave up stops being counted within this.
 pub const WAITER_LAPSE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The prefix of a shared waiter's id in the waiter table (SQL and SQLite):
+/// rows without it are exclusive waiters, whom later readers let go first.
+pub const SHARED_WAITER: &str = "s:";
+
+/// The `LIKE` pattern of shared waiters' ids (bound, never spliced in).
+pub const SHARED_WAITER_LIKE: &str = "s:%";
+
+/// A lease row's mode from its `lim` column: 0 is a shared lease.
+pub fn mode_of_lim(lim: i64) -> Mode {
+    if lim <= 0 {
+        Mode::Shared
+    } else {
+        Mode::Exclusive {
+            limit: lim.min(i64::from(u32::MAX)) as u32,
+        }
+    }
+}
+
+/// The `lim` column for a lease taken with `spec`: 0 when shared.
+pub fn lim_of(spec: &LockSpec) -> u32 {
+    if spec.shared { 0 } else { spec.limit }
+}
+
+/// A waiter's id in the waiter table: `id`, or `s:id` for a shared waiter.
+pub fn waiter_id(id: &str, shared: bool) -> std::borrow::Cow<'_, str> {
+    if shared {
+        format!("{SHARED_WAITER}{id}").into()
+    } else {
+        id.into()
+    }
+}
 
 /// One key's status from its live lease rows; `holder` reads a row as the
 /// holder and the `--limit` it was taken with.
@@ -205,7 +249,10 @@ impl Names {
                 Check::new(
                     Level::Info,
                     "waiters",
-                    format!("`status` cannot count waiters: {e:#}"),
+                    format!(
+                        "`status` cannot count waiters, and readers (--shared) cannot see \
+                         writers waiting, so they do not give way to them: {e:#}"
+                    ),
                 )
                 .fix(format!(
                     "create {} (dlock does when it may) and grant access to it",
@@ -310,6 +357,9 @@ pub struct Statements {
     /// (ns, key, id, owner, host, pid, lim, ttl_us): insert our lease
     /// (returning the token, where there is no `bump`).
     pub insert: String,
+    /// (ns, key, like): how many live waiter rows whose id is not LIKE
+    /// `like` (the exclusive waiters, with [`SHARED_WAITER_LIKE`]).
+    pub exclusive_waiters: String,
     /// (ns, key, id)
     pub delete_waiter: String,
     /// (ns, key, id, lapse_us)
@@ -340,9 +390,10 @@ pub trait Dialect: Send + Sync {
     fn service(&self) -> &'static str;
     /// The product, from its version string, for `ping`.
     fn product(&self, version: &str) -> &'static str;
-    /// We took `spec.key` (MySQL holds a wake-up lock for it).
+    /// We took `spec.key` (MySQL holds a wake-up lock for an exclusive one).
     async fn taken(&self, _spec: &LockSpec, _kind: LeaseKind) {}
-    /// We let go of a key, or broke it: wake its waiters.
+    /// We let go of a key, broke it, or stopped waiting for it as a writer
+    /// (readers may be giving way to us): wake its waiters.
     async fn freed(&self, e: &SqlBackend, ns: &str, key: &str);
     /// Sleep until trying `spec.key` again is worthwhile, or `bound`.
     async fn wait(&self, spec: &LockSpec, bound: Instant);
@@ -361,10 +412,15 @@ pub struct SqlBackend {
     /// The soonest a busy key's holder can expire, from the last attempt.
     next_expiry: StdMutex<Option<Instant>>,
     waiting: Waiting,
+    /// Whether the waiter table can be read: without it, shared requests
+    /// cannot see waiting writers (and do not give way to them).
+    waiter_table: bool,
+    /// This process waited in shared mode (its waiter rows are `s:ID`).
+    waits_shared: AtomicBool,
 }
 
-/// A lease row: the holder, the `--limit` it was taken with, and how many
-/// microseconds it has left by the server's clock.
+/// A lease row: the holder, the `--limit` it was taken with (0: shared),
+/// and how many microseconds it has left by the server's clock.
 fn holder(r: &AnyRow) -> Result<(Holder, u32, i64)> {
     let acquired_us: i64 = r.try_get("acquired_us")?;
     let left_us: i64 = r.try_get("left_us")?;
@@ -380,9 +436,9 @@ fn holder(r: &AnyRow) -> Result<(Holder, u32, i64)> {
             acquired_at: Some(UNIX_EPOCH + Duration::from_micros(acquired_us.max(0) as u64)),
             expires_at: Some(SystemTime::now() + Duration::from_micros(left_us.max(0) as u64)),
             dead: false,
-            shared: false,
+            shared: mode_of_lim(lim.into()).is_shared(),
         },
-        lim.max(1) as u32,
+        lim.max(0) as u32,
         left_us,
     ))
 }
@@ -431,7 +487,14 @@ impl SqlBackend {
             timeout,
             next_expiry: StdMutex::new(None),
             waiting: Waiting::new(),
+            waiter_table: false,
+            waits_shared: AtomicBool::new(false),
         })
+    }
+
+    /// Our id in the waiter table for a request in this mode.
+    fn waiter_id(&self, shared: bool) -> std::borrow::Cow<'_, str> {
+        waiter_id(&self.waiting.id, shared)
     }
 
     async fn bounded<T>(
@@ -454,15 +517,21 @@ impl SqlBackend {
             .map(drop)
     }
 
-    /// Delete the rows of our waiter entries.
+    /// Delete the rows of our waiter entries. A writer that stops waiting
+    /// wakes the readers that were giving way to it.
     async fn drop_waiters(&self) {
+        let shared = self.waits_shared.load(Ordering::Relaxed);
+        let id = self.waiter_id(shared);
         for (ns, key) in self.waiting.clear() {
             let q = sqlx::query(AssertSqlSafe(self.q.delete_waiter.as_str()))
-                .bind(ns)
-                .bind(key)
-                .bind(&self.waiting.id)
+                .bind(&ns)
+                .bind(&key)
+                .bind(id.as_ref())
                 .execute(&self.pool);
             let _ = self.bounded("waiting", q).await;
+            if !shared {
+                self.d.freed(self, &ns, &key).await;
+            }
         }
     }
 }
@@ -543,7 +612,7 @@ impl Backend for SqlBackend {
             let rows: Vec<AnyRow> = self.bounded("status", q).await?;
             let w = waiters_of(&counts, &k);
             out.push(key_status(k, &rows, w, |r| {
-                holder(r).map(|(h, lim, _)| (h, lim))
+                holder(r).map(|(h, lim, _)| (h, lim.max(1)))
             })?);
         }
         Ok(out)
@@ -591,6 +660,10 @@ impl Backend for SqlBackend {
         out
     }
 
+    fn shares(&self) -> bool {
+        true
+    }
+
     async fn server_time(&self) -> Result<Option<SystemTime>> {
         let q = sqlx::query_scalar(self.q.clock_us).fetch_one(&self.pool);
         let us: i64 = self.bounded("reading the server's clock", q).await?;
@@ -619,7 +692,22 @@ impl Poll for SqlBackend {
                 .bind(key)
                 .fetch_all(&mut *tx)
                 .await?;
-            if rows.len() >= spec.limit as usize {
+            let mut ahead = Vec::with_capacity(rows.len());
+            for r in &rows {
+                ahead.push(mode_of_lim(r.try_get::<i32, _>("lim")?.into()));
+            }
+            // A shared request also gives way to the writers waiting.
+            if spec.shared && self.waiter_table {
+                let n: i64 = sqlx::query_scalar(AssertSqlSafe(q.exclusive_waiters.as_str()))
+                    .bind(ns)
+                    .bind(key)
+                    .bind(SHARED_WAITER_LIKE)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let writer = Mode::Exclusive { limit: 1 };
+                ahead.extend(std::iter::repeat_n(writer, n.clamp(0, 1024) as usize));
+            }
+            if !kit::admits(spec.mode(), &ahead) {
                 tx.commit().await?;
                 return Ok::<_, sqlx::Error>(Err(rows));
             }
@@ -641,7 +729,7 @@ impl Poll for SqlBackend {
                 .bind(&me.user)
                 .bind(&me.host)
                 .bind(i64::from(me.pid))
-                .bind(spec.limit as i32)
+                .bind(lim_of(spec) as i32)
                 .bind(us(spec.ttl));
             let token: i64 = match bumped {
                 Some(t) => {
@@ -656,7 +744,7 @@ impl Poll for SqlBackend {
                 sqlx::query(AssertSqlSafe(q.delete_waiter.as_str()))
                     .bind(ns)
                     .bind(key)
-                    .bind(&self.waiting.id)
+                    .bind(self.waiter_id(spec.shared).as_ref())
                     .execute(&mut *tx)
                     .await?;
             }
@@ -696,11 +784,15 @@ impl Poll for SqlBackend {
     async fn wait_change(&self, spec: &LockSpec, until: Option<Instant>) -> Result<()> {
         let (ns, key) = (&spec.namespace, &spec.key);
         if self.waiting.due(ns, key, WAITER_LAPSE) {
-            // Counted as a waiter for `status`; best effort.
+            // Counted as a waiter for `status`, and, if exclusive, seen by
+            // later readers, who give way to it; best effort.
+            if spec.shared {
+                self.waits_shared.store(true, Ordering::Relaxed);
+            }
             let row = sqlx::query(AssertSqlSafe(self.q.upsert_waiter.as_str()))
                 .bind(ns)
                 .bind(key)
-                .bind(&self.waiting.id)
+                .bind(self.waiter_id(spec.shared).as_ref())
                 .bind(us(WAITER_LAPSE))
                 .execute(&self.pool);
             if self.bounded("waiting", row).await.is_ok() && self.waiting.note(ns, key) {
@@ -744,5 +836,29 @@ mod tests {
             (u.as_str(), n.fence.as_str()),
             ("mysql://h/db", "dlock_fence")
         );
+    }
+
+    #[test]
+    fn shared_rows() {
+        assert_eq!(mode_of_lim(0), Mode::Shared);
+        assert_eq!(mode_of_lim(1), Mode::Exclusive { limit: 1 });
+        assert_eq!(mode_of_lim(5), Mode::Exclusive { limit: 5 });
+        let mut spec = LockSpec {
+            namespace: "n".into(),
+            key: "k".into(),
+            ttl: Duration::from_secs(1),
+            limit: 1,
+            shared: true,
+        };
+        assert_eq!(lim_of(&spec), 0);
+        assert_eq!(mode_of_lim(lim_of(&spec).into()), spec.mode());
+        spec.shared = false;
+        assert_eq!(mode_of_lim(lim_of(&spec).into()), spec.mode());
+        // Exclusive waiters keep the id older versions wrote; shared ones
+        // are told apart by the pattern the statements bind.
+        assert_eq!(waiter_id("12-ab", false), "12-ab");
+        let s = waiter_id("12-ab", true);
+        assert!(s.starts_with(SHARED_WAITER_LIKE.trim_end_matches('%')));
+        assert!(!"12-ab".starts_with(SHARED_WAITER));
     }
 }

@@ -7,7 +7,10 @@
 //! key; a waiter blocks in `GET_LOCK(name, timeout)` on its own connection,
 //! which the server grants the moment the holder releases it or its
 //! connection dies. Where nobody holds it (a lock taken by `dlock acquire`,
-//! `--limit` > 1), waiters poll with a backoff from 5 ms to 100 ms.
+//! `--limit` > 1, shared holders: GET_LOCK has no shared mode), waiters poll
+//! with a backoff from 5 ms to 100 ms. Readers waiting for a writer's `run`
+//! block in GET_LOCK like any waiter, and each lets it go as soon as it has
+//! it, so they all wake in turn within moments.
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -60,6 +63,10 @@ fn statements(t: &Names) -> Statements {
             "INSERT INTO {lease} (ns, lkey, id, token, owner, host, pid, lim, acquired_at, expires_at)
              VALUES (?, ?, ?, LAST_INSERT_ID(), ?, ?, ?, ?, UTC_TIMESTAMP(6),
                      UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)"
+        ),
+        exclusive_waiters: format!(
+            "SELECT COUNT(*) FROM {waiter}
+              WHERE ns = ? AND lkey = ? AND expires_at > UTC_TIMESTAMP(6) AND id NOT LIKE ?"
         ),
         delete_waiter: format!("DELETE FROM {waiter} WHERE ns = ? AND lkey = ? AND id = ?"),
         upsert_waiter: format!(
@@ -121,7 +128,7 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend> {
         poll: kit::PollBackoff::default(),
     };
     let q = statements(&t);
-    let b = SqlBackend::open(shown, &url, timeout, t, q, Box::new(d)).await?;
+    let mut b = SqlBackend::open(shown, &url, timeout, t, q, Box::new(d)).await?;
     let table = |name: &str, cols: &str, key: &str| {
         format!(
             "CREATE TABLE IF NOT EXISTS {name} ({cols}, PRIMARY KEY ({key}))
@@ -155,9 +162,10 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend> {
         ),
     )
     .await?;
-    // Waiter rows only feed `status`: without the table, locking works and
-    // `status` shows no waiter count.
-    let _ = b
+    // Waiter rows feed `status` and let waiting writers go before later
+    // readers: without the table, locking works, `status` shows no waiter
+    // count and readers do not give way to waiting writers.
+    b.waiter_table = b
         .ddl(
             "create the waiter table",
             table(
@@ -166,7 +174,8 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend> {
                 "ns, lkey, id",
             ),
         )
-        .await;
+        .await
+        .is_ok();
     Ok(b)
 }
 
@@ -194,10 +203,12 @@ impl Dialect for Mysql {
         }
     }
 
-    /// Hold GET_LOCK for a key a `run` holds alone, on a connection of its own.
+    /// Hold GET_LOCK for a key a `run` holds alone, on a connection of its
+    /// own. Not for a shared lease: readers are many, and GET_LOCK has one
+    /// holder.
     async fn taken(&self, spec: &LockSpec, kind: LeaseKind) {
         self.poll.reset();
-        if kind != LeaseKind::Run || spec.limit != 1 {
+        if kind != LeaseKind::Run || spec.limit != 1 || spec.shared {
             return;
         }
         let name = self.wake_name(&spec.namespace, &spec.key);

@@ -1,7 +1,8 @@
 //! PostgreSQL's dialect: `now()` is the transaction's clock, the token is
 //! bumped and the lease inserted in one statement, and a waiter `LISTEN`s on
 //! a per-key channel that a release `NOTIFY`s (with a bounded poll for
-//! expiries).
+//! expiries). Readers and writers listen alike; a writer that stops waiting
+//! notifies too, for the readers that gave way to it.
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -48,6 +49,10 @@ fn statements(t: &Names) -> Statements {
              SELECT $1, $2, $3, t.token, $4, $5, $6, $7, now(),
                     now() + $8::float8 * interval '1 microsecond' FROM t
              RETURNING token"
+        ),
+        exclusive_waiters: format!(
+            "SELECT count(*) FROM {waiter}
+              WHERE ns = $1 AND key = $2 AND expires_at > clock_timestamp() AND id NOT LIKE $3"
         ),
         delete_waiter: format!("DELETE FROM {waiter} WHERE ns = $1 AND key = $2 AND id = $3"),
         upsert_waiter: format!(
@@ -100,23 +105,29 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend> {
         listener: Mutex::new(None),
     };
     let q = statements(&t);
-    let b = SqlBackend::open(shown, &url, timeout, t, q, Box::new(d)).await?;
+    let mut b = SqlBackend::open(shown, &url, timeout, t, q, Box::new(d)).await?;
     let (lease, fence, waiter) = (&b.t.lease, &b.t.fence, &b.t.waiter);
     // Most runs find the tables there: one cheap look instead of DDL
-    // (which takes locks and sends notices).
-    let (present, waiter_present): (bool, bool) = sqlx::query_as(
-        "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL, to_regclass($3) IS NOT NULL",
+    // (which takes locks and sends notices). The waiter table counts only
+    // where this role may read it.
+    let (present, waiter_present, waiter_readable): (bool, bool, bool) = sqlx::query_as(
+        "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL,
+                to_regclass($3) IS NOT NULL,
+                CASE WHEN to_regclass($3) IS NULL THEN false
+                     ELSE has_table_privilege($3, 'SELECT') END",
     )
     .bind(lease)
     .bind(fence)
     .bind(waiter)
     .fetch_one(&b.pool)
     .await
-    .unwrap_or((false, false));
+    .unwrap_or((false, false, false));
+    b.waiter_table = waiter_readable;
     if !waiter_present {
-        // Waiter rows only feed `status`: a role that may not create
-        // tables still locks without them.
-        let _ = b
+        // Waiter rows feed `status` and let waiting writers go before later
+        // readers: a role that may not create tables still locks without
+        // them (readers then do not give way to waiting writers).
+        b.waiter_table = b
             .ddl(
                 "create the waiter table",
                 format!(
@@ -125,7 +136,8 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend> {
                         expires_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (ns, key, id))"
                 ),
             )
-            .await;
+            .await
+            .is_ok();
     }
     if present {
         return Ok(b);
