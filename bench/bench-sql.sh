@@ -182,11 +182,6 @@ hyperfine -N --warmup 10 --runs "$RUNS" --export-json "$TMP/unc.json" \
   -n mariadb-script "$MS true" \
   -n flock "$FL true"
 
-# --- shared vs exclusive, uncontended (bench/shared.sh) -----------------------
-. "$here/shared.sh"
-shared_vs_exclusive postgres "$DP"
-shared_vs_exclusive mariadb "$DM"
-
 # --- 2. contended: 8 concurrent loops x 20 runs on the same key / lock file -------
 # A generated script (run with -N) so hyperfine times the whole batch; each loop's
 # exit status is checked, so a failed lock attempt fails the benchmark. dlock waits.
@@ -242,4 +237,3 @@ $(cat "$TMP/table.md")
 
 Machine: nproc $(nproc), kernel $(uname -r), $("$PGBIN/postgres" --version), $(/usr/sbin/mariadbd --version | sed 's/ *$//'), $("$DLOCK" --version), $(hyperfine --version)
 EOF
-print_shared

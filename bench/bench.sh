@@ -39,10 +39,6 @@ hyperfine -N --warmup 20 --runs "$RUNS" --export-json "$TMP/unc.json" \
   -n flock "$FL true" -n dlock "$DL run --key b -- true" \
   -n dlock-shared "$DL run --shared --key b -- true"
 
-# --- shared vs exclusive, uncontended (bench/shared.sh) -----------------------
-. "$here/shared.sh"
-shared_vs_exclusive sqlite "$DL"
-
 # --- 2. contended: 8 concurrent loops x 20 runs on the same key / lock file -------
 # A generated script (run with -N) so hyperfine times the whole batch; each
 # loop's exit status is checked, so a failed lock attempt fails the benchmark.
@@ -118,4 +114,3 @@ $(cat "$TMP/table.md")
 
 Machine: nproc $(nproc), kernel $(uname -r), $("$DLOCK" --version), $(flock --version | head -1), $(hyperfine --version)
 EOF
-print_shared
