@@ -232,6 +232,9 @@ pub struct Busy {
     pub key: String,
     pub holders: Vec<Holder>,
     pub cause: Option<String>,
+    /// The request was for a shared lock: if only readers hold it, what
+    /// kept it out is a waiting writer, served first.
+    pub shared: bool,
 }
 
 impl Busy {
@@ -241,6 +244,7 @@ impl Busy {
             key: key.to_string(),
             holders: Vec::new(),
             cause: Some(format!("{err:#}")),
+            shared: false,
         }
     }
 }
@@ -286,6 +290,7 @@ pub async fn acquire_all(
                 key: key.clone(),
                 holders,
                 cause: None,
+                shared: lock.shared,
             },
             Err(e) if retry_of(&e) == Retry::Full => Busy::full(key, &e),
             Err(e) => {

@@ -101,6 +101,11 @@ fn busy_message(busy: &lease::Busy, waited: Option<Duration>) -> String {
             }
         }
     }
+    if busy.shared && !busy.holders.is_empty() && busy.holders.iter().all(|h| h.shared) {
+        m.push_str(
+            "\n  an exclusive request is waiting: shared requests that come after it wait behind it",
+        );
+    }
     m
 }
 
