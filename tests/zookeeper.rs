@@ -5,11 +5,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::shared::shared_conformance;
 use common::suite::{self, conformance};
 use common::*;
 use nix::sys::signal::Signal;
 
 conformance!(zookeeper, Env::zookeeper());
+shared_conformance!(zookeeper_shared, Env::zookeeper());
 
 #[test]
 fn server_frozen_past_the_session_timeout_stops_the_child() {

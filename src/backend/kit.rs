@@ -246,6 +246,15 @@ pub fn blocker(mode: Mode, ahead: &[Mode]) -> Option<usize> {
     }
 }
 
+/// On a queue whose entries are `modes`, in queue order: how many lead it
+/// as holders, each admitted by [`admits`] given the entries before it (the
+/// rest wait; once one waits, every entry after it waits too).
+pub fn holding(modes: &[Mode]) -> usize {
+    (0..modes.len())
+        .find(|&i| !admits(modes[i], &modes[..i]))
+        .unwrap_or(modes.len())
+}
+
 /// dlock's holder record, stored with every lease on Redis, ZooKeeper and
 /// etcd so that `status` can say who holds it:
 /// `dlock1|ID|N|USER|HOST|PID|SINCE_MS`. `ID` names the lease (Redis: the
@@ -383,6 +392,11 @@ mod tests {
         assert_eq!(blocker(sem, &[Shared, Shared]), Some(1));
         assert_eq!(blocker(Shared, &[Shared, x, Shared, x, Shared]), Some(3));
         assert_eq!(blocker(Shared, &[Shared, Shared]), None);
+        assert_eq!(holding(&[]), 0);
+        assert_eq!(holding(&[Shared, Shared, x, Shared]), 2);
+        assert_eq!(holding(&[x, Shared, Shared]), 1);
+        assert_eq!(holding(&[sem, sem, sem, sem]), 3);
+        assert_eq!(holding(&[Shared, Shared, Shared]), 3);
     }
 
     use super::*;
