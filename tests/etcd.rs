@@ -5,10 +5,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::shared::shared_conformance;
 use common::suite::{self, conformance};
 use common::*;
 
 conformance!(etcd, Env::etcd());
+shared_conformance!(etcd_shared, Env::etcd());
 
 #[test]
 fn server_frozen_past_the_ttl_stops_the_child() {
