@@ -835,3 +835,53 @@ fn curator_read_write_lock_nodes_are_read_as_curator_writes_them() {
     std::fs::write(&stop, "").unwrap();
     assert_eq!(wait_timeout(&mut r, Duration::from_secs(10)), 0);
 }
+
+/// Shared handles on a stock server each live by their own TTL: one left
+/// to expire is gone (its renewal says so) while the renewed one still
+/// keeps a writer out. A shared `--lock-at-least` lapse stays shared.
+#[test]
+fn shared_handles_renew_and_lapse_on_their_own() {
+    let env = Env::zookeeper();
+    let out = env.run(&["acquire", "-s", "--key", "sh", "--ttl", "1500ms"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let short = stdout(&out).trim().to_string();
+    let out = env.run(&["acquire", "-s", "--key", "sh", "--ttl", "20s"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let long = stdout(&out).trim().to_string();
+    assert_eq!(modes_of(&env, "sh"), ["shared", "shared"]);
+    std::thread::sleep(Duration::from_millis(1800));
+    assert_eq!(
+        code(&env.run(&["renew", &short])),
+        74,
+        "an expired handle renewed"
+    );
+    let out = env.run(&["renew", &long]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(modes_of(&env, "sh"), ["shared"]);
+    let out = env.run(&["run", "-n", "--key", "sh", "--", "true"]);
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    let out = env.run(&["release", &long]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(!env.held("sh"));
+    let out = env.run(&[
+        "run",
+        "-s",
+        "--lock-at-least",
+        "3s",
+        "--key",
+        "sh",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(modes_of(&env, "sh"), ["shared"]);
+    let out = env.run(&["run", "-s", "-n", "--key", "sh", "--", "true"]);
+    assert_eq!(
+        code(&out),
+        0,
+        "a reader beside a shared lapse: {}",
+        stderr(&out)
+    );
+    let out = env.run(&["run", "-n", "--key", "sh", "--", "true"]);
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+}
