@@ -11,12 +11,13 @@
 //! where the Go `recipes.RWMutex` puts its readers (`PFX/read/<nanos>`;
 //! its writers are `PFX/write/<nanos>`), with `N` = 0 in dlock's value (so
 //! it is told from an entry of a nested key `KEY/read`). Every entry's
-//! mode comes from its key ([`mode_of`]); which entries hold and which one
+//! mode comes from its key (`mode_of`); which entries hold and which one
 //! a waiter watches is the admission rule's ([`kit::admits`],
 //! [`kit::blocker`]) over every entry of a lower create revision: a reader
 //! holds when none of them is exclusive (so a waiting writer keeps later
 //! readers out) and watches the last exclusive one; a writer waits for
-//! every entry before it and watches the one just before it.
+//! every entry before it and watches the one just before it. The wait
+//! itself is [`queue::wait_turn`], shared with ZooKeeper.
 //!
 //! What the foreign recipes see of dlock: `etcdctl lock`/`concurrency.Mutex`
 //! and an `RWMutex` writer wait for every key under the prefix with a lower
@@ -34,6 +35,7 @@ use async_trait::async_trait;
 use tokio::sync::Mutex;
 
 use super::kit::{self, Kind, Queued};
+use super::queue;
 use super::{
     Attempt, Backend, Holder, KeyStatus, Lease, LeaseKind, LockSpec, Owner, PingInfo, Renewal,
     redact_url,
@@ -371,6 +373,123 @@ impl EtcdBackend {
     }
 }
 
+/// One `acquire`'s key under its lock's prefix, waiting its turn.
+struct EtcdTurn<'a> {
+    b: &'a EtcdBackend,
+    c: ec::Client,
+    spec: &'a LockSpec,
+    me: &'a Owner,
+    prefix: String,
+    key: String,
+    lease: i64,
+    /// The revision of the last listing: watches start after it.
+    rev: i64,
+    alive_since: Instant,
+}
+
+#[async_trait]
+impl queue::Turn for EtcdTurn<'_> {
+    type Entry = Entry;
+
+    async fn entries(&mut self) -> Result<(Vec<Entry>, Option<usize>)> {
+        let (entries, rev) = match self.b.contenders(&self.prefix).await {
+            Ok(v) => v,
+            Err(e) => {
+                self.b.give_up(&self.key, self.lease).await;
+                return Err(e);
+            }
+        };
+        self.rev = rev;
+        let ours = entries
+            .iter()
+            .position(|e| e.kv.key() == self.key.as_bytes());
+        Ok((entries, ours))
+    }
+
+    fn mode(&self, e: &Entry) -> kit::Mode {
+        e.mode(self.spec.limit)
+    }
+
+    async fn vanished(&mut self) -> anyhow::Error {
+        self.b.give_up(&self.key, self.lease).await;
+        unavailable(format!(
+            "etcd {}: our queue key {} vanished (its lease expired?)",
+            self.b.shown, self.key
+        ))
+    }
+
+    async fn admitted(&mut self, entries: &[Entry], ours: usize) -> Result<Lease> {
+        let (spec, lease) = (self.spec, self.lease);
+        self.b.mine.lock().await.insert(
+            (spec.namespace.clone(), spec.key.clone()),
+            (self.key.clone(), lease),
+        );
+        self.b.queued.resolved(&lease);
+        Ok(Lease {
+            namespace: spec.namespace.clone(),
+            key: spec.key.clone(),
+            token: entries[ours].kv.create_revision() as u64,
+            // The handle carries the lease id: it names our key.
+            id: if self.me.kind == LeaseKind::Handle {
+                format!("{lease:x}")
+            } else {
+                self.me.id.clone()
+            },
+            ttl: spec.ttl,
+            granted_at: self.alive_since,
+            shared: spec.shared,
+        })
+    }
+
+    async fn give_up(&mut self, holding: &[Entry]) -> Result<Vec<Holder>> {
+        let holders = holding.iter().map(Entry::holder).collect();
+        self.b.give_up(&self.key, self.lease).await;
+        Ok(holders)
+    }
+
+    async fn wait(&mut self, blocker: &Entry, deadline: Option<Instant>) -> Result<()> {
+        let (c, lease) = (&mut self.c, self.lease);
+        // While waiting, keep our own lease alive.
+        let sent = Instant::now();
+        let kept = tokio::time::timeout(self.b.timeout, async {
+            let (mut k, mut s) = c.lease_keep_alive(lease).await?;
+            k.keep_alive().await?;
+            Ok::<_, ec::Error>(s.message().await?.is_some_and(|m| m.ttl() > 0))
+        })
+        .await;
+        if matches!(kept, Ok(Ok(true))) {
+            self.alive_since = sent;
+        }
+        let pred = blocker.kv.key().to_vec();
+        let opts = ec::WatchOptions::new().with_start_revision(self.rev + 1);
+        let watch = tokio::time::timeout(self.b.timeout, c.watch(pred, Some(opts))).await;
+        let recheck = Instant::now() + (self.spec.ttl / 3).min(Duration::from_secs(2));
+        let until = deadline.map_or(recheck, |d| d.min(recheck));
+        if let Ok(Ok(mut stream)) = watch {
+            let _ = tokio::time::timeout_at(until.into(), async {
+                while let Ok(Some(resp)) = stream.message().await {
+                    if resp
+                        .events()
+                        .iter()
+                        .any(|e| e.event_type() == ec::EventType::Delete)
+                    {
+                        break;
+                    }
+                }
+            })
+            .await;
+        } else {
+            tokio::time::sleep_until(
+                until
+                    .min(Instant::now() + Duration::from_millis(200))
+                    .into(),
+            )
+            .await;
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Backend for EtcdBackend {
     fn describe(&self) -> String {
@@ -423,92 +542,19 @@ impl Backend for EtcdBackend {
             self.give_up(&key, lease).await;
             return Err(e);
         }
-        let mode = spec.mode();
-        // The lease is safe for its TTL from the last keep-alive we sent.
-        let mut alive_since = granted_at;
-        loop {
-            let (entries, rev) = match self.contenders(&prefix).await {
-                Ok(v) => v,
-                Err(e) => {
-                    self.give_up(&key, lease).await;
-                    return Err(e);
-                }
-            };
-            let Some(idx) = entries.iter().position(|e| e.kv.key() == key.as_bytes()) else {
-                self.give_up(&key, lease).await;
-                return Err(unavailable(format!(
-                    "etcd {}: our queue key {key} vanished (its lease expired?)",
-                    self.shown
-                )));
-            };
-            let ahead = modes(&entries[..idx], spec.limit);
-            let Some(blocker) = kit::blocker(mode, &ahead) else {
-                let token = entries[idx].kv.create_revision() as u64;
-                self.mine.lock().await.insert(
-                    (spec.namespace.clone(), spec.key.clone()),
-                    (key.clone(), lease),
-                );
-                self.queued.resolved(&lease);
-                return Ok(Attempt::Acquired(Lease {
-                    namespace: spec.namespace.clone(),
-                    key: spec.key.clone(),
-                    token,
-                    // The handle carries the lease id: it names our key.
-                    id: if me.kind == LeaseKind::Handle {
-                        format!("{lease:x}")
-                    } else {
-                        me.id.clone()
-                    },
-                    ttl: spec.ttl,
-                    granted_at: alive_since,
-                    shared: spec.shared,
-                }));
-            };
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                let holders = holding(&entries).iter().map(Entry::holder).collect();
-                self.give_up(&key, lease).await;
-                return Ok(Attempt::Busy(holders));
-            }
-            // While waiting, keep our own lease alive.
-            let sent = Instant::now();
-            let kept = tokio::time::timeout(self.timeout, async {
-                let (mut k, mut s) = c.lease_keep_alive(lease).await?;
-                k.keep_alive().await?;
-                Ok::<_, ec::Error>(s.message().await?.is_some_and(|m| m.ttl() > 0))
-            })
-            .await;
-            if matches!(kept, Ok(Ok(true))) {
-                alive_since = sent;
-            }
-            // Watch only the entry ahead whose deletion may let us in (no
-            // herd).
-            let pred = entries[blocker].kv.key().to_vec();
-            let opts = ec::WatchOptions::new().with_start_revision(rev + 1);
-            let watch = tokio::time::timeout(self.timeout, c.watch(pred, Some(opts))).await;
-            let recheck = Instant::now() + (spec.ttl / 3).min(Duration::from_secs(2));
-            let until = deadline.map_or(recheck, |d| d.min(recheck));
-            if let Ok(Ok(mut stream)) = watch {
-                let _ = tokio::time::timeout_at(until.into(), async {
-                    while let Ok(Some(resp)) = stream.message().await {
-                        if resp
-                            .events()
-                            .iter()
-                            .any(|e| e.event_type() == ec::EventType::Delete)
-                        {
-                            break;
-                        }
-                    }
-                })
-                .await;
-            } else {
-                tokio::time::sleep_until(
-                    until
-                        .min(Instant::now() + Duration::from_millis(200))
-                        .into(),
-                )
-                .await;
-            }
-        }
+        let mut turn = EtcdTurn {
+            b: self,
+            c,
+            spec,
+            me,
+            prefix,
+            key,
+            lease,
+            rev: 0,
+            // The lease is safe for its TTL from the last keep-alive we sent.
+            alive_since: granted_at,
+        };
+        queue::wait_turn(&mut turn, spec.mode(), deadline).await
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Renewal> {

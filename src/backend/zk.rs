@@ -17,7 +17,8 @@
 //! `--limit` of exclusive ones hold, a shared one holds when no exclusive
 //! one is before it (so a waiting writer keeps later readers out), and
 //! every waiter watches only the one node whose leaving may let it in (no
-//! herd). The uuid lets us find our node again.
+//! herd); the wait itself is [`queue::wait_turn`], shared with etcd. The
+//! uuid lets us find our node again.
 //!
 //! What the foreign recipes see of dlock: kazoo's `WriteLock` sees every
 //! dlock node of `?recipe=kazoo`, its `ReadLock` dlock's exclusive ones;
@@ -55,6 +56,7 @@ use tokio::sync::{Mutex, OnceCell};
 use zookeeper_client as zk;
 
 use super::kit::{self, Kind, Queued};
+use super::queue;
 use super::{
     Attempt, Backend, Holder, KeyStatus, Lease, LeaseKind, LockSpec, Owner, PingInfo, Renewal,
     redact_url,
@@ -561,8 +563,13 @@ impl ZkBackend {
         limit: u32,
     ) -> Vec<Holder> {
         let n = kit::holding(&modes(contenders, limit));
+        self.holders_among(c, dir, &contenders[..n]).await
+    }
+
+    /// What the nodes of `holding` (children of `dir`) say of their holders.
+    async fn holders_among(&self, c: &zk::Client, dir: &str, holding: &[Contender]) -> Vec<Holder> {
         let mut out = Vec::new();
-        for ct in &contenders[..n] {
+        for ct in holding {
             if let Ok(Ok((data, stat))) =
                 tokio::time::timeout(self.timeout, c.get_data(&format!("{dir}/{}", ct.name))).await
             {
@@ -768,6 +775,150 @@ impl ZkBackend {
     }
 }
 
+/// One `acquire`'s node in its lock directory, waiting its turn.
+struct ZkTurn<'a> {
+    b: &'a ZkBackend,
+    c: &'a zk::Client,
+    spec: &'a LockSpec,
+    me: &'a Owner,
+    dir: String,
+    name: String,
+    path: String,
+    /// Our entry in the backend's registry of queue entries.
+    entry: (String, String),
+    token: u64,
+    /// Our node's data, written back unchanged to touch a handle's node.
+    data: Vec<u8>,
+    /// A handle's node (it outlives the session, and lives from its last
+    /// write: `touched`).
+    handle: bool,
+    touched: Instant,
+    /// When the listing that found us holding was sent.
+    checked: Instant,
+    waited: bool,
+    /// Nodes that need no look for expiry (see `reap`).
+    lasting: HashSet<String>,
+    /// When the next node ahead expires.
+    next_expiry: Option<Duration>,
+}
+
+impl ZkTurn<'_> {
+    /// Rewrite a handle's node so that its TTL starts again.
+    async fn touch(&mut self) -> Result<()> {
+        match self.b.touch(self.c, &self.path, &self.data).await? {
+            Some(t) => self.touched = t,
+            None => return Err(queue::Turn::vanished(self).await),
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl queue::Turn for ZkTurn<'_> {
+    type Entry = Contender;
+
+    async fn entries(&mut self) -> Result<(Vec<Contender>, Option<usize>)> {
+        self.checked = Instant::now();
+        let contenders = self.b.contenders(self.c, &self.dir).await?;
+        let ours = contenders.iter().position(|ct| ct.name == self.name);
+        Ok((contenders, ours))
+    }
+
+    fn mode(&self, ct: &Contender) -> kit::Mode {
+        ct.mode(self.spec.limit)
+    }
+
+    async fn vanished(&mut self) -> anyhow::Error {
+        unavailable(format!(
+            "ZooKeeper {}: our queue node {} vanished (the session expired, or it went \
+             untouched past its TTL?)",
+            self.b.shown, self.path
+        ))
+    }
+
+    async fn admitted(&mut self, _: &[Contender], _: usize) -> Result<Lease> {
+        if self.handle && self.waited {
+            // Its full TTL from now on, not what the wait left of it.
+            self.touch().await?;
+        }
+        let spec = self.spec;
+        self.b.mine.lock().await.insert(
+            (spec.namespace.clone(), spec.key.clone()),
+            (self.path.clone(), self.handle),
+        );
+        self.b.queued.resolved(&self.entry);
+        let (ttl, granted_at) = if self.handle {
+            (spec.ttl, self.touched)
+        } else {
+            (self.c.session_timeout().min(spec.ttl), self.checked)
+        };
+        Ok(Lease {
+            namespace: spec.namespace.clone(),
+            key: spec.key.clone(),
+            token: self.token,
+            id: self.me.id.clone(),
+            ttl,
+            granted_at,
+            shared: spec.shared,
+        })
+    }
+
+    /// A node ahead of us whose TTL ran out (a handle nobody renewed, a
+    /// `--lock-at-least` lapse) is deleted; then look again.
+    async fn tidy(&mut self, ahead: &[Contender]) -> Result<bool> {
+        let names: Vec<&str> = ahead.iter().map(|ct| ct.name.as_str()).collect();
+        let (changed, next_expiry) = self
+            .b
+            .reap(self.c, &self.dir, &names, &mut self.lasting)
+            .await?;
+        self.next_expiry = next_expiry;
+        Ok(changed)
+    }
+
+    async fn give_up(&mut self, holding: &[Contender]) -> Result<Vec<Holder>> {
+        let holders = self.b.holders_among(self.c, &self.dir, holding).await;
+        if self
+            .b
+            .bounded("delete", self.c.delete(&self.path, None))
+            .await
+            .is_ok()
+        {
+            self.b.queued.resolved(&self.entry);
+        }
+        Ok(holders)
+    }
+
+    async fn wait(&mut self, blocker: &Contender, deadline: Option<Instant>) -> Result<()> {
+        let ttl = self.spec.ttl;
+        if self.handle && self.touched.elapsed() >= ttl / 3 {
+            self.touch().await?;
+        }
+        let pred = format!("{}/{}", self.dir, blocker.name);
+        let watcher = match self
+            .b
+            .bounded(&format!("watch {pred}"), self.c.check_and_watch_stat(&pred))
+            .await?
+        {
+            (Some(_), w) => w,
+            (None, _) => return Ok(()),
+        };
+        // Wake on the blocker's change, the deadline, or a periodic
+        // re-check (a session event can end the watch silently; a node
+        // ahead may expire; a handle's own node needs touching).
+        let mut recheck = Instant::now() + Duration::from_secs(2);
+        if let Some(d) = self.next_expiry {
+            recheck = recheck.min(Instant::now() + d + Duration::from_millis(20));
+        }
+        if self.handle {
+            recheck = recheck.min(self.touched + ttl / 3);
+        }
+        let until = deadline.map_or(recheck, |d| d.min(recheck));
+        let _ = tokio::time::timeout_at(until.into(), watcher.changed()).await;
+        self.waited = true;
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Backend for ZkBackend {
     fn describe(&self) -> String {
@@ -830,7 +981,7 @@ impl Backend for ZkBackend {
         self.queued.add(entry.clone());
         // A handle's node lives from the last write to it: when that write
         // was sent is when its lease can have started, at the earliest.
-        let mut touched = Instant::now();
+        let touched = Instant::now();
         let (stat, seq, data) = if handle {
             self.create_outliving(c, &prefix, data, spec.ttl).await?
         } else {
@@ -846,98 +997,25 @@ impl Backend for ZkBackend {
         };
         let name = format!("{tag}{seq}");
         let path = format!("{dir}/{name}");
-        let mode = spec.mode();
-        let vanished = || {
-            unavailable(format!(
-                "ZooKeeper {}: our queue node {path} vanished (the session expired, or it \
-                 went untouched past its TTL?)",
-                self.shown
-            ))
+        let mut turn = ZkTurn {
+            b: self,
+            c,
+            spec,
+            me,
+            dir,
+            name,
+            path,
+            entry,
+            token: stat.czxid as u64,
+            data,
+            handle,
+            touched,
+            checked: Instant::now(),
+            waited: false,
+            lasting: HashSet::new(),
+            next_expiry: None,
         };
-        let mut lasting = HashSet::new();
-        let mut waited = false;
-        loop {
-            let checked = Instant::now();
-            let contenders = self.contenders(c, &dir).await?;
-            let Some(idx) = contenders.iter().position(|ct| ct.name == name) else {
-                return Err(vanished());
-            };
-            let ahead = modes(&contenders[..idx], spec.limit);
-            let Some(blocker) = kit::blocker(mode, &ahead) else {
-                if handle && waited {
-                    // Its full TTL from now on, not what the wait left of it.
-                    match self.touch(c, &path, &data).await? {
-                        Some(t) => touched = t,
-                        None => return Err(vanished()),
-                    }
-                }
-                self.mine.lock().await.insert(
-                    (spec.namespace.clone(), spec.key.clone()),
-                    (path.clone(), handle),
-                );
-                self.queued.resolved(&entry);
-                let (ttl, granted_at) = if handle {
-                    (spec.ttl, touched)
-                } else {
-                    (c.session_timeout().min(spec.ttl), checked)
-                };
-                return Ok(Attempt::Acquired(Lease {
-                    namespace: spec.namespace.clone(),
-                    key: spec.key.clone(),
-                    token: stat.czxid as u64,
-                    id: me.id.clone(),
-                    ttl,
-                    granted_at,
-                    shared: spec.shared,
-                }));
-            };
-            // A node ahead of us whose TTL ran out (a handle nobody renewed,
-            // a `--lock-at-least` lapse) is deleted; then look again.
-            let ahead: Vec<&str> = contenders[..idx]
-                .iter()
-                .map(|ct| ct.name.as_str())
-                .collect();
-            let (changed, next_expiry) = self.reap(c, &dir, &ahead, &mut lasting).await?;
-            if changed {
-                continue;
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                let holders = self.holders(c, &dir, &contenders, spec.limit).await;
-                if self.bounded("delete", c.delete(&path, None)).await.is_ok() {
-                    self.queued.resolved(&entry);
-                }
-                return Ok(Attempt::Busy(holders));
-            }
-            if handle && touched.elapsed() >= spec.ttl / 3 {
-                match self.touch(c, &path, &data).await? {
-                    Some(t) => touched = t,
-                    None => return Err(vanished()),
-                }
-            }
-            // Watch only the contender ahead whose leaving may let us in
-            // (no herd).
-            let pred = format!("{dir}/{}", contenders[blocker].name);
-            let watcher = match self
-                .bounded(&format!("watch {pred}"), c.check_and_watch_stat(&pred))
-                .await?
-            {
-                (Some(_), w) => w,
-                (None, _) => continue,
-            };
-            // Wake on the predecessor's change, the deadline, or a periodic
-            // re-check (a session event can end the watch silently; a node
-            // ahead may expire; a handle's own node needs touching).
-            let mut recheck = Instant::now() + Duration::from_secs(2);
-            if let Some(d) = next_expiry {
-                recheck = recheck.min(Instant::now() + d + Duration::from_millis(20));
-            }
-            if handle {
-                recheck = recheck.min(touched + spec.ttl / 3);
-            }
-            let until = deadline.map_or(recheck, |d| d.min(recheck));
-            let _ = tokio::time::timeout_at(until.into(), watcher.changed()).await;
-            waited = true;
-        }
+        queue::wait_turn(&mut turn, spec.mode(), deadline).await
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Renewal> {
