@@ -259,8 +259,9 @@ pub fn holding(modes: &[Mode]) -> usize {
 /// etcd so that `status` can say who holds it:
 /// `dlock1|ID|N|USER|HOST|PID|SINCE_MS`. `ID` names the lease (Redis: the
 /// secret; ZooKeeper: the secret; etcd: the lease id in hex). `N` is the
-/// `--limit` on ZooKeeper and etcd, whose token is the node's `czxid` or the
-/// key's create revision, and the token on Redis, whose scripts write it
+/// `--limit` on ZooKeeper and etcd (0 for a shared entry on etcd), whose
+/// token is the node's `czxid` or the key's create revision, and the token
+/// on Redis, whose scripts write it
 /// (and rewrite it for Redlock). Anything else is a foreign client's value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record<'a> {
