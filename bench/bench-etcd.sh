@@ -73,6 +73,7 @@ rc=$($EL sh -c "$DL run -q -n --key b -- true; echo \$?")
 echo "== uncontended ($RUNS runs each)"
 hyperfine -N --warmup 10 --runs "$RUNS" --export-json "$TMP/unc.json" \
   -n dlock "$DL run --key b -- true" \
+  -n "dlock --shared" "$DL run --shared --key b -- true" \
   -n etcdctl "$EL true" \
   -n flock "$FL true"
 
@@ -115,7 +116,9 @@ u, c = res(sys.argv[1]), res(sys.argv[2])
 print("| scenario | contender | mean ± σ | min |")
 print("|---|---|---|---|")
 for label, d in [("uncontended, one `run -- true`", u), ("8 loops x 20 runs, one key", c)]:
-    for name in ["dlock", "etcdctl", "flock"]:
+    for name in ["dlock", "dlock --shared", "etcdctl", "flock"]:
+        if name not in d:
+            continue
         r = d[name]
         print(f"| {label} | {name} | {fmt(r['mean'])} ± {fmt(r['stddev'])} | {fmt(r['min'])} |")
 m = lambda d, k: d[k]["mean"]
@@ -123,6 +126,7 @@ print("\n| ratio (of means) | value | goal |")
 print("|---|---|---|")
 for label, a, b, goal in [("dlock / etcdctl lock", m(u, "dlock"), m(u, "etcdctl"), "<= 0.5x"),
                           ("dlock / flock", m(u, "dlock"), m(u, "flock"), ""),
+                          ("dlock --shared / dlock", m(u, "dlock --shared"), m(u, "dlock"), "<= 1.1x"),
                           ("contended: dlock / etcdctl lock", m(c, "dlock"), m(c, "etcdctl"), "<= 0.5x"),
                           ("contended: dlock / flock", m(c, "dlock"), m(c, "flock"), "")]:
     print(f"| {label} | {a/b:.2f}x | {goal} |")

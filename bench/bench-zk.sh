@@ -116,7 +116,8 @@ got=$($DL run -q --key b -- env P="$P" python3 "$TMP/zk.py" trylock)
 # --- 1. uncontended: one lock/run/unlock per process, no shell in between (-N) ---
 echo "== uncontended ($RUNS runs each)"
 hyperfine -N --warmup 5 --runs "$RUNS" --export-json "$TMP/unc.json" \
-  -n dlock "$DL run --key b -- true" -n kazoo "$KZ true" -n flock "$FL true"
+  -n dlock "$DL run --key b -- true" -n "dlock --shared" "$DL run --shared --key b -- true" \
+  -n kazoo "$KZ true" -n flock "$FL true"
 
 # --- shared vs exclusive, uncontended (bench/shared.sh) -----------------------
 . "$here/shared.sh"
@@ -171,6 +172,7 @@ for label, d in [("uncontended, one `run -- true`", u), ("8 loops x 20 runs, one
 print("\n| ratio (of means) | value | goal |\n|---|---|---|")
 for label, a, b, goal in [("dlock / kazoo Lock", m(u, "dlock"), m(u, "kazoo"), "<= 0.15x"),
                           ("dlock / flock", m(u, "dlock"), m(u, "flock"), ""),
+                          ("dlock --shared / dlock", m(u, "dlock --shared"), m(u, "dlock"), "<= 1.1x"),
                           ("contended: dlock / flock", m(c, "dlock"), m(c, "flock"), "<= 2x")]:
     print(f"| {label} | {a/b:.2f}x | {goal} |")
 print(f"\n| {n:.0f} waiters on one key | value |\n|---|---|")

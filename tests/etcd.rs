@@ -5,10 +5,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::shared::shared_conformance;
 use common::suite::{self, conformance};
 use common::*;
 
 conformance!(etcd, Env::etcd());
+shared_conformance!(etcd_shared, Env::etcd());
 
 #[test]
 fn server_frozen_past_the_ttl_stops_the_child() {
@@ -246,4 +248,122 @@ fn an_expired_auth_token_is_renewed() {
     let out = env.run(&["run", "--ttl", "6s", "--key", "t", "--", "sleep", "5"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(!env.held("t"), "released");
+}
+
+/// Shared locks beside `etcdctl lock` and the Go `recipes.RWMutex`: an
+/// `etcdctl lock` holder keeps a dlock reader out and a dlock reader keeps
+/// `etcdctl lock` waiting; an RWMutex writer's key (`write/<nanos>`) keeps
+/// dlock's readers out, an RWMutex reader's (`read/<nanos>`) shares with
+/// them and keeps dlock's writers out; dlock's readers are at
+/// `read/<lease id>`. (Go is not at hand: the RWMutex keys are put as the
+/// recipe puts them, with etcdctl, on a lease.)
+#[test]
+fn shared_locks_beside_etcdctl_lock_and_rwmutex_keys() {
+    let env = Env::etcd();
+    let etcd = env.etcd.as_ref().unwrap();
+    let ctl = servers::require("etcdctl", "etcd-client");
+    let mut held = std::process::Command::new(&ctl)
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            &format!("127.0.0.1:{}", etcd.port),
+            "lock",
+            "dlock/rk",
+            "sleep",
+            "2",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(10), "etcdctl to hold the lock", || {
+        env.held("rk")
+    });
+    let out = env.run(&["run", "-s", "-n", "--key", "rk", "--", "true"]);
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    let t = Instant::now();
+    let out = env.run(&["run", "-s", "--wait", "15s", "--key", "rk", "--", "true"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        t.elapsed() > Duration::from_millis(1000),
+        "a dlock reader got in while etcdctl held the lock"
+    );
+    assert!(held.wait().unwrap().success());
+    // A dlock reader holds; etcdctl lock waits until it lets go.
+    let mut h = env.spawn(&["run", "-s", "--key", "rk", "--", "sleep", "2"]);
+    wait_for(Duration::from_secs(10), "dlock to hold", || env.held("rk"));
+    let keys = etcd.ctl(&["get", "--prefix", "--keys-only", "dlock/rk/"]);
+    assert!(
+        keys.lines().any(|k| k.starts_with("dlock/rk/read/")),
+        "{keys}"
+    );
+    let t = Instant::now();
+    let out = etcd.ctl(&["lock", "dlock/rk", "true"]);
+    assert!(
+        t.elapsed() > Duration::from_millis(1000),
+        "etcdctl got the lock while a dlock reader held it: {out}"
+    );
+    assert_eq!(wait_timeout(&mut h, Duration::from_secs(10)), 0);
+    // RWMutex keys, on a lease as the recipe's session puts them.
+    let lease = etcd.ctl(&["lease", "grant", "60"]);
+    let lease = lease
+        .split_whitespace()
+        .nth(1)
+        .expect("a lease id")
+        .to_string();
+    let nanos = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+            .to_string()
+    };
+    let w = format!("dlock/rw/write/{}", nanos());
+    let out = etcd.ctl(&["put", &format!("--lease={lease}"), &w, ""]);
+    assert!(out.contains("OK"), "{out}");
+    let out = env.run(&["run", "-s", "-n", "--key", "rw", "--", "true"]);
+    assert_eq!(code(&out), 75, "an RWMutex writer: {}", stderr(&out));
+    let st = env.status_json(&["rw"]);
+    assert_eq!(st[0]["holders"][0]["mode"], "exclusive", "{st}");
+    etcd.ctl(&["del", &w]);
+    let r = format!("dlock/rw/read/{}", nanos());
+    let out = etcd.ctl(&["put", &format!("--lease={lease}"), &r, ""]);
+    assert!(out.contains("OK"), "{out}");
+    let out = env.run(&["run", "-s", "-n", "--key", "rw", "--", "true"]);
+    assert_eq!(code(&out), 0, "an RWMutex reader: {}", stderr(&out));
+    let out = env.run(&["run", "-n", "--key", "rw", "--", "true"]);
+    assert_eq!(code(&out), 75, "an RWMutex reader: {}", stderr(&out));
+    let st = env.status_json(&["rw"]);
+    assert_eq!(st[0]["holders"][0]["mode"], "shared", "{st}");
+    etcd.ctl(&["lease", "revoke", &lease]);
+    let out = env.run(&["run", "-n", "--key", "rw", "--", "true"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    // A key `K/read` is another lock than K, though its keys are where K's
+    // readers' are: its holder is no reader of K, K's reader no holder of it.
+    let mut h = env.spawn(&["run", "--key", "rw/read", "--", "sleep", "30"]);
+    wait_for(Duration::from_secs(10), "rw/read held", || {
+        env.held("rw/read")
+    });
+    let out = env.run(&["run", "-n", "--key", "rw", "--", "true"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let mut r = env.spawn(&["run", "-s", "--key", "rw", "--", "sleep", "30"]);
+    wait_for(Duration::from_secs(10), "rw held", || env.held("rw"));
+    let st = env.status_json(&["rw", "rw/read"]);
+    assert_eq!(st[0]["holders"][0]["mode"], "shared", "{st}");
+    assert_eq!(st[1]["holders"][0]["mode"], "exclusive", "{st}");
+    assert_eq!(st[1]["holders"].as_array().unwrap().len(), 1, "{st}");
+    let all = stdout(&env.run(&["status"]));
+    assert!(
+        all.lines()
+            .any(|l| l.starts_with("rw ") && l.contains("shared 1")),
+        "{all}"
+    );
+    assert!(
+        all.lines()
+            .any(|l| l.starts_with("rw/read ") && l.contains("held")),
+        "{all}"
+    );
+    for c in [&mut h, &mut r] {
+        signal(c.id(), nix::sys::signal::Signal::SIGTERM);
+        assert_eq!(wait_timeout(c, Duration::from_secs(10)), 143);
+    }
 }

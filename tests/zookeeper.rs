@@ -5,11 +5,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::shared::shared_conformance;
 use common::suite::{self, conformance};
 use common::*;
 use nix::sys::signal::Signal;
 
 conformance!(zookeeper, Env::zookeeper());
+shared_conformance!(zookeeper_shared, Env::zookeeper());
 
 #[test]
 fn server_frozen_past_the_session_timeout_stops_the_child() {
@@ -680,4 +682,207 @@ fn a_dlock_waiter_frees_a_foreign_waiter_stuck_behind_an_expired_handle() {
     );
     assert_eq!(lines.next().unwrap().unwrap(), "held");
     assert_eq!(wait_timeout(&mut py, Duration::from_secs(10)), 0);
+}
+
+/// A python script that holds `/dlock/KEY` with kazoo, doing `take` (which
+/// must succeed at once) and printing `held`, until `stop` exists.
+fn kazoo_hold(env: &Env, take: &str, stop: &std::path::Path) -> Reaped {
+    let hosts = env.url.trim_start_matches("zk://").to_string();
+    let script = format!(
+        "import os,time,uuid\nfrom kazoo.client import KazooClient\nzk=KazooClient(hosts='{hosts}')\n\
+         zk.start()\n{take}\nprint('held',flush=True)\n\
+         while not os.path.exists('{stop}'): time.sleep(0.02)\nzk.stop()\n",
+        stop = stop.display()
+    );
+    python_holder("kazoo", &script)
+}
+
+/// Whether a kazoo `class` (`ReadLock`, `WriteLock`) gets `/dlock/KEY`
+/// at once (released at once).
+fn kazoo_try_as(env: &Env, class: &str, key: &str) -> bool {
+    let hosts = env.url.trim_start_matches("zk://").to_string();
+    let script = format!(
+        "from kazoo.client import KazooClient\nzk=KazooClient(hosts='{hosts}')\nzk.start()\n\
+         l=zk.{class}('/dlock/{key}','kazoo')\ngot=l.acquire(blocking=False)\nprint(got)\n\
+         if got: l.release()\nzk.stop()\n"
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        said == "True" || said == "False",
+        "{said}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    said == "True"
+}
+
+/// The modes `status --json` shows for a key's holders.
+fn modes_of(env: &Env, key: &str) -> Vec<String> {
+    env.status_json(&[key])[0]["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["mode"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// With `?recipe=kazoo`, dlock's readers are kazoo `ReadLock`s and its
+/// writers kazoo `Lock`s/`WriteLock`s: each side's writers keep the other's
+/// readers out, readers share, and a reader waiting behind a kazoo
+/// `WriteLock` gets in promptly once it is released.
+#[test]
+fn kazoo_read_write_locks_interoperate_with_recipe_kazoo() {
+    let env = Env::zookeeper();
+    let kz = kazoo_env(&env);
+    // A kazoo WriteLock keeps a dlock reader out, then lets it in.
+    let stop = env.path("kw-stop");
+    let mut w = kazoo_hold(
+        &env,
+        "l=zk.WriteLock('/dlock/kw','kazoo')\nassert l.acquire(blocking=False)",
+        &stop,
+    );
+    let out = kz.run(&["run", "-s", "-n", "--key", "kw", "--", "true"]);
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    assert_eq!(modes_of(&kz, "kw"), ["exclusive"]);
+    let mut r = kz.spawn(&["run", "-s", "--wait", "15s", "--key", "kw", "--", "true"]);
+    wait_for(Duration::from_secs(10), "the reader to queue", || {
+        kz.status_json(&["kw"])[0]["waiters"].as_u64() == Some(1)
+    });
+    std::fs::write(&stop, "").unwrap();
+    let t = Instant::now();
+    assert_eq!(wait_timeout(&mut w, Duration::from_secs(10)), 0);
+    assert_eq!(wait_timeout(&mut r, Duration::from_secs(10)), 0);
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    // A kazoo ReadLock shares with a dlock reader and keeps a dlock writer out.
+    let stop = env.path("kr-stop");
+    let mut rl = kazoo_hold(
+        &env,
+        "l=zk.ReadLock('/dlock/kr','kazoo')\nassert l.acquire(blocking=False)",
+        &stop,
+    );
+    let out = kz.run(&["run", "-s", "-n", "--key", "kr", "--", "true"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = kz.run(&["run", "-n", "--key", "kr", "--", "true"]);
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    assert_eq!(modes_of(&kz, "kr"), ["shared"]);
+    std::fs::write(&stop, "").unwrap();
+    assert_eq!(wait_timeout(&mut rl, Duration::from_secs(10)), 0);
+    // A dlock reader: a kazoo ReadLock shares it, a kazoo WriteLock waits.
+    let mut h = kz.spawn(&["run", "-s", "--key", "dr", "--", "sleep", "30"]);
+    wait_for(Duration::from_secs(10), "dlock to hold", || kz.held("dr"));
+    assert!(
+        kazoo_try_as(&env, "ReadLock", "dr"),
+        "kazoo's reader was kept out"
+    );
+    assert!(
+        !kazoo_try_as(&env, "WriteLock", "dr"),
+        "kazoo's writer got in"
+    );
+    signal(h.id(), Signal::SIGTERM);
+    assert_eq!(wait_timeout(&mut h, Duration::from_secs(10)), 143);
+    // A dlock writer keeps a kazoo ReadLock out.
+    let mut h = kz.spawn(&["run", "--key", "dw", "--", "sleep", "30"]);
+    wait_for(Duration::from_secs(10), "dlock to hold", || kz.held("dw"));
+    assert!(
+        !kazoo_try_as(&env, "ReadLock", "dw"),
+        "kazoo's reader got in"
+    );
+    signal(h.id(), Signal::SIGTERM);
+    assert_eq!(wait_timeout(&mut h, Duration::from_secs(10)), 143);
+    assert!(kazoo_try_as(&env, "ReadLock", "dw"));
+}
+
+/// In Curator's layout (the default), dlock's readers are named like the
+/// read side of `InterProcessReadWriteLock` (`-__READ__`), and dlock reads
+/// its nodes: a write-side node (`-__WRIT__`) keeps dlock's readers out, a
+/// read-side node lets them in and keeps dlock's writers out. (Curator is
+/// not at hand: the nodes are made as Curator names them, with kazoo.)
+#[test]
+fn curator_read_write_lock_nodes_are_read_as_curator_writes_them() {
+    let env = Env::zookeeper();
+    let node = |side: &str| {
+        format!(
+            "zk.ensure_path('/dlock/cw')\n\
+             zk.create('/dlock/cw/_c_%s-{side}' % uuid.uuid4(), b'10.0.0.1', ephemeral=True, sequence=True)"
+        )
+    };
+    let stop = env.path("cw-stop");
+    let mut w = kazoo_hold(&env, &node("__WRIT__"), &stop);
+    let out = env.run(&["run", "-s", "-n", "--key", "cw", "--", "true"]);
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    assert_eq!(modes_of(&env, "cw"), ["exclusive"]);
+    std::fs::write(&stop, "").unwrap();
+    assert_eq!(wait_timeout(&mut w, Duration::from_secs(10)), 0);
+    let stop = env.path("cr-stop");
+    let mut r = kazoo_hold(&env, &node("__READ__"), &stop);
+    let out = env.run(&["run", "-s", "-n", "--key", "cw", "--", "true"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = env.run(&["run", "-n", "--key", "cw", "--", "true"]);
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    assert_eq!(modes_of(&env, "cw"), ["shared"]);
+    // dlock's own reader is a `-__READ__` node beside it.
+    let mut h = env.spawn(&["run", "-s", "--key", "cw", "--", "sleep", "30"]);
+    wait_for(Duration::from_secs(10), "two readers", || {
+        modes_of(&env, "cw").len() == 2
+    });
+    let z = env.zookeeper.as_ref().unwrap();
+    let ls = stdout(&z.cli(&["ls", "/dlock/cw"]));
+    assert_eq!(ls.matches("-__READ__").count(), 2, "{ls}");
+    signal(h.id(), Signal::SIGTERM);
+    assert_eq!(wait_timeout(&mut h, Duration::from_secs(10)), 143);
+    std::fs::write(&stop, "").unwrap();
+    assert_eq!(wait_timeout(&mut r, Duration::from_secs(10)), 0);
+}
+
+/// Shared handles on a stock server each live by their own TTL: one left
+/// to expire is gone (its renewal says so) while the renewed one still
+/// keeps a writer out. A shared `--lock-at-least` lapse stays shared.
+#[test]
+fn shared_handles_renew_and_lapse_on_their_own() {
+    let env = Env::zookeeper();
+    let out = env.run(&["acquire", "-s", "--key", "sh", "--ttl", "1500ms"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let short = stdout(&out).trim().to_string();
+    let out = env.run(&["acquire", "-s", "--key", "sh", "--ttl", "20s"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let long = stdout(&out).trim().to_string();
+    assert_eq!(modes_of(&env, "sh"), ["shared", "shared"]);
+    std::thread::sleep(Duration::from_millis(1800));
+    assert_eq!(
+        code(&env.run(&["renew", &short])),
+        74,
+        "an expired handle renewed"
+    );
+    let out = env.run(&["renew", &long]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(modes_of(&env, "sh"), ["shared"]);
+    let out = env.run(&["run", "-n", "--key", "sh", "--", "true"]);
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    let out = env.run(&["release", &long]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(!env.held("sh"));
+    let out = env.run(&[
+        "run",
+        "-s",
+        "--lock-at-least",
+        "3s",
+        "--key",
+        "sh",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(modes_of(&env, "sh"), ["shared"]);
+    let out = env.run(&["run", "-s", "-n", "--key", "sh", "--", "true"]);
+    assert_eq!(
+        code(&out),
+        0,
+        "a reader beside a shared lapse: {}",
+        stderr(&out)
+    );
+    let out = env.run(&["run", "-n", "--key", "sh", "--", "true"]);
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
 }

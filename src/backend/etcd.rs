@@ -7,6 +7,23 @@
 //! holder key's create revision. Release deletes the key and revokes the
 //! lease.
 //!
+//! A shared (`--shared`) contender puts `NAMESPACE/KEY/read/<lease id>`,
+//! where the Go `recipes.RWMutex` puts its readers (`PFX/read/<nanos>`;
+//! its writers are `PFX/write/<nanos>`), with `N` = 0 in dlock's value (so
+//! it is told from an entry of a nested key `KEY/read`). Every entry's
+//! mode comes from its key (`mode_of`); which entries hold and which one
+//! a waiter watches is the admission rule's ([`kit::admits`],
+//! [`kit::blocker`]) over every entry of a lower create revision: a reader
+//! holds when none of them is exclusive (so a waiting writer keeps later
+//! readers out) and watches the last exclusive one; a writer waits for
+//! every entry before it and watches the one just before it. The wait
+//! itself is [`queue::wait_turn`], shared with ZooKeeper.
+//!
+//! What the foreign recipes see of dlock: `etcdctl lock`/`concurrency.Mutex`
+//! and an `RWMutex` writer wait for every key under the prefix with a lower
+//! revision, dlock's readers included. An `RWMutex` reader waits only for
+//! `write/` keys: it does not see dlock's (nor etcdctl's) exclusive holders.
+//!
 //! The gRPC client is our own (`etcd/client.rs`), over code generated from
 //! etcd's protos and committed, so building dlock needs no `protoc`.
 
@@ -18,6 +35,7 @@ use async_trait::async_trait;
 use tokio::sync::Mutex;
 
 use super::kit::{self, Kind, Queued};
+use super::queue;
 use super::{
     Attempt, Backend, Holder, KeyStatus, Lease, LeaseKind, LockSpec, Owner, PingInfo, Renewal,
     redact_url,
@@ -85,17 +103,109 @@ fn holder_from(kv: &ec::KeyValue) -> Holder {
     }
 }
 
-/// A lease id as `concurrency.Mutex` and dlock write it: lowercase hex.
+/// A lease id as `concurrency.Mutex` and dlock write it: lowercase hex
+/// (of an i64: at most 16 digits).
 fn is_lease_id(tail: &[u8]) -> bool {
-    !tail.is_empty() && tail.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    !tail.is_empty()
+        && tail.len() <= 16
+        && tail.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// The name `recipes.RWMutex` gives its keys: `time.Now().UnixNano()`.
+fn is_nanos(tail: &[u8]) -> bool {
+    tail.len() >= 17 && tail.iter().all(u8::is_ascii_digit)
+}
+
+/// The `N` of a dlock value: the `--limit` of an exclusive entry, 0 for a
+/// shared one. None for a foreign client's value.
 fn limit_of(kv: &ec::KeyValue) -> Option<u32> {
     let s = String::from_utf8_lossy(kv.value());
     let f: Vec<&str> = s.splitn(7, '|').collect();
     (f.len() == 7 && f[0] == "dlock1")
         .then(|| f[2].parse().ok())
         .flatten()
+}
+
+/// Whether the key `NS/KEY/<tail>` is an entry in the queue of `KEY`, and
+/// then whether it is shared:
+///
+/// - `<lease id>`: exclusive (dlock, `etcdctl lock`, `concurrency.Mutex`);
+/// - `read/<lease id>` with dlock's value for a shared entry: shared;
+/// - `read/<nanos>` and `write/<nanos>`: the reader and writer of a Go
+///   `recipes.RWMutex` on `NS/KEY`.
+///
+/// The rest (nested keys' entries, among them those of a key `KEY/read`)
+/// is another lock's. A dlock reader of `KEY/..` is not an exclusive
+/// entry of `KEY/read`, whose prefix its key is under too.
+fn mode_of(tail: &[u8], kv: &ec::KeyValue) -> Option<bool> {
+    let n = limit_of(kv);
+    let slash = tail.iter().position(|&b| b == b'/');
+    let Some(at) = slash else {
+        return (is_lease_id(tail) && n != Some(0)).then_some(false);
+    };
+    let (dir, id) = (&tail[..at], &tail[at + 1..]);
+    match (dir, n) {
+        (b"read", Some(0)) => is_lease_id(id).then_some(true),
+        (b"read", None) => is_nanos(id).then_some(true),
+        (b"write", None) => is_nanos(id).then_some(false),
+        _ => None,
+    }
+}
+
+/// The key (below `NS/`) and mode of an entry `NS/<rest>`, as listed
+/// namespace-wide.
+fn entry_in(rest: &[u8], kv: &ec::KeyValue) -> Option<(String, bool)> {
+    let at = rest.iter().rposition(|&b| b == b'/')?;
+    // `KEY/read/<id>` or `KEY/write/<id>`: shared or foreign entries of KEY.
+    if let Some(k) = rest[..at].iter().rposition(|&b| b == b'/')
+        && let Some(shared) = mode_of(&rest[k + 1..], kv)
+    {
+        return Some((String::from_utf8_lossy(&rest[..k]).into_owned(), shared));
+    }
+    let shared = mode_of(&rest[at + 1..], kv)?;
+    Some((String::from_utf8_lossy(&rest[..at]).into_owned(), shared))
+}
+
+/// A queue entry: its key-value, and whether it is shared.
+struct Entry {
+    kv: ec::KeyValue,
+    shared: bool,
+}
+
+impl Entry {
+    fn mode(&self, limit: u32) -> kit::Mode {
+        if self.shared {
+            kit::Mode::Shared
+        } else {
+            kit::Mode::Exclusive { limit }
+        }
+    }
+
+    fn holder(&self) -> Holder {
+        Holder {
+            shared: self.shared,
+            ..holder_from(&self.kv)
+        }
+    }
+}
+
+fn modes(entries: &[Entry], limit: u32) -> Vec<kit::Mode> {
+    entries.iter().map(|e| e.mode(limit)).collect()
+}
+
+/// A queue's `--limit`: its first exclusive dlock entry's (else 1).
+fn queue_limit(entries: &[Entry]) -> u32 {
+    entries
+        .iter()
+        .filter(|e| !e.shared)
+        .find_map(|e| limit_of(&e.kv))
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// The holders of a queue, by the admission rule.
+fn holding(entries: &[Entry]) -> &[Entry] {
+    &entries[..kit::holding(&modes(entries, queue_limit(entries)))]
 }
 
 impl EtcdBackend {
@@ -194,20 +304,20 @@ impl EtcdBackend {
         format!("{ns}/{key}/")
     }
 
-    /// The contenders of a key's prefix `NS/KEY/`, oldest first: only
-    /// `NS/KEY/<lease id in hex>`. The prefix also matches the contenders of
-    /// nested keys (`NS/KEY/sub/<lease>`), which are another lock.
-    async fn contenders(&self, prefix: &str) -> Result<(Vec<ec::KeyValue>, i64)> {
+    /// The contenders of a key's prefix `NS/KEY/`, oldest first (see
+    /// [`mode_of`]). The prefix also matches the contenders of nested keys
+    /// (`NS/KEY/sub/<lease>`), which are another lock.
+    async fn contenders(&self, prefix: &str) -> Result<(Vec<Entry>, i64)> {
         let (kvs, rev) = self.under(prefix).await?;
-        let kvs = kvs
+        let entries = kvs
             .into_iter()
-            .filter(|kv| {
-                kv.key()
-                    .strip_prefix(prefix.as_bytes())
-                    .is_some_and(is_lease_id)
+            .filter_map(|kv| {
+                let tail = kv.key().strip_prefix(prefix.as_bytes())?;
+                let shared = mode_of(tail, &kv)?;
+                Some(Entry { kv, shared })
             })
             .collect();
-        Ok((kvs, rev))
+        Ok((entries, rev))
     }
 
     /// Every key under a prefix, oldest first, and the revision read at.
@@ -247,10 +357,136 @@ impl EtcdBackend {
         let Ok(id) = i64::from_str_radix(&lease.id, 16) else {
             return Ok(None);
         };
-        Ok(Some((
-            format!("{}{:x}", Self::prefix(&lease.namespace, &lease.key), id),
-            id,
-        )))
+        let prefix = Self::prefix(&lease.namespace, &lease.key);
+        Ok(Some((Self::entry_key(&prefix, id, lease.shared), id)))
+    }
+
+    /// Our entry's key under `prefix` (`NS/KEY/`): the lease id in hex, as
+    /// `concurrency.Mutex`'s; a shared one's under `read/`, as a
+    /// `recipes.RWMutex` reader's.
+    fn entry_key(prefix: &str, lease: i64, shared: bool) -> String {
+        if shared {
+            format!("{prefix}read/{lease:x}")
+        } else {
+            format!("{prefix}{lease:x}")
+        }
+    }
+}
+
+/// One `acquire`'s key under its lock's prefix, waiting its turn.
+struct EtcdTurn<'a> {
+    b: &'a EtcdBackend,
+    c: ec::Client,
+    spec: &'a LockSpec,
+    me: &'a Owner,
+    prefix: String,
+    key: String,
+    lease: i64,
+    /// The revision of the last listing: watches start after it.
+    rev: i64,
+    alive_since: Instant,
+}
+
+#[async_trait]
+impl queue::Turn for EtcdTurn<'_> {
+    type Entry = Entry;
+
+    async fn entries(&mut self) -> Result<(Vec<Entry>, Option<usize>)> {
+        let (entries, rev) = match self.b.contenders(&self.prefix).await {
+            Ok(v) => v,
+            Err(e) => {
+                self.b.give_up(&self.key, self.lease).await;
+                return Err(e);
+            }
+        };
+        self.rev = rev;
+        let ours = entries
+            .iter()
+            .position(|e| e.kv.key() == self.key.as_bytes());
+        Ok((entries, ours))
+    }
+
+    fn mode(&self, e: &Entry) -> kit::Mode {
+        e.mode(self.spec.limit)
+    }
+
+    async fn vanished(&mut self) -> anyhow::Error {
+        self.b.give_up(&self.key, self.lease).await;
+        unavailable(format!(
+            "etcd {}: our queue key {} vanished (its lease expired?)",
+            self.b.shown, self.key
+        ))
+    }
+
+    async fn admitted(&mut self, entries: &[Entry], ours: usize) -> Result<Lease> {
+        let (spec, lease) = (self.spec, self.lease);
+        self.b.mine.lock().await.insert(
+            (spec.namespace.clone(), spec.key.clone()),
+            (self.key.clone(), lease),
+        );
+        self.b.queued.resolved(&lease);
+        Ok(Lease {
+            namespace: spec.namespace.clone(),
+            key: spec.key.clone(),
+            token: entries[ours].kv.create_revision() as u64,
+            // The handle carries the lease id: it names our key.
+            id: if self.me.kind == LeaseKind::Handle {
+                format!("{lease:x}")
+            } else {
+                self.me.id.clone()
+            },
+            ttl: spec.ttl,
+            granted_at: self.alive_since,
+            shared: spec.shared,
+        })
+    }
+
+    async fn give_up(&mut self, holding: &[Entry]) -> Result<Vec<Holder>> {
+        let holders = holding.iter().map(Entry::holder).collect();
+        self.b.give_up(&self.key, self.lease).await;
+        Ok(holders)
+    }
+
+    async fn wait(&mut self, blocker: &Entry, deadline: Option<Instant>) -> Result<()> {
+        let (c, lease) = (&mut self.c, self.lease);
+        // While waiting, keep our own lease alive.
+        let sent = Instant::now();
+        let kept = tokio::time::timeout(self.b.timeout, async {
+            let (mut k, mut s) = c.lease_keep_alive(lease).await?;
+            k.keep_alive().await?;
+            Ok::<_, ec::Error>(s.message().await?.is_some_and(|m| m.ttl() > 0))
+        })
+        .await;
+        if matches!(kept, Ok(Ok(true))) {
+            self.alive_since = sent;
+        }
+        let pred = blocker.kv.key().to_vec();
+        let opts = ec::WatchOptions::new().with_start_revision(self.rev + 1);
+        let watch = tokio::time::timeout(self.b.timeout, c.watch(pred, Some(opts))).await;
+        let recheck = Instant::now() + (self.spec.ttl / 3).min(Duration::from_secs(2));
+        let until = deadline.map_or(recheck, |d| d.min(recheck));
+        if let Ok(Ok(mut stream)) = watch {
+            let _ = tokio::time::timeout_at(until.into(), async {
+                while let Ok(Some(resp)) = stream.message().await {
+                    if resp
+                        .events()
+                        .iter()
+                        .any(|e| e.event_type() == ec::EventType::Delete)
+                    {
+                        break;
+                    }
+                }
+            })
+            .await;
+        } else {
+            tokio::time::sleep_until(
+                until
+                    .min(Instant::now() + Duration::from_millis(200))
+                    .into(),
+            )
+            .await;
+        }
+        Ok(())
     }
 }
 
@@ -258,6 +494,10 @@ impl EtcdBackend {
 impl Backend for EtcdBackend {
     fn describe(&self) -> String {
         self.shown.clone()
+    }
+
+    fn shares(&self) -> bool {
+        true
     }
 
     async fn acquire(
@@ -277,13 +517,15 @@ impl Backend for EtcdBackend {
             .id();
         self.queued.add(lease);
         let prefix = Self::prefix(&spec.namespace, &spec.key);
-        let key = format!("{prefix}{lease:x}");
+        let key = Self::entry_key(&prefix, lease, spec.shared);
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
+        // N: the limit of an exclusive entry, 0 for a shared one.
+        let n = if spec.shared { 0 } else { spec.limit };
         let value = format!(
-            "dlock1|{lease:x}|{}|{}|{}|{}|{}",
-            spec.limit, me.user, me.host, me.pid, now_ms
+            "dlock1|{lease:x}|{n}|{}|{}|{}|{}",
+            me.user, me.host, me.pid, now_ms
         );
         let put = ec::Txn::new()
             .when([ec::Compare::create_revision(
@@ -300,90 +542,19 @@ impl Backend for EtcdBackend {
             self.give_up(&key, lease).await;
             return Err(e);
         }
-        let limit = spec.limit as usize;
-        // The lease is safe for its TTL from the last keep-alive we sent.
-        let mut alive_since = granted_at;
-        loop {
-            let (kvs, rev) = match self.contenders(&prefix).await {
-                Ok(v) => v,
-                Err(e) => {
-                    self.give_up(&key, lease).await;
-                    return Err(e);
-                }
-            };
-            let Some(idx) = kvs.iter().position(|kv| kv.key() == key.as_bytes()) else {
-                self.give_up(&key, lease).await;
-                return Err(unavailable(format!(
-                    "etcd {}: our queue key {key} vanished (its lease expired?)",
-                    self.shown
-                )));
-            };
-            if idx < limit {
-                let token = kvs[idx].create_revision() as u64;
-                self.mine.lock().await.insert(
-                    (spec.namespace.clone(), spec.key.clone()),
-                    (key.clone(), lease),
-                );
-                self.queued.resolved(&lease);
-                return Ok(Attempt::Acquired(Lease {
-                    namespace: spec.namespace.clone(),
-                    key: spec.key.clone(),
-                    token,
-                    // The handle carries the lease id: it names our key.
-                    id: if me.kind == LeaseKind::Handle {
-                        format!("{lease:x}")
-                    } else {
-                        me.id.clone()
-                    },
-                    ttl: spec.ttl,
-                    granted_at: alive_since,
-                    shared: spec.shared,
-                }));
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                let holders = kvs.iter().take(limit).map(holder_from).collect();
-                self.give_up(&key, lease).await;
-                return Ok(Attempt::Busy(holders));
-            }
-            // While waiting, keep our own lease alive.
-            let sent = Instant::now();
-            let kept = tokio::time::timeout(self.timeout, async {
-                let (mut k, mut s) = c.lease_keep_alive(lease).await?;
-                k.keep_alive().await?;
-                Ok::<_, ec::Error>(s.message().await?.is_some_and(|m| m.ttl() > 0))
-            })
-            .await;
-            if matches!(kept, Ok(Ok(true))) {
-                alive_since = sent;
-            }
-            // Watch only the contender `limit` places ahead for deletion.
-            let pred = kvs[idx - limit].key().to_vec();
-            let opts = ec::WatchOptions::new().with_start_revision(rev + 1);
-            let watch = tokio::time::timeout(self.timeout, c.watch(pred, Some(opts))).await;
-            let recheck = Instant::now() + (spec.ttl / 3).min(Duration::from_secs(2));
-            let until = deadline.map_or(recheck, |d| d.min(recheck));
-            if let Ok(Ok(mut stream)) = watch {
-                let _ = tokio::time::timeout_at(until.into(), async {
-                    while let Ok(Some(resp)) = stream.message().await {
-                        if resp
-                            .events()
-                            .iter()
-                            .any(|e| e.event_type() == ec::EventType::Delete)
-                        {
-                            break;
-                        }
-                    }
-                })
-                .await;
-            } else {
-                tokio::time::sleep_until(
-                    until
-                        .min(Instant::now() + Duration::from_millis(200))
-                        .into(),
-                )
-                .await;
-            }
-        }
+        let mut turn = EtcdTurn {
+            b: self,
+            c,
+            spec,
+            me,
+            prefix,
+            key,
+            lease,
+            rev: 0,
+            // The lease is safe for its TTL from the last keep-alive we sent.
+            alive_since: granted_at,
+        };
+        queue::wait_turn(&mut turn, spec.mode(), deadline).await
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Renewal> {
@@ -448,13 +619,13 @@ impl Backend for EtcdBackend {
 
     async fn force_release(&self, namespace: &str, key: &str) -> Result<u64> {
         let prefix = Self::prefix(namespace, key);
-        let (kvs, _) = self.contenders(&prefix).await?;
-        let limit = kvs.first().and_then(limit_of).unwrap_or(1) as usize;
+        let (entries, _) = self.contenders(&prefix).await?;
         let mut c = self.client.clone();
         let mut n = 0;
-        for kv in kvs.iter().take(limit) {
+        // Every holder, by the admission rule: all the readers that hold.
+        for e in holding(&entries) {
             if self
-                .bounded("delete", c.delete(kv.key(), None))
+                .bounded("delete", c.delete(e.kv.key(), None))
                 .await
                 .is_ok()
             {
@@ -465,44 +636,43 @@ impl Backend for EtcdBackend {
     }
 
     async fn status(&self, namespace: &str, keys: &[String]) -> Result<Vec<KeyStatus>> {
-        let mut by_key: std::collections::BTreeMap<String, Vec<ec::KeyValue>> = Default::default();
+        let mut by_key: std::collections::BTreeMap<String, Vec<Entry>> = Default::default();
         for k in keys {
             by_key.insert(k.clone(), Vec::new());
         }
-        let (kvs, _) = self.under(&format!("{namespace}/")).await?;
+        let ns = format!("{namespace}/");
+        let (kvs, _) = self.under(&ns).await?;
         for kv in kvs {
-            let full = String::from_utf8_lossy(kv.key()).into_owned();
-            let Some(rest) = full.strip_prefix(&format!("{namespace}/")) else {
+            // NS/KEY/<lease id> (or NS/KEY/read/..): KEY may itself hold
+            // slashes (nested keys).
+            let Some(rest) = kv.key().strip_prefix(ns.as_bytes()) else {
                 continue;
             };
-            // NS/KEY/<lease id>: KEY may itself hold slashes (nested keys).
-            let Some((name, lease)) = rest.rsplit_once('/') else {
+            let Some((name, shared)) = entry_in(rest, &kv) else {
                 continue;
             };
-            if !is_lease_id(lease.as_bytes()) {
-                continue;
-            }
-            if keys.is_empty() || by_key.contains_key(name) {
-                by_key.entry(name.to_string()).or_default().push(kv);
+            if keys.is_empty() || by_key.contains_key(&name) {
+                by_key.entry(name).or_default().push(Entry { kv, shared });
             }
         }
         let mut out = Vec::new();
         let mut c = self.client.clone();
-        for (name, mut kvs) in by_key {
-            kvs.sort_by_key(|kv| kv.create_revision());
-            let limit = kvs.first().and_then(limit_of).unwrap_or(1).max(1);
+        for (name, mut entries) in by_key {
+            entries.sort_by_key(|e| e.kv.create_revision());
+            let limit = queue_limit(&entries);
             let mut holders = Vec::new();
-            for kv in kvs.iter().take(limit as usize) {
-                let mut h = holder_from(kv);
+            for e in holding(&entries) {
+                let mut h = e.holder();
                 if let Ok(Ok(t)) =
-                    tokio::time::timeout(self.timeout, c.lease_time_to_live(kv.lease(), None)).await
+                    tokio::time::timeout(self.timeout, c.lease_time_to_live(e.kv.lease(), None))
+                        .await
                     && t.ttl() >= 0
                 {
                     h.expires_at = Some(SystemTime::now() + Duration::from_secs(t.ttl() as u64));
                 }
                 holders.push(h);
             }
-            let waiters = kvs.len().saturating_sub(holders.len()) as u64;
+            let waiters = entries.len().saturating_sub(holders.len()) as u64;
             out.push(KeyStatus {
                 key: name,
                 limit,
@@ -609,5 +779,77 @@ impl Backend for EtcdBackend {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(value: &str) -> ec::KeyValue {
+        ec::KeyValue {
+            value: value.as_bytes().to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn entries_and_their_modes() {
+        let x = kv("dlock1|694d|1|me|h|1|0");
+        let r = kv("dlock1|694d|0|me|h|1|0");
+        let foreign = kv("");
+        let nanos = "1764161234567890123";
+        // dlock's and etcdctl's exclusive entries, dlock's readers.
+        assert_eq!(mode_of(b"694d9a3b5e0c1234", &x), Some(false));
+        assert_eq!(mode_of(b"694d9a3b5e0c1234", &foreign), Some(false));
+        assert_eq!(mode_of(b"read/694d9a3b5e0c1234", &r), Some(true));
+        // A Go recipes.RWMutex's reader and writer.
+        let rw = |d: &str| format!("{d}/{nanos}");
+        assert_eq!(mode_of(rw("read").as_bytes(), &foreign), Some(true));
+        assert_eq!(mode_of(rw("write").as_bytes(), &foreign), Some(false));
+        // Another lock's: the nested key KEY/read's exclusive entries (dlock's,
+        // etcdctl's), a dlock reader of KEY/read seen from KEY/read's parent.
+        assert_eq!(mode_of(b"read/694d9a3b5e0c1234", &x), None);
+        assert_eq!(mode_of(b"read/694d9a3b5e0c1234", &foreign), None);
+        assert_eq!(mode_of(b"write/694d", &foreign), None);
+        assert_eq!(mode_of(b"694d", &r), None);
+        assert_eq!(mode_of(b"sub/694d", &x), None);
+        assert_eq!(mode_of(b"read/read/694d", &r), None);
+        assert_eq!(mode_of(nanos.as_bytes(), &foreign), None);
+        // Namespace-wide: which key an entry is of.
+        let of = |rest: &str, kv: &ec::KeyValue| entry_in(rest.as_bytes(), kv);
+        assert_eq!(of("job/694d", &x), Some(("job".into(), false)));
+        assert_eq!(of("a/job/694d", &x), Some(("a/job".into(), false)));
+        assert_eq!(of("job/read/694d", &r), Some(("job".into(), true)));
+        assert_eq!(of("job/read/694d", &x), Some(("job/read".into(), false)));
+        assert_eq!(
+            of("job/read/read/694d", &r),
+            Some(("job/read".into(), true))
+        );
+        assert_eq!(
+            of(&format!("job/{}", rw("write")), &foreign),
+            Some(("job".into(), false))
+        );
+        assert_eq!(
+            of(&format!("job/{}", rw("read")), &foreign),
+            Some(("job".into(), true))
+        );
+        assert_eq!(of("694d", &x), None);
+    }
+
+    #[test]
+    fn holders_by_the_rule() {
+        let e = |shared: bool, n: u32| Entry {
+            kv: kv(&format!("dlock1|1|{n}|me|h|1|0")),
+            shared,
+        };
+        assert_eq!(
+            holding(&[e(true, 0), e(true, 0), e(false, 1), e(true, 0)]).len(),
+            2
+        );
+        assert_eq!(holding(&[e(false, 2), e(false, 2), e(false, 2)]).len(), 2);
+        assert_eq!(holding(&[e(true, 0), e(false, 3), e(false, 3)]).len(), 1);
+        assert_eq!(queue_limit(&[e(true, 0), e(false, 3)]), 3);
+        assert_eq!(queue_limit(&[e(true, 0)]), 1);
     }
 }

@@ -246,12 +246,22 @@ pub fn blocker(mode: Mode, ahead: &[Mode]) -> Option<usize> {
     }
 }
 
+/// On a queue whose entries are `modes`, in queue order: how many lead it
+/// as holders, each admitted by [`admits`] given the entries before it (the
+/// rest wait; once one waits, every entry after it waits too).
+pub fn holding(modes: &[Mode]) -> usize {
+    (0..modes.len())
+        .find(|&i| !admits(modes[i], &modes[..i]))
+        .unwrap_or(modes.len())
+}
+
 /// dlock's holder record, stored with every lease on Redis, ZooKeeper and
 /// etcd so that `status` can say who holds it:
 /// `dlock1|ID|N|USER|HOST|PID|SINCE_MS`. `ID` names the lease (Redis: the
 /// secret; ZooKeeper: the secret; etcd: the lease id in hex). `N` is the
-/// `--limit` on ZooKeeper and etcd, whose token is the node's `czxid` or the
-/// key's create revision, and the token on Redis, whose scripts write it
+/// `--limit` on ZooKeeper and etcd (0 for a shared entry on etcd), whose
+/// token is the node's `czxid` or the key's create revision, and the token
+/// on Redis, whose scripts write it
 /// (and rewrite it for Redlock). Anything else is a foreign client's value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record<'a> {
@@ -383,6 +393,11 @@ mod tests {
         assert_eq!(blocker(sem, &[Shared, Shared]), Some(1));
         assert_eq!(blocker(Shared, &[Shared, x, Shared, x, Shared]), Some(3));
         assert_eq!(blocker(Shared, &[Shared, Shared]), None);
+        assert_eq!(holding(&[]), 0);
+        assert_eq!(holding(&[Shared, Shared, x, Shared]), 2);
+        assert_eq!(holding(&[x, Shared, Shared]), 1);
+        assert_eq!(holding(&[sem, sem, sem, sem]), 3);
+        assert_eq!(holding(&[Shared, Shared, Shared]), 3);
     }
 
     use super::*;

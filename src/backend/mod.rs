@@ -17,6 +17,7 @@ use crate::error::usage;
 pub mod etcd;
 pub mod kit;
 pub mod probe;
+pub mod queue;
 pub mod redis;
 pub mod sql;
 pub mod sqlite;

@@ -4,10 +4,30 @@
 //! Each contender creates a sequential child of `/NAMESPACE/KEY` named like
 //! Curator's `InterProcessMutex`: `_c_<uuid>-lock-NNNNNNNNNN` (with
 //! `?recipe=kazoo`, like kazoo's `Lock`: `<uuid hex>__lock__NNNNNNNNNN`).
-//! Children are ordered by the number after the last `lock-` (kazoo's
-//! `...__lock__NNNNNNNNNN` count as contenders too); the first `--limit`
-//! hold the lock, and every other contender watches only the one `--limit`
-//! places before it (no herd). The uuid lets us find our node again.
+//! Children are ordered by their ten-digit sequence number (the counter is
+//! the directory's, so numbers are unique across names). A shared
+//! (`--shared`) contender's node is named like the read side of Curator's
+//! `InterProcessReadWriteLock`, `_c_<uuid>-__READ__NNNNNNNNNN` (with
+//! `?recipe=kazoo`, like kazoo's `ReadLock`: `<uuid hex>__rlock__NNNNNNNNNN`).
+//! Every contender's mode comes from its name: `__READ__` and `__rlock__`
+//! are shared; `lock-`, kazoo's `__lock__` (`Lock`, `WriteLock`) and
+//! Curator's write side `__WRIT__` are exclusive. Which contenders hold and
+//! which one a waiter watches is the admission rule's ([`kit::admits`],
+//! [`kit::blocker`]) over the modes of every node before ours: the first
+//! `--limit` of exclusive ones hold, a shared one holds when no exclusive
+//! one is before it (so a waiting writer keeps later readers out), and
+//! every waiter watches only the one node whose leaving may let it in (no
+//! herd); the wait itself is [`queue::wait_turn`], shared with etcd. The
+//! uuid lets us find our node again.
+//!
+//! What the foreign recipes see of dlock: kazoo's `WriteLock` sees every
+//! dlock node of `?recipe=kazoo`, its `ReadLock` dlock's exclusive ones;
+//! kazoo's plain `Lock` does not see readers (`__rlock__`), as it does not
+//! see kazoo's own. Curator's read-write lock sees dlock's readers (its
+//! `__READ__`), but neither its readers nor its writers see `lock-` nodes
+//! (Curator's `InterProcessMutex`, dlock's exclusive holders), and
+//! `InterProcessMutex` does not see the read-write lock's nodes: in Curator
+//! the two recipes do not exclude each other either. dlock sees them all.
 //!
 //! The session is the lease of a `run`: its node is ephemeral, its timeout
 //! follows `--ttl` (the server may clamp it; the lease then follows what
@@ -36,6 +56,7 @@ use tokio::sync::{Mutex, OnceCell};
 use zookeeper_client as zk;
 
 use super::kit::{self, Kind, Queued};
+use super::queue;
 use super::{
     Attempt, Backend, Holder, KeyStatus, Lease, LeaseKind, LockSpec, Owner, PingInfo, Renewal,
     redact_url,
@@ -53,14 +74,35 @@ enum Recipe {
 }
 
 impl Recipe {
-    /// The name of a node of lease `id`, before its sequence number.
-    fn tag(self, id: &str) -> String {
-        match self {
-            Recipe::Curator => format!("_c_{}-lock-", uuid_of(id)),
-            Recipe::Kazoo => format!("{}__lock__", hex_of(id)),
+    /// The name of a node of lease `id`, before its sequence number: an
+    /// exclusive one (Curator's `InterProcessMutex`, kazoo's `Lock`), or a
+    /// shared one (the read side of Curator's `InterProcessReadWriteLock`,
+    /// kazoo's `ReadLock`).
+    fn tag(self, id: &str, shared: bool) -> String {
+        match (self, shared) {
+            (Recipe::Curator, false) => format!("_c_{}-lock-", uuid_of(id)),
+            (Recipe::Curator, true) => format!("_c_{}-{SHARED_CURATOR}", uuid_of(id)),
+            (Recipe::Kazoo, false) => format!("{}__lock__", hex_of(id)),
+            (Recipe::Kazoo, true) => format!("{}{SHARED_KAZOO}", hex_of(id)),
         }
     }
 }
+
+/// What a contender's node name ends with, before its ten-digit sequence
+/// number, and whether it is shared: dlock's and Curator's
+/// `InterProcessMutex` (`lock-`), kazoo's `Lock` and `WriteLock`
+/// (`__lock__`), the write and read sides of Curator's
+/// `InterProcessReadWriteLock` (`__WRIT__`, `__READ__`) and kazoo's
+/// `ReadLock` (`__rlock__`).
+const MARKERS: [(&str, bool); 5] = [
+    ("lock-", false),
+    ("__lock__", false),
+    ("__WRIT__", false),
+    (SHARED_CURATOR, true),
+    (SHARED_KAZOO, true),
+];
+const SHARED_CURATOR: &str = "__READ__";
+const SHARED_KAZOO: &str = "__rlock__";
 
 pub struct ZkBackend {
     shown: String,
@@ -84,6 +126,25 @@ pub struct ZkBackend {
 struct Contender {
     name: String,
     seq: i64,
+    /// A shared (read) entry.
+    shared: bool,
+}
+
+impl Contender {
+    /// Its mode for the admission rule; an exclusive entry's limit is
+    /// `limit` (the rule reads only our own).
+    fn mode(&self, limit: u32) -> kit::Mode {
+        if self.shared {
+            kit::Mode::Shared
+        } else {
+            kit::Mode::Exclusive { limit }
+        }
+    }
+}
+
+/// The modes of a queue's contenders, for the admission rule.
+fn modes(contenders: &[Contender], limit: u32) -> Vec<kit::Mode> {
+    contenders.iter().map(|c| c.mode(limit)).collect()
 }
 
 /// What listing a node's children found.
@@ -94,23 +155,32 @@ enum Listing {
 }
 
 /// The sequence number of a contender's node (ZooKeeper appends ten
-/// digits); None for any other child, such as a nested key's directory.
-fn seq_of(name: &str) -> Option<i64> {
-    let tail = match name.rfind("lock-") {
-        Some(i) => &name[i + 5..],
-        None => &name[name.rfind("__lock__")? + 8..],
-    };
-    if tail.len() != 10 || !tail.bytes().all(|b| b.is_ascii_digit()) {
+/// digits) and whether it is shared; None for any other child, such as a
+/// nested key's directory.
+fn entry_of(name: &str) -> Option<(i64, bool)> {
+    let cut = name.len().checked_sub(10)?;
+    let (head, tail) = (name.get(..cut)?, &name[cut..]);
+    if !tail.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    tail.parse().ok()
+    let shared = MARKERS
+        .iter()
+        .find(|(m, _)| head.ends_with(m))
+        .map(|(_, shared)| *shared)?;
+    Some((tail.parse().ok()?, shared))
 }
 
-/// The contenders among a lock directory's children, in lock order.
+fn seq_of(name: &str) -> Option<i64> {
+    entry_of(name).map(|(seq, _)| seq)
+}
+
+/// The contenders among a lock directory's children, in lock order: by
+/// sequence number, whatever the name (the counter is the directory's, so
+/// the numbers are unique across recipes and modes).
 fn contenders_of(names: Vec<String>) -> Vec<Contender> {
     let mut v: Vec<Contender> = names
         .into_iter()
-        .filter_map(|name| seq_of(&name).map(|seq| Contender { name, seq }))
+        .filter_map(|name| entry_of(&name).map(|(seq, shared)| Contender { name, seq, shared }))
         .collect();
     v.sort_by_key(|c| c.seq);
     v
@@ -457,38 +527,55 @@ impl ZkBackend {
         if gone {
             contenders = self.contenders(c, dir).await?;
         }
-        let mut limit = 1usize;
-        if let Some(first) = contenders.first()
-            && let Ok((data, stat)) = self
-                .bounded("read", c.get_data(&format!("{dir}/{}", first.name)))
-                .await
-        {
-            limit = holder_from(&data, &stat).1.unwrap_or(1).max(1) as usize;
-        }
+        let limit = self.limit_of(c, dir, &contenders).await;
         let holders = self.holders(c, dir, &contenders, limit).await;
         let waiters = contenders.len().saturating_sub(holders.len()) as u64;
         Ok(KeyStatus {
             key,
-            limit: limit as u32,
+            limit,
             holders,
             waiters: Some(waiters),
             unreadable: None,
         })
     }
 
+    /// A queue's `--limit`: the one its first exclusive contender was
+    /// taken with (1 if it says none, or there is none).
+    async fn limit_of(&self, c: &zk::Client, dir: &str, contenders: &[Contender]) -> u32 {
+        let Some(first) = contenders.iter().find(|ct| !ct.shared) else {
+            return 1;
+        };
+        match self
+            .bounded("read", c.get_data(&format!("{dir}/{}", first.name)))
+            .await
+        {
+            Ok((data, stat)) => holder_from(&data, &stat).1.unwrap_or(1).max(1),
+            Err(_) => 1,
+        }
+    }
+
+    /// The holders of a queue: the contenders the admission rule admits.
     async fn holders(
         &self,
         c: &zk::Client,
         dir: &str,
         contenders: &[Contender],
-        limit: usize,
+        limit: u32,
     ) -> Vec<Holder> {
+        let n = kit::holding(&modes(contenders, limit));
+        self.holders_among(c, dir, &contenders[..n]).await
+    }
+
+    /// What the nodes of `holding` (children of `dir`) say of their holders.
+    async fn holders_among(&self, c: &zk::Client, dir: &str, holding: &[Contender]) -> Vec<Holder> {
         let mut out = Vec::new();
-        for ct in contenders.iter().take(limit) {
+        for ct in holding {
             if let Ok(Ok((data, stat))) =
                 tokio::time::timeout(self.timeout, c.get_data(&format!("{dir}/{}", ct.name))).await
             {
-                out.push(holder_from(&data, &stat).0);
+                let mut h = holder_from(&data, &stat).0;
+                h.shared = ct.shared;
+                out.push(h);
             }
         }
         out
@@ -507,7 +594,7 @@ impl ZkBackend {
             return Ok(Some(p.0.clone()));
         }
         let dir = Self::dir(&lease.namespace, &lease.key)?;
-        let tags = [Recipe::Curator.tag(&lease.id), Recipe::Kazoo.tag(&lease.id)];
+        let tags = [Recipe::Curator, Recipe::Kazoo].map(|r| r.tag(&lease.id, lease.shared));
         Ok(self
             .contenders(c, &dir)
             .await?
@@ -688,10 +775,158 @@ impl ZkBackend {
     }
 }
 
+/// One `acquire`'s node in its lock directory, waiting its turn.
+struct ZkTurn<'a> {
+    b: &'a ZkBackend,
+    c: &'a zk::Client,
+    spec: &'a LockSpec,
+    me: &'a Owner,
+    dir: String,
+    name: String,
+    path: String,
+    /// Our entry in the backend's registry of queue entries.
+    entry: (String, String),
+    token: u64,
+    /// Our node's data, written back unchanged to touch a handle's node.
+    data: Vec<u8>,
+    /// A handle's node (it outlives the session, and lives from its last
+    /// write: `touched`).
+    handle: bool,
+    touched: Instant,
+    /// When the listing that found us holding was sent.
+    checked: Instant,
+    waited: bool,
+    /// Nodes that need no look for expiry (see `reap`).
+    lasting: HashSet<String>,
+    /// When the next node ahead expires.
+    next_expiry: Option<Duration>,
+}
+
+impl ZkTurn<'_> {
+    /// Rewrite a handle's node so that its TTL starts again.
+    async fn touch(&mut self) -> Result<()> {
+        match self.b.touch(self.c, &self.path, &self.data).await? {
+            Some(t) => self.touched = t,
+            None => return Err(queue::Turn::vanished(self).await),
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl queue::Turn for ZkTurn<'_> {
+    type Entry = Contender;
+
+    async fn entries(&mut self) -> Result<(Vec<Contender>, Option<usize>)> {
+        self.checked = Instant::now();
+        let contenders = self.b.contenders(self.c, &self.dir).await?;
+        let ours = contenders.iter().position(|ct| ct.name == self.name);
+        Ok((contenders, ours))
+    }
+
+    fn mode(&self, ct: &Contender) -> kit::Mode {
+        ct.mode(self.spec.limit)
+    }
+
+    async fn vanished(&mut self) -> anyhow::Error {
+        unavailable(format!(
+            "ZooKeeper {}: our queue node {} vanished (the session expired, or it went \
+             untouched past its TTL?)",
+            self.b.shown, self.path
+        ))
+    }
+
+    async fn admitted(&mut self, _: &[Contender], _: usize) -> Result<Lease> {
+        if self.handle && self.waited {
+            // Its full TTL from now on, not what the wait left of it.
+            self.touch().await?;
+        }
+        let spec = self.spec;
+        self.b.mine.lock().await.insert(
+            (spec.namespace.clone(), spec.key.clone()),
+            (self.path.clone(), self.handle),
+        );
+        self.b.queued.resolved(&self.entry);
+        let (ttl, granted_at) = if self.handle {
+            (spec.ttl, self.touched)
+        } else {
+            (self.c.session_timeout().min(spec.ttl), self.checked)
+        };
+        Ok(Lease {
+            namespace: spec.namespace.clone(),
+            key: spec.key.clone(),
+            token: self.token,
+            id: self.me.id.clone(),
+            ttl,
+            granted_at,
+            shared: spec.shared,
+        })
+    }
+
+    /// A node ahead of us whose TTL ran out (a handle nobody renewed, a
+    /// `--lock-at-least` lapse) is deleted; then look again.
+    async fn tidy(&mut self, ahead: &[Contender]) -> Result<bool> {
+        let names: Vec<&str> = ahead.iter().map(|ct| ct.name.as_str()).collect();
+        let (changed, next_expiry) = self
+            .b
+            .reap(self.c, &self.dir, &names, &mut self.lasting)
+            .await?;
+        self.next_expiry = next_expiry;
+        Ok(changed)
+    }
+
+    async fn give_up(&mut self, holding: &[Contender]) -> Result<Vec<Holder>> {
+        let holders = self.b.holders_among(self.c, &self.dir, holding).await;
+        if self
+            .b
+            .bounded("delete", self.c.delete(&self.path, None))
+            .await
+            .is_ok()
+        {
+            self.b.queued.resolved(&self.entry);
+        }
+        Ok(holders)
+    }
+
+    async fn wait(&mut self, blocker: &Contender, deadline: Option<Instant>) -> Result<()> {
+        let ttl = self.spec.ttl;
+        if self.handle && self.touched.elapsed() >= ttl / 3 {
+            self.touch().await?;
+        }
+        let pred = format!("{}/{}", self.dir, blocker.name);
+        let watcher = match self
+            .b
+            .bounded(&format!("watch {pred}"), self.c.check_and_watch_stat(&pred))
+            .await?
+        {
+            (Some(_), w) => w,
+            (None, _) => return Ok(()),
+        };
+        // Wake on the blocker's change, the deadline, or a periodic
+        // re-check (a session event can end the watch silently; a node
+        // ahead may expire; a handle's own node needs touching).
+        let mut recheck = Instant::now() + Duration::from_secs(2);
+        if let Some(d) = self.next_expiry {
+            recheck = recheck.min(Instant::now() + d + Duration::from_millis(20));
+        }
+        if self.handle {
+            recheck = recheck.min(self.touched + ttl / 3);
+        }
+        let until = deadline.map_or(recheck, |d| d.min(recheck));
+        let _ = tokio::time::timeout_at(until.into(), watcher.changed()).await;
+        self.waited = true;
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Backend for ZkBackend {
     fn describe(&self) -> String {
         self.shown.clone()
+    }
+
+    fn shares(&self) -> bool {
+        true
     }
 
     async fn effective_ttl(&self, ttl: Duration) -> Result<Duration> {
@@ -740,13 +975,13 @@ impl Backend for ZkBackend {
             token: None,
             ttl_node: false,
         };
-        let tag = self.recipe.tag(&me.id);
+        let tag = self.recipe.tag(&me.id, spec.shared);
         let prefix = format!("{dir}/{tag}");
         let entry = (dir.clone(), tag.clone());
         self.queued.add(entry.clone());
         // A handle's node lives from the last write to it: when that write
         // was sent is when its lease can have started, at the earliest.
-        let mut touched = Instant::now();
+        let touched = Instant::now();
         let (stat, seq, data) = if handle {
             self.create_outliving(c, &prefix, data, spec.ttl).await?
         } else {
@@ -762,96 +997,25 @@ impl Backend for ZkBackend {
         };
         let name = format!("{tag}{seq}");
         let path = format!("{dir}/{name}");
-        let limit = spec.limit as usize;
-        let vanished = || {
-            unavailable(format!(
-                "ZooKeeper {}: our queue node {path} vanished (the session expired, or it \
-                 went untouched past its TTL?)",
-                self.shown
-            ))
+        let mut turn = ZkTurn {
+            b: self,
+            c,
+            spec,
+            me,
+            dir,
+            name,
+            path,
+            entry,
+            token: stat.czxid as u64,
+            data,
+            handle,
+            touched,
+            checked: Instant::now(),
+            waited: false,
+            lasting: HashSet::new(),
+            next_expiry: None,
         };
-        let mut lasting = HashSet::new();
-        let mut waited = false;
-        loop {
-            let checked = Instant::now();
-            let contenders = self.contenders(c, &dir).await?;
-            let Some(idx) = contenders.iter().position(|ct| ct.name == name) else {
-                return Err(vanished());
-            };
-            if idx < limit {
-                if handle && waited {
-                    // Its full TTL from now on, not what the wait left of it.
-                    match self.touch(c, &path, &data).await? {
-                        Some(t) => touched = t,
-                        None => return Err(vanished()),
-                    }
-                }
-                self.mine.lock().await.insert(
-                    (spec.namespace.clone(), spec.key.clone()),
-                    (path.clone(), handle),
-                );
-                self.queued.resolved(&entry);
-                let (ttl, granted_at) = if handle {
-                    (spec.ttl, touched)
-                } else {
-                    (c.session_timeout().min(spec.ttl), checked)
-                };
-                return Ok(Attempt::Acquired(Lease {
-                    namespace: spec.namespace.clone(),
-                    key: spec.key.clone(),
-                    token: stat.czxid as u64,
-                    id: me.id.clone(),
-                    ttl,
-                    granted_at,
-                    shared: spec.shared,
-                }));
-            }
-            // A node ahead of us whose TTL ran out (a handle nobody renewed,
-            // a `--lock-at-least` lapse) is deleted; then look again.
-            let ahead: Vec<&str> = contenders[..idx]
-                .iter()
-                .map(|ct| ct.name.as_str())
-                .collect();
-            let (changed, next_expiry) = self.reap(c, &dir, &ahead, &mut lasting).await?;
-            if changed {
-                continue;
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                let holders = self.holders(c, &dir, &contenders, limit).await;
-                if self.bounded("delete", c.delete(&path, None)).await.is_ok() {
-                    self.queued.resolved(&entry);
-                }
-                return Ok(Attempt::Busy(holders));
-            }
-            if handle && touched.elapsed() >= spec.ttl / 3 {
-                match self.touch(c, &path, &data).await? {
-                    Some(t) => touched = t,
-                    None => return Err(vanished()),
-                }
-            }
-            // Watch only the contender `limit` places ahead of us.
-            let pred = format!("{dir}/{}", contenders[idx - limit].name);
-            let watcher = match self
-                .bounded(&format!("watch {pred}"), c.check_and_watch_stat(&pred))
-                .await?
-            {
-                (Some(_), w) => w,
-                (None, _) => continue,
-            };
-            // Wake on the predecessor's change, the deadline, or a periodic
-            // re-check (a session event can end the watch silently; a node
-            // ahead may expire; a handle's own node needs touching).
-            let mut recheck = Instant::now() + Duration::from_secs(2);
-            if let Some(d) = next_expiry {
-                recheck = recheck.min(Instant::now() + d + Duration::from_millis(20));
-            }
-            if handle {
-                recheck = recheck.min(touched + spec.ttl / 3);
-            }
-            let until = deadline.map_or(recheck, |d| d.min(recheck));
-            let _ = tokio::time::timeout_at(until.into(), watcher.changed()).await;
-            waited = true;
-        }
+        queue::wait_turn(&mut turn, spec.mode(), deadline).await
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Renewal> {
@@ -1005,13 +1169,16 @@ impl Backend for ZkBackend {
         let Some((dir, name)) = path.rsplit_once('/') else {
             return Ok(false);
         };
-        if outlives_session(&stat) || seq_of(name).is_none() {
+        let Some((_, shared)) = entry_of(name) else {
+            return Ok(false);
+        };
+        if outlives_session(&stat) {
             return Ok(false);
         }
         let seq = &name[name.len() - 10..];
         d.ttl_ms = Some(ms_of(remaining));
         d.token = Some(lease.token);
-        let new_path = format!("{dir}/{}{seq}", self.recipe.tag(&fresh_id()));
+        let new_path = format!("{dir}/{}{seq}", self.recipe.tag(&fresh_id(), shared));
         let acls = self.acls();
         for with_ttl in [true, false] {
             if with_ttl && self.no_ttl_nodes.load(Ordering::Relaxed) {
@@ -1052,18 +1219,12 @@ impl Backend for ZkBackend {
         let dir = Self::dir(namespace, key)?;
         let contenders = self.contenders(c, &dir).await?;
         let mut n = 0;
-        // Break the holders (by their own limit, else one); waiters stay queued.
-        let limit = match contenders.first() {
-            Some(first) => match self
-                .bounded("read", c.get_data(&format!("{dir}/{}", first.name)))
-                .await
-            {
-                Ok((data, stat)) => holder_from(&data, &stat).1.unwrap_or(1) as usize,
-                Err(_) => 1,
-            },
-            None => 0,
-        };
-        for ct in contenders.iter().take(limit) {
+        // Break the holders, as the admission rule counts them (every
+        // shared one; exclusive ones by their own limit, else one);
+        // waiters stay queued.
+        let limit = self.limit_of(c, &dir, &contenders).await;
+        let holding = kit::holding(&modes(&contenders, limit));
+        for ct in &contenders[..holding] {
             if self
                 .bounded("delete", c.delete(&format!("{dir}/{}", ct.name), None))
                 .await
@@ -1247,17 +1408,42 @@ mod tests {
         assert!(ZkBackend::dir("dlock", "a/b").is_ok());
         let id = "0123456789abcdef0123456789abcdef";
         assert_eq!(
-            Recipe::Curator.tag(id),
+            Recipe::Curator.tag(id, false),
             "_c_01234567-89ab-cdef-0123-456789abcdef-lock-"
         );
         assert_eq!(
-            Recipe::Kazoo.tag(id),
+            Recipe::Kazoo.tag(id, false),
             "0123456789abcdef0123456789abcdef__lock__"
         );
         assert_eq!(
-            seq_of(&format!("{}0000000009", Recipe::Kazoo.tag(id))),
-            Some(9)
+            Recipe::Curator.tag(id, true),
+            "_c_01234567-89ab-cdef-0123-456789abcdef-__READ__"
         );
+        assert_eq!(
+            Recipe::Kazoo.tag(id, true),
+            "0123456789abcdef0123456789abcdef__rlock__"
+        );
+        for (r, shared) in [(Recipe::Curator, false), (Recipe::Curator, true)]
+            .into_iter()
+            .chain([(Recipe::Kazoo, false), (Recipe::Kazoo, true)])
+        {
+            let name = format!("{}0000000009", r.tag(id, shared));
+            assert_eq!(entry_of(&name), Some((9, shared)), "{name}");
+        }
+        // Curator's write side and kazoo's `WriteLock` are exclusive.
+        assert_eq!(entry_of("_c_x-__WRIT__0000000003"), Some((3, false)));
+        assert_eq!(entry_of("ab__lock__0000000004"), Some((4, false)));
+        assert_eq!(entry_of("ab__rlock__0000000005"), Some((5, true)));
+        assert_eq!(entry_of("ab__rlock__000000005"), None);
+        assert_eq!(entry_of("0000000005"), None);
+        let order = contenders_of(vec![
+            "ab__rlock__0000000005".into(),
+            "_c_x-lock-0000000002".into(),
+            "sub".into(),
+            "_c_y-__READ__0000000003".into(),
+        ]);
+        let names: Vec<_> = order.iter().map(|c| (c.seq, c.shared)).collect();
+        assert_eq!(names, [(2, false), (3, true), (5, true)]);
     }
 
     #[test]
