@@ -77,10 +77,6 @@ hyperfine -N --warmup 10 --runs "$RUNS" --export-json "$TMP/unc.json" \
   -n etcdctl "$EL true" \
   -n flock "$FL true"
 
-# --- shared vs exclusive, uncontended (bench/shared.sh) -----------------------
-. "$here/shared.sh"
-shared_vs_exclusive etcd "$DL"
-
 # --- 2. contended: 8 concurrent loops x 20 runs on the same key / lock file -------
 # A generated script (run with -N) so hyperfine times the whole batch; each loop's
 # exit status is checked, so a failed lock attempt fails the benchmark. Both wait.
@@ -142,4 +138,3 @@ $(cat "$TMP/table.md")
 
 Machine: nproc $(nproc), kernel $(uname -r), $(etcd --version | head -1), $("$DLOCK" --version), $(hyperfine --version)
 EOF
-print_shared

@@ -119,10 +119,6 @@ hyperfine -N --warmup 5 --runs "$RUNS" --export-json "$TMP/unc.json" \
   -n dlock "$DL run --key b -- true" -n "dlock --shared" "$DL run --shared --key b -- true" \
   -n kazoo "$KZ true" -n flock "$FL true"
 
-# --- shared vs exclusive, uncontended (bench/shared.sh) -----------------------
-. "$here/shared.sh"
-shared_vs_exclusive zookeeper "$DL"
-
 # --- 2. contended: 8 concurrent loops x 20 runs on the same key / lock file -------
 # A generated script so hyperfine times the whole batch; each loop's exit status
 # is checked, so a failed lock attempt fails the benchmark.
@@ -199,5 +195,4 @@ $(cat "$TMP/table.md")
 
 Machine: nproc $(nproc), kernel $(uname -r), $(java -version 2>&1 | head -1), ZooKeeper $(zk flw srvr | sed -n 's/^Zookeeper version: \([^-,]*\).*/\1/p'), $("$DLOCK" --version), $(hyperfine --version), kazoo $(python3 -c 'import kazoo; print(kazoo.__version__)')
 EOF
-print_shared
 [[ $fail == 0 ]] || { echo "$fail of $WAITERS waiters failed" >&2; exit 1; }
