@@ -5,12 +5,15 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::shared::shared_conformance;
 use common::suite::{self, conformance};
 use common::*;
 use nix::sys::signal::Signal;
 
 conformance!(redis_single, Env::redis());
 conformance!(redlock, Env::redlock(5));
+shared_conformance!(redis_single_shared, Env::redis());
+shared_conformance!(redlock_shared, Env::redlock(5));
 
 #[test]
 fn server_frozen_past_the_ttl_stops_the_child_before_expiry() {
@@ -179,6 +182,7 @@ fn cluster() -> Env {
 }
 
 conformance!(redis_cluster, super::cluster());
+shared_conformance!(redis_cluster_shared, super::cluster());
 
 #[test]
 fn sentinel_failover_keeps_locking() {
