@@ -8,9 +8,30 @@
 //! so `status` can say who holds it; any other value shows as a foreign
 //! holder. Beside it, in the same cluster slot (`{NAMESPACE:KEY}` hash tag):
 //! `:fence` (the fencing counter), `:sem` (a sorted set of semaphore holders
-//! scored by expiry, for `--limit` > 1), `:waiters` (a sorted set of waiting
-//! processes scored by when each entry lapses, for `status`) and the
+//! scored by expiry, for `--limit` > 1), `:shared` (the same for shared
+//! holders), `:waiters` (a sorted set of waiting processes scored by when
+//! each entry lapses, for `status` and writer preference) and the
 //! `:released` pub/sub channel.
+//!
+//! Shared locks (`--shared`): each reader is a member of the sorted set
+//! `{NAMESPACE:KEY}:shared`, valued like the main key (`dlock1|ID|TOKEN|...`)
+//! and scored by its expiry, so a killed reader's share lapses alone after
+//! its TTL (every script prunes expired members by the server's `TIME`).
+//! While any reader holds, the main key holds the guard value
+//! `dlock-shared`, lasting exactly as long as the last reader (the scripts
+//! reset its `PX` at every change, and delete it with the last reader): so
+//! a SET-NX client (redis-py `Lock`, redsync) is kept out by dlock's
+//! readers, as by its writers, and any other value in the main key keeps
+//! readers out. Admission (in `ACQUIRE`, atomically) is the server-side
+//! spelling of `kit::admits`: a holder of the main key other than the guard
+//! keeps every request out; otherwise the semaphore and shared members are
+//! the entries ahead, plus, for a shared request, the exclusive requests
+//! waiting, whose `:waiters` entries are the bare waiter id (a shared
+//! waiter's is `s|ID`). A waiter writes its entry right after its first
+//! failed attempt, so once a writer waits, later readers wait behind it.
+//! Every acquisition, shared or not, takes its token from `:fence`.
+//! `:released` is published when the last reader leaves, and when a waiter
+//! removes its entry (readers may have waited behind it).
 //!
 //! Expiry is judged by the Redis server's clock (`TIME` inside the scripts,
 //! and `PX`), never ours.
@@ -20,7 +41,8 @@
 //! majority. The fencing token is the highest counter seen on the granting
 //! majority plus one, written back to a majority before the child starts:
 //! any two majorities share a server, so tokens keep rising while servers
-//! keep their data.
+//! keep their data. Shared leases take the same two rounds: a reader holds
+//! where a majority has its member (and so the guard).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -967,8 +989,27 @@ impl Backend for RedisBackend {
             let pattern = format!("*{}*", glob_escape(&prefix));
             let mut errors = Vec::new();
             let mut answered = 0;
+            let mut need = 0;
             for n in &self.nodes {
-                for client in &n.scan {
+                // A Sentinel-managed node is scanned on its current primary.
+                let clients = match &n.conn {
+                    Conn::Sentinel(sc) => {
+                        match tokio::time::timeout(self.op_timeout, sc.client()).await {
+                            Ok(Ok(c)) => vec![c],
+                            Ok(Err(e)) => {
+                                errors.push(format!("{}: {e}", n.shown));
+                                vec![]
+                            }
+                            Err(_) => {
+                                errors.push(format!("{}: the sentinels did not answer", n.shown));
+                                vec![]
+                            }
+                        }
+                    }
+                    _ => n.scan.clone(),
+                };
+                need += clients.len().max(1);
+                for client in &clients {
                     let scan = async {
                         let mut c = client.get_multiplexed_async_connection().await?;
                         let opts = redis::ScanOptions::default()
@@ -1014,11 +1055,9 @@ impl Backend for RedisBackend {
             }
             // Redlock: a lock is held only on a majority, so a majority of
             // answers lists every lock; one server (or cluster node) must answer.
-            let need = if self.redlock() {
-                self.quorum
-            } else {
-                self.nodes.iter().map(|n| n.scan.len()).sum()
-            };
+            if self.redlock() {
+                need = self.quorum;
+            }
             if answered < need {
                 return Err(unavailable(format!(
                     "cannot list the locks in namespace {namespace:?}: {}",
@@ -1064,7 +1103,8 @@ impl Backend for RedisBackend {
                 .collect();
             out.push(KeyStatus {
                 key: name,
-                limit: holders.len().max(1) as u32,
+                // Readers are not slots of a limit.
+                limit: holders.iter().filter(|h| !h.shared).count().max(1) as u32,
                 holders,
                 waiters: Some(waiters),
                 unreadable: None,
