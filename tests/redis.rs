@@ -220,6 +220,41 @@ fn semaphore_holders_and_readers_exclude_each_other() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
 }
 
+/// The admission rule the Lua scripts apply is `kit::admits`, on every
+/// small combination of request and entries ahead.
+#[test]
+fn the_scripts_admission_rule_is_kit_admits() {
+    use dlock::backend::kit::{Mode, admits};
+    let env = Env::redis();
+    let script = format!(
+        "{}\nlocal out = {{}}\nfor s = 0, 1 do for limit = 1, 3 do for ahead = 0, 4 do for sh = 0, ahead do\n  table.insert(out, admits(s == 1, limit, ahead, sh) and 1 or 0)\nend end end end\nreturn out\n",
+        dlock::backend::redis::LUA_COMMON
+    );
+    let got: Vec<u8> = env.redis[0]
+        .cli(&["EVAL", &script, "0"])
+        .lines()
+        .map(|l| l.trim().parse().expect(l))
+        .collect();
+    let mut want = Vec::new();
+    for shared in [false, true] {
+        for limit in 1..=3 {
+            for ahead in 0..=4usize {
+                for sh in 0..=ahead {
+                    let mut modes = vec![Mode::Shared; sh];
+                    modes.extend(vec![Mode::Exclusive { limit: 1 }; ahead - sh]);
+                    let mode = if shared {
+                        Mode::Shared
+                    } else {
+                        Mode::Exclusive { limit }
+                    };
+                    want.push(u8::from(admits(mode, &modes)));
+                }
+            }
+        }
+    }
+    assert_eq!(got, want);
+}
+
 /// A primary watched by one sentinel: locking through the sentinel's view.
 fn sentinel() -> Env {
     let primary = servers::Redis::start();

@@ -127,6 +127,11 @@ end
     };
 }
 
+/// The common part of the scripts, for the test that its admission rule
+/// is [`kit::admits`] (tests/redis.rs).
+#[doc(hidden)]
+pub const LUA_COMMON: &str = lua_common!();
+
 /// KEYS: main, fence, sem, waiters, shared. ARGV: id, ttl ms, limit,
 /// '1' (single server: INCR the fence) or '2' (Redlock: read it), user,
 /// host, pid, our waiter entry, '1' for a shared request.
