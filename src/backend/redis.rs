@@ -1285,6 +1285,10 @@ impl Poll for RedisBackend {
         // No majority (or no validity left): undo everywhere, then report.
         if !counters.is_empty() {
             self.release_on(&lease(0), "release", 0).await;
+            // The granting servers dropped our waiter entry: write it
+            // again at the next wait, not a third of its lapse later, so
+            // that a waiting writer keeps later readers out.
+            self.waiting.done(&spec.namespace, &spec.key);
         }
         if self.nodes.len() - errors.len() < self.quorum {
             return Err(self.too_few(&errors));
