@@ -5,12 +5,15 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::shared::shared_conformance;
 use common::suite::{self, conformance};
 use common::*;
 use nix::sys::signal::Signal;
 
 conformance!(redis_single, Env::redis());
 conformance!(redlock, Env::redlock(5));
+shared_conformance!(redis_single_shared, Env::redis());
+shared_conformance!(redlock_shared, Env::redlock(5));
 
 #[test]
 fn server_frozen_past_the_ttl_stops_the_child_before_expiry() {
@@ -144,6 +147,135 @@ fn redis_py_lock_interoperates() {
     wait_timeout(&mut h, Duration::from_secs(10));
 }
 
+/// redis-py's `Lock` and dlock's readers on the same key exclude each other:
+/// a redis-py holder keeps `--shared` out, and while dlock readers hold,
+/// the main key holds their guard, so redis-py cannot take it.
+#[test]
+fn redis_py_lock_and_shared_readers_exclude_each_other() {
+    let env = Env::redis();
+    let port = env.redis[0].port;
+    let script = format!(
+        "import redis,time\nr=redis.Redis(port={port})\nl=r.lock('dlock:rw',timeout=10)\nassert l.acquire(blocking=False)\nprint('held',flush=True)\ntime.sleep(1.5)\nl.release()\n"
+    );
+    let mut py = python_holder("redis", &script);
+    let t = Instant::now();
+    let out = env.run(&["run", "--shared", "--no-wait", "--key", "rw", "--", "true"]);
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    let out = env.run(&[
+        "run", "--shared", "--wait", "10s", "--key", "rw", "--", "true",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        t.elapsed() > Duration::from_millis(1200),
+        "a dlock reader got in while redis-py held the lock"
+    );
+    assert!(py.wait().unwrap().success());
+    // dlock readers hold: redis-py cannot take the lock, until they are gone.
+    let mut h = env.spawn(&["run", "--shared", "--key", "rw", "--", "sleep", "30"]);
+    wait_for(Duration::from_secs(10), "the reader to hold", || {
+        env.held("rw")
+    });
+    let try_py = || {
+        let script = format!(
+            "import redis\nr=redis.Redis(port={port})\nl=r.lock('dlock:rw',timeout=10)\nok=l.acquire(blocking=False)\nprint(ok)\nok and l.release()\n"
+        );
+        let out = std::process::Command::new("python3")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(
+        try_py(),
+        "False",
+        "redis-py took the lock from dlock's readers"
+    );
+    signal(h.id(), Signal::SIGTERM);
+    assert_eq!(wait_timeout(&mut h, Duration::from_secs(10)), 143);
+    assert_eq!(try_py(), "True", "the readers' guard outlived them");
+}
+
+/// A semaphore (`--limit 3`) and readers exclude each other, both ways.
+#[test]
+fn semaphore_holders_and_readers_exclude_each_other() {
+    let env = Env::redis();
+    let mut s = env.spawn(&["run", "--limit", "3", "--key", "sr", "--", "sleep", "30"]);
+    wait_for(Duration::from_secs(10), "the semaphore to be held", || {
+        env.held("sr")
+    });
+    let out = env.run(&["run", "-s", "-n", "--key", "sr", "--", "true"]);
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    signal(s.id(), Signal::SIGTERM);
+    assert_eq!(wait_timeout(&mut s, Duration::from_secs(10)), 143);
+    let mut r = env.spawn(&["run", "-s", "--key", "sr", "--", "sleep", "30"]);
+    wait_for(Duration::from_secs(10), "the reader to hold", || {
+        env.held("sr")
+    });
+    let out = env.run(&["run", "--limit", "3", "-n", "--key", "sr", "--", "true"]);
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    assert!(stderr(&out).contains("shared by"), "{}", stderr(&out));
+    signal(r.id(), Signal::SIGTERM);
+    assert_eq!(wait_timeout(&mut r, Duration::from_secs(10)), 143);
+    let out = env.run(&["run", "--limit", "3", "-n", "--key", "sr", "--", "true"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}
+
+/// The admission rule the Lua scripts apply is `kit::admits`, on every
+/// small combination of request and entries ahead.
+#[test]
+fn the_scripts_admission_rule_is_kit_admits() {
+    use dlock::backend::kit::{Mode, admits};
+    let env = Env::redis();
+    let script = format!(
+        "{}\nlocal out = {{}}\nfor s = 0, 1 do for limit = 1, 3 do for ahead = 0, 4 do for sh = 0, ahead do\n  table.insert(out, admits(s == 1, limit, ahead, sh) and 1 or 0)\nend end end end\nreturn out\n",
+        dlock::backend::redis::LUA_COMMON
+    );
+    let got: Vec<u8> = env.redis[0]
+        .cli(&["EVAL", &script, "0"])
+        .lines()
+        .map(|l| l.trim().parse().expect(l))
+        .collect();
+    let mut want = Vec::new();
+    for shared in [false, true] {
+        for limit in 1..=3 {
+            for ahead in 0..=4usize {
+                for sh in 0..=ahead {
+                    let mut modes = vec![Mode::Shared; sh];
+                    modes.extend(vec![Mode::Exclusive { limit: 1 }; ahead - sh]);
+                    let mode = if shared {
+                        Mode::Shared
+                    } else {
+                        Mode::Exclusive { limit }
+                    };
+                    want.push(u8::from(admits(mode, &modes)));
+                }
+            }
+        }
+    }
+    assert_eq!(got, want);
+}
+
+/// A primary watched by one sentinel: locking through the sentinel's view.
+fn sentinel() -> Env {
+    let primary = servers::Redis::start();
+    let sentinel = servers::Redis::sentinel("m", primary.port);
+    wait_for(
+        Duration::from_secs(20),
+        "the sentinel to know the primary",
+        || {
+            sentinel
+                .cli(&["sentinel", "get-master-addr-by-name", "m"])
+                .contains(&primary.port.to_string())
+        },
+    );
+    let mut env = Env::sqlite();
+    env.url = format!("redis+sentinel://127.0.0.1:{}/m", sentinel.port);
+    env.redis = vec![primary, sentinel];
+    env
+}
+
+shared_conformance!(redis_sentinel_shared, super::sentinel());
+
 /// A three-primary Redis Cluster on loopback.
 fn cluster() -> Env {
     let nodes: Vec<servers::Redis> = (0..3)
@@ -179,6 +311,7 @@ fn cluster() -> Env {
 }
 
 conformance!(redis_cluster, super::cluster());
+shared_conformance!(redis_cluster_shared, super::cluster());
 
 #[test]
 fn sentinel_failover_keeps_locking() {

@@ -8,9 +8,30 @@
 //! so `status` can say who holds it; any other value shows as a foreign
 //! holder. Beside it, in the same cluster slot (`{NAMESPACE:KEY}` hash tag):
 //! `:fence` (the fencing counter), `:sem` (a sorted set of semaphore holders
-//! scored by expiry, for `--limit` > 1), `:waiters` (a sorted set of waiting
-//! processes scored by when each entry lapses, for `status`) and the
+//! scored by expiry, for `--limit` > 1), `:shared` (the same for shared
+//! holders), `:waiters` (a sorted set of waiting processes scored by when
+//! each entry lapses, for `status` and writer preference) and the
 //! `:released` pub/sub channel.
+//!
+//! Shared locks (`--shared`): each reader is a member of the sorted set
+//! `{NAMESPACE:KEY}:shared`, valued like the main key (`dlock1|ID|TOKEN|...`)
+//! and scored by its expiry, so a killed reader's share lapses alone after
+//! its TTL (every script prunes expired members by the server's `TIME`).
+//! While any reader holds, the main key holds the guard value
+//! `dlock-shared`, lasting exactly as long as the last reader (the scripts
+//! reset its `PX` at every change, and delete it with the last reader): so
+//! a SET-NX client (redis-py `Lock`, redsync) is kept out by dlock's
+//! readers, as by its writers, and any other value in the main key keeps
+//! readers out. Admission (in `ACQUIRE`, atomically) is the server-side
+//! spelling of `kit::admits`: a holder of the main key other than the guard
+//! keeps every request out; otherwise the semaphore and shared members are
+//! the entries ahead, plus, for a shared request, the exclusive requests
+//! waiting, whose `:waiters` entries are the bare waiter id (a shared
+//! waiter's is `s|ID`). A waiter writes its entry right after its first
+//! failed attempt, so once a writer waits, later readers wait behind it.
+//! Every acquisition, shared or not, takes its token from `:fence`.
+//! `:released` is published when the last reader leaves, and when a waiter
+//! removes its entry (readers may have waited behind it).
 //!
 //! Expiry is judged by the Redis server's clock (`TIME` inside the scripts,
 //! and `PX`), never ours.
@@ -20,7 +41,8 @@
 //! majority. The fencing token is the highest counter seen on the granting
 //! majority plus one, written back to a majority before the child starts:
 //! any two majorities share a server, so tokens keep rising while servers
-//! keep their data.
+//! keep their data. Shared leases take the same two rounds: a reader holds
+//! where a majority has its member (and so the guard).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -50,28 +72,103 @@ use super::{
 };
 use crate::error::{unavailable, usage};
 
-const ACQUIRE: &str = r"
+/// What the scripts that touch shared holders have in common: the server's
+/// clock, the readers' guard, the admission rule and the listing of holders.
+macro_rules! lua_common {
+    () => {
+        r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local limit = tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-local function busy()
-  local out = {0}
-  local v = redis.call('GET', KEYS[1])
-  if v then
-    table.insert(out, v)
-    table.insert(out, tostring(redis.call('PTTL', KEYS[1])))
+-- The main key's value while dlock readers hold: it keeps SET-NX clients
+-- (redis-py Lock, redsync) out, and lasts as long as the last reader.
+local GUARD = 'dlock-shared'
+-- The admission rule: the server-side spelling of kit::admits
+-- (src/backend/kit.rs); keep the two identical. `ahead` entries, of
+-- which `shared_ahead` are shared.
+local function admits(shared, limit, ahead, shared_ahead)
+  if shared then return shared_ahead == ahead end
+  return ahead < math.max(limit, 1) and shared_ahead == 0
+end
+-- After the shared holders in `sh` (pruned) changed: the guard in `main`
+-- lasts exactly as long as the last of them, or goes with the last one.
+-- A value other than the guard is never touched.
+local function reguard(main, sh)
+  local cur = redis.call('GET', main)
+  if cur and cur ~= GUARD then return end
+  local top = redis.call('ZRANGE', sh, -1, -1, 'WITHSCORES')
+  if #top == 0 then
+    if cur then redis.call('DEL', main) end
+    return
   end
-  local m = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')
+  local left = tonumber(top[2]) - now
+  redis.call('SET', main, GUARD, 'PX', left)
+  redis.call('PEXPIRE', sh, left)
+end
+-- Append the live members of the sorted set `z` to `out` as
+-- (value, ms left, mode) triples.
+local function members(out, z, mode)
+  local m = redis.call('ZRANGEBYSCORE', z, '(' .. now, '+inf', 'WITHSCORES')
   for i = 1, #m, 2 do
     table.insert(out, m[i])
     table.insert(out, tostring(tonumber(m[i + 1]) - now))
+    table.insert(out, mode)
   end
+end
+-- The main key's holder, unless it is the readers' guard.
+local function main_holder(out, main)
+  local v = redis.call('GET', main)
+  if v and v ~= GUARD then
+    table.insert(out, v)
+    table.insert(out, tostring(redis.call('PTTL', main)))
+    table.insert(out, 'x')
+  end
+end
+"
+    };
+}
+
+/// The common part of the scripts, for the test that its admission rule
+/// is [`kit::admits`] (tests/redis.rs).
+#[doc(hidden)]
+pub const LUA_COMMON: &str = lua_common!();
+
+/// KEYS: main, fence, sem, waiters, shared. ARGV: id, ttl ms, limit,
+/// '1' (single server: INCR the fence) or '2' (Redlock: read it), user,
+/// host, pid, our waiter entry, '1' for a shared request.
+const ACQUIRE: &str = concat!(
+    lua_common!(),
+    r"
+local limit = tonumber(ARGV[3])
+local shared = ARGV[9] == '1'
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
+local readers = redis.call('ZCARD', KEYS[5])
+local main = redis.call('GET', KEYS[1])
+if main == GUARD and readers == 0 then
+  redis.call('DEL', KEYS[1])
+  main = false
+end
+local function busy()
+  local out = {0}
+  main_holder(out, KEYS[1])
+  members(out, KEYS[3], 'x')
+  members(out, KEYS[5], 's')
   return out
 end
-if redis.call('EXISTS', KEYS[1]) == 1 then return busy() end
-local held = redis.call('ZCARD', KEYS[3])
-if (limit <= 1 and held > 0) or held >= limit then return busy() end
+-- A holder of the main key itself (dlock's exclusive holder, or a SET-NX
+-- client such as redis-py's Lock, which knows no other mode) keeps every
+-- request out.
+if main and main ~= GUARD then return busy() end
+local ahead = redis.call('ZCARD', KEYS[3]) + readers
+if shared then
+  -- No writer starvation: exclusive requests that wait are ahead of a
+  -- shared one. Shared waiters' entries are marked 's|'.
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+  for _, w in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
+    if string.sub(w, 1, 2) ~= 's|' then ahead = ahead + 1 end
+  end
+end
+if not admits(shared, limit, ahead, readers) then return busy() end
 local token
 if ARGV[4] == '1' then
   token = redis.call('INCR', KEYS[2])
@@ -79,7 +176,10 @@ else
   token = tonumber(redis.call('GET', KEYS[2]) or '0')
 end
 local v = 'dlock1|' .. ARGV[1] .. '|' .. (ARGV[4] == '1' and token or 0) .. '|' .. ARGV[5] .. '|' .. ARGV[6] .. '|' .. ARGV[7] .. '|' .. now
-if limit <= 1 then
+if shared then
+  redis.call('ZADD', KEYS[5], now + tonumber(ARGV[2]), v)
+  reguard(KEYS[1], KEYS[5])
+elseif limit <= 1 then
   redis.call('SET', KEYS[1], v, 'PX', ARGV[2])
 else
   redis.call('ZADD', KEYS[3], now + tonumber(ARGV[2]), v)
@@ -87,10 +187,11 @@ else
 end
 redis.call('ZREM', KEYS[4], ARGV[8])
 return {1, token}
-";
+"
+);
 
 /// Redlock, second round: raise the counter to the chosen token and put the
-/// token into our value.
+/// token into our value. KEYS: main, fence, sem, shared.
 const FENCE: &str = r"
 local prefix = 'dlock1|' .. ARGV[1] .. '|'
 local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
@@ -105,12 +206,14 @@ if v and string.sub(v, 1, #prefix) == prefix then
   redis.call('SET', KEYS[1], retoken(v), 'KEEPTTL')
   return 1
 end
-local m = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')
-for i = 1, #m, 2 do
-  if string.sub(m[i], 1, #prefix) == prefix then
-    redis.call('ZREM', KEYS[3], m[i])
-    redis.call('ZADD', KEYS[3], m[i + 1], retoken(m[i]))
-    return 1
+for _, z in ipairs({KEYS[3], KEYS[4]}) do
+  local m = redis.call('ZRANGE', z, 0, -1, 'WITHSCORES')
+  for i = 1, #m, 2 do
+    if string.sub(m[i], 1, #prefix) == prefix then
+      redis.call('ZREM', z, m[i])
+      redis.call('ZADD', z, m[i + 1], retoken(m[i]))
+      return 1
+    end
   end
 end
 return 0
@@ -167,15 +270,69 @@ end
 return 0
 ";
 
+/// Renew a shared lease. KEYS: main, shared. ARGV: id, ttl ms. A share
+/// whose guard was replaced by another holder of the main key is lost.
+const SHARED_RENEW: &str = concat!(
+    lua_common!(),
+    r"
+local prefix = 'dlock1|' .. ARGV[1] .. '|'
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local main = redis.call('GET', KEYS[1])
+for _, v in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  if string.sub(v, 1, #prefix) == prefix then
+    if main and main ~= GUARD then
+      redis.call('ZREM', KEYS[2], v)
+      return 0
+    end
+    redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), v)
+    reguard(KEYS[1], KEYS[2])
+    return 1
+  end
+end
+return 0
+"
+);
+
+/// Release a shared lease (ARGV[2] = 'release'), or keep it exactly
+/// ARGV[3] ms more (`--lock-at-least`). KEYS: main, shared, released.
+/// Waiters are told when the last reader leaves: only exclusive requests
+/// wait for readers.
+const SHARED_RELEASE: &str = concat!(
+    lua_common!(),
+    r"
+local prefix = 'dlock1|' .. ARGV[1] .. '|'
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+for _, v in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  if string.sub(v, 1, #prefix) == prefix then
+    if ARGV[2] == 'release' then
+      redis.call('ZREM', KEYS[2], v)
+      reguard(KEYS[1], KEYS[2])
+      if redis.call('ZCARD', KEYS[2]) == 0 then redis.call('PUBLISH', KEYS[3], '1') end
+    else
+      redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), v)
+      reguard(KEYS[1], KEYS[2])
+    end
+    return 1
+  end
+end
+return 0
+"
+);
+
 /// A waiter says it is still waiting: its entry in the waiters sorted set
 /// (scored by when it lapses, by the server's clock) is renewed. Entries of
-/// waiters that gave up or died lapse on their own.
+/// waiters that gave up or died lapse on their own. KEYS: waiters,
+/// released. ARGV: the entry (the waiter's id, marked `s|` for a shared
+/// request), its lapse in ms; or the id and '0' to remove either entry,
+/// waking the waiters (shared ones may have waited behind this one).
 const WAITING: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if ARGV[2] == '0' then
-  redis.call('ZREM', KEYS[1], ARGV[1])
+  if redis.call('ZREM', KEYS[1], ARGV[1], 's|' .. ARGV[1]) > 0 then
+    redis.call('PUBLISH', KEYS[2], '1')
+  end
 else
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -187,31 +344,34 @@ return 1
 /// every third of this; polls are at most 250ms apart).
 const WAITER_LAPSE: Duration = Duration::from_secs(2);
 
-const FORCE: &str = r"
-local n = redis.call('EXISTS', KEYS[1]) + redis.call('ZCARD', KEYS[2])
-redis.call('DEL', KEYS[1], KEYS[2])
+/// Break every holder of a key: exclusive, semaphore and shared. KEYS:
+/// main, sem, released, shared. The count leaves out the readers' guard.
+const FORCE: &str = concat!(
+    lua_common!(),
+    r"
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+local v = redis.call('GET', KEYS[1])
+local n = ((v and v ~= GUARD) and 1 or 0) + redis.call('ZCARD', KEYS[2]) + redis.call('ZCARD', KEYS[4])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[4])
 redis.call('PUBLISH', KEYS[3], '1')
 return n
-";
+"
+);
 
 /// Holders of one key on one server, with the server's `TIME` and the
-/// number of live waiters.
-const INSPECT: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+/// number of live waiters, then (value, ms left, mode) per holder. KEYS:
+/// main, sem, waiters, shared.
+const INSPECT: &str = concat!(
+    lua_common!(),
+    r"
 local out = {tostring(now), tostring(redis.call('ZCOUNT', KEYS[3], now, '+inf'))}
-local v = redis.call('GET', KEYS[1])
-if v then
-  table.insert(out, v)
-  table.insert(out, tostring(redis.call('PTTL', KEYS[1])))
-end
-local m = redis.call('ZRANGEBYSCORE', KEYS[2], now, '+inf', 'WITHSCORES')
-for i = 1, #m, 2 do
-  table.insert(out, m[i])
-  table.insert(out, tostring(tonumber(m[i + 1]) - now))
-end
+main_holder(out, KEYS[1])
+members(out, KEYS[2], 'x')
+members(out, KEYS[4], 's')
 return out
-";
+"
+);
 
 struct Node {
     shown: String,
@@ -396,6 +556,7 @@ struct Keys {
     sem: String,
     chan: String,
     waiters: String,
+    shared: String,
 }
 
 fn keys(ns: &str, key: &str) -> Keys {
@@ -404,6 +565,7 @@ fn keys(ns: &str, key: &str) -> Keys {
         fence: format!("{{{main}}}:fence"),
         sem: format!("{{{main}}}:sem"),
         waiters: format!("{{{main}}}:waiters"),
+        shared: format!("{{{main}}}:shared"),
         chan: format!("{{{main}}}:released"),
         main,
     }
@@ -448,17 +610,29 @@ fn strings(v: &Value) -> Vec<String> {
     }
 }
 
-/// Holders from a list of (value, ms left) pairs.
-fn holders_from(pairs: &[String]) -> Vec<(String, Holder)> {
+/// Holders from a list of (value, ms left, mode) triples; the mode is `s`
+/// for a shared holder, `x` for any other.
+fn holders_from(triples: &[String]) -> Vec<(String, Holder)> {
     let now = SystemTime::now();
-    pairs
-        .chunks(2)
-        .filter(|c| c.len() == 2)
+    triples
+        .chunks(3)
+        .filter(|c| c.len() == 3)
         .map(|c| {
-            let (id, h) = parse_holder(&c[0], c[1].parse().unwrap_or(-1), now);
+            let (id, mut h) = parse_holder(&c[0], c[1].parse().unwrap_or(-1), now);
+            h.shared = c[2] == "s";
             (id.unwrap_or_else(|| format!("foreign:{}", c[0])), h)
         })
         .collect()
+}
+
+/// This process's entry in a key's waiters set: its id, marked `s|` when
+/// it waits to share (exclusive entries are the bare id, as before).
+fn waiter_entry(id: &str, shared: bool) -> String {
+    if shared {
+        format!("s|{id}")
+    } else {
+        id.to_string()
+    }
 }
 
 fn db_of(url: &str) -> i64 {
@@ -667,9 +841,14 @@ impl RedisBackend {
         keep_ms: u64,
     ) -> Vec<Result<Value, String>> {
         let k = keys(&lease.namespace, &lease.key);
+        let (script, set) = if lease.shared {
+            (SHARED_RELEASE, &k.shared)
+        } else {
+            (RELEASE, &k.sem)
+        };
         self.everywhere(
-            &Script::new(RELEASE),
-            &[&k.main, &k.sem, &k.chan],
+            &Script::new(script),
+            &[&k.main, set, &k.chan],
             &[lease.id.clone(), mode.to_string(), keep_ms.to_string()],
             self.step_timeout(lease.ttl),
         )
@@ -718,12 +897,21 @@ impl Backend for RedisBackend {
         Some(self)
     }
 
+    fn shares(&self) -> bool {
+        true
+    }
+
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Renewal> {
         let k = keys(&lease.namespace, &lease.key);
+        let (script, set) = if lease.shared {
+            (SHARED_RENEW, &k.shared)
+        } else {
+            (RENEW, &k.sem)
+        };
         let results = self
             .everywhere(
-                &Script::new(RENEW),
-                &[&k.main, &k.sem],
+                &Script::new(script),
+                &[&k.main, set],
                 &[lease.id.clone(), ttl.as_millis().to_string()],
                 self.step_timeout(ttl),
             )
@@ -775,7 +963,7 @@ impl Backend for RedisBackend {
         let results = self
             .everywhere(
                 &Script::new(FORCE),
-                &[&k.main, &k.sem, &k.chan],
+                &[&k.main, &k.sem, &k.chan, &k.shared],
                 &[],
                 self.op_timeout,
             )
@@ -806,8 +994,27 @@ impl Backend for RedisBackend {
             let pattern = format!("*{}*", glob_escape(&prefix));
             let mut errors = Vec::new();
             let mut answered = 0;
+            let mut need = 0;
             for n in &self.nodes {
-                for client in &n.scan {
+                // A Sentinel-managed node is scanned on its current primary.
+                let clients = match &n.conn {
+                    Conn::Sentinel(sc) => {
+                        match tokio::time::timeout(self.op_timeout, sc.client()).await {
+                            Ok(Ok(c)) => vec![c],
+                            Ok(Err(e)) => {
+                                errors.push(format!("{}: {e}", n.shown));
+                                vec![]
+                            }
+                            Err(_) => {
+                                errors.push(format!("{}: the sentinels did not answer", n.shown));
+                                vec![]
+                            }
+                        }
+                    }
+                    _ => n.scan.clone(),
+                };
+                need += clients.len().max(1);
+                for client in &clients {
                     let scan = async {
                         let mut c = client.get_multiplexed_async_connection().await?;
                         let opts = redis::ScanOptions::default()
@@ -826,10 +1033,13 @@ impl Backend for RedisBackend {
                         Ok(Ok(found)) => {
                             answered += 1;
                             for k in &found {
-                                // `NS:KEY` (held), or `{NS:KEY}:sem` (a semaphore).
+                                // `NS:KEY` (held), or `{NS:KEY}:sem` (a
+                                // semaphore) or `{NS:KEY}:shared` (readers).
                                 let name = k.strip_prefix(&prefix).or_else(|| {
-                                    k.strip_prefix('{')?
-                                        .strip_suffix("}:sem")?
+                                    let inner = k.strip_prefix('{')?;
+                                    inner
+                                        .strip_suffix("}:sem")
+                                        .or_else(|| inner.strip_suffix("}:shared"))?
                                         .strip_prefix(&prefix)
                                 });
                                 if let Some(name) = name
@@ -850,11 +1060,9 @@ impl Backend for RedisBackend {
             }
             // Redlock: a lock is held only on a majority, so a majority of
             // answers lists every lock; one server (or cluster node) must answer.
-            let need = if self.redlock() {
-                self.quorum
-            } else {
-                self.nodes.iter().map(|n| n.scan.len()).sum()
-            };
+            if self.redlock() {
+                need = self.quorum;
+            }
             if answered < need {
                 return Err(unavailable(format!(
                     "cannot list the locks in namespace {namespace:?}: {}",
@@ -869,7 +1077,7 @@ impl Backend for RedisBackend {
             let results = self
                 .everywhere(
                     &Script::new(INSPECT),
-                    &[&k.main, &k.sem, &k.waiters],
+                    &[&k.main, &k.sem, &k.waiters, &k.shared],
                     &[],
                     self.op_timeout,
                 )
@@ -900,7 +1108,8 @@ impl Backend for RedisBackend {
                 .collect();
             out.push(KeyStatus {
                 key: name,
-                limit: holders.len().max(1) as u32,
+                // Readers are not slots of a limit.
+                limit: holders.iter().filter(|h| !h.shared).count().max(1) as u32,
                 holders,
                 waiters: Some(waiters),
                 unreadable: None,
@@ -955,7 +1164,7 @@ impl Backend for RedisBackend {
             let _ = self
                 .everywhere(
                     &Script::new(WAITING),
-                    &[&k.waiters],
+                    &[&k.waiters, &k.chan],
                     &[self.waiting.id.clone(), "0".to_string()],
                     // Best effort: never hold up dlock's exit for long.
                     self.op_timeout.min(Duration::from_millis(500)),
@@ -1006,12 +1215,13 @@ impl Poll for RedisBackend {
             clean(&me.user),
             clean(&me.host),
             me.pid.to_string(),
-            self.waiting.id.clone(),
+            waiter_entry(&self.waiting.id, spec.shared),
+            if spec.shared { "1" } else { "0" }.to_string(),
         ];
         let results = self
             .everywhere(
                 &Script::new(ACQUIRE),
-                &[&k.main, &k.fence, &k.sem, &k.waiters],
+                &[&k.main, &k.fence, &k.sem, &k.waiters, &k.shared],
                 &args,
                 step,
             )
@@ -1057,7 +1267,7 @@ impl Poll for RedisBackend {
             let fenced = self
                 .everywhere(
                     &Script::new(FENCE),
-                    &[&k.main, &k.fence, &k.sem],
+                    &[&k.main, &k.fence, &k.sem, &k.shared],
                     &[me.id.clone(), token.to_string()],
                     step,
                 )
@@ -1075,6 +1285,10 @@ impl Poll for RedisBackend {
         // No majority (or no validity left): undo everywhere, then report.
         if !counters.is_empty() {
             self.release_on(&lease(0), "release", 0).await;
+            // The granting servers dropped our waiter entry: write it
+            // again at the next wait, not a third of its lapse later, so
+            // that a waiting writer keeps later readers out.
+            self.waiting.done(&spec.namespace, &spec.key);
         }
         if self.nodes.len() - errors.len() < self.quorum {
             return Err(self.too_few(&errors));
@@ -1083,24 +1297,27 @@ impl Poll for RedisBackend {
     }
 
     async fn wait_change(&self, spec: &LockSpec, until: Option<Instant>) -> Result<()> {
-        self.subscribe(&spec.namespace, &spec.key).await?;
-        // Counted as a waiter for `status` (best effort: an error here only
-        // makes the count low).
+        // Our waiter entry, written first thing after a failed attempt: it
+        // counts for `status`, and an exclusive one keeps shared requests
+        // that come after it out (no writer starvation). Noted before it
+        // is written, so an interrupted waiter's `close` removes it. Best
+        // effort: an error here only makes the count low.
         if self.waiting.due(&spec.namespace, &spec.key, WAITER_LAPSE) {
+            self.waiting.note(&spec.namespace, &spec.key);
             let k = keys(&spec.namespace, &spec.key);
             let _ = self
                 .everywhere(
                     &Script::new(WAITING),
-                    &[&k.waiters],
+                    &[&k.waiters, &k.chan],
                     &[
-                        self.waiting.id.clone(),
+                        waiter_entry(&self.waiting.id, spec.shared),
                         WAITER_LAPSE.as_millis().to_string(),
                     ],
                     self.step_timeout(spec.ttl),
                 )
                 .await;
-            self.waiting.note(&spec.namespace, &spec.key);
         }
+        self.subscribe(&spec.namespace, &spec.key).await?;
         // Wake on a release message, or poll: a holder that expires or a
         // foreign client that releases does not publish.
         let mut cap = Duration::from_millis(200);
