@@ -108,15 +108,12 @@ n=$($DR run -q --key b -- "$TMP/held" "${ports[@]:1}")
 echo "== uncontended ($RUNS runs each)"
 hyperfine -N --warmup 20 --runs "$RUNS" --export-json "$TMP/unc.json" \
   -n dlock "$DL run --key b -- true" \
+  -n dlock-shared "$DL run --shared --key b -- true" \
   -n redis-cli-script "$SH true" \
   -n redis-py "$PY true" \
   -n redlock5 "$DR run --key b -- true" \
+  -n redlock5-shared "$DR run --shared --key b -- true" \
   -n flock "$FL true"
-
-# --- shared vs exclusive, uncontended (bench/shared.sh) -----------------------
-. "$here/shared.sh"
-shared_vs_exclusive redis "$DL"
-shared_vs_exclusive redlock5 "$DR"
 
 # --- 2. contended: 8 concurrent loops x 20 runs on the same key / lock file -------
 # A generated script (run with -N) so hyperfine times the whole batch; each
@@ -146,7 +143,7 @@ def fmt(s):  # stddev is null when CRUNS=1
 u, c = res(sys.argv[1]), res(sys.argv[2])
 print("| scenario | contender | mean ± σ | min |")
 print("|---|---|---|---|")
-for name in ["dlock", "redis-cli-script", "redis-py", "redlock5", "flock"]:
+for name in ["dlock", "dlock-shared", "redis-cli-script", "redis-py", "redlock5", "redlock5-shared", "flock"]:
     r = u[name]
     print(f"| uncontended, one `run -- true` | {name} | {fmt(r['mean'])} ± {fmt(r['stddev'])} | {fmt(r['min'])} |")
 for name in ["dlock", "flock"]:
@@ -159,6 +156,8 @@ for label, a, b in [("dlock / redis-cli script", m(u, "dlock"), m(u, "redis-cli-
                     ("dlock / redis-py Lock", m(u, "dlock"), m(u, "redis-py")),
                     ("redlock (5 servers) / dlock single", m(u, "redlock5"), m(u, "dlock")),
                     ("dlock single / flock", m(u, "dlock"), m(u, "flock")),
+                    ("dlock --shared / exclusive (goal <= 1.1x)", m(u, "dlock-shared"), m(u, "dlock")),
+                    ("redlock --shared / exclusive (goal <= 1.1x)", m(u, "redlock5-shared"), m(u, "redlock5")),
                     ("contended: dlock / flock", m(c, "dlock"), m(c, "flock"))]:
     print(f"| {label} | {a/b:.2f}x |")
 EOF
@@ -173,4 +172,3 @@ $(cat "$TMP/table.md")
 
 Machine: nproc $(nproc), kernel $(uname -r), $(redis-server --version | cut -d' ' -f1-3), $("$DLOCK" --version), $(hyperfine --version), redis-py $(python3 -c 'import redis; print(redis.__version__)')
 EOF
-print_shared
