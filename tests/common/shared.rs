@@ -174,6 +174,11 @@ pub fn waiting_writer_goes_before_later_readers(env: &mut Env) {
         "a reader jumped a waiting writer: {}",
         stderr(&out)
     );
+    assert!(
+        stderr(&out).contains("an exclusive request is waiting"),
+        "the busy message says why: {}",
+        stderr(&out)
+    );
     let mut r2 = start(
         env,
         &k,
