@@ -29,6 +29,7 @@ macro_rules! shared_conformance {
                 force_release_breaks_every_reader,
                 every_key_of_a_multi_key_run_is_shared,
                 readers_and_writers_under_faults_never_overlap,
+                crowd_of_readers_and_writers_all_get_their_turn,
             );
         }
     };
@@ -406,4 +407,46 @@ pub fn readers_and_writers_under_faults_never_overlap(env: &mut Env) {
     assert!(r.ok(), "{r:#?}");
     assert!(!r.faults.is_empty(), "no fault was injected: {r:#?}");
     assert!(r.max_concurrent >= 2, "readers never held together: {r:#?}");
+}
+
+/// A crowd on one key, mostly readers (more readers holding at once than a
+/// stock ZooKeeper takes connections from one address): every one gets its
+/// turn and none exits 69; readers do hold side by side.
+pub fn crowd_of_readers_and_writers_all_get_their_turn(env: &mut Env) {
+    let k = key("crowd");
+    let log = env.path("crowd.log");
+    let n = 80;
+    let mut kids: Vec<Child> = (0..n)
+        .map(|i| {
+            let mut args = vec!["run", "--wait", "2m", "--key", &k];
+            if i % 10 != 0 {
+                args.push("--shared");
+            }
+            let script = format!("echo B >> {l}; sleep 0.3; echo E >> {l}", l = log.display());
+            args.extend_from_slice(&["--", "sh", "-c", &script]);
+            env.cmd(&args)
+                .stdin(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut failed = Vec::new();
+    for c in &mut kids {
+        let code = wait_timeout(c, Duration::from_secs(150));
+        if code != 0 {
+            failed.push((code, err_of(c)));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {n} failed: {failed:?}",
+        failed.len()
+    );
+    let (mut cur, mut most) = (0i32, 0i32);
+    for l in std::fs::read_to_string(&log).unwrap().lines() {
+        cur += if l == "B" { 1 } else { -1 };
+        most = most.max(cur);
+    }
+    assert!(most > 1, "readers never held side by side");
 }
