@@ -4,14 +4,16 @@
 # backend" asks (200 on stock servers: PostgreSQL max_connections 100,
 # MariaDB 151, ZooKeeper maxClientCnxns 60 per address). Prints how many
 # exited with each code (every one should be 0) and the wall time.
-# Usage: bench/crowd.sh URL [N] [HOLD]   (env: DLOCK=path)
+# With SHARED=K, all but every K-th contender take the lock --shared (a crowd
+# of readers with a writer among them every K).
+# Usage: bench/crowd.sh URL [N] [HOLD]   (env: DLOCK=path SHARED=K)
 #   e.g. bench/crowd.sh postgres://postgres@127.0.0.1:5432/dlock 200 0.02
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 DLOCK=${DLOCK:-$here/../target/release/dlock}
 URL=${1:?usage: bench/crowd.sh URL [N] [HOLD]}
-N=${2:-200} HOLD=${3:-0.02}
+N=${2:-200} HOLD=${3:-0.02} SHARED=${SHARED:-0}
 [[ -x $DLOCK ]] || { echo "dlock not found at $DLOCK: run cargo build --release" >&2; exit 1; }
 lim=$(ulimit -u)
 [[ $lim == unlimited || $lim -gt $((N * 4)) ]] || { echo "ulimit -u $lim: too low for $N" >&2; exit 1; }
@@ -25,13 +27,15 @@ key=crowd-$$
 t0=$(date +%s%N)
 pids=()
 for i in $(seq "$N"); do
-  ( rc=0; "$DLOCK" --backend "$URL" run -q --wait 2m --key "$key" -- sleep "$HOLD" \
+  mode=()
+  [[ $SHARED -gt 0 && $((i % SHARED)) -ne 0 ]] && mode=(--shared)
+  ( rc=0; "$DLOCK" --backend "$URL" run -q --wait 2m "${mode[@]}" --key "$key" -- sleep "$HOLD" \
       2>"$TMP/$i.err" || rc=$?; echo "$rc" >"$TMP/$i.rc" ) &
   pids+=($!)
 done
 wait "${pids[@]}"
 t1=$(date +%s%N)
-echo "== $N contenders on one key, each holding ${HOLD}s, against ${URL%%:*}"
+echo "== $N contenders on one key, each holding ${HOLD}s, against ${URL%%:*}$([[ $SHARED -gt 0 ]] && echo ", all but every ${SHARED}th shared")"
 cat "$TMP"/*.rc | sort -n | uniq -c | awk '{printf "exit %s: %s\n", $2, $1}'
 echo "wall time: $(( (t1 - t0) / 1000000 )) ms"
 bad=$(grep -vLx 0 "$TMP"/*.rc | wc -l)
