@@ -38,7 +38,9 @@ t1=$(date +%s%N)
 echo "== $N contenders on one key, each holding ${HOLD}s, against ${URL%%:*}$([[ $SHARED -gt 0 ]] && echo ", all but every ${SHARED}th shared")"
 cat "$TMP"/*.rc | sort -n | uniq -c | awk '{printf "exit %s: %s\n", $2, $1}'
 echo "wall time: $(( (t1 - t0) / 1000000 )) ms"
-bad=$(grep -vLx 0 "$TMP"/*.rc | wc -l)
+# Non-zero exit codes (grep -c prints 0, and fails, when there are none; under
+# pipefail and set -e that failure must not end the script).
+bad=$(cat "$TMP"/*.rc | grep -cvx 0 || true)
 if [[ $bad -gt 0 ]]; then
   echo "first errors:"; cat "$TMP"/*.err | sort | uniq -c | sort -rn | head -5
   exit 1
