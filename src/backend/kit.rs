@@ -311,6 +311,7 @@ impl<'a> Record<'a> {
             expires_at,
             dead: false,
             shared: false,
+            value: None,
         }
     }
 }
@@ -424,6 +425,7 @@ mod tests {
             host_id: String::new(),
             proc_start: 0,
             kind: crate::backend::LeaseKind::Run,
+            value: None,
         };
         let v = Record::write("abc", 3, &me);
         let r = Record::parse(&v).unwrap();

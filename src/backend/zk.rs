@@ -324,6 +324,7 @@ fn holder_from(data: &[u8], stat: &zk::Stat) -> (Holder, Option<u32>) {
             expires_at,
             dead: false,
             shared: false,
+            value: None,
         };
         (h, d.limit.parse().ok())
     } else {
