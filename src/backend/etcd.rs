@@ -45,7 +45,7 @@ use anyhow::Result;
 use async_trait::async_trait;
 use tokio::sync::Mutex;
 
-use super::kit::{self, Kind, Queued, Record};
+use super::kit::{self, Kind, NField, Queued, Record};
 use super::queue;
 use super::{
     Attempt, Backend, Holder, KeyStatus, Lease, LeaseKind, LockSpec, Owner, PingInfo, Renewal,
@@ -95,16 +95,12 @@ fn kind(e: &ec::Error) -> Kind {
 fn holder_from(kv: &ec::KeyValue, side: Option<&[u8]>) -> Holder {
     let value = String::from_utf8_lossy(kv.value());
     let token = Some(kv.create_revision() as u64);
-    if let Some(r) = Record::parse(&value) {
+    if let Some(r) = record(&value) {
         return r.holder(token, None);
     }
     let side = side.map(String::from_utf8_lossy);
     let lease = format!("{:x}", kv.lease());
-    if let Some(r) = side
-        .as_deref()
-        .and_then(Record::parse)
-        .filter(|r| r.id == lease)
-    {
+    if let Some(r) = side.as_deref().and_then(record).filter(|r| r.id == lease) {
         // As the other backends show a published value: in the owner,
         // unless it is elect's default (`USER@HOST pid PID`), which they
         // do not publish.
@@ -112,9 +108,9 @@ fn holder_from(kv: &ec::KeyValue, side: Option<&[u8]>) -> Holder {
         let default = format!("{}@{} pid {}", r.user, r.host, h.pid.unwrap_or(0));
         return Holder {
             owner: Some(if value == default {
-                r.user.to_string()
+                r.user.clone()
             } else {
-                user_with_value(r.user, &value)
+                user_with_value(&r.user, &value)
             }),
             value: Some(value.into_owned()),
             ..h
@@ -152,14 +148,15 @@ fn is_nanos(tail: &[u8]) -> bool {
     tail.len() >= 17 && tail.iter().all(u8::is_ascii_digit)
 }
 
-/// The `N` of a dlock value: the `--limit` of an exclusive entry, 0 for a
-/// shared one. None for a foreign client's value.
-fn limit_of(kv: &ec::KeyValue) -> Option<u32> {
-    let s = String::from_utf8_lossy(kv.value());
-    let f: Vec<&str> = s.splitn(7, '|').collect();
-    (f.len() == 7 && f[0] == "dlock1")
-        .then(|| f[2].parse().ok())
-        .flatten()
+/// dlock's record in a value (`N` is the limit, 0 for a shared entry).
+fn record(value: &str) -> Option<Record> {
+    Record::parse(value, NField::Limit)
+}
+
+/// dlock's record in an entry's value; None for a foreign client's value
+/// (or an elect candidate's, whose record is in its side key).
+fn record_of(kv: &ec::KeyValue) -> Option<Record> {
+    record(&String::from_utf8_lossy(kv.value()))
 }
 
 /// Whether the key `NS/KEY/<tail>` is an entry in the queue of `KEY`, and
@@ -174,14 +171,15 @@ fn limit_of(kv: &ec::KeyValue) -> Option<u32> {
 /// is another lock's. A dlock reader of `KEY/..` is not an exclusive
 /// entry of `KEY/read`, whose prefix its key is under too.
 fn mode_of(tail: &[u8], kv: &ec::KeyValue) -> Option<bool> {
-    let n = limit_of(kv);
+    // dlock's record says shared (Some(true)) or not; None: a foreign value.
+    let marked = record_of(kv).map(|r| r.shared);
     let slash = tail.iter().position(|&b| b == b'/');
     let Some(at) = slash else {
-        return (is_lease_id(tail) && n != Some(0)).then_some(false);
+        return (is_lease_id(tail) && marked != Some(true)).then_some(false);
     };
     let (dir, id) = (&tail[..at], &tail[at + 1..]);
-    match (dir, n) {
-        (b"read", Some(0)) => is_lease_id(id).then_some(true),
+    match (dir, marked) {
+        (b"read", Some(true)) => is_lease_id(id).then_some(true),
         (b"read", None) => is_nanos(id).then_some(true),
         (b"write", None) => is_nanos(id).then_some(false),
         _ => None,
@@ -229,7 +227,7 @@ impl Entry {
     /// Whether its holder record may be in a side key: its value is not
     /// one (an elect candidate's, or a foreign client's with none).
     fn may_have_side(&self) -> bool {
-        !self.shared && Record::parse(&String::from_utf8_lossy(self.kv.value())).is_none()
+        !self.shared && record_of(&self.kv).is_none()
     }
 }
 
@@ -242,7 +240,7 @@ fn queue_limit(entries: &[Entry]) -> u32 {
     entries
         .iter()
         .filter(|e| !e.shared)
-        .find_map(|e| limit_of(&e.kv))
+        .find_map(|e| record_of(&e.kv)?.limit)
         .unwrap_or(1)
         .max(1)
 }
@@ -592,8 +590,12 @@ impl Backend for EtcdBackend {
         let prefix = Self::prefix(&spec.namespace, &spec.key);
         let key = Self::entry_key(&prefix, lease, spec.shared);
         // N: the limit of an exclusive entry, 0 for a shared one.
-        let n = if spec.shared { 0 } else { spec.limit };
-        let record = Record::write(&format!("{lease:x}"), n.into(), me);
+        let record = Record {
+            limit: (!spec.shared).then_some(spec.limit),
+            shared: spec.shared,
+            ..Record::new(format!("{lease:x}"), me)
+        }
+        .encode(NField::Limit);
         let on_lease = || Some(ec::PutOptions::new().with_lease(lease));
         // An elect candidate's entry holds its value, its record the side
         // key: both on the lease, in one transaction.
