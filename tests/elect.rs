@@ -320,7 +320,7 @@ pub fn restart_policies(env: &Env, _name: &str) {
 }
 
 /// `dlock leader --watch --json`: null, the leader, null again.
-pub fn leader_watch(env: &Env, _name: &str) {
+pub fn leader_watch(env: &Env, name: &str) {
     let k = key("watch");
     let out_path = env.path("watch.out");
     let mut w = Reaped(
@@ -351,10 +351,16 @@ pub fn leader_watch(env: &Env, _name: &str) {
     );
     wait_start(&log, 1, LONG);
     wait_for(LONG, "the leader line", || seen().len() >= 2);
-    // The value is published (a `|` becomes `_`), and CMD gets it as given.
+    // The value is published (a `|` becomes `_` in an owner field; etcd
+    // keeps it bare, as the key's value), and CMD gets it as given.
+    let published = if name == "etcd" {
+        "web-1:8080 (a|b)"
+    } else {
+        "web-1:8080 (a_b)"
+    };
     let out = env.run(&["leader", &k]);
     assert_eq!(code(&out), 0);
-    assert_eq!(stdout(&out), "web-1:8080 (a_b)\n");
+    assert_eq!(stdout(&out), format!("{published}\n"));
     assert_eq!(
         std::fs::read_to_string(env.path("value")).unwrap(),
         "web-1:8080 (a|b)\n"
@@ -371,7 +377,7 @@ pub fn leader_watch(env: &Env, _name: &str) {
     assert_eq!(s.len(), 3, "{s:?}");
     assert!(s[0].is_null() && s[2].is_null(), "{s:?}");
     assert_eq!(s[1]["key"], k.as_str());
-    assert_eq!(s[1]["value"], "web-1:8080 (a_b)");
+    assert_eq!(s[1]["value"], published);
     assert_eq!(s[1]["token"].as_u64(), Some(starts(&log)[0].0));
     assert!(s[1]["since"].is_string(), "{s:?}");
 }
@@ -731,8 +737,9 @@ fn zookeeper_kazoo_and_elect_exclude_each_other() {
 }
 
 /// etcd: `etcdctl elect` and `dlock elect` take turns on the same prefix
-/// (the mutex layout, which `concurrency.Election` shares), both ways, and
-/// `etcdctl elect -l` observes dlock's leader (its record, not bare V).
+/// (the layout of `concurrency.Election`), both ways; `etcdctl elect -l`
+/// observes dlock's leader as its bare value, and `dlock leader` prints
+/// etcdctl's leader's value.
 #[test]
 fn etcd_etcdctl_elect_and_dlock_elect_take_turns() {
     let env = Env::etcd();
@@ -750,45 +757,89 @@ fn etcd_etcdctl_elect_and_dlock_elect_take_turns() {
                 .unwrap(),
         )
     };
-    // etcdctl leads; dlock waits for it.
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    // What `etcdctl elect` prints once elected, and `-l` at each leader:
+    // the leader's key, then its value.
+    let printed = |p: &Path| -> Vec<String> { read(p).lines().map(String::from).collect() };
+    let leader = |json: bool| {
+        let out = if json {
+            env.run(&["leader", "lead", "--json"])
+        } else {
+            env.run(&["leader", "lead"])
+        };
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        stdout(&out)
+    };
+    // etcdctl leads; dlock waits for it, and names it by its value.
     let first = env.path("etcdctl1.out");
     let mut e = etcdctl(&["elect", "dlock/lead", "etcd-side"], &first);
     wait_for(LONG, "etcdctl to lead", || {
-        std::fs::read_to_string(&first)
-            .unwrap_or_default()
-            .contains("etcd-side")
+        read(&first).contains("etcd-side")
     });
+    assert_eq!(leader(false), "etcd-side\n");
     let log = env.path("log");
-    let mut c = candidate(&env, "lead", &[], &body(&log, 0));
+    let v = "sched-a:8080 (primary|1)";
+    let mut c = candidate(&env, "lead", &["--value", v], &body(&log, 0));
     std::thread::sleep(Duration::from_millis(1500));
     assert!(starts(&log).is_empty(), "dlock led while etcdctl did");
+    assert_eq!(leader(false), "etcd-side\n");
     signal(e.id(), Signal::SIGINT);
     let _ = e.wait();
     wait_start(&log, 1, LONG);
-    // dlock leads: an observer sees it, and etcdctl's campaign waits.
+    // dlock leads: an observer sees exactly its value; `dlock leader`
+    // prints it and `status` says who it is.
     let observed = env.path("observe.out");
     let mut o = etcdctl(&["elect", "-l", "dlock/lead"], &observed);
     wait_for(LONG, "the observer to print the leader", || {
-        std::fs::read_to_string(&observed)
-            .unwrap_or_default()
-            .contains("dlock1|")
+        printed(&observed).len() >= 2
     });
     let _ = o.kill();
-    let second = env.path("etcdctl2.out");
-    let mut e = etcdctl(&["elect", "dlock/lead", "etcd-side"], &second);
-    std::thread::sleep(Duration::from_millis(1500));
+    let seen = printed(&observed);
+    assert!(seen[0].starts_with("dlock/lead/"), "{seen:?}");
+    assert_eq!(seen[1], v, "{seen:?}");
+    assert_eq!(leader(false), format!("{v}\n"));
+    let token = starts(&log)[0].0;
+    let j: serde_json::Value = serde_json::from_str(&leader(true)).unwrap();
     assert_eq!(
-        std::fs::read_to_string(&second).unwrap_or_default(),
-        "",
-        "etcdctl led while dlock did"
+        (j["value"].as_str(), j["token"].as_u64()),
+        (Some(v), Some(token))
     );
+    let st = env.status_json(&["lead"]);
+    let h = &st[0]["holders"][0];
+    let owner = h["owner"].as_str().unwrap_or_default();
+    assert!(owner.ends_with(" (sched-a:8080 (primary_1))"), "{st}");
+    assert_eq!(h["pid"].as_u64(), Some(u64::from(c.id())), "{st}");
+    assert_eq!(h["token"].as_u64(), Some(token), "{st}");
+    // etcdctl campaigns against dlock: it waits, and leads once dlock
+    // resigns; `dlock leader` then prints its value.
+    let second = env.path("etcdctl2.out");
+    let mut e = etcdctl(&["elect", "dlock/lead", "etcd-side-2"], &second);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(read(&second), "", "etcdctl led while dlock did");
+    assert_eq!(leader(false), format!("{v}\n"));
     signal(c.id(), Signal::SIGTERM);
     assert_eq!(wait_timeout(&mut c, LONG), 0);
     wait_for(LONG, "etcdctl to lead after dlock resigned", || {
-        std::fs::read_to_string(&second)
-            .unwrap_or_default()
-            .contains("etcd-side")
+        printed(&second).len() >= 2
     });
+    assert_eq!(printed(&second)[1], "etcd-side-2");
+    assert_eq!(leader(false), "etcd-side-2\n");
+    let st = env.status_json(&["lead"]);
+    assert!(st[0]["holders"][0]["owner"].is_null(), "{st}");
+    // dlock's side record went with its term.
+    let out = std::process::Command::new(&ctl)
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &format!("127.0.0.1:{}", etcd.port)])
+        .args(["get", "--prefix", "--keys-only", "dlock/lead"])
+        .output()
+        .unwrap();
+    let keys: Vec<&str> = std::str::from_utf8(&out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(keys[0].starts_with("dlock/lead/"), "{keys:?}");
     signal(e.id(), Signal::SIGINT);
     let _ = e.wait();
 }

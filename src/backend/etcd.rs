@@ -19,6 +19,17 @@
 //! every entry before it and watches the one just before it. The wait
 //! itself is [`queue::wait_turn`], shared with ZooKeeper.
 //!
+//! A `dlock elect` candidate's entry holds its published value, bare, as a
+//! Go `concurrency.Election` candidate's does (the Election is the Mutex's
+//! layout with the value V): `etcdctl elect -l NS/KEY` prints dlock's
+//! leader's value, and `Election.Leader` returns it. dlock's record of the
+//! candidate goes in a side key on the same lease, outside the queue's
+//! prefix: `NS/KEY@<lease id>` ([`side_key`]; `@` and a lease id are no
+//! entry's last part, so nothing takes it for an entry). An entry whose
+//! value is not dlock's record and has no side record is a foreign
+//! client's (`etcdctl lock`, `etcdctl elect`), whose value is shown as its
+//! published value.
+//!
 //! What the foreign recipes see of dlock: `etcdctl lock`/`concurrency.Mutex`
 //! and an `RWMutex` writer wait for every key under the prefix with a lower
 //! revision, dlock's readers included. An `RWMutex` reader waits only for
@@ -28,17 +39,17 @@
 //! etcd's protos and committed, so building dlock needs no `protoc`.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Result;
 use async_trait::async_trait;
 use tokio::sync::Mutex;
 
-use super::kit::{self, Kind, Queued};
+use super::kit::{self, Kind, NField, Queued, Record};
 use super::queue;
 use super::{
     Attempt, Backend, Holder, KeyStatus, Lease, LeaseKind, LockSpec, Owner, PingInfo, Renewal,
-    redact_url,
+    redact_url, user_with_value,
 };
 use crate::backend::probe::{Check, Level};
 use crate::error::{unavailable, usage};
@@ -76,31 +87,52 @@ fn kind(e: &ec::Error) -> Kind {
     }
 }
 
-fn holder_from(kv: &ec::KeyValue) -> Holder {
-    let s = String::from_utf8_lossy(kv.value());
-    let f: Vec<&str> = s.splitn(7, '|').collect();
+/// The holder an entry names: dlock's record in its value (`run`); or a
+/// published value in its value and dlock's record in its side key
+/// (`elect`, `side`: the side key's value); else a foreign client's entry,
+/// whose value (empty for `etcdctl lock` and `concurrency.Mutex`, V for
+/// `etcdctl elect` and `concurrency.Election`) is all there is to show.
+fn holder_from(kv: &ec::KeyValue, side: Option<&[u8]>) -> Holder {
+    let value = String::from_utf8_lossy(kv.value());
     let token = Some(kv.create_revision() as u64);
-    if f.len() == 7 && f[0] == "dlock1" {
-        Holder {
-            owner: Some(f[3].to_string()),
-            host: Some(f[4].to_string()),
-            pid: f[5].parse().ok(),
-            token,
-            acquired_at: f[6]
-                .parse::<u64>()
-                .ok()
-                .map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
-            expires_at: None,
-            dead: false,
-            shared: false,
-        }
-    } else {
-        // etcdctl lock and concurrency.Mutex store an empty value.
-        Holder {
-            token,
-            ..Holder::default()
-        }
+    if let Some(r) = record(&value) {
+        return r.holder(token, None);
     }
+    let side = side.map(String::from_utf8_lossy);
+    let lease = format!("{:x}", kv.lease());
+    if let Some(r) = side.as_deref().and_then(record).filter(|r| r.id == lease) {
+        // As the other backends show a published value: in the owner,
+        // unless it is elect's default (`USER@HOST pid PID`), which they
+        // do not publish.
+        let h = r.holder(token, None);
+        let default = format!("{}@{} pid {}", r.user, r.host, h.pid.unwrap_or(0));
+        return Holder {
+            owner: Some(if value == default {
+                r.user.clone()
+            } else {
+                user_with_value(&r.user, &value)
+            }),
+            value: Some(value.into_owned()),
+            ..h
+        };
+    }
+    Holder {
+        token,
+        value: (!value.is_empty()).then(|| value.into_owned()),
+        ..Holder::default()
+    }
+}
+
+/// The side key of an entry `NS/KEY/<lease id>`: `NS/KEY@<lease id>`,
+/// where an elect candidate keeps dlock's record of itself (its entry
+/// holds its published value), on the entry's lease. It is outside the
+/// prefix `NS/KEY/` the Go recipes list, so they see one key per
+/// candidate, and its last part is no entry's (see [`mode_of`]).
+fn side_key(entry: &[u8]) -> Option<Vec<u8>> {
+    let at = entry.iter().rposition(|&b| b == b'/')?;
+    let mut k = entry.to_vec();
+    k[at] = b'@';
+    Some(k)
 }
 
 /// A lease id as `concurrency.Mutex` and dlock write it: lowercase hex
@@ -116,14 +148,15 @@ fn is_nanos(tail: &[u8]) -> bool {
     tail.len() >= 17 && tail.iter().all(u8::is_ascii_digit)
 }
 
-/// The `N` of a dlock value: the `--limit` of an exclusive entry, 0 for a
-/// shared one. None for a foreign client's value.
-fn limit_of(kv: &ec::KeyValue) -> Option<u32> {
-    let s = String::from_utf8_lossy(kv.value());
-    let f: Vec<&str> = s.splitn(7, '|').collect();
-    (f.len() == 7 && f[0] == "dlock1")
-        .then(|| f[2].parse().ok())
-        .flatten()
+/// dlock's record in a value (`N` is the limit, 0 for a shared entry).
+fn record(value: &str) -> Option<Record> {
+    Record::parse(value, NField::Limit)
+}
+
+/// dlock's record in an entry's value; None for a foreign client's value
+/// (or an elect candidate's, whose record is in its side key).
+fn record_of(kv: &ec::KeyValue) -> Option<Record> {
+    record(&String::from_utf8_lossy(kv.value()))
 }
 
 /// Whether the key `NS/KEY/<tail>` is an entry in the queue of `KEY`, and
@@ -138,14 +171,15 @@ fn limit_of(kv: &ec::KeyValue) -> Option<u32> {
 /// is another lock's. A dlock reader of `KEY/..` is not an exclusive
 /// entry of `KEY/read`, whose prefix its key is under too.
 fn mode_of(tail: &[u8], kv: &ec::KeyValue) -> Option<bool> {
-    let n = limit_of(kv);
+    // dlock's record says shared (Some(true)) or not; None: a foreign value.
+    let marked = record_of(kv).map(|r| r.shared);
     let slash = tail.iter().position(|&b| b == b'/');
     let Some(at) = slash else {
-        return (is_lease_id(tail) && n != Some(0)).then_some(false);
+        return (is_lease_id(tail) && marked != Some(true)).then_some(false);
     };
     let (dir, id) = (&tail[..at], &tail[at + 1..]);
-    match (dir, n) {
-        (b"read", Some(0)) => is_lease_id(id).then_some(true),
+    match (dir, marked) {
+        (b"read", Some(true)) => is_lease_id(id).then_some(true),
         (b"read", None) => is_nanos(id).then_some(true),
         (b"write", None) => is_nanos(id).then_some(false),
         _ => None,
@@ -166,10 +200,12 @@ fn entry_in(rest: &[u8], kv: &ec::KeyValue) -> Option<(String, bool)> {
     Some((String::from_utf8_lossy(&rest[..at]).into_owned(), shared))
 }
 
-/// A queue entry: its key-value, and whether it is shared.
+/// A queue entry: its key-value, whether it is shared, and its side
+/// key's value if it was read ([`side_key`]).
 struct Entry {
     kv: ec::KeyValue,
     shared: bool,
+    side: Option<Vec<u8>>,
 }
 
 impl Entry {
@@ -184,8 +220,14 @@ impl Entry {
     fn holder(&self) -> Holder {
         Holder {
             shared: self.shared,
-            ..holder_from(&self.kv)
+            ..holder_from(&self.kv, self.side.as_deref())
         }
+    }
+
+    /// Whether its holder record may be in a side key: its value is not
+    /// one (an elect candidate's, or a foreign client's with none).
+    fn may_have_side(&self) -> bool {
+        !self.shared && record_of(&self.kv).is_none()
     }
 }
 
@@ -198,7 +240,7 @@ fn queue_limit(entries: &[Entry]) -> u32 {
     entries
         .iter()
         .filter(|e| !e.shared)
-        .find_map(|e| limit_of(&e.kv))
+        .find_map(|e| record_of(&e.kv)?.limit)
         .unwrap_or(1)
         .max(1)
 }
@@ -314,7 +356,11 @@ impl EtcdBackend {
             .filter_map(|kv| {
                 let tail = kv.key().strip_prefix(prefix.as_bytes())?;
                 let shared = mode_of(tail, &kv)?;
-                Some(Entry { kv, shared })
+                Some(Entry {
+                    kv,
+                    shared,
+                    side: None,
+                })
             })
             .collect();
         Ok((entries, rev))
@@ -331,6 +377,27 @@ impl EtcdBackend {
             .await?;
         let rev = r.header().map_or(0, |h| h.revision());
         Ok((r.kvs().to_vec(), rev))
+    }
+
+    /// The holders of entries listed without their side keys: read them.
+    async fn holders(&self, entries: &[Entry]) -> Vec<Holder> {
+        let mut c = self.client.clone();
+        let mut out = Vec::new();
+        for e in entries {
+            let mut h = e.holder();
+            if e.may_have_side()
+                && let Some(side) = side_key(e.kv.key())
+                && let Ok(Ok(r)) = tokio::time::timeout(self.timeout, c.get(side, None)).await
+                && let Some(kv) = r.kvs().first()
+            {
+                h = Holder {
+                    shared: e.shared,
+                    ..holder_from(&e.kv, Some(kv.value()))
+                };
+            }
+            out.push(h);
+        }
+        out
     }
 
     async fn give_up(&self, key: &str, lease: i64) {
@@ -442,7 +509,7 @@ impl queue::Turn for EtcdTurn<'_> {
     }
 
     async fn give_up(&mut self, holding: &[Entry]) -> Result<Vec<Holder>> {
-        let holders = holding.iter().map(Entry::holder).collect();
+        let holders = self.b.holders(holding).await;
         self.b.give_up(&self.key, self.lease).await;
         Ok(holders)
     }
@@ -500,6 +567,10 @@ impl Backend for EtcdBackend {
         true
     }
 
+    fn keeps_values(&self) -> bool {
+        true
+    }
+
     async fn acquire(
         &self,
         spec: &LockSpec,
@@ -518,26 +589,34 @@ impl Backend for EtcdBackend {
         self.queued.add(lease);
         let prefix = Self::prefix(&spec.namespace, &spec.key);
         let key = Self::entry_key(&prefix, lease, spec.shared);
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
         // N: the limit of an exclusive entry, 0 for a shared one.
-        let n = if spec.shared { 0 } else { spec.limit };
-        let value = format!(
-            "dlock1|{lease:x}|{n}|{}|{}|{}|{}",
-            me.user, me.host, me.pid, now_ms
-        );
+        let record = Record {
+            limit: (!spec.shared).then_some(spec.limit),
+            shared: spec.shared,
+            ..Record::new(format!("{lease:x}"), me)
+        }
+        .encode(NField::Limit);
+        let on_lease = || Some(ec::PutOptions::new().with_lease(lease));
+        // An elect candidate's entry holds its value, its record the side
+        // key: both on the lease, in one transaction.
+        let ops = match me.value.as_ref().filter(|_| !spec.shared) {
+            None => vec![ec::TxnOp::put(key.as_str(), record, on_lease())],
+            Some(v) => vec![
+                ec::TxnOp::put(key.as_str(), v.as_str(), on_lease()),
+                ec::TxnOp::put(
+                    side_key(key.as_bytes()).unwrap_or_default(),
+                    record,
+                    on_lease(),
+                ),
+            ],
+        };
         let put = ec::Txn::new()
             .when([ec::Compare::create_revision(
                 key.as_str(),
                 ec::CompareOp::Equal,
                 0,
             )])
-            .and_then([ec::TxnOp::put(
-                key.as_str(),
-                value,
-                Some(ec::PutOptions::new().with_lease(lease)),
-            )]);
+            .and_then(ops);
         if let Err(e) = self.bounded("put", c.txn(put)).await {
             self.give_up(&key, lease).await;
             return Err(e);
@@ -622,13 +701,17 @@ impl Backend for EtcdBackend {
         let (entries, _) = self.contenders(&prefix).await?;
         let mut c = self.client.clone();
         let mut n = 0;
-        // Every holder, by the admission rule: all the readers that hold.
+        // Every holder, by the admission rule: all the readers that hold;
+        // with an elect candidate's side key, so no record is left behind.
         for e in holding(&entries) {
-            if self
-                .bounded("delete", c.delete(e.kv.key(), None))
-                .await
-                .is_ok()
+            let mut ops = vec![ec::TxnOp::delete(e.kv.key())];
+            if e.may_have_side()
+                && let Some(side) = side_key(e.kv.key())
             {
+                ops.push(ec::TxnOp::delete(side));
+            }
+            let del = ec::Txn::new().and_then(ops);
+            if self.bounded("delete", c.txn(del)).await.is_ok() {
                 n += 1;
             }
         }
@@ -642,6 +725,13 @@ impl Backend for EtcdBackend {
         }
         let ns = format!("{namespace}/");
         let (kvs, _) = self.under(&ns).await?;
+        // Elect candidates' records, by side key (the namespace's keys
+        // with an `@`, few: the entries' keys have none unless KEY has).
+        let sides: HashMap<Vec<u8>, Vec<u8>> = kvs
+            .iter()
+            .filter(|kv| kv.key().contains(&b'@'))
+            .map(|kv| (kv.key().to_vec(), kv.value().to_vec()))
+            .collect();
         for kv in kvs {
             // NS/KEY/<lease id> (or NS/KEY/read/..): KEY may itself hold
             // slashes (nested keys).
@@ -652,7 +742,11 @@ impl Backend for EtcdBackend {
                 continue;
             };
             if keys.is_empty() || by_key.contains_key(&name) {
-                by_key.entry(name).or_default().push(Entry { kv, shared });
+                let side = side_key(kv.key()).and_then(|k| sides.get(&k).cloned());
+                by_key
+                    .entry(name)
+                    .or_default()
+                    .push(Entry { kv, shared, side });
             }
         }
         let mut out = Vec::new();
@@ -838,10 +932,69 @@ mod tests {
     }
 
     #[test]
+    fn elect_entries_keep_their_record_in_a_side_key() {
+        assert_eq!(
+            side_key(b"dlock/job/694d"),
+            Some(b"dlock/job@694d".to_vec())
+        );
+        assert_eq!(
+            side_key(b"dlock/a/job/694d"),
+            Some(b"dlock/a/job@694d".to_vec())
+        );
+        // A side key is no entry, of its key or of a parent.
+        let rec = kv("dlock1|694d|1|me|h|7|0");
+        assert_eq!(mode_of(b"job@694d", &rec), None);
+        assert_eq!(entry_in(b"job@694d", &rec), None);
+        assert_eq!(entry_in(b"a/job@694d", &rec), None);
+        assert_eq!(entry_in(b"a/read@694d", &rec), None);
+        assert_eq!(entry_in(b"a/b/read@694d", &rec), None);
+        // The candidate's entry holds V (read as exclusive), on lease 694d.
+        let entry = |v: &str| ec::KeyValue {
+            value: v.as_bytes().to_vec(),
+            lease: 0x694d,
+            create_revision: 9,
+            ..Default::default()
+        };
+        assert_eq!(mode_of(b"694d", &entry("web-1:8080")), Some(false));
+        let side = b"dlock1|694d|1|me|h|7|1764161234567".as_slice();
+        let h = holder_from(&entry("web-1:8080 (a|b)"), Some(side));
+        assert_eq!(h.value.as_deref(), Some("web-1:8080 (a|b)"));
+        assert_eq!(h.value(), Some("web-1:8080 (a|b)"));
+        assert_eq!(h.owner.as_deref(), Some("me (web-1:8080 (a_b))"));
+        assert_eq!(
+            (h.host.as_deref(), h.pid, h.token),
+            (Some("h"), Some(7), Some(9))
+        );
+        assert!(h.acquired_at.is_some());
+        // elect's default value is the owner's own name, not published in it.
+        let h = holder_from(&entry("me@h pid 7"), Some(side));
+        assert_eq!(h.owner.as_deref(), Some("me"));
+        assert_eq!(h.value(), Some("me@h pid 7"));
+        // Another lease's record is not this entry's: a foreign candidate
+        // (`etcdctl elect`), whose value is still what it publishes.
+        let h = holder_from(
+            &entry("etcd-side"),
+            Some(b"dlock1|abcd|1|me|h|7|0".as_slice()),
+        );
+        assert_eq!((h.owner.as_deref(), h.value()), (None, Some("etcd-side")));
+        let h = holder_from(&entry("etcd-side"), None);
+        assert_eq!(
+            (h.owner.as_deref(), h.value(), h.token),
+            (None, Some("etcd-side"), Some(9))
+        );
+        // `etcdctl lock` stores nothing; `run` stores its record.
+        let h = holder_from(&entry(""), None);
+        assert_eq!((h.owner.as_deref(), h.value()), (None, None));
+        let h = holder_from(&entry("dlock1|694d|1|me|h|7|0"), None);
+        assert_eq!((h.owner.as_deref(), h.value()), (Some("me"), None));
+    }
+
+    #[test]
     fn holders_by_the_rule() {
         let e = |shared: bool, n: u32| Entry {
             kv: kv(&format!("dlock1|1|{n}|me|h|1|0")),
             shared,
+            side: None,
         };
         assert_eq!(
             holding(&[e(true, 0), e(true, 0), e(false, 1), e(true, 0)]).len(),

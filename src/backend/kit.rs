@@ -255,62 +255,144 @@ pub fn holding(modes: &[Mode]) -> usize {
         .unwrap_or(modes.len())
 }
 
-/// dlock's holder record, stored with every lease on Redis, ZooKeeper and
-/// etcd so that `status` can say who holds it:
-/// `dlock1|ID|N|USER|HOST|PID|SINCE_MS`. `ID` names the lease (Redis: the
-/// secret; ZooKeeper: the secret; etcd: the lease id in hex). `N` is the
-/// `--limit` on ZooKeeper and etcd (0 for a shared entry on etcd), whose
-/// token is the node's `czxid` or the key's create revision, and the token
-/// on Redis, whose scripts write it
-/// (and rewrite it for Redlock). Anything else is a foreign client's value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record<'a> {
-    pub id: &'a str,
-    pub n: Option<u64>,
-    pub user: &'a str,
-    pub host: &'a str,
-    pub pid: Option<u32>,
-    pub since_ms: Option<u64>,
+/// What a record's third field `N` holds, by the layout that writes it:
+/// the fencing token on Redis (whose scripts write it, and rewrite it for
+/// Redlock: 0 until then); the `--limit` on ZooKeeper and etcd (0: a
+/// shared entry, which only etcd marks so), whose token is the service's
+/// own counter (czxid, create revision) or, on ZooKeeper, `TOKEN`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NField {
+    Token,
+    Limit,
 }
 
-impl<'a> Record<'a> {
-    /// The record in a stored value, if it is one of dlock's.
-    pub fn parse(value: &'a str) -> Option<Record<'a>> {
-        let f: Vec<&str> = value.splitn(7, '|').collect();
-        (f.len() == 7 && f[0] == "dlock1").then(|| Record {
-            id: f[1],
-            n: f[2].parse().ok(),
-            user: f[3],
-            host: f[4],
+/// dlock's holder record, stored with every lease on Redis, ZooKeeper and
+/// etcd so that `status` can say who holds it:
+/// `dlock1|ID|N|USER|HOST|PID|SINCE_MS[|TTL_MS[|TOKEN[|T]]]`, the trailing
+/// fields ZooKeeper's ([`NField`] says what `N` is). Parsed, each field has
+/// one meaning whatever the backend. Anything else is a foreign client's
+/// value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Record {
+    /// Names the lease: the owner's secret (Redis, ZooKeeper), the lease id
+    /// in hex (etcd).
+    pub id: String,
+    /// The fencing token the record carries, if it carries one: Redis's
+    /// once fenced; a ZooKeeper node's that took over a `run`'s lease
+    /// (`--lock-at-least`). Elsewhere the service's counter is the token.
+    pub token: Option<u64>,
+    /// The `--limit` of an exclusive entry, where recorded (ZooKeeper,
+    /// etcd).
+    pub limit: Option<u32>,
+    /// A shared entry, where the record says so (etcd; the other backends
+    /// tell shared entries by where they are).
+    pub shared: bool,
+    pub user: String,
+    pub host: String,
+    pub pid: Option<u32>,
+    /// When it was taken, in milliseconds since the epoch.
+    pub since_ms: Option<u64>,
+    /// The TTL of a ZooKeeper node that outlives its session, judged from
+    /// its `mtime`.
+    pub ttl_ms: Option<u64>,
+    /// A ZooKeeper server TTL node (its TTL cannot change).
+    pub ttl_node: bool,
+}
+
+impl Record {
+    /// The record for `me`, taking a lease named `id` now.
+    pub fn new(id: impl Into<String>, me: &Owner) -> Record {
+        let since_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Record {
+            id: id.into(),
+            user: me.user.clone(),
+            host: me.host.clone(),
+            pid: Some(me.pid),
+            since_ms: Some(since_ms),
+            ..Record::default()
+        }
+    }
+
+    /// The record in a stored value, if it is one of dlock's, whose `N` is
+    /// `n`. Every value older versions wrote parses.
+    pub fn parse(value: &str, n: NField) -> Option<Record> {
+        let f: Vec<&str> = value.splitn(10, '|').collect();
+        if f.len() < 7 || f[0] != "dlock1" {
+            return None;
+        }
+        let third: Option<u64> = f[2].parse().ok();
+        let num = |i: usize| f.get(i).and_then(|t| t.parse().ok());
+        let (token, limit, shared) = match n {
+            NField::Token => (third.filter(|t| *t > 0), None, false),
+            NField::Limit => (
+                num(8),
+                third
+                    .filter(|l| *l > 0)
+                    .map(|l| l.min(u64::from(u32::MAX)) as u32),
+                third == Some(0),
+            ),
+        };
+        Some(Record {
+            id: f[1].to_string(),
+            token,
+            limit,
+            shared,
+            user: f[3].to_string(),
+            host: f[4].to_string(),
             pid: f[5].parse().ok(),
             since_ms: f[6].parse().ok(),
+            ttl_ms: num(7),
+            ttl_node: f.get(9) == Some(&"T"),
         })
     }
 
-    /// The value to store for `me`, taking the lease now.
-    pub fn write(id: &str, n: u64, me: &Owner) -> String {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
-        format!(
-            "dlock1|{id}|{n}|{}|{}|{}|{now_ms}",
-            me.user, me.host, me.pid
-        )
+    /// The value to store, with `N` as `n` says.
+    pub fn encode(&self, n: NField) -> String {
+        let third = match n {
+            NField::Token => self.token.unwrap_or(0),
+            NField::Limit if self.shared => 0,
+            NField::Limit => u64::from(self.limit.unwrap_or(1)),
+        };
+        let opt = |v: Option<u64>| v.map_or(String::new(), |v| v.to_string());
+        let mut s = format!(
+            "dlock1|{}|{third}|{}|{}|{}|{}",
+            self.id,
+            self.user,
+            self.host,
+            opt(self.pid.map(u64::from)),
+            opt(self.since_ms)
+        );
+        // ZooKeeper's fields: `TOKEN` (maybe empty) and `T` need `TTL_MS`.
+        if let Some(t) = self.ttl_ms {
+            s.push_str(&format!("|{t}"));
+            let token = self.token.filter(|_| n == NField::Limit);
+            if token.is_some() || self.ttl_node {
+                s.push_str(&format!("|{}", opt(token)));
+            }
+            if self.ttl_node {
+                s.push_str("|T");
+            }
+        }
+        s
     }
 
-    /// The holder it describes, with the token and expiry known otherwise.
+    /// The holder it describes; `token` is the service's own (a record's
+    /// own token comes first) and the expiry is known otherwise.
     pub fn holder(&self, token: Option<u64>, expires_at: Option<std::time::SystemTime>) -> Holder {
         Holder {
-            owner: Some(self.user.to_string()),
-            host: Some(self.host.to_string()),
+            owner: Some(self.user.clone()),
+            host: Some(self.host.clone()),
             pid: self.pid,
-            token,
+            token: self.token.or(token),
             acquired_at: self
                 .since_ms
                 .map(|ms| std::time::UNIX_EPOCH + Duration::from_millis(ms)),
             expires_at,
             dead: false,
-            shared: false,
+            shared: self.shared,
+            value: None,
         }
     }
 }
@@ -424,18 +506,82 @@ mod tests {
             host_id: String::new(),
             proc_start: 0,
             kind: crate::backend::LeaseKind::Run,
+            value: None,
         };
-        let v = Record::write("abc", 3, &me);
-        let r = Record::parse(&v).unwrap();
-        assert_eq!(
-            (r.id, r.n, r.user, r.host, r.pid),
-            ("abc", Some(3), "ci", "runner-7", Some(81234))
-        );
+        // Written for each N, read back with the same meaning.
+        let mut r = Record::new("abc", &me);
+        r.limit = Some(3);
+        let v = r.encode(NField::Limit);
+        assert!(v.starts_with("dlock1|abc|3|ci|runner-7|81234|"), "{v}");
+        assert_eq!(v.split('|').count(), 7);
+        assert_eq!(Record::parse(&v, NField::Limit), Some(r.clone()));
         let h = r.holder(Some(9), None);
         assert_eq!((h.token, h.owner.as_deref()), (Some(9), Some("ci")));
-        assert!(h.acquired_at.is_some());
-        assert_eq!(Record::parse("a redis-py token"), None);
-        assert_eq!(Record::parse("dlock1|only|three"), None);
+        assert!(h.acquired_at.is_some() && !h.shared);
+        let shared = Record {
+            limit: None,
+            shared: true,
+            ..r.clone()
+        };
+        let v = shared.encode(NField::Limit);
+        assert!(v.starts_with("dlock1|abc|0|"), "{v}");
+        assert_eq!(Record::parse(&v, NField::Limit), Some(shared.clone()));
+        assert!(shared.holder(None, None).shared);
+        let fenced = Record {
+            limit: None,
+            token: Some(7),
+            ..r.clone()
+        };
+        let v = fenced.encode(NField::Token);
+        assert!(v.starts_with("dlock1|abc|7|"), "{v}");
+        assert_eq!(Record::parse(&v, NField::Token), Some(fenced.clone()));
+        assert_eq!(fenced.holder(Some(1), None).token, Some(7));
+        // N is read as the layout that wrote it says, never both ways.
+        let as_limit = Record::parse(&v, NField::Limit).unwrap();
+        assert_eq!((as_limit.limit, as_limit.token), (Some(7), None));
+        // What older versions wrote, byte for byte, each field typed.
+        let redis = "dlock1|f00d|7|root|box|42|1700000000000";
+        let r = Record::parse(redis, NField::Token).unwrap();
+        assert_eq!(
+            (r.id.as_str(), r.token, r.limit, r.shared, r.pid, r.since_ms),
+            (
+                "f00d",
+                Some(7),
+                None,
+                false,
+                Some(42),
+                Some(1_700_000_000_000)
+            )
+        );
+        assert_eq!(r.encode(NField::Token), redis);
+        // Redlock before the fencing round: no token yet.
+        let r = Record::parse("dlock1|f00d|0|root|box|42|1", NField::Token).unwrap();
+        assert_eq!((r.token, r.shared), (None, false));
+        let etcd_shared = "dlock1|694d|0|me|h|1|0";
+        let r = Record::parse(etcd_shared, NField::Limit).unwrap();
+        assert_eq!((r.limit, r.shared, r.token), (None, true, None));
+        assert_eq!(r.encode(NField::Limit), etcd_shared);
+        for zk in [
+            "dlock1|id|1|me|host|42|1000",
+            "dlock1|id|1|me|host|0|1000|500",
+            "dlock1|id|3|me|host|0|1000|500|7",
+            "dlock1|id|1|me|host|0|1000|500||T",
+            "dlock1|id|1|me|host|0|1000|500|7|T",
+        ] {
+            let r = Record::parse(zk, NField::Limit).unwrap();
+            assert_eq!(r.encode(NField::Limit), zk);
+        }
+        let r = Record::parse("dlock1|id|3|me|host|0|1000|500|7|T", NField::Limit).unwrap();
+        assert_eq!(
+            (r.limit, r.ttl_ms, r.token, r.ttl_node, r.shared),
+            (Some(3), Some(500), Some(7), true, false)
+        );
+        // A user or host with a `|` was never written (Redis and elect
+        // replace it); not dlock's, or not a record at all:
+        assert_eq!(Record::parse("a redis-py token", NField::Token), None);
+        assert_eq!(Record::parse("dlock1|only|three", NField::Limit), None);
+        assert_eq!(Record::parse("", NField::Limit), None);
+        assert_eq!(Record::parse("10.0.0.1", NField::Limit), None);
     }
 
     #[test]

@@ -80,6 +80,31 @@ pub struct Owner {
     /// The process start time (clock ticks since boot), against PID reuse.
     pub proc_start: u64,
     pub kind: LeaseKind,
+    /// The value a leader publishes (`dlock elect --value`), for a backend
+    /// that keeps one beside its holder record ([`Backend::keeps_values`]);
+    /// the others get it in `user` ([`user_with_value`]).
+    pub value: Option<String>,
+}
+
+/// A published value in a backend's owner field, `USER (V)`, where the
+/// backend keeps no value of its own: no record changes, `status` shows it
+/// in the HOLDER column, and an older dlock sees an unusual user name. A
+/// user name has no " (", so it splits back unambiguously ([`value_in`]).
+/// `|` (a field separator in some records) and control characters become
+/// `_`; V is cut at 200 characters (MySQL's owner column holds 255).
+pub fn user_with_value(user: &str, v: &str) -> String {
+    let clean: String = v
+        .chars()
+        .map(|c| if c == '|' || c.is_control() { '_' } else { c })
+        .take(200)
+        .collect();
+    format!("{user} ({clean})")
+}
+
+/// The value an owner field carries ([`user_with_value`]), if any.
+pub fn value_in(owner: &str) -> Option<&str> {
+    let (_, rest) = owner.split_once(" (")?;
+    rest.strip_suffix(')')
 }
 
 /// A held lease.
@@ -111,6 +136,19 @@ pub struct Holder {
     pub dead: bool,
     /// A shared holder (`--shared`), one of possibly many.
     pub shared: bool,
+    /// The value it publishes, where the backend keeps values apart from
+    /// the owner field (etcd: its key's value, as `concurrency.Election`'s,
+    /// a foreign candidate's included).
+    pub value: Option<String>,
+}
+
+impl Holder {
+    /// The value a leader publishes: kept apart, or in the owner field.
+    pub fn value(&self) -> Option<&str> {
+        self.value
+            .as_deref()
+            .or_else(|| self.owner.as_deref().and_then(value_in))
+    }
 }
 
 /// The state of one key.
@@ -218,6 +256,14 @@ pub trait Backend: Send + Sync {
     /// Whether this backend takes shared locks (`--shared`); the
     /// decorator refuses them with a clear message where it does not.
     fn shares(&self) -> bool {
+        false
+    }
+
+    /// Whether this backend keeps a leader's published value apart from
+    /// its holder record ([`Owner::value`]; etcd: as the key's value, the
+    /// layout of `concurrency.Election`). Where it does not, `elect` puts
+    /// the value in the owner field ([`user_with_value`]).
+    fn keeps_values(&self) -> bool {
         false
     }
 
@@ -367,7 +413,22 @@ pub fn redact_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{redact_url, user_with_value, value_in};
+
+    #[test]
+    fn values_travel_in_the_owner_field() {
+        let o = user_with_value("alice", "sched-a:8080 (primary)");
+        assert_eq!(o, "alice (sched-a:8080 (primary))");
+        assert_eq!(value_in(&o), Some("sched-a:8080 (primary)"));
+        assert_eq!(value_in("alice"), None);
+        assert_eq!(value_in(&user_with_value("bob", "a|b\nc")), Some("a_b_c"));
+        assert_eq!(
+            value_in(&user_with_value("bob", &"x".repeat(300)))
+                .unwrap()
+                .len(),
+            200
+        );
+    }
 
     #[test]
     fn redacts_passwords() {

@@ -579,12 +579,9 @@ fn clean(s: &str) -> String {
 /// foreign holder with only the expiry known.
 fn parse_holder(value: &str, ttl_ms: i64, now: SystemTime) -> (Option<String>, Holder) {
     let expires_at = (ttl_ms >= 0).then(|| now + Duration::from_millis(ttl_ms as u64));
-    match kit::Record::parse(value) {
-        // The third field is the token here (0 until Redlock fences it).
-        Some(r) => (
-            Some(r.id.to_string()),
-            r.holder(r.n.filter(|t| *t > 0), expires_at),
-        ),
+    // The scripts write the token as `N` (0 until Redlock fences it).
+    match kit::Record::parse(value, kit::NField::Token) {
+        Some(r) => (Some(r.id.clone()), r.holder(None, expires_at)),
         None => (
             None,
             Holder {

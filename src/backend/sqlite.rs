@@ -153,6 +153,7 @@ fn parse_row(r: &SqliteRow) -> Result<Row_> {
             expires_at: Some(from_ms(r.try_get("expires_at")?)),
             dead: false,
             shared: mode_of_lim(lim).is_shared(),
+            value: None,
         },
     })
 }

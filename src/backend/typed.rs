@@ -57,6 +57,10 @@ impl Backend for Typed {
         self.0.shares()
     }
 
+    fn keeps_values(&self) -> bool {
+        self.0.keeps_values()
+    }
+
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Renewal> {
         self.typed(self.0.renew(lease, ttl).await)
     }
@@ -144,6 +148,7 @@ mod tests {
             host_id: String::new(),
             proc_start: 0,
             kind: super::super::LeaseKind::Run,
+            value: None,
         };
         let lease = Lease {
             namespace: "n".into(),

@@ -48,14 +48,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::Result;
 use async_trait::async_trait;
 use tokio::sync::{Mutex, OnceCell};
 use zookeeper_client as zk;
 
-use super::kit::{self, Kind, Queued};
+use super::kit::{self, Kind, NField, Queued, Record};
 use super::queue;
 use super::{
     Attempt, Backend, Holder, KeyStatus, Lease, LeaseKind, LockSpec, Owner, PingInfo, Renewal,
@@ -225,64 +225,21 @@ fn zk_err(shown: &str, what: &str, e: zk::Error) -> anyhow::Error {
     kit::typed(kind(&e), format!("ZooKeeper {shown}: {what}: {e}"))
 }
 
-/// A dlock node's data: `kit::Record`'s holder record, extended on
-/// ZooKeeper: `dlock1|ID|LIMIT|USER|HOST|PID|SINCE[|TTL_MS[|TOKEN[|T]]]`. `TTL_MS` is
+/// A dlock node's data: [`kit::Record`] with `N` the limit, and the
+/// trailing fields ZooKeeper uses:
+/// `dlock1|ID|LIMIT|USER|HOST|PID|SINCE[|TTL_MS[|TOKEN[|T]]]`. `TTL_MS` is
 /// there on a node that outlives its session; `TOKEN` (may be empty) on one
 /// that took over a `run`'s lease (`--lock-at-least`), whose fencing token
 /// it keeps; `T` marks a server TTL node (whose `ephemeralOwner` clients
 /// see as 0, as a plain persistent node's), which cannot change its TTL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct NodeData {
-    id: String,
-    limit: String,
-    user: String,
-    host: String,
-    pid: String,
-    since_ms: String,
-    ttl_ms: Option<u64>,
-    token: Option<u64>,
-    ttl_node: bool,
+type NodeData = Record;
+
+fn node_data(data: &[u8]) -> Option<NodeData> {
+    Record::parse(std::str::from_utf8(data).ok()?, NField::Limit)
 }
 
-impl NodeData {
-    fn parse(data: &[u8]) -> Option<NodeData> {
-        let s = std::str::from_utf8(data).ok()?;
-        let f: Vec<&str> = s.splitn(10, '|').collect();
-        if f.len() < 7 || f[0] != "dlock1" {
-            return None;
-        }
-        Some(NodeData {
-            id: f[1].to_string(),
-            limit: f[2].to_string(),
-            user: f[3].to_string(),
-            host: f[4].to_string(),
-            pid: f[5].to_string(),
-            since_ms: f[6].to_string(),
-            ttl_ms: f.get(7).and_then(|t| t.parse().ok()),
-            token: f.get(8).and_then(|t| t.parse().ok()),
-            ttl_node: f.get(9) == Some(&"T"),
-        })
-    }
-
-    fn encode(&self) -> Vec<u8> {
-        let mut s = format!(
-            "dlock1|{}|{}|{}|{}|{}|{}",
-            self.id, self.limit, self.user, self.host, self.pid, self.since_ms
-        );
-        if let Some(t) = self.ttl_ms {
-            s.push_str(&format!("|{t}"));
-            if self.token.is_some() || self.ttl_node {
-                s.push('|');
-                if let Some(tok) = self.token {
-                    s.push_str(&tok.to_string());
-                }
-            }
-            if self.ttl_node {
-                s.push_str("|T");
-            }
-        }
-        s.into_bytes()
-    }
+fn encode(d: &NodeData) -> Vec<u8> {
+    d.encode(NField::Limit).into_bytes()
 }
 
 /// Whether a node outlives any session: persistent, or a TTL node (the
@@ -298,7 +255,7 @@ fn expiry_of(data: &[u8], stat: &zk::Stat) -> Option<i64> {
     if !outlives_session(stat) {
         return None;
     }
-    let ttl = NodeData::parse(data)?.ttl_ms?;
+    let ttl = node_data(data)?.ttl_ms?;
     Some(stat.mtime.saturating_add(ttl.min(i64::MAX as u64) as i64))
 }
 
@@ -310,22 +267,8 @@ fn holder_from(data: &[u8], stat: &zk::Stat) -> (Holder, Option<u32>) {
     let token = Some(stat.czxid as u64);
     let expires_at =
         expiry_of(data, stat).map(|ms| UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64));
-    if let Some(d) = NodeData::parse(data) {
-        let h = Holder {
-            owner: Some(d.user.clone()),
-            host: Some(d.host.clone()),
-            pid: d.pid.parse().ok(),
-            token: d.token.or(token),
-            acquired_at: d
-                .since_ms
-                .parse::<u64>()
-                .ok()
-                .map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
-            expires_at,
-            dead: false,
-            shared: false,
-        };
-        (h, d.limit.parse().ok())
+    if let Some(d) = node_data(data) {
+        (d.holder(token, expires_at), d.limit)
     } else {
         // Curator stores the client's IP, kazoo an identifier: show it as the host.
         let s = String::from_utf8_lossy(data);
@@ -719,7 +662,7 @@ impl ZkBackend {
                 .with_acls(acls)
                 .with_ttl(ttl);
             data.ttl_node = true;
-            let bytes = data.encode();
+            let bytes = encode(&data);
             let created = self
                 .bounded(&what, async {
                     match c.create(prefix, &bytes, &opts).await {
@@ -737,7 +680,7 @@ impl ZkBackend {
         }
         let opts = zk::CreateMode::PersistentSequential.with_acls(acls);
         data.ttl_node = false;
-        let bytes = data.encode();
+        let bytes = encode(&data);
         let (stat, seq) = self.bounded(&what, c.create(prefix, &bytes, &opts)).await?;
         Ok((stat, seq, bytes))
     }
@@ -960,20 +903,11 @@ impl Backend for ZkBackend {
             }
         })
         .await?;
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
         let handle = me.kind == LeaseKind::Handle;
         let data = NodeData {
-            id: me.id.clone(),
-            limit: spec.limit.to_string(),
-            user: me.user.clone(),
-            host: me.host.clone(),
-            pid: me.pid.to_string(),
-            since_ms: now_ms.to_string(),
+            limit: Some(spec.limit),
             ttl_ms: handle.then(|| ms_of(spec.ttl)),
-            token: None,
-            ttl_node: false,
+            ..Record::new(me.id.clone(), me)
         };
         let tag = self.recipe.tag(&me.id, spec.shared);
         let prefix = format!("{dir}/{tag}");
@@ -985,7 +919,7 @@ impl Backend for ZkBackend {
         let (stat, seq, data) = if handle {
             self.create_outliving(c, &prefix, data, spec.ttl).await?
         } else {
-            let data = data.encode();
+            let data = encode(&data);
             let opts = zk::CreateMode::EphemeralSequential.with_acls(acls);
             let (stat, seq) = self
                 .bounded(
@@ -1045,7 +979,7 @@ impl Backend for ZkBackend {
             // A TTL node restarts the TTL it was created with when touched;
             // ZooKeeper cannot change it, so a different one is refused,
             // never ignored. A plain node carries its TTL in its data.
-            let parsed = NodeData::parse(&data);
+            let parsed = node_data(&data);
             let ttl_node = parsed.as_ref().is_some_and(|d| d.ttl_node);
             if ttl_node && ttl != lease.ttl {
                 return Err(usage(format!(
@@ -1061,7 +995,7 @@ impl Backend for ZkBackend {
             let new = match parsed {
                 Some(mut d) if !ttl_node => {
                     d.ttl_ms = Some(ms_of(ttl));
-                    d.encode()
+                    encode(&d)
                 }
                 _ => data.clone(),
             };
@@ -1163,7 +1097,7 @@ impl Backend for ZkBackend {
             return Ok(false);
         };
         let (data, stat) = self.bounded("read", c.get_data(&path)).await?;
-        let Some(mut d) = NodeData::parse(&data) else {
+        let Some(mut d) = node_data(&data) else {
             return Ok(false);
         };
         let Some((dir, name)) = path.rsplit_once('/') else {
@@ -1192,7 +1126,7 @@ impl Backend for ZkBackend {
             };
             d.ttl_node = with_ttl;
             let mut m = c.new_multi_writer();
-            m.add_create(&new_path, &d.encode(), &opts)?;
+            m.add_create(&new_path, &encode(&d), &opts)?;
             m.add_delete(&path, Some(stat.version))?;
             match tokio::time::timeout(self.timeout, m.commit()).await {
                 Ok(Ok(_)) => {
@@ -1464,16 +1398,16 @@ mod tests {
     }
 
     #[test]
-    fn node_data() {
+    fn node_data_round_trips() {
         let old = b"dlock1|id|1|me|host|42|1000";
-        let d = NodeData::parse(old).unwrap();
+        let d = node_data(old).unwrap();
         assert_eq!((d.ttl_ms, d.token), (None, None));
-        assert_eq!(d.encode(), old.to_vec());
+        assert_eq!(encode(&d), old.to_vec());
         let mut d2 = d.clone();
         d2.ttl_ms = Some(500);
         d2.token = Some(7);
-        assert_eq!(NodeData::parse(&d2.encode()), Some(d2));
-        assert!(NodeData::parse(b"10.0.0.1").is_none());
+        assert_eq!(node_data(&encode(&d2)), Some(d2));
+        assert!(node_data(b"10.0.0.1").is_none());
         let stat = |owner: i64| zk::Stat {
             czxid: 1,
             mzxid: 1,
@@ -1491,11 +1425,11 @@ mod tests {
         // Persistent and TTL nodes expire at mtime + TTL; ephemeral ones
         // and foreign nodes live with their session.
         assert_eq!(expiry_of(with_ttl, &stat(0)), Some(2500));
-        let mut d3 = NodeData::parse(with_ttl).unwrap();
+        let mut d3 = node_data(with_ttl).unwrap();
         d3.ttl_node = true;
-        assert_eq!(d3.encode(), b"dlock1|id|1|me|host|0|1000|500||T".to_vec());
-        assert_eq!(NodeData::parse(&d3.encode()), Some(d3.clone()));
-        assert_eq!(expiry_of(&d3.encode(), &stat(0)), Some(2500));
+        assert_eq!(encode(&d3), b"dlock1|id|1|me|host|0|1000|500||T".to_vec());
+        assert_eq!(node_data(&encode(&d3)), Some(d3.clone()));
+        assert_eq!(expiry_of(&encode(&d3), &stat(0)), Some(2500));
         assert_eq!(expiry_of(with_ttl, &stat(0x1234)), None);
         assert_eq!(expiry_of(old, &stat(0)), None);
         assert_eq!(expiry_of(b"10.0.0.1", &stat(0)), None);

@@ -15,7 +15,7 @@ use nix::sys::signal::Signal;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::{Connector, NotTaken, connect_waiting, owner, take_locks};
-use crate::backend::{Holder, LeaseKind};
+use crate::backend::{Holder, LeaseKind, user_with_value};
 use crate::cli::{self, OnLost, Restart};
 use crate::config::{self, Wait};
 use crate::lease::{self, Keeper};
@@ -67,27 +67,6 @@ impl Stops {
         }
         got
     }
-}
-
-/// A `--value` travels in the owner field the backends already store, as
-/// `USER (V)`: no backend's record changes, `status` shows it in the HOLDER
-/// column, and an older dlock sees an unusual user name. A user name has no
-/// " (", so it splits back unambiguously. `|` (a field separator in some
-/// records) and control characters become `_`; V is cut at 200 characters
-/// (MySQL's owner column holds 255).
-fn with_value(user: &str, v: &str) -> String {
-    let clean: String = v
-        .chars()
-        .map(|c| if c == '|' || c.is_control() { '_' } else { c })
-        .take(200)
-        .collect();
-    format!("{user} ({clean})")
-}
-
-/// The value a holder's owner field carries, if it was published.
-fn value_of(owner: &str) -> Option<&str> {
-    let (_, rest) = owner.split_once(" (")?;
-    rest.strip_suffix(')')
 }
 
 /// `USER@HOST pid PID`: what `dlock leader` shows for a leader.
@@ -189,7 +168,16 @@ async fn elect<'a>(
     loop {
         let deadline = if led { None } else { first_deadline };
         let conn = fresh.as_ref().unwrap_or(c);
-        let campaign = campaign(conn, &lock, &rs, &mut signals, deadline, a.value.as_deref()).await;
+        let campaign = campaign(
+            conn,
+            &lock,
+            &rs,
+            &mut signals,
+            deadline,
+            &value,
+            a.value.is_some(),
+        )
+        .await;
         connected |= conn.backend.get().is_some();
         let (keeper, ttl) = match campaign {
             Ok(Ok(v)) => v,
@@ -334,13 +322,18 @@ async fn pause(signals: &mut Signals, d: Duration) -> Option<i32> {
 
 /// One campaign: connect (riding out outages as `run` does), then take the
 /// key with a fresh keeper. The keeper holds the term's lease on success.
+/// `value` is published: kept apart where the backend keeps values (etcd:
+/// the key's value, as `concurrency.Election`'s), else in the owner field
+/// if it was given (`explicit`; the default one is the owner's own name).
+#[allow(clippy::too_many_arguments)]
 async fn campaign(
     c: &Connector<'_>,
     lock: &config::LockSettings,
     rs: &config::RunSettings,
     signals: &mut Signals,
     deadline: Option<std::time::Instant>,
-    value: Option<&str>,
+    value: &str,
+    explicit: bool,
 ) -> Result<std::result::Result<(Keeper, Duration), NotTaken>> {
     let s = c.settings;
     let mut lock = lock.clone();
@@ -358,8 +351,10 @@ async fn campaign(
     };
     lock.ttl = ttl;
     let mut me = owner(LeaseKind::Run)?;
-    if let Some(v) = value {
-        me.user = with_value(&me.user, v);
+    if backend.keeps_values() {
+        me.value = Some(value.to_string());
+    } else if explicit {
+        me.user = user_with_value(&me.user, value);
     }
     let keeper = Keeper::start(
         backend.clone(),
@@ -378,7 +373,7 @@ async fn campaign(
 /// holder leads nobody).
 fn leader_of(key: &str, holders: &[Holder]) -> Option<serde_json::Value> {
     let h = holders.iter().find(|h| !h.dead)?;
-    let value = match h.owner.as_deref().and_then(value_of) {
+    let value = match h.value() {
         Some(v) => v.to_string(),
         None => {
             let mut v = status::who(h);
@@ -474,25 +469,5 @@ pub async fn cmd_leader(c: &Connector<'_>, a: cli::LeaderArgs) -> Result<i32> {
             () = tokio::time::sleep(Duration::from_millis(250)) => {}
             _ = signals.recv() => return Ok(exit_code::SUCCESS),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn values_travel_in_the_owner_field() {
-        let o = with_value("alice", "sched-a:8080 (primary)");
-        assert_eq!(o, "alice (sched-a:8080 (primary))");
-        assert_eq!(value_of(&o), Some("sched-a:8080 (primary)"));
-        assert_eq!(value_of("alice"), None);
-        assert_eq!(value_of(&with_value("bob", "a|b\nc")), Some("a_b_c"));
-        assert_eq!(
-            value_of(&with_value("bob", &"x".repeat(300)))
-                .unwrap()
-                .len(),
-            200
-        );
     }
 }

@@ -62,6 +62,7 @@ fn owner(kind: LeaseKind) -> Result<Owner> {
         host_id: host::host_id(),
         proc_start: host::proc_start(pid).unwrap_or(0),
         kind,
+        value: None,
     })
 }
 

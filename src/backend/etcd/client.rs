@@ -486,6 +486,16 @@ impl TxnOp {
             request: Some(pb::request_op::Request::RequestPut(put)),
         })
     }
+
+    pub fn delete(key: impl Into<Vec<u8>>) -> TxnOp {
+        let del = pb::DeleteRangeRequest {
+            key: key.into(),
+            ..Default::default()
+        };
+        TxnOp(pb::RequestOp {
+            request: Some(pb::request_op::Request::RequestDeleteRange(del)),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default)]

@@ -437,6 +437,7 @@ fn holder(r: &AnyRow) -> Result<(Holder, u32, i64)> {
             expires_at: Some(SystemTime::now() + Duration::from_micros(left_us.max(0) as u64)),
             dead: false,
             shared: mode_of_lim(lim.into()).is_shared(),
+            value: None,
         },
         lim.max(0) as u32,
         left_us,
