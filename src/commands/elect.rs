@@ -3,9 +3,11 @@
 //! and campaign again after a lost term (or as `--restart` says after CMD
 //! exited by itself). `dlock leader`: who leads now.
 //!
-//! Nothing here is new to the backends: a term is a `run` lease, and its
-//! fencing token, which rises with every acquisition on every backend, is the
-//! term number.
+//! A term is a `run` lease, and its fencing token, which rises with every
+//! acquisition on every backend, is the term number. The one thing a backend
+//! may do for elections is keep the candidate's value apart from dlock's
+//! holder record (`Backend::keeps_values`): etcd stores it bare, as Go's
+//! `concurrency.Election` does; the others carry it in the owner field.
 
 use std::io::Write;
 use std::time::{Duration, Instant, SystemTime};
