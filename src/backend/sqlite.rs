@@ -496,6 +496,26 @@ impl SqliteBackend {
         Ok((Attempt::Acquired(lease), None))
     }
 
+    /// Extend our lease to `ttl` from now if it is still live (and mark it
+    /// as of `kind`, if given); whether it was.
+    async fn extend(&self, lease: &Lease, ttl: Duration, kind: Option<LeaseKind>) -> Result<bool> {
+        let mut conn = self.conn().await?;
+        let now = now_ms();
+        let r = sqlx::query(
+            "UPDATE dlock_lease SET expires_at = ?1, kind = coalesce(?2, kind) \
+             WHERE ns = ?3 AND key = ?4 AND id = ?5 AND expires_at > ?6",
+        )
+        .bind(now.saturating_add(ms(ttl)))
+        .bind(kind.map(LeaseKind::as_str))
+        .bind(&lease.namespace)
+        .bind(&lease.key)
+        .bind(&lease.id)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
     /// A `run` holder on this host whose process is gone.
     fn is_dead(&self, r: &Row_) -> bool {
         r.kind == LeaseKind::Run.as_str()
@@ -515,19 +535,7 @@ impl Backend for SqliteBackend {
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Renewal> {
-        let mut conn = self.conn().await?;
-        let now = now_ms();
-        let r = sqlx::query(
-            "UPDATE dlock_lease SET expires_at = ?1 WHERE ns = ?2 AND key = ?3 AND id = ?4 AND expires_at > ?5",
-        )
-        .bind(now.saturating_add(ms(ttl)))
-        .bind(&lease.namespace)
-        .bind(&lease.key)
-        .bind(&lease.id)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
-        Ok(if r.rows_affected() == 1 {
+        Ok(if self.extend(lease, ttl, None).await? {
             Renewal::Renewed
         } else {
             Renewal::Lost
@@ -550,24 +558,13 @@ impl Backend for SqliteBackend {
     }
 
     async fn release_after(&self, lease: &Lease, remaining: Duration) -> Result<bool> {
-        let mut conn = self.conn().await?;
-        let now = now_ms();
         // The lease outlives this process now: mark it so that nobody breaks
         // it early for its process being gone.
-        let r = sqlx::query(
-            "UPDATE dlock_lease SET expires_at = ?1, kind = ?2 WHERE ns = ?3 AND key = ?4 AND id = ?5 AND expires_at > ?6",
-        )
-        .bind(now.saturating_add(ms(remaining)))
-        .bind(LeaseKind::Handle.as_str())
-        .bind(&lease.namespace)
-        .bind(&lease.key)
-        .bind(&lease.id)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
-        drop(conn);
+        let kept = self
+            .extend(lease, remaining, Some(LeaseKind::Handle))
+            .await?;
         self.drop_wake(&lease.namespace, &lease.key);
-        Ok(r.rows_affected() == 1)
+        Ok(kept)
     }
 
     async fn force_release(&self, namespace: &str, key: &str) -> Result<u64> {
