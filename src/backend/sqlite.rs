@@ -29,6 +29,11 @@
 //!
 //! A `run` lease whose process is on this host and gone (SIGKILL, OOM, power
 //! cut of a container) is broken at once instead of after its TTL.
+//!
+//! The steps are those of the SQL engine ([`super::sql`]), whose pieces for
+//! the lease and waiter rows, admission and status this module uses; the
+//! transaction is its own, over sqlx's SQLite driver rather than `Any`
+//! (see there for what differs).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -45,10 +50,12 @@ use sqlx::{Connection, Row, SqliteConnection};
 use tokio::sync::{Mutex, watch};
 
 use super::kit;
-use super::sql::{SHARED_WAITER_LIKE, WAITER_LAPSE, lim_of, mode_of_lim, waiter_id};
+use super::sql::{
+    SHARED_WAITER_LIKE, WAITER_LAPSE, WaiterRows, ahead, fnv64, key_status, lease_holder, lim_of,
+    waiters_of,
+};
 use super::{
-    Attempt, Backend, Holder, KeyStatus, Lease, LeaseKind, LockSpec, Owner, PingInfo, Poll,
-    Renewal, Waiting,
+    Attempt, Backend, Holder, KeyStatus, Lease, LeaseKind, LockSpec, Owner, PingInfo, Poll, Renewal,
 };
 use crate::backend::probe::{Check, Level};
 use crate::error::{unavailable, usage};
@@ -105,10 +112,8 @@ pub struct SqliteBackend {
     /// waiter, not all of them.
     granted: StdMutex<HashMap<PathBuf, File>>,
     poll: kit::PollBackoff,
-    /// Our rows in dlock_waiter, for `status`.
-    waiting: Waiting,
-    /// This process waited in shared mode (its waiter rows are `s:ID`).
-    waits_shared: AtomicBool,
+    /// Our rows in dlock_waiter, for `status` and for readers to give way.
+    waiting: WaiterRows,
 }
 
 /// A thread blocked in `flock(LOCK_EX)` on a wake file.
@@ -124,37 +129,26 @@ struct Row_ {
     id: String,
     kind: String,
     host_id: String,
-    pid: u32,
     proc_start: u64,
-    lim: u32,
+    /// The `lim` column: the `--limit` it was taken with, 0 if shared.
+    lim: i64,
     expires_at: i64,
     holder: Holder,
 }
 
 fn parse_row(r: &SqliteRow) -> Result<Row_> {
-    let pid: i64 = r.try_get("pid")?;
-    let token: i64 = r.try_get("token")?;
     let proc_start: i64 = r.try_get("proc_start")?;
-    let lim: i64 = r.try_get("lim")?;
+    let expires_at: i64 = r.try_get("expires_at")?;
+    let acquired_at = from_ms(r.try_get("acquired_at")?);
+    let (holder, lim) = lease_holder(r, acquired_at, from_ms(expires_at))?;
     Ok(Row_ {
         id: r.try_get("id")?,
         kind: r.try_get("kind")?,
         host_id: r.try_get("host_id")?,
-        pid: pid as u32,
         proc_start: proc_start as u64,
-        lim: lim as u32,
-        expires_at: r.try_get("expires_at")?,
-        holder: Holder {
-            owner: Some(r.try_get("owner")?),
-            host: Some(r.try_get("host")?),
-            pid: Some(pid as u32),
-            token: Some(token as u64),
-            acquired_at: Some(from_ms(r.try_get("acquired_at")?)),
-            expires_at: Some(from_ms(r.try_get("expires_at")?)),
-            dead: false,
-            shared: mode_of_lim(lim).is_shared(),
-            value: None,
-        },
+        lim,
+        expires_at,
+        holder,
     })
 }
 
@@ -197,17 +191,6 @@ fn is_busy(e: &sqlx::Error) -> bool {
     // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
     matches!(e, sqlx::Error::Database(d)
         if d.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| matches!(c & 0xff, 5 | 6)))
-}
-
-fn fnv64(parts: &[&str]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in parts {
-        for b in p.bytes().chain(std::iter::once(0)) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h
 }
 
 fn flock(f: &File, op: libc::c_int) -> std::io::Result<()> {
@@ -284,8 +267,7 @@ impl SqliteBackend {
             waits: StdMutex::new(HashMap::new()),
             granted: StdMutex::new(HashMap::new()),
             poll: kit::PollBackoff::default(),
-            waiting: Waiting::new(),
-            waits_shared: AtomicBool::new(false),
+            waiting: WaiterRows::default(),
         })
     }
 
@@ -392,10 +374,9 @@ impl SqliteBackend {
                 .await?;
         }
         let mode = spec.mode();
-        let mut ahead: Vec<kit::Mode> = rows.iter().map(|r| mode_of_lim(r.lim.into())).collect();
         // A shared request also gives way to the writers waiting.
-        let writers = if spec.shared {
-            let n: i64 = sqlx::query_scalar(
+        let writers: i64 = if spec.shared {
+            sqlx::query_scalar(
                 "SELECT COUNT(*) FROM dlock_waiter \
                  WHERE ns = ?1 AND key = ?2 AND expires_at > ?3 AND id NOT LIKE ?4",
             )
@@ -404,14 +385,11 @@ impl SqliteBackend {
             .bind(now)
             .bind(SHARED_WAITER_LIKE)
             .fetch_one(&mut *tx)
-            .await?;
-            n.clamp(0, 1024) as usize
+            .await?
         } else {
             0
         };
-        let writer = kit::Mode::Exclusive { limit: 1 };
-        ahead.extend(std::iter::repeat_n(writer, writers));
-        if !kit::admits(mode, &ahead) {
+        if !kit::admits(mode, &ahead(rows.iter().map(|r| r.lim), writers)) {
             // A `run` holder on this host whose process is gone: its lease
             // ends BREAK_GRACE from now instead of at its TTL. The grace lets
             // the dead holder's guard finish killing the job's process group.
@@ -429,7 +407,7 @@ impl SqliteBackend {
                 if r.expires_at > soon {
                     tracing::info!(
                         key = spec.key,
-                        pid = r.pid,
+                        pid = r.holder.pid,
                         "the holder's process is gone: breaking its lease"
                     );
                     sqlx::query("UPDATE dlock_lease SET expires_at = ?1 WHERE ns = ?2 AND key = ?3 AND id = ?4")
@@ -449,12 +427,10 @@ impl SqliteBackend {
                 .remove(&self.wake_path(&spec.namespace, &spec.key));
             // Busy only because of holders that are dead: say when they
             // will be gone, so the caller can try again then.
-            let mut alive: Vec<kit::Mode> = rows
-                .iter()
-                .filter(|r| !r.holder.dead)
-                .map(|r| mode_of_lim(r.lim.into()))
-                .collect();
-            alive.extend(std::iter::repeat_n(writer, writers));
+            let alive = ahead(
+                rows.iter().filter(|r| !r.holder.dead).map(|r| r.lim),
+                writers,
+            );
             let free_at = (dying > 0 && kit::admits(mode, &alive))
                 .then(|| Instant::now() + Duration::from_millis((gone_at - now).max(0) as u64 + 5));
             let holders = rows.into_iter().map(|r| r.holder).collect();
@@ -488,11 +464,11 @@ impl SqliteBackend {
         .execute(&mut *tx)
         .await?;
         // No longer a waiter, in the same transaction.
-        if self.waiting.has(&spec.namespace, &spec.key) {
+        if let Some(id) = self.waiting.ours(spec) {
             sqlx::query("DELETE FROM dlock_waiter WHERE ns = ?1 AND key = ?2 AND id = ?3")
                 .bind(&spec.namespace)
                 .bind(&spec.key)
-                .bind(waiter_id(&self.waiting.id, spec.shared).as_ref())
+                .bind(id.as_ref())
                 .execute(&mut *tx)
                 .await?;
         }
@@ -520,11 +496,31 @@ impl SqliteBackend {
         Ok((Attempt::Acquired(lease), None))
     }
 
+    /// Extend our lease to `ttl` from now if it is still live (and mark it
+    /// as of `kind`, if given); whether it was.
+    async fn extend(&self, lease: &Lease, ttl: Duration, kind: Option<LeaseKind>) -> Result<bool> {
+        let mut conn = self.conn().await?;
+        let now = now_ms();
+        let r = sqlx::query(
+            "UPDATE dlock_lease SET expires_at = ?1, kind = coalesce(?2, kind) \
+             WHERE ns = ?3 AND key = ?4 AND id = ?5 AND expires_at > ?6",
+        )
+        .bind(now.saturating_add(ms(ttl)))
+        .bind(kind.map(LeaseKind::as_str))
+        .bind(&lease.namespace)
+        .bind(&lease.key)
+        .bind(&lease.id)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
     /// A `run` holder on this host whose process is gone.
     fn is_dead(&self, r: &Row_) -> bool {
         r.kind == LeaseKind::Run.as_str()
             && r.host_id == self.host_id
-            && !crate::host::process_alive(r.pid, r.proc_start)
+            && !crate::host::process_alive(r.holder.pid.unwrap_or(0), r.proc_start)
     }
 }
 
@@ -539,19 +535,7 @@ impl Backend for SqliteBackend {
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Renewal> {
-        let mut conn = self.conn().await?;
-        let now = now_ms();
-        let r = sqlx::query(
-            "UPDATE dlock_lease SET expires_at = ?1 WHERE ns = ?2 AND key = ?3 AND id = ?4 AND expires_at > ?5",
-        )
-        .bind(now.saturating_add(ms(ttl)))
-        .bind(&lease.namespace)
-        .bind(&lease.key)
-        .bind(&lease.id)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
-        Ok(if r.rows_affected() == 1 {
+        Ok(if self.extend(lease, ttl, None).await? {
             Renewal::Renewed
         } else {
             Renewal::Lost
@@ -574,24 +558,13 @@ impl Backend for SqliteBackend {
     }
 
     async fn release_after(&self, lease: &Lease, remaining: Duration) -> Result<bool> {
-        let mut conn = self.conn().await?;
-        let now = now_ms();
         // The lease outlives this process now: mark it so that nobody breaks
         // it early for its process being gone.
-        let r = sqlx::query(
-            "UPDATE dlock_lease SET expires_at = ?1, kind = ?2 WHERE ns = ?3 AND key = ?4 AND id = ?5 AND expires_at > ?6",
-        )
-        .bind(now.saturating_add(ms(remaining)))
-        .bind(LeaseKind::Handle.as_str())
-        .bind(&lease.namespace)
-        .bind(&lease.key)
-        .bind(&lease.id)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
-        drop(conn);
+        let kept = self
+            .extend(lease, remaining, Some(LeaseKind::Handle))
+            .await?;
         self.drop_wake(&lease.namespace, &lease.key);
-        Ok(r.rows_affected() == 1)
+        Ok(kept)
     }
 
     async fn force_release(&self, namespace: &str, key: &str) -> Result<u64> {
@@ -624,25 +597,10 @@ impl Backend for SqliteBackend {
         .bind(now)
         .fetch_all(&mut *conn)
         .await?;
-        let waiting = |k: &str| {
-            counts
-                .iter()
-                .find(|(n, _)| n == k)
-                .map_or(0, |(_, c)| *c as u64)
-        };
-        let mut by_key: std::collections::BTreeMap<String, KeyStatus> = Default::default();
-        for k in keys {
-            by_key.insert(
-                k.clone(),
-                KeyStatus {
-                    key: k.clone(),
-                    limit: 1,
-                    holders: vec![],
-                    waiters: Some(waiting(k)),
-                    unreadable: None,
-                },
-            );
-        }
+        let counts = Some(counts);
+        // The keys asked for (held or not), or every held key; in order.
+        let mut by_key: std::collections::BTreeMap<String, Vec<Row_>> =
+            keys.iter().map(|k| (k.clone(), Vec::new())).collect();
         for r in &rows {
             let key: String = r.try_get("key")?;
             if !keys.is_empty() && !by_key.contains_key(&key) {
@@ -650,18 +608,15 @@ impl Backend for SqliteBackend {
             }
             let mut row = parse_row(r)?;
             row.holder.dead = self.is_dead(&row);
-            let w = waiting(&key);
-            let e = by_key.entry(key.clone()).or_insert_with(|| KeyStatus {
-                key,
-                limit: 1,
-                holders: vec![],
-                waiters: Some(w),
-                unreadable: None,
-            });
-            e.limit = e.limit.max(row.lim);
-            e.holders.push(row.holder);
+            by_key.entry(key).or_default().push(row);
         }
-        Ok(by_key.into_values().collect())
+        by_key
+            .into_iter()
+            .map(|(k, rows)| {
+                let w = waiters_of(&counts, &k);
+                key_status(k, &rows, w, |r| Ok((r.holder.clone(), r.lim)))
+            })
+            .collect()
     }
 
     async fn ping(&self) -> Result<PingInfo> {
@@ -681,11 +636,10 @@ impl Backend for SqliteBackend {
     }
 
     async fn close(&self) {
-        let rows = self.waiting.clear();
+        let (id, _, rows) = self.waiting.clear();
         if !rows.is_empty()
             && let Ok(mut conn) = self.conn().await
         {
-            let id = waiter_id(&self.waiting.id, self.waits_shared.load(Ordering::Relaxed));
             for (ns, key) in rows {
                 let _ =
                     sqlx::query("DELETE FROM dlock_waiter WHERE ns = ?1 AND key = ?2 AND id = ?3")
@@ -760,10 +714,7 @@ impl Poll for SqliteBackend {
     async fn wait_change(&self, spec: &LockSpec, until: Option<Instant>) -> Result<()> {
         // Counted as a waiter for `status`, and, if exclusive, seen by later
         // readers, who give way to it; best effort.
-        if self.waiting.due(&spec.namespace, &spec.key, WAITER_LAPSE) {
-            if spec.shared {
-                self.waits_shared.store(true, Ordering::SeqCst);
-            }
+        if let Some(id) = self.waiting.due(spec) {
             let mut conn = self.conn().await?;
             let r = sqlx::query(
                 "INSERT INTO dlock_waiter (ns, key, id, expires_at) VALUES (?1, ?2, ?3, ?4)
@@ -771,11 +722,11 @@ impl Poll for SqliteBackend {
             )
             .bind(&spec.namespace)
             .bind(&spec.key)
-            .bind(waiter_id(&self.waiting.id, spec.shared).as_ref())
+            .bind(id.as_ref())
             .bind(now_ms() + ms(WAITER_LAPSE))
             .execute(&mut *conn)
             .await;
-            if r.is_ok() && self.waiting.note(&spec.namespace, &spec.key) {
+            if r.is_ok() && self.waiting.written(&spec.namespace, &spec.key) {
                 // Rows of waiters that died long ago: once per key and process.
                 let _ = sqlx::query(
                     "DELETE FROM dlock_waiter WHERE ns = ?1 AND key = ?2 AND expires_at < ?3",

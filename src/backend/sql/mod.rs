@@ -25,6 +25,15 @@
 //! the token bump, how a waiter is woken (PostgreSQL `LISTEN`/`NOTIFY`,
 //! MySQL `GET_LOCK`), and the doctor's durability check. The engine talks
 //! through sqlx's `Any` driver, so it is written once.
+//!
+//! SQLite ([`super::sqlite`]) keeps its own transaction (the client's clock
+//! in milliseconds, `BEGIN IMMEDIATE` instead of a fence-row lock, the
+//! `flock` wake-up, breaking a dead local holder's lease) over sqlx's own
+//! SQLite driver, but shares with this engine what the two layouts have in
+//! common: a lease row's holder ([`lease_holder`]), what a request is
+//! admitted behind ([`ahead`]), this process's waiter rows
+//! ([`WaiterRows`]), a key's status ([`key_status`], [`waiters_of`]) and
+//! the key hash ([`fnv64`]).
 
 mod mysql;
 mod postgres;
@@ -32,9 +41,10 @@ mod postgres;
 pub use mysql::connect as connect_mysql;
 pub use postgres::connect as connect_postgres;
 
+use std::borrow::Cow;
 use std::sync::Mutex as StdMutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Result;
 use async_trait::async_trait;
@@ -131,7 +141,7 @@ pub fn lim_of(spec: &LockSpec) -> u32 {
 }
 
 /// A waiter's id in the waiter table: `id`, or `s:id` for a shared waiter.
-pub fn waiter_id(id: &str, shared: bool) -> std::borrow::Cow<'_, str> {
+pub fn waiter_id(id: &str, shared: bool) -> Cow<'_, str> {
     if shared {
         format!("{SHARED_WAITER}{id}").into()
     } else {
@@ -139,19 +149,123 @@ pub fn waiter_id(id: &str, shared: bool) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// One key's status from its live lease rows; `holder` reads a row as the
-/// holder and the `--limit` it was taken with.
+/// What a request is admitted behind ([`kit::admits`]): the live leases, by
+/// their `lim` column, and `writers` exclusive waiters (a shared request
+/// gives way to them; counted up to 1024).
+pub fn ahead(lims: impl IntoIterator<Item = i64>, writers: i64) -> Vec<Mode> {
+    let mut modes: Vec<Mode> = lims.into_iter().map(mode_of_lim).collect();
+    let writer = Mode::Exclusive { limit: 1 };
+    modes.extend(std::iter::repeat_n(writer, writers.clamp(0, 1024) as usize));
+    modes
+}
+
+/// This process's rows in a waiter table, SQL's and SQLite's alike: the
+/// keys it waits for, when each row was last written, and the mode it
+/// waits in (a shared waiter's rows are `s:ID`, an exclusive one's `ID`).
+#[derive(Default)]
+pub struct WaiterRows {
+    keys: Waiting,
+    shared: AtomicBool,
+}
+
+impl WaiterRows {
+    /// This process's id, without the mode's prefix.
+    pub fn id(&self) -> &str {
+        &self.keys.id
+    }
+
+    /// The id our row has for a request in this mode.
+    fn row_id(&self, shared: bool) -> Cow<'_, str> {
+        waiter_id(&self.keys.id, shared)
+    }
+
+    /// The id to write our row for `spec`'s key under, if that is due: the
+    /// row is new, or a third of [`WAITER_LAPSE`] old (waiters wake often
+    /// under contention; a write per wake would slow every hand-off).
+    pub fn due(&self, spec: &LockSpec) -> Option<Cow<'_, str>> {
+        if !self.keys.due(&spec.namespace, &spec.key, WAITER_LAPSE) {
+            return None;
+        }
+        if spec.shared {
+            self.shared.store(true, Ordering::Relaxed);
+        }
+        Some(self.row_id(spec.shared))
+    }
+
+    /// Our row for the key was written now: true the first time, when the
+    /// rows of waiters that died long ago are cleared.
+    pub fn written(&self, ns: &str, key: &str) -> bool {
+        self.keys.note(ns, key)
+    }
+
+    /// Our row for `spec`'s key, if we wrote one: the acquiring transaction
+    /// deletes it, so the new holder is never counted as both.
+    pub fn ours(&self, spec: &LockSpec) -> Option<Cow<'_, str>> {
+        self.keys
+            .has(&spec.namespace, &spec.key)
+            .then(|| self.row_id(spec.shared))
+    }
+
+    /// Acquired: our row for the key went with the acquisition.
+    pub fn done(&self, ns: &str, key: &str) {
+        self.keys.done(ns, key);
+    }
+
+    /// Forget every row: the id they have, whether we waited shared (a
+    /// writer that stops waiting wakes the readers giving way to it), and
+    /// the (namespace, key) pairs whose rows to delete.
+    pub fn clear(&self) -> (Cow<'_, str>, bool, Vec<(String, String)>) {
+        let shared = self.shared.load(Ordering::Relaxed);
+        (self.row_id(shared), shared, self.keys.clear())
+    }
+}
+
+/// The holder a lease row names (its columns `owner`, `host`, `pid`,
+/// `token` and `lim`, the same on SQL and SQLite), taken at `acquired_at`
+/// and expiring at `expires_at`; and the row's `lim` (0: shared).
+pub fn lease_holder<R>(
+    r: &R,
+    acquired_at: SystemTime,
+    expires_at: SystemTime,
+) -> Result<(Holder, i64)>
+where
+    R: Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let pid: i64 = r.try_get("pid")?;
+    let token: i64 = r.try_get("token")?;
+    let lim: i64 = r.try_get("lim")?;
+    Ok((
+        Holder {
+            owner: Some(r.try_get("owner")?),
+            host: Some(r.try_get("host")?),
+            pid: Some(pid as u32),
+            token: Some(token as u64),
+            acquired_at: Some(acquired_at),
+            expires_at: Some(expires_at),
+            dead: false,
+            shared: mode_of_lim(lim).is_shared(),
+            value: None,
+        },
+        lim,
+    ))
+}
+
+/// One key's status from its live lease rows (SQL and SQLite); `holder`
+/// reads a row as the holder and its `lim` column (0: shared).
 pub fn key_status<R>(
     key: String,
     rows: &[R],
     waiters: Option<u64>,
-    holder: impl Fn(&R) -> Result<(Holder, u32)>,
+    holder: impl Fn(&R) -> Result<(Holder, i64)>,
 ) -> Result<KeyStatus> {
     let mut limit = 1u32;
     let mut holders = Vec::with_capacity(rows.len());
     for r in rows {
         let (h, lim) = holder(r)?;
-        limit = limit.max(lim);
+        limit = limit.max(lim.clamp(1, i64::from(u32::MAX)) as u32);
         holders.push(h);
     }
     Ok(KeyStatus {
@@ -411,37 +525,23 @@ pub struct SqlBackend {
     timeout: Duration,
     /// The soonest a busy key's holder can expire, from the last attempt.
     next_expiry: StdMutex<Option<Instant>>,
-    waiting: Waiting,
+    waiting: WaiterRows,
     /// Whether the waiter table can be read: without it, shared requests
     /// cannot see waiting writers (and do not give way to them).
     waiter_table: bool,
-    /// This process waited in shared mode (its waiter rows are `s:ID`).
-    waits_shared: AtomicBool,
 }
 
 /// A lease row: the holder, the `--limit` it was taken with (0: shared),
 /// and how many microseconds it has left by the server's clock.
-fn holder(r: &AnyRow) -> Result<(Holder, u32, i64)> {
+fn holder(r: &AnyRow) -> Result<(Holder, i64, i64)> {
     let acquired_us: i64 = r.try_get("acquired_us")?;
     let left_us: i64 = r.try_get("left_us")?;
-    let pid: i64 = r.try_get("pid")?;
-    let token: i64 = r.try_get("token")?;
-    let lim: i32 = r.try_get("lim")?;
-    Ok((
-        Holder {
-            owner: Some(r.try_get("owner")?),
-            host: Some(r.try_get("host")?),
-            pid: Some(pid as u32),
-            token: Some(token as u64),
-            acquired_at: Some(UNIX_EPOCH + Duration::from_micros(acquired_us.max(0) as u64)),
-            expires_at: Some(SystemTime::now() + Duration::from_micros(left_us.max(0) as u64)),
-            dead: false,
-            shared: mode_of_lim(lim.into()).is_shared(),
-            value: None,
-        },
-        lim.max(0) as u32,
-        left_us,
-    ))
+    let (h, lim) = lease_holder(
+        r,
+        epoch_micros(acquired_us),
+        SystemTime::now() + Duration::from_micros(left_us.max(0) as u64),
+    )?;
+    Ok((h, lim, left_us))
 }
 
 fn us(d: Duration) -> i64 {
@@ -487,15 +587,9 @@ impl SqlBackend {
             d,
             timeout,
             next_expiry: StdMutex::new(None),
-            waiting: Waiting::new(),
+            waiting: WaiterRows::default(),
             waiter_table: false,
-            waits_shared: AtomicBool::new(false),
         })
-    }
-
-    /// Our id in the waiter table for a request in this mode.
-    fn waiter_id(&self, shared: bool) -> std::borrow::Cow<'_, str> {
-        waiter_id(&self.waiting.id, shared)
     }
 
     async fn bounded<T>(
@@ -521,9 +615,8 @@ impl SqlBackend {
     /// Delete the rows of our waiter entries. A writer that stops waiting
     /// wakes the readers that were giving way to it.
     async fn drop_waiters(&self) {
-        let shared = self.waits_shared.load(Ordering::Relaxed);
-        let id = self.waiter_id(shared);
-        for (ns, key) in self.waiting.clear() {
+        let (id, shared, rows) = self.waiting.clear();
+        for (ns, key) in rows {
             let q = sqlx::query(AssertSqlSafe(self.q.delete_waiter.as_str()))
                 .bind(&ns)
                 .bind(&key)
@@ -613,7 +706,7 @@ impl Backend for SqlBackend {
             let rows: Vec<AnyRow> = self.bounded("status", q).await?;
             let w = waiters_of(&counts, &k);
             out.push(key_status(k, &rows, w, |r| {
-                holder(r).map(|(h, lim, _)| (h, lim.max(1)))
+                holder(r).map(|(h, lim, _)| (h, lim))
             })?);
         }
         Ok(out)
@@ -636,7 +729,7 @@ impl Backend for SqlBackend {
     async fn doctor(&self, _ttl: Duration, _timeout: Duration) -> Vec<Check> {
         let mut out = vec![self.d.durability(self).await];
         // Rights: every statement dlock makes, rolled back.
-        let probe_key = format!("doctor-{}", self.waiting.id);
+        let probe_key = format!("doctor-{}", self.waiting.id());
         let probe = async {
             let mut tx = self.pool.begin().await?;
             for sql in self.t.probe_statements(&self.q.spelling) {
@@ -693,22 +786,21 @@ impl Poll for SqlBackend {
                 .bind(key)
                 .fetch_all(&mut *tx)
                 .await?;
-            let mut ahead = Vec::with_capacity(rows.len());
+            let mut lims = Vec::with_capacity(rows.len());
             for r in &rows {
-                ahead.push(mode_of_lim(r.try_get::<i32, _>("lim")?.into()));
+                lims.push(r.try_get::<i64, _>("lim")?);
             }
             // A shared request also gives way to the writers waiting.
+            let mut writers = 0;
             if spec.shared && self.waiter_table {
-                let n: i64 = sqlx::query_scalar(AssertSqlSafe(q.exclusive_waiters.as_str()))
+                writers = sqlx::query_scalar(AssertSqlSafe(q.exclusive_waiters.as_str()))
                     .bind(ns)
                     .bind(key)
                     .bind(SHARED_WAITER_LIKE)
                     .fetch_one(&mut *tx)
                     .await?;
-                let writer = Mode::Exclusive { limit: 1 };
-                ahead.extend(std::iter::repeat_n(writer, n.clamp(0, 1024) as usize));
             }
-            if !kit::admits(spec.mode(), &ahead) {
+            if !kit::admits(spec.mode(), &ahead(lims, writers)) {
                 tx.commit().await?;
                 return Ok::<_, sqlx::Error>(Err(rows));
             }
@@ -741,11 +833,11 @@ impl Poll for SqlBackend {
             };
             // No longer a waiter: in the same transaction, so the new holder
             // is never counted as both.
-            if self.waiting.has(ns, key) {
+            if let Some(id) = self.waiting.ours(spec) {
                 sqlx::query(AssertSqlSafe(q.delete_waiter.as_str()))
                     .bind(ns)
                     .bind(key)
-                    .bind(self.waiter_id(spec.shared).as_ref())
+                    .bind(id.as_ref())
                     .execute(&mut *tx)
                     .await?;
             }
@@ -784,19 +876,16 @@ impl Poll for SqlBackend {
 
     async fn wait_change(&self, spec: &LockSpec, until: Option<Instant>) -> Result<()> {
         let (ns, key) = (&spec.namespace, &spec.key);
-        if self.waiting.due(ns, key, WAITER_LAPSE) {
+        if let Some(id) = self.waiting.due(spec) {
             // Counted as a waiter for `status`, and, if exclusive, seen by
             // later readers, who give way to it; best effort.
-            if spec.shared {
-                self.waits_shared.store(true, Ordering::Relaxed);
-            }
             let row = sqlx::query(AssertSqlSafe(self.q.upsert_waiter.as_str()))
                 .bind(ns)
                 .bind(key)
-                .bind(self.waiter_id(spec.shared).as_ref())
+                .bind(id.as_ref())
                 .bind(us(WAITER_LAPSE))
                 .execute(&self.pool);
-            if self.bounded("waiting", row).await.is_ok() && self.waiting.note(ns, key) {
+            if self.bounded("waiting", row).await.is_ok() && self.waiting.written(ns, key) {
                 // Rows of waiters that died long ago: once per key and process.
                 let stale = sqlx::query(AssertSqlSafe(self.q.stale_waiters.as_str()))
                     .bind(ns)
