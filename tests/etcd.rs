@@ -23,25 +23,30 @@ fn server_frozen_past_the_ttl_stops_the_child() {
     );
 }
 
-/// `etcdctl lock dlock/KEY` and dlock exclude each other, both ways.
-#[test]
-fn etcdctl_lock_interoperates() {
-    let env = Env::etcd();
-    let etcd = env.etcd.as_ref().unwrap();
+/// `etcdctl lock NAME sleep 2` in the background.
+fn etcdctl_holds(etcd: &servers::Etcd, name: &str) -> std::process::Child {
     let ctl = servers::require("etcdctl", "etcd-client");
-    let mut held = std::process::Command::new(&ctl)
+    std::process::Command::new(&ctl)
         .env("ETCDCTL_API", "3")
         .args([
             "--endpoints",
             &format!("127.0.0.1:{}", etcd.port),
             "lock",
-            "dlock/job",
+            name,
             "sleep",
             "2",
         ])
         .stdout(std::process::Stdio::null())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// `etcdctl lock dlock/KEY` and dlock exclude each other, both ways.
+#[test]
+fn etcdctl_lock_interoperates() {
+    let env = Env::etcd();
+    let etcd = env.etcd.as_ref().unwrap();
+    let mut held = etcdctl_holds(etcd, "dlock/job");
     wait_for(Duration::from_secs(10), "etcdctl to hold the lock", || {
         env.held("job")
     });
@@ -261,20 +266,7 @@ fn an_expired_auth_token_is_renewed() {
 fn shared_locks_beside_etcdctl_lock_and_rwmutex_keys() {
     let env = Env::etcd();
     let etcd = env.etcd.as_ref().unwrap();
-    let ctl = servers::require("etcdctl", "etcd-client");
-    let mut held = std::process::Command::new(&ctl)
-        .env("ETCDCTL_API", "3")
-        .args([
-            "--endpoints",
-            &format!("127.0.0.1:{}", etcd.port),
-            "lock",
-            "dlock/rk",
-            "sleep",
-            "2",
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut held = etcdctl_holds(etcd, "dlock/rk");
     wait_for(Duration::from_secs(10), "etcdctl to hold the lock", || {
         env.held("rk")
     });

@@ -376,23 +376,7 @@ fn kazoo_env(env: &Env) -> Env {
 /// A default kazoo `Lock` (no `extra_lock_patterns`) tries `/dlock/KEY`
 /// once without blocking: whether it got it (released at once).
 fn kazoo_try(env: &Env, key: &str) -> bool {
-    let hosts = env.url.trim_start_matches("zk://").to_string();
-    let script = format!(
-        "from kazoo.client import KazooClient\nzk=KazooClient(hosts='{hosts}')\nzk.start()\n\
-         l=zk.Lock('/dlock/{key}','kazoo')\ngot=l.acquire(blocking=False)\nprint(got)\n\
-         if got: l.release()\nzk.stop()\n"
-    );
-    let out = std::process::Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(
-        said == "True" || said == "False",
-        "{said}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    said == "True"
+    kazoo_try_as(env, "Lock", key)
 }
 
 /// An unknown recipe or URL parameter is a usage error.
