@@ -572,6 +572,19 @@ elect_suite!(etcd, Env::etcd());
 fn json_events() {
     let env = Env::sqlite();
     let errf = env.path("err");
+    // A line per term once CMD's trap is set: a SIGTERM before that would
+    // end CMD by the signal (143), not by its trap.
+    let terms = env.path("terms");
+    let body = format!(
+        "trap 'exit 0' TERM; echo up >> {}; while :; do sleep 0.05; done",
+        terms.display()
+    );
+    let started = || {
+        std::fs::read_to_string(&terms)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
     let mut c = Reaped(
         env.cmd(&[
             "--log-format",
@@ -585,7 +598,7 @@ fn json_events() {
             "--",
             "sh",
             "-c",
-            "trap 'exit 0' TERM; while :; do sleep 0.05; done",
+            &body,
         ])
         .stdin(Stdio::null())
         .stderr(std::fs::File::create(&errf).unwrap())
@@ -610,6 +623,7 @@ fn json_events() {
     let out = env.run(&["release", "--force", "--key", "ev"]);
     assert_eq!(code(&out), 0);
     wait_for(LONG, "lost, elected", || events().len() == 3);
+    wait_for(LONG, "the second term's CMD", || started() == 2);
     signal(c.id(), Signal::SIGTERM);
     assert_eq!(wait_timeout(&mut c, LONG), 0);
     let ev = events();
