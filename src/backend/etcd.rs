@@ -654,19 +654,20 @@ impl Backend for EtcdBackend {
             return Ok(Renewal::Lost);
         };
         let mut c = self.client.clone();
-        let kept = self
+        let alive = self
             .bounded("keep-alive", async {
-                let (mut k, mut s) = c.lease_keep_alive(id).await?;
-                k.keep_alive().await?;
-                Ok(s.message().await?.map_or(0, |m| m.ttl()))
+                let kept = async {
+                    let (mut k, mut s) = c.lease_keep_alive(id).await?;
+                    k.keep_alive().await?;
+                    Ok(s.message().await?.map_or(0, |m| m.ttl()))
+                };
+                match kept.await {
+                    // The lease is gone (expired or revoked): not an outage.
+                    Err(ec::Error::GRpcStatus(s)) if s.code() == tonic::Code::NotFound => Ok(0),
+                    r => r,
+                }
             })
-            .await;
-        let alive = match kept {
-            Ok(ttl) => ttl,
-            // The lease is gone (expired or revoked): not an outage.
-            Err(e) if e.to_string().contains("not found") => 0,
-            Err(e) => return Err(e),
-        };
+            .await?;
         if alive <= 0 {
             return Ok(Renewal::Lost);
         }
