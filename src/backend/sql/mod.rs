@@ -1,15 +1,20 @@
-//! PostgreSQL and MySQL/MariaDB: one engine over two dialects.
+//! PostgreSQL, MySQL/MariaDB and SQLite: one engine over three dialects.
 //!
-//! A lease row per holder, judged by the database server's clock, never the
-//! client's. Tables (created if missing; `?dlock_table=NAME` in the URL
-//! renames the `dlock` prefix): `dlock_lease` (one row per held lease),
-//! `dlock_fence` (the per-key token counter) and `dlock_waiter` (waiters,
-//! for `status`). Acquisition is one transaction of the same steps on both:
-//! lock the key's fence row (contenders queue on that row lock, so no more
-//! than `--limit` are ever admitted), delete expired leases, read the live
-//! ones, and if [`kit::admits`] lets us in bump the token and insert our
-//! lease, dropping our waiter row in the same transaction. Every value is a
-//! bound parameter.
+//! A lease row per holder, judged by the database's clock (a server's, or
+//! for SQLite, which has no server, the client's on the one host that
+//! shares the file). Tables (created if missing; `?dlock_table=NAME` in a
+//! server's URL renames the `dlock` prefix): `dlock_lease` (one row per
+//! held lease), `dlock_fence` (the per-key token counter) and
+//! `dlock_waiter` (waiters, for `status`). Acquisition is one transaction
+//! of the same steps on all three (`SqlBackend::attempt`): lock the key
+//! (its fence row, or SQLite's `BEGIN IMMEDIATE`; contenders queue there,
+//! so no more than `--limit` are ever admitted), delete expired leases,
+//! read the live ones, and if [`kit::admits`] lets us in bump the token and
+//! insert our lease, dropping our waiter row in the same transaction. If it
+//! does not, holders the dialect knows to be dead ([`Dialect::dead`]) have
+//! their leases ended [`BREAK_GRACE`] from now, and the attempt is made
+//! once more then. Every value is a bound parameter, each statement naming
+//! its own ([`Stmt`], [`Arg`]).
 //!
 //! Shared locks (`--shared`) use the same tables, unchanged: a shared lease
 //! is a lease row with `lim = 0` (an exclusive one has its `--limit`, 1 or
@@ -21,25 +26,21 @@
 //! Older dlock versions see a shared lease as a holder (so their mutex
 //! excludes it) and their waiters as exclusive ones.
 //!
-//! What differs is in a [`Dialect`]: the statements' spelling, the tables,
-//! the token bump, how a waiter is woken (PostgreSQL `LISTEN`/`NOTIFY`,
-//! MySQL `GET_LOCK`), and the doctor's durability check. The engine talks
-//! through sqlx's `Any` driver, so it is written once.
-//!
-//! SQLite ([`super::sqlite`]) keeps its own transaction (the client's clock
-//! in milliseconds, `BEGIN IMMEDIATE` instead of a fence-row lock, the
-//! `flock` wake-up, breaking a dead local holder's lease) over sqlx's own
-//! SQLite driver, but shares with this engine what the two layouts have in
-//! common: a lease row's holder ([`lease_holder`]), what a request is
-//! admitted behind ([`ahead`]), this process's waiter rows
-//! ([`WaiterRows`]), a key's status ([`key_status`], [`waiters_of`]) and
-//! the key hash ([`fnv64`]).
+//! What differs is in a [`Plan`] (the statements: their spelling, the
+//! clock, the token bump) and a [`Dialect`]: how a waiter is woken
+//! (PostgreSQL `LISTEN`/`NOTIFY`, MySQL `GET_LOCK`, SQLite `flock` on a
+//! wake file), which holders are known dead, and the doctor's checks. The
+//! engine talks to a server through sqlx's `Any` driver, and to a SQLite
+//! file through its own driver (whose options `Any` cannot pass), in rows
+//! of `Any` either way ([`Link`]), so it is written once.
 
 mod mysql;
 mod postgres;
+mod sqlite;
 
 pub use mysql::connect as connect_mysql;
 pub use postgres::connect as connect_postgres;
+pub use sqlite::connect as connect_sqlite;
 
 use std::borrow::Cow;
 use std::sync::Mutex as StdMutex;
