@@ -20,7 +20,6 @@ pub mod probe;
 pub mod queue;
 pub mod redis;
 pub mod sql;
-pub mod sqlite;
 pub mod typed;
 pub mod zk;
 
@@ -368,7 +367,7 @@ pub async fn connect(urls: &[String], connect_timeout: Duration) -> Result<Arc<d
         )));
     }
     let inner: Arc<dyn Backend> = match scheme.as_str() {
-        "sqlite" => Arc::new(sqlite::SqliteBackend::connect(first, connect_timeout).await?),
+        "sqlite" => Arc::new(sql::connect_sqlite(first, connect_timeout).await?),
         "redis" | "rediss" | "redis+sentinel" | "redis+cluster" => {
             Arc::new(redis::RedisBackend::connect(urls, connect_timeout).await?)
         }

@@ -1,15 +1,20 @@
-//! PostgreSQL and MySQL/MariaDB: one engine over two dialects.
+//! PostgreSQL, MySQL/MariaDB and SQLite: one engine over three dialects.
 //!
-//! A lease row per holder, judged by the database server's clock, never the
-//! client's. Tables (created if missing; `?dlock_table=NAME` in the URL
-//! renames the `dlock` prefix): `dlock_lease` (one row per held lease),
-//! `dlock_fence` (the per-key token counter) and `dlock_waiter` (waiters,
-//! for `status`). Acquisition is one transaction of the same steps on both:
-//! lock the key's fence row (contenders queue on that row lock, so no more
-//! than `--limit` are ever admitted), delete expired leases, read the live
-//! ones, and if [`kit::admits`] lets us in bump the token and insert our
-//! lease, dropping our waiter row in the same transaction. Every value is a
-//! bound parameter.
+//! A lease row per holder, judged by the database's clock (a server's, or
+//! for SQLite, which has no server, the client's on the one host that
+//! shares the file). Tables (created if missing; `?dlock_table=NAME` in a
+//! server's URL renames the `dlock` prefix): `dlock_lease` (one row per
+//! held lease), `dlock_fence` (the per-key token counter) and
+//! `dlock_waiter` (waiters, for `status`). Acquisition is one transaction
+//! of the same steps on all three (`SqlBackend::attempt`): lock the key
+//! (its fence row, or SQLite's `BEGIN IMMEDIATE`; contenders queue there,
+//! so no more than `--limit` are ever admitted), delete expired leases,
+//! read the live ones, and if [`kit::admits`] lets us in bump the token and
+//! insert our lease, dropping our waiter row in the same transaction. If it
+//! does not, holders the dialect knows to be dead ([`Dialect::dead`]) have
+//! their leases ended [`BREAK_GRACE`] from now, and the attempt is made
+//! once more then. Every value is a bound parameter, each statement naming
+//! its own ([`Stmt`], [`Arg`]).
 //!
 //! Shared locks (`--shared`) use the same tables, unchanged: a shared lease
 //! is a lease row with `lim = 0` (an exclusive one has its `--limit`, 1 or
@@ -21,25 +26,21 @@
 //! Older dlock versions see a shared lease as a holder (so their mutex
 //! excludes it) and their waiters as exclusive ones.
 //!
-//! What differs is in a [`Dialect`]: the statements' spelling, the tables,
-//! the token bump, how a waiter is woken (PostgreSQL `LISTEN`/`NOTIFY`,
-//! MySQL `GET_LOCK`), and the doctor's durability check. The engine talks
-//! through sqlx's `Any` driver, so it is written once.
-//!
-//! SQLite ([`super::sqlite`]) keeps its own transaction (the client's clock
-//! in milliseconds, `BEGIN IMMEDIATE` instead of a fence-row lock, the
-//! `flock` wake-up, breaking a dead local holder's lease) over sqlx's own
-//! SQLite driver, but shares with this engine what the two layouts have in
-//! common: a lease row's holder ([`lease_holder`]), what a request is
-//! admitted behind ([`ahead`]), this process's waiter rows
-//! ([`WaiterRows`]), a key's status ([`key_status`], [`waiters_of`]) and
-//! the key hash ([`fnv64`]).
+//! What differs is in a [`Plan`] (the statements: their spelling, the
+//! clock, the token bump) and a [`Dialect`]: how a waiter is woken
+//! (PostgreSQL `LISTEN`/`NOTIFY`, MySQL `GET_LOCK`, SQLite `flock` on a
+//! wake file), which holders are known dead, and the doctor's checks. The
+//! engine talks to a server through sqlx's `Any` driver, and to a SQLite
+//! file through its own driver (whose options `Any` cannot pass), in rows
+//! of `Any` either way ([`Link`]), so it is written once.
 
 mod mysql;
 mod postgres;
+mod sqlite;
 
 pub use mysql::connect as connect_mysql;
 pub use postgres::connect as connect_postgres;
+pub use sqlite::connect as connect_sqlite;
 
 use std::borrow::Cow;
 use std::sync::Mutex as StdMutex;
@@ -48,9 +49,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Result;
 use async_trait::async_trait;
-use sqlx::AnyPool;
-use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AssertSqlSafe, Row};
+use futures_util::TryStreamExt;
+use sqlx::any::{Any, AnyPoolOptions, AnyRow};
+use sqlx::pool::PoolConnection;
+use sqlx::sqlite::Sqlite;
+use sqlx::{AnyConnection, AnyPool, SqliteConnection};
+use sqlx::{AssertSqlSafe, Either, Row, SqlSafeStr, SqlStr};
 
 use super::kit::{self, Kind, Mode};
 use super::{
@@ -227,7 +231,7 @@ pub fn lease_holder<R>(
     r: &R,
     acquired_at: SystemTime,
     expires_at: SystemTime,
-) -> Result<(Holder, i64)>
+) -> sqlx::Result<(Holder, i64)>
 where
     R: Row,
     for<'a> &'a str: sqlx::ColumnIndex<R>,
@@ -452,9 +456,9 @@ pub fn epoch_micros(us: i64) -> std::time::SystemTime {
     std::time::UNIX_EPOCH + std::time::Duration::from_micros(us.max(0) as u64)
 }
 
-/// The statements of one dialect. Each takes its parameters in the order
-/// its comment gives, the same on every dialect, so the engine binds them
-/// once for all.
+/// The statements of a dialect whose every statement takes its parameters
+/// in the one order its comment gives (PostgreSQL, MySQL); the engine reads
+/// them as a [`Plan`] with those lists.
 pub struct Statements {
     /// (ns, key): create the key's fence row, or lock it.
     pub fence: String,
@@ -497,31 +501,393 @@ pub struct Statements {
     pub spelling: Spelling,
 }
 
-/// What one database does its own way, beside its statements.
+/// A value a statement binds, by name: each [`Stmt`] lists those it takes,
+/// in its own order.
+#[derive(Clone, Copy, Debug)]
+pub enum Arg {
+    Ns,
+    Key,
+    /// Our lease's id, or our waiter row's.
+    Id,
+    Owner,
+    Host,
+    Pid,
+    HostId,
+    ProcStart,
+    /// The lease's kind (`run`, `handle`); NULL where a renewal keeps it.
+    Kind,
+    /// The `lim` column: the `--limit`, 0 if shared.
+    Lim,
+    /// The fencing token the attempt's `bump` returned.
+    Token,
+    /// The TTL in microseconds.
+    TtlUs,
+    /// [`WAITER_LAPSE`] in microseconds.
+    LapseUs,
+    /// [`SHARED_WAITER_LIKE`].
+    Like,
+    /// The client's clock in milliseconds since the epoch, for a dialect
+    /// without a server's (SQLite): read once per call, so that a
+    /// transaction sees one time.
+    NowMs,
+}
+
+/// One statement and the values it binds, in order.
+pub struct Stmt {
+    sql: SqlStr,
+    args: &'static [Arg],
+}
+
+impl Stmt {
+    pub fn new(sql: String, args: &'static [Arg]) -> Stmt {
+        Stmt {
+            sql: AssertSqlSafe(sql).into_sql_str(),
+            args,
+        }
+    }
+}
+
+/// What the engine runs, each statement with its parameters; the
+/// attempt's steps are in `SqlBackend::attempt`.
+pub struct Plan {
+    /// What opens the attempt's transaction (SQLite's `BEGIN IMMEDIATE`
+    /// takes the write lock at once); None: `BEGIN`.
+    pub begin: Option<&'static str>,
+    /// Create the key's fence row, or lock it: contenders queue on it. None
+    /// where `begin` already lets one attempt in at a time.
+    pub fence: Option<Stmt>,
+    pub delete_expired: Stmt,
+    /// -> id, token, owner, host, pid, lim, acquired_us, left_us (and
+    /// whatever the dialect's [`Dialect::dead`] reads): the live leases,
+    /// oldest first.
+    pub holders: Stmt,
+    /// As `holders`, inside the acquiring transaction.
+    pub holders_locked: Stmt,
+    /// Bump the token before `insert`: the row it returns, or else its
+    /// LAST_INSERT_ID, is the token ([`Arg::Token`] for `insert`).
+    pub bump: Option<Stmt>,
+    /// Insert our lease (returning the token, where there is no `bump`).
+    pub insert: Stmt,
+    /// End a dead holder's lease [`BREAK_GRACE`] from now (where the
+    /// dialect can tell one: [`Dialect::dead`]).
+    pub break_lease: Option<Stmt>,
+    /// -> how many live exclusive waiters (ids not LIKE [`Arg::Like`]).
+    pub exclusive_waiters: Stmt,
+    pub delete_waiter: Stmt,
+    pub upsert_waiter: Stmt,
+    /// Waiter rows of processes that died long ago.
+    pub stale_waiters: Stmt,
+    /// Extend our live lease (and set its kind, where bound and not NULL).
+    pub renew: Stmt,
+    /// Delete our lease: whether it was live is the row it returns, if
+    /// any, else whether it deleted one.
+    pub release: Stmt,
+    /// Delete every live lease of the key.
+    pub force: Stmt,
+    /// -> key, every key with a live lease.
+    pub held_keys: Stmt,
+    /// -> key, count of live waiter rows.
+    pub waiter_counts: Stmt,
+    /// -> the database's version.
+    pub version: Stmt,
+    /// -> the server's clock, microseconds since the epoch.
+    pub clock_us: Option<Stmt>,
+    /// For the doctor's rights probe ([`Dialect::doctor`]).
+    pub spelling: Option<Spelling>,
+}
+
+impl From<Statements> for Plan {
+    fn from(q: Statements) -> Plan {
+        use Arg::*;
+        let s = Stmt::new;
+        Plan {
+            begin: None,
+            fence: Some(s(q.fence, &[Ns, Key])),
+            delete_expired: s(q.delete_expired, &[Ns, Key]),
+            holders: s(q.holders, &[Ns, Key]),
+            holders_locked: s(q.holders_locked, &[Ns, Key]),
+            bump: q.bump.map(|b| s(b, &[Ns, Key])),
+            insert: s(q.insert, &[Ns, Key, Id, Owner, Host, Pid, Lim, TtlUs]),
+            break_lease: None,
+            exclusive_waiters: s(q.exclusive_waiters, &[Ns, Key, Like]),
+            delete_waiter: s(q.delete_waiter, &[Ns, Key, Id]),
+            upsert_waiter: s(q.upsert_waiter, &[Ns, Key, Id, LapseUs]),
+            stale_waiters: s(q.stale_waiters, &[Ns, Key]),
+            renew: s(q.renew, &[TtlUs, Ns, Key, Id]),
+            release: s(q.release, &[Ns, Key, Id]),
+            force: s(q.force, &[Ns, Key]),
+            held_keys: s(q.held_keys, &[Ns]),
+            waiter_counts: s(q.waiter_counts, &[Ns]),
+            version: s(q.version.into(), &[]),
+            clock_us: Some(s(q.clock_us.into(), &[])),
+            spelling: Some(q.spelling),
+        }
+    }
+}
+
+/// The values one call binds, by [`Arg`].
+#[derive(Default)]
+struct Args<'a> {
+    ns: &'a str,
+    key: &'a str,
+    id: &'a str,
+    owner: &'a str,
+    host: &'a str,
+    pid: i64,
+    host_id: &'a str,
+    proc_start: i64,
+    kind: Option<&'a str>,
+    lim: i32,
+    token: i64,
+    ttl_us: i64,
+    now_ms: i64,
+}
+
+enum Val<'a> {
+    Str(&'a str),
+    Opt(Option<&'a str>),
+    I64(i64),
+    I32(i32),
+}
+
+impl<'a> Args<'a> {
+    /// For a statement on `key` of `ns`, now.
+    fn of(ns: &'a str, key: &'a str) -> Args<'a> {
+        let now_ms = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        Args {
+            ns,
+            key,
+            now_ms,
+            ..Args::default()
+        }
+    }
+
+    /// For a statement on our lease, or our waiter row, `id`.
+    fn id(self, id: &'a str) -> Args<'a> {
+        Args { id, ..self }
+    }
+
+    fn val(&self, a: Arg) -> Val<'a> {
+        match a {
+            Arg::Ns => Val::Str(self.ns),
+            Arg::Key => Val::Str(self.key),
+            Arg::Id => Val::Str(self.id),
+            Arg::Owner => Val::Str(self.owner),
+            Arg::Host => Val::Str(self.host),
+            Arg::Pid => Val::I64(self.pid),
+            Arg::HostId => Val::Str(self.host_id),
+            Arg::ProcStart => Val::I64(self.proc_start),
+            Arg::Kind => Val::Opt(self.kind),
+            Arg::Lim => Val::I32(self.lim),
+            Arg::Token => Val::I64(self.token),
+            Arg::TtlUs => Val::I64(self.ttl_us),
+            Arg::LapseUs => Val::I64(us(WAITER_LAPSE)),
+            Arg::Like => Val::Str(SHARED_WAITER_LIKE),
+            Arg::NowMs => Val::I64(self.now_ms),
+        }
+    }
+}
+
+/// What a statement gave: its rows, how many rows it changed, and its
+/// LAST_INSERT_ID (MySQL).
+#[derive(Default)]
+struct Out {
+    rows: Vec<AnyRow>,
+    affected: u64,
+    last_id: Option<i64>,
+}
+
+impl Out {
+    /// The first column of the first row, if there is a row.
+    fn first<T>(&self) -> Result<Option<T>, sqlx::Error>
+    where
+        T: for<'r> sqlx::Decode<'r, Any> + sqlx::Type<Any>,
+    {
+        self.rows.first().map(|r| r.try_get(0)).transpose()
+    }
+}
+
+/// `stmt` with the values of `args` bound, as a query of `$db`.
+macro_rules! bound {
+    ($stmt:expr, $args:expr) => {{
+        let mut q = sqlx::query($stmt.sql.clone());
+        for &a in $stmt.args {
+            q = match $args.val(a) {
+                Val::Str(v) => q.bind(v),
+                Val::Opt(v) => q.bind(v),
+                Val::I64(v) => q.bind(v),
+                Val::I32(v) => q.bind(v),
+            };
+        }
+        q
+    }};
+}
+
+async fn run_any(c: &mut AnyConnection, stmt: &Stmt, args: &Args<'_>) -> sqlx::Result<Out> {
+    let mut out = Out::default();
+    let mut s = sqlx::Executor::fetch_many(c, bound!(stmt, args));
+    while let Some(x) = s.try_next().await? {
+        match x {
+            Either::Left(r) => {
+                out.affected += r.rows_affected();
+                out.last_id = r.last_insert_id();
+            }
+            Either::Right(row) => out.rows.push(row),
+        }
+    }
+    Ok(out)
+}
+
+async fn run_sqlite(c: &mut SqliteConnection, stmt: &Stmt, args: &Args<'_>) -> sqlx::Result<Out> {
+    let mut out = Out::default();
+    let mut s = sqlx::Executor::fetch_many(c, bound!(stmt, args));
+    while let Some(x) = s.try_next().await? {
+        match x {
+            Either::Left(r) => out.affected += r.rows_affected(),
+            Either::Right(row) => out.rows.push(AnyRow::try_from(&row)?),
+        }
+    }
+    Ok(out)
+}
+
+/// Where the engine's statements go: a pool of connections to a server
+/// (PostgreSQL, MySQL, through sqlx's `Any` driver), or the one connection
+/// of this process to a database file (SQLite, opened with its driver's
+/// own options, which `Any` cannot pass).
+pub trait Link: Send + Sync + 'static {
+    /// A server may not answer: each call is then bounded by
+    /// `--connect-timeout` and its error typed by [`kind`]. A database
+    /// file's calls are bounded by its busy timeout, and their errors pass
+    /// up as the driver words them (the `Typed` decorator names the
+    /// backend).
+    const SERVER: bool;
+    fn conn(&self) -> impl Future<Output = sqlx::Result<Conn<'_>>> + Send;
+}
+
+impl Link for AnyPool {
+    const SERVER: bool = true;
+    async fn conn(&self) -> sqlx::Result<Conn<'_>> {
+        Ok(Conn::Pool(self.acquire().await?))
+    }
+}
+
+/// A database file's one connection (SQLite).
+pub struct Local(pub tokio::sync::Mutex<SqliteConnection>);
+
+impl Link for Local {
+    const SERVER: bool = false;
+    async fn conn(&self) -> sqlx::Result<Conn<'_>> {
+        Ok(Conn::Local(self.0.lock().await))
+    }
+}
+
+/// A connection taken from a [`Link`].
+pub enum Conn<'a> {
+    Pool(PoolConnection<Any>),
+    Local(tokio::sync::MutexGuard<'a, SqliteConnection>),
+}
+
+/// A transaction on a [`Conn`]; rolled back if dropped.
+enum Tx<'c> {
+    Pool(sqlx::Transaction<'c, Any>),
+    Local(sqlx::Transaction<'c, Sqlite>),
+}
+
+impl Conn<'_> {
+    async fn run(&mut self, stmt: &Stmt, args: &Args<'_>) -> sqlx::Result<Out> {
+        match self {
+            Conn::Pool(c) => run_any(c, stmt, args).await,
+            Conn::Local(c) => run_sqlite(c, stmt, args).await,
+        }
+    }
+
+    async fn begin(&mut self, with: Option<&'static str>) -> sqlx::Result<Tx<'_>> {
+        use sqlx::Connection;
+        Ok(match (self, with) {
+            (Conn::Pool(c), None) => Tx::Pool(c.begin().await?),
+            (Conn::Pool(c), Some(s)) => Tx::Pool(c.begin_with(s).await?),
+            (Conn::Local(c), None) => Tx::Local(c.begin().await?),
+            (Conn::Local(c), Some(s)) => Tx::Local(c.begin_with(s).await?),
+        })
+    }
+}
+
+impl Tx<'_> {
+    async fn run(&mut self, stmt: &Stmt, args: &Args<'_>) -> sqlx::Result<Out> {
+        match self {
+            Tx::Pool(t) => run_any(t, stmt, args).await,
+            Tx::Local(t) => run_sqlite(t, stmt, args).await,
+        }
+    }
+
+    async fn commit(self) -> sqlx::Result<()> {
+        match self {
+            Tx::Pool(t) => t.commit().await,
+            Tx::Local(t) => t.commit().await,
+        }
+    }
+
+    async fn rollback(self) -> sqlx::Result<()> {
+        match self {
+            Tx::Pool(t) => t.rollback().await,
+            Tx::Local(t) => t.rollback().await,
+        }
+    }
+}
+
+/// How soon the lease of a holder found dead ([`Dialect::dead`]) ends: the
+/// grace lets the dead holder's guard finish killing the job's process
+/// group.
+pub const BREAK_GRACE: Duration = Duration::from_millis(100);
+
+/// What one database does its own way, beside its statements. The methods
+/// with a body are those a server dialect leaves alone.
 #[async_trait]
-pub trait Dialect: Send + Sync {
+pub trait Dialect<P: Link = AnyPool>: Send + Sync {
     /// The service's name in messages: `PostgreSQL`, `MySQL`.
     fn service(&self) -> &'static str;
     /// The product, from its version string, for `ping`.
     fn product(&self, version: &str) -> &'static str;
+    /// Where `ping` says the database is; None: its URL.
+    fn detail(&self) -> Option<String> {
+        None
+    }
+    /// Whether a lease row's holder is known to be dead (SQLite: a `run`
+    /// on this host whose process is gone): `status` says so, and a busy
+    /// attempt ends its lease [`BREAK_GRACE`] from now ([`Plan::break_lease`]).
+    fn dead(&self, _row: &AnyRow) -> bool {
+        false
+    }
     /// We took `spec.key` (MySQL holds a wake-up lock for an exclusive one).
     async fn taken(&self, _spec: &LockSpec, _kind: LeaseKind) {}
+    /// An attempt found `spec.key` busy.
+    async fn missed(&self, _spec: &LockSpec) {}
     /// We let go of a key, broke it, or stopped waiting for it as a writer
     /// (readers may be giving way to us): wake its waiters.
-    async fn freed(&self, e: &SqlBackend, ns: &str, key: &str);
+    async fn freed(&self, e: &SqlBackend<P>, ns: &str, key: &str);
     /// Sleep until trying `spec.key` again is worthwhile, or `bound`.
     async fn wait(&self, spec: &LockSpec, bound: Instant);
     /// The doctor's finding on durability settings.
-    async fn durability(&self, e: &SqlBackend) -> Check;
+    async fn durability(&self, _e: &SqlBackend<P>) -> Check {
+        Check::new(Level::Info, "durability", "not checked")
+    }
+    /// The doctor's findings: durability, and dlock's rights on the tables.
+    async fn doctor(&self, e: &SqlBackend<P>) -> Vec<Check> {
+        let mut out = vec![self.durability(e).await];
+        out.extend(e.access().await);
+        out
+    }
 }
 
 /// The engine: a lease row per holder, for any [`Dialect`].
-pub struct SqlBackend {
+pub struct SqlBackend<P: Link = AnyPool> {
     shown: String,
-    pool: AnyPool,
+    pool: P,
     t: Names,
-    q: Statements,
-    d: Box<dyn Dialect>,
+    q: Plan,
+    d: Box<dyn Dialect<P>>,
     timeout: Duration,
     /// The soonest a busy key's holder can expire, from the last attempt.
     next_expiry: StdMutex<Option<Instant>>,
@@ -532,8 +898,8 @@ pub struct SqlBackend {
 }
 
 /// A lease row: the holder, the `--limit` it was taken with (0: shared),
-/// and how many microseconds it has left by the server's clock.
-fn holder(r: &AnyRow) -> Result<(Holder, i64, i64)> {
+/// and how many microseconds it has left by the database's clock.
+fn holder(r: &AnyRow) -> sqlx::Result<(Holder, i64, i64)> {
     let acquired_us: i64 = r.try_get("acquired_us")?;
     let left_us: i64 = r.try_get("left_us")?;
     let (h, lim) = lease_holder(
@@ -579,7 +945,27 @@ impl SqlBackend {
                 return Err(connect_error(&service, e, part, probe).await);
             }
         };
-        Ok(SqlBackend {
+        Ok(SqlBackend::new(shown, pool, timeout, t, q.into(), d))
+    }
+
+    /// Run DDL (several statements) once.
+    async fn ddl(&self, what: &str, sql: String) -> Result<()> {
+        self.bounded(what, sqlx::raw_sql(AssertSqlSafe(sql)).execute(&self.pool))
+            .await
+            .map(drop)
+    }
+}
+
+impl<P: Link> SqlBackend<P> {
+    pub fn new(
+        shown: String,
+        pool: P,
+        timeout: Duration,
+        t: Names,
+        q: Plan,
+        d: Box<dyn Dialect<P>>,
+    ) -> SqlBackend<P> {
+        SqlBackend {
             shown,
             pool,
             t,
@@ -589,7 +975,7 @@ impl SqlBackend {
             next_expiry: StdMutex::new(None),
             waiting: WaiterRows::default(),
             waiter_table: false,
-        })
+        }
     }
 
     async fn bounded<T>(
@@ -597,6 +983,9 @@ impl SqlBackend {
         what: &str,
         f: impl std::future::Future<Output = Result<T, sqlx::Error>>,
     ) -> Result<T> {
+        if !P::SERVER {
+            return Ok(f.await?);
+        }
         let service = format!("{} {}", self.d.service(), self.shown);
         use futures_util::TryFutureExt;
         kit::bounded(&service, what, self.timeout, f.map_err(Shown), |e| {
@@ -605,11 +994,29 @@ impl SqlBackend {
         .await
     }
 
-    /// Run DDL (several statements) once.
-    async fn ddl(&self, what: &str, sql: String) -> Result<()> {
-        self.bounded(what, sqlx::raw_sql(AssertSqlSafe(sql)).execute(&self.pool))
-            .await
-            .map(drop)
+    /// One statement on a connection of its own.
+    async fn call(&self, what: &str, stmt: &Stmt, args: &Args<'_>) -> Result<Out> {
+        let run = async { self.pool.conn().await?.run(stmt, args).await };
+        self.bounded(what, run).await
+    }
+
+    /// Extend our lease to `ttl` from now if it is still live (and mark it
+    /// as of `kind`, if given, where the dialect keeps kinds); whether it was.
+    async fn extend(&self, lease: &Lease, ttl: Duration, kind: Option<LeaseKind>) -> Result<bool> {
+        let a = Args {
+            ttl_us: us(ttl),
+            kind: kind.map(LeaseKind::as_str),
+            ..Args::of(&lease.namespace, &lease.key).id(&lease.id)
+        };
+        Ok(self.call("renew", &self.q.renew, &a).await?.affected == 1)
+    }
+
+    /// A lease row as the dialect knows it: the holder (dead or not), its
+    /// `lim`, and its microseconds left.
+    fn holder(&self, r: &AnyRow) -> sqlx::Result<(Holder, i64, i64)> {
+        let (mut h, lim, left) = holder(r)?;
+        h.dead = self.d.dead(r);
+        Ok((h, lim, left))
     }
 
     /// Delete the rows of our waiter entries. A writer that stops waiting
@@ -617,21 +1024,158 @@ impl SqlBackend {
     async fn drop_waiters(&self) {
         let (id, shared, rows) = self.waiting.clear();
         for (ns, key) in rows {
-            let q = sqlx::query(AssertSqlSafe(self.q.delete_waiter.as_str()))
-                .bind(&ns)
-                .bind(&key)
-                .bind(id.as_ref())
-                .execute(&self.pool);
-            let _ = self.bounded("waiting", q).await;
+            let a = Args::of(&ns, &key).id(&id);
+            let _ = self.call("waiting", &self.q.delete_waiter, &a).await;
             if !shared {
                 self.d.freed(self, &ns, &key).await;
+            }
+        }
+    }
+
+    /// The doctor's findings on dlock's rights: every statement dlock
+    /// makes, rolled back, and reading the waiter table.
+    async fn access(&self) -> Vec<Check> {
+        let Some(spelling) = &self.q.spelling else {
+            return Vec::new();
+        };
+        let probe_key = format!("doctor-{}", self.waiting.id());
+        let a = Args::of("", &probe_key);
+        let probe = async {
+            let mut c = self.pool.conn().await?;
+            let mut tx = c.begin(None).await?;
+            for sql in self.t.probe_statements(spelling) {
+                tx.run(&Stmt::new(sql, &[Arg::Key]), &a).await?;
+            }
+            tx.rollback().await
+        };
+        let probe = self.bounded("a rolled-back test write", probe).await;
+        let read = Stmt::new(format!("SELECT 1 FROM {} LIMIT 1", self.t.waiter), &[]);
+        let waiters = self
+            .call("reading the waiter table", &read, &a)
+            .await
+            .map(drop);
+        self.t.judge_access(probe, waiters)
+    }
+
+    /// One attempt; when busy only because of holders found dead, whose
+    /// leases end within [`BREAK_GRACE`], also when they will be gone.
+    async fn attempt(&self, spec: &LockSpec, me: &Owner) -> Result<(Attempt, Option<Instant>)> {
+        let granted_at = Instant::now();
+        let (ns, key) = (&spec.namespace, &spec.key);
+        let q = &self.q;
+        let mut a = Args {
+            id: &me.id,
+            owner: &me.user,
+            host: &me.host,
+            pid: i64::from(me.pid),
+            host_id: &me.host_id,
+            proc_start: me.proc_start as i64,
+            kind: Some(me.kind.as_str()),
+            lim: lim_of(spec) as i32,
+            ttl_us: us(spec.ttl),
+            ..Args::of(ns, key)
+        };
+        let grace = us(BREAK_GRACE);
+        let attempt = async {
+            let mut c = self.pool.conn().await?;
+            let mut tx = c.begin(q.begin).await?;
+            // Lock this key's fence row: contenders queue here.
+            if let Some(fence) = &q.fence {
+                tx.run(fence, &a).await?;
+            }
+            tx.run(&q.delete_expired, &a).await?;
+            let rows = tx.run(&q.holders_locked, &a).await?.rows;
+            let mut lims = Vec::with_capacity(rows.len());
+            for r in &rows {
+                lims.push(r.try_get::<i64, _>("lim")?);
+            }
+            // A shared request also gives way to the writers waiting.
+            let mut writers = 0;
+            if spec.shared && self.waiter_table {
+                writers = tx
+                    .run(&q.exclusive_waiters, &a)
+                    .await?
+                    .first()?
+                    .unwrap_or(0);
+            }
+            if !kit::admits(spec.mode(), &ahead(lims, writers)) {
+                let mut held = Vec::with_capacity(rows.len());
+                // Holders known dead: their leases end BREAK_GRACE from
+                // now instead of at their TTL, by when they are gone.
+                let mut gone = None;
+                for r in &rows {
+                    let (h, lim, left) = self.holder(r)?;
+                    if let (true, Some(brk)) = (h.dead, &q.break_lease) {
+                        gone = gone.max(Some(left.min(grace).max(0)));
+                        if left > grace {
+                            tracing::info!(
+                                key = spec.key,
+                                pid = h.pid,
+                                "the holder's process is gone: breaking its lease"
+                            );
+                            let id: String = r.try_get("id")?;
+                            let a = Args::of(ns, key).id(&id);
+                            tx.run(brk, &a).await?;
+                        }
+                    }
+                    held.push((h, lim, left));
+                }
+                tx.commit().await?;
+                return Ok::<_, sqlx::Error>(Err((held, writers, gone)));
+            }
+            if let Some(bump) = &q.bump {
+                let out = tx.run(bump, &a).await?;
+                a.token = out.first()?.or(out.last_id).unwrap_or(0);
+            }
+            let out = tx.run(&q.insert, &a).await?;
+            if q.bump.is_none() {
+                a.token = out.first()?.unwrap_or(0);
+            }
+            // No longer a waiter: in the same transaction, so the new holder
+            // is never counted as both.
+            if let Some(id) = self.waiting.ours(spec) {
+                let a = Args::of(ns, key).id(&id);
+                tx.run(&q.delete_waiter, &a).await?;
+            }
+            tx.commit().await?;
+            Ok(Ok(a.token))
+        };
+        match self.bounded("acquire", attempt).await? {
+            Ok(token) => {
+                self.waiting.done(ns, key);
+                self.d.taken(spec, me.kind).await;
+                let lease = Lease {
+                    namespace: ns.clone(),
+                    key: key.clone(),
+                    token: token as u64,
+                    id: me.id.clone(),
+                    ttl: spec.ttl,
+                    granted_at,
+                    shared: spec.shared,
+                };
+                Ok((Attempt::Acquired(lease), None))
+            }
+            Err((held, writers, gone)) => {
+                self.d.missed(spec).await;
+                let soonest = held.iter().map(|h| h.2).min().unwrap_or(i64::MAX);
+                *self.next_expiry.lock().unwrap() = Some(
+                    Instant::now() + Duration::from_micros(soonest.clamp(0, 3_600_000_000) as u64),
+                );
+                // Busy only because of holders that are dead: say when they
+                // will be gone, so that the caller can try again then.
+                let alive = ahead(held.iter().filter(|h| !h.0.dead).map(|h| h.1), writers);
+                let free_at = gone
+                    .filter(|_| kit::admits(spec.mode(), &alive))
+                    .map(|g| Instant::now() + Duration::from_micros(g as u64 + 5_000));
+                let holders = held.into_iter().map(|h| h.0).collect();
+                Ok((Attempt::Busy(holders), free_at))
             }
         }
     }
 }
 
 #[async_trait]
-impl Backend for SqlBackend {
+impl<P: Link> Backend for SqlBackend<P> {
     fn describe(&self) -> String {
         self.shown.clone()
     }
@@ -641,13 +1185,7 @@ impl Backend for SqlBackend {
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Renewal> {
-        let q = sqlx::query(AssertSqlSafe(self.q.renew.as_str()))
-            .bind(us(ttl))
-            .bind(&lease.namespace)
-            .bind(&lease.key)
-            .bind(&lease.id)
-            .execute(&self.pool);
-        Ok(if self.bounded("renew", q).await?.rows_affected() == 1 {
+        Ok(if self.extend(lease, ttl, None).await? {
             Renewal::Renewed
         } else {
             Renewal::Lost
@@ -655,70 +1193,76 @@ impl Backend for SqlBackend {
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool> {
-        let q = sqlx::query(AssertSqlSafe(self.q.release.as_str()))
-            .bind(&lease.namespace)
-            .bind(&lease.key)
-            .bind(&lease.id)
-            .execute(&self.pool);
-        let n = self.bounded("release", q).await?.rows_affected();
+        let a = Args::of(&lease.namespace, &lease.key).id(&lease.id);
+        let out = self.call("release", &self.q.release, &a).await?;
+        let live = match out.first::<i64>()? {
+            Some(live) => live != 0,
+            None => out.affected == 1,
+        };
         self.d.freed(self, &lease.namespace, &lease.key).await;
-        Ok(n == 1)
+        Ok(live)
     }
 
     async fn release_after(&self, lease: &Lease, remaining: Duration) -> Result<bool> {
-        let kept = self
-            .renew(lease, remaining.max(Duration::from_millis(1)))
-            .await?
-            == Renewal::Renewed;
+        // The lease outlives this process now: marked a handle's (where
+        // the dialect keeps kinds), nobody breaks it early for its process
+        // being gone.
+        let ttl = remaining.max(Duration::from_millis(1));
+        let kept = self.extend(lease, ttl, Some(LeaseKind::Handle)).await?;
         self.d.freed(self, &lease.namespace, &lease.key).await;
         Ok(kept)
     }
 
     async fn force_release(&self, namespace: &str, key: &str) -> Result<u64> {
-        let q = sqlx::query(AssertSqlSafe(self.q.force.as_str()))
-            .bind(namespace)
-            .bind(key)
-            .execute(&self.pool);
-        let n = self.bounded("force release", q).await?.rows_affected();
+        let a = Args::of(namespace, key);
+        let n = self
+            .call("force release", &self.q.force, &a)
+            .await?
+            .affected;
         self.d.freed(self, namespace, key).await;
         Ok(n)
     }
 
     async fn status(&self, namespace: &str, keys: &[String]) -> Result<Vec<KeyStatus>> {
+        let a = Args::of(namespace, "");
         let mut names = keys.to_vec();
         if names.is_empty() {
-            let q = sqlx::query_scalar(AssertSqlSafe(self.q.held_keys.as_str()))
-                .bind(namespace)
-                .fetch_all(&self.pool);
-            names = self.bounded("status", q).await?;
+            let out = self.call("status", &self.q.held_keys, &a).await?;
+            for r in &out.rows {
+                names.push(r.try_get(0)?);
+            }
         }
         // Without a waiter table (dlock may not create one there): no count.
-        let q = sqlx::query_as(AssertSqlSafe(self.q.waiter_counts.as_str()))
-            .bind(namespace)
-            .fetch_all(&self.pool);
-        let counts: Option<Vec<(String, i64)>> = self.bounded("status", q).await.ok();
+        let counts = match self.call("status", &self.q.waiter_counts, &a).await {
+            Ok(out) => Some(
+                out.rows
+                    .iter()
+                    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                    .collect::<sqlx::Result<Vec<(String, i64)>>>()?,
+            ),
+            Err(_) => None,
+        };
         let mut out = Vec::new();
         for k in names {
-            let q = sqlx::query(AssertSqlSafe(self.q.holders.as_str()))
-                .bind(namespace)
-                .bind(&k)
-                .fetch_all(&self.pool);
-            let rows: Vec<AnyRow> = self.bounded("status", q).await?;
+            let rows = self
+                .call("status", &self.q.holders, &Args::of(namespace, &k))
+                .await?
+                .rows;
             let w = waiters_of(&counts, &k);
             out.push(key_status(k, &rows, w, |r| {
-                holder(r).map(|(h, lim, _)| (h, lim))
+                Ok(self.holder(r).map(|(h, lim, _)| (h, lim))?)
             })?);
         }
         Ok(out)
     }
 
     async fn ping(&self) -> Result<PingInfo> {
-        let q = sqlx::query_scalar(self.q.version).fetch_one(&self.pool);
-        let version: String = self.bounded("ping", q).await?;
+        let out = self.call("ping", &self.q.version, &Args::default()).await?;
+        let version: String = out.first()?.unwrap_or_default();
         Ok(PingInfo {
             kind: self.d.product(&version),
             version,
-            detail: self.shown.clone(),
+            detail: self.d.detail().unwrap_or_else(|| self.shown.clone()),
         })
     }
 
@@ -727,31 +1271,7 @@ impl Backend for SqlBackend {
     }
 
     async fn doctor(&self, _ttl: Duration, _timeout: Duration) -> Vec<Check> {
-        let mut out = vec![self.d.durability(self).await];
-        // Rights: every statement dlock makes, rolled back.
-        let probe_key = format!("doctor-{}", self.waiting.id());
-        let probe = async {
-            let mut tx = self.pool.begin().await?;
-            for sql in self.t.probe_statements(&self.q.spelling) {
-                sqlx::query(AssertSqlSafe(sql))
-                    .bind(&probe_key)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.rollback().await
-        };
-        let probe = self.bounded("a rolled-back test write", probe).await;
-        let waiters = sqlx::query(AssertSqlSafe(format!(
-            "SELECT 1 FROM {} LIMIT 1",
-            self.t.waiter
-        )))
-        .fetch_optional(&self.pool);
-        let waiters = self
-            .bounded("reading the waiter table", waiters)
-            .await
-            .map(drop);
-        out.extend(self.t.judge_access(probe, waiters));
-        out
+        self.d.doctor(self).await
     }
 
     fn shares(&self) -> bool {
@@ -759,118 +1279,28 @@ impl Backend for SqlBackend {
     }
 
     async fn server_time(&self) -> Result<Option<SystemTime>> {
-        let q = sqlx::query_scalar(self.q.clock_us).fetch_one(&self.pool);
-        let us: i64 = self.bounded("reading the server's clock", q).await?;
-        Ok(Some(epoch_micros(us)))
+        let Some(clock) = &self.q.clock_us else {
+            return Ok(None);
+        };
+        let out = self
+            .call("reading the server's clock", clock, &Args::default())
+            .await?;
+        Ok(out.first()?.map(epoch_micros))
     }
 }
 
 #[async_trait]
-impl Poll for SqlBackend {
+impl<P: Link> Poll for SqlBackend<P> {
     async fn try_acquire(&self, spec: &LockSpec, me: &Owner) -> Result<Attempt> {
-        let granted_at = Instant::now();
-        let (ns, key) = (&spec.namespace, &spec.key);
-        let q = &self.q;
-        let attempt = async {
-            let mut tx = self.pool.begin().await?;
-            // Lock this key's fence row: contenders queue here.
-            for sql in [&q.fence, &q.delete_expired] {
-                sqlx::query(AssertSqlSafe(sql.as_str()))
-                    .bind(ns)
-                    .bind(key)
-                    .execute(&mut *tx)
-                    .await?;
+        // A dead holder's lease ends BREAK_GRACE after it is found dead; the
+        // attempt that finds it waits that out and tries once more, so the
+        // first contender after a crash gets the lock (`run -n` included).
+        match self.attempt(spec, me).await? {
+            (Attempt::Busy(_), Some(free_at)) => {
+                tokio::time::sleep_until(free_at.into()).await;
+                Ok(self.attempt(spec, me).await?.0)
             }
-            let rows = sqlx::query(AssertSqlSafe(q.holders_locked.as_str()))
-                .bind(ns)
-                .bind(key)
-                .fetch_all(&mut *tx)
-                .await?;
-            let mut lims = Vec::with_capacity(rows.len());
-            for r in &rows {
-                lims.push(r.try_get::<i64, _>("lim")?);
-            }
-            // A shared request also gives way to the writers waiting.
-            let mut writers = 0;
-            if spec.shared && self.waiter_table {
-                writers = sqlx::query_scalar(AssertSqlSafe(q.exclusive_waiters.as_str()))
-                    .bind(ns)
-                    .bind(key)
-                    .bind(SHARED_WAITER_LIKE)
-                    .fetch_one(&mut *tx)
-                    .await?;
-            }
-            if !kit::admits(spec.mode(), &ahead(lims, writers)) {
-                tx.commit().await?;
-                return Ok::<_, sqlx::Error>(Err(rows));
-            }
-            let bumped = match &q.bump {
-                Some(bump) => {
-                    let r = sqlx::query(AssertSqlSafe(bump.as_str()))
-                        .bind(ns)
-                        .bind(key)
-                        .execute(&mut *tx)
-                        .await?;
-                    Some(r.last_insert_id().unwrap_or(0))
-                }
-                None => None,
-            };
-            let insert = sqlx::query(AssertSqlSafe(q.insert.as_str()))
-                .bind(ns)
-                .bind(key)
-                .bind(&me.id)
-                .bind(&me.user)
-                .bind(&me.host)
-                .bind(i64::from(me.pid))
-                .bind(lim_of(spec) as i32)
-                .bind(us(spec.ttl));
-            let token: i64 = match bumped {
-                Some(t) => {
-                    insert.execute(&mut *tx).await?;
-                    t
-                }
-                None => insert.fetch_one(&mut *tx).await?.try_get(0)?,
-            };
-            // No longer a waiter: in the same transaction, so the new holder
-            // is never counted as both.
-            if let Some(id) = self.waiting.ours(spec) {
-                sqlx::query(AssertSqlSafe(q.delete_waiter.as_str()))
-                    .bind(ns)
-                    .bind(key)
-                    .bind(id.as_ref())
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
-            Ok(Ok(token))
-        };
-        match self.bounded("acquire", attempt).await? {
-            Ok(token) => {
-                self.waiting.done(ns, key);
-                self.d.taken(spec, me.kind).await;
-                Ok(Attempt::Acquired(Lease {
-                    namespace: ns.clone(),
-                    key: key.clone(),
-                    token: token as u64,
-                    id: me.id.clone(),
-                    ttl: spec.ttl,
-                    granted_at,
-                    shared: spec.shared,
-                }))
-            }
-            Err(rows) => {
-                let mut hs = Vec::new();
-                let mut soonest = i64::MAX;
-                for r in &rows {
-                    let (h, _, left) = holder(r)?;
-                    soonest = soonest.min(left);
-                    hs.push(h);
-                }
-                *self.next_expiry.lock().unwrap() = Some(
-                    Instant::now() + Duration::from_micros(soonest.clamp(0, 3_600_000_000) as u64),
-                );
-                Ok(Attempt::Busy(hs))
-            }
+            (attempt, _) => Ok(attempt),
         }
     }
 
@@ -879,19 +1309,11 @@ impl Poll for SqlBackend {
         if let Some(id) = self.waiting.due(spec) {
             // Counted as a waiter for `status`, and, if exclusive, seen by
             // later readers, who give way to it; best effort.
-            let row = sqlx::query(AssertSqlSafe(self.q.upsert_waiter.as_str()))
-                .bind(ns)
-                .bind(key)
-                .bind(id.as_ref())
-                .bind(us(WAITER_LAPSE))
-                .execute(&self.pool);
-            if self.bounded("waiting", row).await.is_ok() && self.waiting.written(ns, key) {
+            let a = Args::of(ns, key).id(&id);
+            let row = self.call("waiting", &self.q.upsert_waiter, &a).await;
+            if row.is_ok() && self.waiting.written(ns, key) {
                 // Rows of waiters that died long ago: once per key and process.
-                let stale = sqlx::query(AssertSqlSafe(self.q.stale_waiters.as_str()))
-                    .bind(ns)
-                    .bind(key)
-                    .execute(&self.pool);
-                let _ = self.bounded("waiting", stale).await;
+                let _ = self.call("waiting", &self.q.stale_waiters, &a).await;
             }
         }
         // At least once a second, and just after the soonest holder expires.

@@ -1,0 +1,614 @@
+//! The embedded default: the lease tables in a SQLite database on this host.
+//!
+//! Layout: `dlock_lease` holds one row per held lease (key, secret id, token,
+//! who, expiry); `dlock_fence` holds the per-key fencing counter, bumped in
+//! the same `BEGIN IMMEDIATE` transaction that inserts the lease, so tokens
+//! strictly increase. Expired rows are deleted by the next acquirer. Times
+//! are the client's clock in milliseconds (there is no server; every
+//! process sharing the file is on this host).
+//!
+//! Shared locks (`--shared`) need no other table: a shared lease is a row
+//! with `lim = 0` (an exclusive one has its `--limit`, 1 or more), and a
+//! shared waiter's row in `dlock_waiter` has its id prefixed with `s:`, as
+//! on the other SQL databases (see [`super`]).
+//!
+//! Waking waiters: a `run` holder also keeps an exclusive `flock` on a small
+//! per-key file beside the database; each waiter blocks on an exclusive
+//! `flock` of that file. The kernel grants it to one waiter the moment the
+//! holder releases or dies; that waiter keeps it while it tries the key and,
+//! if it wins, while it holds the key. A hand-over is as prompt as
+//! `flock(1)`'s, without polling and without waking every waiter.
+//! Where nobody holds that file (the lock was taken by `dlock acquire`, or a
+//! semaphore with `--limit` > 1), waiters fall back to a short bounded poll.
+//! Shared `run` holders keep a *shared* `flock` on that file, and shared
+//! waiters block on a shared `flock`: a writer waiting for readers wakes
+//! when the last of them lets go, and every reader waiting for a writer
+//! wakes at once when it lets go. A reader giving way to a waiting writer
+//! while other readers hold gets its shared `flock` at once and polls.
+//!
+//! A `run` lease whose process is on this host and gone (SIGKILL, OOM, power
+//! cut of a container) is broken at once instead of after its TTL
+//! ([`Dialect::dead`]).
+//!
+//! The transaction, renewal, release, status and waiter rows are the
+//! engine's ([`super`]); this dialect is the statements (with the client's
+//! clock bound as [`Arg::NowMs`]), the connection (sqlx's own SQLite
+//! driver, whose options `Any` cannot pass), the wake files and the
+//! doctor's checks.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use async_trait::async_trait;
+use sqlx::any::AnyRow;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sqlx::{Connection, Row, SqliteConnection};
+use tokio::sync::{Mutex, watch};
+
+use super::{Arg, BREAK_GRACE, Dialect, Local, Names, Plan, SqlBackend, Stmt, fnv64};
+use crate::backend::kit;
+use crate::backend::probe::{Check, Level};
+use crate::backend::{LeaseKind, LockSpec};
+use crate::error::{unavailable, usage};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS dlock_lease (
+    ns          TEXT    NOT NULL,
+    key         TEXT    NOT NULL,
+    id          TEXT    NOT NULL,
+    token       INTEGER NOT NULL,
+    kind        TEXT    NOT NULL,
+    owner       TEXT    NOT NULL,
+    host        TEXT    NOT NULL,
+    pid         INTEGER NOT NULL,
+    host_id     TEXT    NOT NULL,
+    proc_start  INTEGER NOT NULL,
+    lim         INTEGER NOT NULL,
+    acquired_at INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    PRIMARY KEY (ns, key, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dlock_fence (
+    ns    TEXT    NOT NULL,
+    key   TEXT    NOT NULL,
+    token INTEGER NOT NULL,
+    PRIMARY KEY (ns, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dlock_waiter (
+    ns         TEXT    NOT NULL,
+    key        TEXT    NOT NULL,
+    id         TEXT    NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (ns, key, id)
+) WITHOUT ROWID;
+";
+
+/// The statements, on the layout above: times are milliseconds of the
+/// client's clock, bound as `NowMs`; durations come in microseconds.
+fn plan() -> Plan {
+    use Arg::*;
+    let s = Stmt::new;
+    // The holder columns the engine reads, and those `dead` reads.
+    let holders = "SELECT id, token, kind, owner, host, pid, host_id, proc_start, lim,
+                          acquired_at * 1000 AS acquired_us, (expires_at - ?3) * 1000 AS left_us
+                     FROM dlock_lease WHERE ns = ?1 AND key = ?2 AND expires_at > ?3
+                    ORDER BY acquired_at";
+    let (lease_live, key_now) = (&[Ns, Key, Id, NowMs], &[Ns, Key, NowMs]);
+    Plan {
+        // The write lock at once: attempts queue on it, and no fence row is
+        // needed.
+        begin: Some("BEGIN IMMEDIATE"),
+        fence: None,
+        delete_expired: s(
+            "DELETE FROM dlock_lease WHERE ns = ?1 AND key = ?2 AND expires_at <= ?3".into(),
+            key_now,
+        ),
+        holders: s(holders.into(), key_now),
+        holders_locked: s(holders.into(), key_now),
+        bump: Some(s(
+            "INSERT INTO dlock_fence (ns, key, token) VALUES (?1, ?2, 1)
+             ON CONFLICT (ns, key) DO UPDATE SET token = token + 1 RETURNING token"
+                .into(),
+            &[Ns, Key],
+        )),
+        insert: s(
+            "INSERT INTO dlock_lease (ns, key, id, token, kind, owner, host, pid, host_id,
+                                      proc_start, lim, acquired_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12 + ?13 / 1000)"
+                .into(),
+            &[
+                Ns, Key, Id, Token, Kind, Owner, Host, Pid, HostId, ProcStart, Lim, NowMs, TtlUs,
+            ],
+        ),
+        break_lease: Some(s(
+            format!(
+                "UPDATE dlock_lease SET expires_at = ?4 + {}
+                  WHERE ns = ?1 AND key = ?2 AND id = ?3",
+                BREAK_GRACE.as_millis()
+            ),
+            lease_live,
+        )),
+        exclusive_waiters: s(
+            "SELECT COUNT(*) FROM dlock_waiter
+              WHERE ns = ?1 AND key = ?2 AND expires_at > ?3 AND id NOT LIKE ?4"
+                .into(),
+            &[Ns, Key, NowMs, Like],
+        ),
+        delete_waiter: s(
+            "DELETE FROM dlock_waiter WHERE ns = ?1 AND key = ?2 AND id = ?3".into(),
+            &[Ns, Key, Id],
+        ),
+        upsert_waiter: s(
+            "INSERT INTO dlock_waiter (ns, key, id, expires_at) VALUES (?1, ?2, ?3, ?4 + ?5 / 1000)
+             ON CONFLICT (ns, key, id) DO UPDATE SET expires_at = excluded.expires_at"
+                .into(),
+            &[Ns, Key, Id, NowMs, LapseUs],
+        ),
+        stale_waiters: s(
+            "DELETE FROM dlock_waiter WHERE ns = ?1 AND key = ?2 AND expires_at < ?3 - 60000"
+                .into(),
+            key_now,
+        ),
+        renew: s(
+            "UPDATE dlock_lease SET expires_at = ?4 + ?5 / 1000, kind = coalesce(?6, kind)
+              WHERE ns = ?1 AND key = ?2 AND id = ?3 AND expires_at > ?4"
+                .into(),
+            &[Ns, Key, Id, NowMs, TtlUs, Kind],
+        ),
+        // Our row goes even when it has expired; whether it was live is
+        // the answer.
+        release: s(
+            "DELETE FROM dlock_lease WHERE ns = ?1 AND key = ?2 AND id = ?3
+             RETURNING expires_at > ?4"
+                .into(),
+            lease_live,
+        ),
+        force: s(
+            "DELETE FROM dlock_lease WHERE ns = ?1 AND key = ?2 AND expires_at > ?3".into(),
+            key_now,
+        ),
+        held_keys: s(
+            "SELECT DISTINCT key FROM dlock_lease WHERE ns = ?1 AND expires_at > ?2 ORDER BY key"
+                .into(),
+            &[Ns, NowMs],
+        ),
+        waiter_counts: s(
+            "SELECT key, COUNT(*) FROM dlock_waiter WHERE ns = ?1 AND expires_at > ?2 GROUP BY key"
+                .into(),
+            &[Ns, NowMs],
+        ),
+        version: s("SELECT sqlite_version()".into(), &[]),
+        clock_us: None,
+        spelling: None,
+    }
+}
+
+struct Sqlite {
+    path: PathBuf,
+    host_id: String,
+    /// Exclusive flocks on the wake files of the keys we hold, by (ns, key).
+    held: StdMutex<HashMap<PathBuf, File>>,
+    /// In-flight waits on a wake file, so a long wait never piles up threads.
+    waits: StdMutex<HashMap<PathBuf, Waiter>>,
+    /// Wake files whose exclusive lock a waiting thread was just granted: the
+    /// next attempt keeps it if it wins the key, so one release wakes one
+    /// waiter, not all of them.
+    granted: StdMutex<HashMap<PathBuf, File>>,
+    poll: kit::PollBackoff,
+}
+
+/// A thread blocked in `flock(LOCK_EX)` on a wake file.
+struct Waiter {
+    done: watch::Receiver<bool>,
+    /// The file, exclusively locked, once the lock was granted.
+    slot: Arc<StdMutex<Option<File>>>,
+    /// Set when nobody wants the grant any more: the thread unlocks at once.
+    abandoned: Arc<AtomicBool>,
+}
+
+/// `sqlite:PATH`, `sqlite://PATH` or `sqlite:///ABSOLUTE`.
+fn parse_path(url: &str) -> Result<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite:")
+        .or_else(|| url.strip_prefix("SQLITE:"))
+        .unwrap_or(url);
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let rest = rest.split('?').next().unwrap_or_default();
+    if rest.is_empty() {
+        return Err(usage(format!(
+            "backend URL {url:?} names no database file: use sqlite:PATH"
+        )));
+    }
+    if rest == ":memory:" {
+        return Err(usage(
+            "sqlite::memory: cannot be shared between processes; give a file path",
+        ));
+    }
+    Ok(PathBuf::from(rest))
+}
+
+fn is_busy(e: &sqlx::Error) -> bool {
+    // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
+    matches!(e, sqlx::Error::Database(d)
+        if d.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| matches!(c & 0xff, 5 | 6)))
+}
+
+fn flock(f: &File, op: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let r = unsafe { libc::flock(f.as_raw_fd(), op) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Open (and create) the database at `url`'s path, with its tables.
+pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend<Local>> {
+    let path = parse_path(url)?;
+    // Only the default location's directories are created (in config):
+    // a mistyped directory would otherwise be a private lock that
+    // excludes nothing.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.is_dir()
+    {
+        return Err(unavailable(format!(
+            "cannot open SQLite database {}: the directory {} does not exist; dlock creates \
+             only the default location's directories, so that a mistyped path does not \
+             become a private lock that excludes nothing: create it, or fix the path",
+            path.display(),
+            dir.display()
+        )));
+    }
+    let opts = SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        // Keep the WAL short: a process that opens the file alone replays
+        // it, and that replay is most of the cost of a short `dlock run`.
+        .pragma("wal_autocheckpoint", "16")
+        // WAL + NORMAL: a commit is durable against a crash of dlock,
+        // not against power loss, which a lock does not need to survive.
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(timeout)
+        .foreign_keys(false);
+    let fail = |e: &dyn std::fmt::Display| {
+        unavailable(format!(
+            "cannot open SQLite database {}: {e}",
+            path.display()
+        ))
+    };
+    // Opening races with other processes switching a new file to WAL or
+    // replaying its WAL, which SQLite answers with SQLITE_BUSY at once
+    // rather than through the busy handler: retry within the timeout.
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(1);
+    let conn = loop {
+        let attempt = async {
+            let mut c = SqliteConnection::connect_with(&opts).await?;
+            sqlx::raw_sql(SCHEMA).execute(&mut c).await?;
+            Ok::<_, sqlx::Error>(c)
+        };
+        match tokio::time::timeout_at(deadline.into(), attempt).await {
+            Err(_) => return Err(fail(&"timed out")),
+            Ok(Ok(c)) => break c,
+            Ok(Err(e)) if is_busy(&e) && Instant::now() + pause < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Ok(Err(e)) => return Err(fail(&e)),
+        }
+    };
+    let shown = format!("sqlite:{}", path.display());
+    let d = Sqlite {
+        path,
+        host_id: crate::host::host_id(),
+        held: StdMutex::new(HashMap::new()),
+        waits: StdMutex::new(HashMap::new()),
+        granted: StdMutex::new(HashMap::new()),
+        poll: kit::PollBackoff::default(),
+    };
+    let t = Names {
+        lease: "dlock_lease".into(),
+        fence: "dlock_fence".into(),
+        waiter: "dlock_waiter".into(),
+        prefix: "dlock".into(),
+    };
+    let link = Local(Mutex::new(conn));
+    let mut b = SqlBackend::new(shown, link, timeout, t, plan(), Box::new(d));
+    b.waiter_table = true;
+    Ok(b)
+}
+
+impl Sqlite {
+    fn wake_path(&self, ns: &str, key: &str) -> PathBuf {
+        let mut dir = self.path.clone().into_os_string();
+        dir.push(".wait");
+        Path::new(&dir).join(format!("{:016x}", fnv64(&[ns, key])))
+    }
+
+    fn open_wake(&self, ns: &str, key: &str) -> Result<File> {
+        let p = self.wake_path(ns, key);
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+        }
+        File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&p)
+            .with_context(|| format!("cannot open {}", p.display()))
+    }
+
+    /// Hold the exclusive lock on the key's wake file while we hold the key
+    /// (with `--limit 1`), so the one waiter the kernel picks wakes when we
+    /// let go (or die); a shared lock if we hold the key shared, so that a
+    /// writer waiting wakes when the last reader lets go. If we were woken
+    /// as a waiter, we hold it already (in the same mode).
+    async fn hold_wake(&self, spec: &LockSpec) {
+        let path = self.wake_path(&spec.namespace, &spec.key);
+        if let Some(w) = self.waits.lock().unwrap().remove(&path) {
+            w.abandoned.store(true, Ordering::SeqCst);
+            if let Some(f) = w.slot.lock().unwrap().take() {
+                drop(f);
+            }
+        }
+        if let Some(f) = self.granted.lock().unwrap().remove(&path) {
+            self.held.lock().unwrap().insert(path, f);
+            return;
+        }
+        let Ok(f) = self.open_wake(&spec.namespace, &spec.key) else {
+            return;
+        };
+        // A waiter holds the lock only for the instant it tries and fails.
+        let op = if spec.shared {
+            libc::LOCK_SH
+        } else {
+            libc::LOCK_EX
+        };
+        for _ in 0..200 {
+            if flock(&f, op | libc::LOCK_NB).is_ok() {
+                self.held.lock().unwrap().insert(path, f);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tracing::debug!(
+            key = spec.key,
+            "could not take the wake file; waiters will poll"
+        );
+    }
+
+    /// Sleep for the fallback poll's next pause, or until `until`.
+    async fn poll(&self, until: Instant) {
+        let p = self.poll.next();
+        tokio::time::sleep_until(until.min(Instant::now() + p).into()).await;
+    }
+
+    /// Block on the key's wake file until `until`: granted when its holder
+    /// lets go or dies.
+    async fn wait_wake(&self, spec: &LockSpec, until: Instant) -> Result<()> {
+        let path = self.wake_path(&spec.namespace, &spec.key);
+        let (mut done, slot) = {
+            let mut waits = self.waits.lock().unwrap();
+            match waits.get(&path) {
+                Some(w) if !*w.done.borrow() => (w.done.clone(), w.slot.clone()),
+                _ => {
+                    let f = self.open_wake(&spec.namespace, &spec.key)?;
+                    let (tx, done) = watch::channel(false);
+                    let slot = Arc::new(StdMutex::new(None));
+                    let abandoned = Arc::new(AtomicBool::new(false));
+                    let (s2, a2) = (slot.clone(), abandoned.clone());
+                    // A reader waits for a writer only: every reader waiting
+                    // is let in together.
+                    let op = if spec.shared {
+                        libc::LOCK_SH
+                    } else {
+                        libc::LOCK_EX
+                    };
+                    std::thread::Builder::new()
+                        .name("dlock-wake".into())
+                        .spawn(move || {
+                            // Granted when the holder lets go or dies; one
+                            // writer at a time holds it.
+                            let _ = flock(&f, op);
+                            let mut slot = s2.lock().unwrap();
+                            if !a2.load(Ordering::SeqCst) {
+                                *slot = Some(f);
+                            }
+                            drop(slot);
+                            let _ = tx.send(true);
+                        })
+                        .context("cannot start a waiting thread")?;
+                    waits.insert(
+                        path.clone(),
+                        Waiter {
+                            done: done.clone(),
+                            slot: slot.clone(),
+                            abandoned,
+                        },
+                    );
+                    (done, slot)
+                }
+            }
+        };
+        let started = Instant::now();
+        let woke = tokio::time::timeout_at(until.into(), done.wait_for(|d| *d))
+            .await
+            .is_ok();
+        if woke {
+            self.waits.lock().unwrap().remove(&path);
+            if let Some(f) = slot.lock().unwrap().take() {
+                self.granted.lock().unwrap().insert(path.clone(), f);
+            }
+            if started.elapsed() < Duration::from_millis(2) {
+                // Nobody held the wake file: the holder is not a live `run`
+                // (or is just taking it). Poll, backing off to 100 ms,
+                // without keeping the file from that holder meanwhile.
+                self.granted.lock().unwrap().remove(&path);
+                self.poll(until).await;
+            } else {
+                self.poll.reset();
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Dialect<Local> for Sqlite {
+    fn service(&self) -> &'static str {
+        "SQLite"
+    }
+
+    fn product(&self, _version: &str) -> &'static str {
+        "sqlite"
+    }
+
+    fn detail(&self) -> Option<String> {
+        Some(self.path.display().to_string())
+    }
+
+    /// A `run` holder on this host whose process is gone.
+    fn dead(&self, r: &AnyRow) -> bool {
+        let field = |c: &str| r.try_get::<String, _>(c).unwrap_or_default();
+        let num = |c: &str| r.try_get::<i64, _>(c).unwrap_or_default();
+        field("kind") == LeaseKind::Run.as_str()
+            && field("host_id") == self.host_id
+            && !crate::host::process_alive(num("pid") as u32, num("proc_start") as u64)
+    }
+
+    async fn taken(&self, spec: &LockSpec, kind: LeaseKind) {
+        self.poll.reset();
+        if kind == LeaseKind::Run && (spec.limit == 1 || spec.shared) {
+            self.hold_wake(spec).await;
+        } else {
+            self.missed(spec).await;
+        }
+    }
+
+    /// Lost the race: pass the wake-up on to the next waiter.
+    async fn missed(&self, spec: &LockSpec) {
+        let path = self.wake_path(&spec.namespace, &spec.key);
+        self.granted.lock().unwrap().remove(&path);
+    }
+
+    async fn freed(&self, _e: &SqlBackend<Local>, ns: &str, key: &str) {
+        let path = self.wake_path(ns, key);
+        self.held.lock().unwrap().remove(&path);
+    }
+
+    async fn wait(&self, spec: &LockSpec, bound: Instant) {
+        // The flock only tells about `run` holders of one slot.
+        if spec.limit > 1 {
+            return self.poll(bound).await;
+        }
+        if let Err(e) = self.wait_wake(spec, bound).await {
+            tracing::debug!(key = spec.key, "{e:#}; polling");
+            self.poll(bound).await;
+        }
+    }
+
+    async fn doctor(&self, _e: &SqlBackend<Local>) -> Vec<Check> {
+        let path = &self.path;
+        let per_user = crate::config::default_sqlite_path().is_some_and(|d| d == *path);
+        let scope = if per_user {
+            format!(
+                "this is your own default database ({}): it excludes your processes on this host \
+                 only; another user's dlock uses another file and does not see these locks",
+                path.display()
+            )
+        } else {
+            format!(
+                "the embedded backend excludes processes on this host that use {}; whoever may \
+                 write that file may also break the locks in it",
+                path.display()
+            )
+        };
+        let mut out = vec![Check::new(Level::Info, "scope", scope).fix(
+            "to lock across users, give them all one --backend sqlite:PATH they can write (any of \
+             them can then break the others' locks); across machines, use a server backend \
+             (redis://, zk://, postgres://, mysql://, etcd://)",
+        )];
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        out.push(match filesystem_of(dir) {
+            Some((name, true)) => Check::new(
+                Level::Fail,
+                "filesystem",
+                format!(
+                    "{} is on a network filesystem ({name}): SQLite's and flock's locks are not reliable there, and several hosts sharing the file do not exclude each other",
+                    path.display()
+                ),
+            )
+            .fix("keep the database on a local disk (the default under ~/.local/state), and use a server backend across hosts"),
+            Some((name, false)) => Check::ok("filesystem", format!("{} is on a local filesystem ({name})", path.display())),
+            None => Check::new(Level::Warn, "filesystem", format!("cannot tell the filesystem of {}", dir.display())),
+        });
+        out
+    }
+}
+/// The filesystem type of `dir`, and whether it is a network filesystem.
+fn filesystem_of(dir: &Path) -> Option<(&'static str, bool)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statfs fills the struct we pass from a NUL-terminated path.
+    let magic = unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        if libc::statfs(c.as_ptr(), &mut st) != 0 {
+            return None;
+        }
+        st.f_type as u64
+    };
+    Some(match magic {
+        0x6969 => ("nfs", true),
+        0xFF53_4D42 => ("cifs", true),
+        0xFE53_4D42 => ("smb2", true),
+        0x517B => ("smb", true),
+        0x0102_1997 => ("9p", true),
+        0x00C3_6400 => ("ceph", true),
+        0x6573_5546 => ("fuse", true),
+        0x0BD0_0BD0 => ("lustre", true),
+        0x4750_4653 => ("gpfs", true),
+        0xEF53 => ("ext4", false),
+        0x5846_5342 => ("xfs", false),
+        0x9123_683E => ("btrfs", false),
+        0x0102_1994 => ("tmpfs", false),
+        0x794C_7630 => ("overlayfs", false),
+        0x2FC1_2FC1 => ("zfs", false),
+        0xF2F5_2010 => ("f2fs", false),
+        _ => ("other local", false),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(
+            parse_path("sqlite:/a/b.db").unwrap(),
+            PathBuf::from("/a/b.db")
+        );
+        assert_eq!(
+            parse_path("sqlite:///a/b.db").unwrap(),
+            PathBuf::from("/a/b.db")
+        );
+        assert_eq!(
+            parse_path("sqlite:rel.db").unwrap(),
+            PathBuf::from("rel.db")
+        );
+        assert!(parse_path("sqlite:").is_err());
+        assert!(parse_path("sqlite::memory:").is_err());
+    }
+}
