@@ -35,6 +35,7 @@
 //! ([`WaiterRows`]), a key's status ([`key_status`], [`waiters_of`]) and
 //! the key hash ([`fnv64`]).
 
+mod crowd;
 mod mysql;
 mod postgres;
 
