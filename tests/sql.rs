@@ -417,3 +417,96 @@ fn a_crowd_of_readers_wakes_together() {
         mixed::crowd_of_readers_wakes_together(&env, name, 12);
     }
 }
+
+/// The number of client connections the server has now, asked with its
+/// own command-line client (a new connection of its own); `None` if the
+/// server refused it.
+fn server_connections(env: &Env) -> Option<u64> {
+    let out = if let Some(pg) = &env.postgres {
+        std::process::Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &pg.port.to_string()])
+            .args(["-U", "postgres", "-d", "dlock", "-At", "-c"])
+            .arg("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'")
+            .output()
+            .unwrap()
+    } else {
+        let m = env.mariadb.as_ref().unwrap();
+        std::process::Command::new("mariadb")
+            .args(["-h", "127.0.0.1", "-P", &m.port.to_string()])
+            .args(["-u", "dlock", "-pdlock", "-N", "-B", "-e"])
+            .arg("SHOW STATUS LIKE 'Threads_connected'")
+            .output()
+            .unwrap()
+    };
+    if !out.status.success() {
+        return None;
+    }
+    stdout(&out).split_whitespace().last()?.parse().ok()
+}
+
+/// A crowd waiting on one key (more waiters than the stock server has
+/// connections for: PostgreSQL 100, MariaDB 151) leaves the server room
+/// for other clients: only the first few waiters keep a connection, the
+/// rest poll without one. And then every one of them gets its turn.
+#[test]
+fn a_waiting_crowd_leaves_the_server_room_for_other_clients() {
+    for (name, make, limit) in [
+        ("postgres", Env::postgres as MakeEnv, 100),
+        ("mariadb", Env::mariadb as MakeEnv, 151),
+    ] {
+        let env = make();
+        let k = "room";
+        let stop = env.path("room-stop");
+        let hold = format!("while [ ! -e {} ]; do sleep 0.05; done", stop.display());
+        let mut h = env.spawn(&["run", "--key", k, "--", "sh", "-c", &hold]);
+        wait_for(Duration::from_secs(20), "the holder", || env.held(k));
+        let n = 80;
+        let mut crowd: Vec<_> = (0..n)
+            .map(|_| {
+                env.cmd(&["run", "--wait", "3m", "--key", k, "--", "true"])
+                    .stdin(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        // The crowd has tried once and waits (its waiter rows counted;
+        // a few may have lapsed for a moment on a busy machine).
+        wait_for(Duration::from_secs(90), "the crowd to queue", || {
+            let out = env.run(&["status", "--json", k]);
+            code(&out) == 0
+                && serde_json::from_str::<serde_json::Value>(&stdout(&out))
+                    .is_ok_and(|st| st[0]["waiters"].as_u64() >= Some(n * 9 / 10))
+        });
+        // Past the crowd's first attempts, all at once, while it waits:
+        // other clients connect (the server's own client, and dlock on
+        // another key), and the crowd holds few connections.
+        std::thread::sleep(Duration::from_secs(3));
+        let mut most = 0;
+        for _ in 0..15 {
+            let c = server_connections(&env);
+            let c = c.unwrap_or_else(|| panic!("{name}: the server refused a new client"));
+            most = most.max(c);
+            let out = env.run(&["run", "-n", "--key", "room-other", "--", "true"]);
+            assert_eq!(code(&out), 0, "{name}: {}", stderr(&out));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(
+            most < limit * 3 / 5,
+            "{name}: {n} waiters kept {most} of the server's {limit} connections"
+        );
+        std::fs::write(&stop, "").unwrap();
+        assert_eq!(wait_timeout(&mut h, Duration::from_secs(20)), 0, "{name}");
+        let mut failed = Vec::new();
+        for c in &mut crowd {
+            let code = wait_timeout(c, Duration::from_secs(150));
+            if code != 0 {
+                let mut err = String::new();
+                let _ = std::io::Read::read_to_string(c.stderr.as_mut().unwrap(), &mut err);
+                failed.push((code, err));
+            }
+        }
+        assert!(failed.is_empty(), "{name}: {failed:?}");
+        eprintln!("{name}: {n} waiters, at most {most} server connections");
+    }
+}

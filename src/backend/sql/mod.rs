@@ -34,6 +34,7 @@
 //! file through its own driver (whose options `Any` cannot pass), in rows
 //! of `Any` either way ([`Link`]), so it is written once.
 
+mod crowd;
 mod mysql;
 mod postgres;
 mod sqlite;

@@ -11,8 +11,19 @@
 //! with a backoff from 5 ms to 100 ms. Readers waiting for a writer's `run`
 //! block in GET_LOCK like any waiter, and each lets it go as soon as it has
 //! it, so they all wake in turn within moments.
+//!
+//! Only the first [`SLOTS`] waiters of a key block in GET_LOCK (see
+//! [`super::crowd`]): each on its connection of its own, which also holds
+//! one of the key's slots, a lock `..._q0` to `..._q3` taken with
+//! `GET_LOCK(slot, 0)` (several locks per connection: MySQL 5.7, MariaDB
+//! 10.0.2). The engine's connection is closed while any waiter sleeps, so a
+//! blocked waiter holds one connection and the rest of a crowd none; they
+//! poll, and after each attempt ask `IS_FREE_LOCK` whether a slot is free.
+//! The first waiter to take the key keeps its connection: the holder's
+//! wake-up lock is taken on it.
 
 use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -21,6 +32,7 @@ use sqlx::Connection;
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
 use tokio::sync::Mutex;
 
+use super::crowd::{self, SLOTS};
 use super::{Dialect, Names, Spelling, SqlBackend, Statements, channel_name};
 use crate::backend::kit;
 use crate::backend::probe::{Check, Level};
@@ -32,11 +44,25 @@ struct Mysql {
     timeout: Duration,
     /// Names server-side locks uniquely per database and table prefix.
     wake_scope: String,
+    /// The engine's pool: its connection is closed while we wait.
+    pool: crowd::PoolCell,
     /// Connections holding GET_LOCK for keys we hold, by lock name.
     held: Mutex<Vec<(String, MySqlConnection)>>,
-    /// The connection a waiter blocks on.
-    waiter: Mutex<Option<MySqlConnection>>,
+    /// The connection a waiter blocks on, when it is among the key's first.
+    waiter: Mutex<Option<Waiter>>,
+    /// The poll of a waiter that blocks but finds nobody holding the
+    /// wake-up lock.
     poll: kit::PollBackoff,
+    /// The sleep between attempts of a waiter without a slot.
+    backoff: crowd::Backoff,
+}
+
+/// A waiter's own connection, holding the slot `slot` of the key whose
+/// wake-up lock is `wake`.
+struct Waiter {
+    wake: String,
+    slot: String,
+    conn: MySqlConnection,
 }
 
 fn statements(t: &Names) -> Statements {
@@ -119,16 +145,20 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend> {
     let opts = MySqlConnectOptions::from_str(&url)
         .map_err(|e| usage(format!("bad MySQL URL {shown}: {e}")))?;
     let db = opts.get_database().unwrap_or_default().to_string();
+    let pool = Arc::new(OnceLock::new());
     let d = Mysql {
         opts,
         timeout,
         wake_scope: format!("{db}.{}", t.prefix),
+        pool: pool.clone(),
         held: Mutex::new(Vec::new()),
         waiter: Mutex::new(None),
         poll: kit::PollBackoff::default(),
+        backoff: crowd::Backoff::default(),
     };
     let q = statements(&t);
     let mut b = SqlBackend::open(shown, &url, timeout, t, q, Box::new(d)).await?;
+    let _ = pool.set(b.pool.clone());
     let table = |name: &str, cols: &str, key: &str| {
         format!(
             "CREATE TABLE IF NOT EXISTS {name} ({cols}, PRIMARY KEY ({key}))
@@ -187,6 +217,63 @@ impl Mysql {
             channel_name(&format!("{}\0{ns}", self.wake_scope), key)
         )
     }
+
+    /// The names of a key's waiter slots.
+    fn slots(wake: &str) -> impl Iterator<Item = String> + '_ {
+        let base = wake.strip_suffix("_w").unwrap_or(wake);
+        (0..SLOTS).map(move |i| format!("{base}_q{i}"))
+    }
+
+    /// Whether one of the key's slots is free, asked on the engine's
+    /// connection of the attempt just made.
+    async fn slot_free(&self, wake: &str) -> bool {
+        let Some(pool) = self.pool.get() else {
+            return false;
+        };
+        let sum = vec!["COALESCE(IS_FREE_LOCK(?), 1)"; SLOTS as usize].join(" + ");
+        let sql = format!("SELECT CAST({sum} AS SIGNED)");
+        let mut q = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql));
+        for s in Mysql::slots(wake) {
+            q = q.bind(s);
+        }
+        matches!(
+            tokio::time::timeout(self.timeout, q.fetch_one(pool)).await,
+            Ok(Ok(n)) if n > 0
+        )
+    }
+
+    /// A connection of our own that holds a free slot of the key; `None`
+    /// if every slot is taken.
+    async fn take_slot(&self, wake: &str) -> Result<Option<Waiter>, sqlx::Error> {
+        let mut conn = MySqlConnection::connect_with(&self.opts).await?;
+        for slot in Mysql::slots(wake) {
+            let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, 0)")
+                .bind(&slot)
+                .fetch_one(&mut conn)
+                .await?;
+            if got == Some(1) {
+                return Ok(Some(Waiter {
+                    wake: wake.to_string(),
+                    slot,
+                    conn,
+                }));
+            }
+        }
+        let _ = conn.close().await;
+        Ok(None)
+    }
+
+    /// Our waiter connection, freed of its slot, if we have one.
+    async fn leave_slot(&self) -> Option<MySqlConnection> {
+        let mut w = self.waiter.lock().await.take()?;
+        let q = sqlx::query("SELECT RELEASE_LOCK(?)")
+            .bind(&w.slot)
+            .execute(&mut w.conn);
+        match tokio::time::timeout(self.timeout, q).await {
+            Ok(Ok(_)) => Some(w.conn),
+            _ => None,
+        }
+    }
 }
 
 #[async_trait]
@@ -208,12 +295,22 @@ impl Dialect for Mysql {
     /// holder.
     async fn taken(&self, spec: &LockSpec, kind: LeaseKind) {
         self.poll.reset();
+        self.backoff.reset();
+        // Our slot goes to the next waiter; our connection, if we had one,
+        // to the wake-up lock.
+        let kept = self.leave_slot().await;
         if kind != LeaseKind::Run || spec.limit != 1 || spec.shared {
+            if let Some(c) = kept {
+                let _ = tokio::time::timeout(self.timeout, c.close()).await;
+            }
             return;
         }
         let name = self.wake_name(&spec.namespace, &spec.key);
         let take = async {
-            let mut c = MySqlConnection::connect_with(&self.opts).await?;
+            let mut c = match kept {
+                Some(c) => c,
+                None => MySqlConnection::connect_with(&self.opts).await?,
+            };
             let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, 0.2)")
                 .bind(&name)
                 .fetch_one(&mut c)
@@ -235,21 +332,34 @@ impl Dialect for Mysql {
     }
 
     async fn wait(&self, spec: &LockSpec, bound: Instant) {
+        let name = self.wake_name(&spec.namespace, &spec.key);
+        let mut w = self.waiter.lock().await;
+        if let Some(old) = w.take_if(|o| o.wake != name) {
+            let _ = tokio::time::timeout(self.timeout, old.conn.close()).await;
+        }
+        if w.is_none() && self.slot_free(&name).await {
+            let take = tokio::time::timeout(self.timeout, self.take_slot(&name));
+            if let Ok(Ok(Some(new))) = take.await {
+                *w = Some(new);
+            }
+        }
+        crowd::hang_up(&self.pool).await;
+        let Some(waiter) = w.as_mut() else {
+            drop(w);
+            self.backoff.sleep(bound).await;
+            return;
+        };
         if spec.limit > 1 {
+            drop(w);
             tokio::time::sleep_until(bound.min(Instant::now() + self.poll.next()).into()).await;
             return;
         }
-        let name = self.wake_name(&spec.namespace, &spec.key);
         let started = Instant::now();
-        let mut w = self.waiter.lock().await;
         let secs = bound
             .saturating_duration_since(Instant::now())
             .as_secs_f64();
+        let c = &mut waiter.conn;
         let wait = async {
-            if w.is_none() {
-                *w = Some(MySqlConnection::connect_with(&self.opts).await?);
-            }
-            let c = w.as_mut().expect("just made");
             let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
                 .bind(&name)
                 .bind(secs)
@@ -265,8 +375,8 @@ impl Dialect for Mysql {
         };
         match tokio::time::timeout_at((bound + Duration::from_millis(500)).into(), wait).await {
             Ok(Ok(())) => {}
-            // A connection stuck in GET_LOCK or broken (or refused: the
-            // server may be full) is dropped; the next wait makes a new one.
+            // A connection stuck in GET_LOCK or broken is dropped, and its
+            // slot with it; the next wait looks for one again.
             _ => *w = None,
         }
         drop(w);

@@ -3,8 +3,16 @@
 //! a per-key channel that a release `NOTIFY`s (with a bounded poll for
 //! expiries). Readers and writers listen alike; a writer that stops waiting
 //! notifies too, for the readers that gave way to it.
+//!
+//! Only the first [`SLOTS`] waiters of a key listen (see [`super::crowd`]):
+//! each on a connection of its own that holds one of the key's slots, the
+//! session advisory lock (key hash, slot). The engine's connection is closed
+//! while any waiter sleeps, so a listener holds one connection and the rest
+//! of a crowd none; they poll, and after each attempt count the slots held
+//! (in `pg_locks`) to see whether they may listen.
 
 use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -12,17 +20,50 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use tokio::sync::Mutex;
 
-use super::{Dialect, Names, Spelling, SqlBackend, Statements, channel_name};
+use super::crowd::{self, SLOTS};
+use super::{Dialect, Names, Spelling, SqlBackend, Statements, channel_name, fnv64};
 use crate::backend::probe::{Check, Level};
-use crate::backend::{LockSpec, redact_url};
+use crate::backend::{LeaseKind, LockSpec, redact_url};
 use crate::error::usage;
 
 struct Postgres {
     opts: PgConnectOptions,
     timeout: Duration,
-    /// The channel listened on, and the listener's own connection.
-    listener: Mutex<Option<(String, PgListener)>>,
+    /// The engine's pool: its connection is closed while we wait.
+    pool: crowd::PoolCell,
+    /// Our listener, when we are among the first waiters of a key.
+    listener: Mutex<Option<Listener>>,
+    /// The sleep between attempts of a waiter that does not listen.
+    backoff: crowd::Backoff,
 }
+
+/// A listening waiter's own connection: `LISTEN`ing on `chan`, and holding
+/// one of the key's slots.
+struct Listener {
+    chan: String,
+    pl: PgListener,
+    own: sqlx::PgPool,
+}
+
+impl Listener {
+    /// Close its connection, which lets go of the slot.
+    async fn close(self) {
+        drop(self.pl);
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.own.close()).await;
+    }
+}
+
+/// The first of a key's advisory lock pairs (key hash, slot) that hold its
+/// listeners' slots: non-negative, as `pg_locks` shows it (an oid).
+fn slot_class(spec: &LockSpec) -> i32 {
+    (fnv64(&[&spec.namespace, &spec.key, "listeners"]) >> 33) as i32
+}
+
+/// How many of a key's slots are held, in this database.
+const SLOTS_HELD: &str = "SELECT count(*) FROM pg_locks
+    WHERE locktype = 'advisory' AND granted AND objsubid = 2
+      AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND classid = $1::int8::oid AND objid < $2::int8::oid";
 
 fn statements(t: &Names) -> Statements {
     let (lease, fence, waiter) = (&t.lease, &t.fence, &t.waiter);
@@ -99,13 +140,17 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend> {
     let url = format!("{url}{sep}options=-c%20statement_timeout%3D{ms}%20-c%20lock_timeout%3D{ms}");
     let opts = PgConnectOptions::from_str(&url)
         .map_err(|e| usage(format!("bad PostgreSQL URL {shown}: {e}")))?;
+    let pool = Arc::new(OnceLock::new());
     let d = Postgres {
         opts,
         timeout,
+        pool: pool.clone(),
         listener: Mutex::new(None),
+        backoff: crowd::Backoff::default(),
     };
     let q = statements(&t);
     let mut b = SqlBackend::open(shown, &url, timeout, t, q, Box::new(d)).await?;
+    let _ = pool.set(b.pool.clone());
     let (lease, fence, waiter) = (&b.t.lease, &b.t.fence, &b.t.waiter);
     // Most runs find the tables there: one cheap look instead of DDL
     // (which takes locks and sends notices). The waiter table counts only
@@ -161,6 +206,59 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend> {
     Ok(b)
 }
 
+impl Postgres {
+    /// Whether one of the key's listener slots is free, asked on the
+    /// engine's connection of the attempt just made.
+    async fn slot_free(&self, spec: &LockSpec) -> bool {
+        let Some(pool) = self.pool.get() else {
+            return false;
+        };
+        let q = sqlx::query_scalar::<_, i64>(SLOTS_HELD)
+            .bind(i64::from(slot_class(spec)))
+            .bind(i64::from(SLOTS))
+            .fetch_one(pool);
+        matches!(
+            tokio::time::timeout(self.timeout, q).await,
+            Ok(Ok(n)) if n < i64::from(SLOTS)
+        )
+    }
+
+    /// A connection of our own that takes a free slot of the key and
+    /// listens on its channel; `None` if every slot is taken.
+    async fn listen(&self, spec: &LockSpec, chan: &str) -> Result<Option<Listener>, sqlx::Error> {
+        let own = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_lazy_with(self.opts.clone());
+        let mut pl = PgListener::connect_with(&own).await?;
+        // A lost connection ends the wait (and the slot with it).
+        pl.eager_reconnect(false);
+        let class = slot_class(spec);
+        let mut got = false;
+        for slot in 0..SLOTS as i32 {
+            got = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+                .bind(class)
+                .bind(slot)
+                .fetch_one(&mut pl)
+                .await?;
+            if got {
+                break;
+            }
+        }
+        let l = Listener {
+            chan: chan.to_string(),
+            pl,
+            own,
+        };
+        if !got {
+            l.close().await;
+            return Ok(None);
+        }
+        let mut l = l;
+        l.pl.listen(chan).await?;
+        Ok(Some(l))
+    }
+}
+
 #[async_trait]
 impl Dialect for Postgres {
     fn service(&self) -> &'static str {
@@ -178,33 +276,44 @@ impl Dialect for Postgres {
         let _ = e.bounded("notify", q).await;
     }
 
+    /// A holder does not listen: its slot goes to the next waiter.
+    async fn taken(&self, _spec: &LockSpec, _kind: LeaseKind) {
+        self.backoff.reset();
+        if let Some(l) = self.listener.lock().await.take() {
+            l.close().await;
+        }
+    }
+
     async fn wait(&self, spec: &LockSpec, bound: Instant) {
         let chan = channel_name(&spec.namespace, &spec.key);
         let mut l = self.listener.lock().await;
-        if l.as_ref().is_none_or(|(c, _)| *c != chan) {
-            let listen = async {
-                let own = PgPoolOptions::new()
-                    .max_connections(1)
-                    .connect_lazy_with(self.opts.clone());
-                let mut pl = PgListener::connect_with(&own).await?;
-                pl.listen(&chan).await?;
-                Ok::<_, sqlx::Error>(pl)
-            };
-            match tokio::time::timeout(self.timeout, listen).await {
-                Ok(Ok(pl)) => *l = Some((chan, pl)),
-                _ => {
-                    // No listener (the server may be full): poll.
-                    drop(l);
-                    let poll = Instant::now() + Duration::from_millis(100);
-                    tokio::time::sleep_until(bound.min(poll).into()).await;
-                    return;
-                }
+        if let Some(old) = l.take_if(|o| o.chan != chan) {
+            old.close().await;
+        }
+        if l.is_none() && self.slot_free(spec).await {
+            let listen = tokio::time::timeout(self.timeout, self.listen(spec, &chan));
+            if let Ok(Ok(Some(new))) = listen.await {
+                *l = Some(new);
+                // A release between our last attempt and LISTEN went
+                // unheard: try again at once.
+                crowd::hang_up(&self.pool).await;
+                return;
             }
         }
-        if let Some((_, pl)) = l.as_mut()
-            && let Ok(Err(_)) = tokio::time::timeout_at(bound.into(), pl.recv()).await
-        {
-            *l = None;
+        crowd::hang_up(&self.pool).await;
+        let Some(listener) = l.as_mut() else {
+            drop(l);
+            self.backoff.sleep(bound).await;
+            return;
+        };
+        match tokio::time::timeout_at(bound.into(), listener.pl.try_recv()).await {
+            Ok(Ok(Some(_))) | Err(_) => {}
+            // Lost (and with it the slot) or broken: a new one next time.
+            Ok(_) => {
+                if let Some(old) = l.take() {
+                    old.close().await;
+                }
+            }
         }
     }
 

@@ -1,0 +1,77 @@
+//! A crowd of waiters on one key must not fill the server's connections.
+//!
+//! Each dlock is a process of its own, so waiters cannot share a
+//! connection. A waiter therefore holds at most one, and most hold none:
+//!
+//! - The engine's own connection (its pool of one) is given back to the
+//!   server whenever a waiter goes to sleep ([`hang_up`]); the next attempt
+//!   opens another.
+//! - The first [`SLOTS`] waiters of a key each keep one *wake-up
+//!   connection* (PostgreSQL `LISTEN`, MySQL's blocking `GET_LOCK`), which
+//!   also holds one of the key's slots: a server-side lock (an advisory
+//!   lock, a `GET_LOCK` name) that the server lets go of when the
+//!   connection ends, so a waiter that dies never keeps its slot. They are
+//!   woken the moment the key is freed.
+//! - Every other waiter holds no connection between attempts: it polls with
+//!   a capped, jittered backoff ([`Backoff`]), and after each attempt looks
+//!   whether a slot is free, on the connection it has open for the attempt.
+//!
+//! So a crowd of any size keeps about `SLOTS` idle connections per key on
+//! the server, plus those of the holders and of the attempts in flight.
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use sqlx::AnyPool;
+
+use crate::backend::kit;
+
+/// How many waiters of one key keep a wake-up connection.
+pub const SLOTS: u32 = 4;
+
+/// The engine's pool, for its dialect: set once the engine has opened it
+/// (the dialect is made before the engine, and `wait` is not given it).
+pub type PoolCell = Arc<OnceLock<AnyPool>>;
+
+/// Close the engine's connection, if it has one, so that a waiter holds
+/// none of its own while it sleeps. Never opens one.
+pub async fn hang_up(pool: &PoolCell) {
+    let Some(pool) = pool.get() else { return };
+    if pool.size() == 0 {
+        return;
+    }
+    // The last attempt's connection may be on its way back to the pool.
+    if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_millis(500), pool.acquire()).await {
+        let _ = tokio::time::timeout(Duration::from_secs(1), c.close()).await;
+    }
+}
+
+/// The sleep of a waiter without a wake-up connection between attempts:
+/// from 250 ms, doubling to 1 s (the engine tries at least once a second),
+/// each jittered (half of it to all of it), so that a crowd's attempts
+/// spread out. Such a waiter is behind the first few, who are woken at
+/// once: it has no reason to try often.
+pub struct Backoff(Mutex<kit::Backoff>);
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff(Mutex::new(Backoff::fresh()))
+    }
+}
+
+impl Backoff {
+    fn fresh() -> kit::Backoff {
+        kit::Backoff::new(Duration::from_millis(250), Duration::from_secs(1))
+    }
+
+    /// Sleep the next interval, or until `bound`.
+    pub async fn sleep(&self, bound: Instant) {
+        let d = self.0.lock().unwrap().next_delay();
+        tokio::time::sleep_until(bound.min(Instant::now() + d).into()).await;
+    }
+
+    /// A key was taken: the next wait starts fast again.
+    pub fn reset(&self) {
+        *self.0.lock().unwrap() = Backoff::fresh();
+    }
+}
