@@ -242,6 +242,11 @@ impl Redis {
         self.child.as_ref().expect("running").id()
     }
 
+    /// Its directory (`--dir`, where it runs).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -456,6 +461,11 @@ impl Etcd {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
+    }
+
+    /// Its directory (data/, etcd.log).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     pub fn signal(&self, sig: nix::sys::signal::Signal) {

@@ -280,6 +280,11 @@ impl Postgres {
         pg
     }
 
+    /// Its directory (data/, postgres.log, the socket).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -505,6 +510,11 @@ impl Mariadb {
             m.launch()
         });
         m
+    }
+
+    /// Its directory (data/, error.log, the socket).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     fn data(&self) -> PathBuf {
