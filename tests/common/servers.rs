@@ -1,6 +1,7 @@
-//! Real servers for the tests, started per test on free loopback ports in
-//! temporary directories, and killed when the test ends. A missing server
-//! binary fails the test with the Debian package to install.
+//! Real servers for the tests, started on free loopback ports in temporary
+//! directories, and killed when the test ends (or, shared by the tests of a
+//! binary, when the binary does: `kept.rs`). A missing server binary fails
+//! the test with the Debian package to install.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
