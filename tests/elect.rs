@@ -471,7 +471,7 @@ pub fn torture_faults_to_the_leader(env: &Env, name: &str) {
         dir: env.path("torture"),
         seed: 5,
     };
-    let r = torture::elect(&cfg);
+    let r = torture::elect_in(&cfg, env.namespace.as_deref());
     assert!(r.ok(), "{r:#?}");
     assert_eq!(r.gaps.len(), 4, "{r:#?}");
     let second = Duration::from_secs(1);
@@ -494,26 +494,41 @@ macro_rules! elect_suite {
         mod $name {
             #[allow(unused_imports)]
             use super::common::*;
+            /// This binary's server of the set-up, in the test's namespace.
+            fn shared(test: &str) -> Env {
+                Env::shared(
+                    stringify!($env),
+                    || $env,
+                    &format!("{}.{test}", stringify!($name)),
+                )
+            }
             #[test]
             fn failover() {
-                super::failover(&$env, stringify!($name));
+                super::failover(&shared("failover"), stringify!($name));
             }
             #[test]
             fn broken_lease_and_interrupted_standby() {
-                super::broken_lease_and_interrupted_standby(&$env, stringify!($name));
+                super::broken_lease_and_interrupted_standby(
+                    &shared("broken_lease_and_interrupted_standby"),
+                    stringify!($name),
+                );
             }
             #[test]
             fn restart_policies() {
-                super::restart_policies(&$env, stringify!($name));
+                super::restart_policies(&shared("restart_policies"), stringify!($name));
             }
             #[test]
             fn leader_watch() {
-                super::leader_watch(&$env, stringify!($name));
+                super::leader_watch(&shared("leader_watch"), stringify!($name));
             }
             #[test]
             fn torture_faults_to_the_leader() {
-                super::torture_faults_to_the_leader(&$env, stringify!($name));
+                super::torture_faults_to_the_leader(
+                    &shared("torture_faults_to_the_leader"),
+                    stringify!($name),
+                );
             }
+            // It stops the server: a server of its own.
             #[test]
             fn outage_longer_than_the_ttl() {
                 let mut env = $env;

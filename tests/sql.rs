@@ -25,6 +25,25 @@ fn sql_envs() -> Vec<(&'static str, MakeEnv)> {
     ]
 }
 
+/// This binary's PostgreSQL, shared (as by the conformance suites), in a
+/// namespace of the test's own: for a test that leaves the server be.
+fn shared_postgres() -> Env {
+    Env::shared_here("Env::postgres()", Env::postgres)
+}
+
+/// This binary's MariaDB, shared, in a namespace of the test's own.
+fn shared_mariadb() -> Env {
+    Env::shared_here("Env::mariadb()", Env::mariadb)
+}
+
+/// [`sql_envs`] on the shared servers.
+fn shared_sql_envs() -> Vec<(&'static str, MakeEnv)> {
+    vec![
+        ("postgres", shared_postgres as MakeEnv),
+        ("mariadb", shared_mariadb as MakeEnv),
+    ]
+}
+
 /// A process and its children: PostgreSQL serves each connection from a
 /// child of the postmaster, so freezing the server means freezing them all.
 fn family(pid: u32) -> Vec<u32> {
@@ -126,7 +145,7 @@ fn racing_clients_never_exceed_the_limit() {
 
 #[test]
 fn hostile_keys_are_only_data() {
-    for (name, make) in sql_envs() {
+    for (name, make) in shared_sql_envs() {
         let env = make();
         let k = "a'b\";DROP TABLE dlock_lease;--ü🔒 \\x";
         let out = env.run(&["run", "--key", k, "--", "sh", "-c", "echo \"$DLOCK_KEY\""]);
@@ -156,7 +175,7 @@ fn hostile_keys_are_only_data() {
 
 #[test]
 fn table_name_option() {
-    for (name, make) in sql_envs() {
+    for (name, make) in shared_sql_envs() {
         let env = make();
         let url = format!("{}?dlock_table=jobs_lock", env.url);
         let run = |args: &[&str]| {
@@ -179,8 +198,8 @@ fn table_name_option() {
 #[test]
 fn tls_parameters_are_honoured() {
     for (name, make, param) in [
-        ("postgres", Env::postgres as MakeEnv, "sslmode=require"),
-        ("mariadb", Env::mariadb as MakeEnv, "ssl-mode=REQUIRED"),
+        ("postgres", shared_postgres as MakeEnv, "sslmode=require"),
+        ("mariadb", shared_mariadb as MakeEnv, "ssl-mode=REQUIRED"),
     ] {
         let env = make();
         let url = format!("{}?{param}", env.url);
@@ -209,7 +228,7 @@ fn tls_parameters_are_honoured() {
 /// doctor reads the database server's clock and finds it close to ours.
 #[test]
 fn doctor_compares_clocks_with_the_database() {
-    for (name, make) in sql_envs() {
+    for (name, make) in shared_sql_envs() {
         let env = make();
         let (c, checks) = env.doctor(&[]);
         let clock = checks
@@ -352,7 +371,7 @@ fn refused_without_a_trusted_root(url: &str) {
 /// server's own source line ("at line 768") that the driver appends.
 #[test]
 fn postgres_errors_show_the_message_not_server_internals() {
-    let env = Env::postgres();
+    let env = shared_postgres();
     let url = env.url.rsplit_once('/').unwrap().0.to_string() + "/no_such_db";
     let out = Env::bare(url).run(&["run", "-n", "--key", "k", "--", "true"]);
     assert_eq!(code(&out), 69, "{}", stderr(&out));
@@ -367,7 +386,7 @@ fn postgres_errors_show_the_message_not_server_internals() {
 #[test]
 fn a_writer_that_gives_up_lets_the_readers_behind_it_in() {
     use std::time::Instant;
-    for (name, make) in sql_envs() {
+    for (name, make) in shared_sql_envs() {
         let env = make();
         let k = "gives-up";
         let stop = env.path("gu-stop");
@@ -403,7 +422,7 @@ mod mixed;
 /// readers side by side, a token each.
 #[test]
 fn readers_and_writers_race_without_overlap() {
-    for (name, make) in sql_envs() {
+    for (name, make) in shared_sql_envs() {
         let env = make();
         let seen = mixed::readers_and_writers_race(&env, name, 3, 6, 4, Duration::from_millis(40));
         assert!(seen.max_readers >= 2, "{name}: readers never met: {seen:?}");
@@ -412,7 +431,7 @@ fn readers_and_writers_race_without_overlap() {
 
 #[test]
 fn a_crowd_of_readers_wakes_together() {
-    for (name, make) in sql_envs() {
+    for (name, make) in shared_sql_envs() {
         let env = make();
         mixed::crowd_of_readers_wakes_together(&env, name, 12);
     }

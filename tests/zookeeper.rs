@@ -299,7 +299,13 @@ mod zookeeper_ttl {
         }
     }
 
+    /// This binary's TTL-node server, in the test's namespace.
+    fn shared(test: &str) -> Env {
+        Env::shared("zookeeper_ttl", env, &format!("zookeeper_ttl.{test}"))
+    }
+
     crate::common::suite::suite_tests!(
+        shared,
         stale_handle_cannot_release_new_holder,
         renew_extends_a_handle,
         renew_ttl_is_applied_or_refused,

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod kept;
 pub mod servers;
 #[path = "servers_sql.rs"]
 pub mod servers_sql;
@@ -27,6 +28,9 @@ pub struct Env {
     pub zookeeper: Option<servers_zk::Zookeeper>,
     pub ensemble: Option<servers_zk::ZookeeperEnsemble>,
     pub etcd: Option<servers::Etcd>,
+    /// The namespace every `dlock` of this Env runs in (`DLOCK_NAMESPACE`),
+    /// when not dlock's default: a test on a shared server has one of its own.
+    pub namespace: Option<String>,
 }
 
 impl Env {
@@ -43,6 +47,7 @@ impl Env {
             zookeeper: None,
             ensemble: None,
             etcd: None,
+            namespace: None,
         }
     }
 
@@ -62,6 +67,7 @@ impl Env {
             zookeeper: None,
             ensemble: None,
             etcd: None,
+            namespace: None,
         }
     }
 
@@ -128,7 +134,83 @@ impl Env {
             zookeeper: None,
             ensemble: None,
             etcd: None,
+            namespace: None,
         }
+    }
+
+    /// The set-up `setup` for one test (`test` names it) on this test
+    /// binary's one server of that set-up, made by `make` the first time it
+    /// is asked for and kept until the binary exits (see `kept.rs`), in a
+    /// namespace of the test's own (`DLOCK_NAMESPACE` for [`Env::cmd`], and
+    /// the config file of its home for [`bare`]), with a home of its own: for
+    /// the tests that neither stop, restart, freeze, signal nor reconfigure
+    /// the server, nor crowd it. Set-ups of the same name share a server. A
+    /// set-up without a server (SQLite) is made afresh for every test.
+    pub fn shared(setup: &str, make: fn() -> Env, test: &str) -> Env {
+        match kept::url(setup, make) {
+            Some(url) => {
+                let env = Env {
+                    namespace: Some(kept::namespace(test)),
+                    ..Env::bare(url)
+                };
+                // The same namespace in the config file of the Env's home,
+                // for a `dlock` the test starts with `bare()` itself.
+                let conf = env.dir.path().join("config/dlock");
+                std::fs::create_dir_all(&conf).unwrap();
+                std::fs::write(
+                    conf.join("config.toml"),
+                    format!("namespace = \"{}\"\n", env.ns()),
+                )
+                .unwrap();
+                env
+            }
+            None => make(),
+        }
+    }
+
+    /// [`Env::shared`] named after the running test (libtest names its
+    /// thread after it).
+    pub fn shared_here(setup: &str, make: fn() -> Env) -> Env {
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("test")
+            .replace("::", ".");
+        Env::shared(setup, make, &test)
+    }
+
+    /// The namespace the Env's `dlock`s run in.
+    pub fn ns(&self) -> &str {
+        self.namespace.as_deref().unwrap_or("dlock")
+    }
+
+    /// The Env's server processes (their pids) and their directories.
+    pub fn server_processes(&self) -> (Vec<u32>, Vec<PathBuf>) {
+        let (mut pids, mut dirs) = (vec![], vec![]);
+        for r in &self.redis {
+            pids.push(r.pid());
+            dirs.push(r.dir().to_path_buf());
+        }
+        if let Some(p) = &self.postgres {
+            pids.push(p.pid());
+            dirs.push(p.dir().to_path_buf());
+        }
+        if let Some(m) = &self.mariadb {
+            pids.push(m.pid());
+            dirs.push(m.dir().to_path_buf());
+        }
+        if let Some(z) = &self.zookeeper {
+            pids.push(z.pid());
+            dirs.push(z.dir().to_path_buf());
+        }
+        if let Some(e) = &self.ensemble {
+            pids.extend((0..3).map(|i| e.pid(i)));
+            dirs.push(e.dir().to_path_buf());
+        }
+        if let Some(e) = &self.etcd {
+            pids.push(e.pid());
+            dirs.push(e.dir().to_path_buf());
+        }
+        (pids, dirs)
     }
 
     /// Whether [`Env::restart_server`] can restart this backend's server.
@@ -184,6 +266,9 @@ impl Env {
     /// settings or config files able to change the result.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = bare(self.dir.path());
+        if let Some(ns) = &self.namespace {
+            c.env("DLOCK_NAMESPACE", ns);
+        }
         c.arg("--backend").arg(&self.url).args(args);
         c
     }

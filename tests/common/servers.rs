@@ -1,6 +1,7 @@
-//! Real servers for the tests, started per test on free loopback ports in
-//! temporary directories, and killed when the test ends. A missing server
-//! binary fails the test with the Debian package to install.
+//! Real servers for the tests, started on free loopback ports in temporary
+//! directories, and killed when the test ends (or, shared by the tests of a
+//! binary, when the binary does: `kept.rs`). A missing server binary fails
+//! the test with the Debian package to install.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -242,6 +243,11 @@ impl Redis {
         self.child.as_ref().expect("running").id()
     }
 
+    /// Its directory (`--dir`, where it runs).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -456,6 +462,11 @@ impl Etcd {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
+    }
+
+    /// Its directory (data/, etcd.log).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     pub fn signal(&self, sig: nix::sys::signal::Signal) {

@@ -1,6 +1,7 @@
-//! Real SQL servers for the tests, started per test on free loopback ports in
-//! temporary directories, and killed when the test ends: PostgreSQL and
-//! MariaDB, in the style of `servers::Redis`. A missing server binary fails
+//! Real SQL servers for the tests, started on free loopback ports in
+//! temporary directories, and killed when the test ends (or, shared, when
+//! the test binary does: `kept.rs`): PostgreSQL and MariaDB, in the style of
+//! `servers::Redis`. A missing server binary fails
 //! the test with the Debian package to install.
 //!
 //! Self-contained (no `super::`), so it can be included on its own.
@@ -280,6 +281,11 @@ impl Postgres {
         pg
     }
 
+    /// Its directory (data/, postgres.log, the socket).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -505,6 +511,11 @@ impl Mariadb {
             m.launch()
         });
         m
+    }
+
+    /// Its directory (data/, error.log, the socket).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     fn data(&self) -> PathBuf {

@@ -1,5 +1,6 @@
-//! Real ZooKeeper servers for the tests, started per test on free loopback
-//! ports in temporary directories, and killed when the test ends: one
+//! Real ZooKeeper servers for the tests, started on free loopback ports in
+//! temporary directories, and killed when the test ends (or, shared, when
+//! the test binary does: `kept.rs`): one
 //! standalone server (`Zookeeper`) or a three-server quorum
 //! (`ZookeeperEnsemble`), in the style of `servers::Redis`. A missing `java`
 //! or ZooKeeper jar fails the test with the Debian package to install.

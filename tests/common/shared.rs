@@ -15,10 +15,26 @@ macro_rules! shared_conformance {
         mod $name {
             #[allow(unused_imports)]
             use $crate::common::*;
-            fn env() -> Env {
+            /// A server of the test's own.
+            fn private(_test: &str) -> Env {
                 $env
             }
+            /// This binary's server of the set-up, in the test's namespace.
+            fn shared(test: &str) -> Env {
+                Env::shared(
+                    stringify!($env),
+                    || $env,
+                    &format!("{}.{test}", stringify!($name)),
+                )
+            }
+            // A crowd past the stock connection limits (which would starve
+            // the tests beside it).
             $crate::common::shared::shared_tests!(
+                private,
+                crowd_of_readers_and_writers_all_get_their_turn,
+            );
+            $crate::common::shared::shared_tests!(
+                shared,
                 readers_hold_together,
                 writer_and_readers_exclude_each_other,
                 waiting_writer_goes_before_later_readers,
@@ -29,7 +45,6 @@ macro_rules! shared_conformance {
                 force_release_breaks_every_reader,
                 every_key_of_a_multi_key_run_is_shared,
                 readers_and_writers_under_faults_never_overlap,
-                crowd_of_readers_and_writers_all_get_their_turn,
             );
         }
     };
@@ -37,11 +52,11 @@ macro_rules! shared_conformance {
 pub(crate) use shared_conformance;
 
 macro_rules! shared_tests {
-    ($($t:ident),* $(,)?) => {
+    ($env:ident, $($t:ident),* $(,)?) => {
         $(
             #[test]
             fn $t() {
-                $crate::common::shared::$t(&mut env());
+                $crate::common::shared::$t(&mut $env(stringify!($t)));
             }
         )*
     };
@@ -403,7 +418,7 @@ pub fn readers_and_writers_under_faults_never_overlap(env: &mut Env) {
         dir: env.path("torture"),
         seed: 11,
     };
-    let r = torture::run(&cfg);
+    let r = torture::run_in(&cfg, env.namespace.as_deref());
     assert!(r.ok(), "{r:#?}");
     assert!(!r.faults.is_empty(), "no fault was injected: {r:#?}");
     assert!(r.max_concurrent >= 2, "readers never held together: {r:#?}");

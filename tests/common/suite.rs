@@ -15,10 +15,27 @@ macro_rules! conformance {
             use $crate::common::suite;
             #[allow(unused_imports)]
             use $crate::common::*;
-            fn env() -> Env {
+            /// A server of the test's own.
+            fn private(_test: &str) -> Env {
                 $env
             }
+            /// This binary's server of the set-up, in the test's namespace.
+            fn shared(test: &str) -> Env {
+                Env::shared(
+                    stringify!($env),
+                    || $env,
+                    &format!("{}.{test}", stringify!($name)),
+                )
+            }
+            // They restart the server, or crowd it past its stock
+            // connection limits (a crowd would starve the tests beside it).
             $crate::common::suite::suite_tests!(
+                private,
+                crowd_on_one_key_all_get_their_turn,
+                server_restart_during_waits_is_ridden_out,
+            );
+            $crate::common::suite::suite_tests!(
+                shared,
                 child_status_and_environment,
                 missing_and_unexecutable_commands,
                 child_killed_by_signal_frees_lock,
@@ -43,8 +60,6 @@ macro_rules! conformance {
                 doctor_reports_every_check,
                 status_counts_waiters,
                 interrupted_waiter_does_not_delay_the_next,
-                crowd_on_one_key_all_get_their_turn,
-                server_restart_during_waits_is_ridden_out,
                 nested_keys_are_independent,
                 lock_broken_before_the_next_renewal_is_reported,
                 renew_ttl_is_applied_or_refused,
@@ -57,11 +72,11 @@ macro_rules! conformance {
 pub(crate) use conformance;
 
 macro_rules! suite_tests {
-    ($($t:ident),* $(,)?) => {
+    ($env:ident, $($t:ident),* $(,)?) => {
         $(
             #[test]
             fn $t() {
-                suite::$t(&mut env());
+                suite::$t(&mut $env(stringify!($t)));
             }
         )*
     };
@@ -229,7 +244,7 @@ fn torture_cfg(env: &Env, name: &str) -> torture::Config {
 
 pub fn contention_never_overlaps(env: &Env) {
     let cfg = torture_cfg(env, "contend");
-    let r = torture::run(&cfg);
+    let r = torture::run_in(&cfg, env.namespace.as_deref());
     assert!(r.ok(), "{r:#?}");
     assert_eq!(r.intervals, 20, "{r:#?}");
     assert_eq!(r.max_concurrent, 1);
@@ -243,7 +258,7 @@ pub fn faults_never_overlap(env: &Env) {
     cfg.ttl = Duration::from_millis(1500);
     cfg.faults = vec![Fault::KillDlock, Fault::KillChild, Fault::StopDlock];
     cfg.fault_rate = 0.35;
-    let r = torture::run(&cfg);
+    let r = torture::run_in(&cfg, env.namespace.as_deref());
     assert!(r.ok(), "{r:#?}");
     assert_eq!(r.max_concurrent, 1, "{r:#?}");
     assert!(!r.faults.is_empty(), "no fault was injected: {r:#?}");
@@ -703,7 +718,7 @@ pub fn metrics_file_records_success_busy_and_loss(env: &Env) {
     let k = key("metrics");
     let prom = env.path("job.prom");
     let m = prom.to_str().unwrap();
-    let labels = format!("namespace=\"dlock\",key=\"{k}\"");
+    let labels = format!("namespace=\"{}\",key=\"{k}\"", env.ns());
     let read = || std::fs::read_to_string(&prom).unwrap();
     let outcome =
         |text: &str, o: &str| metric(text, &format!("dlock_outcome{{{labels},outcome=\"{o}\"}}"));
@@ -814,6 +829,7 @@ pub fn waiting_line_only_on_a_terminal(env: &Env) {
     let out = std::process::Command::new(script)
         .args(["-qec", &inner, "/dev/null"])
         .env("HOME", env.dir.path())
+        .env("DLOCK_NAMESPACE", env.ns())
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
@@ -1124,7 +1140,7 @@ pub fn lock_broken_before_the_next_renewal_is_reported(env: &Env) {
     );
     assert!(err.contains("lost the lock"), "{err}");
     let m = std::fs::read_to_string(&prom).unwrap();
-    let labels = format!("namespace=\"dlock\",key=\"{k}\"");
+    let labels = format!("namespace=\"{}\",key=\"{k}\"", env.ns());
     assert_eq!(
         metric(&m, &format!("dlock_outcome{{{labels},outcome=\"lost\"}}")),
         Some(1.0),

@@ -128,6 +128,7 @@ fn kill(pid: i32, sig: i32) {
 
 fn client(
     cfg: &Config,
+    ns: Option<&str>,
     idx: usize,
 ) -> (BTreeMap<i32, usize>, BTreeMap<String, usize>, Vec<String>) {
     let log = cfg.dir.join(format!("client-{idx}.log"));
@@ -173,6 +174,7 @@ fn client(
             .args(shared.then_some("--shared"))
             .args(["--kill-after", "200ms", "--", "sh", "-c", &script])
             .env_remove("DLOCK_BACKEND")
+            .envs(ns.map(|ns| ("DLOCK_NAMESPACE", ns)))
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn dlock");
@@ -254,10 +256,15 @@ fn client(
 
 /// Run the clients and check the log.
 pub fn run(cfg: &Config) -> Report {
+    run_in(cfg, None)
+}
+
+/// [`run`] in namespace `ns` (`DLOCK_NAMESPACE`), when given.
+pub fn run_in(cfg: &Config, ns: Option<&str>) -> Report {
     std::fs::create_dir_all(&cfg.dir).expect("log dir");
     let results: Vec<_> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..cfg.clients)
-            .map(|i| s.spawn(move || client(cfg, i)))
+            .map(|i| s.spawn(move || client(cfg, ns, i)))
             .collect();
         hs.into_iter()
             .map(|h| h.join().expect("client thread"))
@@ -407,7 +414,7 @@ fn running_body(log: &Path) -> Option<i32> {
     (f[0] == "B" && pid_alive(pid)).then_some(pid)
 }
 
-fn candidate(cfg: &Config, i: usize) -> std::process::Child {
+fn candidate(cfg: &Config, ns: Option<&str>, i: usize) -> std::process::Child {
     let log = cfg.dir.join(format!("client-{i}.log"));
     let script = format!(
         "echo \"B $DLOCK_TOKEN $$ $(date +%s%N)\" >> '{}'; exec sleep 100000",
@@ -426,6 +433,7 @@ fn candidate(cfg: &Config, i: usize) -> std::process::Child {
         .args(["--restart", "always", "--restart-delay", "100ms"])
         .args(["--kill-after", "200ms", "--", "sh", "-c", &script])
         .env_remove("DLOCK_BACKEND")
+        .envs(ns.map(|ns| ("DLOCK_NAMESPACE", ns)))
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -458,11 +466,17 @@ fn note_end(cfg: &Config, i: usize, pid: i32, problems: &mut Vec<String>) -> i12
 /// A killed or terminated candidate is started again, so the field stays
 /// `clients` strong.
 pub fn elect(cfg: &Config) -> ElectReport {
+    elect_in(cfg, None)
+}
+
+/// [`elect`] in namespace `ns` (`DLOCK_NAMESPACE`), when given.
+pub fn elect_in(cfg: &Config, ns: Option<&str>) -> ElectReport {
     std::fs::create_dir_all(&cfg.dir).expect("log dir");
     for i in 0..cfg.clients {
         std::fs::write(cfg.dir.join(format!("client-{i}.log")), "").expect("log");
     }
-    let mut cands: Vec<std::process::Child> = (0..cfg.clients).map(|i| candidate(cfg, i)).collect();
+    let mut cands: Vec<std::process::Child> =
+        (0..cfg.clients).map(|i| candidate(cfg, ns, i)).collect();
     let mut out = ElectReport::default();
     let mut problems = Vec::new();
     let faults = if cfg.faults.is_empty() {
@@ -530,7 +544,7 @@ pub fn elect(cfg: &Config) -> ElectReport {
             }
             Fault::KillDlock | Fault::TermDlock | Fault::None => {
                 let _ = cands[i].wait();
-                cands[i] = candidate(cfg, i);
+                cands[i] = candidate(cfg, ns, i);
             }
             Fault::KillChild => {}
         }
