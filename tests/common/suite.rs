@@ -309,14 +309,20 @@ pub fn stale_handle_cannot_release_new_holder(env: &Env) {
 
 pub fn renew_extends_a_handle(env: &Env) {
     let k = key("renew");
-    let out = env.run(&["acquire", "--key", &k, "--ttl", "1s"]);
+    let out = env.run(&["acquire", "--key", &k, "--ttl", "3s"]);
     let h = stdout(&out).trim().to_string();
-    std::thread::sleep(Duration::from_millis(400));
+    // The first lease ends 3 s after it was taken, at the latest now + 3 s.
+    let taken = Instant::now();
+    std::thread::sleep(Duration::from_millis(1000));
     let out = env.run(&["renew", &h]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    // Past the first TTL (1s from the start), within the TTL from the
-    // renewal. (A different --ttl: see renew_ttl_is_applied_or_refused.)
-    std::thread::sleep(Duration::from_millis(750));
+    // Past the first TTL, and at least 0.9 s before the renewed one ends
+    // (3 s from the renewal, which started 1 s after `taken`): a margin
+    // for slow processes on a loaded machine. (A different --ttl: see
+    // renew_ttl_is_applied_or_refused.)
+    std::thread::sleep(
+        (taken + Duration::from_millis(3100)).saturating_duration_since(Instant::now()),
+    );
     assert!(env.held(&k), "the renewed lease ended at its first TTL");
     assert_eq!(code(&env.run(&["release", &h])), 0);
 }

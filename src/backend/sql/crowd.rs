@@ -3,21 +3,24 @@
 //! Each dlock is a process of its own, so waiters cannot share a
 //! connection. A waiter therefore holds at most one, and most hold none:
 //!
-//! - The engine's own connection (its pool of one) is given back to the
-//!   server whenever a waiter goes to sleep ([`hang_up`]); the next attempt
-//!   opens another.
+//! - On MySQL, the engine's own connection (its pool of one) is given back
+//!   to the server whenever a waiter goes to sleep ([`hang_up`]); the next
+//!   attempt opens another (a thread on the server). PostgreSQL keeps it:
+//!   there a connection is a forked process, too dear to open per attempt.
 //! - The first [`SLOTS`] waiters of a key each keep one *wake-up
 //!   connection* (PostgreSQL `LISTEN`, MySQL's blocking `GET_LOCK`), which
 //!   also holds one of the key's slots: a server-side lock (an advisory
 //!   lock, a `GET_LOCK` name) that the server lets go of when the
 //!   connection ends, so a waiter that dies never keeps its slot. They are
 //!   woken the moment the key is freed.
-//! - Every other waiter holds no connection between attempts: it polls with
+//! - Every other waiter (on MySQL) holds no connection between attempts, or
+//!   (on PostgreSQL) only the engine's: it polls with
 //!   a capped, jittered backoff ([`Backoff`]), and after each attempt looks
 //!   whether a slot is free, on the connection it has open for the attempt.
 //!
 //! So a crowd of any size keeps about `SLOTS` idle connections per key on
-//! the server, plus those of the holders and of the attempts in flight.
+//! a MySQL server, plus those of the holders and of the attempts in flight;
+//! on PostgreSQL one per waiter, plus `SLOTS`.
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};

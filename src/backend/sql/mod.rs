@@ -770,7 +770,24 @@ pub trait Link: Send + Sync + 'static {
 impl Link for AnyPool {
     const SERVER: bool = true;
     async fn conn(&self) -> sqlx::Result<Conn<'_>> {
-        Ok(Conn::Pool(self.acquire().await?))
+        match self.acquire().await {
+            Ok(c) => Ok(Conn::Pool(c)),
+            // The pool retries a refused or full server (PostgreSQL's
+            // 53300) until its time-out and then says only "pool timed
+            // out": one direct attempt tells which, so that a full server
+            // is waited out as busy, not counted as an outage.
+            Err(sqlx::Error::PoolTimedOut) => {
+                use sqlx::ConnectOptions;
+                match self.connect_options().connect().await {
+                    Err(e) => Err(e),
+                    Ok(c) => {
+                        let _ = sqlx::Connection::close(c).await;
+                        Err(sqlx::Error::PoolTimedOut)
+                    }
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 

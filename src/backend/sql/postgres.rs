@@ -6,10 +6,15 @@
 //!
 //! Only the first [`SLOTS`] waiters of a key listen (see [`super::crowd`]):
 //! each on a connection of its own that holds one of the key's slots, the
-//! session advisory lock (key hash, slot). The engine's connection is closed
-//! while any waiter sleeps, so a listener holds one connection and the rest
-//! of a crowd none; they poll, and after each attempt count the slots held
-//! (in `pg_locks`) to see whether they may listen.
+//! session advisory lock (key hash, slot). The rest of a crowd poll on the
+//! engine's one connection, and after each attempt count the slots held (in
+//! `pg_locks`) to see whether they may listen. So a waiter holds one
+//! connection (a listener two), not two as each did before.
+//!
+//! Unlike MySQL's, the engine's connection is kept while waiting: a
+//! PostgreSQL connection is a forked server process, and a crowd of 200
+//! reconnecting for every attempt kept two cores busy forking; attempts then
+//! queued past `--connect-timeout` and some waiters exited 69.
 
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
@@ -29,7 +34,7 @@ use crate::error::usage;
 struct Postgres {
     opts: PgConnectOptions,
     timeout: Duration,
-    /// The engine's pool: its connection is closed while we wait.
+    /// The engine's pool, to ask on it whether a slot is free.
     pool: crowd::PoolCell,
     /// Our listener, when we are among the first waiters of a key.
     listener: Mutex<Option<Listener>>,
@@ -296,11 +301,9 @@ impl Dialect for Postgres {
                 *l = Some(new);
                 // A release between our last attempt and LISTEN went
                 // unheard: try again at once.
-                crowd::hang_up(&self.pool).await;
                 return;
             }
         }
-        crowd::hang_up(&self.pool).await;
         let Some(listener) = l.as_mut() else {
             drop(l);
             self.backoff.sleep(bound).await;
