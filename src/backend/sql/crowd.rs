@@ -3,10 +3,11 @@
 //! Each dlock is a process of its own, so waiters cannot share a
 //! connection. A waiter therefore holds at most one, and most hold none:
 //!
-//! - On MySQL, the engine's own connection (its pool of one) is given back
-//!   to the server whenever a waiter goes to sleep ([`hang_up`]); the next
-//!   attempt opens another (a thread on the server). PostgreSQL keeps it:
-//!   there a connection is a forked process, too dear to open per attempt.
+//! - On MySQL, a waiter without a slot (below) gives the engine's own
+//!   connection (its pool of one) back to the server whenever it goes to
+//!   sleep ([`hang_up`]); the next attempt opens another (a thread on the
+//!   server). PostgreSQL keeps it: there a connection is a forked process,
+//!   too dear to open per attempt.
 //! - The first [`SLOTS`] waiters of a key each keep one *wake-up
 //!   connection* (PostgreSQL `LISTEN`, MySQL's blocking `GET_LOCK`), which
 //!   also holds one of the key's slots: a server-side lock (an advisory
@@ -18,9 +19,10 @@
 //!   a capped, jittered backoff ([`Backoff`]), and after each attempt looks
 //!   whether a slot is free, on the connection it has open for the attempt.
 //!
-//! So a crowd of any size keeps about `SLOTS` idle connections per key on
-//! a MySQL server, plus those of the holders and of the attempts in flight;
-//! on PostgreSQL one per waiter, plus `SLOTS`.
+//! So a crowd of any size keeps about 2 × `SLOTS` idle connections per key
+//! on a MySQL server (a slot's and the engine's), plus those of the holders
+//! and of the attempts in flight; on PostgreSQL one per waiter, plus
+//! `SLOTS`.
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};

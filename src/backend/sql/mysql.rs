@@ -16,9 +16,10 @@
 //! [`super::crowd`]): each on its connection of its own, which also holds
 //! one of the key's slots, a lock `..._q0` to `..._q3` taken with
 //! `GET_LOCK(slot, 0)` (several locks per connection: MySQL 5.7, MariaDB
-//! 10.0.2). The engine's connection is closed while any waiter sleeps, so a
-//! blocked waiter holds one connection and the rest of a crowd none; they
-//! poll, and after each attempt ask `IS_FREE_LOCK` whether a slot is free.
+//! 10.0.2). A blocked waiter also keeps the engine's connection, so that
+//! its attempt when woken does not wait for a new one; the rest of a crowd
+//! close it while they sleep and hold none: they poll, and after each
+//! attempt ask `IS_FREE_LOCK` whether a slot is free.
 //! The first waiter to take the key keeps its connection: the holder's
 //! wake-up lock is taken on it.
 
@@ -44,7 +45,8 @@ struct Mysql {
     timeout: Duration,
     /// Names server-side locks uniquely per database and table prefix.
     wake_scope: String,
-    /// The engine's pool: its connection is closed while we wait.
+    /// The engine's pool: its connection is closed while we wait without a
+    /// slot.
     pool: crowd::PoolCell,
     /// Connections holding GET_LOCK for keys we hold, by lock name.
     held: Mutex<Vec<(String, MySqlConnection)>>,
@@ -343,9 +345,10 @@ impl Dialect for Mysql {
                 *w = Some(new);
             }
         }
-        crowd::hang_up(&self.pool).await;
         let Some(waiter) = w.as_mut() else {
+            // Behind the first few: no connection while we sleep.
             drop(w);
+            crowd::hang_up(&self.pool).await;
             self.backoff.sleep(bound).await;
             return;
         };
