@@ -472,7 +472,7 @@ fn server_connections(env: &Env) -> Option<u64> {
 #[test]
 fn a_waiting_crowd_leaves_the_server_room_for_other_clients() {
     for (name, make, n, most_allowed) in [
-        ("postgres", Env::postgres as MakeEnv, 60u64, 60 + 12),
+        ("postgres", Env::postgres as MakeEnv, 60u64, 60 + 16),
         ("mariadb", Env::mariadb as MakeEnv, 80, 151 * 3 / 5),
     ] {
         let env = make();

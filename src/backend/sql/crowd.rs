@@ -31,8 +31,10 @@ use sqlx::AnyPool;
 
 use crate::backend::kit;
 
-/// How many waiters of one key keep a wake-up connection.
-pub const SLOTS: u32 = 4;
+/// How many waiters of one key keep a wake-up connection. With 4, eight
+/// processes taking turns on a key (`bench/bench-sql.sh`) were 10-16 %
+/// slower than when all listened: those polling fell behind.
+pub const SLOTS: u32 = 8;
 
 /// The engine's pool, for its dialect: set once the engine has opened it
 /// (the dialect is made before the engine, and `wait` is not given it).

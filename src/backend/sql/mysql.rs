@@ -14,7 +14,7 @@
 //!
 //! Only the first [`SLOTS`] waiters of a key block in GET_LOCK (see
 //! [`super::crowd`]): each on its connection of its own, which also holds
-//! one of the key's slots, a lock `..._q0` to `..._q3` taken with
+//! one of the key's slots, a lock `..._q0` to `..._q7` taken with
 //! `GET_LOCK(slot, 0)` (several locks per connection: MySQL 5.7, MariaDB
 //! 10.0.2). A blocked waiter also keeps the engine's connection, so that
 //! its attempt when woken does not wait for a new one; the rest of a crowd
