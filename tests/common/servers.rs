@@ -101,6 +101,28 @@ pub fn require(binary: &str, package: &str) -> PathBuf {
     panic!("{binary} not found: install the Debian package `{package}` (scripts/test.sh does)");
 }
 
+/// Wait until `port` answers; false if `child` exits first. A port from
+/// [`free_port`] can be taken before the server binds it (it is in the
+/// ephemeral range, so another test's outgoing connection may get it, or
+/// a cluster node's bus port, port + 10000, may be in use): then the
+/// server exits at once, and the caller tries another port.
+fn wait_started(port: u16, child: &mut Child, limit: Duration) -> bool {
+    let start = Instant::now();
+    loop {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "server on port {port} did not start within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn wait_port(port: u16, limit: Duration) {
     let start = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -135,8 +157,14 @@ impl Redis {
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
-        r.launch();
-        r
+        // A port taken between `free_port` and the bind: another one.
+        for _ in 0..5 {
+            if r.spawn() {
+                return r;
+            }
+            r.port = free_port();
+        }
+        panic!("redis-server exited at start on 5 free ports in a row");
     }
 
     /// A redis-server that speaks only TLS, on `port`.
@@ -205,7 +233,8 @@ impl Redis {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    fn launch(&mut self) {
+    /// Start the server; whether it came up (false: it exited at once).
+    fn spawn(&mut self) -> bool {
         let bin = require("redis-server", "redis-server");
         let mut cmd = Command::new(bin);
         if self.extra.first().is_some_and(|a| a.ends_with(".conf")) {
@@ -232,7 +261,20 @@ impl Redis {
             .spawn()
             .expect("start redis-server");
         self.child = Some(child);
-        wait_port(self.port, Duration::from_secs(10));
+        wait_started(
+            self.port,
+            self.child.as_mut().unwrap(),
+            Duration::from_secs(10),
+        )
+    }
+
+    /// Start the server on its port again (it must get it back).
+    fn launch(&mut self) {
+        assert!(
+            self.spawn(),
+            "redis-server exited at start on port {}",
+            self.port
+        );
     }
 
     pub fn url(&self) -> String {
