@@ -1,11 +1,16 @@
 //! Held leases: taking several keys all or nothing, and keeping them alive.
 //!
-//! The [`Keeper`] renews every held lease about every third of the TTL, each
-//! call bounded by a timeout. Loss is declared by a *deadline*, not only by an
-//! error: a lease granted or renewed by a request sent at `t` is safe until
-//! `t + ttl - margin` whatever the network says, and the keeper reports the
-//! loss `grace` before that, so the supervisor's SIGTERM-then-SIGKILL fits
-//! inside the lease.
+//! The [`Keeper`] keeps one lease clock for every held lease: a lease
+//! granted or renewed by a request sent at `t` is safe until
+//! `t + ttl - margin` whatever the network says (never counted from a later
+//! moment: that is what keeps it safe), and renewals run on that same clock,
+//! a third of the TTL after `t`. A lease that aged before the keeper got it
+//! (an etcd lease kept alive while its owner waited in line) is therefore
+//! renewed at once, not a third of the TTL after the wait ended. Each call
+//! is bounded by a timeout. Loss is declared by the deadline, not only by an
+//! error: the keeper reports it `grace` before the deadline, so the
+//! supervisor's SIGTERM-then-SIGKILL fits inside the lease, and only when
+//! renewals really failed (or the process was frozen).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,12 +44,23 @@ struct State {
     safe_until: Option<Instant>,
 }
 
+/// When the leases that are safe until `safe_until` are due for renewal: a
+/// third of the TTL after the server last extended the earliest of them.
+fn renewal_due(safe_until: Instant, ttl: Duration) -> Instant {
+    let valid = ttl.saturating_sub(margin(ttl));
+    safe_until
+        .checked_sub(valid.saturating_sub(ttl / 3))
+        .unwrap_or(safe_until)
+}
+
 /// Keeps leases alive in a background task while they are held.
 pub struct Keeper {
     backend: Arc<dyn Backend>,
     state: Arc<Mutex<State>>,
     lost: watch::Receiver<Option<Loss>>,
     safe_until: watch::Receiver<Option<Instant>>,
+    /// Wakes the renewal task when a lease is added (it may be due now).
+    added: Arc<tokio::sync::Notify>,
     task: JoinHandle<()>,
 }
 
@@ -62,20 +78,22 @@ impl Keeper {
         }));
         let (lost_tx, lost) = watch::channel(None);
         let (safe_tx, safe_until) = watch::channel(None);
+        let added = Arc::new(tokio::sync::Notify::new());
         let task = tokio::spawn(renew_loop(
             backend.clone(),
             state.clone(),
+            added.clone(),
             ttl,
             call_timeout,
             grace,
-            lost_tx,
-            safe_tx,
+            (lost_tx, safe_tx),
         ));
         Keeper {
             backend,
             state,
             lost,
             safe_until,
+            added,
             task,
         }
     }
@@ -85,6 +103,8 @@ impl Keeper {
         let until = lease.granted_at + lease.ttl.saturating_sub(margin(lease.ttl));
         st.safe_until = Some(st.safe_until.map_or(until, |u| u.min(until)));
         st.leases.push(lease);
+        drop(st);
+        self.added.notify_one();
     }
 
     pub fn leases(&self) -> Vec<Lease> {
@@ -124,24 +144,37 @@ impl Keeper {
 async fn renew_loop(
     backend: Arc<dyn Backend>,
     state: Arc<Mutex<State>>,
+    added: Arc<tokio::sync::Notify>,
     ttl: Duration,
     call_timeout: Duration,
     grace: Duration,
-    lost: watch::Sender<Option<Loss>>,
-    safe: watch::Sender<Option<Instant>>,
+    (lost, safe): (watch::Sender<Option<Loss>>, watch::Sender<Option<Instant>>),
 ) {
     let period = ttl / 3;
     let retry = (ttl / 10).clamp(Duration::from_millis(20), Duration::from_secs(1));
-    let mut next = Instant::now() + period;
+    // After a failed renewal: when to try again (the lease clock says
+    // "due" already).
+    let mut retry_at: Option<Instant> = None;
     let mut reported = false;
     loop {
         let safe_until = state.lock().unwrap().safe_until;
+        // The lease clock: renew a third of the TTL after the server last
+        // extended the earliest lease, or sooner after a failure.
+        let next = match (retry_at, safe_until) {
+            (Some(r), _) => r,
+            (None, Some(u)) => renewal_due(u, ttl),
+            (None, None) => Instant::now() + period,
+        };
         let report_at = safe_until.map(|u| u.checked_sub(grace).unwrap_or(u));
         let wake = match report_at {
             Some(r) if !reported => next.min(r),
             _ => next,
         };
-        tokio::time::sleep_until(wake.into()).await;
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake.into()) => {}
+            // A lease was added: it may be due already.
+            _ = added.notified() => continue,
+        }
         let now = Instant::now();
         if !reported && report_at.is_some_and(|r| now >= r) {
             reported = true;
@@ -163,7 +196,11 @@ async fn renew_loop(
         }
         let leases = state.lock().unwrap().leases.clone();
         if leases.is_empty() {
-            next = now + period;
+            retry_at = None;
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = added.notified() => {}
+            }
             continue;
         }
         let sent = Instant::now();
@@ -218,9 +255,9 @@ async fn renew_loop(
                 valid_ms = ttl.saturating_sub(margin(ttl)).as_millis() as u64,
                 "leases renewed"
             );
-            next = sent + period;
+            retry_at = None;
         } else {
-            next = Instant::now() + retry;
+            retry_at = Some(Instant::now() + retry);
         }
     }
 }
@@ -410,6 +447,58 @@ mod tests {
         assert!((3..=6).contains(&n), "{n} renewals in 1 s with a 600ms TTL");
         assert!(k.safe_until().unwrap() > first + Duration::from_millis(600));
         assert!(k.lost().borrow().is_none());
+        k.stop();
+    }
+
+    /// The phase that stopped healthy etcd holders: a lease kept alive
+    /// while its owner waited in line reaches the keeper already aged. It
+    /// must be renewed at once, never reported lost.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_lease_that_aged_while_waiting_is_renewed_at_once() {
+        let fake = Arc::new(Fake::default());
+        let grace = Duration::from_millis(150);
+        let k = Keeper::start(fake.clone(), TTL, Duration::from_millis(100), grace);
+        // Granted (last extended by the server) 300 ms ago: half its TTL.
+        let mut aged = lease(TTL);
+        aged.granted_at = Instant::now() - Duration::from_millis(300);
+        let before = Instant::now();
+        k.add(aged);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(
+            fake.renewals.load(Ordering::SeqCst) >= 1,
+            "an aged lease was not renewed at once"
+        );
+        assert!(k.safe_until().unwrap() >= before + TTL - margin(TTL));
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert!(
+            k.lost().borrow().is_none(),
+            "a healthy lease was reported lost"
+        );
+        k.stop();
+    }
+
+    /// Renewals follow the lease clock, not the moment the keeper started:
+    /// a lease added later is renewed a third of its TTL after its grant.
+    #[tokio::test(flavor = "current_thread")]
+    async fn renewals_follow_the_lease_clock_of_each_added_lease() {
+        let fake = Arc::new(Fake::default());
+        let k = Keeper::start(
+            fake.clone(),
+            TTL,
+            Duration::from_millis(100),
+            Duration::ZERO,
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(fake.renewals.load(Ordering::SeqCst), 0, "nothing to renew");
+        k.add(lease(TTL));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(fake.renewals.load(Ordering::SeqCst), 0, "renewed early");
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(
+            fake.renewals.load(Ordering::SeqCst),
+            1,
+            "not renewed at TTL/3"
+        );
         k.stop();
     }
 
