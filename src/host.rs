@@ -33,6 +33,11 @@ pub fn hostname() -> String {
 /// Identifies this kernel boot and PID namespace: two processes with the
 /// same host id see the same PIDs, so one can tell whether the other lives.
 pub fn host_id() -> String {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(read_host_id).clone()
+}
+
+fn read_host_id() -> String {
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
     let pidns = std::fs::read_link("/proc/self/ns/pid")
         .map(|p| p.display().to_string())

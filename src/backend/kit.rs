@@ -158,7 +158,9 @@ where
 }
 
 /// Take a slot of `spec.key` on a service without a queue: try, and until
-/// `deadline` wait for a change and try again.
+/// `deadline` wait for a change and try again. Holders known dead (a
+/// process on this machine that is gone) are removed at once and the
+/// attempt made again, `--no-wait` included: the liveness rule.
 pub async fn poll(
     b: &dyn Poll,
     spec: &LockSpec,
@@ -169,6 +171,16 @@ pub async fn poll(
         match b.try_acquire(spec, me).await? {
             Attempt::Acquired(l) => return Ok(Attempt::Acquired(l)),
             Attempt::Busy(h) => {
+                let dead: Vec<Holder> = h.iter().filter(|h| h.dead).cloned().collect();
+                if !dead.is_empty() && b.break_dead(spec, &dead).await? {
+                    tracing::info!(
+                        event = "broke_dead",
+                        key = spec.key,
+                        holders = dead.len(),
+                        "removed the entries of holders whose process is gone"
+                    );
+                    continue;
+                }
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     return Ok(Attempt::Busy(h));
                 }
@@ -268,10 +280,15 @@ pub enum NField {
 
 /// dlock's holder record, stored with every lease on Redis, ZooKeeper and
 /// etcd so that `status` can say who holds it:
-/// `dlock1|ID|N|USER|HOST|PID|SINCE_MS[|TTL_MS[|TOKEN[|T]]]`, the trailing
-/// fields ZooKeeper's ([`NField`] says what `N` is). Parsed, each field has
-/// one meaning whatever the backend. Anything else is a foreign client's
-/// value.
+/// `dlock1|ID|N|USER|HOST|PID|SINCE_MS[|TTL_MS|TOKEN|T[|HOST_ID|START]]`,
+/// `TTL_MS`, `TOKEN` and `T` ZooKeeper's ([`NField`] says what `N` is), and
+/// `HOST_ID|START` the liveness of a process that holds while it runs
+/// ([`Record::live`]). Parsed, each field has one meaning whatever the
+/// backend. Anything else is a foreign client's value.
+///
+/// Older readers split a record into at most 10 fields, so the liveness
+/// fields reach them folded into `T`: they are never written beside `T`
+/// (a node that outlives its session belongs to no running process).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Record {
     /// Names the lease: the owner's secret (Redis, ZooKeeper), the lease id
@@ -297,6 +314,12 @@ pub struct Record {
     pub ttl_ms: Option<u64>,
     /// A ZooKeeper server TTL node (its TTL cannot change).
     pub ttl_node: bool,
+    /// Where and which process holds this entry while it runs (a `run`, an
+    /// `elect` candidate, a waiter): its [`crate::host::host_id`] and
+    /// start time, so that another process on the same machine can tell
+    /// that it is dead ([`Record::dead_here`]). None for a handle's lease
+    /// (`dlock acquire`), whose process exits by design.
+    pub live: Option<(String, u64)>,
 }
 
 impl Record {
@@ -311,14 +334,30 @@ impl Record {
             host: me.host.clone(),
             pid: Some(me.pid),
             since_ms: Some(since_ms),
+            live: (me.kind == crate::backend::LeaseKind::Run && !me.host_id.is_empty())
+                .then(|| (me.host_id.clone(), me.proc_start)),
             ..Record::default()
+        }
+    }
+
+    /// Whether the process that wrote this entry is known to be gone: it
+    /// ran on this machine (the same boot and PID namespace) and no
+    /// process with its pid and start time exists. Entries from other
+    /// machines, handles' leases and foreign clients' are never dead here:
+    /// they end with their TTL or session.
+    pub fn dead_here(&self) -> bool {
+        match (&self.live, self.pid) {
+            (Some((host_id, start)), Some(pid)) => {
+                *host_id == crate::host::host_id() && !crate::host::process_alive(pid, *start)
+            }
+            _ => false,
         }
     }
 
     /// The record in a stored value, if it is one of dlock's, whose `N` is
     /// `n`. Every value older versions wrote parses.
     pub fn parse(value: &str, n: NField) -> Option<Record> {
-        let f: Vec<&str> = value.splitn(10, '|').collect();
+        let f: Vec<&str> = value.splitn(12, '|').collect();
         if f.len() < 7 || f[0] != "dlock1" {
             return None;
         }
@@ -345,6 +384,10 @@ impl Record {
             since_ms: f[6].parse().ok(),
             ttl_ms: num(7),
             ttl_node: f.get(9) == Some(&"T"),
+            live: match (f.get(10), f.get(11).and_then(|s| s.parse().ok())) {
+                (Some(h), Some(start)) if !h.is_empty() => Some((h.to_string(), start)),
+                _ => None,
+            },
         })
     }
 
@@ -364,18 +407,35 @@ impl Record {
             opt(self.pid.map(u64::from)),
             opt(self.since_ms)
         );
-        // ZooKeeper's fields: `TOKEN` (maybe empty) and `T` need `TTL_MS`.
-        if let Some(t) = self.ttl_ms {
-            s.push_str(&format!("|{t}"));
-            let token = self.token.filter(|_| n == NField::Limit);
-            if token.is_some() || self.ttl_node {
+        // ZooKeeper's fields: `TOKEN` (maybe empty) and `T` need `TTL_MS`;
+        // the liveness fields need all three (maybe empty), and never go
+        // beside `T` (see the type's note on older readers).
+        let token = self.token.filter(|_| n == NField::Limit);
+        let live = self.live.as_ref().filter(|_| !self.ttl_node);
+        if self.ttl_ms.is_some() || live.is_some() {
+            s.push_str(&format!("|{}", opt(self.ttl_ms)));
+            if token.is_some() || self.ttl_node || live.is_some() {
                 s.push_str(&format!("|{}", opt(token)));
             }
             if self.ttl_node {
                 s.push_str("|T");
+            } else if let Some((host_id, start)) = live {
+                s.push_str(&format!("||{host_id}|{start}"));
             }
         }
         s
+    }
+
+    /// The fields a record of a running process ends with, for a layout
+    /// that writes its record elsewhere (Redis's scripts): empty, or
+    /// `||||HOST_ID|START` after `SINCE_MS`.
+    pub fn live_suffix(me: &Owner) -> String {
+        match (me.kind, me.host_id.is_empty()) {
+            (crate::backend::LeaseKind::Run, false) => {
+                format!("||||{}|{}", me.host_id, me.proc_start)
+            }
+            _ => String::new(),
+        }
     }
 
     /// The holder it describes; `token` is the service's own (a record's
@@ -390,9 +450,10 @@ impl Record {
                 .since_ms
                 .map(|ms| std::time::UNIX_EPOCH + Duration::from_millis(ms)),
             expires_at,
-            dead: false,
+            dead: self.dead_here(),
             shared: self.shared,
             value: None,
+            entry: None,
         }
     }
 }
@@ -576,12 +637,85 @@ mod tests {
             (r.limit, r.ttl_ms, r.token, r.ttl_node, r.shared),
             (Some(3), Some(500), Some(7), true, false)
         );
+        // A running process's record carries its liveness, after empty
+        // ZooKeeper fields; older readers (10 fields at most) see them
+        // folded into `T`, which they do not take for a TTL node.
+        let live = Record {
+            live: Some(("boot/pid:[1]".into(), 4242)),
+            since_ms: Some(1000),
+            limit: Some(1),
+            ..Record::new("abc", &me)
+        };
+        let v = live.encode(NField::Limit);
+        assert!(v.ends_with("|1000||||boot/pid:[1]|4242"), "{v}");
+        assert_eq!(Record::parse(&v, NField::Limit), Some(live.clone()));
+        let old_reader: Vec<&str> = v.splitn(10, '|').collect();
+        assert_ne!(old_reader[9], "T");
+        assert_eq!(old_reader[7], "", "an older reader sees no TTL_MS");
+        let zk_live = Record {
+            ttl_ms: Some(500),
+            token: Some(7),
+            ..live.clone()
+        };
+        let v = zk_live.encode(NField::Limit);
+        assert!(v.ends_with("|500|7||boot/pid:[1]|4242"), "{v}");
+        assert_eq!(Record::parse(&v, NField::Limit), Some(zk_live));
+        // Never beside `T`: a TTL node belongs to no running process.
+        let ttl_node = Record {
+            ttl_ms: Some(500),
+            ttl_node: true,
+            ..live.clone()
+        };
+        let v = ttl_node.encode(NField::Limit);
+        assert!(v.ends_with("|500||T"), "{v}");
+        // Redis's scripts append the suffix to what they write.
+        let me_live = Owner {
+            host_id: "boot/pid:[1]".into(),
+            proc_start: 4242,
+            ..me.clone()
+        };
+        let v = format!(
+            "dlock1|f00d|7|root|box|42|1700000000000{}",
+            Record::live_suffix(&me_live)
+        );
+        let r = Record::parse(&v, NField::Token).unwrap();
+        assert_eq!((r.token, r.live.clone()), (Some(7), live.live.clone()));
+        assert_eq!(r.encode(NField::Token), v);
+        assert_eq!(Record::live_suffix(&me), "", "no host id, no liveness");
         // A user or host with a `|` was never written (Redis and elect
         // replace it); not dlock's, or not a record at all:
         assert_eq!(Record::parse("a redis-py token", NField::Token), None);
         assert_eq!(Record::parse("dlock1|only|three", NField::Limit), None);
         assert_eq!(Record::parse("", NField::Limit), None);
         assert_eq!(Record::parse("10.0.0.1", NField::Limit), None);
+    }
+
+    #[test]
+    fn a_local_entry_whose_process_is_gone_is_dead() {
+        let here = crate::host::host_id();
+        let me = std::process::id();
+        let start = crate::host::proc_start(me).unwrap();
+        let rec = |host_id: &str, pid: u32, start: u64| Record {
+            pid: Some(pid),
+            live: Some((host_id.to_string(), start)),
+            ..Record::default()
+        };
+        assert!(!rec(&here, me, start).dead_here(), "we are alive");
+        assert!(rec(&here, me, start + 1).dead_here(), "pid reused");
+        // A child that exited and was reaped.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let cstart = crate::host::proc_start(pid).unwrap_or(0);
+        child.wait().unwrap();
+        assert!(rec(&here, pid, cstart).dead_here());
+        assert!(rec(&here, pid, cstart).holder(None, None).dead);
+        // Another machine's entry, a handle's, a foreign one: never dead here.
+        assert!(!rec("other-boot/pid:[1]", pid, cstart).dead_here());
+        let handle = Record {
+            pid: Some(pid),
+            ..Record::default()
+        };
+        assert!(!handle.dead_here());
     }
 
     #[test]

@@ -130,8 +130,10 @@ pub struct Holder {
     pub token: Option<u64>,
     pub acquired_at: Option<SystemTime>,
     pub expires_at: Option<SystemTime>,
-    /// The holder's process is known to be gone (a `run` on this host that
-    /// died; only SQLite can tell). Its lease is broken by the next contender.
+    /// The holder's process is known to be gone: a `run`, a candidate or a
+    /// waiter on this machine that died ([`kit::Record::dead_here`]; SQLite:
+    /// its row's own columns). A contender on this machine removes it at
+    /// once instead of waiting for its TTL or session to end.
     pub dead: bool,
     /// A shared holder (`--shared`), one of possibly many.
     pub shared: bool,
@@ -139,6 +141,9 @@ pub struct Holder {
     /// the owner field (etcd: its key's value, as `concurrency.Election`'s,
     /// a foreign candidate's included).
     pub value: Option<String>,
+    /// The entry as stored, where the backend removes a dead holder by a
+    /// delete that checks the entry is unchanged (Redis: its value).
+    pub entry: Option<String>,
 }
 
 impl Holder {
@@ -280,6 +285,15 @@ pub trait Poll: Send + Sync {
     /// Return when trying again might succeed, or at `until`. May return
     /// early; it must not sleep past `until`.
     async fn wait_change(&self, spec: &LockSpec, until: Option<Instant>) -> Result<()>;
+
+    /// Remove holders of `spec.key` known dead ([`Holder::dead`]), each only
+    /// if its entry is unchanged (a live entry is never removed); true if
+    /// any was. A backend that ends them inside its attempt (SQL) keeps the
+    /// default.
+    async fn break_dead(&self, spec: &LockSpec, dead: &[Holder]) -> Result<bool> {
+        let _ = (spec, dead);
+        Ok(false)
+    }
 }
 
 /// The keys this process is registered as waiting for (Redis, SQL and

@@ -134,7 +134,8 @@ pub const LUA_COMMON: &str = lua_common!();
 
 /// KEYS: main, fence, sem, waiters, shared. ARGV: id, ttl ms, limit,
 /// '1' (single server: INCR the fence) or '2' (Redlock: read it), user,
-/// host, pid, our waiter entry, '1' for a shared request.
+/// host, pid, our waiter entry, '1' for a shared request, the record's
+/// liveness suffix ([`kit::Record::live_suffix`], maybe empty).
 const ACQUIRE: &str = concat!(
     lua_common!(),
     r"
@@ -175,7 +176,7 @@ if ARGV[4] == '1' then
 else
   token = tonumber(redis.call('GET', KEYS[2]) or '0')
 end
-local v = 'dlock1|' .. ARGV[1] .. '|' .. (ARGV[4] == '1' and token or 0) .. '|' .. ARGV[5] .. '|' .. ARGV[6] .. '|' .. ARGV[7] .. '|' .. now
+local v = 'dlock1|' .. ARGV[1] .. '|' .. (ARGV[4] == '1' and token or 0) .. '|' .. ARGV[5] .. '|' .. ARGV[6] .. '|' .. ARGV[7] .. '|' .. now .. (ARGV[10] or '')
 if shared then
   redis.call('ZADD', KEYS[5], now + tonumber(ARGV[2]), v)
   reguard(KEYS[1], KEYS[5])
@@ -343,6 +344,38 @@ return 1
 /// How long a waiter's entry lasts without being renewed (it is renewed
 /// every third of this; polls are at most 250ms apart).
 const WAITER_LAPSE: Duration = Duration::from_secs(2);
+
+/// Remove the entries of holders known dead, named by their record ids
+/// (ARGV), wherever they are: the main key, the semaphore or the shared
+/// set. An id names one acquisition, so a live entry is never removed.
+/// KEYS: main, sem, released, shared. Returns how many were removed.
+const BREAK_DEAD: &str = concat!(
+    lua_common!(),
+    r"
+local n = 0
+for _, id in ipairs(ARGV) do
+  local prefix = 'dlock1|' .. id .. '|'
+  local v = redis.call('GET', KEYS[1])
+  if v and string.sub(v, 1, #prefix) == prefix then
+    redis.call('DEL', KEYS[1])
+    n = n + 1
+  end
+  for _, z in ipairs({KEYS[2], KEYS[4]}) do
+    for _, m in ipairs(redis.call('ZRANGE', z, 0, -1)) do
+      if string.sub(m, 1, #prefix) == prefix then
+        redis.call('ZREM', z, m)
+        n = n + 1
+      end
+    end
+  end
+end
+if n > 0 then
+  reguard(KEYS[1], KEYS[4])
+  redis.call('PUBLISH', KEYS[3], '1')
+end
+return n
+"
+);
 
 /// Break every holder of a key: exclusive, semaphore and shared. KEYS:
 /// main, sem, released, shared. The count leaves out the readers' guard.
@@ -617,6 +650,7 @@ fn holders_from(triples: &[String]) -> Vec<(String, Holder)> {
         .map(|c| {
             let (id, mut h) = parse_holder(&c[0], c[1].parse().unwrap_or(-1), now);
             h.shared = c[2] == "s";
+            h.entry = id.clone();
             (id.unwrap_or_else(|| format!("foreign:{}", c[0])), h)
         })
         .collect()
@@ -1214,6 +1248,7 @@ impl Poll for RedisBackend {
             me.pid.to_string(),
             waiter_entry(&self.waiting.id, spec.shared),
             if spec.shared { "1" } else { "0" }.to_string(),
+            kit::Record::live_suffix(me),
         ];
         let results = self
             .everywhere(
@@ -1291,6 +1326,25 @@ impl Poll for RedisBackend {
             return Err(self.too_few(&errors));
         }
         Ok(Attempt::Busy(busy.into_iter().map(|(_, h)| h).collect()))
+    }
+
+    async fn break_dead(&self, spec: &LockSpec, dead: &[Holder]) -> Result<bool> {
+        let ids: Vec<String> = dead.iter().filter_map(|h| h.entry.clone()).collect();
+        if ids.is_empty() {
+            return Ok(false);
+        }
+        let k = keys(&spec.namespace, &spec.key);
+        let results = self
+            .everywhere(
+                &Script::new(BREAK_DEAD),
+                &[&k.main, &k.sem, &k.chan, &k.shared],
+                &ids,
+                self.step_timeout(spec.ttl),
+            )
+            .await;
+        Ok(results
+            .iter()
+            .any(|r| matches!(r, Ok(Value::Int(n)) if *n > 0)))
     }
 
     async fn wait_change(&self, spec: &LockSpec, until: Option<Instant>) -> Result<()> {

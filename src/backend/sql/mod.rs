@@ -253,6 +253,7 @@ where
             dead: false,
             shared: mode_of_lim(lim).is_shared(),
             value: None,
+            entry: None,
         },
         lim,
     ))
