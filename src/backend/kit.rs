@@ -104,6 +104,36 @@ impl Backoff {
 pub async fn patiently<T, F, Fut>(
     deadline: Option<Instant>,
     patience: Duration,
+    step: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    retry_patiently(deadline, patience, false, step).await
+}
+
+/// [`patiently`] for a step that never waits on purpose (connecting):
+/// an outage is counted from the start of the attempt that failed first,
+/// and each attempt is cut off where the outage's patience ends, so a
+/// server that never answers, or one that refuses, is given up on within
+/// `patience` of the first attempt, not one attempt later.
+pub async fn patiently_each<T, F, Fut>(
+    deadline: Option<Instant>,
+    patience: Duration,
+    step: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    retry_patiently(deadline, patience, true, step).await
+}
+
+async fn retry_patiently<T, F, Fut>(
+    deadline: Option<Instant>,
+    patience: Duration,
+    cap: bool,
     mut step: F,
 ) -> anyhow::Result<T>
 where
@@ -117,9 +147,28 @@ where
     let mut outage_since: Option<Instant> = None;
     let mut outage = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
     let mut full = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    let mut last: Option<anyhow::Error> = None;
     loop {
         let began = Instant::now();
-        let err = match step().await {
+        let result = if cap {
+            let end = outage_since.unwrap_or(began) + patience;
+            match tokio::time::timeout_at(end, step()).await {
+                Ok(r) => r,
+                // Cut off: the outage's last error says more than "no answer".
+                Err(_) => {
+                    return Err(last.unwrap_or_else(|| {
+                        Error::Unavailable(format!(
+                            "no answer within {} (--connect-timeout)",
+                            human_duration(patience)
+                        ))
+                        .into()
+                    }));
+                }
+            }
+        } else {
+            step().await
+        };
+        let err = match result {
             Ok(v) => return Ok(v),
             Err(e) => e,
         };
@@ -135,8 +184,11 @@ where
             }
             Retry::Outage => {
                 let long = now.duration_since(began) > patience + Duration::from_secs(1);
+                // A step that never waits on purpose (`cap`) was already
+                // failing when it began; one that waits was not.
                 let since = match outage_since {
                     Some(s) if !long => s,
+                    _ if cap && !long => began,
                     _ => now,
                 };
                 outage_since = Some(since);
@@ -152,6 +204,7 @@ where
             error = format!("{err:#}"),
             "backend not ready; trying again"
         );
+        last = Some(err);
         let wake = deadline.map_or(wake, |d| d.min(wake));
         tokio::time::sleep_until(wake).await;
     }
@@ -753,6 +806,36 @@ mod tests {
             .unwrap();
         assert_eq!(calls.get(), 6);
         assert!(t.elapsed() < Duration::from_secs(5));
+    }
+
+    /// Connecting: a server that never answers, or one whose every attempt
+    /// takes most of the patience to fail (a pool retrying a refusal), is
+    /// given up on within the patience of the first attempt.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn connecting_is_given_up_within_the_patience() {
+        let patience = Duration::from_secs(2);
+        let t = Clock::now();
+        let e = patiently_each(None, patience, || {
+            std::future::pending::<anyhow::Result<()>>()
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(retry_of(&e), Retry::Outage);
+        assert_eq!(t.elapsed(), patience, "a mute server");
+        let slow_refusal = || async {
+            tokio::time::sleep(Duration::from_millis(900)).await;
+            Err::<(), _>(typed(Kind::Outage, "refused".into()))
+        };
+        let t = Clock::now();
+        let e = patiently_each(None, patience, slow_refusal)
+            .await
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("refused"), "{e:#}");
+        assert!(t.elapsed() <= patience, "took {:?}", t.elapsed());
+        // Before, the outage was counted from the first failure: 3.7 s.
+        let t = Clock::now();
+        patiently(None, patience, slow_refusal).await.unwrap_err();
+        assert!(t.elapsed() > patience + Duration::from_millis(500));
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]

@@ -203,7 +203,7 @@ async fn connect_waiting(
     deadline: Option<Instant>,
 ) -> Result<std::result::Result<(Arc<dyn Backend>, Duration), NotTaken>> {
     let started = Instant::now();
-    let got = backend::kit::patiently(deadline, c.settings.connect_timeout, || async {
+    let got = backend::kit::patiently_each(deadline, c.settings.connect_timeout, || async {
         let b = c.get().await?;
         let ttl = b.effective_ttl(lock.ttl).await?;
         Ok((b, ttl))

@@ -65,6 +65,8 @@ macro_rules! conformance {
                 renew_ttl_is_applied_or_refused,
                 status_rows_in_the_order_given,
                 acquire_leases_show_as_handles,
+                a_killed_holder_is_dead_and_the_next_takes_it_at_once,
+                a_holder_that_waited_a_third_of_its_ttl_is_never_stopped,
             );
         }
     };
@@ -1256,4 +1258,74 @@ pub fn acquire_leases_show_as_handles(env: &Env) {
     assert_eq!(st[0]["holders"][0]["handle"], false, "{st}");
     signal(r.id(), Signal::SIGTERM);
     wait_timeout(&mut r, LONG);
+}
+
+/// Liveness: a holder whose dlock was SIGKILLed on this machine (a cancelled
+/// CI job, `timeout -s KILL`, the OOM killer) is shown dead, never as a live
+/// holder, and the next contender here takes the key at once, `--no-wait`
+/// included, instead of waiting out a long TTL.
+pub fn a_killed_holder_is_dead_and_the_next_takes_it_at_once(env: &Env) {
+    let k = key("killed");
+    let mut h = hold(env, &k, &["--ttl", "60s"], "sleep 60");
+    signal(h.id(), Signal::SIGKILL);
+    let _ = h.wait();
+    let st = env.status_json(&[&k]);
+    let holders = st[0]["holders"].as_array().cloned().unwrap_or_default();
+    assert!(
+        holders.iter().all(|h| h["dead"] == true),
+        "a SIGKILLed holder is shown as live: {st}"
+    );
+    let t = Instant::now();
+    let out = env.run(&["run", "-n", "--key", &k, "--", "echo", "ran"]);
+    assert_eq!(code(&out), 0, "the first contender: {}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "ran");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?} with a 60s TTL",
+        t.elapsed()
+    );
+}
+
+/// The lease clock: a holder that waited about a third of its TTL in line
+/// (its lease, where it has one while waiting, aged meanwhile) is renewed
+/// in time and never stopped: 20 holders side by side, each on its own key,
+/// each behind a first holder of 1.2 s with a 3 s TTL, all exit 0.
+pub fn a_holder_that_waited_a_third_of_its_ttl_is_never_stopped(env: &Env) {
+    const TRIES: usize = 20;
+    let firsts: Vec<(String, std::process::Child)> = (0..TRIES)
+        .map(|i| {
+            let k = key(&format!("aged{i}"));
+            let c = env.spawn(&["run", "--ttl", "3s", "--key", &k, "--", "sleep", "1.2"]);
+            (k, c)
+        })
+        .collect();
+    for (k, _) in &firsts {
+        wait_for(LONG, &format!("{k} to be held"), || env.held(k));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let seconds: Vec<std::process::Child> = firsts
+        .iter()
+        .map(|(k, _)| {
+            env.cmd(&["run", "--ttl", "3s", "--key", k, "--", "sleep", "3"])
+                .stdin(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (_, mut c) in firsts {
+        assert_eq!(wait_timeout(&mut c, LONG), 0);
+    }
+    let mut stopped = Vec::new();
+    for mut c in seconds {
+        let (code, err) = c.wait_with_output_timeout();
+        if code != 0 {
+            stopped.push(format!("{code}: {err}"));
+        }
+    }
+    assert!(
+        stopped.is_empty(),
+        "{} of {TRIES} healthy holders were stopped: {stopped:?}",
+        stopped.len()
+    );
 }

@@ -446,7 +446,8 @@ where
     let e = match e {
         sqlx::Error::PoolTimedOut => match tokio::time::timeout(timeout, probe).await {
             Ok(Err(e)) => e,
-            _ => return kit::no_answer(service, "connect", timeout),
+            // The pool and the probe each waited `timeout`.
+            _ => return kit::no_answer(service, "connect", timeout * 2),
         },
         e => e,
     };
@@ -477,6 +478,9 @@ pub struct Statements {
     /// (ns, key, id, owner, host, pid, lim, ttl_us): insert our lease
     /// (returning the token, where there is no `bump`).
     pub insert: String,
+    /// (ns, key, id): end a dead holder's lease [`BREAK_GRACE`] from now,
+    /// if it would last longer.
+    pub break_lease: String,
     /// (ns, key, like): how many live waiter rows whose id is not LIKE
     /// `like` (the exclusive waiters, with [`SHARED_WAITER_LIKE`]).
     pub exclusive_waiters: String,
@@ -610,7 +614,7 @@ impl From<Statements> for Plan {
             holders_locked: s(q.holders_locked, &[Ns, Key]),
             bump: q.bump.map(|b| s(b, &[Ns, Key])),
             insert: s(q.insert, &[Ns, Key, Id, Owner, Host, Pid, Lim, TtlUs]),
-            break_lease: None,
+            break_lease: Some(s(q.break_lease, &[Ns, Key, Id])),
             exclusive_waiters: s(q.exclusive_waiters, &[Ns, Key, Like]),
             delete_waiter: s(q.delete_waiter, &[Ns, Key, Id]),
             upsert_waiter: s(q.upsert_waiter, &[Ns, Key, Id, LapseUs]),
@@ -856,6 +860,44 @@ impl Tx<'_> {
     }
 }
 
+/// The id of a lease row on a server database: the owner's secret, and for
+/// a process that holds while it runs (`run`, `elect`) where it runs:
+/// `SECRET~HOST~START`, HOST a 64-bit hash of its [`crate::host::host_id`]
+/// (boot id and PID namespace) and START its start time, so that another
+/// dlock on the same machine can tell that it is gone
+/// ([`dead_by_row_id`]) with no new column (older versions read and write
+/// the same tables; MySQL's id column holds 64 characters). A handle's
+/// lease keeps the bare secret.
+pub fn row_id(me: &Owner) -> String {
+    if me.kind != LeaseKind::Run || me.host_id.is_empty() {
+        return me.id.clone();
+    }
+    let secret = &me.id[..me.id.len().min(24)];
+    format!("{secret}~{:016x}~{}", host_hash(&me.host_id), me.proc_start)
+}
+
+/// A host id's hash in a row id: stable across processes and versions.
+fn host_hash(host_id: &str) -> u64 {
+    fnv64(&[host_id])
+}
+
+/// Whether the lease row `id` of process `pid` names a process on this
+/// machine that is gone ([`row_id`]).
+pub fn dead_by_row_id(id: &str, pid: i64) -> bool {
+    let mut f = id.split('~');
+    let (Some(_), Some(host), Some(start), None) = (f.next(), f.next(), f.next(), f.next()) else {
+        return false;
+    };
+    let (Ok(host), Ok(start), Ok(pid)) = (
+        u64::from_str_radix(host, 16),
+        start.parse::<u64>(),
+        u32::try_from(pid),
+    ) else {
+        return false;
+    };
+    host == host_hash(&crate::host::host_id()) && !crate::host::process_alive(pid, start)
+}
+
 /// How soon the lease of a holder found dead ([`Dialect::dead`]) ends: the
 /// grace lets the dead holder's guard finish killing the job's process
 /// group.
@@ -873,11 +915,19 @@ pub trait Dialect<P: Link = AnyPool>: Send + Sync {
     fn detail(&self) -> Option<String> {
         None
     }
-    /// Whether a lease row's holder is known to be dead (SQLite: a `run`
-    /// on this host whose process is gone): `status` says so, and a busy
+    /// Whether a lease row's holder is known to be dead (a `run` on this
+    /// machine whose process is gone): `status` says so, and a busy
     /// attempt ends its lease [`BREAK_GRACE`] from now ([`Plan::break_lease`]).
-    fn dead(&self, _row: &AnyRow) -> bool {
-        false
+    /// A server database reads the liveness in the row's id ([`row_id`]);
+    /// SQLite has columns of its own.
+    fn dead(&self, row: &AnyRow) -> bool {
+        let id: String = row.try_get("id").unwrap_or_default();
+        let pid: i64 = row.try_get("pid").unwrap_or_default();
+        dead_by_row_id(&id, pid)
+    }
+    /// The id our lease row is written with ([`row_id`]).
+    fn row_id(&self, me: &Owner) -> String {
+        row_id(me)
     }
     /// We took `spec.key` (MySQL holds a wake-up lock for an exclusive one).
     async fn taken(&self, _spec: &LockSpec, _kind: LeaseKind) {}
@@ -1082,8 +1132,9 @@ impl<P: Link> SqlBackend<P> {
         let granted_at = Instant::now();
         let (ns, key) = (&spec.namespace, &spec.key);
         let q = &self.q;
+        let row_id = self.d.row_id(me);
         let mut a = Args {
-            id: &me.id,
+            id: &row_id,
             owner: &me.user,
             host: &me.host,
             pid: i64::from(me.pid),
@@ -1167,7 +1218,7 @@ impl<P: Link> SqlBackend<P> {
                     namespace: ns.clone(),
                     key: key.clone(),
                     token: token as u64,
-                    id: me.id.clone(),
+                    id: row_id.clone(),
                     ttl: spec.ttl,
                     granted_at,
                     shared: spec.shared,
@@ -1391,5 +1442,45 @@ mod tests {
         let s = waiter_id("12-ab", true);
         assert!(s.starts_with(SHARED_WAITER_LIKE.trim_end_matches('%')));
         assert!(!"12-ab".starts_with(SHARED_WAITER));
+    }
+
+    #[test]
+    fn a_running_process_row_id_tells_whether_it_is_gone() {
+        let pid = std::process::id();
+        let me = Owner {
+            id: "0123456789abcdef0123456789abcdef".into(),
+            user: "u".into(),
+            host: "h".into(),
+            pid,
+            host_id: crate::host::host_id(),
+            proc_start: crate::host::proc_start(pid).unwrap(),
+            kind: LeaseKind::Run,
+            value: None,
+        };
+        let id = row_id(&me);
+        assert!(id.len() <= 64, "MySQL's id column: {id}");
+        assert!(id.starts_with("0123456789abcdef01234567~"), "{id}");
+        assert!(!dead_by_row_id(&id, i64::from(pid)), "we are alive");
+        let reused = row_id(&Owner {
+            proc_start: me.proc_start + 1,
+            ..me.clone()
+        });
+        assert!(dead_by_row_id(&reused, i64::from(pid)), "another process");
+        let elsewhere = row_id(&Owner {
+            host_id: "another boot".into(),
+            proc_start: me.proc_start + 1,
+            ..me.clone()
+        });
+        assert!(
+            !dead_by_row_id(&elsewhere, i64::from(pid)),
+            "not ours to judge"
+        );
+        // A handle's row, and what older versions wrote: the bare secret.
+        let handle = Owner {
+            kind: LeaseKind::Handle,
+            ..me.clone()
+        };
+        assert_eq!(row_id(&handle), me.id);
+        assert!(!dead_by_row_id(&me.id, 0));
     }
 }

@@ -34,7 +34,7 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
 use tokio::sync::Mutex;
 
 use super::crowd::{self, SLOTS};
-use super::{Dialect, Names, Spelling, SqlBackend, Statements, channel_name};
+use super::{BREAK_GRACE, Dialect, Names, Spelling, SqlBackend, Statements, channel_name};
 use crate::backend::kit;
 use crate::backend::probe::{Check, Level};
 use crate::backend::{LeaseKind, LockSpec, redact_url};
@@ -91,6 +91,11 @@ fn statements(t: &Names) -> Statements {
             "INSERT INTO {lease} (ns, lkey, id, token, owner, host, pid, lim, acquired_at, expires_at)
              VALUES (?, ?, ?, LAST_INSERT_ID(), ?, ?, ?, ?, UTC_TIMESTAMP(6),
                      UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)"
+        ),
+        break_lease: format!(
+            "UPDATE {lease} SET expires_at = LEAST(expires_at, UTC_TIMESTAMP(6) + INTERVAL {} MICROSECOND)
+              WHERE ns = ? AND lkey = ? AND id = ?",
+            BREAK_GRACE.as_micros()
         ),
         exclusive_waiters: format!(
             "SELECT COUNT(*) FROM {waiter}

@@ -26,7 +26,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use tokio::sync::Mutex;
 
 use super::crowd::{self, SLOTS};
-use super::{Dialect, Names, Spelling, SqlBackend, Statements, channel_name, fnv64};
+use super::{BREAK_GRACE, Dialect, Names, Spelling, SqlBackend, Statements, channel_name, fnv64};
 use crate::backend::probe::{Check, Level};
 use crate::backend::{LeaseKind, LockSpec, redact_url};
 use crate::error::usage;
@@ -95,6 +95,11 @@ fn statements(t: &Names) -> Statements {
              SELECT $1, $2, $3, t.token, $4, $5, $6, $7, now(),
                     now() + $8::float8 * interval '1 microsecond' FROM t
              RETURNING token"
+        ),
+        break_lease: format!(
+            "UPDATE {lease} SET expires_at = LEAST(expires_at, now() + interval '{} milliseconds')
+              WHERE ns = $1 AND key = $2 AND id = $3",
+            BREAK_GRACE.as_millis()
         ),
         exclusive_waiters: format!(
             "SELECT count(*) FROM {waiter}

@@ -54,7 +54,7 @@ use tokio::sync::{Mutex, watch};
 use super::{Arg, BREAK_GRACE, Dialect, Local, Names, Plan, SqlBackend, Stmt, fnv64};
 use crate::backend::kit;
 use crate::backend::probe::{Check, Level};
-use crate::backend::{LeaseKind, LockSpec};
+use crate::backend::{LeaseKind, LockSpec, Owner};
 use crate::error::{unavailable, usage};
 
 const SCHEMA: &str = "
@@ -474,6 +474,11 @@ impl Dialect<Local> for Sqlite {
 
     fn detail(&self) -> Option<String> {
         Some(self.path.display().to_string())
+    }
+
+    /// Its rows keep the owner's bare secret: liveness has columns here.
+    fn row_id(&self, me: &Owner) -> String {
+        me.id.clone()
     }
 
     /// A `run` holder on this host whose process is gone.
