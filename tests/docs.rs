@@ -133,7 +133,11 @@ fn blocks(file: &Path) -> Vec<Block> {
             last_nonblank = line;
         }
     }
-    assert!(open.is_none(), "{}: a code block is never closed", rel(file));
+    assert!(
+        open.is_none(),
+        "{}: a code block is never closed",
+        rel(file)
+    );
     out
 }
 
@@ -173,8 +177,15 @@ fn command_lines(b: &Block) -> Vec<String> {
                     .starts_with(|c: char| c == '*' || c == '@' || c.is_ascii_digit())
             })
             .map(|l| {
-                let skip = if l.trim_start().starts_with('@') { 1 } else { 5 };
-                l.split_whitespace().skip(skip).collect::<Vec<_>>().join(" ")
+                let skip = if l.trim_start().starts_with('@') {
+                    1
+                } else {
+                    5
+                };
+                l.split_whitespace()
+                    .skip(skip)
+                    .collect::<Vec<_>>()
+                    .join(" ")
             })
             .collect(),
         "ini" => lines
@@ -437,7 +448,10 @@ fn every_dlock_command_line_in_the_docs_parses() {
             for (line, args) in invocations(&b) {
                 parsed += 1;
                 if let Err(e) = parse(&args) {
-                    failures.push(format!("{}:{}: {line}\n  args {args:?}\n  {e}", b.file, b.line));
+                    failures.push(format!(
+                        "{}:{}: {line}\n  args {args:?}\n  {e}",
+                        b.file, b.line
+                    ));
                 }
             }
         }
@@ -484,12 +498,21 @@ fn the_extractor_takes_shell_apart() {
         ]
     );
     assert_eq!(
-        dlock_args(&["DLOCK_BACKEND=redis://x".into(), "dlock".into(), "ping".into()]),
+        dlock_args(&[
+            "DLOCK_BACKEND=redis://x".into(),
+            "dlock".into(),
+            "ping".into()
+        ]),
         Some(vec!["ping".to_string()])
     );
     assert_eq!(
         dlock_args(&["cargo", "run", "--release", "--", "run", "--key", "k"].map(String::from)),
-        Some(vec!["run", "--key", "k"].into_iter().map(String::from).collect())
+        Some(
+            vec!["run", "--key", "k"]
+                .into_iter()
+                .map(String::from)
+                .collect()
+        )
     );
     assert_eq!(
         dlock_args(&["cargo", "run", "--example", "torture", "--", "x"].map(String::from)),
@@ -504,8 +527,26 @@ fn the_extractor_takes_shell_apart() {
     };
     assert_eq!(invocations(&cron).len(), 1);
     // A renamed flag is caught.
-    assert!(parse(&["run".into(), "--key".into(), "a".into(), "--".into(), "true".into()]).is_ok());
-    assert!(parse(&["run".into(), "--keys".into(), "a".into(), "--".into(), "true".into()]).is_err());
+    assert!(
+        parse(&[
+            "run".into(),
+            "--key".into(),
+            "a".into(),
+            "--".into(),
+            "true".into()
+        ])
+        .is_ok()
+    );
+    assert!(
+        parse(&[
+            "run".into(),
+            "--keys".into(),
+            "a".into(),
+            "--".into(),
+            "true".into()
+        ])
+        .is_err()
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -793,12 +834,21 @@ fn every_relative_link_in_the_docs_resolves() {
 fn the_readme_is_a_front_door_with_the_two_commands() {
     let readme = std::fs::read_to_string(Path::new(ROOT).join("README.md")).unwrap();
     let lines = readme.lines().count();
-    assert!(lines <= 300, "README.md has {lines} lines; keep it at most 300 (the rest goes in docs/)");
+    assert!(
+        lines <= 300,
+        "README.md has {lines} lines; keep it at most 300 (the rest goes in docs/)"
+    );
     // The first command runs dlock on the embedded default (run above, as
     // a marked block); the second is the whole suite, which CI runs.
     assert!(readme.contains("cargo run --release -- run --key demo"));
-    assert!(readme.contains("\nscripts/test.sh\n"), "the README names the test command");
+    assert!(
+        readme.contains("\nscripts/test.sh\n"),
+        "the README names the test command"
+    );
     assert!(readme.contains("`.ci/run` runs `scripts/test.sh`"));
     let ci = std::fs::read_to_string(Path::new(ROOT).join(".ci/run")).unwrap();
-    assert!(ci.contains("scripts/test.sh"), ".ci/run runs scripts/test.sh");
+    assert!(
+        ci.contains("scripts/test.sh"),
+        ".ci/run runs scripts/test.sh"
+    );
 }
