@@ -163,7 +163,7 @@ fn command_lines(b: &Block) -> Vec<String> {
         lines.push(cur);
     }
     match b.lang.as_str() {
-        "sh" | "bash" | "shell" => lines,
+        "sh" | "bash" | "shell" => without_heredocs(lines),
         "console" => lines
             .into_iter()
             .filter_map(|l| l.strip_prefix("$ ").map(str::to_string))
@@ -199,6 +199,35 @@ fn command_lines(b: &Block) -> Vec<String> {
             .collect(),
         _ => Vec::new(),
     }
+}
+
+/// The lines of a script without the bodies of its here-documents
+/// (`cat > f <<'EOF'` ... `EOF`): they are data, not commands.
+fn without_heredocs(lines: Vec<String>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut until: Option<String> = None;
+    for l in lines {
+        if let Some(end) = &until {
+            if l.trim() == end {
+                until = None;
+            }
+            continue;
+        }
+        if let Some(at) = l.find("<<") {
+            let word: String = l[at + 2..]
+                .trim_start_matches('-')
+                .trim_start()
+                .trim_start_matches(['\'', '"'])
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !word.is_empty() {
+                until = Some(word);
+            }
+        }
+        out.push(l);
+    }
+    out
 }
 
 /// Split one line of shell into simple commands, each a list of words.
@@ -526,6 +555,15 @@ fn the_extractor_takes_shell_apart() {
         body: "MAILTO=ops\n*/5 * * * * dlock -q run -n --key a -- /x.sh\n".into(),
     };
     assert_eq!(invocations(&cron).len(), 1);
+    let heredoc = Block {
+        lang: "sh".into(),
+        body: "cat > f <<'EOF'\ndlock not a command\nEOF\ndlock ping\n".into(),
+        ..cron
+    };
+    assert_eq!(
+        invocations(&heredoc),
+        vec![("dlock ping".to_string(), vec!["ping".to_string()])]
+    );
     // A renamed flag is caught.
     assert!(
         parse(&[
