@@ -1,0 +1,892 @@
+//! The documentation's examples are tested, so a flag renamed in the code
+//! breaks a test, not a reader.
+//!
+//! For README.md, CONTRIBUTING.md and every page under docs/:
+//!
+//! 1. Every `dlock ...` command line in a shell-like code block is parsed
+//!    with the real command-line definition ([`dlock::cli::Cli`]). Which
+//!    lines are commands depends on the block's language: `sh`/`bash`/
+//!    `shell`: every line; `console`: lines after `$ `; `cron`: the command
+//!    after the five schedule fields; `ini`: the value of `Exec*=` (a
+//!    systemd unit). `cargo run [--release] -- ARGS` counts as `dlock ARGS`
+//!    (the README's first command). A block preceded by
+//!    `<!-- docs-test: skip -->` is not parsed; such blocks are counted and
+//!    capped.
+//! 2. A block preceded by `<!-- docs-test: run -->` (optionally
+//!    `<!-- docs-test: run, exit=N -->`) is also run by `/bin/sh -e`, with
+//!    the built binary first in PATH, in a scratch directory with its own
+//!    HOME and XDG directories and none of the developer's DLOCK_* variables
+//!    (as tests/common does), so it runs against the embedded default
+//!    (SQLite). Its exit status is checked. `./NAME.sh` scripts a block
+//!    names are stand-ins that print their name and arguments; `cargo run
+//!    --release --` is a shell function that runs the built binary (building
+//!    a release inside the test would take minutes).
+//! 3. Every relative link resolves to an existing file, and every `#anchor`
+//!    to a heading of the file it points into (GitHub's heading ids).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::{CommandFactory, FromArgMatches};
+
+const DLOCK: &str = env!("CARGO_BIN_EXE_dlock");
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Fewer than these means the extractor or the markers broke, not that the
+/// docs got shorter.
+const MIN_PARSED: usize = 60;
+const MIN_RUN_BLOCKS: usize = 15;
+const MIN_RUN_LINES: usize = 40;
+/// Blocks excluded from parsing with `<!-- docs-test: skip -->`.
+const MAX_SKIPPED: usize = 2;
+
+// ---------------------------------------------------------------------------
+// Reading the Markdown
+
+/// The files whose examples and links are checked, relative to the root.
+fn pages() -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "md") {
+                out.push(p);
+            }
+        }
+    }
+    let root = Path::new(ROOT);
+    let mut out = vec![root.join("README.md"), root.join("CONTRIBUTING.md")];
+    walk(&root.join("docs"), &mut out);
+    out
+}
+
+fn rel(p: &Path) -> String {
+    p.strip_prefix(ROOT).unwrap_or(p).display().to_string()
+}
+
+/// A fenced code block.
+struct Block {
+    file: String,
+    /// 1-based line of the opening fence.
+    line: usize,
+    /// The info string's first word, lower case (`sh` of "sh title=x").
+    lang: String,
+    /// The `docs-test:` marker on the last non-blank line before the fence.
+    marker: Option<String>,
+    body: String,
+}
+
+fn blocks(file: &Path) -> Vec<Block> {
+    let text = std::fs::read_to_string(file).unwrap();
+    let mut out = Vec::new();
+    let mut last_nonblank = "";
+    let mut open: Option<(String, Block)> = None;
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if let Some((fence, block)) = &mut open {
+            if trimmed.trim_end() == fence {
+                out.push(open.take().unwrap().1);
+                // A block right after this one takes no marker from before it.
+                last_nonblank = trimmed;
+            } else {
+                block.body.push_str(line);
+                block.body.push('\n');
+            }
+            continue;
+        }
+        let fence: String = trimmed
+            .chars()
+            .take_while(|&c| c == '`' || c == '~')
+            .collect();
+        if fence.len() >= 3 && fence.chars().all(|c| c == fence.chars().next().unwrap()) {
+            let info = trimmed[fence.len()..].trim();
+            let lang = info
+                .split(|c: char| c.is_whitespace() || c == ',' || c == '{')
+                .next()
+                .unwrap_or_default()
+                .to_lowercase();
+            let marker = last_nonblank
+                .trim()
+                .strip_prefix("<!--")
+                .and_then(|m| m.strip_suffix("-->"))
+                .and_then(|m| m.trim().strip_prefix("docs-test:"))
+                .map(|m| m.trim().to_string());
+            open = Some((
+                fence,
+                Block {
+                    file: rel(file),
+                    line: i + 1,
+                    lang,
+                    marker,
+                    body: String::new(),
+                },
+            ));
+        }
+        if !line.trim().is_empty() {
+            last_nonblank = line;
+        }
+    }
+    assert!(
+        open.is_none(),
+        "{}: a code block is never closed",
+        rel(file)
+    );
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Taking shell apart, as far as the examples need
+
+/// The shell command lines of a block: continuations joined, and only the
+/// parts that are commands for its language.
+fn command_lines(b: &Block) -> Vec<String> {
+    // Join `\`-continued lines first.
+    let mut lines = Vec::new();
+    let mut cur = String::new();
+    for l in b.body.lines() {
+        if let Some(head) = l.strip_suffix('\\') {
+            cur.push_str(head);
+            cur.push(' ');
+        } else {
+            cur.push_str(l);
+            lines.push(std::mem::take(&mut cur));
+        }
+    }
+    if !cur.is_empty() {
+        lines.push(cur);
+    }
+    match b.lang.as_str() {
+        "sh" | "bash" | "shell" => without_heredocs(lines),
+        "console" => lines
+            .into_iter()
+            .filter_map(|l| l.strip_prefix("$ ").map(str::to_string))
+            .collect(),
+        "cron" => lines
+            .into_iter()
+            .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+            // `MAILTO=...` and other assignments are not schedule lines.
+            .filter(|l| {
+                l.trim_start()
+                    .starts_with(|c: char| c == '*' || c == '@' || c.is_ascii_digit())
+            })
+            .map(|l| {
+                let skip = if l.trim_start().starts_with('@') {
+                    1
+                } else {
+                    5
+                };
+                l.split_whitespace()
+                    .skip(skip)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect(),
+        "ini" => lines
+            .into_iter()
+            .filter_map(|l| {
+                let (k, v) = l.split_once('=')?;
+                k.trim()
+                    .starts_with("Exec")
+                    .then(|| v.trim_start_matches(['-', '@', ':', '+', '!']).to_string())
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The lines of a script without the bodies of its here-documents
+/// (`cat > f <<'EOF'` ... `EOF`): they are data, not commands.
+fn without_heredocs(lines: Vec<String>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut until: Option<String> = None;
+    for l in lines {
+        if let Some(end) = &until {
+            if l.trim() == end {
+                until = None;
+            }
+            continue;
+        }
+        if let Some(at) = l.find("<<") {
+            let word: String = l[at + 2..]
+                .trim_start_matches('-')
+                .trim_start()
+                .trim_start_matches(['\'', '"'])
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !word.is_empty() {
+                until = Some(word);
+            }
+        }
+        out.push(l);
+    }
+    out
+}
+
+/// Split one line of shell into simple commands, each a list of words.
+/// Handles quotes, backslashes, comments, `|`, `||`, `&&`, `;`, `&`,
+/// redirections (dropped with their target) and `$(...)`, whose commands
+/// are returned too (the word keeps a placeholder in its place).
+fn simple_commands(line: &str) -> Vec<Vec<String>> {
+    let mut s = Splitter::default();
+    let chars: Vec<char> = line.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            ' ' | '\t' => s.end_word(),
+            '#' if !s.in_word => break,
+            '\\' => {
+                if let Some(&n) = chars.get(i + 1) {
+                    s.word.push(n);
+                    i += 1;
+                }
+                s.in_word = true;
+            }
+            '\'' => {
+                let close = chars[i + 1..]
+                    .iter()
+                    .position(|&x| x == '\'')
+                    .unwrap_or_else(|| panic!("unclosed ' in {line:?}"));
+                s.word.extend(&chars[i + 1..i + 1 + close]);
+                i += close + 1;
+                s.in_word = true;
+            }
+            '"' => {
+                i += 1;
+                while i < chars.len() && chars[i] != '"' {
+                    if chars[i] == '\\' && i + 1 < chars.len() {
+                        s.word.push(chars[i + 1]);
+                        i += 2;
+                    } else if chars[i] == '$' && chars.get(i + 1) == Some(&'(') {
+                        let (inner, next) = subst(&chars, i + 2, line);
+                        s.out.extend(simple_commands(&inner));
+                        s.word.push_str("SUBST");
+                        i = next;
+                    } else {
+                        s.word.push(chars[i]);
+                        i += 1;
+                    }
+                }
+                assert!(i < chars.len(), "unclosed \" in {line:?}");
+                s.in_word = true;
+            }
+            '$' if chars.get(i + 1) == Some(&'(') => {
+                let (inner, next) = subst(&chars, i + 2, line);
+                s.out.extend(simple_commands(&inner));
+                s.word.push_str("SUBST");
+                s.in_word = true;
+                i = next - 1;
+            }
+            '|' | ';' => s.end_cmd(),
+            '&' if chars.get(i + 1) == Some(&'>') => {
+                // `&>FILE`: a redirection.
+                s.end_word();
+                i += 1;
+                if chars.get(i + 1) == Some(&'>') {
+                    i += 1;
+                }
+                s.drop_next = true;
+            }
+            '&' => s.end_cmd(),
+            '>' | '<' if !s.in_word || s.word.chars().all(|d| d.is_ascii_digit()) => {
+                // `>`, `>>`, `2>`, `2>&1`, `<`: drop it and its target.
+                s.word.clear();
+                s.in_word = false;
+                while matches!(chars.get(i + 1), Some('>' | '<' | '|')) {
+                    i += 1;
+                }
+                if chars.get(i + 1) == Some(&'&') {
+                    i += 1;
+                    while matches!(chars.get(i + 1), Some(d) if d.is_ascii_digit() || *d == '-') {
+                        i += 1;
+                    }
+                } else {
+                    s.drop_next = true;
+                }
+            }
+            _ => {
+                s.word.push(c);
+                s.in_word = true;
+            }
+        }
+        i += 1;
+    }
+    s.end_cmd();
+    s.out
+}
+
+/// The state of [`simple_commands`].
+#[derive(Default)]
+struct Splitter {
+    out: Vec<Vec<String>>,
+    cmd: Vec<String>,
+    word: String,
+    in_word: bool,
+    /// Set while the next word is a redirection's target, to be dropped.
+    drop_next: bool,
+}
+
+impl Splitter {
+    fn end_word(&mut self) {
+        if self.in_word {
+            let w = std::mem::take(&mut self.word);
+            if !std::mem::take(&mut self.drop_next) {
+                self.cmd.push(w);
+            }
+            self.in_word = false;
+        }
+    }
+
+    fn end_cmd(&mut self) {
+        self.end_word();
+        if !self.cmd.is_empty() {
+            self.out.push(std::mem::take(&mut self.cmd));
+        }
+    }
+}
+
+/// The text of a `$(...)` that starts at `from` (after the parenthesis),
+/// and the index just past its closing parenthesis.
+fn subst(chars: &[char], from: usize, line: &str) -> (String, usize) {
+    let mut depth = 1;
+    let mut quote: Option<char> = None;
+    for (j, &c) in chars.iter().enumerate().skip(from) {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '(') => depth += 1,
+            (None, ')') => {
+                depth -= 1;
+                if depth == 0 {
+                    return (chars[from..j].iter().collect(), j + 1);
+                }
+            }
+            _ => {}
+        }
+    }
+    panic!("unclosed $( in {line:?}");
+}
+
+/// The arguments of dlock in a simple command, if it runs dlock: after
+/// environment assignments and wrappers such as `sudo`, a word `dlock` or
+/// `.../dlock`, or `cargo run [--release] -- ARGS` in this package.
+fn dlock_args(words: &[String]) -> Option<Vec<String>> {
+    let is_assignment = |w: &str| {
+        w.split_once('=').is_some_and(|(k, _)| {
+            !k.is_empty()
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !k.starts_with(|c: char| c.is_ascii_digit())
+        })
+    };
+    let wrappers = [
+        "sudo", "exec", "command", "env", "nohup", "time", "do", "then", "else", "!",
+    ];
+    let mut w = words;
+    while let Some(first) = w.first() {
+        if is_assignment(first) || wrappers.contains(&first.as_str()) {
+            w = &w[1..];
+        } else {
+            break;
+        }
+    }
+    let first = w.first()?;
+    if first == "dlock" || first.ends_with("/dlock") {
+        return Some(w[1..].to_vec());
+    }
+    if first == "cargo" && w.get(1).is_some_and(|s| s == "run") {
+        let dash = w.iter().position(|s| s == "--")?;
+        let before = &w[2..dash];
+        if before.iter().all(|s| s == "--release" || s == "-q") {
+            return Some(w[dash + 1..].to_vec());
+        }
+    }
+    None
+}
+
+/// Every dlock invocation of a block: (the line it is on, its arguments).
+fn invocations(b: &Block) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    for line in command_lines(b) {
+        for words in simple_commands(&line) {
+            if let Some(args) = dlock_args(&words) {
+                out.push((line.trim().to_string(), args));
+            }
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Parsing with the real command line
+
+/// The CLI definition with every `env = ...` removed, so the developer's
+/// DLOCK_* variables cannot make a line parse (or fail) here.
+fn cli_without_env() -> clap::Command {
+    fn strip(c: clap::Command) -> clap::Command {
+        let names: Vec<String> = c
+            .get_subcommands()
+            .map(|s| s.get_name().to_string())
+            .collect();
+        let mut c = c.mut_args(|a| a.env(None::<&str>));
+        for n in names {
+            c = c.mut_subcommand(n, strip);
+        }
+        c
+    }
+    strip(dlock::cli::Cli::command())
+}
+
+fn parse(args: &[String]) -> Result<(), String> {
+    let argv = std::iter::once("dlock".to_string()).chain(args.iter().cloned());
+    match cli_without_env().try_get_matches_from(argv) {
+        Ok(m) => dlock::cli::Cli::from_arg_matches(&m)
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[test]
+fn every_dlock_command_line_in_the_docs_parses() {
+    let mut parsed = 0;
+    let mut skipped = Vec::new();
+    let mut failures = Vec::new();
+    for page in pages() {
+        for b in blocks(&page) {
+            if b.marker.as_deref() == Some("skip") {
+                skipped.push(format!("{}:{}", b.file, b.line));
+                continue;
+            }
+            for (line, args) in invocations(&b) {
+                parsed += 1;
+                if let Err(e) = parse(&args) {
+                    failures.push(format!(
+                        "{}:{}: {line}\n  args {args:?}\n  {e}",
+                        b.file, b.line
+                    ));
+                }
+            }
+        }
+    }
+    eprintln!(
+        "docs: parsed {parsed} dlock command lines; {} block(s) skipped {skipped:?}",
+        skipped.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} command line(s) in the docs do not parse:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(
+        parsed >= MIN_PARSED,
+        "only {parsed} dlock command lines found (expected at least {MIN_PARSED}): is the extractor broken?"
+    );
+    assert!(
+        skipped.len() <= MAX_SKIPPED,
+        "{} blocks are excluded from parsing (at most {MAX_SKIPPED}): {skipped:?}",
+        skipped.len()
+    );
+}
+
+/// The extractor itself, on the shell the docs use.
+#[test]
+fn the_extractor_takes_shell_apart() {
+    let cmds = |s: &str| simple_commands(s);
+    assert_eq!(
+        cmds(r#"H=$(dlock acquire --key deploy --ttl 15m)   # step 1"#),
+        vec![
+            vec!["dlock", "acquire", "--key", "deploy", "--ttl", "15m"],
+            vec!["H=SUBST"]
+        ]
+    );
+    assert_eq!(
+        cmds(r#"dlock run -c --key r -- 'ls | wc -l' 2>&1 | tee log && echo "done $(date)" > out"#),
+        vec![
+            vec!["dlock", "run", "-c", "--key", "r", "--", "ls | wc -l"],
+            vec!["tee", "log"],
+            vec!["date"],
+            vec!["echo", "done SUBST"],
+        ]
+    );
+    assert_eq!(
+        dlock_args(&[
+            "DLOCK_BACKEND=redis://x".into(),
+            "dlock".into(),
+            "ping".into()
+        ]),
+        Some(vec!["ping".to_string()])
+    );
+    assert_eq!(
+        dlock_args(&["cargo", "run", "--release", "--", "run", "--key", "k"].map(String::from)),
+        Some(
+            vec!["run", "--key", "k"]
+                .into_iter()
+                .map(String::from)
+                .collect()
+        )
+    );
+    assert_eq!(
+        dlock_args(&["cargo", "run", "--example", "torture", "--", "x"].map(String::from)),
+        None
+    );
+    let cron = Block {
+        file: String::new(),
+        line: 0,
+        lang: "cron".into(),
+        marker: None,
+        body: "MAILTO=ops\n*/5 * * * * dlock -q run -n --key a -- /x.sh\n".into(),
+    };
+    assert_eq!(invocations(&cron).len(), 1);
+    let heredoc = Block {
+        lang: "sh".into(),
+        body: "cat > f <<'EOF'\ndlock not a command\nEOF\ndlock ping\n".into(),
+        ..cron
+    };
+    assert_eq!(
+        invocations(&heredoc),
+        vec![("dlock ping".to_string(), vec!["ping".to_string()])]
+    );
+    // A renamed flag is caught.
+    assert!(
+        parse(&[
+            "run".into(),
+            "--key".into(),
+            "a".into(),
+            "--".into(),
+            "true".into()
+        ])
+        .is_ok()
+    );
+    assert!(
+        parse(&[
+            "run".into(),
+            "--keys".into(),
+            "a".into(),
+            "--".into(),
+            "true".into()
+        ])
+        .is_err()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Running the examples that work on the embedded default
+
+/// `run` or `run, exit=N`: the exit status expected of a block to run.
+fn run_marker(b: &Block) -> Option<i32> {
+    let m = b.marker.as_deref()?;
+    let mut parts = m.split(',').map(str::trim);
+    if parts.next()? != "run" {
+        return None;
+    }
+    let mut code = 0;
+    for p in parts {
+        match p.strip_prefix("exit=") {
+            Some(n) => code = n.parse().unwrap_or_else(|_| panic!("bad marker {m:?}")),
+            None => panic!("{}:{}: unknown docs-test option {p:?}", b.file, b.line),
+        }
+    }
+    Some(code)
+}
+
+/// What every block runs after: the stand-in for `cargo run --release --`.
+const PREAMBLE: &str = r#"
+cargo() {
+  if [ "$1" = run ] && [ "$2" = --release ] && [ "$3" = -- ]; then
+    shift 3; dlock "$@"
+  else
+    echo "docs test: only 'cargo run --release -- ...' is stood in for" >&2; return 1
+  fi
+}
+"#;
+
+/// Run one block; Err with what it printed if its status is not `expect`.
+fn run_block(b: &Block, expect: i32) -> Result<(), String> {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let work = tmp.path().join("work");
+    let bin = tmp.path().join("bin");
+    for d in [&home, &work, &bin] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::os::unix::fs::symlink(DLOCK, bin.join("dlock")).unwrap();
+    // Stand-ins for the scripts an example runs (./report.sh and the like).
+    for name in stand_ins(&b.body) {
+        let p = work.join(&name);
+        std::fs::write(&p, format!("#!/bin/sh\necho \"{name} $*\"\n")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let script = work.join("example.sh");
+    std::fs::write(&script, format!("{PREAMBLE}\n{}", b.body)).unwrap();
+
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-e").arg(&script).current_dir(&work);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("DLOCK_") {
+            cmd.env_remove(&k);
+        }
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut paths = vec![bin.clone()];
+    paths.extend(std::env::split_paths(&path));
+    cmd.env("PATH", std::env::join_paths(paths).unwrap())
+        .env("HOME", &home)
+        .env("XDG_STATE_HOME", home.join("state"))
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            // The block's own process group, which this test started.
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = child.wait();
+            return Err("timed out after 60 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let code = out.status.code().unwrap_or(-1);
+    if code == expect {
+        Ok(())
+    } else {
+        Err(format!(
+            "exit {code}, expected {expect}\n--- stdout\n{}--- stderr\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// `./NAME` words of a block that name a script (`./report.sh`), or a
+/// program the examples use as a stand-in name.
+fn stand_ins(body: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for (i, _) in body.match_indices("./") {
+        if i > 0 && !body[..i].ends_with([' ', '\t', '\'', '"']) {
+            continue;
+        }
+        let name: String = body[i + 2..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+            .collect();
+        if name.ends_with(".sh") {
+            out.insert(name);
+        }
+    }
+    out
+}
+
+#[test]
+fn the_examples_marked_to_run_work_on_the_embedded_default() {
+    let mut run_blocks = 0;
+    let mut run_lines = 0;
+    let mut failures = Vec::new();
+    for page in pages() {
+        for b in blocks(&page) {
+            let Some(expect) = run_marker(&b) else {
+                continue;
+            };
+            assert!(
+                matches!(b.lang.as_str(), "sh" | "bash" | "shell"),
+                "{}:{}: only sh blocks can be run",
+                b.file,
+                b.line
+            );
+            run_blocks += 1;
+            run_lines += invocations(&b).len();
+            if let Err(e) = run_block(&b, expect) {
+                failures.push(format!("{}:{}:\n{}\n{e}", b.file, b.line, b.body));
+            }
+        }
+    }
+    eprintln!("docs: ran {run_blocks} blocks with {run_lines} dlock command lines");
+    assert!(
+        failures.is_empty(),
+        "{} example block(s) failed:\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+    assert!(
+        run_blocks >= MIN_RUN_BLOCKS && run_lines >= MIN_RUN_LINES,
+        "only {run_blocks} blocks / {run_lines} dlock lines ran (expected at least \
+         {MIN_RUN_BLOCKS} / {MIN_RUN_LINES}): are the markers still there?"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Links
+
+/// GitHub's heading ids of a Markdown file: lower case, punctuation
+/// dropped, spaces to hyphens, `-1`, `-2` for repeats.
+fn anchors(file: &Path) -> BTreeSet<String> {
+    let text = std::fs::read_to_string(file).unwrap();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut out = BTreeSet::new();
+    let mut fence: Option<String> = None;
+    for line in text.lines() {
+        let t = line.trim_start();
+        if t.starts_with("```") || t.starts_with("~~~") {
+            let f: String = t.chars().take_while(|&c| c == '`' || c == '~').collect();
+            match &fence {
+                Some(open) if t.trim_end() == open => fence = None,
+                None => fence = Some(f),
+                _ => {}
+            }
+            continue;
+        }
+        if fence.is_some() || !t.starts_with('#') {
+            continue;
+        }
+        let title = t.trim_start_matches('#');
+        if !title.starts_with(' ') {
+            continue;
+        }
+        let slug: String = title
+            .trim()
+            .to_lowercase()
+            .chars()
+            .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+            .map(|c| if c == ' ' { '-' } else { c })
+            .collect();
+        let n = seen.entry(slug.clone()).or_insert(0);
+        out.insert(if *n == 0 {
+            slug.clone()
+        } else {
+            format!("{slug}-{n}")
+        });
+        *n += 1;
+    }
+    out
+}
+
+/// Link targets of a Markdown file outside code blocks and code spans:
+/// (line, target).
+fn links(file: &Path) -> Vec<(usize, String)> {
+    let text = std::fs::read_to_string(file).unwrap();
+    let mut out = Vec::new();
+    let mut fence: Option<String> = None;
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim_start();
+        if t.starts_with("```") || t.starts_with("~~~") {
+            let f: String = t.chars().take_while(|&c| c == '`' || c == '~').collect();
+            match &fence {
+                Some(open) if t.trim_end() == open => fence = None,
+                None => fence = Some(f),
+                _ => {}
+            }
+            continue;
+        }
+        if fence.is_some() {
+            continue;
+        }
+        // Drop code spans: `[x](y)` inside backticks is not a link.
+        let mut plain = String::new();
+        for (k, part) in line.split('`').enumerate() {
+            if k % 2 == 0 {
+                plain.push_str(part);
+            }
+        }
+        let mut rest = plain.as_str();
+        while let Some(at) = rest.find("](") {
+            let after = &rest[at + 2..];
+            let end = after.find(')').unwrap_or(after.len());
+            let target = after[..end].split_whitespace().next().unwrap_or("");
+            out.push((i + 1, target.to_string()));
+            rest = &after[end..];
+        }
+        // Reference definitions: `[name]: target`.
+        let def = plain.trim_start().strip_prefix('[');
+        if let Some((_, target)) = def.and_then(|d| d.split_once("]: ")) {
+            out.push((i + 1, target.trim().to_string()));
+        }
+    }
+    out
+}
+
+#[test]
+fn every_relative_link_in_the_docs_resolves() {
+    let mut checked = 0;
+    let mut broken = Vec::new();
+    for page in pages() {
+        for (line, target) in links(&page) {
+            if target.contains("://") || target.starts_with("mailto:") {
+                continue;
+            }
+            checked += 1;
+            let (path, anchor) = match target.split_once('#') {
+                Some((p, a)) => (p, Some(a)),
+                None => (target.as_str(), None),
+            };
+            let dest = if path.is_empty() {
+                page.clone()
+            } else {
+                page.parent().unwrap().join(path)
+            };
+            let here = format!("{}:{line}: {target}", rel(&page));
+            if !dest.exists() {
+                broken.push(format!("{here}: no file {}", dest.display()));
+                continue;
+            }
+            let is_md = dest.extension().is_some_and(|x| x == "md");
+            if let Some(a) = anchor.filter(|a| is_md && !anchors(&dest).contains(*a)) {
+                broken.push(format!("{here}: no heading #{a} in {}", rel(&dest)));
+            }
+        }
+    }
+    eprintln!("docs: checked {checked} relative links");
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+    assert!(checked >= 50, "only {checked} relative links found");
+}
+
+// ---------------------------------------------------------------------------
+// The README's promises about itself
+
+#[test]
+fn the_readme_is_a_front_door_with_the_two_commands() {
+    let readme = std::fs::read_to_string(Path::new(ROOT).join("README.md")).unwrap();
+    let lines = readme.lines().count();
+    assert!(
+        lines <= 300,
+        "README.md has {lines} lines; keep it at most 300 (the rest goes in docs/)"
+    );
+    // The first command runs dlock on the embedded default (run above, as
+    // a marked block); the second is the whole suite, which CI runs.
+    assert!(readme.contains("cargo run --release -- run --key demo"));
+    assert!(
+        readme.contains("\nscripts/test.sh\n"),
+        "the README names the test command"
+    );
+    assert!(readme.contains("`.ci/run` runs `scripts/test.sh`"));
+    let ci = std::fs::read_to_string(Path::new(ROOT).join(".ci/run")).unwrap();
+    assert!(
+        ci.contains("scripts/test.sh"),
+        ".ci/run runs scripts/test.sh"
+    );
+}
