@@ -46,10 +46,18 @@ pub fn line(level: &str, event: &str, message: &str, extra: &[(&str, Value)]) ->
 /// A message for the user on stderr: `dlock: MESSAGE`, or a JSON line.
 pub fn say(level: &str, message: &str) {
     if is_json() {
-        eprintln!("{}", line(level, "notice", message, &[]));
+        stderr_line(&line(level, "notice", message, &[]));
     } else {
-        eprintln!("dlock: {message}");
+        stderr_line(&format!("dlock: {message}"));
     }
+}
+
+/// One line on stderr. A stderr that was closed (`2>&1 | head -1`) is not
+/// an error: `eprintln!` would panic there, and a panic while the lock is
+/// held would leave its lease behind.
+pub fn stderr_line(s: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{s}");
 }
 
 /// Fields whose values are lists, recorded with `?` (Debug): written as

@@ -127,6 +127,9 @@ fn init_logging(s: &Settings) {
     }
     let b = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // A closed stderr (`2>&1 | head -1`) is not an error worth a panic
+        // (its report would be one more write to the closed stderr).
+        .log_internal_errors(false)
         .with_max_level(level)
         .with_target(false);
     match s.log_format {

@@ -10,7 +10,9 @@ use dlock::exit_code;
 fn main() {
     // A panic is a bug: say so and exit 70, never a bare abort.
     std::panic::set_hook(Box::new(|info| {
-        eprintln!("dlock: internal error (a bug, please report it): {info}");
+        dlock::jsonlog::stderr_line(&format!(
+            "dlock: internal error (a bug, please report it): {info}"
+        ));
         std::process::exit(exit_code::SOFTWARE);
     }));
     let cli = match Cli::try_parse() {
@@ -34,14 +36,14 @@ fn main() {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("dlock: cannot start: {e}");
+            dlock::jsonlog::stderr_line(&format!("dlock: cannot start: {e}"));
             std::process::exit(exit_code::SOFTWARE);
         }
     };
     let code = match rt.block_on(dlock::run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("{}", dlock::report(&e));
+            dlock::jsonlog::stderr_line(&dlock::report(&e));
             dlock::error::exit_code_of(&e)
         }
     };

@@ -155,3 +155,37 @@ fn sqlite_readers_and_writers_race_without_overlap() {
 fn sqlite_a_crowd_of_readers_wakes_together() {
     mixed::crowd_of_readers_wakes_together(&common::Env::sqlite(), "sqlite", 12);
 }
+
+/// A stderr closed under dlock (`dlock -v run ... 2>&1 | head -1`) is not a
+/// reason to die: a panic there left the lease behind (and exited 70 or
+/// 134). The child's status comes back and the lock is released.
+#[test]
+fn a_closed_stderr_neither_kills_dlock_nor_leaves_its_lease() {
+    use common::*;
+    let env = Env::sqlite();
+    for flags in [&["-v"][..], &["--log-format", "json", "-v"][..]] {
+        let mut args = flags.to_vec();
+        args.extend_from_slice(&[
+            "run",
+            "--key",
+            "pipe",
+            "--",
+            "sh",
+            "-c",
+            "sleep 0.3; exit 3",
+        ]);
+        let mut c = env
+            .cmd(&args)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(c.stderr.take());
+        assert_eq!(
+            wait_timeout(&mut c, std::time::Duration::from_secs(20)),
+            3,
+            "{flags:?}"
+        );
+        assert!(!env.held("pipe"), "{flags:?}: the lease was left behind");
+    }
+}
