@@ -240,9 +240,23 @@ end
 return 0
 ";
 
+/// The record without its liveness fields: kept past its process
+/// (`--lock-at-least`), it must not be taken for a dead process's.
+macro_rules! lua_disowned {
+    () => {
+        r"
+local function disowned(v)
+  return string.match(v, '^[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|[^|]*') or v
+end
+"
+    };
+}
+
 /// Release if ours (ARGV[2] = 'release'), or keep it exactly ARGV[3] ms
-/// more and let it lapse (`--lock-at-least`).
-const RELEASE: &str = r"
+/// more and let it lapse (`--lock-at-least`), as no process's.
+const RELEASE: &str = concat!(
+    lua_disowned!(),
+    r"
 local prefix = 'dlock1|' .. ARGV[1] .. '|'
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -252,24 +266,25 @@ if v and string.sub(v, 1, #prefix) == prefix then
     redis.call('DEL', KEYS[1])
     redis.call('PUBLISH', KEYS[3], '1')
   else
-    redis.call('PEXPIRE', KEYS[1], ARGV[3])
+    redis.call('SET', KEYS[1], disowned(v), 'PX', ARGV[3])
   end
   return 1
 end
 local m = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
 for i = 1, #m, 2 do
   if string.sub(m[i], 1, #prefix) == prefix and tonumber(m[i + 1]) > now then
+    redis.call('ZREM', KEYS[2], m[i])
     if ARGV[2] == 'release' then
-      redis.call('ZREM', KEYS[2], m[i])
       redis.call('PUBLISH', KEYS[3], '1')
     else
-      redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), m[i])
+      redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), disowned(m[i]))
     end
     return 1
   end
 end
 return 0
-";
+"
+);
 
 /// Renew a shared lease. KEYS: main, shared. ARGV: id, ttl ms. A share
 /// whose guard was replaced by another holder of the main key is lost.
@@ -300,6 +315,7 @@ return 0
 /// wait for readers.
 const SHARED_RELEASE: &str = concat!(
     lua_common!(),
+    lua_disowned!(),
     r"
 local prefix = 'dlock1|' .. ARGV[1] .. '|'
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
@@ -310,7 +326,8 @@ for _, v in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
       reguard(KEYS[1], KEYS[2])
       if redis.call('ZCARD', KEYS[2]) == 0 then redis.call('PUBLISH', KEYS[3], '1') end
     else
-      redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), v)
+      redis.call('ZREM', KEYS[2], v)
+      redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), disowned(v))
       reguard(KEYS[1], KEYS[2])
     end
     return 1

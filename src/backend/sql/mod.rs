@@ -494,6 +494,9 @@ pub struct Statements {
     pub renew: String,
     /// (ns, key, id): deletes our live lease.
     pub release: String,
+    /// (ns, key, id): our live lease's id becomes its part before the
+    /// first `~` ([`Plan::disown`]).
+    pub disown: String,
     /// (ns, key): deletes every live lease of the key.
     pub force: String,
     /// (ns) -> key, every key with a live lease.
@@ -588,6 +591,11 @@ pub struct Plan {
     /// Delete our lease: whether it was live is the row it returns, if
     /// any, else whether it deleted one.
     pub release: Stmt,
+    /// Our live lease outlives this process (`--lock-at-least`): its row
+    /// id loses the liveness [`row_id`] put in it, so that it is not taken
+    /// for a dead process's. None where liveness has columns (SQLite: the
+    /// kind, set by `renew`).
+    pub disown: Option<Stmt>,
     /// Delete every live lease of the key.
     pub force: Stmt,
     /// -> key, every key with a live lease.
@@ -621,6 +629,7 @@ impl From<Statements> for Plan {
             stale_waiters: s(q.stale_waiters, &[Ns, Key]),
             renew: s(q.renew, &[TtlUs, Ns, Key, Id]),
             release: s(q.release, &[Ns, Key, Id]),
+            disown: Some(s(q.disown, &[Ns, Key, Id])),
             force: s(q.force, &[Ns, Key]),
             held_keys: s(q.held_keys, &[Ns]),
             waiter_counts: s(q.waiter_counts, &[Ns]),
@@ -1279,6 +1288,10 @@ impl<P: Link> Backend for SqlBackend<P> {
         // being gone.
         let ttl = remaining.max(Duration::from_millis(1));
         let kept = self.extend(lease, ttl, Some(LeaseKind::Handle)).await?;
+        if let (true, Some(disown)) = (kept, &self.q.disown) {
+            let a = Args::of(&lease.namespace, &lease.key).id(&lease.id);
+            self.call("keep the lease", disown, &a).await?;
+        }
         self.d.freed(self, &lease.namespace, &lease.key).await;
         Ok(kept)
     }

@@ -118,6 +118,10 @@ fn statements(t: &Names) -> Statements {
         release: format!(
             "DELETE FROM {lease} WHERE ns = ? AND lkey = ? AND id = ? AND expires_at > UTC_TIMESTAMP(6)"
         ),
+        disown: format!(
+            "UPDATE {lease} SET id = SUBSTRING_INDEX(id, '~', 1)
+              WHERE ns = ? AND lkey = ? AND id = ? AND expires_at > UTC_TIMESTAMP(6)"
+        ),
         force: format!(
             "DELETE FROM {lease} WHERE ns = ? AND lkey = ? AND expires_at > UTC_TIMESTAMP(6)"
         ),

@@ -122,6 +122,10 @@ fn statements(t: &Names) -> Statements {
         release: format!(
             "DELETE FROM {lease} WHERE ns = $1 AND key = $2 AND id = $3 AND expires_at > now()"
         ),
+        disown: format!(
+            "UPDATE {lease} SET id = split_part(id, '~', 1)
+              WHERE ns = $1 AND key = $2 AND id = $3 AND expires_at > now()"
+        ),
         force: format!("DELETE FROM {lease} WHERE ns = $1 AND key = $2 AND expires_at > now()"),
         held_keys: format!(
             "SELECT DISTINCT key FROM {lease} WHERE ns = $1 AND expires_at > now() ORDER BY key"

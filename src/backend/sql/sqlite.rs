@@ -169,6 +169,8 @@ fn plan() -> Plan {
                 .into(),
             lease_live,
         ),
+        // `renew` marks a kept lease a handle's.
+        disown: None,
         force: s(
             "DELETE FROM dlock_lease WHERE ns = ?1 AND key = ?2 AND expires_at > ?3".into(),
             key_now,
