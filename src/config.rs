@@ -325,6 +325,28 @@ impl Settings {
         Ok(ttl)
     }
 
+    /// The lock of a command that runs a child (`run`, `elect`): its keys
+    /// must fit the child's environment, where `DLOCK_KEY` and `DLOCK_KEYS`
+    /// name them all. The kernel takes at most 128 KiB per variable
+    /// (MAX_ARG_STRLEN): refused here, before any lock is taken, rather
+    /// than every lock taken and the command failing with 126.
+    pub fn child_lock(&self, a: &LockArgs) -> Result<LockSettings> {
+        let lock = self.lock(a)?;
+        // "DLOCK_KEYS=" + the keys one per line + the NUL.
+        let len = "DLOCK_KEYS=".len() + lock.keys.iter().map(|k| k.len() + 1).sum::<usize>();
+        const MAX_ARG_STRLEN: usize = 32 * 4096;
+        if len > MAX_ARG_STRLEN {
+            return Err(usage(format!(
+                "{} keys take {len} bytes in the command's DLOCK_KEY and DLOCK_KEYS variables, \
+                 more than the {} KiB the kernel allows one environment variable; lock fewer \
+                 keys (or a key that stands for the set)",
+                lock.keys.len(),
+                MAX_ARG_STRLEN / 1024
+            )));
+        }
+        Ok(lock)
+    }
+
     pub fn lock(&self, a: &LockArgs) -> Result<LockSettings> {
         let f = &self.file;
         let mut keys = a.key.clone();

@@ -189,3 +189,26 @@ fn a_closed_stderr_neither_kills_dlock_nor_leaves_its_lease() {
         assert!(!env.held("pipe"), "{flags:?}: the lease was left behind");
     }
 }
+
+/// A key list the child's environment cannot hold (`DLOCK_KEYS` over the
+/// kernel's 128 KiB per variable) is refused before any lock is taken:
+/// 64 with a message, not every lock taken and then 126 blamed on the
+/// command.
+#[test]
+fn a_key_list_too_long_for_the_environment_is_refused_up_front() {
+    use common::*;
+    let env = Env::sqlite();
+    let keys: Vec<String> = (0..20_000).map(|i| format!("k{i:05}")).collect();
+    {
+        let cmd = "run";
+        let mut args = vec![cmd];
+        for k in &keys {
+            args.extend_from_slice(&["--key", k]);
+        }
+        args.extend_from_slice(&["--", "true"]);
+        let out = env.run(&args);
+        assert_eq!(code(&out), 64, "{cmd}: {}", stderr(&out));
+        assert!(stderr(&out).contains("128 KiB"), "{}", stderr(&out));
+        assert!(!env.held("k00000"), "{cmd} took a lock first");
+    }
+}

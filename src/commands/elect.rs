@@ -128,7 +128,7 @@ async fn elect<'a>(
         metrics_file: a.metrics_file.clone(),
         command: a.command.clone(),
     };
-    let mut lock = s.lock(&ra.lock)?;
+    let mut lock = s.child_lock(&ra.lock)?;
     let rs = s.run(&ra)?;
     // A candidate waits as long as it takes unless --wait says otherwise,
     // whatever the config file says for `run`, and there is one leader.

@@ -23,7 +23,7 @@ struct Trace {
 
 pub async fn cmd_run(c: &Connector<'_>, a: cli::RunArgs) -> Result<i32> {
     let s = c.settings;
-    let lock = s.lock(&a.lock)?;
+    let lock = s.child_lock(&a.lock)?;
     let rs = s.run(&a)?;
     let mut trace = Trace::default();
     let result = run_locked(c, &a, lock.clone(), &rs, &mut trace).await;
