@@ -1289,20 +1289,21 @@ pub fn a_killed_holder_is_dead_and_the_next_takes_it_at_once(env: &Env) {
 /// The lease clock: a holder that waited about a third of its TTL in line
 /// (its lease, where it has one while waiting, aged meanwhile) is renewed
 /// in time and never stopped: 20 holders side by side, each on its own key,
-/// each behind a first holder of 1.2 s with a 3 s TTL, all exit 0.
+/// each waiting about 1 s behind a first holder, with a 3 s TTL: all exit 0.
 pub fn a_holder_that_waited_a_third_of_its_ttl_is_never_stopped(env: &Env) {
     const TRIES: usize = 20;
+    let go = env.path("aged.go");
+    let script = format!("while [ ! -e {} ]; do sleep 0.02; done", go.display());
     let firsts: Vec<(String, std::process::Child)> = (0..TRIES)
         .map(|i| {
             let k = key(&format!("aged{i}"));
-            let c = env.spawn(&["run", "--ttl", "3s", "--key", &k, "--", "sleep", "1.2"]);
+            let c = env.spawn(&["run", "--ttl", "3s", "--key", &k, "--", "sh", "-c", &script]);
             (k, c)
         })
         .collect();
     for (k, _) in &firsts {
         wait_for(LONG, &format!("{k} to be held"), || env.held(k));
     }
-    std::thread::sleep(Duration::from_millis(200));
     let seconds: Vec<std::process::Child> = firsts
         .iter()
         .map(|(k, _)| {
@@ -1313,6 +1314,9 @@ pub fn a_holder_that_waited_a_third_of_its_ttl_is_never_stopped(env: &Env) {
                 .unwrap()
         })
         .collect();
+    // A third of the TTL in line, then the first holders let go.
+    std::thread::sleep(Duration::from_millis(1000));
+    std::fs::write(&go, "").unwrap();
     for (_, mut c) in firsts {
         assert_eq!(wait_timeout(&mut c, LONG), 0);
     }
