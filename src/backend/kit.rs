@@ -743,6 +743,83 @@ mod tests {
         assert_eq!(Record::parse("10.0.0.1", NField::Limit), None);
     }
 
+    /// The liveness rule in the polling engine: a key held only by dead
+    /// holders is taken at once, `--no-wait` included; a live holder is
+    /// never broken.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_engine_removes_dead_holders_and_tries_again_at_once() {
+        use crate::backend::{Lease, LeaseKind};
+        use std::sync::Mutex;
+        struct Fake {
+            holders: Mutex<Vec<Holder>>,
+            broken: Mutex<usize>,
+        }
+        #[async_trait::async_trait]
+        impl Poll for Fake {
+            async fn try_acquire(&self, spec: &LockSpec, _: &Owner) -> anyhow::Result<Attempt> {
+                let h = self.holders.lock().unwrap().clone();
+                if !h.is_empty() {
+                    return Ok(Attempt::Busy(h));
+                }
+                Ok(Attempt::Acquired(Lease {
+                    namespace: spec.namespace.clone(),
+                    key: spec.key.clone(),
+                    token: 1,
+                    id: "me".into(),
+                    ttl: spec.ttl,
+                    granted_at: Instant::now(),
+                    shared: false,
+                }))
+            }
+            async fn wait_change(&self, _: &LockSpec, _: Option<Instant>) -> anyhow::Result<()> {
+                Ok(())
+            }
+            async fn break_dead(&self, _: &LockSpec, dead: &[Holder]) -> anyhow::Result<bool> {
+                assert!(
+                    dead.iter().all(|h| h.dead),
+                    "a live holder offered to break"
+                );
+                *self.broken.lock().unwrap() += dead.len();
+                self.holders.lock().unwrap().retain(|h| !h.dead);
+                Ok(!dead.is_empty())
+            }
+        }
+        let spec = LockSpec {
+            namespace: "ns".into(),
+            key: "k".into(),
+            ttl: Duration::from_secs(60),
+            limit: 1,
+            shared: false,
+        };
+        let me = Owner {
+            id: "me".into(),
+            user: "u".into(),
+            host: "h".into(),
+            pid: 1,
+            host_id: String::new(),
+            proc_start: 0,
+            kind: LeaseKind::Run,
+            value: None,
+        };
+        let dead = Holder {
+            dead: true,
+            ..Holder::default()
+        };
+        let fake = Fake {
+            holders: Mutex::new(vec![dead.clone()]),
+            broken: Mutex::new(0),
+        };
+        // --no-wait: the deadline has passed, one look; the dead holder goes.
+        let got = poll(&fake, &spec, &me, Some(Instant::now())).await.unwrap();
+        assert!(matches!(got, Attempt::Acquired(_)));
+        assert_eq!(*fake.broken.lock().unwrap(), 1);
+        // A live holder beside a dead one: the dead one goes, the key stays busy.
+        *fake.holders.lock().unwrap() = vec![dead, Holder::default()];
+        let got = poll(&fake, &spec, &me, Some(Instant::now())).await.unwrap();
+        assert!(matches!(got, Attempt::Busy(h) if h.len() == 1 && !h[0].dead));
+        assert_eq!(*fake.broken.lock().unwrap(), 2);
+    }
+
     #[test]
     fn a_local_entry_whose_process_is_gone_is_dead() {
         let here = crate::host::host_id();
