@@ -55,8 +55,9 @@ complete -c dlock -n "__fish_dlock_using_subcommand run" -s t -l ttl -d 'Lease l
 complete -c dlock -n "__fish_dlock_using_subcommand run" -s w -l wait -d 'Give up after waiting D for the lock [default: wait as long as it takes]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand run" -s E -l conflict-exit-code -d 'Exit code when the lock is not acquired [default: 75]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand run" -s l -l limit -d 'Semaphore: at most N holders of each key at once [default: 1]' -r
-complete -c dlock -n "__fish_dlock_using_subcommand run" -l kill-after -d 'After SIGTERM on a lost lease, wait this long before SIGKILL [default: 10s]' -r
-complete -c dlock -n "__fish_dlock_using_subcommand run" -l on-lost -d 'What to do when the lease is lost while CMD runs [default: kill]' -r -f -a "kill\t'SIGTERM the child\'s process group, SIGKILL after --kill-after, exit 74'
+complete -c dlock -n "__fish_dlock_using_subcommand run" -l kill-after -d 'How long CMD gets to stop before SIGKILL [default: 10s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand run" -l stop-signal -d 'The signal dlock sends CMD\'s process group when it must stop it itself (lease lost) [default: TERM]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand run" -l on-lost -d 'What to do when the lease is lost while CMD runs [default: kill]' -r -f -a "kill\t'Send the stop signal to the child\'s process group, SIGKILL after --kill-after, exit 74'
 ignore\t'Only warn on stderr; the child runs on, and dlock exits with its status'"
 complete -c dlock -n "__fish_dlock_using_subcommand run" -l lock-at-least -d 'Keep the lock until D after it was taken, even if CMD ends sooner' -r
 complete -c dlock -n "__fish_dlock_using_subcommand run" -l metrics-file -d 'Write Prometheus metrics of this run to FILE when it ends (atomically)' -r -F
@@ -134,7 +135,8 @@ complete -c dlock -n "__fish_dlock_using_subcommand elect" -l restart -d 'After 
 on-failure\t'Campaign again if CMD failed; exit 0 if it succeeded'
 always\t'Always campaign again'"
 complete -c dlock -n "__fish_dlock_using_subcommand elect" -l restart-delay -d 'How long to stand aside before campaigning again after CMD exited' -r
-complete -c dlock -n "__fish_dlock_using_subcommand elect" -l kill-after -d 'After SIGTERM on lost leadership, wait this long before SIGKILL [default: 10s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand elect" -l kill-after -d 'How long CMD gets to stop before SIGKILL [default: 10s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand elect" -l stop-signal -d 'The signal dlock sends CMD\'s process group when it must stop it itself (leadership lost) [default: TERM]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand elect" -l metrics-file -d 'Keep Prometheus metrics of this candidate\'s leadership in FILE (atomically)' -r -F
 complete -c dlock -n "__fish_dlock_using_subcommand elect" -s b -l backend -d 'Backend URL; several Redis URLs (comma-separated or repeated) mean Redlock' -r
 complete -c dlock -n "__fish_dlock_using_subcommand elect" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r

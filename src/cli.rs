@@ -215,12 +215,23 @@ pub struct RunArgs {
     #[arg(long, short = 'c')]
     pub shell: bool,
 
-    /// After SIGTERM on a lost lease, wait this long before SIGKILL [default: 10s].
+    /// How long CMD gets to stop before SIGKILL [default: 10s].
     ///
-    /// When the loss is foreseen (renewals failing), the SIGTERM is sent early
-    /// enough that the SIGKILL lands before the lease can expire on the server.
+    /// Counted from the stop signal on a lost lease, and from an INT, TERM,
+    /// HUP or QUIT passed on to CMD (then dlock exits 128+N for the signal
+    /// it got). When a loss is foreseen (renewals failing), the stop signal
+    /// is sent early enough that the SIGKILL lands before the lease can
+    /// expire on the server.
     #[arg(long, value_name = "D", value_parser = parse_duration)]
     pub kill_after: Option<Duration>,
+
+    /// The signal dlock sends CMD's process group when it must stop it itself (lease lost) [default: TERM].
+    ///
+    /// A name (TERM, INT, QUIT, HUP, USR1, ...; with or without SIG) or a
+    /// number. For services that stop gracefully only on another signal
+    /// (nginx: QUIT).
+    #[arg(long, value_name = "SIG", value_parser = crate::supervise::parse_signal)]
+    pub stop_signal: Option<nix::sys::signal::Signal>,
 
     /// What to do when the lease is lost while CMD runs [default: kill].
     #[arg(long, value_name = "ACTION")]
@@ -276,9 +287,21 @@ pub struct ElectArgs {
     #[arg(long, value_name = "D", value_parser = parse_duration, default_value = "1s")]
     pub restart_delay: Duration,
 
-    /// After SIGTERM on lost leadership, wait this long before SIGKILL [default: 10s].
+    /// How long CMD gets to stop before SIGKILL [default: 10s].
+    ///
+    /// Counted from the stop signal on lost leadership, and from an INT,
+    /// TERM, HUP or QUIT passed on to CMD (then dlock exits 128+N for the
+    /// signal it got).
     #[arg(long, value_name = "D", value_parser = parse_duration)]
     pub kill_after: Option<Duration>,
+
+    /// The signal dlock sends CMD's process group when it must stop it itself (leadership lost) [default: TERM].
+    ///
+    /// A name (TERM, INT, QUIT, HUP, USR1, ...; with or without SIG) or a
+    /// number. For services that stop gracefully only on another signal
+    /// (nginx: QUIT).
+    #[arg(long, value_name = "SIG", value_parser = crate::supervise::parse_signal)]
+    pub stop_signal: Option<nix::sys::signal::Signal>,
 
     /// Run CMD through /bin/sh -c (its words joined by spaces).
     #[arg(long, short = 'c')]
@@ -402,7 +425,7 @@ pub struct DoctorArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OnLost {
-    /// SIGTERM the child's process group, SIGKILL after --kill-after, exit 74.
+    /// Send the stop signal to the child's process group, SIGKILL after --kill-after, exit 74.
     Kill,
     /// Only warn on stderr; the child runs on, and dlock exits with its status.
     Ignore,

@@ -43,6 +43,7 @@ pub struct FileConfig {
     #[serde(default, deserialize_with = "de_duration")]
     kill_after: Option<Duration>,
     on_lost: Option<OnLost>,
+    stop_signal: Option<String>,
     #[serde(default, deserialize_with = "de_duration")]
     lock_at_least: Option<Duration>,
     shell: Option<bool>,
@@ -89,6 +90,7 @@ impl FileConfig {
             shared: over.shared.or(self.shared),
             kill_after: over.kill_after.or(self.kill_after),
             on_lost: over.on_lost.or(self.on_lost),
+            stop_signal: over.stop_signal.or(self.stop_signal),
             lock_at_least: over.lock_at_least.or(self.lock_at_least),
             shell: over.shell.or(self.shell),
             log_format: over.log_format.or(self.log_format),
@@ -238,6 +240,8 @@ pub struct LockSettings {
 pub struct RunSettings {
     pub kill_after: Duration,
     pub on_lost: OnLost,
+    /// `--stop-signal`.
+    pub stop_signal: nix::sys::signal::Signal,
     pub lock_at_least: Option<Duration>,
     pub shell: bool,
     pub metrics_file: Option<PathBuf>,
@@ -376,6 +380,12 @@ impl Settings {
         Ok(RunSettings {
             kill_after: a.kill_after.or(f.kill_after).unwrap_or(DEFAULT_KILL_AFTER),
             on_lost: a.on_lost.or(f.on_lost).unwrap_or(OnLost::Kill),
+            stop_signal: match (a.stop_signal, &f.stop_signal) {
+                (Some(s), _) => s,
+                (None, Some(name)) => crate::supervise::parse_signal(name)
+                    .map_err(|e| Error::Config(format!("stop-signal: {e}")))?,
+                (None, None) => nix::sys::signal::Signal::SIGTERM,
+            },
             lock_at_least: a.lock_at_least.or(f.lock_at_least),
             shell: a.shell || f.shell == Some(true),
             metrics_file: a.metrics_file.clone().or(f.metrics_file.clone()),

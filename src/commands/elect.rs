@@ -123,6 +123,7 @@ async fn elect<'a>(
         },
         shell: a.shell,
         kill_after: a.kill_after,
+        stop_signal: a.stop_signal,
         on_lost: Some(OnLost::Kill),
         lock_at_least: None,
         metrics_file: a.metrics_file.clone(),
@@ -238,7 +239,11 @@ async fn elect<'a>(
                 return Err(e);
             }
         };
-        let stopped_by = stops.take().await;
+        // A stop is SIGINT or SIGTERM, to dlock or from the terminal (Ctrl-C
+        // reaches CMD's group, not dlock's).
+        let stopped_by = stops.take().await.or(outcome
+            .stopped_by
+            .filter(|s| matches!(s, Signal::SIGINT | Signal::SIGTERM)));
         // Resign at once; a lease found gone was lost before CMD ended.
         let gone = keeper.release().await;
         board.since = None;
