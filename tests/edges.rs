@@ -297,3 +297,35 @@ fn stop_signal_is_sent_on_a_lost_lease_and_lost_leadership() {
         assert_eq!(code(&out), 64, "{bad}: {}", stderr(&out));
     }
 }
+
+/// Item 16: `scripts/test.sh`'s set-up works with Debian's own python3
+/// first on PATH, whose pip refuses to install anything (PEP 668): the
+/// interoperability tests' modules come from Debian packages, and
+/// `/usr/bin/python3` imports them afterwards. The script runs from a copy,
+/// so nothing past its set-up (the suite itself) can run from here.
+#[test]
+fn the_test_script_sets_up_debian_python() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::create_dir(copy.path().join("scripts")).unwrap();
+    let script = copy.path().join("scripts/test.sh");
+    std::fs::copy(root.join("scripts/test.sh"), &script).unwrap();
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg("--deps-only")
+        .env("PATH", "/usr/bin:/bin:/usr/sbin:/sbin")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        !stderr(&out).contains("externally-managed-environment"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    let import = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", "import redis, kazoo"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&import), 0, "{}", stderr(&import));
+}
