@@ -672,3 +672,37 @@ fn a_missing_sqlite_directory_is_said_at_once() {
         started.elapsed()
     );
 }
+
+/// Item 4: `elect --restart always` with a command that cannot run waits
+/// longer before each new try and gives up (127) after a few in a row.
+#[test]
+fn elect_restart_gives_up_on_a_command_that_cannot_run() {
+    let env = Env::sqlite();
+    let mut c = env
+        .cmd(&[
+            "elect",
+            "--restart",
+            "always",
+            "--restart-delay",
+            "200ms",
+            "--key",
+            "nocmd",
+            "--",
+            "/nonexistent/dlock-test-cmd",
+        ])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let code = wait_timeout(&mut c, Duration::from_secs(20));
+    let out = c.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(code, 127, "{err}");
+    assert!(err.contains("campaigning again in 200ms"), "{err}");
+    assert!(
+        err.contains("campaigning again in 400ms"),
+        "the delay grows: {err}"
+    );
+    assert!(err.contains("3 times in a row"), "{err}");
+    assert!(!env.held("nocmd"), "leadership given up");
+}

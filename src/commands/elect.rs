@@ -168,6 +168,7 @@ async fn elect<'a>(
     let first_deadline = lease::deadline(lock.wait);
     let mut led = false;
     let mut connected = false;
+    let mut backoff = Backoff::default();
     loop {
         let deadline = if led { None } else { first_deadline };
         let conn = fresh.as_ref().unwrap_or(c);
@@ -286,13 +287,26 @@ async fn elect<'a>(
         if !again {
             return Ok(outcome.code);
         }
+        let delay = match backoff.after(&outcome, began.elapsed(), a.restart_delay) {
+            Next::Again(d) => d,
+            Next::GiveUp => {
+                crate::jsonlog::say(
+                    "ERROR",
+                    &format!(
+                        "the command could not be run {CANNOT_RUN_LIMIT} times in a row (status {}); giving up",
+                        outcome.code
+                    ),
+                );
+                return Ok(outcome.code);
+            }
+        };
         if !s.quiet {
             crate::jsonlog::say(
                 "INFO",
                 &format!(
                     "the command exited with status {}; campaigning again in {} (--restart {})",
                     outcome.code,
-                    status::human_duration(a.restart_delay),
+                    status::human_duration(delay),
                     match a.restart {
                         Restart::Never => "never",
                         Restart::OnFailure => "on-failure",
@@ -301,9 +315,57 @@ async fn elect<'a>(
                 ),
             );
         }
-        if let Some(code) = pause(&mut signals, a.restart_delay).await {
+        if let Some(code) = pause(&mut signals, delay).await {
             return Ok(code);
         }
+    }
+}
+
+/// After this many terms in a row whose CMD could not be run (126, 127),
+/// `--restart` gives up.
+const CANNOT_RUN_LIMIT: u32 = 3;
+/// A CMD that fails sooner than this after it started counts as failing
+/// fast: the next campaign waits twice as long as the last.
+const FAST_FAILURE: Duration = Duration::from_secs(10);
+/// The longest pause the doubling reaches (unless --restart-delay is longer).
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(60);
+
+/// What `--restart` does next.
+#[derive(Debug, PartialEq)]
+enum Next {
+    Again(Duration),
+    GiveUp,
+}
+
+/// `--restart`'s memory of the terms before: a CMD that keeps failing fast
+/// is restarted after a growing delay, and one that cannot be run at all
+/// (not found, not executable) is given up after a few tries.
+#[derive(Debug, Default)]
+struct Backoff {
+    fast_failures: u32,
+    cannot_run: u32,
+}
+
+impl Backoff {
+    fn after(&mut self, o: &crate::supervise::Outcome, ran: Duration, base: Duration) -> Next {
+        let could_not_run =
+            !o.started || o.code == exit_code::NOT_FOUND || o.code == exit_code::NOT_EXECUTABLE;
+        if could_not_run {
+            self.cannot_run += 1;
+            if self.cannot_run >= CANNOT_RUN_LIMIT {
+                return Next::GiveUp;
+            }
+        } else {
+            self.cannot_run = 0;
+        }
+        if o.code != 0 && (could_not_run || ran < FAST_FAILURE) {
+            self.fast_failures += 1;
+        } else {
+            self.fast_failures = 0;
+        }
+        let factor = 1u32 << self.fast_failures.saturating_sub(1).min(16);
+        let cap = MAX_RESTART_DELAY.max(base);
+        Next::Again(base.saturating_mul(factor).min(cap))
     }
 }
 
@@ -476,5 +538,50 @@ pub async fn cmd_leader(c: &Connector<'_>, a: cli::LeaderArgs) -> Result<i32> {
             () = tokio::time::sleep(Duration::from_millis(250)) => {}
             _ = signals.recv() => return Ok(exit_code::SUCCESS),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::supervise::Outcome;
+
+    fn ended(code: i32, started: bool) -> Outcome {
+        Outcome {
+            code,
+            lost: None,
+            stopped_by: None,
+            started,
+        }
+    }
+
+    #[test]
+    fn restarts_back_off_and_give_up_on_a_command_that_cannot_run() {
+        let base = Duration::from_secs(1);
+        let short = Duration::from_millis(10);
+        let mut b = Backoff::default();
+        assert_eq!(b.after(&ended(127, false), short, base), Next::Again(base));
+        assert_eq!(
+            b.after(&ended(127, false), short, base),
+            Next::Again(base * 2)
+        );
+        assert_eq!(b.after(&ended(127, false), short, base), Next::GiveUp);
+
+        // A failing command that does run backs off, up to the cap, and
+        // one that ran long enough or succeeded starts over.
+        let mut b = Backoff::default();
+        let delays: Vec<_> = (0..9)
+            .map(|_| b.after(&ended(1, true), short, base))
+            .collect();
+        assert_eq!(delays[0], Next::Again(base));
+        assert_eq!(delays[3], Next::Again(base * 8));
+        assert_eq!(delays[8], Next::Again(MAX_RESTART_DELAY));
+        assert_eq!(
+            b.after(&ended(1, true), FAST_FAILURE, base),
+            Next::Again(base)
+        );
+        assert_eq!(b.after(&ended(1, true), short, base), Next::Again(base));
+        assert_eq!(b.after(&ended(1, true), short, base), Next::Again(base * 2));
+        assert_eq!(b.after(&ended(0, true), short, base), Next::Again(base));
     }
 }
