@@ -331,7 +331,7 @@ _dlock() {
             return 0
             ;;
         dlock__subcmd__elect)
-            opts="-k -t -w -c -b -v -q -h --key --ttl --wait --value --restart --restart-delay --kill-after --stop-signal --shell --metrics-file --backend --namespace --config --profile --connect-timeout --verbose --quiet --log-format --color --help"
+            opts="-k -t -w -n -c -b -v -q -h --key --ttl --wait --no-wait --value --restart --restart-delay --kill-after --stop-signal --shell --metrics-file --backend --namespace --config --profile --connect-timeout --verbose --quiet --log-format --color --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -28,7 +28,7 @@ complete -c dlock -n "__fish_dlock_needs_command" -s b -l backend -d 'Backend UR
 complete -c dlock -n "__fish_dlock_needs_command" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
 complete -c dlock -n "__fish_dlock_needs_command" -l config -d 'Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml]' -r -F
 complete -c dlock -n "__fish_dlock_needs_command" -l profile -d 'Use the [profile.NAME] table of the config file' -r
-complete -c dlock -n "__fish_dlock_needs_command" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
+complete -c dlock -n "__fish_dlock_needs_command" -l connect-timeout -d 'Bound on connecting and on each request, and the longest outage a waiter rides out [default: 5s]' -r
 complete -c dlock -n "__fish_dlock_needs_command" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
 json\t'One JSON object per line'"
 complete -c dlock -n "__fish_dlock_needs_command" -l color -d 'Colour in `status` and `doctor` output [default: auto: on a terminal, unless NO_COLOR is set]' -r -f -a "auto\t'On a terminal, unless NO_COLOR is set'
@@ -65,7 +65,7 @@ complete -c dlock -n "__fish_dlock_using_subcommand run" -s b -l backend -d 'Bac
 complete -c dlock -n "__fish_dlock_using_subcommand run" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand run" -l config -d 'Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml]' -r -F
 complete -c dlock -n "__fish_dlock_using_subcommand run" -l profile -d 'Use the [profile.NAME] table of the config file' -r
-complete -c dlock -n "__fish_dlock_using_subcommand run" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand run" -l connect-timeout -d 'Bound on connecting and on each request, and the longest outage a waiter rides out [default: 5s]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand run" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
 json\t'One JSON object per line'"
 complete -c dlock -n "__fish_dlock_using_subcommand run" -l color -d 'Colour in `status` and `doctor` output [default: auto: on a terminal, unless NO_COLOR is set]' -r -f -a "auto\t'On a terminal, unless NO_COLOR is set'
@@ -86,7 +86,7 @@ complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s b -l backend -d 
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l config -d 'Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml]' -r -F
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l profile -d 'Use the [profile.NAME] table of the config file' -r
-complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l connect-timeout -d 'Bound on connecting and on each request, and the longest outage a waiter rides out [default: 5s]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
 json\t'One JSON object per line'"
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l color -d 'Colour in `status` and `doctor` output [default: auto: on a terminal, unless NO_COLOR is set]' -r -f -a "auto\t'On a terminal, unless NO_COLOR is set'
@@ -102,7 +102,7 @@ complete -c dlock -n "__fish_dlock_using_subcommand renew" -s b -l backend -d 'B
 complete -c dlock -n "__fish_dlock_using_subcommand renew" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand renew" -l config -d 'Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml]' -r -F
 complete -c dlock -n "__fish_dlock_using_subcommand renew" -l profile -d 'Use the [profile.NAME] table of the config file' -r
-complete -c dlock -n "__fish_dlock_using_subcommand renew" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand renew" -l connect-timeout -d 'Bound on connecting and on each request, and the longest outage a waiter rides out [default: 5s]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand renew" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
 json\t'One JSON object per line'"
 complete -c dlock -n "__fish_dlock_using_subcommand renew" -l color -d 'Colour in `status` and `doctor` output [default: auto: on a terminal, unless NO_COLOR is set]' -r -f -a "auto\t'On a terminal, unless NO_COLOR is set'
@@ -116,7 +116,7 @@ complete -c dlock -n "__fish_dlock_using_subcommand release" -s b -l backend -d 
 complete -c dlock -n "__fish_dlock_using_subcommand release" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand release" -l config -d 'Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml]' -r -F
 complete -c dlock -n "__fish_dlock_using_subcommand release" -l profile -d 'Use the [profile.NAME] table of the config file' -r
-complete -c dlock -n "__fish_dlock_using_subcommand release" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand release" -l connect-timeout -d 'Bound on connecting and on each request, and the longest outage a waiter rides out [default: 5s]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand release" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
 json\t'One JSON object per line'"
 complete -c dlock -n "__fish_dlock_using_subcommand release" -l color -d 'Colour in `status` and `doctor` output [default: auto: on a terminal, unless NO_COLOR is set]' -r -f -a "auto\t'On a terminal, unless NO_COLOR is set'
@@ -142,12 +142,13 @@ complete -c dlock -n "__fish_dlock_using_subcommand elect" -s b -l backend -d 'B
 complete -c dlock -n "__fish_dlock_using_subcommand elect" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand elect" -l config -d 'Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml]' -r -F
 complete -c dlock -n "__fish_dlock_using_subcommand elect" -l profile -d 'Use the [profile.NAME] table of the config file' -r
-complete -c dlock -n "__fish_dlock_using_subcommand elect" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand elect" -l connect-timeout -d 'Bound on connecting and on each request, and the longest outage a waiter rides out [default: 5s]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand elect" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
 json\t'One JSON object per line'"
 complete -c dlock -n "__fish_dlock_using_subcommand elect" -l color -d 'Colour in `status` and `doctor` output [default: auto: on a terminal, unless NO_COLOR is set]' -r -f -a "auto\t'On a terminal, unless NO_COLOR is set'
 always\t''
 never\t''"
+complete -c dlock -n "__fish_dlock_using_subcommand elect" -s n -l no-wait -d 'Give up at once (exit 75) if another candidate leads'
 complete -c dlock -n "__fish_dlock_using_subcommand elect" -s c -l shell -d 'Run CMD through /bin/sh -c (its words joined by spaces)'
 complete -c dlock -n "__fish_dlock_using_subcommand elect" -s v -l verbose -d 'Log what dlock does on stderr (-v: events with timings, -vv: debug)'
 complete -c dlock -n "__fish_dlock_using_subcommand elect" -s q -l quiet -d 'Print nothing but errors'
@@ -156,7 +157,7 @@ complete -c dlock -n "__fish_dlock_using_subcommand leader" -s b -l backend -d '
 complete -c dlock -n "__fish_dlock_using_subcommand leader" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand leader" -l config -d 'Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml]' -r -F
 complete -c dlock -n "__fish_dlock_using_subcommand leader" -l profile -d 'Use the [profile.NAME] table of the config file' -r
-complete -c dlock -n "__fish_dlock_using_subcommand leader" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand leader" -l connect-timeout -d 'Bound on connecting and on each request, and the longest outage a waiter rides out [default: 5s]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand leader" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
 json\t'One JSON object per line'"
 complete -c dlock -n "__fish_dlock_using_subcommand leader" -l color -d 'Colour in `status` and `doctor` output [default: auto: on a terminal, unless NO_COLOR is set]' -r -f -a "auto\t'On a terminal, unless NO_COLOR is set'
@@ -172,7 +173,7 @@ complete -c dlock -n "__fish_dlock_using_subcommand status" -s b -l backend -d '
 complete -c dlock -n "__fish_dlock_using_subcommand status" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand status" -l config -d 'Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml]' -r -F
 complete -c dlock -n "__fish_dlock_using_subcommand status" -l profile -d 'Use the [profile.NAME] table of the config file' -r
-complete -c dlock -n "__fish_dlock_using_subcommand status" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand status" -l connect-timeout -d 'Bound on connecting and on each request, and the longest outage a waiter rides out [default: 5s]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand status" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
 json\t'One JSON object per line'"
 complete -c dlock -n "__fish_dlock_using_subcommand status" -l color -d 'Colour in `status` and `doctor` output [default: auto: on a terminal, unless NO_COLOR is set]' -r -f -a "auto\t'On a terminal, unless NO_COLOR is set'
@@ -186,7 +187,7 @@ complete -c dlock -n "__fish_dlock_using_subcommand ping" -s b -l backend -d 'Ba
 complete -c dlock -n "__fish_dlock_using_subcommand ping" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand ping" -l config -d 'Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml]' -r -F
 complete -c dlock -n "__fish_dlock_using_subcommand ping" -l profile -d 'Use the [profile.NAME] table of the config file' -r
-complete -c dlock -n "__fish_dlock_using_subcommand ping" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand ping" -l connect-timeout -d 'Bound on connecting and on each request, and the longest outage a waiter rides out [default: 5s]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand ping" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
 json\t'One JSON object per line'"
 complete -c dlock -n "__fish_dlock_using_subcommand ping" -l color -d 'Colour in `status` and `doctor` output [default: auto: on a terminal, unless NO_COLOR is set]' -r -f -a "auto\t'On a terminal, unless NO_COLOR is set'
@@ -201,7 +202,7 @@ complete -c dlock -n "__fish_dlock_using_subcommand doctor" -s b -l backend -d '
 complete -c dlock -n "__fish_dlock_using_subcommand doctor" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand doctor" -l config -d 'Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml]' -r -F
 complete -c dlock -n "__fish_dlock_using_subcommand doctor" -l profile -d 'Use the [profile.NAME] table of the config file' -r
-complete -c dlock -n "__fish_dlock_using_subcommand doctor" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand doctor" -l connect-timeout -d 'Bound on connecting and on each request, and the longest outage a waiter rides out [default: 5s]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand doctor" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
 json\t'One JSON object per line'"
 complete -c dlock -n "__fish_dlock_using_subcommand doctor" -l color -d 'Colour in `status` and `doctor` output [default: auto: on a terminal, unless NO_COLOR is set]' -r -f -a "auto\t'On a terminal, unless NO_COLOR is set'
@@ -216,7 +217,7 @@ complete -c dlock -n "__fish_dlock_using_subcommand completions" -s b -l backend
 complete -c dlock -n "__fish_dlock_using_subcommand completions" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand completions" -l config -d 'Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml]' -r -F
 complete -c dlock -n "__fish_dlock_using_subcommand completions" -l profile -d 'Use the [profile.NAME] table of the config file' -r
-complete -c dlock -n "__fish_dlock_using_subcommand completions" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand completions" -l connect-timeout -d 'Bound on connecting and on each request, and the longest outage a waiter rides out [default: 5s]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand completions" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
 json\t'One JSON object per line'"
 complete -c dlock -n "__fish_dlock_using_subcommand completions" -l color -d 'Colour in `status` and `doctor` output [default: auto: on a terminal, unless NO_COLOR is set]' -r -f -a "auto\t'On a terminal, unless NO_COLOR is set'
@@ -229,7 +230,7 @@ complete -c dlock -n "__fish_dlock_using_subcommand man" -s b -l backend -d 'Bac
 complete -c dlock -n "__fish_dlock_using_subcommand man" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand man" -l config -d 'Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml]' -r -F
 complete -c dlock -n "__fish_dlock_using_subcommand man" -l profile -d 'Use the [profile.NAME] table of the config file' -r
-complete -c dlock -n "__fish_dlock_using_subcommand man" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand man" -l connect-timeout -d 'Bound on connecting and on each request, and the longest outage a waiter rides out [default: 5s]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand man" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
 json\t'One JSON object per line'"
 complete -c dlock -n "__fish_dlock_using_subcommand man" -l color -d 'Colour in `status` and `doctor` output [default: auto: on a terminal, unless NO_COLOR is set]' -r -f -a "auto\t'On a terminal, unless NO_COLOR is set'

@@ -3,8 +3,6 @@
 
 use std::io::Write;
 
-use clap::Parser;
-use dlock::cli::Cli;
 use dlock::exit_code;
 
 fn main() {
@@ -13,10 +11,15 @@ fn main() {
         eprintln!("dlock: internal error (a bug, please report it): {info}");
         std::process::exit(exit_code::SOFTWARE);
     }));
-    let cli = match Cli::try_parse() {
+    let cli = match dlock::cli::parse(std::env::args_os().collect()) {
         Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
+        Err((e, better)) => {
+            match better {
+                Some(text) => eprint!("{text}"),
+                None => {
+                    let _ = e.print();
+                }
+            }
             // --help and --version print to stdout and succeed; every other
             // parse failure is a usage error (64), not clap's usual 2.
             std::process::exit(if e.use_stderr() {

@@ -706,3 +706,90 @@ fn elect_restart_gives_up_on_a_command_that_cannot_run() {
     assert!(err.contains("3 times in a row"), "{err}");
     assert!(!env.held("nocmd"), "leadership given up");
 }
+
+/// Items 5, 6 and 13: `elect --help` says what `elect` does (no -E, no 74,
+/// DLOCK_VALUE), `--connect-timeout` says it bounds the outages a waiter
+/// rides out, and global options come under a heading of their own after
+/// the command's.
+#[test]
+fn help_texts_say_what_each_command_does() {
+    let env = Env::sqlite();
+    let help = stdout(&env.run(&["elect", "--help"]));
+    let exits = &help[help.find("Exit status:").expect("an exit status block")..];
+    let exits = &exits[..exits.find("\n\n").unwrap()];
+    assert!(!exits.contains("-E"), "{exits}");
+    assert!(!exits.contains("\n  74"), "{exits}");
+    assert!(help.contains("DLOCK_VALUE"), "{help}");
+    assert!(help.contains("-n, --no-wait"), "{help}");
+    for args in [["run", "--help"], ["run", "-h"]] {
+        let help = stdout(&env.run(&args));
+        let words = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            words.contains("longest outage a waiter rides out"),
+            "{help}"
+        );
+        let global = help
+            .find("Global options:")
+            .expect("a heading for global options");
+        let config = help.find("--config").unwrap();
+        let wait = help.find("--wait").unwrap();
+        let stop = help.find("--stop-signal").unwrap();
+        assert!(wait < global && stop < global && global < config, "{help}");
+    }
+}
+
+/// Item 5: `elect -n` gives up at once (75) while another candidate leads.
+#[test]
+fn elect_no_wait_gives_up_at_once() {
+    let env = Env::sqlite();
+    let mut leader = env.spawn(&["elect", "--key", "nw", "--", "sleep", "30"]);
+    wait_for(Duration::from_secs(10), "a leader", || env.held("nw"));
+    let started = Instant::now();
+    let out = env.run(&["elect", "-n", "--key", "nw", "--", "true"]);
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    assert!(started.elapsed() < Duration::from_secs(3));
+    signal(leader.id(), Signal::SIGTERM);
+    wait_timeout(&mut leader, Duration::from_secs(10));
+}
+
+/// Items 10 and 11: `status --watch KEY` watches KEY; a misspelt flag gets
+/// "did you mean", and a command without `--` gets the line with it.
+#[test]
+fn usage_errors_point_at_the_fix() {
+    let env = Env::sqlite();
+    let out = env.run(&["run", "--kye", "x", "--", "true"]);
+    assert_eq!(code(&out), 64);
+    assert!(
+        stderr(&out).contains("did you mean '--key'?"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("-- --kye"), "{}", stderr(&out));
+    let out = env.run(&["run", "--key", "x", "echo", "a b"]);
+    assert_eq!(code(&out), 64);
+    assert!(
+        stderr(&out).contains(" run --key x -- echo 'a b'"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.run(&["elect", "--key", "x", "true"]);
+    assert!(
+        stderr(&out).contains(" elect --key x -- true"),
+        "{}",
+        stderr(&out)
+    );
+
+    let w = env
+        .cmd(&["status", "--watch", "deploy", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(w.id(), Signal::SIGTERM);
+    let out = w.wait_with_output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let first = stdout(&out).lines().next().unwrap_or_default().to_string();
+    let v: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(v[0]["key"], "deploy", "{first}");
+}

@@ -134,6 +134,7 @@ async fn elect<'a>(
     // A candidate waits as long as it takes unless --wait says otherwise,
     // whatever the config file says for `run`, and there is one leader.
     lock.wait = match a.wait {
+        _ if a.no_wait => Wait::No,
         None => Wait::Forever,
         Some(d) if d.is_zero() => Wait::No,
         Some(d) => Wait::For(d),
