@@ -793,3 +793,63 @@ fn usage_errors_point_at_the_fix() {
     let v: serde_json::Value = serde_json::from_str(&first).unwrap();
     assert_eq!(v[0]["key"], "deploy", "{first}");
 }
+
+/// Item 7: a key held shared has no leader: `leader` exits 75 saying so,
+/// and `--json` prints null.
+#[test]
+fn leader_of_a_key_held_shared_is_nobody() {
+    let env = Env::sqlite();
+    let mut readers: Vec<_> = (0..2)
+        .map(|_| env.spawn(&["run", "--shared", "--key", "rw", "--", "sleep", "30"]))
+        .collect();
+    wait_for(Duration::from_secs(10), "two readers", || {
+        env.status_json(&["rw"])[0]["holders"]
+            .as_array()
+            .is_some_and(|h| h.len() == 2)
+    });
+    let out = env.run(&["leader", "rw"]);
+    assert_eq!(code(&out), 75, "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("held shared (by 2 readers)"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.run(&["leader", "--json", "rw"]);
+    assert_eq!(code(&out), 75);
+    assert_eq!(stdout(&out).trim(), "null");
+    for r in readers.iter_mut() {
+        signal(r.id(), Signal::SIGTERM);
+        wait_timeout(r, Duration::from_secs(10));
+    }
+}
+
+/// Item 9: `leader --watch` through an outage says once that the backend
+/// is unreachable, and once that it answers again.
+#[test]
+fn leader_watch_says_an_outage_once() {
+    let mut env = Env::redis();
+    let w = env
+        .cmd(&["--connect-timeout", "1s", "leader", "--watch", "ow"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    env.restart_server(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(3));
+    signal(w.id(), Signal::SIGTERM);
+    let out = w.wait_with_output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.matches("unreachable since").count(), 1, "{err}");
+    assert_eq!(err.matches("answers again").count(), 1, "{err}");
+    assert_eq!(err.lines().count(), 2, "{err}");
+    assert_eq!(
+        stdout(&out).lines().count(),
+        1,
+        "one line for no leader: {}",
+        stdout(&out)
+    );
+}

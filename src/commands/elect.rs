@@ -439,9 +439,26 @@ async fn campaign(
     Ok(Ok((keeper, ttl)))
 }
 
+/// Why a key has no leader, for `dlock leader`'s message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NoLeader {
+    Free,
+    /// Held shared: readers, none of whom leads.
+    Shared(usize),
+}
+
+/// The live holders of a key held shared, if it is: they lead nobody.
+fn shared_holders(holders: &[Holder]) -> Option<NoLeader> {
+    let n = holders.iter().filter(|h| !h.dead && h.shared).count();
+    (n > 0).then_some(NoLeader::Shared(n))
+}
+
 /// The leader as `dlock leader` shows it: the holder of the key (a dead
-/// holder leads nobody).
+/// holder leads nobody, nor do shared holders).
 fn leader_of(key: &str, holders: &[Holder]) -> Option<serde_json::Value> {
+    if shared_holders(holders).is_some() {
+        return None;
+    }
     let h = holders.iter().find(|h| !h.dead)?;
     let value = match h.value() {
         Some(v) => v.to_string(),
@@ -461,12 +478,20 @@ fn leader_of(key: &str, holders: &[Holder]) -> Option<serde_json::Value> {
     }))
 }
 
-fn leader_line(leader: &Option<serde_json::Value>, key: &str, json: bool) -> String {
+fn leader_line(leader: &Option<serde_json::Value>, why: NoLeader, key: &str, json: bool) -> String {
     match leader {
         Some(l) if json => l.to_string(),
         Some(l) => l["value"].as_str().unwrap_or_default().to_string(),
         None if json => "null".to_string(),
-        None => format!("no leader for {key:?}"),
+        None => match why {
+            NoLeader::Free => format!("no leader for {key:?}"),
+            NoLeader::Shared(1) => {
+                format!("no leader for {key:?}: it is held shared (by 1 reader)")
+            }
+            NoLeader::Shared(n) => {
+                format!("no leader for {key:?}: it is held shared (by {n} readers)")
+            }
+        },
     }
 }
 
@@ -482,7 +507,8 @@ pub async fn cmd_leader(c: &Connector<'_>, a: cli::LeaderArgs) -> Result<i32> {
             .find(|k| k.key == a.key)
             .map(|k| k.holders)
             .unwrap_or_default();
-        anyhow::Ok(leader_of(&a.key, &holders))
+        let why = shared_holders(&holders).unwrap_or(NoLeader::Free);
+        anyhow::Ok((leader_of(&a.key, &holders), why))
     };
     let print = |line: String| -> Result<bool> {
         let mut out = std::io::stdout().lock();
@@ -492,8 +518,8 @@ pub async fn cmd_leader(c: &Connector<'_>, a: cli::LeaderArgs) -> Result<i32> {
         }
     };
     if !a.watch {
-        let leader = read().await?;
-        let line = leader_line(&leader, &a.key, a.json);
+        let (leader, why) = read().await?;
+        let line = leader_line(&leader, why, &a.key, a.json);
         if leader.is_none() && !a.json {
             if !s.quiet {
                 crate::jsonlog::say("INFO", &line);
@@ -511,14 +537,26 @@ pub async fn cmd_leader(c: &Connector<'_>, a: cli::LeaderArgs) -> Result<i32> {
     // value), until interrupted: that is the normal end, exit 0.
     let mut signals = Signals::install()?;
     let mut last: Option<Option<(Option<u64>, String)>> = None;
+    // An outage is said once, when it begins, and its end once.
+    let mut down_since: Option<std::time::SystemTime> = None;
     loop {
         let bound = s.connect_timeout * 2;
         let got = tokio::select! {
             r = tokio::time::timeout(bound, read()) => r,
             _ = signals.recv() => return Ok(exit_code::SUCCESS),
         };
-        match got {
-            Ok(Ok(leader)) => {
+        let failure = match got {
+            Ok(Ok((leader, why))) => {
+                if let Some(since) = down_since.take() {
+                    crate::jsonlog::say(
+                        "INFO",
+                        &format!(
+                            "{} answers again (unreachable for {})",
+                            backend.describe(),
+                            status::human_duration(since.elapsed().unwrap_or_default())
+                        ),
+                    );
+                }
                 let id = leader.as_ref().map(|l| {
                     (
                         l["token"].as_u64(),
@@ -526,14 +564,29 @@ pub async fn cmd_leader(c: &Connector<'_>, a: cli::LeaderArgs) -> Result<i32> {
                     )
                 });
                 if last.as_ref() != Some(&id) {
-                    if !print(leader_line(&leader, &a.key, a.json))? {
+                    if !print(leader_line(&leader, why, &a.key, a.json))? {
                         return Ok(exit_code::SUCCESS);
                     }
                     last = Some(id);
                 }
+                None
             }
-            Ok(Err(e)) => crate::jsonlog::say("WARN", &format!("{e:#}")),
-            Err(_) => crate::jsonlog::say("WARN", "the backend did not answer in time"),
+            Ok(Err(e)) => Some(format!("{e:#}")),
+            Err(_) => Some("the backend did not answer in time".to_string()),
+        };
+        if let Some(why) = failure
+            && down_since.is_none()
+        {
+            let now = std::time::SystemTime::now();
+            down_since = Some(now);
+            crate::jsonlog::say(
+                "WARN",
+                &format!(
+                    "{} unreachable since {}: {why}; watching on",
+                    backend.describe(),
+                    humantime::format_rfc3339_seconds(now)
+                ),
+            );
         }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(250)) => {}
