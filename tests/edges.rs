@@ -853,3 +853,48 @@ fn leader_watch_says_an_outage_once() {
         stdout(&out)
     );
 }
+
+/// Item 8: `status` shows a lock a finished `--lock-at-least` run left to
+/// lapse as such, sorts keys with numbers as numbers, and gives a key held
+/// shared no limit in JSON.
+#[test]
+fn status_shows_lapses_sorts_naturally_and_has_no_limit_for_shared() {
+    let env = Env::sqlite();
+    let out = env.run(&["run", "--lock-at-least", "60s", "--key", "la", "--", "true"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let st = env.status_json(&["la"]);
+    assert_eq!(st[0]["held"], true, "{st}");
+    assert_eq!(st[0]["holders"][0]["lapse"], true, "{st}");
+    let table = stdout(&env.run(&["status", "la"]));
+    assert!(table.contains(" ended "), "{table}");
+    assert!(table.contains("kept until it lapses in"), "{table}");
+    let busy = env.run(&["run", "-n", "--key", "la", "--", "true"]);
+    assert_eq!(code(&busy), 75);
+    assert!(
+        stderr(&busy).contains("which has ended"),
+        "{}",
+        stderr(&busy)
+    );
+
+    for k in ["job-1", "job-10", "job-11", "job-2"] {
+        assert_eq!(code(&env.run(&["acquire", "--key", k])), 0);
+    }
+    let table = stdout(&env.run(&["status"]));
+    let keys: Vec<&str> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|k| k.starts_with("job-"))
+        .collect();
+    assert_eq!(keys, ["job-1", "job-2", "job-10", "job-11"], "{table}");
+
+    let mut r = env.spawn(&["run", "--shared", "--key", "sh", "--", "sleep", "30"]);
+    wait_for(Duration::from_secs(10), "a reader", || env.held("sh"));
+    let st = env.status_json(&["sh"]);
+    assert!(st[0]["limit"].is_null(), "{st}");
+    assert_eq!(st[0]["holders"][0]["mode"], "shared", "{st}");
+    signal(r.id(), Signal::SIGTERM);
+    wait_timeout(&mut r, Duration::from_secs(10));
+    let st = env.status_json(&["la"]);
+    assert_eq!(st[0]["limit"], 1, "a mutex's limit is 1: {st}");
+}
