@@ -898,3 +898,45 @@ fn status_shows_lapses_sorts_naturally_and_has_no_limit_for_shared() {
     let st = env.status_json(&["la"]);
     assert_eq!(st[0]["limit"], 1, "a mutex's limit is 1: {st}");
 }
+
+/// Item 12: one Redis server is not Redlock: its errors say "the Redis
+/// server", not "0 of 1 servers ... a majority of 1".
+#[test]
+fn a_single_redis_server_is_not_spoken_of_as_redlock() {
+    let out = Env::bare("redis://127.0.0.1:1".into()).run(&["--connect-timeout", "1s", "status"]);
+    assert_eq!(code(&out), 69, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the Redis server"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("of 1"), "{}", stderr(&out));
+
+    let mut env = Env::redis();
+    let mut h = env.spawn(&["run", "--key", "r1", "--", "sleep", "30"]);
+    wait_for(Duration::from_secs(10), "r1 held", || env.held("r1"));
+    let w = env
+        .cmd(&[
+            "--connect-timeout",
+            "1s",
+            "run",
+            "-w",
+            "30s",
+            "--key",
+            "r1",
+            "--",
+            "true",
+        ])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    env.redis[0].stop();
+    let out = w.wait_with_output().unwrap();
+    assert_eq!(code(&out), 69, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(!err.contains("majority") && !err.contains("of 1 "), "{err}");
+    let _ = h.kill();
+    let _ = h.wait();
+}
