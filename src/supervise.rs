@@ -616,11 +616,30 @@ impl Relay {
         let (life_r, life_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ok()?;
         let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ok()?;
         let parent = std::process::id() as i32;
+        // A signal ignored when dlock started (`nohup`) is not dlock's to act
+        // on: the child ignores it too, and it is not relayed.
+        let mut relayed = [0 as libc::c_int; 3];
+        for (slot, sig) in relayed
+            .iter_mut()
+            .zip([Signal::SIGINT, Signal::SIGQUIT, Signal::SIGHUP])
+        {
+            if !ignored(sig) {
+                *slot = sig as libc::c_int;
+            }
+        }
         // SAFETY: the forked relay runs only raw syscalls (see relay_main).
         let pid = unsafe { libc::fork() };
         if pid == 0 {
             // SAFETY: we are the freshly forked relay.
-            unsafe { relay_main(pgid.as_raw(), parent, life_r.as_raw_fd(), out_w.as_raw_fd()) };
+            unsafe {
+                relay_main(
+                    pgid.as_raw(),
+                    parent,
+                    life_r.as_raw_fd(),
+                    out_w.as_raw_fd(),
+                    relayed,
+                )
+            };
         }
         if pid < 0 {
             return None;
@@ -673,7 +692,7 @@ impl SignalSource for RelayedSignals {
 ///
 /// # Safety
 /// Must only be called in a freshly forked child; it never returns.
-unsafe fn relay_main(pgid: i32, parent: i32, life_fd: i32, out_fd: i32) -> ! {
+unsafe fn relay_main(pgid: i32, parent: i32, life_fd: i32, out_fd: i32, relayed: [i32; 3]) -> ! {
     // SAFETY: only async-signal-safe syscalls on values we own.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -741,7 +760,7 @@ unsafe fn relay_main(pgid: i32, parent: i32, life_fd: i32, out_fd: i32) -> ! {
             }
             let signo = info.ssi_signo as i32;
             let from_dlock = info.ssi_code == libc::SI_USER && info.ssi_pid as i32 == parent;
-            if !from_dlock && matches!(signo, libc::SIGINT | libc::SIGQUIT | libc::SIGHUP) {
+            if !from_dlock && signo != 0 && relayed.contains(&signo) {
                 let b = signo.to_ne_bytes();
                 libc::write(1, b.as_ptr().cast(), b.len());
             }

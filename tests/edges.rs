@@ -123,6 +123,12 @@ impl Pty {
             )
         };
         assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+        // Not inherited by what other tests start meanwhile: a terminal
+        // held open elsewhere would outlive its test.
+        for fd in [m, s] {
+            // SAFETY: fcntl on descriptors we own.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
         // SAFETY: both descriptors are fresh and ours alone.
         let (master, slave) = unsafe { (std::fs::File::from_raw_fd(m), OwnedFd::from_raw_fd(s)) };
         // Drain what is written to the terminal, so a writer never blocks.
@@ -939,4 +945,55 @@ fn a_single_redis_server_is_not_spoken_of_as_redlock() {
     assert!(!err.contains("majority") && !err.contains("of 1 "), "{err}");
     let _ = h.kill();
     let _ = h.wait();
+}
+
+/// A signal dlock started with ignored (`nohup`) stays the child's
+/// business on a terminal too: a hang-up that reaches the child's group
+/// does not make dlock stop it.
+#[test]
+fn a_signal_ignored_at_start_is_not_relayed_from_the_terminal() {
+    let env = Env::sqlite();
+    let ready = env.path("nh.ready");
+    let done = env.path("nh.done");
+    let pty = Pty::open();
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args([
+        "-c",
+        "trap '' HUP; exec \"$@\"",
+        "sh",
+        DLOCK,
+        "--backend",
+        &env.url,
+        "run",
+        "--kill-after",
+        "1s",
+        "--key",
+        "nh",
+        "--",
+        "sh",
+        "-c",
+        &format!(
+            "echo $$ > {}; sleep 3; echo survived > {}",
+            ready.display(),
+            done.display()
+        ),
+    ])
+    .env("HOME", env.dir.path())
+    .env("XDG_STATE_HOME", env.dir.path().join("state"))
+    .env("XDG_CONFIG_HOME", env.dir.path().join("config"));
+    let mut c = pty.spawn(cmd);
+    let child: i32 = read_when_ready(&ready, Duration::from_secs(20))
+        .parse()
+        .unwrap();
+    wait_for(
+        Duration::from_secs(5),
+        "the child to own the terminal",
+        || {
+            // SAFETY: a query on a descriptor we own.
+            unsafe { libc::tcgetpgrp(pty.master.as_raw_fd()) == child }
+        },
+    );
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(child), Signal::SIGHUP).unwrap();
+    assert_eq!(wait_timeout(&mut c, Duration::from_secs(15)), 0);
+    assert_eq!(read_when_ready(&done, Duration::from_secs(1)), "survived");
 }
