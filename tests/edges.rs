@@ -997,3 +997,36 @@ fn a_signal_ignored_at_start_is_not_relayed_from_the_terminal() {
     assert_eq!(wait_timeout(&mut c, Duration::from_secs(15)), 0);
     assert_eq!(read_when_ready(&done, Duration::from_secs(1)), "survived");
 }
+
+/// Item 14, the group variant: in a setgid directory of a group (2775),
+/// the database is 0664 with that group and its `.wait` 3775, and a member
+/// of the group who is not its owner writes it.
+#[test]
+fn a_database_in_a_group_directory_is_shared_by_the_group() {
+    let (_, gid) = second_user();
+    let shared = shared_dir(0o2775);
+    std::os::unix::fs::chown(shared.path(), None, Some(gid)).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o2775)).unwrap();
+    let db = shared.path().join("team.db");
+    let url = format!("sqlite:{}", db.display());
+    // The other user's home must be theirs to read: give it the dir.
+    let home = shared.path();
+    let out = dlock_as(false, home, &url, &["run", "--key", "g", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(mode_of(&db), 0o664);
+    assert_eq!(std::fs::metadata(&db).unwrap().gid(), gid);
+    assert_eq!(mode_of(&shared.path().join("team.db.wait")), 0o3775);
+    let out = dlock_as(true, home, &url, &["run", "--key", "g", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        code(&out),
+        0,
+        "a member of the group writes it: {}",
+        stderr(&out)
+    );
+}
