@@ -43,7 +43,8 @@ pub struct FileConfig {
     #[serde(default, deserialize_with = "de_duration")]
     kill_after: Option<Duration>,
     on_lost: Option<OnLost>,
-    stop_signal: Option<String>,
+    #[serde(default, deserialize_with = "de_signal")]
+    stop_signal: Option<nix::sys::signal::Signal>,
     #[serde(default, deserialize_with = "de_duration")]
     lock_at_least: Option<Duration>,
     shell: Option<bool>,
@@ -71,6 +72,22 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::E
     let parsed = match Raw::deserialize(d)? {
         Raw::Secs(s) => crate::cli::parse_duration(&s.to_string()),
         Raw::Text(t) => crate::cli::parse_duration(&t),
+    };
+    parsed.map(Some).map_err(serde::de::Error::custom)
+}
+
+fn de_signal<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<nix::sys::signal::Signal>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(i64),
+        Name(String),
+    }
+    let parsed = match Raw::deserialize(d)? {
+        Raw::Number(n) => crate::supervise::parse_signal(&n.to_string()),
+        Raw::Name(t) => crate::supervise::parse_signal(&t),
     };
     parsed.map(Some).map_err(serde::de::Error::custom)
 }
@@ -380,12 +397,10 @@ impl Settings {
         Ok(RunSettings {
             kill_after: a.kill_after.or(f.kill_after).unwrap_or(DEFAULT_KILL_AFTER),
             on_lost: a.on_lost.or(f.on_lost).unwrap_or(OnLost::Kill),
-            stop_signal: match (a.stop_signal, &f.stop_signal) {
-                (Some(s), _) => s,
-                (None, Some(name)) => crate::supervise::parse_signal(name)
-                    .map_err(|e| Error::Config(format!("stop-signal: {e}")))?,
-                (None, None) => nix::sys::signal::Signal::SIGTERM,
-            },
+            stop_signal: a
+                .stop_signal
+                .or(f.stop_signal)
+                .unwrap_or(nix::sys::signal::Signal::SIGTERM),
             lock_at_least: a.lock_at_least.or(f.lock_at_least),
             shell: a.shell || f.shell == Some(true),
             metrics_file: a.metrics_file.clone().or(f.metrics_file.clone()),

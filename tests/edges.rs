@@ -1030,3 +1030,42 @@ fn a_database_in_a_group_directory_is_shared_by_the_group() {
         stderr(&out)
     );
 }
+
+/// Item 3: `stop-signal` in the config file, as every long flag; a bad one
+/// is a configuration error (78) naming the file and line.
+#[test]
+fn stop_signal_from_the_config_file() {
+    let env = Env::sqlite();
+    let conf = env.path("dlock.toml");
+    std::fs::write(&conf, "stop-signal = \"QUIT\"\nttl = \"3s\"\n").unwrap();
+    let got = env.path("got");
+    let ready = env.path("ready");
+    let script = format!(
+        "trap 'echo QUIT > {g}; exit 0' QUIT; echo $$ > {r}; while :; do sleep 0.1; done",
+        g = got.display(),
+        r = ready.display()
+    );
+    let conf_s = conf.to_str().unwrap();
+    let c = env
+        .cmd(&[
+            "--config", conf_s, "run", "--key", "cf", "--", "sh", "-c", &script,
+        ])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    read_when_ready(&ready, Duration::from_secs(20));
+    assert_eq!(code(&env.run(&["release", "--key", "cf", "--force"])), 0);
+    let out = c.wait_with_output().unwrap();
+    assert_eq!(code(&out), 74, "{}", stderr(&out));
+    assert_eq!(read_when_ready(&got, Duration::from_secs(1)), "QUIT");
+
+    std::fs::write(&conf, "stop-signal = \"nope\"\n").unwrap();
+    let out = env.run(&["--config", conf_s, "run", "--key", "cf", "--", "true"]);
+    assert_eq!(code(&out), 78, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("line 1") && stderr(&out).contains("\"nope\" is not a signal"),
+        "{}",
+        stderr(&out)
+    );
+}
