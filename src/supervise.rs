@@ -291,6 +291,10 @@ pub async fn supervise(
     let parent = std::process::id() as i32;
     let tty_fg = foreground_tty();
     let guard_fd = guard.0.as_ref().map_or(-1, |fd| fd.as_raw_fd());
+    // On a terminal the child's group is the foreground one, so Ctrl-C and
+    // Ctrl-\ reach it and not dlock: a relay in that group tells us.
+    let mut relay = if tty_fg { Relay::start() } else { None };
+    let (relay_pid_fd, relay_go_fd) = relay.as_ref().map_or((-1, -1), Relay::child_fds);
 
     let mut cmd = tokio::process::Command::new(&program);
     cmd.args(&args).process_group(0).kill_on_drop(false);
@@ -301,8 +305,8 @@ pub async fn supervise(
         cmd.env(k, v);
     }
     // SAFETY: the closure runs in the forked child before exec and makes only
-    // async-signal-safe calls (write, prctl, getppid, sigprocmask, tcsetpgrp);
-    // it allocates nothing.
+    // async-signal-safe calls (write, read, prctl, getppid, sigprocmask,
+    // tcsetpgrp); it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             // The guard's first message, whom to kill, comes from the child
@@ -321,6 +325,8 @@ pub async fn supervise(
                 // dlock died before the death signal was armed.
                 libc::_exit(exit_code::SIGNAL_BASE + libc::SIGKILL);
             }
+            // The relay is in the group before the group can get Ctrl-C.
+            meet_relay(relay_pid_fd, relay_go_fd);
             if tty_fg {
                 take_terminal();
             }
@@ -328,10 +334,16 @@ pub async fn supervise(
         });
     }
     let spawned = cmd.spawn();
+    if let Some(r) = relay.as_mut() {
+        r.spawned();
+    }
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             guard.disarm();
+            if let Some(r) = relay {
+                r.end();
+            }
             let code = match e.kind() {
                 std::io::ErrorKind::NotFound => exit_code::NOT_FOUND,
                 _ => exit_code::NOT_EXECUTABLE,
@@ -358,9 +370,6 @@ pub async fn supervise(
         "child started"
     );
 
-    // On a terminal the child's group is the foreground one, so Ctrl-C and
-    // Ctrl-\ reach it and not dlock: a relay in that group tells us.
-    let mut relay = if tty_fg { Relay::start(pgid) } else { None };
     let mut relayed = RelayedSignals(relay.as_mut().and_then(|r| r.rx.take()));
 
     // The deadline the guard knows (it can lag the keeper's by a renewal).
@@ -601,20 +610,30 @@ pub async fn watch_child(
 }
 
 /// A tiny process in the child's process group that tells dlock which
-/// terminal signals (Ctrl-C, Ctrl-\, hang-up) the group got: on a
+/// terminal signals (Ctrl-C, Ctrl-\\, hang-up) the group got: on a
 /// terminal the child's group is the foreground one, so these never reach
 /// dlock itself. Signals that dlock sent the group are not relayed.
+///
+/// It is forked before the child. The child, before it takes the terminal
+/// and runs the command, sends it its pid and waits until it has joined the
+/// group, so no Ctrl-C can reach the group before the relay is in it.
 struct Relay {
     pid: libc::pid_t,
     rx: Option<tokio::net::unix::pipe::Receiver>,
     /// Its end of the relay's lifeline: dropping it ends the relay.
     _life: OwnedFd,
+    /// The child's ends of the handshake (pid out, go-ahead in), closed in
+    /// dlock once the child is spawned.
+    handshake: Option<(OwnedFd, OwnedFd)>,
 }
 
 impl Relay {
-    fn start(pgid: Pid) -> Option<Relay> {
-        let (life_r, life_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ok()?;
-        let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ok()?;
+    fn start() -> Option<Relay> {
+        let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
+        let (life_r, life_w) = nix::unistd::pipe2(cloexec).ok()?;
+        let (out_r, out_w) = nix::unistd::pipe2(cloexec).ok()?;
+        let (pid_r, pid_w) = nix::unistd::pipe2(cloexec).ok()?;
+        let (go_r, go_w) = nix::unistd::pipe2(cloexec).ok()?;
         let parent = std::process::id() as i32;
         // A signal ignored when dlock started (`nohup`) is not dlock's to act
         // on: the child ignores it too, and it is not relayed.
@@ -633,10 +652,13 @@ impl Relay {
             // SAFETY: we are the freshly forked relay.
             unsafe {
                 relay_main(
-                    pgid.as_raw(),
                     parent,
-                    life_r.as_raw_fd(),
-                    out_w.as_raw_fd(),
+                    [
+                        life_r.as_raw_fd(),
+                        out_w.as_raw_fd(),
+                        pid_r.as_raw_fd(),
+                        go_w.as_raw_fd(),
+                    ],
                     relayed,
                 )
             };
@@ -644,14 +666,27 @@ impl Relay {
         if pid < 0 {
             return None;
         }
-        drop(life_r);
-        drop(out_w);
+        drop((life_r, out_w, pid_r, go_w));
         let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(out_r).ok();
         Some(Relay {
             pid,
             rx,
             _life: life_w,
+            handshake: Some((pid_w, go_r)),
         })
+    }
+
+    /// The child's ends of the handshake, for its `pre_exec`.
+    fn child_fds(&self) -> (i32, i32) {
+        self.handshake
+            .as_ref()
+            .map_or((-1, -1), |(w, r)| (w.as_raw_fd(), r.as_raw_fd()))
+    }
+
+    /// The child is spawned (or failed to be): dlock's copies of its ends
+    /// go, so the relay sees end-of-file if the child never wrote.
+    fn spawned(&mut self) {
+        self.handshake = None;
     }
 
     /// Stop the relay and reap it, so the child's group is empty when the
@@ -662,6 +697,24 @@ impl Relay {
             libc::kill(self.pid, libc::SIGKILL);
             libc::waitpid(self.pid, std::ptr::null_mut(), 0);
         }
+    }
+}
+
+/// In the child, before exec: tell the relay our pid and wait until it
+/// has joined our group (or is gone). Async-signal-safe.
+fn meet_relay(pid_fd: i32, go_fd: i32) {
+    if pid_fd < 0 {
+        return;
+    }
+    // SAFETY: write and read on descriptors inherited from dlock, from and
+    // into local buffers.
+    unsafe {
+        let me = libc::getpid().to_ne_bytes();
+        libc::write(pid_fd, me.as_ptr().cast(), me.len());
+        let mut b = [0u8; 1];
+        while libc::read(go_fd, b.as_mut_ptr().cast(), 1) < 0
+            && *libc::__errno_location() == libc::EINTR
+        {}
     }
 }
 
@@ -688,11 +741,13 @@ impl SignalSource for RelayedSignals {
     }
 }
 
-/// The relay's whole life: raw syscalls only, no allocation.
+/// The relay's whole life: raw syscalls only, no allocation. `fds` are
+/// its lifeline from dlock, its report pipe to dlock, and the handshake
+/// with the child (its pid in, the go-ahead out).
 ///
 /// # Safety
 /// Must only be called in a freshly forked child; it never returns.
-unsafe fn relay_main(pgid: i32, parent: i32, life_fd: i32, out_fd: i32, relayed: [i32; 3]) -> ! {
+unsafe fn relay_main(parent: i32, fds: [i32; 4], relayed: [i32; 3]) -> ! {
     // SAFETY: only async-signal-safe syscalls on values we own.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -718,16 +773,38 @@ unsafe fn relay_main(pgid: i32, parent: i32, life_fd: i32, out_fd: i32, relayed:
             0,
             0,
         );
-        if libc::getppid() != parent || libc::setpgid(0, pgid) != 0 {
+        if libc::getppid() != parent {
             libc::_exit(0);
         }
-        libc::dup2(life_fd, 0);
-        libc::dup2(out_fd, 1);
-        if libc::syscall(libc::SYS_close_range, 2u32, u32::MAX, 0u32) != 0 {
-            for fd in 2..4096 {
+        // Hold no descriptor but these four, moved to 0-3 (by way of high
+        // numbers, in case one of them is 0-3 already: stdio was closed).
+        let mut high = [0i32; 4];
+        for (h, fd) in high.iter_mut().zip(fds) {
+            *h = libc::fcntl(fd, libc::F_DUPFD, 100);
+        }
+        for (i, h) in high.iter().enumerate() {
+            libc::dup2(*h, i as i32);
+        }
+        if libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32) != 0 {
+            for fd in 4..4096 {
                 libc::close(fd);
             }
         }
+        let (life, out, pid_in, go_out) = (0, 1, 2, 3);
+        // The child's pid, then join its group and let it go on.
+        let mut buf = [0u8; 4];
+        let n = loop {
+            let n = libc::read(pid_in, buf.as_mut_ptr().cast(), 4);
+            if n >= 0 || *libc::__errno_location() != libc::EINTR {
+                break n;
+            }
+        };
+        if n != 4 || libc::setpgid(0, i32::from_ne_bytes(buf)) != 0 {
+            libc::_exit(0);
+        }
+        libc::write(go_out, b"!".as_ptr().cast(), 1);
+        libc::close(go_out);
+        libc::close(pid_in);
         let sfd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC);
         if sfd < 0 {
             libc::_exit(0);
@@ -735,7 +812,7 @@ unsafe fn relay_main(pgid: i32, parent: i32, life_fd: i32, out_fd: i32, relayed:
         loop {
             let mut pfd = [
                 libc::pollfd {
-                    fd: 0,
+                    fd: life,
                     events: libc::POLLIN,
                     revents: 0,
                 },
@@ -762,7 +839,7 @@ unsafe fn relay_main(pgid: i32, parent: i32, life_fd: i32, out_fd: i32, relayed:
             let from_dlock = info.ssi_code == libc::SI_USER && info.ssi_pid as i32 == parent;
             if !from_dlock && signo != 0 && relayed.contains(&signo) {
                 let b = signo.to_ne_bytes();
-                libc::write(1, b.as_ptr().cast(), b.len());
+                libc::write(out, b.as_ptr().cast(), b.len());
             }
         }
     }

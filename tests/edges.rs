@@ -1069,3 +1069,45 @@ fn stop_signal_from_the_config_file() {
         stderr(&out)
     );
 }
+
+/// Item 2 for `elect`: Ctrl-C at the terminal stops a leader's CMD that
+/// ignores SIGINT (the second one kills it), and dlock then resigns and
+/// exits instead of campaigning again, even with `--restart always`.
+#[test]
+fn ctrl_c_at_a_terminal_stops_elect() {
+    let env = Env::sqlite();
+    let ready = env.path("el.ready");
+    let mut pty = Pty::open();
+    let mut c = pty.spawn(env.cmd(&[
+        "elect",
+        "--restart",
+        "always",
+        "--key",
+        "ttyel",
+        "--",
+        "sh",
+        "-c",
+        &format!(
+            "trap '' INT; echo $$ >> {}; while :; do sleep 0.1; done",
+            ready.display()
+        ),
+    ]));
+    let child: i32 = read_when_ready(&ready, Duration::from_secs(20))
+        .parse()
+        .unwrap();
+    wait_for(
+        Duration::from_secs(5),
+        "the child to own the terminal",
+        || {
+            // SAFETY: a query on a descriptor we own.
+            unsafe { libc::tcgetpgrp(pty.master.as_raw_fd()) == child }
+        },
+    );
+    pty.type_in(b"\x03");
+    std::thread::sleep(Duration::from_millis(300));
+    pty.type_in(b"\x03");
+    assert_eq!(wait_timeout(&mut c, Duration::from_secs(15)), 130);
+    let terms = std::fs::read_to_string(&ready).unwrap();
+    assert_eq!(terms.lines().count(), 1, "no new term: {terms}");
+    assert!(!env.held("ttyel"));
+}
