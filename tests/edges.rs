@@ -651,6 +651,22 @@ fn files_planted_by_another_user_are_refused() {
         stderr(&out)
     );
     assert!(!victim.exists(), "the database was made through the link");
+
+    // SQLite's own files beside it, as another user's link.
+    let wal = shared.path().join("team.db-wal");
+    let _ = std::fs::remove_file(&wal);
+    std::os::unix::fs::symlink(&victim, &wal).unwrap();
+    std::os::unix::fs::lchown(&wal, Some(uid), Some(gid)).unwrap();
+    let out = dlock_as(false, home, &url, &["run", "--key", "k", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 69, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("team.db-wal is a symbolic link"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!victim.exists(), "SQLite wrote through the link");
 }
 
 /// Issue 20 item 5: a missing SQLite directory is a final error, said at

@@ -596,8 +596,9 @@ fn filesystem_of(dir: &Path) -> Option<(&'static str, bool)> {
 /// What another user may have planted there is refused: a `.wait` that is
 /// a symbolic link, or owned by anyone but this user, root or the
 /// database's owner, or writable by others without the sticky bit; a
-/// database path that is a symbolic link owned by another user, or not a
-/// regular file. Wake files are opened with `O_NOFOLLOW` inside the
+/// database path (or its `-wal`, `-shm` or `-journal`) that is a symbolic
+/// link owned by another user, or a database that is not a regular file.
+/// Wake files are opened with `O_NOFOLLOW` inside the
 /// checked directory, and must be regular files.
 mod files {
     use std::ffi::CString;
@@ -683,6 +684,26 @@ mod files {
                 "refusing SQLite database {}: it is not a regular file",
                 db.display()
             )));
+        }
+        // SQLite opens its own files beside the database by name, following
+        // links: one planted there would have it write elsewhere.
+        for suffix in ["-wal", "-shm", "-journal"] {
+            let mut side = db.as_os_str().to_os_string();
+            side.push(suffix);
+            let side = PathBuf::from(side);
+            if let Ok(m) = std::fs::symlink_metadata(&side)
+                && m.file_type().is_symlink()
+                && m.uid() != me()
+                && m.uid() != 0
+            {
+                return Err(denied(format!(
+                    "refusing SQLite database {}: {} is a symbolic link owned by {}, who may \
+                     have made it to have SQLite write elsewhere; remove it",
+                    db.display(),
+                    side.display(),
+                    user_name(m.uid())
+                )));
+            }
         }
         let c = cstr(db)?;
         // SAFETY: access reads a NUL-terminated path we own.
