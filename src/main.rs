@@ -15,7 +15,10 @@ fn main() {
         Ok(c) => c,
         Err((e, better)) => {
             match better {
-                Some(text) => eprint!("{text}"),
+                // A closed stderr is no reason to panic.
+                Some(text) => {
+                    let _ = std::io::stderr().write_all(text.as_bytes());
+                }
                 None => {
                     let _ = e.print();
                 }
