@@ -611,6 +611,12 @@ fn better_tip(e: &clap::Error, args: &[OsString]) -> Option<String> {
         let at = words.iter().position(|w| w == bad)?;
         let mut fixed: Vec<String> = words.iter().map(|w| shell_word(w)).collect();
         fixed.insert(at, "--".to_string());
+        let keyed = words[..at]
+            .iter()
+            .any(|w| w == "--key" || w.starts_with("--key=") || w.starts_with("-k"));
+        if !keyed {
+            fixed.insert(at, "--key KEY".to_string());
+        }
         return Some(format!(
             "{head}  tip: put `--` before the command to run: dlock {}{tail}",
             fixed.join(" ")
