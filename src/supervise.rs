@@ -7,7 +7,9 @@
 //! (dlock then exits 128+N for the signal it got, as `timeout -k` does); a
 //! second SIGINT is SIGKILL at once. On a terminal the child's group owns
 //! the terminal, so Ctrl-C reaches it and not dlock: a *relay* process in
-//! that group reports such signals to dlock, which escalates the same way.
+//! that group reports such signals to dlock, and the second Ctrl-C is
+//! SIGKILL (a single one starts no timer: an interactive child takes it as
+//! "cancel" and runs on).
 //!
 //! Three layers make sure the child never runs on unlocked:
 //! 1. dlock itself sends the stop signal (`--stop-signal`, default SIGTERM)
@@ -492,9 +494,9 @@ pub struct Watched {
 
 /// Watch a started child until it exits. Signals from `signals` are
 /// forwarded to its group; those from `relayed` already reached it (the
-/// terminal's Ctrl-C). After a terminating one (INT, TERM, HUP, QUIT) the
-/// group is SIGKILLed `--kill-after` later if the child still runs, and a
-/// second SIGINT is SIGKILL at once. When the keeper reports a loss, the
+/// terminal's Ctrl-C). After a forwarded terminating one (INT, TERM, HUP,
+/// QUIT) the group is SIGKILLed `--kill-after` later if the child still
+/// runs; a second SIGINT, from either, is SIGKILL at once. When the keeper reports a loss, the
 /// stop signal goes to the group and SIGKILL after `--kill-after` or at the
 /// lease's expiry, whichever is first (`--on-lost ignore`: only warn).
 /// Every new safe deadline goes to `on_deadline` (the guard). `exited` is
@@ -572,8 +574,11 @@ pub async fn watch_child(
         }
         if TERMINATING.contains(&sig) {
             stopped_by.get_or_insert(sig);
+            // Not for the terminal's: an interactive child (an editor, a
+            // REPL, psql) takes Ctrl-C as "cancel that" and runs on; the
+            // second Ctrl-C is how to force it.
             let by = clock_now() + policy.kill_after;
-            if kill_at.is_none_or(|k| by < k) {
+            if !delivered && kill_at.is_none_or(|k| by < k) {
                 kill_at = Some(by);
             }
         }
@@ -1333,6 +1338,40 @@ mod tests {
         assert!(w.killed);
         drop(s.lost_tx);
         drop(s.safe_tx);
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn one_ctrl_c_starts_no_timer() {
+        let mut s = setup();
+        let (child, exited) = Child::new(&[Signal::SIGTERM]);
+        let seen = RefCell::new(Vec::new());
+        let (tty_tx, tty_rx) = mpsc::unbounded_channel();
+        let mut tty = TestSignals(tty_rx);
+        tty_tx.send(Signal::SIGINT).unwrap();
+        let sig_tx = s.sig_tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            let _ = sig_tx.send(Signal::SIGTERM);
+        });
+        let w = watch_with(
+            &mut s,
+            &child,
+            exited,
+            policy(OnLost::Kill),
+            &mut tty,
+            &seen,
+        )
+        .await;
+        assert_eq!(
+            child.signals(),
+            vec![Signal::SIGTERM],
+            "no SIGKILL after one Ctrl-C"
+        );
+        assert!(!w.killed);
+        assert_eq!(w.stopped_by, Some(Signal::SIGINT));
+        drop(s.lost_tx);
+        drop(s.safe_tx);
+        drop(tty_tx);
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]
