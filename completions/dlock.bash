@@ -331,7 +331,7 @@ _dlock() {
             return 0
             ;;
         dlock__subcmd__elect)
-            opts="-k -t -w -c -b -v -q -h --key --ttl --wait --value --restart --restart-delay --kill-after --shell --metrics-file --backend --namespace --config --profile --connect-timeout --verbose --quiet --log-format --color --help"
+            opts="-k -t -w -n -c -b -v -q -h --key --ttl --wait --no-wait --value --restart --restart-delay --kill-after --stop-signal --shell --metrics-file --backend --namespace --config --profile --connect-timeout --verbose --quiet --log-format --color --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -374,6 +374,10 @@ _dlock() {
                     return 0
                     ;;
                 --kill-after)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --stop-signal)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -849,7 +853,7 @@ _dlock() {
             return 0
             ;;
         dlock__subcmd__run)
-            opts="-k -t -w -n -E -l -s -c -b -v -q -h --key --ttl --wait --no-wait --conflict-exit-code --limit --shared --shell --kill-after --on-lost --lock-at-least --metrics-file --backend --namespace --config --profile --connect-timeout --verbose --quiet --log-format --color --help"
+            opts="-k -t -w -n -E -l -s -c -b -v -q -h --key --ttl --wait --no-wait --conflict-exit-code --limit --shared --shell --kill-after --stop-signal --on-lost --lock-at-least --metrics-file --backend --namespace --config --profile --connect-timeout --verbose --quiet --log-format --color --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -896,6 +900,10 @@ _dlock() {
                     return 0
                     ;;
                 --kill-after)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --stop-signal)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

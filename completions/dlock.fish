@@ -28,7 +28,7 @@ complete -c dlock -n "__fish_dlock_needs_command" -s b -l backend -d 'Backend UR
 complete -c dlock -n "__fish_dlock_needs_command" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
 complete -c dlock -n "__fish_dlock_needs_command" -l config -d 'Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml]' -r -F
 complete -c dlock -n "__fish_dlock_needs_command" -l profile -d 'Use the [profile.NAME] table of the config file' -r
-complete -c dlock -n "__fish_dlock_needs_command" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
+complete -c dlock -n "__fish_dlock_needs_command" -l connect-timeout -d 'Bound on connecting and on each request, and the longest outage a waiter rides out [default: 5s]' -r
 complete -c dlock -n "__fish_dlock_needs_command" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
 json\t'One JSON object per line'"
 complete -c dlock -n "__fish_dlock_needs_command" -l color -d 'Colour in `status` and `doctor` output [default: auto: on a terminal, unless NO_COLOR is set]' -r -f -a "auto\t'On a terminal, unless NO_COLOR is set'
@@ -55,8 +55,9 @@ complete -c dlock -n "__fish_dlock_using_subcommand run" -s t -l ttl -d 'Lease l
 complete -c dlock -n "__fish_dlock_using_subcommand run" -s w -l wait -d 'Give up after waiting D for the lock [default: wait as long as it takes]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand run" -s E -l conflict-exit-code -d 'Exit code when the lock is not acquired [default: 75]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand run" -s l -l limit -d 'Semaphore: at most N holders of each key at once [default: 1]' -r
-complete -c dlock -n "__fish_dlock_using_subcommand run" -l kill-after -d 'After SIGTERM on a lost lease, wait this long before SIGKILL [default: 10s]' -r
-complete -c dlock -n "__fish_dlock_using_subcommand run" -l on-lost -d 'What to do when the lease is lost while CMD runs [default: kill]' -r -f -a "kill\t'SIGTERM the child\'s process group, SIGKILL after --kill-after, exit 74'
+complete -c dlock -n "__fish_dlock_using_subcommand run" -l kill-after -d 'How long CMD gets to stop before SIGKILL [default: 10s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand run" -l stop-signal -d 'The signal dlock sends CMD\'s process group when it must stop it itself (lease lost) [default: TERM]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand run" -l on-lost -d 'What to do when the lease is lost while CMD runs [default: kill]' -r -f -a "kill\t'Send the stop signal to the child\'s process group, SIGKILL after --kill-after, exit 74'
 ignore\t'Only warn on stderr; the child runs on, and dlock exits with its status'"
 complete -c dlock -n "__fish_dlock_using_subcommand run" -l lock-at-least -d 'Keep the lock until D after it was taken, even if CMD ends sooner' -r
 complete -c dlock -n "__fish_dlock_using_subcommand run" -l metrics-file -d 'Write Prometheus metrics of this run to FILE when it ends (atomically)' -r -F
@@ -64,7 +65,7 @@ complete -c dlock -n "__fish_dlock_using_subcommand run" -s b -l backend -d 'Bac
 complete -c dlock -n "__fish_dlock_using_subcommand run" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand run" -l config -d 'Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml]' -r -F
 complete -c dlock -n "__fish_dlock_using_subcommand run" -l profile -d 'Use the [profile.NAME] table of the config file' -r
-complete -c dlock -n "__fish_dlock_using_subcommand run" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand run" -l connect-timeout -d 'Bound on connecting and on each request, and the longest outage a waiter rides out [default: 5s]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand run" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
 json\t'One JSON object per line'"
 complete -c dlock -n "__fish_dlock_using_subcommand run" -l color -d 'Colour in `status` and `doctor` output [default: auto: on a terminal, unless NO_COLOR is set]' -r -f -a "auto\t'On a terminal, unless NO_COLOR is set'
@@ -85,7 +86,7 @@ complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s b -l backend -d 
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l config -d 'Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml]' -r -F
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l profile -d 'Use the [profile.NAME] table of the config file' -r
-complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l connect-timeout -d 'Bound on connecting and on each request, and the longest outage a waiter rides out [default: 5s]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
 json\t'One JSON object per line'"
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l color -d 'Colour in `status` and `doctor` output [default: auto: on a terminal, unless NO_COLOR is set]' -r -f -a "auto\t'On a terminal, unless NO_COLOR is set'
@@ -101,7 +102,7 @@ complete -c dlock -n "__fish_dlock_using_subcommand renew" -s b -l backend -d 'B
 complete -c dlock -n "__fish_dlock_using_subcommand renew" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand renew" -l config -d 'Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml]' -r -F
 complete -c dlock -n "__fish_dlock_using_subcommand renew" -l profile -d 'Use the [profile.NAME] table of the config file' -r
-complete -c dlock -n "__fish_dlock_using_subcommand renew" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand renew" -l connect-timeout -d 'Bound on connecting and on each request, and the longest outage a waiter rides out [default: 5s]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand renew" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
 json\t'One JSON object per line'"
 complete -c dlock -n "__fish_dlock_using_subcommand renew" -l color -d 'Colour in `status` and `doctor` output [default: auto: on a terminal, unless NO_COLOR is set]' -r -f -a "auto\t'On a terminal, unless NO_COLOR is set'
@@ -115,7 +116,7 @@ complete -c dlock -n "__fish_dlock_using_subcommand release" -s b -l backend -d 
 complete -c dlock -n "__fish_dlock_using_subcommand release" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand release" -l config -d 'Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml]' -r -F
 complete -c dlock -n "__fish_dlock_using_subcommand release" -l profile -d 'Use the [profile.NAME] table of the config file' -r
-complete -c dlock -n "__fish_dlock_using_subcommand release" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand release" -l connect-timeout -d 'Bound on connecting and on each request, and the longest outage a waiter rides out [default: 5s]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand release" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
 json\t'One JSON object per line'"
 complete -c dlock -n "__fish_dlock_using_subcommand release" -l color -d 'Colour in `status` and `doctor` output [default: auto: on a terminal, unless NO_COLOR is set]' -r -f -a "auto\t'On a terminal, unless NO_COLOR is set'
@@ -134,18 +135,20 @@ complete -c dlock -n "__fish_dlock_using_subcommand elect" -l restart -d 'After 
 on-failure\t'Campaign again if CMD failed; exit 0 if it succeeded'
 always\t'Always campaign again'"
 complete -c dlock -n "__fish_dlock_using_subcommand elect" -l restart-delay -d 'How long to stand aside before campaigning again after CMD exited' -r
-complete -c dlock -n "__fish_dlock_using_subcommand elect" -l kill-after -d 'After SIGTERM on lost leadership, wait this long before SIGKILL [default: 10s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand elect" -l kill-after -d 'How long CMD gets to stop before SIGKILL [default: 10s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand elect" -l stop-signal -d 'The signal dlock sends CMD\'s process group when it must stop it itself (leadership lost) [default: TERM]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand elect" -l metrics-file -d 'Keep Prometheus metrics of this candidate\'s leadership in FILE (atomically)' -r -F
 complete -c dlock -n "__fish_dlock_using_subcommand elect" -s b -l backend -d 'Backend URL; several Redis URLs (comma-separated or repeated) mean Redlock' -r
 complete -c dlock -n "__fish_dlock_using_subcommand elect" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand elect" -l config -d 'Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml]' -r -F
 complete -c dlock -n "__fish_dlock_using_subcommand elect" -l profile -d 'Use the [profile.NAME] table of the config file' -r
-complete -c dlock -n "__fish_dlock_using_subcommand elect" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand elect" -l connect-timeout -d 'Bound on connecting and on each request, and the longest outage a waiter rides out [default: 5s]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand elect" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
 json\t'One JSON object per line'"
 complete -c dlock -n "__fish_dlock_using_subcommand elect" -l color -d 'Colour in `status` and `doctor` output [default: auto: on a terminal, unless NO_COLOR is set]' -r -f -a "auto\t'On a terminal, unless NO_COLOR is set'
 always\t''
 never\t''"
+complete -c dlock -n "__fish_dlock_using_subcommand elect" -s n -l no-wait -d 'Give up at once (exit 75) if another candidate leads'
 complete -c dlock -n "__fish_dlock_using_subcommand elect" -s c -l shell -d 'Run CMD through /bin/sh -c (its words joined by spaces)'
 complete -c dlock -n "__fish_dlock_using_subcommand elect" -s v -l verbose -d 'Log what dlock does on stderr (-v: events with timings, -vv: debug)'
 complete -c dlock -n "__fish_dlock_using_subcommand elect" -s q -l quiet -d 'Print nothing but errors'
@@ -154,7 +157,7 @@ complete -c dlock -n "__fish_dlock_using_subcommand leader" -s b -l backend -d '
 complete -c dlock -n "__fish_dlock_using_subcommand leader" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand leader" -l config -d 'Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml]' -r -F
 complete -c dlock -n "__fish_dlock_using_subcommand leader" -l profile -d 'Use the [profile.NAME] table of the config file' -r
-complete -c dlock -n "__fish_dlock_using_subcommand leader" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand leader" -l connect-timeout -d 'Bound on connecting and on each request, and the longest outage a waiter rides out [default: 5s]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand leader" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
 json\t'One JSON object per line'"
 complete -c dlock -n "__fish_dlock_using_subcommand leader" -l color -d 'Colour in `status` and `doctor` output [default: auto: on a terminal, unless NO_COLOR is set]' -r -f -a "auto\t'On a terminal, unless NO_COLOR is set'
@@ -170,7 +173,7 @@ complete -c dlock -n "__fish_dlock_using_subcommand status" -s b -l backend -d '
 complete -c dlock -n "__fish_dlock_using_subcommand status" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand status" -l config -d 'Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml]' -r -F
 complete -c dlock -n "__fish_dlock_using_subcommand status" -l profile -d 'Use the [profile.NAME] table of the config file' -r
-complete -c dlock -n "__fish_dlock_using_subcommand status" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand status" -l connect-timeout -d 'Bound on connecting and on each request, and the longest outage a waiter rides out [default: 5s]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand status" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
 json\t'One JSON object per line'"
 complete -c dlock -n "__fish_dlock_using_subcommand status" -l color -d 'Colour in `status` and `doctor` output [default: auto: on a terminal, unless NO_COLOR is set]' -r -f -a "auto\t'On a terminal, unless NO_COLOR is set'
@@ -184,7 +187,7 @@ complete -c dlock -n "__fish_dlock_using_subcommand ping" -s b -l backend -d 'Ba
 complete -c dlock -n "__fish_dlock_using_subcommand ping" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand ping" -l config -d 'Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml]' -r -F
 complete -c dlock -n "__fish_dlock_using_subcommand ping" -l profile -d 'Use the [profile.NAME] table of the config file' -r
-complete -c dlock -n "__fish_dlock_using_subcommand ping" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand ping" -l connect-timeout -d 'Bound on connecting and on each request, and the longest outage a waiter rides out [default: 5s]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand ping" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
 json\t'One JSON object per line'"
 complete -c dlock -n "__fish_dlock_using_subcommand ping" -l color -d 'Colour in `status` and `doctor` output [default: auto: on a terminal, unless NO_COLOR is set]' -r -f -a "auto\t'On a terminal, unless NO_COLOR is set'
@@ -199,7 +202,7 @@ complete -c dlock -n "__fish_dlock_using_subcommand doctor" -s b -l backend -d '
 complete -c dlock -n "__fish_dlock_using_subcommand doctor" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand doctor" -l config -d 'Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml]' -r -F
 complete -c dlock -n "__fish_dlock_using_subcommand doctor" -l profile -d 'Use the [profile.NAME] table of the config file' -r
-complete -c dlock -n "__fish_dlock_using_subcommand doctor" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand doctor" -l connect-timeout -d 'Bound on connecting and on each request, and the longest outage a waiter rides out [default: 5s]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand doctor" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
 json\t'One JSON object per line'"
 complete -c dlock -n "__fish_dlock_using_subcommand doctor" -l color -d 'Colour in `status` and `doctor` output [default: auto: on a terminal, unless NO_COLOR is set]' -r -f -a "auto\t'On a terminal, unless NO_COLOR is set'
@@ -214,7 +217,7 @@ complete -c dlock -n "__fish_dlock_using_subcommand completions" -s b -l backend
 complete -c dlock -n "__fish_dlock_using_subcommand completions" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand completions" -l config -d 'Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml]' -r -F
 complete -c dlock -n "__fish_dlock_using_subcommand completions" -l profile -d 'Use the [profile.NAME] table of the config file' -r
-complete -c dlock -n "__fish_dlock_using_subcommand completions" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand completions" -l connect-timeout -d 'Bound on connecting and on each request, and the longest outage a waiter rides out [default: 5s]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand completions" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
 json\t'One JSON object per line'"
 complete -c dlock -n "__fish_dlock_using_subcommand completions" -l color -d 'Colour in `status` and `doctor` output [default: auto: on a terminal, unless NO_COLOR is set]' -r -f -a "auto\t'On a terminal, unless NO_COLOR is set'
@@ -227,7 +230,7 @@ complete -c dlock -n "__fish_dlock_using_subcommand man" -s b -l backend -d 'Bac
 complete -c dlock -n "__fish_dlock_using_subcommand man" -l namespace -d 'Namespace that every key lives under [default: dlock]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand man" -l config -d 'Config file [default: $XDG_CONFIG_HOME/dlock/config.toml, then /etc/dlock/config.toml]' -r -F
 complete -c dlock -n "__fish_dlock_using_subcommand man" -l profile -d 'Use the [profile.NAME] table of the config file' -r
-complete -c dlock -n "__fish_dlock_using_subcommand man" -l connect-timeout -d 'Bound on connecting to the backend and on each request [default: 5s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand man" -l connect-timeout -d 'Bound on connecting and on each request, and the longest outage a waiter rides out [default: 5s]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand man" -l log-format -d 'Format of log lines on stderr' -r -f -a "text\t'Human-readable lines'
 json\t'One JSON object per line'"
 complete -c dlock -n "__fish_dlock_using_subcommand man" -l color -d 'Colour in `status` and `doctor` output [default: auto: on a terminal, unless NO_COLOR is set]' -r -f -a "auto\t'On a terminal, unless NO_COLOR is set'

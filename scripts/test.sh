@@ -23,15 +23,35 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
+# redis-py and kazoo, for the interoperability tests, for the python3 the
+# tests run (the first on PATH). Debian's own python3 takes them as Debian
+# packages: its pip refuses to install into it (PEP 668,
+# externally-managed-environment). Another python3 (pyenv, a virtual
+# environment) takes them from PyPI with its own pip.
+if ! python3 -c 'import redis, kazoo' 2>/dev/null; then
+  if [ "$(readlink -f "$(command -v python3)")" = "$(readlink -f /usr/bin/python3)" ]; then
+    if [ "$(id -u)" = 0 ]; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-redis python3-kazoo
+    else
+      echo "missing Debian packages: python3-redis python3-kazoo (run as root to install them)" >&2
+      exit 1
+    fi
+  else
+    python3 -m pip install --quiet redis kazoo
+  fi
+fi
+python3 -c 'import redis, kazoo'
+
+# `scripts/test.sh --deps-only`: install what the tests need, run nothing.
+if [ "${1:-}" = --deps-only ]; then
+  exit 0
+fi
+
 # Servers are started by the tests themselves; make sure no system service
 # holds the default ports or the CPU.
 if command -v systemctl >/dev/null; then
   systemctl stop redis-server postgresql mariadb zookeeper 2>/dev/null || true
 fi
-
-# redis-py and kazoo, for the interoperability tests (from PyPI).
-python3 -c 'import redis' 2>/dev/null || python3 -m pip install --quiet redis
-python3 -c 'import kazoo' 2>/dev/null || python3 -m pip install --quiet kazoo
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --all-features --quiet -- -D warnings

@@ -11,23 +11,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-const AFTER_HELP: &str = "\
-Exit status:
-  0 or the child's own   success, or the status of CMD
-  64    usage error (bad flag, duration, URL, key or handle)
-  69    backend unavailable (refused, timed out, auth failed)
-  70    internal error (a bug in dlock)
-  74    the lease was lost while held
-  75    not acquired: busy or waited too long (-E overrides)
-  78    configuration file missing, unreadable or malformed
-  126   CMD is not executable
-  127   CMD was not found
-  128+N CMD died of signal N
-
-Environment given to CMD:
-  DLOCK_KEY, DLOCK_KEYS (one key per line), DLOCK_TOKEN (the fencing
-  token), DLOCK_TTL (seconds), DLOCK_NAMESPACE
-
+/// The part of the long help every command shares.
+macro_rules! after_help_common {
+    () => {
+        "\
 Backends (--backend URL):
   sqlite:PATH                     embedded default, no server
   redis://[user:pass@]host[:port][/db], several for Redlock; rediss:// (TLS),
@@ -53,7 +40,58 @@ Examples:
   dlock -b redis://locks:6379 run -w 5m --key deploy -- ./deploy.sh
   H=$(dlock acquire --key deploy --ttl 15m); ...; dlock release \"$H\"
   dlock status --json
-  dlock man run | man -l -                           # read a man page";
+  dlock man run | man -l -                           # read a man page"
+    };
+}
+
+const AFTER_HELP: &str = concat!(
+    "\
+Exit status:
+  0 or the child's own   success, or the status of CMD
+  64    usage error (bad flag, duration, URL, key or handle)
+  69    backend unavailable (refused, timed out, auth failed)
+  70    internal error (a bug in dlock)
+  74    the lease was lost while held
+  75    not acquired: busy or waited too long (-E overrides)
+  78    configuration file missing, unreadable or malformed
+  126   CMD is not executable
+  127   CMD was not found
+  128+N CMD died of signal N, or dlock got signal N and SIGKILLed CMD
+        when it had not stopped --kill-after later
+
+Environment given to CMD:
+  DLOCK_KEY, DLOCK_KEYS (one key per line), DLOCK_TOKEN (the fencing
+  token), DLOCK_TTL (seconds), DLOCK_NAMESPACE
+
+",
+    after_help_common!()
+);
+
+/// `elect`'s: no -E, no 74 (a lost term campaigns again), DLOCK_VALUE.
+const ELECT_AFTER_HELP: &str = concat!(
+    "\
+Exit status:
+  0 or the child's own   CMD's status when it exits by itself and
+        --restart does not campaign again, or after SIGINT/SIGTERM
+  64    usage error (bad flag, duration, URL or key)
+  69    backend unavailable before the first term (refused, timed out,
+        auth failed); once connected, outages are ridden out
+  70    internal error (a bug in dlock)
+  75    the first campaign gave up: --wait passed, or -n and another leads
+  78    configuration file missing, unreadable or malformed
+  126   CMD is not executable (with --restart: 3 tries in a row)
+  127   CMD was not found (with --restart: 3 tries in a row)
+  128+N CMD died of signal N; or dlock got signal N while standing by,
+        or passed it on and SIGKILLed CMD --kill-after later
+
+Environment given to CMD:
+  DLOCK_KEY, DLOCK_KEYS, DLOCK_TOKEN (the leadership term: greater for
+  every new leader), DLOCK_TTL (seconds), DLOCK_NAMESPACE, DLOCK_VALUE
+  (--value)
+
+",
+    after_help_common!()
+);
 
 /// Run a command under a distributed lock.
 ///
@@ -72,6 +110,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// Backend URL; several Redis URLs (comma-separated or repeated) mean Redlock.
     ///
@@ -97,7 +136,11 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "DLOCK_PROFILE", value_name = "NAME")]
     pub profile: Option<String>,
 
-    /// Bound on connecting to the backend and on each request [default: 5s].
+    /// Bound on connecting and on each request, and the longest outage a waiter rides out [default: 5s].
+    ///
+    /// It bounds connecting to the backend and each request. It is also the longest backend outage a waiter rides out (a server
+    /// restarting, a cluster electing a leader): raise it to ride out longer
+    /// ones, e.g. `--connect-timeout 30s` beside `--wait 60s`.
     #[arg(long, global = true, env = "DLOCK_CONNECT_TIMEOUT", value_name = "D", value_parser = parse_duration)]
     pub connect_timeout: Option<Duration>,
 
@@ -139,7 +182,7 @@ pub enum Command {
     /// itself leadership is given up at once and --restart decides what
     /// follows. SIGINT/SIGTERM: forwarded to CMD while leader, then dlock
     /// resigns and exits with CMD's status (128+N while standing by).
-    #[command(after_long_help = AFTER_HELP)]
+    #[command(after_long_help = ELECT_AFTER_HELP)]
     Elect(ElectArgs),
     /// Print the current leader of KEY (see `elect`); exit 75 if there is none.
     Leader(LeaderArgs),
@@ -215,12 +258,23 @@ pub struct RunArgs {
     #[arg(long, short = 'c')]
     pub shell: bool,
 
-    /// After SIGTERM on a lost lease, wait this long before SIGKILL [default: 10s].
+    /// How long CMD gets to stop before SIGKILL [default: 10s].
     ///
-    /// When the loss is foreseen (renewals failing), the SIGTERM is sent early
-    /// enough that the SIGKILL lands before the lease can expire on the server.
+    /// Counted from the stop signal on a lost lease, and from an INT, TERM,
+    /// HUP or QUIT passed on to CMD (then dlock exits 128+N for the signal
+    /// it got). When a loss is foreseen (renewals failing), the stop signal
+    /// is sent early enough that the SIGKILL lands before the lease can
+    /// expire on the server.
     #[arg(long, value_name = "D", value_parser = parse_duration)]
     pub kill_after: Option<Duration>,
+
+    /// The signal dlock sends CMD's process group when it must stop it itself (lease lost) [default: TERM].
+    ///
+    /// A name (TERM, INT, QUIT, HUP, USR1, ...; with or without SIG) or a
+    /// number. For services that stop gracefully only on another signal
+    /// (nginx: QUIT).
+    #[arg(long, value_name = "SIG", value_parser = crate::supervise::parse_signal)]
+    pub stop_signal: Option<nix::sys::signal::Signal>,
 
     /// What to do when the lease is lost while CMD runs [default: kill].
     #[arg(long, value_name = "ACTION")]
@@ -256,8 +310,12 @@ pub struct ElectArgs {
     pub ttl: Option<Duration>,
 
     /// Give up the first campaign after D (exit 75) [default: wait as long as it takes].
-    #[arg(long, short = 'w', value_name = "D", value_parser = parse_duration)]
+    #[arg(long, short = 'w', value_name = "D", value_parser = parse_duration, conflicts_with = "no_wait")]
     pub wait: Option<Duration>,
+
+    /// Give up at once (exit 75) if another candidate leads.
+    #[arg(long, short = 'n')]
+    pub no_wait: bool,
 
     /// What this candidate says about itself while leader [default: USER@HOST pid PID].
     ///
@@ -273,12 +331,28 @@ pub struct ElectArgs {
     pub restart: Restart,
 
     /// How long to stand aside before campaigning again after CMD exited.
+    ///
+    /// Doubled after each failure in a row of a CMD that ran less than 10s
+    /// (up to 1m, or D if longer). A CMD that cannot be run (126, 127) three
+    /// times in a row is given up: dlock exits with that status.
     #[arg(long, value_name = "D", value_parser = parse_duration, default_value = "1s")]
     pub restart_delay: Duration,
 
-    /// After SIGTERM on lost leadership, wait this long before SIGKILL [default: 10s].
+    /// How long CMD gets to stop before SIGKILL [default: 10s].
+    ///
+    /// Counted from the stop signal on lost leadership, and from an INT,
+    /// TERM, HUP or QUIT passed on to CMD (then dlock exits 128+N for the
+    /// signal it got).
     #[arg(long, value_name = "D", value_parser = parse_duration)]
     pub kill_after: Option<Duration>,
+
+    /// The signal dlock sends CMD's process group when it must stop it itself (leadership lost) [default: TERM].
+    ///
+    /// A name (TERM, INT, QUIT, HUP, USR1, ...; with or without SIG) or a
+    /// number. For services that stop gracefully only on another signal
+    /// (nginx: QUIT).
+    #[arg(long, value_name = "SIG", value_parser = crate::supervise::parse_signal)]
+    pub stop_signal: Option<nix::sys::signal::Signal>,
 
     /// Run CMD through /bin/sh -c (its words joined by spaces).
     #[arg(long, short = 'c')]
@@ -402,7 +476,7 @@ pub struct DoctorArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OnLost {
-    /// SIGTERM the child's process group, SIGKILL after --kill-after, exit 74.
+    /// Send the stop signal to the child's process group, SIGKILL after --kill-after, exit 74.
     Kill,
     /// Only warn on stderr; the child runs on, and dlock exits with its status.
     Ignore,
@@ -424,6 +498,143 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// Parse the command line as [`Cli::try_parse_from`] does, after two
+/// fixes: `status --watch KEY` (a value that is no duration) is `--watch`
+/// with its default period and the key, and a usage error gets a better
+/// tip where clap's would mislead: the nearest flag for a misspelt one
+/// (clap suggests `-- --kye` where CMD follows `--`), and `--` before the
+/// command for `run --key K CMD` written as for `flock`. `Err` holds
+/// clap's error and, where there is one, the text to print instead.
+pub fn parse(args: Vec<OsString>) -> Result<Cli, (clap::Error, Option<String>)> {
+    let args = watch_takes_no_key(args);
+    Cli::try_parse_from(&args).map_err(|e| {
+        let better = better_tip(&e, &args);
+        (e, better)
+    })
+}
+
+/// `status --watch deploy`: `deploy` is a key, not a period.
+fn watch_takes_no_key(mut args: Vec<OsString>) -> Vec<OsString> {
+    let Some(sub) = args.iter().position(|a| a == "status") else {
+        return args;
+    };
+    let mut i = sub + 1;
+    while i + 1 < args.len() {
+        if args[i] == "--" {
+            break;
+        }
+        if args[i] == "--watch"
+            && let Some(next) = args[i + 1].to_str()
+            && !next.starts_with('-')
+            && parse_duration(next).is_err()
+        {
+            args[i] = "--watch=2s".into();
+        }
+        i += 1;
+    }
+    args
+}
+
+/// Edit distance, for "did you mean".
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+fn better_tip(e: &clap::Error, args: &[OsString]) -> Option<String> {
+    use clap::CommandFactory;
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() != ErrorKind::UnknownArgument {
+        return None;
+    }
+    let Some(ContextValue::String(bad)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let root = Cli::command();
+    let words: Vec<String> = args
+        .iter()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let sub = words
+        .iter()
+        .take_while(|w| *w != "--")
+        .find_map(|w| root.find_subcommand(w));
+    let name = sub.map_or("dlock".to_string(), |s| format!("dlock {}", s.get_name()));
+    let usage = match sub {
+        Some(s) => format!(
+            "Usage: dlock {} {}",
+            s.get_name(),
+            s.clone()
+                .render_usage()
+                .to_string()
+                .trim_start_matches("Usage: ")
+                .trim_start_matches(s.get_name())
+                .trim()
+        ),
+        None => root.clone().render_usage().to_string(),
+    };
+    let head = format!("error: unexpected argument '{bad}' found\n\n");
+    let tail = format!("\n\n{usage}\n\nFor more information, try '{name} --help'.\n");
+    if let Some(flag) = bad.strip_prefix("--") {
+        let flag = flag.split('=').next().unwrap_or(flag);
+        let longs = sub
+            .into_iter()
+            .flat_map(|s| s.get_arguments())
+            .chain(root.get_arguments())
+            .filter_map(|a| a.get_long());
+        let (best, d) = longs
+            .map(|l| (l, distance(flag, l)))
+            .min_by_key(|(_, d)| *d)
+            .unwrap_or(("", usize::MAX));
+        if d <= 2.max(flag.len() / 3) {
+            return Some(format!("{head}  tip: did you mean '--{best}'?{tail}"));
+        }
+        return Some(format!(
+            "{head}  tip: '{name} --help' lists its options; the command's own go after `--`{tail}"
+        ));
+    }
+    // A word where `run` and `elect` want `--` before the command.
+    let takes_cmd = sub.is_some_and(|s| s.get_name() == "run" || s.get_name() == "elect");
+    if takes_cmd && !bad.starts_with('-') && !words.iter().any(|w| w == "--") {
+        let at = words.iter().position(|w| w == bad)?;
+        let mut fixed: Vec<String> = words.iter().map(|w| shell_word(w)).collect();
+        fixed.insert(at, "--".to_string());
+        let keyed = words[..at]
+            .iter()
+            .any(|w| w == "--key" || w.starts_with("--key=") || w.starts_with("-k"));
+        if !keyed {
+            fixed.insert(at, "--key KEY".to_string());
+        }
+        return Some(format!(
+            "{head}  tip: put `--` before the command to run: dlock {}{tail}",
+            fixed.join(" ")
+        ));
+    }
+    None
+}
+
+/// `w` as a shell would need it written, for a tip to copy.
+fn shell_word(w: &str) -> String {
+    if !w.is_empty()
+        && w.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_=./:,@%+".contains(c))
+    {
+        w.to_string()
+    } else {
+        format!("'{}'", w.replace('\'', "'\\''"))
+    }
 }
 
 /// A humantime duration (`500ms`, `30s`, `1h 30m`), or a bare number of

@@ -43,6 +43,8 @@ pub struct FileConfig {
     #[serde(default, deserialize_with = "de_duration")]
     kill_after: Option<Duration>,
     on_lost: Option<OnLost>,
+    #[serde(default, deserialize_with = "de_signal")]
+    stop_signal: Option<nix::sys::signal::Signal>,
     #[serde(default, deserialize_with = "de_duration")]
     lock_at_least: Option<Duration>,
     shell: Option<bool>,
@@ -74,6 +76,22 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::E
     parsed.map(Some).map_err(serde::de::Error::custom)
 }
 
+fn de_signal<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<nix::sys::signal::Signal>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(i64),
+        Name(String),
+    }
+    let parsed = match Raw::deserialize(d)? {
+        Raw::Number(n) => crate::supervise::parse_signal(&n.to_string()),
+        Raw::Name(t) => crate::supervise::parse_signal(&t),
+    };
+    parsed.map(Some).map_err(serde::de::Error::custom)
+}
+
 impl FileConfig {
     /// Lay `over` on top of `self`: every key `over` sets wins.
     fn overlay(self, over: FileConfig) -> FileConfig {
@@ -89,6 +107,7 @@ impl FileConfig {
             shared: over.shared.or(self.shared),
             kill_after: over.kill_after.or(self.kill_after),
             on_lost: over.on_lost.or(self.on_lost),
+            stop_signal: over.stop_signal.or(self.stop_signal),
             lock_at_least: over.lock_at_least.or(self.lock_at_least),
             shell: over.shell.or(self.shell),
             log_format: over.log_format.or(self.log_format),
@@ -238,6 +257,8 @@ pub struct LockSettings {
 pub struct RunSettings {
     pub kill_after: Duration,
     pub on_lost: OnLost,
+    /// `--stop-signal`.
+    pub stop_signal: nix::sys::signal::Signal,
     pub lock_at_least: Option<Duration>,
     pub shell: bool,
     pub metrics_file: Option<PathBuf>,
@@ -398,6 +419,10 @@ impl Settings {
         Ok(RunSettings {
             kill_after: a.kill_after.or(f.kill_after).unwrap_or(DEFAULT_KILL_AFTER),
             on_lost: a.on_lost.or(f.on_lost).unwrap_or(OnLost::Kill),
+            stop_signal: a
+                .stop_signal
+                .or(f.stop_signal)
+                .unwrap_or(nix::sys::signal::Signal::SIGTERM),
             lock_at_least: a.lock_at_least.or(f.lock_at_least),
             shell: a.shell || f.shell == Some(true),
             metrics_file: a.metrics_file.clone().or(f.metrics_file.clone()),

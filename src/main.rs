@@ -3,8 +3,6 @@
 
 use std::io::Write;
 
-use clap::Parser;
-use dlock::cli::Cli;
 use dlock::exit_code;
 
 fn main() {
@@ -15,10 +13,18 @@ fn main() {
         ));
         std::process::exit(exit_code::SOFTWARE);
     }));
-    let cli = match Cli::try_parse() {
+    let cli = match dlock::cli::parse(std::env::args_os().collect()) {
         Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
+        Err((e, better)) => {
+            match better {
+                // A closed stderr is no reason to panic.
+                Some(text) => {
+                    let _ = std::io::stderr().write_all(text.as_bytes());
+                }
+                None => {
+                    let _ = e.print();
+                }
+            }
             // --help and --version print to stdout and succeed; every other
             // parse failure is a usage error (64), not clap's usual 2.
             std::process::exit(if e.use_stderr() {

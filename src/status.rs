@@ -45,6 +45,25 @@ pub fn rfc3339(t: SystemTime) -> String {
 /// it, the handle does.
 pub const HANDLE_PID: u32 = 0;
 
+/// Whether `h` is a lock left to lapse by a run that has ended
+/// (`--lock-at-least`): its process was on this host and is gone, yet the
+/// lease is live and not a dead holder's (which the backend would break).
+pub fn lapsing(h: &Holder) -> bool {
+    let Some(pid) = h.pid.filter(|p| *p != HANDLE_PID) else {
+        return false;
+    };
+    if h.dead || h.host.as_deref() != Some(crate::host::hostname().as_str()) {
+        return false;
+    }
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+        Err(nix::errno::Errno::ESRCH)
+    )
+}
+
 /// `alice@build-3`, or whatever part of it is known.
 pub fn who(h: &Holder) -> String {
     match (&h.owner, &h.host) {
@@ -63,6 +82,9 @@ pub fn describe_holder(h: &Holder) -> String {
     let mut extra = Vec::new();
     match h.pid {
         Some(HANDLE_PID) => extra.push("a handle from `dlock acquire`".to_string()),
+        Some(p) if lapsing(h) => extra.push(format!(
+            "pid {p}, which has ended: kept until it lapses (--lock-at-least)"
+        )),
         Some(p) => extra.push(format!("pid {p}")),
         None => {}
     }
@@ -93,7 +115,8 @@ pub fn to_json(statuses: &[KeyStatus]) -> Value {
                     "key": k.key,
                     // Unknown when the key could not be read.
                     "held": k.unreadable.is_none().then_some(!k.holders.is_empty()),
-                    "limit": k.limit,
+                    // No limit applies to a key held shared.
+                    "limit": (!k.holders.iter().any(|h| h.shared)).then_some(k.limit),
                     "holders": k.holders.iter().map(|h| json!({
                         "owner": h.owner,
                         "host": h.host,
@@ -103,6 +126,7 @@ pub fn to_json(statuses: &[KeyStatus]) -> Value {
                         "acquired_at": h.acquired_at.map(rfc3339),
                         "expires_at": h.expires_at.map(rfc3339),
                         "dead": h.dead,
+                        "lapse": lapsing(h),
                         "mode": if h.shared { "shared" } else { "exclusive" },
                     })).collect::<Vec<_>>(),
                     "waiters": k.waiters,
@@ -186,6 +210,7 @@ pub fn table(statuses: &[KeyStatus], paint: Paint) -> String {
         }
         for (i, h) in k.holders.iter().enumerate() {
             let expired = h.expires_at.is_some_and(|e| e <= now);
+            let lapse = lapsing(h);
             styles.push([
                 "",
                 Paint::YELLOW,
@@ -211,12 +236,17 @@ pub fn table(statuses: &[KeyStatus], paint: Paint) -> String {
                 match (h.pid, h.dead) {
                     (Some(HANDLE_PID), _) => "handle".to_string(),
                     (Some(p), true) => format!("{p} dead"),
+                    (Some(p), false) if lapse => format!("{p} ended"),
                     (Some(p), false) => p.to_string(),
                     (None, true) => "dead".to_string(),
                     (None, false) => dash(),
                 },
                 h.acquired_at.map_or_else(dash, |a| ago(a, now)),
-                h.expires_at.map_or_else(dash, |e| until(e, now)),
+                match h.expires_at {
+                    Some(e) if lapse => format!("kept until it lapses {}", until(e, now)),
+                    Some(e) => until(e, now),
+                    None => dash(),
+                },
                 h.token.map_or_else(dash, |t| t.to_string()),
                 if i == 0 {
                     waiters.clone()
@@ -249,9 +279,58 @@ pub fn table(statuses: &[KeyStatus], paint: Paint) -> String {
     out
 }
 
+/// Compare key names as people do: digits as numbers (`job-2` before
+/// `job-10`), the rest as text.
+pub fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    fn chunks(s: &str) -> Vec<(bool, &str)> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        let mut digits = None;
+        for (i, c) in s.char_indices() {
+            let d = c.is_ascii_digit();
+            if digits.is_some_and(|was| was != d) {
+                out.push((digits.unwrap_or(false), &s[start..i]));
+                start = i;
+            }
+            digits = Some(d);
+        }
+        if start < s.len() {
+            out.push((digits.unwrap_or(false), &s[start..]));
+        }
+        out
+    }
+    let (ca, cb) = (chunks(a), chunks(b));
+    for ((da, xa), (db, xb)) in ca.iter().zip(&cb) {
+        let ord = if *da && *db {
+            let (ta, tb) = (xa.trim_start_matches('0'), xb.trim_start_matches('0'));
+            ta.len().cmp(&tb.len()).then_with(|| ta.cmp(tb))
+        } else {
+            xa.cmp(xb)
+        };
+        if ord != std::cmp::Ordering::Equal {
+            return ord;
+        }
+    }
+    ca.len().cmp(&cb.len()).then_with(|| a.cmp(b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_sort_with_numbers_as_numbers() {
+        let mut keys = vec![
+            "job-11", "job-2", "job-10", "job-1", "a", "job-02", "b7", "b10",
+        ];
+        keys.sort_by(|a, b| natural_cmp(a, b));
+        assert_eq!(
+            keys,
+            vec![
+                "a", "b7", "b10", "job-1", "job-02", "job-2", "job-10", "job-11"
+            ]
+        );
+    }
 
     #[test]
     fn durations_read_well() {

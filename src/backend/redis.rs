@@ -743,6 +743,12 @@ impl RedisBackend {
                     all.join(", ")
                 )));
             }
+            if b.nodes.len() == 1 {
+                return Err(unavailable(format!(
+                    "cannot reach the Redis server {}",
+                    all.join(", ")
+                )));
+            }
             return Err(unavailable(format!(
                 "cannot reach {} of {} Redis server(s): {}",
                 failed.len(),
@@ -873,6 +879,13 @@ impl RedisBackend {
     }
 
     fn too_few(&self, errors: &[String]) -> anyhow::Error {
+        // One server (or one Sentinel-managed primary) is no Redlock.
+        if self.nodes.len() == 1 {
+            return unavailable(format!(
+                "the Redis server did not answer: {}",
+                errors.join("; ")
+            ));
+        }
         unavailable(format!(
             "only {} of {} Redis servers answered (a majority of {} is needed): {}",
             self.nodes.len() - errors.len(),

@@ -123,6 +123,7 @@ async fn elect<'a>(
         },
         shell: a.shell,
         kill_after: a.kill_after,
+        stop_signal: a.stop_signal,
         on_lost: Some(OnLost::Kill),
         lock_at_least: None,
         metrics_file: a.metrics_file.clone(),
@@ -133,6 +134,7 @@ async fn elect<'a>(
     // A candidate waits as long as it takes unless --wait says otherwise,
     // whatever the config file says for `run`, and there is one leader.
     lock.wait = match a.wait {
+        _ if a.no_wait => Wait::No,
         None => Wait::Forever,
         Some(d) if d.is_zero() => Wait::No,
         Some(d) => Wait::For(d),
@@ -167,6 +169,7 @@ async fn elect<'a>(
     let first_deadline = lease::deadline(lock.wait);
     let mut led = false;
     let mut connected = false;
+    let mut backoff = Backoff::default();
     loop {
         let deadline = if led { None } else { first_deadline };
         let conn = fresh.as_ref().unwrap_or(c);
@@ -238,7 +241,11 @@ async fn elect<'a>(
                 return Err(e);
             }
         };
-        let stopped_by = stops.take().await;
+        // A stop is SIGINT or SIGTERM, to dlock or from the terminal (Ctrl-C
+        // reaches CMD's group, not dlock's).
+        let stopped_by = stops.take().await.or(outcome
+            .stopped_by
+            .filter(|s| matches!(s, Signal::SIGINT | Signal::SIGTERM)));
         // Resign at once; a lease found gone was lost before CMD ended.
         let gone = keeper.release().await;
         board.since = None;
@@ -281,13 +288,26 @@ async fn elect<'a>(
         if !again {
             return Ok(outcome.code);
         }
+        let delay = match backoff.after(&outcome, began.elapsed(), a.restart_delay) {
+            Next::Again(d) => d,
+            Next::GiveUp => {
+                crate::jsonlog::say(
+                    "ERROR",
+                    &format!(
+                        "the command could not be run {CANNOT_RUN_LIMIT} times in a row (status {}); giving up",
+                        outcome.code
+                    ),
+                );
+                return Ok(outcome.code);
+            }
+        };
         if !s.quiet {
             crate::jsonlog::say(
                 "INFO",
                 &format!(
                     "the command exited with status {}; campaigning again in {} (--restart {})",
                     outcome.code,
-                    status::human_duration(a.restart_delay),
+                    status::human_duration(delay),
                     match a.restart {
                         Restart::Never => "never",
                         Restart::OnFailure => "on-failure",
@@ -296,9 +316,57 @@ async fn elect<'a>(
                 ),
             );
         }
-        if let Some(code) = pause(&mut signals, a.restart_delay).await {
+        if let Some(code) = pause(&mut signals, delay).await {
             return Ok(code);
         }
+    }
+}
+
+/// After this many terms in a row whose CMD could not be run (126, 127),
+/// `--restart` gives up.
+const CANNOT_RUN_LIMIT: u32 = 3;
+/// A CMD that fails sooner than this after it started counts as failing
+/// fast: the next campaign waits twice as long as the last.
+const FAST_FAILURE: Duration = Duration::from_secs(10);
+/// The longest pause the doubling reaches (unless --restart-delay is longer).
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(60);
+
+/// What `--restart` does next.
+#[derive(Debug, PartialEq)]
+enum Next {
+    Again(Duration),
+    GiveUp,
+}
+
+/// `--restart`'s memory of the terms before: a CMD that keeps failing fast
+/// is restarted after a growing delay, and one that cannot be run at all
+/// (not found, not executable) is given up after a few tries.
+#[derive(Debug, Default)]
+struct Backoff {
+    fast_failures: u32,
+    cannot_run: u32,
+}
+
+impl Backoff {
+    fn after(&mut self, o: &crate::supervise::Outcome, ran: Duration, base: Duration) -> Next {
+        let could_not_run =
+            !o.started || o.code == exit_code::NOT_FOUND || o.code == exit_code::NOT_EXECUTABLE;
+        if could_not_run {
+            self.cannot_run += 1;
+            if self.cannot_run >= CANNOT_RUN_LIMIT {
+                return Next::GiveUp;
+            }
+        } else {
+            self.cannot_run = 0;
+        }
+        if o.code != 0 && (could_not_run || ran < FAST_FAILURE) {
+            self.fast_failures += 1;
+        } else {
+            self.fast_failures = 0;
+        }
+        let factor = 1u32 << self.fast_failures.saturating_sub(1).min(16);
+        let cap = MAX_RESTART_DELAY.max(base);
+        Next::Again(base.saturating_mul(factor).min(cap))
     }
 }
 
@@ -371,9 +439,26 @@ async fn campaign(
     Ok(Ok((keeper, ttl)))
 }
 
+/// Why a key has no leader, for `dlock leader`'s message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NoLeader {
+    Free,
+    /// Held shared: readers, none of whom leads.
+    Shared(usize),
+}
+
+/// The live holders of a key held shared, if it is: they lead nobody.
+fn shared_holders(holders: &[Holder]) -> Option<NoLeader> {
+    let n = holders.iter().filter(|h| !h.dead && h.shared).count();
+    (n > 0).then_some(NoLeader::Shared(n))
+}
+
 /// The leader as `dlock leader` shows it: the holder of the key (a dead
-/// holder leads nobody).
+/// holder leads nobody, nor do shared holders).
 fn leader_of(key: &str, holders: &[Holder]) -> Option<serde_json::Value> {
+    if shared_holders(holders).is_some() {
+        return None;
+    }
     let h = holders.iter().find(|h| !h.dead)?;
     let value = match h.value() {
         Some(v) => v.to_string(),
@@ -393,12 +478,20 @@ fn leader_of(key: &str, holders: &[Holder]) -> Option<serde_json::Value> {
     }))
 }
 
-fn leader_line(leader: &Option<serde_json::Value>, key: &str, json: bool) -> String {
+fn leader_line(leader: &Option<serde_json::Value>, why: NoLeader, key: &str, json: bool) -> String {
     match leader {
         Some(l) if json => l.to_string(),
         Some(l) => l["value"].as_str().unwrap_or_default().to_string(),
         None if json => "null".to_string(),
-        None => format!("no leader for {key:?}"),
+        None => match why {
+            NoLeader::Free => format!("no leader for {key:?}"),
+            NoLeader::Shared(1) => {
+                format!("no leader for {key:?}: it is held shared (by 1 reader)")
+            }
+            NoLeader::Shared(n) => {
+                format!("no leader for {key:?}: it is held shared (by {n} readers)")
+            }
+        },
     }
 }
 
@@ -414,7 +507,8 @@ pub async fn cmd_leader(c: &Connector<'_>, a: cli::LeaderArgs) -> Result<i32> {
             .find(|k| k.key == a.key)
             .map(|k| k.holders)
             .unwrap_or_default();
-        anyhow::Ok(leader_of(&a.key, &holders))
+        let why = shared_holders(&holders).unwrap_or(NoLeader::Free);
+        anyhow::Ok((leader_of(&a.key, &holders), why))
     };
     let print = |line: String| -> Result<bool> {
         let mut out = std::io::stdout().lock();
@@ -424,8 +518,8 @@ pub async fn cmd_leader(c: &Connector<'_>, a: cli::LeaderArgs) -> Result<i32> {
         }
     };
     if !a.watch {
-        let leader = read().await?;
-        let line = leader_line(&leader, &a.key, a.json);
+        let (leader, why) = read().await?;
+        let line = leader_line(&leader, why, &a.key, a.json);
         if leader.is_none() && !a.json {
             if !s.quiet {
                 crate::jsonlog::say("INFO", &line);
@@ -443,14 +537,26 @@ pub async fn cmd_leader(c: &Connector<'_>, a: cli::LeaderArgs) -> Result<i32> {
     // value), until interrupted: that is the normal end, exit 0.
     let mut signals = Signals::install()?;
     let mut last: Option<Option<(Option<u64>, String)>> = None;
+    // An outage is said once, when it begins, and its end once.
+    let mut down_since: Option<std::time::SystemTime> = None;
     loop {
         let bound = s.connect_timeout * 2;
         let got = tokio::select! {
             r = tokio::time::timeout(bound, read()) => r,
             _ = signals.recv() => return Ok(exit_code::SUCCESS),
         };
-        match got {
-            Ok(Ok(leader)) => {
+        let failure = match got {
+            Ok(Ok((leader, why))) => {
+                if let Some(since) = down_since.take() {
+                    crate::jsonlog::say(
+                        "INFO",
+                        &format!(
+                            "{} answers again (unreachable for {})",
+                            backend.describe(),
+                            status::human_duration(since.elapsed().unwrap_or_default())
+                        ),
+                    );
+                }
                 let id = leader.as_ref().map(|l| {
                     (
                         l["token"].as_u64(),
@@ -458,18 +564,78 @@ pub async fn cmd_leader(c: &Connector<'_>, a: cli::LeaderArgs) -> Result<i32> {
                     )
                 });
                 if last.as_ref() != Some(&id) {
-                    if !print(leader_line(&leader, &a.key, a.json))? {
+                    if !print(leader_line(&leader, why, &a.key, a.json))? {
                         return Ok(exit_code::SUCCESS);
                     }
                     last = Some(id);
                 }
+                None
             }
-            Ok(Err(e)) => crate::jsonlog::say("WARN", &format!("{e:#}")),
-            Err(_) => crate::jsonlog::say("WARN", "the backend did not answer in time"),
+            Ok(Err(e)) => Some(format!("{e:#}")),
+            Err(_) => Some("the backend did not answer in time".to_string()),
+        };
+        if let Some(why) = failure
+            && down_since.is_none()
+        {
+            let now = std::time::SystemTime::now();
+            down_since = Some(now);
+            crate::jsonlog::say(
+                "WARN",
+                &format!(
+                    "{} unreachable since {}: {why}; watching on",
+                    backend.describe(),
+                    humantime::format_rfc3339_seconds(now)
+                ),
+            );
         }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(250)) => {}
             _ = signals.recv() => return Ok(exit_code::SUCCESS),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::supervise::Outcome;
+
+    fn ended(code: i32, started: bool) -> Outcome {
+        Outcome {
+            code,
+            lost: None,
+            stopped_by: None,
+            started,
+        }
+    }
+
+    #[test]
+    fn restarts_back_off_and_give_up_on_a_command_that_cannot_run() {
+        let base = Duration::from_secs(1);
+        let short = Duration::from_millis(10);
+        let mut b = Backoff::default();
+        assert_eq!(b.after(&ended(127, false), short, base), Next::Again(base));
+        assert_eq!(
+            b.after(&ended(127, false), short, base),
+            Next::Again(base * 2)
+        );
+        assert_eq!(b.after(&ended(127, false), short, base), Next::GiveUp);
+
+        // A failing command that does run backs off, up to the cap, and
+        // one that ran long enough or succeeded starts over.
+        let mut b = Backoff::default();
+        let delays: Vec<_> = (0..9)
+            .map(|_| b.after(&ended(1, true), short, base))
+            .collect();
+        assert_eq!(delays[0], Next::Again(base));
+        assert_eq!(delays[3], Next::Again(base * 8));
+        assert_eq!(delays[8], Next::Again(MAX_RESTART_DELAY));
+        assert_eq!(
+            b.after(&ended(1, true), FAST_FAILURE, base),
+            Next::Again(base)
+        );
+        assert_eq!(b.after(&ended(1, true), short, base), Next::Again(base));
+        assert_eq!(b.after(&ended(1, true), short, base), Next::Again(base * 2));
+        assert_eq!(b.after(&ended(0, true), short, base), Next::Again(base));
     }
 }

@@ -265,5 +265,6 @@ pub(crate) fn child_spec(
         env_remove,
         on_lost,
         kill_after: rs.kill_after,
+        stop_signal: rs.stop_signal,
     }
 }

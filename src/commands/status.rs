@@ -102,10 +102,10 @@ pub async fn cmd_status(c: &Connector<'_>, mut a: cli::StatusArgs) -> Result<i32
 }
 
 /// The same row order on every backend: named keys in the order given,
-/// the namespace's keys sorted.
+/// the namespace's keys sorted as people sort them (`job-2` before `job-10`).
 fn in_order(mut st: Vec<backend::KeyStatus>, keys: &[String]) -> Vec<backend::KeyStatus> {
     if keys.is_empty() {
-        st.sort_by(|a, b| a.key.cmp(&b.key));
+        st.sort_by(|a, b| status::natural_cmp(&a.key, &b.key));
     } else {
         st.sort_by_key(|k| keys.iter().position(|n| *n == k.key).unwrap_or(usize::MAX));
     }
