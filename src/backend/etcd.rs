@@ -411,6 +411,64 @@ impl EtcdBackend {
         }
     }
 
+    /// Revoke the leases of queue entries that earlier attempts left
+    /// unresolved (and with them their keys). An outage ends the attempt:
+    /// the leases not revoked yet stay registered for the next one.
+    async fn drop_queued(&self) -> Result<()> {
+        let mut left = self.queued.take().into_iter();
+        let mut c = self.client.clone();
+        while let Some(lease) = left.next() {
+            let revoked = self
+                .bounded("revoke an earlier queue lease", async {
+                    match c.lease_revoke(lease).await {
+                        // Gone already (expired, or revoked).
+                        Err(ec::Error::GRpcStatus(s)) if s.code() == tonic::Code::NotFound => {
+                            Ok(())
+                        }
+                        r => r.map(drop),
+                    }
+                })
+                .await;
+            if let Err(e) = revoked {
+                self.queued.add(lease);
+                left.for_each(|l| self.queued.add(l));
+                return Err(e);
+            }
+            tracing::info!(
+                event = "dropped_queued",
+                lease = format!("{lease:x}"),
+                "revoked the queue lease of an earlier attempt"
+            );
+        }
+        Ok(())
+    }
+
+    /// Delete a queue entry whose process is gone (see
+    /// [`queue::wait_turn`]), with its side key, only if it is unchanged
+    /// since it was listed; then revoke its lease (nobody keeps it alive).
+    /// True if the queue changed: it went, or changed meanwhile.
+    async fn remove_dead(&self, e: &Entry) -> Result<bool> {
+        let key = e.kv.key();
+        let mut ops = vec![ec::TxnOp::delete(key)];
+        if e.may_have_side()
+            && let Some(side) = side_key(key)
+        {
+            ops.push(ec::TxnOp::delete(side));
+        }
+        let del = ec::Txn::new()
+            .when([
+                ec::Compare::create_revision(key, ec::CompareOp::Equal, e.kv.create_revision()),
+                ec::Compare::mod_revision(key, ec::CompareOp::Equal, e.kv.mod_revision()),
+            ])
+            .and_then(ops);
+        let mut c = self.client.clone();
+        let r = self.bounded("delete a dead entry", c.txn(del)).await?;
+        if r.succeeded && e.kv.lease() != 0 {
+            let _ = tokio::time::timeout(self.timeout, c.lease_revoke(e.kv.lease())).await;
+        }
+        Ok(true)
+    }
+
     async fn find_mine(&self, lease: &Lease) -> Result<Option<(String, i64)>> {
         if let Some(m) = self
             .mine
@@ -452,6 +510,8 @@ struct EtcdTurn<'a> {
     /// The revision of the last listing: watches start after it.
     rev: i64,
     alive_since: Instant,
+    /// The records read from side keys, by entry key and create revision.
+    sides: HashMap<(Vec<u8>, i64), Option<Record>>,
 }
 
 #[async_trait]
@@ -475,6 +535,36 @@ impl queue::Turn for EtcdTurn<'_> {
 
     fn mode(&self, e: &Entry) -> kit::Mode {
         e.mode(self.spec.limit)
+    }
+
+    async fn record(&mut self, e: &Entry) -> Result<Option<Record>> {
+        if let Some(r) = record_of(&e.kv) {
+            return Ok(Some(r));
+        }
+        if !e.may_have_side() {
+            return Ok(None);
+        }
+        let at = (e.kv.key().to_vec(), e.kv.create_revision());
+        if let Some(r) = self.sides.get(&at) {
+            return Ok(r.clone());
+        }
+        let Some(side) = side_key(e.kv.key()) else {
+            return Ok(None);
+        };
+        let got = self.b.bounded("get", self.c.get(side, None)).await?;
+        // The side record of this entry's lease, not of another's.
+        let lease = format!("{:x}", e.kv.lease());
+        let r = got
+            .kvs()
+            .first()
+            .and_then(|kv| record(&String::from_utf8_lossy(kv.value())))
+            .filter(|r| r.id == lease);
+        self.sides.insert(at, r.clone());
+        Ok(r)
+    }
+
+    async fn remove_dead(&mut self, e: &Entry) -> Result<bool> {
+        self.b.remove_dead(e).await
     }
 
     async fn vanished(&mut self) -> anyhow::Error {
@@ -577,6 +667,10 @@ impl Backend for EtcdBackend {
         me: &Owner,
         deadline: Option<Instant>,
     ) -> Result<Attempt> {
+        // What an earlier, failed attempt left (its queue key on a lease
+        // we no longer keep alive: after an outage, say) goes first: our
+        // own key ahead of us would keep us waiting for ourselves.
+        self.drop_queued().await?;
         let mut c = self.client.clone();
         let granted_at = Instant::now();
         // etcd leases are whole seconds: round up (the keeper still works to
@@ -632,6 +726,7 @@ impl Backend for EtcdBackend {
             rev: 0,
             // The lease is safe for its TTL from the last keep-alive we sent.
             alive_since: granted_at,
+            sides: HashMap::new(),
         };
         queue::wait_turn(&mut turn, spec.mode(), deadline).await
     }

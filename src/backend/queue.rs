@@ -5,14 +5,25 @@
 //! entries, let the admission rule ([`kit::admits`], [`kit::blocker`]) say
 //! whether ours holds given every entry before it, and else watch the one
 //! entry ahead whose leaving may let it in (no herd). The backend says how
-//! to list, watch, tidy and give up ([`Turn`]).
+//! to list, read, remove, watch, tidy and give up ([`Turn`]).
+//!
+//! The liveness rule is here too, once for both services: an entry ahead
+//! of ours (a holder, a waiter, an elect candidate) whose record says it
+//! was written by a process on this machine that is gone
+//! ([`Record::dead_here`]) is removed at once, by a delete that only
+//! succeeds if the entry is still the one judged (ZooKeeper: its version;
+//! etcd: its revisions), and the queue is looked at again. While we wait
+//! on a local entry, its process is watched here as well, so that its
+//! death wakes us (its session or lease would keep the entry for its TTL).
+//! Entries of other machines, and foreign clients' (Curator, kazoo,
+//! etcdctl), end with their session or lease as before.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use async_trait::async_trait;
 
-use super::kit::{self, Mode};
+use super::kit::{self, Mode, Record};
 use super::{Attempt, Holder, Lease};
 
 /// One attempt's entry in a service's queue, as its backend handles it.
@@ -27,6 +38,15 @@ pub trait Turn: Send {
 
     /// An entry's mode for the admission rule.
     fn mode(&self, entry: &Self::Entry) -> Mode;
+
+    /// dlock's record of an entry, as the service stores it; None for a
+    /// foreign client's entry, or one gone meanwhile.
+    async fn record(&mut self, entry: &Self::Entry) -> Result<Option<Record>>;
+
+    /// Remove an entry whose process is gone, only if it is still the
+    /// entry that was judged (a version- or revision-checked delete). True
+    /// if the queue changed (it went, or changed meanwhile): look again.
+    async fn remove_dead(&mut self, entry: &Self::Entry) -> Result<bool>;
 
     /// The error for our entry gone while we waited (after any clean-up).
     async fn vanished(&mut self) -> anyhow::Error;
@@ -65,6 +85,9 @@ pub async fn wait_turn<T: Turn>(
         let Some(blocker) = kit::blocker(mode, &modes[..ours]) else {
             return Ok(Attempt::Acquired(t.admitted(&entries, ours).await?));
         };
+        if break_dead(t, &entries[..ours]).await? {
+            continue;
+        }
         if t.tidy(&entries[..ours]).await? {
             continue;
         }
@@ -72,6 +95,54 @@ pub async fn wait_turn<T: Turn>(
             let holding = kit::holding(&modes);
             return Ok(Attempt::Busy(t.give_up(&entries[..holding]).await?));
         }
-        t.wait(&entries[blocker], deadline).await?;
+        // A local process behind the blocker: its death wakes us too.
+        let local = t
+            .record(&entries[blocker])
+            .await?
+            .and_then(|r| local_process(&r));
+        match local {
+            Some((pid, start)) => {
+                tokio::select! {
+                    r = t.wait(&entries[blocker], deadline) => r?,
+                    () = until_gone(pid, start) => {}
+                }
+            }
+            None => t.wait(&entries[blocker], deadline).await?,
+        }
+    }
+}
+
+/// Remove the entries `ahead` whose process, on this machine, is gone:
+/// true if any went (or changed meanwhile), to look again.
+async fn break_dead<T: Turn>(t: &mut T, ahead: &[T::Entry]) -> Result<bool> {
+    let mut changed = false;
+    for e in ahead {
+        let Some(r) = t.record(e).await? else {
+            continue;
+        };
+        if r.dead_here() && t.remove_dead(e).await? {
+            tracing::info!(
+                event = "broke_dead",
+                pid = r.pid,
+                host = r.host,
+                "removed a queue entry whose process on this machine is gone"
+            );
+            changed = true;
+        }
+    }
+    Ok(changed)
+}
+
+/// The process (pid, start time) that holds an entry while it runs, if it
+/// runs on this machine.
+fn local_process(r: &Record) -> Option<(u32, u64)> {
+    let (host_id, start) = r.live.as_ref()?;
+    (*host_id == crate::host::host_id()).then_some((r.pid?, *start))
+}
+
+/// Until the local process (`pid`, `start`) is gone.
+async fn until_gone(pid: u32, start: u64) {
+    while crate::host::process_alive(pid, start) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

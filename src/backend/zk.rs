@@ -263,11 +263,21 @@ fn ms_of(d: Duration) -> u64 {
     d.as_millis().max(1).min(u128::from(u64::MAX)) as u64
 }
 
+/// dlock's record in a node; a node that outlives its session belongs to
+/// no running process, whatever its data says of one.
+fn record_of(data: &[u8], stat: &zk::Stat) -> Option<Record> {
+    let mut d = node_data(data)?;
+    if outlives_session(stat) {
+        d.live = None;
+    }
+    Some(d)
+}
+
 fn holder_from(data: &[u8], stat: &zk::Stat) -> (Holder, Option<u32>) {
     let token = Some(stat.czxid as u64);
     let expires_at =
         expiry_of(data, stat).map(|ms| UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64));
-    if let Some(d) = node_data(data) {
+    if let Some(d) = record_of(data, stat) {
         (d.holder(token, expires_at), d.limit)
     } else {
         // Curator stores the client's IP, kazoo an identifier: show it as the host.
@@ -741,6 +751,8 @@ struct ZkTurn<'a> {
     waited: bool,
     /// Nodes that need no look for expiry (see `reap`).
     lasting: HashSet<String>,
+    /// The records of nodes ahead, read once each: (record, version).
+    records: HashMap<String, (Option<Record>, i32)>,
     /// When the next node ahead expires.
     next_expiry: Option<Duration>,
 }
@@ -769,6 +781,49 @@ impl queue::Turn for ZkTurn<'_> {
 
     fn mode(&self, ct: &Contender) -> kit::Mode {
         ct.mode(self.spec.limit)
+    }
+
+    async fn record(&mut self, ct: &Contender) -> Result<Option<Record>> {
+        if let Some((r, _)) = self.records.get(&ct.name) {
+            return Ok(r.clone());
+        }
+        let path = format!("{}/{}", self.dir, ct.name);
+        match tokio::time::timeout(self.b.timeout, self.c.get_data(&path)).await {
+            Ok(Ok((data, stat))) => {
+                let r = record_of(&data, &stat);
+                if !outlives_session(&stat) {
+                    // An ephemeral node: never expires by its TTL (`reap`).
+                    self.lasting.insert(ct.name.clone());
+                    self.records
+                        .insert(ct.name.clone(), (r.clone(), stat.version));
+                }
+                Ok(r)
+            }
+            // Gone, or not ours to read (an ACL).
+            Ok(Err(_)) => Ok(None),
+            Err(_) => Err(kit::no_answer(
+                &format!("ZooKeeper {}", self.b.shown),
+                &format!("read {path}"),
+                self.b.timeout,
+            )),
+        }
+    }
+
+    async fn remove_dead(&mut self, ct: &Contender) -> Result<bool> {
+        let Some((_, version)) = self.records.remove(&ct.name) else {
+            return Ok(false);
+        };
+        let path = format!("{}/{}", self.dir, ct.name);
+        match tokio::time::timeout(self.b.timeout, self.c.delete(&path, Some(version))).await {
+            // Gone, or changed since it was read: look again.
+            Ok(Ok(()) | Err(zk::Error::NoNode | zk::Error::BadVersion)) => Ok(true),
+            Ok(Err(e)) => Err(zk_err(&self.b.shown, &format!("delete {path}"), e)),
+            Err(_) => Err(kit::no_answer(
+                &format!("ZooKeeper {}", self.b.shown),
+                &format!("delete {path}"),
+                self.b.timeout,
+            )),
+        }
     }
 
     async fn vanished(&mut self) -> anyhow::Error {
@@ -947,6 +1002,7 @@ impl Backend for ZkBackend {
             checked: Instant::now(),
             waited: false,
             lasting: HashSet::new(),
+            records: HashMap::new(),
             next_expiry: None,
         };
         queue::wait_turn(&mut turn, spec.mode(), deadline).await
@@ -1112,6 +1168,8 @@ impl Backend for ZkBackend {
         let seq = &name[name.len() - 10..];
         d.ttl_ms = Some(ms_of(remaining));
         d.token = Some(lease.token);
+        // It outlives this process by design: no process's liveness.
+        d.live = None;
         let new_path = format!("{dir}/{}{seq}", self.recipe.tag(&fresh_id(), shared));
         let acls = self.acls();
         for with_ttl in [true, false] {

@@ -466,6 +466,17 @@ impl Compare {
         c.set_target(pb::compare::CompareTarget::Create);
         Compare(c)
     }
+
+    pub fn mod_revision(key: impl Into<Vec<u8>>, op: CompareOp, revision: i64) -> Compare {
+        let mut c = pb::Compare {
+            key: key.into(),
+            target_union: Some(pb::compare::TargetUnion::ModRevision(revision)),
+            ..Default::default()
+        };
+        c.set_result(op);
+        c.set_target(pb::compare::CompareTarget::Mod);
+        Compare(c)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -600,6 +611,9 @@ impl KeyValue {
     }
     pub fn create_revision(&self) -> i64 {
         self.create_revision
+    }
+    pub fn mod_revision(&self) -> i64 {
+        self.mod_revision
     }
     pub fn lease(&self) -> i64 {
         self.lease
