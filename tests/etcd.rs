@@ -359,3 +359,44 @@ fn shared_locks_beside_etcdctl_lock_and_rwmutex_keys() {
         assert_eq!(wait_timeout(c, Duration::from_secs(10)), 143);
     }
 }
+
+/// Liveness (issue 20), written once in `common/liveness.rs`.
+mod liveness {
+    use super::common::liveness;
+    use super::common::*;
+
+    fn shared() -> Env {
+        Env::shared_here("Env::etcd()", Env::etcd)
+    }
+
+    #[test]
+    fn killed_waiter_never_delays_the_next() {
+        liveness::killed_waiter_never_delays_the_next(&shared());
+    }
+
+    #[test]
+    fn killed_holder_is_shown_dead_and_broken() {
+        liveness::killed_holder_is_shown_dead_and_broken(&shared());
+    }
+
+    #[test]
+    fn killed_standby_is_never_named_leader() {
+        liveness::killed_standby_is_never_named_leader(&shared());
+    }
+
+    #[test]
+    fn holder_that_waited_is_never_stopped() {
+        liveness::holder_that_waited_is_never_stopped(&shared());
+    }
+
+    // It restarts the server: a server of its own.
+    #[test]
+    fn waiter_gets_the_lock_soon_after_a_restart() {
+        liveness::waiter_gets_the_lock_soon_after_a_restart(&mut Env::etcd());
+    }
+
+    #[test]
+    fn silent_and_closed_servers_are_down() {
+        liveness::silent_and_closed_servers_are_down("etcd");
+    }
+}

@@ -371,18 +371,29 @@ impl ZkBackend {
                     c = c.with_auth("digest", a);
                 }
                 let service = format!("ZooKeeper {}", self.shown);
+                let began = Instant::now();
                 match tokio::time::timeout(self.timeout, c.connect(&self.cluster)).await {
                     Ok(Ok(client)) => Ok(client),
+                    // The client gave up after its connection timeout (the
+                    // same bound): nothing answered.
+                    Ok(Err(e))
+                        if kind(&e) == Kind::Outage
+                            && began.elapsed() + self.timeout / 10 >= self.timeout =>
+                    {
+                        Err(kit::no_answer(&service, "connect", self.timeout))
+                    }
                     Ok(Err(e)) => {
                         // A server past `maxClientCnxns` for our address
                         // accepts the connection and closes it at once: up,
-                        // but full. A server that is down refuses it.
+                        // but full. A server that is down refuses it; one
+                        // that accepts and never answers (a wrong port, a
+                        // hung JVM) is down too.
                         let k = match kind(&e) {
-                            Kind::Outage if self.accepts_tcp().await => Kind::Full,
+                            Kind::Outage if self.drops_us_at_once().await => Kind::Full,
                             k => k,
                         };
                         let why = if k == Kind::Full {
-                            " (it accepts connections but drops ours: too many from this address?)"
+                            " (it accepts connections but closes ours at once: too many from this address?)"
                         } else {
                             ""
                         };
@@ -394,12 +405,23 @@ impl ZkBackend {
             .await
     }
 
-    /// Whether any listed server accepts a TCP connection.
-    async fn accepts_tcp(&self) -> bool {
+    /// Whether a listed server accepts a TCP connection and closes it at
+    /// once, before we say anything: what ZooKeeper does past its
+    /// `maxClientCnxns` for our address (a reset). A server that keeps the
+    /// connection open without answering is not full, it is down.
+    async fn drops_us_at_once(&self) -> bool {
+        use tokio::io::AsyncReadExt;
         let hosts = self.cluster.split('/').next().unwrap_or_default();
+        let wait = (self.timeout / 4).min(Duration::from_secs(1));
         for h in hosts.split(',').filter(|h| !h.is_empty()) {
             let c = tokio::net::TcpStream::connect(h);
-            if matches!(tokio::time::timeout(self.timeout / 4, c).await, Ok(Ok(_))) {
+            let Ok(Ok(mut tcp)) = tokio::time::timeout(wait, c).await else {
+                continue;
+            };
+            let mut b = [0u8; 1];
+            if let Ok(r) = tokio::time::timeout(wait, tcp.read(&mut b)).await
+                && matches!(r, Ok(0) | Err(_))
+            {
                 return true;
             }
         }
