@@ -87,6 +87,25 @@ fn kind(e: &ec::Error) -> Kind {
     }
 }
 
+/// Whether an error says that the member we asked cannot serve us now
+/// (unreachable, no leader, a leader change, a time-out), so that another
+/// member may.
+fn elsewhere(e: &ec::Error) -> bool {
+    use tonic::Code;
+    match e {
+        ec::Error::GRpcStatus(s) => matches!(
+            s.code(),
+            Code::Unavailable
+                | Code::DeadlineExceeded
+                | Code::Unknown
+                | Code::Internal
+                | Code::Aborted
+        ),
+        ec::Error::Watch(_) => true,
+        ec::Error::InvalidArgs(_) => false,
+    }
+}
+
 /// The holder an entry names: dlock's record in its value (`run`); or a
 /// published value in its value and dlock's record in its side key
 /// (`elect`, `side`: the side key's value); else a foreign client's entry,
@@ -333,13 +352,85 @@ impl EtcdBackend {
         Ok(b)
     }
 
+    /// One call, bounded by `--connect-timeout`. A member that does not
+    /// answer, or cannot serve now, is left: the next call goes to the next
+    /// endpoint listed.
     async fn bounded<T>(
         &self,
         what: &str,
         f: impl std::future::Future<Output = Result<T, ec::Error>>,
     ) -> Result<T> {
+        let at = self.client.member().await;
+        let r = tokio::time::timeout(self.timeout, f).await;
+        let away = match &r {
+            Ok(Ok(_)) => false,
+            Ok(Err(e)) => elsewhere(e),
+            Err(_) => true,
+        };
+        if away {
+            self.client.leave(at).await;
+        }
+        self.typed(what, r)
+    }
+
+    /// A call's outcome as the typed error of a step `what`.
+    fn typed<T>(
+        &self,
+        what: &str,
+        r: Result<Result<T, ec::Error>, tokio::time::error::Elapsed>,
+    ) -> Result<T> {
         let service = format!("etcd {}", self.shown);
-        kit::bounded(&service, what, self.timeout, f, kind).await
+        match r {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(kit::typed(kind(&e), format!("{service}: {what}: {e}"))),
+            Err(_) => Err(kit::no_answer(&service, what, self.timeout)),
+        }
+    }
+
+    /// A call that must land (a release, a renewal) even while the member
+    /// in use is gone, frozen or without a leader: with several endpoints,
+    /// each try has a share of `--connect-timeout` (at most `cap`), and a
+    /// try that gets no answer, or an answer that another member may not
+    /// give, moves to the next endpoint. The call must be safe to repeat.
+    /// Returns its result, and whether it was tried more than once.
+    async fn failing_over<T, F, Fut>(
+        &self,
+        what: &str,
+        cap: Duration,
+        mut f: F,
+    ) -> Result<(T, bool)>
+    where
+        F: FnMut(ec::Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ec::Error>>,
+    {
+        let n = self.client.members();
+        let end = Instant::now() + self.timeout;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let left = end.saturating_duration_since(Instant::now());
+            let last = tries >= n;
+            let share = if last {
+                left
+            } else {
+                (left / (n - tries + 1) as u32).min(cap)
+            };
+            let at = self.client.member().await;
+            let r = tokio::time::timeout(share, f(self.client.clone())).await;
+            let away = match &r {
+                Ok(Ok(_)) => false,
+                Ok(Err(e)) => elsewhere(e),
+                Err(_) => true,
+            };
+            if away {
+                self.client.leave(at).await;
+                if !last {
+                    tracing::debug!(what, tries, "etcd: trying the next endpoint");
+                    continue;
+                }
+            }
+            return self.typed(what, r).map(|v| (v, tries > 1));
+        }
     }
 
     fn prefix(ns: &str, key: &str) -> String {
@@ -748,9 +839,10 @@ impl Backend for EtcdBackend {
         let Some((key, id)) = self.find_mine(lease).await? else {
             return Ok(Renewal::Lost);
         };
-        let mut c = self.client.clone();
-        let alive = self
-            .bounded("keep-alive", async {
+        // Two tries fit in the keeper's renewal period (a third of the TTL).
+        let cap = lease.ttl / 6;
+        let (alive, _) = self
+            .failing_over("keep-alive", cap, |mut c| async move {
                 let kept = async {
                     let (mut k, mut s) = c.lease_keep_alive(id).await?;
                     k.keep_alive().await?;
@@ -767,7 +859,12 @@ impl Backend for EtcdBackend {
             return Ok(Renewal::Lost);
         }
         // Someone may have deleted our key (release --force).
-        let r = self.bounded("get", c.get(key.as_str(), None)).await?;
+        let (r, _) = self
+            .failing_over("get", cap, |mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
+            .await?;
         Ok(if r.kvs().is_empty() {
             Renewal::Lost
         } else {
@@ -783,13 +880,22 @@ impl Backend for EtcdBackend {
             .lock()
             .await
             .remove(&(lease.namespace.clone(), lease.key.clone()));
-        let mut c = self.client.clone();
-        let deleted = self
-            .bounded("delete", c.delete(key.as_str(), None))
-            .await?
-            .deleted();
-        let _ = tokio::time::timeout(self.timeout, c.lease_revoke(id)).await;
-        Ok(deleted > 0)
+        let cap = self.timeout;
+        let (r, again) = self
+            .failing_over("delete", cap, |mut c| {
+                let key = key.clone();
+                async move { c.delete(key, None).await }
+            })
+            .await?;
+        let _ = self
+            .failing_over(
+                "revoke",
+                cap,
+                |mut c| async move { c.lease_revoke(id).await },
+            )
+            .await;
+        // Tried again on another member: the first try may have deleted it.
+        Ok(r.deleted() > 0 || again)
     }
 
     async fn force_release(&self, namespace: &str, key: &str) -> Result<u64> {
