@@ -735,18 +735,39 @@ impl ZkBackend {
     }
 
     /// Delete the queue nodes of attempts that were interrupted or failed:
-    /// every child of a registered directory that carries our prefix.
-    async fn drop_queued(&self, c: &zk::Client) {
-        for (dir, tag) in self.queued.take() {
-            let Ok(contenders) = self.contenders(c, &dir).await else {
-                continue;
-            };
-            for ct in contenders.iter().filter(|ct| ct.name.starts_with(&tag)) {
-                let _ = self
-                    .bounded("delete", c.delete(&format!("{dir}/{}", ct.name), None))
-                    .await;
+    /// every child of a registered directory that carries our prefix. An
+    /// outage ends it with its error: what is left stays registered, for
+    /// the next attempt (whose node must never queue behind our own).
+    async fn drop_queued(&self, c: &zk::Client) -> Result<()> {
+        let mut left = self.queued.take().into_iter();
+        while let Some((dir, tag)) = left.next() {
+            let dropped = async {
+                let contenders = self.contenders(c, &dir).await?;
+                for ct in contenders.iter().filter(|ct| ct.name.starts_with(&tag)) {
+                    let path = format!("{dir}/{}", ct.name);
+                    self.bounded("delete an earlier queue node", async {
+                        match c.delete(&path, None).await {
+                            Err(zk::Error::NoNode) => Ok(()),
+                            r => r,
+                        }
+                    })
+                    .await?;
+                    tracing::info!(
+                        event = "dropped_queued",
+                        node = path,
+                        "deleted the queue node of an earlier attempt"
+                    );
+                }
+                Ok::<_, anyhow::Error>(())
+            }
+            .await;
+            if let Err(e) = dropped {
+                self.queued.add((dir, tag));
+                left.for_each(|q| self.queued.add(q));
+                return Err(e);
             }
         }
+        Ok(())
     }
 }
 
@@ -970,7 +991,7 @@ impl Backend for ZkBackend {
         let dir = Self::dir(&spec.namespace, &spec.key)?;
         // What an earlier, failed attempt left in this queue goes first: our
         // own node ahead of us would keep us waiting for ourselves.
-        self.drop_queued(c).await;
+        self.drop_queued(c).await?;
         let acls = self.acls();
         let parent = zk::CreateMode::Persistent.with_acls(acls);
         self.bounded(&format!("create the lock directory {dir}"), async {
@@ -1385,7 +1406,7 @@ impl Backend for ZkBackend {
         let Some(c) = self.client.get() else { return };
         // A waiter that was interrupted or gave up leaves no queue entry to
         // hold up the waiters behind it.
-        self.drop_queued(c).await;
+        let _ = self.drop_queued(c).await;
         // Delete what we still hold before the session goes, so waiters
         // wake now rather than when the session expires.
         let mine: Vec<String> = self
