@@ -902,6 +902,11 @@ mod liveness {
     }
 
     #[test]
+    fn elect_with_a_short_ttl_never_flaps() {
+        liveness::elect_with_a_short_ttl_never_flaps(&shared());
+    }
+
+    #[test]
     fn holder_that_waited_is_never_stopped() {
         liveness::holder_that_waited_is_never_stopped(&shared());
     }

@@ -297,3 +297,63 @@ pub fn holder_that_waited_is_never_stopped(env: &Env) {
     let bad = bad.into_inner().unwrap();
     assert!(bad.is_empty(), "{} of 20 stopped: {bad:?}", bad.len());
 }
+
+/// `dlock elect --ttl 3s`: after each failover the new leader keeps its
+/// leadership (its lease aged while it stood by: it is renewed at once,
+/// never reported lost). Three candidates, two graceful hand-overs, each
+/// new leader watched for longer than the TTL: three terms in all, and
+/// every term's body ends only when its dlock was stopped.
+pub fn elect_with_a_short_ttl_never_flaps(env: &Env) {
+    let k = key("no-flap");
+    let log = env.path("no-flap.log");
+    let body = |id: usize| {
+        format!(
+            "echo start {id} >> {log}; trap 'echo end {id} >> {log}; exit 0' TERM; \
+             while :; do sleep 0.05; done",
+            log = log.display()
+        )
+    };
+    let mut cands: Vec<Reaped> = (0..3)
+        .map(|i| {
+            Reaped(
+                env.cmd(&[
+                    "elect",
+                    "--ttl",
+                    "3s",
+                    "--key",
+                    &k,
+                    "--",
+                    "sh",
+                    "-c",
+                    &body(i),
+                ])
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+            )
+        })
+        .collect();
+    let lines = || std::fs::read_to_string(&log).unwrap_or_default();
+    let starts = || -> Vec<usize> {
+        lines()
+            .lines()
+            .filter_map(|l| l.strip_prefix("start ")?.parse().ok())
+            .collect()
+    };
+    let ends = || lines().lines().filter(|l| l.starts_with("end ")).count();
+    for term in 1..=3 {
+        wait_for(LONG, &format!("leader number {term}"), || {
+            starts().len() >= term
+        });
+        // Longer than the TTL: a flap would end this term meanwhile.
+        std::thread::sleep(Duration::from_secs(4));
+        assert_eq!(starts().len(), term, "a leader lost its term: {}", lines());
+        assert_eq!(ends(), term - 1, "a leader lost its term: {}", lines());
+        if term < 3 {
+            let leader = starts()[term - 1];
+            signal(cands[leader].id(), Signal::SIGTERM);
+            assert_eq!(wait_timeout(&mut cands[leader], LONG), 0);
+        }
+    }
+}
