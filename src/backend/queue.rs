@@ -140,9 +140,73 @@ fn local_process(r: &Record) -> Option<(u32, u64)> {
     (*host_id == crate::host::host_id()).then_some((r.pid?, *start))
 }
 
-/// Until the local process (`pid`, `start`) is gone.
+/// Until the local process (`pid`, `start`) is gone: woken by the kernel
+/// through a pidfd where there is one, else by a look every 250 ms.
 async fn until_gone(pid: u32, start: u64) {
+    #[cfg(target_os = "linux")]
+    if let Some(fd) = pidfd(pid) {
+        // Opened before it is judged: so the pidfd is the process judged
+        // (its pid cannot be reused while the pidfd is open).
+        if !crate::host::process_alive(pid, start) {
+            return;
+        }
+        use tokio::io::{Interest, unix::AsyncFd};
+        // SAFETY: `fd` is an open descriptor that the AsyncFd owns, so it
+        // stays open, and is the same descriptor, until it is dropped.
+        let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) };
+        if let Ok(fd) = fd {
+            // Readable once the process has exited.
+            let _ = fd.readable().await;
+            return;
+        }
+    }
     while crate::host::process_alive(pid, start) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A pidfd of process `pid` (Linux 5.3 and later), None where it cannot be
+/// had.
+#[cfg(target_os = "linux")]
+fn pidfd(pid: u32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let pid = libc::pid_t::try_from(pid).ok()?;
+    // SAFETY: pidfd_open takes a pid and flags, and returns a new file
+    // descriptor or -1; no memory is passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: the call returned a new descriptor that nothing else owns.
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_local_process_is_watched_until_it_exits() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.3")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let start = crate::host::proc_start(pid).unwrap();
+        let t = Instant::now();
+        tokio::time::timeout(Duration::from_secs(10), until_gone(pid, start))
+            .await
+            .expect("woken when it exits");
+        assert!(
+            t.elapsed() >= Duration::from_millis(250),
+            "{:?}",
+            t.elapsed()
+        );
+        // Gone (a zombie, then reaped): at once.
+        let t = Instant::now();
+        until_gone(pid, start).await;
+        child.wait().unwrap();
+        until_gone(pid, start).await;
+        assert!(t.elapsed() < Duration::from_millis(100));
+        // Another process with that pid (not its start time): gone too.
+        until_gone(std::process::id(), start + 1).await;
     }
 }
