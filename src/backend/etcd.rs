@@ -699,21 +699,24 @@ impl queue::Turn for EtcdTurn<'_> {
         let (c, lease) = (&mut self.c, self.lease);
         // While waiting, keep our own lease alive.
         let sent = Instant::now();
-        let kept = tokio::time::timeout(self.b.timeout, async {
-            let (mut k, mut s) = c.lease_keep_alive(lease).await?;
-            k.keep_alive().await?;
-            Ok::<_, ec::Error>(s.message().await?.is_some_and(|m| m.ttl() > 0))
-        })
-        .await;
-        if matches!(kept, Ok(Ok(true))) {
+        // (A member that does not answer is left for the next one.)
+        let kept = self
+            .b
+            .bounded("keep-alive", async {
+                let (mut k, mut s) = c.lease_keep_alive(lease).await?;
+                k.keep_alive().await?;
+                Ok::<_, ec::Error>(s.message().await?.is_some_and(|m| m.ttl() > 0))
+            })
+            .await;
+        if matches!(kept, Ok(true)) {
             self.alive_since = sent;
         }
         let pred = blocker.kv.key().to_vec();
         let opts = ec::WatchOptions::new().with_start_revision(self.rev + 1);
-        let watch = tokio::time::timeout(self.b.timeout, c.watch(pred, Some(opts))).await;
+        let watch = self.b.bounded("watch", c.watch(pred, Some(opts))).await;
         let recheck = Instant::now() + (self.spec.ttl / 3).min(Duration::from_secs(2));
         let until = deadline.map_or(recheck, |d| d.min(recheck));
-        if let Ok(Ok(mut stream)) = watch {
+        if let Ok(mut stream) = watch {
             let _ = tokio::time::timeout_at(until.into(), async {
                 while let Ok(Some(resp)) = stream.message().await {
                     if resp

@@ -833,13 +833,15 @@ impl queue::Turn for ZkTurn<'_> {
         let path = format!("{}/{}", self.dir, ct.name);
         match tokio::time::timeout(self.b.timeout, self.c.get_data(&path)).await {
             Ok(Ok((data, stat))) => {
+                // A node's liveness never changes (one that outlives its
+                // session has none): read once.
                 let r = record_of(&data, &stat);
                 if !outlives_session(&stat) {
                     // An ephemeral node: never expires by its TTL (`reap`).
                     self.lasting.insert(ct.name.clone());
-                    self.records
-                        .insert(ct.name.clone(), (r.clone(), stat.version));
                 }
+                self.records
+                    .insert(ct.name.clone(), (r.clone(), stat.version));
                 Ok(r)
             }
             // Gone, or not ours to read (an ACL).
