@@ -303,29 +303,53 @@ impl EtcdBackend {
         }
         // The client uses the first endpoint that takes a connection, and a
         // member that takes it but does not answer (frozen, say) would hold
-        // every call up: start with the members that answer now.
+        // every call up: start with the members that answer now (those that
+        // answer within a moment of the first), and keep the others last,
+        // to fail over to.
         let listed = endpoints.clone();
         let endpoints = if endpoints.len() > 1 {
-            let probes = futures_util::future::join_all(endpoints.iter().map(|ep| {
-                let opts = opts.clone();
-                async move {
-                    let ok = tokio::time::timeout(timeout, async {
-                        let mut c = ec::Client::connect([ep.as_str()], Some(opts)).await?;
-                        c.status().await
-                    })
-                    .await;
-                    matches!(ok, Ok(Ok(_)))
-                }
-            }))
-            .await;
-            let live: Vec<String> = endpoints
+            use futures_util::stream::{FuturesUnordered, StreamExt};
+            let mut probes: FuturesUnordered<_> = endpoints
                 .iter()
-                .zip(probes)
-                .filter(|(_, ok)| *ok)
-                .map(|(e, _)| e.clone())
+                .enumerate()
+                .map(|(i, ep)| {
+                    let opts = opts.clone();
+                    async move {
+                        let ok = tokio::time::timeout(timeout, async {
+                            let mut c = ec::Client::connect([ep.as_str()], Some(opts)).await?;
+                            c.status().await
+                        })
+                        .await;
+                        (i, matches!(ok, Ok(Ok(_))))
+                    }
+                })
                 .collect();
-            tracing::debug!(?live, "etcd members answering");
-            if live.is_empty() { endpoints } else { live }
+            let mut answered = vec![false; endpoints.len()];
+            let mut grace: Option<tokio::time::Instant> = None;
+            loop {
+                let next = match grace {
+                    None => probes.next().await,
+                    Some(g) => match tokio::time::timeout_at(g, probes.next()).await {
+                        Ok(n) => n,
+                        Err(_) => break,
+                    },
+                };
+                let Some((i, ok)) = next else { break };
+                if ok {
+                    answered[i] = true;
+                    grace.get_or_insert_with(|| {
+                        tokio::time::Instant::now() + Duration::from_millis(250)
+                    });
+                }
+            }
+            drop(probes);
+            tracing::debug!(?answered, "etcd members answering");
+            let (mut first, rest): (Vec<_>, Vec<_>) = endpoints
+                .into_iter()
+                .enumerate()
+                .partition(|(i, _)| answered[*i]);
+            first.extend(rest);
+            first.into_iter().map(|(_, e)| e).collect()
         } else {
             endpoints
         };
