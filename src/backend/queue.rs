@@ -183,6 +183,128 @@ fn pidfd(pid: u32) -> Option<std::os::fd::OwnedFd> {
 mod tests {
     use super::*;
 
+    /// A queue in memory: each entry a name and its record (None: a
+    /// foreign client's), ours named "me"; a removal fails for entries in
+    /// `changed` (as a checked delete of an entry changed since it was
+    /// read does), once.
+    struct Memory {
+        q: Vec<(String, Option<Record>)>,
+        changed: Vec<String>,
+        removed: Vec<String>,
+        waits: usize,
+    }
+
+    #[async_trait]
+    impl Turn for Memory {
+        type Entry = (String, Option<Record>);
+
+        async fn entries(&mut self) -> Result<(Vec<Self::Entry>, Option<usize>)> {
+            let ours = self.q.iter().position(|(n, _)| n == "me");
+            Ok((self.q.clone(), ours))
+        }
+
+        fn mode(&self, _: &Self::Entry) -> Mode {
+            Mode::Exclusive { limit: 1 }
+        }
+
+        async fn record(&mut self, e: &Self::Entry) -> Result<Option<Record>> {
+            Ok(e.1.clone())
+        }
+
+        async fn remove_dead(&mut self, e: &Self::Entry) -> Result<bool> {
+            if let Some(i) = self.changed.iter().position(|n| *n == e.0) {
+                self.changed.remove(i);
+                return Ok(true);
+            }
+            self.q.retain(|(n, _)| *n != e.0);
+            self.removed.push(e.0.clone());
+            Ok(true)
+        }
+
+        async fn vanished(&mut self) -> anyhow::Error {
+            anyhow::anyhow!("vanished")
+        }
+
+        async fn admitted(&mut self, _: &[Self::Entry], _: usize) -> Result<Lease> {
+            Ok(Lease {
+                namespace: "ns".into(),
+                key: "k".into(),
+                token: 1,
+                id: "me".into(),
+                ttl: Duration::from_secs(30),
+                granted_at: Instant::now(),
+                shared: false,
+            })
+        }
+
+        async fn give_up(&mut self, _: &[Self::Entry]) -> Result<Vec<Holder>> {
+            Ok(vec![])
+        }
+
+        async fn wait(&mut self, _: &Self::Entry, _: Option<Instant>) -> Result<()> {
+            self.waits += 1;
+            Ok(())
+        }
+    }
+
+    /// A record of process (`pid`, `start`) on this machine.
+    fn local(pid: u32, start: u64) -> Option<Record> {
+        Some(Record {
+            pid: Some(pid),
+            live: Some((crate::host::host_id(), start)),
+            ..Record::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn dead_local_entries_ahead_are_removed_and_no_other() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let (pid, start) = (child.id(), crate::host::proc_start(child.id()).unwrap_or(0));
+        child.wait().unwrap();
+        let me = std::process::id();
+        let alive = local(me, crate::host::proc_start(me).unwrap());
+        let elsewhere = Some(Record {
+            pid: Some(pid),
+            live: Some(("another-boot/pid:[1]".into(), start)),
+            ..Record::default()
+        });
+        let entry = |n: &str, r: Option<Record>| (n.to_string(), r);
+        // A dead holder, then a dead waiter (whose first removal finds it
+        // changed: looked at again), then us: both go, and we hold.
+        let mut m = Memory {
+            q: vec![
+                entry("dead-holder", local(pid, start)),
+                entry("dead-waiter", local(pid, start)),
+                entry("me", alive.clone()),
+                entry("dead-behind", local(pid, start)),
+            ],
+            changed: vec!["dead-waiter".into()],
+            removed: vec![],
+            waits: 0,
+        };
+        let got = wait_turn(&mut m, Mode::Exclusive { limit: 1 }, Some(Instant::now()))
+            .await
+            .unwrap();
+        assert!(matches!(got, Attempt::Acquired(_)));
+        assert_eq!(m.removed, ["dead-holder", "dead-waiter"]);
+        assert_eq!(m.waits, 0);
+        // A live local holder, another machine's dead-looking one, a
+        // foreign client's: none is removed (--no-wait: busy).
+        for ahead in [alive.clone(), elsewhere, None] {
+            let mut m = Memory {
+                q: vec![entry("holder", ahead), entry("me", alive.clone())],
+                changed: vec![],
+                removed: vec![],
+                waits: 0,
+            };
+            let got = wait_turn(&mut m, Mode::Exclusive { limit: 1 }, Some(Instant::now()))
+                .await
+                .unwrap();
+            assert!(matches!(got, Attempt::Busy(_)));
+            assert!(m.removed.is_empty());
+        }
+    }
+
     #[tokio::test]
     async fn a_local_process_is_watched_until_it_exits() {
         let mut child = std::process::Command::new("sleep")
