@@ -921,4 +921,46 @@ mod liveness {
     fn silent_and_closed_servers_are_down() {
         liveness::silent_and_closed_servers_are_down("zk");
     }
+
+    /// A waiter whose session expires while it waits (the server frozen
+    /// past the session timeout) queues again in a new session and gets
+    /// the lock; the holder, whose session expired too, exits 74 (before:
+    /// the waiter exited 69, "session expired", with the server back).
+    #[test]
+    fn waiter_whose_session_expired_queues_again() {
+        use nix::sys::signal::Signal;
+        use std::time::{Duration, Instant};
+        let env = Env::zookeeper();
+        let zk = env.zookeeper.as_ref().unwrap();
+        let mut h = Reaped(
+            env.cmd(&["run", "--ttl", "2s", "--key", "x", "--", "sleep", "3"])
+                .stdin(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        wait_for(Duration::from_secs(20), "the holder", || env.held("x"));
+        let mut w = Reaped(
+            env.cmd(&[
+                "run", "--ttl", "2s", "--wait", "30s", "--key", "x", "--", "true",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+        );
+        wait_for(Duration::from_secs(20), "the waiter to queue", || {
+            env.status_json(&["x"])[0]["waiters"].as_u64() == Some(1)
+        });
+        zk.signal(Signal::SIGSTOP);
+        std::thread::sleep(Duration::from_secs(4));
+        zk.signal(Signal::SIGCONT);
+        let t = Instant::now();
+        let rc = wait_timeout(&mut w, Duration::from_secs(30));
+        let mut err = String::new();
+        let _ = std::io::Read::read_to_string(w.stderr.as_mut().unwrap(), &mut err);
+        assert_eq!(rc, 0, "{err}");
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        assert_eq!(wait_timeout(&mut h, Duration::from_secs(30)), 74);
+    }
 }

@@ -52,7 +52,9 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::Result;
 use async_trait::async_trait;
-use tokio::sync::{Mutex, OnceCell};
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
 use zookeeper_client as zk;
 
 use super::kit::{self, Kind, NField, Queued, Record};
@@ -110,7 +112,9 @@ pub struct ZkBackend {
     auth: Option<Vec<u8>>,
     timeout: Duration,
     recipe: Recipe,
-    client: OnceCell<zk::Client>,
+    /// The session, made on first use, and made anew once it has ended
+    /// (expired: its ephemeral nodes went with it).
+    client: Mutex<Option<Arc<zk::Client>>>,
     /// Our nodes, by (namespace, key): full path, and whether it outlives
     /// this process (a handle's node).
     mine: Mutex<HashMap<(String, String), (String, bool)>>,
@@ -353,56 +357,77 @@ impl ZkBackend {
             auth,
             timeout,
             recipe,
-            client: OnceCell::new(),
+            client: Mutex::new(None),
             mine: Mutex::new(HashMap::new()),
             queued: Queued::default(),
             no_ttl_nodes: AtomicBool::new(false),
         })
     }
-    /// Connect on first use, with a session timeout of `ttl`.
-    async fn client(&self, ttl: Duration) -> Result<&zk::Client> {
-        self.client
-            .get_or_try_init(|| async {
-                let mut c = zk::Client::connector()
-                    .with_session_timeout(ttl.max(Duration::from_millis(100)))
-                    .with_connection_timeout(self.timeout)
-                    .with_fail_eagerly();
-                if let Some(a) = &self.auth {
-                    c = c.with_auth("digest", a);
-                }
-                let service = format!("ZooKeeper {}", self.shown);
-                let began = Instant::now();
-                match tokio::time::timeout(self.timeout, c.connect(&self.cluster)).await {
-                    Ok(Ok(client)) => Ok(client),
-                    // The client gave up after its connection timeout (the
-                    // same bound): nothing answered.
-                    Ok(Err(e))
-                        if kind(&e) == Kind::Outage
-                            && began.elapsed() + self.timeout / 10 >= self.timeout =>
-                    {
-                        Err(kit::no_answer(&service, "connect", self.timeout))
-                    }
-                    Ok(Err(e)) => {
-                        // A server past `maxClientCnxns` for our address
-                        // accepts the connection and closes it at once: up,
-                        // but full. A server that is down refuses it; one
-                        // that accepts and never answers (a wrong port, a
-                        // hung JVM) is down too.
-                        let k = match kind(&e) {
-                            Kind::Outage if self.drops_us_at_once().await => Kind::Full,
-                            k => k,
-                        };
-                        let why = if k == Kind::Full {
-                            " (it accepts connections but closes ours at once: too many from this address?)"
-                        } else {
-                            ""
-                        };
-                        Err(kit::typed(k, format!("{service}: connect: {e}{why}")))
-                    }
-                    Err(_) => Err(kit::no_answer(&service, "connect", self.timeout)),
-                }
-            })
-            .await
+    /// Connect on first use, with a session timeout of `ttl`; and again
+    /// once the session has ended (it expired while the server was out of
+    /// reach, say: a waiter queues again in a new one).
+    async fn client(&self, ttl: Duration) -> Result<Arc<zk::Client>> {
+        let mut slot = self.client.lock().await;
+        if let Some(c) = slot.as_ref() {
+            if !c.state().is_terminated() {
+                return Ok(c.clone());
+            }
+            tracing::info!(
+                event = "session_ended",
+                state = ?c.state(),
+                "the ZooKeeper session ended: starting a new one"
+            );
+        }
+        let c = Arc::new(self.connect(ttl).await?);
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// The session now, if there is one.
+    async fn session(&self) -> Option<Arc<zk::Client>> {
+        self.client.lock().await.clone()
+    }
+
+    /// A new session, with a session timeout of `ttl`.
+    async fn connect(&self, ttl: Duration) -> Result<zk::Client> {
+        let mut c = zk::Client::connector()
+            .with_session_timeout(ttl.max(Duration::from_millis(100)))
+            .with_connection_timeout(self.timeout)
+            .with_fail_eagerly();
+        if let Some(a) = &self.auth {
+            c = c.with_auth("digest", a);
+        }
+        let service = format!("ZooKeeper {}", self.shown);
+        let began = Instant::now();
+        match tokio::time::timeout(self.timeout, c.connect(&self.cluster)).await {
+            Ok(Ok(client)) => Ok(client),
+            // The client gave up after its connection timeout (the
+            // same bound): nothing answered.
+            Ok(Err(e))
+                if kind(&e) == Kind::Outage
+                    && began.elapsed() + self.timeout / 10 >= self.timeout =>
+            {
+                Err(kit::no_answer(&service, "connect", self.timeout))
+            }
+            Ok(Err(e)) => {
+                // A server past `maxClientCnxns` for our address
+                // accepts the connection and closes it at once: up,
+                // but full. A server that is down refuses it; one
+                // that accepts and never answers (a wrong port, a
+                // hung JVM) is down too.
+                let k = match kind(&e) {
+                    Kind::Outage if self.drops_us_at_once().await => Kind::Full,
+                    k => k,
+                };
+                let why = if k == Kind::Full {
+                    " (it accepts connections but closes ours at once: too many from this address?)"
+                } else {
+                    ""
+                };
+                Err(kit::typed(k, format!("{service}: connect: {e}{why}")))
+            }
+            Err(_) => Err(kit::no_answer(&service, "connect", self.timeout)),
+        }
     }
 
     /// Whether a listed server accepts a TCP connection and closes it at
@@ -774,7 +799,7 @@ impl ZkBackend {
 /// One `acquire`'s node in its lock directory, waiting its turn.
 struct ZkTurn<'a> {
     b: &'a ZkBackend,
-    c: &'a zk::Client,
+    c: Arc<zk::Client>,
     spec: &'a LockSpec,
     me: &'a Owner,
     dir: String,
@@ -803,7 +828,7 @@ struct ZkTurn<'a> {
 impl ZkTurn<'_> {
     /// Rewrite a handle's node so that its TTL starts again.
     async fn touch(&mut self) -> Result<()> {
-        match self.b.touch(self.c, &self.path, &self.data).await? {
+        match self.b.touch(&self.c, &self.path, &self.data).await? {
             Some(t) => self.touched = t,
             None => return Err(queue::Turn::vanished(self).await),
         }
@@ -817,7 +842,7 @@ impl queue::Turn for ZkTurn<'_> {
 
     async fn entries(&mut self) -> Result<(Vec<Contender>, Option<usize>)> {
         self.checked = Instant::now();
-        let contenders = self.b.contenders(self.c, &self.dir).await?;
+        let contenders = self.b.contenders(&self.c, &self.dir).await?;
         let ours = contenders.iter().position(|ct| ct.name == self.name);
         Ok((contenders, ours))
     }
@@ -912,14 +937,14 @@ impl queue::Turn for ZkTurn<'_> {
         let names: Vec<&str> = ahead.iter().map(|ct| ct.name.as_str()).collect();
         let (changed, next_expiry) = self
             .b
-            .reap(self.c, &self.dir, &names, &mut self.lasting)
+            .reap(&self.c, &self.dir, &names, &mut self.lasting)
             .await?;
         self.next_expiry = next_expiry;
         Ok(changed)
     }
 
     async fn give_up(&mut self, holding: &[Contender]) -> Result<Vec<Holder>> {
-        let holders = self.b.holders_among(self.c, &self.dir, holding).await;
+        let holders = self.b.holders_among(&self.c, &self.dir, holding).await;
         if self
             .b
             .bounded("delete", self.c.delete(&self.path, None))
@@ -973,7 +998,8 @@ impl Backend for ZkBackend {
     }
 
     async fn effective_ttl(&self, ttl: Duration) -> Result<Duration> {
-        let c = self.client(ttl).await?;
+        let session = self.client(ttl).await?;
+        let c = &*session;
         let negotiated = c.session_timeout();
         if negotiated < ttl {
             tracing::warn!(
@@ -989,7 +1015,8 @@ impl Backend for ZkBackend {
         me: &Owner,
         deadline: Option<Instant>,
     ) -> Result<Attempt> {
-        let c = self.client(spec.ttl).await?;
+        let session = self.client(spec.ttl).await?;
+        let c = &*session;
         let dir = Self::dir(&spec.namespace, &spec.key)?;
         // What an earlier, failed attempt left in this queue goes first: our
         // own node ahead of us would keep us waiting for ourselves.
@@ -1033,7 +1060,7 @@ impl Backend for ZkBackend {
         let path = format!("{dir}/{name}");
         let mut turn = ZkTurn {
             b: self,
-            c,
+            c: session.clone(),
             spec,
             me,
             dir,
@@ -1054,7 +1081,8 @@ impl Backend for ZkBackend {
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Renewal> {
-        let c = self.client(ttl).await?;
+        let session = self.client(ttl).await?;
+        let c = &*session;
         let Some(path) = self.find_mine(c, lease).await? else {
             return Ok(Renewal::Lost);
         };
@@ -1129,7 +1157,8 @@ impl Backend for ZkBackend {
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool> {
-        let c = self.client(lease.ttl).await?;
+        let session = self.client(lease.ttl).await?;
+        let c = &*session;
         let Some(path) = self.find_mine(c, lease).await? else {
             return Ok(false);
         };
@@ -1190,9 +1219,10 @@ impl Backend for ZkBackend {
     /// ahead of every waiter, for Curator and kazoo too) and our fencing
     /// token in its data.
     async fn release_after(&self, lease: &Lease, remaining: Duration) -> Result<bool> {
-        let Some(c) = self.client.get() else {
+        let Some(session) = self.session().await else {
             return Ok(false);
         };
+        let c = &*session;
         let k = (lease.namespace.clone(), lease.key.clone());
         let Some((path, false)) = self.mine.lock().await.get(&k).cloned() else {
             return Ok(false);
@@ -1252,7 +1282,8 @@ impl Backend for ZkBackend {
     }
 
     async fn force_release(&self, namespace: &str, key: &str) -> Result<u64> {
-        let c = self.client(Duration::from_secs(30)).await?;
+        let session = self.client(Duration::from_secs(30)).await?;
+        let c = &*session;
         let dir = Self::dir(namespace, key)?;
         let contenders = self.contenders(c, &dir).await?;
         let mut n = 0;
@@ -1274,7 +1305,8 @@ impl Backend for ZkBackend {
     }
 
     async fn status(&self, namespace: &str, keys: &[String]) -> Result<Vec<KeyStatus>> {
-        let c = self.client(Duration::from_secs(30)).await?;
+        let session = self.client(Duration::from_secs(30)).await?;
+        let c = &*session;
         let mut out = Vec::new();
         if !keys.is_empty() {
             for k in keys {
@@ -1324,7 +1356,8 @@ impl Backend for ZkBackend {
     }
 
     async fn ping(&self) -> Result<PingInfo> {
-        let c = self.client(Duration::from_secs(30)).await?;
+        let session = self.client(Duration::from_secs(30)).await?;
+        let c = &*session;
         self.bounded("ping", c.check_stat("/")).await?;
         Ok(PingInfo {
             kind: "zookeeper",
@@ -1335,7 +1368,8 @@ impl Backend for ZkBackend {
 
     async fn doctor(&self, ttl: Duration, timeout: Duration) -> Vec<Check> {
         let mut out = Vec::new();
-        if let Ok(c) = self.client(ttl).await {
+        if let Ok(session) = self.client(ttl).await {
+            let c = &*session;
             let granted = c.session_timeout();
             if granted > ttl {
                 out.push(
@@ -1405,7 +1439,10 @@ impl Backend for ZkBackend {
     }
 
     async fn close(&self) {
-        let Some(c) = self.client.get() else { return };
+        let Some(session) = self.session().await else {
+            return;
+        };
+        let c = &*session;
         // A waiter that was interrupted or gave up leaves no queue entry to
         // hold up the waiters behind it.
         let _ = self.drop_queued(c).await;
