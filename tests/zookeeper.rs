@@ -922,6 +922,54 @@ mod liveness {
         liveness::silent_and_closed_servers_are_down("zk");
     }
 
+    /// "Full" is only what the server says: a ZooKeeper with its 60
+    /// connections from our address taken (`maxClientCnxns`) closes ours at
+    /// once, and a waiter waits that out like a busy lock (75 at the
+    /// deadline, naming the cause; 0 once there is room), never 69.
+    #[test]
+    fn a_full_server_is_busy_not_down() {
+        use std::time::Duration;
+        let env = Env::zookeeper();
+        let port = env.zookeeper.as_ref().unwrap().port;
+        let hogs: Vec<std::net::TcpStream> = (0..60)
+            .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(500));
+        for _ in 0..3 {
+            let out = env.run(&[
+                "--connect-timeout",
+                "2s",
+                "run",
+                "--wait",
+                "2s",
+                "--key",
+                "f",
+                "--",
+                "true",
+            ]);
+            assert_eq!(code(&out), 75, "{}", stderr(&out));
+            assert!(stderr(&out).contains("no room"), "{}", stderr(&out));
+        }
+        let mut w = Reaped(
+            env.cmd(&[
+                "--connect-timeout",
+                "2s",
+                "run",
+                "--wait",
+                "20s",
+                "--key",
+                "f",
+            ])
+            .args(["--", "true"])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        drop(hogs);
+        assert_eq!(wait_timeout(&mut w, Duration::from_secs(30)), 0);
+    }
+
     /// A waiter whose session expires while it waits (the server frozen
     /// past the session timeout) queues again in a new session and gets
     /// the lock; the holder, whose session expired too, exits 74 (before:

@@ -440,13 +440,25 @@ impl ZkBackend {
         let wait = (self.timeout / 4).min(Duration::from_secs(1));
         for h in hosts.split(',').filter(|h| !h.is_empty()) {
             let c = tokio::net::TcpStream::connect(h);
-            let Ok(Ok(mut tcp)) = tokio::time::timeout(wait, c).await else {
-                continue;
+            let mut tcp = match tokio::time::timeout(wait, c).await {
+                Ok(Ok(tcp)) => tcp,
+                // Accepted and reset so soon that the connect saw it (Linux
+                // says EPIPE then).
+                Ok(Err(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionReset
+                            | std::io::ErrorKind::ConnectionAborted
+                            | std::io::ErrorKind::BrokenPipe
+                    ) =>
+                {
+                    return true;
+                }
+                _ => continue,
             };
             let mut b = [0u8; 1];
-            if let Ok(r) = tokio::time::timeout(wait, tcp.read(&mut b)).await
-                && matches!(r, Ok(0) | Err(_))
-            {
+            let r = tokio::time::timeout(wait, tcp.read(&mut b)).await;
+            if matches!(r, Ok(Ok(0) | Err(_))) {
                 return true;
             }
         }
