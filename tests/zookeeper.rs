@@ -1012,3 +1012,63 @@ mod liveness {
         assert_eq!(wait_timeout(&mut h, Duration::from_secs(30)), 74);
     }
 }
+
+/// A release while the server of dlock's session is frozen (an ensemble):
+/// the node is deleted through another server within about
+/// `--connect-timeout`, instead of staying for the session timeout
+/// (before: "could not release", and the node stayed 10 s) (issue 20).
+#[test]
+fn release_with_the_connected_server_frozen() {
+    let env = Env::zk_ensemble();
+    let e = env.ensemble.as_ref().unwrap();
+    let stop = env.path("stop");
+    let script = format!("while [ ! -e {} ]; do sleep 0.02; done", stop.display());
+    let mut h = Reaped(
+        env.cmd(&[
+            "--connect-timeout",
+            "3s",
+            "run",
+            "--ttl",
+            "10s",
+            "--key",
+            "fz",
+        ])
+        .args(["--", "sh", "-c", &script])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap(),
+    );
+    wait_for(Duration::from_secs(20), "held", || env.held("fz"));
+    std::thread::sleep(Duration::from_millis(500));
+    let conns: Vec<usize> = (0..3)
+        .map(|i| {
+            e.four_letter(i, "cons")
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("sid=0x"))
+                .count()
+        })
+        .collect();
+    eprintln!("connections per server: {conns:?}");
+    let i = conns.iter().position(|c| *c > 0).unwrap();
+    e.signal(i, Signal::SIGSTOP);
+    std::fs::write(&stop, "").unwrap();
+    let t = Instant::now();
+    let rc = wait_timeout(&mut h, Duration::from_secs(30));
+    let took = t.elapsed();
+    let mut err = String::new();
+    let _ = std::io::Read::read_to_string(h.stderr.as_mut().unwrap(), &mut err);
+    eprintln!("release with the session's server frozen: {rc} after {took:?}");
+    assert_eq!(rc, 0, "{err}");
+    assert!(!err.contains("could not release"), "{err}");
+    assert!(took < Duration::from_secs(7), "{took:?}: {err}");
+    let gone = || {
+        e.cli(&["ls", "/dlock/fz"])
+            .stdout
+            .windows(5)
+            .all(|w| w != b"lock-")
+    };
+    assert!(gone(), "the node is gone as the holder exits");
+    e.signal(i, Signal::SIGCONT);
+}
