@@ -1016,7 +1016,9 @@ mod liveness {
 /// A release while the server of dlock's session is frozen (an ensemble):
 /// the node is deleted through another server within about
 /// `--connect-timeout`, instead of staying for the session timeout
-/// (before: "could not release", and the node stayed 10 s) (issue 20).
+/// (before: "could not release", and the node stayed 10 s); and a holder
+/// whose session's server freezes for 7 s (TTL 10 s) keeps its lock: the
+/// client moves the session to another server (issue 20).
 #[test]
 fn release_with_the_connected_server_frozen() {
     let env = Env::zk_ensemble();
@@ -1071,4 +1073,43 @@ fn release_with_the_connected_server_frozen() {
     };
     assert!(gone(), "the node is gone as the holder exits");
     e.signal(i, Signal::SIGCONT);
+    // Renewals: the session moves to another server and lives on; the
+    // holder runs past a server frozen for longer than half its TTL.
+    let stop = env.path("stop2");
+    let script = format!("while [ ! -e {} ]; do sleep 0.02; done", stop.display());
+    let mut h = Reaped(
+        env.cmd(&[
+            "--connect-timeout",
+            "3s",
+            "run",
+            "--ttl",
+            "10s",
+            "--key",
+            "fz2",
+        ])
+        .args(["--", "sh", "-c", &script])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap(),
+    );
+    wait_for(Duration::from_secs(20), "held", || env.held("fz2"));
+    std::thread::sleep(Duration::from_millis(500));
+    let i = (0..3)
+        .find(|i| {
+            e.four_letter(*i, "cons")
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.contains("sid=0x"))
+        })
+        .unwrap();
+    e.signal(i, Signal::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(7));
+    std::fs::write(&stop, "").unwrap();
+    let rc = wait_timeout(&mut h, Duration::from_secs(30));
+    let mut err = String::new();
+    let _ = std::io::Read::read_to_string(h.stderr.as_mut().unwrap(), &mut err);
+    e.signal(i, Signal::SIGCONT);
+    eprintln!("a holder past its session's server frozen 7 s: {rc}: {err}");
+    assert_eq!(rc, 0, "{err}");
 }
