@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use common::shared::shared_conformance;
 use common::suite::{self, conformance};
 use common::*;
+use nix::sys::signal::Signal;
 
 conformance!(etcd, Env::etcd());
 shared_conformance!(etcd_shared, Env::etcd());
@@ -154,6 +155,98 @@ fn cluster_survives_a_member_and_the_leader_dying() {
         "took {:?}",
         t.elapsed()
     );
+}
+
+/// With several endpoints, a release and the renewals move to another
+/// member when the one in use stops answering (frozen here; a member
+/// without a leader does the same), instead of waiting out
+/// `--connect-timeout` on it and leaving the key to its TTL (issue 20).
+#[test]
+fn releases_and_renewals_move_past_a_frozen_member() {
+    let members = servers::Etcd::cluster();
+    let mut env = Env::sqlite();
+    env.url = format!(
+        "etcd://{}",
+        members
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let keys =
+        |k: &str| members[1].ctl(&["get", "--prefix", "--keys-only", &format!("dlock/{k}/")]);
+    let hold = |k: &str, ttl: &str, stop: &std::path::Path| {
+        let script = format!("while [ ! -e {} ]; do sleep 0.02; done", stop.display());
+        let c = env
+            .cmd(&["--connect-timeout", "3s", "run", "--ttl", ttl, "--key", k])
+            .args(["--", "sh", "-c", &script])
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for(Duration::from_secs(20), "the holder to hold", || {
+            keys(k).contains(&format!("dlock/{k}/"))
+        });
+        Reaped(c)
+    };
+    let finish = |h: &mut Reaped, stop: &std::path::Path| {
+        std::fs::write(stop, "").unwrap();
+        let t = Instant::now();
+        let rc = wait_timeout(h, Duration::from_secs(20));
+        let mut err = String::new();
+        let _ = std::io::Read::read_to_string(h.stderr.as_mut().unwrap(), &mut err);
+        (rc, t.elapsed(), err)
+    };
+    // dlock talks to the first endpoint listed while it answers.
+    // A release: the member freezes just before it.
+    let stop = env.path("stop-release");
+    let mut h = hold("rel", "30s", &stop);
+    members[0].signal(Signal::SIGSTOP);
+    let (rc, took, err) = finish(&mut h, &stop);
+    assert_eq!(rc, 0, "{err}");
+    assert!(!err.contains("could not release"), "{err}");
+    assert!(
+        took < Duration::from_secs(3),
+        "the release took {took:?}: {err}"
+    );
+    assert_eq!(keys("rel").trim(), "", "the release landed");
+    eprintln!("release past a frozen member: {took:?}");
+    members[0].signal(Signal::SIGCONT);
+    // Renewals: the member freezes while the holder runs for longer than
+    // its TTL (3 s: a renewal every second).
+    wait_for(Duration::from_secs(20), "the member to serve again", || {
+        members[0]
+            .ctl(&["endpoint", "health"])
+            .contains("is healthy")
+    });
+    let stop = env.path("stop-renew");
+    let mut h = hold("ren", "3s", &stop);
+    members[0].signal(Signal::SIGSTOP);
+    // A new dlock starts with the members that answer.
+    let t = Instant::now();
+    let out = env.run(&[
+        "--connect-timeout",
+        "3s",
+        "run",
+        "-n",
+        "--key",
+        "new",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let took = t.elapsed();
+    eprintln!("a run with the first member frozen: {took:?}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        keys("ren").contains("dlock/ren/"),
+        "the lock outlived its TTL"
+    );
+    let (rc, _, err) = finish(&mut h, &stop);
+    assert_eq!(rc, 0, "renewals did not move to another member: {err}");
+    assert_eq!(keys("ren").trim(), "", "the release landed");
+    members[0].signal(Signal::SIGCONT);
 }
 
 /// `etcds://`: TLS verified against a CA given in `SSL_CERT_FILE`; an
@@ -357,5 +450,31 @@ fn shared_locks_beside_etcdctl_lock_and_rwmutex_keys() {
     for c in [&mut h, &mut r] {
         signal(c.id(), nix::sys::signal::Signal::SIGTERM);
         assert_eq!(wait_timeout(c, Duration::from_secs(10)), 143);
+    }
+}
+
+/// Liveness (issue 20), written once in `common/liveness.rs`.
+mod liveness {
+    use super::common::liveness;
+    use super::common::*;
+
+    fn shared() -> Env {
+        Env::shared_here("Env::etcd()", Env::etcd)
+    }
+
+    #[test]
+    fn elect_with_a_short_ttl_never_flaps() {
+        liveness::elect_with_a_short_ttl_never_flaps(&shared());
+    }
+
+    // It restarts the server: a server of its own.
+    #[test]
+    fn waiter_gets_the_lock_soon_after_a_restart() {
+        liveness::waiter_gets_the_lock_soon_after_a_restart(&mut Env::etcd());
+    }
+
+    #[test]
+    fn silent_and_closed_servers_are_down() {
+        liveness::silent_and_closed_servers_are_down("etcd");
     }
 }

@@ -876,3 +876,220 @@ fn shared_handles_renew_and_lapse_on_their_own() {
     let out = env.run(&["run", "-n", "--key", "sh", "--", "true"]);
     assert_eq!(code(&out), 75, "{}", stderr(&out));
 }
+
+/// Liveness (issue 20), written once in `common/liveness.rs`.
+mod liveness {
+    use super::common::liveness;
+    use super::common::*;
+
+    fn shared() -> Env {
+        Env::shared_here("Env::zookeeper()", Env::zookeeper)
+    }
+
+    #[test]
+    fn elect_with_a_short_ttl_never_flaps() {
+        liveness::elect_with_a_short_ttl_never_flaps(&shared());
+    }
+
+    // It restarts the server: a server of its own.
+    #[test]
+    fn waiter_gets_the_lock_soon_after_a_restart() {
+        liveness::waiter_gets_the_lock_soon_after_a_restart(&mut Env::zookeeper());
+    }
+
+    #[test]
+    fn silent_and_closed_servers_are_down() {
+        liveness::silent_and_closed_servers_are_down("zk");
+    }
+
+    /// "Full" is only what the server says: a ZooKeeper with its 60
+    /// connections from our address taken (`maxClientCnxns`) closes ours at
+    /// once, and a waiter waits that out like a busy lock (75 at the
+    /// deadline, naming the cause; 0 once there is room), never 69.
+    #[test]
+    fn a_full_server_is_busy_not_down() {
+        use std::time::Duration;
+        let env = Env::zookeeper();
+        let port = env.zookeeper.as_ref().unwrap().port;
+        let hogs: Vec<std::net::TcpStream> = (0..60)
+            .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(500));
+        for _ in 0..3 {
+            let out = env.run(&[
+                "--connect-timeout",
+                "2s",
+                "run",
+                "--wait",
+                "2s",
+                "--key",
+                "f",
+                "--",
+                "true",
+            ]);
+            assert_eq!(code(&out), 75, "{}", stderr(&out));
+            assert!(stderr(&out).contains("no room"), "{}", stderr(&out));
+        }
+        let mut w = Reaped(
+            env.cmd(&[
+                "--connect-timeout",
+                "2s",
+                "run",
+                "--wait",
+                "20s",
+                "--key",
+                "f",
+            ])
+            .args(["--", "true"])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        drop(hogs);
+        assert_eq!(wait_timeout(&mut w, Duration::from_secs(30)), 0);
+    }
+
+    /// A waiter whose session expires while it waits (the server frozen
+    /// past the session timeout) queues again in a new session and gets
+    /// the lock; the holder, whose session expired too, exits 74 (before:
+    /// the waiter exited 69, "session expired", with the server back).
+    #[test]
+    fn waiter_whose_session_expired_queues_again() {
+        use nix::sys::signal::Signal;
+        use std::time::{Duration, Instant};
+        let env = Env::zookeeper();
+        let zk = env.zookeeper.as_ref().unwrap();
+        let mut h = Reaped(
+            env.cmd(&["run", "--ttl", "2s", "--key", "x", "--", "sleep", "3"])
+                .stdin(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        wait_for(Duration::from_secs(20), "the holder", || env.held("x"));
+        let mut w = Reaped(
+            env.cmd(&[
+                "run", "--ttl", "2s", "--wait", "30s", "--key", "x", "--", "true",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+        );
+        wait_for(Duration::from_secs(20), "the waiter to queue", || {
+            env.status_json(&["x"])[0]["waiters"].as_u64() == Some(1)
+        });
+        zk.signal(Signal::SIGSTOP);
+        std::thread::sleep(Duration::from_secs(4));
+        zk.signal(Signal::SIGCONT);
+        let t = Instant::now();
+        let rc = wait_timeout(&mut w, Duration::from_secs(30));
+        let mut err = String::new();
+        let _ = std::io::Read::read_to_string(w.stderr.as_mut().unwrap(), &mut err);
+        assert_eq!(rc, 0, "{err}");
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        assert_eq!(wait_timeout(&mut h, Duration::from_secs(30)), 74);
+    }
+}
+
+/// A release while the server of dlock's session is frozen (an ensemble):
+/// the node is deleted through another server within about
+/// `--connect-timeout`, instead of staying for the session timeout
+/// (before: "could not release", and the node stayed 10 s); and a holder
+/// whose session's server freezes for 7 s (TTL 10 s) keeps its lock: the
+/// client moves the session to another server (issue 20).
+#[test]
+fn release_with_the_connected_server_frozen() {
+    let env = Env::zk_ensemble();
+    let e = env.ensemble.as_ref().unwrap();
+    let stop = env.path("stop");
+    let script = format!("while [ ! -e {} ]; do sleep 0.02; done", stop.display());
+    let mut h = Reaped(
+        env.cmd(&[
+            "--connect-timeout",
+            "3s",
+            "run",
+            "--ttl",
+            "10s",
+            "--key",
+            "fz",
+        ])
+        .args(["--", "sh", "-c", &script])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap(),
+    );
+    wait_for(Duration::from_secs(20), "held", || env.held("fz"));
+    std::thread::sleep(Duration::from_millis(500));
+    let conns: Vec<usize> = (0..3)
+        .map(|i| {
+            e.four_letter(i, "cons")
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("sid=0x"))
+                .count()
+        })
+        .collect();
+    eprintln!("connections per server: {conns:?}");
+    let i = conns.iter().position(|c| *c > 0).unwrap();
+    e.signal(i, Signal::SIGSTOP);
+    std::fs::write(&stop, "").unwrap();
+    let t = Instant::now();
+    let rc = wait_timeout(&mut h, Duration::from_secs(30));
+    let took = t.elapsed();
+    let mut err = String::new();
+    let _ = std::io::Read::read_to_string(h.stderr.as_mut().unwrap(), &mut err);
+    eprintln!("release with the session's server frozen: {rc} after {took:?}");
+    assert_eq!(rc, 0, "{err}");
+    assert!(!err.contains("could not release"), "{err}");
+    assert!(took < Duration::from_secs(7), "{took:?}: {err}");
+    let gone = || {
+        e.cli(&["ls", "/dlock/fz"])
+            .stdout
+            .windows(5)
+            .all(|w| w != b"lock-")
+    };
+    assert!(gone(), "the node is gone as the holder exits");
+    e.signal(i, Signal::SIGCONT);
+    // Renewals: the session moves to another server and lives on; the
+    // holder runs past a server frozen for longer than half its TTL.
+    let stop = env.path("stop2");
+    let script = format!("while [ ! -e {} ]; do sleep 0.02; done", stop.display());
+    let mut h = Reaped(
+        env.cmd(&[
+            "--connect-timeout",
+            "3s",
+            "run",
+            "--ttl",
+            "10s",
+            "--key",
+            "fz2",
+        ])
+        .args(["--", "sh", "-c", &script])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap(),
+    );
+    wait_for(Duration::from_secs(20), "held", || env.held("fz2"));
+    std::thread::sleep(Duration::from_millis(500));
+    let i = (0..3)
+        .find(|i| {
+            e.four_letter(*i, "cons")
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.contains("sid=0x"))
+        })
+        .unwrap();
+    e.signal(i, Signal::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(7));
+    std::fs::write(&stop, "").unwrap();
+    let rc = wait_timeout(&mut h, Duration::from_secs(30));
+    let mut err = String::new();
+    let _ = std::io::Read::read_to_string(h.stderr.as_mut().unwrap(), &mut err);
+    e.signal(i, Signal::SIGCONT);
+    eprintln!("a holder past its session's server frozen 7 s: {rc}: {err}");
+    assert_eq!(rc, 0, "{err}");
+}

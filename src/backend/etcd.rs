@@ -87,6 +87,25 @@ fn kind(e: &ec::Error) -> Kind {
     }
 }
 
+/// Whether an error says that the member we asked cannot serve us now
+/// (unreachable, no leader, a leader change, a time-out), so that another
+/// member may.
+fn elsewhere(e: &ec::Error) -> bool {
+    use tonic::Code;
+    match e {
+        ec::Error::GRpcStatus(s) => matches!(
+            s.code(),
+            Code::Unavailable
+                | Code::DeadlineExceeded
+                | Code::Unknown
+                | Code::Internal
+                | Code::Aborted
+        ),
+        ec::Error::Watch(_) => true,
+        ec::Error::InvalidArgs(_) => false,
+    }
+}
+
 /// The holder an entry names: dlock's record in its value (`run`); or a
 /// published value in its value and dlock's record in its side key
 /// (`elect`, `side`: the side key's value); else a foreign client's entry,
@@ -284,29 +303,53 @@ impl EtcdBackend {
         }
         // The client uses the first endpoint that takes a connection, and a
         // member that takes it but does not answer (frozen, say) would hold
-        // every call up: start with the members that answer now.
+        // every call up: start with the members that answer now (those that
+        // answer within a moment of the first), and keep the others last,
+        // to fail over to.
         let listed = endpoints.clone();
         let endpoints = if endpoints.len() > 1 {
-            let probes = futures_util::future::join_all(endpoints.iter().map(|ep| {
-                let opts = opts.clone();
-                async move {
-                    let ok = tokio::time::timeout(timeout, async {
-                        let mut c = ec::Client::connect([ep.as_str()], Some(opts)).await?;
-                        c.status().await
-                    })
-                    .await;
-                    matches!(ok, Ok(Ok(_)))
-                }
-            }))
-            .await;
-            let live: Vec<String> = endpoints
+            use futures_util::stream::{FuturesUnordered, StreamExt};
+            let mut probes: FuturesUnordered<_> = endpoints
                 .iter()
-                .zip(probes)
-                .filter(|(_, ok)| *ok)
-                .map(|(e, _)| e.clone())
+                .enumerate()
+                .map(|(i, ep)| {
+                    let opts = opts.clone();
+                    async move {
+                        let ok = tokio::time::timeout(timeout, async {
+                            let mut c = ec::Client::connect([ep.as_str()], Some(opts)).await?;
+                            c.status().await
+                        })
+                        .await;
+                        (i, matches!(ok, Ok(Ok(_))))
+                    }
+                })
                 .collect();
-            tracing::debug!(?live, "etcd members answering");
-            if live.is_empty() { endpoints } else { live }
+            let mut answered = vec![false; endpoints.len()];
+            let mut grace: Option<tokio::time::Instant> = None;
+            loop {
+                let next = match grace {
+                    None => probes.next().await,
+                    Some(g) => match tokio::time::timeout_at(g, probes.next()).await {
+                        Ok(n) => n,
+                        Err(_) => break,
+                    },
+                };
+                let Some((i, ok)) = next else { break };
+                if ok {
+                    answered[i] = true;
+                    grace.get_or_insert_with(|| {
+                        tokio::time::Instant::now() + Duration::from_millis(250)
+                    });
+                }
+            }
+            drop(probes);
+            tracing::debug!(?answered, "etcd members answering");
+            let (mut first, rest): (Vec<_>, Vec<_>) = endpoints
+                .into_iter()
+                .enumerate()
+                .partition(|(i, _)| answered[*i]);
+            first.extend(rest);
+            first.into_iter().map(|(_, e)| e).collect()
         } else {
             endpoints
         };
@@ -333,13 +376,85 @@ impl EtcdBackend {
         Ok(b)
     }
 
+    /// One call, bounded by `--connect-timeout`. A member that does not
+    /// answer, or cannot serve now, is left: the next call goes to the next
+    /// endpoint listed.
     async fn bounded<T>(
         &self,
         what: &str,
         f: impl std::future::Future<Output = Result<T, ec::Error>>,
     ) -> Result<T> {
+        let at = self.client.member().await;
+        let r = tokio::time::timeout(self.timeout, f).await;
+        let away = match &r {
+            Ok(Ok(_)) => false,
+            Ok(Err(e)) => elsewhere(e),
+            Err(_) => true,
+        };
+        if away {
+            self.client.leave(at).await;
+        }
+        self.typed(what, r)
+    }
+
+    /// A call's outcome as the typed error of a step `what`.
+    fn typed<T>(
+        &self,
+        what: &str,
+        r: Result<Result<T, ec::Error>, tokio::time::error::Elapsed>,
+    ) -> Result<T> {
         let service = format!("etcd {}", self.shown);
-        kit::bounded(&service, what, self.timeout, f, kind).await
+        match r {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(kit::typed(kind(&e), format!("{service}: {what}: {e}"))),
+            Err(_) => Err(kit::no_answer(&service, what, self.timeout)),
+        }
+    }
+
+    /// A call that must land (a release, a renewal) even while the member
+    /// in use is gone, frozen or without a leader: with several endpoints,
+    /// each try has a share of `--connect-timeout` (at most `cap`), and a
+    /// try that gets no answer, or an answer that another member may not
+    /// give, moves to the next endpoint. The call must be safe to repeat.
+    /// Returns its result, and whether it was tried more than once.
+    async fn failing_over<T, F, Fut>(
+        &self,
+        what: &str,
+        cap: Duration,
+        mut f: F,
+    ) -> Result<(T, bool)>
+    where
+        F: FnMut(ec::Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ec::Error>>,
+    {
+        let n = self.client.members();
+        let end = Instant::now() + self.timeout;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let left = end.saturating_duration_since(Instant::now());
+            let last = tries >= n;
+            let share = if last {
+                left
+            } else {
+                (left / (n - tries + 1) as u32).min(cap)
+            };
+            let at = self.client.member().await;
+            let r = tokio::time::timeout(share, f(self.client.clone())).await;
+            let away = match &r {
+                Ok(Ok(_)) => false,
+                Ok(Err(e)) => elsewhere(e),
+                Err(_) => true,
+            };
+            if away {
+                self.client.leave(at).await;
+                if !last {
+                    tracing::debug!(what, tries, "etcd: trying the next endpoint");
+                    continue;
+                }
+            }
+            return self.typed(what, r).map(|v| (v, tries > 1));
+        }
     }
 
     fn prefix(ns: &str, key: &str) -> String {
@@ -411,6 +526,64 @@ impl EtcdBackend {
         }
     }
 
+    /// Revoke the leases of queue entries that earlier attempts left
+    /// unresolved (and with them their keys). An outage ends the attempt:
+    /// the leases not revoked yet stay registered for the next one.
+    async fn drop_queued(&self) -> Result<()> {
+        let mut left = self.queued.take().into_iter();
+        let mut c = self.client.clone();
+        while let Some(lease) = left.next() {
+            let revoked = self
+                .bounded("revoke an earlier queue lease", async {
+                    match c.lease_revoke(lease).await {
+                        // Gone already (expired, or revoked).
+                        Err(ec::Error::GRpcStatus(s)) if s.code() == tonic::Code::NotFound => {
+                            Ok(())
+                        }
+                        r => r.map(drop),
+                    }
+                })
+                .await;
+            if let Err(e) = revoked {
+                self.queued.add(lease);
+                left.for_each(|l| self.queued.add(l));
+                return Err(e);
+            }
+            tracing::info!(
+                event = "dropped_queued",
+                lease = format!("{lease:x}"),
+                "revoked the queue lease of an earlier attempt"
+            );
+        }
+        Ok(())
+    }
+
+    /// Delete a queue entry whose process is gone (see
+    /// [`queue::wait_turn`]), with its side key, only if it is unchanged
+    /// since it was listed; then revoke its lease (nobody keeps it alive).
+    /// True if the queue changed: it went, or changed meanwhile.
+    async fn remove_dead(&self, e: &Entry) -> Result<bool> {
+        let key = e.kv.key();
+        let mut ops = vec![ec::TxnOp::delete(key)];
+        if e.may_have_side()
+            && let Some(side) = side_key(key)
+        {
+            ops.push(ec::TxnOp::delete(side));
+        }
+        let del = ec::Txn::new()
+            .when([
+                ec::Compare::create_revision(key, ec::CompareOp::Equal, e.kv.create_revision()),
+                ec::Compare::mod_revision(key, ec::CompareOp::Equal, e.kv.mod_revision()),
+            ])
+            .and_then(ops);
+        let mut c = self.client.clone();
+        let r = self.bounded("delete a dead entry", c.txn(del)).await?;
+        if r.succeeded && e.kv.lease() != 0 {
+            let _ = tokio::time::timeout(self.timeout, c.lease_revoke(e.kv.lease())).await;
+        }
+        Ok(true)
+    }
+
     async fn find_mine(&self, lease: &Lease) -> Result<Option<(String, i64)>> {
         if let Some(m) = self
             .mine
@@ -452,6 +625,8 @@ struct EtcdTurn<'a> {
     /// The revision of the last listing: watches start after it.
     rev: i64,
     alive_since: Instant,
+    /// The records read from side keys, by entry key and create revision.
+    sides: HashMap<(Vec<u8>, i64), Option<Record>>,
 }
 
 #[async_trait]
@@ -475,6 +650,36 @@ impl queue::Turn for EtcdTurn<'_> {
 
     fn mode(&self, e: &Entry) -> kit::Mode {
         e.mode(self.spec.limit)
+    }
+
+    async fn record(&mut self, e: &Entry) -> Result<Option<Record>> {
+        if let Some(r) = record_of(&e.kv) {
+            return Ok(Some(r));
+        }
+        if !e.may_have_side() {
+            return Ok(None);
+        }
+        let at = (e.kv.key().to_vec(), e.kv.create_revision());
+        if let Some(r) = self.sides.get(&at) {
+            return Ok(r.clone());
+        }
+        let Some(side) = side_key(e.kv.key()) else {
+            return Ok(None);
+        };
+        let got = self.b.bounded("get", self.c.get(side, None)).await?;
+        // The side record of this entry's lease, not of another's.
+        let lease = format!("{:x}", e.kv.lease());
+        let r = got
+            .kvs()
+            .first()
+            .and_then(|kv| record(&String::from_utf8_lossy(kv.value())))
+            .filter(|r| r.id == lease);
+        self.sides.insert(at, r.clone());
+        Ok(r)
+    }
+
+    async fn remove_dead(&mut self, e: &Entry) -> Result<bool> {
+        self.b.remove_dead(e).await
     }
 
     async fn vanished(&mut self) -> anyhow::Error {
@@ -518,21 +723,24 @@ impl queue::Turn for EtcdTurn<'_> {
         let (c, lease) = (&mut self.c, self.lease);
         // While waiting, keep our own lease alive.
         let sent = Instant::now();
-        let kept = tokio::time::timeout(self.b.timeout, async {
-            let (mut k, mut s) = c.lease_keep_alive(lease).await?;
-            k.keep_alive().await?;
-            Ok::<_, ec::Error>(s.message().await?.is_some_and(|m| m.ttl() > 0))
-        })
-        .await;
-        if matches!(kept, Ok(Ok(true))) {
+        // (A member that does not answer is left for the next one.)
+        let kept = self
+            .b
+            .bounded("keep-alive", async {
+                let (mut k, mut s) = c.lease_keep_alive(lease).await?;
+                k.keep_alive().await?;
+                Ok::<_, ec::Error>(s.message().await?.is_some_and(|m| m.ttl() > 0))
+            })
+            .await;
+        if matches!(kept, Ok(true)) {
             self.alive_since = sent;
         }
         let pred = blocker.kv.key().to_vec();
         let opts = ec::WatchOptions::new().with_start_revision(self.rev + 1);
-        let watch = tokio::time::timeout(self.b.timeout, c.watch(pred, Some(opts))).await;
+        let watch = self.b.bounded("watch", c.watch(pred, Some(opts))).await;
         let recheck = Instant::now() + (self.spec.ttl / 3).min(Duration::from_secs(2));
         let until = deadline.map_or(recheck, |d| d.min(recheck));
-        if let Ok(Ok(mut stream)) = watch {
+        if let Ok(mut stream) = watch {
             let _ = tokio::time::timeout_at(until.into(), async {
                 while let Ok(Some(resp)) = stream.message().await {
                     if resp
@@ -577,6 +785,10 @@ impl Backend for EtcdBackend {
         me: &Owner,
         deadline: Option<Instant>,
     ) -> Result<Attempt> {
+        // What an earlier, failed attempt left (its queue key on a lease
+        // we no longer keep alive: after an outage, say) goes first: our
+        // own key ahead of us would keep us waiting for ourselves.
+        self.drop_queued().await?;
         let mut c = self.client.clone();
         let granted_at = Instant::now();
         // etcd leases are whole seconds: round up (the keeper still works to
@@ -632,6 +844,7 @@ impl Backend for EtcdBackend {
             rev: 0,
             // The lease is safe for its TTL from the last keep-alive we sent.
             alive_since: granted_at,
+            sides: HashMap::new(),
         };
         queue::wait_turn(&mut turn, spec.mode(), deadline).await
     }
@@ -653,9 +866,10 @@ impl Backend for EtcdBackend {
         let Some((key, id)) = self.find_mine(lease).await? else {
             return Ok(Renewal::Lost);
         };
-        let mut c = self.client.clone();
-        let alive = self
-            .bounded("keep-alive", async {
+        // Two tries fit in the keeper's renewal period (a third of the TTL).
+        let cap = lease.ttl / 6;
+        let (alive, _) = self
+            .failing_over("keep-alive", cap, |mut c| async move {
                 let kept = async {
                     let (mut k, mut s) = c.lease_keep_alive(id).await?;
                     k.keep_alive().await?;
@@ -672,7 +886,12 @@ impl Backend for EtcdBackend {
             return Ok(Renewal::Lost);
         }
         // Someone may have deleted our key (release --force).
-        let r = self.bounded("get", c.get(key.as_str(), None)).await?;
+        let (r, _) = self
+            .failing_over("get", cap, |mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
+            .await?;
         Ok(if r.kvs().is_empty() {
             Renewal::Lost
         } else {
@@ -688,13 +907,22 @@ impl Backend for EtcdBackend {
             .lock()
             .await
             .remove(&(lease.namespace.clone(), lease.key.clone()));
-        let mut c = self.client.clone();
-        let deleted = self
-            .bounded("delete", c.delete(key.as_str(), None))
-            .await?
-            .deleted();
-        let _ = tokio::time::timeout(self.timeout, c.lease_revoke(id)).await;
-        Ok(deleted > 0)
+        let cap = self.timeout;
+        let (r, again) = self
+            .failing_over("delete", cap, |mut c| {
+                let key = key.clone();
+                async move { c.delete(key, None).await }
+            })
+            .await?;
+        let _ = self
+            .failing_over(
+                "revoke",
+                cap,
+                |mut c| async move { c.lease_revoke(id).await },
+            )
+            .await;
+        // Tried again on another member: the first try may have deleted it.
+        Ok(r.deleted() > 0 || again)
     }
 
     async fn force_release(&self, namespace: &str, key: &str) -> Result<u64> {

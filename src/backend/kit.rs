@@ -32,13 +32,24 @@ pub fn typed(kind: Kind, msg: String) -> anyhow::Error {
     .into()
 }
 
+/// How the message of [`no_answer`] ends.
+const NO_ANSWER: &str = "(--connect-timeout)";
+
 /// The message for a step that got no answer in time.
 pub fn no_answer(service: &str, what: &str, timeout: Duration) -> anyhow::Error {
     Error::Unavailable(format!(
-        "{service}: {what}: no answer within {} (--connect-timeout)",
+        "{service}: {what}: no answer within {} {NO_ANSWER}",
         human_duration(timeout)
     ))
     .into()
+}
+
+/// Whether an error is [`no_answer`]'s: a call that waited its whole
+/// bound for an answer.
+fn unanswered(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        matches!(e.downcast_ref::<Error>(), Some(Error::Unavailable(m)) if m.ends_with(NO_ANSWER))
+    })
 }
 
 /// One call to a service, bounded by `timeout`. Its error, or the
@@ -183,12 +194,18 @@ where
                 now + full.next_delay()
             }
             Retry::Outage => {
-                let long = now.duration_since(began) > patience + Duration::from_secs(1);
-                // A step that never waits on purpose (`cap`) was already
-                // failing when it began; one that waits was not.
+                let took = now.duration_since(began);
+                let long = took > patience + Duration::from_secs(1);
                 let since = match outage_since {
                     Some(s) if !long => s,
+                    // A step that never waits on purpose (`cap`) was
+                    // already failing when it began; one that waits was not.
                     _ if cap && !long => began,
+                    // A call that got no answer for its whole bound (a
+                    // server that accepts and stays silent) has ridden out
+                    // that much of the outage already: 69 within
+                    // --connect-timeout, as for a refused connection.
+                    _ if unanswered(&err) => now - took.min(patience),
                     _ => now,
                 };
                 outage_since = Some(since);
@@ -939,6 +956,48 @@ mod tests {
         .await
         .unwrap_err();
         assert!(t.elapsed() <= Duration::from_secs(2));
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_silent_server_ends_within_the_patience() {
+        // Every attempt waits out its bound for an answer, as a call to a
+        // server that accepts and never answers does.
+        let patience = Duration::from_secs(2);
+        let calls = std::cell::Cell::new(0);
+        let t = Clock::now();
+        let e = patiently(None, patience, || {
+            calls.set(calls.get() + 1);
+            async move {
+                tokio::time::sleep(patience).await;
+                Err::<(), _>(no_answer("svc", "connect", patience))
+            }
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(retry_of(&e), Retry::Outage);
+        assert_eq!(calls.get(), 1);
+        assert!(t.elapsed() < patience + Duration::from_millis(100));
+        // A quick failure after a long wait (the server went away while
+        // we waited on the lock) is ridden out for the patience as ever.
+        let calls = std::cell::Cell::new(0);
+        let t = Clock::now();
+        patiently(None, patience, || {
+            calls.set(calls.get() + 1);
+            let n = calls.get();
+            async move {
+                match n {
+                    1 => {
+                        tokio::time::sleep(patience).await;
+                        Err(typed(Kind::Outage, "refused".into()))
+                    }
+                    2..=5 => Err(typed(Kind::Outage, "refused".into())),
+                    _ => Ok(()),
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert!(t.elapsed() > patience);
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]

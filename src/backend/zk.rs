@@ -52,7 +52,9 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::Result;
 use async_trait::async_trait;
-use tokio::sync::{Mutex, OnceCell};
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
 use zookeeper_client as zk;
 
 use super::kit::{self, Kind, NField, Queued, Record};
@@ -110,7 +112,9 @@ pub struct ZkBackend {
     auth: Option<Vec<u8>>,
     timeout: Duration,
     recipe: Recipe,
-    client: OnceCell<zk::Client>,
+    /// The session, made on first use, and made anew once it has ended
+    /// (expired: its ephemeral nodes went with it).
+    client: Mutex<Option<Arc<zk::Client>>>,
     /// Our nodes, by (namespace, key): full path, and whether it outlives
     /// this process (a handle's node).
     mine: Mutex<HashMap<(String, String), (String, bool)>>,
@@ -263,11 +267,21 @@ fn ms_of(d: Duration) -> u64 {
     d.as_millis().max(1).min(u128::from(u64::MAX)) as u64
 }
 
+/// dlock's record in a node; a node that outlives its session belongs to
+/// no running process, whatever its data says of one.
+fn record_of(data: &[u8], stat: &zk::Stat) -> Option<Record> {
+    let mut d = node_data(data)?;
+    if outlives_session(stat) {
+        d.live = None;
+    }
+    Some(d)
+}
+
 fn holder_from(data: &[u8], stat: &zk::Stat) -> (Holder, Option<u32>) {
     let token = Some(stat.czxid as u64);
     let expires_at =
         expiry_of(data, stat).map(|ms| UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64));
-    if let Some(d) = node_data(data) {
+    if let Some(d) = record_of(data, stat) {
         (d.holder(token, expires_at), d.limit)
     } else {
         // Curator stores the client's IP, kazoo an identifier: show it as the host.
@@ -343,53 +357,108 @@ impl ZkBackend {
             auth,
             timeout,
             recipe,
-            client: OnceCell::new(),
+            client: Mutex::new(None),
             mine: Mutex::new(HashMap::new()),
             queued: Queued::default(),
             no_ttl_nodes: AtomicBool::new(false),
         })
     }
-    /// Connect on first use, with a session timeout of `ttl`.
-    async fn client(&self, ttl: Duration) -> Result<&zk::Client> {
-        self.client
-            .get_or_try_init(|| async {
-                let mut c = zk::Client::connector()
-                    .with_session_timeout(ttl.max(Duration::from_millis(100)))
-                    .with_connection_timeout(self.timeout)
-                    .with_fail_eagerly();
-                if let Some(a) = &self.auth {
-                    c = c.with_auth("digest", a);
-                }
-                let service = format!("ZooKeeper {}", self.shown);
-                match tokio::time::timeout(self.timeout, c.connect(&self.cluster)).await {
-                    Ok(Ok(client)) => Ok(client),
-                    Ok(Err(e)) => {
-                        // A server past `maxClientCnxns` for our address
-                        // accepts the connection and closes it at once: up,
-                        // but full. A server that is down refuses it.
-                        let k = match kind(&e) {
-                            Kind::Outage if self.accepts_tcp().await => Kind::Full,
-                            k => k,
-                        };
-                        let why = if k == Kind::Full {
-                            " (it accepts connections but drops ours: too many from this address?)"
-                        } else {
-                            ""
-                        };
-                        Err(kit::typed(k, format!("{service}: connect: {e}{why}")))
-                    }
-                    Err(_) => Err(kit::no_answer(&service, "connect", self.timeout)),
-                }
-            })
-            .await
+    /// Connect on first use, with a session timeout of `ttl`; and again
+    /// once the session has ended (it expired while the server was out of
+    /// reach, say: a waiter queues again in a new one).
+    async fn client(&self, ttl: Duration) -> Result<Arc<zk::Client>> {
+        let mut slot = self.client.lock().await;
+        if let Some(c) = slot.as_ref() {
+            if !c.state().is_terminated() {
+                return Ok(c.clone());
+            }
+            tracing::info!(
+                event = "session_ended",
+                state = ?c.state(),
+                "the ZooKeeper session ended: starting a new one"
+            );
+        }
+        let c = Arc::new(self.connect(ttl).await?);
+        *slot = Some(c.clone());
+        Ok(c)
     }
 
-    /// Whether any listed server accepts a TCP connection.
-    async fn accepts_tcp(&self) -> bool {
+    /// The session now, if there is one.
+    async fn session(&self) -> Option<Arc<zk::Client>> {
+        self.client.lock().await.clone()
+    }
+
+    /// A new session, with a session timeout of `ttl`.
+    async fn connect(&self, ttl: Duration) -> Result<zk::Client> {
+        let mut c = zk::Client::connector()
+            .with_session_timeout(ttl.max(Duration::from_millis(100)))
+            .with_connection_timeout(self.timeout)
+            .with_fail_eagerly();
+        if let Some(a) = &self.auth {
+            c = c.with_auth("digest", a);
+        }
+        let service = format!("ZooKeeper {}", self.shown);
+        let began = Instant::now();
+        match tokio::time::timeout(self.timeout, c.connect(&self.cluster)).await {
+            Ok(Ok(client)) => Ok(client),
+            // The client gave up after its connection timeout (the
+            // same bound): nothing answered.
+            Ok(Err(e))
+                if kind(&e) == Kind::Outage
+                    && began.elapsed() + self.timeout / 10 >= self.timeout =>
+            {
+                Err(kit::no_answer(&service, "connect", self.timeout))
+            }
+            Ok(Err(e)) => {
+                // A server past `maxClientCnxns` for our address
+                // accepts the connection and closes it at once: up,
+                // but full. A server that is down refuses it; one
+                // that accepts and never answers (a wrong port, a
+                // hung JVM) is down too.
+                let k = match kind(&e) {
+                    Kind::Outage if self.drops_us_at_once().await => Kind::Full,
+                    k => k,
+                };
+                let why = if k == Kind::Full {
+                    " (it accepts connections but closes ours at once: too many from this address?)"
+                } else {
+                    ""
+                };
+                Err(kit::typed(k, format!("{service}: connect: {e}{why}")))
+            }
+            Err(_) => Err(kit::no_answer(&service, "connect", self.timeout)),
+        }
+    }
+
+    /// Whether a listed server accepts a TCP connection and closes it at
+    /// once, before we say anything: what ZooKeeper does past its
+    /// `maxClientCnxns` for our address (a reset). A server that keeps the
+    /// connection open without answering is not full, it is down.
+    async fn drops_us_at_once(&self) -> bool {
+        use tokio::io::AsyncReadExt;
         let hosts = self.cluster.split('/').next().unwrap_or_default();
+        let wait = (self.timeout / 4).min(Duration::from_secs(1));
         for h in hosts.split(',').filter(|h| !h.is_empty()) {
             let c = tokio::net::TcpStream::connect(h);
-            if matches!(tokio::time::timeout(self.timeout / 4, c).await, Ok(Ok(_))) {
+            let mut tcp = match tokio::time::timeout(wait, c).await {
+                Ok(Ok(tcp)) => tcp,
+                // Accepted and reset so soon that the connect saw it (Linux
+                // says EPIPE then).
+                Ok(Err(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionReset
+                            | std::io::ErrorKind::ConnectionAborted
+                            | std::io::ErrorKind::BrokenPipe
+                    ) =>
+                {
+                    return true;
+                }
+                _ => continue,
+            };
+            let mut b = [0u8; 1];
+            let r = tokio::time::timeout(wait, tcp.read(&mut b)).await;
+            if matches!(r, Ok(Ok(0) | Err(_))) {
                 return true;
             }
         }
@@ -703,25 +772,146 @@ impl ZkBackend {
     }
 
     /// Delete the queue nodes of attempts that were interrupted or failed:
-    /// every child of a registered directory that carries our prefix.
-    async fn drop_queued(&self, c: &zk::Client) {
-        for (dir, tag) in self.queued.take() {
-            let Ok(contenders) = self.contenders(c, &dir).await else {
-                continue;
-            };
-            for ct in contenders.iter().filter(|ct| ct.name.starts_with(&tag)) {
-                let _ = self
-                    .bounded("delete", c.delete(&format!("{dir}/{}", ct.name), None))
-                    .await;
+    /// every child of a registered directory that carries our prefix. An
+    /// outage ends it with its error: what is left stays registered, for
+    /// the next attempt (whose node must never queue behind our own).
+    async fn drop_queued(&self, c: &zk::Client) -> Result<()> {
+        let mut left = self.queued.take().into_iter();
+        while let Some((dir, tag)) = left.next() {
+            let dropped = async {
+                let contenders = self.contenders(c, &dir).await?;
+                for ct in contenders.iter().filter(|ct| ct.name.starts_with(&tag)) {
+                    let path = format!("{dir}/{}", ct.name);
+                    self.bounded("delete an earlier queue node", async {
+                        match c.delete(&path, None).await {
+                            Err(zk::Error::NoNode) => Ok(()),
+                            r => r,
+                        }
+                    })
+                    .await?;
+                    tracing::info!(
+                        event = "dropped_queued",
+                        node = path,
+                        "deleted the queue node of an earlier attempt"
+                    );
+                }
+                Ok::<_, anyhow::Error>(())
+            }
+            .await;
+            if let Err(e) = dropped {
+                self.queued.add((dir, tag));
+                left.for_each(|q| self.queued.add(q));
+                return Err(e);
             }
         }
+        Ok(())
+    }
+}
+
+impl ZkBackend {
+    /// Release our node at `path` through the session `c`.
+    async fn release_on(&self, c: &zk::Client, path: &str) -> Result<bool> {
+        let what = format!("release {path}");
+        let timed_out = || {
+            unavailable(format!(
+                "ZooKeeper {}: release {path} timed out",
+                self.shown
+            ))
+        };
+        // A node already gone (broken with --force, session expired,
+        // deleted when found expired) is a lease we no longer held: not an
+        // error.
+        let mut version = None;
+        let mut ours = true;
+        for _ in 0..5 {
+            let (data, stat) = match tokio::time::timeout(self.timeout, c.get_data(path)).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(zk::Error::NoNode)) => return Ok(false),
+                Ok(Err(e)) => return Err(zk_err(&self.shown, &what, e)),
+                Err(_) => return Err(timed_out()),
+            };
+            let Some(at) = expiry_of(&data, &stat) else {
+                break;
+            };
+            // A node that outlives its session may have expired without
+            // anyone deleting it yet: judge on the server's clock, by
+            // writing it (unchanged) and reading the write's time.
+            match tokio::time::timeout(self.timeout, c.set_data(path, &data, Some(stat.version)))
+                .await
+            {
+                Ok(Ok(s)) => {
+                    ours = s.mtime <= at;
+                    version = Some(s.version);
+                    break;
+                }
+                Ok(Err(zk::Error::NoNode)) => return Ok(false),
+                Ok(Err(zk::Error::BadVersion)) => continue,
+                Ok(Err(e)) => return Err(zk_err(&self.shown, &what, e)),
+                Err(_) => return Err(timed_out()),
+            }
+        }
+        match tokio::time::timeout(self.timeout, c.delete(path, version)).await {
+            Ok(Ok(())) => Ok(ours),
+            Ok(Err(zk::Error::NoNode | zk::Error::BadVersion)) => Ok(false),
+            Ok(Err(e)) => Err(zk_err(&self.shown, &what, e)),
+            Err(_) => Err(timed_out()),
+        }
+    }
+
+    /// Delete our node at `path` through a session of its own to each
+    /// other listed server at once (the first that answers does it): for a
+    /// release whose session's server does not answer. None if no server
+    /// answered; a node already gone counts as deleted (the first try may
+    /// have done it).
+    async fn delete_elsewhere(&self, path: &str) -> Option<()> {
+        use futures_util::stream::{FuturesUnordered, StreamExt};
+        let (hosts, chroot) = match self.cluster.find('/') {
+            Some(i) => self.cluster.split_at(i),
+            None => (self.cluster.as_str(), ""),
+        };
+        let hosts: Vec<&str> = hosts.split(',').filter(|h| !h.is_empty()).collect();
+        if hosts.len() < 2 {
+            return None;
+        }
+        tracing::warn!(
+            event = "release_elsewhere",
+            node = path,
+            "the server of our session does not answer: deleting our node through another"
+        );
+        let mut tries: FuturesUnordered<_> = hosts
+            .iter()
+            .map(|h| async move {
+                let mut c = zk::Client::connector()
+                    .with_session_timeout(Duration::from_secs(2))
+                    .with_connection_timeout(self.timeout)
+                    .with_fail_eagerly();
+                if let Some(a) = &self.auth {
+                    c = c.with_auth("digest", a);
+                }
+                let one = format!("{h}{chroot}");
+                let c = tokio::time::timeout(self.timeout, c.connect(&one))
+                    .await
+                    .ok()?
+                    .ok()?;
+                match tokio::time::timeout(self.timeout, c.delete(path, None)).await {
+                    Ok(Ok(()) | Err(zk::Error::NoNode)) => Some(()),
+                    _ => None,
+                }
+            })
+            .collect();
+        while let Some(r) = tries.next().await {
+            if r.is_some() {
+                return r;
+            }
+        }
+        None
     }
 }
 
 /// One `acquire`'s node in its lock directory, waiting its turn.
 struct ZkTurn<'a> {
     b: &'a ZkBackend,
-    c: &'a zk::Client,
+    c: Arc<zk::Client>,
     spec: &'a LockSpec,
     me: &'a Owner,
     dir: String,
@@ -741,6 +931,8 @@ struct ZkTurn<'a> {
     waited: bool,
     /// Nodes that need no look for expiry (see `reap`).
     lasting: HashSet<String>,
+    /// The records of nodes ahead, read once each: (record, version).
+    records: HashMap<String, (Option<Record>, i32)>,
     /// When the next node ahead expires.
     next_expiry: Option<Duration>,
 }
@@ -748,7 +940,7 @@ struct ZkTurn<'a> {
 impl ZkTurn<'_> {
     /// Rewrite a handle's node so that its TTL starts again.
     async fn touch(&mut self) -> Result<()> {
-        match self.b.touch(self.c, &self.path, &self.data).await? {
+        match self.b.touch(&self.c, &self.path, &self.data).await? {
             Some(t) => self.touched = t,
             None => return Err(queue::Turn::vanished(self).await),
         }
@@ -762,13 +954,58 @@ impl queue::Turn for ZkTurn<'_> {
 
     async fn entries(&mut self) -> Result<(Vec<Contender>, Option<usize>)> {
         self.checked = Instant::now();
-        let contenders = self.b.contenders(self.c, &self.dir).await?;
+        let contenders = self.b.contenders(&self.c, &self.dir).await?;
         let ours = contenders.iter().position(|ct| ct.name == self.name);
         Ok((contenders, ours))
     }
 
     fn mode(&self, ct: &Contender) -> kit::Mode {
         ct.mode(self.spec.limit)
+    }
+
+    async fn record(&mut self, ct: &Contender) -> Result<Option<Record>> {
+        if let Some((r, _)) = self.records.get(&ct.name) {
+            return Ok(r.clone());
+        }
+        let path = format!("{}/{}", self.dir, ct.name);
+        match tokio::time::timeout(self.b.timeout, self.c.get_data(&path)).await {
+            Ok(Ok((data, stat))) => {
+                // A node's liveness never changes (one that outlives its
+                // session has none): read once.
+                let r = record_of(&data, &stat);
+                if !outlives_session(&stat) {
+                    // An ephemeral node: never expires by its TTL (`reap`).
+                    self.lasting.insert(ct.name.clone());
+                }
+                self.records
+                    .insert(ct.name.clone(), (r.clone(), stat.version));
+                Ok(r)
+            }
+            // Gone, or not ours to read (an ACL).
+            Ok(Err(_)) => Ok(None),
+            Err(_) => Err(kit::no_answer(
+                &format!("ZooKeeper {}", self.b.shown),
+                &format!("read {path}"),
+                self.b.timeout,
+            )),
+        }
+    }
+
+    async fn remove_dead(&mut self, ct: &Contender) -> Result<bool> {
+        let Some((_, version)) = self.records.remove(&ct.name) else {
+            return Ok(false);
+        };
+        let path = format!("{}/{}", self.dir, ct.name);
+        match tokio::time::timeout(self.b.timeout, self.c.delete(&path, Some(version))).await {
+            // Gone, or changed since it was read: look again.
+            Ok(Ok(()) | Err(zk::Error::NoNode | zk::Error::BadVersion)) => Ok(true),
+            Ok(Err(e)) => Err(zk_err(&self.b.shown, &format!("delete {path}"), e)),
+            Err(_) => Err(kit::no_answer(
+                &format!("ZooKeeper {}", self.b.shown),
+                &format!("delete {path}"),
+                self.b.timeout,
+            )),
+        }
     }
 
     async fn vanished(&mut self) -> anyhow::Error {
@@ -812,14 +1049,14 @@ impl queue::Turn for ZkTurn<'_> {
         let names: Vec<&str> = ahead.iter().map(|ct| ct.name.as_str()).collect();
         let (changed, next_expiry) = self
             .b
-            .reap(self.c, &self.dir, &names, &mut self.lasting)
+            .reap(&self.c, &self.dir, &names, &mut self.lasting)
             .await?;
         self.next_expiry = next_expiry;
         Ok(changed)
     }
 
     async fn give_up(&mut self, holding: &[Contender]) -> Result<Vec<Holder>> {
-        let holders = self.b.holders_among(self.c, &self.dir, holding).await;
+        let holders = self.b.holders_among(&self.c, &self.dir, holding).await;
         if self
             .b
             .bounded("delete", self.c.delete(&self.path, None))
@@ -873,7 +1110,8 @@ impl Backend for ZkBackend {
     }
 
     async fn effective_ttl(&self, ttl: Duration) -> Result<Duration> {
-        let c = self.client(ttl).await?;
+        let session = self.client(ttl).await?;
+        let c = &*session;
         let negotiated = c.session_timeout();
         if negotiated < ttl {
             tracing::warn!(
@@ -889,11 +1127,12 @@ impl Backend for ZkBackend {
         me: &Owner,
         deadline: Option<Instant>,
     ) -> Result<Attempt> {
-        let c = self.client(spec.ttl).await?;
+        let session = self.client(spec.ttl).await?;
+        let c = &*session;
         let dir = Self::dir(&spec.namespace, &spec.key)?;
         // What an earlier, failed attempt left in this queue goes first: our
         // own node ahead of us would keep us waiting for ourselves.
-        self.drop_queued(c).await;
+        self.drop_queued(c).await?;
         let acls = self.acls();
         let parent = zk::CreateMode::Persistent.with_acls(acls);
         self.bounded(&format!("create the lock directory {dir}"), async {
@@ -933,7 +1172,7 @@ impl Backend for ZkBackend {
         let path = format!("{dir}/{name}");
         let mut turn = ZkTurn {
             b: self,
-            c,
+            c: session.clone(),
             spec,
             me,
             dir,
@@ -947,13 +1186,15 @@ impl Backend for ZkBackend {
             checked: Instant::now(),
             waited: false,
             lasting: HashSet::new(),
+            records: HashMap::new(),
             next_expiry: None,
         };
         queue::wait_turn(&mut turn, spec.mode(), deadline).await
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Renewal> {
-        let c = self.client(ttl).await?;
+        let session = self.client(ttl).await?;
+        let c = &*session;
         let Some(path) = self.find_mine(c, lease).await? else {
             return Ok(Renewal::Lost);
         };
@@ -1028,58 +1269,29 @@ impl Backend for ZkBackend {
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool> {
-        let c = self.client(lease.ttl).await?;
+        let session = self.client(lease.ttl).await?;
+        let c = &*session;
         let Some(path) = self.find_mine(c, lease).await? else {
             return Ok(false);
         };
-        self.mine
+        let ours = self
+            .mine
             .lock()
             .await
             .remove(&(lease.namespace.clone(), lease.key.clone()));
-        let what = format!("release {path}");
-        let timed_out = || {
-            unavailable(format!(
-                "ZooKeeper {}: release {path} timed out",
-                self.shown
-            ))
-        };
-        // A node already gone (broken with --force, session expired,
-        // deleted when found expired) is a lease we no longer held: not an
-        // error.
-        let mut version = None;
-        let mut ours = true;
-        for _ in 0..5 {
-            let (data, stat) = match tokio::time::timeout(self.timeout, c.get_data(&path)).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(zk::Error::NoNode)) => return Ok(false),
-                Ok(Err(e)) => return Err(zk_err(&self.shown, &what, e)),
-                Err(_) => return Err(timed_out()),
-            };
-            let Some(at) = expiry_of(&data, &stat) else {
-                break;
-            };
-            // A node that outlives its session may have expired without
-            // anyone deleting it yet: judge on the server's clock, by
-            // writing it (unchanged) and reading the write's time.
-            match tokio::time::timeout(self.timeout, c.set_data(&path, &data, Some(stat.version)))
-                .await
+        match self.release_on(c, &path).await {
+            // The server of our session does not answer (frozen, cut off):
+            // our session's node is deleted through another server.
+            Err(e)
+                if matches!(ours, Some((_, false)))
+                    && crate::error::retry_of(&e) == crate::error::Retry::Outage =>
             {
-                Ok(Ok(s)) => {
-                    ours = s.mtime <= at;
-                    version = Some(s.version);
-                    break;
+                match self.delete_elsewhere(&path).await {
+                    Some(()) => Ok(true),
+                    None => Err(e),
                 }
-                Ok(Err(zk::Error::NoNode)) => return Ok(false),
-                Ok(Err(zk::Error::BadVersion)) => continue,
-                Ok(Err(e)) => return Err(zk_err(&self.shown, &what, e)),
-                Err(_) => return Err(timed_out()),
             }
-        }
-        match tokio::time::timeout(self.timeout, c.delete(&path, version)).await {
-            Ok(Ok(())) => Ok(ours),
-            Ok(Err(zk::Error::NoNode | zk::Error::BadVersion)) => Ok(false),
-            Ok(Err(e)) => Err(zk_err(&self.shown, &what, e)),
-            Err(_) => Err(timed_out()),
+            r => r,
         }
     }
 
@@ -1089,9 +1301,10 @@ impl Backend for ZkBackend {
     /// ahead of every waiter, for Curator and kazoo too) and our fencing
     /// token in its data.
     async fn release_after(&self, lease: &Lease, remaining: Duration) -> Result<bool> {
-        let Some(c) = self.client.get() else {
+        let Some(session) = self.session().await else {
             return Ok(false);
         };
+        let c = &*session;
         let k = (lease.namespace.clone(), lease.key.clone());
         let Some((path, false)) = self.mine.lock().await.get(&k).cloned() else {
             return Ok(false);
@@ -1112,6 +1325,8 @@ impl Backend for ZkBackend {
         let seq = &name[name.len() - 10..];
         d.ttl_ms = Some(ms_of(remaining));
         d.token = Some(lease.token);
+        // It outlives this process by design: no process's liveness.
+        d.live = None;
         let new_path = format!("{dir}/{}{seq}", self.recipe.tag(&fresh_id(), shared));
         let acls = self.acls();
         for with_ttl in [true, false] {
@@ -1149,7 +1364,8 @@ impl Backend for ZkBackend {
     }
 
     async fn force_release(&self, namespace: &str, key: &str) -> Result<u64> {
-        let c = self.client(Duration::from_secs(30)).await?;
+        let session = self.client(Duration::from_secs(30)).await?;
+        let c = &*session;
         let dir = Self::dir(namespace, key)?;
         let contenders = self.contenders(c, &dir).await?;
         let mut n = 0;
@@ -1171,7 +1387,8 @@ impl Backend for ZkBackend {
     }
 
     async fn status(&self, namespace: &str, keys: &[String]) -> Result<Vec<KeyStatus>> {
-        let c = self.client(Duration::from_secs(30)).await?;
+        let session = self.client(Duration::from_secs(30)).await?;
+        let c = &*session;
         let mut out = Vec::new();
         if !keys.is_empty() {
             for k in keys {
@@ -1221,7 +1438,8 @@ impl Backend for ZkBackend {
     }
 
     async fn ping(&self) -> Result<PingInfo> {
-        let c = self.client(Duration::from_secs(30)).await?;
+        let session = self.client(Duration::from_secs(30)).await?;
+        let c = &*session;
         self.bounded("ping", c.check_stat("/")).await?;
         Ok(PingInfo {
             kind: "zookeeper",
@@ -1232,7 +1450,8 @@ impl Backend for ZkBackend {
 
     async fn doctor(&self, ttl: Duration, timeout: Duration) -> Vec<Check> {
         let mut out = Vec::new();
-        if let Ok(c) = self.client(ttl).await {
+        if let Ok(session) = self.client(ttl).await {
+            let c = &*session;
             let granted = c.session_timeout();
             if granted > ttl {
                 out.push(
@@ -1302,10 +1521,13 @@ impl Backend for ZkBackend {
     }
 
     async fn close(&self) {
-        let Some(c) = self.client.get() else { return };
+        let Some(session) = self.session().await else {
+            return;
+        };
+        let c = &*session;
         // A waiter that was interrupted or gave up leaves no queue entry to
         // hold up the waiters behind it.
-        self.drop_queued(c).await;
+        let _ = self.drop_queued(c).await;
         // Delete what we still hold before the session goes, so waiters
         // wake now rather than when the session expires.
         let mine: Vec<String> = self

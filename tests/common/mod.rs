@@ -7,6 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod kept;
+pub mod liveness;
 pub mod servers;
 #[path = "servers_sql.rs"]
 pub mod servers_sql;

@@ -67,6 +67,8 @@ macro_rules! conformance {
                 acquire_leases_show_as_handles,
                 a_killed_holder_is_dead_and_the_next_takes_it_at_once,
                 a_holder_that_waited_a_third_of_its_ttl_is_never_stopped,
+                killed_waiter_never_delays_the_next,
+                killed_standby_is_never_named_leader,
             );
         }
     };
@@ -1332,4 +1334,16 @@ pub fn a_holder_that_waited_a_third_of_its_ttl_is_never_stopped(env: &Env) {
         "{} of {TRIES} healthy holders were stopped: {stopped:?}",
         stopped.len()
     );
+}
+
+/// Liveness: a waiter SIGKILLed on this machine never delays the next
+/// contender by more than 2 s ([`super::liveness`]).
+pub fn killed_waiter_never_delays_the_next(env: &Env) {
+    super::liveness::killed_waiter_never_delays_the_next(env);
+}
+
+/// Liveness: a SIGKILLed standby of `elect` is never named leader, and the
+/// next candidate leads within 2 s ([`super::liveness`]).
+pub fn killed_standby_is_never_named_leader(env: &Env) {
+    super::liveness::killed_standby_is_never_named_leader(env);
 }

@@ -158,6 +158,8 @@ pub struct Client {
     cluster: ClusterClient<Transport>,
     maintenance: MaintenanceClient<Transport>,
     auth: AuthClient<Transport>,
+    /// The connection under them all, to move to another member.
+    channel: Transport,
     user: Option<(String, String)>,
     /// The auth token, shared by every clone, replaced on re-authentication.
     token: Arc<RwLock<Option<MetadataValue<Ascii>>>>,
@@ -204,12 +206,29 @@ impl Client {
             lease: LeaseClient::new(channel.clone()),
             cluster: ClusterClient::new(channel.clone()),
             maintenance: MaintenanceClient::new(channel.clone()),
-            auth: AuthClient::new(channel),
+            auth: AuthClient::new(channel.clone()),
+            channel,
             user: o.user,
             token: Arc::default(),
         };
         c.refresh_token().await?;
         Ok(c)
+    }
+
+    /// How many members (endpoints) the client knows.
+    pub fn members(&self) -> usize {
+        self.channel.members()
+    }
+
+    /// The member in use (or to be tried first), for [`Client::leave`].
+    pub async fn member(&self) -> usize {
+        self.channel.member().await
+    }
+
+    /// Member `i` did not answer, or cannot serve now (no leader): the
+    /// next call goes to the next member, if it is still the one in use.
+    pub async fn leave(&self, i: usize) {
+        self.channel.leave(i).await;
     }
 
     /// Authenticate with the user and password, if there are any, and use
@@ -466,6 +485,17 @@ impl Compare {
         c.set_target(pb::compare::CompareTarget::Create);
         Compare(c)
     }
+
+    pub fn mod_revision(key: impl Into<Vec<u8>>, op: CompareOp, revision: i64) -> Compare {
+        let mut c = pb::Compare {
+            key: key.into(),
+            target_union: Some(pb::compare::TargetUnion::ModRevision(revision)),
+            ..Default::default()
+        };
+        c.set_result(op);
+        c.set_target(pb::compare::CompareTarget::Mod);
+        Compare(c)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -600,6 +630,9 @@ impl KeyValue {
     }
     pub fn create_revision(&self) -> i64 {
         self.create_revision
+    }
+    pub fn mod_revision(&self) -> i64 {
+        self.mod_revision
     }
     pub fn lease(&self) -> i64 {
         self.lease

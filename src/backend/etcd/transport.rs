@@ -1,6 +1,7 @@
 //! The HTTP/2 connection the etcd client's gRPC calls travel on: one
 //! connection to one member at a time, made on first use and made again,
-//! to the next member that answers, when it breaks.
+//! to the next member that answers, when it breaks or when the caller
+//! leaves a member that does not answer ([`Transport::leave`]).
 //!
 //! Our own rather than tonic's `transport` channel, which brings a pool, a
 //! balancer, request buffers and a DNS resolver that dlock's short-lived
@@ -36,8 +37,8 @@ struct Inner {
     /// For `https://` members.
     tls: Option<tokio_rustls::TlsConnector>,
     connect_timeout: Option<Duration>,
-    /// The member we are connected to, and the connection.
-    conn: tokio::sync::Mutex<Option<(usize, SendRequest<Body>)>>,
+    /// The member we are connected to (or try first), and the connection.
+    conn: tokio::sync::Mutex<(usize, Option<SendRequest<Body>>)>,
 }
 
 impl Transport {
@@ -77,8 +78,32 @@ impl Transport {
             members,
             tls: tls.map(tokio_rustls::TlsConnector::from),
             connect_timeout,
-            conn: tokio::sync::Mutex::new(None),
+            conn: tokio::sync::Mutex::new((0, None)),
         })))
+    }
+
+    /// How many members it knows.
+    pub fn members(&self) -> usize {
+        self.0.members.len()
+    }
+
+    /// The member in use (or to be tried first).
+    pub async fn member(&self) -> usize {
+        self.0.conn.lock().await.0
+    }
+
+    /// Member `i` did not answer (or said it cannot serve now): if it is
+    /// still the one in use, leave it, and make the next request to the
+    /// next member (then the others in turn).
+    pub async fn leave(&self, i: usize) {
+        let mut conn = self.0.conn.lock().await;
+        if conn.0 == i && self.0.members.len() > 1 {
+            tracing::debug!(
+                member = %self.0.members[i].authority,
+                "etcd member left for the next one"
+            );
+            *conn = ((i + 1) % self.0.members.len(), None);
+        }
     }
 }
 
@@ -106,16 +131,15 @@ impl Inner {
     async fn sender(&self) -> Result<(usize, SendRequest<Body>), tonic::Status> {
         let mut conn = self.conn.lock().await;
         let start = match &*conn {
-            Some((i, s)) if !s.is_closed() => return Ok((*i, s.clone())),
-            Some((i, _)) => *i,
-            None => 0,
+            (i, Some(s)) if !s.is_closed() => return Ok((*i, s.clone())),
+            (i, _) => *i,
         };
         let mut last = String::new();
         for k in 0..self.members.len() {
             let i = (start + k) % self.members.len();
             match self.connect(&self.members[i]).await {
                 Ok(s) => {
-                    *conn = Some((i, s.clone()));
+                    *conn = (i, Some(s.clone()));
                     return Ok((i, s));
                 }
                 Err(e) => last = e,
