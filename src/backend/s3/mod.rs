@@ -326,6 +326,17 @@ impl Backend for S3Backend {
         self.shown.clone()
     }
 
+    /// The first contact with the store, made while connecting (so an
+    /// outage is bounded from the first attempt, as connecting is): the
+    /// check of conditional writes. A refusal is left to the first write,
+    /// so that `doctor` reports it as its own check.
+    async fn effective_ttl(&self, ttl: Duration) -> Result<Duration> {
+        match self.conditional().await {
+            Err(e) if crate::error::retry_of(&e) != crate::error::Retry::Never => Err(e),
+            _ => Ok(ttl),
+        }
+    }
+
     fn poller(&self) -> Option<&dyn Poll> {
         Some(self)
     }
