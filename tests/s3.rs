@@ -73,14 +73,11 @@ fn sixteen_at_once_one_winner_each_round() {
     }
 }
 
-/// A store that accepts `If-None-Match: *` and `If-Match` and ignores them
-/// (Garage 2.5 does) would let every contender win: dlock refuses it, 69
-/// with a message naming the problem, and `doctor` says the same.
-#[test]
-fn a_store_that_ignores_conditional_writes_is_refused() {
+/// A fake store on loopback that gives every request the same `reply`
+/// (status line, headers and body after them), with a `Date`: its port.
+fn fake_store(reply: &'static str) -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    // Answer 200, with an ETag and a Date, to every request.
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut s) = stream else { continue };
@@ -112,18 +109,43 @@ fn a_store_that_ignores_conditional_writes_is_refused() {
                         }
                     }
                     buf.drain(..head_end + len);
-                    let reply = "HTTP/1.1 200 OK\r\nETag: \"abc\"\r\n\
-                                 Date: Sun, 06 Dec 2026 13:45:10 GMT\r\nContent-Length: 0\r\n\r\n";
-                    if s.write_all(reply.as_bytes()).is_err() {
+                    let (status, rest) = reply.split_once("\r\n").unwrap();
+                    let (headers, body) = match rest.strip_prefix("\r\n") {
+                        Some(body) => ("", body),
+                        None => rest.split_once("\r\n\r\n").unwrap_or((rest, "")),
+                    };
+                    let headers = if headers.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{headers}\r\n")
+                    };
+                    let out = format!(
+                        "{status}\r\n{headers}Date: Sun, 06 Dec 2026 13:45:10 GMT\r\n\
+                         Content-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if s.write_all(out.as_bytes()).is_err() {
                         return;
                     }
                 }
             });
         }
     });
-    let env = Env::bare(format!(
+    port
+}
+
+fn fake_env(port: u16) -> Env {
+    Env::bare(format!(
         "s3://locks?endpoint=http://127.0.0.1:{port}&region=us-east-1"
-    ));
+    ))
+}
+
+/// A store that accepts `If-None-Match: *` and `If-Match` and ignores them
+/// (Garage 2.5 does) would let every contender win: dlock refuses it, 69
+/// with a message naming the problem, and `doctor` says the same.
+#[test]
+fn a_store_that_ignores_conditional_writes_is_refused() {
+    let env = fake_env(fake_store("HTTP/1.1 200 OK\r\nETag: \"abc\""));
     let t = Instant::now();
     let out = env.run(&["run", "--key", "k", "--", "echo", "ran"]);
     assert_eq!(code(&out), 69, "{}", stderr(&out));
@@ -148,6 +170,47 @@ fn a_store_that_ignores_conditional_writes_is_refused() {
             && m.contains("does not enforce conditional writes")),
         "{checks:?}"
     );
+}
+
+/// Throttling (503 SlowDown) is the store saying it is busy: waited out
+/// like a busy lock until --wait (75, naming it), past --connect-timeout,
+/// never taken for a holder. A 500 is an outage: 69 within
+/// --connect-timeout.
+#[test]
+fn throttling_is_waited_out_and_errors_are_outages() {
+    let slow = fake_env(fake_store(
+        "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n\r\n\
+         <Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>",
+    ));
+    let t = Instant::now();
+    let out = slow.run(&[
+        "--connect-timeout",
+        "1s",
+        "run",
+        "--wait",
+        "3s",
+        "--key",
+        "k",
+        "--",
+        "echo",
+        "ran",
+    ]);
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    assert!(stderr(&out).contains("SlowDown"), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("ran"));
+    assert!(
+        t.elapsed() >= Duration::from_millis(2500) && t.elapsed() < Duration::from_secs(6),
+        "waited {:?}",
+        t.elapsed()
+    );
+    let down = fake_env(fake_store(
+        "HTTP/1.1 500 Internal Server Error\r\n\r\n<Error><Code>InternalError</Code></Error>",
+    ));
+    let t = Instant::now();
+    let out = down.run(&["--connect-timeout", "1s", "run", "--key", "k", "--", "true"]);
+    assert_eq!(code(&out), 69, "{}", stderr(&out));
+    assert!(stderr(&out).contains("InternalError"), "{}", stderr(&out));
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
 }
 
 /// The store enforces them: `doctor` says so.
