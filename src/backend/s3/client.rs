@@ -373,28 +373,44 @@ impl Client {
         } else {
             format!("{path}?{qs}")
         };
-        let mut b = http::Request::builder()
-            .method(req.method)
-            .uri(uri)
-            .header("authorization", auth)
-            .header("content-length", req.body.len());
-        for (k, v) in &signed {
-            b = b.header(k.as_str(), v.as_str());
-        }
-        for (k, v) in &req.headers {
-            b = b.header(*k, v.as_str());
-        }
-        let request = b
-            .body(Full::new(Bytes::from(req.body)))
-            .map_err(|e| format!("bad request: {e}"))?;
-        let mut conn = self.conn().await?;
-        let sent = local_ms();
-        let t0 = Instant::now();
-        conn.ready().await.map_err(|e| format!("connection: {e}"))?;
-        let resp = conn
-            .send_request(request)
-            .await
-            .map_err(|e| format!("{e}"))?;
+        let body = Bytes::from(req.body);
+        let request = || {
+            let mut b = http::Request::builder()
+                .method(req.method)
+                .uri(uri.as_str())
+                .header("authorization", auth.as_str())
+                .header("content-length", body.len());
+            for (k, v) in &signed {
+                b = b.header(k.as_str(), v.as_str());
+            }
+            for (k, v) in &req.headers {
+                b = b.header(*k, v.as_str());
+            }
+            b.body(Full::new(body.clone()))
+                .map_err(|e| format!("bad request: {e}"))
+        };
+        let (mut conn, reused) = self.conn().await?;
+        let mut sent = local_ms();
+        let mut t0 = Instant::now();
+        let first = match conn.ready().await {
+            Ok(()) => conn.send_request(request()?).await,
+            Err(e) => Err(e),
+        };
+        let resp = match first {
+            Ok(r) => r,
+            // A kept connection the store had closed meanwhile (its idle
+            // timeout): the request never reached it; once more, afresh.
+            Err(e) if reused && (e.is_canceled() || e.is_closed() || e.is_incomplete_message()) => {
+                conn = self.connect().await?;
+                sent = local_ms();
+                t0 = Instant::now();
+                conn.ready().await.map_err(|e| format!("connection: {e}"))?;
+                conn.send_request(request()?)
+                    .await
+                    .map_err(|e| format!("{e}"))?
+            }
+            Err(e) => return Err(format!("{e}")),
+        };
         let (parts, body) = resp.into_parts();
         let body = body
             .collect()
@@ -430,16 +446,21 @@ impl Client {
         })
     }
 
-    /// An idle connection, or a new one.
-    async fn conn(&self) -> Result<SendRequest<Full<Bytes>>, String> {
+    /// An idle connection (true), or a new one.
+    async fn conn(&self) -> Result<(SendRequest<Full<Bytes>>, bool), String> {
         loop {
             let c = self.idle.lock().unwrap().pop();
             match c {
-                Some(c) if !c.is_closed() => return Ok(c),
+                Some(c) if !c.is_closed() => return Ok((c, true)),
                 Some(_) => continue,
                 None => break,
             }
         }
+        Ok((self.connect().await?, false))
+    }
+
+    /// A new connection.
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, String> {
         let addr = self.host_port();
         let tcp = tokio::net::TcpStream::connect(&addr)
             .await
