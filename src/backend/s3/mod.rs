@@ -7,21 +7,24 @@
 //! rules ([`kit::admits`]), write it back with `If-Match: ETAG` (or create
 //! it with `If-None-Match: *`); a store that answers 412 (or 409) had
 //! another writer in between, and the step is made again on what is there
-//! now. So taking, renewing, releasing, `--limit`, `--shared` (with writer
-//! preference) and the fencing token are each one conditional PUT.
+//! now. So taking, renewing, releasing, `--limit`, `--shared`, the fair
+//! queue and the fencing token are each one conditional PUT: a waiter's
+//! entry keeps its place in the object's line, and a request is admitted
+//! ([`kit::admits`]) behind the holders and the requests that were waiting
+//! before it (for a shared one, the exclusive ones among them).
 //!
 //! Expiry is judged by the store's clock: every answer's `Date` narrows
 //! what this process knows of it ([`client::Clock`]), an entry's end is
 //! written at the latest the store's time can be plus the TTL, and judged
 //! over at the earliest it can be. `Date` is in whole seconds, so a lapsed
-//! lease is taken over up to about a second late, never early.
+//! lease is taken over up to about two seconds late (a second on each
+//! side), never early; entries found ended are written out of the object.
 //!
 //! Releasing removes the holder's entry and keeps the object, so the
 //! fencing counter in it keeps rising across releases; `force` empties
 //! it. Nothing waits on a watch (S3 has none): a waiter polls with a
-//! jittered backoff whose ceiling grows with the number of waiters, so a
-//! crowd costs the store about the same number of reads a second as a
-//! few waiters.
+//! jittered backoff whose ceiling grows with its place in line
+//! ([`Polling`]).
 //!
 //! A store that does not enforce the conditions (Garage 2.5 accepts and
 //! ignores them) would make this no lock at all, so before its first
@@ -65,11 +68,28 @@ enum Step<T> {
     Write(T),
 }
 
-/// A waiter's poll interval: it doubles from 10 ms up to a ceiling of
-/// 25 ms per waiter seen (100 ms to 2 s).
+/// A waiter's poll interval: it doubles from 10 ms up to a ceiling that
+/// grows with its place in line: 50 ms for the first, who is served
+/// next, 25 ms per waiter ahead for the others (100 ms to 2 s). So a
+/// hand-off waits on the first in line only, and a crowd costs the store
+/// about as many reads a second as a few waiters.
 struct Polling {
     interval: Duration,
-    waiters: usize,
+    place: usize,
+}
+
+impl Polling {
+    fn next(&mut self) -> Duration {
+        let cap = if self.place == 0 {
+            Duration::from_millis(50)
+        } else {
+            (Duration::from_millis(25) * self.place as u32)
+                .clamp(Duration::from_millis(100), Duration::from_secs(2))
+        };
+        let d = self.interval.min(cap);
+        self.interval = (d * 2).min(cap);
+        kit::jitter(d)
+    }
 }
 
 pub struct S3Backend {
@@ -111,7 +131,7 @@ impl S3Backend {
             checked: tokio::sync::Mutex::new(None),
             polling: std::sync::Mutex::new(Polling {
                 interval: Duration::from_millis(10),
-                waiters: 0,
+                place: 0,
             }),
         })
     }
@@ -185,10 +205,19 @@ impl S3Backend {
         for _ in 0..CAS_TRIES {
             let (mut o, etag) = self.read(object).await?;
             let clock = self.client.clock();
+            let before = (o.holders.len(), o.waiters.len());
             o.prune(clock.now_lo());
-            self.polling.lock().unwrap().waiters = o.waiters.len();
+            let pruned = before != (o.holders.len(), o.waiters.len());
             match f(&mut o, &clock) {
-                Step::Done(t) => return Ok(t),
+                Step::Done(t) => {
+                    // Entries that ended are written out of the object
+                    // (best effort), so that a reader who knows the store's
+                    // clock less well does not take them for live.
+                    if pruned {
+                        let _ = self.write(object, &mut o, etag.as_deref()).await;
+                    }
+                    return Ok(t);
+                }
                 Step::Write(t) => {
                     if self.write(object, &mut o, etag.as_deref()).await? {
                         return Ok(t);
@@ -532,6 +561,7 @@ impl Poll for S3Backend {
                     return Step::Done(Ok(o.holders[i].token));
                 }
                 if !o.admits(spec, &waiter) {
+                    self.polling.lock().unwrap().place = o.place(&waiter);
                     return Step::Done(Err(o.holders()));
                 }
                 o.fence += 1;
@@ -569,16 +599,19 @@ impl Poll for S3Backend {
         }
         let object = self.object(&spec.namespace, &spec.key);
         self.update(&object, |o, _| {
-            let n = o.holders.len();
             // Only an entry still dead now: an id names one acquisition.
             o.holders.retain(|e| {
                 !e.record()
                     .is_some_and(|r| ids.contains(&r.id.as_str()) && r.dead_here())
             });
-            if o.holders.len() == n {
-                Step::Done(false)
-            } else {
+            // Gone now (removed, or ended meanwhile and pruned from what we
+            // read): write the object without them, so that every reader
+            // sees them gone, whatever it knows of the store's clock.
+            let left = o.holders.iter().filter_map(Entry::id).collect::<Vec<_>>();
+            if ids.iter().any(|id| !left.iter().any(|l| l == id)) {
                 Step::Write(true)
+            } else {
+                Step::Done(false)
             }
         })
         .await
@@ -600,14 +633,7 @@ impl Poll for S3Backend {
                 })
                 .await;
         }
-        let d = {
-            let mut p = self.polling.lock().unwrap();
-            let cap = (Duration::from_millis(25) * p.waiters as u32)
-                .clamp(Duration::from_millis(100), Duration::from_secs(2));
-            let d = p.interval.min(cap);
-            p.interval = (d * 2).min(cap);
-            kit::jitter(d)
-        };
+        let d = self.polling.lock().unwrap().next();
         let wake = Instant::now() + d;
         let wake = until.map_or(wake, |u| u.min(wake));
         tokio::time::sleep_until(wake.into()).await;

@@ -1,5 +1,6 @@
 //! The lock object: one JSON document per key, holding the fencing
-//! counter, every holder and every waiter, so that one compare-and-swap
+//! counter, every holder and every waiter (in arrival order: the fair
+//! queue), so that one compare-and-swap
 //! (a PUT with `If-Match` on the ETag read) decides an admission, by
 //! [`kit::admits`], against all of them at once.
 //!
@@ -48,12 +49,49 @@ pub struct Entry {
     pub exp: i64,
 }
 
+/// A waiting process, in arrival order in [`LockObject::waiters`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Waiter {
     pub id: String,
     #[serde(default)]
     pub shared: bool,
     pub exp: i64,
+    /// Where and which process waits (its pid, [`crate::host::host_id`]
+    /// and start time), so that a contender on the same machine can tell
+    /// that it died and take it out of the line at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<(u32, String, u64)>,
+}
+
+impl Waiter {
+    /// This process, waiting.
+    pub fn me(id: &str, shared: bool, exp: i64) -> Waiter {
+        let pid = std::process::id();
+        Waiter {
+            id: id.to_string(),
+            shared,
+            exp,
+            live: crate::host::proc_start(pid).map(|start| (pid, crate::host::host_id(), start)),
+        }
+    }
+
+    /// Its process ran on this machine and is gone.
+    pub fn dead_here(&self) -> bool {
+        match &self.live {
+            Some((pid, host_id, start)) => {
+                *host_id == crate::host::host_id() && !crate::host::process_alive(*pid, *start)
+            }
+            None => false,
+        }
+    }
+
+    fn mode(&self) -> Mode {
+        if self.shared {
+            Mode::Shared
+        } else {
+            Mode::Exclusive { limit: 1 }
+        }
+    }
 }
 
 impl Entry {
@@ -117,26 +155,35 @@ impl LockObject {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    /// Drop entries that ended by `now` (the server's time at the earliest).
+    /// Drop entries that ended by `now` (the server's time at the
+    /// earliest), and waiters on this machine whose process is gone.
     pub fn prune(&mut self, now: i64) {
         self.holders.retain(|h| h.exp > now);
-        self.waiters.retain(|w| w.exp > now);
+        self.waiters.retain(|w| w.exp > now && !w.dead_here());
     }
 
-    /// What a request for `spec`, waiting as `waiter`, is admitted behind:
-    /// the holders, and for a shared request the exclusive requests
-    /// waiting (once a writer waits, later readers wait behind it).
+    /// Where `waiter` stands in line: its index among the waiters, or
+    /// behind them all if it has no entry yet.
+    pub fn place(&self, waiter: &str) -> usize {
+        self.waiters
+            .iter()
+            .position(|w| w.id == waiter)
+            .unwrap_or(self.waiters.len())
+    }
+
+    /// What a request for `spec`, waiting as `waiter`, is admitted behind
+    /// (the fair queue): the holders, and the requests that were waiting
+    /// before it; for a shared request only the exclusive ones among them
+    /// (it joins the readers at once when no writer waits ahead of it).
     pub fn ahead(&self, spec: &LockSpec, waiter: &str) -> Vec<Mode> {
         let mut modes: Vec<Mode> = self.holders.iter().map(Entry::mode).collect();
-        if spec.shared {
-            let writer = Mode::Exclusive { limit: 1 };
-            modes.extend(
-                self.waiters
-                    .iter()
-                    .filter(|w| !w.shared && w.id != waiter)
-                    .map(|_| writer),
-            );
-        }
+        let before = &self.waiters[..self.place(waiter)];
+        modes.extend(
+            before
+                .iter()
+                .filter(|w| !spec.shared || !w.shared)
+                .map(Waiter::mode),
+        );
         modes
     }
 
@@ -155,15 +202,16 @@ impl LockObject {
             .position(|h| h.id().as_deref() == Some(id))
     }
 
-    /// Set this process's waiter entry; true if it changed anything worth
-    /// a write.
+    /// Write this process's waiter entry: renewed where it stands, or new
+    /// at the end of the line.
     pub fn wait(&mut self, id: &str, shared: bool, exp: i64) {
-        self.waiters.retain(|w| w.id != id);
-        self.waiters.push(Waiter {
-            id: id.to_string(),
-            shared,
-            exp,
-        });
+        match self.waiters.iter_mut().find(|w| w.id == id) {
+            Some(w) => {
+                w.exp = exp;
+                w.shared = shared;
+            }
+            None => self.waiters.push(Waiter::me(id, shared, exp)),
+        }
     }
 
     /// Remove this process's waiter entry; true if there was one.
@@ -238,6 +286,24 @@ mod tests {
         assert!(!o.admits(&spec(1, false), "w"));
         o.wait("writer", false, 1000);
         assert!(!o.admits(&spec(1, true), "w"), "a writer waits");
+        // First come, first served: a newcomer is behind every waiter, a
+        // waiter behind those before it; renewing keeps one's place.
+        let mut q = LockObject::default();
+        q.wait("a", false, 1000);
+        q.wait("b", false, 1000);
+        assert!(!q.admits(&spec(1, false), "new"));
+        assert!(!q.admits(&spec(1, false), "b"));
+        assert!(q.admits(&spec(1, false), "a"));
+        q.wait("a", false, 2000);
+        assert_eq!(q.place("a"), 0);
+        assert!(q.admits(&spec(2, false), "b"), "a semaphore of 2");
+        // Readers wait only behind writers.
+        let mut r = LockObject::default();
+        r.wait("r1", true, 1000);
+        assert!(r.admits(&spec(1, true), "new"));
+        r.wait("w1", false, 1000);
+        assert!(!r.admits(&spec(1, true), "new"));
+        assert!(r.admits(&spec(1, true), "r1"));
         assert!(o.holders()[0].shared);
         assert_eq!(o.find("s1"), Some(0));
         // Bodies differ even when nothing else does.
