@@ -138,6 +138,20 @@ impl Seaweed {
                 .output()
                 .unwrap();
             if out.status.success() {
+                // A first write to a fresh store allocates its volumes, and
+                // many first writes at once can take seconds: make it now,
+                // as a bucket in use has long made it.
+                let out = super::bare(self.dir.path())
+                    .args(["--backend", &self.url(), "--connect-timeout", "30s"])
+                    .args(["--namespace", "warm-up", "run", "--key", "w", "--", "true"])
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "weed mini on port {}: the first write failed: {}",
+                    self.port,
+                    String::from_utf8_lossy(&out.stderr)
+                );
                 return true;
             }
             assert!(

@@ -54,8 +54,11 @@ use state::{Entry, LockObject};
 /// The end of a lock object's name.
 pub const SUFFIX: &str = ".lock";
 
-/// How long a waiter's entry lasts unless renewed (every third of it).
-const WAITER_LAPSE: Duration = Duration::from_secs(6);
+/// How long a waiter's entry lasts unless renewed (every third of it):
+/// long, since each renewal is a write to the lock object every waiter
+/// shares; a waiter that gives up removes its entry, and one on this
+/// machine that dies is taken out of the line at once.
+const WAITER_LAPSE: Duration = Duration::from_secs(12);
 
 /// Compare-and-swap rounds one step makes before it calls the store busy.
 const CAS_TRIES: usize = 64;
@@ -199,9 +202,20 @@ impl S3Backend {
     async fn update<T>(
         &self,
         object: &str,
+        f: impl FnMut(&mut LockObject, &client::Clock) -> Step<T>,
+    ) -> Result<T> {
+        let backoff = kit::Backoff::new(Duration::from_millis(2), Duration::from_millis(100));
+        self.update_with(object, backoff, f).await
+    }
+
+    /// [`S3Backend::update`], backing off as `backoff` says after another
+    /// writer came first.
+    async fn update_with<T>(
+        &self,
+        object: &str,
+        mut backoff: kit::Backoff,
         mut f: impl FnMut(&mut LockObject, &client::Clock) -> Step<T>,
     ) -> Result<T> {
-        let mut backoff = kit::Backoff::new(Duration::from_millis(2), Duration::from_millis(100));
         for _ in 0..CAS_TRIES {
             let (mut o, etag) = self.read(object).await?;
             let clock = self.client.clock();
@@ -626,12 +640,21 @@ impl Poll for S3Backend {
             self.waiting.note(&spec.namespace, &spec.key);
             let object = self.object(&spec.namespace, &spec.key);
             let id = self.waiting.id.clone();
-            let _ = self
-                .update(&object, |o, clock| {
-                    o.wait(&id, spec.shared, clock.now_hi() + ms(WAITER_LAPSE));
-                    Step::Write(())
-                })
-                .await;
+            // Not urgent, and a crowd arrives at once: a calmer backoff,
+            // and never past the caller's deadline.
+            let calm = kit::Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
+            let write = self.update_with(&object, calm, |o, clock| {
+                o.wait(&id, spec.shared, clock.now_hi() + ms(WAITER_LAPSE));
+                Step::Write(())
+            });
+            match until {
+                Some(u) => {
+                    let _ = tokio::time::timeout_at(u.into(), write).await;
+                }
+                None => {
+                    let _ = write.await;
+                }
+            }
         }
         let d = self.polling.lock().unwrap().next();
         let wake = Instant::now() + d;
