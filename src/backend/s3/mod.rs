@@ -72,7 +72,7 @@ enum Step<T> {
 }
 
 /// A waiter's poll interval: it doubles from 10 ms up to a ceiling that
-/// grows with its place in line: 50 ms for the first, who is served
+/// grows with its place in line: 20 ms for the first, who is served
 /// next, 25 ms per waiter ahead for the others (100 ms to 2 s). So a
 /// hand-off waits on the first in line only, and a crowd costs the store
 /// about as many reads a second as a few waiters.
@@ -84,7 +84,7 @@ struct Polling {
 impl Polling {
     fn next(&mut self) -> Duration {
         let cap = if self.place == 0 {
-            Duration::from_millis(50)
+            Duration::from_millis(20)
         } else {
             (Duration::from_millis(25) * self.place as u32)
                 .clamp(Duration::from_millis(100), Duration::from_secs(2))
