@@ -286,3 +286,58 @@ fn tokens_rise_across_releases_and_free_keys_are_not_listed() {
     let st = env.status_json(&["t"]);
     assert_eq!(st[0]["held"], false, "{st}");
 }
+
+/// The fair queue: waiters are served in the order they arrived, and a
+/// waiter that gives up leaves the line.
+#[test]
+fn waiters_are_served_in_arrival_order() {
+    let env = shared_env("fifo");
+    let order = env.path("order");
+    let stop = env.path("stop");
+    let waiters = || env.status_json(&["q"])[0]["waiters"].as_u64().unwrap_or(0);
+    let mut holder = env.spawn(&[
+        "run",
+        "--key",
+        "q",
+        "--",
+        "sh",
+        "-c",
+        &format!("while [ ! -e {} ]; do sleep 0.02; done", stop.display()),
+    ]);
+    wait_for(Duration::from_secs(20), "the holder", || env.held("q"));
+    let mut kids = Vec::new();
+    for (i, name) in ["first", "second", "quitter", "third"].iter().enumerate() {
+        let wait = if *name == "quitter" { "4s" } else { "60s" };
+        kids.push((
+            *name,
+            env.spawn(&[
+                "run",
+                "--wait",
+                wait,
+                "--key",
+                "q",
+                "--",
+                "sh",
+                "-c",
+                &format!("echo {name} >> {}", order.display()),
+            ]),
+        ));
+        wait_for(Duration::from_secs(20), &format!("{name} in line"), || {
+            waiters() as usize > i
+        });
+    }
+    // The quitter gives up while the others wait; then the holder lets go.
+    let (_, q) = &mut kids[2];
+    assert_eq!(wait_timeout(q, Duration::from_secs(20)), 75);
+    std::fs::write(&stop, "").unwrap();
+    assert_eq!(wait_timeout(&mut holder, Duration::from_secs(20)), 0);
+    for (name, k) in &mut kids {
+        if *name != "quitter" {
+            assert_eq!(wait_timeout(k, Duration::from_secs(30)), 0, "{name}");
+        }
+    }
+    assert_eq!(
+        std::fs::read_to_string(&order).unwrap(),
+        "first\nsecond\nthird\n"
+    );
+}
