@@ -341,3 +341,34 @@ fn waiters_are_served_in_arrival_order() {
         "first\nsecond\nthird\n"
     );
 }
+
+/// An `https` endpoint is verified against the system's roots or
+/// `SSL_CERT_FILE`: trusted, it locks; untrusted, 69 at once (a refusal,
+/// not an outage to ride out).
+#[test]
+fn https_endpoints_are_verified() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key, ca) = servers::test_certificates(certs.path());
+    let store = servers_s3::Seaweed::start_tls(&cert, &key, &ca);
+    let env = Env::bare(store.url());
+    let out = env
+        .cmd(&["run", "--key", "t", "--", "echo", "over-tls"])
+        .env("SSL_CERT_FILE", &ca)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "over-tls\n");
+    let t = Instant::now();
+    let out = env
+        .cmd(&["--connect-timeout", "5s", "run", "--key", "t", "--", "true"])
+        .env("SSL_CERT_FILE", certs.path().join("srv.pem"))
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 69, "{}", stderr(&out));
+    assert!(stderr(&out).contains("certificate"), "{}", stderr(&out));
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "not retried: {:?}",
+        t.elapsed()
+    );
+}

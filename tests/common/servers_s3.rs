@@ -55,6 +55,8 @@ fn port_pair() -> u16 {
 pub struct Seaweed {
     /// The S3 gateway's port.
     pub port: u16,
+    /// Its HTTPS port, certificate, key and CA, when it serves TLS.
+    tls: Option<(u16, String, String, String)>,
     /// Master, volume, filer and admin ports.
     others: [u16; 4],
     dir: tempfile::TempDir,
@@ -81,9 +83,20 @@ fn credentials_in_env() {
 
 impl Seaweed {
     pub fn start() -> Seaweed {
+        Seaweed::start_with(None)
+    }
+
+    /// One that serves S3 over TLS too (`url()` is then its https
+    /// endpoint), with the certificate and key given, signed by `ca`.
+    pub fn start_tls(cert: &str, key: &str, ca: &str) -> Seaweed {
+        Seaweed::start_with(Some((cert.into(), key.into(), ca.into())))
+    }
+
+    fn start_with(tls: Option<(String, String, String)>) -> Seaweed {
         credentials_in_env();
         for _ in 0..5 {
             let mut s = Seaweed {
+                tls: tls.clone().map(|(c, k, ca)| (port_pair(), c, k, ca)),
                 port: port_pair(),
                 others: [port_pair(), port_pair(), port_pair(), port_pair()],
                 dir: tempfile::tempdir().unwrap(),
@@ -118,6 +131,14 @@ impl Seaweed {
             .args(["-admin.ui=false", "-webdav=false"])
             .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
             .arg(format!("-bucket={BUCKET}"))
+            .args(match &self.tls {
+                Some((port, cert, key, _)) => vec![
+                    format!("-s3.port.https={port}"),
+                    format!("-s3.cert.file={cert}"),
+                    format!("-s3.key.file={key}"),
+                ],
+                None => vec![],
+            })
             .env("AWS_ACCESS_KEY_ID", KEY_ID)
             .env("AWS_SECRET_ACCESS_KEY", SECRET)
             .stdin(Stdio::null())
@@ -133,7 +154,8 @@ impl Seaweed {
                 self.child = None;
                 return false;
             }
-            let out = super::bare(self.dir.path())
+            let out = self
+                .dlock()
                 .args(["--backend", &self.url(), "ping", "--connect-timeout", "1s"])
                 .output()
                 .unwrap();
@@ -141,7 +163,8 @@ impl Seaweed {
                 // A first write to a fresh store allocates its volumes, and
                 // many first writes at once can take seconds: make it now,
                 // as a bucket in use has long made it.
-                let out = super::bare(self.dir.path())
+                let out = self
+                    .dlock()
                     .args(["--backend", &self.url(), "--connect-timeout", "30s"])
                     .args(["--namespace", "warm-up", "run", "--key", "w", "--", "true"])
                     .output()
@@ -165,11 +188,25 @@ impl Seaweed {
         }
     }
 
+    /// `dlock` for this store: trusting its CA when it serves TLS.
+    pub fn dlock(&self) -> Command {
+        let mut c = super::bare(self.dir.path());
+        if let Some((_, _, _, ca)) = &self.tls {
+            c.env("SSL_CERT_FILE", ca);
+        }
+        c
+    }
+
     pub fn url(&self) -> String {
-        format!(
-            "s3://{BUCKET}/dlock-test?endpoint=http://127.0.0.1:{}",
-            self.port
-        )
+        match &self.tls {
+            Some((port, _, _, _)) => {
+                format!("s3://{BUCKET}/dlock-test?endpoint=https://127.0.0.1:{port}")
+            }
+            None => format!(
+                "s3://{BUCKET}/dlock-test?endpoint=http://127.0.0.1:{}",
+                self.port
+            ),
+        }
     }
 
     pub fn stop(&mut self) {

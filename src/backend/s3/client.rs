@@ -301,8 +301,14 @@ impl Client {
     /// out) is an outage naming `what`.
     pub async fn send(&self, what: &str, req: Req<'_>) -> anyhow::Result<Response> {
         let service = format!("S3 {}", self.endpoint.authority);
-        kit::bounded(&service, what, self.timeout, self.exchange(req), |_| {
-            Kind::Outage
+        kit::bounded(&service, what, self.timeout, self.exchange(req), |e| {
+            // A certificate we do not trust is a refusal, never retried;
+            // anything else on the way (refused, reset) is an outage.
+            if e.starts_with("TLS with") && e.to_ascii_lowercase().contains("certificate") {
+                Kind::Denied
+            } else {
+                Kind::Outage
+            }
         })
         .await
     }
