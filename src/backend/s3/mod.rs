@@ -72,7 +72,7 @@ enum Step<T> {
 }
 
 /// A waiter's poll interval: it doubles from 10 ms up to a ceiling that
-/// grows with its place in line: 20 ms for the first, who is served
+/// grows with its place in line: 20 ms for the first two, who are served
 /// next, 25 ms per waiter ahead for the others (100 ms to 2 s). So a
 /// hand-off waits on the first in line only, and a crowd costs the store
 /// about as many reads a second as a few waiters.
@@ -83,7 +83,9 @@ struct Polling {
 
 impl Polling {
     fn next(&mut self) -> Duration {
-        let cap = if self.place == 0 {
+        // The second in line too: it is first as soon as the first takes
+        // the lock, and a short hold would otherwise wait on its poll.
+        let cap = if self.place <= 1 {
             Duration::from_millis(20)
         } else {
             (Duration::from_millis(25) * self.place as u32)
