@@ -70,8 +70,10 @@ FL="flock $TMP/f.lock"
 # --- sanity: -n under a holder is 75; requests per uncontended run --------------
 rc=$($DL run -q --key b -- sh -c "$DL run -q -n --key b -- true; echo \$?")
 [[ $rc == 75 ]] || { echo "sanity: dlock -n under a holder gave $rc, not 75" >&2; exit 1; }
-reqs=$(DLOCK_S3_COUNT=1 $DL run -q --key b -- true 2>&1 | sed -n 's/^dlock: s3 requests: //p')
-reqs_shared=$(DLOCK_S3_COUNT=1 $DL run -q --shared --key b -- true 2>&1 | sed -n 's/^dlock: s3 requests: //p')
+# dlock logs the requests it sent when it exits (-vv: event s3_requests).
+count() { $DL -vv "$@" 2>&1 | sed -n 's/.*event="s3_requests" requests=\([0-9]*\).*/\1/p'; }
+reqs=$(count run --key b -- true)
+reqs_shared=$(count run --shared --key b -- true)
 
 # --- 1. uncontended: one lock/run/unlock per process, no shell in between (-N) ---
 echo "== uncontended ($RUNS runs each)"

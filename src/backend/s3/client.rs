@@ -193,7 +193,7 @@ pub struct Client {
     idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
     pub timeout: Duration,
     pub clock: Mutex<Clock>,
-    /// Requests sent, for the round-trip count (`DLOCK_S3_COUNT`).
+    /// Requests sent, logged at exit (`-vv`: event `s3_requests`).
     pub sent: std::sync::atomic::AtomicU64,
 }
 

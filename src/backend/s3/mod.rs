@@ -548,12 +548,6 @@ impl Backend for S3Backend {
             requests = self.client.sent.load(std::sync::atomic::Ordering::Relaxed),
             "requests sent to the store"
         );
-        if std::env::var_os("DLOCK_S3_COUNT").is_some() {
-            eprintln!(
-                "dlock: s3 requests: {}",
-                self.client.sent.load(std::sync::atomic::Ordering::Relaxed)
-            );
-        }
     }
 }
 
