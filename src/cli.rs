@@ -22,6 +22,8 @@ Backends (--backend URL):
   zk://host:port[,host:port...][/chroot][?recipe=kazoo]
   postgres://..., mysql://..., mariadb://
   etcd://host:port[,host:port...], etcds:// (TLS)
+  s3://BUCKET[/PREFIX][?endpoint=URL&region=R]: S3 or an S3-compatible
+    store (MinIO, SeaweedFS, R2); credentials from AWS_* or ~/.aws
 
 Environment read by dlock:
   DLOCK_BACKEND, DLOCK_NAMESPACE, DLOCK_CONFIG, DLOCK_PROFILE,

@@ -152,6 +152,8 @@ enum Layout {
     Etcd,
     /// The path `/NAMESPACE/KEY`.
     ZooKeeper,
+    /// The object `[PREFIX/]NAMESPACE/KEY.lock`.
+    S3,
     /// Namespace and key in columns of their own (SQLite, SQL).
     Columns,
 }
@@ -163,6 +165,7 @@ impl Layout {
             "redis" | "rediss" | "redis+sentinel" | "redis+cluster" => Layout::Redis,
             "etcd" | "etcds" => Layout::Etcd,
             "zk" => Layout::ZooKeeper,
+            "s3" => Layout::S3,
             _ => Layout::Columns,
         }
     }
@@ -175,6 +178,7 @@ impl Layout {
             Layout::Redis => ("Redis", "NAMESPACE:KEY", &[':', '{', '}']),
             Layout::Etcd => ("etcd", "NAMESPACE/KEY/", &['/']),
             Layout::ZooKeeper => ("ZooKeeper", "/NAMESPACE/KEY", &['/']),
+            Layout::S3 => ("S3", "NAMESPACE/KEY.lock", &['/']),
             Layout::Columns => return Ok(()),
         };
         if let Some(c) = ns.chars().find(|c| seps.contains(c)) {
@@ -203,6 +207,21 @@ impl Layout {
     /// A key the backend cannot store is refused before connecting (64)
     /// rather than failing on the server.
     fn check_key(self, key: &str) -> Result<()> {
+        if self == Layout::S3 {
+            // Stores with directories (SeaweedFS) would fold `a//b` into
+            // `a/b`, or `a/./b` into `a/b`: two keys, one lock.
+            if key
+                .split('/')
+                .any(|part| part.is_empty() || part == "." || part == "..")
+            {
+                return Err(usage(format!(
+                    "key {key:?} is not a usable S3 object name: the lock is the object \
+                     NAMESPACE/KEY.lock, so a key may not start or end with '/' or hold \"//\", \
+                     and no part between slashes may be '.' or '..'"
+                )));
+            }
+            return Ok(());
+        }
         if self != Layout::ZooKeeper {
             return Ok(());
         }

@@ -785,6 +785,7 @@ fn bad_url_messages_say_what_would_work() {
         "mariadb://",
         "etcd://",
         "etcds://",
+        "s3://",
     ] {
         assert!(stderr(&out).contains(scheme), "{scheme}: {}", stderr(&out));
     }

@@ -580,6 +580,7 @@ elect_suite!(redlock, Env::redlock(3));
 elect_suite!(mariadb, Env::mariadb());
 elect_suite!(zookeeper, Env::zookeeper());
 elect_suite!(etcd, Env::etcd());
+elect_suite!(s3, Env::s3());
 
 /// The JSON log: `elected` with the token, `lost` after `release --force`,
 /// `elected` again with a greater token, `resigned` when stopped.

@@ -19,6 +19,7 @@ pub mod kit;
 pub mod probe;
 pub mod queue;
 pub mod redis;
+pub mod s3;
 pub mod sql;
 pub mod typed;
 pub mod zk;
@@ -389,10 +390,11 @@ pub async fn connect(urls: &[String], connect_timeout: Duration) -> Result<Arc<d
         "mysql" | "mariadb" => Arc::new(sql::connect_mysql(first, connect_timeout).await?),
         "zk" => Arc::new(zk::ZkBackend::new(first, connect_timeout)?),
         "etcd" | "etcds" => Arc::new(etcd::EtcdBackend::connect(first, connect_timeout).await?),
+        "s3" => Arc::new(s3::S3Backend::new(first, connect_timeout)?),
         _ => {
             return Err(usage(format!(
                 "unknown backend URL {}: expected one of sqlite:, redis://, rediss://, redis+sentinel://, \
-                 redis+cluster://, zk://, postgres://, postgresql://, mysql://, mariadb://, etcd://, etcds://",
+                 redis+cluster://, zk://, postgres://, postgresql://, mysql://, mariadb://, etcd://, etcds://, s3://",
                 redact_url(first)
             )));
         }

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 mod kept;
 pub mod liveness;
 pub mod servers;
+#[path = "servers_s3.rs"]
+pub mod servers_s3;
 #[path = "servers_sql.rs"]
 pub mod servers_sql;
 #[path = "servers_zk.rs"]
@@ -29,6 +31,7 @@ pub struct Env {
     pub zookeeper: Option<servers_zk::Zookeeper>,
     pub ensemble: Option<servers_zk::ZookeeperEnsemble>,
     pub etcd: Option<servers::Etcd>,
+    pub s3: Option<servers_s3::Seaweed>,
     /// The namespace every `dlock` of this Env runs in (`DLOCK_NAMESPACE`),
     /// when not dlock's default: a test on a shared server has one of its own.
     pub namespace: Option<String>,
@@ -48,6 +51,7 @@ impl Env {
             zookeeper: None,
             ensemble: None,
             etcd: None,
+            s3: None,
             namespace: None,
         }
     }
@@ -68,6 +72,7 @@ impl Env {
             zookeeper: None,
             ensemble: None,
             etcd: None,
+            s3: None,
             namespace: None,
         }
     }
@@ -78,6 +83,16 @@ impl Env {
         let url = e.url();
         Env {
             etcd: Some(e),
+            ..Env::bare(url)
+        }
+    }
+
+    /// A fresh S3 store (SeaweedFS `weed mini`) with an empty bucket.
+    pub fn s3() -> Env {
+        let s = servers_s3::Seaweed::start();
+        let url = s.url();
+        Env {
+            s3: Some(s),
             ..Env::bare(url)
         }
     }
@@ -135,6 +150,7 @@ impl Env {
             zookeeper: None,
             ensemble: None,
             etcd: None,
+            s3: None,
             namespace: None,
         }
     }
@@ -211,6 +227,10 @@ impl Env {
             pids.push(e.pid());
             dirs.push(e.dir().to_path_buf());
         }
+        if let Some(s) = &self.s3 {
+            pids.push(s.pid());
+            dirs.push(s.dir().to_path_buf());
+        }
         (pids, dirs)
     }
 
@@ -221,6 +241,7 @@ impl Env {
             || self.mariadb.is_some()
             || self.zookeeper.is_some()
             || self.etcd.is_some()
+            || self.s3.is_some()
     }
 
     /// Kill the backend's server(s), keep them down for `down`, and start
@@ -241,6 +262,9 @@ impl Env {
         if let Some(e) = &mut self.etcd {
             e.stop();
         }
+        if let Some(s) = &mut self.s3 {
+            s.stop();
+        }
         std::thread::sleep(down);
         for r in &mut self.redis {
             r.restart();
@@ -256,6 +280,9 @@ impl Env {
         }
         if let Some(e) = &mut self.etcd {
             e.restart();
+        }
+        if let Some(s) = &mut self.s3 {
+            s.restart();
         }
     }
 
@@ -390,6 +417,17 @@ pub fn bare(home: &Path) -> Command {
             c.env_remove(&k);
         }
     }
+    // The test store's credentials (servers_s3.rs), never a developer's.
+    for k in [
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+    ] {
+        c.env_remove(k);
+    }
+    c.env("AWS_ACCESS_KEY_ID", servers_s3::KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", servers_s3::SECRET);
     c.env("HOME", home)
         .env("XDG_STATE_HOME", home.join("state"))
         .env("XDG_CONFIG_HOME", home.join("config"))
