@@ -35,6 +35,7 @@
 //! of `Any` either way ([`Link`]), so it is written once.
 
 mod crowd;
+mod direct;
 mod mysql;
 mod postgres;
 mod sqlite;
@@ -53,8 +54,7 @@ use async_trait::async_trait;
 use futures_util::TryStreamExt;
 use sqlx::any::{Any, AnyPoolOptions, AnyRow};
 use sqlx::pool::PoolConnection;
-use sqlx::sqlite::Sqlite;
-use sqlx::{AnyConnection, AnyPool, SqliteConnection};
+use sqlx::{AnyConnection, AnyPool};
 use sqlx::{AssertSqlSafe, Either, Row, SqlSafeStr, SqlStr};
 
 use super::kit::{self, Kind, Mode};
@@ -746,16 +746,10 @@ async fn run_any(c: &mut AnyConnection, stmt: &Stmt, args: &Args<'_>) -> sqlx::R
     Ok(out)
 }
 
-async fn run_sqlite(c: &mut SqliteConnection, stmt: &Stmt, args: &Args<'_>) -> sqlx::Result<Out> {
-    let mut out = Out::default();
-    let mut s = sqlx::Executor::fetch_many(c, bound!(stmt, args));
-    while let Some(x) = s.try_next().await? {
-        match x {
-            Either::Left(r) => out.affected += r.rows_affected(),
-            Either::Right(row) => out.rows.push(AnyRow::try_from(&row)?),
-        }
-    }
-    Ok(out)
+/// `stmt` on a database file, on this thread ([`direct`]).
+fn run_sqlite(c: &mut direct::Direct, stmt: &Stmt, args: &Args<'_>) -> sqlx::Result<Out> {
+    let vals: Vec<Val<'_>> = stmt.args.iter().map(|&a| args.val(a)).collect();
+    c.run(stmt.sql.as_str(), &vals)
 }
 
 /// Where the engine's statements go: a pool of connections to a server
@@ -796,8 +790,8 @@ impl Link for AnyPool {
     }
 }
 
-/// A database file's one connection (SQLite).
-pub struct Local(pub tokio::sync::Mutex<SqliteConnection>);
+/// A database file's one connection (SQLite), used on dlock's own thread.
+pub struct Local(pub tokio::sync::Mutex<direct::Direct>);
 
 impl Link for Local {
     const SERVER: bool = false;
@@ -809,20 +803,47 @@ impl Link for Local {
 /// A connection taken from a [`Link`].
 pub enum Conn<'a> {
     Pool(PoolConnection<Any>),
-    Local(tokio::sync::MutexGuard<'a, SqliteConnection>),
+    Local(tokio::sync::MutexGuard<'a, direct::Direct>),
 }
 
 /// A transaction on a [`Conn`]; rolled back if dropped.
 enum Tx<'c> {
     Pool(sqlx::Transaction<'c, Any>),
-    Local(sqlx::Transaction<'c, Sqlite>),
+    Local(LocalTx<'c>),
+}
+
+/// A transaction on a database file: `BEGIN` (or the plan's own opening)
+/// run now, `ROLLBACK` if dropped before its commit.
+struct LocalTx<'c> {
+    c: &'c mut direct::Direct,
+    open: bool,
+}
+
+impl LocalTx<'_> {
+    fn end(mut self, sql: &str) -> sqlx::Result<()> {
+        self.open = false;
+        let r = self.c.exec(sql);
+        if r.is_err() && sql == "COMMIT" {
+            // A failed COMMIT (busy) leaves the transaction open.
+            let _ = self.c.exec("ROLLBACK");
+        }
+        r
+    }
+}
+
+impl Drop for LocalTx<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            let _ = self.c.exec("ROLLBACK");
+        }
+    }
 }
 
 impl Conn<'_> {
     async fn run(&mut self, stmt: &Stmt, args: &Args<'_>) -> sqlx::Result<Out> {
         match self {
             Conn::Pool(c) => run_any(c, stmt, args).await,
-            Conn::Local(c) => run_sqlite(c, stmt, args).await,
+            Conn::Local(c) => run_sqlite(c, stmt, args),
         }
     }
 
@@ -831,8 +852,10 @@ impl Conn<'_> {
         Ok(match (self, with) {
             (Conn::Pool(c), None) => Tx::Pool(c.begin().await?),
             (Conn::Pool(c), Some(s)) => Tx::Pool(c.begin_with(s).await?),
-            (Conn::Local(c), None) => Tx::Local(c.begin().await?),
-            (Conn::Local(c), Some(s)) => Tx::Local(c.begin_with(s).await?),
+            (Conn::Local(c), with) => {
+                c.exec(with.unwrap_or("BEGIN"))?;
+                Tx::Local(LocalTx { c, open: true })
+            }
         })
     }
 }
@@ -841,21 +864,21 @@ impl Tx<'_> {
     async fn run(&mut self, stmt: &Stmt, args: &Args<'_>) -> sqlx::Result<Out> {
         match self {
             Tx::Pool(t) => run_any(t, stmt, args).await,
-            Tx::Local(t) => run_sqlite(t, stmt, args).await,
+            Tx::Local(t) => run_sqlite(t.c, stmt, args),
         }
     }
 
     async fn commit(self) -> sqlx::Result<()> {
         match self {
             Tx::Pool(t) => t.commit().await,
-            Tx::Local(t) => t.commit().await,
+            Tx::Local(t) => t.end("COMMIT"),
         }
     }
 
     async fn rollback(self) -> sqlx::Result<()> {
         match self {
             Tx::Pool(t) => t.rollback().await,
-            Tx::Local(t) => t.rollback().await,
+            Tx::Local(t) => t.end("ROLLBACK"),
         }
     }
 }

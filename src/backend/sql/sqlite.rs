@@ -290,10 +290,10 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend<Local>> 
     let deadline = Instant::now() + timeout;
     let mut pause = Duration::from_millis(1);
     let conn = loop {
+        // The tables are created when a statement first misses one.
         let attempt = async {
-            let mut c = SqliteConnection::connect_with(&opts).await?;
-            sqlx::raw_sql(SCHEMA).execute(&mut c).await?;
-            Ok::<_, sqlx::Error>(c)
+            let c = SqliteConnection::connect_with(&opts).await?;
+            super::direct::Direct::new(c, SCHEMA, timeout).await
         };
         match tokio::time::timeout_at(deadline.into(), attempt).await {
             Err(_) => return Err(fail(&"timed out")),
