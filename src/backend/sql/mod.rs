@@ -989,6 +989,11 @@ pub struct SqlBackend<P: Link = AnyPool> {
     waiter_table: bool,
 }
 
+/// A busy attempt: the holders (each with its `lim` and microseconds
+/// left), the exclusive waiters counted, and, if some holders were found
+/// dead, the most microseconds until their leases end.
+type Busy = (Vec<(Holder, i64, i64)>, i64, Option<i64>);
+
 /// A lease row: the holder, the `--limit` it was taken with (0: shared),
 /// and how many microseconds it has left by the database's clock.
 fn holder(r: &AnyRow) -> sqlx::Result<(Holder, i64, i64)> {
@@ -1149,6 +1154,34 @@ impl<P: Link> SqlBackend<P> {
         self.t.judge_access(probe, waiters)
     }
 
+    /// Whether `spec.key` is busy, by reading its holders (and, for a shared
+    /// request, the writers waiting) outside a transaction: `None` when it
+    /// may be free, or a holder is dead (the write transaction breaks its
+    /// lease), else the holders and writers that keep it busy.
+    async fn peek(&self, spec: &LockSpec, a: &Args<'_>) -> Result<Option<Busy>> {
+        let rows = self.call("acquire", &self.q.holders, a).await?.rows;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let mut held = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let h = self.holder(r)?;
+            if h.0.dead {
+                return Ok(None);
+            }
+            held.push(h);
+        }
+        let mut writers = 0;
+        if spec.shared && self.waiter_table {
+            let out = self.call("acquire", &self.q.exclusive_waiters, a).await?;
+            writers = out.first()?.unwrap_or(0);
+        }
+        if kit::admits(spec.mode(), &ahead(held.iter().map(|h| h.1), writers)) {
+            return Ok(None);
+        }
+        Ok(Some((held, writers, None)))
+    }
+
     /// One attempt; when busy only because of holders found dead, whose
     /// leases end within [`BREAK_GRACE`], also when they will be gone.
     async fn attempt(&self, spec: &LockSpec, me: &Owner) -> Result<(Attempt, Option<Instant>)> {
@@ -1169,6 +1202,14 @@ impl<P: Link> SqlBackend<P> {
             ..Args::of(ns, key)
         };
         let grace = us(BREAK_GRACE);
+        // A database file: a key found busy by a read alone is busy without
+        // the write lock, on which arriving waiters would queue behind the
+        // hand-over to the waiter just woken.
+        let peeked = if P::SERVER {
+            None
+        } else {
+            self.peek(spec, &a).await?
+        };
         let attempt = async {
             let mut c = self.pool.conn().await?;
             let mut tx = c.begin(q.begin).await?;
@@ -1233,7 +1274,11 @@ impl<P: Link> SqlBackend<P> {
             tx.commit().await?;
             Ok(Ok(a.token))
         };
-        match self.bounded("acquire", attempt).await? {
+        let result = match peeked {
+            Some(busy) => Err(busy),
+            None => self.bounded("acquire", attempt).await?,
+        };
+        match result {
             Ok(token) => {
                 self.waiting.done(ns, key);
                 self.d.taken(spec, me.kind).await;
