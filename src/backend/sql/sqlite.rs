@@ -200,7 +200,18 @@ struct Sqlite {
     /// next attempt keeps it if it wins the key, so one release wakes one
     /// waiter, not all of them.
     granted: StdMutex<HashMap<PathBuf, File>>,
+    /// Wake files of keys we hold whose lock a thread is still waiting for
+    /// (a waiter had it for an instant when we took the key).
+    pending: StdMutex<HashMap<PathBuf, Pending>>,
     poll: kit::PollBackoff,
+}
+
+/// A thread blocked in `flock` on the wake file of a key we hold.
+struct Pending {
+    /// The file, locked, once the lock was granted.
+    slot: Arc<StdMutex<Option<File>>>,
+    /// Set when we let go of the key: the thread unlocks at once.
+    abandoned: Arc<AtomicBool>,
 }
 
 /// A thread blocked in `flock(LOCK_EX)` on a wake file.
@@ -312,6 +323,7 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend<Local>> 
         held: StdMutex::new(HashMap::new()),
         waits: StdMutex::new(HashMap::new()),
         granted: StdMutex::new(HashMap::new()),
+        pending: StdMutex::new(HashMap::new()),
         poll: kit::PollBackoff::default(),
     };
     let t = Names {
@@ -367,23 +379,39 @@ impl Sqlite {
         let Ok(f) = self.open_wake(&spec.namespace, &spec.key) else {
             return;
         };
-        // A waiter holds the lock only for the instant it tries and fails.
         let op = if spec.shared {
             libc::LOCK_SH
         } else {
             libc::LOCK_EX
         };
-        for _ in 0..200 {
-            if flock(&f, op | libc::LOCK_NB).is_ok() {
-                self.held.lock().unwrap().insert(path, f);
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+        if flock(&f, op | libc::LOCK_NB).is_ok() {
+            self.held.lock().unwrap().insert(path, f);
+            return;
         }
-        tracing::debug!(
-            key = spec.key,
-            "could not take the wake file; waiters will poll"
-        );
+        // A waiter woken by the last holder has it for the instant it
+        // tries the key and fails. The child need not wait for that: a
+        // thread blocks until the lock is ours, and keeps it for as long
+        // as we hold the key ([`Dialect::freed`] lets it go).
+        let slot = Arc::new(StdMutex::new(None));
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let (s2, a2) = (slot.clone(), abandoned.clone());
+        let started = std::thread::Builder::new()
+            .name("dlock-wake".into())
+            .spawn(move || {
+                if flock(&f, op).is_ok() {
+                    let mut slot = s2.lock().unwrap();
+                    if !a2.load(Ordering::SeqCst) {
+                        *slot = Some(f);
+                    }
+                }
+            });
+        match started {
+            Ok(_) => {
+                let pending = Pending { slot, abandoned };
+                self.pending.lock().unwrap().insert(path, pending);
+            }
+            Err(e) => tracing::debug!(key = spec.key, "{e}; waiters will poll"),
+        }
     }
 
     /// Sleep for the fallback poll's next pause, or until `until`.
@@ -508,6 +536,10 @@ impl Dialect<Local> for Sqlite {
     async fn freed(&self, _e: &SqlBackend<Local>, ns: &str, key: &str) {
         let path = self.wake_path(ns, key);
         self.held.lock().unwrap().remove(&path);
+        if let Some(p) = self.pending.lock().unwrap().remove(&path) {
+            p.abandoned.store(true, Ordering::SeqCst);
+            drop(p.slot.lock().unwrap().take());
+        }
     }
 
     async fn wait(&self, spec: &LockSpec, bound: Instant) {
