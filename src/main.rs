@@ -3,11 +3,19 @@
 
 use std::io::Write;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use dlock::cli::Cli;
 use dlock::exit_code;
 
 fn main() {
+    // `dlock --version` needs nothing of the command line's definition,
+    // which clap builds whole (every subcommand and flag) before parsing:
+    // that was most of this invocation's own work.
+    if version_only() {
+        let line = format!("dlock {}\n", env!("CARGO_PKG_VERSION"));
+        let _ = std::io::stdout().write_all(line.as_bytes());
+        return;
+    }
     // A panic is a bug: say so and exit 70, never a bare abort.
     std::panic::set_hook(Box::new(|info| {
         dlock::jsonlog::stderr_line(&format!(
@@ -15,7 +23,7 @@ fn main() {
         ));
         std::process::exit(exit_code::SOFTWARE);
     }));
-    let cli = match Cli::try_parse() {
+    let cli = match parse() {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
@@ -51,4 +59,21 @@ fn main() {
     // Exit without dropping the runtime: a thread blocked in flock() for a
     // waiter must not hold up the exit.
     std::process::exit(code);
+}
+
+/// Whether the command line is `dlock --version` or `dlock -V` alone, as
+/// clap would answer it (it prints the same line).
+fn version_only() -> bool {
+    let mut args = std::env::args_os().skip(1);
+    matches!((args.next(), args.next()), (Some(a), None) if a == "--version" || a == "-V")
+}
+
+/// `Cli::try_parse()`, without dropping the command line's definition at
+/// the end: its tree of subcommands and flags cost as much to free as to
+/// build, and the process ends soon after.
+fn parse() -> Result<Cli, clap::Error> {
+    let mut cmd = Cli::command();
+    let parsed = cmd.try_get_matches_from_mut(std::env::args_os());
+    std::mem::forget(cmd);
+    Cli::from_arg_matches_mut(&mut parsed?).map_err(|e| e.format(&mut Cli::command()))
 }
