@@ -52,8 +52,10 @@ counts() {   # counts NAME BINARY ARGS...
   libs=$(readelf -dW "$2" 2>/dev/null | grep -c NEEDED || true)
   size=$(stat -c %s "$2")
   if command -v valgrind >/dev/null; then
+    # The last process to report is the one started (the guard, forked
+    # from it, reports first).
     ir=$(valgrind --tool=callgrind --callgrind-out-file=/dev/null "${@:2}" 2>&1 >/dev/null \
-      | awk '/Collected/ {print $4}')
+      | awk '/Collected/ {print $4}' | tail -1)
   fi
   printf '| %s | %s | %s | %s | %s |\n' "$1" "$relocs" "$libs" "$size" "${ir:-n/a}"
 }
