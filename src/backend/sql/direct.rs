@@ -43,6 +43,8 @@ pub struct Direct {
     /// The busy handler's state, owned here (`Box::into_raw`); SQLite
     /// holds a pointer to it.
     busy: NonNull<Busy>,
+    /// How long a statement waits for a lock another connection holds.
+    timeout: Duration,
 }
 
 // SAFETY: the handle is only used through `&mut Direct`, so by one thread at
@@ -72,7 +74,7 @@ impl Direct {
         };
         let db = handle.as_raw_handle();
         let busy = NonNull::from(Box::leak(Box::new(Busy {
-            timeout: busy_timeout,
+            timeout: busy_timeout.min(IN_HANDLER),
             since: None,
         })));
         // SAFETY: `db` is open and ours; `busy` outlives the handler, which
@@ -86,7 +88,38 @@ impl Direct {
             db,
             schema,
             busy,
+            timeout: busy_timeout,
         })
+    }
+
+    /// [`Direct::run`], waiting out a lock another connection holds for
+    /// longer than the busy handler does (it blocks this thread, and with
+    /// it dlock's timers and signals, for at most [`IN_HANDLER`]) until the
+    /// busy timeout. A statement refused as busy has done nothing, so it
+    /// is simply run again.
+    pub(super) async fn run_waiting(&mut self, sql: &str, args: &[Val<'_>]) -> sqlx::Result<Out> {
+        let start = Instant::now();
+        loop {
+            match self.run(sql, args) {
+                Err(e) if is_busy(&e) && start.elapsed() < self.timeout => {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// [`Direct::exec`] as [`Direct::run_waiting`] runs statements.
+    pub(super) async fn exec_waiting(&mut self, sql: &str) -> sqlx::Result<()> {
+        let start = Instant::now();
+        loop {
+            match self.exec(sql) {
+                Err(e) if is_busy(&e) && start.elapsed() < self.timeout => {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                r => return r,
+            }
+        }
     }
 
     /// Run one statement with `args` bound to `?1`, `?2`, ... in order:
@@ -315,6 +348,16 @@ unsafe fn row(
     }
 }
 
+/// Whether `e` is SQLITE_BUSY or SQLITE_LOCKED (with their extended codes).
+fn is_busy(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d)
+        if d.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| matches!(c & 0xff, 5 | 6)))
+}
+
+/// How long the busy handler waits, on dlock's thread, before the statement
+/// is refused as busy and [`Direct::run_waiting`] waits on the runtime.
+const IN_HANDLER: Duration = Duration::from_millis(20);
+
 /// Whether `e` is SQLite's "no such table" (SQLITE_ERROR at prepare).
 fn no_such_table(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.message().starts_with("no such table"))
@@ -329,8 +372,8 @@ struct Busy {
 /// SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20, 25 ms and more
 /// between tries: a lock held for the few hundred microseconds of another
 /// process's transaction cost a waiter milliseconds. This one tries again
-/// after 50 us, doubling to at most 2 ms, until the busy timeout has passed
-/// since the call first found the database busy.
+/// after 50 us, doubling to 1.6 ms, for at most [`IN_HANDLER`] since the
+/// call first found the database busy.
 unsafe extern "C" fn busy_handler(state: *mut c_void, n: c_int) -> c_int {
     // SAFETY: `state` is the `Busy` that `Direct` registered and owns; it is
     // only touched during calls on the connection, by the thread making them.

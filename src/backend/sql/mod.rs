@@ -747,9 +747,9 @@ async fn run_any(c: &mut AnyConnection, stmt: &Stmt, args: &Args<'_>) -> sqlx::R
 }
 
 /// `stmt` on a database file, on this thread ([`direct`]).
-fn run_sqlite(c: &mut direct::Direct, stmt: &Stmt, args: &Args<'_>) -> sqlx::Result<Out> {
+async fn run_sqlite(c: &mut direct::Direct, stmt: &Stmt, args: &Args<'_>) -> sqlx::Result<Out> {
     let vals: Vec<Val<'_>> = stmt.args.iter().map(|&a| args.val(a)).collect();
-    c.run(stmt.sql.as_str(), &vals)
+    c.run_waiting(stmt.sql.as_str(), &vals).await
 }
 
 /// Where the engine's statements go: a pool of connections to a server
@@ -843,7 +843,7 @@ impl Conn<'_> {
     async fn run(&mut self, stmt: &Stmt, args: &Args<'_>) -> sqlx::Result<Out> {
         match self {
             Conn::Pool(c) => run_any(c, stmt, args).await,
-            Conn::Local(c) => run_sqlite(c, stmt, args),
+            Conn::Local(c) => run_sqlite(c, stmt, args).await,
         }
     }
 
@@ -853,7 +853,7 @@ impl Conn<'_> {
             (Conn::Pool(c), None) => Tx::Pool(c.begin().await?),
             (Conn::Pool(c), Some(s)) => Tx::Pool(c.begin_with(s).await?),
             (Conn::Local(c), with) => {
-                c.exec(with.unwrap_or("BEGIN"))?;
+                c.exec_waiting(with.unwrap_or("BEGIN")).await?;
                 Tx::Local(LocalTx { c, open: true })
             }
         })
@@ -864,7 +864,7 @@ impl Tx<'_> {
     async fn run(&mut self, stmt: &Stmt, args: &Args<'_>) -> sqlx::Result<Out> {
         match self {
             Tx::Pool(t) => run_any(t, stmt, args).await,
-            Tx::Local(t) => run_sqlite(t.c, stmt, args),
+            Tx::Local(t) => run_sqlite(t.c, stmt, args).await,
         }
     }
 
