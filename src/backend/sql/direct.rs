@@ -128,8 +128,12 @@ impl Direct {
     pub(super) fn run(&mut self, sql: &str, args: &[Val<'_>]) -> sqlx::Result<Out> {
         match self.run_once(sql, args) {
             Err(e) if !self.schema.is_empty() && no_such_table(&e) => {
-                let schema = std::mem::take(&mut self.schema);
+                // Kept until it has run: a process creating the tables in
+                // its own transaction makes this one wait (and be refused
+                // as busy, and run again).
+                let schema = self.schema;
                 self.exec(schema)?;
+                self.schema = "";
                 self.run_once(sql, args)
             }
             r => r,
