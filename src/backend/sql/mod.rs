@@ -952,6 +952,13 @@ pub trait Dialect<P: Link = AnyPool>: Send + Sync {
     fn row_id(&self, me: &Owner) -> String {
         row_id(me)
     }
+    /// Before an attempt on a database file: whether this process is first
+    /// in line for `spec.key` (SQLite: it has just locked the key's wake
+    /// file, for a `run`), so that it goes straight to the write transaction
+    /// without reading first whether the key is busy.
+    fn first_in_line(&self, _spec: &LockSpec, _kind: LeaseKind) -> bool {
+        false
+    }
     /// We took `spec.key` (MySQL holds a wake-up lock for an exclusive one).
     async fn taken(&self, _spec: &LockSpec, _kind: LeaseKind) {}
     /// An attempt found `spec.key` busy.
@@ -1205,7 +1212,7 @@ impl<P: Link> SqlBackend<P> {
         // A database file: a key found busy by a read alone is busy without
         // the write lock, on which arriving waiters would queue behind the
         // hand-over to the waiter just woken.
-        let peeked = if P::SERVER {
+        let peeked = if P::SERVER || self.d.first_in_line(spec, me.kind) {
             None
         } else {
             self.peek(spec, &a).await?

@@ -520,6 +520,37 @@ impl Dialect<Local> for Sqlite {
             && !crate::host::process_alive(num("pid") as u32, num("proc_start") as u64)
     }
 
+    /// A `run` of one slot that can lock the key's wake file at once (as it
+    /// will hold it while it holds the key) is first in line: nobody holds
+    /// the key for a `run` or is taking it, so it needs no read before its
+    /// transaction, and from its commit on, waiters already block on the
+    /// file. When the file is locked, the read decides as before (its
+    /// holder may be frozen with its lease expired, or a reader gone).
+    fn first_in_line(&self, spec: &LockSpec, kind: LeaseKind) -> bool {
+        if kind != LeaseKind::Run || !(spec.limit == 1 || spec.shared) {
+            return false;
+        }
+        let path = self.wake_path(&spec.namespace, &spec.key);
+        if self.granted.lock().unwrap().contains_key(&path)
+            || self.held.lock().unwrap().contains_key(&path)
+        {
+            return true;
+        }
+        let Ok(f) = self.open_wake(&spec.namespace, &spec.key) else {
+            return false;
+        };
+        let op = if spec.shared {
+            libc::LOCK_SH
+        } else {
+            libc::LOCK_EX
+        };
+        let first = flock(&f, op | libc::LOCK_NB).is_ok();
+        if first {
+            self.granted.lock().unwrap().insert(path, f);
+        }
+        first
+    }
+
     async fn taken(&self, spec: &LockSpec, kind: LeaseKind) {
         self.poll.reset();
         if kind == LeaseKind::Run && (spec.limit == 1 || spec.shared) {
