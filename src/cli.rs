@@ -511,10 +511,21 @@ pub enum LogFormat {
 /// clap's error and, where there is one, the text to print instead.
 pub fn parse(args: Vec<OsString>) -> Result<Cli, (clap::Error, Option<String>)> {
     let args = watch_takes_no_key(args);
-    Cli::try_parse_from(&args).map_err(|e| {
-        let better = better_tip(&e, &args);
-        (e, better)
-    })
+    // Not `Cli::try_parse_from`: it drops the command line's definition at
+    // the end, whose tree of subcommands and flags costs as much to free
+    // as to build, and the process ends soon after.
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    let parsed = cmd.try_get_matches_from_mut(&args);
+    std::mem::forget(cmd);
+    parsed
+        .and_then(|mut m| {
+            <Cli as clap::FromArgMatches>::from_arg_matches_mut(&mut m)
+                .map_err(|e| e.format(&mut <Cli as clap::CommandFactory>::command()))
+        })
+        .map_err(|e| {
+            let better = better_tip(&e, &args);
+            (e, better)
+        })
 }
 
 /// `status --watch deploy`: `deploy` is a key, not a period.

@@ -6,6 +6,14 @@ use std::io::Write;
 use dlock::exit_code;
 
 fn main() {
+    // `dlock --version` needs nothing of the command line's definition,
+    // which clap builds whole (every subcommand and flag) before parsing:
+    // that was most of this invocation's own work.
+    if version_only() {
+        let line = format!("dlock {}\n", env!("CARGO_PKG_VERSION"));
+        let _ = std::io::stdout().write_all(line.as_bytes());
+        return;
+    }
     // A panic is a bug: say so and exit 70, never a bare abort.
     std::panic::set_hook(Box::new(|info| {
         dlock::jsonlog::stderr_line(&format!(
@@ -57,4 +65,11 @@ fn main() {
     // Exit without dropping the runtime: a thread blocked in flock() for a
     // waiter must not hold up the exit.
     std::process::exit(code);
+}
+
+/// Whether the command line is `dlock --version` or `dlock -V` alone, as
+/// clap would answer it (it prints the same line).
+fn version_only() -> bool {
+    let mut args = std::env::args_os().skip(1);
+    matches!((args.next(), args.next()), (Some(a), None) if a == "--version" || a == "-V")
 }

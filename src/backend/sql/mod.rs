@@ -35,6 +35,7 @@
 //! of `Any` either way ([`Link`]), so it is written once.
 
 mod crowd;
+mod direct;
 mod mysql;
 mod postgres;
 mod sqlite;
@@ -53,8 +54,7 @@ use async_trait::async_trait;
 use futures_util::TryStreamExt;
 use sqlx::any::{Any, AnyPoolOptions, AnyRow};
 use sqlx::pool::PoolConnection;
-use sqlx::sqlite::Sqlite;
-use sqlx::{AnyConnection, AnyPool, SqliteConnection};
+use sqlx::{AnyConnection, AnyPool};
 use sqlx::{AssertSqlSafe, Either, Row, SqlSafeStr, SqlStr};
 
 use super::kit::{self, Kind, Mode};
@@ -755,16 +755,10 @@ async fn run_any(c: &mut AnyConnection, stmt: &Stmt, args: &Args<'_>) -> sqlx::R
     Ok(out)
 }
 
-async fn run_sqlite(c: &mut SqliteConnection, stmt: &Stmt, args: &Args<'_>) -> sqlx::Result<Out> {
-    let mut out = Out::default();
-    let mut s = sqlx::Executor::fetch_many(c, bound!(stmt, args));
-    while let Some(x) = s.try_next().await? {
-        match x {
-            Either::Left(r) => out.affected += r.rows_affected(),
-            Either::Right(row) => out.rows.push(AnyRow::try_from(&row)?),
-        }
-    }
-    Ok(out)
+/// `stmt` on a database file, on this thread ([`direct`]).
+async fn run_sqlite(c: &mut direct::Direct, stmt: &Stmt, args: &Args<'_>) -> sqlx::Result<Out> {
+    let vals: Vec<Val<'_>> = stmt.args.iter().map(|&a| args.val(a)).collect();
+    c.run_waiting(stmt.sql.as_str(), &vals).await
 }
 
 /// Where the engine's statements go: a pool of connections to a server
@@ -805,8 +799,8 @@ impl Link for AnyPool {
     }
 }
 
-/// A database file's one connection (SQLite).
-pub struct Local(pub tokio::sync::Mutex<SqliteConnection>);
+/// A database file's one connection (SQLite), used on dlock's own thread.
+pub struct Local(pub tokio::sync::Mutex<direct::Direct>);
 
 impl Link for Local {
     const SERVER: bool = false;
@@ -818,13 +812,40 @@ impl Link for Local {
 /// A connection taken from a [`Link`].
 pub enum Conn<'a> {
     Pool(PoolConnection<Any>),
-    Local(tokio::sync::MutexGuard<'a, SqliteConnection>),
+    Local(tokio::sync::MutexGuard<'a, direct::Direct>),
 }
 
 /// A transaction on a [`Conn`]; rolled back if dropped.
 enum Tx<'c> {
     Pool(sqlx::Transaction<'c, Any>),
-    Local(sqlx::Transaction<'c, Sqlite>),
+    Local(LocalTx<'c>),
+}
+
+/// A transaction on a database file: `BEGIN` (or the plan's own opening)
+/// run now, `ROLLBACK` if dropped before its commit.
+struct LocalTx<'c> {
+    c: &'c mut direct::Direct,
+    open: bool,
+}
+
+impl LocalTx<'_> {
+    fn end(mut self, sql: &str) -> sqlx::Result<()> {
+        self.open = false;
+        let r = self.c.exec(sql);
+        if r.is_err() && sql == "COMMIT" {
+            // A failed COMMIT (busy) leaves the transaction open.
+            let _ = self.c.exec("ROLLBACK");
+        }
+        r
+    }
+}
+
+impl Drop for LocalTx<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            let _ = self.c.exec("ROLLBACK");
+        }
+    }
 }
 
 impl Conn<'_> {
@@ -840,8 +861,10 @@ impl Conn<'_> {
         Ok(match (self, with) {
             (Conn::Pool(c), None) => Tx::Pool(c.begin().await?),
             (Conn::Pool(c), Some(s)) => Tx::Pool(c.begin_with(s).await?),
-            (Conn::Local(c), None) => Tx::Local(c.begin().await?),
-            (Conn::Local(c), Some(s)) => Tx::Local(c.begin_with(s).await?),
+            (Conn::Local(c), with) => {
+                c.exec_waiting(with.unwrap_or("BEGIN")).await?;
+                Tx::Local(LocalTx { c, open: true })
+            }
         })
     }
 }
@@ -850,21 +873,21 @@ impl Tx<'_> {
     async fn run(&mut self, stmt: &Stmt, args: &Args<'_>) -> sqlx::Result<Out> {
         match self {
             Tx::Pool(t) => run_any(t, stmt, args).await,
-            Tx::Local(t) => run_sqlite(t, stmt, args).await,
+            Tx::Local(t) => run_sqlite(t.c, stmt, args).await,
         }
     }
 
     async fn commit(self) -> sqlx::Result<()> {
         match self {
             Tx::Pool(t) => t.commit().await,
-            Tx::Local(t) => t.commit().await,
+            Tx::Local(t) => t.end("COMMIT"),
         }
     }
 
     async fn rollback(self) -> sqlx::Result<()> {
         match self {
             Tx::Pool(t) => t.rollback().await,
-            Tx::Local(t) => t.rollback().await,
+            Tx::Local(t) => t.end("ROLLBACK"),
         }
     }
 }
@@ -938,6 +961,13 @@ pub trait Dialect<P: Link = AnyPool>: Send + Sync {
     fn row_id(&self, me: &Owner) -> String {
         row_id(me)
     }
+    /// Before an attempt on a database file: whether this process is first
+    /// in line for `spec.key` (SQLite: it has just locked the key's wake
+    /// file, for a `run`), so that it goes straight to the write transaction
+    /// without reading first whether the key is busy.
+    fn first_in_line(&self, _spec: &LockSpec, _kind: LeaseKind) -> bool {
+        false
+    }
     /// We took `spec.key` (MySQL holds a wake-up lock for an exclusive one).
     async fn taken(&self, _spec: &LockSpec, _kind: LeaseKind) {}
     /// An attempt found `spec.key` busy.
@@ -974,6 +1004,11 @@ pub struct SqlBackend<P: Link = AnyPool> {
     /// cannot see waiting writers (and do not give way to them).
     waiter_table: bool,
 }
+
+/// A busy attempt: the holders (each with its `lim` and microseconds
+/// left), the exclusive waiters counted, and, if some holders were found
+/// dead, the most microseconds until their leases end.
+type Busy = (Vec<(Holder, i64, i64)>, i64, Option<i64>);
 
 /// A lease row: the holder, the `--limit` it was taken with (0: shared),
 /// and how many microseconds it has left by the database's clock.
@@ -1135,6 +1170,34 @@ impl<P: Link> SqlBackend<P> {
         self.t.judge_access(probe, waiters)
     }
 
+    /// Whether `spec.key` is busy, by reading its holders (and, for a shared
+    /// request, the writers waiting) outside a transaction: `None` when it
+    /// may be free, or a holder is dead (the write transaction breaks its
+    /// lease), else the holders and writers that keep it busy.
+    async fn peek(&self, spec: &LockSpec, a: &Args<'_>) -> Result<Option<Busy>> {
+        let rows = self.call("acquire", &self.q.holders, a).await?.rows;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let mut held = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let h = self.holder(r)?;
+            if h.0.dead {
+                return Ok(None);
+            }
+            held.push(h);
+        }
+        let mut writers = 0;
+        if spec.shared && self.waiter_table {
+            let out = self.call("acquire", &self.q.exclusive_waiters, a).await?;
+            writers = out.first()?.unwrap_or(0);
+        }
+        if kit::admits(spec.mode(), &ahead(held.iter().map(|h| h.1), writers)) {
+            return Ok(None);
+        }
+        Ok(Some((held, writers, None)))
+    }
+
     /// One attempt; when busy only because of holders found dead, whose
     /// leases end within [`BREAK_GRACE`], also when they will be gone.
     async fn attempt(&self, spec: &LockSpec, me: &Owner) -> Result<(Attempt, Option<Instant>)> {
@@ -1155,6 +1218,14 @@ impl<P: Link> SqlBackend<P> {
             ..Args::of(ns, key)
         };
         let grace = us(BREAK_GRACE);
+        // A database file: a key found busy by a read alone is busy without
+        // the write lock, on which arriving waiters would queue behind the
+        // hand-over to the waiter just woken.
+        let peeked = if P::SERVER || self.d.first_in_line(spec, me.kind) {
+            None
+        } else {
+            self.peek(spec, &a).await?
+        };
         let attempt = async {
             let mut c = self.pool.conn().await?;
             let mut tx = c.begin(q.begin).await?;
@@ -1219,7 +1290,11 @@ impl<P: Link> SqlBackend<P> {
             tx.commit().await?;
             Ok(Ok(a.token))
         };
-        match self.bounded("acquire", attempt).await? {
+        let result = match peeked {
+            Some(busy) => Err(busy),
+            None => self.bounded("acquire", attempt).await?,
+        };
+        match result {
             Ok(token) => {
                 self.waiting.done(ns, key);
                 self.d.taken(spec, me.kind).await;

@@ -202,7 +202,18 @@ struct Sqlite {
     /// next attempt keeps it if it wins the key, so one release wakes one
     /// waiter, not all of them.
     granted: StdMutex<HashMap<PathBuf, File>>,
+    /// Wake files of keys we hold whose lock a thread is still waiting for
+    /// (a waiter had it for an instant when we took the key).
+    pending: StdMutex<HashMap<PathBuf, Pending>>,
     poll: kit::PollBackoff,
+}
+
+/// A thread blocked in `flock` on the wake file of a key we hold.
+struct Pending {
+    /// The file, locked, once the lock was granted.
+    slot: Arc<StdMutex<Option<File>>>,
+    /// Set when we let go of the key: the thread unlocks at once.
+    abandoned: Arc<AtomicBool>,
 }
 
 /// A thread blocked in `flock(LOCK_EX)` on a wake file.
@@ -273,9 +284,11 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend<Local>> 
         .filename(&path)
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
-        // Keep the WAL short: a process that opens the file alone replays
-        // it, and that replay is most of the cost of a short `dlock run`.
-        .pragma("wal_autocheckpoint", "16")
+        // A process that opens the file alone replays the WAL (about 2 us
+        // a page), and a checkpoint costs three fsyncs (a few ms on a VM's
+        // disk); a run writes 3 pages. At 16 pages one run in five paid for
+        // a checkpoint; at 64, one in twenty, and the replay stays short.
+        .pragma("wal_autocheckpoint", "64")
         // WAL + NORMAL: a commit is durable against a crash of dlock,
         // not against power loss, which a lock does not need to survive.
         .synchronous(SqliteSynchronous::Normal)
@@ -293,10 +306,10 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend<Local>> 
     let deadline = Instant::now() + timeout;
     let mut pause = Duration::from_millis(1);
     let conn = loop {
+        // The tables are created when a statement first misses one.
         let attempt = async {
-            let mut c = SqliteConnection::connect_with(&opts).await?;
-            sqlx::raw_sql(SCHEMA).execute(&mut c).await?;
-            Ok::<_, sqlx::Error>(c)
+            let c = SqliteConnection::connect_with(&opts).await?;
+            super::direct::Direct::new(c, SCHEMA, timeout).await
         };
         match tokio::time::timeout_at(deadline.into(), attempt).await {
             Err(_) => return Err(fail(&"timed out")),
@@ -315,6 +328,7 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend<Local>> 
         held: StdMutex::new(HashMap::new()),
         waits: StdMutex::new(HashMap::new()),
         granted: StdMutex::new(HashMap::new()),
+        pending: StdMutex::new(HashMap::new()),
         poll: kit::PollBackoff::default(),
     };
     let t = Names {
@@ -360,23 +374,39 @@ impl Sqlite {
         let Ok(f) = self.open_wake(&spec.namespace, &spec.key) else {
             return;
         };
-        // A waiter holds the lock only for the instant it tries and fails.
         let op = if spec.shared {
             libc::LOCK_SH
         } else {
             libc::LOCK_EX
         };
-        for _ in 0..200 {
-            if flock(&f, op | libc::LOCK_NB).is_ok() {
-                self.held.lock().unwrap().insert(path, f);
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+        if flock(&f, op | libc::LOCK_NB).is_ok() {
+            self.held.lock().unwrap().insert(path, f);
+            return;
         }
-        tracing::debug!(
-            key = spec.key,
-            "could not take the wake file; waiters will poll"
-        );
+        // A waiter woken by the last holder has it for the instant it
+        // tries the key and fails. The child need not wait for that: a
+        // thread blocks until the lock is ours, and keeps it for as long
+        // as we hold the key ([`Dialect::freed`] lets it go).
+        let slot = Arc::new(StdMutex::new(None));
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let (s2, a2) = (slot.clone(), abandoned.clone());
+        let started = std::thread::Builder::new()
+            .name("dlock-wake".into())
+            .spawn(move || {
+                if flock(&f, op).is_ok() {
+                    let mut slot = s2.lock().unwrap();
+                    if !a2.load(Ordering::SeqCst) {
+                        *slot = Some(f);
+                    }
+                }
+            });
+        match started {
+            Ok(_) => {
+                let pending = Pending { slot, abandoned };
+                self.pending.lock().unwrap().insert(path, pending);
+            }
+            Err(e) => tracing::debug!(key = spec.key, "{e}; waiters will poll"),
+        }
     }
 
     /// Sleep for the fallback poll's next pause, or until `until`.
@@ -483,6 +513,37 @@ impl Dialect<Local> for Sqlite {
             && !crate::host::process_alive(num("pid") as u32, num("proc_start") as u64)
     }
 
+    /// A `run` of one slot that can lock the key's wake file at once (as it
+    /// will hold it while it holds the key) is first in line: nobody holds
+    /// the key for a `run` or is taking it, so it needs no read before its
+    /// transaction, and from its commit on, waiters already block on the
+    /// file. When the file is locked, the read decides as before (its
+    /// holder may be frozen with its lease expired, or a reader gone).
+    fn first_in_line(&self, spec: &LockSpec, kind: LeaseKind) -> bool {
+        if kind != LeaseKind::Run || !(spec.limit == 1 || spec.shared) {
+            return false;
+        }
+        let path = self.wake_path(&spec.namespace, &spec.key);
+        if self.granted.lock().unwrap().contains_key(&path)
+            || self.held.lock().unwrap().contains_key(&path)
+        {
+            return true;
+        }
+        let Ok(f) = self.open_wake(&spec.namespace, &spec.key) else {
+            return false;
+        };
+        let op = if spec.shared {
+            libc::LOCK_SH
+        } else {
+            libc::LOCK_EX
+        };
+        let first = flock(&f, op | libc::LOCK_NB).is_ok();
+        if first {
+            self.granted.lock().unwrap().insert(path, f);
+        }
+        first
+    }
+
     async fn taken(&self, spec: &LockSpec, kind: LeaseKind) {
         self.poll.reset();
         if kind == LeaseKind::Run && (spec.limit == 1 || spec.shared) {
@@ -501,6 +562,10 @@ impl Dialect<Local> for Sqlite {
     async fn freed(&self, _e: &SqlBackend<Local>, ns: &str, key: &str) {
         let path = self.wake_path(ns, key);
         self.held.lock().unwrap().remove(&path);
+        if let Some(p) = self.pending.lock().unwrap().remove(&path) {
+            p.abandoned.store(true, Ordering::SeqCst);
+            drop(p.slot.lock().unwrap().take());
+        }
     }
 
     async fn wait(&self, spec: &LockSpec, bound: Instant) {

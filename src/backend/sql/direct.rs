@@ -1,0 +1,444 @@
+//! SQLite on dlock's own thread.
+//!
+//! sqlx's SQLite driver runs every statement on a worker thread of its own
+//! and hands each one over, and each of its rows back, through channels: a
+//! `dlock run` made about ten such round trips and 70-100 context switches
+//! for what is, on a local file, a few microseconds of work per statement.
+//! Here the connection is still opened by sqlx (its options: WAL, busy
+//! timeout, the pragmas), and then its handle is taken from the worker for
+//! good ([`sqlx::SqliteConnection::lock_handle`]): every statement runs on
+//! the calling thread through SQLite's C API, with no hand-off. The rows
+//! come back as [`AnyRow`]s, as the engine reads every database's rows.
+//!
+//! The tables are created when a statement first finds one missing, not at
+//! every start: a run on an existing database parses no DDL.
+
+use std::ffi::{CStr, CString, c_char, c_int, c_void};
+use std::mem::ManuallyDrop;
+use std::ptr::{self, NonNull};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libsqlite3_sys as ffi;
+use sqlx::SqliteConnection;
+use sqlx::any::AnyRow;
+use sqlx::error::{DatabaseError, ErrorKind};
+use sqlx_core::any::{AnyColumn, AnyTypeInfo, AnyTypeInfoKind, AnyValue, AnyValueKind};
+use sqlx_core::ext::ustr::UStr;
+
+use super::{Out, Val};
+
+/// A SQLite connection whose handle this thread uses directly.
+pub struct Direct {
+    /// The worker's lock on the handle, held for as long as we use it; the
+    /// worker waits on it and touches the handle no more.
+    handle: ManuallyDrop<sqlx::sqlite::LockedSqliteHandle<'static>>,
+    /// The connection `handle` borrows, owned here (from `Box::into_raw`)
+    /// and dropped after it.
+    conn: NonNull<SqliteConnection>,
+    db: NonNull<ffi::sqlite3>,
+    /// The DDL that creates the tables when a statement finds one missing;
+    /// emptied once run.
+    schema: &'static str,
+    /// The busy handler's state, owned here (`Box::into_raw`); SQLite
+    /// holds a pointer to it.
+    busy: NonNull<Busy>,
+    /// How long a statement waits for a lock another connection holds.
+    timeout: Duration,
+}
+
+// SAFETY: the handle is only used through `&mut Direct`, so by one thread at
+// a time; sqlx opens it in SQLite's multi-thread mode, in which a connection
+// may move between threads as long as no two use it at once.
+unsafe impl Send for Direct {}
+
+impl Direct {
+    /// Take `conn`'s handle from its worker thread. `schema` is run (once)
+    /// when a statement finds a table missing.
+    pub async fn new(
+        conn: SqliteConnection,
+        schema: &'static str,
+        busy_timeout: Duration,
+    ) -> sqlx::Result<Direct> {
+        let conn = NonNull::from(Box::leak(Box::new(conn)));
+        // SAFETY: `conn` stays allocated until `Drop` frees it, after the
+        // handle borrowing it is dropped; nothing else refers to it.
+        let locked = unsafe { &mut *conn.as_ptr() }.lock_handle().await;
+        let mut handle = match locked {
+            Ok(h) => h,
+            Err(e) => {
+                // SAFETY: from `Box::leak` above, and no longer borrowed.
+                drop(unsafe { Box::from_raw(conn.as_ptr()) });
+                return Err(e);
+            }
+        };
+        let db = handle.as_raw_handle();
+        let busy = NonNull::from(Box::leak(Box::new(Busy {
+            timeout: busy_timeout.min(IN_HANDLER),
+            since: None,
+        })));
+        // SAFETY: `db` is open and ours; `busy` outlives the handler, which
+        // `Drop` removes before freeing it.
+        unsafe {
+            ffi::sqlite3_busy_handler(db.as_ptr(), Some(busy_handler), busy.as_ptr().cast());
+        }
+        Ok(Direct {
+            handle: ManuallyDrop::new(handle),
+            conn,
+            db,
+            schema,
+            busy,
+            timeout: busy_timeout,
+        })
+    }
+
+    /// [`Direct::run`], waiting out a lock another connection holds for
+    /// longer than the busy handler does (it blocks this thread, and with
+    /// it dlock's timers and signals, for at most [`IN_HANDLER`]) until the
+    /// busy timeout. A statement refused as busy has done nothing, so it
+    /// is simply run again.
+    pub(super) async fn run_waiting(&mut self, sql: &str, args: &[Val<'_>]) -> sqlx::Result<Out> {
+        let start = Instant::now();
+        loop {
+            match self.run(sql, args) {
+                Err(e) if is_busy(&e) && start.elapsed() < self.timeout => {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// [`Direct::exec`] as [`Direct::run_waiting`] runs statements.
+    pub(super) async fn exec_waiting(&mut self, sql: &str) -> sqlx::Result<()> {
+        let start = Instant::now();
+        loop {
+            match self.exec(sql) {
+                Err(e) if is_busy(&e) && start.elapsed() < self.timeout => {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Run one statement with `args` bound to `?1`, `?2`, ... in order:
+    /// its rows, and the rows it changed. A missing table is created (once)
+    /// and the statement run again.
+    pub(super) fn run(&mut self, sql: &str, args: &[Val<'_>]) -> sqlx::Result<Out> {
+        match self.run_once(sql, args) {
+            Err(e) if !self.schema.is_empty() && no_such_table(&e) => {
+                // Kept until it has run: a process creating the tables in
+                // its own transaction makes this one wait (and be refused
+                // as busy, and run again).
+                let schema = self.schema;
+                self.exec(schema)?;
+                self.schema = "";
+                self.run_once(sql, args)
+            }
+            r => r,
+        }
+    }
+
+    /// Run statements without parameters or rows (`BEGIN`, DDL).
+    pub(super) fn exec(&mut self, sql: &str) -> sqlx::Result<()> {
+        let c = CString::new(sql).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+        // SAFETY: `db` is open; `c` is NUL-terminated; no callback.
+        let rc = unsafe {
+            ffi::sqlite3_exec(
+                self.db.as_ptr(),
+                c.as_ptr(),
+                None,
+                ptr::null_mut(),
+                ptr::null_mut(),
+            )
+        };
+        self.check(rc)
+    }
+
+    fn check(&self, rc: c_int) -> sqlx::Result<()> {
+        if rc == ffi::SQLITE_OK || rc == ffi::SQLITE_DONE || rc == ffi::SQLITE_ROW {
+            Ok(())
+        } else {
+            Err(self.error())
+        }
+    }
+
+    /// The connection's last error.
+    fn error(&self) -> sqlx::Error {
+        let db = self.db.as_ptr();
+        // SAFETY: `db` is open; the message is a NUL-terminated string
+        // SQLite owns until the next call, copied at once.
+        let (code, message) = unsafe {
+            let msg = ffi::sqlite3_errmsg(db);
+            let message = if msg.is_null() {
+                String::new()
+            } else {
+                CStr::from_ptr(msg).to_string_lossy().into_owned()
+            };
+            (ffi::sqlite3_extended_errcode(db), message)
+        };
+        sqlx::Error::Database(Box::new(SqliteError { code, message }))
+    }
+
+    fn run_once(&mut self, sql: &str, args: &[Val<'_>]) -> sqlx::Result<Out> {
+        let db = self.db.as_ptr();
+        let mut raw = ptr::null_mut();
+        // SAFETY: `db` is open; `sql` is valid for its length.
+        let rc = unsafe {
+            ffi::sqlite3_prepare_v2(
+                db,
+                sql.as_ptr().cast::<c_char>(),
+                c_int::try_from(sql.len()).unwrap_or(c_int::MAX),
+                &mut raw,
+                ptr::null_mut(),
+            )
+        };
+        self.check(rc)?;
+        let Some(stmt) = NonNull::new(raw) else {
+            // Only a comment or white space.
+            return Ok(Out::default());
+        };
+        let stmt = Statement(stmt);
+        let s = stmt.0.as_ptr();
+        // SAFETY (the block): `s` is a prepared statement of `db`, finalized
+        // by `stmt`'s drop; text is bound with SQLITE_TRANSIENT (copied).
+        unsafe {
+            let count = ffi::sqlite3_bind_parameter_count(s);
+            for (i, v) in (1..=count).zip(args) {
+                let rc = match *v {
+                    Val::Str(t) | Val::Opt(Some(t)) => ffi::sqlite3_bind_text64(
+                        s,
+                        i,
+                        t.as_ptr().cast::<c_char>(),
+                        t.len() as u64,
+                        ffi::SQLITE_TRANSIENT(),
+                        ffi::SQLITE_UTF8 as u8,
+                    ),
+                    Val::Opt(None) => ffi::sqlite3_bind_null(s, i),
+                    Val::I64(n) => ffi::sqlite3_bind_int64(s, i, n),
+                    Val::I32(n) => ffi::sqlite3_bind_int64(s, i, i64::from(n)),
+                };
+                self.check(rc)?;
+            }
+            let mut out = Out::default();
+            let mut names: Option<Columns> = None;
+            loop {
+                match ffi::sqlite3_step(s) {
+                    ffi::SQLITE_ROW => {
+                        let (index, cols) = names.get_or_insert_with(|| column_names(s));
+                        out.rows.push(row(s, index, cols));
+                    }
+                    ffi::SQLITE_DONE => break,
+                    _ => return Err(self.error()),
+                }
+            }
+            if ffi::sqlite3_stmt_readonly(s) == 0 {
+                out.affected = ffi::sqlite3_changes64(db).max(0) as u64;
+            }
+            Ok(out)
+        }
+    }
+}
+
+impl Drop for Direct {
+    fn drop(&mut self) {
+        // SAFETY: every statement is finalized by now (each call finalizes
+        // its own); the handle goes back to the worker before the
+        // connection (and with it the worker) is dropped, and the busy
+        // handler is removed before its state is freed.
+        unsafe {
+            ffi::sqlite3_busy_handler(self.db.as_ptr(), None, ptr::null_mut());
+            drop(Box::from_raw(self.busy.as_ptr()));
+            ManuallyDrop::drop(&mut self.handle);
+            drop(Box::from_raw(self.conn.as_ptr()));
+        }
+    }
+}
+
+/// A prepared statement, finalized when dropped.
+struct Statement(NonNull<ffi::sqlite3_stmt>);
+
+impl Drop for Statement {
+    fn drop(&mut self) {
+        // SAFETY: prepared by us and finalized only here.
+        unsafe { ffi::sqlite3_finalize(self.0.as_ptr()) };
+    }
+}
+
+/// A statement's result columns: their index by name, and their names in
+/// order.
+type Columns = (Arc<sqlx_core::HashMap<UStr, usize>>, Vec<UStr>);
+
+/// The result columns of `s`.
+///
+/// # Safety
+/// `s` is a prepared statement.
+unsafe fn column_names(s: *mut ffi::sqlite3_stmt) -> Columns {
+    // SAFETY: the caller's; names are NUL-terminated strings SQLite owns.
+    unsafe {
+        let n = ffi::sqlite3_column_count(s);
+        let mut index = sqlx_core::HashMap::default();
+        let mut cols = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            let p = ffi::sqlite3_column_name(s, i);
+            let name = if p.is_null() {
+                UStr::new("")
+            } else {
+                UStr::new(&CStr::from_ptr(p).to_string_lossy())
+            };
+            index.insert(name.clone(), i as usize);
+            cols.push(name);
+        }
+        (Arc::new(index), cols)
+    }
+}
+
+/// The current row of `s` as an [`AnyRow`].
+///
+/// # Safety
+/// `s` has just returned `SQLITE_ROW`.
+unsafe fn row(
+    s: *mut ffi::sqlite3_stmt,
+    index: &Arc<sqlx_core::HashMap<UStr, usize>>,
+    names: &[UStr],
+) -> AnyRow {
+    let mut columns = Vec::with_capacity(names.len());
+    let mut values = Vec::with_capacity(names.len());
+    for (i, name) in names.iter().enumerate() {
+        let c = i as c_int;
+        // SAFETY: the caller's; text and blobs are copied at once.
+        let kind = unsafe {
+            match ffi::sqlite3_column_type(s, c) {
+                ffi::SQLITE_INTEGER => AnyValueKind::BigInt(ffi::sqlite3_column_int64(s, c)),
+                ffi::SQLITE_FLOAT => AnyValueKind::Double(ffi::sqlite3_column_double(s, c)),
+                ffi::SQLITE_TEXT => {
+                    let p = ffi::sqlite3_column_text(s, c);
+                    let n = ffi::sqlite3_column_bytes(s, c).max(0) as usize;
+                    let bytes = if p.is_null() {
+                        &[][..]
+                    } else {
+                        std::slice::from_raw_parts(p, n)
+                    };
+                    AnyValueKind::Text(Arc::new(String::from_utf8_lossy(bytes).into_owned()))
+                }
+                ffi::SQLITE_BLOB => {
+                    let p = ffi::sqlite3_column_blob(s, c).cast::<u8>();
+                    let n = ffi::sqlite3_column_bytes(s, c).max(0) as usize;
+                    let bytes = if p.is_null() {
+                        Vec::new()
+                    } else {
+                        std::slice::from_raw_parts(p, n).to_vec()
+                    };
+                    AnyValueKind::Blob(Arc::new(bytes))
+                }
+                _ => AnyValueKind::Null(AnyTypeInfoKind::Null),
+            }
+        };
+        let value = AnyValue { kind };
+        columns.push(AnyColumn {
+            ordinal: i,
+            name: name.clone(),
+            type_info: AnyTypeInfo {
+                kind: sqlx::Value::type_info(&value).kind,
+            },
+        });
+        values.push(value);
+    }
+    AnyRow {
+        column_names: index.clone(),
+        columns,
+        values,
+    }
+}
+
+/// Whether `e` is SQLITE_BUSY or SQLITE_LOCKED (with their extended codes).
+fn is_busy(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d)
+        if d.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| matches!(c & 0xff, 5 | 6)))
+}
+
+/// How long the busy handler waits, on dlock's thread, before the statement
+/// is refused as busy and [`Direct::run_waiting`] waits on the runtime.
+const IN_HANDLER: Duration = Duration::from_millis(20);
+
+/// Whether `e` is SQLite's "no such table" (SQLITE_ERROR at prepare).
+fn no_such_table(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.message().starts_with("no such table"))
+}
+
+/// The busy handler's state: when the current wait began.
+struct Busy {
+    timeout: Duration,
+    since: Option<Instant>,
+}
+
+/// SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20, 25 ms and more
+/// between tries: a lock held for the few hundred microseconds of another
+/// process's transaction cost a waiter milliseconds. This one tries again
+/// after 50 us, doubling to 1.6 ms, for at most [`IN_HANDLER`] since the
+/// call first found the database busy.
+unsafe extern "C" fn busy_handler(state: *mut c_void, n: c_int) -> c_int {
+    // SAFETY: `state` is the `Busy` that `Direct` registered and owns; it is
+    // only touched during calls on the connection, by the thread making them.
+    let b = unsafe { &mut *state.cast::<Busy>() };
+    let now = Instant::now();
+    if n == 0 {
+        b.since = Some(now);
+    }
+    let since = *b.since.get_or_insert(now);
+    if now.duration_since(since) >= b.timeout {
+        return 0;
+    }
+    let pause = Duration::from_micros(50 << n.clamp(0, 5) as u32);
+    std::thread::sleep(pause);
+    1
+}
+
+/// A SQLite error as sqlx's driver words it: the extended result code and
+/// SQLite's message.
+#[derive(Debug)]
+struct SqliteError {
+    code: c_int,
+    message: String,
+}
+
+impl std::fmt::Display for SqliteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "(code: {}) {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for SqliteError {}
+
+impl DatabaseError for SqliteError {
+    fn message(&self) -> &str {
+        &self.message
+    }
+
+    fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+        Some(self.code.to_string().into())
+    }
+
+    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+
+    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+
+    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self
+    }
+
+    fn kind(&self) -> ErrorKind {
+        match self.code {
+            ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY => {
+                ErrorKind::UniqueViolation
+            }
+            ffi::SQLITE_CONSTRAINT_NOTNULL => ErrorKind::NotNullViolation,
+            _ => ErrorKind::Other,
+        }
+    }
+}
