@@ -1033,7 +1033,11 @@ pub fn server_restart_during_waits_is_ridden_out(env: &mut Env) {
                 for _ in 0..runs {
                     let out = bare(&home)
                         .args(["--backend", &url, "run", "--wait", "60s", "--key", &k])
-                        .args(["--connect-timeout", "5s", "--", "sleep", "0.3"])
+                        // The outage a waiter rides out: the restart's 1 s,
+                        // plus the server's own start, which on a loaded
+                        // machine took SeaweedFS more than 5 s (HTTP 500
+                        // until its volume server was up).
+                        .args(["--connect-timeout", "15s", "--", "sleep", "0.3"])
                         .stdin(std::process::Stdio::null())
                         .output()
                         .unwrap();
