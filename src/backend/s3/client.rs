@@ -301,16 +301,31 @@ impl Client {
     /// out) is an outage naming `what`.
     pub async fn send(&self, what: &str, req: Req<'_>) -> anyhow::Result<Response> {
         let service = format!("S3 {}", self.endpoint.authority);
-        kit::bounded(&service, what, self.timeout, self.exchange(req), |e| {
+        // Not `kit::bounded`: its time-out reads as a server that never
+        // answers, an outage already ridden out for the whole bound. A
+        // store that answers one request slowly (a crowd rewriting one hot
+        // lock object) is retried for `--connect-timeout` more; a store
+        // that never answers is given up on while connecting.
+        let Ok(answer) = tokio::time::timeout(self.timeout, self.exchange(req)).await else {
+            return Err(kit::typed(
+                Kind::Outage,
+                format!(
+                    "{service}: {what}: no answer in {}",
+                    crate::status::human_duration(self.timeout)
+                ),
+            ));
+        };
+        answer.map_err(|e| {
             // A certificate we do not trust is a refusal, never retried;
             // anything else on the way (refused, reset) is an outage.
-            if e.starts_with("TLS with") && e.to_ascii_lowercase().contains("certificate") {
-                Kind::Denied
-            } else {
-                Kind::Outage
-            }
+            let kind =
+                if e.starts_with("TLS with") && e.to_ascii_lowercase().contains("certificate") {
+                    Kind::Denied
+                } else {
+                    Kind::Outage
+                };
+            kit::typed(kind, format!("{service}: {what}: {e}"))
         })
-        .await
     }
 
     async fn exchange(&self, req: Req<'_>) -> Result<Response, String> {
