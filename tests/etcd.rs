@@ -176,7 +176,14 @@ fn releases_and_renewals_move_past_a_frozen_member() {
     let keys =
         |k: &str| members[1].ctl(&["get", "--prefix", "--keys-only", &format!("dlock/{k}/")]);
     let hold = |k: &str, ttl: &str, stop: &std::path::Path| {
-        let script = format!("while [ ! -e {} ]; do sleep 0.02; done", stop.display());
+        // The child says it started: the holder is past its acquisition
+        // (a member frozen while it still lists the queue is another test).
+        let started = stop.with_extension("started");
+        let script = format!(
+            "touch {}; while [ ! -e {} ]; do sleep 0.02; done",
+            started.display(),
+            stop.display()
+        );
         let c = env
             .cmd(&["--connect-timeout", "3s", "run", "--ttl", ttl, "--key", k])
             .args(["--", "sh", "-c", &script])
@@ -185,7 +192,7 @@ fn releases_and_renewals_move_past_a_frozen_member() {
             .spawn()
             .unwrap();
         wait_for(Duration::from_secs(20), "the holder to hold", || {
-            keys(k).contains(&format!("dlock/{k}/"))
+            started.exists() && keys(k).contains(&format!("dlock/{k}/"))
         });
         Reaped(c)
     };

@@ -407,6 +407,16 @@ impl EtcdBackend {
         match r {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(kit::typed(kind(&e), format!("{service}: {what}: {e}"))),
+            // With other members to try (the call has left this one), a
+            // member that did not answer is an outage to ride out on the
+            // next, not one already ridden out ([`kit::no_answer`]'s).
+            Err(_) if self.client.members() > 1 => Err(kit::typed(
+                kit::Kind::Outage,
+                format!(
+                    "{service}: {what}: no answer from one member in {}",
+                    crate::status::human_duration(self.timeout)
+                ),
+            )),
             Err(_) => Err(kit::no_answer(&service, what, self.timeout)),
         }
     }
