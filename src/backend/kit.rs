@@ -227,6 +227,11 @@ where
     }
 }
 
+/// How long after finding a holder's process gone its entry is removed:
+/// the dead dlock's guard, woken by its death, is still SIGKILLing the
+/// job's process group, and a new holder's child must not start beside it.
+pub const BREAK_GRACE: Duration = Duration::from_millis(100);
+
 /// Take a slot of `spec.key` on a service without a queue: try, and until
 /// `deadline` wait for a change and try again. Holders known dead (a
 /// process on this machine that is gone) are removed at once and the
@@ -242,6 +247,9 @@ pub async fn poll(
             Attempt::Acquired(l) => return Ok(Attempt::Acquired(l)),
             Attempt::Busy(h) => {
                 let dead: Vec<Holder> = h.iter().filter(|h| h.dead).cloned().collect();
+                if !dead.is_empty() {
+                    tokio::time::sleep(BREAK_GRACE).await;
+                }
                 if !dead.is_empty() && b.break_dead(spec, &dead).await? {
                     tracing::info!(
                         event = "broke_dead",

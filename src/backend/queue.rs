@@ -116,11 +116,20 @@ pub async fn wait_turn<T: Turn>(
 /// true if any went (or changed meanwhile), to look again.
 async fn break_dead<T: Turn>(t: &mut T, ahead: &[T::Entry]) -> Result<bool> {
     let mut changed = false;
+    let mut graced = false;
     for e in ahead {
         let Some(r) = t.record(e).await? else {
             continue;
         };
-        if r.dead_here() && t.remove_dead(e).await? {
+        if !r.dead_here() {
+            continue;
+        }
+        if !graced {
+            // The dead process's guard may still be stopping its job.
+            tokio::time::sleep(kit::BREAK_GRACE).await;
+            graced = true;
+        }
+        if t.remove_dead(e).await? {
             tracing::info!(
                 event = "broke_dead",
                 pid = r.pid,

@@ -933,7 +933,7 @@ pub fn dead_by_row_id(id: &str, pid: i64) -> bool {
 /// How soon the lease of a holder found dead ([`Dialect::dead`]) ends: the
 /// grace lets the dead holder's guard finish killing the job's process
 /// group.
-pub const BREAK_GRACE: Duration = Duration::from_millis(100);
+pub const BREAK_GRACE: Duration = kit::BREAK_GRACE;
 
 /// What one database does its own way, beside its statements. The methods
 /// with a body are those a server dialect leaves alone.
