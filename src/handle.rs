@@ -98,6 +98,7 @@ impl Handle {
                 ttl: self.ttl(),
                 granted_at: Instant::now(),
                 shared: l.shared,
+                slot: None,
             })
             .collect()
     }

@@ -426,6 +426,7 @@ mod tests {
             ttl,
             granted_at: Instant::now(),
             shared: false,
+            slot: Some(0),
         }
     }
 

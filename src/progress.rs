@@ -105,10 +105,18 @@ impl WaitLine {
         let Ok(Ok(st)) = st else {
             return String::new();
         };
-        match st.first().map(|k| k.holders.as_slice()) {
-            Some([h]) => describe_holder(h),
-            Some(hs) if hs.len() > 1 => format!("{} holders", hs.len()),
+        let Some(k) = st.first() else {
+            return String::new();
+        };
+        let held = match k.holders.as_slice() {
+            [h] => describe_holder(h),
+            hs if hs.len() > 1 => format!("{} holders", hs.len()),
             _ => "just freed".to_string(),
+        };
+        // Where we stand, where the backend lists its line.
+        match crate::status::my_place(k) {
+            Some(n) => format!("{} in line; {held}", crate::status::ordinal(n)),
+            None => held,
         }
     }
 

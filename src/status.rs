@@ -106,6 +106,33 @@ pub fn describe_holder(h: &Holder) -> String {
     s
 }
 
+/// The slot `h` holds: the one recorded, or 0 for the exclusive holder
+/// of a mutex; none for a shared holder.
+pub fn slot_of(h: &Holder, limit: u32) -> Option<u32> {
+    h.slot.or((!h.shared && limit <= 1).then_some(0))
+}
+
+/// `1st`, `2nd`, `3rd`, `11th`, `22nd`: a place in line.
+pub fn ordinal(n: usize) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
+}
+
+/// Where this process stands in a key's line (1 for first), if it is in it.
+pub fn my_place(k: &KeyStatus) -> Option<usize> {
+    let (pid, host) = (std::process::id(), crate::host::hostname());
+    k.queue
+        .iter()
+        .position(|w| w.pid == Some(pid) && w.host.as_deref() == Some(host.as_str()))
+        .map(|i| i + 1)
+}
+
 pub fn to_json(statuses: &[KeyStatus]) -> Value {
     Value::Array(
         statuses
@@ -128,8 +155,18 @@ pub fn to_json(statuses: &[KeyStatus]) -> Value {
                         "dead": h.dead,
                         "lapse": lapsing(h),
                         "mode": if h.shared { "shared" } else { "exclusive" },
+                        "slot": slot_of(h, k.limit),
                     })).collect::<Vec<_>>(),
                     "waiters": k.waiters,
+                    // First in line first.
+                    "queue": k.queue.iter().map(|w| json!({
+                        "owner": w.owner,
+                        "host": w.host,
+                        "pid": w.pid.filter(|p| *p != HANDLE_PID),
+                        "since": w.acquired_at.map(rfc3339),
+                        "mode": if w.shared { "shared" } else { "exclusive" },
+                        "dead": w.dead,
+                    })).collect::<Vec<_>>(),
                     "unreadable": k.unreadable,
                 })
             })
@@ -227,10 +264,11 @@ pub fn table(statuses: &[KeyStatus], paint: Paint) -> String {
             ]);
             rows.push([
                 if i == 0 { k.key.clone() } else { String::new() },
-                if i == 0 {
-                    state(k.holders.len())
-                } else {
-                    String::new()
+                match (i, slot_of(h, k.limit).filter(|_| k.limit > 1)) {
+                    (0, Some(n)) => format!("{} slot {n}", state(k.holders.len())),
+                    (0, None) => state(k.holders.len()),
+                    (_, Some(n)) => format!("slot {n}"),
+                    (_, None) => String::new(),
                 },
                 who(h),
                 match (h.pid, h.dead) {
@@ -253,6 +291,30 @@ pub fn table(statuses: &[KeyStatus], paint: Paint) -> String {
                 } else {
                     String::new()
                 },
+            ]);
+        }
+        // The line, first in line first.
+        for (i, w) in k.queue.iter().enumerate() {
+            let pid_style = if w.dead { Paint::RED } else { "" };
+            styles.push(["", Paint::DIM, "", pid_style, "", "", "", ""]);
+            rows.push([
+                String::new(),
+                format!(
+                    "{} in line{}",
+                    ordinal(i + 1),
+                    if w.shared { " (shared)" } else { "" }
+                ),
+                who(w),
+                match (w.pid, w.dead) {
+                    (Some(p), true) => format!("{p} dead"),
+                    (Some(p), false) => p.to_string(),
+                    (None, _) => dash(),
+                },
+                w.acquired_at
+                    .map_or_else(dash, |a| format!("waiting {}", ago(a, now))),
+                dash(),
+                dash(),
+                String::new(),
             ]);
         }
     }
@@ -328,6 +390,21 @@ mod tests {
             keys,
             vec![
                 "a", "b7", "b10", "job-1", "job-02", "job-2", "job-10", "job-11"
+            ]
+        );
+    }
+
+    #[test]
+    fn places_in_line_read_well() {
+        let got: Vec<String> = [1, 2, 3, 4, 11, 12, 13, 21, 22, 23, 101, 111]
+            .into_iter()
+            .map(ordinal)
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "23rd",
+                "101st", "111th"
             ]
         );
     }

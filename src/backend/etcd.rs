@@ -720,6 +720,7 @@ impl queue::Turn for EtcdTurn<'_> {
             ttl: spec.ttl,
             granted_at: self.alive_since,
             shared: spec.shared,
+            slot: spec.fixed_slot(),
         })
     }
 
@@ -1011,6 +1012,7 @@ impl Backend for EtcdBackend {
                 limit,
                 holders,
                 waiters: Some(waiters),
+                queue: vec![],
                 unreadable: None,
             });
         }

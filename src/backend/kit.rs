@@ -398,6 +398,12 @@ pub struct Record {
     /// that it is dead ([`Record::dead_here`]). None for a handle's lease
     /// (`dlock acquire`), whose process exits by design.
     pub live: Option<(String, u64)>,
+    /// The semaphore slot of an exclusive entry taken with `--limit` > 1
+    /// (`SLOT`, the 13th field, after the liveness fields, written only
+    /// where there is one: a mutex is slot 0). A reader that splits into
+    /// 12 fields sees it folded into `START`, so it loses only the
+    /// liveness of a semaphore holder, never who holds.
+    pub slot: Option<u32>,
 }
 
 impl Record {
@@ -435,7 +441,7 @@ impl Record {
     /// The record in a stored value, if it is one of dlock's, whose `N` is
     /// `n`. Every value older versions wrote parses.
     pub fn parse(value: &str, n: NField) -> Option<Record> {
-        let f: Vec<&str> = value.splitn(12, '|').collect();
+        let f: Vec<&str> = value.splitn(13, '|').collect();
         if f.len() < 7 || f[0] != "dlock1" {
             return None;
         }
@@ -466,6 +472,7 @@ impl Record {
                 (Some(h), Some(start)) if !h.is_empty() => Some((h.to_string(), start)),
                 _ => None,
             },
+            slot: num(12).map(|s| s.min(u64::from(u32::MAX)) as u32),
         })
     }
 
@@ -490,15 +497,21 @@ impl Record {
         // beside `T` (see the type's note on older readers).
         let token = self.token.filter(|_| n == NField::Limit);
         let live = self.live.as_ref().filter(|_| !self.ttl_node);
-        if self.ttl_ms.is_some() || live.is_some() {
+        let slot = self.slot.filter(|_| !self.ttl_node);
+        if self.ttl_ms.is_some() || live.is_some() || slot.is_some() {
             s.push_str(&format!("|{}", opt(self.ttl_ms)));
-            if token.is_some() || self.ttl_node || live.is_some() {
+            if token.is_some() || self.ttl_node || live.is_some() || slot.is_some() {
                 s.push_str(&format!("|{}", opt(token)));
             }
             if self.ttl_node {
                 s.push_str("|T");
             } else if let Some((host_id, start)) = live {
                 s.push_str(&format!("||{host_id}|{start}"));
+            } else if slot.is_some() {
+                s.push_str("|||");
+            }
+            if let Some(slot) = slot {
+                s.push_str(&format!("|{slot}"));
             }
         }
         s
@@ -532,6 +545,7 @@ impl Record {
             shared: self.shared,
             value: None,
             entry: None,
+            slot: self.slot,
         }
     }
 }
@@ -760,6 +774,32 @@ mod tests {
         assert_eq!((r.token, r.live.clone()), (Some(7), live.live.clone()));
         assert_eq!(r.encode(NField::Token), v);
         assert_eq!(Record::live_suffix(&me), "", "no host id, no liveness");
+        // A semaphore holder's slot, the 13th field, with or without the
+        // liveness before it; a reader of 12 fields keeps who holds.
+        let slotted = Record {
+            slot: Some(2),
+            limit: Some(3),
+            ..live.clone()
+        };
+        let v = slotted.encode(NField::Limit);
+        assert!(v.ends_with("||||boot/pid:[1]|4242|2"), "{v}");
+        assert_eq!(Record::parse(&v, NField::Limit), Some(slotted.clone()));
+        assert_eq!(slotted.holder(None, None).slot, Some(2));
+        let twelve: Vec<&str> = v.splitn(12, '|').collect();
+        assert_eq!((twelve[3], twelve[5]), ("ci", "81234"));
+        let handle_slot = Record {
+            live: None,
+            ..slotted.clone()
+        };
+        let v = handle_slot.encode(NField::Limit);
+        assert!(v.ends_with("|1000||||||2"), "{v}");
+        assert_eq!(Record::parse(&v, NField::Limit), Some(handle_slot));
+        let lapsing = Record {
+            ttl_ms: Some(500),
+            ttl_node: true,
+            ..slotted.clone()
+        };
+        assert!(lapsing.encode(NField::Limit).ends_with("|500||T"));
         // A user or host with a `|` was never written (Redis and elect
         // replace it); not dlock's, or not a record at all:
         assert_eq!(Record::parse("a redis-py token", NField::Token), None);
@@ -794,6 +834,7 @@ mod tests {
                     ttl: spec.ttl,
                     granted_at: Instant::now(),
                     shared: false,
+                    slot: Some(0),
                 }))
             }
             async fn wait_change(&self, _: &LockSpec, _: Option<Instant>) -> anyhow::Result<()> {

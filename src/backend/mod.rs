@@ -56,6 +56,13 @@ pub struct LockSpec {
 }
 
 impl LockSpec {
+    /// The slot a lease of this spec has without choosing one: 0 for a
+    /// mutex, none for a shared lease. A semaphore's backend picks the
+    /// lowest free slot instead.
+    pub fn fixed_slot(&self) -> Option<u32> {
+        (!self.shared && self.limit <= 1).then_some(0)
+    }
+
     /// The mode the admission rule ([`kit::admits`]) reads.
     pub fn mode(&self) -> kit::Mode {
         if self.shared {
@@ -120,6 +127,9 @@ pub struct Lease {
     pub granted_at: Instant,
     /// Taken in shared mode (a backend may keep shared leases elsewhere).
     pub shared: bool,
+    /// The semaphore slot taken, 0 to `--limit` - 1 (a mutex is slot 0;
+    /// a shared lease has none): the child's `DLOCK_SLOT`.
+    pub slot: Option<u32>,
 }
 
 /// Someone holding a lock, as far as the backend knows.
@@ -145,6 +155,8 @@ pub struct Holder {
     /// The entry as stored, where the backend removes a dead holder by a
     /// delete that checks the entry is unchanged (Redis: its value).
     pub entry: Option<String>,
+    /// The semaphore slot it holds (0 to limit - 1), where known.
+    pub slot: Option<u32>,
 }
 
 impl Holder {
@@ -163,6 +175,11 @@ pub struct KeyStatus {
     pub limit: u32,
     pub holders: Vec<Holder>,
     pub waiters: Option<u64>,
+    /// The waiters in line, first in line first, as far as the backend
+    /// lists them: each a [`Holder`] whose `acquired_at` is when it began
+    /// to wait and `shared` its mode (the holder fields that do not apply
+    /// stay `None`). `status --json` shows it as `"queue"`.
+    pub queue: Vec<Holder>,
     /// Why the key's state could not be read (ZooKeeper ACLs), naming the
     /// path; the key is then listed as unreadable, not as free.
     pub unreadable: Option<String>,

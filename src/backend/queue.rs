@@ -243,6 +243,7 @@ mod tests {
                 ttl: Duration::from_secs(30),
                 granted_at: Instant::now(),
                 shared: false,
+                slot: Some(0),
             })
         }
 

@@ -1173,6 +1173,7 @@ impl Backend for RedisBackend {
                 limit: holders.iter().filter(|h| !h.shared).count().max(1) as u32,
                 holders,
                 waiters: Some(waiters),
+                queue: vec![],
                 unreadable: None,
             });
         }
@@ -1319,6 +1320,7 @@ impl Poll for RedisBackend {
             ttl: spec.ttl,
             granted_at,
             shared: spec.shared,
+            slot: spec.fixed_slot(),
         };
         if counters.len() >= self.quorum && !valid.is_zero() {
             if !self.redlock() {

@@ -158,6 +158,7 @@ mod tests {
             ttl: Duration::from_secs(1),
             granted_at: Instant::now(),
             shared: false,
+            slot: Some(0),
         };
         let e = b.acquire(&spec, &me, None).await.unwrap_err();
         assert_eq!(exit_code_of(&e), 69);

@@ -221,6 +221,7 @@ fn unreadable(key: &str, why: String) -> KeyStatus {
         limit: 1,
         holders: vec![],
         waiters: None,
+        queue: vec![],
         unreadable: Some(why),
     }
 }
@@ -547,6 +548,7 @@ impl ZkBackend {
             limit,
             holders,
             waiters: Some(waiters),
+            queue: vec![],
             unreadable: None,
         })
     }
@@ -1040,6 +1042,7 @@ impl queue::Turn for ZkTurn<'_> {
             ttl,
             granted_at,
             shared: spec.shared,
+            slot: spec.fixed_slot(),
         })
     }
 

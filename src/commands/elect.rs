@@ -213,7 +213,8 @@ async fn elect<'a>(
             }
         };
         led = true;
-        let token = keeper.leases().first().map_or(0, |l| l.token);
+        let leases = keeper.leases();
+        let token = leases.first().map_or(0, |l| l.token);
         tracing::info!(event = "elected", key, token, value, "leader");
         let began = Instant::now();
         board.since = Some(SystemTime::now());
@@ -230,7 +231,7 @@ async fn elect<'a>(
             },
             &rs,
             &a.command,
-            &[token],
+            &leases,
             OnLost::Kill,
             vec![("DLOCK_VALUE".to_string(), value.clone())],
         );

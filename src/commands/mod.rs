@@ -220,15 +220,15 @@ async fn connect_waiting(
 }
 
 /// What the child is run with: its command, and the environment of the
-/// contract (`DLOCK_KEY`, `DLOCK_KEYS`, `DLOCK_TOKEN`, `DLOCK_TTL`,
-/// `DLOCK_NAMESPACE`, and `extra`), without a `DLOCK_BACKEND` that holds a
-/// password.
+/// contract (`DLOCK_KEY`, `DLOCK_KEYS`, `DLOCK_TOKEN`, `DLOCK_SLOT`,
+/// `DLOCK_TTL`, `DLOCK_NAMESPACE`, and `extra`), without a `DLOCK_BACKEND`
+/// that holds a password. `leases` are in the order of the keys.
 pub(crate) fn child_spec(
     s: &Settings,
     lock: &config::LockSettings,
     rs: &config::RunSettings,
     argv: &[std::ffi::OsString],
-    tokens: &[u64],
+    leases: &[backend::Lease],
     on_lost: crate::cli::OnLost,
     extra: Vec<(String, String)>,
 ) -> crate::supervise::ChildSpec {
@@ -237,9 +237,19 @@ pub(crate) fn child_spec(
         ("DLOCK_KEY".to_string(), lock.keys.join(",")),
         (
             "DLOCK_TOKEN".to_string(),
-            tokens
+            leases
                 .iter()
-                .map(u64::to_string)
+                .map(|l| l.token.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        // The semaphore slot of each key (a mutex is slot 0; a shared
+        // lease has none: an empty item).
+        (
+            "DLOCK_SLOT".to_string(),
+            leases
+                .iter()
+                .map(|l| l.slot.map_or_else(String::new, |s| s.to_string()))
                 .collect::<Vec<_>>()
                 .join(","),
         ),

@@ -96,8 +96,7 @@ async fn run_locked(
     let acquired = Instant::now();
     let leases = keeper.leases();
     trace.token = leases.iter().map(|l| l.token).max();
-    let tokens: Vec<u64> = leases.iter().map(|l| l.token).collect();
-    let spec = child_spec(s, &lock, rs, &a.command, &tokens, rs.on_lost, vec![]);
+    let spec = child_spec(s, &lock, rs, &a.command, &leases, rs.on_lost, vec![]);
     let outcome = supervise(spec, &mut signals, &keeper, lock.ttl).await;
     let outcome = match outcome {
         Ok(o) => o,

@@ -447,6 +447,7 @@ impl Backend for S3Backend {
                 limit: o.limit(),
                 holders: o.holders(),
                 waiters: Some(o.waiters.len() as u64),
+                queue: vec![],
                 unreadable: None,
             });
         }
@@ -596,6 +597,7 @@ impl Poll for S3Backend {
                     ttl: spec.ttl,
                     granted_at,
                     shared: spec.shared,
+                    slot: spec.fixed_slot(),
                 }))
             }
             Err(holders) => Ok(Attempt::Busy(holders)),

@@ -254,6 +254,7 @@ where
             shared: mode_of_lim(lim).is_shared(),
             value: None,
             entry: None,
+            slot: None,
         },
         lim,
     ))
@@ -279,6 +280,7 @@ pub fn key_status<R>(
         limit,
         holders,
         waiters,
+        queue: vec![],
         unreadable: None,
     })
 }
@@ -1306,6 +1308,7 @@ impl<P: Link> SqlBackend<P> {
                     ttl: spec.ttl,
                     granted_at,
                     shared: spec.shared,
+                    slot: spec.fixed_slot(),
                 };
                 Ok((Attempt::Acquired(lease), None))
             }
