@@ -243,11 +243,14 @@ pub async fn poll(
     deadline: Option<Instant>,
 ) -> anyhow::Result<Attempt> {
     loop {
-        match b.try_acquire(spec, me).await? {
+        let join = deadline.is_none_or(|d| Instant::now() < d);
+        match b.try_acquire(spec, me, join).await? {
             Attempt::Acquired(l) => return Ok(Attempt::Acquired(l)),
-            Attempt::Busy(h) => {
+            Attempt::Busy(mut h) => {
                 let dead: Vec<Holder> = h.iter().filter(|h| h.dead).cloned().collect();
-                if !dead.is_empty() {
+                // Dead waiters ahead go at once; a dead holder's guard may
+                // still be stopping its job.
+                if dead.iter().any(|h| !h.waiting) {
                     tokio::time::sleep(BREAK_GRACE).await;
                 }
                 if !dead.is_empty() && b.break_dead(spec, &dead).await? {
@@ -260,6 +263,7 @@ pub async fn poll(
                     continue;
                 }
                 if deadline.is_some_and(|d| Instant::now() >= d) {
+                    h.retain(|h| !h.waiting);
                     return Ok(Attempt::Busy(h));
                 }
                 b.wait_change(spec, deadline).await?;
@@ -546,6 +550,7 @@ impl Record {
             value: None,
             entry: None,
             slot: self.slot,
+            waiting: false,
         }
     }
 }
@@ -821,7 +826,12 @@ mod tests {
         }
         #[async_trait::async_trait]
         impl Poll for Fake {
-            async fn try_acquire(&self, spec: &LockSpec, _: &Owner) -> anyhow::Result<Attempt> {
+            async fn try_acquire(
+                &self,
+                spec: &LockSpec,
+                _: &Owner,
+                _: bool,
+            ) -> anyhow::Result<Attempt> {
                 let h = self.holders.lock().unwrap().clone();
                 if !h.is_empty() {
                     return Ok(Attempt::Busy(h));

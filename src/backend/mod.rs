@@ -157,6 +157,11 @@ pub struct Holder {
     pub entry: Option<String>,
     /// The semaphore slot it holds (0 to limit - 1), where known.
     pub slot: Option<u32>,
+    /// An entry in the key's line, not a holder. In [`Attempt::Busy`]: a
+    /// waiter ahead of us whose process is gone ([`Holder::dead`]), for
+    /// the liveness rule to remove ([`Poll::break_dead`]); never shown as
+    /// a holder.
+    pub waiting: bool,
 }
 
 impl Holder {
@@ -297,16 +302,23 @@ pub trait Backend: Send + Sync {
 /// change (a notification, or a short poll) before trying again.
 #[async_trait]
 pub trait Poll: Send + Sync {
-    /// Try once to take a slot of `spec.key`, without waiting.
-    async fn try_acquire(&self, spec: &LockSpec, me: &Owner) -> Result<Attempt>;
+    /// Try once to take a slot of `spec.key`, without waiting. With
+    /// `join`, an attempt that fails takes (or keeps) this process's place
+    /// in the key's line, in the same step, so that arrival order is the
+    /// order of first attempts (fair queues); without it (`--no-wait`, or
+    /// a deadline that has passed) it is one look that leaves no trace.
+    /// The entries ahead are every holder and every earlier waiter:
+    /// [`kit::admits`] decides over their modes.
+    async fn try_acquire(&self, spec: &LockSpec, me: &Owner, join: bool) -> Result<Attempt>;
 
     /// Return when trying again might succeed, or at `until`. May return
     /// early; it must not sleep past `until`.
     async fn wait_change(&self, spec: &LockSpec, until: Option<Instant>) -> Result<()>;
 
     /// Remove holders of `spec.key` known dead ([`Holder::dead`]), each only
-    /// if its entry is unchanged (a live entry is never removed); true if
-    /// any was. A backend that ends them inside its attempt (SQL) keeps the
+    /// if its entry is unchanged (a live entry is never removed), and
+    /// waiters' entries ([`Holder::waiting`]) the same way; true if any
+    /// was. A backend that ends them inside its attempt (SQL) keeps the
     /// default.
     async fn break_dead(&self, spec: &LockSpec, dead: &[Holder]) -> Result<bool> {
         let _ = (spec, dead);

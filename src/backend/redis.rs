@@ -1264,7 +1264,7 @@ impl Backend for RedisBackend {
 
 #[async_trait]
 impl Poll for RedisBackend {
-    async fn try_acquire(&self, spec: &LockSpec, me: &Owner) -> Result<Attempt> {
+    async fn try_acquire(&self, spec: &LockSpec, me: &Owner, _join: bool) -> Result<Attempt> {
         let k = keys(&spec.namespace, &spec.key);
         let step = self.step_timeout(spec.ttl);
         let granted_at = Instant::now();

@@ -554,7 +554,7 @@ impl Backend for S3Backend {
 
 #[async_trait]
 impl Poll for S3Backend {
-    async fn try_acquire(&self, spec: &LockSpec, me: &Owner) -> Result<Attempt> {
+    async fn try_acquire(&self, spec: &LockSpec, me: &Owner, _join: bool) -> Result<Attempt> {
         self.conditional().await?;
         let object = self.object(&spec.namespace, &spec.key);
         let waiter = self.waiting.id.clone();

@@ -255,6 +255,7 @@ where
             value: None,
             entry: None,
             slot: None,
+            waiting: false,
         },
         lim,
     ))
@@ -1452,7 +1453,7 @@ impl<P: Link> Backend for SqlBackend<P> {
 
 #[async_trait]
 impl<P: Link> Poll for SqlBackend<P> {
-    async fn try_acquire(&self, spec: &LockSpec, me: &Owner) -> Result<Attempt> {
+    async fn try_acquire(&self, spec: &LockSpec, me: &Owner, _join: bool) -> Result<Attempt> {
         // A dead holder's lease ends BREAK_GRACE after it is found dead; the
         // attempt that finds it waits that out and tries once more, so the
         // first contender after a crash gets the lock (`run -n` included).
