@@ -63,7 +63,8 @@ Exit status:
 
 Environment given to CMD:
   DLOCK_KEY, DLOCK_KEYS (one key per line), DLOCK_TOKEN (the fencing
-  token), DLOCK_TTL (seconds), DLOCK_NAMESPACE
+  token), DLOCK_SLOT (the semaphore slot, 0 to --limit - 1; a mutex is
+  0, a shared lock none), DLOCK_TTL (seconds), DLOCK_NAMESPACE
 
 ",
     after_help_common!()

@@ -160,13 +160,13 @@ enum Layout {
 
 impl Layout {
     fn of(url: &str) -> Layout {
-        let scheme = url.split(':').next().unwrap_or_default();
-        match scheme.to_ascii_lowercase().as_str() {
-            "redis" | "rediss" | "redis+sentinel" | "redis+cluster" => Layout::Redis,
-            "etcd" | "etcds" => Layout::Etcd,
-            "zk" => Layout::ZooKeeper,
-            "s3" => Layout::S3,
-            _ => Layout::Columns,
+        use crate::backend::registry::Service;
+        match Service::of(url) {
+            Some(Service::Redis) => Layout::Redis,
+            Some(Service::Etcd) => Layout::Etcd,
+            Some(Service::ZooKeeper) => Layout::ZooKeeper,
+            Some(Service::S3) => Layout::S3,
+            Some(Service::Sqlite | Service::Postgres | Service::MySql) | None => Layout::Columns,
         }
     }
 
@@ -493,16 +493,7 @@ fn split_backends(raw: &[String]) -> Vec<String> {
 
 /// The service a backend URL names, for messages.
 pub fn service_of(url: &str) -> &'static str {
-    let scheme = url.split(':').next().unwrap_or_default();
-    match scheme.to_ascii_lowercase().as_str() {
-        "sqlite" => "SQLite",
-        "redis" | "rediss" | "redis+sentinel" | "redis+cluster" => "Redis",
-        "zk" => "ZooKeeper",
-        "postgres" | "postgresql" => "PostgreSQL",
-        "mysql" | "mariadb" => "MySQL",
-        "etcd" | "etcds" => "etcd",
-        _ => "unknown",
-    }
+    crate::backend::registry::Service::of(url).map_or("unknown", |s| s.name())
 }
 
 /// `redis://h:1,h:2` looks like Redlock but is one URL with a bad host:

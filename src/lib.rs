@@ -30,6 +30,7 @@ pub mod error;
 pub mod exit_code;
 pub mod handle;
 pub mod host;
+pub mod human;
 pub mod jsonlog;
 pub mod lease;
 pub mod metrics;

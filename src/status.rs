@@ -1,27 +1,13 @@
 //! How locks and holders are shown to people (`status`, busy messages) and
 //! to programs (`status --json`).
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use serde_json::{Value, json};
 
 use crate::backend::{Holder, KeyStatus};
 
-/// A short human duration: `850ms`, `12s`, `3m 20s`, `2h 5m`, `3d 4h`.
-pub fn human_duration(d: Duration) -> String {
-    let s = d.as_secs();
-    if s == 0 {
-        return format!("{}ms", d.as_millis());
-    }
-    let (d_, h, m, sec) = (s / 86400, s / 3600 % 24, s / 60 % 60, s % 60);
-    match (d_, h, m) {
-        (0, 0, 0) => format!("{sec}s"),
-        (0, 0, _) if sec == 0 => format!("{m}m"),
-        (0, 0, _) => format!("{m}m {sec}s"),
-        (0, _, _) => format!("{h}h {m}m"),
-        _ => format!("{d_}d {h}h"),
-    }
-}
+pub use crate::human::human_duration;
 
 fn ago(t: SystemTime, now: SystemTime) -> String {
     match now.duration_since(t) {
@@ -406,18 +392,6 @@ mod tests {
                 "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "23rd",
                 "101st", "111th"
             ]
-        );
-    }
-
-    #[test]
-    fn durations_read_well() {
-        assert_eq!(human_duration(Duration::from_millis(850)), "850ms");
-        assert_eq!(human_duration(Duration::from_secs(12)), "12s");
-        assert_eq!(human_duration(Duration::from_secs(200)), "3m 20s");
-        assert_eq!(human_duration(Duration::from_secs(7500)), "2h 5m");
-        assert_eq!(
-            human_duration(Duration::from_secs(3 * 86400 + 4 * 3600)),
-            "3d 4h"
         );
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::{Attempt, Holder, LockSpec, Owner, Poll};
 use crate::error::{Error, Retry, retry_of};
-use crate::status::human_duration;
+use crate::human::human_duration;
 
 /// What kind of failure a service's error is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
