@@ -3,7 +3,9 @@
 # started at once against one backend, as the contract's "Riding out the
 # backend" asks (200 on stock servers: PostgreSQL max_connections 100,
 # MariaDB 151, ZooKeeper maxClientCnxns 60 per address). Prints how many
-# exited with each code (every one should be 0) and the wall time.
+# exited with each code (every one should be 0), the wall time, and the spread
+# of waiting times (from a contender's start to its child's start: min,
+# median, max; a fair queue narrows it).
 # With SHARED=K, all but every K-th contender take the lock --shared (a crowd
 # of readers with a writer among them every K).
 # Usage: bench/crowd.sh URL [N] [HOLD]   (env: DLOCK=path SHARED=K)
@@ -29,7 +31,9 @@ pids=()
 for i in $(seq "$N"); do
   mode=()
   [[ $SHARED -gt 0 && $((i % SHARED)) -ne 0 ]] && mode=(--shared)
-  ( rc=0; "$DLOCK" --backend "$URL" run -q --wait 2m "${mode[@]}" --key "$key" -- sleep "$HOLD" \
+  ( date +%s%N >"$TMP/$i.spawn"; rc=0
+    "$DLOCK" --backend "$URL" run -q --wait 2m "${mode[@]}" --key "$key" -- \
+      sh -c "date +%s%N >$TMP/$i.start; sleep $HOLD" \
       2>"$TMP/$i.err" || rc=$?; echo "$rc" >"$TMP/$i.rc" ) &
   pids+=($!)
 done
@@ -38,6 +42,9 @@ t1=$(date +%s%N)
 echo "== $N contenders on one key, each holding ${HOLD}s, against ${URL%%:*}$([[ $SHARED -gt 0 ]] && echo ", all but every ${SHARED}th shared")"
 cat "$TMP"/*.rc | sort -n | uniq -c | awk '{printf "exit %s: %s\n", $2, $1}'
 echo "wall time: $(( (t1 - t0) / 1000000 )) ms"
+for i in $(seq "$N"); do
+  [[ -s $TMP/$i.start ]] && echo $(( ($(cat "$TMP/$i.start") - $(cat "$TMP/$i.spawn")) / 1000000 ))
+done | sort -n | awk '{ w[NR] = $1 } END { if (NR) printf "wait ms: min %d, median %d, max %d (max/median %.1f)\n", w[1], w[int((NR + 1) / 2)], w[NR], w[NR] / (w[int((NR + 1) / 2)] > 0 ? w[int((NR + 1) / 2)] : 1) }'
 # Non-zero exit codes (grep -c prints 0, and fails, when there are none; under
 # pipefail and set -e that failure must not end the script).
 bad=$(cat "$TMP"/*.rc | grep -cvx 0 || true)
