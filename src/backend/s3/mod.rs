@@ -11,7 +11,10 @@
 //! queue and the fencing token are each one conditional PUT: a waiter's
 //! entry keeps its place in the object's line, and a request is admitted
 //! ([`kit::admits`]) behind the holders and the requests that were waiting
-//! before it (for a shared one, the exclusive ones among them).
+//! before it (for a shared one, the exclusive ones among them). A failed
+//! attempt takes its place in line in the same write (arrival order is the
+//! order of first attempts), and a semaphore's holder takes the lowest
+//! free slot in the write that admits it, recorded in its holder record.
 //!
 //! Expiry is judged by the store's clock: every answer's `Date` narrows
 //! what this process knows of it ([`client::Clock`]), an entry's end is
@@ -438,16 +441,19 @@ impl Backend for S3Backend {
         let mut out = Vec::new();
         for name in names {
             let (mut o, _) = self.read(&self.object(namespace, &name)).await?;
-            o.prune(self.client.clock().now_lo());
+            // A dead waiter is shown, marked dead (the next contender on
+            // its machine removes it).
+            o.prune_ended(self.client.clock().now_lo());
             if keys.is_empty() && o.holders.is_empty() {
                 continue;
             }
+            let queue = o.queue();
             out.push(KeyStatus {
                 key: name,
                 limit: o.limit(),
                 holders: o.holders(),
-                waiters: Some(o.waiters.len() as u64),
-                queue: vec![],
+                waiters: Some(queue.len() as u64),
+                queue,
                 unreadable: None,
             });
         }
@@ -554,9 +560,10 @@ impl Backend for S3Backend {
 
 #[async_trait]
 impl Poll for S3Backend {
-    async fn try_acquire(&self, spec: &LockSpec, me: &Owner, _join: bool) -> Result<Attempt> {
+    async fn try_acquire(&self, spec: &LockSpec, me: &Owner, join: bool) -> Result<Attempt> {
         self.conditional().await?;
-        let object = self.object(&spec.namespace, &spec.key);
+        let (ns, key) = (&spec.namespace, &spec.key);
+        let object = self.object(ns, key);
         let waiter = self.waiting.id.clone();
         let granted_at = Instant::now();
         let mut rec = Record::new(&me.id, me);
@@ -564,30 +571,91 @@ impl Poll for S3Backend {
         rec.host = clean(&rec.host);
         rec.shared = spec.shared;
         rec.limit = (!spec.shared).then_some(spec.limit);
-        let rec = rec.encode(NField::Limit);
+        // Who waits, should this attempt join the line: since now, its
+        // liveness in the waiter entry's own `live`.
+        let queued = Record {
+            id: waiter.clone(),
+            live: None,
+            ..rec.clone()
+        }
+        .encode(NField::Limit);
+        let had = self.waiting.has(ns, key);
+        let due = join && self.waiting.due(ns, key, WAITER_LAPSE);
+        if due {
+            // Noted before it is written, so that an interrupted waiter's
+            // `close` removes it.
+            self.waiting.note(ns, key);
+        }
+        // A newcomer that meets other writers is joining the line, not
+        // taking a hand-off: a calmer backoff, as a crowd arrives at once.
+        let backoff = if join && !had {
+            kit::Backoff::new(Duration::from_millis(10), Duration::from_millis(250))
+        } else {
+            kit::Backoff::new(Duration::from_millis(2), Duration::from_millis(100))
+        };
+        let mut wrote = false;
         let got = self
-            .update(&object, |o, clock| {
+            .update_with(&object, backoff, |o, clock| {
+                wrote = false;
                 // Ours already: a write whose answer was lost took effect.
                 if let Some(i) = o.find(&me.id) {
-                    return Step::Done(Ok(o.holders[i].token));
+                    let e = &o.holders[i];
+                    return Step::Done(Ok((e.token, e.record().and_then(|r| r.slot))));
                 }
+                // (Waiters on this machine whose process is gone were
+                // pruned from `o`: they leave the line in this write.)
                 if !o.admits(spec, &waiter) {
+                    let busy = Err(o.holders());
+                    let mine = o.waiters.iter().any(|w| w.id == waiter);
+                    let step = if join && (due || !mine) {
+                        // Take our place at the end of the line, or keep
+                        // it (renewed), in the same write as the attempt.
+                        o.wait(
+                            &waiter,
+                            spec.shared,
+                            clock.now_hi() + ms(WAITER_LAPSE),
+                            &queued,
+                        );
+                        wrote = true;
+                        Step::Write(busy)
+                    } else if !join && o.unwait(&waiter) {
+                        // Given up (`--no-wait`, or the deadline passed):
+                        // no trace left.
+                        Step::Write(busy)
+                    } else {
+                        Step::Done(busy)
+                    };
                     self.polling.lock().unwrap().place = o.place(&waiter);
-                    return Step::Done(Err(o.holders()));
+                    return step;
                 }
+                // A semaphore's holder takes the lowest free slot in the
+                // write that admits it (a mutex is slot 0, shared none).
+                let slot = (!spec.shared && spec.limit > 1).then(|| o.free_slot());
+                let mut r = rec.clone();
+                r.slot = slot;
                 o.fence += 1;
                 o.holders.push(Entry {
-                    rec: rec.clone(),
+                    rec: r.encode(NField::Limit),
                     token: o.fence,
                     exp: clock.now_hi() + ms(spec.ttl),
                 });
                 o.unwait(&waiter);
-                Step::Write(Ok(o.fence))
+                Step::Write(Ok((o.fence, slot)))
             })
-            .await?;
+            .await;
+        let got = match got {
+            Ok(g) => g,
+            Err(e) => {
+                if due && !had {
+                    // Perhaps not in line: the next attempt joins again.
+                    self.waiting.done(ns, key);
+                }
+                return Err(e);
+            }
+        };
         match got {
-            Ok(token) => {
-                self.waiting.done(&spec.namespace, &spec.key);
+            Ok((token, slot)) => {
+                self.waiting.done(ns, key);
                 self.polling.lock().unwrap().interval = Duration::from_millis(10);
                 Ok(Attempt::Acquired(Lease {
                     namespace: spec.namespace.clone(),
@@ -597,10 +665,18 @@ impl Poll for S3Backend {
                     ttl: spec.ttl,
                     granted_at,
                     shared: spec.shared,
-                    slot: spec.fixed_slot(),
+                    slot: spec.fixed_slot().or(slot),
                 }))
             }
-            Err(holders) => Ok(Attempt::Busy(holders)),
+            Err(holders) => {
+                if wrote && !due {
+                    // Our entry was gone (lapsed): written again now.
+                    self.waiting.note(ns, key);
+                } else if !join {
+                    self.waiting.done(ns, key);
+                }
+                Ok(Attempt::Busy(holders))
+            }
         }
     }
 
@@ -629,31 +705,9 @@ impl Poll for S3Backend {
         .await
     }
 
-    async fn wait_change(&self, spec: &LockSpec, until: Option<Instant>) -> Result<()> {
-        // Our waiter entry, written first thing after a failed attempt: it
-        // counts for `status`, and an exclusive one keeps shared requests
-        // that come after it out. Noted before it is written, so an
-        // interrupted waiter's `close` removes it. Best effort.
-        if self.waiting.due(&spec.namespace, &spec.key, WAITER_LAPSE) {
-            self.waiting.note(&spec.namespace, &spec.key);
-            let object = self.object(&spec.namespace, &spec.key);
-            let id = self.waiting.id.clone();
-            // Not urgent, and a crowd arrives at once: a calmer backoff,
-            // and never past the caller's deadline.
-            let calm = kit::Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
-            let write = self.update_with(&object, calm, |o, clock| {
-                o.wait(&id, spec.shared, clock.now_hi() + ms(WAITER_LAPSE));
-                Step::Write(())
-            });
-            match until {
-                Some(u) => {
-                    let _ = tokio::time::timeout_at(u.into(), write).await;
-                }
-                None => {
-                    let _ = write.await;
-                }
-            }
-        }
+    async fn wait_change(&self, _spec: &LockSpec, until: Option<Instant>) -> Result<()> {
+        // Our place in line was taken (and is renewed) by the attempts
+        // themselves ([`Poll::try_acquire`] with `join`); S3 has no watch.
         let d = self.polling.lock().unwrap().next();
         let wake = Instant::now() + d;
         let wake = until.map_or(wake, |u| u.min(wake));
