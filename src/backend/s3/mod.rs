@@ -49,7 +49,7 @@ use super::probe::{Check, Level};
 use super::{
     Attempt, Backend, Holder, KeyStatus, Lease, LockSpec, Owner, PingInfo, Poll, Renewal, Waiting,
 };
-use crate::error::denied;
+use crate::error::{Retry, denied};
 use client::{Client, Req, Response};
 use config::S3Url;
 use state::{Entry, LockObject};
@@ -589,14 +589,15 @@ impl Poll for S3Backend {
         // A newcomer that meets other writers is joining the line, not
         // taking a hand-off: a calmer backoff, as a crowd arrives at once.
         let backoff = if join && !had {
-            kit::Backoff::new(Duration::from_millis(10), Duration::from_millis(250))
+            kit::Backoff::new(Duration::from_millis(10), Duration::from_secs(1))
         } else {
             kit::Backoff::new(Duration::from_millis(2), Duration::from_millis(100))
         };
-        let mut wrote = false;
+        // The holders the last look found, when it wrote (only) our entry.
+        let mut joining: Option<Vec<Holder>> = None;
         let got = self
             .update_with(&object, backoff, |o, clock| {
-                wrote = false;
+                joining = None;
                 // Ours already: a write whose answer was lost took effect.
                 if let Some(i) = o.find(&me.id) {
                     let e = &o.holders[i];
@@ -616,7 +617,7 @@ impl Poll for S3Backend {
                             clock.now_hi() + ms(WAITER_LAPSE),
                             &queued,
                         );
-                        wrote = true;
+                        joining = busy.as_ref().err().cloned();
                         Step::Write(busy)
                     } else if !join && o.unwait(&waiter) {
                         // Given up (`--no-wait`, or the deadline passed):
@@ -645,6 +646,15 @@ impl Poll for S3Backend {
             .await;
         let got = match got {
             Ok(g) => g,
+            // Only our place in line was being written, and the store did
+            // not answer in time (a crowd rewriting one hot object): busy,
+            // as a waiter's entry was before it joined in the attempt; the
+            // next attempt reads whether it is in line, and joins if not.
+            // An outage goes on to fail the next attempt's read.
+            Err(e) if joining.is_some() && crate::error::retry_of(&e) != Retry::Never => {
+                tracing::debug!(error = format!("{e:#}"), "joining the line: trying again");
+                return Ok(Attempt::Busy(joining.unwrap_or_default()));
+            }
             Err(e) => {
                 if due && !had {
                     // Perhaps not in line: the next attempt joins again.
@@ -669,7 +679,7 @@ impl Poll for S3Backend {
                 }))
             }
             Err(holders) => {
-                if wrote && !due {
+                if joining.is_some() && !due {
                     // Our entry was gone (lapsed): written again now.
                     self.waiting.note(ns, key);
                 } else if !join {
