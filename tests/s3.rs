@@ -8,12 +8,14 @@ mod common;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
+use common::fair::fair_conformance;
 use common::shared::shared_conformance;
 use common::suite::{self, conformance};
 use common::*;
 
 conformance!(s3, Env::s3());
 shared_conformance!(s3_shared, Env::s3());
+fair_conformance!(s3_fair, Env::s3());
 
 fn shared_env(test: &str) -> Env {
     Env::shared("Env::s3()", Env::s3, &format!("s3_extra.{test}"))

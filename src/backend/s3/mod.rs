@@ -11,7 +11,10 @@
 //! queue and the fencing token are each one conditional PUT: a waiter's
 //! entry keeps its place in the object's line, and a request is admitted
 //! ([`kit::admits`]) behind the holders and the requests that were waiting
-//! before it (for a shared one, the exclusive ones among them).
+//! before it (for a shared one, the exclusive ones among them). A failed
+//! attempt takes its place in line in the same write (arrival order is the
+//! order of first attempts), and a semaphore's holder takes the lowest
+//! free slot in the write that admits it, recorded in its holder record.
 //!
 //! Expiry is judged by the store's clock: every answer's `Date` narrows
 //! what this process knows of it ([`client::Clock`]), an entry's end is
@@ -24,7 +27,7 @@
 //! fencing counter in it keeps rising across releases; `force` empties
 //! it. Nothing waits on a watch (S3 has none): a waiter polls with a
 //! jittered backoff whose ceiling grows with its place in line
-//! ([`Polling`]).
+//! ([`poll::Polling`]).
 //!
 //! A store that does not enforce the conditions (Garage 2.5 accepts and
 //! ignores them) would make this no lock at all, so before its first
@@ -34,6 +37,7 @@
 
 mod client;
 mod config;
+mod poll;
 mod state;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -41,24 +45,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Result;
 use async_trait::async_trait;
 
-use super::kit::{self, NField, Record};
+use super::kit::{self, NField};
 use super::probe::{Check, Level};
-use super::{
-    Attempt, Backend, Holder, KeyStatus, Lease, LockSpec, Owner, PingInfo, Poll, Renewal, Waiting,
-};
+use super::{Backend, KeyStatus, Lease, PingInfo, Poll, Renewal, Waiting};
 use crate::error::denied;
 use client::{Client, Req, Response};
 use config::S3Url;
-use state::{Entry, LockObject};
+use poll::Polling;
+use state::LockObject;
 
 /// The end of a lock object's name.
 pub const SUFFIX: &str = ".lock";
-
-/// How long a waiter's entry lasts unless renewed (every third of it):
-/// long, since each renewal is a write to the lock object every waiter
-/// shares; a waiter that gives up removes its entry, and one on this
-/// machine that dies is taken out of the line at once.
-const WAITER_LAPSE: Duration = Duration::from_secs(12);
 
 /// Compare-and-swap rounds one step makes before it calls the store busy.
 const CAS_TRIES: usize = 64;
@@ -69,32 +66,6 @@ enum Step<T> {
     Done(T),
     /// Write the changed object; `T` once the write succeeds.
     Write(T),
-}
-
-/// A waiter's poll interval: it doubles from 10 ms up to a ceiling that
-/// grows with its place in line: 20 ms for the first two, who are served
-/// next, 25 ms per waiter ahead for the others (100 ms to 2 s). So a
-/// hand-off waits on the first in line only, and a crowd costs the store
-/// about as many reads a second as a few waiters.
-struct Polling {
-    interval: Duration,
-    place: usize,
-}
-
-impl Polling {
-    fn next(&mut self) -> Duration {
-        // The second in line too: it is first as soon as the first takes
-        // the lock, and a short hold would otherwise wait on its poll.
-        let cap = if self.place <= 1 {
-            Duration::from_millis(20)
-        } else {
-            (Duration::from_millis(25) * self.place as u32)
-                .clamp(Duration::from_millis(100), Duration::from_secs(2))
-        };
-        let d = self.interval.min(cap);
-        self.interval = (d * 2).min(cap);
-        kit::jitter(d)
-    }
 }
 
 pub struct S3Backend {
@@ -438,16 +409,19 @@ impl Backend for S3Backend {
         let mut out = Vec::new();
         for name in names {
             let (mut o, _) = self.read(&self.object(namespace, &name)).await?;
-            o.prune(self.client.clock().now_lo());
+            // A dead waiter is shown, marked dead (the next contender on
+            // its machine removes it).
+            o.prune_ended(self.client.clock().now_lo());
             if keys.is_empty() && o.holders.is_empty() {
                 continue;
             }
+            let queue = o.queue();
             out.push(KeyStatus {
                 key: name,
                 limit: o.limit(),
                 holders: o.holders(),
-                waiters: Some(o.waiters.len() as u64),
-                queue: vec![],
+                waiters: Some(queue.len() as u64),
+                queue,
                 unreadable: None,
             });
         }
@@ -549,116 +523,6 @@ impl Backend for S3Backend {
             requests = self.client.sent.load(std::sync::atomic::Ordering::Relaxed),
             "requests sent to the store"
         );
-    }
-}
-
-#[async_trait]
-impl Poll for S3Backend {
-    async fn try_acquire(&self, spec: &LockSpec, me: &Owner, _join: bool) -> Result<Attempt> {
-        self.conditional().await?;
-        let object = self.object(&spec.namespace, &spec.key);
-        let waiter = self.waiting.id.clone();
-        let granted_at = Instant::now();
-        let mut rec = Record::new(&me.id, me);
-        rec.user = clean(&rec.user);
-        rec.host = clean(&rec.host);
-        rec.shared = spec.shared;
-        rec.limit = (!spec.shared).then_some(spec.limit);
-        let rec = rec.encode(NField::Limit);
-        let got = self
-            .update(&object, |o, clock| {
-                // Ours already: a write whose answer was lost took effect.
-                if let Some(i) = o.find(&me.id) {
-                    return Step::Done(Ok(o.holders[i].token));
-                }
-                if !o.admits(spec, &waiter) {
-                    self.polling.lock().unwrap().place = o.place(&waiter);
-                    return Step::Done(Err(o.holders()));
-                }
-                o.fence += 1;
-                o.holders.push(Entry {
-                    rec: rec.clone(),
-                    token: o.fence,
-                    exp: clock.now_hi() + ms(spec.ttl),
-                });
-                o.unwait(&waiter);
-                Step::Write(Ok(o.fence))
-            })
-            .await?;
-        match got {
-            Ok(token) => {
-                self.waiting.done(&spec.namespace, &spec.key);
-                self.polling.lock().unwrap().interval = Duration::from_millis(10);
-                Ok(Attempt::Acquired(Lease {
-                    namespace: spec.namespace.clone(),
-                    key: spec.key.clone(),
-                    token,
-                    id: me.id.clone(),
-                    ttl: spec.ttl,
-                    granted_at,
-                    shared: spec.shared,
-                    slot: spec.fixed_slot(),
-                }))
-            }
-            Err(holders) => Ok(Attempt::Busy(holders)),
-        }
-    }
-
-    async fn break_dead(&self, spec: &LockSpec, dead: &[Holder]) -> Result<bool> {
-        let ids: Vec<&str> = dead.iter().filter_map(|h| h.entry.as_deref()).collect();
-        if ids.is_empty() {
-            return Ok(false);
-        }
-        let object = self.object(&spec.namespace, &spec.key);
-        self.update(&object, |o, _| {
-            // Only an entry still dead now: an id names one acquisition.
-            o.holders.retain(|e| {
-                !e.record()
-                    .is_some_and(|r| ids.contains(&r.id.as_str()) && r.dead_here())
-            });
-            // Gone now (removed, or ended meanwhile and pruned from what we
-            // read): write the object without them, so that every reader
-            // sees them gone, whatever it knows of the store's clock.
-            let left = o.holders.iter().filter_map(Entry::id).collect::<Vec<_>>();
-            if ids.iter().any(|id| !left.iter().any(|l| l == id)) {
-                Step::Write(true)
-            } else {
-                Step::Done(false)
-            }
-        })
-        .await
-    }
-
-    async fn wait_change(&self, spec: &LockSpec, until: Option<Instant>) -> Result<()> {
-        // Our waiter entry, written first thing after a failed attempt: it
-        // counts for `status`, and an exclusive one keeps shared requests
-        // that come after it out. Noted before it is written, so an
-        // interrupted waiter's `close` removes it. Best effort.
-        if self.waiting.due(&spec.namespace, &spec.key, WAITER_LAPSE) {
-            self.waiting.note(&spec.namespace, &spec.key);
-            let object = self.object(&spec.namespace, &spec.key);
-            let id = self.waiting.id.clone();
-            // Not urgent, and a crowd arrives at once: a calmer backoff,
-            // and never past the caller's deadline.
-            let calm = kit::Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
-            let write = self.update_with(&object, calm, |o, clock| {
-                o.wait(&id, spec.shared, clock.now_hi() + ms(WAITER_LAPSE));
-                Step::Write(())
-            });
-            match until {
-                Some(u) => {
-                    let _ = tokio::time::timeout_at(u.into(), write).await;
-                }
-                None => {
-                    let _ = write.await;
-                }
-            }
-        }
-        let d = self.polling.lock().unwrap().next();
-        let wake = Instant::now() + d;
-        let wake = until.map_or(wake, |u| u.min(wake));
-        tokio::time::sleep_until(wake.into()).await;
-        Ok(())
     }
 }
 

@@ -7,12 +7,14 @@
 //! ```json
 //! {"dlock": 1, "fence": 7, "nonce": "9f2c…",
 //!  "holders": [{"rec": "dlock1|ID|1|USER|HOST|PID|SINCE…", "token": 7, "exp": 1796564740123}],
-//!  "waiters": [{"id": "4242-…", "shared": false, "exp": 1796564716000}]}
+//!  "waiters": [{"id": "4242-…", "shared": false, "exp": 1796564716000,
+//!               "live": [4242, "BOOT…", 123456], "rec": "dlock1|4242-…|1|USER|HOST|4242|SINCE"}]}
 //! ```
 //!
 //! `rec` is dlock's holder record ([`kit::Record`], its `N` the `--limit`,
-//! 0 for a shared holder); `exp` is when the entry ends, in milliseconds
-//! of the server's clock; `nonce` is new on every write, so that no two
+//! 0 for a shared holder; a semaphore holder's slot in its 13th field); a
+//! waiter's `rec` says who waits and since when, for `status`; `exp` is
+//! when the entry ends, in milliseconds of the server's clock; `nonce` is new on every write, so that no two
 //! writes have the same body (and so the same ETag). The object is never
 //! deleted by dlock: a free lock is an object without holders, and its
 //! `fence` keeps counting.
@@ -61,18 +63,47 @@ pub struct Waiter {
     /// that it died and take it out of the line at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live: Option<(u32, String, u64)>,
+    /// Who waits (user, host, pid) and since when, as a holder record
+    /// named by [`Waiter::id`], for `status`'s line. Absent from entries
+    /// of the previous release; an older dlock that rewrites the object
+    /// drops it (the entry keeps its place, `status` shows less of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rec: Option<String>,
 }
 
 impl Waiter {
-    /// This process, waiting.
-    pub fn me(id: &str, shared: bool, exp: i64) -> Waiter {
+    /// This process, waiting; `rec` says who it is.
+    pub fn me(id: &str, shared: bool, exp: i64, rec: &str) -> Waiter {
         let pid = std::process::id();
         Waiter {
             id: id.to_string(),
             shared,
             exp,
             live: crate::host::proc_start(pid).map(|start| (pid, crate::host::host_id(), start)),
+            rec: Some(rec.to_string()),
         }
+    }
+
+    /// The waiter as `status` lists it: `acquired_at` is since when it
+    /// waits; `dead` the liveness rule's verdict.
+    pub fn holder(&self) -> Holder {
+        let mut h = match self
+            .rec
+            .as_deref()
+            .and_then(|r| Record::parse(r, NField::Limit))
+        {
+            Some(r) => r.holder(None, None),
+            None => Holder {
+                pid: self.live.as_ref().map(|l| l.0),
+                ..Holder::default()
+            },
+        };
+        h.shared = self.shared;
+        h.dead = self.dead_here();
+        h.waiting = true;
+        h.entry = Some(self.id.clone());
+        h.slot = None;
+        h
     }
 
     /// Its process ran on this machine and is gone.
@@ -158,8 +189,45 @@ impl LockObject {
     /// Drop entries that ended by `now` (the server's time at the
     /// earliest), and waiters on this machine whose process is gone.
     pub fn prune(&mut self, now: i64) {
+        self.prune_ended(now);
+        self.waiters.retain(|w| !w.dead_here());
+    }
+
+    /// Drop entries that ended by `now` only: `status` shows a dead
+    /// waiter as dead rather than hide it.
+    pub fn prune_ended(&mut self, now: i64) {
         self.holders.retain(|h| h.exp > now);
-        self.waiters.retain(|w| w.exp > now && !w.dead_here());
+        self.waiters.retain(|w| w.exp > now);
+    }
+
+    /// The line as `status` shows it, first in line first.
+    pub fn queue(&self) -> Vec<Holder> {
+        self.waiters.iter().map(Waiter::holder).collect()
+    }
+
+    /// The lowest semaphore slot no exclusive holder has: a mutex's holder
+    /// has slot 0; a semaphore holder of the previous release has none
+    /// recorded (its child was given none), so it takes none here. There
+    /// is always one below the `--limit` of a request [`LockObject::admits`]
+    /// lets in, since fewer than that many hold.
+    pub fn free_slot(&self) -> u32 {
+        let taken: Vec<u32> = self
+            .holders
+            .iter()
+            .filter_map(|h| {
+                let r = h.record()?;
+                match r.slot {
+                    Some(s) if !r.shared => Some(s),
+                    None if !r.shared && r.limit.unwrap_or(1) <= 1 => Some(0),
+                    _ => None,
+                }
+            })
+            .collect();
+        let mut slot = 0;
+        while taken.contains(&slot) {
+            slot += 1;
+        }
+        slot
     }
 
     /// Where `waiter` stands in line: its index among the waiters, or
@@ -202,15 +270,19 @@ impl LockObject {
             .position(|h| h.id().as_deref() == Some(id))
     }
 
-    /// Write this process's waiter entry: renewed where it stands, or new
-    /// at the end of the line.
-    pub fn wait(&mut self, id: &str, shared: bool, exp: i64) {
+    /// Write this process's waiter entry: renewed where it stands (since
+    /// when it waits unchanged), or new at the end of the line.
+    pub fn wait(&mut self, id: &str, shared: bool, exp: i64, rec: &str) {
         match self.waiters.iter_mut().find(|w| w.id == id) {
             Some(w) => {
                 w.exp = exp;
                 w.shared = shared;
+                // Dropped by an older dlock's rewrite: said again.
+                if w.rec.is_none() {
+                    w.rec = Some(rec.to_string());
+                }
             }
-            None => self.waiters.push(Waiter::me(id, shared, exp)),
+            None => self.waiters.push(Waiter::me(id, shared, exp, rec)),
         }
     }
 
@@ -284,24 +356,24 @@ mod tests {
         o.holders.push(entry("s1", None, true, 1000));
         assert!(o.admits(&spec(1, true), "w"));
         assert!(!o.admits(&spec(1, false), "w"));
-        o.wait("writer", false, 1000);
+        o.wait("writer", false, 1000, "");
         assert!(!o.admits(&spec(1, true), "w"), "a writer waits");
         // First come, first served: a newcomer is behind every waiter, a
         // waiter behind those before it; renewing keeps one's place.
         let mut q = LockObject::default();
-        q.wait("a", false, 1000);
-        q.wait("b", false, 1000);
+        q.wait("a", false, 1000, "");
+        q.wait("b", false, 1000, "");
         assert!(!q.admits(&spec(1, false), "new"));
         assert!(!q.admits(&spec(1, false), "b"));
         assert!(q.admits(&spec(1, false), "a"));
-        q.wait("a", false, 2000);
+        q.wait("a", false, 2000, "");
         assert_eq!(q.place("a"), 0);
         assert!(q.admits(&spec(2, false), "b"), "a semaphore of 2");
         // Readers wait only behind writers.
         let mut r = LockObject::default();
-        r.wait("r1", true, 1000);
+        r.wait("r1", true, 1000, "");
         assert!(r.admits(&spec(1, true), "new"));
-        r.wait("w1", false, 1000);
+        r.wait("w1", false, 1000, "");
         assert!(!r.admits(&spec(1, true), "new"));
         assert!(r.admits(&spec(1, true), "r1"));
         assert!(o.holders()[0].shared);
@@ -319,5 +391,82 @@ mod tests {
         s.holders.push(entry("y", Some(3), false, 1000));
         assert!(s.admits(&spec(3, false), "w"));
         assert_eq!(s.limit(), 3);
+    }
+
+    #[test]
+    fn slots_lowest_free_first() {
+        let slotted = |id: &str, slot: Option<u32>| {
+            let mut r = Record::new(id, &me(id));
+            r.limit = Some(3);
+            r.slot = slot;
+            Entry {
+                rec: r.encode(NField::Limit),
+                token: 1,
+                exp: 1000,
+            }
+        };
+        let mut o = LockObject::default();
+        assert_eq!(o.free_slot(), 0);
+        o.holders.push(slotted("a", Some(0)));
+        o.holders.push(slotted("c", Some(2)));
+        assert_eq!(o.free_slot(), 1);
+        o.holders.push(slotted("b", Some(1)));
+        assert_eq!(o.free_slot(), 3);
+        o.holders.remove(0);
+        assert_eq!(o.free_slot(), 0, "a freed slot is reused, lowest first");
+        // The slot survives the record's round trip, and shows in status.
+        assert_eq!(o.holders()[0].slot, Some(2));
+        // A mutex holder is slot 0; a shared one and a semaphore holder of
+        // the previous release (no slot recorded) take none.
+        let mut m = LockObject::default();
+        m.holders.push(entry("m", Some(1), false, 1000));
+        assert_eq!(m.free_slot(), 1);
+        let mut old = LockObject::default();
+        old.holders.push(entry("s", None, true, 1000));
+        old.holders.push(slotted("o", None));
+        assert_eq!(old.free_slot(), 0);
+    }
+
+    #[test]
+    fn the_line_in_status_and_older_objects() {
+        let who = |id: &str, shared: bool| {
+            let mut r = Record::new(id, &me(id));
+            r.shared = shared;
+            r.limit = (!shared).then_some(1);
+            r.encode(NField::Limit)
+        };
+        let mut o = LockObject::default();
+        o.wait("w1", false, 1000, &who("w1", false));
+        o.wait("w2", true, 1000, &who("w2", true));
+        o.wait("w1", false, 2000, &who("w1-again", false));
+        let q = o.queue();
+        assert_eq!(q.len(), 2);
+        assert_eq!(q[0].owner.as_deref(), Some("ci"));
+        assert_eq!(q[0].entry.as_deref(), Some("w1"), "renewed in place");
+        assert!(!q[0].shared && q[1].shared);
+        assert!(
+            q.iter()
+                .all(|h| h.waiting && !h.dead && h.acquired_at.is_some())
+        );
+        // Ended entries go; a dead waiter on this machine stays in what
+        // status reads, marked dead, and leaves what a contender reads.
+        let mut dead = Waiter::me("gone", false, 5000, &who("gone", false));
+        dead.live = Some((u32::MAX - 1, crate::host::host_id(), 1));
+        o.waiters.push(dead);
+        let mut shown = o.clone();
+        shown.prune_ended(1500);
+        assert_eq!(shown.waiters.len(), 2);
+        assert!(shown.queue()[1].dead);
+        o.prune(1500);
+        assert_eq!(o.waiters.len(), 1);
+        // An object of the previous release: waiters without `rec`,
+        // holders without a slot.
+        let old = br#"{"dlock":1,"fence":3,"nonce":"x","holders":[{"rec":"dlock1|a|3|u|h|1|2","token":3,"exp":9}],"waiters":[{"id":"7-ab","shared":false,"exp":9,"live":[7,"B",1]}]}"#;
+        let o = LockObject::parse(old).unwrap();
+        assert_eq!(o.holders()[0].slot, None);
+        assert_eq!(o.limit(), 3);
+        assert_eq!(o.queue()[0].pid, Some(7));
+        assert_eq!(o.queue()[0].owner, None);
+        assert_eq!(o.free_slot(), 0);
     }
 }
