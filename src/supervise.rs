@@ -38,9 +38,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 use crate::cli::OnLost;
-use crate::exit_code;
 use crate::jsonlog::say;
 use crate::lease::{Keeper, Loss};
+use crate::outcome::{ChildExit, died_of};
 
 /// The signals dlock passes on to the child.
 pub const FORWARDED: [Signal; 6] = [
@@ -130,15 +130,14 @@ pub struct ChildSpec {
     pub stop_signal: Signal,
 }
 
-pub struct Outcome {
-    pub code: i32,
+/// How a supervised run of the child ended.
+pub struct Ended {
+    pub exit: ChildExit,
     pub lost: Option<Loss>,
     /// The first terminating signal (INT, TERM, HUP, QUIT) that reached the
     /// child's group from outside while it ran: passed on by dlock, or sent
     /// by the terminal (Ctrl-C).
     pub stopped_by: Option<Signal>,
-    /// Whether CMD ran at all (false: not found, not executable).
-    pub started: bool,
 }
 
 /// The signals that ask a program to end: after one of them reached the
@@ -245,7 +244,7 @@ pub async fn supervise(
     signals: &mut Signals,
     keeper: &Keeper,
     ttl: Duration,
-) -> Result<Outcome> {
+) -> Result<Ended> {
     let grace_ns = grace(spec.kill_after, ttl).as_nanos() as i64;
     // Lease deadline for the guard; -1 means "no deadline" (--on-lost ignore).
     let deadline = |at: Option<Instant>| match (spec.on_lost, at) {
@@ -325,7 +324,7 @@ pub async fn supervise(
             );
             if libc::getppid() != parent {
                 // dlock died before the death signal was armed.
-                libc::_exit(exit_code::SIGNAL_BASE + libc::SIGKILL);
+                libc::_exit(died_of(libc::SIGKILL));
             }
             // The relay is in the group before the group can get Ctrl-C.
             meet_relay(relay_pid_fd, relay_go_fd);
@@ -346,21 +345,15 @@ pub async fn supervise(
             if let Some(r) = relay {
                 r.end();
             }
-            let code = match e.kind() {
-                std::io::ErrorKind::NotFound => exit_code::NOT_FOUND,
-                _ => exit_code::NOT_EXECUTABLE,
-            };
-            let what = if code == exit_code::NOT_FOUND {
-                "command not found"
-            } else {
-                "cannot execute"
+            let (exit, what) = match e.kind() {
+                std::io::ErrorKind::NotFound => (ChildExit::NotFound, "command not found"),
+                _ => (ChildExit::NotExecutable, "cannot execute"),
             };
             say("ERROR", &format!("{shown}: {what}: {e}"));
-            return Ok(Outcome {
-                code,
+            return Ok(Ended {
+                exit,
                 lost: None,
                 stopped_by: None,
-                started: false,
             });
         }
     };
@@ -439,20 +432,18 @@ pub async fn supervise(
     )
     .await;
     guard.disarm();
-    let code = match (status.code(), status.signal(), stopped_by) {
-        // dlock SIGKILLed a child that did not stop when asked: the exit
-        // status of the stop it was asked for, as `timeout -k` gives.
-        (None, Some(libc::SIGKILL), Some(by)) if killed => exit_code::SIGNAL_BASE + by as i32,
-        (Some(c), _, _) => c,
-        (None, Some(s), _) => exit_code::SIGNAL_BASE + s,
-        _ => exit_code::SOFTWARE,
+    let exit = match (status.code(), status.signal(), stopped_by) {
+        // dlock SIGKILLed a child that did not stop when asked.
+        (None, Some(libc::SIGKILL), Some(by)) if killed => ChildExit::KilledAfter(by),
+        (Some(c), _, _) => ChildExit::Exited(c),
+        (None, Some(s), _) => ChildExit::Died(s),
+        _ => ChildExit::Unknown,
     };
-    tracing::info!(event = "exited", code, "child exited");
-    Ok(Outcome {
-        code,
+    tracing::info!(event = "exited", code = exit.code(), "child exited");
+    Ok(Ended {
+        exit,
         lost,
         stopped_by,
-        started: true,
     })
 }
 

@@ -18,13 +18,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use nix::sys::signal::Signal;
 
 use crate::backend::{self, Backend, LeaseKind, Owner};
 use crate::config::{self, Settings};
 use crate::error::{self, Error};
 use crate::lease::{self, Keeper, acquire_all};
+use crate::outcome::Outcome;
 use crate::supervise::Signals;
-use crate::{exit_code, host, progress, status as show};
+use crate::{host, progress, status as show};
 
 /// Connects on first use (after the arguments are validated, so bad input
 /// is a usage error even when the backend is down) and closes at the end.
@@ -110,17 +112,20 @@ fn busy_message(busy: &lease::Busy, waited: Option<Duration>) -> String {
     m
 }
 
-/// Why the keys were not taken, with the exit code to use.
+/// Why the keys were not taken.
 #[derive(Debug, Clone, Copy)]
 enum NotTaken {
+    /// Busy, or waiting ran out: the exit code is `-E`'s.
     Busy(i32),
-    Interrupted(i32),
+    /// A signal ended the wait.
+    Interrupted(Signal),
 }
 
-impl NotTaken {
-    fn code(self) -> i32 {
-        match self {
-            NotTaken::Busy(c) | NotTaken::Interrupted(c) => c,
+impl From<NotTaken> for Outcome {
+    fn from(n: NotTaken) -> Outcome {
+        match n {
+            NotTaken::Busy(code) => Outcome::Busy(code),
+            NotTaken::Interrupted(sig) => Outcome::Interrupted(sig),
         }
     }
 }
@@ -146,7 +151,7 @@ async fn take_locks(
             line.clear();
             keeper.release().await;
             tracing::info!(event = "interrupted", signal = sig.as_str(), waited_ms = started.elapsed().as_millis() as u64, "gave up waiting");
-            return Ok(Err(NotTaken::Interrupted(exit_code::SIGNAL_BASE + sig as i32)));
+            return Ok(Err(NotTaken::Interrupted(sig)));
         }
         Ok(()) = lost.changed() => {
             line.clear();
