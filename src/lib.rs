@@ -90,6 +90,8 @@ async fn run_command(cli: Cli) -> Result<Outcome> {
         Command::Doctor(a) => cmd_doctor(&conn, a).await,
         Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
     };
+    // What an error cut short was not let go of yet.
+    lease::release_dropped().await;
     if let Some(b) = conn.backend.get() {
         b.close().await;
     }

@@ -84,6 +84,8 @@ fn default_value() -> String {
 pub async fn cmd_elect(c: &Connector<'_>, a: cli::ElectArgs) -> Result<Outcome> {
     let mut fresh = None;
     let r = elect(c, a, &mut fresh).await;
+    // Before the connection they were taken on is closed.
+    lease::release_dropped().await;
     if let Some(b) = fresh.as_ref().and_then(|f: &Connector| f.backend.get()) {
         b.close().await;
     }
@@ -235,13 +237,8 @@ async fn elect<'a>(
             OnLost::Kill,
             vec![("DLOCK_VALUE".to_string(), value.clone())],
         );
-        let ended = match supervise(spec, &mut signals, &keeper, ttl).await {
-            Ok(e) => e,
-            Err(e) => {
-                keeper.release().await;
-                return Err(e);
-            }
-        };
+        // On an error the keeper's drop lets go of the lease.
+        let ended = supervise(spec, &mut signals, &keeper, ttl).await?;
         // A stop is SIGINT or SIGTERM, to dlock or from the terminal (Ctrl-C
         // reaches CMD's group, not dlock's).
         let stopped_by = stops.take().await.or(ended
@@ -416,17 +413,9 @@ async fn campaign(
     } else if explicit {
         me.user = user_with_value(&me.user, value);
     }
-    let keeper = Keeper::start(
-        backend.clone(),
-        ttl,
-        s.connect_timeout,
-        grace(rs.kill_after, ttl),
-    );
-    if let Err(not) = take_locks(s, &backend, &lock, &me, &keeper, signals, deadline).await? {
-        keeper.release().await;
-        return Ok(Err(not));
-    }
-    Ok(Ok((keeper, ttl)))
+    let grace = grace(rs.kill_after, ttl);
+    let taken = take_locks(s, &backend, &lock, &me, grace, signals, deadline).await?;
+    Ok(taken.map(|keeper| (keeper, ttl)))
 }
 
 /// Why a key has no leader, for `dlock leader`'s message.

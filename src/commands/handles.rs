@@ -11,7 +11,7 @@ use crate::cli;
 use crate::config::{self, Settings};
 use crate::error::{Error, usage};
 use crate::handle::Handle;
-use crate::lease::{self, Keeper};
+use crate::lease;
 use crate::outcome::Outcome;
 use crate::supervise::Signals;
 use crate::{host, jsonlog};
@@ -26,12 +26,22 @@ pub async fn cmd_acquire(c: &Connector<'_>, a: cli::AcquireArgs) -> Result<Outco
         Err(not) => return Ok(not.into()),
     };
     let me = owner(LeaseKind::Handle)?;
-    let keeper = Keeper::start(backend.clone(), lock.ttl, s.connect_timeout, Duration::ZERO);
-    if let Err(not) = take_locks(s, &backend, &lock, &me, &keeper, &mut signals, deadline).await? {
-        keeper.release().await;
-        return Ok(not.into());
-    }
-    let leases = keeper.stop();
+    let keeper = match take_locks(
+        s,
+        &backend,
+        &lock,
+        &me,
+        Duration::ZERO,
+        &mut signals,
+        deadline,
+    )
+    .await?
+    {
+        Ok(k) => k,
+        Err(not) => return Ok(not.into()),
+    };
+    // The handle holds them from now on.
+    let leases = keeper.hand_over();
     let h = Handle::new(&s.namespace, lock.ttl, &leases).issued_by(s.shown_backends());
     println!("{}", h.encode());
     Ok(Outcome::Done)

@@ -130,8 +130,34 @@ impl From<NotTaken> for Outcome {
     }
 }
 
-/// Take every key, or say why not.
+/// Take every key, or say why not. On success the keys are held by the
+/// returned [`Keeper`], started with `grace` (see [`Keeper::start`]); on
+/// every other path (busy, a signal, a loss while waiting, an error) what
+/// was taken is let go here, before returning.
+#[allow(clippy::too_many_arguments)]
 async fn take_locks(
+    s: &Settings,
+    backend: &Arc<dyn Backend>,
+    lock: &config::LockSettings,
+    me: &Owner,
+    grace: Duration,
+    signals: &mut Signals,
+    deadline: Option<Instant>,
+) -> Result<std::result::Result<Keeper, NotTaken>> {
+    let keeper = Keeper::start(backend.clone(), lock.ttl, s.connect_timeout, grace);
+    let taken = wait_for_locks(s, backend, lock, me, &keeper, signals, deadline).await;
+    let failed = match taken {
+        Ok(Ok(())) => return Ok(Ok(keeper)),
+        Ok(Err(not)) => Ok(not),
+        Err(e) => Err(e),
+    };
+    keeper.release().await;
+    Ok(Err(failed?))
+}
+
+/// The wait of [`take_locks`], with the waiting line, until every key is
+/// in `keeper`, a signal or a loss ends it, or the keys are found busy.
+async fn wait_for_locks(
     s: &Settings,
     backend: &Arc<dyn Backend>,
     lock: &config::LockSettings,
@@ -149,13 +175,11 @@ async fn take_locks(
         () = line.show(backend.as_ref(), &s.namespace, keeper, started) => unreachable!("the waiting line never ends"),
         sig = signals.recv() => {
             line.clear();
-            keeper.release().await;
             tracing::info!(event = "interrupted", signal = sig.as_str(), waited_ms = started.elapsed().as_millis() as u64, "gave up waiting");
             return Ok(Err(NotTaken::Interrupted(sig)));
         }
         Ok(()) = lost.changed() => {
             line.clear();
-            keeper.release().await;
             let msg = lost.borrow().as_ref().map(|l| l.message.clone()).unwrap_or_default();
             return Err(Error::Lost(format!("{msg} while waiting for the other keys")).into());
         }

@@ -7,7 +7,7 @@ use anyhow::Result;
 use super::{Connector, child_spec, connect_waiting, owner, take_locks};
 use crate::backend::LeaseKind;
 use crate::cli::{self, OnLost};
-use crate::lease::{self, Keeper};
+use crate::lease;
 use crate::outcome::Outcome;
 use crate::supervise::{Signals, grace, supervise};
 use crate::{config, metrics};
@@ -67,31 +67,21 @@ async fn run_locked(
     };
     lock.ttl = ttl;
     let me = owner(LeaseKind::Run)?;
-    let keeper = Keeper::start(
-        backend.clone(),
-        lock.ttl,
-        s.connect_timeout,
-        grace(rs.kill_after, lock.ttl),
-    );
-    let taken = take_locks(s, &backend, &lock, &me, &keeper, &mut signals, deadline).await;
+    let grace = grace(rs.kill_after, lock.ttl);
+    let taken = take_locks(s, &backend, &lock, &me, grace, &mut signals, deadline).await;
     trace.waited = started.elapsed();
-    if let Err(not) = taken? {
-        keeper.release().await;
-        return Ok(not.into());
-    }
+    let keeper = match taken? {
+        Ok(k) => k,
+        Err(not) => return Ok(not.into()),
+    };
     let acquired = Instant::now();
     let leases = keeper.leases();
     trace.token = leases.iter().map(|l| l.token).max();
     let spec = child_spec(s, &lock, rs, &a.command, &leases, rs.on_lost, vec![]);
     let ended = supervise(spec, &mut signals, &keeper, lock.ttl).await;
     trace.held = acquired.elapsed();
-    let ended = match ended {
-        Ok(e) => e,
-        Err(e) => {
-            keeper.release().await;
-            return Err(e);
-        }
-    };
+    // On an error the keeper's drop lets go of the leases.
+    let ended = ended?;
     let lost = ended.lost.is_some();
     if !lost && let Some(least) = rs.lock_at_least {
         let remaining = least.saturating_sub(acquired.elapsed());
@@ -101,7 +91,7 @@ async fn run_locked(
                 handed_over &= backend.release_after(l, remaining).await.unwrap_or(false);
             }
             if handed_over {
-                keeper.stop();
+                keeper.hand_over();
                 tracing::info!(
                     event = "released",
                     held_ms = acquired.elapsed().as_millis() as u64,
@@ -115,7 +105,8 @@ async fn run_locked(
     }
     let mut lost = lost;
     if lost {
-        keeper.stop();
+        // Gone already, or about to be: left to lapse.
+        keeper.hand_over();
     } else {
         // Broken (`release --force`) or expired since the last renewal: the
         // end of the command ran without the lock, which is a loss too.
