@@ -13,7 +13,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Result;
 use nix::sys::signal::Signal;
-use tokio::signal::unix::{SignalKind, signal};
 
 use super::{Connector, NotTaken, connect_waiting, owner, take_locks};
 use crate::backend::{Holder, LeaseKind, user_with_value};
@@ -21,55 +20,8 @@ use crate::cli::{self, OnLost, Restart};
 use crate::config::{self, Wait};
 use crate::lease::{self, Keeper};
 use crate::outcome::{self, Outcome, Reader};
-use crate::supervise::{Ended, Signals, grace, supervise};
+use crate::supervise::{Ended, Signals, Stops, grace, supervise};
 use crate::{exit_code, host, metrics, status};
-
-/// Our own view of SIGINT and SIGTERM, next to the [`Signals`] that
-/// `supervise` forwards: it tells "CMD exited because we were asked to stop"
-/// from "CMD exited by itself", which decides between exiting and
-/// `--restart`. Signals ignored at start stay ignored.
-struct Stops {
-    streams: Vec<(Signal, tokio::signal::unix::Signal)>,
-}
-
-impl Stops {
-    /// Before [`Signals::install`], which replaces the dispositions.
-    fn wanted() -> Vec<Signal> {
-        [Signal::SIGINT, Signal::SIGTERM]
-            .into_iter()
-            .filter(|s| !crate::supervise::ignored(*s))
-            .collect()
-    }
-
-    fn install(which: Vec<Signal>) -> Result<Stops> {
-        let mut streams = Vec::new();
-        for s in which {
-            streams.push((s, signal(SignalKind::from_raw(s as i32))?));
-        }
-        Ok(Stops { streams })
-    }
-
-    /// A stop signal delivered since the last call, without waiting. The
-    /// signal driver hands a signal to every stream at once, so one that
-    /// `supervise` forwarded is already here when it returns.
-    async fn take(&mut self) -> Option<Signal> {
-        let mut got = None;
-        for (s, st) in self.streams.iter_mut() {
-            loop {
-                let ready = tokio::select! {
-                    biased;
-                    r = st.recv() => r.is_some(),
-                    () = std::future::ready(()) => false,
-                };
-                if !ready {
-                    break;
-                }
-                got = Some(*s);
-            }
-        }
-        got
-    }
-}
 
 /// `USER@HOST pid PID`: what `dlock leader` shows for a leader.
 fn default_value() -> String {
@@ -241,9 +193,10 @@ async fn elect<'a>(
         let ended = supervise(spec, &mut signals, &keeper, ttl).await?;
         // A stop is SIGINT or SIGTERM, to dlock or from the terminal (Ctrl-C
         // reaches CMD's group, not dlock's).
-        let stopped_by = stops.take().await.or(ended
-            .stopped_by
-            .filter(|s| matches!(s, Signal::SIGINT | Signal::SIGTERM)));
+        let stopped_by = stops
+            .take()
+            .await
+            .or(ended.stopped_by.filter(|e| e.stops_dlock()));
         // Resign at once; a lease found gone was lost before CMD ended.
         let gone = keeper.release().await;
         board.since = None;
@@ -370,7 +323,8 @@ fn final_error(e: &anyhow::Error) -> bool {
 async fn pause(signals: &mut Signals, d: Duration) -> Option<Signal> {
     tokio::select! {
         () = tokio::time::sleep(d) => None,
-        sig = signals.recv() => {
+        ev = signals.recv() => {
+            let sig = ev.signal();
             tracing::info!(event = "interrupted", signal = sig.as_str(), "stopped while standing by");
             Some(sig)
         }
@@ -396,8 +350,9 @@ async fn campaign(
     let mut lock = lock.clone();
     let connected = tokio::select! {
         r = connect_waiting(c, &lock, deadline) => r?,
-        sig = signals.recv() => {
+        ev = signals.recv() => {
             // Still connecting: nothing of ours is on the backend yet.
+            let sig = ev.signal();
             tracing::info!(event = "interrupted", signal = sig.as_str(), "gave up campaigning");
             return Ok(Err(NotTaken::Interrupted(sig)));
         }

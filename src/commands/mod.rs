@@ -173,8 +173,9 @@ async fn wait_for_locks(
     let outcome = tokio::select! {
         r = acquire_all(backend.as_ref(), &s.namespace, lock, me, keeper, deadline, s.connect_timeout) => r,
         () = line.show(backend.as_ref(), &s.namespace, keeper, started) => unreachable!("the waiting line never ends"),
-        sig = signals.recv() => {
+        ev = signals.recv() => {
             line.clear();
+            let sig = ev.signal();
             tracing::info!(event = "interrupted", signal = sig.as_str(), waited_ms = started.elapsed().as_millis() as u64, "gave up waiting");
             return Ok(Err(NotTaken::Interrupted(sig)));
         }
