@@ -134,7 +134,6 @@ impl From<NotTaken> for Outcome {
 /// returned [`Keeper`], started with `grace` (see [`Keeper::start`]); on
 /// every other path (busy, a signal, a loss while waiting, an error) what
 /// was taken is let go here, before returning.
-#[allow(clippy::too_many_arguments)]
 async fn take_locks(
     s: &Settings,
     backend: &Arc<dyn Backend>,
