@@ -1,7 +1,8 @@
 //! Typed errors at the edges where the exit code is decided.
 //!
-//! Everything else uses `anyhow` with context; `main` walks the chain for
-//! the first [`Error`] and takes its exit code, or 70 (a bug) if none.
+//! Everything else uses `anyhow` with context; an error ends dlock as
+//! [`crate::outcome::Outcome::Error`], whose exit code is that of the first
+//! [`Error`] in the chain, or 70 (a bug) if none.
 
 use crate::exit_code;
 
@@ -25,9 +26,6 @@ pub enum Error {
     /// connections"): while waiting this is waited out like a busy lock.
     #[error("{0}")]
     Full(String),
-    /// The lock is held by someone else (or waiting timed out).
-    #[error("{message}")]
-    Busy { message: String, code: i32 },
     /// A lease we held (or a handle named) is no longer ours.
     #[error("{0}")]
     Lost(String),
@@ -39,7 +37,6 @@ impl Error {
             Error::Usage(_) => exit_code::USAGE,
             Error::Config(_) => exit_code::CONFIG,
             Error::Unavailable(_) | Error::Denied(_) | Error::Full(_) => exit_code::UNAVAILABLE,
-            Error::Busy { code, .. } => *code,
             Error::Lost(_) => exit_code::LOST,
         }
     }
@@ -56,9 +53,14 @@ pub enum Retry {
     Never,
 }
 
+/// The first typed [`Error`] in a chain: what kind of failure it is.
+pub fn typed(err: &anyhow::Error) -> Option<&Error> {
+    err.chain().find_map(|e| e.downcast_ref::<Error>())
+}
+
 /// How to treat an error chain: by its first typed [`Error`].
 pub fn retry_of(err: &anyhow::Error) -> Retry {
-    match err.chain().find_map(|e| e.downcast_ref::<Error>()) {
+    match typed(err) {
         Some(Error::Unavailable(_)) => Retry::Outage,
         Some(Error::Full(_)) => Retry::Full,
         _ => Retry::Never,
@@ -67,9 +69,7 @@ pub fn retry_of(err: &anyhow::Error) -> Retry {
 
 /// The exit code for an error chain: the first typed [`Error`] in it, else 70.
 pub fn exit_code_of(err: &anyhow::Error) -> i32 {
-    err.chain()
-        .find_map(|e| e.downcast_ref::<Error>())
-        .map_or(exit_code::SOFTWARE, Error::exit_code)
+    typed(err).map_or(exit_code::SOFTWARE, Error::exit_code)
 }
 
 pub fn usage(msg: impl Into<String>) -> anyhow::Error {

@@ -5,6 +5,8 @@
 
 /// The lock was taken and the command (if any) succeeded.
 pub const SUCCESS: i32 = 0;
+/// `dlock doctor`: a check failed (or warned, under `--strict`).
+pub const CHECK_FAILED: i32 = 1;
 /// Usage error: unknown flag, bad duration, bad URL, empty key, `--limit 0`.
 pub const USAGE: i32 = 64;
 /// The backend could not be reached: refused, timed out, authentication failed.

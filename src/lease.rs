@@ -11,6 +11,15 @@
 //! error: the keeper reports it `grace` before the deadline, so the
 //! supervisor's SIGTERM-then-SIGKILL fits inside the lease, and only when
 //! renewals really failed (or the process was frozen).
+//!
+//! The keeper is the one owner of held leases, and lets go of them on every
+//! path: [`Keeper::release`] (the normal end), [`Keeper::hand_over`] (to a
+//! handle, or to lapse by themselves), or, when it is dropped still holding
+//! some (an error cut the command short), its `Drop`: that cannot await a
+//! release, so it stops the renewals and leaves the leases to
+//! [`release_dropped`], which the invocation awaits before it closes the
+//! backend. Only a panic (or SIGKILL) skips that: its leases lapse within
+//! their TTL, and the supervisor's guard has stopped the child.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -53,7 +62,8 @@ fn renewal_due(safe_until: Instant, ttl: Duration) -> Instant {
         .unwrap_or(safe_until)
 }
 
-/// Keeps leases alive in a background task while they are held.
+/// Keeps leases alive in a background task while they are held, and lets
+/// go of them (see the module's notes).
 pub struct Keeper {
     backend: Arc<dyn Backend>,
     state: Arc<Mutex<State>>,
@@ -123,21 +133,57 @@ impl Keeper {
         self.safe_until.clone()
     }
 
-    /// Stop renewing and hand the leases over (to a handle, or to lapse by
-    /// themselves).
-    pub fn stop(self) -> Vec<Lease> {
+    /// Stop renewing and take the leases out: nothing is held after.
+    fn take(&self) -> Vec<Lease> {
         self.task.abort();
-        self.leases()
+        std::mem::take(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()).leases)
     }
 
-    /// The one way to let go: stop renewing and release every held lease,
-    /// newest first. Returns those that were no longer ours (broken or
-    /// expired). Best effort: a lease that cannot be released ends with its
-    /// TTL.
-    pub async fn release(&self) -> Vec<Lease> {
-        self.task.abort();
-        let leases = std::mem::take(&mut self.state.lock().unwrap().leases);
+    /// Stop renewing and hand the leases over (to a handle, or to lapse by
+    /// themselves).
+    pub fn hand_over(self) -> Vec<Lease> {
+        self.take()
+    }
+
+    /// Let go: stop renewing and release every held lease, newest first.
+    /// Returns those that were no longer ours (broken or expired). Best
+    /// effort: a lease that cannot be released ends with its TTL.
+    pub async fn release(self) -> Vec<Lease> {
+        let leases = self.take();
         release_all(self.backend.as_ref(), &leases).await
+    }
+}
+
+/// Leases whose keeper was dropped still holding them, with their backend:
+/// [`release_dropped`] lets go of them. One list for the process, which
+/// runs one invocation.
+type Dropped = Vec<(Arc<dyn Backend>, Vec<Lease>)>;
+static DROPPED: Mutex<Dropped> = Mutex::new(Vec::new());
+
+impl Drop for Keeper {
+    /// The backstop: a drop cannot await a release, so the leases wait in
+    /// [`DROPPED`]; never renewed again, they lapse by themselves at worst.
+    fn drop(&mut self) {
+        let leases = self.take();
+        if !leases.is_empty() {
+            tracing::debug!(
+                n = leases.len(),
+                "leases dropped while held: released at the end"
+            );
+            DROPPED
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((self.backend.clone(), leases));
+        }
+    }
+}
+
+/// Release the leases of keepers dropped while holding them; called before
+/// a backend is closed.
+pub async fn release_dropped() {
+    let dropped = std::mem::take(&mut *DROPPED.lock().unwrap_or_else(|e| e.into_inner()));
+    for (backend, leases) in dropped {
+        release_all(backend.as_ref(), &leases).await;
     }
 }
 
@@ -295,10 +341,11 @@ pub fn deadline(wait: Wait) -> Option<Instant> {
     }
 }
 
-/// Take every key in `lock.keys` (already sorted) all or nothing, by
-/// `deadline`. Keys are waited for one after another in that canonical
-/// order, each added to the keeper as soon as it is held so it stays alive
-/// while we wait for the next. Outages and a full server are ridden out as
+/// Take every key in `lock.keys` (already sorted), by `deadline`. Keys are
+/// waited for one after another in that canonical order, each added to the
+/// keeper as soon as it is held so it stays alive while we wait for the
+/// next; if one is not taken, the keeper's owner lets go of the others (all
+/// or nothing). Outages and a full server are ridden out as
 /// [`kit::patiently`] says, `patience` (`--connect-timeout`) per outage.
 pub async fn acquire_all(
     backend: &dyn Backend,
@@ -330,12 +377,8 @@ pub async fn acquire_all(
                 shared: lock.shared,
             },
             Err(e) if retry_of(&e) == Retry::Full => Busy::full(key, &e),
-            Err(e) => {
-                keeper.release().await;
-                return Err(e);
-            }
+            Err(e) => return Err(e),
         };
-        keeper.release().await;
         return Ok(Err(busy));
     }
     Ok(Ok(()))
@@ -385,6 +428,7 @@ mod tests {
     struct Fake {
         renew: AtomicU8,
         renewals: AtomicUsize,
+        releases: AtomicUsize,
     }
 
     #[async_trait]
@@ -404,6 +448,7 @@ mod tests {
             }
         }
         async fn release(&self, _: &Lease) -> Result<bool> {
+            self.releases.fetch_add(1, Ordering::SeqCst);
             Ok(true)
         }
         async fn force_release(&self, _: &str, _: &str) -> Result<u64> {
@@ -448,7 +493,7 @@ mod tests {
         assert!((3..=6).contains(&n), "{n} renewals in 1 s with a 600ms TTL");
         assert!(k.safe_until().unwrap() > first + Duration::from_millis(600));
         assert!(k.lost().borrow().is_none());
-        k.stop();
+        k.hand_over();
     }
 
     /// The phase that stopped healthy etcd holders: a lease kept alive
@@ -475,7 +520,7 @@ mod tests {
             k.lost().borrow().is_none(),
             "a healthy lease was reported lost"
         );
-        k.stop();
+        k.hand_over();
     }
 
     /// Renewals follow the lease clock, not the moment the keeper started:
@@ -500,7 +545,32 @@ mod tests {
             1,
             "not renewed at TTL/3"
         );
-        k.stop();
+        k.hand_over();
+    }
+
+    /// Every path lets go: a keeper dropped while holding (an error cut the
+    /// command short) renews no more, and its lease is released by
+    /// `release_dropped`; one released or handed over leaves nothing.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_dropped_keeper_stops_renewing_and_its_leases_are_released_later() {
+        let fake = Arc::new(Fake::default());
+        drop(start(&fake, Duration::ZERO));
+        tokio::time::sleep(TTL).await;
+        assert_eq!(
+            fake.renewals.load(Ordering::SeqCst),
+            0,
+            "renewed after drop"
+        );
+        assert_eq!(fake.releases.load(Ordering::SeqCst), 0);
+        release_dropped().await;
+        assert_eq!(fake.releases.load(Ordering::SeqCst), 1);
+
+        let gone = start(&fake, Duration::ZERO).release().await;
+        assert!(gone.is_empty());
+        assert_eq!(fake.releases.load(Ordering::SeqCst), 2);
+        assert_eq!(start(&fake, Duration::ZERO).hand_over().len(), 1);
+        release_dropped().await;
+        assert_eq!(fake.releases.load(Ordering::SeqCst), 2, "let go twice");
     }
 
     #[tokio::test(flavor = "current_thread")]

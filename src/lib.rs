@@ -19,7 +19,9 @@
 //!    guard process behind that kills the group if dlock itself dies or
 //!    freezes.
 //! 5. The leases are released (or, with `--lock-at-least`, left to lapse at
-//!    the right time) and dlock exits with the child's status.
+//!    the right time) and dlock exits with the child's status: every
+//!    command ends in an [`outcome::Outcome`], turned into the exit code
+//!    (and the run's metrics outcome) in one place.
 
 pub mod backend;
 pub mod cli;
@@ -34,6 +36,7 @@ pub mod human;
 pub mod jsonlog;
 pub mod lease;
 pub mod metrics;
+pub mod outcome;
 pub mod progress;
 pub mod status;
 pub mod supervise;
@@ -43,21 +46,27 @@ use std::io::Write;
 use anyhow::Result;
 use clap::CommandFactory;
 
+use crate::outcome::Outcome;
+
 use crate::cli::{Cli, Command, LogFormat};
 use crate::commands::*;
 use crate::config::Settings;
 use crate::error::usage;
 
-/// Run one dlock invocation; the result is the process's exit code.
-pub async fn run(cli: Cli) -> Result<i32> {
+/// Run one dlock invocation, to its [`Outcome`].
+pub async fn run(cli: Cli) -> Outcome {
+    run_command(cli).await.into()
+}
+
+async fn run_command(cli: Cli) -> Result<Outcome> {
     match &cli.command {
         Command::Completions { shell } => {
             print_completions(*shell, &mut std::io::stdout())?;
-            return Ok(exit_code::SUCCESS);
+            return Ok(Outcome::Done);
         }
         Command::Man { subcommand } => {
             std::io::stdout().write_all(&man_page(subcommand.as_deref())?)?;
-            return Ok(exit_code::SUCCESS);
+            return Ok(Outcome::Done);
         }
         _ => {}
     }
@@ -82,6 +91,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Doctor(a) => cmd_doctor(&conn, a).await,
         Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
     };
+    // What an error cut short was not let go of yet.
+    lease::release_dropped().await;
     if let Some(b) = conn.backend.get() {
         b.close().await;
     }

@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use dlock::exit_code;
+use dlock::outcome::Outcome;
 
 fn main() {
     // `dlock --version` needs nothing of the command line's definition,
@@ -19,7 +19,7 @@ fn main() {
         dlock::jsonlog::stderr_line(&format!(
             "dlock: internal error (a bug, please report it): {info}"
         ));
-        std::process::exit(exit_code::SOFTWARE);
+        std::process::exit(Outcome::Panicked.exit_code());
     }));
     let cli = match dlock::cli::parse(std::env::args_os().collect()) {
         Ok(c) => c,
@@ -35,11 +35,12 @@ fn main() {
             }
             // --help and --version print to stdout and succeed; every other
             // parse failure is a usage error (64), not clap's usual 2.
-            std::process::exit(if e.use_stderr() {
-                exit_code::USAGE
+            let outcome = if e.use_stderr() {
+                Outcome::Usage
             } else {
-                exit_code::SUCCESS
-            });
+                Outcome::Done
+            };
+            std::process::exit(outcome.exit_code());
         }
     };
     // One thread: the child must be spawned from the thread that lives as
@@ -51,16 +52,14 @@ fn main() {
         Ok(rt) => rt,
         Err(e) => {
             dlock::jsonlog::stderr_line(&format!("dlock: cannot start: {e}"));
-            std::process::exit(exit_code::SOFTWARE);
+            std::process::exit(Outcome::Error(e.into()).exit_code());
         }
     };
-    let code = match rt.block_on(dlock::run(cli)) {
-        Ok(code) => code,
-        Err(e) => {
-            dlock::jsonlog::stderr_line(&dlock::report(&e));
-            dlock::error::exit_code_of(&e)
-        }
-    };
+    let outcome = rt.block_on(dlock::run(cli));
+    if let Outcome::Error(e) = &outcome {
+        dlock::jsonlog::stderr_line(&dlock::report(e));
+    }
+    let code = outcome.exit_code();
     let _ = std::io::stdout().flush();
     // Exit without dropping the runtime: a thread blocked in flock() for a
     // waiter must not hold up the exit.

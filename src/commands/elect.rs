@@ -9,67 +9,19 @@
 //! holder record (`Backend::keeps_values`): etcd stores it bare, as Go's
 //! `concurrency.Election` does; the others carry it in the owner field.
 
-use std::io::Write;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Result;
 use nix::sys::signal::Signal;
-use tokio::signal::unix::{SignalKind, signal};
 
 use super::{Connector, NotTaken, connect_waiting, owner, take_locks};
 use crate::backend::{Holder, LeaseKind, user_with_value};
 use crate::cli::{self, OnLost, Restart};
 use crate::config::{self, Wait};
 use crate::lease::{self, Keeper};
-use crate::supervise::{Signals, grace, supervise};
+use crate::outcome::{self, Outcome, Reader};
+use crate::supervise::{Ended, Signals, Stops, grace, supervise};
 use crate::{exit_code, host, metrics, status};
-
-/// Our own view of SIGINT and SIGTERM, next to the [`Signals`] that
-/// `supervise` forwards: it tells "CMD exited because we were asked to stop"
-/// from "CMD exited by itself", which decides between exiting and
-/// `--restart`. Signals ignored at start stay ignored.
-struct Stops {
-    streams: Vec<(Signal, tokio::signal::unix::Signal)>,
-}
-
-impl Stops {
-    /// Before [`Signals::install`], which replaces the dispositions.
-    fn wanted() -> Vec<Signal> {
-        [Signal::SIGINT, Signal::SIGTERM]
-            .into_iter()
-            .filter(|s| !crate::supervise::ignored(*s))
-            .collect()
-    }
-
-    fn install(which: Vec<Signal>) -> Result<Stops> {
-        let mut streams = Vec::new();
-        for s in which {
-            streams.push((s, signal(SignalKind::from_raw(s as i32))?));
-        }
-        Ok(Stops { streams })
-    }
-
-    /// A stop signal delivered since the last call, without waiting. The
-    /// signal driver hands a signal to every stream at once, so one that
-    /// `supervise` forwarded is already here when it returns.
-    async fn take(&mut self) -> Option<Signal> {
-        let mut got = None;
-        for (s, st) in self.streams.iter_mut() {
-            loop {
-                let ready = tokio::select! {
-                    biased;
-                    r = st.recv() => r.is_some(),
-                    () = std::future::ready(()) => false,
-                };
-                if !ready {
-                    break;
-                }
-                got = Some(*s);
-            }
-        }
-        got
-    }
-}
 
 /// `USER@HOST pid PID`: what `dlock leader` shows for a leader.
 fn default_value() -> String {
@@ -81,9 +33,11 @@ fn default_value() -> String {
     )
 }
 
-pub async fn cmd_elect(c: &Connector<'_>, a: cli::ElectArgs) -> Result<i32> {
+pub async fn cmd_elect(c: &Connector<'_>, a: cli::ElectArgs) -> Result<Outcome> {
     let mut fresh = None;
     let r = elect(c, a, &mut fresh).await;
+    // Before the connection they were taken on is closed.
+    lease::release_dropped().await;
     if let Some(b) = fresh.as_ref().and_then(|f: &Connector| f.backend.get()) {
         b.close().await;
     }
@@ -107,7 +61,7 @@ async fn elect<'a>(
     c: &Connector<'a>,
     a: cli::ElectArgs,
     fresh: &mut Option<Connector<'a>>,
-) -> Result<i32> {
+) -> Result<Outcome> {
     let s = c.settings;
     // The settings of a `run` with the same flags: the config file's ttl,
     // kill-after and shell apply as they do to `run`.
@@ -186,7 +140,7 @@ async fn elect<'a>(
         connected |= conn.backend.get().is_some();
         let (keeper, ttl) = match campaign {
             Ok(Ok(v)) => v,
-            Ok(Err(not)) => return Ok(not.code()),
+            Ok(Err(not)) => return Ok(not.into()),
             // Never reached the backend: a wrong URL or credentials, most
             // likely; say so (69) as `run` does.
             Err(e) if !connected => return Err(e),
@@ -206,8 +160,8 @@ async fn elect<'a>(
                         status::human_duration(again)
                     ),
                 );
-                if let Some(code) = pause(&mut signals, again).await {
-                    return Ok(code);
+                if let Some(sig) = pause(&mut signals, again).await {
+                    return Ok(Outcome::Interrupted(sig));
                 }
                 continue;
             }
@@ -235,34 +189,25 @@ async fn elect<'a>(
             OnLost::Kill,
             vec![("DLOCK_VALUE".to_string(), value.clone())],
         );
-        let outcome = match supervise(spec, &mut signals, &keeper, ttl).await {
-            Ok(o) => o,
-            Err(e) => {
-                keeper.release().await;
-                return Err(e);
-            }
-        };
+        // On an error the keeper's drop lets go of the lease.
+        let ended = supervise(spec, &mut signals, &keeper, ttl).await?;
         // A stop is SIGINT or SIGTERM, to dlock or from the terminal (Ctrl-C
         // reaches CMD's group, not dlock's).
-        let stopped_by = stops.take().await.or(outcome
-            .stopped_by
-            .filter(|s| matches!(s, Signal::SIGINT | Signal::SIGTERM)));
+        let stopped_by = stops
+            .take()
+            .await
+            .or(ended.stopped_by.filter(|e| e.stops_dlock()));
         // Resign at once; a lease found gone was lost before CMD ended.
         let gone = keeper.release().await;
         board.since = None;
         board.led += began.elapsed();
         publish(&board);
-        let lost = outcome.lost.is_some() || !gone.is_empty();
+        let code = ended.exit.code();
+        let lost = ended.lost.is_some() || !gone.is_empty();
         if lost {
-            tracing::warn!(
-                event = "lost",
-                key,
-                token,
-                code = outcome.code,
-                "leadership lost"
-            );
+            tracing::warn!(event = "lost", key, token, code, "leadership lost");
             if stopped_by.is_some() {
-                return Ok(outcome.code);
+                return Ok(Outcome::Ran(ended.exit));
             }
             crate::jsonlog::say(
                 "WARN",
@@ -271,43 +216,35 @@ async fn elect<'a>(
             reconnect(fresh, s).await;
             continue;
         }
-        tracing::info!(
-            event = "resigned",
-            key,
-            token,
-            code = outcome.code,
-            "leadership given up"
-        );
+        tracing::info!(event = "resigned", key, token, code, "leadership given up");
         if stopped_by.is_some() {
-            return Ok(outcome.code);
+            return Ok(Outcome::Ran(ended.exit));
         }
         let again = match a.restart {
             Restart::Never => false,
-            Restart::OnFailure => outcome.code != 0,
+            Restart::OnFailure => code != exit_code::SUCCESS,
             Restart::Always => true,
         };
         if !again {
-            return Ok(outcome.code);
+            return Ok(Outcome::Ran(ended.exit));
         }
-        let delay = match backoff.after(&outcome, began.elapsed(), a.restart_delay) {
+        let delay = match backoff.after(&ended, began.elapsed(), a.restart_delay) {
             Next::Again(d) => d,
             Next::GiveUp => {
                 crate::jsonlog::say(
                     "ERROR",
                     &format!(
-                        "the command could not be run {CANNOT_RUN_LIMIT} times in a row (status {}); giving up",
-                        outcome.code
+                        "the command could not be run {CANNOT_RUN_LIMIT} times in a row (status {code}); giving up"
                     ),
                 );
-                return Ok(outcome.code);
+                return Ok(Outcome::Ran(ended.exit));
             }
         };
         if !s.quiet {
             crate::jsonlog::say(
                 "INFO",
                 &format!(
-                    "the command exited with status {}; campaigning again in {} (--restart {})",
-                    outcome.code,
+                    "the command exited with status {code}; campaigning again in {} (--restart {})",
                     status::human_duration(delay),
                     match a.restart {
                         Restart::Never => "never",
@@ -317,8 +254,8 @@ async fn elect<'a>(
                 ),
             );
         }
-        if let Some(code) = pause(&mut signals, delay).await {
-            return Ok(code);
+        if let Some(sig) = pause(&mut signals, delay).await {
+            return Ok(Outcome::Interrupted(sig));
         }
     }
 }
@@ -349,9 +286,11 @@ struct Backoff {
 }
 
 impl Backoff {
-    fn after(&mut self, o: &crate::supervise::Outcome, ran: Duration, base: Duration) -> Next {
+    fn after(&mut self, o: &Ended, ran: Duration, base: Duration) -> Next {
+        // A shell's "not found" (127) or "cannot execute" (126) too.
+        let code = o.exit.code();
         let could_not_run =
-            !o.started || o.code == exit_code::NOT_FOUND || o.code == exit_code::NOT_EXECUTABLE;
+            !o.exit.started() || code == exit_code::NOT_FOUND || code == exit_code::NOT_EXECUTABLE;
         if could_not_run {
             self.cannot_run += 1;
             if self.cannot_run >= CANNOT_RUN_LIMIT {
@@ -360,7 +299,7 @@ impl Backoff {
         } else {
             self.cannot_run = 0;
         }
-        if o.code != 0 && (could_not_run || ran < FAST_FAILURE) {
+        if code != exit_code::SUCCESS && (could_not_run || ran < FAST_FAILURE) {
             self.fast_failures += 1;
         } else {
             self.fast_failures = 0;
@@ -375,18 +314,19 @@ impl Backoff {
 fn final_error(e: &anyhow::Error) -> bool {
     use crate::error::Error;
     matches!(
-        e.chain().find_map(|c| c.downcast_ref::<Error>()),
+        crate::error::typed(e),
         Some(Error::Denied(_) | Error::Usage(_) | Error::Config(_))
     )
 }
 
-/// Sleep, unless a signal comes first: then the exit code for it.
-async fn pause(signals: &mut Signals, d: Duration) -> Option<i32> {
+/// Sleep, unless a signal comes first: then that signal.
+async fn pause(signals: &mut Signals, d: Duration) -> Option<Signal> {
     tokio::select! {
         () = tokio::time::sleep(d) => None,
-        sig = signals.recv() => {
+        ev = signals.recv() => {
+            let sig = ev.signal();
             tracing::info!(event = "interrupted", signal = sig.as_str(), "stopped while standing by");
-            Some(exit_code::SIGNAL_BASE + sig as i32)
+            Some(sig)
         }
     }
 }
@@ -410,10 +350,11 @@ async fn campaign(
     let mut lock = lock.clone();
     let connected = tokio::select! {
         r = connect_waiting(c, &lock, deadline) => r?,
-        sig = signals.recv() => {
+        ev = signals.recv() => {
             // Still connecting: nothing of ours is on the backend yet.
+            let sig = ev.signal();
             tracing::info!(event = "interrupted", signal = sig.as_str(), "gave up campaigning");
-            return Ok(Err(NotTaken::Interrupted(exit_code::SIGNAL_BASE + sig as i32)));
+            return Ok(Err(NotTaken::Interrupted(sig)));
         }
     };
     let (backend, ttl) = match connected {
@@ -427,17 +368,9 @@ async fn campaign(
     } else if explicit {
         me.user = user_with_value(&me.user, value);
     }
-    let keeper = Keeper::start(
-        backend.clone(),
-        ttl,
-        s.connect_timeout,
-        grace(rs.kill_after, ttl),
-    );
-    if let Err(not) = take_locks(s, &backend, &lock, &me, &keeper, signals, deadline).await? {
-        keeper.release().await;
-        return Ok(Err(not));
-    }
-    Ok(Ok((keeper, ttl)))
+    let grace = grace(rs.kill_after, ttl);
+    let taken = take_locks(s, &backend, &lock, &me, grace, signals, deadline).await?;
+    Ok(taken.map(|keeper| (keeper, ttl)))
 }
 
 /// Why a key has no leader, for `dlock leader`'s message.
@@ -496,7 +429,7 @@ fn leader_line(leader: &Option<serde_json::Value>, why: NoLeader, key: &str, jso
     }
 }
 
-pub async fn cmd_leader(c: &Connector<'_>, a: cli::LeaderArgs) -> Result<i32> {
+pub async fn cmd_leader(c: &Connector<'_>, a: cli::LeaderArgs) -> Result<Outcome> {
     let s = c.settings;
     s.validate_key(&a.key)?;
     let backend = c.get().await?;
@@ -511,13 +444,7 @@ pub async fn cmd_leader(c: &Connector<'_>, a: cli::LeaderArgs) -> Result<i32> {
         let why = shared_holders(&holders).unwrap_or(NoLeader::Free);
         anyhow::Ok((leader_of(&a.key, &holders), why))
     };
-    let print = |line: String| -> Result<bool> {
-        let mut out = std::io::stdout().lock();
-        match writeln!(out, "{line}").and_then(|()| out.flush()) {
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
-            r => r.map(|()| true).map_err(Into::into),
-        }
-    };
+    let print = |line: String| outcome::print(&(line + "\n"));
     if !a.watch {
         let (leader, why) = read().await?;
         let line = leader_line(&leader, why, &a.key, a.json);
@@ -529,9 +456,9 @@ pub async fn cmd_leader(c: &Connector<'_>, a: cli::LeaderArgs) -> Result<i32> {
             print(line)?;
         }
         return Ok(if leader.is_some() {
-            exit_code::SUCCESS
+            Outcome::Done
         } else {
-            exit_code::BUSY
+            Outcome::NoLeader
         });
     }
     // One line at each change (a new term is a change even with the same
@@ -544,7 +471,7 @@ pub async fn cmd_leader(c: &Connector<'_>, a: cli::LeaderArgs) -> Result<i32> {
         let bound = s.connect_timeout * 2;
         let got = tokio::select! {
             r = tokio::time::timeout(bound, read()) => r,
-            _ = signals.recv() => return Ok(exit_code::SUCCESS),
+            _ = signals.recv() => return Ok(Outcome::Done),
         };
         let failure = match got {
             Ok(Ok((leader, why))) => {
@@ -565,8 +492,8 @@ pub async fn cmd_leader(c: &Connector<'_>, a: cli::LeaderArgs) -> Result<i32> {
                     )
                 });
                 if last.as_ref() != Some(&id) {
-                    if !print(leader_line(&leader, why, &a.key, a.json))? {
-                        return Ok(exit_code::SUCCESS);
+                    if print(leader_line(&leader, why, &a.key, a.json))? == Reader::Gone {
+                        return Ok(Outcome::ReaderGone);
                     }
                     last = Some(id);
                 }
@@ -591,7 +518,7 @@ pub async fn cmd_leader(c: &Connector<'_>, a: cli::LeaderArgs) -> Result<i32> {
         }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(250)) => {}
-            _ = signals.recv() => return Ok(exit_code::SUCCESS),
+            _ = signals.recv() => return Ok(Outcome::Done),
         }
     }
 }
@@ -599,14 +526,17 @@ pub async fn cmd_leader(c: &Connector<'_>, a: cli::LeaderArgs) -> Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::supervise::Outcome;
+    use crate::outcome::ChildExit;
 
-    fn ended(code: i32, started: bool) -> Outcome {
-        Outcome {
-            code,
+    fn ended(code: i32, started: bool) -> Ended {
+        Ended {
+            exit: if started {
+                ChildExit::Exited(code)
+            } else {
+                ChildExit::NotFound
+            },
             lost: None,
             stopped_by: None,
-            started,
         }
     }
 

@@ -11,32 +11,43 @@ use crate::cli;
 use crate::config::{self, Settings};
 use crate::error::{Error, usage};
 use crate::handle::Handle;
-use crate::lease::{self, Keeper};
+use crate::lease;
+use crate::outcome::Outcome;
 use crate::supervise::Signals;
-use crate::{exit_code, host, jsonlog};
+use crate::{host, jsonlog};
 
-pub async fn cmd_acquire(c: &Connector<'_>, a: cli::AcquireArgs) -> Result<i32> {
+pub async fn cmd_acquire(c: &Connector<'_>, a: cli::AcquireArgs) -> Result<Outcome> {
     let s = c.settings;
     let lock = s.lock(&a.lock)?;
     let mut signals = Signals::install()?;
     let deadline = lease::deadline(lock.wait);
     let backend = match connect_waiting(c, &lock, deadline).await? {
         Ok((b, _)) => b,
-        Err(not) => return Ok(not.code()),
+        Err(not) => return Ok(not.into()),
     };
     let me = owner(LeaseKind::Handle)?;
-    let keeper = Keeper::start(backend.clone(), lock.ttl, s.connect_timeout, Duration::ZERO);
-    if let Err(not) = take_locks(s, &backend, &lock, &me, &keeper, &mut signals, deadline).await? {
-        keeper.release().await;
-        return Ok(not.code());
-    }
-    let leases = keeper.stop();
+    let keeper = match take_locks(
+        s,
+        &backend,
+        &lock,
+        &me,
+        Duration::ZERO,
+        &mut signals,
+        deadline,
+    )
+    .await?
+    {
+        Ok(k) => k,
+        Err(not) => return Ok(not.into()),
+    };
+    // The handle holds them from now on.
+    let leases = keeper.hand_over();
     let h = Handle::new(&s.namespace, lock.ttl, &leases).issued_by(s.shown_backends());
     println!("{}", h.encode());
-    Ok(exit_code::SUCCESS)
+    Ok(Outcome::Done)
 }
 
-pub async fn cmd_renew(c: &Connector<'_>, a: cli::RenewArgs) -> Result<i32> {
+pub async fn cmd_renew(c: &Connector<'_>, a: cli::RenewArgs) -> Result<Outcome> {
     let h = Handle::decode(&a.handle)?;
     same_service(c.settings, &h)?;
     let ttl = a.ttl.unwrap_or(h.ttl());
@@ -64,7 +75,7 @@ pub async fn cmd_renew(c: &Connector<'_>, a: cli::RenewArgs) -> Result<i32> {
             }
         }
     }
-    Ok(exit_code::SUCCESS)
+    Ok(Outcome::Done)
 }
 
 /// A handle used against another kind of backend than the one that issued
@@ -87,7 +98,7 @@ fn same_service(s: &Settings, h: &Handle) -> Result<()> {
     Ok(())
 }
 
-pub async fn cmd_release(c: &Connector<'_>, a: cli::ReleaseArgs) -> Result<i32> {
+pub async fn cmd_release(c: &Connector<'_>, a: cli::ReleaseArgs) -> Result<Outcome> {
     let s = c.settings;
     for key in &a.key {
         s.validate_key(key)?;
@@ -115,7 +126,7 @@ pub async fn cmd_release(c: &Connector<'_>, a: cli::ReleaseArgs) -> Result<i32> 
                     ),
                 );
             }
-            return Ok(exit_code::SUCCESS);
+            return Ok(Outcome::Done);
         }
         if !gone.is_empty() {
             return Err(Error::Lost(format!(
@@ -125,7 +136,7 @@ pub async fn cmd_release(c: &Connector<'_>, a: cli::ReleaseArgs) -> Result<i32> 
             ))
             .into());
         }
-        return Ok(exit_code::SUCCESS);
+        return Ok(Outcome::Done);
     }
     if !a.force {
         return Err(usage(
@@ -155,5 +166,5 @@ pub async fn cmd_release(c: &Connector<'_>, a: cli::ReleaseArgs) -> Result<i32> 
             }
         }
     }
-    Ok(exit_code::SUCCESS)
+    Ok(Outcome::Done)
 }

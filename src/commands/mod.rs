@@ -18,13 +18,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use nix::sys::signal::Signal;
 
 use crate::backend::{self, Backend, LeaseKind, Owner};
 use crate::config::{self, Settings};
 use crate::error::{self, Error};
 use crate::lease::{self, Keeper, acquire_all};
+use crate::outcome::Outcome;
 use crate::supervise::Signals;
-use crate::{exit_code, host, progress, status as show};
+use crate::{host, progress, status as show};
 
 /// Connects on first use (after the arguments are validated, so bad input
 /// is a usage error even when the backend is down) and closes at the end.
@@ -110,23 +112,51 @@ fn busy_message(busy: &lease::Busy, waited: Option<Duration>) -> String {
     m
 }
 
-/// Why the keys were not taken, with the exit code to use.
+/// Why the keys were not taken.
 #[derive(Debug, Clone, Copy)]
 enum NotTaken {
+    /// Busy, or waiting ran out: the exit code is `-E`'s.
     Busy(i32),
-    Interrupted(i32),
+    /// A signal ended the wait.
+    Interrupted(Signal),
 }
 
-impl NotTaken {
-    fn code(self) -> i32 {
-        match self {
-            NotTaken::Busy(c) | NotTaken::Interrupted(c) => c,
+impl From<NotTaken> for Outcome {
+    fn from(n: NotTaken) -> Outcome {
+        match n {
+            NotTaken::Busy(code) => Outcome::Busy(code),
+            NotTaken::Interrupted(sig) => Outcome::Interrupted(sig),
         }
     }
 }
 
-/// Take every key, or say why not.
+/// Take every key, or say why not. On success the keys are held by the
+/// returned [`Keeper`], started with `grace` (see [`Keeper::start`]); on
+/// every other path (busy, a signal, a loss while waiting, an error) what
+/// was taken is let go here, before returning.
 async fn take_locks(
+    s: &Settings,
+    backend: &Arc<dyn Backend>,
+    lock: &config::LockSettings,
+    me: &Owner,
+    grace: Duration,
+    signals: &mut Signals,
+    deadline: Option<Instant>,
+) -> Result<std::result::Result<Keeper, NotTaken>> {
+    let keeper = Keeper::start(backend.clone(), lock.ttl, s.connect_timeout, grace);
+    let taken = wait_for_locks(s, backend, lock, me, &keeper, signals, deadline).await;
+    let failed = match taken {
+        Ok(Ok(())) => return Ok(Ok(keeper)),
+        Ok(Err(not)) => Ok(not),
+        Err(e) => Err(e),
+    };
+    keeper.release().await;
+    Ok(Err(failed?))
+}
+
+/// The wait of [`take_locks`], with the waiting line, until every key is
+/// in `keeper`, a signal or a loss ends it, or the keys are found busy.
+async fn wait_for_locks(
     s: &Settings,
     backend: &Arc<dyn Backend>,
     lock: &config::LockSettings,
@@ -142,15 +172,14 @@ async fn take_locks(
     let outcome = tokio::select! {
         r = acquire_all(backend.as_ref(), &s.namespace, lock, me, keeper, deadline, s.connect_timeout) => r,
         () = line.show(backend.as_ref(), &s.namespace, keeper, started) => unreachable!("the waiting line never ends"),
-        sig = signals.recv() => {
+        ev = signals.recv() => {
             line.clear();
-            keeper.release().await;
+            let sig = ev.signal();
             tracing::info!(event = "interrupted", signal = sig.as_str(), waited_ms = started.elapsed().as_millis() as u64, "gave up waiting");
-            return Ok(Err(NotTaken::Interrupted(exit_code::SIGNAL_BASE + sig as i32)));
+            return Ok(Err(NotTaken::Interrupted(sig)));
         }
         Ok(()) = lost.changed() => {
             line.clear();
-            keeper.release().await;
             let msg = lost.borrow().as_ref().map(|l| l.message.clone()).unwrap_or_default();
             return Err(Error::Lost(format!("{msg} while waiting for the other keys")).into());
         }

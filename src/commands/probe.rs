@@ -5,9 +5,10 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 use super::Connector;
+use crate::outcome::Outcome;
 use crate::{cli, doctor, error, exit_code, status};
 
-pub async fn cmd_ping(c: &Connector<'_>) -> Result<i32> {
+pub async fn cmd_ping(c: &Connector<'_>) -> Result<Outcome> {
     let s = c.settings;
     let t0 = Instant::now();
     let backend = c.get().await?;
@@ -30,30 +31,30 @@ pub async fn cmd_ping(c: &Connector<'_>) -> Result<i32> {
         connected.as_secs_f64() * 1e3,
         rtt.as_secs_f64() * 1e3
     );
-    Ok(exit_code::SUCCESS)
+    Ok(Outcome::Done)
 }
 
-pub async fn cmd_doctor(c: &Connector<'_>, a: cli::DoctorArgs) -> Result<i32> {
+pub async fn cmd_doctor(c: &Connector<'_>, a: cli::DoctorArgs) -> Result<Outcome> {
     let s = c.settings;
     let ttl = s.ttl(a.ttl)?;
     let max_skew = a.max_skew.unwrap_or(Duration::from_secs(1));
     let shown = s.shown_backends();
-    let (checks, code) = match c.get().await {
+    let (checks, reachable) = match c.get().await {
         Ok(backend) => {
             let checks = doctor::examine(backend.as_ref(), ttl, max_skew, s.connect_timeout).await;
             let unreachable = !checks
                 .iter()
                 .any(|c| c.name == "reachable" && c.level == doctor::Level::Ok);
-            (checks, unreachable.then_some(exit_code::UNAVAILABLE))
+            (checks, !unreachable)
         }
         Err(e) => {
-            let code = error::exit_code_of(&e);
-            if code != exit_code::UNAVAILABLE {
+            // Any other failure (a bad setting) is not the doctor's to report.
+            if error::exit_code_of(&e) != exit_code::UNAVAILABLE {
                 return Err(e);
             }
             let check = doctor::Check::new(doctor::Level::Fail, "reachable", format!("{e:#}"))
                 .fix("check the URL, that the server runs, and that this host may reach it");
-            (vec![check], Some(code))
+            (vec![check], false)
         }
     };
     let report = doctor::Report {
@@ -67,9 +68,11 @@ pub async fn cmd_doctor(c: &Connector<'_>, a: cli::DoctorArgs) -> Result<i32> {
         print!("{}", report.text(status::Paint(s.color)));
     }
     let worst = report.worst();
-    Ok(match code {
-        Some(code) => code,
-        None if worst == doctor::Level::Fail || (a.strict && worst == doctor::Level::Warn) => 1,
-        None => exit_code::SUCCESS,
+    Ok(if !reachable {
+        Outcome::Unreachable
+    } else if worst == doctor::Level::Fail || (a.strict && worst == doctor::Level::Warn) {
+        Outcome::Unhealthy
+    } else {
+        Outcome::Done
     })
 }

@@ -4,12 +4,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use super::{Connector, NotTaken, child_spec, connect_waiting, owner, take_locks};
+use super::{Connector, child_spec, connect_waiting, owner, take_locks};
 use crate::backend::LeaseKind;
 use crate::cli::{self, OnLost};
-use crate::lease::{self, Keeper};
+use crate::lease;
+use crate::outcome::Outcome;
 use crate::supervise::{Signals, grace, supervise};
-use crate::{config, error, exit_code, metrics};
+use crate::{config, metrics};
 
 /// What a run got as far as, for `--metrics-file`.
 #[derive(Debug, Default)]
@@ -17,36 +18,23 @@ struct Trace {
     waited: Duration,
     held: Duration,
     token: Option<u64>,
-    not_taken: Option<NotTaken>,
-    lost: bool,
 }
 
-pub async fn cmd_run(c: &Connector<'_>, a: cli::RunArgs) -> Result<i32> {
+pub async fn cmd_run(c: &Connector<'_>, a: cli::RunArgs) -> Result<Outcome> {
     let s = c.settings;
     let lock = s.child_lock(&a.lock)?;
     let rs = s.run(&a)?;
     let mut trace = Trace::default();
-    let result = run_locked(c, &a, lock.clone(), &rs, &mut trace).await;
+    let outcome: Outcome = run_locked(c, &a, lock.clone(), &rs, &mut trace)
+        .await
+        .into();
     if let Some(path) = &rs.metrics_file {
-        use metrics::Outcome;
-        let (outcome, code) = match &result {
-            Err(e) => (Outcome::Error, error::exit_code_of(e)),
-            Ok(code) => (
-                match trace.not_taken {
-                    Some(NotTaken::Busy(_)) => Outcome::Busy,
-                    Some(NotTaken::Interrupted(_)) => Outcome::Interrupted,
-                    None if trace.lost => Outcome::Lost,
-                    None if *code == 0 => Outcome::Success,
-                    None => Outcome::Failed,
-                },
-                *code,
-            ),
-        };
+        let (exit_code, outcome) = outcome.decide();
         let rec = metrics::RunRecord {
             key: lock.keys.join(","),
             namespace: s.namespace.clone(),
             outcome,
-            exit_code: code,
+            exit_code,
             waited: trace.waited,
             held: trace.held,
             token: trace.token,
@@ -56,7 +44,7 @@ pub async fn cmd_run(c: &Connector<'_>, a: cli::RunArgs) -> Result<i32> {
             crate::jsonlog::say("ERROR", &format!("{e:#}"));
         }
     }
-    result
+    Ok(outcome)
 }
 
 async fn run_locked(
@@ -65,7 +53,7 @@ async fn run_locked(
     mut lock: config::LockSettings,
     rs: &config::RunSettings,
     trace: &mut Trace,
-) -> Result<i32> {
+) -> Result<Outcome> {
     let s = c.settings;
     let mut signals = Signals::install()?;
     let deadline = lease::deadline(lock.wait);
@@ -74,41 +62,27 @@ async fn run_locked(
         Ok(v) => v,
         Err(not) => {
             trace.waited = started.elapsed();
-            trace.not_taken = Some(not);
-            return Ok(not.code());
+            return Ok(not.into());
         }
     };
     lock.ttl = ttl;
     let me = owner(LeaseKind::Run)?;
-    let keeper = Keeper::start(
-        backend.clone(),
-        lock.ttl,
-        s.connect_timeout,
-        grace(rs.kill_after, lock.ttl),
-    );
-    let taken = take_locks(s, &backend, &lock, &me, &keeper, &mut signals, deadline).await;
+    let grace = grace(rs.kill_after, lock.ttl);
+    let taken = take_locks(s, &backend, &lock, &me, grace, &mut signals, deadline).await;
     trace.waited = started.elapsed();
-    if let Err(not) = taken? {
-        keeper.release().await;
-        trace.not_taken = Some(not);
-        return Ok(not.code());
-    }
+    let keeper = match taken? {
+        Ok(k) => k,
+        Err(not) => return Ok(not.into()),
+    };
     let acquired = Instant::now();
     let leases = keeper.leases();
     trace.token = leases.iter().map(|l| l.token).max();
     let spec = child_spec(s, &lock, rs, &a.command, &leases, rs.on_lost, vec![]);
-    let outcome = supervise(spec, &mut signals, &keeper, lock.ttl).await;
-    let outcome = match outcome {
-        Ok(o) => o,
-        Err(e) => {
-            keeper.release().await;
-            trace.held = acquired.elapsed();
-            return Err(e);
-        }
-    };
-    let lost = outcome.lost.is_some();
-    trace.lost = lost;
+    let ended = supervise(spec, &mut signals, &keeper, lock.ttl).await;
     trace.held = acquired.elapsed();
+    // On an error the keeper's drop lets go of the leases.
+    let ended = ended?;
+    let lost = ended.lost.is_some();
     if !lost && let Some(least) = rs.lock_at_least {
         let remaining = least.saturating_sub(acquired.elapsed());
         if !remaining.is_zero() {
@@ -117,21 +91,22 @@ async fn run_locked(
                 handed_over &= backend.release_after(l, remaining).await.unwrap_or(false);
             }
             if handed_over {
-                keeper.stop();
+                keeper.hand_over();
                 tracing::info!(
                     event = "released",
                     held_ms = acquired.elapsed().as_millis() as u64,
                     lapse_ms = remaining.as_millis() as u64,
                     "lock left to lapse (--lock-at-least)"
                 );
-                return Ok(outcome.code);
+                return Ok(Outcome::Ran(ended.exit));
             }
             tokio::time::sleep(remaining).await;
         }
     }
     let mut lost = lost;
     if lost {
-        keeper.stop();
+        // Gone already, or about to be: left to lapse.
+        keeper.hand_over();
     } else {
         // Broken (`release --force`) or expired since the last renewal: the
         // end of the command ran without the lock, which is a loss too.
@@ -158,26 +133,31 @@ async fn run_locked(
                 ),
             );
             lost = true;
-            trace.lost = true;
         }
     }
     tracing::info!(
         event = "released",
         held_ms = acquired.elapsed().as_millis() as u64,
-        code = outcome.code,
+        code = ended.exit.code(),
         lost,
         "done"
     );
-    if lost && rs.on_lost == OnLost::Kill {
+    if !lost {
+        return Ok(Outcome::Ran(ended.exit));
+    }
+    let outcome = Outcome::Lost {
+        child: ended.exit,
+        on_lost: rs.on_lost,
+    };
+    if rs.on_lost == OnLost::Kill {
         crate::jsonlog::say(
             "WARN",
             &format!(
                 "exiting {} because the lease was lost (the command's own status was {})",
-                exit_code::LOST,
-                outcome.code
+                outcome.exit_code(),
+                ended.exit.code()
             ),
         );
-        return Ok(exit_code::LOST);
     }
-    Ok(outcome.code)
+    Ok(outcome)
 }

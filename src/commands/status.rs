@@ -1,6 +1,5 @@
 //! `dlock status`: once, or `--watch`.
 
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -10,10 +9,11 @@ use crate::backend::{self, Backend};
 use crate::cli;
 use crate::config::{self, Settings};
 use crate::error::usage;
+use crate::outcome::{Outcome, Reader, print};
+use crate::status;
 use crate::supervise::Signals;
-use crate::{exit_code, status};
 
-pub async fn cmd_status(c: &Connector<'_>, mut a: cli::StatusArgs) -> Result<i32> {
+pub async fn cmd_status(c: &Connector<'_>, mut a: cli::StatusArgs) -> Result<Outcome> {
     let s = c.settings;
     for k in &a.keys {
         s.validate_key(k)?;
@@ -28,13 +28,10 @@ pub async fn cmd_status(c: &Connector<'_>, mut a: cli::StatusArgs) -> Result<i32
             .await
             .map(|st| in_order(st, &a.keys))?;
         let text = render_status(s, backend.as_ref(), &st, a.json)?;
-        let mut out = std::io::stdout().lock();
-        match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-            // `dlock status | head`: the reader has what it wanted.
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-            r => r?,
-        }
-        return Ok(exit_code::SUCCESS);
+        return Ok(match print(&text)? {
+            Reader::Reading => Outcome::Done,
+            Reader::Gone => Outcome::ReaderGone,
+        });
     };
     if every < Duration::from_millis(100) {
         return Err(usage("--watch must be at least 100ms"));
@@ -63,15 +60,14 @@ pub async fn cmd_status(c: &Connector<'_>, mut a: cli::StatusArgs) -> Result<i32
                 true,
             ),
         };
-        let mut out = std::io::stdout().lock();
-        let written = if a.json {
+        let text = if a.json {
             // Errors go to stderr: stdout stays one JSON array per line.
             if failed {
                 let msg = body.trim_end();
                 crate::jsonlog::say("ERROR", msg.strip_prefix("dlock: ").unwrap_or(msg));
-                Ok(())
+                String::new()
             } else {
-                write!(out, "{body}")
+                body
             }
         } else {
             let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
@@ -83,20 +79,17 @@ pub async fn cmd_status(c: &Connector<'_>, mut a: cli::StatusArgs) -> Result<i32
             let head = status::Paint(s.color).paint(status::Paint::DIM, &head);
             if in_place {
                 // Home and clear, like watch(1).
-                write!(out, "\x1b[H\x1b[2J{head}\n\n{body}")
+                format!("\x1b[H\x1b[2J{head}\n\n{body}")
             } else {
-                write!(out, "{head}\n{body}\n")
+                format!("{head}\n{body}\n")
             }
         };
-        match written.and_then(|()| out.flush()) {
-            // The reader went away (`| head`): a normal end of a watch.
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(exit_code::SUCCESS),
-            r => r?,
+        if print(&text)? == Reader::Gone {
+            return Ok(Outcome::ReaderGone);
         }
-        drop(out);
         tokio::select! {
             () = tokio::time::sleep_until((t0 + every).into()) => {}
-            _ = signals.recv() => return Ok(exit_code::SUCCESS),
+            _ = signals.recv() => return Ok(Outcome::Done),
         }
     }
 }
