@@ -3,10 +3,6 @@
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::SystemTime;
-
-use anyhow::Result;
-use sqlx::Row;
 
 use super::kit::Mode;
 use crate::backend::{Holder, KeyStatus, LockSpec, Waiting};
@@ -105,6 +101,19 @@ impl WaiterRows {
             .then(|| self.row_id(spec.shared))
     }
 
+    /// Our row joined `spec.key`'s line (with our waiter row), now.
+    pub fn joined(&self, spec: &LockSpec) {
+        if spec.shared {
+            self.shared.store(true, Ordering::Relaxed);
+        }
+        self.keys.note(&spec.namespace, &spec.key);
+    }
+
+    /// Whether we have rows for `spec.key` (in line, where there is one).
+    pub fn queued(&self, spec: &LockSpec) -> bool {
+        self.keys.has(&spec.namespace, &spec.key)
+    }
+
     /// Acquired: our row for the key went with the acquisition.
     pub fn done(&self, ns: &str, key: &str) {
         self.keys.done(ns, key);
@@ -119,65 +128,26 @@ impl WaiterRows {
     }
 }
 
-/// The holder a lease row names (its columns `owner`, `host`, `pid`,
-/// `token` and `lim`, the same on SQL and SQLite), taken at `acquired_at`
-/// and expiring at `expires_at`; and the row's `lim` (0: shared).
-pub fn lease_holder<R>(
-    r: &R,
-    acquired_at: SystemTime,
-    expires_at: SystemTime,
-) -> sqlx::Result<(Holder, i64)>
-where
-    R: Row,
-    for<'a> &'a str: sqlx::ColumnIndex<R>,
-    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    let pid: i64 = r.try_get("pid")?;
-    let token: i64 = r.try_get("token")?;
-    let lim: i64 = r.try_get("lim")?;
-    Ok((
-        Holder {
-            owner: Some(r.try_get("owner")?),
-            host: Some(r.try_get("host")?),
-            pid: Some(pid as u32),
-            token: Some(token as u64),
-            acquired_at: Some(acquired_at),
-            expires_at: Some(expires_at),
-            dead: false,
-            shared: mode_of_lim(lim).is_shared(),
-            value: None,
-            entry: None,
-            slot: None,
-            waiting: false,
-        },
-        lim,
-    ))
-}
-
-/// One key's status from its live lease rows (SQL and SQLite); `holder`
-/// reads a row as the holder and its `lim` column (0: shared).
-pub fn key_status<R>(
-    key: String,
-    rows: &[R],
-    waiters: Option<u64>,
-    holder: impl Fn(&R) -> Result<(Holder, i64)>,
-) -> Result<KeyStatus> {
-    let mut limit = 1u32;
-    let mut holders = Vec::with_capacity(rows.len());
-    for r in rows {
-        let (h, lim) = holder(r)?;
-        limit = limit.max(lim.clamp(1, i64::from(u32::MAX)) as u32);
-        holders.push(h);
-    }
-    Ok(KeyStatus {
+/// One key's status from its line: its live leases, and its waiters in
+/// line, first in line first. `limit` is the `--limit` the holders took
+/// (shown as none while they hold shared); `waiters` counts the waiter
+/// rows (older versions' too), and at least the line.
+pub fn key_status(key: String, line: Line, waiters: Option<u64>) -> KeyStatus {
+    let limit = line
+        .leases
+        .iter()
+        .map(|e| e.lim.clamp(1, i64::from(u32::MAX)) as u32)
+        .max()
+        .unwrap_or(1);
+    let queue: Vec<Holder> = line.queue.into_iter().map(|e| e.holder).collect();
+    KeyStatus {
         key,
         limit,
-        holders,
-        waiters,
-        queue: vec![],
+        holders: line.leases.into_iter().map(|e| e.holder).collect(),
+        waiters: waiters.map(|w| w.max(queue.len() as u64)),
+        queue,
         unreadable: None,
-    })
+    }
 }
 
 pub fn fnv64(parts: &[&str]) -> u64 {
@@ -205,4 +175,80 @@ pub fn waiters_of(counts: &Option<Vec<(String, i64)>>, key: &str) -> Option<u64>
             .find(|(n, _)| n == key)
             .map_or(0, |(_, n)| *n as u64)
     })
+}
+
+/// One entry of a key's line, as [`super::Plan::line`] reads it: a lease
+/// (a holder) or a waiter's row in line (`holder.waiting`).
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Who; for a waiter, `acquired_at` is since when it waits.
+    pub holder: Holder,
+    /// The row's id: a lease's, or a waiter's ([`WaiterRows::id`]).
+    pub id: String,
+    /// The `lim` column: 0 shared, else the `--limit`.
+    pub lim: i64,
+    /// Microseconds left by the database's clock.
+    pub left_us: i64,
+    /// A lease's `acquired_us`, a waiter's ticket: the order in its part.
+    pub order: i64,
+}
+
+impl Entry {
+    pub fn mode(&self) -> Mode {
+        mode_of_lim(self.lim)
+    }
+}
+
+/// A key's live leases and its line of live waiters, each in order.
+#[derive(Debug, Default)]
+pub struct Line {
+    pub leases: Vec<Entry>,
+    pub queue: Vec<Entry>,
+}
+
+impl Line {
+    pub fn new(entries: Vec<Entry>) -> Line {
+        let (mut queue, mut leases): (Vec<Entry>, Vec<Entry>) =
+            entries.into_iter().partition(|e| e.holder.waiting);
+        leases.sort_by_key(|e| e.order);
+        queue.sort_by_key(|e| e.order);
+        Line { leases, queue }
+    }
+
+    /// Where our row (id `me`) stands in the line, if it is there.
+    pub fn place(&self, me: &str) -> Option<usize> {
+        self.queue.iter().position(|e| e.id == me)
+    }
+
+    /// The waiters ahead of us: those before our row, or all of them when
+    /// we have none (a request not in line yet comes after every waiter).
+    pub fn ahead(&self, me: &str) -> &[Entry] {
+        &self.queue[..self.place(me).unwrap_or(self.queue.len())]
+    }
+
+    /// Whether a request in `mode` whose row in line is `me` enters now
+    /// ([`super::kit::admits`]): behind every lease, the live waiters
+    /// ahead of it (the dead ones go in the same transaction), and
+    /// `writers` exclusive waiters of older versions, not in line.
+    pub fn admits(&self, mode: Mode, me: &str, writers: i64) -> bool {
+        let lims = self.leases.iter().map(|e| e.lim);
+        let waiting = self
+            .ahead(me)
+            .iter()
+            .filter(|e| !e.holder.dead)
+            .map(|e| e.lim);
+        super::kit::admits(mode, &ahead(lims.chain(waiting), writers))
+    }
+
+    /// The lowest semaphore slot, 0 to `limit` - 1, that no live exclusive
+    /// lease has (leases of older versions carry no slot).
+    pub fn free_slot(&self, limit: u32) -> u32 {
+        let used: Vec<u32> = self
+            .leases
+            .iter()
+            .filter(|e| !e.mode().is_shared())
+            .filter_map(|e| e.holder.slot)
+            .collect();
+        (0..limit.max(1)).find(|s| !used.contains(s)).unwrap_or(0)
+    }
 }

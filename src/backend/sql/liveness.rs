@@ -48,3 +48,34 @@ pub fn dead_by_row_id(id: &str, pid: i64) -> bool {
 /// grace lets the dead holder's guard finish killing the job's process
 /// group.
 pub const BREAK_GRACE: Duration = kit::BREAK_GRACE;
+
+/// Whether a waiter's row in line (its `host_id`, `pid` and `proc_start`
+/// columns, the same on every database) names a process on this machine
+/// that is gone. A waiter is always a live process: whatever it will hold,
+/// it waits while it runs.
+pub fn waiter_dead(host_id: &str, pid: i64, proc_start: i64) -> bool {
+    let (Ok(pid), Ok(start)) = (u32::try_from(pid), u64::try_from(proc_start)) else {
+        return false;
+    };
+    !host_id.is_empty()
+        && host_id == crate::host::host_id()
+        && !crate::host::process_alive(pid, start)
+}
+
+/// A semaphore lease's row id with its slot: `SECRET.SLOT`, then the rest
+/// of the id ([`row_id`]). The slot lives in the id so that no table of
+/// the previous release needs a new column: that release reads the id as
+/// an opaque secret (and its liveness after the first `~` as before), and
+/// the part it keeps when a lease is disowned keeps the slot too.
+pub fn with_slot(id: &str, slot: u32) -> String {
+    match id.split_once('~') {
+        Some((secret, rest)) => format!("{secret}.{slot}~{rest}"),
+        None => format!("{id}.{slot}"),
+    }
+}
+
+/// The slot a lease row's id carries ([`with_slot`]), if any.
+pub fn slot_in(id: &str) -> Option<u32> {
+    let secret = id.split('~').next()?;
+    secret.rsplit_once('.')?.1.parse().ok()
+}

@@ -34,6 +34,7 @@
 //! file through its own driver (whose options `Any` cannot pass), in rows
 //! of `Any` either way ([`Link`]), so it is written once.
 
+mod attempt;
 mod crowd;
 mod direct;
 mod errors;
@@ -68,7 +69,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::kit;
 use super::{
-    Attempt, Backend, Holder, KeyStatus, Lease, LeaseKind, LockSpec, Owner, PingInfo, Poll, Renewal,
+    Attempt, Backend, KeyStatus, Lease, LeaseKind, LockSpec, Owner, PingInfo, Poll, Renewal,
 };
 use crate::backend::probe::{Check, Level};
 
@@ -108,9 +109,11 @@ pub trait Dialect<P: Link = AnyPool>: Send + Sync {
     /// We took `spec.key` (MySQL holds a wake-up lock for an exclusive one).
     async fn taken(&self, _spec: &LockSpec, _kind: LeaseKind) {}
     /// An attempt found `spec.key` busy.
-    async fn missed(&self, _spec: &LockSpec) {}
-    /// We let go of a key, broke it, or stopped waiting for it as a writer
-    /// (readers may be giving way to us): wake its waiters.
+    /// An attempt found `spec.key` busy, with `ahead` live waiters ahead
+    /// of us in its line.
+    async fn missed(&self, _spec: &LockSpec, _ahead: usize) {}
+    /// We let go of a key, broke it, or left its line (those behind us
+    /// may now go): wake its waiters.
     async fn freed(&self, e: &SqlBackend<P>, ns: &str, key: &str);
     /// Sleep until trying `spec.key` again is worthwhile, or `bound`.
     async fn wait(&self, spec: &LockSpec, bound: Instant);
@@ -140,24 +143,10 @@ pub struct SqlBackend<P: Link = AnyPool> {
     /// Whether the waiter table can be read: without it, shared requests
     /// cannot see waiting writers (and do not give way to them).
     waiter_table: bool,
-}
-
-/// A busy attempt: the holders (each with its `lim` and microseconds
-/// left), the exclusive waiters counted, and, if some holders were found
-/// dead, the most microseconds until their leases end.
-type Busy = (Vec<(Holder, i64, i64)>, i64, Option<i64>);
-
-/// A lease row: the holder, the `--limit` it was taken with (0: shared),
-/// and how many microseconds it has left by the database's clock.
-fn holder(r: &AnyRow) -> sqlx::Result<(Holder, i64, i64)> {
-    let acquired_us: i64 = r.try_get("acquired_us")?;
-    let left_us: i64 = r.try_get("left_us")?;
-    let (h, lim) = lease_holder(
-        r,
-        epoch_micros(acquired_us),
-        SystemTime::now() + Duration::from_micros(left_us.max(0) as u64),
-    )?;
-    Ok((h, lim, left_us))
+    /// Whether the line of waiters ([`Names::queue`]) can be used:
+    /// without it (dlock may not create tables there), waiters are not
+    /// served in arrival order.
+    queue_table: bool,
 }
 
 fn us(d: Duration) -> i64 {
@@ -225,6 +214,7 @@ impl<P: Link> SqlBackend<P> {
             next_expiry: StdMutex::new(None),
             waiting: WaiterRows::default(),
             waiter_table: false,
+            queue_table: false,
         }
     }
 
@@ -261,22 +251,50 @@ impl<P: Link> SqlBackend<P> {
         Ok(self.call("renew", &self.q.renew, &a).await?.affected == 1)
     }
 
-    /// A lease row as the dialect knows it: the holder (dead or not), its
-    /// `lim`, and its microseconds left.
-    fn holder(&self, r: &AnyRow) -> sqlx::Result<(Holder, i64, i64)> {
-        let (mut h, lim, left) = holder(r)?;
-        h.dead = self.d.dead(r);
-        Ok((h, lim, left))
+    /// Keep our place in `spec.key`'s line, if we have one and it is due:
+    /// our row in line and our waiter row lapse unless renewed. A row that
+    /// lapsed meanwhile (we were stopped) is gone, and with it our place:
+    /// the next attempt joins at the back.
+    async fn renew_place(&self, spec: &LockSpec) {
+        let (ns, key) = (&spec.namespace, &spec.key);
+        if !self.waiting.queued(spec) {
+            return;
+        }
+        let Some(w) = self.waiting.due(spec) else {
+            return;
+        };
+        let a = Args::of(ns, key).id(self.waiting.id());
+        match self.call("waiting", &self.q.renew_queue, &a).await {
+            Ok(out) if out.affected == 0 => {
+                self.waiting.done(ns, key);
+                return;
+            }
+            Ok(_) => {}
+            // Tried again at the next wake.
+            Err(_) => return,
+        }
+        self.waiting.written(ns, key);
+        if self.waiter_table {
+            let a = Args::of(ns, key).id(&w);
+            let _ = self.call("waiting", &self.q.upsert_waiter, &a).await;
+        }
     }
 
     /// Delete the rows of our waiter entries. A writer that stops waiting
     /// wakes the readers that were giving way to it.
     async fn drop_waiters(&self) {
         let (id, shared, rows) = self.waiting.clear();
+        let wid = self.waiting.id();
         for (ns, key) in rows {
             let a = Args::of(&ns, &key).id(&id);
             let _ = self.call("waiting", &self.q.delete_waiter, &a).await;
-            if !shared {
+            if self.queue_table {
+                let a = Args::of(&ns, &key).id(wid);
+                let _ = self.call("leaving the line", &self.q.dequeue, &a).await;
+            }
+            // Those behind us may go now (and readers giving way to a
+            // writer that stops waiting).
+            if self.queue_table || !shared {
                 self.d.freed(self, &ns, &key).await;
             }
         }
@@ -305,164 +323,6 @@ impl<P: Link> SqlBackend<P> {
             .await
             .map(drop);
         self.t.judge_access(probe, waiters)
-    }
-
-    /// Whether `spec.key` is busy, by reading its holders (and, for a shared
-    /// request, the writers waiting) outside a transaction: `None` when it
-    /// may be free, or a holder is dead (the write transaction breaks its
-    /// lease), else the holders and writers that keep it busy.
-    async fn peek(&self, spec: &LockSpec, a: &Args<'_>) -> Result<Option<Busy>> {
-        let rows = self.call("acquire", &self.q.holders, a).await?.rows;
-        if rows.is_empty() {
-            return Ok(None);
-        }
-        let mut held = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let h = self.holder(r)?;
-            if h.0.dead {
-                return Ok(None);
-            }
-            held.push(h);
-        }
-        let mut writers = 0;
-        if spec.shared && self.waiter_table {
-            let out = self.call("acquire", &self.q.exclusive_waiters, a).await?;
-            writers = out.first()?.unwrap_or(0);
-        }
-        if kit::admits(spec.mode(), &ahead(held.iter().map(|h| h.1), writers)) {
-            return Ok(None);
-        }
-        Ok(Some((held, writers, None)))
-    }
-
-    /// One attempt; when busy only because of holders found dead, whose
-    /// leases end within [`BREAK_GRACE`], also when they will be gone.
-    async fn attempt(&self, spec: &LockSpec, me: &Owner) -> Result<(Attempt, Option<Instant>)> {
-        let granted_at = Instant::now();
-        let (ns, key) = (&spec.namespace, &spec.key);
-        let q = &self.q;
-        let row_id = self.d.row_id(me);
-        let mut a = Args {
-            id: &row_id,
-            owner: &me.user,
-            host: &me.host,
-            pid: i64::from(me.pid),
-            host_id: &me.host_id,
-            proc_start: me.proc_start as i64,
-            kind: Some(me.kind.as_str()),
-            lim: lim_of(spec) as i32,
-            ttl_us: us(spec.ttl),
-            ..Args::of(ns, key)
-        };
-        let grace = us(BREAK_GRACE);
-        // A database file: a key found busy by a read alone is busy without
-        // the write lock, on which arriving waiters would queue behind the
-        // hand-over to the waiter just woken.
-        let peeked = if P::SERVER || self.d.first_in_line(spec, me.kind) {
-            None
-        } else {
-            self.peek(spec, &a).await?
-        };
-        let attempt = async {
-            let mut c = self.pool.conn().await?;
-            let mut tx = c.begin(q.begin).await?;
-            // Lock this key's fence row: contenders queue here.
-            if let Some(fence) = &q.fence {
-                tx.run(fence, &a).await?;
-            }
-            tx.run(&q.delete_expired, &a).await?;
-            let rows = tx.run(&q.holders_locked, &a).await?.rows;
-            let mut lims = Vec::with_capacity(rows.len());
-            for r in &rows {
-                lims.push(r.try_get::<i64, _>("lim")?);
-            }
-            // A shared request also gives way to the writers waiting.
-            let mut writers = 0;
-            if spec.shared && self.waiter_table {
-                writers = tx
-                    .run(&q.exclusive_waiters, &a)
-                    .await?
-                    .first()?
-                    .unwrap_or(0);
-            }
-            if !kit::admits(spec.mode(), &ahead(lims, writers)) {
-                let mut held = Vec::with_capacity(rows.len());
-                // Holders known dead: their leases end BREAK_GRACE from
-                // now instead of at their TTL, by when they are gone.
-                let mut gone = None;
-                for r in &rows {
-                    let (h, lim, left) = self.holder(r)?;
-                    if let (true, Some(brk)) = (h.dead, &q.break_lease) {
-                        gone = gone.max(Some(left.min(grace).max(0)));
-                        if left > grace {
-                            tracing::info!(
-                                key = spec.key,
-                                pid = h.pid,
-                                "the holder's process is gone: breaking its lease"
-                            );
-                            let id: String = r.try_get("id")?;
-                            let a = Args::of(ns, key).id(&id);
-                            tx.run(brk, &a).await?;
-                        }
-                    }
-                    held.push((h, lim, left));
-                }
-                tx.commit().await?;
-                return Ok::<_, sqlx::Error>(Err((held, writers, gone)));
-            }
-            if let Some(bump) = &q.bump {
-                let out = tx.run(bump, &a).await?;
-                a.token = out.first()?.or(out.last_id).unwrap_or(0);
-            }
-            let out = tx.run(&q.insert, &a).await?;
-            if q.bump.is_none() {
-                a.token = out.first()?.unwrap_or(0);
-            }
-            // No longer a waiter: in the same transaction, so the new holder
-            // is never counted as both.
-            if let Some(id) = self.waiting.ours(spec) {
-                let a = Args::of(ns, key).id(&id);
-                tx.run(&q.delete_waiter, &a).await?;
-            }
-            tx.commit().await?;
-            Ok(Ok(a.token))
-        };
-        let result = match peeked {
-            Some(busy) => Err(busy),
-            None => self.bounded("acquire", attempt).await?,
-        };
-        match result {
-            Ok(token) => {
-                self.waiting.done(ns, key);
-                self.d.taken(spec, me.kind).await;
-                let lease = Lease {
-                    namespace: ns.clone(),
-                    key: key.clone(),
-                    token: token as u64,
-                    id: row_id.clone(),
-                    ttl: spec.ttl,
-                    granted_at,
-                    shared: spec.shared,
-                    slot: spec.fixed_slot(),
-                };
-                Ok((Attempt::Acquired(lease), None))
-            }
-            Err((held, writers, gone)) => {
-                self.d.missed(spec).await;
-                let soonest = held.iter().map(|h| h.2).min().unwrap_or(i64::MAX);
-                *self.next_expiry.lock().unwrap() = Some(
-                    Instant::now() + Duration::from_micros(soonest.clamp(0, 3_600_000_000) as u64),
-                );
-                // Busy only because of holders that are dead: say when they
-                // will be gone, so that the caller can try again then.
-                let alive = ahead(held.iter().filter(|h| !h.0.dead).map(|h| h.1), writers);
-                let free_at = gone
-                    .filter(|_| kit::admits(spec.mode(), &alive))
-                    .map(|g| Instant::now() + Duration::from_micros(g as u64 + 5_000));
-                let holders = held.into_iter().map(|h| h.0).collect();
-                Ok((Attempt::Busy(holders), free_at))
-            }
-        }
     }
 }
 
@@ -539,15 +399,18 @@ impl<P: Link> Backend for SqlBackend<P> {
             Err(_) => None,
         };
         let mut out = Vec::new();
+        let read = if self.queue_table {
+            &self.q.line
+        } else {
+            &self.q.holders
+        };
         for k in names {
             let rows = self
-                .call("status", &self.q.holders, &Args::of(namespace, &k))
+                .call("status", read, &Args::of(namespace, &k))
                 .await?
                 .rows;
             let w = waiters_of(&counts, &k);
-            out.push(key_status(k, &rows, w, |r| {
-                Ok(self.holder(r).map(|(h, lim, _)| (h, lim))?)
-            })?);
+            out.push(key_status(k, self.line_of(&rows)?, w));
         }
         Ok(out)
     }
@@ -587,14 +450,14 @@ impl<P: Link> Backend for SqlBackend<P> {
 
 #[async_trait]
 impl<P: Link> Poll for SqlBackend<P> {
-    async fn try_acquire(&self, spec: &LockSpec, me: &Owner, _join: bool) -> Result<Attempt> {
+    async fn try_acquire(&self, spec: &LockSpec, me: &Owner, join: bool) -> Result<Attempt> {
         // A dead holder's lease ends BREAK_GRACE after it is found dead; the
         // attempt that finds it waits that out and tries once more, so the
         // first contender after a crash gets the lock (`run -n` included).
-        match self.attempt(spec, me).await? {
+        match self.attempt(spec, me, join).await? {
             (Attempt::Busy(_), Some(free_at)) => {
                 tokio::time::sleep_until(free_at.into()).await;
-                Ok(self.attempt(spec, me).await?.0)
+                Ok(self.attempt(spec, me, join).await?.0)
             }
             (attempt, _) => Ok(attempt),
         }
@@ -602,7 +465,9 @@ impl<P: Link> Poll for SqlBackend<P> {
 
     async fn wait_change(&self, spec: &LockSpec, until: Option<Instant>) -> Result<()> {
         let (ns, key) = (&spec.namespace, &spec.key);
-        if let Some(id) = self.waiting.due(spec) {
+        if self.queue_table {
+            self.renew_place(spec).await;
+        } else if let Some(id) = self.waiting.due(spec) {
             // Counted as a waiter for `status`, and, if exclusive, seen by
             // later readers, who give way to it; best effort.
             let a = Args::of(ns, key).id(&id);

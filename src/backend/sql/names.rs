@@ -13,6 +13,8 @@ pub struct Names {
     pub lease: String,
     pub fence: String,
     pub waiter: String,
+    /// The line of waiters, in arrival order (fair queues).
+    pub queue: String,
     pub prefix: String,
 }
 
@@ -52,6 +54,7 @@ impl Names {
                 lease: format!("{prefix}_lease"),
                 fence: format!("{prefix}_fence"),
                 waiter: format!("{prefix}_waiter"),
+                queue: format!("{prefix}_queue"),
                 prefix,
             },
         ))

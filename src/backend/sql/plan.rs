@@ -32,6 +32,26 @@ pub struct Statements {
     /// (ns, key, like): how many live waiter rows whose id is not LIKE
     /// `like` (the exclusive waiters, with [`SHARED_WAITER_LIKE`]).
     pub exclusive_waiters: String,
+    /// (ns, key, ns, key) -> what (`l` a lease, `q` a waiter in line), id,
+    /// token (a waiter's: its ticket), owner, host, pid, lim, acquired_us
+    /// (a waiter's: since when it waits), left_us, host_id, proc_start:
+    /// the key's live leases and live waiters, in one read.
+    pub line: String,
+    /// As `line`, inside the acquiring transaction.
+    pub line_locked: String,
+    /// (ns, key, id, owner, host, pid, host_id, proc_start, lim, lapse_us,
+    /// ns, key): our row at the back of the line, its ticket one more than
+    /// the key's highest.
+    pub enqueue: String,
+    /// (ns, key): the key's waiter rows that have lapsed.
+    pub lapsed_queue: String,
+    /// (ns, key, id)
+    pub dequeue: String,
+    /// (lapse_us, ns, key, id): how many rows it extended.
+    pub renew_queue: String,
+    /// (ns, key, like): as `exclusive_waiters`, counting only the rows of
+    /// waiters that are not in line (older dlock versions').
+    pub foreign_writers: String,
     /// (ns, key, id)
     pub delete_waiter: String,
     /// (ns, key, id, lapse_us)
@@ -130,6 +150,24 @@ pub struct Plan {
     pub break_lease: Option<Stmt>,
     /// -> how many live exclusive waiters (ids not LIKE [`Arg::Like`]).
     pub exclusive_waiters: Stmt,
+    /// -> `what` (`l`, `q`), id, token, owner, host, pid, lim,
+    /// acquired_us, left_us, host_id, proc_start (and whatever the
+    /// dialect's [`Dialect::dead`] reads): the key's live leases and its
+    /// line of live waiters, in any order (the engine sorts them).
+    pub line: Stmt,
+    /// As `line`, inside the acquiring transaction.
+    pub line_locked: Stmt,
+    /// Our waiter row at the back of the key's line.
+    pub enqueue: Stmt,
+    /// Delete the key's lapsed waiter rows in line.
+    pub lapsed_queue: Stmt,
+    /// Delete a waiter's row in line, by its id.
+    pub dequeue: Stmt,
+    /// Extend our row in line: the rows it changed.
+    pub renew_queue: Stmt,
+    /// -> how many live exclusive waiter rows are not in line (older
+    /// dlock versions' writers, whom readers still let go first).
+    pub foreign_writers: Stmt,
     pub delete_waiter: Stmt,
     pub upsert_waiter: Stmt,
     /// Waiter rows of processes that died long ago.
@@ -172,6 +210,18 @@ impl From<Statements> for Plan {
             insert: s(q.insert, &[Ns, Key, Id, Owner, Host, Pid, Lim, TtlUs]),
             break_lease: Some(s(q.break_lease, &[Ns, Key, Id])),
             exclusive_waiters: s(q.exclusive_waiters, &[Ns, Key, Like]),
+            line: s(q.line, &[Ns, Key, Ns, Key]),
+            line_locked: s(q.line_locked, &[Ns, Key, Ns, Key]),
+            enqueue: s(
+                q.enqueue,
+                &[
+                    Ns, Key, Id, Owner, Host, Pid, HostId, ProcStart, Lim, LapseUs, Ns, Key,
+                ],
+            ),
+            lapsed_queue: s(q.lapsed_queue, &[Ns, Key]),
+            dequeue: s(q.dequeue, &[Ns, Key, Id]),
+            renew_queue: s(q.renew_queue, &[LapseUs, Ns, Key, Id]),
+            foreign_writers: s(q.foreign_writers, &[Ns, Key, Like]),
             delete_waiter: s(q.delete_waiter, &[Ns, Key, Id]),
             upsert_waiter: s(q.upsert_waiter, &[Ns, Key, Id, LapseUs]),
             stale_waiters: s(q.stale_waiters, &[Ns, Key]),
@@ -189,7 +239,7 @@ impl From<Statements> for Plan {
 }
 
 /// The values one call binds, by [`Arg`].
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 pub(super) struct Args<'a> {
     pub(super) ns: &'a str,
     pub(super) key: &'a str,

@@ -87,6 +87,21 @@ CREATE TABLE IF NOT EXISTS dlock_waiter (
     expires_at INTEGER NOT NULL,
     PRIMARY KEY (ns, key, id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dlock_queue (
+    ns         TEXT    NOT NULL,
+    key        TEXT    NOT NULL,
+    id         TEXT    NOT NULL,
+    ticket     INTEGER NOT NULL,
+    owner      TEXT    NOT NULL,
+    host       TEXT    NOT NULL,
+    pid        INTEGER NOT NULL,
+    host_id    TEXT    NOT NULL,
+    proc_start INTEGER NOT NULL,
+    lim        INTEGER NOT NULL,
+    since      INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (ns, key, id)
+) WITHOUT ROWID;
 ";
 
 /// The statements, on the layout above: times are milliseconds of the
@@ -100,6 +115,15 @@ fn plan() -> Plan {
                      FROM dlock_lease WHERE ns = ?1 AND key = ?2 AND expires_at > ?3
                     ORDER BY acquired_at";
     let (lease_live, key_now) = (&[Ns, Key, Id, NowMs], &[Ns, Key, NowMs]);
+    // The leases and the line in one read; a waiter is a live process
+    // (its `kind` is `run`'s, whatever it will hold).
+    let line = "SELECT 'l' AS what, id, token, kind, owner, host, pid, host_id, proc_start, lim,
+                       acquired_at * 1000 AS acquired_us, (expires_at - ?3) * 1000 AS left_us
+                  FROM dlock_lease WHERE ns = ?1 AND key = ?2 AND expires_at > ?3
+                UNION ALL
+                SELECT 'q', id, ticket, 'run', owner, host, pid, host_id, proc_start, lim,
+                       since * 1000, (expires_at - ?3) * 1000
+                  FROM dlock_queue WHERE ns = ?1 AND key = ?2 AND expires_at > ?3";
     Plan {
         // The write lock at once: attempts queue on it, and no fence row is
         // needed.
@@ -137,6 +161,41 @@ fn plan() -> Plan {
         exclusive_waiters: s(
             "SELECT COUNT(*) FROM dlock_waiter
               WHERE ns = ?1 AND key = ?2 AND expires_at > ?3 AND id NOT LIKE ?4"
+                .into(),
+            &[Ns, Key, NowMs, Like],
+        ),
+        line: s(line.into(), key_now),
+        line_locked: s(line.into(), key_now),
+        enqueue: s(
+            "INSERT INTO dlock_queue (ns, key, id, ticket, owner, host, pid, host_id, proc_start,
+                                      lim, since, expires_at)
+             SELECT ?1, ?2, ?3, coalesce(max(ticket), 0) + 1, ?4, ?5, ?6, ?7, ?8, ?9,
+                    ?11, ?11 + ?10 / 1000
+               FROM dlock_queue WHERE ns = ?1 AND key = ?2"
+                .into(),
+            &[
+                Ns, Key, Id, Owner, Host, Pid, HostId, ProcStart, Lim, LapseUs, NowMs,
+            ],
+        ),
+        lapsed_queue: s(
+            "DELETE FROM dlock_queue WHERE ns = ?1 AND key = ?2 AND expires_at <= ?3".into(),
+            key_now,
+        ),
+        dequeue: s(
+            "DELETE FROM dlock_queue WHERE ns = ?1 AND key = ?2 AND id = ?3".into(),
+            &[Ns, Key, Id],
+        ),
+        renew_queue: s(
+            "UPDATE dlock_queue SET expires_at = ?5 + ?1 / 1000
+              WHERE ns = ?2 AND key = ?3 AND id = ?4"
+                .into(),
+            &[LapseUs, Ns, Key, Id, NowMs],
+        ),
+        foreign_writers: s(
+            "SELECT COUNT(*) FROM dlock_waiter w
+              WHERE w.ns = ?1 AND w.key = ?2 AND w.expires_at > ?3 AND w.id NOT LIKE ?4
+                AND NOT EXISTS (SELECT 1 FROM dlock_queue q
+                                 WHERE q.ns = w.ns AND q.key = w.key AND q.id = w.id)"
                 .into(),
             &[Ns, Key, NowMs, Like],
         ),
@@ -335,11 +394,13 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend<Local>> 
         lease: "dlock_lease".into(),
         fence: "dlock_fence".into(),
         waiter: "dlock_waiter".into(),
+        queue: "dlock_queue".into(),
         prefix: "dlock".into(),
     };
     let link = Local(Mutex::new(conn));
     let mut b = SqlBackend::new(shown, link, timeout, t, plan(), Box::new(d));
     b.waiter_table = true;
+    b.queue_table = true;
     Ok(b)
 }
 
@@ -549,12 +610,12 @@ impl Dialect<Local> for Sqlite {
         if kind == LeaseKind::Run && (spec.limit == 1 || spec.shared) {
             self.hold_wake(spec).await;
         } else {
-            self.missed(spec).await;
+            self.missed(spec, 0).await;
         }
     }
 
     /// Lost the race: pass the wake-up on to the next waiter.
-    async fn missed(&self, spec: &LockSpec) {
+    async fn missed(&self, spec: &LockSpec, _ahead: usize) {
         let path = self.wake_path(&spec.namespace, &spec.key);
         self.granted.lock().unwrap().remove(&path);
     }
