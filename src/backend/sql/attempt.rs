@@ -22,7 +22,7 @@ use sqlx::any::AnyRow;
 
 use super::{
     Args, BREAK_GRACE, Entry, Line, Link, SqlBackend, epoch_micros, kit, lim_of, slot_in, us,
-    waiter_dead, waiter_id, with_slot,
+    waiter_dead, with_slot,
 };
 use crate::backend::{Attempt, Holder, Lease, LockSpec, Owner};
 
@@ -38,8 +38,6 @@ pub(super) struct Busy {
     /// If some holders were found dead, the most microseconds until their
     /// leases end.
     gone: Option<i64>,
-    /// Our row joined the line in this attempt.
-    joined: bool,
 }
 
 impl<P: Link> SqlBackend<P> {
@@ -137,7 +135,6 @@ impl<P: Link> SqlBackend<P> {
             ahead,
             writers,
             gone: None,
-            joined: false,
         }))
     }
 
@@ -234,16 +231,11 @@ impl<P: Link> SqlBackend<P> {
                         }
                     }
                 }
-                // Take our place at the back of the line (and a waiter row,
-                // which older versions count), in this transaction.
-                let joined = join && self.queue_table && !queued;
-                if joined {
-                    tx.run(&q.lapsed_queue, &a).await?;
+                // Take our place at the back of the line, in this
+                // transaction. (The waiter row that older versions count is
+                // written after it, outside the key's lock: `wait_change`.)
+                if join && self.queue_table && !queued {
                     tx.run(&q.enqueue, &Args { id: wid, ..a }).await?;
-                    if self.waiter_table {
-                        let w = waiter_id(wid, spec.shared);
-                        tx.run(&q.upsert_waiter, &Args::of(ns, key).id(&w)).await?;
-                    }
                 }
                 tx.commit().await?;
                 let ahead = line
@@ -257,7 +249,6 @@ impl<P: Link> SqlBackend<P> {
                     ahead,
                     writers,
                     gone,
-                    joined,
                 }));
             }
             // A semaphore's holder takes the lowest free slot; the slot is
@@ -305,9 +296,6 @@ impl<P: Link> SqlBackend<P> {
                 Ok((Attempt::Acquired(lease), None))
             }
             Err(busy) => {
-                if busy.joined {
-                    self.waiting.joined(spec);
-                }
                 self.d.missed(spec, busy.ahead.len()).await;
                 let soonest = busy.holders.iter().map(|e| e.left_us).min();
                 let soonest = soonest.unwrap_or(i64::MAX);

@@ -101,19 +101,6 @@ impl WaiterRows {
             .then(|| self.row_id(spec.shared))
     }
 
-    /// Our row joined `spec.key`'s line (with our waiter row), now.
-    pub fn joined(&self, spec: &LockSpec) {
-        if spec.shared {
-            self.shared.store(true, Ordering::Relaxed);
-        }
-        self.keys.note(&spec.namespace, &spec.key);
-    }
-
-    /// Whether we have rows for `spec.key` (in line, where there is one).
-    pub fn queued(&self, spec: &LockSpec) -> bool {
-        self.keys.has(&spec.namespace, &spec.key)
-    }
-
     /// Acquired: our row for the key went with the acquisition.
     pub fn done(&self, ns: &str, key: &str) {
         self.keys.done(ns, key);

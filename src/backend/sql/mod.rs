@@ -251,15 +251,14 @@ impl<P: Link> SqlBackend<P> {
         Ok(self.call("renew", &self.q.renew, &a).await?.affected == 1)
     }
 
-    /// Keep our place in `spec.key`'s line, if we have one and it is due:
-    /// our row in line and our waiter row lapse unless renewed. A row that
-    /// lapsed meanwhile (we were stopped) is gone, and with it our place:
-    /// the next attempt joins at the back.
+    /// Keep our place in `spec.key`'s line, when that is due (a third of
+    /// [`WAITER_LAPSE`] since we last did, or we have just joined): our row
+    /// in line and our waiter row lapse unless renewed. A row that lapsed
+    /// meanwhile (we were stopped) is gone, and with it our place: the
+    /// next attempt joins at the back. Outside the key's lock: it changes
+    /// no one's place.
     async fn renew_place(&self, spec: &LockSpec) {
         let (ns, key) = (&spec.namespace, &spec.key);
-        if !self.waiting.queued(spec) {
-            return;
-        }
         let Some(w) = self.waiting.due(spec) else {
             return;
         };
@@ -273,10 +272,18 @@ impl<P: Link> SqlBackend<P> {
             // Tried again at the next wake.
             Err(_) => return,
         }
-        self.waiting.written(ns, key);
+        let first = self.waiting.written(ns, key);
         if self.waiter_table {
             let a = Args::of(ns, key).id(&w);
             let _ = self.call("waiting", &self.q.upsert_waiter, &a).await;
+            if first {
+                let _ = self.call("waiting", &self.q.stale_waiters, &a).await;
+            }
+        }
+        if first {
+            // Rows in line that lapsed (their waiters died elsewhere, or
+            // were stopped): once per key and process.
+            let _ = self.call("waiting", &self.q.lapsed_queue, &a).await;
         }
     }
 

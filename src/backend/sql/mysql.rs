@@ -130,7 +130,9 @@ fn statements(t: &Names) -> Statements {
                                   since, expires_at)
              SELECT ?, ?, ?, COALESCE(MAX(ticket), 0) + 1, ?, ?, ?, ?, ?, ?,
                     UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND
-               FROM {queue} WHERE ns = ? AND lkey = ?"
+               FROM {queue} WHERE ns = ? AND lkey = ?
+             ON DUPLICATE KEY UPDATE ticket = VALUES(ticket), lim = VALUES(lim),
+                                     since = VALUES(since), expires_at = VALUES(expires_at)"
         ),
         lapsed_queue: format!(
             "DELETE FROM {queue} WHERE ns = ? AND lkey = ? AND expires_at <= UTC_TIMESTAMP(6)"

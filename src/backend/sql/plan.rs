@@ -41,7 +41,7 @@ pub struct Statements {
     pub line_locked: String,
     /// (ns, key, id, owner, host, pid, host_id, proc_start, lim, lapse_us,
     /// ns, key): our row at the back of the line, its ticket one more than
-    /// the key's highest.
+    /// the key's highest (our own row, lapsed, is replaced).
     pub enqueue: String,
     /// (ns, key): the key's waiter rows that have lapsed.
     pub lapsed_queue: String,

@@ -131,7 +131,10 @@ fn statements(t: &Names) -> Statements {
                                   since, expires_at)
              SELECT $1, $2, $3, COALESCE(MAX(ticket), 0) + 1, $4, $5, $6, $7, $8, $9,
                     clock_timestamp(), clock_timestamp() + $10::float8 * interval '1 microsecond'
-               FROM {queue} WHERE ns = $11 AND key = $12"
+               FROM {queue} WHERE ns = $11 AND key = $12
+             ON CONFLICT (ns, key, id) DO UPDATE
+                SET ticket = EXCLUDED.ticket, lim = EXCLUDED.lim, since = EXCLUDED.since,
+                    expires_at = EXCLUDED.expires_at"
         ),
         lapsed_queue: format!(
             "DELETE FROM {queue} WHERE ns = $1 AND key = $2 AND expires_at <= clock_timestamp()"

@@ -171,7 +171,10 @@ fn plan() -> Plan {
                                       lim, since, expires_at)
              SELECT ?1, ?2, ?3, coalesce(max(ticket), 0) + 1, ?4, ?5, ?6, ?7, ?8, ?9,
                     ?11, ?11 + ?10 / 1000
-               FROM dlock_queue WHERE ns = ?1 AND key = ?2"
+               FROM dlock_queue WHERE ns = ?1 AND key = ?2
+             ON CONFLICT (ns, key, id) DO UPDATE
+                SET ticket = excluded.ticket, lim = excluded.lim, since = excluded.since,
+                    expires_at = excluded.expires_at"
                 .into(),
             &[
                 Ns, Key, Id, Owner, Host, Pid, HostId, ProcStart, Lim, LapseUs, NowMs,
