@@ -239,3 +239,103 @@ impl Line {
         (0..limit.max(1)).find(|s| !used.contains(s)).unwrap_or(0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{slot_in, with_slot};
+    use super::*;
+
+    fn entry(waiting: bool, lim: i64, order: i64, dead: bool, id: &str) -> Entry {
+        Entry {
+            holder: Holder {
+                waiting,
+                dead,
+                shared: lim == 0,
+                slot: (!waiting && lim > 1).then(|| slot_in(id)).flatten(),
+                ..Holder::default()
+            },
+            id: id.into(),
+            lim,
+            left_us: 1_000_000,
+            order,
+        }
+    }
+
+    #[test]
+    fn a_request_goes_behind_the_waiters_ahead_of_it() {
+        let x = Mode::Exclusive { limit: 1 };
+        // Free key, a waiter in line: a newcomer waits, the waiter goes.
+        let line = Line::new(vec![entry(true, 1, 7, false, "w1")]);
+        assert!(!line.admits(x, "new", 0));
+        assert!(line.admits(x, "w1", 0));
+        // Tickets, not the order rows come in, decide.
+        let line = Line::new(vec![
+            entry(true, 1, 9, false, "late"),
+            entry(true, 1, 3, false, "early"),
+        ]);
+        assert_eq!(line.place("early"), Some(0));
+        assert!(line.admits(x, "early", 0) && !line.admits(x, "late", 0));
+        // A dead waiter ahead does not hold us up.
+        let line = Line::new(vec![
+            entry(true, 1, 1, true, "dead"),
+            entry(true, 1, 2, false, "me"),
+        ]);
+        assert!(line.admits(x, "me", 0));
+        // Readers ahead of a reader, a reader holding: all let in; a
+        // writer between them: not.
+        let line = Line::new(vec![
+            entry(false, 0, 1, false, "r0"),
+            entry(true, 0, 1, false, "r1"),
+            entry(true, 0, 2, false, "r2"),
+            entry(true, 1, 3, false, "w3"),
+            entry(true, 0, 4, false, "r4"),
+        ]);
+        assert!(line.admits(Mode::Shared, "r2", 0));
+        assert!(!line.admits(Mode::Shared, "r4", 0));
+        assert!(!line.admits(x, "w3", 0));
+        // ... and older versions' writers waiting outside the line.
+        assert!(!line.admits(Mode::Shared, "r1", 1));
+    }
+
+    #[test]
+    fn semaphore_slots_are_the_lowest_free_and_live_in_the_id() {
+        let id = with_slot("0123abcd~00ff~42", 2);
+        assert_eq!(id, "0123abcd.2~00ff~42");
+        assert_eq!(slot_in(&id), Some(2));
+        // What the previous release keeps of a lease it disowns, and reads
+        // as the liveness, are unchanged in form.
+        assert_eq!(id.split('~').count(), 3);
+        assert_eq!(slot_in(&with_slot("0123abcd", 0)), Some(0));
+        assert_eq!(slot_in("0123abcd~00ff~42"), None);
+        assert_eq!(slot_in("0123abcd"), None);
+        let three = Mode::Exclusive { limit: 3 };
+        let line = Line::new(vec![
+            entry(false, 3, 1, false, &with_slot("a", 0)),
+            entry(false, 3, 2, false, &with_slot("b", 2)),
+        ]);
+        assert_eq!(line.free_slot(3), 1);
+        assert!(line.admits(three, "c", 0));
+        let line = Line::new(vec![entry(false, 3, 1, false, &with_slot("b", 1))]);
+        assert_eq!(line.free_slot(3), 0);
+        // A holder of an older version has no slot we know of.
+        let line = Line::new(vec![entry(false, 3, 1, false, "old")]);
+        assert_eq!(line.free_slot(3), 0);
+    }
+
+    #[test]
+    fn status_lists_the_line_and_the_limit_given() {
+        let line = Line::new(vec![
+            entry(false, 3, 1, false, &with_slot("a", 0)),
+            entry(true, 3, 5, false, "w2"),
+            entry(true, 3, 4, false, "w1"),
+        ]);
+        let st = key_status("k".into(), line, Some(1));
+        assert_eq!(st.limit, 3);
+        assert_eq!(st.holders.len(), 1);
+        assert_eq!(st.holders[0].slot, Some(0));
+        assert_eq!(st.queue.len(), 2);
+        assert_eq!(st.waiters, Some(2), "at least the line");
+        let st = key_status("k".into(), Line::default(), None);
+        assert_eq!((st.limit, st.waiters), (1, None));
+    }
+}

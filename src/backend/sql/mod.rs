@@ -329,7 +329,7 @@ impl<P: Link> SqlBackend<P> {
             .call("reading the waiter table", &read, &a)
             .await
             .map(drop);
-        self.t.judge_access(probe, waiters)
+        self.t.judge_access(probe, waiters, self.queue_table)
     }
 }
 

@@ -101,7 +101,7 @@ impl Names {
 
     /// The doctor's findings from the rights probe and from reading the
     /// waiter table.
-    pub fn judge_access(&self, probe: Result<()>, waiters: Result<()>) -> Vec<Check> {
+    pub fn judge_access(&self, probe: Result<()>, waiters: Result<()>, line: bool) -> Vec<Check> {
         let mut out = vec![match probe {
             Ok(()) => Check::ok(
                 "rights",
@@ -111,8 +111,8 @@ impl Names {
                 ),
             ),
             Err(e) => Check::new(Level::Fail, "rights", format!("{e:#}")).fix(format!(
-                "GRANT SELECT, INSERT, UPDATE, DELETE ON {}, {}, {} TO the user in the URL",
-                self.lease, self.fence, self.waiter
+                "GRANT SELECT, INSERT, UPDATE, DELETE ON {}, {}, {}, {} TO the user in the URL",
+                self.lease, self.fence, self.waiter, self.queue
             )),
         }];
         if let Err(e) = waiters {
@@ -128,6 +128,24 @@ impl Names {
                 .fix(format!(
                     "create {} (dlock does when it may) and grant access to it",
                     self.waiter
+                )),
+            );
+        }
+        if !line {
+            out.push(
+                Check::new(
+                    Level::Info,
+                    "queue",
+                    format!(
+                        "dlock's user may not use {}: waiters are not served in the order \
+                         they arrived, and `status` lists no line",
+                        self.queue
+                    ),
+                )
+                .fix(format!(
+                    "create {} (dlock does when it may) and GRANT SELECT, INSERT, UPDATE, \
+                     DELETE on it",
+                    self.queue
                 )),
             );
         }
