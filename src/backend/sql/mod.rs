@@ -4,25 +4,28 @@
 //! for SQLite, which has no server, the client's on the one host that
 //! shares the file). Tables (created if missing; `?dlock_table=NAME` in a
 //! server's URL renames the `dlock` prefix): `dlock_lease` (one row per
-//! held lease), `dlock_fence` (the per-key token counter) and
-//! `dlock_waiter` (waiters, for `status`). Acquisition is one transaction
-//! of the same steps on all three (`SqlBackend::attempt`): lock the key
-//! (its fence row, or SQLite's `BEGIN IMMEDIATE`; contenders queue there,
-//! so no more than `--limit` are ever admitted), delete expired leases,
-//! read the live ones, and if [`kit::admits`] lets us in bump the token and
-//! insert our lease, dropping our waiter row in the same transaction. If it
-//! does not, holders the dialect knows to be dead ([`Dialect::dead`]) have
-//! their leases ended [`BREAK_GRACE`] from now, and the attempt is made
-//! once more then. Every value is a bound parameter, each statement naming
-//! its own ([`Stmt`], [`Arg`]).
+//! held lease), `dlock_fence` (the per-key token counter), `dlock_queue`
+//! (the line of waiters, fair queues: [`attempt`]) and `dlock_waiter`
+//! (waiters, as older versions count them). Acquisition is one
+//! transaction of the same steps on all three (`SqlBackend::attempt`):
+//! lock the key (its fence row, or SQLite's `BEGIN IMMEDIATE`; contenders
+//! queue there, so no more than `--limit` are ever admitted), delete
+//! expired leases, read the live ones and the line, and if [`kit::admits`]
+//! lets us in behind them and the waiters ahead of us, bump the token and
+//! insert our lease (a semaphore's with the lowest free slot in its id),
+//! leaving the line in the same transaction; if not, join it. Holders the
+//! dialect knows to be dead ([`Dialect::dead`]) have their leases ended
+//! [`BREAK_GRACE`] from now, and the attempt is made once more then;
+//! waiters known dead leave the line at once. Every value is a bound
+//! parameter, each statement naming its own ([`Stmt`], [`Arg`]).
 //!
-//! Shared locks (`--shared`) use the same tables, unchanged: a shared lease
-//! is a lease row with `lim = 0` (an exclusive one has its `--limit`, 1 or
+//! Shared locks (`--shared`) use the same tables: a shared lease is a
+//! lease row with `lim = 0` (an exclusive one has its `--limit`, 1 or
 //! more), and a shared waiter's row in `dlock_waiter` has its id prefixed
 //! with `s:` (an exclusive waiter's id is the bare waiter id, as before). A
-//! shared request is admitted when no live lease row is exclusive and no
-//! exclusive waiter row is live: once a writer waits, later readers wait
-//! behind it. An exclusive request reads only the lease rows, as before.
+//! shared request is admitted when nothing ahead of it (leases, waiters
+//! ahead in line, and older versions' exclusive waiters, who are not in
+//! line) is exclusive: once a writer waits, later readers wait behind it.
 //! Older dlock versions see a shared lease as a holder (so their mutex
 //! excludes it) and their waiters as exclusive ones.
 //!

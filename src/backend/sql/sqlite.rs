@@ -10,7 +10,8 @@
 //! Shared locks (`--shared`) need no other table: a shared lease is a row
 //! with `lim = 0` (an exclusive one has its `--limit`, 1 or more), and a
 //! shared waiter's row in `dlock_waiter` has its id prefixed with `s:`, as
-//! on the other SQL databases (see [`super`]).
+//! on the other SQL databases (see [`super`]). `dlock_queue` is the line
+//! of waiters (fair queues), created the first time a statement misses it.
 //!
 //! Waking waiters: a `run` holder also keeps an exclusive `flock` on a small
 //! per-key file beside the database; each waiter blocks on an exclusive
