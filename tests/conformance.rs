@@ -3,11 +3,13 @@
 
 mod common;
 
+use common::fair::fair_conformance;
 use common::shared::shared_conformance;
 use common::suite::conformance;
 
 conformance!(sqlite, Env::sqlite());
 shared_conformance!(sqlite_shared, Env::sqlite());
+fair_conformance!(sqlite_fair, Env::sqlite());
 
 /// SQLite-only: a `run` holder on this host whose process died is broken at
 /// once (after a short grace), not after its TTL.

@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::fair::fair_conformance;
 use common::shared::shared_conformance;
 use common::suite::{self, conformance};
 use common::torture;
@@ -15,6 +16,8 @@ conformance!(postgres, Env::postgres());
 conformance!(mariadb, Env::mariadb());
 shared_conformance!(postgres_shared, Env::postgres());
 shared_conformance!(mariadb_shared, Env::mariadb());
+fair_conformance!(postgres_fair, Env::postgres());
+fair_conformance!(mariadb_fair, Env::mariadb());
 
 type MakeEnv = fn() -> Env;
 

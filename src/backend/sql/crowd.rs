@@ -8,7 +8,7 @@
 //!   sleep ([`hang_up`]); the next attempt opens another (a thread on the
 //!   server). PostgreSQL keeps it: there a connection is a forked process,
 //!   too dear to open per attempt.
-//! - The first [`SLOTS`] waiters of a key each keep one *wake-up
+//! - The first [`SLOTS`] waiters in a key's line each keep one *wake-up
 //!   connection* (PostgreSQL `LISTEN`, MySQL's blocking `GET_LOCK`), which
 //!   also holds one of the key's slots: a server-side lock (an advisory
 //!   lock, a `GET_LOCK` name) that the server lets go of when the
@@ -35,6 +35,15 @@ use crate::backend::kit;
 /// processes taking turns on a key (`bench/bench-sql.sh`) were 10-16 %
 /// slower than when all listened: those polling fell behind.
 pub const SLOTS: u32 = 8;
+
+/// Whether a waiter with `ahead` live waiters ahead of it in the key's line
+/// may take a slot: the slots go to the first in line, whom a release is
+/// for. Places only move forward (nobody joins ahead), so a slot's holder
+/// stays among the first [`SLOTS`], and one of them that has none finds
+/// one free.
+pub fn near_the_front(ahead: usize) -> bool {
+    ahead < SLOTS as usize
+}
 
 /// The engine's pool, for its dialect: set once the engine has opened it
 /// (the dialect is made before the engine, and `wait` is not given it).

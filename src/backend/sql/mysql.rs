@@ -24,6 +24,7 @@
 //! wake-up lock is taken on it.
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -57,6 +58,9 @@ struct Mysql {
     poll: kit::PollBackoff,
     /// The sleep between attempts of a waiter without a slot.
     backoff: crowd::Backoff,
+    /// Live waiters ahead of us in the key's line at our last attempt: only
+    /// the first [`SLOTS`] in line take a slot, so the next in line is woken.
+    ahead: AtomicUsize,
 }
 
 /// A waiter's own connection, holding the slot `slot` of the key whose
@@ -68,7 +72,25 @@ struct Waiter {
 }
 
 fn statements(t: &Names) -> Statements {
-    let (lease, fence, waiter) = (&t.lease, &t.fence, &t.waiter);
+    let (lease, fence, waiter, queue) = (&t.lease, &t.fence, &t.waiter, &t.queue);
+    // The leases' part is read locked in the acquiring transaction, as
+    // `holders_locked`; the line's rows are only written by a transaction
+    // holding the key's fence row, which this one holds then.
+    let line = |lock: &str| {
+        format!(
+            "(SELECT 'l' AS what, id, token, owner, host, pid, lim,
+                 CAST(TIMESTAMPDIFF(MICROSECOND, '1970-01-01', acquired_at) AS SIGNED) AS acquired_us,
+                 CAST(TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires_at) AS SIGNED) AS left_us,
+                 '' AS host_id, CAST(0 AS SIGNED) AS proc_start
+               FROM {lease} WHERE ns = ? AND lkey = ? AND expires_at > UTC_TIMESTAMP(6){lock})
+             UNION ALL
+             (SELECT 'q', id, ticket, owner, host, pid, lim,
+                 CAST(TIMESTAMPDIFF(MICROSECOND, '1970-01-01', since) AS SIGNED),
+                 CAST(TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires_at) AS SIGNED),
+                 host_id, proc_start
+               FROM {queue} WHERE ns = ? AND lkey = ? AND expires_at > UTC_TIMESTAMP(6))"
+        )
+    };
     let holders = format!(
         "SELECT id, token, owner, host, pid, lim,
                 CAST(TIMESTAMPDIFF(MICROSECOND, '1970-01-01', acquired_at) AS SIGNED) AS acquired_us,
@@ -100,6 +122,31 @@ fn statements(t: &Names) -> Statements {
         exclusive_waiters: format!(
             "SELECT COUNT(*) FROM {waiter}
               WHERE ns = ? AND lkey = ? AND expires_at > UTC_TIMESTAMP(6) AND id NOT LIKE ?"
+        ),
+        line: line(""),
+        line_locked: line(" LOCK IN SHARE MODE"),
+        enqueue: format!(
+            "INSERT INTO {queue} (ns, lkey, id, ticket, owner, host, pid, host_id, proc_start, lim,
+                                  since, expires_at)
+             SELECT ?, ?, ?, COALESCE(MAX(ticket), 0) + 1, ?, ?, ?, ?, ?, ?,
+                    UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND
+               FROM {queue} WHERE ns = ? AND lkey = ?
+             ON DUPLICATE KEY UPDATE ticket = VALUES(ticket), lim = VALUES(lim),
+                                     since = VALUES(since), expires_at = VALUES(expires_at)"
+        ),
+        lapsed_queue: format!(
+            "DELETE FROM {queue} WHERE ns = ? AND lkey = ? AND expires_at <= UTC_TIMESTAMP(6)"
+        ),
+        dequeue: format!("DELETE FROM {queue} WHERE ns = ? AND lkey = ? AND id = ?"),
+        renew_queue: format!(
+            "UPDATE {queue} SET expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND
+              WHERE ns = ? AND lkey = ? AND id = ?"
+        ),
+        foreign_writers: format!(
+            "SELECT COUNT(*) FROM {waiter} w
+              WHERE w.ns = ? AND w.lkey = ? AND w.expires_at > UTC_TIMESTAMP(6) AND w.id NOT LIKE ?
+                AND NOT EXISTS (SELECT 1 FROM {queue} q
+                                 WHERE q.ns = w.ns AND q.lkey = w.lkey AND q.id = w.id)"
         ),
         delete_waiter: format!("DELETE FROM {waiter} WHERE ns = ? AND lkey = ? AND id = ?"),
         upsert_waiter: format!(
@@ -166,6 +213,7 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend> {
         waiter: Mutex::new(None),
         poll: kit::PollBackoff::default(),
         backoff: crowd::Backoff::default(),
+        ahead: AtomicUsize::new(0),
     };
     let q = statements(&t);
     let mut b = SqlBackend::open(shown, &url, timeout, t, q, Box::new(d)).await?;
@@ -181,42 +229,51 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend> {
         "lkey VARCHAR(512) NOT NULL",
         "id VARCHAR(64) NOT NULL",
     );
-    b.ddl(
-        "create tables",
-        table(
-            &b.t.lease,
-            &format!(
-                "{ns}, {lkey}, {id}, token BIGINT NOT NULL, owner VARCHAR(255) NOT NULL,
-                 host VARCHAR(255) NOT NULL, pid BIGINT NOT NULL, lim INT NOT NULL,
-                 acquired_at DATETIME(6) NOT NULL, expires_at DATETIME(6) NOT NULL"
-            ),
-            "ns, lkey, id",
+    let lease = table(
+        &b.t.lease,
+        &format!(
+            "{ns}, {lkey}, {id}, token BIGINT NOT NULL, owner VARCHAR(255) NOT NULL,
+             host VARCHAR(255) NOT NULL, pid BIGINT NOT NULL, lim INT NOT NULL,
+             acquired_at DATETIME(6) NOT NULL, expires_at DATETIME(6) NOT NULL"
         ),
-    )
-    .await?;
-    b.ddl(
-        "create tables",
-        table(
-            &b.t.fence,
-            &format!("{ns}, {lkey}, token BIGINT NOT NULL"),
-            "ns, lkey",
+        "ns, lkey, id",
+    );
+    let fence = table(
+        &b.t.fence,
+        &format!("{ns}, {lkey}, token BIGINT NOT NULL"),
+        "ns, lkey",
+    );
+    let waiter = table(
+        &b.t.waiter,
+        &format!("{ns}, {lkey}, {id}, expires_at DATETIME(6) NOT NULL"),
+        "ns, lkey, id",
+    );
+    let queue = table(
+        &b.t.queue,
+        &format!(
+            "{ns}, {lkey}, {id}, ticket BIGINT NOT NULL, owner VARCHAR(255) NOT NULL,
+             host VARCHAR(255) NOT NULL, pid BIGINT NOT NULL, host_id VARCHAR(255) NOT NULL,
+             proc_start BIGINT NOT NULL, lim INT NOT NULL, since DATETIME(6) NOT NULL,
+             expires_at DATETIME(6) NOT NULL"
         ),
-    )
-    .await?;
+        "ns, lkey, id",
+    );
+    // All four in one round trip, as nearly every start finds them there.
+    let all = format!("{lease}; {fence}; {waiter}; {queue}");
+    if b.ddl("create tables", all).await.is_ok() {
+        b.waiter_table = true;
+        b.queue_table = true;
+        return Ok(b);
+    }
+    // A user that may not create every table: one at a time.
+    b.ddl("create tables", lease).await?;
+    b.ddl("create tables", fence).await?;
     // Waiter rows feed `status` and let waiting writers go before later
     // readers: without the table, locking works, `status` shows no waiter
-    // count and readers do not give way to waiting writers.
-    b.waiter_table = b
-        .ddl(
-            "create the waiter table",
-            table(
-                &b.t.waiter,
-                &format!("{ns}, {lkey}, {id}, expires_at DATETIME(6) NOT NULL"),
-                "ns, lkey, id",
-            ),
-        )
-        .await
-        .is_ok();
+    // count and readers do not give way to waiting writers. Without the
+    // line, locking works, first come not always first served.
+    b.waiter_table = b.ddl("create the waiter table", waiter).await.is_ok();
+    b.queue_table = b.ddl("create the queue table", queue).await.is_ok();
     Ok(b)
 }
 
@@ -333,6 +390,10 @@ impl Dialect for Mysql {
         }
     }
 
+    async fn missed(&self, _spec: &LockSpec, ahead: usize) {
+        self.ahead.store(ahead, Ordering::Relaxed);
+    }
+
     async fn freed(&self, _e: &SqlBackend, ns: &str, key: &str) {
         let name = self.wake_name(ns, key);
         let mut held = self.held.lock().await;
@@ -348,7 +409,8 @@ impl Dialect for Mysql {
         if let Some(old) = w.take_if(|o| o.wake != name) {
             let _ = tokio::time::timeout(self.timeout, old.conn.close()).await;
         }
-        if w.is_none() && self.slot_free(&name).await {
+        let near = crowd::near_the_front(self.ahead.load(Ordering::Relaxed));
+        if w.is_none() && near && self.slot_free(&name).await {
             let take = tokio::time::timeout(self.timeout, self.take_slot(&name));
             if let Ok(Ok(Some(new))) = take.await {
                 *w = Some(new);

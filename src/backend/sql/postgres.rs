@@ -17,6 +17,7 @@
 //! queued past `--connect-timeout` and some waiters exited 69.
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -40,6 +41,9 @@ struct Postgres {
     listener: Mutex<Option<Listener>>,
     /// The sleep between attempts of a waiter that does not listen.
     backoff: crowd::Backoff,
+    /// Live waiters ahead of us in the key's line at our last attempt: only
+    /// the first [`SLOTS`] in line listen, so the next in line is woken.
+    ahead: AtomicUsize,
 }
 
 /// A listening waiter's own connection: `LISTEN`ing on `chan`, and holding
@@ -71,7 +75,22 @@ const SLOTS_HELD: &str = "SELECT count(*) FROM pg_locks
       AND classid = $1::int8::oid AND objid < $2::int8::oid";
 
 fn statements(t: &Names) -> Statements {
-    let (lease, fence, waiter) = (&t.lease, &t.fence, &t.waiter);
+    let (lease, fence, waiter, queue) = (&t.lease, &t.fence, &t.waiter, &t.queue);
+    // A waiter row's times are the clock's now, not the transaction's
+    // start: it is renewed outside the acquiring transaction.
+    let line = format!(
+        "SELECT 'l' AS what, id, token, owner, host, pid, lim,
+                (EXTRACT(EPOCH FROM acquired_at) * 1000000)::bigint AS acquired_us,
+                (EXTRACT(EPOCH FROM (expires_at - now())) * 1000000)::bigint AS left_us,
+                '' AS host_id, 0::bigint AS proc_start
+           FROM {lease} WHERE ns = $1 AND key = $2 AND expires_at > now()
+         UNION ALL
+         SELECT 'q', id, ticket, owner, host, pid, lim,
+                (EXTRACT(EPOCH FROM since) * 1000000)::bigint,
+                (EXTRACT(EPOCH FROM (expires_at - clock_timestamp())) * 1000000)::bigint,
+                host_id, proc_start
+           FROM {queue} WHERE ns = $3 AND key = $4 AND expires_at > clock_timestamp()"
+    );
     let holders = format!(
         "SELECT id, token, owner, host, pid, lim,
                 (EXTRACT(EPOCH FROM acquired_at) * 1000000)::bigint AS acquired_us,
@@ -104,6 +123,32 @@ fn statements(t: &Names) -> Statements {
         exclusive_waiters: format!(
             "SELECT count(*) FROM {waiter}
               WHERE ns = $1 AND key = $2 AND expires_at > clock_timestamp() AND id NOT LIKE $3"
+        ),
+        line_locked: line.clone(),
+        line,
+        enqueue: format!(
+            "INSERT INTO {queue} (ns, key, id, ticket, owner, host, pid, host_id, proc_start, lim,
+                                  since, expires_at)
+             SELECT $1, $2, $3, COALESCE(MAX(ticket), 0) + 1, $4, $5, $6, $7, $8, $9,
+                    clock_timestamp(), clock_timestamp() + $10::float8 * interval '1 microsecond'
+               FROM {queue} WHERE ns = $11 AND key = $12
+             ON CONFLICT (ns, key, id) DO UPDATE
+                SET ticket = EXCLUDED.ticket, lim = EXCLUDED.lim, since = EXCLUDED.since,
+                    expires_at = EXCLUDED.expires_at"
+        ),
+        lapsed_queue: format!(
+            "DELETE FROM {queue} WHERE ns = $1 AND key = $2 AND expires_at <= clock_timestamp()"
+        ),
+        dequeue: format!("DELETE FROM {queue} WHERE ns = $1 AND key = $2 AND id = $3"),
+        renew_queue: format!(
+            "UPDATE {queue} SET expires_at = clock_timestamp() + $1::float8 * interval '1 microsecond'
+              WHERE ns = $2 AND key = $3 AND id = $4"
+        ),
+        foreign_writers: format!(
+            "SELECT count(*) FROM {waiter} w
+              WHERE w.ns = $1 AND w.key = $2 AND w.expires_at > clock_timestamp() AND w.id NOT LIKE $3
+                AND NOT EXISTS (SELECT 1 FROM {queue} q
+                                 WHERE q.ns = w.ns AND q.key = w.key AND q.id = w.id)"
         ),
         delete_waiter: format!("DELETE FROM {waiter} WHERE ns = $1 AND key = $2 AND id = $3"),
         upsert_waiter: format!(
@@ -161,27 +206,41 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend> {
         pool: pool.clone(),
         listener: Mutex::new(None),
         backoff: crowd::Backoff::default(),
+        ahead: AtomicUsize::new(0),
     };
     let q = statements(&t);
     let mut b = SqlBackend::open(shown, &url, timeout, t, q, Box::new(d)).await?;
     let _ = pool.set(b.pool.clone());
-    let (lease, fence, waiter) = (&b.t.lease, &b.t.fence, &b.t.waiter);
+    let (lease, fence, waiter, queue) = (&b.t.lease, &b.t.fence, &b.t.waiter, &b.t.queue);
     // Most runs find the tables there: one cheap look instead of DDL
     // (which takes locks and sends notices). The waiter table counts only
-    // where this role may read it.
-    let (present, waiter_present, waiter_readable): (bool, bool, bool) = sqlx::query_as(
+    // where this role may read it, the line only where it may use it.
+    let (present, waiter_present, waiter_readable, queue_present, queue_usable): (
+        bool,
+        bool,
+        bool,
+        bool,
+        bool,
+    ) = sqlx::query_as(
         "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL,
                 to_regclass($3) IS NOT NULL,
                 CASE WHEN to_regclass($3) IS NULL THEN false
-                     ELSE has_table_privilege($3, 'SELECT') END",
+                     ELSE has_table_privilege($3, 'SELECT') END,
+                to_regclass($4) IS NOT NULL,
+                CASE WHEN to_regclass($4) IS NULL THEN false
+                     ELSE has_table_privilege($4, 'SELECT') AND has_table_privilege($4, 'INSERT')
+                      AND has_table_privilege($4, 'UPDATE') AND has_table_privilege($4, 'DELETE')
+                END",
     )
     .bind(lease)
     .bind(fence)
     .bind(waiter)
+    .bind(queue)
     .fetch_one(&b.pool)
     .await
-    .unwrap_or((false, false, false));
+    .unwrap_or((false, false, false, false, false));
     b.waiter_table = waiter_readable;
+    b.queue_table = queue_usable;
     if !waiter_present {
         // Waiter rows feed `status` and let waiting writers go before later
         // readers: a role that may not create tables still locks without
@@ -197,6 +256,18 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend> {
             )
             .await
             .is_ok();
+    }
+    if !queue_present {
+        // The line (fair queues): a role that may not create it still
+        // locks, first come not always first served.
+        // Two clients creating it at once may collide; the loser finds it.
+        b.queue_table = b
+            .ddl("create the queue table", queue_ddl(queue))
+            .await
+            .is_ok()
+            || b.ddl("create the queue table", queue_ddl(queue))
+                .await
+                .is_ok();
     }
     if present {
         return Ok(b);
@@ -218,6 +289,18 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend> {
             .map_err(|e| e.context(format!("(first: {first:#})")))?;
     }
     Ok(b)
+}
+
+/// The line of waiters of every key (see [`super::line`]).
+fn queue_ddl(queue: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {queue} (
+            ns TEXT NOT NULL, key TEXT NOT NULL, id TEXT NOT NULL, ticket BIGINT NOT NULL,
+            owner TEXT NOT NULL, host TEXT NOT NULL, pid BIGINT NOT NULL,
+            host_id TEXT NOT NULL, proc_start BIGINT NOT NULL, lim INTEGER NOT NULL,
+            since TIMESTAMPTZ NOT NULL, expires_at TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (ns, key, id))"
+    )
 }
 
 impl Postgres {
@@ -298,13 +381,18 @@ impl Dialect for Postgres {
         }
     }
 
+    async fn missed(&self, _spec: &LockSpec, ahead: usize) {
+        self.ahead.store(ahead, Ordering::Relaxed);
+    }
+
     async fn wait(&self, spec: &LockSpec, bound: Instant) {
         let chan = channel_name(&spec.namespace, &spec.key);
         let mut l = self.listener.lock().await;
         if let Some(old) = l.take_if(|o| o.chan != chan) {
             old.close().await;
         }
-        if l.is_none() && self.slot_free(spec).await {
+        let near = crowd::near_the_front(self.ahead.load(Ordering::Relaxed));
+        if l.is_none() && near && self.slot_free(spec).await {
             let listen = tokio::time::timeout(self.timeout, self.listen(spec, &chan));
             if let Ok(Ok(Some(new))) = listen.await {
                 *l = Some(new);

@@ -1,0 +1,322 @@
+//! One attempt to take a key: the transaction every dialect runs, with the
+//! fair line (arrival order) and semaphore slots decided in it.
+//!
+//! The key is locked first (its fence row, or SQLite's `BEGIN IMMEDIATE`),
+//! so every attempt on a key runs alone, and one statement reads its live
+//! leases and its line of live waiters ([`Plan::line_locked`]). The entries
+//! ahead of a request are the leases and the waiters whose ticket is lower
+//! than its own (all of them for a request not in line yet): if
+//! [`kit::admits`] lets it in over their modes, it takes the lowest free
+//! slot, bumps the token, inserts its lease and leaves the line, all in
+//! that transaction. If not, and it may join (`join`: not `--no-wait`), it
+//! takes a ticket one more than the key's highest: arrival order is the
+//! order of first attempts. Waiters ahead whose process is gone (on this
+//! machine) leave the line in the same transaction, with no grace (they
+//! hold nothing); a dead holder's lease ends [`BREAK_GRACE`] from now.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Result;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::{
+    Args, BREAK_GRACE, Entry, Line, Link, SqlBackend, epoch_micros, kit, lim_of, slot_in, us,
+    waiter_dead, with_slot,
+};
+use crate::backend::{Attempt, Holder, Lease, LockSpec, Owner};
+
+/// A busy attempt.
+pub(super) struct Busy {
+    /// The key's leases (dead ones marked), each with its `lim` and its
+    /// microseconds left.
+    holders: Vec<Entry>,
+    /// The `lim` of each live waiter ahead of us, and the writers of older
+    /// versions counted (a shared request gives way to them).
+    ahead: Vec<i64>,
+    writers: i64,
+    /// If some holders were found dead, the most microseconds until their
+    /// leases end.
+    gone: Option<i64>,
+}
+
+impl<P: Link> SqlBackend<P> {
+    /// A row of [`super::Plan::line`] (or of `holders`, which has only
+    /// leases) as the engine reads it.
+    pub(super) fn entry(&self, r: &AnyRow) -> sqlx::Result<Entry> {
+        let waiting = r.try_get::<String, _>("what").is_ok_and(|w| w == "q");
+        let id: String = r.try_get("id")?;
+        let pid: i64 = r.try_get("pid")?;
+        let token: i64 = r.try_get("token")?;
+        let lim: i64 = r.try_get("lim")?;
+        let acquired_us: i64 = r.try_get("acquired_us")?;
+        let left_us: i64 = r.try_get("left_us")?;
+        let shared = lim <= 0;
+        let mut holder = Holder {
+            owner: Some(r.try_get("owner")?),
+            host: Some(r.try_get("host")?),
+            pid: Some(pid as u32),
+            acquired_at: Some(epoch_micros(acquired_us)),
+            shared,
+            waiting,
+            ..Holder::default()
+        };
+        let order = if waiting {
+            let host_id: String = r.try_get("host_id")?;
+            let start: i64 = r.try_get("proc_start")?;
+            holder.dead = waiter_dead(&host_id, pid, start);
+            token
+        } else {
+            holder.token = Some(token as u64);
+            holder.expires_at =
+                Some(SystemTime::now() + Duration::from_micros(left_us.max(0) as u64));
+            holder.dead = self.d.dead(r);
+            holder.slot = match lim {
+                ..=0 => None,
+                1 => Some(0),
+                _ => slot_in(&id),
+            };
+            acquired_us
+        };
+        Ok(Entry {
+            holder,
+            id,
+            lim,
+            left_us,
+            order,
+        })
+    }
+
+    pub(super) fn line_of(&self, rows: &[AnyRow]) -> sqlx::Result<Line> {
+        let entries = rows
+            .iter()
+            .map(|r| self.entry(r))
+            .collect::<sqlx::Result<Vec<_>>>()?;
+        Ok(Line::new(entries))
+    }
+
+    /// Whether `spec.key` is busy for us, by reading its line outside a
+    /// transaction (a database file: arriving waiters would otherwise
+    /// queue on the write lock behind the hand-over): `None` when it may
+    /// be free, when we must join the line, or when an entry is dead (the
+    /// write transaction removes it).
+    async fn peek(&self, spec: &LockSpec, a: &Args<'_>, join: bool) -> Result<Option<Busy>> {
+        let me = self.waiting.id();
+        let read = if self.queue_table {
+            &self.q.line
+        } else {
+            &self.q.holders
+        };
+        let rows = self.call("acquire", read, a).await?.rows;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let line = self.line_of(&rows)?;
+        let joining = join && self.queue_table && line.place(me).is_none();
+        let dead = line
+            .leases
+            .iter()
+            .chain(line.ahead(me))
+            .any(|e| e.holder.dead);
+        if joining || dead {
+            return Ok(None);
+        }
+        let mut writers = 0;
+        if spec.shared && self.waiter_table {
+            let out = self.call("acquire", self.writers_stmt(), a).await?;
+            writers = out.first()?.unwrap_or(0);
+        }
+        if line.admits(spec.mode(), me, writers) {
+            return Ok(None);
+        }
+        let ahead = line.ahead(me).iter().map(|e| e.lim).collect();
+        Ok(Some(Busy {
+            holders: line.leases,
+            ahead,
+            writers,
+            gone: None,
+        }))
+    }
+
+    /// How a shared request counts the writers it gives way to beside
+    /// the line: those of older versions (not in line), or without a line
+    /// every exclusive waiter.
+    fn writers_stmt(&self) -> &super::Stmt {
+        if self.queue_table {
+            &self.q.foreign_writers
+        } else {
+            &self.q.exclusive_waiters
+        }
+    }
+
+    /// One attempt; when busy only because of holders found dead, whose
+    /// leases end within [`BREAK_GRACE`], also when they will be gone.
+    pub(super) async fn attempt(
+        &self,
+        spec: &LockSpec,
+        me: &Owner,
+        join: bool,
+    ) -> Result<(Attempt, Option<Instant>)> {
+        let granted_at = Instant::now();
+        let (ns, key) = (&spec.namespace, &spec.key);
+        let q = &self.q;
+        let row_id = self.d.row_id(me);
+        let wid = self.waiting.id();
+        let a = Args {
+            id: &row_id,
+            owner: &me.user,
+            host: &me.host,
+            pid: i64::from(me.pid),
+            host_id: &me.host_id,
+            proc_start: me.proc_start as i64,
+            kind: Some(me.kind.as_str()),
+            lim: lim_of(spec) as i32,
+            ttl_us: us(spec.ttl),
+            ..Args::of(ns, key)
+        };
+        let grace = us(BREAK_GRACE);
+        // A database file: a key found busy by a read alone is busy without
+        // the write lock, on which arriving waiters would queue behind the
+        // hand-over to the waiter just woken.
+        let peeked = if P::SERVER || self.d.first_in_line(spec, me.kind) {
+            None
+        } else {
+            self.peek(spec, &a, join).await?
+        };
+        let attempt = async {
+            let mut c = self.pool.conn().await?;
+            let mut tx = c.begin(q.begin).await?;
+            // Lock this key's fence row: contenders queue here.
+            if let Some(fence) = &q.fence {
+                tx.run(fence, &a).await?;
+            }
+            tx.run(&q.delete_expired, &a).await?;
+            let read = if self.queue_table {
+                &q.line_locked
+            } else {
+                &q.holders_locked
+            };
+            let rows = tx.run(read, &a).await?.rows;
+            let line = self.line_of(&rows)?;
+            // A shared request also gives way to the writers waiting.
+            let mut writers = 0;
+            if spec.shared && self.waiter_table {
+                writers = tx.run(self.writers_stmt(), &a).await?.first()?.unwrap_or(0);
+            }
+            // Waiters ahead whose process is gone leave the line now: they
+            // hold nothing, so no grace.
+            for e in line.ahead(wid).iter().filter(|e| e.holder.dead) {
+                tracing::info!(
+                    key = spec.key,
+                    pid = e.holder.pid,
+                    "a waiter's process is gone: removing it from the line"
+                );
+                tx.run(&q.dequeue, &Args::of(ns, key).id(&e.id)).await?;
+            }
+            let queued = line.place(wid).is_some();
+            if !line.admits(spec.mode(), wid, writers) {
+                // Holders known dead: their leases end BREAK_GRACE from
+                // now instead of at their TTL, by when they are gone.
+                let mut gone = None;
+                for e in &line.leases {
+                    if let (true, Some(brk)) = (e.holder.dead, &q.break_lease) {
+                        gone = gone.max(Some(e.left_us.min(grace).max(0)));
+                        if e.left_us > grace {
+                            tracing::info!(
+                                key = spec.key,
+                                pid = e.holder.pid,
+                                "the holder's process is gone: breaking its lease"
+                            );
+                            tx.run(brk, &Args::of(ns, key).id(&e.id)).await?;
+                        }
+                    }
+                }
+                // Take our place at the back of the line, in this
+                // transaction. (The waiter row that older versions count is
+                // written after it, outside the key's lock: `wait_change`.)
+                if join && self.queue_table && !queued {
+                    tx.run(&q.enqueue, &Args { id: wid, ..a }).await?;
+                }
+                tx.commit().await?;
+                let ahead = line
+                    .ahead(wid)
+                    .iter()
+                    .filter(|e| !e.holder.dead)
+                    .map(|e| e.lim)
+                    .collect();
+                return Ok::<_, sqlx::Error>(Err(Busy {
+                    holders: line.leases,
+                    ahead,
+                    writers,
+                    gone,
+                }));
+            }
+            // A semaphore's holder takes the lowest free slot; the slot is
+            // in its lease's id ([`with_slot`]).
+            let slot = (!spec.shared && spec.limit > 1).then(|| line.free_slot(spec.limit));
+            let id = slot.map_or_else(|| row_id.clone(), |s| with_slot(&row_id, s));
+            let mut a = Args { id: &id, ..a };
+            if let Some(bump) = &q.bump {
+                let out = tx.run(bump, &a).await?;
+                a.token = out.first()?.or(out.last_id).unwrap_or(0);
+            }
+            let out = tx.run(&q.insert, &a).await?;
+            if q.bump.is_none() {
+                a.token = out.first()?.unwrap_or(0);
+            }
+            // No longer a waiter: in the same transaction, so the new holder
+            // is never counted as both.
+            if queued {
+                tx.run(&q.dequeue, &Args::of(ns, key).id(wid)).await?;
+            }
+            if let Some(w) = self.waiting.ours(spec) {
+                tx.run(&q.delete_waiter, &Args::of(ns, key).id(&w)).await?;
+            }
+            tx.commit().await?;
+            Ok(Ok((a.token, id, slot)))
+        };
+        let result = match peeked {
+            Some(busy) => Err(busy),
+            None => self.bounded("acquire", attempt).await?,
+        };
+        match result {
+            Ok((token, id, slot)) => {
+                self.waiting.done(ns, key);
+                self.d.taken(spec, me.kind).await;
+                let lease = Lease {
+                    namespace: ns.clone(),
+                    key: key.clone(),
+                    token: token as u64,
+                    id,
+                    ttl: spec.ttl,
+                    granted_at,
+                    shared: spec.shared,
+                    slot: slot.or(spec.fixed_slot()),
+                };
+                Ok((Attempt::Acquired(lease), None))
+            }
+            Err(busy) => {
+                self.d.missed(spec, busy.ahead.len()).await;
+                let soonest = busy.holders.iter().map(|e| e.left_us).min();
+                let soonest = soonest.unwrap_or(i64::MAX);
+                *self.next_expiry.lock().unwrap() = Some(
+                    Instant::now() + Duration::from_micros(soonest.clamp(0, 3_600_000_000) as u64),
+                );
+                // Busy only because of holders that are dead: say when they
+                // will be gone, so that the caller can try again then.
+                let alive = busy
+                    .holders
+                    .iter()
+                    .filter(|e| !e.holder.dead)
+                    .map(|e| e.lim);
+                let alive = super::ahead(alive.chain(busy.ahead.iter().copied()), busy.writers);
+                let free_at = busy
+                    .gone
+                    .filter(|_| kit::admits(spec.mode(), &alive))
+                    .map(|g| Instant::now() + Duration::from_micros(g as u64 + 5_000));
+                let holders = busy.holders.into_iter().map(|e| e.holder).collect();
+                Ok((Attempt::Busy(holders), free_at))
+            }
+        }
+    }
+}
