@@ -5,6 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::fair::fair_conformance;
 use common::shared::shared_conformance;
 use common::suite::{self, conformance};
 use common::*;
@@ -14,6 +15,8 @@ conformance!(redis_single, Env::redis());
 conformance!(redlock, Env::redlock(5));
 shared_conformance!(redis_single_shared, Env::redis());
 shared_conformance!(redlock_shared, Env::redlock(5));
+fair_conformance!(redis_single_fair, Env::redis());
+fair_conformance!(redlock_fair, Env::redlock(5));
 
 #[test]
 fn server_frozen_past_the_ttl_stops_the_child_before_expiry() {
@@ -275,6 +278,7 @@ fn sentinel() -> Env {
 }
 
 shared_conformance!(redis_sentinel_shared, super::sentinel());
+fair_conformance!(redis_sentinel_fair, super::sentinel());
 
 /// A three-primary Redis Cluster on loopback.
 fn cluster() -> Env {
@@ -312,6 +316,7 @@ fn cluster() -> Env {
 
 conformance!(redis_cluster, super::cluster());
 shared_conformance!(redis_cluster_shared, super::cluster());
+fair_conformance!(redis_cluster_fair, super::cluster());
 
 #[test]
 fn sentinel_failover_keeps_locking() {

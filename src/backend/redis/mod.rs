@@ -65,18 +65,24 @@ use super::{Backend, KeyStatus, Lease, PingInfo, Poll, Renewal, Waiting};
 use crate::error::unavailable;
 use conn::{Conn, Node, denied};
 pub use scripts::LUA_COMMON;
-use scripts::{FORCE, RELEASE, RENEW, SHARED_RELEASE, SHARED_RENEW, WAITING};
+use scripts::{FORCE, LEAVE, RELEASE, RENEW, SHARED_RELEASE, SHARED_RENEW};
 
 pub struct RedisBackend {
     nodes: Vec<Node>,
     quorum: usize,
     op_timeout: Duration,
-    /// This process's entries in the waiters sets of the keys it waits for.
+    /// The keys this process waits in line for (its entries in the waiters
+    /// sets and the lines), so that `close` can take them out.
     waiting: Waiting,
+    /// Redlock: this process's ticket in each key's line, the same on every
+    /// server (see [`poll`]).
+    tickets: std::sync::Mutex<std::collections::HashMap<(String, String), u64>>,
     /// Subscriptions for waiting: (channel key, merged message streams).
     subs: Mutex<Option<(String, SelectAll<PubSubStream>)>>,
 }
 
+/// A key's Redis keys: the lock itself, and beside it in its cluster slot
+/// (the `{NS:KEY}` hash tag) the rest (see the module's note).
 struct Keys {
     main: String,
     fence: String,
@@ -84,6 +90,9 @@ struct Keys {
     chan: String,
     waiters: String,
     shared: String,
+    queue: String,
+    qrec: String,
+    limit: String,
 }
 
 fn keys(ns: &str, key: &str) -> Keys {
@@ -94,7 +103,38 @@ fn keys(ns: &str, key: &str) -> Keys {
         waiters: format!("{{{main}}}:waiters"),
         shared: format!("{{{main}}}:shared"),
         chan: format!("{{{main}}}:released"),
+        queue: format!("{{{main}}}:queue"),
+        qrec: format!("{{{main}}}:qrec"),
+        limit: format!("{{{main}}}:limit"),
         main,
+    }
+}
+
+impl Keys {
+    /// The `KEYS` of the scripts that read or change the line, in the
+    /// order they name them (`lua_line!` in scripts.rs).
+    fn all(&self) -> [&str; 9] {
+        [
+            &self.main,
+            &self.fence,
+            &self.sem,
+            &self.waiters,
+            &self.shared,
+            &self.queue,
+            &self.qrec,
+            &self.limit,
+            &self.chan,
+        ]
+    }
+}
+
+/// This process's entry in a key's waiters set: its id, marked `s|` when
+/// it waits to share (exclusive entries are the bare id, as before).
+fn waiter_entry(id: &str, shared: bool) -> String {
+    if shared {
+        format!("s|{id}")
+    } else {
+        id.to_string()
     }
 }
 
@@ -114,6 +154,7 @@ impl RedisBackend {
             quorum,
             op_timeout: timeout,
             waiting: Waiting::new(),
+            tickets: Default::default(),
             subs: Mutex::new(None),
         };
         // Reach a quorum now, so an unreachable backend is exit 69 at once.
@@ -309,7 +350,7 @@ impl Backend for RedisBackend {
         let results = self
             .everywhere(
                 &Script::new(script),
-                &[&k.main, set],
+                &[&k.main, set, &k.limit],
                 &[lease.id.clone(), ttl.as_millis().to_string()],
                 self.step_timeout(ttl),
             )
@@ -359,12 +400,7 @@ impl Backend for RedisBackend {
     async fn force_release(&self, namespace: &str, key: &str) -> Result<u64> {
         let k = keys(namespace, key);
         let results = self
-            .everywhere(
-                &Script::new(FORCE),
-                &[&k.main, &k.sem, &k.chan, &k.shared],
-                &[],
-                self.op_timeout,
-            )
+            .everywhere(&Script::new(FORCE), &k.all(), &[], self.op_timeout)
             .await;
         let mut n = 0;
         let mut errors = Vec::new();
@@ -421,15 +457,19 @@ impl Backend for RedisBackend {
     }
 
     async fn close(&self) {
-        // A waiter that gave up takes its entry out now rather than letting
-        // it lapse (one that died still lapses).
+        // A waiter that gave up takes its place in line out now rather
+        // than letting it lapse (one that died still lapses, or is found
+        // dead by a waiter on its machine).
+        if let Ok(mut t) = self.tickets.lock() {
+            t.clear();
+        }
         for (ns, key) in self.waiting.clear() {
             let k = keys(&ns, &key);
             let _ = self
                 .everywhere(
-                    &Script::new(WAITING),
-                    &[&k.waiters, &k.chan],
-                    &[self.waiting.id.clone(), "0".to_string()],
+                    &Script::new(LEAVE),
+                    &k.all(),
+                    std::slice::from_ref(&self.waiting.id),
                     // Best effort: never hold up dlock's exit for long.
                     self.op_timeout.min(Duration::from_millis(500)),
                 )

@@ -1,29 +1,35 @@
 //! Waiting on Redis: an attempt (`ACQUIRE`, and Redlock's `FENCE` round),
 //! the waiter's entry, and the wake-up on a release.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use redis::{Script, Value};
 
-use super::scripts::{ACQUIRE, BREAK_DEAD, FENCE, WAITING};
+use super::scripts::{ACQUIRE, BREAK_DEAD, FENCE};
 use super::status::{holders_from, strings};
-use super::{RedisBackend, clean, keys};
+use super::{RedisBackend, clean, keys, waiter_entry};
 use crate::backend::{Attempt, Holder, Lease, LockSpec, Owner, Poll, kit};
 
-/// How long a waiter's entry lasts without being renewed (it is renewed
-/// every third of this; polls are at most 250ms apart).
+/// How long a waiter's place in line lasts without being renewed: every
+/// attempt renews it, and a waiter tries at least every 250 ms.
 pub(super) const WAITER_LAPSE: Duration = Duration::from_secs(2);
 
 #[async_trait]
 impl Poll for RedisBackend {
-    async fn try_acquire(&self, spec: &LockSpec, me: &Owner, _join: bool) -> Result<Attempt> {
+    async fn try_acquire(&self, spec: &LockSpec, me: &Owner, join: bool) -> Result<Attempt> {
         let k = keys(&spec.namespace, &spec.key);
         let step = self.step_timeout(spec.ttl);
         let granted_at = Instant::now();
         let mode = if self.redlock() { "2" } else { "1" };
+        let semaphore = !spec.shared && spec.limit > 1;
+        if join {
+            // Noted before the script that writes our place, so that an
+            // interrupted waiter's `close` takes it out.
+            self.waiting.note(&spec.namespace, &spec.key);
+        }
         let args = [
             me.id.clone(),
             spec.ttl.as_millis().to_string(),
@@ -35,16 +41,32 @@ impl Poll for RedisBackend {
             waiter_entry(&self.waiting.id, spec.shared),
             if spec.shared { "1" } else { "0" }.to_string(),
             kit::Record::live_suffix(me),
+            if join { "1" } else { "0" }.to_string(),
+            self.ticket(spec, join),
+            WAITER_LAPSE.as_millis().to_string(),
+            // Our record in line: `N` is the --limit, 0 for a shared
+            // request (kit::NField::Limit).
+            format!(
+                "dlock1|{}|{}|{}|{}|{}",
+                self.waiting.id,
+                if spec.shared { 0 } else { spec.limit },
+                clean(&me.user),
+                clean(&me.host),
+                me.pid
+            ),
+            // A waiter is a running process whatever it waits for (a
+            // `run`, or a handle's `acquire`): one that died is dead.
+            if me.host_id.is_empty() {
+                String::new()
+            } else {
+                format!("||||{}|{}", me.host_id, me.proc_start)
+            },
         ];
         let results = self
-            .everywhere(
-                &Script::new(ACQUIRE),
-                &[&k.main, &k.fence, &k.sem, &k.waiters, &k.shared],
-                &args,
-                step,
-            )
+            .everywhere(&Script::new(ACQUIRE), &k.all(), &args, step)
             .await;
-        let mut counters = Vec::new();
+        // (token, slot) of each server that admitted us.
+        let mut granted: Vec<(u64, u32)> = Vec::new();
         let mut busy: Vec<(String, Holder)> = Vec::new();
         let mut errors = Vec::new();
         for r in &results {
@@ -52,10 +74,14 @@ impl Poll for RedisBackend {
                 Ok(v) => {
                     let s = strings(v);
                     if s.first().map(String::as_str) == Some("1") {
-                        counters.push(s.get(1).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0));
+                        let num = |i: usize| s.get(i).and_then(|t| t.parse::<u64>().ok());
+                        let slot = num(2).unwrap_or(0).min(u64::from(u32::MAX)) as u32;
+                        granted.push((num(1).unwrap_or(0), slot));
                     } else {
                         for (id, h) in holders_from(&s[1.min(s.len())..]) {
-                            if !busy.iter().any(|(i, _)| *i == id) {
+                            // Only a dead waiter ahead is of use to the
+                            // caller (to remove); the others wait, as we do.
+                            if (!h.waiting || h.dead) && !busy.iter().any(|(i, _)| *i == id) {
                                 busy.push((id, h));
                             }
                         }
@@ -67,7 +93,7 @@ impl Poll for RedisBackend {
         let elapsed = granted_at.elapsed();
         let drift = spec.ttl / 100 + Duration::from_millis(2);
         let valid = spec.ttl.saturating_sub(elapsed + drift);
-        let lease = |token| Lease {
+        let lease = |token, slot: Option<u32>| Lease {
             namespace: spec.namespace.clone(),
             key: spec.key.clone(),
             token,
@@ -75,19 +101,29 @@ impl Poll for RedisBackend {
             ttl: spec.ttl,
             granted_at,
             shared: spec.shared,
-            slot: spec.fixed_slot(),
+            slot: if semaphore { slot } else { spec.fixed_slot() },
         };
-        if counters.len() >= self.quorum && !valid.is_zero() {
+        if granted.len() >= self.quorum && !valid.is_zero() {
             if !self.redlock() {
-                self.waiting.done(&spec.namespace, &spec.key);
-                return Ok(Attempt::Acquired(lease(counters[0])));
+                self.acquired(spec);
+                let (token, slot) = granted[0];
+                return Ok(Attempt::Acquired(lease(token, Some(slot))));
             }
-            let token = counters.iter().max().copied().unwrap_or(0) + 1;
+            let token = granted.iter().map(|g| g.0).max().unwrap_or(0) + 1;
+            // Redlock: one slot on a majority. The one most servers chose
+            // (the lowest of those), written by the second round only where
+            // no other live holder has it: two holders of one slot would
+            // each need a majority, and any two majorities share a server.
+            let slot = semaphore.then(|| agreed_slot(&granted));
             let fenced = self
                 .everywhere(
                     &Script::new(FENCE),
                     &[&k.main, &k.fence, &k.sem, &k.shared],
-                    &[me.id.clone(), token.to_string()],
+                    &[
+                        me.id.clone(),
+                        token.to_string(),
+                        slot.map_or(String::new(), |s| s.to_string()),
+                    ],
                     step,
                 )
                 .await;
@@ -96,18 +132,16 @@ impl Poll for RedisBackend {
                 .filter(|r| matches!(r, Ok(Value::Int(1))))
                 .count();
             if ok >= self.quorum && granted_at.elapsed() + drift < spec.ttl {
-                self.waiting.done(&spec.namespace, &spec.key);
-                return Ok(Attempt::Acquired(lease(token)));
+                self.acquired(spec);
+                return Ok(Attempt::Acquired(lease(token, slot)));
             }
             errors.extend(fenced.into_iter().filter_map(|r| r.err()));
         }
         // No majority (or no validity left): undo everywhere, then report.
-        if !counters.is_empty() {
-            self.release_on(&lease(0), "release", 0).await;
-            // The granting servers dropped our waiter entry: write it
-            // again at the next wait, not a third of its lapse later, so
-            // that a waiting writer keeps later readers out.
-            self.waiting.done(&spec.namespace, &spec.key);
+        // The granting servers dropped our place in line: the next attempt
+        // writes it again, with the same ticket.
+        if !granted.is_empty() {
+            self.release_on(&lease(0, None), "release", 0).await;
         }
         if self.nodes.len() - errors.len() < self.quorum {
             return Err(self.too_few(&errors));
@@ -124,7 +158,7 @@ impl Poll for RedisBackend {
         let results = self
             .everywhere(
                 &Script::new(BREAK_DEAD),
-                &[&k.main, &k.sem, &k.chan, &k.shared],
+                &k.all(),
                 &ids,
                 self.step_timeout(spec.ttl),
             )
@@ -135,26 +169,8 @@ impl Poll for RedisBackend {
     }
 
     async fn wait_change(&self, spec: &LockSpec, until: Option<Instant>) -> Result<()> {
-        // Our waiter entry, written first thing after a failed attempt: it
-        // counts for `status`, and an exclusive one keeps shared requests
-        // that come after it out (no writer starvation). Noted before it
-        // is written, so an interrupted waiter's `close` removes it. Best
-        // effort: an error here only makes the count low.
-        if self.waiting.due(&spec.namespace, &spec.key, WAITER_LAPSE) {
-            self.waiting.note(&spec.namespace, &spec.key);
-            let k = keys(&spec.namespace, &spec.key);
-            let _ = self
-                .everywhere(
-                    &Script::new(WAITING),
-                    &[&k.waiters, &k.chan],
-                    &[
-                        waiter_entry(&self.waiting.id, spec.shared),
-                        WAITER_LAPSE.as_millis().to_string(),
-                    ],
-                    self.step_timeout(spec.ttl),
-                )
-                .await;
-        }
+        // Our place in line was taken (and its lapse renewed) by the
+        // attempt before this wait.
         self.subscribe(&spec.namespace, &spec.key).await?;
         // Wake on a release message, or poll: a holder that expires or a
         // foreign client that releases does not publish.
@@ -189,12 +205,47 @@ impl Poll for RedisBackend {
     }
 }
 
-/// This process's entry in a key's waiters set: its id, marked `s|` when
-/// it waits to share (exclusive entries are the bare id, as before).
-pub(super) fn waiter_entry(id: &str, shared: bool) -> String {
-    if shared {
-        format!("s|{id}")
-    } else {
-        id.to_string()
+impl RedisBackend {
+    /// Our ticket for `spec.key`'s line: '' on one server (the script
+    /// takes the next one). Redlock: per-server tickets could put two
+    /// waiters each first on some servers and neither on a majority, so
+    /// the ticket is chosen here, once per wait (the first attempt's time
+    /// in microseconds; equal tickets are ordered by entry), the same on
+    /// every server, which therefore all order the line alike; a server
+    /// that lost our entry (a restart) is given it again, in its place.
+    fn ticket(&self, spec: &LockSpec, join: bool) -> String {
+        if !self.redlock() || !join {
+            return String::new();
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let Ok(mut t) = self.tickets.lock() else {
+            return now.to_string();
+        };
+        t.entry((spec.namespace.clone(), spec.key.clone()))
+            .or_insert(now)
+            .to_string()
     }
+
+    /// The wait for `spec.key` is over: our place in line went with the
+    /// attempt that admitted us.
+    fn acquired(&self, spec: &LockSpec) {
+        self.waiting.done(&spec.namespace, &spec.key);
+        if let Ok(mut t) = self.tickets.lock() {
+            t.remove(&(spec.namespace.clone(), spec.key.clone()));
+        }
+    }
+}
+
+/// The slot most granting servers chose, the lowest of those if several.
+fn agreed_slot(granted: &[(u64, u32)]) -> u32 {
+    let mut best = (0usize, 0u32);
+    for &(_, s) in granted {
+        let n = granted.iter().filter(|g| g.1 == s).count();
+        if n > best.0 || (n == best.0 && s < best.1) {
+            best = (n, s);
+        }
+    }
+    best.1
 }

@@ -61,68 +61,191 @@ end
 #[doc(hidden)]
 pub const LUA_COMMON: &str = lua_common!();
 
-/// KEYS: main, fence, sem, waiters, shared. ARGV: id, ttl ms, limit,
-/// '1' (single server: INCR the fence) or '2' (Redlock: read it), user,
-/// host, pid, our waiter entry, '1' for a shared request, the record's
-/// liveness suffix ([`kit::Record::live_suffix`], maybe empty).
+/// The keys of the scripts that read or change the line, in this order
+/// (`KEYS`, see [`super::Keys::all`]), and the record helpers.
+macro_rules! lua_line {
+    () => {
+        r"
+local MAIN, FENCE, SEM, WAITERS, SHARED = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local QUEUE, QREC, LIMIT, CHAN = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+"
+    };
+}
+
+/// A record's fields (kit::Record's layout), and its semaphore slot, the
+/// 13th field.
+macro_rules! lua_record {
+    () => {
+        r"
+local function fields(v)
+  local f = {}
+  for p in string.gmatch(v .. '|', '([^|]*)|') do table.insert(f, p) end
+  return f
+end
+local function slot_of(v)
+  return tonumber(fields(v)[13] or '')
+end
+-- `v` with slot `s`: the fields between SINCE and SLOT kept, or made empty.
+local function with_slot(v, s)
+  local f = fields(v)
+  for i = #f + 1, 12 do f[i] = '' end
+  f[13] = tostring(s)
+  return table.concat(f, '|', 1, 13)
+end
+"
+    };
+}
+
+/// One attempt, which on failure with `join` takes or keeps our place in
+/// the line. KEYS: [`super::Keys::all`]. ARGV: 1 id, 2 ttl ms, 3 limit,
+/// 4 '1' (single server: INCR the fence) or '2' (Redlock: read it), 5 user,
+/// 6 host, 7 pid, 8 our waiter entry (`ID` or `s|ID`), 9 '1' for a shared
+/// request, 10 the holder record's liveness suffix
+/// ([`kit::Record::live_suffix`], maybe empty), 11 '1' to join, 12 our
+/// ticket (Redlock: the same on every server) or '' (single server: the
+/// next one), 13 the waiter entry's lapse in ms, 14 our waiter record up
+/// to its PID, 15 its liveness suffix. Returns {1, token, slot}, or {0,
+/// then (value, ms left, mode) per holder (mode `x` or `s`) and per live
+/// entry ahead of us in line that was looked at (its record, mode `q` or
+/// `qs`)}.
 pub(super) const ACQUIRE: &str = concat!(
     lua_common!(),
+    lua_line!(),
+    lua_record!(),
     r"
 local limit = tonumber(ARGV[3])
 local shared = ARGV[9] == '1'
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
-local readers = redis.call('ZCARD', KEYS[5])
-local main = redis.call('GET', KEYS[1])
+local me = ARGV[8]
+local lapse = tonumber(ARGV[13])
+redis.call('ZREMRANGEBYSCORE', SEM, '-inf', now)
+redis.call('ZREMRANGEBYSCORE', SHARED, '-inf', now)
+redis.call('ZREMRANGEBYSCORE', WAITERS, '-inf', now)
+local readers = redis.call('ZCARD', SHARED)
+local main = redis.call('GET', MAIN)
 if main == GUARD and readers == 0 then
-  redis.call('DEL', KEYS[1])
+  redis.call('DEL', MAIN)
   main = false
-end
-local function busy()
-  local out = {0}
-  main_holder(out, KEYS[1])
-  members(out, KEYS[3], 'x')
-  members(out, KEYS[5], 's')
-  return out
 end
 -- A holder of the main key itself (dlock's exclusive holder, or a SET-NX
 -- client such as redis-py's Lock, which knows no other mode) keeps every
--- request out.
-if main and main ~= GUARD then return busy() end
-local ahead = redis.call('ZCARD', KEYS[3]) + readers
-if shared then
-  -- No writer starvation: exclusive requests that wait are ahead of a
-  -- shared one. Shared waiters' entries are marked 's|'.
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
-  for _, w in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
-    if string.sub(w, 1, 2) ~= 's|' then ahead = ahead + 1 end
+-- request out. Otherwise the entries ahead are the holders, then the live
+-- entries of the line before ours (all of them while we have none),
+-- looked at first in line first until one keeps us out: more entries
+-- ahead never let a request in.
+local blocked = main and main ~= GUARD
+local ahead = redis.call('ZCARD', SEM) + readers
+local shared_ahead = readers
+local seen, gone = {}, {}
+if not blocked and admits(shared, limit, ahead, shared_ahead) then
+  local rank = redis.call('ZRANK', QUEUE, me)
+  local last = rank and rank - 1 or redis.call('ZCARD', QUEUE) - 1
+  local from, stop = 0, false
+  while not stop and from <= last do
+    local batch = redis.call('ZRANGE', QUEUE, from, math.min(from + 31, last))
+    if #batch == 0 then break end
+    for _, m in ipairs(batch) do
+      -- An entry whose waiter stopped renewing it (gave up, died) is gone.
+      if redis.call('ZSCORE', WAITERS, m) then
+        ahead = ahead + 1
+        if string.sub(m, 1, 2) == 's|' then shared_ahead = shared_ahead + 1 end
+        table.insert(seen, m)
+        if not admits(shared, limit, ahead, shared_ahead) then
+          stop = true
+          break
+        end
+      else
+        table.insert(gone, m)
+      end
+    end
+    from = from + 32
+  end
+  -- An older dlock's writer waits in WAITERS alone: still no writer
+  -- starvation for it.
+  if shared and not stop then
+    for _, w in ipairs(redis.call('ZRANGE', WAITERS, 0, -1)) do
+      if string.sub(w, 1, 2) ~= 's|' and not redis.call('ZSCORE', QUEUE, w) then
+        ahead = ahead + 1
+      end
+    end
   end
 end
-if not admits(shared, limit, ahead, readers) then return busy() end
+for _, m in ipairs(gone) do
+  redis.call('ZREM', QUEUE, m)
+  redis.call('HDEL', QREC, m)
+end
+if blocked or not admits(shared, limit, ahead, shared_ahead) then
+  if ARGV[11] == '1' then
+    if not redis.call('ZSCORE', QUEUE, me) then
+      local ticket = tonumber(ARGV[12])
+      if not ticket then
+        local top = redis.call('ZRANGE', QUEUE, -1, -1, 'WITHSCORES')
+        ticket = #top > 0 and tonumber(top[2]) + 1 or 1
+      end
+      redis.call('ZADD', QUEUE, ticket, me)
+    end
+    -- Since when we wait: the first attempt's time, kept.
+    redis.call('HSETNX', QREC, me, ARGV[14] .. '|' .. now .. ARGV[15])
+    redis.call('ZADD', WAITERS, now + lapse, me)
+    for _, k in ipairs({WAITERS, QUEUE, QREC}) do redis.call('PEXPIRE', k, lapse) end
+  end
+  local out = {0}
+  main_holder(out, MAIN)
+  members(out, SEM, 'x')
+  members(out, SHARED, 's')
+  for _, m in ipairs(seen) do
+    local rec = redis.call('HGET', QREC, m)
+    if rec then
+      table.insert(out, rec)
+      table.insert(out, tostring(tonumber(redis.call('ZSCORE', WAITERS, m)) - now))
+      table.insert(out, string.sub(m, 1, 2) == 's|' and 'qs' or 'q')
+    end
+  end
+  return out
+end
+redis.call('ZREM', QUEUE, me)
+redis.call('HDEL', QREC, me)
+redis.call('ZREM', WAITERS, me)
 local token
 if ARGV[4] == '1' then
-  token = redis.call('INCR', KEYS[2])
+  token = redis.call('INCR', FENCE)
 else
-  token = tonumber(redis.call('GET', KEYS[2]) or '0')
+  token = tonumber(redis.call('GET', FENCE) or '0')
 end
 local v = 'dlock1|' .. ARGV[1] .. '|' .. (ARGV[4] == '1' and token or 0) .. '|' .. ARGV[5] .. '|' .. ARGV[6] .. '|' .. ARGV[7] .. '|' .. now .. (ARGV[10] or '')
+local slot = 0
 if shared then
-  redis.call('ZADD', KEYS[5], now + tonumber(ARGV[2]), v)
-  reguard(KEYS[1], KEYS[5])
+  redis.call('ZADD', SHARED, now + tonumber(ARGV[2]), v)
+  reguard(MAIN, SHARED)
 elseif limit <= 1 then
-  redis.call('SET', KEYS[1], v, 'PX', ARGV[2])
+  redis.call('SET', MAIN, v, 'PX', ARGV[2])
 else
-  redis.call('ZADD', KEYS[3], now + tonumber(ARGV[2]), v)
-  if redis.call('PTTL', KEYS[3]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[3], ARGV[2]) end
+  -- The lowest slot no live holder has.
+  local used = {}
+  for _, m in ipairs(redis.call('ZRANGE', SEM, 0, -1)) do
+    local s = slot_of(m)
+    if s then used[s] = true end
+  end
+  while used[slot] do slot = slot + 1 end
+  redis.call('ZADD', SEM, now + tonumber(ARGV[2]), with_slot(v, slot))
+  if redis.call('PTTL', SEM) < tonumber(ARGV[2]) then redis.call('PEXPIRE', SEM, ARGV[2]) end
+  -- The --limit, for status, as long as the semaphore.
+  redis.call('SET', LIMIT, limit, 'PX', redis.call('PTTL', SEM))
+  -- The next in line may fit beside us.
+  if redis.call('ZCARD', QUEUE) > 0 then redis.call('PUBLISH', CHAN, '1') end
 end
-redis.call('ZREM', KEYS[4], ARGV[8])
-return {1, token}
+return {1, token, slot}
 "
 );
 
 /// Redlock, second round: raise the counter to the chosen token and put the
-/// token into our value. KEYS: main, fence, sem, shared.
-pub(super) const FENCE: &str = r"
+/// token into our value; a semaphore holder's also the chosen slot
+/// (ARGV[3]), unless another live holder has it here (0: the slot does not
+/// agree). KEYS: main, fence, sem, shared. ARGV: id, token, slot or ''.
+pub(super) const FENCE: &str = concat!(
+    lua_record!(),
+    r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local prefix = 'dlock1|' .. ARGV[1] .. '|'
 local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
 if tonumber(ARGV[2]) > cur then redis.call('SET', KEYS[2], ARGV[2]) end
@@ -140,15 +263,25 @@ for _, z in ipairs({KEYS[3], KEYS[4]}) do
   local m = redis.call('ZRANGE', z, 0, -1, 'WITHSCORES')
   for i = 1, #m, 2 do
     if string.sub(m[i], 1, #prefix) == prefix then
+      local nv = retoken(m[i])
+      if z == KEYS[3] and ARGV[3] ~= '' then
+        local want = tonumber(ARGV[3])
+        for j = 1, #m, 2 do
+          if j ~= i and tonumber(m[j + 1]) > now and slot_of(m[j]) == want then return 0 end
+        end
+        nv = with_slot(nv, want)
+      end
       redis.call('ZREM', z, m[i])
-      redis.call('ZADD', z, m[i + 1], retoken(m[i]))
+      redis.call('ZADD', z, m[i + 1], nv)
       return 1
     end
   end
 end
 return 0
-";
+"
+);
 
+/// Renew an exclusive lease. KEYS: main, sem, limit. ARGV: id, ttl ms.
 pub(super) const RENEW: &str = r"
 local prefix = 'dlock1|' .. ARGV[1] .. '|'
 local v = redis.call('GET', KEYS[1])
@@ -163,6 +296,9 @@ for i = 1, #m, 2 do
   if string.sub(m[i], 1, #prefix) == prefix and tonumber(m[i + 1]) > now then
     redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), m[i])
     if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end
+    -- The --limit lasts as long as the semaphore (an older dlock's
+    -- renewal does not extend it; the next acquisition writes it again).
+    if KEYS[3] then redis.call('PEXPIRE', KEYS[3], redis.call('PTTL', KEYS[2])) end
     return 1
   end
 end
@@ -170,12 +306,16 @@ return 0
 ";
 
 /// The record without its liveness fields: kept past its process
-/// (`--lock-at-least`), it must not be taken for a dead process's.
+/// (`--lock-at-least`), it must not be taken for a dead process's. A
+/// semaphore holder's slot stays taken until it lapses.
 macro_rules! lua_disowned {
     () => {
         r"
 local function disowned(v)
-  return string.match(v, '^[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|[^|]*') or v
+  local base = string.match(v, '^[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|[^|]*') or v
+  local s = slot_of(v)
+  if s then return with_slot(base, s) end
+  return base
 end
 "
     };
@@ -184,6 +324,7 @@ end
 /// Release if ours (ARGV[2] = 'release'), or keep it exactly ARGV[3] ms
 /// more and let it lapse (`--lock-at-least`), as no process's.
 pub(super) const RELEASE: &str = concat!(
+    lua_record!(),
     lua_disowned!(),
     r"
 local prefix = 'dlock1|' .. ARGV[1] .. '|'
@@ -244,6 +385,7 @@ return 0
 /// wait for readers.
 pub(super) const SHARED_RELEASE: &str = concat!(
     lua_common!(),
+    lua_record!(),
     lua_disowned!(),
     r"
 local prefix = 'dlock1|' .. ARGV[1] .. '|'
@@ -266,84 +408,107 @@ return 0
 "
 );
 
-/// A waiter says it is still waiting: its entry in the waiters sorted set
-/// (scored by when it lapses, by the server's clock) is renewed. Entries of
-/// waiters that gave up or died lapse on their own. KEYS: waiters,
-/// released. ARGV: the entry (the waiter's id, marked `s|` for a shared
-/// request), its lapse in ms; or the id and '0' to remove either entry,
-/// waking the waiters (shared ones may have waited behind this one).
-pub(super) const WAITING: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if ARGV[2] == '0' then
-  if redis.call('ZREM', KEYS[1], ARGV[1], 's|' .. ARGV[1]) > 0 then
-    redis.call('PUBLISH', KEYS[2], '1')
-  end
-else
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+/// A waiter leaves the line (it gave up, or was interrupted): its entries
+/// go, both modes' (`ID`, `s|ID`), and the waiters are woken (those behind
+/// it may go now). KEYS: [`super::Keys::all`]. ARGV: the waiter's id.
+pub(super) const LEAVE: &str = concat!(
+    lua_line!(),
+    r"
+local n = 0
+for _, m in ipairs({ARGV[1], 's|' .. ARGV[1]}) do
+  n = n + redis.call('ZREM', WAITERS, m) + redis.call('ZREM', QUEUE, m)
+  redis.call('HDEL', QREC, m)
 end
-return 1
-";
+if n > 0 then redis.call('PUBLISH', CHAN, '1') end
+return n
+"
+);
 
 /// Remove the entries of holders known dead, named by their record ids
 /// (ARGV), wherever they are: the main key, the semaphore or the shared
-/// set. An id names one acquisition, so a live entry is never removed.
-/// KEYS: main, sem, released, shared. Returns how many were removed.
+/// set; and of waiters known dead, named `q:ENTRY`, from the line. An id
+/// names one acquisition or one wait, so a live entry is never removed.
+/// KEYS: [`super::Keys::all`]. Returns how many were removed.
 pub(super) const BREAK_DEAD: &str = concat!(
     lua_common!(),
+    lua_line!(),
     r"
 local n = 0
 for _, id in ipairs(ARGV) do
-  local prefix = 'dlock1|' .. id .. '|'
-  local v = redis.call('GET', KEYS[1])
-  if v and string.sub(v, 1, #prefix) == prefix then
-    redis.call('DEL', KEYS[1])
-    n = n + 1
-  end
-  for _, z in ipairs({KEYS[2], KEYS[4]}) do
-    for _, m in ipairs(redis.call('ZRANGE', z, 0, -1)) do
-      if string.sub(m, 1, #prefix) == prefix then
-        redis.call('ZREM', z, m)
-        n = n + 1
+  if string.sub(id, 1, 2) == 'q:' then
+    local m = string.sub(id, 3)
+    n = n + redis.call('ZREM', QUEUE, m)
+    redis.call('HDEL', QREC, m)
+    redis.call('ZREM', WAITERS, m)
+  else
+    local prefix = 'dlock1|' .. id .. '|'
+    local v = redis.call('GET', MAIN)
+    if v and string.sub(v, 1, #prefix) == prefix then
+      redis.call('DEL', MAIN)
+      n = n + 1
+    end
+    for _, z in ipairs({SEM, SHARED}) do
+      for _, m in ipairs(redis.call('ZRANGE', z, 0, -1)) do
+        if string.sub(m, 1, #prefix) == prefix then
+          redis.call('ZREM', z, m)
+          n = n + 1
+        end
       end
     end
   end
 end
 if n > 0 then
-  reguard(KEYS[1], KEYS[4])
-  redis.call('PUBLISH', KEYS[3], '1')
+  reguard(MAIN, SHARED)
+  redis.call('PUBLISH', CHAN, '1')
 end
 return n
 "
 );
 
-/// Break every holder of a key: exclusive, semaphore and shared. KEYS:
-/// main, sem, released, shared. The count leaves out the readers' guard.
+/// Break every holder of a key: exclusive, semaphore and shared (the line
+/// stays). KEYS: [`super::Keys::all`]. The count leaves out the readers'
+/// guard.
 pub(super) const FORCE: &str = concat!(
     lua_common!(),
+    lua_line!(),
     r"
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
-local v = redis.call('GET', KEYS[1])
-local n = ((v and v ~= GUARD) and 1 or 0) + redis.call('ZCARD', KEYS[2]) + redis.call('ZCARD', KEYS[4])
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[4])
-redis.call('PUBLISH', KEYS[3], '1')
+redis.call('ZREMRANGEBYSCORE', SEM, '-inf', now)
+redis.call('ZREMRANGEBYSCORE', SHARED, '-inf', now)
+local v = redis.call('GET', MAIN)
+local n = ((v and v ~= GUARD) and 1 or 0) + redis.call('ZCARD', SEM) + redis.call('ZCARD', SHARED)
+redis.call('DEL', MAIN, SEM, SHARED, LIMIT)
+redis.call('PUBLISH', CHAN, '1')
 return n
 "
 );
 
-/// Holders of one key on one server, with the server's `TIME` and the
-/// number of live waiters, then (value, ms left, mode) per holder. KEYS:
-/// main, sem, waiters, shared.
+/// One key on one server, read only: the server's `TIME`, the number of
+/// live waiters, the semaphore's `--limit` (or ''), the number of live
+/// entries in line, then (entry, ticket, record, ms left) per entry in
+/// line, first in line first, then (value, ms left, mode) per holder.
+/// KEYS: [`super::Keys::all`].
 pub(super) const INSPECT: &str = concat!(
     lua_common!(),
+    lua_line!(),
     r"
-local out = {tostring(now), tostring(redis.call('ZCOUNT', KEYS[3], now, '+inf'))}
-main_holder(out, KEYS[1])
-members(out, KEYS[2], 'x')
-members(out, KEYS[4], 's')
+local out = {tostring(now), tostring(redis.call('ZCOUNT', WAITERS, now, '+inf'))}
+table.insert(out, redis.call('GET', LIMIT) or '')
+local line = {}
+local q = redis.call('ZRANGE', QUEUE, 0, -1, 'WITHSCORES')
+for i = 1, #q, 2 do
+  local lapse = redis.call('ZSCORE', WAITERS, q[i])
+  if lapse and tonumber(lapse) > now then
+    table.insert(line, q[i])
+    table.insert(line, q[i + 1])
+    table.insert(line, redis.call('HGET', QREC, q[i]) or '')
+    table.insert(line, tostring(tonumber(lapse) - now))
+  end
+end
+table.insert(out, tostring(#line / 4))
+for _, x in ipairs(line) do table.insert(out, x) end
+main_holder(out, MAIN)
+members(out, SEM, 'x')
+members(out, SHARED, 's')
 return out
 "
 );

@@ -8,7 +8,7 @@ use redis::{AsyncCommands, Script, Value};
 
 use super::conn::Conn;
 use super::scripts::INSPECT;
-use super::{RedisBackend, keys};
+use super::{RedisBackend, keys, waiter_entry};
 use crate::backend::{Holder, KeyStatus, kit};
 use crate::error::unavailable;
 
@@ -107,53 +107,87 @@ impl RedisBackend {
         }
         let mut out = Vec::new();
         for name in names {
-            let k = keys(namespace, &name);
-            let results = self
-                .everywhere(
-                    &Script::new(INSPECT),
-                    &[&k.main, &k.sem, &k.waiters, &k.shared],
-                    &[],
-                    self.op_timeout,
-                )
-                .await;
-            // A holder counts where a majority of servers agree on it.
-            let mut seen: Vec<(String, Holder, usize)> = Vec::new();
-            let mut answered = 0;
-            let mut waiters = 0u64;
-            for r in results.iter().flatten() {
-                answered += 1;
-                let s = strings(r);
-                waiters = waiters.max(s.get(1).and_then(|w| w.parse().ok()).unwrap_or(0));
-                for (id, h) in holders_from(&s[2.min(s.len())..]) {
-                    match seen.iter_mut().find(|(i, _, _)| *i == id) {
-                        Some(e) => e.2 += 1,
-                        None => seen.push((id, h, 1)),
-                    }
-                }
-            }
-            if answered == 0 {
-                let errors: Vec<String> = results.into_iter().filter_map(|r| r.err()).collect();
-                return Err(self.too_few(&errors));
-            }
-            let holders: Vec<Holder> = seen
-                .into_iter()
-                .filter(|(_, _, c)| *c >= self.quorum)
-                .map(|(_, h, _)| h)
-                .collect();
-            out.push(KeyStatus {
-                key: name,
-                // Readers are not slots of a limit.
-                limit: holders.iter().filter(|h| !h.shared).count().max(1) as u32,
-                holders,
-                waiters: Some(waiters),
-                queue: vec![],
-                unreadable: None,
-            });
+            out.push(self.key_status(namespace, name).await?);
         }
         if keys_in.is_empty() {
             out.retain(|k| !k.holders.is_empty());
         }
         Ok(out)
+    }
+
+    /// One key's state: a holder, and an entry in line, count where a
+    /// majority of servers agree on it (every one, on one server).
+    async fn key_status(&self, namespace: &str, name: String) -> Result<KeyStatus> {
+        let k = keys(namespace, &name);
+        let results = self
+            .everywhere(&Script::new(INSPECT), &k.all(), &[], self.op_timeout)
+            .await;
+        let mut seen: Vec<(String, Holder, usize)> = Vec::new();
+        // (entry, ticket, waiter, servers that list it).
+        let mut line: Vec<(String, f64, Holder, usize)> = Vec::new();
+        let mut answered = 0;
+        let mut waiters = 0u64;
+        let mut limit = None::<u32>;
+        for r in results.iter().flatten() {
+            answered += 1;
+            let s = strings(r);
+            let num = |i: usize| s.get(i).and_then(|w| w.parse::<u64>().ok());
+            waiters = waiters.max(num(1).unwrap_or(0));
+            if let Some(l) = num(2) {
+                limit = limit.max(Some(l.min(u64::from(u32::MAX)) as u32));
+            }
+            let queued = num(3).unwrap_or(0) as usize;
+            let rest = &s[4.min(s.len())..];
+            let (entries, holders) = rest.split_at((queued * 4).min(rest.len()));
+            for e in entries.chunks(4).filter(|e| e.len() == 4) {
+                match line.iter_mut().find(|(m, ..)| *m == e[0]) {
+                    Some(x) => x.3 += 1,
+                    None => {
+                        // An entry whose record is unreadable still waits.
+                        let w = waiter(&e[2]).unwrap_or_else(|| Holder {
+                            waiting: true,
+                            shared: e[0].starts_with("s|"),
+                            ..Holder::default()
+                        });
+                        line.push((e[0].clone(), e[1].parse().unwrap_or(f64::MAX), w, 1));
+                    }
+                }
+            }
+            for (id, h) in holders_from(holders) {
+                match seen.iter_mut().find(|(i, _, _)| *i == id) {
+                    Some(e) => e.2 += 1,
+                    None => seen.push((id, h, 1)),
+                }
+            }
+        }
+        if answered == 0 {
+            let errors: Vec<String> = results.into_iter().filter_map(|r| r.err()).collect();
+            return Err(self.too_few(&errors));
+        }
+        let holders: Vec<Holder> = seen
+            .into_iter()
+            .filter(|(_, _, c)| *c >= self.quorum)
+            .map(|(_, h, _)| h)
+            .collect();
+        // First in line first: by ticket, then by entry, as the servers
+        // order it.
+        line.retain(|e| e.3 >= self.quorum);
+        line.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+        let exclusive = holders.iter().filter(|h| !h.shared).count();
+        Ok(KeyStatus {
+            key: name,
+            // The --limit the semaphore's holders (those with a slot) took;
+            // a mutex's is 1. An older dlock's semaphore records neither:
+            // its holders' count is the best guess.
+            limit: match limit {
+                Some(l) if holders.iter().any(|h| h.slot.is_some()) => l,
+                _ => exclusive.max(1) as u32,
+            },
+            holders,
+            waiters: Some(waiters),
+            queue: line.into_iter().map(|e| e.2).collect(),
+            unreadable: None,
+        })
     }
 }
 
@@ -189,20 +223,39 @@ pub(super) fn strings(v: &Value) -> Vec<String> {
     }
 }
 
-/// Holders from a list of (value, ms left, mode) triples; the mode is `s`
-/// for a shared holder, `x` for any other.
+/// Holders from a list of (value, ms left, mode) triples, each with a
+/// name unique to it; the mode is `s` for a shared holder, `x` for any
+/// other, `q` or `qs` for a waiter ahead in line (an exclusive or shared
+/// request: [`Holder::waiting`], its `entry` named `q:ENTRY` for
+/// `BREAK_DEAD`).
 pub(super) fn holders_from(triples: &[String]) -> Vec<(String, Holder)> {
     let now = SystemTime::now();
     triples
         .chunks(3)
         .filter(|c| c.len() == 3)
-        .map(|c| {
+        .filter_map(|c| {
+            if c[2].starts_with('q') {
+                let h = waiter(&c[0])?;
+                let name = h.entry.clone()?;
+                return Some((name, h));
+            }
             let (id, mut h) = parse_holder(&c[0], c[1].parse().unwrap_or(-1), now);
             h.shared = c[2] == "s";
             h.entry = id.clone();
-            (id.unwrap_or_else(|| format!("foreign:{}", c[0])), h)
+            Some((id.unwrap_or_else(|| format!("foreign:{}", c[0])), h))
         })
         .collect()
+}
+
+/// A waiter's record in the line (`N` is its `--limit`, 0 for a shared
+/// request) as a [`Holder`] that waits: since when, in which mode, and
+/// whether its process is known dead.
+pub(super) fn waiter(record: &str) -> Option<Holder> {
+    let r = kit::Record::parse(record, kit::NField::Limit)?;
+    let mut h = r.holder(None, None);
+    h.waiting = true;
+    h.entry = Some(format!("q:{}", waiter_entry(&r.id, r.shared)));
+    Some(h)
 }
 
 fn glob_escape(s: &str) -> String {
