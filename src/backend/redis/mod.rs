@@ -8,10 +8,12 @@
 //! so `status` can say who holds it; any other value shows as a foreign
 //! holder. Beside it, in the same cluster slot (`{NAMESPACE:KEY}` hash tag):
 //! `:fence` (the fencing counter), `:sem` (a sorted set of semaphore holders
-//! scored by expiry, for `--limit` > 1), `:shared` (the same for shared
-//! holders), `:waiters` (a sorted set of waiting processes scored by when
-//! each entry lapses, for `status` and writer preference) and the
-//! `:released` pub/sub channel.
+//! scored by expiry, for `--limit` > 1; each record ends with its slot),
+//! `:limit` (the semaphore's `--limit`, for `status`), `:shared` (the same
+//! as `:sem` for shared holders), `:waiters` (a sorted set of waiting
+//! processes scored by when each entry lapses), `:queue` (the line: the
+//! same entries scored by arrival ticket), `:qrec` (a hash of the waiters'
+//! records) and the `:released` pub/sub channel.
 //!
 //! Shared locks (`--shared`): each reader is a member of the sorted set
 //! `{NAMESPACE:KEY}:shared`, valued like the main key (`dlock1|ID|TOKEN|...`)
@@ -22,16 +24,24 @@
 //! reset its `PX` at every change, and delete it with the last reader): so
 //! a SET-NX client (redis-py `Lock`, redsync) is kept out by dlock's
 //! readers, as by its writers, and any other value in the main key keeps
-//! readers out. Admission (in `ACQUIRE`, atomically) is the server-side
-//! spelling of `kit::admits`: a holder of the main key other than the guard
-//! keeps every request out; otherwise the semaphore and shared members are
-//! the entries ahead, plus, for a shared request, the exclusive requests
-//! waiting, whose `:waiters` entries are the bare waiter id (a shared
-//! waiter's is `s|ID`). A waiter writes its entry right after its first
-//! failed attempt, so once a writer waits, later readers wait behind it.
-//! Every acquisition, shared or not, takes its token from `:fence`.
-//! `:released` is published when the last reader leaves, and when a waiter
-//! removes its entry (readers may have waited behind it).
+//! readers out.
+//!
+//! Fair queues: admission (in `ACQUIRE`, atomically) is the server-side
+//! spelling of `kit::admits`. A holder of the main key other than the guard
+//! keeps every request out; otherwise the entries ahead are the semaphore
+//! and shared members, then the live entries of the line before ours (all
+//! of them for a request not in line yet). A request that is kept out with
+//! `join` takes its place in the same script: a ticket (one server: the
+//! next number; Redlock: the client's, the same on every server, see
+//! `poll.rs`), its record, and its `:waiters` entry, which every attempt
+//! renews; an entry whose `:waiters` entry lapsed (2 s) is out of the line.
+//! The `:waiters` entries are still the bare waiter id for a writer and
+//! `s|ID` for a reader, as older versions wrote them: an older dlock counts
+//! our writers ahead of its readers, and we count its waiting writers (in
+//! `:waiters` but not in line) ahead of ours. Every acquisition, shared or
+//! not, takes its token from `:fence`. `:released` is published at every
+//! release, when the last reader leaves, when a waiter leaves the line,
+//! and when a semaphore holder is let in with others still in line.
 //!
 //! Expiry is judged by the Redis server's clock (`TIME` inside the scripts,
 //! and `PX`), never ours.
