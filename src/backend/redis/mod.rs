@@ -290,14 +290,14 @@ impl RedisBackend {
         keep_ms: u64,
     ) -> Vec<Result<Value, String>> {
         let k = keys(&lease.namespace, &lease.key);
-        let (script, set) = if lease.shared {
-            (SHARED_RELEASE, &k.shared)
+        let script = if lease.shared {
+            SHARED_RELEASE
         } else {
-            (RELEASE, &k.sem)
+            RELEASE
         };
         self.everywhere(
             &Script::new(script),
-            &[&k.main, set, &k.chan],
+            &k.all(),
             &[lease.id.clone(), mode.to_string(), keep_ms.to_string()],
             self.step_timeout(lease.ttl),
         )

@@ -182,25 +182,29 @@ impl Poll for RedisBackend {
             cap += Duration::from_millis(u64::from(b[0]) % 50);
         }
         let bound = until.map_or(Instant::now() + cap, |u| u.min(Instant::now() + cap));
+        let mine = waiter_entry(&self.waiting.id, spec.shared);
         let mut subs = self.subs.lock().await;
-        if let Some((_, streams)) = subs.as_mut() {
-            let woke = if streams.is_empty() {
-                None
-            } else {
-                tokio::time::timeout_at(bound.into(), streams.next())
-                    .await
-                    .ok()
-            };
-            // Every subscription ended (a server restarted): subscribe again
-            // at the next wait, and poll until then rather than spin.
-            if matches!(woke, None | Some(None)) {
-                if woke.is_some() {
+        let Some((_, streams)) = subs.as_mut() else {
+            return Ok(());
+        };
+        while !streams.is_empty() {
+            match tokio::time::timeout_at(bound.into(), streams.next()).await {
+                // The poll's bound: try again.
+                Err(_) => return Ok(()),
+                Ok(Some(msg)) if wakes(&msg, &mine) => return Ok(()),
+                // A message for other waiters: wait on.
+                Ok(Some(_)) => {}
+                // Every subscription ended (a server restarted): subscribe
+                // again at the next wait.
+                Ok(None) => {
                     *subs = None;
+                    break;
                 }
-                drop(subs);
-                tokio::time::sleep_until(bound.into()).await;
             }
         }
+        // Nothing to wake us: poll rather than spin.
+        drop(subs);
+        tokio::time::sleep_until(bound.into()).await;
         Ok(())
     }
 }
@@ -235,6 +239,22 @@ impl RedisBackend {
         if let Ok(mut t) = self.tickets.lock() {
             t.remove(&(spec.namespace.clone(), spec.key.clone()));
         }
+    }
+}
+
+/// Whether a message on the key's channels is a reason for this waiter
+/// (entry `mine`) to try again: a release that names it among those who
+/// may go in now (`q:ENTRY,...`), any other message on `:released` (an
+/// older dlock's), or a keyspace event that may have freed the key (a
+/// foreign client's release, an expiry), not one that took it.
+fn wakes(msg: &redis::Msg, mine: &str) -> bool {
+    let payload: String = msg.get_payload().unwrap_or_default();
+    if msg.get_channel_name().starts_with("__keyspace@") {
+        return !matches!(payload.as_str(), "set" | "expire");
+    }
+    match payload.strip_prefix("q:") {
+        Some(names) => names.split(',').any(|n| n == mine),
+        None => true,
     }
 }
 

@@ -96,6 +96,49 @@ end
     };
 }
 
+/// Wake the waiters that may go in now: the message on `:released` names
+/// them (`q:` then their entries, comma-separated, first in line first),
+/// so that only they try again at once rather than every waiter (each try
+/// is a script the server runs in turn, the next in line's among them).
+/// Any other message (an older dlock's `1`) wakes every waiter. Needs
+/// `lua_common`, `lua_line` and `lua_record`.
+macro_rules! lua_wake {
+    () => {
+        r"
+local function wake()
+  local names = {}
+  local main = redis.call('GET', MAIN)
+  if not (main and main ~= GUARD) then
+    local readers = redis.call('ZCOUNT', SHARED, '(' .. now, '+inf')
+    local ahead = redis.call('ZCOUNT', SEM, '(' .. now, '+inf') + readers
+    local shared_ahead = readers
+    local from, stop = 0, false
+    while not stop do
+      local batch = redis.call('ZRANGE', QUEUE, from, from + 31)
+      if #batch == 0 then break end
+      for _, m in ipairs(batch) do
+        local lapse = redis.call('ZSCORE', WAITERS, m)
+        if lapse and tonumber(lapse) > now then
+          local sh = string.sub(m, 1, 2) == 's|'
+          local limit = tonumber(fields(redis.call('HGET', QREC, m) or '')[3] or '') or 1
+          if not admits(sh, limit, ahead, shared_ahead) then
+            stop = true
+            break
+          end
+          table.insert(names, m)
+          ahead = ahead + 1
+          if sh then shared_ahead = shared_ahead + 1 end
+        end
+      end
+      from = from + 32
+    end
+  end
+  redis.call('PUBLISH', CHAN, 'q:' .. table.concat(names, ','))
+end
+"
+    };
+}
+
 /// One attempt, which on failure with `join` takes or keeps our place in
 /// the line. KEYS: [`super::Keys::all`]. ARGV: 1 id, 2 ttl ms, 3 limit,
 /// 4 '1' (single server: INCR the fence) or '2' (Redlock: read it), 5 user,
@@ -230,8 +273,6 @@ else
   if redis.call('PTTL', SEM) < tonumber(ARGV[2]) then redis.call('PEXPIRE', SEM, ARGV[2]) end
   -- The --limit, for status, as long as the semaphore.
   redis.call('SET', LIMIT, limit, 'PX', redis.call('PTTL', SEM))
-  -- The next in line may fit beside us.
-  if redis.call('ZCARD', QUEUE) > 0 then redis.call('PUBLISH', CHAN, '1') end
 end
 return {1, token, slot}
 "
@@ -322,32 +363,34 @@ end
 }
 
 /// Release if ours (ARGV[2] = 'release'), or keep it exactly ARGV[3] ms
-/// more and let it lapse (`--lock-at-least`), as no process's.
+/// more and let it lapse (`--lock-at-least`), as no process's. KEYS:
+/// [`super::Keys::all`].
 pub(super) const RELEASE: &str = concat!(
+    lua_common!(),
+    lua_line!(),
     lua_record!(),
     lua_disowned!(),
+    lua_wake!(),
     r"
 local prefix = 'dlock1|' .. ARGV[1] .. '|'
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local v = redis.call('GET', KEYS[1])
+local v = redis.call('GET', MAIN)
 if v and string.sub(v, 1, #prefix) == prefix then
   if ARGV[2] == 'release' then
-    redis.call('DEL', KEYS[1])
-    redis.call('PUBLISH', KEYS[3], '1')
+    redis.call('DEL', MAIN)
+    wake()
   else
-    redis.call('SET', KEYS[1], disowned(v), 'PX', ARGV[3])
+    redis.call('SET', MAIN, disowned(v), 'PX', ARGV[3])
   end
   return 1
 end
-local m = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+local m = redis.call('ZRANGE', SEM, 0, -1, 'WITHSCORES')
 for i = 1, #m, 2 do
   if string.sub(m[i], 1, #prefix) == prefix and tonumber(m[i + 1]) > now then
-    redis.call('ZREM', KEYS[2], m[i])
+    redis.call('ZREM', SEM, m[i])
     if ARGV[2] == 'release' then
-      redis.call('PUBLISH', KEYS[3], '1')
+      wake()
     else
-      redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), disowned(m[i]))
+      redis.call('ZADD', SEM, now + tonumber(ARGV[3]), disowned(m[i]))
     end
     return 1
   end
@@ -380,26 +423,28 @@ return 0
 );
 
 /// Release a shared lease (ARGV[2] = 'release'), or keep it exactly
-/// ARGV[3] ms more (`--lock-at-least`). KEYS: main, shared, released.
+/// ARGV[3] ms more (`--lock-at-least`). KEYS: [`super::Keys::all`].
 /// Waiters are told when the last reader leaves: only exclusive requests
 /// wait for readers.
 pub(super) const SHARED_RELEASE: &str = concat!(
     lua_common!(),
+    lua_line!(),
     lua_record!(),
     lua_disowned!(),
+    lua_wake!(),
     r"
 local prefix = 'dlock1|' .. ARGV[1] .. '|'
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-for _, v in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+redis.call('ZREMRANGEBYSCORE', SHARED, '-inf', now)
+for _, v in ipairs(redis.call('ZRANGE', SHARED, 0, -1)) do
   if string.sub(v, 1, #prefix) == prefix then
     if ARGV[2] == 'release' then
-      redis.call('ZREM', KEYS[2], v)
-      reguard(KEYS[1], KEYS[2])
-      if redis.call('ZCARD', KEYS[2]) == 0 then redis.call('PUBLISH', KEYS[3], '1') end
+      redis.call('ZREM', SHARED, v)
+      reguard(MAIN, SHARED)
+      if redis.call('ZCARD', SHARED) == 0 then wake() end
     else
-      redis.call('ZREM', KEYS[2], v)
-      redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), disowned(v))
-      reguard(KEYS[1], KEYS[2])
+      redis.call('ZREM', SHARED, v)
+      redis.call('ZADD', SHARED, now + tonumber(ARGV[3]), disowned(v))
+      reguard(MAIN, SHARED)
     end
     return 1
   end
@@ -412,14 +457,17 @@ return 0
 /// go, both modes' (`ID`, `s|ID`), and the waiters are woken (those behind
 /// it may go now). KEYS: [`super::Keys::all`]. ARGV: the waiter's id.
 pub(super) const LEAVE: &str = concat!(
+    lua_common!(),
     lua_line!(),
+    lua_record!(),
+    lua_wake!(),
     r"
 local n = 0
 for _, m in ipairs({ARGV[1], 's|' .. ARGV[1]}) do
   n = n + redis.call('ZREM', WAITERS, m) + redis.call('ZREM', QUEUE, m)
   redis.call('HDEL', QREC, m)
 end
-if n > 0 then redis.call('PUBLISH', CHAN, '1') end
+if n > 0 then wake() end
 return n
 "
 );
@@ -432,6 +480,8 @@ return n
 pub(super) const BREAK_DEAD: &str = concat!(
     lua_common!(),
     lua_line!(),
+    lua_record!(),
+    lua_wake!(),
     r"
 local n = 0
 for _, id in ipairs(ARGV) do
@@ -459,7 +509,7 @@ for _, id in ipairs(ARGV) do
 end
 if n > 0 then
   reguard(MAIN, SHARED)
-  redis.call('PUBLISH', CHAN, '1')
+  wake()
 end
 return n
 "
@@ -471,13 +521,15 @@ return n
 pub(super) const FORCE: &str = concat!(
     lua_common!(),
     lua_line!(),
+    lua_record!(),
+    lua_wake!(),
     r"
 redis.call('ZREMRANGEBYSCORE', SEM, '-inf', now)
 redis.call('ZREMRANGEBYSCORE', SHARED, '-inf', now)
 local v = redis.call('GET', MAIN)
 local n = ((v and v ~= GUARD) and 1 or 0) + redis.call('ZCARD', SEM) + redis.call('ZCARD', SHARED)
 redis.call('DEL', MAIN, SEM, SHARED, LIMIT)
-redis.call('PUBLISH', CHAN, '1')
+wake()
 return n
 "
 );
