@@ -40,8 +40,10 @@
 //! our writers ahead of its readers, and we count its waiting writers (in
 //! `:waiters` but not in line) ahead of ours. Every acquisition, shared or
 //! not, takes its token from `:fence`. `:released` is published at every
-//! release, when the last reader leaves, when a waiter leaves the line,
-//! and when a semaphore holder is let in with others still in line.
+//! release, when the last reader leaves, and when a waiter leaves the line
+//! or is found dead; the message names the entries that may go in now
+//! (`q:ENTRY,...`), and only they try at once (any other message, such as
+//! an older dlock's `1`, wakes every waiter).
 //!
 //! Expiry is judged by the Redis server's clock (`TIME` inside the scripts,
 //! and `PX`), never ours.
