@@ -5,6 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::fair::fair_conformance;
 use common::shared::shared_conformance;
 use common::suite::{self, conformance};
 use common::*;
@@ -14,6 +15,8 @@ conformance!(redis_single, Env::redis());
 conformance!(redlock, Env::redlock(5));
 shared_conformance!(redis_single_shared, Env::redis());
 shared_conformance!(redlock_shared, Env::redlock(5));
+fair_conformance!(redis_single_fair, Env::redis());
+fair_conformance!(redlock_fair, Env::redlock(5));
 
 #[test]
 fn server_frozen_past_the_ttl_stops_the_child_before_expiry() {
@@ -275,6 +278,7 @@ fn sentinel() -> Env {
 }
 
 shared_conformance!(redis_sentinel_shared, super::sentinel());
+fair_conformance!(redis_sentinel_fair, super::sentinel());
 
 /// A three-primary Redis Cluster on loopback.
 fn cluster() -> Env {
@@ -312,6 +316,7 @@ fn cluster() -> Env {
 
 conformance!(redis_cluster, super::cluster());
 shared_conformance!(redis_cluster_shared, super::cluster());
+fair_conformance!(redis_cluster_fair, super::cluster());
 
 #[test]
 fn sentinel_failover_keeps_locking() {
@@ -577,5 +582,80 @@ fn a_wrong_password_is_refused_at_once_and_named_as_such() {
     assert!(!err.contains("wrong-one"), "password printed: {err}");
     let env = Env::bare(format!("redis://:right-one@127.0.0.1:{}", r.port));
     let out = env.run(&["run", "--key", "k", "--", "true"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}
+
+/// `--lock-at-least` keeps a semaphore holder's record past its process,
+/// slot included: the slot stays taken until the record lapses.
+#[test]
+fn a_slot_kept_by_lock_at_least_stays_taken() {
+    let env = Env::redis();
+    let slot = |extra: &[&str]| -> String {
+        let mut args = vec!["run", "--limit", "3", "--key", "kept"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "sh", "-c", "echo $DLOCK_SLOT"]);
+        let out = env.run(&args);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        stdout(&out).trim().to_string()
+    };
+    assert_eq!(slot(&["--lock-at-least", "5s"]), "0");
+    let st = env.status_json(&["kept"]);
+    assert_eq!(st[0]["holders"][0]["slot"], 0, "{st}");
+    assert_eq!(st[0]["limit"], 3, "{st}");
+    assert_eq!(slot(&[]), "1", "slot 0 is still kept");
+}
+
+/// Redlock: a semaphore slot holds on a majority. A server that alone
+/// has slot 0 taken (a stale entry) is outvoted; where a majority has it
+/// taken, the next slot is chosen.
+#[test]
+fn redlock_slots_agree_on_a_majority() {
+    let env = Env::redlock(3);
+    let stale = |servers: &[usize], key: &str| {
+        for &i in servers {
+            env.redis[i].cli(&[
+                "ZADD",
+                &format!("{{dlock:{key}}}:sem"),
+                "99999999999999",
+                "dlock1|stale|0|u|h|1|0||||||0",
+            ]);
+        }
+    };
+    let slot = |key: &str| -> String {
+        let out = env.run(&[
+            "run",
+            "--limit",
+            "3",
+            "--key",
+            key,
+            "--",
+            "sh",
+            "-c",
+            "echo $DLOCK_SLOT",
+        ]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        stdout(&out).trim().to_string()
+    };
+    stale(&[0], "one");
+    assert_eq!(slot("one"), "0", "one server's stale entry is outvoted");
+    stale(&[0, 1], "two");
+    assert_eq!(slot("two"), "1", "a majority's entry holds slot 0");
+    let st = env.status_json(&["two"]);
+    assert_eq!(st[0]["holders"][0]["slot"], 0, "{st}");
+}
+
+/// An older dlock's waiting writer (a `:waiters` entry, not in line) still
+/// keeps later readers out (no writer starvation across versions); an
+/// exclusive request does not wait for it (an older dlock is not in line).
+#[test]
+fn an_older_dlocks_waiting_writer_keeps_readers_out() {
+    let env = Env::redis();
+    env.redis[0].cli(&["ZADD", "{dlock:ow}:waiters", "99999999999999", "1-old"]);
+    let out = env.run(&["run", "--shared", "-n", "--key", "ow", "--", "true"]);
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    let out = env.run(&["run", "-n", "--key", "ow", "--", "true"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    env.redis[0].cli(&["ZREM", "{dlock:ow}:waiters", "1-old"]);
+    let out = env.run(&["run", "--shared", "-n", "--key", "ow", "--", "true"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
 }

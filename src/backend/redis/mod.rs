@@ -1,0 +1,553 @@
+//! Redis: one server, or Redlock over several independent servers.
+//!
+//! Layout, shared with redis-py's `Lock` and redsync: the lock is the string
+//! key `NAMESPACE:KEY`, taken with the equivalent of `SET key value NX PX ttl`
+//! and renewed or released only by Lua scripts that compare the value first.
+//! A redis-py or redsync client on the same key therefore excludes dlock and
+//! is excluded by it. dlock's value is `dlock1|ID|TOKEN|USER|HOST|PID|SINCE`,
+//! so `status` can say who holds it; any other value shows as a foreign
+//! holder. Beside it, in the same cluster slot (`{NAMESPACE:KEY}` hash tag):
+//! `:fence` (the fencing counter), `:sem` (a sorted set of semaphore holders
+//! scored by expiry, for `--limit` > 1; each record ends with its slot),
+//! `:limit` (the semaphore's `--limit`, for `status`), `:shared` (the same
+//! as `:sem` for shared holders), `:waiters` (a sorted set of waiting
+//! processes scored by when each entry lapses), `:queue` (the line: the
+//! same entries scored by arrival ticket), `:qrec` (a hash of the waiters'
+//! records) and the `:released` pub/sub channel.
+//!
+//! Shared locks (`--shared`): each reader is a member of the sorted set
+//! `{NAMESPACE:KEY}:shared`, valued like the main key (`dlock1|ID|TOKEN|...`)
+//! and scored by its expiry, so a killed reader's share lapses alone after
+//! its TTL (every script prunes expired members by the server's `TIME`).
+//! While any reader holds, the main key holds the guard value
+//! `dlock-shared`, lasting exactly as long as the last reader (the scripts
+//! reset its `PX` at every change, and delete it with the last reader): so
+//! a SET-NX client (redis-py `Lock`, redsync) is kept out by dlock's
+//! readers, as by its writers, and any other value in the main key keeps
+//! readers out.
+//!
+//! Fair queues: admission (in `ACQUIRE`, atomically) is the server-side
+//! spelling of `kit::admits`. A holder of the main key other than the guard
+//! keeps every request out; otherwise the entries ahead are the semaphore
+//! and shared members, then the live entries of the line before ours (all
+//! of them for a request not in line yet). A request that is kept out with
+//! `join` takes its place in the same script: a ticket (one server: the
+//! next number; Redlock: the client's, the same on every server, see
+//! `poll.rs`), its record, and its `:waiters` entry, which every attempt
+//! renews; an entry whose `:waiters` entry lapsed (2 s) is out of the line.
+//! The `:waiters` entries are still the bare waiter id for a writer and
+//! `s|ID` for a reader, as older versions wrote them: an older dlock counts
+//! our writers ahead of its readers, and we count its waiting writers (in
+//! `:waiters` but not in line) ahead of ours. Every acquisition, shared or
+//! not, takes its token from `:fence`. `:released` is published at every
+//! release, when the last reader leaves, and when a waiter leaves the line
+//! or is found dead; the message names the entries that may go in now
+//! (`q:ENTRY,...`), and only they try at once (any other message, such as
+//! an older dlock's `1`, wakes every waiter).
+//!
+//! Expiry is judged by the Redis server's clock (`TIME` inside the scripts,
+//! and `PX`), never ours.
+//!
+//! Redlock (several URLs): every step goes to all servers in parallel with a
+//! per-server timeout much shorter than the TTL, and counts only with a
+//! majority. The fencing token is the highest counter seen on the granting
+//! majority plus one, written back to a majority before the child starts:
+//! any two majorities share a server, so tokens keep rising while servers
+//! keep their data. Shared leases take the same two rounds: a reader holds
+//! where a majority has its member (and so the guard).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Result;
+use async_trait::async_trait;
+use futures_util::future::join_all;
+use futures_util::stream::SelectAll;
+
+use redis::aio::PubSubStream;
+use redis::{Script, Value};
+use tokio::sync::Mutex;
+
+mod conn;
+mod doctor;
+mod poll;
+mod scripts;
+mod status;
+
+use super::{Backend, KeyStatus, Lease, PingInfo, Poll, Renewal, Waiting};
+use crate::error::unavailable;
+use conn::{Conn, Node, denied};
+pub use scripts::LUA_COMMON;
+use scripts::{FORCE, LEAVE, RELEASE, RENEW, SHARED_RELEASE, SHARED_RENEW};
+
+pub struct RedisBackend {
+    nodes: Vec<Node>,
+    quorum: usize,
+    op_timeout: Duration,
+    /// The keys this process waits in line for (its entries in the waiters
+    /// sets and the lines), so that `close` can take them out.
+    waiting: Waiting,
+    /// Redlock: this process's ticket in each key's line, the same on every
+    /// server (see [`poll`]).
+    tickets: std::sync::Mutex<std::collections::HashMap<(String, String), u64>>,
+    /// Subscriptions for waiting: (channel key, merged message streams).
+    subs: Mutex<Option<(String, SelectAll<PubSubStream>)>>,
+}
+
+/// A key's Redis keys: the lock itself, and beside it in its cluster slot
+/// (the `{NS:KEY}` hash tag) the rest (see the module's note).
+struct Keys {
+    main: String,
+    fence: String,
+    sem: String,
+    chan: String,
+    waiters: String,
+    shared: String,
+    queue: String,
+    qrec: String,
+    limit: String,
+}
+
+fn keys(ns: &str, key: &str) -> Keys {
+    let main = format!("{ns}:{key}");
+    Keys {
+        fence: format!("{{{main}}}:fence"),
+        sem: format!("{{{main}}}:sem"),
+        waiters: format!("{{{main}}}:waiters"),
+        shared: format!("{{{main}}}:shared"),
+        chan: format!("{{{main}}}:released"),
+        queue: format!("{{{main}}}:queue"),
+        qrec: format!("{{{main}}}:qrec"),
+        limit: format!("{{{main}}}:limit"),
+        main,
+    }
+}
+
+impl Keys {
+    /// The `KEYS` of the scripts that read or change the line, in the
+    /// order they name them (`lua_line!` in scripts.rs).
+    fn all(&self) -> [&str; 9] {
+        [
+            &self.main,
+            &self.fence,
+            &self.sem,
+            &self.waiters,
+            &self.shared,
+            &self.queue,
+            &self.qrec,
+            &self.limit,
+            &self.chan,
+        ]
+    }
+}
+
+/// This process's entry in a key's waiters set: its id, marked `s|` when
+/// it waits to share (exclusive entries are the bare id, as before).
+fn waiter_entry(id: &str, shared: bool) -> String {
+    if shared {
+        format!("s|{id}")
+    } else {
+        id.to_string()
+    }
+}
+
+fn clean(s: &str) -> String {
+    s.replace('|', "_")
+}
+
+impl RedisBackend {
+    pub async fn connect(urls: &[String], timeout: Duration) -> Result<RedisBackend> {
+        let mut nodes = Vec::new();
+        for url in urls {
+            nodes.push(Node::open(url, timeout).await?);
+        }
+        let quorum = nodes.len() / 2 + 1;
+        let b = RedisBackend {
+            nodes,
+            quorum,
+            op_timeout: timeout,
+            waiting: Waiting::new(),
+            tickets: Default::default(),
+            subs: Mutex::new(None),
+        };
+        // Reach a quorum now, so an unreachable backend is exit 69 at once.
+        // Each answer, and whether the server refused our credentials.
+        let pings = join_all(b.nodes.iter().map(|n| {
+            let mut c = n.conn.clone();
+            async move {
+                match tokio::time::timeout(
+                    timeout,
+                    redis::cmd("PING").query_async::<String>(&mut c),
+                )
+                .await
+                {
+                    Err(_) => Err(("timed out".to_string(), false)),
+                    Ok(Err(e)) => Err((e.to_string(), denied(&e))),
+                    Ok(Ok(_)) => Ok(()),
+                }
+            }
+        }))
+        .await;
+        let failed: Vec<(String, bool)> = b
+            .nodes
+            .iter()
+            .zip(&pings)
+            .filter_map(|(n, p)| {
+                p.as_ref()
+                    .err()
+                    .map(|(e, d)| (format!("{} ({e})", n.shown), *d))
+            })
+            .collect();
+        if b.nodes.len() - failed.len() < b.quorum {
+            let all: Vec<&str> = failed.iter().map(|(f, _)| f.as_str()).collect();
+            // Reached, but refused: say so, and do not retry.
+            if failed.iter().any(|(_, d)| *d) {
+                return Err(crate::error::denied(format!(
+                    "Redis refused the credentials in the URL: {}",
+                    all.join(", ")
+                )));
+            }
+            if b.nodes.len() == 1 {
+                return Err(unavailable(format!(
+                    "cannot reach the Redis server {}",
+                    all.join(", ")
+                )));
+            }
+            return Err(unavailable(format!(
+                "cannot reach {} of {} Redis server(s): {}",
+                failed.len(),
+                b.nodes.len(),
+                all.join(", ")
+            )));
+        }
+        let failed: Vec<String> = failed.into_iter().map(|(f, _)| f).collect();
+        for f in &failed {
+            tracing::warn!("Redis server unreachable, continuing with a majority: {f}");
+        }
+        Ok(b)
+    }
+
+    fn redlock(&self) -> bool {
+        self.nodes.len() > 1
+    }
+
+    /// Per-server timeout for one step: Redlock wants it much shorter than
+    /// the TTL so that a dead server costs little of the lease.
+    fn step_timeout(&self, ttl: Duration) -> Duration {
+        if self.redlock() {
+            (ttl / 10).clamp(Duration::from_millis(20), self.op_timeout)
+        } else {
+            self.op_timeout
+        }
+    }
+
+    /// Run a script on every server in parallel; one result per server.
+    async fn everywhere(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[String],
+        step: Duration,
+    ) -> Vec<Result<Value, String>> {
+        join_all(self.nodes.iter().map(|n| {
+            let mut conn = n.conn.clone();
+            let mut inv = script.prepare_invoke();
+            for k in keys {
+                inv.key(*k);
+            }
+            for a in args {
+                inv.arg(a.as_str());
+            }
+            async move {
+                match tokio::time::timeout(step, inv.invoke_async::<Value>(&mut conn)).await {
+                    Err(_) => Err(format!("{}: timed out after {step:?}", n.shown)),
+                    Ok(Err(e)) => Err(format!("{}: {e}", n.shown)),
+                    Ok(Ok(v)) => Ok(v),
+                }
+            }
+        }))
+        .await
+    }
+
+    fn too_few(&self, errors: &[String]) -> anyhow::Error {
+        // One server (or one Sentinel-managed primary) is no Redlock.
+        if self.nodes.len() == 1 {
+            return unavailable(format!(
+                "the Redis server did not answer: {}",
+                errors.join("; ")
+            ));
+        }
+        unavailable(format!(
+            "only {} of {} Redis servers answered (a majority of {} is needed): {}",
+            self.nodes.len() - errors.len(),
+            self.nodes.len(),
+            self.quorum,
+            errors.join("; ")
+        ))
+    }
+
+    async fn release_on(
+        &self,
+        lease: &Lease,
+        mode: &str,
+        keep_ms: u64,
+    ) -> Vec<Result<Value, String>> {
+        let k = keys(&lease.namespace, &lease.key);
+        let script = if lease.shared {
+            SHARED_RELEASE
+        } else {
+            RELEASE
+        };
+        self.everywhere(
+            &Script::new(script),
+            &k.all(),
+            &[lease.id.clone(), mode.to_string(), keep_ms.to_string()],
+            self.step_timeout(lease.ttl),
+        )
+        .await
+    }
+
+    async fn subscribe(&self, ns: &str, key: &str) -> Result<()> {
+        let k = keys(ns, key);
+        let mut subs = self.subs.lock().await;
+        if subs.as_ref().is_some_and(|(c, _)| *c == k.chan) {
+            return Ok(());
+        }
+        let mut all = SelectAll::new();
+        for n in &self.nodes {
+            let sub = async {
+                let mut ps = n.conn.pubsub_client().await?.get_async_pubsub().await?;
+                ps.subscribe(&k.chan).await?;
+                // Keyspace events, where the server has them enabled, also
+                // tell about releases by other clients and expiry.
+                ps.subscribe(format!("__keyspace@{}__:{}", n.db, k.main))
+                    .await?;
+                Ok::<_, redis::RedisError>(ps.into_on_message())
+            };
+            match tokio::time::timeout(self.op_timeout, sub).await {
+                Ok(Ok(stream)) => all.push(stream),
+                Ok(Err(e)) => tracing::debug!("cannot subscribe on {}: {e}", n.shown),
+                Err(_) => tracing::debug!("subscribing on {} timed out", n.shown),
+            }
+        }
+        *subs = Some((k.chan, all));
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Backend for RedisBackend {
+    fn describe(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.shown.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn poller(&self) -> Option<&dyn Poll> {
+        Some(self)
+    }
+
+    fn shares(&self) -> bool {
+        true
+    }
+
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Renewal> {
+        let k = keys(&lease.namespace, &lease.key);
+        let (script, set) = if lease.shared {
+            (SHARED_RENEW, &k.shared)
+        } else {
+            (RENEW, &k.sem)
+        };
+        let results = self
+            .everywhere(
+                &Script::new(script),
+                &[&k.main, set, &k.limit],
+                &[lease.id.clone(), ttl.as_millis().to_string()],
+                self.step_timeout(ttl),
+            )
+            .await;
+        let ok = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Value::Int(1))))
+            .count();
+        let gone = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Value::Int(0))))
+            .count();
+        if ok >= self.quorum {
+            Ok(Renewal::Renewed)
+        } else if gone > self.nodes.len() - self.quorum {
+            Ok(Renewal::Lost)
+        } else {
+            let errors: Vec<String> = results.into_iter().filter_map(|r| r.err()).collect();
+            Err(self.too_few(&errors))
+        }
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<bool> {
+        let results = self.release_on(lease, "release", 0).await;
+        let ok = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Value::Int(1))))
+            .count();
+        if ok == 0 && results.iter().all(|r| r.is_err()) {
+            let errors: Vec<String> = results.into_iter().filter_map(|r| r.err()).collect();
+            return Err(self.too_few(&errors));
+        }
+        Ok(ok >= self.quorum)
+    }
+
+    async fn release_after(&self, lease: &Lease, remaining: Duration) -> Result<bool> {
+        let results = self
+            .release_on(lease, "keep", remaining.as_millis().max(1) as u64)
+            .await;
+        Ok(results
+            .iter()
+            .filter(|r| matches!(r, Ok(Value::Int(1))))
+            .count()
+            >= self.quorum)
+    }
+
+    async fn force_release(&self, namespace: &str, key: &str) -> Result<u64> {
+        let k = keys(namespace, key);
+        let results = self
+            .everywhere(&Script::new(FORCE), &k.all(), &[], self.op_timeout)
+            .await;
+        let mut n = 0;
+        let mut errors = Vec::new();
+        for r in results {
+            match r {
+                Ok(Value::Int(c)) => n = n.max(c as u64),
+                Ok(_) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+        if errors.len() == self.nodes.len() {
+            return Err(self.too_few(&errors));
+        }
+        Ok(n)
+    }
+
+    async fn status(&self, namespace: &str, keys_in: &[String]) -> Result<Vec<KeyStatus>> {
+        self.status_of(namespace, keys_in).await
+    }
+
+    async fn ping(&self) -> Result<PingInfo> {
+        // Every server at once, each bounded: one that hangs must not hold
+        // up (or hide) the others.
+        let versions = join_all(self.nodes.iter().map(|n| async move {
+            let mut c = n.conn.clone();
+            let info = tokio::time::timeout(
+                self.op_timeout,
+                redis::cmd("INFO")
+                    .arg("server")
+                    .query_async::<Value>(&mut c),
+            )
+            .await;
+            match info {
+                Ok(Ok(v)) => info_text(&v)
+                    .lines()
+                    .find_map(|l| l.strip_prefix("redis_version:"))
+                    .unwrap_or("?")
+                    .trim()
+                    .to_string(),
+                _ => "unreachable".to_string(),
+            }
+        }))
+        .await;
+        if versions.iter().all(|v| v == "unreachable") {
+            let none = vec!["no answer to INFO".to_string(); self.nodes.len()];
+            return Err(self.too_few(&none));
+        }
+        let kind = if self.redlock() { "redlock" } else { "redis" };
+        Ok(PingInfo {
+            kind,
+            version: versions.join(","),
+            detail: self.describe(),
+        })
+    }
+
+    async fn close(&self) {
+        // A waiter that gave up takes its place in line out now rather
+        // than letting it lapse (one that died still lapses, or is found
+        // dead by a waiter on its machine).
+        if let Ok(mut t) = self.tickets.lock() {
+            t.clear();
+        }
+        for (ns, key) in self.waiting.clear() {
+            let k = keys(&ns, &key);
+            let _ = self
+                .everywhere(
+                    &Script::new(LEAVE),
+                    &k.all(),
+                    std::slice::from_ref(&self.waiting.id),
+                    // Best effort: never hold up dlock's exit for long.
+                    self.op_timeout.min(Duration::from_millis(500)),
+                )
+                .await;
+        }
+    }
+
+    async fn server_time(&self) -> Result<Option<SystemTime>> {
+        let mut last = None;
+        for n in &self.nodes {
+            let mut c = n.conn.clone();
+            let t = tokio::time::timeout(
+                self.op_timeout,
+                redis::cmd("TIME").query_async::<(u64, u64)>(&mut c),
+            )
+            .await;
+            match t {
+                Ok(Ok((secs, micros))) => {
+                    return Ok(Some(
+                        UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros),
+                    ));
+                }
+                Ok(Err(e)) => last = Some(e.to_string()),
+                Err(_) => last = Some(format!("{} did not answer TIME", n.shown)),
+            }
+        }
+        Err(anyhow::anyhow!(last.unwrap_or_default()))
+    }
+
+    async fn doctor(&self, _ttl: Duration, timeout: Duration) -> Vec<crate::backend::probe::Check> {
+        self.diagnose(timeout).await
+    }
+}
+
+/// The text of an `INFO` reply: a cluster answers with one per primary (a
+/// map); any of them will do.
+fn info_text(v: &Value) -> String {
+    match v {
+        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::VerbatimString { text, .. } => text.clone(),
+        Value::SimpleString(s) => s.clone(),
+        Value::Map(entries) => entries
+            .first()
+            .map(|(_, v)| info_text(v))
+            .unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::conn::db_of;
+    use super::status::parse_holder;
+    use super::*;
+
+    #[test]
+    fn values_parse() {
+        let now = SystemTime::now();
+        let (id, h) = parse_holder("dlock1|abc|7|root|box|42|1700000000000", 5000, now);
+        assert_eq!(id.as_deref(), Some("abc"));
+        assert_eq!(h.token, Some(7));
+        assert_eq!(h.pid, Some(42));
+        let (id, h) = parse_holder("f3b2c1", 1000, now);
+        assert!(id.is_none() && h.owner.is_none() && h.expires_at.is_some());
+        assert_eq!(db_of("redis://h:1/3"), 3);
+        assert_eq!(db_of("redis://h:1"), 0);
+        assert_eq!(keys("ns", "k").fence, "{ns:k}:fence");
+    }
+}
