@@ -87,7 +87,7 @@ impl RedisBackend {
                         Err(_) => errors.push(format!(
                             "{}: SCAN: no answer within {}",
                             n.shown,
-                            crate::status::human_duration(self.op_timeout * 4)
+                            crate::human::human_duration(self.op_timeout * 4)
                         )),
                     }
                 }

@@ -311,7 +311,7 @@ impl Client {
                 Kind::Outage,
                 format!(
                     "{service}: {what}: no answer in {}",
-                    crate::status::human_duration(self.timeout)
+                    crate::human::human_duration(self.timeout)
                 ),
             ));
         };
