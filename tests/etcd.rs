@@ -5,6 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::fair::fair_conformance;
 use common::shared::shared_conformance;
 use common::suite::{self, conformance};
 use common::*;
@@ -12,6 +13,7 @@ use nix::sys::signal::Signal;
 
 conformance!(etcd, Env::etcd());
 shared_conformance!(etcd_shared, Env::etcd());
+fair_conformance!(etcd_fair, Env::etcd());
 
 #[test]
 fn server_frozen_past_the_ttl_stops_the_child() {

@@ -5,6 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::fair::fair_conformance;
 use common::shared::shared_conformance;
 use common::suite::{self, conformance};
 use common::*;
@@ -12,6 +13,7 @@ use nix::sys::signal::Signal;
 
 conformance!(zookeeper, Env::zookeeper());
 shared_conformance!(zookeeper_shared, Env::zookeeper());
+fair_conformance!(zookeeper_fair, Env::zookeeper());
 
 #[test]
 fn server_frozen_past_the_session_timeout_stops_the_child() {
