@@ -71,6 +71,7 @@ mod expiry;
 mod names;
 mod node;
 mod release;
+mod slots;
 mod status;
 mod turn;
 
@@ -90,6 +91,9 @@ pub struct ZkBackend {
     /// Our nodes, by (namespace, key): full path, and whether it outlives
     /// this process (a handle's node).
     mine: Mutex<HashMap<(String, String), (String, bool)>>,
+    /// Our semaphore slot claims, by (namespace, key): the claim's path
+    /// ([`slots`]), let go of on release.
+    claims: Mutex<HashMap<(String, String), String>>,
     /// Queue entries not yet resolved, as (lock directory, our node-name
     /// prefix): registered before the node is created, so a waiter that is
     /// interrupted even mid-create finds and deletes its node in `close`.
@@ -141,6 +145,7 @@ impl ZkBackend {
             recipe,
             client: Mutex::new(None),
             mine: Mutex::new(HashMap::new()),
+            claims: Mutex::new(HashMap::new()),
             queued: Queued::default(),
             no_ttl_nodes: AtomicBool::new(false),
         })
@@ -505,11 +510,13 @@ impl Backend for ZkBackend {
         let Some(path) = self.find_mine(c, lease).await? else {
             return Ok(false);
         };
-        let ours = self
-            .mine
-            .lock()
-            .await
-            .remove(&(lease.namespace.clone(), lease.key.clone()));
+        let k = (lease.namespace.clone(), lease.key.clone());
+        let ours = self.mine.lock().await.remove(&k);
+        // Our slot is free again first: while our node is there, the
+        // claim is still ours to delete.
+        if let Some(claim) = self.claims.lock().await.remove(&k) {
+            self.unclaim(c, &path, &claim).await;
+        }
         match self.release_on(c, &path).await {
             // The server of our session does not answer (frozen, cut off):
             // our session's node is deleted through another server.
@@ -558,6 +565,10 @@ impl Backend for ZkBackend {
         d.token = Some(lease.token);
         // It outlives this process by design: no process's liveness.
         d.live = None;
+        // Nor its semaphore slot: the claim goes with this session, and
+        // the slot is free once the node that claimed it is replaced (the
+        // lapsing holder keeps its place in line, not its slot number).
+        d.slot = None;
         let new_path = format!("{dir}/{}{seq}", self.recipe.tag(&fresh_id(), shared));
         let acls = self.acls();
         for with_ttl in [true, false] {
@@ -577,6 +588,7 @@ impl Backend for ZkBackend {
             match tokio::time::timeout(self.timeout, m.commit()).await {
                 Ok(Ok(_)) => {
                     self.mine.lock().await.remove(&k);
+                    self.claims.lock().await.remove(&k);
                     return Ok(true);
                 }
                 Ok(Err(e)) => {
@@ -646,15 +658,19 @@ impl Backend for ZkBackend {
         let _ = self.drop_queued(c).await;
         // Delete what we still hold before the session goes, so waiters
         // wake now rather than when the session expires.
-        let mine: Vec<String> = self
+        let mine: Vec<((String, String), String)> = self
             .mine
             .lock()
             .await
             .drain()
             .filter(|(_, (_, handle))| !handle)
-            .map(|(_, (p, _))| p)
+            .map(|(k, (p, _))| (k, p))
             .collect();
-        for p in mine {
+        let mut claims = std::mem::take(&mut *self.claims.lock().await);
+        for (k, p) in mine {
+            if let Some(claim) = claims.remove(&k) {
+                self.unclaim(c, &p, &claim).await;
+            }
             let _ = tokio::time::timeout(self.timeout, c.delete(&p, None)).await;
         }
     }

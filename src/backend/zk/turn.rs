@@ -10,7 +10,8 @@ use async_trait::async_trait;
 use zookeeper_client as zk;
 
 use super::names::Contender;
-use super::node::{outlives_session, record_of};
+use super::node::{node_data, outlives_session, record_of};
+use super::slots::slots_dir;
 use super::{Holder, Lease, LockSpec, Owner, ZkBackend, kit, queue, zk_err};
 use crate::backend::kit::Record;
 use crate::error::unavailable;
@@ -129,10 +130,30 @@ impl queue::Turn for ZkTurn<'_> {
             self.touch().await?;
         }
         let spec = self.spec;
-        self.b.mine.lock().await.insert(
-            (spec.namespace.clone(), spec.key.clone()),
-            (self.path.clone(), self.handle),
-        );
+        let k = (spec.namespace.clone(), spec.key.clone());
+        self.b
+            .mine
+            .lock()
+            .await
+            .insert(k.clone(), (self.path.clone(), self.handle));
+        // A semaphore's holder claims the lowest free slot, recorded in
+        // its node ([`super::slots`]); a mutex is slot 0, a reader has none.
+        let mut slot = spec.fixed_slot();
+        if !spec.shared
+            && spec.limit > 1
+            && let Some(d) = node_data(&self.data)
+        {
+            let claimed = self
+                .b
+                .claim_slot(&self.c, &self.dir, &self.name, spec.limit, self.handle, &d)
+                .await?;
+            if let Some((s, data)) = claimed {
+                slot = Some(s);
+                self.data = data;
+                let claim = format!("{}/{s}", slots_dir(&self.dir));
+                self.b.claims.lock().await.insert(k, claim);
+            }
+        }
         self.b.queued.resolved(&self.entry);
         let (ttl, granted_at) = if self.handle {
             (spec.ttl, self.touched)
@@ -147,7 +168,7 @@ impl queue::Turn for ZkTurn<'_> {
             ttl,
             granted_at,
             shared: spec.shared,
-            slot: spec.fixed_slot(),
+            slot,
         })
     }
 
