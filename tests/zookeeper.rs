@@ -1095,3 +1095,103 @@ fn release_with_the_connected_server_frozen() {
     eprintln!("a holder past its session's server frozen 7 s: {rc}: {err}");
     assert_eq!(rc, 0, "{err}");
 }
+
+/// Fair queues and slots beyond the shared conformance (issue 23).
+mod queues {
+    use super::common::*;
+    use std::time::Duration;
+
+    fn shared() -> Env {
+        Env::shared_here("Env::zookeeper()", Env::zookeeper)
+    }
+
+    /// Holders admitted at the same moment never share a slot: nine
+    /// `--limit 3` runs started together, so slots free in twos and threes.
+    #[test]
+    fn semaphore_slots_are_never_shared() {
+        super::slots_never_shared(&shared());
+    }
+
+    /// A kazoo `Lock` waiting in line is listed in it, in its place,
+    /// with what is known of it (kazoo's identifier, as the host).
+    #[test]
+    fn a_kazoo_waiter_is_in_the_queue() {
+        let env = Env::zookeeper();
+        let hosts = env.url.trim_start_matches("zk://").to_string();
+        let stop = env.path("stop");
+        let script = format!("while [ ! -e {} ]; do sleep 0.02; done", stop.display());
+        let mut h = env.spawn(&["run", "--key", "job", "--", "sh", "-c", &script]);
+        wait_for(Duration::from_secs(10), "dlock to hold", || env.held("job"));
+        let py = format!(
+            "from kazoo.client import KazooClient\nzk=KazooClient(hosts='{hosts}')\nzk.start()\n\
+             l=zk.Lock('/dlock/job','kazoo-waiter', extra_lock_patterns=['-lock-'])\nl.acquire()\n\
+             l.release()\nzk.stop()\n"
+        );
+        let mut kazoo = std::process::Command::new(servers::require("python3", "python3"))
+            .args(["-c", &py])
+            .spawn()
+            .unwrap();
+        super::queue_is(&env, "job", 1);
+        let mut w = env.spawn(&["run", "--wait", "1m", "--key", "job", "--", "true"]);
+        super::queue_is(&env, "job", 2);
+        let st = env.status_json(&["job"]);
+        let q = &st[0]["queue"];
+        assert_eq!(q[0]["owner"], serde_json::Value::Null, "{st}");
+        assert_eq!(q[0]["host"], "kazoo-waiter", "{st}");
+        assert_eq!(q[0]["mode"], "exclusive", "{st}");
+        assert!(q[0]["since"].is_string(), "the node's ctime: {st}");
+        assert_eq!(q[1]["pid"], u64::from(w.id()), "{st}");
+        assert_eq!(st[0]["waiters"], 2, "{st}");
+        std::fs::write(&stop, "").unwrap();
+        assert_eq!(wait_timeout(&mut h, Duration::from_secs(30)), 0);
+        assert!(kazoo.wait().unwrap().success());
+        assert_eq!(wait_timeout(&mut w, Duration::from_secs(30)), 0);
+    }
+}
+
+/// Wait until `status` lists `n` waiters of `key`.
+fn queue_is(env: &Env, key: &str, n: usize) {
+    wait_for(Duration::from_secs(20), &format!("{n} in line"), || {
+        env.status_json(&[key])[0]["queue"]
+            .as_array()
+            .map_or(0, Vec::len)
+            == n
+    });
+}
+
+/// Nine `--limit 3` runs at once, each logging its slot on entry and exit:
+/// every slot is below 3, and no two holders are ever in the same one.
+fn slots_never_shared(env: &Env) {
+    let log = env.path("slots.log");
+    let script = format!(
+        "echo \"in $DLOCK_SLOT\" >> {l}; sleep 0.3; echo \"out $DLOCK_SLOT\" >> {l}",
+        l = log.display()
+    );
+    let key = format!("never-shared-{}", std::process::id());
+    let mut runs: Vec<_> = (0..9)
+        .map(|_| {
+            env.spawn(&[
+                "run", "--limit", "3", "--wait", "1m", "--key", &key, "--", "sh", "-c", &script,
+            ])
+        })
+        .collect();
+    for r in &mut runs {
+        assert_eq!(wait_timeout(r, Duration::from_secs(60)), 0);
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut inside = std::collections::HashSet::new();
+    for l in text.lines() {
+        let (what, slot) = l.split_once(' ').unwrap();
+        let slot: u32 = slot.parse().unwrap_or_else(|_| panic!("no slot: {text}"));
+        assert!(slot < 3, "{text}");
+        if what == "in" {
+            assert!(
+                inside.insert(slot),
+                "slot {slot} given twice at once: {text}"
+            );
+        } else {
+            inside.remove(&slot);
+        }
+    }
+    assert_eq!(text.lines().count(), 18, "{text}");
+}
