@@ -497,6 +497,14 @@ mod queues {
         Env::shared_here("Env::etcd()", Env::etcd)
     }
 
+    /// A slot whose holder is gone without letting go of its claim (a
+    /// handle released from another process, a holder broken with
+    /// `--force`) is free: the next holder takes it, lowest first.
+    #[test]
+    fn a_gone_holders_slot_is_taken_over() {
+        super::gone_holders_slot_is_taken_over(&shared());
+    }
+
     /// Holders admitted at the same moment never share a slot: nine
     /// `--limit 3` runs started together, so slots free in twos and threes.
     #[test]
@@ -582,4 +590,45 @@ fn slots_never_shared(env: &Env) {
         }
     }
     assert_eq!(text.lines().count(), 18, "{text}");
+}
+
+/// A handle takes slot 0 and is released by another process; a `run`
+/// takes slot 0 and is broken with `--force` (its lease or session lives
+/// on a while): each time, the next holder gets slot 0.
+fn gone_holders_slot_is_taken_over(env: &Env) {
+    let key = format!("taken-over-{}", std::process::id());
+    let out = env.run(&["acquire", "--limit", "2", "--ttl", "30s", "--key", &key]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let handle = stdout(&out).trim().to_string();
+    let st = env.status_json(&[&key]);
+    assert_eq!(st[0]["holders"][0]["slot"], 0, "{st}");
+    let out = env.run(&["release", &handle]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let slot = |env: &Env| {
+        let out = env.run(&[
+            "run",
+            "--limit",
+            "2",
+            "--key",
+            &key,
+            "--",
+            "sh",
+            "-c",
+            "echo \"$DLOCK_SLOT\"",
+        ]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        stdout(&out).trim().to_string()
+    };
+    assert_eq!(slot(env), "0");
+    let stop = env.path("stop-taken-over");
+    let script = format!("while [ ! -e {} ]; do sleep 0.02; done", stop.display());
+    let mut h = env.spawn(&[
+        "run", "--limit", "2", "--ttl", "30s", "--key", &key, "--", "sh", "-c", &script,
+    ]);
+    wait_for(Duration::from_secs(10), "a holder", || env.held(&key));
+    let out = env.run(&["release", "--force", "--key", &key]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(slot(env), "0");
+    std::fs::write(&stop, "").unwrap();
+    wait_timeout(&mut h, Duration::from_secs(60));
 }

@@ -306,6 +306,13 @@ mod zookeeper_ttl {
         Env::shared("zookeeper_ttl", env, &format!("zookeeper_ttl.{test}"))
     }
 
+    /// A lapsing holder (`--lock-at-least`) keeps its slot, and a handle
+    /// shows its slot, though a TTL node's record keeps none.
+    #[test]
+    fn a_lapsing_holder_keeps_its_slot() {
+        crate::lapsing_holder_keeps_its_slot(&shared("a_lapsing_holder_keeps_its_slot"));
+    }
+
     crate::common::suite::suite_tests!(
         shared,
         stale_handle_cannot_release_new_holder,
@@ -1105,6 +1112,20 @@ mod queues {
         Env::shared_here("Env::zookeeper()", Env::zookeeper)
     }
 
+    /// A slot whose holder is gone without letting go of its claim (a
+    /// handle released from another process, a holder broken with
+    /// `--force`) is free: the next holder takes it, lowest first.
+    #[test]
+    fn a_gone_holders_slot_is_taken_over() {
+        super::gone_holders_slot_is_taken_over(&shared());
+    }
+
+    /// A lapsing holder (`--lock-at-least`) keeps its slot.
+    #[test]
+    fn a_lapsing_holder_keeps_its_slot() {
+        super::lapsing_holder_keeps_its_slot(&shared());
+    }
+
     /// Holders admitted at the same moment never share a slot: nine
     /// `--limit 3` runs started together, so slots free in twos and threes.
     #[test]
@@ -1194,4 +1215,76 @@ fn slots_never_shared(env: &Env) {
         }
     }
     assert_eq!(text.lines().count(), 18, "{text}");
+}
+
+/// A handle takes slot 0 and is released by another process; a `run`
+/// takes slot 0 and is broken with `--force` (its lease or session lives
+/// on a while): each time, the next holder gets slot 0.
+fn gone_holders_slot_is_taken_over(env: &Env) {
+    let key = format!("taken-over-{}", std::process::id());
+    let out = env.run(&["acquire", "--limit", "2", "--ttl", "30s", "--key", &key]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let handle = stdout(&out).trim().to_string();
+    let st = env.status_json(&[&key]);
+    assert_eq!(st[0]["holders"][0]["slot"], 0, "{st}");
+    let out = env.run(&["release", &handle]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let slot = |env: &Env| {
+        let out = env.run(&[
+            "run",
+            "--limit",
+            "2",
+            "--key",
+            &key,
+            "--",
+            "sh",
+            "-c",
+            "echo \"$DLOCK_SLOT\"",
+        ]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        stdout(&out).trim().to_string()
+    };
+    assert_eq!(slot(env), "0");
+    let stop = env.path("stop-taken-over");
+    let script = format!("while [ ! -e {} ]; do sleep 0.02; done", stop.display());
+    let mut h = env.spawn(&[
+        "run", "--limit", "2", "--ttl", "30s", "--key", &key, "--", "sh", "-c", &script,
+    ]);
+    wait_for(Duration::from_secs(10), "a holder", || env.held(&key));
+    let out = env.run(&["release", "--force", "--key", &key]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(slot(env), "0");
+    std::fs::write(&stop, "").unwrap();
+    wait_timeout(&mut h, Duration::from_secs(60));
+}
+
+/// `run --limit 2 --lock-at-least 3s` takes slot 0 and returns; its node,
+/// left to lapse, keeps slot 0 (status shows it), so the next holder gets
+/// slot 1; once it has lapsed, slot 0 is free again. A handle shows its
+/// slot too.
+fn lapsing_holder_keeps_its_slot(env: &Env) {
+    let key = format!("lapsing-{}", std::process::id());
+    let slot = |extra: &[&str]| {
+        let mut args = vec!["run", "--limit", "2", "--key", &key];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "sh", "-c", "echo \"$DLOCK_SLOT\""]);
+        let out = env.run(&args);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        stdout(&out).trim().to_string()
+    };
+    let t = Instant::now();
+    assert_eq!(slot(&["--lock-at-least", "3s"]), "0");
+    let st = env.status_json(&[&key]);
+    assert_eq!(st[0]["holders"][0]["slot"], 0, "{st}");
+    assert_eq!(slot(&[]), "1");
+    while t.elapsed() < Duration::from_millis(3300) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(slot(&[]), "0");
+    let out = env.run(&["acquire", "--limit", "2", "--ttl", "30s", "--key", &key]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let st = env.status_json(&[&key]);
+    assert_eq!(st[0]["holders"][0]["slot"], 0, "{st}");
+    let out = env.run(&["release", stdout(&out).trim()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
 }

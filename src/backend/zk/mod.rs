@@ -565,11 +565,15 @@ impl Backend for ZkBackend {
         d.token = Some(lease.token);
         // It outlives this process by design: no process's liveness.
         d.live = None;
-        // Nor its semaphore slot: the claim goes with this session, and
-        // the slot is free once the node that claimed it is replaced (the
-        // lapsing holder keeps its place in line, not its slot number).
-        d.slot = None;
-        let new_path = format!("{dir}/{}{seq}", self.recipe.tag(&fresh_id(), shared));
+        // Its semaphore slot stays its own: the claim, made in this
+        // session, is replaced in the same step by a persistent one of the
+        // new node, which is free again once that node has gone.
+        let claim = self.claims.lock().await.get(&k).cloned();
+        if claim.is_none() {
+            d.slot = None;
+        }
+        let new_name = format!("{}{seq}", self.recipe.tag(&fresh_id(), shared));
+        let new_path = format!("{dir}/{new_name}");
         let acls = self.acls();
         for with_ttl in [true, false] {
             if with_ttl && self.no_ttl_nodes.load(Ordering::Relaxed) {
@@ -585,6 +589,11 @@ impl Backend for ZkBackend {
             let mut m = c.new_multi_writer();
             m.add_create(&new_path, &encode(&d), &opts)?;
             m.add_delete(&path, Some(stat.version))?;
+            if let Some(claim) = &claim {
+                let lasting = zk::CreateMode::Persistent.with_acls(acls);
+                m.add_delete(claim, None)?;
+                m.add_create(claim, new_name.as_bytes(), &lasting)?;
+            }
             match tokio::time::timeout(self.timeout, m.commit()).await {
                 Ok(Ok(_)) => {
                     self.mine.lock().await.remove(&k);

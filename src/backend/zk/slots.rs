@@ -18,10 +18,12 @@
 //! judged on the same view only the first commits, and a takeover never
 //! replaces a claim made since it judged the old one gone.
 
+use std::collections::HashSet;
+
 use anyhow::Result;
 use zookeeper_client as zk;
 
-use super::node::{NodeData, encode};
+use super::node::{NodeData, encode, outlives_session};
 use super::{ZkBackend, kit, zk_err};
 
 /// How many times a claim is tried again when others claimed meanwhile
@@ -134,10 +136,31 @@ impl ZkBackend {
             return Ok(true);
         }
         let path = format!("{dir}/{owner}");
-        match tokio::time::timeout(self.timeout, c.check_stat(&path)).await {
-            Ok(Ok(stat)) => Ok(stat.is_some()),
-            Ok(Err(e)) => Err(zk_err(&self.shown, &format!("look for {path}"), e)),
-            Err(_) => Err(self.no_answer(&format!("look for {path}"))),
+        let stat = match tokio::time::timeout(self.timeout, c.check_stat(&path)).await {
+            Ok(Ok(stat)) => stat,
+            Ok(Err(e)) => return Err(zk_err(&self.shown, &format!("look for {path}"), e)),
+            Err(_) => return Err(self.no_answer(&format!("look for {path}"))),
+        };
+        match stat {
+            None => Ok(false),
+            // A node that outlives its session (a handle, a lapsing
+            // holder) may have expired with nobody to delete it yet (a
+            // server without TTL nodes): judged, and deleted if so.
+            Some(stat) if outlives_session(&stat) => {
+                let (changed, _) = self
+                    .reap(c, dir, &[owner.as_str()], &mut HashSet::new())
+                    .await?;
+                if !changed {
+                    return Ok(true);
+                }
+                // Deleted, or renewed meanwhile: look again.
+                match tokio::time::timeout(self.timeout, c.check_stat(&path)).await {
+                    Ok(Ok(stat)) => Ok(stat.is_some()),
+                    Ok(Err(e)) => Err(zk_err(&self.shown, &format!("look for {path}"), e)),
+                    Err(_) => Err(self.no_answer(&format!("look for {path}"))),
+                }
+            }
+            Some(_) => Ok(true),
         }
     }
 

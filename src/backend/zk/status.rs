@@ -1,6 +1,6 @@
 //! `status`: a key's holders and its line, from its lock directory.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -8,12 +8,14 @@ use zookeeper_client as zk;
 
 use super::names::{Contender, contenders_of, seq_of};
 use super::node::holder_from;
+use super::slots::slots_dir;
 use super::{Holder, KeyStatus, Listing, ZkBackend, kit, unreadable};
 use crate::error::Error;
 
 /// A contender's node as read: its holder (or waiter) and the `--limit`
 /// its record gives.
 struct Read {
+    name: String,
     holder: Holder,
     limit: Option<u32>,
     shared: bool,
@@ -36,7 +38,7 @@ impl ZkBackend {
         if gone {
             contenders = self.contenders(c, dir).await?;
         }
-        let read = self.read_all(c, dir, &contenders).await;
+        let mut read = self.read_all(c, dir, &contenders).await;
         // The --limit given: the first exclusive dlock entry's (a foreign
         // client's records none).
         let limit = read
@@ -56,6 +58,18 @@ impl ZkBackend {
             })
             .collect();
         let n = kit::holding(&modes);
+        // A semaphore holder whose record has no slot (a server TTL node's
+        // record keeps none, for older readers): its claim says.
+        if limit > 1
+            && read[..n]
+                .iter()
+                .any(|r| !r.shared && r.holder.slot.is_none())
+        {
+            let claims = self.claims_of(c, dir).await;
+            for r in read[..n].iter_mut().filter(|r| r.holder.slot.is_none()) {
+                r.holder.slot = claims.get(&r.name).copied();
+            }
+        }
         let mut holders: Vec<Holder> = read.into_iter().map(|r| r.holder).collect();
         let queue: Vec<Holder> = holders
             .split_off(n)
@@ -92,9 +106,35 @@ impl ZkBackend {
             let (mut holder, limit) = holder_from(&data, &stat);
             holder.shared = ct.shared;
             Some(Read {
+                name: ct.name.clone(),
                 holder,
                 limit,
                 shared: ct.shared,
+            })
+        });
+        futures_util::future::join_all(reads)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// The slot claims of the lock directory `dir` ([`super::slots`]), by
+    /// the name of the node that made each; none where they cannot be read.
+    async fn claims_of(&self, c: &zk::Client, dir: &str) -> HashMap<String, u32> {
+        let sdir = slots_dir(dir);
+        let Ok(Ok(names)) = tokio::time::timeout(self.timeout, c.list_children(&sdir)).await else {
+            return HashMap::new();
+        };
+        let reads = names.into_iter().filter_map(|n| {
+            let slot: u32 = n.parse().ok()?;
+            let path = format!("{sdir}/{n}");
+            Some(async move {
+                let (data, _) = tokio::time::timeout(self.timeout, c.get_data(&path))
+                    .await
+                    .ok()?
+                    .ok()?;
+                Some((String::from_utf8_lossy(&data).into_owned(), slot))
             })
         });
         futures_util::future::join_all(reads)
