@@ -1272,8 +1272,10 @@ fn lapsing_holder_keeps_its_slot(env: &Env) {
         assert_eq!(code(&out), 0, "{}", stderr(&out));
         stdout(&out).trim().to_string()
     };
-    let t = Instant::now();
     assert_eq!(slot(&["--lock-at-least", "3s"]), "0");
+    // The lapse was written before the run returned: its 3 s are over
+    // 3 s from now at the latest.
+    let t = Instant::now();
     let st = env.status_json(&[&key]);
     assert_eq!(st[0]["holders"][0]["slot"], 0, "{st}");
     assert_eq!(slot(&[]), "1");

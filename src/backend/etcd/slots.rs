@@ -26,9 +26,15 @@ use crate::backend::kit::{NField, Record};
 /// meanwhile (each retry follows another holder's successful claim).
 const ROUNDS: usize = 64;
 
+/// What the claim keys of the lock whose prefix is `NS/KEY/` start with:
+/// `NS/KEY@slot`.
+fn slots_base(prefix: &str) -> String {
+    format!("{}@slot", prefix.strip_suffix('/').unwrap_or(prefix))
+}
+
 /// The claim key of slot `s` of the lock whose prefix is `NS/KEY/`.
 fn slot_key(prefix: &str, s: u32) -> String {
-    format!("{}@slot{s}", prefix.trim_end_matches('/'))
+    format!("{}{s}", slots_base(prefix))
 }
 
 /// The slot a claim key names, if it is one of the lock whose claims
@@ -64,8 +70,7 @@ impl EtcdBackend {
         limit: u32,
         me: &Claimant<'_>,
     ) -> Result<Option<u32>> {
-        let base = slot_key(prefix, 0);
-        let base = base.strip_suffix('0').unwrap_or(&base).to_string();
+        let base = slots_base(prefix);
         let mut c = self.client.clone();
         let ours = || ec::Compare::create_revision(me.key, ec::CompareOp::Equal, me.rev);
         'rounds: for round in 0..ROUNDS {
@@ -147,6 +152,8 @@ mod tests {
     #[test]
     fn claim_keys() {
         assert_eq!(slot_key("dlock/job/", 2), "dlock/job@slot2");
+        // A key that ends with a slash is another key's lock.
+        assert_eq!(slot_key("dlock/job//", 2), "dlock/job/@slot2");
         let base = b"dlock/job@slot";
         assert_eq!(slot_of(base, b"dlock/job@slot12"), Some(12));
         assert_eq!(slot_of(base, b"dlock/job@slot"), None);
