@@ -35,6 +35,10 @@
 //! revision, dlock's readers included. An `RWMutex` reader waits only for
 //! `write/` keys: it does not see dlock's (nor etcdctl's) exclusive holders.
 //!
+//! The queue is fair by construction (create revisions, in one total
+//! order); `status` lists it ([`status`]). A semaphore's holders claim
+//! slots in keys beside the prefix ([`slots`]).
+//!
 //! The gRPC client is our own (`etcd/client.rs`), over code generated from
 //! etcd's protos and committed, so building dlock needs no `protoc`.
 

@@ -45,6 +45,10 @@
 //! the server offers TTL nodes (`zookeeper.extendedTypesEnabled=true`) the
 //! node is a TTL node as well, so the server deletes it too, even when no
 //! dlock comes by.
+//!
+//! The queue is fair by construction (sequence numbers, in one total
+//! order); `status` lists it ([`status`]). A semaphore's holders claim
+//! slots in nodes beside the lock directory ([`slots`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
