@@ -5,6 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::fair::fair_conformance;
 use common::shared::shared_conformance;
 use common::suite::{self, conformance};
 use common::*;
@@ -12,6 +13,7 @@ use nix::sys::signal::Signal;
 
 conformance!(zookeeper, Env::zookeeper());
 shared_conformance!(zookeeper_shared, Env::zookeeper());
+fair_conformance!(zookeeper_fair, Env::zookeeper());
 
 #[test]
 fn server_frozen_past_the_session_timeout_stops_the_child() {
@@ -302,6 +304,13 @@ mod zookeeper_ttl {
     /// This binary's TTL-node server, in the test's namespace.
     fn shared(test: &str) -> Env {
         Env::shared("zookeeper_ttl", env, &format!("zookeeper_ttl.{test}"))
+    }
+
+    /// A lapsing holder (`--lock-at-least`) keeps its slot, and a handle
+    /// shows its slot, though a TTL node's record keeps none.
+    #[test]
+    fn a_lapsing_holder_keeps_its_slot() {
+        crate::lapsing_holder_keeps_its_slot(&shared("a_lapsing_holder_keeps_its_slot"));
     }
 
     crate::common::suite::suite_tests!(
@@ -1092,4 +1101,192 @@ fn release_with_the_connected_server_frozen() {
     e.signal(i, Signal::SIGCONT);
     eprintln!("a holder past its session's server frozen 7 s: {rc}: {err}");
     assert_eq!(rc, 0, "{err}");
+}
+
+/// Fair queues and slots beyond the shared conformance (issue 23).
+mod queues {
+    use super::common::*;
+    use std::time::Duration;
+
+    fn shared() -> Env {
+        Env::shared_here("Env::zookeeper()", Env::zookeeper)
+    }
+
+    /// A slot whose holder is gone without letting go of its claim (a
+    /// handle released from another process, a holder broken with
+    /// `--force`) is free: the next holder takes it, lowest first.
+    #[test]
+    fn a_gone_holders_slot_is_taken_over() {
+        super::gone_holders_slot_is_taken_over(&shared());
+    }
+
+    /// A lapsing holder (`--lock-at-least`) keeps its slot.
+    #[test]
+    fn a_lapsing_holder_keeps_its_slot() {
+        super::lapsing_holder_keeps_its_slot(&shared());
+    }
+
+    /// Holders admitted at the same moment never share a slot: nine
+    /// `--limit 3` runs started together, so slots free in twos and threes.
+    #[test]
+    fn semaphore_slots_are_never_shared() {
+        super::slots_never_shared(&shared());
+    }
+
+    /// A kazoo `Lock` waiting in line is listed in it, in its place,
+    /// with what is known of it (kazoo's identifier, as the host).
+    #[test]
+    fn a_kazoo_waiter_is_in_the_queue() {
+        let env = Env::zookeeper();
+        let hosts = env.url.trim_start_matches("zk://").to_string();
+        let stop = env.path("stop");
+        let script = format!("while [ ! -e {} ]; do sleep 0.02; done", stop.display());
+        let mut h = env.spawn(&["run", "--key", "job", "--", "sh", "-c", &script]);
+        wait_for(Duration::from_secs(10), "dlock to hold", || env.held("job"));
+        let py = format!(
+            "from kazoo.client import KazooClient\nzk=KazooClient(hosts='{hosts}')\nzk.start()\n\
+             l=zk.Lock('/dlock/job','kazoo-waiter', extra_lock_patterns=['-lock-'])\nl.acquire()\n\
+             l.release()\nzk.stop()\n"
+        );
+        let mut kazoo = std::process::Command::new(servers::require("python3", "python3"))
+            .args(["-c", &py])
+            .spawn()
+            .unwrap();
+        super::queue_is(&env, "job", 1);
+        let mut w = env.spawn(&["run", "--wait", "1m", "--key", "job", "--", "true"]);
+        super::queue_is(&env, "job", 2);
+        let st = env.status_json(&["job"]);
+        let q = &st[0]["queue"];
+        assert_eq!(q[0]["owner"], serde_json::Value::Null, "{st}");
+        assert_eq!(q[0]["host"], "kazoo-waiter", "{st}");
+        assert_eq!(q[0]["mode"], "exclusive", "{st}");
+        assert!(q[0]["since"].is_string(), "the node's ctime: {st}");
+        assert_eq!(q[1]["pid"], u64::from(w.id()), "{st}");
+        assert_eq!(st[0]["waiters"], 2, "{st}");
+        std::fs::write(&stop, "").unwrap();
+        assert_eq!(wait_timeout(&mut h, Duration::from_secs(30)), 0);
+        assert!(kazoo.wait().unwrap().success());
+        assert_eq!(wait_timeout(&mut w, Duration::from_secs(30)), 0);
+    }
+}
+
+/// Wait until `status` lists `n` waiters of `key`.
+fn queue_is(env: &Env, key: &str, n: usize) {
+    wait_for(Duration::from_secs(20), &format!("{n} in line"), || {
+        env.status_json(&[key])[0]["queue"]
+            .as_array()
+            .map_or(0, Vec::len)
+            == n
+    });
+}
+
+/// Nine `--limit 3` runs at once, each logging its slot on entry and exit:
+/// every slot is below 3, and no two holders are ever in the same one.
+fn slots_never_shared(env: &Env) {
+    let log = env.path("slots.log");
+    let script = format!(
+        "echo \"in $DLOCK_SLOT\" >> {l}; sleep 0.3; echo \"out $DLOCK_SLOT\" >> {l}",
+        l = log.display()
+    );
+    let key = format!("never-shared-{}", std::process::id());
+    let mut runs: Vec<_> = (0..9)
+        .map(|_| {
+            env.spawn(&[
+                "run", "--limit", "3", "--wait", "1m", "--key", &key, "--", "sh", "-c", &script,
+            ])
+        })
+        .collect();
+    for r in &mut runs {
+        assert_eq!(wait_timeout(r, Duration::from_secs(60)), 0);
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut inside = std::collections::HashSet::new();
+    for l in text.lines() {
+        let (what, slot) = l.split_once(' ').unwrap();
+        let slot: u32 = slot.parse().unwrap_or_else(|_| panic!("no slot: {text}"));
+        assert!(slot < 3, "{text}");
+        if what == "in" {
+            assert!(
+                inside.insert(slot),
+                "slot {slot} given twice at once: {text}"
+            );
+        } else {
+            inside.remove(&slot);
+        }
+    }
+    assert_eq!(text.lines().count(), 18, "{text}");
+}
+
+/// A handle takes slot 0 and is released by another process; a `run`
+/// takes slot 0 and is broken with `--force` (its lease or session lives
+/// on a while): each time, the next holder gets slot 0.
+fn gone_holders_slot_is_taken_over(env: &Env) {
+    let key = format!("taken-over-{}", std::process::id());
+    let out = env.run(&["acquire", "--limit", "2", "--ttl", "30s", "--key", &key]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let handle = stdout(&out).trim().to_string();
+    let st = env.status_json(&[&key]);
+    assert_eq!(st[0]["holders"][0]["slot"], 0, "{st}");
+    let out = env.run(&["release", &handle]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let slot = |env: &Env| {
+        let out = env.run(&[
+            "run",
+            "--limit",
+            "2",
+            "--key",
+            &key,
+            "--",
+            "sh",
+            "-c",
+            "echo \"$DLOCK_SLOT\"",
+        ]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        stdout(&out).trim().to_string()
+    };
+    assert_eq!(slot(env), "0");
+    let stop = env.path("stop-taken-over");
+    let script = format!("while [ ! -e {} ]; do sleep 0.02; done", stop.display());
+    let mut h = env.spawn(&[
+        "run", "--limit", "2", "--ttl", "30s", "--key", &key, "--", "sh", "-c", &script,
+    ]);
+    wait_for(Duration::from_secs(10), "a holder", || env.held(&key));
+    let out = env.run(&["release", "--force", "--key", &key]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(slot(env), "0");
+    std::fs::write(&stop, "").unwrap();
+    wait_timeout(&mut h, Duration::from_secs(60));
+}
+
+/// `run --limit 2 --lock-at-least 3s` takes slot 0 and returns; its node,
+/// left to lapse, keeps slot 0 (status shows it), so the next holder gets
+/// slot 1; once it has lapsed, slot 0 is free again. A handle shows its
+/// slot too.
+fn lapsing_holder_keeps_its_slot(env: &Env) {
+    let key = format!("lapsing-{}", std::process::id());
+    let slot = |extra: &[&str]| {
+        let mut args = vec!["run", "--limit", "2", "--key", &key];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "sh", "-c", "echo \"$DLOCK_SLOT\""]);
+        let out = env.run(&args);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        stdout(&out).trim().to_string()
+    };
+    assert_eq!(slot(&["--lock-at-least", "3s"]), "0");
+    // The lapse was written before the run returned: its 3 s are over
+    // 3 s from now at the latest.
+    let t = Instant::now();
+    let st = env.status_json(&[&key]);
+    assert_eq!(st[0]["holders"][0]["slot"], 0, "{st}");
+    assert_eq!(slot(&[]), "1");
+    while t.elapsed() < Duration::from_millis(3300) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(slot(&[]), "0");
+    let out = env.run(&["acquire", "--limit", "2", "--ttl", "30s", "--key", &key]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let st = env.status_json(&[&key]);
+    assert_eq!(st[0]["holders"][0]["slot"], 0, "{st}");
+    let out = env.run(&["release", stdout(&out).trim()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
 }

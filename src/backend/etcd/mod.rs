@@ -35,11 +35,15 @@
 //! revision, dlock's readers included. An `RWMutex` reader waits only for
 //! `write/` keys: it does not see dlock's (nor etcdctl's) exclusive holders.
 //!
+//! The queue is fair by construction (create revisions, in one total
+//! order); `status` lists it ([`status`]). A semaphore's holders claim
+//! slots in keys beside the prefix ([`slots`]).
+//!
 //! The gRPC client is our own (`etcd/client.rs`), over code generated from
 //! etcd's protos and committed, so building dlock needs no `protoc`.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use async_trait::async_trait;
@@ -48,15 +52,22 @@ use tokio::sync::Mutex;
 use super::kit::{self, Kind, NField, Queued, Record};
 use super::queue;
 use super::{
-    Attempt, Backend, Holder, KeyStatus, Lease, LeaseKind, LockSpec, Owner, PingInfo, Renewal,
-    redact_url, user_with_value,
+    Attempt, Backend, Holder, KeyStatus, Lease, LockSpec, Owner, PingInfo, Renewal, redact_url,
 };
-use crate::backend::probe::{Check, Level};
-use crate::error::{unavailable, usage};
+use crate::backend::probe::Check;
+use crate::error::usage;
 
 mod client;
 mod transport;
 use client as ec;
+mod doctor;
+mod entries;
+mod slots;
+mod status;
+mod turn;
+
+use entries::{Entry, holder_from, holding, mode_of, side_key};
+use turn::EtcdTurn;
 
 pub struct EtcdBackend {
     shown: String,
@@ -104,169 +115,6 @@ fn elsewhere(e: &ec::Error) -> bool {
         ec::Error::Watch(_) => true,
         ec::Error::InvalidArgs(_) => false,
     }
-}
-
-/// The holder an entry names: dlock's record in its value (`run`); or a
-/// published value in its value and dlock's record in its side key
-/// (`elect`, `side`: the side key's value); else a foreign client's entry,
-/// whose value (empty for `etcdctl lock` and `concurrency.Mutex`, V for
-/// `etcdctl elect` and `concurrency.Election`) is all there is to show.
-fn holder_from(kv: &ec::KeyValue, side: Option<&[u8]>) -> Holder {
-    let value = String::from_utf8_lossy(kv.value());
-    let token = Some(kv.create_revision() as u64);
-    if let Some(r) = record(&value) {
-        return r.holder(token, None);
-    }
-    let side = side.map(String::from_utf8_lossy);
-    let lease = format!("{:x}", kv.lease());
-    if let Some(r) = side.as_deref().and_then(record).filter(|r| r.id == lease) {
-        // As the other backends show a published value: in the owner,
-        // unless it is elect's default (`USER@HOST pid PID`), which they
-        // do not publish.
-        let h = r.holder(token, None);
-        let default = format!("{}@{} pid {}", r.user, r.host, h.pid.unwrap_or(0));
-        return Holder {
-            owner: Some(if value == default {
-                r.user.clone()
-            } else {
-                user_with_value(&r.user, &value)
-            }),
-            value: Some(value.into_owned()),
-            ..h
-        };
-    }
-    Holder {
-        token,
-        value: (!value.is_empty()).then(|| value.into_owned()),
-        ..Holder::default()
-    }
-}
-
-/// The side key of an entry `NS/KEY/<lease id>`: `NS/KEY@<lease id>`,
-/// where an elect candidate keeps dlock's record of itself (its entry
-/// holds its published value), on the entry's lease. It is outside the
-/// prefix `NS/KEY/` the Go recipes list, so they see one key per
-/// candidate, and its last part is no entry's (see [`mode_of`]).
-fn side_key(entry: &[u8]) -> Option<Vec<u8>> {
-    let at = entry.iter().rposition(|&b| b == b'/')?;
-    let mut k = entry.to_vec();
-    k[at] = b'@';
-    Some(k)
-}
-
-/// A lease id as `concurrency.Mutex` and dlock write it: lowercase hex
-/// (of an i64: at most 16 digits).
-fn is_lease_id(tail: &[u8]) -> bool {
-    !tail.is_empty()
-        && tail.len() <= 16
-        && tail.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
-/// The name `recipes.RWMutex` gives its keys: `time.Now().UnixNano()`.
-fn is_nanos(tail: &[u8]) -> bool {
-    tail.len() >= 17 && tail.iter().all(u8::is_ascii_digit)
-}
-
-/// dlock's record in a value (`N` is the limit, 0 for a shared entry).
-fn record(value: &str) -> Option<Record> {
-    Record::parse(value, NField::Limit)
-}
-
-/// dlock's record in an entry's value; None for a foreign client's value
-/// (or an elect candidate's, whose record is in its side key).
-fn record_of(kv: &ec::KeyValue) -> Option<Record> {
-    record(&String::from_utf8_lossy(kv.value()))
-}
-
-/// Whether the key `NS/KEY/<tail>` is an entry in the queue of `KEY`, and
-/// then whether it is shared:
-///
-/// - `<lease id>`: exclusive (dlock, `etcdctl lock`, `concurrency.Mutex`);
-/// - `read/<lease id>` with dlock's value for a shared entry: shared;
-/// - `read/<nanos>` and `write/<nanos>`: the reader and writer of a Go
-///   `recipes.RWMutex` on `NS/KEY`.
-///
-/// The rest (nested keys' entries, among them those of a key `KEY/read`)
-/// is another lock's. A dlock reader of `KEY/..` is not an exclusive
-/// entry of `KEY/read`, whose prefix its key is under too.
-fn mode_of(tail: &[u8], kv: &ec::KeyValue) -> Option<bool> {
-    // dlock's record says shared (Some(true)) or not; None: a foreign value.
-    let marked = record_of(kv).map(|r| r.shared);
-    let slash = tail.iter().position(|&b| b == b'/');
-    let Some(at) = slash else {
-        return (is_lease_id(tail) && marked != Some(true)).then_some(false);
-    };
-    let (dir, id) = (&tail[..at], &tail[at + 1..]);
-    match (dir, marked) {
-        (b"read", Some(true)) => is_lease_id(id).then_some(true),
-        (b"read", None) => is_nanos(id).then_some(true),
-        (b"write", None) => is_nanos(id).then_some(false),
-        _ => None,
-    }
-}
-
-/// The key (below `NS/`) and mode of an entry `NS/<rest>`, as listed
-/// namespace-wide.
-fn entry_in(rest: &[u8], kv: &ec::KeyValue) -> Option<(String, bool)> {
-    let at = rest.iter().rposition(|&b| b == b'/')?;
-    // `KEY/read/<id>` or `KEY/write/<id>`: shared or foreign entries of KEY.
-    if let Some(k) = rest[..at].iter().rposition(|&b| b == b'/')
-        && let Some(shared) = mode_of(&rest[k + 1..], kv)
-    {
-        return Some((String::from_utf8_lossy(&rest[..k]).into_owned(), shared));
-    }
-    let shared = mode_of(&rest[at + 1..], kv)?;
-    Some((String::from_utf8_lossy(&rest[..at]).into_owned(), shared))
-}
-
-/// A queue entry: its key-value, whether it is shared, and its side
-/// key's value if it was read ([`side_key`]).
-struct Entry {
-    kv: ec::KeyValue,
-    shared: bool,
-    side: Option<Vec<u8>>,
-}
-
-impl Entry {
-    fn mode(&self, limit: u32) -> kit::Mode {
-        if self.shared {
-            kit::Mode::Shared
-        } else {
-            kit::Mode::Exclusive { limit }
-        }
-    }
-
-    fn holder(&self) -> Holder {
-        Holder {
-            shared: self.shared,
-            ..holder_from(&self.kv, self.side.as_deref())
-        }
-    }
-
-    /// Whether its holder record may be in a side key: its value is not
-    /// one (an elect candidate's, or a foreign client's with none).
-    fn may_have_side(&self) -> bool {
-        !self.shared && record_of(&self.kv).is_none()
-    }
-}
-
-fn modes(entries: &[Entry], limit: u32) -> Vec<kit::Mode> {
-    entries.iter().map(|e| e.mode(limit)).collect()
-}
-
-/// A queue's `--limit`: its first exclusive dlock entry's (else 1).
-fn queue_limit(entries: &[Entry]) -> u32 {
-    entries
-        .iter()
-        .filter(|e| !e.shared)
-        .find_map(|e| record_of(&e.kv)?.limit)
-        .unwrap_or(1)
-        .max(1)
-}
-
-/// The holders of a queue, by the admission rule.
-fn holding(entries: &[Entry]) -> &[Entry] {
-    &entries[..kit::holding(&modes(entries, queue_limit(entries)))]
 }
 
 impl EtcdBackend {
@@ -623,159 +471,6 @@ impl EtcdBackend {
     }
 }
 
-/// One `acquire`'s key under its lock's prefix, waiting its turn.
-struct EtcdTurn<'a> {
-    b: &'a EtcdBackend,
-    c: ec::Client,
-    spec: &'a LockSpec,
-    me: &'a Owner,
-    prefix: String,
-    key: String,
-    lease: i64,
-    /// The revision of the last listing: watches start after it.
-    rev: i64,
-    alive_since: Instant,
-    /// The records read from side keys, by entry key and create revision.
-    sides: HashMap<(Vec<u8>, i64), Option<Record>>,
-}
-
-#[async_trait]
-impl queue::Turn for EtcdTurn<'_> {
-    type Entry = Entry;
-
-    async fn entries(&mut self) -> Result<(Vec<Entry>, Option<usize>)> {
-        let (entries, rev) = match self.b.contenders(&self.prefix).await {
-            Ok(v) => v,
-            Err(e) => {
-                self.b.give_up(&self.key, self.lease).await;
-                return Err(e);
-            }
-        };
-        self.rev = rev;
-        let ours = entries
-            .iter()
-            .position(|e| e.kv.key() == self.key.as_bytes());
-        Ok((entries, ours))
-    }
-
-    fn mode(&self, e: &Entry) -> kit::Mode {
-        e.mode(self.spec.limit)
-    }
-
-    async fn record(&mut self, e: &Entry) -> Result<Option<Record>> {
-        if let Some(r) = record_of(&e.kv) {
-            return Ok(Some(r));
-        }
-        if !e.may_have_side() {
-            return Ok(None);
-        }
-        let at = (e.kv.key().to_vec(), e.kv.create_revision());
-        if let Some(r) = self.sides.get(&at) {
-            return Ok(r.clone());
-        }
-        let Some(side) = side_key(e.kv.key()) else {
-            return Ok(None);
-        };
-        let got = self.b.bounded("get", self.c.get(side, None)).await?;
-        // The side record of this entry's lease, not of another's.
-        let lease = format!("{:x}", e.kv.lease());
-        let r = got
-            .kvs()
-            .first()
-            .and_then(|kv| record(&String::from_utf8_lossy(kv.value())))
-            .filter(|r| r.id == lease);
-        self.sides.insert(at, r.clone());
-        Ok(r)
-    }
-
-    async fn remove_dead(&mut self, e: &Entry) -> Result<bool> {
-        self.b.remove_dead(e).await
-    }
-
-    async fn vanished(&mut self) -> anyhow::Error {
-        self.b.give_up(&self.key, self.lease).await;
-        unavailable(format!(
-            "etcd {}: our queue key {} vanished (its lease expired?)",
-            self.b.shown, self.key
-        ))
-    }
-
-    async fn admitted(&mut self, entries: &[Entry], ours: usize) -> Result<Lease> {
-        let (spec, lease) = (self.spec, self.lease);
-        self.b.mine.lock().await.insert(
-            (spec.namespace.clone(), spec.key.clone()),
-            (self.key.clone(), lease),
-        );
-        self.b.queued.resolved(&lease);
-        Ok(Lease {
-            namespace: spec.namespace.clone(),
-            key: spec.key.clone(),
-            token: entries[ours].kv.create_revision() as u64,
-            // The handle carries the lease id: it names our key.
-            id: if self.me.kind == LeaseKind::Handle {
-                format!("{lease:x}")
-            } else {
-                self.me.id.clone()
-            },
-            ttl: spec.ttl,
-            granted_at: self.alive_since,
-            shared: spec.shared,
-            slot: spec.fixed_slot(),
-        })
-    }
-
-    async fn give_up(&mut self, holding: &[Entry]) -> Result<Vec<Holder>> {
-        let holders = self.b.holders(holding).await;
-        self.b.give_up(&self.key, self.lease).await;
-        Ok(holders)
-    }
-
-    async fn wait(&mut self, blocker: &Entry, deadline: Option<Instant>) -> Result<()> {
-        let (c, lease) = (&mut self.c, self.lease);
-        // While waiting, keep our own lease alive.
-        let sent = Instant::now();
-        // (A member that does not answer is left for the next one.)
-        let kept = self
-            .b
-            .bounded("keep-alive", async {
-                let (mut k, mut s) = c.lease_keep_alive(lease).await?;
-                k.keep_alive().await?;
-                Ok::<_, ec::Error>(s.message().await?.is_some_and(|m| m.ttl() > 0))
-            })
-            .await;
-        if matches!(kept, Ok(true)) {
-            self.alive_since = sent;
-        }
-        let pred = blocker.kv.key().to_vec();
-        let opts = ec::WatchOptions::new().with_start_revision(self.rev + 1);
-        let watch = self.b.bounded("watch", c.watch(pred, Some(opts))).await;
-        let recheck = Instant::now() + (self.spec.ttl / 3).min(Duration::from_secs(2));
-        let until = deadline.map_or(recheck, |d| d.min(recheck));
-        if let Ok(mut stream) = watch {
-            let _ = tokio::time::timeout_at(until.into(), async {
-                while let Ok(Some(resp)) = stream.message().await {
-                    if resp
-                        .events()
-                        .iter()
-                        .any(|e| e.event_type() == ec::EventType::Delete)
-                    {
-                        break;
-                    }
-                }
-            })
-            .await;
-        } else {
-            tokio::time::sleep_until(
-                until
-                    .min(Instant::now() + Duration::from_millis(200))
-                    .into(),
-            )
-            .await;
-        }
-        Ok(())
-    }
-}
-
 #[async_trait]
 impl Backend for EtcdBackend {
     fn describe(&self) -> String {
@@ -813,25 +508,30 @@ impl Backend for EtcdBackend {
         let prefix = Self::prefix(&spec.namespace, &spec.key);
         let key = Self::entry_key(&prefix, lease, spec.shared);
         // N: the limit of an exclusive entry, 0 for a shared one.
-        let record = Record {
+        let rec = Record {
             limit: (!spec.shared).then_some(spec.limit),
             shared: spec.shared,
             ..Record::new(format!("{lease:x}"), me)
-        }
-        .encode(NField::Limit);
+        };
+        let record = rec.encode(NField::Limit);
         let on_lease = || Some(ec::PutOptions::new().with_lease(lease));
         // An elect candidate's entry holds its value, its record the side
         // key: both on the lease, in one transaction.
-        let ops = match me.value.as_ref().filter(|_| !spec.shared) {
-            None => vec![ec::TxnOp::put(key.as_str(), record, on_lease())],
-            Some(v) => vec![
-                ec::TxnOp::put(key.as_str(), v.as_str(), on_lease()),
-                ec::TxnOp::put(
-                    side_key(key.as_bytes()).unwrap_or_default(),
-                    record,
-                    on_lease(),
-                ),
-            ],
+        let (ops, record_key) = match me.value.as_ref().filter(|_| !spec.shared) {
+            None => (
+                vec![ec::TxnOp::put(key.as_str(), record, on_lease())],
+                key.clone().into_bytes(),
+            ),
+            Some(v) => {
+                let side = side_key(key.as_bytes()).unwrap_or_default();
+                (
+                    vec![
+                        ec::TxnOp::put(key.as_str(), v.as_str(), on_lease()),
+                        ec::TxnOp::put(side.clone(), record, on_lease()),
+                    ],
+                    side,
+                )
+            }
         };
         let put = ec::Txn::new()
             .when([ec::Compare::create_revision(
@@ -856,6 +556,8 @@ impl Backend for EtcdBackend {
             // The lease is safe for its TTL from the last keep-alive we sent.
             alive_since: granted_at,
             sides: HashMap::new(),
+            record: rec,
+            record_key,
         };
         queue::wait_turn(&mut turn, spec.mode(), deadline).await
     }
@@ -959,64 +661,7 @@ impl Backend for EtcdBackend {
     }
 
     async fn status(&self, namespace: &str, keys: &[String]) -> Result<Vec<KeyStatus>> {
-        let mut by_key: std::collections::BTreeMap<String, Vec<Entry>> = Default::default();
-        for k in keys {
-            by_key.insert(k.clone(), Vec::new());
-        }
-        let ns = format!("{namespace}/");
-        let (kvs, _) = self.under(&ns).await?;
-        // Elect candidates' records, by side key (the namespace's keys
-        // with an `@`, few: the entries' keys have none unless KEY has).
-        let sides: HashMap<Vec<u8>, Vec<u8>> = kvs
-            .iter()
-            .filter(|kv| kv.key().contains(&b'@'))
-            .map(|kv| (kv.key().to_vec(), kv.value().to_vec()))
-            .collect();
-        for kv in kvs {
-            // NS/KEY/<lease id> (or NS/KEY/read/..): KEY may itself hold
-            // slashes (nested keys).
-            let Some(rest) = kv.key().strip_prefix(ns.as_bytes()) else {
-                continue;
-            };
-            let Some((name, shared)) = entry_in(rest, &kv) else {
-                continue;
-            };
-            if keys.is_empty() || by_key.contains_key(&name) {
-                let side = side_key(kv.key()).and_then(|k| sides.get(&k).cloned());
-                by_key
-                    .entry(name)
-                    .or_default()
-                    .push(Entry { kv, shared, side });
-            }
-        }
-        let mut out = Vec::new();
-        let mut c = self.client.clone();
-        for (name, mut entries) in by_key {
-            entries.sort_by_key(|e| e.kv.create_revision());
-            let limit = queue_limit(&entries);
-            let mut holders = Vec::new();
-            for e in holding(&entries) {
-                let mut h = e.holder();
-                if let Ok(Ok(t)) =
-                    tokio::time::timeout(self.timeout, c.lease_time_to_live(e.kv.lease(), None))
-                        .await
-                    && t.ttl() >= 0
-                {
-                    h.expires_at = Some(SystemTime::now() + Duration::from_secs(t.ttl() as u64));
-                }
-                holders.push(h);
-            }
-            let waiters = entries.len().saturating_sub(holders.len()) as u64;
-            out.push(KeyStatus {
-                key: name,
-                limit,
-                holders,
-                waiters: Some(waiters),
-                queue: vec![],
-                unreadable: None,
-            });
-        }
-        Ok(out)
+        self.statuses(namespace, keys).await
     }
 
     async fn ping(&self) -> Result<PingInfo> {
@@ -1039,211 +684,6 @@ impl Backend for EtcdBackend {
     }
 
     async fn doctor(&self, ttl: Duration, timeout: Duration) -> Vec<Check> {
-        let mut out = Vec::new();
-        // What lease the server really grants for this TTL (a test lease,
-        // revoked at once).
-        let asked = ttl.as_millis().div_ceil(1000).max(1) as i64;
-        let mut c = self.client.clone();
-        if let Ok(Ok(g)) = tokio::time::timeout(timeout, c.lease_grant(asked, None)).await {
-            let _ = tokio::time::timeout(timeout, c.lease_revoke(g.id())).await;
-            let granted = Duration::from_secs(g.ttl().max(0) as u64);
-            out.push(if granted > ttl {
-                Check::new(
-                    Level::Info,
-                    "lease",
-                    format!(
-                        "etcd leases are whole seconds: --ttl {ttl:?} is held as {granted:?} on the server, so a crashed holder's lock lasts that long"
-                    ),
-                )
-            } else {
-                Check::ok("lease", format!("the server grants {granted:?} leases as asked"))
-            });
-        }
-        let fix = "bring it back: every member down is one fault less the cluster survives";
-        let mut answered = 0;
-        for ep in &self.listed {
-            let probe = tokio::time::timeout(timeout, async {
-                let mut c = ec::Client::connect([ep.as_str()], Some(self.opts.clone())).await?;
-                c.status().await
-            })
-            .await;
-            match probe {
-                Ok(Ok(st)) if st.leader() == 0 => out.push(
-                    Check::new(
-                        Level::Fail,
-                        "member",
-                        format!(
-                            "{ep} answers but knows no leader: the cluster has lost its quorum"
-                        ),
-                    )
-                    .fix("bring members back until a majority runs"),
-                ),
-                Ok(Ok(_)) => answered += 1,
-                Ok(Err(e)) => out.push(
-                    Check::new(Level::Fail, "member", format!("{ep} does not answer: {e}"))
-                        .fix(fix),
-                ),
-                Err(_) => out.push(
-                    Check::new(
-                        Level::Fail,
-                        "member",
-                        format!("{ep} did not answer within {timeout:?}"),
-                    )
-                    .fix(fix),
-                ),
-            }
-        }
-        if answered == self.listed.len() {
-            out.push(Check::ok(
-                "members",
-                format!("all {answered} listed endpoints answer and know a leader"),
-            ));
-        }
-        let mut c = self.client.clone();
-        if let Ok(Ok(m)) = tokio::time::timeout(timeout, c.member_list()).await {
-            let members = m.members().len();
-            if members > self.listed.len() {
-                out.push(Check::new(
-                    Level::Info,
-                    "members",
-                    format!(
-                        "the cluster has {members} members but the URL lists {}: list them all so dlock can fail over",
-                        self.listed.len()
-                    ),
-                ));
-            }
-        }
-        out
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn kv(value: &str) -> ec::KeyValue {
-        ec::KeyValue {
-            value: value.as_bytes().to_vec(),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn entries_and_their_modes() {
-        let x = kv("dlock1|694d|1|me|h|1|0");
-        let r = kv("dlock1|694d|0|me|h|1|0");
-        let foreign = kv("");
-        let nanos = "1764161234567890123";
-        // dlock's and etcdctl's exclusive entries, dlock's readers.
-        assert_eq!(mode_of(b"694d9a3b5e0c1234", &x), Some(false));
-        assert_eq!(mode_of(b"694d9a3b5e0c1234", &foreign), Some(false));
-        assert_eq!(mode_of(b"read/694d9a3b5e0c1234", &r), Some(true));
-        // A Go recipes.RWMutex's reader and writer.
-        let rw = |d: &str| format!("{d}/{nanos}");
-        assert_eq!(mode_of(rw("read").as_bytes(), &foreign), Some(true));
-        assert_eq!(mode_of(rw("write").as_bytes(), &foreign), Some(false));
-        // Another lock's: the nested key KEY/read's exclusive entries (dlock's,
-        // etcdctl's), a dlock reader of KEY/read seen from KEY/read's parent.
-        assert_eq!(mode_of(b"read/694d9a3b5e0c1234", &x), None);
-        assert_eq!(mode_of(b"read/694d9a3b5e0c1234", &foreign), None);
-        assert_eq!(mode_of(b"write/694d", &foreign), None);
-        assert_eq!(mode_of(b"694d", &r), None);
-        assert_eq!(mode_of(b"sub/694d", &x), None);
-        assert_eq!(mode_of(b"read/read/694d", &r), None);
-        assert_eq!(mode_of(nanos.as_bytes(), &foreign), None);
-        // Namespace-wide: which key an entry is of.
-        let of = |rest: &str, kv: &ec::KeyValue| entry_in(rest.as_bytes(), kv);
-        assert_eq!(of("job/694d", &x), Some(("job".into(), false)));
-        assert_eq!(of("a/job/694d", &x), Some(("a/job".into(), false)));
-        assert_eq!(of("job/read/694d", &r), Some(("job".into(), true)));
-        assert_eq!(of("job/read/694d", &x), Some(("job/read".into(), false)));
-        assert_eq!(
-            of("job/read/read/694d", &r),
-            Some(("job/read".into(), true))
-        );
-        assert_eq!(
-            of(&format!("job/{}", rw("write")), &foreign),
-            Some(("job".into(), false))
-        );
-        assert_eq!(
-            of(&format!("job/{}", rw("read")), &foreign),
-            Some(("job".into(), true))
-        );
-        assert_eq!(of("694d", &x), None);
-    }
-
-    #[test]
-    fn elect_entries_keep_their_record_in_a_side_key() {
-        assert_eq!(
-            side_key(b"dlock/job/694d"),
-            Some(b"dlock/job@694d".to_vec())
-        );
-        assert_eq!(
-            side_key(b"dlock/a/job/694d"),
-            Some(b"dlock/a/job@694d".to_vec())
-        );
-        // A side key is no entry, of its key or of a parent.
-        let rec = kv("dlock1|694d|1|me|h|7|0");
-        assert_eq!(mode_of(b"job@694d", &rec), None);
-        assert_eq!(entry_in(b"job@694d", &rec), None);
-        assert_eq!(entry_in(b"a/job@694d", &rec), None);
-        assert_eq!(entry_in(b"a/read@694d", &rec), None);
-        assert_eq!(entry_in(b"a/b/read@694d", &rec), None);
-        // The candidate's entry holds V (read as exclusive), on lease 694d.
-        let entry = |v: &str| ec::KeyValue {
-            value: v.as_bytes().to_vec(),
-            lease: 0x694d,
-            create_revision: 9,
-            ..Default::default()
-        };
-        assert_eq!(mode_of(b"694d", &entry("web-1:8080")), Some(false));
-        let side = b"dlock1|694d|1|me|h|7|1764161234567".as_slice();
-        let h = holder_from(&entry("web-1:8080 (a|b)"), Some(side));
-        assert_eq!(h.value.as_deref(), Some("web-1:8080 (a|b)"));
-        assert_eq!(h.value(), Some("web-1:8080 (a|b)"));
-        assert_eq!(h.owner.as_deref(), Some("me (web-1:8080 (a_b))"));
-        assert_eq!(
-            (h.host.as_deref(), h.pid, h.token),
-            (Some("h"), Some(7), Some(9))
-        );
-        assert!(h.acquired_at.is_some());
-        // elect's default value is the owner's own name, not published in it.
-        let h = holder_from(&entry("me@h pid 7"), Some(side));
-        assert_eq!(h.owner.as_deref(), Some("me"));
-        assert_eq!(h.value(), Some("me@h pid 7"));
-        // Another lease's record is not this entry's: a foreign candidate
-        // (`etcdctl elect`), whose value is still what it publishes.
-        let h = holder_from(
-            &entry("etcd-side"),
-            Some(b"dlock1|abcd|1|me|h|7|0".as_slice()),
-        );
-        assert_eq!((h.owner.as_deref(), h.value()), (None, Some("etcd-side")));
-        let h = holder_from(&entry("etcd-side"), None);
-        assert_eq!(
-            (h.owner.as_deref(), h.value(), h.token),
-            (None, Some("etcd-side"), Some(9))
-        );
-        // `etcdctl lock` stores nothing; `run` stores its record.
-        let h = holder_from(&entry(""), None);
-        assert_eq!((h.owner.as_deref(), h.value()), (None, None));
-        let h = holder_from(&entry("dlock1|694d|1|me|h|7|0"), None);
-        assert_eq!((h.owner.as_deref(), h.value()), (Some("me"), None));
-    }
-
-    #[test]
-    fn holders_by_the_rule() {
-        let e = |shared: bool, n: u32| Entry {
-            kv: kv(&format!("dlock1|1|{n}|me|h|1|0")),
-            shared,
-            side: None,
-        };
-        assert_eq!(
-            holding(&[e(true, 0), e(true, 0), e(false, 1), e(true, 0)]).len(),
-            2
-        );
-        assert_eq!(holding(&[e(false, 2), e(false, 2), e(false, 2)]).len(), 2);
-        assert_eq!(holding(&[e(true, 0), e(false, 3), e(false, 3)]).len(), 1);
-        assert_eq!(queue_limit(&[e(true, 0), e(false, 3)]), 3);
-        assert_eq!(queue_limit(&[e(true, 0)]), 1);
+        self.checks(ttl, timeout).await
     }
 }

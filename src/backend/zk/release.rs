@@ -1,0 +1,146 @@
+//! Releasing a node, through our session or, when its server does not
+//! answer, through another; and clearing what failed attempts left queued.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use zookeeper_client as zk;
+
+use super::node::expiry_of;
+use super::{ZkBackend, zk_err};
+use crate::error::unavailable;
+
+impl ZkBackend {
+    /// Delete the queue nodes of attempts that were interrupted or failed:
+    /// every child of a registered directory that carries our prefix. An
+    /// outage ends it with its error: what is left stays registered, for
+    /// the next attempt (whose node must never queue behind our own).
+    pub(super) async fn drop_queued(&self, c: &zk::Client) -> Result<()> {
+        let mut left = self.queued.take().into_iter();
+        while let Some((dir, tag)) = left.next() {
+            let dropped = async {
+                let contenders = self.contenders(c, &dir).await?;
+                for ct in contenders.iter().filter(|ct| ct.name.starts_with(&tag)) {
+                    let path = format!("{dir}/{}", ct.name);
+                    self.bounded("delete an earlier queue node", async {
+                        match c.delete(&path, None).await {
+                            Err(zk::Error::NoNode) => Ok(()),
+                            r => r,
+                        }
+                    })
+                    .await?;
+                    tracing::info!(
+                        event = "dropped_queued",
+                        node = path,
+                        "deleted the queue node of an earlier attempt"
+                    );
+                }
+                Ok::<_, anyhow::Error>(())
+            }
+            .await;
+            if let Err(e) = dropped {
+                self.queued.add((dir, tag));
+                left.for_each(|q| self.queued.add(q));
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+    /// Release our node at `path` through the session `c`.
+    pub(super) async fn release_on(&self, c: &zk::Client, path: &str) -> Result<bool> {
+        let what = format!("release {path}");
+        let timed_out = || {
+            unavailable(format!(
+                "ZooKeeper {}: release {path} timed out",
+                self.shown
+            ))
+        };
+        // A node already gone (broken with --force, session expired,
+        // deleted when found expired) is a lease we no longer held: not an
+        // error.
+        let mut version = None;
+        let mut ours = true;
+        for _ in 0..5 {
+            let (data, stat) = match tokio::time::timeout(self.timeout, c.get_data(path)).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(zk::Error::NoNode)) => return Ok(false),
+                Ok(Err(e)) => return Err(zk_err(&self.shown, &what, e)),
+                Err(_) => return Err(timed_out()),
+            };
+            let Some(at) = expiry_of(&data, &stat) else {
+                break;
+            };
+            // A node that outlives its session may have expired without
+            // anyone deleting it yet: judge on the server's clock, by
+            // writing it (unchanged) and reading the write's time.
+            match tokio::time::timeout(self.timeout, c.set_data(path, &data, Some(stat.version)))
+                .await
+            {
+                Ok(Ok(s)) => {
+                    ours = s.mtime <= at;
+                    version = Some(s.version);
+                    break;
+                }
+                Ok(Err(zk::Error::NoNode)) => return Ok(false),
+                Ok(Err(zk::Error::BadVersion)) => continue,
+                Ok(Err(e)) => return Err(zk_err(&self.shown, &what, e)),
+                Err(_) => return Err(timed_out()),
+            }
+        }
+        match tokio::time::timeout(self.timeout, c.delete(path, version)).await {
+            Ok(Ok(())) => Ok(ours),
+            Ok(Err(zk::Error::NoNode | zk::Error::BadVersion)) => Ok(false),
+            Ok(Err(e)) => Err(zk_err(&self.shown, &what, e)),
+            Err(_) => Err(timed_out()),
+        }
+    }
+
+    /// Delete our node at `path` through a session of its own to each
+    /// other listed server at once (the first that answers does it): for a
+    /// release whose session's server does not answer. None if no server
+    /// answered; a node already gone counts as deleted (the first try may
+    /// have done it).
+    pub(super) async fn delete_elsewhere(&self, path: &str) -> Option<()> {
+        use futures_util::stream::{FuturesUnordered, StreamExt};
+        let (hosts, chroot) = match self.cluster.find('/') {
+            Some(i) => self.cluster.split_at(i),
+            None => (self.cluster.as_str(), ""),
+        };
+        let hosts: Vec<&str> = hosts.split(',').filter(|h| !h.is_empty()).collect();
+        if hosts.len() < 2 {
+            return None;
+        }
+        tracing::warn!(
+            event = "release_elsewhere",
+            node = path,
+            "the server of our session does not answer: deleting our node through another"
+        );
+        let mut tries: FuturesUnordered<_> = hosts
+            .iter()
+            .map(|h| async move {
+                let mut c = zk::Client::connector()
+                    .with_session_timeout(Duration::from_secs(2))
+                    .with_connection_timeout(self.timeout)
+                    .with_fail_eagerly();
+                if let Some(a) = &self.auth {
+                    c = c.with_auth("digest", a);
+                }
+                let one = format!("{h}{chroot}");
+                let c = tokio::time::timeout(self.timeout, c.connect(&one))
+                    .await
+                    .ok()?
+                    .ok()?;
+                match tokio::time::timeout(self.timeout, c.delete(path, None)).await {
+                    Ok(Ok(()) | Err(zk::Error::NoNode)) => Some(()),
+                    _ => None,
+                }
+            })
+            .collect();
+        while let Some(r) = tries.next().await {
+            if r.is_some() {
+                return r;
+            }
+        }
+        None
+    }
+}
