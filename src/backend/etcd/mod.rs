@@ -262,7 +262,7 @@ impl EtcdBackend {
                 kit::Kind::Outage,
                 format!(
                     "{service}: {what}: no answer from one member in {}",
-                    crate::status::human_duration(self.timeout)
+                    crate::human::human_duration(self.timeout)
                 ),
             )),
             Err(_) => Err(kit::no_answer(&service, what, self.timeout)),
