@@ -14,6 +14,7 @@
 pub mod contract;
 pub mod etcd;
 pub mod kit;
+pub mod memory;
 pub mod probe;
 pub mod queue;
 pub mod redis;
