@@ -21,7 +21,10 @@ pub async fn poll(
     deadline: Option<Instant>,
 ) -> anyhow::Result<Attempt> {
     loop {
-        let join = deadline.is_none_or(|d| Instant::now() < d);
+        // The clock `wait_change` sleeps on (tokio's, the same as std's but
+        // for paused time in tests, where std's would make this spin).
+        let now = || tokio::time::Instant::now().into_std();
+        let join = deadline.is_none_or(|d| now() < d);
         match b.try_acquire(spec, me, join).await? {
             Attempt::Acquired(l) => return Ok(Attempt::Acquired(l)),
             Attempt::Busy(mut h) => {
@@ -40,7 +43,7 @@ pub async fn poll(
                     );
                     continue;
                 }
-                if deadline.is_some_and(|d| Instant::now() >= d) {
+                if deadline.is_some_and(|d| now() >= d) {
                     h.retain(|h| !h.waiting);
                     return Ok(Attempt::Busy(h));
                 }

@@ -472,14 +472,13 @@ async fn a_deadline_ends_the_wait() {
 }
 
 /// A deadline should pass on tokio's clock, as every other wait does: the
-/// engine ([`kit::poll`]) compares it with `std::time::Instant::now()`,
+/// engine ([`kit::poll`]) compared it with `std::time::Instant::now()`,
 /// which a paused clock does not move, while `wait_change` sleeps on
-/// tokio's, which has passed it; so until the real time reaches the
-/// deadline the engine spins (about 46,000 attempts for 300 ms). Harmless
-/// in production, where the two clocks are one; the fix is for `kit::poll`
-/// to read `tokio::time::Instant::now().into_std()`.
+/// tokio's, which has passed it; so until the real time reached the
+/// deadline the engine spun (about 46,000 attempts for 300 ms). Harmless
+/// in production, where the two clocks are one; `kit::poll` now reads
+/// tokio's clock.
 #[tokio::test(start_paused = true)]
-#[ignore = "kit::poll reads std's clock for the deadline: it spins under paused time"]
 async fn a_deadline_passes_on_tokios_clock() {
     let mem = Memory::new();
     let s = spec("k", 1, false);
