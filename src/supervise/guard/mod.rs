@@ -135,10 +135,12 @@ fn boottime_of(deadline: Option<Instant>) -> i64 {
 /// its own).
 fn spawn(start: Start) -> std::io::Result<(i32, usize)> {
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-    match vm::spawn(start) {
-        Ok(started) => return Ok(started),
-        // Refused (a seccomp filter, say): a fork does the same.
-        Err(e) => tracing::debug!("clone(CLONE_VM) for the guard failed ({e}); forking it"),
+    if vm::kernel_allows() {
+        match vm::spawn(start) {
+            Ok(started) => return Ok(started),
+            // Refused (a seccomp filter, say): a fork does the same.
+            Err(e) => tracing::debug!("clone(CLONE_VM) for the guard failed ({e}); forking it"),
+        }
     }
     forked::spawn(start).map(|pid| (pid, 0))
 }

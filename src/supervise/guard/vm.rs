@@ -64,6 +64,33 @@ pub(super) fn spawn(start: Start) -> io::Result<(i32, usize)> {
     Ok((pid, stack as usize))
 }
 
+/// Whether the running kernel lets a `CLONE_VM` guard outlive a dlock that
+/// dumps core. Before Linux 5.16 a core dump (SIGSEGV, SIGABRT, even with
+/// `ulimit -c 0`) SIGKILLed every process sharing the dumping one's
+/// memory, the guard included, before it could kill the group; since, only
+/// the dumping thread group dies. On older kernels the guard is forked.
+pub(super) fn kernel_allows() -> bool {
+    // SAFETY: uname fills the struct we own; its fields are NUL-terminated.
+    let release = unsafe {
+        let mut u: libc::utsname = std::mem::zeroed();
+        if libc::uname(&mut u) != 0 {
+            return false;
+        }
+        std::ffi::CStr::from_ptr(u.release.as_ptr())
+            .to_bytes()
+            .to_vec()
+    };
+    let mut parts = release.split(|b| !b.is_ascii_digit()).map(|p| {
+        std::str::from_utf8(p)
+            .ok()
+            .and_then(|p| p.parse::<u32>().ok())
+    });
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= (5, 16),
+        _ => false,
+    }
+}
+
 /// Where the cloned guard starts (libc's `clone` calls it on the new stack).
 extern "C" fn entry(arg: *mut c_void) -> c_int {
     // SAFETY: `arg` is the `Start` that `spawn` wrote; this is the freshly
