@@ -135,7 +135,7 @@ fn boottime_of(deadline: Option<Instant>) -> i64 {
 /// its own).
 fn spawn(start: Start) -> std::io::Result<(i32, usize)> {
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-    if vm::kernel_allows() {
+    if vm::usable() {
         match vm::spawn(start) {
             Ok(started) => return Ok(started),
             // Refused (a seccomp filter, say): a fork does the same.

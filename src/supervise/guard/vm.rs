@@ -64,12 +64,22 @@ pub(super) fn spawn(start: Start) -> io::Result<(i32, usize)> {
     Ok((pid, stack as usize))
 }
 
-/// Whether the running kernel lets a `CLONE_VM` guard outlive a dlock that
-/// dumps core. Before Linux 5.16 a core dump (SIGSEGV, SIGABRT, even with
+/// Whether a `CLONE_VM` guard can be started here, and does not die with
+/// a dlock that dumps core.
+///
+/// Before Linux 5.16 a core dump (SIGSEGV, SIGABRT, even with
 /// `ulimit -c 0`) SIGKILLed every process sharing the dumping one's
 /// memory, the guard included, before it could kill the group; since, only
-/// the dumping thread group dies. On older kernels the guard is forked.
-pub(super) fn kernel_allows() -> bool {
+/// the dumping thread group dies. Valgrind does not refuse such a clone: it
+/// ends the whole program ("Unsupported clone() flags"); it announces
+/// itself in `LD_PRELOAD` (its `vgpreload_*.so`). In both cases the guard
+/// is forked.
+pub(super) fn usable() -> bool {
+    if std::env::var_os("LD_PRELOAD")
+        .is_some_and(|p| p.as_encoded_bytes().windows(10).any(|w| w == b"vgpreload_"))
+    {
+        return false;
+    }
     // SAFETY: uname fills the struct we own; its fields are NUL-terminated.
     let release = unsafe {
         let mut u: libc::utsname = std::mem::zeroed();
