@@ -17,7 +17,8 @@
 //!    SIGKILLs it after `--kill-after` or at the lease's deadline, whichever
 //!    comes first.
 //! 2. The child gets `PR_SET_PDEATHSIG = SIGKILL`, so it dies with dlock.
-//! 3. A tiny *guard* process, forked from dlock before the child is spawned,
+//! 3. A tiny *guard* process, started by dlock before the child is spawned
+//!    (a `clone(CLONE_VM)` on a stack of its own where it can, else a fork),
 //!    holds the read end of a pipe whose write end only dlock has. dlock
 //!    writes each new lease deadline to it. If dlock dies (even by SIGKILL) the pipe reads EOF
 //!    and the guard SIGKILLs the whole group, grandchildren included; if dlock

@@ -4,23 +4,23 @@
 //! and hands each one over, and each of its rows back, through channels: a
 //! `dlock run` made about ten such round trips and 70-100 context switches
 //! for what is, on a local file, a few microseconds of work per statement.
-//! Here the connection is still opened by sqlx (its options: WAL, busy
-//! timeout, the pragmas), and then its handle is taken from the worker for
-//! good ([`sqlx::SqliteConnection::lock_handle`]): every statement runs on
-//! the calling thread through SQLite's C API, with no hand-off. The rows
-//! come back as [`AnyRow`]s, as the engine reads every database's rows.
+//! Here the connection is opened, and every statement run, on the calling
+//! thread through SQLite's C API (the SQLite that sqlx bundles), with the
+//! flags and pragmas sqlx would use: no worker thread is started at all.
+//! The rows come back as [`AnyRow`]s, as the engine reads every database's
+//! rows.
 //!
 //! The tables are created when a statement first finds one missing, not at
 //! every start: a run on an existing database parses no DDL.
 
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
-use std::mem::ManuallyDrop;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::ptr::{self, NonNull};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libsqlite3_sys as ffi;
-use sqlx::SqliteConnection;
 use sqlx::any::AnyRow;
 use sqlx::error::{DatabaseError, ErrorKind};
 use sqlx_core::any::{AnyColumn, AnyTypeInfo, AnyTypeInfoKind, AnyValue, AnyValueKind};
@@ -28,14 +28,8 @@ use sqlx_core::ext::ustr::UStr;
 
 use super::{Out, Val};
 
-/// A SQLite connection whose handle this thread uses directly.
+/// A SQLite connection used directly by the thread that has it.
 pub struct Direct {
-    /// The worker's lock on the handle, held for as long as we use it; the
-    /// worker waits on it and touches the handle no more.
-    handle: ManuallyDrop<sqlx::sqlite::LockedSqliteHandle<'static>>,
-    /// The connection `handle` borrows, owned here (from `Box::into_raw`)
-    /// and dropped after it.
-    conn: NonNull<SqliteConnection>,
     db: NonNull<ffi::sqlite3>,
     /// The DDL that creates the tables when a statement finds one missing;
     /// emptied once run.
@@ -48,48 +42,59 @@ pub struct Direct {
 }
 
 // SAFETY: the handle is only used through `&mut Direct`, so by one thread at
-// a time; sqlx opens it in SQLite's multi-thread mode, in which a connection
-// may move between threads as long as no two use it at once.
+// a time; it is opened in SQLite's multi-thread mode (`SQLITE_OPEN_NOMUTEX`),
+// in which a connection may move between threads as long as no two use it
+// at once.
 unsafe impl Send for Direct {}
 
 impl Direct {
-    /// Take `conn`'s handle from its worker thread. `schema` is run (once)
-    /// when a statement finds a table missing.
-    pub async fn new(
-        conn: SqliteConnection,
+    /// Open (and create) the database at `path`, then run `pragmas`.
+    /// `schema` is run (once) when a statement finds a table missing.
+    pub fn open(
+        path: &Path,
+        pragmas: &str,
         schema: &'static str,
         busy_timeout: Duration,
     ) -> sqlx::Result<Direct> {
-        let conn = NonNull::from(Box::leak(Box::new(conn)));
-        // SAFETY: `conn` stays allocated until `Drop` frees it, after the
-        // handle borrowing it is dropped; nothing else refers to it.
-        let locked = unsafe { &mut *conn.as_ptr() }.lock_handle().await;
-        let mut handle = match locked {
-            Ok(h) => h,
-            Err(e) => {
-                // SAFETY: from `Box::leak` above, and no longer borrowed.
-                drop(unsafe { Box::from_raw(conn.as_ptr()) });
-                return Err(e);
-            }
-        };
-        let db = handle.as_raw_handle();
+        let name = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| sqlx::Error::Protocol("the database path contains a NUL byte".into()))?;
+        // sqlx's flags: `file:` URIs as sqlx took them, no mutex of SQLite's
+        // own (one thread at a time, see `Send`), a private cache.
+        let flags = ffi::SQLITE_OPEN_URI
+            | ffi::SQLITE_OPEN_NOMUTEX
+            | ffi::SQLITE_OPEN_CREATE
+            | ffi::SQLITE_OPEN_READWRITE
+            | ffi::SQLITE_OPEN_PRIVATECACHE;
+        let mut raw = ptr::null_mut();
+        // SAFETY: `name` is NUL-terminated; SQLite writes the new handle
+        // (or null, out of memory) into `raw`.
+        let rc = unsafe { ffi::sqlite3_open_v2(name.as_ptr(), &mut raw, flags, ptr::null()) };
+        let db = NonNull::new(raw).ok_or_else(|| {
+            sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::OutOfMemory,
+                "SQLite cannot allocate a connection",
+            ))
+        })?;
         let busy = NonNull::from(Box::leak(Box::new(Busy {
             timeout: busy_timeout.min(IN_HANDLER),
             since: None,
         })));
-        // SAFETY: `db` is open and ours; `busy` outlives the handler, which
-        // `Drop` removes before freeing it.
-        unsafe {
-            ffi::sqlite3_busy_handler(db.as_ptr(), Some(busy_handler), busy.as_ptr().cast());
-        }
-        Ok(Direct {
-            handle: ManuallyDrop::new(handle),
-            conn,
+        // From here `Drop` closes the handle, even if it failed to open.
+        let mut d = Direct {
             db,
             schema,
             busy,
             timeout: busy_timeout,
-        })
+        };
+        d.check(rc)?;
+        // SAFETY: `db` is open and ours; `busy` outlives the handler, which
+        // `Drop` removes before freeing it.
+        unsafe {
+            ffi::sqlite3_extended_result_codes(db.as_ptr(), 1);
+            ffi::sqlite3_busy_handler(db.as_ptr(), Some(busy_handler), busy.as_ptr().cast());
+        }
+        d.exec(pragmas)?;
+        Ok(d)
     }
 
     /// [`Direct::run`], waiting out a lock another connection holds for
@@ -244,14 +249,11 @@ impl Direct {
 impl Drop for Direct {
     fn drop(&mut self) {
         // SAFETY: every statement is finalized by now (each call finalizes
-        // its own); the handle goes back to the worker before the
-        // connection (and with it the worker) is dropped, and the busy
-        // handler is removed before its state is freed.
+        // its own), so the handle closes at once; the busy handler goes with
+        // it, before its state is freed.
         unsafe {
-            ffi::sqlite3_busy_handler(self.db.as_ptr(), None, ptr::null_mut());
+            ffi::sqlite3_close(self.db.as_ptr());
             drop(Box::from_raw(self.busy.as_ptr()));
-            ManuallyDrop::drop(&mut self.handle);
-            drop(Box::from_raw(self.conn.as_ptr()));
         }
     }
 }

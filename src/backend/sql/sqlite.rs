@@ -47,9 +47,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use async_trait::async_trait;
+use sqlx::Row;
 use sqlx::any::AnyRow;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
-use sqlx::{Connection, Row, SqliteConnection};
 use tokio::sync::{Mutex, watch};
 
 use super::{Arg, BREAK_GRACE, Dialect, Local, Names, Plan, SqlBackend, Stmt, fnv64};
@@ -343,20 +342,15 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend<Local>> 
         )));
     }
     files::prepare(&path)?;
-    let opts = SqliteConnectOptions::new()
-        .filename(&path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        // A process that opens the file alone replays the WAL (about 2 us
-        // a page), and a checkpoint costs three fsyncs (a few ms on a VM's
-        // disk); a run writes 3 pages. At 16 pages one run in five paid for
-        // a checkpoint; at 64, one in twenty, and the replay stays short.
-        .pragma("wal_autocheckpoint", "64")
-        // WAL + NORMAL: a commit is durable against a crash of dlock,
-        // not against power loss, which a lock does not need to survive.
-        .synchronous(SqliteSynchronous::Normal)
-        .busy_timeout(timeout)
-        .foreign_keys(false);
+    // As sqlx's options put them: WAL; no foreign keys (none are declared).
+    // A process that opens the file alone replays the WAL (about 2 us a
+    // page), and a checkpoint costs three fsyncs (a few ms on a VM's disk);
+    // a run writes 3 pages. At 16 pages one run in five paid for a
+    // checkpoint; at 64, one in twenty, and the replay stays short. WAL +
+    // NORMAL: a commit is durable against a crash of dlock, not against
+    // power loss, which a lock does not need to survive.
+    const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA foreign_keys = OFF; \
+                           PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 64;";
     let fail = |e: &dyn std::fmt::Display| {
         unavailable(format!(
             "cannot open SQLite database {}: {e}",
@@ -370,18 +364,15 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend<Local>> 
     let mut pause = Duration::from_millis(1);
     let conn = loop {
         // The tables are created when a statement first misses one.
-        let attempt = async {
-            let c = SqliteConnection::connect_with(&opts).await?;
-            super::direct::Direct::new(c, SCHEMA, timeout).await
-        };
-        match tokio::time::timeout_at(deadline.into(), attempt).await {
-            Err(_) => return Err(fail(&"timed out")),
-            Ok(Ok(c)) => break c,
-            Ok(Err(e)) if is_busy(&e) && Instant::now() + pause < deadline => {
+        // On this thread: a local file's open and pragmas take microseconds
+        // (a statement blocks it as long).
+        match super::direct::Direct::open(&path, PRAGMAS, SCHEMA, timeout) {
+            Ok(c) => break c,
+            Err(e) if is_busy(&e) && Instant::now() + pause < deadline => {
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_millis(50));
             }
-            Ok(Err(e)) => return Err(fail(&e)),
+            Err(e) => return Err(fail(&e)),
         }
     };
     let shown = format!("sqlite:{}", path.display());
