@@ -38,6 +38,10 @@ pub(super) struct Busy {
     /// If some holders were found dead, the most microseconds until their
     /// leases end.
     gone: Option<i64>,
+    /// Our place, if we are in the line: the id of the live waiter just
+    /// ahead of us (none: we are first), for a dialect that wakes each
+    /// waiter when the one ahead of it goes ([`super::Dialect::missed`]).
+    place: Option<Option<String>>,
 }
 
 impl<P: Link> SqlBackend<P> {
@@ -130,11 +134,13 @@ impl<P: Link> SqlBackend<P> {
             return Ok(None);
         }
         let ahead = line.ahead(me).iter().map(|e| e.lim).collect();
+        let place = line.place(me).map(|_| line.before(me));
         Ok(Some(Busy {
             holders: line.leases,
             ahead,
             writers,
             gone: None,
+            place,
         }))
     }
 
@@ -234,10 +240,12 @@ impl<P: Link> SqlBackend<P> {
                 // Take our place at the back of the line, in this
                 // transaction. (The waiter row that older versions count is
                 // written after it, outside the key's lock: `wait_change`.)
-                if join && self.queue_table && !queued {
+                let joined = join && self.queue_table && !queued;
+                if joined {
                     tx.run(&q.enqueue, &Args { id: wid, ..a }).await?;
                 }
                 tx.commit().await?;
+                let place = (queued || joined).then(|| line.before(wid));
                 let ahead = line
                     .ahead(wid)
                     .iter()
@@ -249,6 +257,7 @@ impl<P: Link> SqlBackend<P> {
                     ahead,
                     writers,
                     gone,
+                    place,
                 }));
             }
             // A semaphore's holder takes the lowest free slot; the slot is
@@ -296,7 +305,8 @@ impl<P: Link> SqlBackend<P> {
                 Ok((Attempt::Acquired(lease), None))
             }
             Err(busy) => {
-                self.d.missed(spec, busy.ahead.len()).await;
+                let place = busy.place.as_ref().map(|b| (wid, b.as_deref()));
+                self.d.missed(spec, busy.ahead.len(), place).await;
                 let soonest = busy.holders.iter().map(|e| e.left_us).min();
                 let soonest = soonest.unwrap_or(i64::MAX);
                 *self.next_expiry.lock().unwrap() = Some(

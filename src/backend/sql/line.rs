@@ -213,6 +213,16 @@ impl Line {
         &self.queue[..self.place(me).unwrap_or(self.queue.len())]
     }
 
+    /// The id of the live waiter just ahead of `me` in the line (none:
+    /// `me` is first, or not in line).
+    pub fn before(&self, me: &str) -> Option<String> {
+        self.ahead(me)
+            .iter()
+            .rev()
+            .find(|e| !e.holder.dead)
+            .map(|e| e.id.clone())
+    }
+
     /// Whether a request in `mode` whose row in line is `me` enters now
     /// ([`super::kit::admits`]): behind every lease, the live waiters
     /// ahead of it (the dead ones go in the same transaction), and

@@ -113,8 +113,9 @@ pub trait Dialect<P: Link = AnyPool>: Send + Sync {
     async fn taken(&self, _spec: &LockSpec, _kind: LeaseKind) {}
     /// An attempt found `spec.key` busy.
     /// An attempt found `spec.key` busy, with `ahead` live waiters ahead
-    /// of us in its line.
-    async fn missed(&self, _spec: &LockSpec, _ahead: usize) {}
+    /// of us in its line; `place` is (our id, the id of the live waiter just
+    /// ahead of us) when we are in the line.
+    async fn missed(&self, _spec: &LockSpec, _ahead: usize, _place: Option<(&str, Option<&str>)>) {}
     /// We let go of a key, broke it, or left its line (those behind us
     /// may now go): wake its waiters.
     async fn freed(&self, e: &SqlBackend<P>, ns: &str, key: &str);

@@ -390,7 +390,7 @@ impl Dialect for Mysql {
         }
     }
 
-    async fn missed(&self, _spec: &LockSpec, ahead: usize) {
+    async fn missed(&self, _spec: &LockSpec, ahead: usize, _place: Option<(&str, Option<&str>)>) {
         self.ahead.store(ahead, Ordering::Relaxed);
     }
 

@@ -267,6 +267,15 @@ struct Sqlite {
     /// Wake files of keys we hold whose lock a thread is still waiting for
     /// (a waiter had it for an instant when we took the key).
     pending: StdMutex<HashMap<PathBuf, Pending>>,
+    /// The line, key by key (by wake file): the id of the waiter just ahead
+    /// of us (none: we are first), and our own line file, locked while we
+    /// are in line, which the waiter behind us blocks on. So a release
+    /// wakes the first in line only (through the wake file), and the first
+    /// in line taking the key wakes the next (through its line file), who
+    /// then blocks on the wake file in turn: with fair queues, waking any
+    /// other waiter would be for nothing.
+    before: StdMutex<HashMap<PathBuf, Option<String>>>,
+    mine: StdMutex<HashMap<PathBuf, (PathBuf, File)>>,
     poll: kit::PollBackoff,
 }
 
@@ -383,6 +392,8 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend<Local>> 
         waits: StdMutex::new(HashMap::new()),
         granted: StdMutex::new(HashMap::new()),
         pending: StdMutex::new(HashMap::new()),
+        before: StdMutex::new(HashMap::new()),
+        mine: StdMutex::new(HashMap::new()),
         poll: kit::PollBackoff::default(),
     };
     let t = Names {
@@ -408,6 +419,29 @@ impl Sqlite {
 
     fn open_wake(&self, ns: &str, key: &str) -> Result<File> {
         files::open_wake(&self.path, &self.wake_path(ns, key))
+    }
+
+    /// The line file of waiter `id` on the key whose wake file is `wake`.
+    fn line_path(wake: &Path, id: &str) -> PathBuf {
+        let mut p = wake.as_os_str().to_owned();
+        p.push(format!(".q-{id}"));
+        PathBuf::from(p)
+    }
+
+    /// Whether waiting for `spec` goes by the line files: an exclusive
+    /// request of one slot, whose holder holds the wake file.
+    fn chained(spec: &LockSpec) -> bool {
+        spec.limit == 1 && !spec.shared
+    }
+
+    /// We left the line of the key whose wake file is `wake`: unlink our
+    /// line file and let go of it, waking the waiter behind us.
+    fn leave_line(&self, wake: &Path) {
+        self.before.lock().unwrap().remove(wake);
+        if let Some((p, f)) = self.mine.lock().unwrap().remove(wake) {
+            let _ = std::fs::remove_file(&p);
+            drop(f);
+        }
     }
 
     /// Hold the exclusive lock on the key's wake file while we hold the key
@@ -475,67 +509,81 @@ impl Sqlite {
     /// lets go or dies.
     async fn wait_wake(&self, spec: &LockSpec, until: Instant) -> Result<()> {
         let path = self.wake_path(&spec.namespace, &spec.key);
-        let (mut done, slot) = {
+        // A reader waits for a writer only: every reader waiting is let in
+        // together.
+        let op = if spec.shared {
+            libc::LOCK_SH
+        } else {
+            libc::LOCK_EX
+        };
+        self.wait_file(path, op, until, true).await
+    }
+
+    /// Block on `path`'s lock in mode `op` until it is granted or `until`:
+    /// a wake file (kept, with `keep`, for the attempt that follows: one
+    /// release wakes one waiter) or the line file of the waiter ahead.
+    async fn wait_file(&self, path: PathBuf, op: i32, until: Instant, keep: bool) -> Result<()> {
+        let waiting = {
             let mut waits = self.waits.lock().unwrap();
             match waits.get(&path) {
-                Some(w) if !*w.done.borrow() => (w.done.clone(), w.slot.clone()),
+                Some(w) if !*w.done.borrow() => Some((w.done.clone(), w.slot.clone())),
                 _ => {
-                    let f = self.open_wake(&spec.namespace, &spec.key)?;
-                    let (tx, done) = watch::channel(false);
-                    let slot = Arc::new(StdMutex::new(None));
-                    let abandoned = Arc::new(AtomicBool::new(false));
-                    let (s2, a2) = (slot.clone(), abandoned.clone());
-                    // A reader waits for a writer only: every reader waiting
-                    // is let in together.
-                    let op = if spec.shared {
-                        libc::LOCK_SH
+                    let f = files::open_wake(&self.path, &path)?;
+                    if flock(&f, op | libc::LOCK_NB).is_ok() {
+                        // Nobody holds the wake file: the holder is not a
+                        // live `run` (a handle, a semaphore), or is just
+                        // taking it. Poll, backing off to 100 ms, without
+                        // keeping the file from that holder meanwhile. (Told
+                        // by trying, not by how soon a blocking lock came: a
+                        // `run` that holds for a millisecond lets go that
+                        // soon, and its next in line must try at once, not
+                        // poll: with fair queues nobody else may go.)
+                        None
                     } else {
-                        libc::LOCK_EX
-                    };
-                    std::thread::Builder::new()
-                        .name("dlock-wake".into())
-                        .spawn(move || {
-                            // Granted when the holder lets go or dies; one
-                            // writer at a time holds it.
-                            let _ = flock(&f, op);
-                            let mut slot = s2.lock().unwrap();
-                            if !a2.load(Ordering::SeqCst) {
-                                *slot = Some(f);
-                            }
-                            drop(slot);
-                            let _ = tx.send(true);
-                        })
-                        .context("cannot start a waiting thread")?;
-                    waits.insert(
-                        path.clone(),
-                        Waiter {
-                            done: done.clone(),
-                            slot: slot.clone(),
-                            abandoned,
-                        },
-                    );
-                    (done, slot)
+                        let (tx, done) = watch::channel(false);
+                        let slot = Arc::new(StdMutex::new(None));
+                        let abandoned = Arc::new(AtomicBool::new(false));
+                        let (s2, a2) = (slot.clone(), abandoned.clone());
+                        std::thread::Builder::new()
+                            .name("dlock-wake".into())
+                            .spawn(move || {
+                                // Granted when the holder lets go or dies; one
+                                // writer at a time holds it.
+                                let _ = flock(&f, op);
+                                let mut slot = s2.lock().unwrap();
+                                if !a2.load(Ordering::SeqCst) {
+                                    *slot = Some(f);
+                                }
+                                drop(slot);
+                                let _ = tx.send(true);
+                            })
+                            .context("cannot start a waiting thread")?;
+                        waits.insert(
+                            path.clone(),
+                            Waiter {
+                                done: done.clone(),
+                                slot: slot.clone(),
+                                abandoned,
+                            },
+                        );
+                        Some((done, slot))
+                    }
                 }
             }
         };
-        let started = Instant::now();
+        let Some((mut done, slot)) = waiting else {
+            self.poll(until).await;
+            return Ok(());
+        };
         let woke = tokio::time::timeout_at(until.into(), done.wait_for(|d| *d))
             .await
             .is_ok();
         if woke {
             self.waits.lock().unwrap().remove(&path);
-            if let Some(f) = slot.lock().unwrap().take() {
+            if let Some(f) = slot.lock().unwrap().take().filter(|_| keep) {
                 self.granted.lock().unwrap().insert(path.clone(), f);
             }
-            if started.elapsed() < Duration::from_millis(2) {
-                // Nobody held the wake file: the holder is not a live `run`
-                // (or is just taking it). Poll, backing off to 100 ms,
-                // without keeping the file from that holder meanwhile.
-                self.granted.lock().unwrap().remove(&path);
-                self.poll(until).await;
-            } else {
-                self.poll.reset();
-            }
+            self.poll.reset();
         }
         Ok(())
     }
@@ -580,6 +628,11 @@ impl Dialect<Local> for Sqlite {
             return false;
         }
         let path = self.wake_path(&spec.namespace, &spec.key);
+        // A waiter with another ahead of it is not first: leave the wake
+        // file to that one.
+        if matches!(self.before.lock().unwrap().get(&path), Some(Some(_))) {
+            return false;
+        }
         if self.granted.lock().unwrap().contains_key(&path)
             || self.held.lock().unwrap().contains_key(&path)
         {
@@ -605,18 +658,41 @@ impl Dialect<Local> for Sqlite {
         if kind == LeaseKind::Run && (spec.limit == 1 || spec.shared) {
             self.hold_wake(spec).await;
         } else {
-            self.missed(spec, 0).await;
+            self.missed(spec, 0, None).await;
         }
+        // Holding the wake file now (a `run`), we wake the next in line,
+        // who blocks on it until we let go.
+        self.leave_line(&self.wake_path(&spec.namespace, &spec.key));
     }
 
-    /// Lost the race: pass the wake-up on to the next waiter.
-    async fn missed(&self, spec: &LockSpec, _ahead: usize) {
+    /// Not admitted: pass the wake-up on, and keep our place's line file.
+    async fn missed(&self, spec: &LockSpec, _ahead: usize, place: Option<(&str, Option<&str>)>) {
         let path = self.wake_path(&spec.namespace, &spec.key);
         self.granted.lock().unwrap().remove(&path);
+        let Some((me, before)) = place.filter(|_| Self::chained(spec)) else {
+            self.before.lock().unwrap().remove(&path);
+            return;
+        };
+        self.before
+            .lock()
+            .unwrap()
+            .insert(path.clone(), before.map(str::to_string));
+        if self.mine.lock().unwrap().contains_key(&path) {
+            return;
+        }
+        let mine = Self::line_path(&path, me);
+        // Exclusive while we are in line; a waiter behind us that holds it
+        // shared for an instant makes us try again at the next attempt.
+        if let Ok(f) = files::open_wake(&self.path, &mine)
+            && flock(&f, libc::LOCK_EX | libc::LOCK_NB).is_ok()
+        {
+            self.mine.lock().unwrap().insert(path, (mine, f));
+        }
     }
 
     async fn freed(&self, _e: &SqlBackend<Local>, ns: &str, key: &str) {
         let path = self.wake_path(ns, key);
+        self.leave_line(&path);
         self.held.lock().unwrap().remove(&path);
         if let Some(p) = self.pending.lock().unwrap().remove(&path) {
             p.abandoned.store(true, Ordering::SeqCst);
@@ -629,7 +705,17 @@ impl Dialect<Local> for Sqlite {
         if spec.limit > 1 {
             return self.poll(bound).await;
         }
-        if let Err(e) = self.wait_wake(spec, bound).await {
+        // Behind another waiter: wait for it to go (its line file).
+        let wake = self.wake_path(&spec.namespace, &spec.key);
+        let before = self.before.lock().unwrap().get(&wake).cloned().flatten();
+        let waited = match before.filter(|_| Self::chained(spec)) {
+            Some(b) => {
+                self.wait_file(Self::line_path(&wake, &b), libc::LOCK_SH, bound, false)
+                    .await
+            }
+            None => self.wait_wake(spec, bound).await,
+        };
+        if let Err(e) = waited {
             tracing::debug!(key = spec.key, "{e:#}; polling");
             self.poll(bound).await;
         }
