@@ -39,17 +39,16 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::Mutex as StdMutex;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use async_trait::async_trait;
 use sqlx::Row;
 use sqlx::any::AnyRow;
-use tokio::sync::{Mutex, watch};
+use tokio::sync::Mutex;
 
 use super::{Arg, BREAK_GRACE, Dialect, Local, Names, Plan, SqlBackend, Stmt, fnv64};
 use crate::backend::kit;
@@ -279,23 +278,6 @@ struct Sqlite {
     poll: kit::PollBackoff,
 }
 
-/// A thread blocked in `flock` on the wake file of a key we hold.
-struct Pending {
-    /// The file, locked, once the lock was granted.
-    slot: Arc<StdMutex<Option<File>>>,
-    /// Set when we let go of the key: the thread unlocks at once.
-    abandoned: Arc<AtomicBool>,
-}
-
-/// A thread blocked in `flock(LOCK_EX)` on a wake file.
-struct Waiter {
-    done: watch::Receiver<bool>,
-    /// The file, exclusively locked, once the lock was granted.
-    slot: Arc<StdMutex<Option<File>>>,
-    /// Set when nobody wants the grant any more: the thread unlocks at once.
-    abandoned: Arc<AtomicBool>,
-}
-
 /// `sqlite:PATH`, `sqlite://PATH` or `sqlite:///ABSOLUTE`.
 fn parse_path(url: &str) -> Result<PathBuf> {
     let rest = url
@@ -321,16 +303,6 @@ fn is_busy(e: &sqlx::Error) -> bool {
     // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
     matches!(e, sqlx::Error::Database(d)
         if d.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| matches!(c & 0xff, 5 | 6)))
-}
-
-fn flock(f: &File, op: libc::c_int) -> std::io::Result<()> {
-    // SAFETY: flock on a file descriptor we own; no memory is involved.
-    let r = unsafe { libc::flock(f.as_raw_fd(), op) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 /// Open (and create) the database at `url`'s path, with its tables.
@@ -408,185 +380,6 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend<Local>> 
     b.waiter_table = true;
     b.queue_table = true;
     Ok(b)
-}
-
-impl Sqlite {
-    fn wake_path(&self, ns: &str, key: &str) -> PathBuf {
-        let mut dir = self.path.clone().into_os_string();
-        dir.push(".wait");
-        Path::new(&dir).join(format!("{:016x}", fnv64(&[ns, key])))
-    }
-
-    fn open_wake(&self, ns: &str, key: &str) -> Result<File> {
-        files::open_wake(&self.path, &self.wake_path(ns, key))
-    }
-
-    /// The line file of waiter `id` on the key whose wake file is `wake`.
-    fn line_path(wake: &Path, id: &str) -> PathBuf {
-        let mut p = wake.as_os_str().to_owned();
-        p.push(format!(".q-{id}"));
-        PathBuf::from(p)
-    }
-
-    /// Whether waiting for `spec` goes by the line files: an exclusive
-    /// request of one slot, whose holder holds the wake file.
-    fn chained(spec: &LockSpec) -> bool {
-        spec.limit == 1 && !spec.shared
-    }
-
-    /// We left the line of the key whose wake file is `wake`: unlink our
-    /// line file and let go of it, waking the waiter behind us.
-    fn leave_line(&self, wake: &Path) {
-        self.before.lock().unwrap().remove(wake);
-        if let Some((p, f)) = self.mine.lock().unwrap().remove(wake) {
-            let _ = std::fs::remove_file(&p);
-            drop(f);
-        }
-    }
-
-    /// Hold the exclusive lock on the key's wake file while we hold the key
-    /// (with `--limit 1`), so the one waiter the kernel picks wakes when we
-    /// let go (or die); a shared lock if we hold the key shared, so that a
-    /// writer waiting wakes when the last reader lets go. If we were woken
-    /// as a waiter, we hold it already (in the same mode).
-    async fn hold_wake(&self, spec: &LockSpec) {
-        let path = self.wake_path(&spec.namespace, &spec.key);
-        if let Some(w) = self.waits.lock().unwrap().remove(&path) {
-            w.abandoned.store(true, Ordering::SeqCst);
-            if let Some(f) = w.slot.lock().unwrap().take() {
-                drop(f);
-            }
-        }
-        if let Some(f) = self.granted.lock().unwrap().remove(&path) {
-            self.held.lock().unwrap().insert(path, f);
-            return;
-        }
-        let Ok(f) = self.open_wake(&spec.namespace, &spec.key) else {
-            return;
-        };
-        let op = if spec.shared {
-            libc::LOCK_SH
-        } else {
-            libc::LOCK_EX
-        };
-        if flock(&f, op | libc::LOCK_NB).is_ok() {
-            self.held.lock().unwrap().insert(path, f);
-            return;
-        }
-        // A waiter woken by the last holder has it for the instant it
-        // tries the key and fails. The child need not wait for that: a
-        // thread blocks until the lock is ours, and keeps it for as long
-        // as we hold the key ([`Dialect::freed`] lets it go).
-        let slot = Arc::new(StdMutex::new(None));
-        let abandoned = Arc::new(AtomicBool::new(false));
-        let (s2, a2) = (slot.clone(), abandoned.clone());
-        let started = std::thread::Builder::new()
-            .name("dlock-wake".into())
-            .spawn(move || {
-                if flock(&f, op).is_ok() {
-                    let mut slot = s2.lock().unwrap();
-                    if !a2.load(Ordering::SeqCst) {
-                        *slot = Some(f);
-                    }
-                }
-            });
-        match started {
-            Ok(_) => {
-                let pending = Pending { slot, abandoned };
-                self.pending.lock().unwrap().insert(path, pending);
-            }
-            Err(e) => tracing::debug!(key = spec.key, "{e}; waiters will poll"),
-        }
-    }
-
-    /// Sleep for the fallback poll's next pause, or until `until`.
-    async fn poll(&self, until: Instant) {
-        let p = self.poll.next();
-        tokio::time::sleep_until(until.min(Instant::now() + p).into()).await;
-    }
-
-    /// Block on the key's wake file until `until`: granted when its holder
-    /// lets go or dies.
-    async fn wait_wake(&self, spec: &LockSpec, until: Instant) -> Result<()> {
-        let path = self.wake_path(&spec.namespace, &spec.key);
-        // A reader waits for a writer only: every reader waiting is let in
-        // together.
-        let op = if spec.shared {
-            libc::LOCK_SH
-        } else {
-            libc::LOCK_EX
-        };
-        self.wait_file(path, op, until, true).await
-    }
-
-    /// Block on `path`'s lock in mode `op` until it is granted or `until`:
-    /// a wake file (kept, with `keep`, for the attempt that follows: one
-    /// release wakes one waiter) or the line file of the waiter ahead.
-    async fn wait_file(&self, path: PathBuf, op: i32, until: Instant, keep: bool) -> Result<()> {
-        let waiting = {
-            let mut waits = self.waits.lock().unwrap();
-            match waits.get(&path) {
-                Some(w) if !*w.done.borrow() => Some((w.done.clone(), w.slot.clone())),
-                _ => {
-                    let f = files::open_wake(&self.path, &path)?;
-                    if flock(&f, op | libc::LOCK_NB).is_ok() {
-                        // Nobody holds the wake file: the holder is not a
-                        // live `run` (a handle, a semaphore), or is just
-                        // taking it. Poll, backing off to 100 ms, without
-                        // keeping the file from that holder meanwhile. (Told
-                        // by trying, not by how soon a blocking lock came: a
-                        // `run` that holds for a millisecond lets go that
-                        // soon, and its next in line must try at once, not
-                        // poll: with fair queues nobody else may go.)
-                        None
-                    } else {
-                        let (tx, done) = watch::channel(false);
-                        let slot = Arc::new(StdMutex::new(None));
-                        let abandoned = Arc::new(AtomicBool::new(false));
-                        let (s2, a2) = (slot.clone(), abandoned.clone());
-                        std::thread::Builder::new()
-                            .name("dlock-wake".into())
-                            .spawn(move || {
-                                // Granted when the holder lets go or dies; one
-                                // writer at a time holds it.
-                                let _ = flock(&f, op);
-                                let mut slot = s2.lock().unwrap();
-                                if !a2.load(Ordering::SeqCst) {
-                                    *slot = Some(f);
-                                }
-                                drop(slot);
-                                let _ = tx.send(true);
-                            })
-                            .context("cannot start a waiting thread")?;
-                        waits.insert(
-                            path.clone(),
-                            Waiter {
-                                done: done.clone(),
-                                slot: slot.clone(),
-                                abandoned,
-                            },
-                        );
-                        Some((done, slot))
-                    }
-                }
-            }
-        };
-        let Some((mut done, slot)) = waiting else {
-            self.poll(until).await;
-            return Ok(());
-        };
-        let woke = tokio::time::timeout_at(until.into(), done.wait_for(|d| *d))
-            .await
-            .is_ok();
-        if woke {
-            self.waits.lock().unwrap().remove(&path);
-            if let Some(f) = slot.lock().unwrap().take().filter(|_| keep) {
-                self.granted.lock().unwrap().insert(path.clone(), f);
-            }
-            self.poll.reset();
-        }
-        Ok(())
-    }
 }
 
 #[async_trait]
@@ -796,6 +589,9 @@ fn filesystem_of(dir: &Path) -> Option<(&'static str, bool)> {
 }
 
 mod files;
+mod wake;
+
+use wake::{Pending, Waiter, flock};
 
 #[cfg(test)]
 mod tests {
