@@ -16,8 +16,8 @@ conformance!(postgres, Env::postgres());
 conformance!(mariadb, Env::mariadb());
 shared_conformance!(postgres_shared, Env::postgres());
 shared_conformance!(mariadb_shared, Env::mariadb());
-fair_conformance!(postgres_fair, Env::postgres());
-fair_conformance!(mariadb_fair, Env::mariadb());
+fair_conformance!(postgres_fair, Env::postgres_fair());
+fair_conformance!(mariadb_fair, Env::mariadb_fair());
 
 type MakeEnv = fn() -> Env;
 

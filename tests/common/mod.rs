@@ -128,6 +128,21 @@ impl Env {
         }
     }
 
+    /// A fresh PostgreSQL server, its clients keeping the line
+    /// (`?dlock_queue=fair`, opt-in on a server).
+    pub fn postgres_fair() -> Env {
+        let mut env = Env::postgres();
+        env.url.push_str("?dlock_queue=fair");
+        env
+    }
+
+    /// A fresh MariaDB server, its clients keeping the line.
+    pub fn mariadb_fair() -> Env {
+        let mut env = Env::mariadb();
+        env.url.push_str("?dlock_queue=fair");
+        env
+    }
+
     /// A fresh MariaDB server with an empty `dlock` database.
     pub fn mariadb() -> Env {
         let m = servers_sql::Mariadb::start();

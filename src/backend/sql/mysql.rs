@@ -262,7 +262,7 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend> {
     let all = format!("{lease}; {fence}; {waiter}; {queue}");
     if b.ddl("create tables", all).await.is_ok() {
         b.waiter_table = true;
-        b.queue_table = true;
+        b.queue_table = b.t.fair;
         return Ok(b);
     }
     // A user that may not create every table: one at a time.
@@ -273,7 +273,7 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend> {
     // count and readers do not give way to waiting writers. Without the
     // line, locking works, first come not always first served.
     b.waiter_table = b.ddl("create the waiter table", waiter).await.is_ok();
-    b.queue_table = b.ddl("create the queue table", queue).await.is_ok();
+    b.queue_table = b.t.fair && b.ddl("create the queue table", queue).await.is_ok();
     Ok(b)
 }
 

@@ -240,7 +240,7 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend> {
     .await
     .unwrap_or((false, false, false, false, false));
     b.waiter_table = waiter_readable;
-    b.queue_table = queue_usable;
+    b.queue_table = queue_usable && b.t.fair;
     if !waiter_present {
         // Waiter rows feed `status` and let waiting writers go before later
         // readers: a role that may not create tables still locks without
@@ -257,7 +257,7 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend> {
             .await
             .is_ok();
     }
-    if !queue_present {
+    if !queue_present && b.t.fair {
         // The line (fair queues): a role that may not create it still
         // locks, first come not always first served.
         // Two clients creating it at once may collide; the loser finds it.

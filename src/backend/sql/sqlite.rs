@@ -369,6 +369,7 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend<Local>> 
         poll: kit::PollBackoff::default(),
     };
     let t = Names {
+        fair: true,
         lease: "dlock_lease".into(),
         fence: "dlock_fence".into(),
         waiter: "dlock_waiter".into(),
