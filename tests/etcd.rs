@@ -502,14 +502,14 @@ mod queues {
     /// `--force`) is free: the next holder takes it, lowest first.
     #[test]
     fn a_gone_holders_slot_is_taken_over() {
-        super::gone_holders_slot_is_taken_over(&shared());
+        crate::common::fair::gone_holders_slot_is_taken_over(&shared());
     }
 
     /// Holders admitted at the same moment never share a slot: nine
     /// `--limit 3` runs started together, so slots free in twos and threes.
     #[test]
     fn semaphore_slots_are_never_shared() {
-        super::slots_never_shared(&shared());
+        crate::common::fair::slots_never_shared(&shared());
     }
 
     /// An `etcdctl lock` waiting in line is listed in it, in its place,
@@ -529,9 +529,9 @@ mod queues {
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        super::queue_is(&env, "job", 1);
+        crate::common::fair::queue_is(&env, "job", 1);
         let mut w = env.spawn(&["run", "--wait", "1m", "--key", "job", "--", "true"]);
-        super::queue_is(&env, "job", 2);
+        crate::common::fair::queue_is(&env, "job", 2);
         let st = env.status_json(&["job"]);
         let q = &st[0]["queue"];
         assert_eq!(q[0]["owner"], serde_json::Value::Null, "{st}");
@@ -543,92 +543,4 @@ mod queues {
         assert!(ctl.wait().unwrap().success());
         assert_eq!(wait_timeout(&mut w, Duration::from_secs(30)), 0);
     }
-}
-
-/// Wait until `status` lists `n` waiters of `key`.
-fn queue_is(env: &Env, key: &str, n: usize) {
-    wait_for(Duration::from_secs(20), &format!("{n} in line"), || {
-        env.status_json(&[key])[0]["queue"]
-            .as_array()
-            .map_or(0, Vec::len)
-            == n
-    });
-}
-
-/// Nine `--limit 3` runs at once, each logging its slot on entry and exit:
-/// every slot is below 3, and no two holders are ever in the same one.
-fn slots_never_shared(env: &Env) {
-    let log = env.path("slots.log");
-    let script = format!(
-        "echo \"in $DLOCK_SLOT\" >> {l}; sleep 0.3; echo \"out $DLOCK_SLOT\" >> {l}",
-        l = log.display()
-    );
-    let key = format!("never-shared-{}", std::process::id());
-    let mut runs: Vec<_> = (0..9)
-        .map(|_| {
-            env.spawn(&[
-                "run", "--limit", "3", "--wait", "1m", "--key", &key, "--", "sh", "-c", &script,
-            ])
-        })
-        .collect();
-    for r in &mut runs {
-        assert_eq!(wait_timeout(r, Duration::from_secs(60)), 0);
-    }
-    let text = std::fs::read_to_string(&log).unwrap();
-    let mut inside = std::collections::HashSet::new();
-    for l in text.lines() {
-        let (what, slot) = l.split_once(' ').unwrap();
-        let slot: u32 = slot.parse().unwrap_or_else(|_| panic!("no slot: {text}"));
-        assert!(slot < 3, "{text}");
-        if what == "in" {
-            assert!(
-                inside.insert(slot),
-                "slot {slot} given twice at once: {text}"
-            );
-        } else {
-            inside.remove(&slot);
-        }
-    }
-    assert_eq!(text.lines().count(), 18, "{text}");
-}
-
-/// A handle takes slot 0 and is released by another process; a `run`
-/// takes slot 0 and is broken with `--force` (its lease or session lives
-/// on a while): each time, the next holder gets slot 0.
-fn gone_holders_slot_is_taken_over(env: &Env) {
-    let key = format!("taken-over-{}", std::process::id());
-    let out = env.run(&["acquire", "--limit", "2", "--ttl", "30s", "--key", &key]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    let handle = stdout(&out).trim().to_string();
-    let st = env.status_json(&[&key]);
-    assert_eq!(st[0]["holders"][0]["slot"], 0, "{st}");
-    let out = env.run(&["release", &handle]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    let slot = |env: &Env| {
-        let out = env.run(&[
-            "run",
-            "--limit",
-            "2",
-            "--key",
-            &key,
-            "--",
-            "sh",
-            "-c",
-            "echo \"$DLOCK_SLOT\"",
-        ]);
-        assert_eq!(code(&out), 0, "{}", stderr(&out));
-        stdout(&out).trim().to_string()
-    };
-    assert_eq!(slot(env), "0");
-    let stop = env.path("stop-taken-over");
-    let script = format!("while [ ! -e {} ]; do sleep 0.02; done", stop.display());
-    let mut h = env.spawn(&[
-        "run", "--limit", "2", "--ttl", "30s", "--key", &key, "--", "sh", "-c", &script,
-    ]);
-    wait_for(Duration::from_secs(10), "a holder", || env.held(&key));
-    let out = env.run(&["release", "--force", "--key", &key]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert_eq!(slot(env), "0");
-    std::fs::write(&stop, "").unwrap();
-    wait_timeout(&mut h, Duration::from_secs(60));
 }
