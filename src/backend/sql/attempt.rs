@@ -100,8 +100,7 @@ impl<P: Link> SqlBackend<P> {
     }
 
     /// Whether `spec.key` is busy for us, by reading its line outside a
-    /// transaction (a database file: arriving waiters would otherwise
-    /// queue on the write lock behind the hand-over): `None` when it may
+    /// transaction (see [`Self::attempt`]): `None` when it may
     /// be free, when we must join the line, or when an entry is dead (the
     /// write transaction removes it).
     async fn peek(&self, spec: &LockSpec, a: &Args<'_>, join: bool) -> Result<Option<Busy>> {
@@ -181,10 +180,16 @@ impl<P: Link> SqlBackend<P> {
             ..Args::of(ns, key)
         };
         let grace = us(BREAK_GRACE);
-        // A database file: a key found busy by a read alone is busy without
-        // the write lock, on which arriving waiters would queue behind the
-        // hand-over to the waiter just woken.
-        let peeked = if P::SERVER || self.d.first_in_line(spec, me.kind) {
+        // A key found busy by a read alone is busy without the write lock
+        // (a database file's) or the key's fence row (a server's), on which
+        // arriving waiters would queue behind the hand-over to the waiter
+        // just woken. On a server this pays only with a line: a waiter in
+        // line that is not first then reads, where each of a crowd's polls
+        // would otherwise take the fence row in turn (with 200 waiters on
+        // PostgreSQL, attempts queued there past their time bound, lost
+        // their connections and, unable to renew their rows, their places).
+        let read_first = !P::SERVER || self.queue_table;
+        let peeked = if !read_first || self.d.first_in_line(spec, me.kind) {
             None
         } else {
             self.peek(spec, &a, join).await?

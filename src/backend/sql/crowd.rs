@@ -19,11 +19,23 @@
 //!   a capped, jittered backoff ([`Backoff`]), and after each attempt looks
 //!   whether a slot is free, on the connection it has open for the attempt.
 //!
+//! - A waiter that could not open its wake-up connection (a server at its
+//!   connection limit) does not try again for [`NO_SLOT_FOR`], and a try is
+//!   bounded by [`SLOT_TRY`]: a try must never keep a waiter from renewing
+//!   its place in line (its row lapses in 3 s), and every try costs the
+//!   server a process or a thread. With 200 waiters on PostgreSQL's stock
+//!   100 connections, the first in line spent its 4 s `--connect-timeout`
+//!   on each try, its row lapsed, the next one did the same, and the line
+//!   stalled. Meanwhile the first in line polls often
+//!   ([`FIRST_IN_LINE_POLL`]), on the connection it keeps: nobody else
+//!   may go.
+//!
 //! So a crowd of any size keeps about 2 × `SLOTS` idle connections per key
 //! on a MySQL server (a slot's and the engine's), plus those of the holders
 //! and of the attempts in flight; on PostgreSQL one per waiter, plus
 //! `SLOTS`.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -35,6 +47,84 @@ use crate::backend::kit;
 /// processes taking turns on a key (`bench/bench-sql.sh`) were 10-16 %
 /// slower than when all listened: those polling fell behind.
 pub const SLOTS: u32 = 8;
+
+/// The most a try for a wake-up connection takes: a waiter renews its
+/// place in line at least once a second.
+pub const SLOT_TRY: Duration = Duration::from_secs(1);
+
+/// How long a waiter whose try for a wake-up connection failed waits
+/// before it tries again.
+pub const NO_SLOT_FOR: Duration = Duration::from_secs(5);
+
+/// How often the first in line looks whether the key is free when it has
+/// no wake-up connection: a hand-off waits for it, and a look is one read.
+pub const FIRST_IN_LINE_POLL: Duration = Duration::from_millis(20);
+
+/// When a waiter may next try for a wake-up connection, and where it
+/// stood in line at its last attempt.
+#[derive(Default)]
+pub struct Place {
+    /// Live waiters ahead of us in the key's line: only the first
+    /// [`SLOTS`] in line take a slot, so the next in line is woken.
+    ahead: AtomicUsize,
+    /// Whether we were first in the key's line (fair queues).
+    first: AtomicBool,
+    /// Whether we were in the key's line at all.
+    in_line: AtomicBool,
+    /// No try for a wake-up connection before this.
+    no_slot_until: Mutex<Option<Instant>>,
+}
+
+impl Place {
+    /// An attempt found the key busy with `ahead` live waiters ahead, and
+    /// `place` (the dialect's [`super::Dialect::missed`]): our row's id and
+    /// the one just ahead of it, if we are in line.
+    pub fn missed(&self, ahead: usize, place: Option<(&str, Option<&str>)>) {
+        self.ahead.store(ahead, Ordering::Relaxed);
+        let first = place.is_some_and(|(_, before)| before.is_none());
+        self.first.store(first, Ordering::Relaxed);
+        self.in_line.store(place.is_some(), Ordering::Relaxed);
+    }
+
+    pub fn first(&self) -> bool {
+        self.first.load(Ordering::Relaxed)
+    }
+
+    /// Whether to try for a wake-up connection now.
+    pub fn may_try(&self) -> bool {
+        near_the_front(self.ahead.load(Ordering::Relaxed))
+            && self
+                .no_slot_until
+                .lock()
+                .unwrap()
+                .is_none_or(|t| Instant::now() >= t)
+    }
+
+    /// A try for a wake-up connection failed (not: every slot was taken).
+    pub fn no_slot(&self) {
+        *self.no_slot_until.lock().unwrap() = Some(Instant::now() + NO_SLOT_FOR);
+    }
+
+    /// The time bound of a try for a wake-up connection, in a wait that
+    /// ends at `bound`.
+    pub fn try_bound(bound: Instant) -> Instant {
+        bound.min(Instant::now() + SLOT_TRY)
+    }
+
+    /// The sleep of a waiter without a wake-up connection. In line, by its
+    /// place: [`FIRST_IN_LINE_POLL`] for the first, that much more for each
+    /// one ahead (a hand-off takes at least that), up to a second; each
+    /// place moves up as soon as the one ahead takes the key, and the next
+    /// hand-off waits for the new first to look. Without a line, `backoff`.
+    pub async fn sleep(&self, backoff: &Backoff, bound: Instant) {
+        if !self.in_line.load(Ordering::Relaxed) {
+            return backoff.sleep(bound).await;
+        }
+        let ahead = self.ahead.load(Ordering::Relaxed).min(49) as u32;
+        let d = (FIRST_IN_LINE_POLL * (ahead + 1)).min(Duration::from_secs(1));
+        tokio::time::sleep_until(bound.min(Instant::now() + d).into()).await;
+    }
+}
 
 /// Whether a waiter with `ahead` live waiters ahead of it in the key's line
 /// may take a slot: the slots go to the first in line, whom a release is

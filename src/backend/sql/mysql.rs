@@ -24,7 +24,6 @@
 //! wake-up lock is taken on it.
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -58,9 +57,9 @@ struct Mysql {
     poll: kit::PollBackoff,
     /// The sleep between attempts of a waiter without a slot.
     backoff: crowd::Backoff,
-    /// Live waiters ahead of us in the key's line at our last attempt: only
-    /// the first [`SLOTS`] in line take a slot, so the next in line is woken.
-    ahead: AtomicUsize,
+    /// Where we stood in the key's line at our last attempt, and whether
+    /// we may try for a slot.
+    place: crowd::Place,
 }
 
 /// A waiter's own connection, holding the slot `slot` of the key whose
@@ -213,7 +212,7 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend> {
         waiter: Mutex::new(None),
         poll: kit::PollBackoff::default(),
         backoff: crowd::Backoff::default(),
-        ahead: AtomicUsize::new(0),
+        place: crowd::Place::default(),
     };
     let q = statements(&t);
     let mut b = SqlBackend::open(shown, &url, timeout, t, q, Box::new(d)).await?;
@@ -390,8 +389,8 @@ impl Dialect for Mysql {
         }
     }
 
-    async fn missed(&self, _spec: &LockSpec, ahead: usize, _place: Option<(&str, Option<&str>)>) {
-        self.ahead.store(ahead, Ordering::Relaxed);
+    async fn missed(&self, _spec: &LockSpec, ahead: usize, place: Option<(&str, Option<&str>)>) {
+        self.place.missed(ahead, place);
     }
 
     async fn freed(&self, _e: &SqlBackend, ns: &str, key: &str) {
@@ -409,18 +408,23 @@ impl Dialect for Mysql {
         if let Some(old) = w.take_if(|o| o.wake != name) {
             let _ = tokio::time::timeout(self.timeout, old.conn.close()).await;
         }
-        let near = crowd::near_the_front(self.ahead.load(Ordering::Relaxed));
-        if w.is_none() && near && self.slot_free(&name).await {
-            let take = tokio::time::timeout(self.timeout, self.take_slot(&name));
-            if let Ok(Ok(Some(new))) = take.await {
-                *w = Some(new);
+        if w.is_none() && self.place.may_try() && self.slot_free(&name).await {
+            let until = crowd::Place::try_bound(bound);
+            match tokio::time::timeout_at(until.into(), self.take_slot(&name)).await {
+                Ok(Ok(Some(new))) => *w = Some(new),
+                Ok(Ok(None)) => {}
+                // No connection to spare, or none in time.
+                _ => self.place.no_slot(),
             }
         }
         let Some(waiter) = w.as_mut() else {
-            // Behind the first few: no connection while we sleep.
             drop(w);
-            crowd::hang_up(&self.pool).await;
-            self.backoff.sleep(bound).await;
+            // Behind the first few: no connection while we sleep. The
+            // first in line keeps its own: it looks often.
+            if !self.place.first() {
+                crowd::hang_up(&self.pool).await;
+            }
+            self.place.sleep(&self.backoff, bound).await;
             return;
         };
         if spec.limit > 1 {

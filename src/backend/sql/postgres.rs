@@ -17,7 +17,6 @@
 //! queued past `--connect-timeout` and some waiters exited 69.
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -41,9 +40,9 @@ struct Postgres {
     listener: Mutex<Option<Listener>>,
     /// The sleep between attempts of a waiter that does not listen.
     backoff: crowd::Backoff,
-    /// Live waiters ahead of us in the key's line at our last attempt: only
-    /// the first [`SLOTS`] in line listen, so the next in line is woken.
-    ahead: AtomicUsize,
+    /// Where we stood in the key's line at our last attempt, and whether
+    /// we may try to listen.
+    place: crowd::Place,
 }
 
 /// A listening waiter's own connection: `LISTEN`ing on `chan`, and holding
@@ -206,7 +205,7 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend> {
         pool: pool.clone(),
         listener: Mutex::new(None),
         backoff: crowd::Backoff::default(),
-        ahead: AtomicUsize::new(0),
+        place: crowd::Place::default(),
     };
     let q = statements(&t);
     let mut b = SqlBackend::open(shown, &url, timeout, t, q, Box::new(d)).await?;
@@ -381,8 +380,8 @@ impl Dialect for Postgres {
         }
     }
 
-    async fn missed(&self, _spec: &LockSpec, ahead: usize, _place: Option<(&str, Option<&str>)>) {
-        self.ahead.store(ahead, Ordering::Relaxed);
+    async fn missed(&self, _spec: &LockSpec, ahead: usize, place: Option<(&str, Option<&str>)>) {
+        self.place.missed(ahead, place);
     }
 
     async fn wait(&self, spec: &LockSpec, bound: Instant) {
@@ -391,19 +390,24 @@ impl Dialect for Postgres {
         if let Some(old) = l.take_if(|o| o.chan != chan) {
             old.close().await;
         }
-        let near = crowd::near_the_front(self.ahead.load(Ordering::Relaxed));
-        if l.is_none() && near && self.slot_free(spec).await {
-            let listen = tokio::time::timeout(self.timeout, self.listen(spec, &chan));
-            if let Ok(Ok(Some(new))) = listen.await {
-                *l = Some(new);
-                // A release between our last attempt and LISTEN went
-                // unheard: try again at once.
-                return;
+        if l.is_none() && self.place.may_try() && self.slot_free(spec).await {
+            let until = crowd::Place::try_bound(bound);
+            match tokio::time::timeout_at(until.into(), self.listen(spec, &chan)).await {
+                Ok(Ok(Some(new))) => {
+                    *l = Some(new);
+                    // A release between our last attempt and LISTEN went
+                    // unheard: try again at once.
+                    return;
+                }
+                Ok(Ok(None)) => {}
+                // No connection to spare (a crowd larger than the server's
+                // limit), or none in time.
+                _ => self.place.no_slot(),
             }
         }
         let Some(listener) = l.as_mut() else {
             drop(l);
-            self.backoff.sleep(bound).await;
+            self.place.sleep(&self.backoff, bound).await;
             return;
         };
         match tokio::time::timeout_at(bound.into(), listener.pl.try_recv()).await {
