@@ -23,6 +23,11 @@ pub const DEFAULT_KILL_AFTER: Duration = Duration::from_secs(10);
 /// Keys longer than this are refused: they would not fit the SQL layouts and
 /// are almost certainly a mistake (a whole command line used as a key).
 pub const MAX_KEY_LEN: usize = 512;
+/// What dlock names beside a key's lock: on ZooKeeper the slot claims of a
+/// semaphore `KEY` are the nodes `/NAMESPACE/KEY@slots/S`, beside the lock
+/// directory `/NAMESPACE/KEY`. A key with a part (between slashes) that
+/// ends in it would be another key's claims, so it is refused.
+pub const SLOTS_SUFFIX: &str = "@slots";
 
 /// The config file's keys are the long flag names.
 #[derive(Debug, Default, Deserialize)]
@@ -340,6 +345,15 @@ impl Settings {
     /// A key as [`validate_name`] checks it, and one the backend can store.
     pub fn validate_key(&self, key: &str) -> Result<()> {
         validate_name("key", key)?;
+        // On every backend, so that a key means the same lock on each.
+        if key.split('/').any(|part| part.ends_with(SLOTS_SUFFIX)) {
+            return Err(usage(format!(
+                "key {key:?} is reserved: dlock keeps the names ending in {SLOTS_SUFFIX:?} for \
+                 the slots of a semaphore (on ZooKeeper, /NAMESPACE/KEY{SLOTS_SUFFIX} holds the \
+                 slot claims of key KEY), so no part of a key between slashes may end in it; \
+                 choose another name (\"-slots\", say)"
+            )));
+        }
         self.layout.check_key(key)
     }
 

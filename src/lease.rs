@@ -20,6 +20,12 @@
 //! [`release_dropped`], which the invocation awaits before it closes the
 //! backend. Only a panic (or SIGKILL) skips that: its leases lapse within
 //! their TTL, and the supervisor's guard has stopped the child.
+//!
+//! The keeper runs on tokio's clock ([`TokioInstant`]): the same as the
+//! system's monotonic clock in dlock, and one its tests can pause and
+//! advance, so they take milliseconds. What it hands out (the deadline,
+//! a loss's expiry) is a `std` [`Instant`], as the supervisor and its guard
+//! process use.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,6 +33,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant as TokioInstant;
 
 use crate::backend::{Attempt, Backend, Holder, Lease, LockSpec, Owner, Renewal, kit};
 use crate::config::{LockSettings, Wait};
@@ -50,12 +57,12 @@ pub fn margin(ttl: Duration) -> Duration {
 struct State {
     leases: Vec<Lease>,
     /// The earliest moment any held lease can expire on the server.
-    safe_until: Option<Instant>,
+    safe_until: Option<TokioInstant>,
 }
 
 /// When the leases that are safe until `safe_until` are due for renewal: a
 /// third of the TTL after the server last extended the earliest of them.
-fn renewal_due(safe_until: Instant, ttl: Duration) -> Instant {
+fn renewal_due(safe_until: TokioInstant, ttl: Duration) -> TokioInstant {
     let valid = ttl.saturating_sub(margin(ttl));
     safe_until
         .checked_sub(valid.saturating_sub(ttl / 3))
@@ -110,7 +117,8 @@ impl Keeper {
 
     pub fn add(&self, lease: Lease) {
         let mut st = self.state.lock().unwrap();
-        let until = lease.granted_at + lease.ttl.saturating_sub(margin(lease.ttl));
+        let granted = TokioInstant::from_std(lease.granted_at);
+        let until = granted + lease.ttl.saturating_sub(margin(lease.ttl));
         st.safe_until = Some(st.safe_until.map_or(until, |u| u.min(until)));
         st.leases.push(lease);
         drop(st);
@@ -122,7 +130,11 @@ impl Keeper {
     }
 
     pub fn safe_until(&self) -> Option<Instant> {
-        self.state.lock().unwrap().safe_until
+        self.state
+            .lock()
+            .unwrap()
+            .safe_until
+            .map(TokioInstant::into_std)
     }
 
     pub fn lost(&self) -> watch::Receiver<Option<Loss>> {
@@ -200,7 +212,7 @@ async fn renew_loop(
     let retry = (ttl / 10).clamp(Duration::from_millis(20), Duration::from_secs(1));
     // After a failed renewal: when to try again (the lease clock says
     // "due" already).
-    let mut retry_at: Option<Instant> = None;
+    let mut retry_at: Option<TokioInstant> = None;
     let mut reported = false;
     loop {
         let safe_until = state.lock().unwrap().safe_until;
@@ -209,7 +221,7 @@ async fn renew_loop(
         let next = match (retry_at, safe_until) {
             (Some(r), _) => r,
             (None, Some(u)) => renewal_due(u, ttl),
-            (None, None) => Instant::now() + period,
+            (None, None) => TokioInstant::now() + period,
         };
         let report_at = safe_until.map(|u| u.checked_sub(grace).unwrap_or(u));
         let wake = match report_at {
@@ -217,11 +229,11 @@ async fn renew_loop(
             _ => next,
         };
         tokio::select! {
-            _ = tokio::time::sleep_until(wake.into()) => {}
+            _ = tokio::time::sleep_until(wake) => {}
             // A lease was added: it may be due already.
             _ = added.notified() => continue,
         }
-        let now = Instant::now();
+        let now = TokioInstant::now();
         if !reported && report_at.is_some_and(|r| now >= r) {
             reported = true;
             let until = safe_until.unwrap_or(now);
@@ -232,7 +244,7 @@ async fn renew_loop(
                     backend.describe(),
                     crate::status::human_duration(until.saturating_duration_since(now))
                 ),
-                expires: Some(until),
+                expires: Some(until.into_std()),
             }));
             // Keep trying: every renewal that still lands keeps the lock ours
             // while the child is being stopped.
@@ -249,11 +261,11 @@ async fn renew_loop(
             }
             continue;
         }
-        let sent = Instant::now();
+        let sent = TokioInstant::now();
         let call_deadline = sent + call_timeout.min(period.max(Duration::from_millis(50)));
         let mut ok = true;
         for l in &leases {
-            match tokio::time::timeout_at(call_deadline.into(), backend.renew(l, ttl)).await {
+            match tokio::time::timeout_at(call_deadline, backend.renew(l, ttl)).await {
                 Ok(Ok(Renewal::Renewed)) => {}
                 Ok(Ok(Renewal::Lost)) => {
                     tracing::warn!(event = "lost", key = l.key, token = l.token, "lease lost");
@@ -293,7 +305,7 @@ async fn renew_loop(
         if ok {
             let until = sent + ttl.saturating_sub(margin(ttl));
             state.lock().unwrap().safe_until = Some(until);
-            let _ = safe.send(Some(until));
+            let _ = safe.send(Some(until.into_std()));
             tracing::info!(
                 event = "renewed",
                 keys = ?leases.iter().map(|l| l.key.as_str()).collect::<Vec<_>>(),
@@ -303,7 +315,7 @@ async fn renew_loop(
             );
             retry_at = None;
         } else {
-            retry_at = Some(Instant::now() + retry);
+            retry_at = Some(TokioInstant::now() + retry);
         }
     }
 }
@@ -414,7 +426,9 @@ async fn release_all(backend: &dyn Backend, leases: &[Lease]) -> Vec<Lease> {
 #[cfg(test)]
 mod tests {
     //! The keeper against an in-memory backend whose renewals can be made
-    //! to succeed, say the lease is gone, or hang.
+    //! to succeed, say the lease is gone, or hang; on tokio's paused clock,
+    //! which jumps to the next timer whenever every task waits, so a
+    //! second of lease time takes no time and every figure is exact.
     use super::*;
     use crate::backend::{KeyStatus, PingInfo};
     use async_trait::async_trait;
@@ -469,7 +483,7 @@ mod tests {
             token: 1,
             id: "me".into(),
             ttl,
-            granted_at: Instant::now(),
+            granted_at: now(),
             shared: false,
             slot: Some(0),
         }
@@ -477,20 +491,28 @@ mod tests {
 
     const TTL: Duration = Duration::from_millis(600);
 
+    /// Now on tokio's clock, paused in these tests, as the keeper's API
+    /// gives instants.
+    fn now() -> Instant {
+        TokioInstant::now().into_std()
+    }
+
     fn start(fake: &Arc<Fake>, grace: Duration) -> Keeper {
         let k = Keeper::start(fake.clone(), TTL, Duration::from_millis(100), grace);
         k.add(lease(TTL));
         k
     }
 
-    #[tokio::test(flavor = "current_thread")]
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn renews_every_third_of_the_ttl_and_moves_the_deadline() {
         let fake = Arc::new(Fake::default());
         let k = start(&fake, Duration::from_millis(50));
         let first = k.safe_until().unwrap();
         tokio::time::sleep(Duration::from_millis(1000)).await;
+        // Due at 200, 400, 600 and 800 ms (the one due at 1000 ms may
+        // or may not run before this task wakes at the same instant).
         let n = fake.renewals.load(Ordering::SeqCst);
-        assert!((3..=6).contains(&n), "{n} renewals in 1 s with a 600ms TTL");
+        assert!((4..=5).contains(&n), "{n} renewals in 1 s with a 600ms TTL");
         assert!(k.safe_until().unwrap() > first + Duration::from_millis(600));
         assert!(k.lost().borrow().is_none());
         k.hand_over();
@@ -499,15 +521,15 @@ mod tests {
     /// The phase that stopped healthy etcd holders: a lease kept alive
     /// while its owner waited in line reaches the keeper already aged. It
     /// must be renewed at once, never reported lost.
-    #[tokio::test(flavor = "current_thread")]
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn a_lease_that_aged_while_waiting_is_renewed_at_once() {
         let fake = Arc::new(Fake::default());
         let grace = Duration::from_millis(150);
         let k = Keeper::start(fake.clone(), TTL, Duration::from_millis(100), grace);
         // Granted (last extended by the server) 300 ms ago: half its TTL.
         let mut aged = lease(TTL);
-        aged.granted_at = Instant::now() - Duration::from_millis(300);
-        let before = Instant::now();
+        aged.granted_at = now() - Duration::from_millis(300);
+        let before = now();
         k.add(aged);
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert!(
@@ -525,7 +547,7 @@ mod tests {
 
     /// Renewals follow the lease clock, not the moment the keeper started:
     /// a lease added later is renewed a third of its TTL after its grant.
-    #[tokio::test(flavor = "current_thread")]
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn renewals_follow_the_lease_clock_of_each_added_lease() {
         let fake = Arc::new(Fake::default());
         let k = Keeper::start(
@@ -551,7 +573,7 @@ mod tests {
     /// Every path lets go: a keeper dropped while holding (an error cut the
     /// command short) renews no more, and its lease is released by
     /// `release_dropped`; one released or handed over leaves nothing.
-    #[tokio::test(flavor = "current_thread")]
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn a_dropped_keeper_stops_renewing_and_its_leases_are_released_later() {
         let fake = Arc::new(Fake::default());
         drop(start(&fake, Duration::ZERO));
@@ -573,13 +595,13 @@ mod tests {
         assert_eq!(fake.releases.load(Ordering::SeqCst), 2, "let go twice");
     }
 
-    #[tokio::test(flavor = "current_thread")]
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn a_lease_the_backend_says_is_gone_is_lost_at_once() {
         let fake = Arc::new(Fake::default());
         fake.renew.store(GONE, Ordering::SeqCst);
         let k = start(&fake, Duration::from_millis(50));
         let mut lost = k.lost();
-        let t = Instant::now();
+        let t = now();
         tokio::time::timeout(Duration::from_secs(2), lost.changed())
             .await
             .unwrap()
@@ -589,7 +611,7 @@ mod tests {
         assert!(t.elapsed() < TTL / 3 + Duration::from_millis(100));
     }
 
-    #[tokio::test(flavor = "current_thread")]
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn renewals_that_hang_are_a_loss_reported_grace_before_the_deadline() {
         let fake = Arc::new(Fake::default());
         fake.renew.store(HANG, Ordering::SeqCst);
@@ -601,15 +623,15 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        let now = Instant::now();
+        let at = now();
         let loss = lost.borrow().clone().unwrap();
         assert_eq!(loss.expires, Some(deadline));
         assert!(
-            now + grace >= deadline,
+            at + grace >= deadline,
             "reported {:?} early",
-            deadline - now - grace
+            deadline - at - grace
         );
-        assert!(now < deadline, "reported after the deadline");
+        assert!(at < deadline, "reported after the deadline");
         // It keeps trying: a renewal that lands afterwards keeps the lease.
         tokio::time::sleep(Duration::from_millis(250)).await;
         assert!(fake.renewals.load(Ordering::SeqCst) >= 3);

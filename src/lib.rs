@@ -60,12 +60,16 @@ pub async fn run(cli: Cli) -> Outcome {
 
 async fn run_command(cli: Cli) -> Result<Outcome> {
     match &cli.command {
+        // Written whole, then printed: clap_complete panics on a closed
+        // pipe (`dlock completions bash | head -1`).
         Command::Completions { shell } => {
-            print_completions(*shell, &mut std::io::stdout())?;
+            let mut text = Vec::new();
+            print_completions(*shell, &mut text)?;
+            outcome::print_bytes(&text)?;
             return Ok(Outcome::Done);
         }
         Command::Man { subcommand } => {
-            std::io::stdout().write_all(&man_page(subcommand.as_deref())?)?;
+            outcome::print_bytes(&man_page(subcommand.as_deref())?)?;
             return Ok(Outcome::Done);
         }
         _ => {}

@@ -144,13 +144,21 @@ pub enum Reader {
 
 /// Write `text` to stdout and flush. A closed pipe is no failure: the
 /// reader had what it wanted, so it is [`Reader::Gone`], and a watch ends
-/// as [`Outcome::ReaderGone`].
+/// as [`Outcome::ReaderGone`]. Every write to stdout goes through here:
+/// `println!` panics on a closed pipe (exit 70, a "bug"). A stdout closed
+/// before dlock started (`>&-`) needs nothing: the Rust runtime opens
+/// /dev/null on it before `main`, so no socket or file can take its place.
 pub fn print(text: &str) -> anyhow::Result<Reader> {
+    print_bytes(text.as_bytes())
+}
+
+/// [`print`], for bytes (a man page).
+pub fn print_bytes(bytes: &[u8]) -> anyhow::Result<Reader> {
     let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+    match out.write_all(bytes).and_then(|()| out.flush()) {
         Ok(()) => Ok(Reader::Reading),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(Reader::Gone),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(anyhow::Error::new(e).context("cannot write to stdout")),
     }
 }
 

@@ -214,3 +214,103 @@ fn a_key_list_too_long_for_the_environment_is_refused_up_front() {
         assert!(!env.held("k00000"), "{cmd} took a lock first");
     }
 }
+
+/// The SQLite line files in the `.wait` directory (`WAKE.q-PID-...`), by
+/// the pid of their waiter.
+fn sqlite_line_files(env: &common::Env) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir(env.path("locks.db.wait")) else {
+        return vec![];
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let (_, id) = name.split_once(".q-")?;
+            id.split('-').next()?.parse().ok()
+        })
+        .collect()
+}
+
+/// `dlock run --key K` whose child waits for the file `go`; killed if
+/// the test fails.
+fn sqlite_hold_until(env: &common::Env, key: &str, go: &std::path::Path) -> common::Reaped {
+    let script = format!("while [ ! -e {} ]; do sleep 0.02; done", go.display());
+    common::Reaped(env.spawn(&["run", "--key", key, "--", "sh", "-c", &script]))
+}
+
+/// SQLite-only: the line file of a waiter SIGKILLed in line (first in
+/// line, nobody behind it) is removed once the key is let go of again:
+/// left, it would stay in the `.wait` directory forever.
+#[test]
+fn sqlite_a_killed_waiters_line_file_is_removed() {
+    use common::*;
+    use std::time::Duration;
+    let env = Env::sqlite();
+    let go = env.path("go");
+    let mut h = sqlite_hold_until(&env, "line", &go);
+    wait_for(Duration::from_secs(10), "the lock to be held", || {
+        env.held("line")
+    });
+    let mut w = Reaped(env.spawn(&["run", "-w", "1m", "--key", "line", "--", "true"]));
+    wait_for(Duration::from_secs(10), "the waiter's line file", || {
+        sqlite_line_files(&env) == [w.id()]
+    });
+    signal(w.id(), nix::sys::signal::Signal::SIGKILL);
+    let _ = w.wait();
+    std::fs::write(&go, "").unwrap();
+    assert_eq!(wait_timeout(&mut h, Duration::from_secs(10)), 0);
+    let out = env.run(&["run", "-w", "10s", "--key", "line", "--", "true"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        sqlite_line_files(&env),
+        Vec::<u32>::new(),
+        "stale line file"
+    );
+}
+
+/// SQLite-only: a waiter SIGKILLed with another behind it: the one behind,
+/// woken by the death, removes the dead one's line file at once (the
+/// holder still holds), and still takes the key as soon as it is let go.
+#[test]
+fn sqlite_the_waiter_behind_a_killed_one_removes_its_line_file() {
+    use common::*;
+    use std::time::{Duration, Instant};
+    let env = Env::sqlite();
+    let go = env.path("go");
+    let mut h = sqlite_hold_until(&env, "line", &go);
+    wait_for(Duration::from_secs(10), "the lock to be held", || {
+        env.held("line")
+    });
+    let mut w1 = Reaped(env.spawn(&["run", "-w", "1m", "--key", "line", "--", "true"]));
+    wait_for(
+        Duration::from_secs(10),
+        "the first waiter's line file",
+        || sqlite_line_files(&env) == [w1.id()],
+    );
+    let mut w2 = Reaped(env.spawn(&["run", "-w", "1m", "--key", "line", "--", "true"]));
+    wait_for(
+        Duration::from_secs(10),
+        "the second waiter's line file",
+        || sqlite_line_files(&env).len() == 2,
+    );
+    signal(w1.id(), nix::sys::signal::Signal::SIGKILL);
+    let _ = w1.wait();
+    wait_for(
+        Duration::from_secs(5),
+        "the dead waiter's line file to go",
+        || sqlite_line_files(&env) == [w2.id()],
+    );
+    std::fs::write(&go, "").unwrap();
+    let released = Instant::now();
+    assert_eq!(wait_timeout(&mut h, Duration::from_secs(10)), 0);
+    assert_eq!(wait_timeout(&mut w2, Duration::from_secs(10)), 0);
+    assert!(
+        released.elapsed() < Duration::from_secs(2),
+        "the waiter behind took {:?}",
+        released.elapsed()
+    );
+    assert_eq!(
+        sqlite_line_files(&env),
+        Vec::<u32>::new(),
+        "stale line file"
+    );
+}

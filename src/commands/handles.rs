@@ -12,7 +12,7 @@ use crate::config::{self, Settings};
 use crate::error::{Error, usage};
 use crate::handle::Handle;
 use crate::lease;
-use crate::outcome::Outcome;
+use crate::outcome::{Outcome, Reader, print};
 use crate::supervise::Signals;
 use crate::{host, jsonlog};
 
@@ -40,10 +40,17 @@ pub async fn cmd_acquire(c: &Connector<'_>, a: cli::AcquireArgs) -> Result<Outco
         Ok(k) => k,
         Err(not) => return Ok(not.into()),
     };
+    let h = Handle::new(&s.namespace, lock.ttl, &keeper.leases()).issued_by(s.shown_backends());
+    // The handle is the only way to release these leases: if it reached
+    // nobody (`dlock acquire | true`), let them go now rather than block
+    // every other taker until the TTL runs out. A failed write returns an
+    // error with the keeper still holding them, and that releases them too.
+    if print(&(h.encode() + "\n"))? == Reader::Gone {
+        keeper.release().await;
+        return Ok(Outcome::ReaderGone);
+    }
     // The handle holds them from now on.
-    let leases = keeper.hand_over();
-    let h = Handle::new(&s.namespace, lock.ttl, &leases).issued_by(s.shown_backends());
-    println!("{}", h.encode());
+    keeper.hand_over();
     Ok(Outcome::Done)
 }
 

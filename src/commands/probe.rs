@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 use super::Connector;
-use crate::outcome::Outcome;
+use crate::outcome::{Outcome, print};
 use crate::{cli, doctor, error, exit_code, status};
 
 pub async fn cmd_ping(c: &Connector<'_>) -> Result<Outcome> {
@@ -23,14 +23,17 @@ pub async fn cmd_ping(c: &Connector<'_>) -> Result<Outcome> {
             ))
         })??;
     let rtt = t1.elapsed();
-    println!(
-        "{} {} ({}): connect {:.1}ms, round trip {:.2}ms",
+    let line = format!(
+        "{} {} ({}): connect {:.1}ms, round trip {:.2}ms\n",
         info.kind,
         info.version,
         info.detail,
         connected.as_secs_f64() * 1e3,
         rtt.as_secs_f64() * 1e3
     );
+    // A reader gone (`dlock ping | true`) had what it wanted: the ping
+    // succeeded either way.
+    print(&line)?;
     Ok(Outcome::Done)
 }
 
@@ -62,11 +65,13 @@ pub async fn cmd_doctor(c: &Connector<'_>, a: cli::DoctorArgs) -> Result<Outcome
         ttl,
         checks,
     };
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+    let text = if a.json {
+        serde_json::to_string_pretty(&report.to_json())? + "\n"
     } else {
-        print!("{}", report.text(status::Paint(s.color)));
-    }
+        report.text(status::Paint(s.color))
+    };
+    // A reader gone changes nothing: the exit code is the checks' verdict.
+    print(&text)?;
     let worst = report.worst();
     Ok(if !reachable {
         Outcome::Unreachable

@@ -477,9 +477,7 @@ impl Dialect<Local> for Sqlite {
         let mine = Self::line_path(&path, me);
         // Exclusive while we are in line; a waiter behind us that holds it
         // shared for an instant makes us try again at the next attempt.
-        if let Ok(f) = files::open_wake(&self.path, &mine)
-            && flock(&f, libc::LOCK_EX | libc::LOCK_NB).is_ok()
-        {
+        if let Some(f) = self.lock_line(&mine) {
             self.mine.lock().unwrap().insert(path, (mine, f));
         }
     }
@@ -492,6 +490,7 @@ impl Dialect<Local> for Sqlite {
             p.abandoned.store(true, Ordering::SeqCst);
             drop(p.slot.lock().unwrap().take());
         }
+        self.sweep_line(&path);
     }
 
     async fn wait(&self, spec: &LockSpec, bound: Instant) {

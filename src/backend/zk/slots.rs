@@ -30,9 +30,11 @@ use super::{ZkBackend, kit, zk_err};
 /// (each retry follows another holder's successful claim).
 const ROUNDS: usize = 64;
 
-/// The directory of the slot claims of the lock directory `dir`.
+/// The directory of the slot claims of the lock directory `dir`. No key
+/// ends a part in the suffix ([`crate::config::SLOTS_SUFFIX`] is refused
+/// by the key rules), so it is no key's lock directory, nor inside one.
 pub(super) fn slots_dir(dir: &str) -> String {
-    format!("{dir}@slots")
+    format!("{dir}{}", crate::config::SLOTS_SUFFIX)
 }
 
 /// How a claim attempt ended.

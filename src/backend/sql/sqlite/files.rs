@@ -223,41 +223,58 @@ fn check_wait_dir(db: &Path, db_owner: u32) -> Result<Option<OwnedFd>> {
     Ok(Some(fd))
 }
 
-/// Open (creating it if need be) a key's wake file, read-only: `flock`
-/// needs no more.
+/// The checked `.wait` directory beside `db`, made if missing.
+fn wait_dir(db: &Path, db_owner: u32) -> Result<OwnedFd> {
+    if let Some(d) = check_wait_dir(db, db_owner)? {
+        return Ok(d);
+    }
+    let path = wait_dir_of(db);
+    let c = cstr(&path)?;
+    // SAFETY: mkdir with a NUL-terminated path we own.
+    let made = unsafe { libc::mkdir(c.as_ptr(), 0o700) } == 0;
+    let fd = check_wait_dir(db, db_owner)?
+        .ok_or_else(|| anyhow::anyhow!("cannot create {}", path.display()))?;
+    if made {
+        let share = sharing(db);
+        let sticky = if share & 0o022 != 0 { libc::S_ISVTX } else { 0 };
+        let mode = 0o755 | (share & (0o022 | libc::S_ISGID)) | sticky;
+        // SAFETY: fchmod on a descriptor we own.
+        unsafe { libc::fchmod(fd.as_raw_fd(), mode) };
+    }
+    Ok(fd)
+}
+
+fn db_owner(db: &Path) -> u32 {
+    std::fs::metadata(db).map_or(me(), |m| m.uid())
+}
+
+/// Open (creating it if need be) a key's wake file, or our own line file,
+/// read-only: `flock` needs no more.
 pub fn open_wake(db: &Path, wake: &Path) -> Result<File> {
-    let db_owner = std::fs::metadata(db).map_or(me(), |m| m.uid());
-    let dir = match check_wait_dir(db, db_owner)? {
-        Some(d) => d,
-        None => {
-            let path = wait_dir_of(db);
-            let c = cstr(&path)?;
-            // SAFETY: mkdir with a NUL-terminated path we own.
-            let made = unsafe { libc::mkdir(c.as_ptr(), 0o700) } == 0;
-            let fd = check_wait_dir(db, db_owner)?
-                .ok_or_else(|| anyhow::anyhow!("cannot create {}", path.display()))?;
-            if made {
-                let share = sharing(db);
-                let sticky = if share & 0o022 != 0 { libc::S_ISVTX } else { 0 };
-                let mode = 0o755 | (share & (0o022 | libc::S_ISGID)) | sticky;
-                // SAFETY: fchmod on a descriptor we own.
-                unsafe { libc::fchmod(fd.as_raw_fd(), mode) };
-            }
-            fd
-        }
-    };
+    let dir = wait_dir(db, db_owner(db))?;
+    open_at(&dir, wake, true)?.ok_or_else(|| anyhow::anyhow!("cannot open {}", wake.display()))
+}
+
+/// Open the line file of another waiter, never creating it: `None` when it
+/// is gone (its waiter has left the line). Created here, it would outlive
+/// a waiter that had just left and removed it, with nobody to remove it.
+pub fn open_line(db: &Path, line: &Path) -> Result<Option<File>> {
+    match check_wait_dir(db, db_owner(db))? {
+        Some(dir) => open_at(&dir, line, false),
+        None => Ok(None),
+    }
+}
+
+/// `wake`'s name in the checked directory `dir`, without following a
+/// link; `None` if it does not exist and `create` is false.
+fn open_at(dir: &OwnedFd, wake: &Path, create: bool) -> Result<Option<File>> {
     let name = wake.file_name().unwrap_or_default();
     let c = CString::new(name.as_bytes())?;
+    let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+    let flags = if create { flags | libc::O_CREAT } else { flags };
     // SAFETY: openat on a directory descriptor and a NUL-terminated
     // name we own.
-    let fd = unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC,
-            0o644 as libc::c_uint,
-        )
-    };
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags, 0o644 as libc::c_uint) };
     if fd < 0 {
         let e = std::io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::ELOOP) {
@@ -265,6 +282,9 @@ pub fn open_wake(db: &Path, wake: &Path) -> Result<File> {
                 "refusing {}: it is a symbolic link (planted by another user?)",
                 wake.display()
             )));
+        }
+        if !create && e.raw_os_error() == Some(libc::ENOENT) {
+            return Ok(None);
         }
         return Err(anyhow::Error::new(e).context(format!("cannot open {}", wake.display())));
     }
@@ -276,5 +296,53 @@ pub fn open_wake(db: &Path, wake: &Path) -> Result<File> {
             wake.display()
         )));
     }
-    Ok(f)
+    Ok(Some(f))
+}
+
+/// Whether `path` still names the file `f` is open on: a line file locked
+/// after a sweep ([`remove_unheld`]) removed its name is no line file, and
+/// its waiter opens and locks the name again.
+pub fn still_named(f: &File, path: &Path) -> bool {
+    match (f.metadata(), std::fs::symlink_metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Remove the line files among `lines` that nobody holds: a waiter holds
+/// its own exclusively for as long as it is in line and removes it when it
+/// leaves, so one nobody holds was left by a waiter that died (SIGKILL).
+/// Each is removed while we hold it, and only if its name still names the
+/// file we hold; a waiter that locks its line file checks the same
+/// ([`still_named`]) and starts again on a removed one, so nobody keeps
+/// or blocks on a removed file for long. A name we may not remove (another
+/// user's, in a sticky shared directory) stays. Returns how many went.
+pub fn remove_unheld(db: &Path, lines: &[PathBuf]) -> usize {
+    if lines.is_empty() {
+        return 0;
+    }
+    let Ok(Some(dir)) = check_wait_dir(db, db_owner(db)) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for line in lines {
+        let Ok(Some(f)) = open_at(&dir, line, false) else {
+            continue;
+        };
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            continue;
+        }
+        if !still_named(&f, line) {
+            continue;
+        }
+        let name = line.file_name().unwrap_or_default();
+        if nix::unistd::unlinkat(&dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir).is_ok() {
+            removed += 1;
+        }
+        // Dropping `f` lets go of it: a waiter that opened the name
+        // before it went is granted it at once, and tries again.
+        drop(f);
+    }
+    removed
 }

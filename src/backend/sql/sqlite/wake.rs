@@ -6,7 +6,10 @@
 //! blocks on the line file of the waiter just ahead of it, which that one
 //! holds while it is in line: the first in line taking the key wakes the
 //! next, who then blocks on the wake file in turn. A process that dies
-//! lets go of its files, which wakes the one behind it.
+//! lets go of its files, which wakes the one behind it. A waiter removes
+//! its line file when it leaves the line; one that died in line (SIGKILL)
+//! cannot, so the waiter behind it, woken by the death, removes it, and
+//! whoever next lets go of the key removes any that nobody holds.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -79,6 +82,49 @@ impl Sqlite {
         if let Some((p, f)) = self.mine.lock().unwrap().remove(wake) {
             let _ = std::fs::remove_file(&p);
             drop(f);
+        }
+    }
+
+    /// Our line file for the key whose wake file is `wake`: made and held
+    /// exclusively while we are in line, so that the waiter behind us
+    /// blocks on it. None if it is held (a waiter behind us has it shared
+    /// for an instant: the next attempt tries again) or cannot be made.
+    pub(super) fn lock_line(&self, mine: &Path) -> Option<File> {
+        // Twice at most: a sweep may remove the name between our open and
+        // our lock ([`files::remove_unheld`]); a file that is no longer
+        // the name is nobody's line file, so open the name again.
+        for _ in 0..2 {
+            let f = files::open_wake(&self.path, mine).ok()?;
+            flock(&f, libc::LOCK_EX | libc::LOCK_NB).ok()?;
+            if files::still_named(&f, mine) {
+                return Some(f);
+            }
+        }
+        None
+    }
+
+    /// Remove the line files of this key's waiters that died in line
+    /// (SIGKILL): nobody holds them, and nobody else would ever remove
+    /// them. Called by whoever lets go of the key or leaves its line, once
+    /// the next waiter is woken, so the hand-over does not wait for it.
+    pub(super) fn sweep_line(&self, wake: &Path) {
+        let (Some(dir), Some(name)) = (wake.parent(), wake.file_name()) else {
+            return;
+        };
+        let mut prefix = name.to_owned();
+        prefix.push(".q-");
+        let prefix = prefix.as_encoded_bytes();
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let lines: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().as_encoded_bytes().starts_with(prefix))
+            .map(|e| e.path())
+            .collect();
+        let n = files::remove_unheld(&self.path, &lines);
+        if n > 0 {
+            tracing::debug!(removed = n, "removed the line files of waiters gone");
         }
     }
 
@@ -172,45 +218,55 @@ impl Sqlite {
             match waits.get(&path) {
                 Some(w) if !*w.done.borrow() => Some((w.done.clone(), w.slot.clone())),
                 _ => {
-                    let f = files::open_wake(&self.path, &path)?;
-                    if flock(&f, op | libc::LOCK_NB).is_ok() {
-                        // Nobody holds the wake file: the holder is not a
-                        // live `run` (a handle, a semaphore), or is just
-                        // taking it. Poll, backing off to 100 ms, without
-                        // keeping the file from that holder meanwhile. (Told
-                        // by trying, not by how soon a blocking lock came: a
-                        // `run` that holds for a millisecond lets go that
-                        // soon, and its next in line must try at once, not
-                        // poll: with fair queues nobody else may go.)
-                        None
+                    // The line file of the waiter ahead is never created
+                    // here: gone, that waiter has left the line.
+                    let f = if keep {
+                        Some(files::open_wake(&self.path, &path)?)
                     } else {
-                        let (tx, done) = watch::channel(false);
-                        let slot = Arc::new(StdMutex::new(None));
-                        let abandoned = Arc::new(AtomicBool::new(false));
-                        let (s2, a2) = (slot.clone(), abandoned.clone());
-                        std::thread::Builder::new()
-                            .name("dlock-wake".into())
-                            .spawn(move || {
-                                // Granted when the holder lets go or dies; one
-                                // writer at a time holds it.
-                                let _ = flock(&f, op);
-                                let mut slot = s2.lock().unwrap();
-                                if !a2.load(Ordering::SeqCst) {
-                                    *slot = Some(f);
-                                }
-                                drop(slot);
-                                let _ = tx.send(true);
-                            })
-                            .context("cannot start a waiting thread")?;
-                        waits.insert(
-                            path.clone(),
-                            Waiter {
-                                done: done.clone(),
-                                slot: slot.clone(),
-                                abandoned,
-                            },
-                        );
-                        Some((done, slot))
+                        files::open_line(&self.path, &path)?
+                    };
+                    match f {
+                        None => None,
+                        Some(f) if flock(&f, op | libc::LOCK_NB).is_ok() => {
+                            // Nobody holds the wake file: the holder is not a
+                            // live `run` (a handle, a semaphore), or is just
+                            // taking it. Poll, backing off to 100 ms, without
+                            // keeping the file from that holder meanwhile. (Told
+                            // by trying, not by how soon a blocking lock came: a
+                            // `run` that holds for a millisecond lets go that
+                            // soon, and its next in line must try at once, not
+                            // poll: with fair queues nobody else may go.)
+                            None
+                        }
+                        Some(f) => {
+                            let (tx, done) = watch::channel(false);
+                            let slot = Arc::new(StdMutex::new(None));
+                            let abandoned = Arc::new(AtomicBool::new(false));
+                            let (s2, a2) = (slot.clone(), abandoned.clone());
+                            std::thread::Builder::new()
+                                .name("dlock-wake".into())
+                                .spawn(move || {
+                                    // Granted when the holder lets go or dies; one
+                                    // writer at a time holds it.
+                                    let _ = flock(&f, op);
+                                    let mut slot = s2.lock().unwrap();
+                                    if !a2.load(Ordering::SeqCst) {
+                                        *slot = Some(f);
+                                    }
+                                    drop(slot);
+                                    let _ = tx.send(true);
+                                })
+                                .context("cannot start a waiting thread")?;
+                            waits.insert(
+                                path.clone(),
+                                Waiter {
+                                    done: done.clone(),
+                                    slot: slot.clone(),
+                                    abandoned,
+                                },
+                            );
+                            Some((done, slot))
+                        }
                     }
                 }
             }
@@ -226,6 +282,11 @@ impl Sqlite {
             self.waits.lock().unwrap().remove(&path);
             if let Some(f) = slot.lock().unwrap().take().filter(|_| keep) {
                 self.granted.lock().unwrap().insert(path.clone(), f);
+            }
+            // Woken on the line file of the waiter ahead: it left the line
+            // (and removed its file first) or died in it, leaving the file.
+            if !keep {
+                files::remove_unheld(&self.path, std::slice::from_ref(&path));
             }
             self.poll.reset();
         }
