@@ -60,6 +60,9 @@ struct Mysql {
     /// Where we stood in the key's line at our last attempt, and whether
     /// we may try for a slot.
     place: crowd::Place,
+    /// Our row's id in the key's line and the one just ahead of it, at our
+    /// last attempt (fair queues).
+    line: std::sync::Mutex<Option<(String, Option<String>)>>,
 }
 
 /// A waiter's own connection, holding the slot `slot` of the key whose
@@ -68,6 +71,9 @@ struct Waiter {
     wake: String,
     slot: String,
     conn: MySqlConnection,
+    /// The line lock we hold on `conn` (fair queues): the name the one
+    /// behind us in line blocks on.
+    line: Option<String>,
 }
 
 fn statements(t: &Names) -> Statements {
@@ -213,6 +219,7 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend> {
         poll: kit::PollBackoff::default(),
         backoff: crowd::Backoff::default(),
         place: crowd::Place::default(),
+        line: std::sync::Mutex::new(None),
     };
     let q = statements(&t);
     let mut b = SqlBackend::open(shown, &url, timeout, t, q, Box::new(d)).await?;
@@ -285,6 +292,13 @@ impl Mysql {
         )
     }
 
+    /// The name of the lock a waiter in a key's line holds while it
+    /// waits (the one behind it blocks on it), from its row's id.
+    fn line_name(wake: &str, id: &str) -> String {
+        let base = wake.strip_suffix("_w").unwrap_or(wake);
+        format!("{base}_l{:016x}", super::fnv64(&[id]))
+    }
+
     /// The names of a key's waiter slots.
     fn slots(wake: &str) -> impl Iterator<Item = String> + '_ {
         let base = wake.strip_suffix("_w").unwrap_or(wake);
@@ -323,6 +337,7 @@ impl Mysql {
                     wake: wake.to_string(),
                     slot,
                     conn,
+                    line: None,
                 }));
             }
         }
@@ -330,14 +345,15 @@ impl Mysql {
         Ok(None)
     }
 
-    /// Our waiter connection, freed of its slot, if we have one.
-    async fn leave_slot(&self) -> Option<MySqlConnection> {
+    /// Our waiter connection, freed of its slot, if we have one, and the
+    /// line lock it still holds.
+    async fn leave_slot(&self) -> Option<(MySqlConnection, Option<String>)> {
         let mut w = self.waiter.lock().await.take()?;
         let q = sqlx::query("SELECT RELEASE_LOCK(?)")
             .bind(&w.slot)
             .execute(&mut w.conn);
         match tokio::time::timeout(self.timeout, q).await {
-            Ok(Ok(_)) => Some(w.conn),
+            Ok(Ok(_)) => Some((w.conn, w.line)),
             _ => None,
         }
     }
@@ -365,8 +381,12 @@ impl Dialect for Mysql {
         self.backoff.reset();
         // Our slot goes to the next waiter; our connection, if we had one,
         // to the wake-up lock.
-        let kept = self.leave_slot().await;
+        let (kept, line) = match self.leave_slot().await {
+            Some((c, line)) => (Some(c), line),
+            None => (None, None),
+        };
         if kind != LeaseKind::Run || spec.limit != 1 || spec.shared {
+            // Closing it lets go of our line lock: the next in line wakes.
             if let Some(c) = kept {
                 let _ = tokio::time::timeout(self.timeout, c.close()).await;
             }
@@ -382,6 +402,14 @@ impl Dialect for Mysql {
                 .bind(&name)
                 .fetch_one(&mut c)
                 .await?;
+            // Only now the next in line, blocked on our line lock, wakes:
+            // it then finds the wake-up lock held, and blocks on it.
+            if let Some(line) = &line {
+                sqlx::query("SELECT RELEASE_LOCK(?)")
+                    .bind(line)
+                    .execute(&mut c)
+                    .await?;
+            }
             Ok::<_, sqlx::Error>((got == Some(1)).then_some(c))
         };
         if let Ok(Ok(Some(c))) = tokio::time::timeout(self.timeout, take).await {
@@ -391,6 +419,7 @@ impl Dialect for Mysql {
 
     async fn missed(&self, _spec: &LockSpec, ahead: usize, place: Option<(&str, Option<&str>)>) {
         self.place.missed(ahead, place);
+        *self.line.lock().unwrap() = place.map(|(me, before)| (me.into(), before.map(Into::into)));
     }
 
     async fn freed(&self, _e: &SqlBackend, ns: &str, key: &str) {
@@ -432,20 +461,49 @@ impl Dialect for Mysql {
             tokio::time::sleep_until(bound.min(Instant::now() + self.poll.next()).into()).await;
             return;
         }
+        // In line (fair queues), each waiter holds a line lock, and blocks
+        // on the line lock of the one just ahead of it: a release wakes the
+        // first in line only (blocked on the wake-up lock), and each, once
+        // it holds the key, wakes the next. Woken all at once, those behind
+        // found the wake-up lock free before the new holder took it, and
+        // polled: the first in line was often asleep at the next release.
+        let line = self.line.lock().unwrap().clone();
+        let target = match &line {
+            Some((_, Some(before))) => Mysql::line_name(&name, before),
+            _ => name.clone(),
+        };
+        let behind = target != name;
+        let mine = line.map(|(me, _)| Mysql::line_name(&name, &me));
         let started = Instant::now();
         let secs = bound
             .saturating_duration_since(Instant::now())
             .as_secs_f64();
         let c = &mut waiter.conn;
+        let held = &mut waiter.line;
         let wait = async {
+            if mine.is_some() && *held != mine {
+                if let Some(old) = held.take() {
+                    sqlx::query("SELECT RELEASE_LOCK(?)")
+                        .bind(old)
+                        .execute(&mut *c)
+                        .await?;
+                }
+                let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, 0)")
+                    .bind(&mine)
+                    .fetch_one(&mut *c)
+                    .await?;
+                if got == Some(1) {
+                    *held = mine.clone();
+                }
+            }
             let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
-                .bind(&name)
+                .bind(&target)
                 .bind(secs)
                 .fetch_one(&mut *c)
                 .await?;
             if got == Some(1) {
                 sqlx::query("SELECT RELEASE_LOCK(?)")
-                    .bind(&name)
+                    .bind(&target)
                     .execute(&mut *c)
                     .await?;
             }
@@ -458,7 +516,11 @@ impl Dialect for Mysql {
             _ => *w = None,
         }
         drop(w);
-        if started.elapsed() < Duration::from_millis(2) {
+        if started.elapsed() < Duration::from_millis(2) && behind {
+            // Granted at once: the one ahead holds no line lock (it has no
+            // slot, or has just left): look by our place.
+            self.place.sleep(&self.backoff, bound).await;
+        } else if started.elapsed() < Duration::from_millis(2) {
             // Granted at once: nobody holds the wake-up lock (a handle's
             // lease, or a holder that lost it). Poll.
             tokio::time::sleep_until(bound.min(Instant::now() + self.poll.next()).into()).await;
