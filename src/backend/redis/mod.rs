@@ -306,11 +306,15 @@ impl RedisBackend {
         .await
     }
 
-    async fn subscribe(&self, ns: &str, key: &str) -> Result<()> {
+    /// Subscribe to `key`'s channels, unless already subscribed; true if
+    /// the subscription is new. A release published before it was in place
+    /// reached nobody: a new subscriber must try once more before it waits
+    /// (see `wait_change`).
+    async fn subscribe(&self, ns: &str, key: &str) -> Result<bool> {
         let k = keys(ns, key);
         let mut subs = self.subs.lock().await;
         if subs.as_ref().is_some_and(|(c, _)| *c == k.chan) {
-            return Ok(());
+            return Ok(false);
         }
         let mut all = SelectAll::new();
         for n in &self.nodes {
@@ -330,7 +334,7 @@ impl RedisBackend {
             }
         }
         *subs = Some((k.chan, all));
-        Ok(())
+        Ok(true)
     }
 }
 

@@ -170,8 +170,15 @@ impl Poll for RedisBackend {
 
     async fn wait_change(&self, spec: &LockSpec, until: Option<Instant>) -> Result<()> {
         // Our place in line was taken (and its lapse renewed) by the
-        // attempt before this wait.
-        self.subscribe(&spec.namespace, &spec.key).await?;
+        // attempt before this wait. A waiter subscribes only once it is
+        // kept out (an uncontended run never does), so a release between
+        // that attempt and the subscription named us to nobody: had we
+        // waited now, we, the first in line, would sleep out the poll, and
+        // the whole line with us (that was the 2.5x of issue 21). Try once
+        // more instead: from here on every release reaches us.
+        if self.subscribe(&spec.namespace, &spec.key).await? {
+            return Ok(());
+        }
         // Wake on a release message, or poll: a holder that expires or a
         // foreign client that releases does not publish.
         let mut cap = Duration::from_millis(200);
