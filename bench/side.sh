@@ -3,12 +3,13 @@
 # run a whole process on its own and the three taking turns (the order
 # rotates every round, so a drift in the machine's load falls on all
 # alike); then 8 loops x 20 runs on one key, one batch of each per round,
-# the order rotating too. Prints medians and the ratios to flock per round
-# (the median of the per-round ratios), which is what survives a shared
-# machine's load.
+# the order rotating too (bench/contended.sh, which does the same on any
+# backend). Prints medians and the ratios to flock per round (the median of
+# the per-round ratios), which is what survives a shared machine's load.
 # Usage: bench/side.sh OLD NEW     (env: RUNS=150 CRUNS=5)
 set -euo pipefail
-[[ $# -eq 2 ]] || { sed -n '2,9p' "$0" >&2; exit 64; }
+here=$(cd "$(dirname "$0")" && pwd)
+[[ $# -eq 2 ]] || { sed -n '2,10p' "$0" >&2; exit 64; }
 OLD=$(realpath "$1") NEW=$(realpath "$2")
 RUNS=${RUNS:-150} CRUNS=${CRUNS:-5}
 command -v flock >/dev/null || { echo "flock(1) is missing (Debian: util-linux)" >&2; exit 1; }
@@ -17,10 +18,10 @@ trap 'rm -rf "$TMP"' EXIT
 while read -r v; do unset "$v"; done < <(compgen -e | grep '^DLOCK_' || true)
 export XDG_CONFIG_HOME=$TMP/config XDG_STATE_HOME=$TMP/state
 
-python3 - "$OLD" "$NEW" "$RUNS" "$CRUNS" "$TMP" <<'EOF'
+python3 - "$OLD" "$NEW" "$RUNS" "$TMP" <<'EOF'
 import os, statistics, subprocess, sys, time
-old, new, runs, cruns, tmp = sys.argv[1:]
-runs, cruns = int(runs), int(cruns)
+old, new, runs, tmp = sys.argv[1:]
+runs = int(runs)
 cmds = {
     "flock": ["flock", f"{tmp}/flock.lock", "true"],
     "old": [old, "--backend", f"sqlite:{tmp}/old.db", "run", "--key", "b", "--", "true"],
@@ -40,16 +41,6 @@ def once(argv):
         sys.exit(f"{' '.join(argv)}: exit {os.waitstatus_to_exitcode(status)}")
     return (time.perf_counter_ns() - t) / 1e6
 
-def batch(argv):
-    """8 loops x 20 runs of argv on one key, at once; wall ms."""
-    t = time.perf_counter_ns()
-    script = 'for i in $(seq 20); do "$@" || exit 1; done'
-    loops = [subprocess.Popen(["sh", "-c", script, "sh", *argv],
-                              stdout=subprocess.DEVNULL) for _ in range(8)]
-    if any(p.wait() != 0 for p in loops):
-        sys.exit(f"{' '.join(argv)}: a contended run failed")
-    return (time.perf_counter_ns() - t) / 1e6
-
 names = ["flock", "old", "new"]
 def rounds(n, f):
     got = {k: [] for k in names}
@@ -63,16 +54,16 @@ for _ in range(10):
     for k in names:
         once(cmds[k])
 u = rounds(runs, once)
-c = rounds(cruns, batch)
 med = statistics.median
 def ratio(got, k):
     return med([x / f for x, f in zip(got[k], got["flock"])])
 print(f"OLD {old}\nNEW {new}")
 print(f"| | flock | OLD | NEW | OLD/flock | NEW/flock | NEW/OLD |")
 print(f"|---|---|---|---|---|---|---|")
-for name, got, n in [(f"uncontended, median of {runs}", u, runs), (f"8 x 20 on one key, median of {cruns}", c, cruns)]:
+for name, got, n in [(f"uncontended, median of {runs}", u, runs)]:
     print(f"| {name} | {med(got['flock']):.2f} ms | {med(got['old']):.2f} ms | {med(got['new']):.2f} ms "
           f"| {ratio(got, 'old'):.2f}x | {ratio(got, 'new'):.2f}x "
           f"| {med([y / x for x, y in zip(got['old'], got['new'])]):.2f} |")
-print(f"load average at the end: {os.getloadavg()[0]:.1f}, nproc {os.cpu_count()}")
 EOF
+echo
+ROUNDS=$CRUNS "$here/contended.sh" "sqlite:@TMP@/c.db" 8 20 -- "$OLD" "$NEW"

@@ -20,6 +20,9 @@ pub async fn poll(
     me: &Owner,
     deadline: Option<Instant>,
 ) -> anyhow::Result<Attempt> {
+    // The holders found gone so far (their entries): each is looked at once
+    // more before it is taken for dead, see below.
+    let mut gone: Vec<Option<String>> = Vec::new();
     loop {
         // The clock `wait_change` sleeps on (tokio's, the same as std's but
         // for paused time in tests, where std's would make this spin).
@@ -28,6 +31,20 @@ pub async fn poll(
         match b.try_acquire(spec, me, join).await? {
             Attempt::Acquired(l) => return Ok(Attempt::Acquired(l)),
             Attempt::Busy(mut h) => {
+                // A holder whose process is gone may just have finished: it
+                // released before it exited, so an attempt made now sees
+                // the release. Try again at once, and take it for dead only
+                // if it is still there: with a line, the grace below would
+                // otherwise hold up every waiter behind us after an
+                // ordinary hand-off (issue 21).
+                let first = h
+                    .iter()
+                    .filter(|h| h.dead && !h.waiting && !gone.contains(&h.entry));
+                let first: Vec<Option<String>> = first.map(|h| h.entry.clone()).collect();
+                if !first.is_empty() {
+                    gone.extend(first);
+                    continue;
+                }
                 let dead: Vec<Holder> = h.iter().filter(|h| h.dead).cloned().collect();
                 // Dead waiters ahead go at once; a dead holder's guard may
                 // still be stopping its job.

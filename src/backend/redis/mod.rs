@@ -60,10 +60,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 use async_trait::async_trait;
+use futures_util::StreamExt;
 use futures_util::future::join_all;
-use futures_util::stream::SelectAll;
+use futures_util::stream::{BoxStream, SelectAll};
 
-use redis::aio::PubSubStream;
 use redis::{Script, Value};
 use tokio::sync::Mutex;
 
@@ -89,9 +89,14 @@ pub struct RedisBackend {
     /// Redlock: this process's ticket in each key's line, the same on every
     /// server (see [`poll`]).
     tickets: std::sync::Mutex<std::collections::HashMap<(String, String), u64>>,
-    /// Subscriptions for waiting: (channel key, merged message streams).
-    subs: Mutex<Option<(String, SelectAll<PubSubStream>)>>,
+    /// Subscriptions for waiting: (channel key, merged message streams,
+    /// each message with the index of the server it came from).
+    subs: Mutex<Option<(String, Subs)>>,
 }
+
+/// The messages of every server's subscription, each with its server's
+/// index in `nodes`.
+type Subs = SelectAll<BoxStream<'static, (usize, redis::Msg)>>;
 
 /// A key's Redis keys: the lock itself, and beside it in its cluster slot
 /// (the `{NS:KEY}` hash tag) the rest (see the module's note).
@@ -306,31 +311,45 @@ impl RedisBackend {
         .await
     }
 
-    async fn subscribe(&self, ns: &str, key: &str) -> Result<()> {
+    /// Subscribe to `key`'s channels, unless already subscribed; true if
+    /// the subscription is new. A release published before it was in place
+    /// reached nobody: a new subscriber must try once more before it waits
+    /// (see `wait_change`).
+    async fn subscribe(&self, ns: &str, key: &str) -> Result<bool> {
         let k = keys(ns, key);
         let mut subs = self.subs.lock().await;
         if subs.as_ref().is_some_and(|(c, _)| *c == k.chan) {
-            return Ok(());
+            return Ok(false);
         }
-        let mut all = SelectAll::new();
-        for n in &self.nodes {
-            let sub = async {
+        // Every server at once (Redlock), each bounded; one SUBSCRIBE for
+        // both channels, answered when both are in place. Keyspace events,
+        // where the server has them enabled, also tell about releases by
+        // other clients and expiry.
+        let subscribed = join_all(self.nodes.iter().enumerate().map(|(i, n)| {
+            let channels = [k.chan.clone(), format!("__keyspace@{}__:{}", n.db, k.main)];
+            let sub = async move {
                 let mut ps = n.conn.pubsub_client().await?.get_async_pubsub().await?;
-                ps.subscribe(&k.chan).await?;
-                // Keyspace events, where the server has them enabled, also
-                // tell about releases by other clients and expiry.
-                ps.subscribe(format!("__keyspace@{}__:{}", n.db, k.main))
-                    .await?;
-                Ok::<_, redis::RedisError>(ps.into_on_message())
+                ps.subscribe(&channels).await?;
+                Ok::<_, redis::RedisError>(ps.into_on_message().map(move |m| (i, m)).boxed())
             };
-            match tokio::time::timeout(self.op_timeout, sub).await {
-                Ok(Ok(stream)) => all.push(stream),
-                Ok(Err(e)) => tracing::debug!("cannot subscribe on {}: {e}", n.shown),
-                Err(_) => tracing::debug!("subscribing on {} timed out", n.shown),
+            async move {
+                match tokio::time::timeout(self.op_timeout, sub).await {
+                    Ok(Ok(stream)) => Some(stream),
+                    Ok(Err(e)) => {
+                        tracing::debug!("cannot subscribe on {}: {e}", n.shown);
+                        None
+                    }
+                    Err(_) => {
+                        tracing::debug!("subscribing on {} timed out", n.shown);
+                        None
+                    }
+                }
             }
-        }
+        }))
+        .await;
+        let all: Subs = subscribed.into_iter().flatten().collect();
         *subs = Some((k.chan, all));
-        Ok(())
+        Ok(true)
     }
 }
 

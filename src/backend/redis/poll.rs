@@ -118,11 +118,14 @@ impl Poll for RedisBackend {
             let fenced = self
                 .everywhere(
                     &Script::new(FENCE),
-                    &[&k.main, &k.fence, &k.sem, &k.shared],
+                    &[
+                        &k.main, &k.fence, &k.sem, &k.shared, &k.waiters, &k.queue, &k.qrec,
+                    ],
                     &[
                         me.id.clone(),
                         token.to_string(),
                         slot.map_or(String::new(), |s| s.to_string()),
+                        waiter_entry(&self.waiting.id, spec.shared),
                     ],
                     step,
                 )
@@ -170,8 +173,15 @@ impl Poll for RedisBackend {
 
     async fn wait_change(&self, spec: &LockSpec, until: Option<Instant>) -> Result<()> {
         // Our place in line was taken (and its lapse renewed) by the
-        // attempt before this wait.
-        self.subscribe(&spec.namespace, &spec.key).await?;
+        // attempt before this wait. A waiter subscribes only once it is
+        // kept out (an uncontended run never does), so a release between
+        // that attempt and the subscription named us to nobody: had we
+        // waited now, we, the first in line, would sleep out the poll, and
+        // the whole line with us (that was the 2.5x of issue 21). Try once
+        // more instead: from here on every release reaches us.
+        if self.subscribe(&spec.namespace, &spec.key).await? {
+            return Ok(());
+        }
         // Wake on a release message, or poll: a holder that expires or a
         // foreign client that releases does not publish.
         let mut cap = Duration::from_millis(200);
@@ -187,11 +197,26 @@ impl Poll for RedisBackend {
         let Some((_, streams)) = subs.as_mut() else {
             return Ok(());
         };
+        // Redlock: a release reaches the servers one by one, and an attempt
+        // made on the first one's word finds the others still held, is
+        // granted by a minority, undone, and leaves us out of the line
+        // there until we try again. Wait until a majority of the servers we
+        // hear from have said that we may go (they all order the line
+        // alike); the poll covers a release that reached fewer.
+        let mut heard: Vec<usize> = Vec::new();
         while !streams.is_empty() {
+            let need = self.quorum.min(streams.len());
             match tokio::time::timeout_at(bound.into(), streams.next()).await {
                 // The poll's bound: try again.
                 Err(_) => return Ok(()),
-                Ok(Some(msg)) if wakes(&msg, &mine) => return Ok(()),
+                Ok(Some((server, msg))) if wakes(&msg, &mine) => {
+                    if !heard.contains(&server) {
+                        heard.push(server);
+                    }
+                    if heard.len() >= need {
+                        return Ok(());
+                    }
+                }
                 // A message for other waiters: wait on.
                 Ok(Some(_)) => {}
                 // Every subscription ended (a server restarted): subscribe

@@ -281,12 +281,22 @@ return {1, token, slot}
 /// Redlock, second round: raise the counter to the chosen token and put the
 /// token into our value; a semaphore holder's also the chosen slot
 /// (ARGV[3]), unless another live holder has it here (0: the slot does not
-/// agree). KEYS: main, fence, sem, shared. ARGV: id, token, slot or ''.
+/// agree). And take our waiter entry (ARGV[4]) out of the line, on every
+/// server: one that did not admit us (still held there a moment longer,
+/// or slow) keeps it otherwise, and the waiters behind us there would find
+/// it ahead of them, live while we hold and then dead, until they remove
+/// it. KEYS: main, fence, sem, shared, waiters, queue, qrec. ARGV: id,
+/// token, slot or '', our waiter entry.
 pub(super) const FENCE: &str = concat!(
     lua_record!(),
     r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if ARGV[4] and KEYS[7] then
+  redis.call('ZREM', KEYS[5], ARGV[4])
+  redis.call('ZREM', KEYS[6], ARGV[4])
+  redis.call('HDEL', KEYS[7], ARGV[4])
+end
 local prefix = 'dlock1|' .. ARGV[1] .. '|'
 local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
 if tonumber(ARGV[2]) > cur then redis.call('SET', KEYS[2], ARGV[2]) end
