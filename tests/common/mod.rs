@@ -128,18 +128,18 @@ impl Env {
         }
     }
 
-    /// A fresh PostgreSQL server, its clients keeping the line
-    /// (`?dlock_queue=fair`, opt-in on a server).
-    pub fn postgres_fair() -> Env {
+    /// A fresh PostgreSQL server, its clients without the line
+    /// (`?dlock_queue=off`: as before fair queues).
+    pub fn postgres_line_off() -> Env {
         let mut env = Env::postgres();
-        env.url.push_str("?dlock_queue=fair");
+        env.url.push_str("?dlock_queue=off");
         env
     }
 
-    /// A fresh MariaDB server, its clients keeping the line.
-    pub fn mariadb_fair() -> Env {
+    /// A fresh MariaDB server, its clients without the line.
+    pub fn mariadb_line_off() -> Env {
         let mut env = Env::mariadb();
-        env.url.push_str("?dlock_queue=fair");
+        env.url.push_str("?dlock_queue=off");
         env
     }
 
@@ -448,6 +448,21 @@ pub fn bare(home: &Path) -> Command {
         .env("XDG_STATE_HOME", home.join("state"))
         .env("XDG_CONFIG_HOME", home.join("config"))
         .env_remove("NO_COLOR");
+    // SIGINT and SIGQUIT as a terminal would deliver them, however the
+    // tests were started: a shell's background job (`cargo test &`)
+    // ignores both, its children inherit that, and dlock leaves ignored
+    // what it found ignored (as nohup asks), so a test that interrupts
+    // dlock would time out.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        c.pre_exec(|| {
+            use nix::sys::signal::{SigHandler, Signal, signal};
+            for s in [Signal::SIGINT, Signal::SIGQUIT] {
+                signal(s, SigHandler::SigDfl).map_err(std::io::Error::from)?;
+            }
+            Ok(())
+        });
+    }
     c
 }
 

@@ -14,14 +14,18 @@ pub fn kind(e: &sqlx::Error) -> Kind {
                 // ER_USER_LIMIT_REACHED; access denied (db, user, plugin).
                 return match my.number() {
                     1040 | 1203 | 1226 => Kind::Full,
+                    // ER_LOCK_WAIT_TIMEOUT: the key's row lock, busy behind
+                    // other attempts; waited out like a busy lock.
+                    1205 => Kind::Full,
                     // ... and an unknown database: no retry cures these.
                     1044 | 1045 | 1698 | 1049 => Kind::Denied,
                     _ => Kind::Outage,
                 };
             }
             match db.code().as_deref() {
-                // too_many_connections
-                Some("53300") => Kind::Full,
+                // too_many_connections; lock_not_available (`lock_timeout`:
+                // the key's row lock, busy behind other attempts).
+                Some("53300") | Some("55P03") => Kind::Full,
                 // invalid authorization, insufficient privilege, no such
                 // database: no retry cures these.
                 Some(c) if c.starts_with("28") || c == "42501" || c == "3D000" => Kind::Denied,

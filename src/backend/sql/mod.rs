@@ -153,6 +153,12 @@ pub struct SqlBackend<P: Link = AnyPool> {
     queue_table: bool,
 }
 
+/// How long an attempt waits for the key's row lock (behind other
+/// attempts) before it gives up as busy: half the call's bound.
+fn lock_wait(timeout: Duration) -> Duration {
+    timeout / 2
+}
+
 fn us(d: Duration) -> i64 {
     d.as_micros().min(i64::MAX as u128) as i64
 }
@@ -169,6 +175,7 @@ impl SqlBackend {
         t: Names,
         q: Statements,
         d: Box<dyn Dialect>,
+        init: Option<String>,
     ) -> Result<SqlBackend> {
         static DRIVERS: std::sync::Once = std::sync::Once::new();
         DRIVERS.call_once(sqlx::any::install_default_drivers);
@@ -179,6 +186,16 @@ impl SqlBackend {
         let pool = match AnyPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(part)
+            .after_connect(move |c, _| {
+                // A session setting of the dialect's (a constant, no input).
+                let init = init.clone();
+                Box::pin(async move {
+                    if let Some(sql) = init {
+                        sqlx::Executor::execute(c, AssertSqlSafe(sql)).await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect(url)
             .await
         {

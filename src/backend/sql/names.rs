@@ -16,18 +16,16 @@ pub struct Names {
     /// The line of waiters, in arrival order (fair queues).
     pub queue: String,
     pub prefix: String,
-    /// Whether waiters keep the line (`?dlock_queue=fair`): opt-in on a
-    /// server for now. A crowd larger than the server's connection limit
-    /// (200 waiters on PostgreSQL's stock 100) stalls behind a first in
-    /// line that cannot get a connection, where without the line whoever
-    /// connects goes; and contended hand-offs are slower (MariaDB 5x).
+    /// Whether waiters keep the line (fair queues): on unless the URL says
+    /// `?dlock_queue=off` (first come, not always first served, as before
+    /// the line; contended hand-offs are a little cheaper without it).
     pub fair: bool,
 }
 
 impl Names {
     pub fn from_url(url: &str) -> Result<(String, Names)> {
         let mut prefix = "dlock".to_string();
-        let mut fair = false;
+        let mut fair = true;
         let (base, query) = url.split_once('?').unwrap_or((url, ""));
         let mut kept = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -151,13 +149,13 @@ impl Names {
                 Check::new(
                     Level::Info,
                     "queue",
-                    "waiters are not served in the order they arrived: the line is off \
-                     on this server unless the URL asks for it"
+                    "waiters are not served in the order they arrived: the URL turns the \
+                     line off (?dlock_queue=off)"
                         .to_string(),
                 )
                 .fix(
-                    "add ?dlock_queue=fair to the URL on every client of these keys (first come, \
-                     first served; not with more waiters than the server takes connections)",
+                    "remove ?dlock_queue=off from the URL on every client of these keys \
+                     (first come, first served)",
                 ),
             );
         } else if !line {

@@ -195,7 +195,12 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend> {
     // Every statement, and every wait for a row lock, is bounded.
     let ms = timeout.as_millis();
     let sep = if url.contains('?') { '&' } else { '?' };
-    let url = format!("{url}{sep}options=-c%20statement_timeout%3D{ms}%20-c%20lock_timeout%3D{ms}");
+    // A wait for the key's row lock behind a crowd's attempts ends well
+    // within that, as busy (retried), not as a server that does not answer.
+    let lock_ms = super::lock_wait(timeout).as_millis();
+    let url = format!(
+        "{url}{sep}options=-c%20statement_timeout%3D{ms}%20-c%20lock_timeout%3D{lock_ms}"
+    );
     let opts = PgConnectOptions::from_str(&url)
         .map_err(|e| usage(format!("bad PostgreSQL URL {shown}: {e}")))?;
     let pool = Arc::new(OnceLock::new());
@@ -208,7 +213,7 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend> {
         place: crowd::Place::default(),
     };
     let q = statements(&t);
-    let mut b = SqlBackend::open(shown, &url, timeout, t, q, Box::new(d)).await?;
+    let mut b = SqlBackend::open(shown, &url, timeout, t, q, Box::new(d), None).await?;
     let _ = pool.set(b.pool.clone());
     let (lease, fence, waiter, queue) = (&b.t.lease, &b.t.fence, &b.t.waiter, &b.t.queue);
     // Most runs find the tables there: one cheap look instead of DDL
