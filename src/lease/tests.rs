@@ -1,0 +1,211 @@
+//! The keeper against an in-memory backend whose renewals can be made
+//! to succeed, say the lease is gone, or hang; on tokio's paused clock,
+//! which jumps to the next timer whenever every task waits, so a
+//! second of lease time takes no time and every figure is exact.
+use super::*;
+use crate::backend::{KeyStatus, PingInfo};
+use async_trait::async_trait;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+
+const OK: u8 = 0;
+const GONE: u8 = 1;
+const HANG: u8 = 2;
+
+#[derive(Default)]
+struct Fake {
+    renew: AtomicU8,
+    renewals: AtomicUsize,
+    releases: AtomicUsize,
+}
+
+#[async_trait]
+impl Backend for Fake {
+    fn describe(&self) -> String {
+        "fake".into()
+    }
+    async fn acquire(&self, _: &LockSpec, _: &Owner, _: Option<Instant>) -> Result<Attempt> {
+        anyhow::bail!("not used")
+    }
+    async fn renew(&self, _: &Lease, _: Duration) -> Result<Renewal> {
+        self.renewals.fetch_add(1, Ordering::SeqCst);
+        match self.renew.load(Ordering::SeqCst) {
+            OK => Ok(Renewal::Renewed),
+            GONE => Ok(Renewal::Lost),
+            _ => std::future::pending().await,
+        }
+    }
+    async fn release(&self, _: &Lease) -> Result<bool> {
+        self.releases.fetch_add(1, Ordering::SeqCst);
+        Ok(true)
+    }
+    async fn force_release(&self, _: &str, _: &str) -> Result<u64> {
+        Ok(0)
+    }
+    async fn status(&self, _: &str, _: &[String]) -> Result<Vec<KeyStatus>> {
+        Ok(vec![])
+    }
+    async fn ping(&self) -> Result<PingInfo> {
+        anyhow::bail!("not used")
+    }
+}
+
+fn lease(ttl: Duration) -> Lease {
+    Lease {
+        namespace: "ns".into(),
+        key: "k".into(),
+        token: 1,
+        id: "me".into(),
+        ttl,
+        granted_at: now(),
+        shared: false,
+        slot: Some(0),
+    }
+}
+
+const TTL: Duration = Duration::from_millis(600);
+
+/// Now on tokio's clock, paused in these tests, as the keeper's API
+/// gives instants.
+fn now() -> Instant {
+    TokioInstant::now().into_std()
+}
+
+fn start(fake: &Arc<Fake>, grace: Duration) -> Keeper {
+    let k = Keeper::start(fake.clone(), TTL, Duration::from_millis(100), grace);
+    k.add(lease(TTL));
+    k
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn renews_every_third_of_the_ttl_and_moves_the_deadline() {
+    let fake = Arc::new(Fake::default());
+    let k = start(&fake, Duration::from_millis(50));
+    let first = k.safe_until().unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Due at 200, 400, 600 and 800 ms (the one due at 1000 ms may
+    // or may not run before this task wakes at the same instant).
+    let n = fake.renewals.load(Ordering::SeqCst);
+    assert!((4..=5).contains(&n), "{n} renewals in 1 s with a 600ms TTL");
+    assert!(k.safe_until().unwrap() > first + Duration::from_millis(600));
+    assert!(k.lost().borrow().is_none());
+    k.hand_over();
+}
+
+/// The phase that stopped healthy etcd holders: a lease kept alive
+/// while its owner waited in line reaches the keeper already aged. It
+/// must be renewed at once, never reported lost.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_lease_that_aged_while_waiting_is_renewed_at_once() {
+    let fake = Arc::new(Fake::default());
+    let grace = Duration::from_millis(150);
+    let k = Keeper::start(fake.clone(), TTL, Duration::from_millis(100), grace);
+    // Granted (last extended by the server) 300 ms ago: half its TTL.
+    let mut aged = lease(TTL);
+    aged.granted_at = now() - Duration::from_millis(300);
+    let before = now();
+    k.add(aged);
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert!(
+        fake.renewals.load(Ordering::SeqCst) >= 1,
+        "an aged lease was not renewed at once"
+    );
+    assert!(k.safe_until().unwrap() >= before + TTL - margin(TTL));
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(
+        k.lost().borrow().is_none(),
+        "a healthy lease was reported lost"
+    );
+    k.hand_over();
+}
+
+/// Renewals follow the lease clock, not the moment the keeper started:
+/// a lease added later is renewed a third of its TTL after its grant.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn renewals_follow_the_lease_clock_of_each_added_lease() {
+    let fake = Arc::new(Fake::default());
+    let k = Keeper::start(
+        fake.clone(),
+        TTL,
+        Duration::from_millis(100),
+        Duration::ZERO,
+    );
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(fake.renewals.load(Ordering::SeqCst), 0, "nothing to renew");
+    k.add(lease(TTL));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(fake.renewals.load(Ordering::SeqCst), 0, "renewed early");
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert_eq!(
+        fake.renewals.load(Ordering::SeqCst),
+        1,
+        "not renewed at TTL/3"
+    );
+    k.hand_over();
+}
+
+/// Every path lets go: a keeper dropped while holding (an error cut the
+/// command short) renews no more, and its lease is released by
+/// `release_dropped`; one released or handed over leaves nothing.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_dropped_keeper_stops_renewing_and_its_leases_are_released_later() {
+    let fake = Arc::new(Fake::default());
+    drop(start(&fake, Duration::ZERO));
+    tokio::time::sleep(TTL).await;
+    assert_eq!(
+        fake.renewals.load(Ordering::SeqCst),
+        0,
+        "renewed after drop"
+    );
+    assert_eq!(fake.releases.load(Ordering::SeqCst), 0);
+    release_dropped().await;
+    assert_eq!(fake.releases.load(Ordering::SeqCst), 1);
+
+    let gone = start(&fake, Duration::ZERO).release().await;
+    assert!(gone.is_empty());
+    assert_eq!(fake.releases.load(Ordering::SeqCst), 2);
+    assert_eq!(start(&fake, Duration::ZERO).hand_over().len(), 1);
+    release_dropped().await;
+    assert_eq!(fake.releases.load(Ordering::SeqCst), 2, "let go twice");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_lease_the_backend_says_is_gone_is_lost_at_once() {
+    let fake = Arc::new(Fake::default());
+    fake.renew.store(GONE, Ordering::SeqCst);
+    let k = start(&fake, Duration::from_millis(50));
+    let mut lost = k.lost();
+    let t = now();
+    tokio::time::timeout(Duration::from_secs(2), lost.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    let loss = lost.borrow().clone().unwrap();
+    assert!(loss.expires.is_none(), "gone, not expiring");
+    assert!(t.elapsed() < TTL / 3 + Duration::from_millis(100));
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn renewals_that_hang_are_a_loss_reported_grace_before_the_deadline() {
+    let fake = Arc::new(Fake::default());
+    fake.renew.store(HANG, Ordering::SeqCst);
+    let grace = Duration::from_millis(200);
+    let k = start(&fake, grace);
+    let deadline = k.safe_until().unwrap();
+    let mut lost = k.lost();
+    tokio::time::timeout(Duration::from_secs(2), lost.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    let at = now();
+    let loss = lost.borrow().clone().unwrap();
+    assert_eq!(loss.expires, Some(deadline));
+    assert!(
+        at + grace >= deadline,
+        "reported {:?} early",
+        deadline - at - grace
+    );
+    assert!(at < deadline, "reported after the deadline");
+    // It keeps trying: a renewal that lands afterwards keeps the lease.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(fake.renewals.load(Ordering::SeqCst) >= 3);
+}
