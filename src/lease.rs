@@ -10,7 +10,10 @@
 //! is bounded by a timeout. Loss is declared by the deadline, not only by an
 //! error: the keeper reports it `grace` before the deadline, so the
 //! supervisor's SIGTERM-then-SIGKILL fits inside the lease, and only when
-//! renewals really failed (or the process was frozen).
+//! renewals really failed (or the process was frozen). It reports it then
+//! even while a renewal call hangs, not when the call's bound runs out, and
+//! a renewal that lands after the report moves the deadline but does not
+//! take the loss back: the child is being stopped either way.
 //!
 //! The keeper is the one owner of held leases, and lets go of them on every
 //! path: [`Keeper::release`] (the normal end), [`Keeper::hand_over`] (to a
@@ -199,6 +202,41 @@ pub async fn release_dropped() {
     }
 }
 
+/// Report the loss the lease clock foresees: the leases, safe until
+/// `until`, could not be renewed in time. The keeper keeps trying: every
+/// renewal that still lands keeps the lock ours while the child is being
+/// stopped.
+fn report_foreseen(lost: &watch::Sender<Option<Loss>>, backend: &dyn Backend, until: TokioInstant) {
+    let now = TokioInstant::now();
+    tracing::warn!(event = "lost", "lease could not be renewed in time");
+    let _ = lost.send(Some(Loss {
+        message: format!(
+            "could not renew the lease with {} in time; it may expire in {}",
+            backend.describe(),
+            crate::status::human_duration(until.saturating_duration_since(now))
+        ),
+        expires: Some(until.into_std()),
+    }));
+}
+
+/// Await `call`; if `at` comes first, run `then` at `at` and await the
+/// call on. A call that ends at `at` itself goes first.
+async fn meanwhile<T>(
+    call: impl Future<Output = T>,
+    at: Option<TokioInstant>,
+    then: impl FnOnce(),
+) -> T {
+    let mut call = std::pin::pin!(call);
+    if let Some(at) = at {
+        tokio::select! {
+            biased;
+            out = &mut call => return out,
+            _ = tokio::time::sleep_until(at) => then(),
+        }
+    }
+    call.await
+}
+
 async fn renew_loop(
     backend: Arc<dyn Backend>,
     state: Arc<Mutex<State>>,
@@ -223,31 +261,23 @@ async fn renew_loop(
             (None, Some(u)) => renewal_due(u, ttl),
             (None, None) => TokioInstant::now() + period,
         };
-        let report_at = safe_until.map(|u| u.checked_sub(grace).unwrap_or(u));
-        let wake = match report_at {
-            Some(r) if !reported => next.min(r),
-            _ => next,
-        };
+        // The loss foreseen by the lease clock, reported once, `grace`
+        // before the deadline: (when, the deadline).
+        let foreseen = safe_until
+            .map(|u| (u.checked_sub(grace).unwrap_or(u), u))
+            .filter(|_| !reported);
+        let wake = foreseen.map_or(next, |(r, _)| next.min(r));
         tokio::select! {
             _ = tokio::time::sleep_until(wake) => {}
             // A lease was added: it may be due already.
             _ = added.notified() => continue,
         }
         let now = TokioInstant::now();
-        if !reported && report_at.is_some_and(|r| now >= r) {
+        if let Some((at, until)) = foreseen
+            && now >= at
+        {
             reported = true;
-            let until = safe_until.unwrap_or(now);
-            tracing::warn!(event = "lost", "lease could not be renewed in time");
-            let _ = lost.send(Some(Loss {
-                message: format!(
-                    "could not renew the lease with {} in time; it may expire in {}",
-                    backend.describe(),
-                    crate::status::human_duration(until.saturating_duration_since(now))
-                ),
-                expires: Some(until.into_std()),
-            }));
-            // Keep trying: every renewal that still lands keeps the lock ours
-            // while the child is being stopped.
+            report_foreseen(&lost, backend.as_ref(), until);
         }
         if now < next {
             continue;
@@ -265,7 +295,19 @@ async fn renew_loop(
         let call_deadline = sent + call_timeout.min(period.max(Duration::from_millis(50)));
         let mut ok = true;
         for l in &leases {
-            match tokio::time::timeout_at(call_deadline, backend.renew(l, ttl)).await {
+            let call = tokio::time::timeout_at(call_deadline, backend.renew(l, ttl));
+            // The report is due at its time even while a renewal hangs:
+            // waiting for the call's bound (up to --connect-timeout) would
+            // take that much off the child's grace. A renewal that lands
+            // after it still moves the deadline, but does not withdraw it.
+            let due = foreseen.filter(|_| !reported);
+            let outcome = meanwhile(call, due.map(|(at, _)| at), || {
+                reported = true;
+                if let Some((_, until)) = due {
+                    report_foreseen(&lost, backend.as_ref(), until);
+                }
+            });
+            match outcome.await {
                 Ok(Ok(Renewal::Renewed)) => {}
                 Ok(Ok(Renewal::Lost)) => {
                     tracing::warn!(event = "lost", key = l.key, token = l.token, "lease lost");
