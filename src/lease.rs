@@ -72,6 +72,12 @@ fn renewal_due(safe_until: TokioInstant, ttl: Duration) -> TokioInstant {
         .unwrap_or(safe_until)
 }
 
+/// When a lease that no renewal has extended yet can expire: counted from
+/// its grant.
+fn lease_until(lease: &Lease) -> TokioInstant {
+    TokioInstant::from_std(lease.granted_at) + lease.ttl.saturating_sub(margin(lease.ttl))
+}
+
 /// Keeps leases alive in a background task while they are held, and lets
 /// go of them (see the module's notes).
 pub struct Keeper {
@@ -120,8 +126,7 @@ impl Keeper {
 
     pub fn add(&self, lease: Lease) {
         let mut st = self.state.lock().unwrap();
-        let granted = TokioInstant::from_std(lease.granted_at);
-        let until = granted + lease.ttl.saturating_sub(margin(lease.ttl));
+        let until = lease_until(&lease);
         st.safe_until = Some(st.safe_until.map_or(until, |u| u.min(until)));
         st.leases.push(lease);
         drop(st);
@@ -345,8 +350,17 @@ async fn renew_loop(
             }
         }
         if ok {
-            let until = sent + ttl.saturating_sub(margin(ttl));
-            state.lock().unwrap().safe_until = Some(until);
+            let mut st = state.lock().unwrap();
+            // Leases added during the call were not renewed by it: they
+            // keep their own deadline (the next loop renews them at once
+            // if it is due: `add` woke it).
+            let added_since = st.leases.get(leases.len()..).unwrap_or_default();
+            let until = added_since
+                .iter()
+                .map(lease_until)
+                .fold(sent + ttl.saturating_sub(margin(ttl)), TokioInstant::min);
+            st.safe_until = Some(until);
+            drop(st);
             let _ = safe.send(Some(until.into_std()));
             tracing::info!(
                 event = "renewed",

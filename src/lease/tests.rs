@@ -284,3 +284,32 @@ async fn a_renewal_that_lands_after_the_report_does_not_take_the_loss_back() {
     assert!(lost.borrow().is_some(), "the loss was taken back");
     k.hand_over();
 }
+
+/// A lease added while a renewal of the others is in flight was not
+/// renewed by it: it keeps its own deadline (its grant), which the
+/// renewal's success must not overwrite with a later one, or it would be
+/// renewed late and its loss foreseen late (`acquire_all` adds each key
+/// while the keeper renews those taken before).
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_lease_added_during_a_renewal_keeps_its_own_deadline() {
+    let fake = Arc::new(Fake::default());
+    fake.renew.store(SLOW, Ordering::SeqCst);
+    fake.slow_ms.store(100, Ordering::SeqCst);
+    let t0 = now();
+    let k = start(&fake, Duration::from_millis(50));
+    // The renewal due at 200 ms lands at 300 ms; a lease whose request was
+    // sent at 150 ms is added at 250 ms.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(fake.renewals.load(Ordering::SeqCst), 1);
+    let mut second = lease(TTL);
+    second.granted_at = t0 + Duration::from_millis(150);
+    let second_until = second.granted_at + TTL - margin(TTL);
+    k.add(second);
+    tokio::time::sleep(Duration::from_millis(51)).await;
+    assert!(
+        k.safe_until().unwrap() <= second_until,
+        "the second lease is counted safe {:?} past its deadline",
+        k.safe_until().unwrap() - second_until
+    );
+    k.hand_over();
+}
