@@ -10,7 +10,10 @@
 //! is bounded by a timeout. Loss is declared by the deadline, not only by an
 //! error: the keeper reports it `grace` before the deadline, so the
 //! supervisor's SIGTERM-then-SIGKILL fits inside the lease, and only when
-//! renewals really failed (or the process was frozen).
+//! renewals really failed (or the process was frozen). It reports it then
+//! even while a renewal call hangs, not when the call's bound runs out, and
+//! a renewal that lands after the report moves the deadline but does not
+//! take the loss back: the child is being stopped either way.
 //!
 //! The keeper is the one owner of held leases, and lets go of them on every
 //! path: [`Keeper::release`] (the normal end), [`Keeper::hand_over`] (to a
@@ -69,6 +72,12 @@ fn renewal_due(safe_until: TokioInstant, ttl: Duration) -> TokioInstant {
         .unwrap_or(safe_until)
 }
 
+/// When a lease that no renewal has extended yet can expire: counted from
+/// its grant.
+fn lease_until(lease: &Lease) -> TokioInstant {
+    TokioInstant::from_std(lease.granted_at) + lease.ttl.saturating_sub(margin(lease.ttl))
+}
+
 /// Keeps leases alive in a background task while they are held, and lets
 /// go of them (see the module's notes).
 pub struct Keeper {
@@ -117,8 +126,7 @@ impl Keeper {
 
     pub fn add(&self, lease: Lease) {
         let mut st = self.state.lock().unwrap();
-        let granted = TokioInstant::from_std(lease.granted_at);
-        let until = granted + lease.ttl.saturating_sub(margin(lease.ttl));
+        let until = lease_until(&lease);
         st.safe_until = Some(st.safe_until.map_or(until, |u| u.min(until)));
         st.leases.push(lease);
         drop(st);
@@ -199,6 +207,41 @@ pub async fn release_dropped() {
     }
 }
 
+/// Report the loss the lease clock foresees: the leases, safe until
+/// `until`, could not be renewed in time. The keeper keeps trying: every
+/// renewal that still lands keeps the lock ours while the child is being
+/// stopped.
+fn report_foreseen(lost: &watch::Sender<Option<Loss>>, backend: &dyn Backend, until: TokioInstant) {
+    let now = TokioInstant::now();
+    tracing::warn!(event = "lost", "lease could not be renewed in time");
+    let _ = lost.send(Some(Loss {
+        message: format!(
+            "could not renew the lease with {} in time; it may expire in {}",
+            backend.describe(),
+            crate::status::human_duration(until.saturating_duration_since(now))
+        ),
+        expires: Some(until.into_std()),
+    }));
+}
+
+/// Await `call`; if `at` comes first, run `then` at `at` and await the
+/// call on. A call that ends at `at` itself goes first.
+async fn meanwhile<T>(
+    call: impl Future<Output = T>,
+    at: Option<TokioInstant>,
+    then: impl FnOnce(),
+) -> T {
+    let mut call = std::pin::pin!(call);
+    if let Some(at) = at {
+        tokio::select! {
+            biased;
+            out = &mut call => return out,
+            _ = tokio::time::sleep_until(at) => then(),
+        }
+    }
+    call.await
+}
+
 async fn renew_loop(
     backend: Arc<dyn Backend>,
     state: Arc<Mutex<State>>,
@@ -223,31 +266,23 @@ async fn renew_loop(
             (None, Some(u)) => renewal_due(u, ttl),
             (None, None) => TokioInstant::now() + period,
         };
-        let report_at = safe_until.map(|u| u.checked_sub(grace).unwrap_or(u));
-        let wake = match report_at {
-            Some(r) if !reported => next.min(r),
-            _ => next,
-        };
+        // The loss foreseen by the lease clock, reported once, `grace`
+        // before the deadline: (when, the deadline).
+        let foreseen = safe_until
+            .map(|u| (u.checked_sub(grace).unwrap_or(u), u))
+            .filter(|_| !reported);
+        let wake = foreseen.map_or(next, |(r, _)| next.min(r));
         tokio::select! {
             _ = tokio::time::sleep_until(wake) => {}
             // A lease was added: it may be due already.
             _ = added.notified() => continue,
         }
         let now = TokioInstant::now();
-        if !reported && report_at.is_some_and(|r| now >= r) {
+        if let Some((at, until)) = foreseen
+            && now >= at
+        {
             reported = true;
-            let until = safe_until.unwrap_or(now);
-            tracing::warn!(event = "lost", "lease could not be renewed in time");
-            let _ = lost.send(Some(Loss {
-                message: format!(
-                    "could not renew the lease with {} in time; it may expire in {}",
-                    backend.describe(),
-                    crate::status::human_duration(until.saturating_duration_since(now))
-                ),
-                expires: Some(until.into_std()),
-            }));
-            // Keep trying: every renewal that still lands keeps the lock ours
-            // while the child is being stopped.
+            report_foreseen(&lost, backend.as_ref(), until);
         }
         if now < next {
             continue;
@@ -265,7 +300,19 @@ async fn renew_loop(
         let call_deadline = sent + call_timeout.min(period.max(Duration::from_millis(50)));
         let mut ok = true;
         for l in &leases {
-            match tokio::time::timeout_at(call_deadline, backend.renew(l, ttl)).await {
+            let call = tokio::time::timeout_at(call_deadline, backend.renew(l, ttl));
+            // The report is due at its time even while a renewal hangs:
+            // waiting for the call's bound (up to --connect-timeout) would
+            // take that much off the child's grace. A renewal that lands
+            // after it still moves the deadline, but does not withdraw it.
+            let due = foreseen.filter(|_| !reported);
+            let outcome = meanwhile(call, due.map(|(at, _)| at), || {
+                reported = true;
+                if let Some((_, until)) = due {
+                    report_foreseen(&lost, backend.as_ref(), until);
+                }
+            });
+            match outcome.await {
                 Ok(Ok(Renewal::Renewed)) => {}
                 Ok(Ok(Renewal::Lost)) => {
                     tracing::warn!(event = "lost", key = l.key, token = l.token, "lease lost");
@@ -303,8 +350,17 @@ async fn renew_loop(
             }
         }
         if ok {
-            let until = sent + ttl.saturating_sub(margin(ttl));
-            state.lock().unwrap().safe_until = Some(until);
+            let mut st = state.lock().unwrap();
+            // Leases added during the call were not renewed by it: they
+            // keep their own deadline (the next loop renews them at once
+            // if it is due: `add` woke it).
+            let added_since = st.leases.get(leases.len()..).unwrap_or_default();
+            let until = added_since
+                .iter()
+                .map(lease_until)
+                .fold(sent + ttl.saturating_sub(margin(ttl)), TokioInstant::min);
+            st.safe_until = Some(until);
+            drop(st);
             let _ = safe.send(Some(until.into_std()));
             tracing::info!(
                 event = "renewed",
@@ -424,216 +480,4 @@ async fn release_all(backend: &dyn Backend, leases: &[Lease]) -> Vec<Lease> {
 }
 
 #[cfg(test)]
-mod tests {
-    //! The keeper against an in-memory backend whose renewals can be made
-    //! to succeed, say the lease is gone, or hang; on tokio's paused clock,
-    //! which jumps to the next timer whenever every task waits, so a
-    //! second of lease time takes no time and every figure is exact.
-    use super::*;
-    use crate::backend::{KeyStatus, PingInfo};
-    use async_trait::async_trait;
-    use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-
-    const OK: u8 = 0;
-    const GONE: u8 = 1;
-    const HANG: u8 = 2;
-
-    #[derive(Default)]
-    struct Fake {
-        renew: AtomicU8,
-        renewals: AtomicUsize,
-        releases: AtomicUsize,
-    }
-
-    #[async_trait]
-    impl Backend for Fake {
-        fn describe(&self) -> String {
-            "fake".into()
-        }
-        async fn acquire(&self, _: &LockSpec, _: &Owner, _: Option<Instant>) -> Result<Attempt> {
-            anyhow::bail!("not used")
-        }
-        async fn renew(&self, _: &Lease, _: Duration) -> Result<Renewal> {
-            self.renewals.fetch_add(1, Ordering::SeqCst);
-            match self.renew.load(Ordering::SeqCst) {
-                OK => Ok(Renewal::Renewed),
-                GONE => Ok(Renewal::Lost),
-                _ => std::future::pending().await,
-            }
-        }
-        async fn release(&self, _: &Lease) -> Result<bool> {
-            self.releases.fetch_add(1, Ordering::SeqCst);
-            Ok(true)
-        }
-        async fn force_release(&self, _: &str, _: &str) -> Result<u64> {
-            Ok(0)
-        }
-        async fn status(&self, _: &str, _: &[String]) -> Result<Vec<KeyStatus>> {
-            Ok(vec![])
-        }
-        async fn ping(&self) -> Result<PingInfo> {
-            anyhow::bail!("not used")
-        }
-    }
-
-    fn lease(ttl: Duration) -> Lease {
-        Lease {
-            namespace: "ns".into(),
-            key: "k".into(),
-            token: 1,
-            id: "me".into(),
-            ttl,
-            granted_at: now(),
-            shared: false,
-            slot: Some(0),
-        }
-    }
-
-    const TTL: Duration = Duration::from_millis(600);
-
-    /// Now on tokio's clock, paused in these tests, as the keeper's API
-    /// gives instants.
-    fn now() -> Instant {
-        TokioInstant::now().into_std()
-    }
-
-    fn start(fake: &Arc<Fake>, grace: Duration) -> Keeper {
-        let k = Keeper::start(fake.clone(), TTL, Duration::from_millis(100), grace);
-        k.add(lease(TTL));
-        k
-    }
-
-    #[tokio::test(flavor = "current_thread", start_paused = true)]
-    async fn renews_every_third_of_the_ttl_and_moves_the_deadline() {
-        let fake = Arc::new(Fake::default());
-        let k = start(&fake, Duration::from_millis(50));
-        let first = k.safe_until().unwrap();
-        tokio::time::sleep(Duration::from_millis(1000)).await;
-        // Due at 200, 400, 600 and 800 ms (the one due at 1000 ms may
-        // or may not run before this task wakes at the same instant).
-        let n = fake.renewals.load(Ordering::SeqCst);
-        assert!((4..=5).contains(&n), "{n} renewals in 1 s with a 600ms TTL");
-        assert!(k.safe_until().unwrap() > first + Duration::from_millis(600));
-        assert!(k.lost().borrow().is_none());
-        k.hand_over();
-    }
-
-    /// The phase that stopped healthy etcd holders: a lease kept alive
-    /// while its owner waited in line reaches the keeper already aged. It
-    /// must be renewed at once, never reported lost.
-    #[tokio::test(flavor = "current_thread", start_paused = true)]
-    async fn a_lease_that_aged_while_waiting_is_renewed_at_once() {
-        let fake = Arc::new(Fake::default());
-        let grace = Duration::from_millis(150);
-        let k = Keeper::start(fake.clone(), TTL, Duration::from_millis(100), grace);
-        // Granted (last extended by the server) 300 ms ago: half its TTL.
-        let mut aged = lease(TTL);
-        aged.granted_at = now() - Duration::from_millis(300);
-        let before = now();
-        k.add(aged);
-        tokio::time::sleep(Duration::from_millis(60)).await;
-        assert!(
-            fake.renewals.load(Ordering::SeqCst) >= 1,
-            "an aged lease was not renewed at once"
-        );
-        assert!(k.safe_until().unwrap() >= before + TTL - margin(TTL));
-        tokio::time::sleep(Duration::from_millis(900)).await;
-        assert!(
-            k.lost().borrow().is_none(),
-            "a healthy lease was reported lost"
-        );
-        k.hand_over();
-    }
-
-    /// Renewals follow the lease clock, not the moment the keeper started:
-    /// a lease added later is renewed a third of its TTL after its grant.
-    #[tokio::test(flavor = "current_thread", start_paused = true)]
-    async fn renewals_follow_the_lease_clock_of_each_added_lease() {
-        let fake = Arc::new(Fake::default());
-        let k = Keeper::start(
-            fake.clone(),
-            TTL,
-            Duration::from_millis(100),
-            Duration::ZERO,
-        );
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        assert_eq!(fake.renewals.load(Ordering::SeqCst), 0, "nothing to renew");
-        k.add(lease(TTL));
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        assert_eq!(fake.renewals.load(Ordering::SeqCst), 0, "renewed early");
-        tokio::time::sleep(Duration::from_millis(120)).await;
-        assert_eq!(
-            fake.renewals.load(Ordering::SeqCst),
-            1,
-            "not renewed at TTL/3"
-        );
-        k.hand_over();
-    }
-
-    /// Every path lets go: a keeper dropped while holding (an error cut the
-    /// command short) renews no more, and its lease is released by
-    /// `release_dropped`; one released or handed over leaves nothing.
-    #[tokio::test(flavor = "current_thread", start_paused = true)]
-    async fn a_dropped_keeper_stops_renewing_and_its_leases_are_released_later() {
-        let fake = Arc::new(Fake::default());
-        drop(start(&fake, Duration::ZERO));
-        tokio::time::sleep(TTL).await;
-        assert_eq!(
-            fake.renewals.load(Ordering::SeqCst),
-            0,
-            "renewed after drop"
-        );
-        assert_eq!(fake.releases.load(Ordering::SeqCst), 0);
-        release_dropped().await;
-        assert_eq!(fake.releases.load(Ordering::SeqCst), 1);
-
-        let gone = start(&fake, Duration::ZERO).release().await;
-        assert!(gone.is_empty());
-        assert_eq!(fake.releases.load(Ordering::SeqCst), 2);
-        assert_eq!(start(&fake, Duration::ZERO).hand_over().len(), 1);
-        release_dropped().await;
-        assert_eq!(fake.releases.load(Ordering::SeqCst), 2, "let go twice");
-    }
-
-    #[tokio::test(flavor = "current_thread", start_paused = true)]
-    async fn a_lease_the_backend_says_is_gone_is_lost_at_once() {
-        let fake = Arc::new(Fake::default());
-        fake.renew.store(GONE, Ordering::SeqCst);
-        let k = start(&fake, Duration::from_millis(50));
-        let mut lost = k.lost();
-        let t = now();
-        tokio::time::timeout(Duration::from_secs(2), lost.changed())
-            .await
-            .unwrap()
-            .unwrap();
-        let loss = lost.borrow().clone().unwrap();
-        assert!(loss.expires.is_none(), "gone, not expiring");
-        assert!(t.elapsed() < TTL / 3 + Duration::from_millis(100));
-    }
-
-    #[tokio::test(flavor = "current_thread", start_paused = true)]
-    async fn renewals_that_hang_are_a_loss_reported_grace_before_the_deadline() {
-        let fake = Arc::new(Fake::default());
-        fake.renew.store(HANG, Ordering::SeqCst);
-        let grace = Duration::from_millis(200);
-        let k = start(&fake, grace);
-        let deadline = k.safe_until().unwrap();
-        let mut lost = k.lost();
-        tokio::time::timeout(Duration::from_secs(2), lost.changed())
-            .await
-            .unwrap()
-            .unwrap();
-        let at = now();
-        let loss = lost.borrow().clone().unwrap();
-        assert_eq!(loss.expires, Some(deadline));
-        assert!(
-            at + grace >= deadline,
-            "reported {:?} early",
-            deadline - at - grace
-        );
-        assert!(at < deadline, "reported after the deadline");
-        // It keeps trying: a renewal that lands afterwards keeps the lease.
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        assert!(fake.renewals.load(Ordering::SeqCst) >= 3);
-    }
-}
+mod tests;
