@@ -570,7 +570,11 @@ fn a_crowd_larger_than_the_connection_limit_all_get_their_turn() {
                 failed.push((code, err));
             }
         }
-        assert!(failed.is_empty(), "{name}: {} of {n} failed: {failed:?}", failed.len());
+        assert!(
+            failed.is_empty(),
+            "{name}: {} of {n} failed: {failed:?}",
+            failed.len()
+        );
         eprintln!("{name}: {n} waiters served in {:?}", started.elapsed());
     }
 }

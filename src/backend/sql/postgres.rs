@@ -198,9 +198,8 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend> {
     // A wait for the key's row lock behind a crowd's attempts ends well
     // within that, as busy (retried), not as a server that does not answer.
     let lock_ms = super::lock_wait(timeout).as_millis();
-    let url = format!(
-        "{url}{sep}options=-c%20statement_timeout%3D{ms}%20-c%20lock_timeout%3D{lock_ms}"
-    );
+    let url =
+        format!("{url}{sep}options=-c%20statement_timeout%3D{ms}%20-c%20lock_timeout%3D{lock_ms}");
     let opts = PgConnectOptions::from_str(&url)
         .map_err(|e| usage(format!("bad PostgreSQL URL {shown}: {e}")))?;
     let pool = Arc::new(OnceLock::new());
