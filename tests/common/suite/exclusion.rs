@@ -159,8 +159,13 @@ pub fn multi_key_opposite_orders_do_not_deadlock(env: &Env) {
 /// connections for (ZooKeeper 60 per address, PostgreSQL 100): every one
 /// gets its turn and none exits 69. `bench/crowd.sh` runs 200.
 pub fn crowd_on_one_key_all_get_their_turn(env: &Env) {
+    crowd_all_get_their_turn(env, 80);
+}
+
+/// `n` contenders at once on one key, each holding it 20 ms: every one
+/// gets its turn within `--wait 2m`, and none exits 69.
+pub fn crowd_all_get_their_turn(env: &Env, n: usize) {
     let k = key("crowd");
-    let n = 80;
     let mut kids: Vec<std::process::Child> = (0..n)
         .map(|_| {
             env.cmd(&["run", "--wait", "2m", "--key", &k, "--", "sleep", "0.02"])
