@@ -71,7 +71,7 @@ pub(super) async fn call<T>(
 pub(super) async fn why_failed(client: &redis::Client, e: RedisError) -> RedisError {
     // Only a failed `AUTH` or a lost connection can hide the greeting.
     let masked = e.kind() == ErrorKind::AuthenticationFailed || e.code().is_none();
-    if !masked || is_full(&e) || e.is_timeout() {
+    if !masked || is_full(&e) || e.is_timeout() || untrusted(&e) {
         return e;
     }
     let info = client
