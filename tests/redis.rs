@@ -552,39 +552,6 @@ fn a_namespace_with_the_separator_is_refused() {
     let _ = h.wait();
 }
 
-/// A wrong password is a refusal, not an outage: it says so, is not
-/// retried while waiting (69 at once, not after --connect-timeout), and
-/// the password is never printed.
-#[test]
-fn a_wrong_password_is_refused_at_once_and_named_as_such() {
-    let r = servers::Redis::start_with(&["--requirepass", "right-one"]);
-    let env = Env::bare(format!("redis://:wrong-one@127.0.0.1:{}", r.port));
-    let t = std::time::Instant::now();
-    let out = env.run(&[
-        "--connect-timeout",
-        "5s",
-        "run",
-        "--wait",
-        "30s",
-        "--key",
-        "k",
-        "--",
-        "true",
-    ]);
-    assert_eq!(code(&out), 69, "{}", stderr(&out));
-    assert!(
-        t.elapsed() < Duration::from_secs(3),
-        "took {:?}: a refusal must not be retried",
-        t.elapsed()
-    );
-    let err = stderr(&out);
-    assert!(err.contains("refused the credentials"), "{err}");
-    assert!(!err.contains("wrong-one"), "password printed: {err}");
-    let env = Env::bare(format!("redis://:right-one@127.0.0.1:{}", r.port));
-    let out = env.run(&["run", "--key", "k", "--", "true"]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-}
-
 /// `--lock-at-least` keeps a semaphore holder's record past its process,
 /// slot included: the slot stays taken until the record lapses.
 #[test]

@@ -14,8 +14,9 @@ use redis::sentinel::{SentinelClient, SentinelServerType};
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, RedisResult, Value};
 use tokio::sync::Mutex;
 
-use crate::backend::redact_url;
-use crate::error::{unavailable, usage};
+use super::errors::{call, kind};
+use crate::backend::{kit, redact_url};
+use crate::error::usage;
 
 pub(super) struct Node {
     pub(super) shown: String,
@@ -38,13 +39,6 @@ pub(super) struct SentinelConn {
     sentinel: Mutex<SentinelClient>,
     current: Mutex<Option<MultiplexedConnection>>,
     timeout: Duration,
-}
-
-/// A refusal of our credentials (a wrong password, or a user without the
-/// rights): the server was reached, so this is no outage.
-pub(super) fn denied(e: &redis::RedisError) -> bool {
-    e.kind() == redis::ErrorKind::AuthenticationFailed
-        || matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
 }
 
 /// Errors after which the primary may have moved: ask the sentinels again.
@@ -241,10 +235,7 @@ impl Node {
                 .retries(1)
                 .build()
                 .map_err(|e| bad(&e))?;
-            let conn = tokio::time::timeout(timeout, client.get_async_connection())
-                .await
-                .map_err(|_| unavailable(format!("Redis Cluster {shown}: timed out")))?
-                .map_err(|e| unavailable(format!("Redis Cluster {shown}: {e}")))?;
+            let conn = call(&shown, "connect", timeout, client.get_async_connection()).await?;
             return Ok(Node {
                 shown,
                 db: 0,
@@ -258,7 +249,7 @@ impl Node {
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1);
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), cfg)
-            .map_err(|e| unavailable(format!("Redis {shown}: {e}")))?;
+            .map_err(|e| kit::typed(kind(&e), format!("{shown}: {e}")))?;
         Ok(Node {
             shown,
             db: db_of(url),

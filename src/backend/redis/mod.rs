@@ -69,13 +69,15 @@ use tokio::sync::Mutex;
 
 mod conn;
 mod doctor;
+mod errors;
 mod poll;
 mod scripts;
 mod status;
 
+use super::kit::Kind;
 use super::{Backend, KeyStatus, Lease, PingInfo, Poll, Renewal, Waiting};
-use crate::error::unavailable;
-use conn::{Conn, Node, denied};
+use conn::{Conn, Node};
+use errors::{call, kind, why_failed};
 pub use scripts::LUA_COMMON;
 use scripts::{FORCE, LEAVE, RELEASE, RENEW, SHARED_RELEASE, SHARED_RENEW};
 
@@ -174,59 +176,36 @@ impl RedisBackend {
             tickets: Default::default(),
             subs: Mutex::new(None),
         };
-        // Reach a quorum now, so an unreachable backend is exit 69 at once.
-        // Each answer, and whether the server refused our credentials.
+        // Reach a quorum now, so an unreachable backend is exit 69 at once,
+        // a refusal of our credentials is said at once, and a full server
+        // is told from an outage (see `why_failed`).
         let pings = join_all(b.nodes.iter().map(|n| {
             let mut c = n.conn.clone();
-            async move {
-                match tokio::time::timeout(
-                    timeout,
-                    redis::cmd("PING").query_async::<String>(&mut c),
-                )
-                .await
-                {
-                    Err(_) => Err(("timed out".to_string(), false)),
-                    Ok(Err(e)) => Err((e.to_string(), denied(&e))),
-                    Ok(Ok(_)) => Ok(()),
+            let ping = async move {
+                match redis::cmd("PING").query_async::<Value>(&mut c).await {
+                    Err(e) if kind(&e) != Kind::Full => match c.pubsub_client().await {
+                        Ok(client) => Err(why_failed(&client, e).await),
+                        Err(_) => Err(e),
+                    },
+                    r => r,
                 }
-            }
+            };
+            call(&n.shown, "PING", timeout, ping)
         }))
         .await;
-        let failed: Vec<(String, bool)> = b
-            .nodes
-            .iter()
-            .zip(&pings)
-            .filter_map(|(n, p)| {
-                p.as_ref()
-                    .err()
-                    .map(|(e, d)| (format!("{} ({e})", n.shown), *d))
-            })
-            .collect();
-        if b.nodes.len() - failed.len() < b.quorum {
-            let all: Vec<&str> = failed.iter().map(|(f, _)| f.as_str()).collect();
-            // Reached, but refused: say so, and do not retry.
-            if failed.iter().any(|(_, d)| *d) {
-                return Err(crate::error::denied(format!(
-                    "Redis refused the credentials in the URL: {}",
-                    all.join(", ")
-                )));
-            }
-            if b.nodes.len() == 1 {
-                return Err(unavailable(format!(
-                    "cannot reach the Redis server {}",
-                    all.join(", ")
-                )));
-            }
-            return Err(unavailable(format!(
-                "cannot reach {} of {} Redis server(s): {}",
-                failed.len(),
-                b.nodes.len(),
-                all.join(", ")
-            )));
+        let failed: Vec<anyhow::Error> = pings.into_iter().filter_map(Result::err).collect();
+        let n = b.nodes.len();
+        if n - failed.len() < b.quorum {
+            return Err(errors::too_few(
+                true,
+                n,
+                b.quorum,
+                n - failed.len(),
+                &failed,
+            ));
         }
-        let failed: Vec<String> = failed.into_iter().map(|(f, _)| f).collect();
         for f in &failed {
-            tracing::warn!("Redis server unreachable, continuing with a majority: {f}");
+            tracing::warn!("Redis server unreachable, continuing with a majority: {f:#}");
         }
         Ok(b)
     }
@@ -245,14 +224,17 @@ impl RedisBackend {
         }
     }
 
-    /// Run a script on every server in parallel; one result per server.
+    /// Run a script (`what`, for messages) on every server in parallel,
+    /// each call bounded by `step` and its error typed; one result per
+    /// server.
     async fn everywhere(
         &self,
+        what: &str,
         script: &Script,
         keys: &[&str],
         args: &[String],
         step: Duration,
-    ) -> Vec<Result<Value, String>> {
+    ) -> Vec<Result<Value>> {
         join_all(self.nodes.iter().map(|n| {
             let mut conn = n.conn.clone();
             let mut inv = script.prepare_invoke();
@@ -262,40 +244,19 @@ impl RedisBackend {
             for a in args {
                 inv.arg(a.as_str());
             }
-            async move {
-                match tokio::time::timeout(step, inv.invoke_async::<Value>(&mut conn)).await {
-                    Err(_) => Err(format!("{}: timed out after {step:?}", n.shown)),
-                    Ok(Err(e)) => Err(format!("{}: {e}", n.shown)),
-                    Ok(Ok(v)) => Ok(v),
-                }
-            }
+            async move { call(&n.shown, what, step, inv.invoke_async::<Value>(&mut conn)).await }
         }))
         .await
     }
 
-    fn too_few(&self, errors: &[String]) -> anyhow::Error {
-        // One server (or one Sentinel-managed primary) is no Redlock.
-        if self.nodes.len() == 1 {
-            return unavailable(format!(
-                "the Redis server did not answer: {}",
-                errors.join("; ")
-            ));
-        }
-        unavailable(format!(
-            "only {} of {} Redis servers answered (a majority of {} is needed): {}",
-            self.nodes.len() - errors.len(),
-            self.nodes.len(),
-            self.quorum,
-            errors.join("; ")
-        ))
+    /// The error of a round in which `errors` kept us from a majority
+    /// (typed by what kept us: see [`errors::too_few`]).
+    fn too_few(&self, errors: &[anyhow::Error]) -> anyhow::Error {
+        let n = self.nodes.len();
+        errors::too_few(false, n, self.quorum, n - errors.len().min(n), errors)
     }
 
-    async fn release_on(
-        &self,
-        lease: &Lease,
-        mode: &str,
-        keep_ms: u64,
-    ) -> Vec<Result<Value, String>> {
+    async fn release_on(&self, lease: &Lease, mode: &str, keep_ms: u64) -> Vec<Result<Value>> {
         let k = keys(&lease.namespace, &lease.key);
         let script = if lease.shared {
             SHARED_RELEASE
@@ -303,6 +264,7 @@ impl RedisBackend {
             RELEASE
         };
         self.everywhere(
+            "RELEASE",
             &Script::new(script),
             &k.all(),
             &[lease.id.clone(), mode.to_string(), keep_ms.to_string()],
@@ -333,14 +295,12 @@ impl RedisBackend {
                 Ok::<_, redis::RedisError>(ps.into_on_message().map(move |m| (i, m)).boxed())
             };
             async move {
-                match tokio::time::timeout(self.op_timeout, sub).await {
-                    Ok(Ok(stream)) => Some(stream),
-                    Ok(Err(e)) => {
-                        tracing::debug!("cannot subscribe on {}: {e}", n.shown);
-                        None
-                    }
-                    Err(_) => {
-                        tracing::debug!("subscribing on {} timed out", n.shown);
+                match call(&n.shown, "SUBSCRIBE", self.op_timeout, sub).await {
+                    Ok(stream) => Some(stream),
+                    // Polling covers it (a full server included: a
+                    // subscription is a connection of its own).
+                    Err(e) => {
+                        tracing::debug!("cannot subscribe: {e:#}");
                         None
                     }
                 }
@@ -380,6 +340,7 @@ impl Backend for RedisBackend {
         };
         let results = self
             .everywhere(
+                "RENEW",
                 &Script::new(script),
                 &[&k.main, set, &k.limit],
                 &[lease.id.clone(), ttl.as_millis().to_string()],
@@ -399,7 +360,7 @@ impl Backend for RedisBackend {
         } else if gone > self.nodes.len() - self.quorum {
             Ok(Renewal::Lost)
         } else {
-            let errors: Vec<String> = results.into_iter().filter_map(|r| r.err()).collect();
+            let errors: Vec<anyhow::Error> = results.into_iter().filter_map(|r| r.err()).collect();
             Err(self.too_few(&errors))
         }
     }
@@ -411,7 +372,7 @@ impl Backend for RedisBackend {
             .filter(|r| matches!(r, Ok(Value::Int(1))))
             .count();
         if ok == 0 && results.iter().all(|r| r.is_err()) {
-            let errors: Vec<String> = results.into_iter().filter_map(|r| r.err()).collect();
+            let errors: Vec<anyhow::Error> = results.into_iter().filter_map(|r| r.err()).collect();
             return Err(self.too_few(&errors));
         }
         Ok(ok >= self.quorum)
@@ -431,7 +392,7 @@ impl Backend for RedisBackend {
     async fn force_release(&self, namespace: &str, key: &str) -> Result<u64> {
         let k = keys(namespace, key);
         let results = self
-            .everywhere(&Script::new(FORCE), &k.all(), &[], self.op_timeout)
+            .everywhere("FORCE", &Script::new(FORCE), &k.all(), &[], self.op_timeout)
             .await;
         let mut n = 0;
         let mut errors = Vec::new();
@@ -455,29 +416,39 @@ impl Backend for RedisBackend {
     async fn ping(&self) -> Result<PingInfo> {
         // Every server at once, each bounded: one that hangs must not hold
         // up (or hide) the others.
-        let versions = join_all(self.nodes.iter().map(|n| async move {
+        let answers = join_all(self.nodes.iter().map(|n| async move {
             let mut c = n.conn.clone();
-            let info = tokio::time::timeout(
+            let mut info = redis::cmd("INFO");
+            info.arg("server");
+            call(
+                &n.shown,
+                "INFO",
                 self.op_timeout,
-                redis::cmd("INFO")
-                    .arg("server")
-                    .query_async::<Value>(&mut c),
+                info.query_async::<Value>(&mut c),
             )
-            .await;
-            match info {
-                Ok(Ok(v)) => info_text(&v)
-                    .lines()
-                    .find_map(|l| l.strip_prefix("redis_version:"))
-                    .unwrap_or("?")
-                    .trim()
-                    .to_string(),
-                _ => "unreachable".to_string(),
-            }
+            .await
         }))
         .await;
-        if versions.iter().all(|v| v == "unreachable") {
-            let none = vec!["no answer to INFO".to_string(); self.nodes.len()];
-            return Err(self.too_few(&none));
+        let mut versions = Vec::new();
+        let mut errors = Vec::new();
+        for a in answers {
+            match a {
+                Ok(v) => versions.push(
+                    info_text(&v)
+                        .lines()
+                        .find_map(|l| l.strip_prefix("redis_version:"))
+                        .unwrap_or("?")
+                        .trim()
+                        .to_string(),
+                ),
+                Err(e) => {
+                    versions.push("unreachable".to_string());
+                    errors.push(e);
+                }
+            }
+        }
+        if errors.len() == self.nodes.len() {
+            return Err(self.too_few(&errors));
         }
         let kind = if self.redlock() { "redlock" } else { "redis" };
         Ok(PingInfo {
@@ -498,6 +469,7 @@ impl Backend for RedisBackend {
             let k = keys(&ns, &key);
             let _ = self
                 .everywhere(
+                    "LEAVE",
                     &Script::new(LEAVE),
                     &k.all(),
                     std::slice::from_ref(&self.waiting.id),
@@ -512,22 +484,24 @@ impl Backend for RedisBackend {
         let mut last = None;
         for n in &self.nodes {
             let mut c = n.conn.clone();
-            let t = tokio::time::timeout(
+            let time = redis::cmd("TIME");
+            match call(
+                &n.shown,
+                "TIME",
                 self.op_timeout,
-                redis::cmd("TIME").query_async::<(u64, u64)>(&mut c),
+                time.query_async::<(u64, u64)>(&mut c),
             )
-            .await;
-            match t {
-                Ok(Ok((secs, micros))) => {
+            .await
+            {
+                Ok((secs, micros)) => {
                     return Ok(Some(
                         UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros),
                     ));
                 }
-                Ok(Err(e)) => last = Some(e.to_string()),
-                Err(_) => last = Some(format!("{} did not answer TIME", n.shown)),
+                Err(e) => last = Some(e),
             }
         }
-        Err(anyhow::anyhow!(last.unwrap_or_default()))
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no Redis server")))
     }
 
     async fn doctor(&self, _ttl: Duration, timeout: Duration) -> Vec<crate::backend::probe::Check> {

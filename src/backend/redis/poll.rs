@@ -63,16 +63,16 @@ impl Poll for RedisBackend {
             },
         ];
         let results = self
-            .everywhere(&Script::new(ACQUIRE), &k.all(), &args, step)
+            .everywhere("ACQUIRE", &Script::new(ACQUIRE), &k.all(), &args, step)
             .await;
         // (token, slot) of each server that admitted us.
         let mut granted: Vec<(u64, u32)> = Vec::new();
         let mut busy: Vec<(String, Holder)> = Vec::new();
         let mut errors = Vec::new();
-        for r in &results {
+        for r in results {
             match r {
                 Ok(v) => {
-                    let s = strings(v);
+                    let s = strings(&v);
                     if s.first().map(String::as_str) == Some("1") {
                         let num = |i: usize| s.get(i).and_then(|t| t.parse::<u64>().ok());
                         let slot = num(2).unwrap_or(0).min(u64::from(u32::MAX)) as u32;
@@ -87,7 +87,7 @@ impl Poll for RedisBackend {
                         }
                     }
                 }
-                Err(e) => errors.push(e.clone()),
+                Err(e) => errors.push(e),
             }
         }
         let elapsed = granted_at.elapsed();
@@ -117,6 +117,7 @@ impl Poll for RedisBackend {
             let slot = semaphore.then(|| agreed_slot(&granted));
             let fenced = self
                 .everywhere(
+                    "FENCE",
                     &Script::new(FENCE),
                     &[
                         &k.main, &k.fence, &k.sem, &k.shared, &k.waiters, &k.queue, &k.qrec,
@@ -160,6 +161,7 @@ impl Poll for RedisBackend {
         let k = keys(&spec.namespace, &spec.key);
         let results = self
             .everywhere(
+                "BREAK_DEAD",
                 &Script::new(BREAK_DEAD),
                 &k.all(),
                 &ids,

@@ -7,10 +7,10 @@ use anyhow::Result;
 use redis::{AsyncCommands, Script, Value};
 
 use super::conn::Conn;
+use super::errors::{self, call};
 use super::scripts::INSPECT;
 use super::{RedisBackend, keys, waiter_entry};
 use crate::backend::{Holder, KeyStatus, kit};
-use crate::error::unavailable;
 
 impl RedisBackend {
     pub(super) async fn status_of(
@@ -33,14 +33,10 @@ impl RedisBackend {
                 // A Sentinel-managed node is scanned on its current primary.
                 let clients = match &n.conn {
                     Conn::Sentinel(sc) => {
-                        match tokio::time::timeout(self.op_timeout, sc.client()).await {
-                            Ok(Ok(c)) => vec![c],
-                            Ok(Err(e)) => {
-                                errors.push(format!("{}: {e}", n.shown));
-                                vec![]
-                            }
-                            Err(_) => {
-                                errors.push(format!("{}: the sentinels did not answer", n.shown));
+                        match call(&n.shown, "SENTINEL", self.op_timeout, sc.client()).await {
+                            Ok(c) => vec![c],
+                            Err(e) => {
+                                errors.push(e);
                                 vec![]
                             }
                         }
@@ -63,8 +59,8 @@ impl RedisBackend {
                     };
                     // Listing may take longer than one step: a few seconds
                     // per million keys.
-                    match tokio::time::timeout(self.op_timeout * 4, scan).await {
-                        Ok(Ok(found)) => {
+                    match call(&n.shown, "SCAN", self.op_timeout * 4, scan).await {
+                        Ok(found) => {
                             answered += 1;
                             for k in &found {
                                 // `NS:KEY` (held), or `{NS:KEY}:sem` (a
@@ -83,12 +79,7 @@ impl RedisBackend {
                                 }
                             }
                         }
-                        Ok(Err(e)) => errors.push(format!("{}: SCAN: {e}", n.shown)),
-                        Err(_) => errors.push(format!(
-                            "{}: SCAN: no answer within {}",
-                            n.shown,
-                            crate::human::human_duration(self.op_timeout * 4)
-                        )),
+                        Err(e) => errors.push(e),
                     }
                 }
             }
@@ -98,10 +89,10 @@ impl RedisBackend {
                 need = self.quorum;
             }
             if answered < need {
-                return Err(unavailable(format!(
-                    "cannot list the locks in namespace {namespace:?}: {}",
-                    errors.join("; ")
-                )));
+                let why = errors::too_few(false, answered + errors.len(), need, answered, &errors);
+                return Err(
+                    why.context(format!("cannot list the locks in namespace {namespace:?}"))
+                );
             }
             names.sort();
         }
@@ -120,7 +111,13 @@ impl RedisBackend {
     async fn key_status(&self, namespace: &str, name: String) -> Result<KeyStatus> {
         let k = keys(namespace, &name);
         let results = self
-            .everywhere(&Script::new(INSPECT), &k.all(), &[], self.op_timeout)
+            .everywhere(
+                "INSPECT",
+                &Script::new(INSPECT),
+                &k.all(),
+                &[],
+                self.op_timeout,
+            )
             .await;
         let mut seen: Vec<(String, Holder, usize)> = Vec::new();
         // (entry, ticket, waiter, servers that list it).
@@ -161,7 +158,7 @@ impl RedisBackend {
             }
         }
         if answered == 0 {
-            let errors: Vec<String> = results.into_iter().filter_map(|r| r.err()).collect();
+            let errors: Vec<anyhow::Error> = results.into_iter().filter_map(|r| r.err()).collect();
             return Err(self.too_few(&errors));
         }
         let holders: Vec<Holder> = seen
