@@ -35,6 +35,7 @@
 //! and of the attempts in flight; on PostgreSQL one per waiter, plus
 //! `SLOTS`.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -67,9 +68,7 @@ pub struct Place {
     /// Live waiters ahead of us in the key's line: only the first
     /// [`SLOTS`] in line take a slot, so the next in line is woken.
     ahead: AtomicUsize,
-    /// Whether we were first in the key's line (fair queues).
-    first: AtomicBool,
-    /// Whether we were in the key's line at all.
+    /// Whether we were in the key's line (fair queues).
     in_line: AtomicBool,
     /// No try for a wake-up connection before this.
     no_slot_until: Mutex<Option<Instant>>,
@@ -81,13 +80,13 @@ impl Place {
     /// the one just ahead of it, if we are in line.
     pub fn missed(&self, ahead: usize, place: Option<(&str, Option<&str>)>) {
         self.ahead.store(ahead, Ordering::Relaxed);
-        let first = place.is_some_and(|(_, before)| before.is_none());
-        self.first.store(first, Ordering::Relaxed);
         self.in_line.store(place.is_some(), Ordering::Relaxed);
     }
 
+    /// Whether we were first in the key's line: in it, no live waiter
+    /// ahead.
     pub fn first(&self) -> bool {
-        self.first.load(Ordering::Relaxed)
+        self.in_line.load(Ordering::Relaxed) && self.ahead.load(Ordering::Relaxed) == 0
     }
 
     /// Whether to try for a wake-up connection now.
@@ -100,15 +99,24 @@ impl Place {
                 .is_none_or(|t| Instant::now() >= t)
     }
 
-    /// A try for a wake-up connection failed (not: every slot was taken).
-    pub fn no_slot(&self) {
-        *self.no_slot_until.lock().unwrap() = Some(Instant::now() + NO_SLOT_FOR);
-    }
-
-    /// The time bound of a try for a wake-up connection, in a wait that
-    /// ends at `bound`.
-    pub fn try_bound(bound: Instant) -> Instant {
-        bound.min(Instant::now() + SLOT_TRY)
+    /// One try for a wake-up connection (`take`: open one and take a free
+    /// slot, `None` if every slot is taken), within the wait that ends at
+    /// `bound` and at most [`SLOT_TRY`]. One that fails (no connection to
+    /// spare: a crowd larger than the server's limit) or runs out of time
+    /// is not tried again for [`NO_SLOT_FOR`].
+    pub async fn try_slot<T, E>(
+        &self,
+        bound: Instant,
+        take: impl Future<Output = Result<Option<T>, E>>,
+    ) -> Option<T> {
+        let until = bound.min(Instant::now() + SLOT_TRY);
+        match tokio::time::timeout_at(until.into(), take).await {
+            Ok(Ok(got)) => got,
+            _ => {
+                *self.no_slot_until.lock().unwrap() = Some(Instant::now() + NO_SLOT_FOR);
+                None
+            }
+        }
     }
 
     /// The sleep of a waiter without a wake-up connection. In line, by its

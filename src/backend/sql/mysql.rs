@@ -444,13 +444,7 @@ impl Dialect for Mysql {
             let _ = tokio::time::timeout(self.timeout, old.conn.close()).await;
         }
         if w.is_none() && self.place.may_try() && self.slot_free(&name).await {
-            let until = crowd::Place::try_bound(bound);
-            match tokio::time::timeout_at(until.into(), self.take_slot(&name)).await {
-                Ok(Ok(Some(new))) => *w = Some(new),
-                Ok(Ok(None)) => {}
-                // No connection to spare, or none in time.
-                _ => self.place.no_slot(),
-            }
+            *w = self.place.try_slot(bound, self.take_slot(&name)).await;
         }
         let Some(waiter) = w.as_mut() else {
             drop(w);

@@ -395,18 +395,11 @@ impl Dialect for Postgres {
             old.close().await;
         }
         if l.is_none() && self.place.may_try() && self.slot_free(spec).await {
-            let until = crowd::Place::try_bound(bound);
-            match tokio::time::timeout_at(until.into(), self.listen(spec, &chan)).await {
-                Ok(Ok(Some(new))) => {
-                    *l = Some(new);
-                    // A release between our last attempt and LISTEN went
-                    // unheard: try again at once.
-                    return;
-                }
-                Ok(Ok(None)) => {}
-                // No connection to spare (a crowd larger than the server's
-                // limit), or none in time.
-                _ => self.place.no_slot(),
+            *l = self.place.try_slot(bound, self.listen(spec, &chan)).await;
+            if l.is_some() {
+                // A release between our last attempt and LISTEN went
+                // unheard: try again at once.
+                return;
             }
         }
         let Some(listener) = l.as_mut() else {
