@@ -314,3 +314,42 @@ fn sqlite_the_waiter_behind_a_killed_one_removes_its_line_file() {
         "stale line file"
     );
 }
+
+/// SQLite-only: a live holder in another PID namespace of this machine (a
+/// container sharing the database file) is never taken for dead. Its pid
+/// (1 or 2 inside) names another process here, or none, so only its lease
+/// frees the key: `--no-wait` contenders stay out while it runs, and get
+/// the key once it is done.
+#[test]
+fn sqlite_a_holder_in_another_pid_namespace_is_not_taken_for_dead() {
+    use common::*;
+    use std::time::Duration;
+    let env = Env::sqlite();
+    let ready = env.path("ns.ready");
+    let script = format!("echo go > {}; sleep 4", ready.display());
+    let c = env.cmd(&[
+        "run", "--ttl", "30s", "--key", "ns", "--", "sh", "-c", &script,
+    ]);
+    let mut u = std::process::Command::new("unshare");
+    u.args(["--pid", "--fork", "--kill-child"])
+        .arg(c.get_program())
+        .args(c.get_args());
+    for (k, v) in c.get_envs() {
+        match v {
+            Some(v) => u.env(k, v),
+            None => u.env_remove(k),
+        };
+    }
+    let mut h = Reaped(u.stdin(std::process::Stdio::null()).spawn().unwrap());
+    read_when_ready(&ready, Duration::from_secs(20));
+    for _ in 0..3 {
+        let out = env.run(&["run", "-n", "--key", "ns", "--", "true"]);
+        assert_eq!(code(&out), 75, "{}", stderr(&out));
+        let st = env.status_json(&["ns"]);
+        assert_ne!(st[0]["holders"][0]["dead"].as_bool(), Some(true), "{st}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(wait_timeout(&mut h.0, Duration::from_secs(20)), 0);
+    let out = env.run(&["run", "-n", "--key", "ns", "--", "true"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}
