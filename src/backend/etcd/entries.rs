@@ -135,6 +135,11 @@ impl Entry {
         }
     }
 
+    /// The `--limit` its record gives, if any.
+    pub(super) fn limit(&self) -> Option<u32> {
+        record_of(&self.kv)?.limit
+    }
+
     pub(super) fn holder(&self) -> Holder {
         Holder {
             shared: self.shared,
@@ -155,12 +160,7 @@ pub(super) fn modes(entries: &[Entry], limit: u32) -> Vec<kit::Mode> {
 
 /// A queue's `--limit`: its first exclusive dlock entry's (else 1).
 pub(super) fn queue_limit(entries: &[Entry]) -> u32 {
-    entries
-        .iter()
-        .filter(|e| !e.shared)
-        .find_map(|e| record_of(&e.kv)?.limit)
-        .unwrap_or(1)
-        .max(1)
+    kit::queue_limit(entries.iter().map(|e| (e.shared, e.limit())))
 }
 
 /// The holders of a queue, by the admission rule.

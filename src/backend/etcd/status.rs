@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime};
 use anyhow::Result;
 
 use super::EtcdBackend;
-use super::entries::{Entry, entry_in, holding, queue_limit, side_key};
-use crate::backend::{Holder, KeyStatus};
+use super::entries::{Entry, entry_in, holding, side_key};
+use crate::backend::{KeyStatus, kit};
 
 impl EtcdBackend {
     /// The state of the given keys, or of every held key of the namespace.
@@ -50,40 +50,22 @@ impl EtcdBackend {
         let mut c = self.client.clone();
         for (name, mut entries) in by_key {
             entries.sort_by_key(|e| e.kv.create_revision());
-            let limit = queue_limit(&entries);
             let n = holding(&entries).len();
-            let mut holders = Vec::new();
-            for e in &entries[..n] {
+            let mut read = Vec::new();
+            for (i, e) in entries.iter().enumerate() {
                 let mut h = e.holder();
-                if let Ok(Ok(t)) =
-                    tokio::time::timeout(self.timeout, c.lease_time_to_live(e.kv.lease(), None))
-                        .await
+                // A holder's lease as the server counts it down (etcd keeps
+                // no time of its own for a waiter: its record's SINCE).
+                let left = c.lease_time_to_live(e.kv.lease(), None);
+                if i < n
+                    && let Some(t) = kit::best_effort(self.timeout, left).await
                     && t.ttl() >= 0
                 {
                     h.expires_at = Some(SystemTime::now() + Duration::from_secs(t.ttl() as u64));
                 }
-                holders.push(h);
+                read.push(kit::Entry::new(h, e.limit().filter(|_| !e.shared)));
             }
-            // The line, in create-revision order: since when each waits
-            // (its record's SINCE; etcd keeps no time of its own, so a
-            // foreign client's entry has none), in which mode.
-            let queue: Vec<Holder> = entries[n..]
-                .iter()
-                .map(|e| Holder {
-                    token: None,
-                    slot: None,
-                    waiting: true,
-                    ..e.holder()
-                })
-                .collect();
-            out.push(KeyStatus {
-                key: name,
-                limit,
-                holders,
-                waiters: Some(queue.len() as u64),
-                queue,
-                unreadable: None,
-            });
+            out.push(kit::View::ordered(name, read).status());
         }
         Ok(out)
     }

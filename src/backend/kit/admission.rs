@@ -14,6 +14,14 @@ impl Mode {
         self == Mode::Shared
     }
 
+    /// The `--limit` of an exclusive mode (none for shared).
+    pub fn limit(self) -> Option<u32> {
+        match self {
+            Mode::Exclusive { limit } => Some(limit),
+            Mode::Shared => None,
+        }
+    }
+
     /// The word `status --json` uses.
     pub fn name(self) -> &'static str {
         match self {

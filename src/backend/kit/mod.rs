@@ -5,7 +5,8 @@
 //! - [`admission`]: the admission rule by mode and order;
 //! - [`record`]: the holder record and the liveness of the process it names;
 //! - [`poll`]: the polling engine (try, remove the dead, wait, try again);
-//! - [`queued`]: the queue entries a waiter has made, removed on its way out.
+//! - [`queued`]: the queue entries a waiter has made, removed on its way out;
+//! - [`view`]: a key's state as `status` shows it, from the entries read.
 //!
 //! Everything is re-exported here, so adapters say `kit::bounded`,
 //! `kit::Record`, `kit::admits`.
@@ -16,6 +17,7 @@ pub mod poll;
 pub mod queued;
 pub mod record;
 pub mod retry;
+pub mod view;
 
 pub use admission::*;
 pub use call::*;
@@ -23,3 +25,4 @@ pub use poll::*;
 pub use queued::*;
 pub use record::*;
 pub use retry::*;
+pub use view::{Entry, View, held_only, queue_limit};

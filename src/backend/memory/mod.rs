@@ -66,8 +66,6 @@ struct Key {
     /// expiry, a removal): a client waits until it differs from the one
     /// its last attempt saw. Keys are never dropped, so it never goes back.
     version: u64,
-    /// The `--limit` of the last exclusive request, for `status`.
-    limit: u32,
 }
 
 impl Key {
@@ -221,9 +219,6 @@ impl Poll for MemoryBackend {
         let k = st.keys.entry(n.clone()).or_default();
         if k.purge(now) {
             self.server.0.changed.notify_waiters();
-        }
-        if !spec.shared {
-            k.limit = spec.limit;
         }
         let mine = k.line.iter().position(|w| w.owner.id == me.id);
         // Ahead of us: the waiters with a lower ticket (all of them, if
@@ -454,24 +449,18 @@ impl Backend for MemoryBackend {
                 k.purge(now);
             }
             let Some(k) = st.keys.get(&n) else {
-                out.push(KeyStatus {
-                    key,
-                    limit: 1,
-                    holders: Vec::new(),
-                    waiters: Some(0),
-                    queue: Vec::new(),
-                    unreadable: None,
-                });
+                out.push(KeyStatus::free(key));
                 continue;
             };
-            out.push(KeyStatus {
-                key,
-                limit: k.limit.max(1),
-                holders: k.holders.iter().map(|h| st.holder(h, now)).collect(),
-                waiters: Some(k.line.len() as u64),
-                queue: k.line.iter().map(|w| st.waiter(w)).collect(),
-                unreadable: None,
-            });
+            let holders = k
+                .holders
+                .iter()
+                .map(|h| kit::Entry::new(st.holder(h, now), h.mode.limit()));
+            let queue = k
+                .line
+                .iter()
+                .map(|w| kit::Entry::new(st.waiter(w), w.mode.limit()));
+            out.push(kit::View::split(key, holders.collect(), queue.collect()).status());
         }
         Ok(out)
     }

@@ -101,7 +101,7 @@ impl RedisBackend {
             out.push(self.key_status(namespace, name).await?);
         }
         if keys_in.is_empty() {
-            out.retain(|k| !k.holders.is_empty());
+            kit::held_only(&mut out);
         }
         Ok(out)
     }
@@ -121,7 +121,7 @@ impl RedisBackend {
             .await;
         let mut seen: Vec<(String, Holder, usize)> = Vec::new();
         // (entry, ticket, waiter, servers that list it).
-        let mut line: Vec<(String, f64, Holder, usize)> = Vec::new();
+        let mut line: Vec<(String, f64, Holder, usize, Option<u32>)> = Vec::new();
         let mut answered = 0;
         let mut waiters = 0u64;
         let mut limit = None::<u32>;
@@ -141,12 +141,15 @@ impl RedisBackend {
                     Some(x) => x.3 += 1,
                     None => {
                         // An entry whose record is unreadable still waits.
-                        let w = waiter(&e[2]).unwrap_or_else(|| Holder {
-                            waiting: true,
-                            shared: e[0].starts_with("s|"),
-                            ..Holder::default()
+                        let (w, l) = waiter_of(&e[2]).unwrap_or_else(|| {
+                            let h = Holder {
+                                waiting: true,
+                                shared: e[0].starts_with("s|"),
+                                ..Holder::default()
+                            };
+                            (h, None)
                         });
-                        line.push((e[0].clone(), e[1].parse().unwrap_or(f64::MAX), w, 1));
+                        line.push((e[0].clone(), e[1].parse().unwrap_or(f64::MAX), w, 1, l));
                     }
                 }
             }
@@ -161,30 +164,28 @@ impl RedisBackend {
             let errors: Vec<anyhow::Error> = results.into_iter().filter_map(|r| r.err()).collect();
             return Err(self.too_few(&errors));
         }
-        let holders: Vec<Holder> = seen
+        // A semaphore's holders (those with a slot) took the --limit the
+        // servers keep beside them; a waiter's record gives its own.
+        let held = |h: Holder| {
+            let l = limit.filter(|_| !h.shared && h.slot.is_some());
+            kit::Entry::new(h, l)
+        };
+        let holders = seen
             .into_iter()
             .filter(|(_, _, c)| *c >= self.quorum)
-            .map(|(_, h, _)| h)
+            .map(|(_, h, _)| held(h))
             .collect();
         // First in line first: by ticket, then by entry, as the servers
         // order it.
         line.retain(|e| e.3 >= self.quorum);
         line.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
-        let exclusive = holders.iter().filter(|h| !h.shared).count();
-        Ok(KeyStatus {
-            key: name,
-            // The --limit the semaphore's holders (those with a slot) took;
-            // a mutex's is 1. An older dlock's semaphore records neither:
-            // its holders' count is the best guess.
-            limit: match limit {
-                Some(l) if holders.iter().any(|h| h.slot.is_some()) => l,
-                _ => exclusive.max(1) as u32,
-            },
-            holders,
-            waiters: Some(waiters),
-            queue: line.into_iter().map(|e| e.2).collect(),
-            unreadable: None,
-        })
+        let queue = line
+            .into_iter()
+            .map(|e| kit::Entry::new(e.2, e.4))
+            .collect();
+        Ok(kit::View::split(name, holders, queue)
+            .counted(Some(waiters))
+            .status())
     }
 }
 
@@ -248,11 +249,17 @@ pub(super) fn holders_from(triples: &[String]) -> Vec<(String, Holder)> {
 /// request) as a [`Holder`] that waits: since when, in which mode, and
 /// whether its process is known dead.
 pub(super) fn waiter(record: &str) -> Option<Holder> {
+    waiter_of(record).map(|(h, _)| h)
+}
+
+/// [`waiter`], with the `--limit` of an exclusive request.
+fn waiter_of(record: &str) -> Option<(Holder, Option<u32>)> {
     let r = kit::Record::parse(record, kit::NField::Limit)?;
+    let limit = r.limit.filter(|_| !r.shared);
     let mut h = r.holder(None, None);
     h.waiting = true;
     h.entry = Some(format!("q:{}", waiter_entry(&r.id, r.shared)));
-    Some(h)
+    Some((h, limit))
 }
 
 fn glob_escape(s: &str) -> String {

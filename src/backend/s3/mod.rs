@@ -415,15 +415,7 @@ impl Backend for S3Backend {
             if keys.is_empty() && o.holders.is_empty() {
                 continue;
             }
-            let queue = o.queue();
-            out.push(KeyStatus {
-                key: name,
-                limit: o.limit(),
-                holders: o.holders(),
-                waiters: Some(queue.len() as u64),
-                queue,
-                unreadable: None,
-            });
+            out.push(o.view(name).status());
         }
         Ok(out)
     }

@@ -123,6 +123,12 @@ impl Waiter {
             Mode::Exclusive { limit: 1 }
         }
     }
+
+    /// The `--limit` of an exclusive request, where its record gives it.
+    fn limit(&self) -> Option<u32> {
+        let r = Record::parse(self.rec.as_deref()?, NField::Limit)?;
+        r.limit.filter(|_| !r.shared && !self.shared)
+    }
 }
 
 impl Entry {
@@ -198,11 +204,6 @@ impl LockObject {
     pub fn prune_ended(&mut self, now: i64) {
         self.holders.retain(|h| h.exp > now);
         self.waiters.retain(|w| w.exp > now);
-    }
-
-    /// The line as `status` shows it, first in line first.
-    pub fn queue(&self) -> Vec<Holder> {
-        self.waiters.iter().map(Waiter::holder).collect()
     }
 
     /// The lowest semaphore slot no exclusive holder has: a mutex's holder
@@ -293,16 +294,20 @@ impl LockObject {
         self.waiters.len() != n
     }
 
-    /// `--limit` as `status` shows it: the holders' (1 for a mutex).
-    pub fn limit(&self) -> u32 {
-        self.holders
+    /// The key's state as `status` shows it ([`kit::View`]): the holders,
+    /// and the waiters in arrival order.
+    pub fn view(&self, key: String) -> kit::View {
+        let holders = self
+            .holders
             .iter()
-            .filter_map(|h| match h.mode() {
-                Mode::Exclusive { limit } => Some(limit),
-                Mode::Shared => None,
-            })
-            .max()
-            .unwrap_or(1)
+            .map(|h| kit::Entry::new(h.holder(), h.mode().limit()))
+            .collect();
+        let queue = self
+            .waiters
+            .iter()
+            .map(|w| kit::Entry::new(w.holder(), w.limit()))
+            .collect();
+        kit::View::split(key, holders, queue)
     }
 }
 
@@ -390,7 +395,7 @@ mod tests {
         s.holders.push(entry("x", Some(3), false, 1000));
         s.holders.push(entry("y", Some(3), false, 1000));
         assert!(s.admits(&spec(3, false), "w"));
-        assert_eq!(s.limit(), 3);
+        assert_eq!(s.view(String::new()).limit(), 3);
     }
 
     #[test]
@@ -439,7 +444,7 @@ mod tests {
         o.wait("w1", false, 1000, &who("w1", false));
         o.wait("w2", true, 1000, &who("w2", true));
         o.wait("w1", false, 2000, &who("w1-again", false));
-        let q = o.queue();
+        let q = o.view(String::new()).status().queue;
         assert_eq!(q.len(), 2);
         assert_eq!(q[0].owner.as_deref(), Some("ci"));
         assert_eq!(q[0].entry.as_deref(), Some("w1"), "renewed in place");
@@ -456,7 +461,7 @@ mod tests {
         let mut shown = o.clone();
         shown.prune_ended(1500);
         assert_eq!(shown.waiters.len(), 2);
-        assert!(shown.queue()[1].dead);
+        assert!(shown.view(String::new()).status().queue[1].dead);
         o.prune(1500);
         assert_eq!(o.waiters.len(), 1);
         // An object of the previous release: waiters without `rec`,
@@ -464,9 +469,10 @@ mod tests {
         let old = br#"{"dlock":1,"fence":3,"nonce":"x","holders":[{"rec":"dlock1|a|3|u|h|1|2","token":3,"exp":9}],"waiters":[{"id":"7-ab","shared":false,"exp":9,"live":[7,"B",1]}]}"#;
         let o = LockObject::parse(old).unwrap();
         assert_eq!(o.holders()[0].slot, None);
-        assert_eq!(o.limit(), 3);
-        assert_eq!(o.queue()[0].pid, Some(7));
-        assert_eq!(o.queue()[0].owner, None);
+        let st = o.view(String::new()).status();
+        assert_eq!(st.limit, 3);
+        assert_eq!(st.queue[0].pid, Some(7));
+        assert_eq!(st.queue[0].owner, None);
         assert_eq!(o.free_slot(), 0);
     }
 }

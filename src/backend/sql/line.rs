@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::kit::Mode;
+use super::kit::{self, Mode};
 use crate::backend::{Holder, KeyStatus, LockSpec, Waiting};
 
 /// How long a waiter row lasts without being renewed; a waiter renews it
@@ -115,26 +115,18 @@ impl WaiterRows {
     }
 }
 
-/// One key's status from its line: its live leases, and its waiters in
-/// line, first in line first. `limit` is the `--limit` the holders took
-/// (shown as none while they hold shared); `waiters` counts the waiter
-/// rows (older versions' too), and at least the line.
+/// One key's status from its line ([`kit::View`]); `waiters` counts the
+/// waiter rows (older versions' too).
 pub fn key_status(key: String, line: Line, waiters: Option<u64>) -> KeyStatus {
-    let limit = line
-        .leases
-        .iter()
-        .map(|e| e.lim.clamp(1, i64::from(u32::MAX)) as u32)
-        .max()
-        .unwrap_or(1);
-    let queue: Vec<Holder> = line.queue.into_iter().map(|e| e.holder).collect();
-    KeyStatus {
-        key,
-        limit,
-        holders: line.leases.into_iter().map(|e| e.holder).collect(),
-        waiters: waiters.map(|w| w.max(queue.len() as u64)),
-        queue,
-        unreadable: None,
-    }
+    let entry = |e: Entry| {
+        let limit = e.mode().limit();
+        kit::Entry::new(e.holder, limit)
+    };
+    let holders = line.leases.into_iter().map(entry).collect();
+    let queue = line.queue.into_iter().map(entry).collect();
+    kit::View::split(key, holders, queue)
+        .counted(waiters)
+        .status()
 }
 
 pub fn fnv64(parts: &[&str]) -> u64 {

@@ -9,7 +9,7 @@ use zookeeper_client as zk;
 use super::names::{Contender, contenders_of, seq_of};
 use super::node::holder_from;
 use super::slots::slots_dir;
-use super::{Holder, KeyStatus, Listing, ZkBackend, kit, unreadable};
+use super::{Holder, KeyStatus, Listing, ZkBackend, kit};
 use crate::error::Error;
 
 /// A contender's node as read: its holder (or waiter) and the `--limit`
@@ -38,60 +38,29 @@ impl ZkBackend {
         if gone {
             contenders = self.contenders(c, dir).await?;
         }
-        let mut read = self.read_all(c, dir, &contenders).await;
-        // The --limit given: the first exclusive dlock entry's (a foreign
-        // client's records none).
-        let limit = read
-            .iter()
-            .filter(|r| !r.shared)
-            .find_map(|r| r.limit)
-            .unwrap_or(1)
-            .max(1);
-        let modes: Vec<kit::Mode> = read
-            .iter()
-            .map(|r| {
-                if r.shared {
-                    kit::Mode::Shared
-                } else {
-                    kit::Mode::Exclusive { limit }
-                }
-            })
+        let read = self.read_all(c, dir, &contenders).await;
+        let names: Vec<String> = read.iter().map(|r| r.name.clone()).collect();
+        let entries = read
+            .into_iter()
+            .map(|r| kit::Entry::new(r.holder, r.limit.filter(|_| !r.shared)))
             .collect();
-        let n = kit::holding(&modes);
+        let mut view = kit::View::ordered(key, entries);
         // A semaphore holder whose record has no slot (a server TTL node's
         // record keeps none, for older readers): its claim says.
-        if limit > 1
-            && read[..n]
+        if view.limit() > 1
+            && view
+                .holders
                 .iter()
-                .any(|r| !r.shared && r.holder.slot.is_none())
+                .any(|e| !e.holder.shared && e.holder.slot.is_none())
         {
             let claims = self.claims_of(c, dir).await;
-            for r in read[..n].iter_mut().filter(|r| r.holder.slot.is_none()) {
-                r.holder.slot = claims.get(&r.name).copied();
+            for (e, name) in view.holders.iter_mut().zip(&names) {
+                if e.holder.slot.is_none() {
+                    e.holder.slot = claims.get(name).copied();
+                }
             }
         }
-        let mut holders: Vec<Holder> = read.into_iter().map(|r| r.holder).collect();
-        let queue: Vec<Holder> = holders
-            .split_off(n)
-            .into_iter()
-            .map(|h| Holder {
-                // Since it queued (its record's SINCE, else the node's
-                // ctime); a waiter has no token or lease yet.
-                token: None,
-                expires_at: None,
-                slot: None,
-                waiting: true,
-                ..h
-            })
-            .collect();
-        Ok(KeyStatus {
-            key,
-            limit,
-            holders,
-            waiters: Some(queue.len() as u64),
-            queue,
-            unreadable: None,
-        })
+        Ok(view.status())
     }
 
     /// Read the nodes of `contenders` (children of `dir`) at once, in
@@ -99,10 +68,7 @@ impl ZkBackend {
     async fn read_all(&self, c: &zk::Client, dir: &str, contenders: &[Contender]) -> Vec<Read> {
         let reads = contenders.iter().map(|ct| async move {
             let path = format!("{dir}/{}", ct.name);
-            let (data, stat) = tokio::time::timeout(self.timeout, c.get_data(&path))
-                .await
-                .ok()?
-                .ok()?;
+            let (data, stat) = kit::best_effort(self.timeout, c.get_data(&path)).await?;
             let (mut holder, limit) = holder_from(&data, &stat);
             holder.shared = ct.shared;
             Some(Read {
@@ -123,17 +89,14 @@ impl ZkBackend {
     /// the name of the node that made each; none where they cannot be read.
     async fn claims_of(&self, c: &zk::Client, dir: &str) -> HashMap<String, u32> {
         let sdir = slots_dir(dir);
-        let Ok(Ok(names)) = tokio::time::timeout(self.timeout, c.list_children(&sdir)).await else {
+        let Some(names) = kit::best_effort(self.timeout, c.list_children(&sdir)).await else {
             return HashMap::new();
         };
         let reads = names.into_iter().filter_map(|n| {
             let slot: u32 = n.parse().ok()?;
             let path = format!("{sdir}/{n}");
             Some(async move {
-                let (data, _) = tokio::time::timeout(self.timeout, c.get_data(&path))
-                    .await
-                    .ok()?
-                    .ok()?;
+                let (data, _) = kit::best_effort(self.timeout, c.get_data(&path)).await?;
                 Some((String::from_utf8_lossy(&data).into_owned(), slot))
             })
         });
@@ -195,7 +158,7 @@ impl ZkBackend {
                         self.key_status(c, k.clone(), &dir, contenders_of(names))
                             .await?
                     }
-                    Listing::Unreadable(why) => unreadable(k, why),
+                    Listing::Unreadable(why) => KeyStatus::unreadable(k.clone(), why),
                 });
             }
             return Ok(out);
@@ -227,7 +190,7 @@ impl ZkBackend {
                         out.push(st);
                     }
                 }
-                Listing::Unreadable(why) => out.push(unreadable(&k, why)),
+                Listing::Unreadable(why) => out.push(KeyStatus::unreadable(k, why)),
             }
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
