@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::{EtcdBackend, ec};
+use crate::backend::kit;
 use crate::backend::probe::{Check, Level};
 
 impl EtcdBackend {
@@ -13,8 +14,8 @@ impl EtcdBackend {
         // revoked at once).
         let asked = ttl.as_millis().div_ceil(1000).max(1) as i64;
         let mut c = self.client.clone();
-        if let Ok(Ok(g)) = tokio::time::timeout(timeout, c.lease_grant(asked, None)).await {
-            let _ = tokio::time::timeout(timeout, c.lease_revoke(g.id())).await;
+        if let Some(g) = kit::best_effort(timeout, c.lease_grant(asked, None)).await {
+            kit::best_effort(timeout, c.lease_revoke(g.id())).await;
             let granted = Duration::from_secs(g.ttl().max(0) as u64);
             out.push(if granted > ttl {
                 Check::new(
@@ -69,7 +70,7 @@ impl EtcdBackend {
             ));
         }
         let mut c = self.client.clone();
-        if let Ok(Ok(m)) = tokio::time::timeout(timeout, c.member_list()).await {
+        if let Some(m) = kit::best_effort(timeout, c.member_list()).await {
             let members = m.members().len();
             if members > self.listed.len() {
                 out.push(Check::new(

@@ -360,7 +360,7 @@ impl EtcdBackend {
             let mut h = e.holder();
             if e.may_have_side()
                 && let Some(side) = side_key(e.kv.key())
-                && let Ok(Ok(r)) = tokio::time::timeout(self.timeout, c.get(side, None)).await
+                && let Some(r) = kit::best_effort(self.timeout, c.get(side, None)).await
                 && let Some(kv) = r.kvs().first()
             {
                 h = Holder {
@@ -375,11 +375,11 @@ impl EtcdBackend {
 
     async fn give_up(&self, key: &str, lease: i64) {
         let mut c = self.client.clone();
-        let _ = tokio::time::timeout(self.timeout, c.delete(key, None)).await;
-        if matches!(
-            tokio::time::timeout(self.timeout, c.lease_revoke(lease)).await,
-            Ok(Ok(_))
-        ) {
+        kit::best_effort(self.timeout, c.delete(key, None)).await;
+        if kit::best_effort(self.timeout, c.lease_revoke(lease))
+            .await
+            .is_some()
+        {
             self.queued.resolved(&lease);
         }
     }
@@ -437,7 +437,7 @@ impl EtcdBackend {
         let mut c = self.client.clone();
         let r = self.bounded("delete a dead entry", c.txn(del)).await?;
         if r.succeeded && e.kv.lease() != 0 {
-            let _ = tokio::time::timeout(self.timeout, c.lease_revoke(e.kv.lease())).await;
+            kit::best_effort(self.timeout, c.lease_revoke(e.kv.lease())).await;
         }
         Ok(true)
     }
@@ -679,7 +679,7 @@ impl Backend for EtcdBackend {
         // and its key with it, so the waiters behind it are not held up.
         let mut c = self.client.clone();
         for lease in self.queued.take() {
-            let _ = tokio::time::timeout(self.timeout, c.lease_revoke(lease)).await;
+            kit::best_effort(self.timeout, c.lease_revoke(lease)).await;
         }
     }
 

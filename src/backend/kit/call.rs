@@ -66,6 +66,29 @@ pub async fn bounded<T, E: Display>(
     }
 }
 
+/// One call bounded by `timeout` whose error the caller looks at itself
+/// (ZooKeeper's "no node", a version that changed): the service's answer,
+/// error or not, or [`no_answer`] when none came in time.
+pub async fn answer<T, E>(
+    service: &str,
+    what: &str,
+    timeout: Duration,
+    f: impl Future<Output = Result<T, E>>,
+) -> anyhow::Result<Result<T, E>> {
+    tokio::time::timeout(timeout, f)
+        .await
+        .map_err(|_| no_answer(service, what, timeout))
+}
+
+/// A call whose failure changes nothing (a clean-up, an optional read),
+/// bounded by `timeout`: its result, or `None` on an error or no answer.
+pub async fn best_effort<T, E>(
+    timeout: Duration,
+    f: impl Future<Output = Result<T, E>>,
+) -> Option<T> {
+    tokio::time::timeout(timeout, f).await.ok()?.ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +117,14 @@ mod tests {
         .unwrap_err();
         assert_eq!(crate::error::retry_of(&e), crate::error::Retry::Outage);
         assert!(e.to_string().contains("no answer within 10ms"), "{e}");
+        let pending = std::future::pending::<Result<(), String>>;
+        let t = Duration::from_millis(10);
+        let e = answer("svc", "look", t, pending()).await.unwrap_err();
+        assert_eq!(crate::error::retry_of(&e), crate::error::Retry::Outage);
+        let kept = answer("svc", "look", t, async { Err::<(), _>("no node") }).await;
+        assert_eq!(kept.unwrap(), Err("no node"));
+        assert_eq!(best_effort(t, pending()).await, None);
+        assert_eq!(best_effort(t, async { Err::<(), _>("x") }).await, None);
+        assert_eq!(best_effort(t, async { Ok::<_, String>(3) }).await, Some(3));
     }
 }

@@ -155,8 +155,8 @@ pub async fn hang_up(pool: &PoolCell) {
         return;
     }
     // The last attempt's connection may be on its way back to the pool.
-    if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_millis(500), pool.acquire()).await {
-        let _ = tokio::time::timeout(Duration::from_secs(1), c.close()).await;
+    if let Some(c) = kit::best_effort(Duration::from_millis(500), pool.acquire()).await {
+        kit::best_effort(Duration::from_secs(1), c.close()).await;
     }
 }
 

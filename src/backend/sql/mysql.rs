@@ -323,10 +323,9 @@ impl Mysql {
         for s in Mysql::slots(wake) {
             q = q.bind(s);
         }
-        matches!(
-            tokio::time::timeout(self.timeout, q.fetch_one(pool)).await,
-            Ok(Ok(n)) if n > 0
-        )
+        kit::best_effort(self.timeout, q.fetch_one(pool))
+            .await
+            .is_some_and(|n| n > 0)
     }
 
     /// A connection of our own that holds a free slot of the key; `None`
@@ -358,10 +357,8 @@ impl Mysql {
         let q = sqlx::query("SELECT RELEASE_LOCK(?)")
             .bind(&w.slot)
             .execute(&mut w.conn);
-        match tokio::time::timeout(self.timeout, q).await {
-            Ok(Ok(_)) => Some((w.conn, w.line)),
-            _ => None,
-        }
+        kit::best_effort(self.timeout, q).await?;
+        Some((w.conn, w.line))
     }
 }
 
@@ -394,7 +391,7 @@ impl Dialect for Mysql {
         if kind != LeaseKind::Run || spec.limit != 1 || spec.shared {
             // Closing it lets go of our line lock: the next in line wakes.
             if let Some(c) = kept {
-                let _ = tokio::time::timeout(self.timeout, c.close()).await;
+                kit::best_effort(self.timeout, c.close()).await;
             }
             return;
         }
@@ -418,7 +415,7 @@ impl Dialect for Mysql {
             }
             Ok::<_, sqlx::Error>((got == Some(1)).then_some(c))
         };
-        if let Ok(Ok(Some(c))) = tokio::time::timeout(self.timeout, take).await {
+        if let Some(Some(c)) = kit::best_effort(self.timeout, take).await {
             self.held.lock().await.push((name, c));
         }
     }
@@ -433,7 +430,7 @@ impl Dialect for Mysql {
         let mut held = self.held.lock().await;
         if let Some(i) = held.iter().position(|(n, _)| *n == name) {
             let (_, c) = held.remove(i);
-            let _ = tokio::time::timeout(self.timeout, c.close()).await;
+            kit::best_effort(self.timeout, c.close()).await;
         }
     }
 
@@ -441,7 +438,7 @@ impl Dialect for Mysql {
         let name = self.wake_name(&spec.namespace, &spec.key);
         let mut w = self.waiter.lock().await;
         if let Some(old) = w.take_if(|o| o.wake != name) {
-            let _ = tokio::time::timeout(self.timeout, old.conn.close()).await;
+            kit::best_effort(self.timeout, old.conn.close()).await;
         }
         if w.is_none() && self.place.may_try() && self.slot_free(&name).await {
             *w = self.place.try_slot(bound, self.take_slot(&name)).await;

@@ -27,6 +27,7 @@ use tokio::sync::Mutex;
 
 use super::crowd::{self, SLOTS};
 use super::{BREAK_GRACE, Dialect, Names, Spelling, SqlBackend, Statements, channel_name, fnv64};
+use crate::backend::kit;
 use crate::backend::probe::{Check, Level};
 use crate::backend::{LeaseKind, LockSpec, redact_url};
 use crate::error::usage;
@@ -317,10 +318,9 @@ impl Postgres {
             .bind(i64::from(slot_class(spec)))
             .bind(i64::from(SLOTS))
             .fetch_one(pool);
-        matches!(
-            tokio::time::timeout(self.timeout, q).await,
-            Ok(Ok(n)) if n < i64::from(SLOTS)
-        )
+        kit::best_effort(self.timeout, q)
+            .await
+            .is_some_and(|n| n < i64::from(SLOTS))
     }
 
     /// A connection of our own that takes a free slot of the key and

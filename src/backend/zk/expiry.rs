@@ -17,14 +17,9 @@ impl ZkBackend {
     /// back unchanged). None if this client may not write it.
     pub(super) async fn server_now(&self, c: &zk::Client, dir: &str) -> Option<i64> {
         for _ in 0..3 {
-            let (data, stat) = tokio::time::timeout(self.timeout, c.get_data(dir))
-                .await
-                .ok()?
-                .ok()?;
-            match tokio::time::timeout(self.timeout, c.set_data(dir, &data, Some(stat.version)))
-                .await
-                .ok()?
-            {
+            let (data, stat) = kit::best_effort(self.timeout, c.get_data(dir)).await?;
+            let write = c.set_data(dir, &data, Some(stat.version));
+            match tokio::time::timeout(self.timeout, write).await.ok()? {
                 Ok(s) => return Some(s.mtime),
                 Err(zk::Error::BadVersion) => continue,
                 Err(e) => {
@@ -56,24 +51,20 @@ impl ZkBackend {
                 continue;
             }
             let path = format!("{dir}/{n}");
-            match tokio::time::timeout(self.timeout, c.get_data(&path)).await {
-                Ok(Ok((data, stat))) => match expiry_of(&data, &stat) {
+            match self
+                .answer(&format!("read {path}"), c.get_data(&path))
+                .await?
+            {
+                Ok((data, stat)) => match expiry_of(&data, &stat) {
                     Some(at) => expiring.push((path, at, stat.version)),
                     None => {
                         lasting.insert(n.to_string());
                     }
                 },
-                Ok(Err(zk::Error::NoNode)) => changed = true,
+                Err(zk::Error::NoNode) => changed = true,
                 // Not ours to judge (an ACL): leave it.
-                Ok(Err(_)) => {
-                    lasting.insert(n.to_string());
-                }
                 Err(_) => {
-                    return Err(kit::no_answer(
-                        &format!("ZooKeeper {}", self.shown),
-                        &format!("read {path}"),
-                        self.timeout,
-                    ));
+                    lasting.insert(n.to_string());
                 }
             }
         }
@@ -161,15 +152,11 @@ impl ZkBackend {
         data: &[u8],
     ) -> Result<Option<Instant>> {
         let t = Instant::now();
-        match tokio::time::timeout(self.timeout, c.set_data(path, data, None)).await {
-            Ok(Ok(_)) => Ok(Some(t)),
-            Ok(Err(zk::Error::NoNode)) => Ok(None),
-            Ok(Err(e)) => Err(zk_err(&self.shown, &format!("touch {path}"), e)),
-            Err(_) => Err(kit::no_answer(
-                &format!("ZooKeeper {}", self.shown),
-                &format!("touch {path}"),
-                self.timeout,
-            )),
+        let what = format!("touch {path}");
+        match self.answer(&what, c.set_data(path, data, None)).await? {
+            Ok(_) => Ok(Some(t)),
+            Err(zk::Error::NoNode) => Ok(None),
+            Err(e) => Err(zk_err(&self.shown, &what, e)),
         }
     }
 }

@@ -122,17 +122,6 @@ fn kind(e: &zk::Error) -> Kind {
     }
 }
 
-fn unreadable(key: &str, why: String) -> KeyStatus {
-    KeyStatus {
-        key: key.to_string(),
-        limit: 1,
-        holders: vec![],
-        waiters: None,
-        queue: vec![],
-        unreadable: Some(why),
-    }
-}
-
 fn zk_err(shown: &str, what: &str, e: zk::Error) -> anyhow::Error {
     kit::typed(kind(&e), format!("ZooKeeper {shown}: {what}: {e}"))
 }
@@ -287,20 +276,28 @@ impl ZkBackend {
         kit::bounded(&service, what, self.timeout, f, kind).await
     }
 
+    /// One call bounded by `--connect-timeout` whose ZooKeeper error the
+    /// caller looks at itself ([`kit::answer`]).
+    async fn answer<T>(
+        &self,
+        what: &str,
+        f: impl std::future::Future<Output = std::result::Result<T, zk::Error>>,
+    ) -> Result<std::result::Result<T, zk::Error>> {
+        let service = format!("ZooKeeper {}", self.shown);
+        kit::answer(&service, what, self.timeout, f).await
+    }
+
     /// The children of a node (none if it does not exist), or why this
     /// client may not list them (its ACL).
     async fn list(&self, c: &zk::Client, path: &str) -> Result<Listing> {
-        match tokio::time::timeout(self.timeout, c.list_children(path)).await {
-            Ok(Ok(n)) => Ok(Listing::Children(n)),
-            Ok(Err(zk::Error::NoNode)) => Ok(Listing::Children(vec![])),
-            Ok(Err(e @ (zk::Error::NoAuth | zk::Error::AuthFailed))) => Ok(Listing::Unreadable(
+        let what = format!("list {path}");
+        match self.answer(&what, c.list_children(path)).await? {
+            Ok(n) => Ok(Listing::Children(n)),
+            Err(zk::Error::NoNode) => Ok(Listing::Children(vec![])),
+            Err(e @ (zk::Error::NoAuth | zk::Error::AuthFailed)) => Ok(Listing::Unreadable(
                 format!("cannot list {path}: {e} (its ACL does not let this client read it)"),
             )),
-            Ok(Err(e)) => Err(zk_err(&self.shown, &format!("list {path}"), e)),
-            Err(_) => Err(unavailable(format!(
-                "ZooKeeper {}: list {path} timed out",
-                self.shown
-            ))),
+            Err(e) => Err(zk_err(&self.shown, &what, e)),
         }
     }
 
@@ -440,18 +437,12 @@ impl Backend for ZkBackend {
         };
         let what = format!("renew {path}");
         for _ in 0..5 {
-            let (data, stat) = match tokio::time::timeout(self.timeout, c.get_data(&path)).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(zk::Error::NoNode | zk::Error::SessionExpired)) => {
+            let (data, stat) = match self.answer(&what, c.get_data(&path)).await? {
+                Ok(r) => r,
+                Err(zk::Error::NoNode | zk::Error::SessionExpired) => {
                     return Ok(Renewal::Lost);
                 }
-                Ok(Err(e)) => return Err(zk_err(&self.shown, &what, e)),
-                Err(_) => {
-                    return Err(unavailable(format!(
-                        "ZooKeeper {}: renew timed out",
-                        self.shown
-                    )));
-                }
+                Err(e) => return Err(zk_err(&self.shown, &what, e)),
             };
             // A run's ephemeral node lives while the session does.
             if !outlives_session(&stat) {
@@ -480,26 +471,18 @@ impl Backend for ZkBackend {
                 }
                 _ => data.clone(),
             };
-            match tokio::time::timeout(self.timeout, c.set_data(&path, &new, Some(stat.version)))
-                .await
-            {
+            let write = c.set_data(&path, &new, Some(stat.version));
+            match self.answer(&what, write).await? {
                 // Written after its TTL ran out (nobody had deleted it
                 // yet): the lease had ended, so this is no renewal.
-                Ok(Ok(s)) if expiry.is_some_and(|at| s.mtime > at) => {
-                    let _ =
-                        tokio::time::timeout(self.timeout, c.delete(&path, Some(s.version))).await;
+                Ok(s) if expiry.is_some_and(|at| s.mtime > at) => {
+                    kit::best_effort(self.timeout, c.delete(&path, Some(s.version))).await;
                     return Ok(Renewal::Lost);
                 }
-                Ok(Ok(_)) => return Ok(Renewal::Renewed),
-                Ok(Err(zk::Error::NoNode)) => return Ok(Renewal::Lost),
-                Ok(Err(zk::Error::BadVersion)) => continue,
-                Ok(Err(e)) => return Err(zk_err(&self.shown, &what, e)),
-                Err(_) => {
-                    return Err(unavailable(format!(
-                        "ZooKeeper {}: renew timed out",
-                        self.shown
-                    )));
-                }
+                Ok(_) => return Ok(Renewal::Renewed),
+                Err(zk::Error::NoNode) => return Ok(Renewal::Lost),
+                Err(zk::Error::BadVersion) => continue,
+                Err(e) => return Err(zk_err(&self.shown, &what, e)),
             }
         }
         Err(unavailable(format!(
@@ -684,7 +667,7 @@ impl Backend for ZkBackend {
             if let Some(claim) = claims.remove(&k) {
                 self.unclaim(c, &p, &claim).await;
             }
-            let _ = tokio::time::timeout(self.timeout, c.delete(&p, None)).await;
+            kit::best_effort(self.timeout, c.delete(&p, None)).await;
         }
     }
 }

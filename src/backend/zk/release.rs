@@ -7,8 +7,7 @@ use anyhow::Result;
 use zookeeper_client as zk;
 
 use super::node::expiry_of;
-use super::{ZkBackend, zk_err};
-use crate::error::unavailable;
+use super::{ZkBackend, kit, zk_err};
 
 impl ZkBackend {
     /// Delete the queue nodes of attempts that were interrupted or failed:
@@ -49,23 +48,16 @@ impl ZkBackend {
     /// Release our node at `path` through the session `c`.
     pub(super) async fn release_on(&self, c: &zk::Client, path: &str) -> Result<bool> {
         let what = format!("release {path}");
-        let timed_out = || {
-            unavailable(format!(
-                "ZooKeeper {}: release {path} timed out",
-                self.shown
-            ))
-        };
         // A node already gone (broken with --force, session expired,
         // deleted when found expired) is a lease we no longer held: not an
         // error.
         let mut version = None;
         let mut ours = true;
         for _ in 0..5 {
-            let (data, stat) = match tokio::time::timeout(self.timeout, c.get_data(path)).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(zk::Error::NoNode)) => return Ok(false),
-                Ok(Err(e)) => return Err(zk_err(&self.shown, &what, e)),
-                Err(_) => return Err(timed_out()),
+            let (data, stat) = match self.answer(&what, c.get_data(path)).await? {
+                Ok(r) => r,
+                Err(zk::Error::NoNode) => return Ok(false),
+                Err(e) => return Err(zk_err(&self.shown, &what, e)),
             };
             let Some(at) = expiry_of(&data, &stat) else {
                 break;
@@ -73,25 +65,22 @@ impl ZkBackend {
             // A node that outlives its session may have expired without
             // anyone deleting it yet: judge on the server's clock, by
             // writing it (unchanged) and reading the write's time.
-            match tokio::time::timeout(self.timeout, c.set_data(path, &data, Some(stat.version)))
-                .await
-            {
-                Ok(Ok(s)) => {
+            let write = c.set_data(path, &data, Some(stat.version));
+            match self.answer(&what, write).await? {
+                Ok(s) => {
                     ours = s.mtime <= at;
                     version = Some(s.version);
                     break;
                 }
-                Ok(Err(zk::Error::NoNode)) => return Ok(false),
-                Ok(Err(zk::Error::BadVersion)) => continue,
-                Ok(Err(e)) => return Err(zk_err(&self.shown, &what, e)),
-                Err(_) => return Err(timed_out()),
+                Err(zk::Error::NoNode) => return Ok(false),
+                Err(zk::Error::BadVersion) => continue,
+                Err(e) => return Err(zk_err(&self.shown, &what, e)),
             }
         }
-        match tokio::time::timeout(self.timeout, c.delete(path, version)).await {
-            Ok(Ok(())) => Ok(ours),
-            Ok(Err(zk::Error::NoNode | zk::Error::BadVersion)) => Ok(false),
-            Ok(Err(e)) => Err(zk_err(&self.shown, &what, e)),
-            Err(_) => Err(timed_out()),
+        match self.answer(&what, c.delete(path, version)).await? {
+            Ok(()) => Ok(ours),
+            Err(zk::Error::NoNode | zk::Error::BadVersion) => Ok(false),
+            Err(e) => Err(zk_err(&self.shown, &what, e)),
         }
     }
 
@@ -126,10 +115,7 @@ impl ZkBackend {
                     c = c.with_auth("digest", a);
                 }
                 let one = format!("{h}{chroot}");
-                let c = tokio::time::timeout(self.timeout, c.connect(&one))
-                    .await
-                    .ok()?
-                    .ok()?;
+                let c = kit::best_effort(self.timeout, c.connect(&one)).await?;
                 match tokio::time::timeout(self.timeout, c.delete(path, None)).await {
                     Ok(Ok(()) | Err(zk::Error::NoNode)) => Some(()),
                     _ => None,

@@ -72,23 +72,22 @@ impl ZkBackend {
         let acls = self.acls();
         let opts = mode.with_acls(acls);
         'rounds: for _ in 0..ROUNDS {
-            let (claimed, stat) =
-                match tokio::time::timeout(self.timeout, c.get_children(&sdir)).await {
-                    Ok(Ok(v)) => v,
-                    Ok(Err(zk::Error::NoNode)) => {
-                        let parent = zk::CreateMode::Persistent.with_acls(acls);
-                        self.bounded(&format!("create {sdir}"), async {
-                            match c.mkdir(&sdir, &parent).await {
-                                Err(zk::Error::NodeExists) => Ok(()),
-                                r => r,
-                            }
-                        })
-                        .await?;
-                        continue;
-                    }
-                    Ok(Err(e)) => return Err(zk_err(&self.shown, &format!("list {sdir}"), e)),
-                    Err(_) => return Err(self.no_answer(&format!("list {sdir}"))),
-                };
+            let list = format!("list {sdir}");
+            let (claimed, stat) = match self.answer(&list, c.get_children(&sdir)).await? {
+                Ok(v) => v,
+                Err(zk::Error::NoNode) => {
+                    let parent = zk::CreateMode::Persistent.with_acls(acls);
+                    self.bounded(&format!("create {sdir}"), async {
+                        match c.mkdir(&sdir, &parent).await {
+                            Err(zk::Error::NodeExists) => Ok(()),
+                            r => r,
+                        }
+                    })
+                    .await?;
+                    continue;
+                }
+                Err(e) => return Err(zk_err(&self.shown, &list, e)),
+            };
             for s in 0..limit.max(1) {
                 let claim = format!("{sdir}/{s}");
                 let taken = claimed.iter().any(|n| *n == s.to_string());
@@ -126,23 +125,20 @@ impl ZkBackend {
     /// still exists. The owner's node was made before its claim, and is
     /// looked for after the claim was read, so a live owner's is seen.
     async fn claim_is_live(&self, c: &zk::Client, dir: &str, claim: &str) -> Result<bool> {
-        let owner = match tokio::time::timeout(self.timeout, c.get_data(claim)).await {
-            Ok(Ok((data, _))) => String::from_utf8_lossy(&data).into_owned(),
+        let read = format!("read {claim}");
+        let owner = match self.answer(&read, c.get_data(claim)).await? {
+            Ok((data, _)) => String::from_utf8_lossy(&data).into_owned(),
             // Gone since it was listed: free.
-            Ok(Err(zk::Error::NoNode)) => return Ok(false),
-            Ok(Err(e)) => return Err(zk_err(&self.shown, &format!("read {claim}"), e)),
-            Err(_) => return Err(self.no_answer(&format!("read {claim}"))),
+            Err(zk::Error::NoNode) => return Ok(false),
+            Err(e) => return Err(zk_err(&self.shown, &read, e)),
         };
         if owner.is_empty() || owner.contains('/') {
             // Not a claim of ours to judge: leave it be.
             return Ok(true);
         }
         let path = format!("{dir}/{owner}");
-        let stat = match tokio::time::timeout(self.timeout, c.check_stat(&path)).await {
-            Ok(Ok(stat)) => stat,
-            Ok(Err(e)) => return Err(zk_err(&self.shown, &format!("look for {path}"), e)),
-            Err(_) => return Err(self.no_answer(&format!("look for {path}"))),
-        };
+        let look = format!("look for {path}");
+        let stat = self.bounded(&look, c.check_stat(&path)).await?;
         match stat {
             None => Ok(false),
             // A node that outlives its session (a handle, a lapsing
@@ -156,11 +152,7 @@ impl ZkBackend {
                     return Ok(true);
                 }
                 // Deleted, or renewed meanwhile: look again.
-                match tokio::time::timeout(self.timeout, c.check_stat(&path)).await {
-                    Ok(Ok(stat)) => Ok(stat.is_some()),
-                    Ok(Err(e)) => Err(zk_err(&self.shown, &format!("look for {path}"), e)),
-                    Err(_) => Err(self.no_answer(&format!("look for {path}"))),
-                }
+                Ok(self.bounded(&look, c.check_stat(&path)).await?.is_some())
             }
             Some(_) => Ok(true),
         }
@@ -169,19 +161,19 @@ impl ZkBackend {
     /// Commit a claim whose last operation (index `last`) writes our
     /// record.
     async fn commit_claim(&self, mut m: zk::MultiWriter<'_>, last: usize) -> Result<Claim> {
-        match tokio::time::timeout(self.timeout, m.commit()).await {
-            Ok(Ok(_)) => Ok(Claim::Got),
-            Ok(Err(zk::MultiWriteError::OperationFailed {
+        let service = format!("ZooKeeper {}", self.shown);
+        match kit::answer(&service, "claim a slot", self.timeout, m.commit()).await? {
+            Ok(_) => Ok(Claim::Got),
+            Err(zk::MultiWriteError::OperationFailed {
                 index,
                 source: zk::Error::NoNode,
-            })) if index == last => Ok(Claim::Gone),
+            }) if index == last => Ok(Claim::Gone),
             // The directory's version moved, the claim went or came.
-            Ok(Err(zk::MultiWriteError::OperationFailed {
+            Err(zk::MultiWriteError::OperationFailed {
                 source: zk::Error::BadVersion | zk::Error::NoNode | zk::Error::NodeExists,
                 ..
-            })) => Ok(Claim::Again),
-            Ok(Err(e)) => Err(zk_err(&self.shown, "claim a slot", e.into())),
-            Err(_) => Err(self.no_answer("claim a slot")),
+            }) => Ok(Claim::Again),
+            Err(e) => Err(zk_err(&self.shown, "claim a slot", e.into())),
         }
     }
 
@@ -193,10 +185,6 @@ impl ZkBackend {
         if m.add_check_version(ours, -1).is_err() || m.add_delete(claim, None).is_err() {
             return;
         }
-        let _ = tokio::time::timeout(self.timeout, m.commit()).await;
-    }
-
-    fn no_answer(&self, what: &str) -> anyhow::Error {
-        kit::no_answer(&format!("ZooKeeper {}", self.shown), what, self.timeout)
+        kit::best_effort(self.timeout, m.commit()).await;
     }
 }

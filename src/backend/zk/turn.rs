@@ -76,8 +76,12 @@ impl queue::Turn for ZkTurn<'_> {
             return Ok(r.clone());
         }
         let path = format!("{}/{}", self.dir, ct.name);
-        match tokio::time::timeout(self.b.timeout, self.c.get_data(&path)).await {
-            Ok(Ok((data, stat))) => {
+        match self
+            .b
+            .answer(&format!("read {path}"), self.c.get_data(&path))
+            .await?
+        {
+            Ok((data, stat)) => {
                 // A node's liveness never changes (one that outlives its
                 // session has none): read once.
                 let r = record_of(&data, &stat);
@@ -90,12 +94,7 @@ impl queue::Turn for ZkTurn<'_> {
                 Ok(r)
             }
             // Gone, or not ours to read (an ACL).
-            Ok(Err(_)) => Ok(None),
-            Err(_) => Err(kit::no_answer(
-                &format!("ZooKeeper {}", self.b.shown),
-                &format!("read {path}"),
-                self.b.timeout,
-            )),
+            Err(_) => Ok(None),
         }
     }
 
@@ -104,15 +103,15 @@ impl queue::Turn for ZkTurn<'_> {
             return Ok(false);
         };
         let path = format!("{}/{}", self.dir, ct.name);
-        match tokio::time::timeout(self.b.timeout, self.c.delete(&path, Some(version))).await {
+        let what = format!("delete {path}");
+        match self
+            .b
+            .answer(&what, self.c.delete(&path, Some(version)))
+            .await?
+        {
             // Gone, or changed since it was read: look again.
-            Ok(Ok(()) | Err(zk::Error::NoNode | zk::Error::BadVersion)) => Ok(true),
-            Ok(Err(e)) => Err(zk_err(&self.b.shown, &format!("delete {path}"), e)),
-            Err(_) => Err(kit::no_answer(
-                &format!("ZooKeeper {}", self.b.shown),
-                &format!("delete {path}"),
-                self.b.timeout,
-            )),
+            Ok(()) | Err(zk::Error::NoNode | zk::Error::BadVersion) => Ok(true),
+            Err(e) => Err(zk_err(&self.b.shown, &what, e)),
         }
     }
 
