@@ -52,11 +52,7 @@ impl LockSpec {
 
     /// The mode the admission rule ([`kit::admits`]) reads.
     pub fn mode(&self) -> kit::Mode {
-        if self.shared {
-            kit::Mode::Shared
-        } else {
-            kit::Mode::Exclusive { limit: self.limit }
-        }
+        kit::Mode::of(self.shared, self.limit)
     }
 }
 

@@ -128,11 +128,7 @@ pub(super) struct Entry {
 
 impl Entry {
     pub(super) fn mode(&self, limit: u32) -> kit::Mode {
-        if self.shared {
-            kit::Mode::Shared
-        } else {
-            kit::Mode::Exclusive { limit }
-        }
+        kit::Mode::of(self.shared, limit)
     }
 
     /// The `--limit` its record gives, if any.

@@ -10,6 +10,15 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// A shared entry's mode, or an exclusive one's of `limit`.
+    pub fn of(shared: bool, limit: u32) -> Mode {
+        if shared {
+            Mode::Shared
+        } else {
+            Mode::Exclusive { limit }
+        }
+    }
+
     pub fn is_shared(self) -> bool {
         self == Mode::Shared
     }

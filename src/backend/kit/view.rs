@@ -28,11 +28,7 @@ impl Entry {
 
     /// Its mode in a queue admitted by `limit` ([`queue_limit`]).
     pub fn mode(&self, limit: u32) -> Mode {
-        if self.holder.shared {
-            Mode::Shared
-        } else {
-            Mode::Exclusive { limit }
-        }
+        Mode::of(self.holder.shared, limit)
     }
 }
 

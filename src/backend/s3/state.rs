@@ -117,11 +117,7 @@ impl Waiter {
     }
 
     fn mode(&self) -> Mode {
-        if self.shared {
-            Mode::Shared
-        } else {
-            Mode::Exclusive { limit: 1 }
-        }
+        Mode::of(self.shared, 1)
     }
 
     /// The `--limit` of an exclusive request, where its record gives it.

@@ -57,11 +57,7 @@ impl Contender {
     /// Its mode for the admission rule; an exclusive entry's limit is
     /// `limit` (the rule reads only our own).
     pub(super) fn mode(&self, limit: u32) -> kit::Mode {
-        if self.shared {
-            kit::Mode::Shared
-        } else {
-            kit::Mode::Exclusive { limit }
-        }
+        kit::Mode::of(self.shared, limit)
     }
 }
 
