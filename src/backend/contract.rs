@@ -193,6 +193,28 @@ pub struct PingInfo {
     pub detail: String,
 }
 
+/// What a backend can do beyond the core of the contract, as data: read
+/// where it matters (the decorator, `elect`), declared once per backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Takes shared locks (`--shared`); the decorator refuses them with a
+    /// clear message where it does not.
+    pub shares: bool,
+    /// Keeps a leader's published value apart from its holder record
+    /// ([`Owner::value`]; etcd: as the key's value, the layout of
+    /// `concurrency.Election`). Where it does not, `elect` puts the value
+    /// in the owner field ([`user_with_value`]).
+    pub keeps_values: bool,
+}
+
+impl Capabilities {
+    /// Exclusive and shared locks, values in the owner field.
+    pub const SHARES: Capabilities = Capabilities {
+        shares: true,
+        keeps_values: false,
+    };
+}
+
 #[async_trait]
 pub trait Backend: Send + Sync {
     /// The backend's URL with any password removed, for messages.
@@ -263,18 +285,9 @@ pub trait Backend: Send + Sync {
         Vec::new()
     }
 
-    /// Whether this backend takes shared locks (`--shared`); the
-    /// decorator refuses them with a clear message where it does not.
-    fn shares(&self) -> bool {
-        false
-    }
-
-    /// Whether this backend keeps a leader's published value apart from
-    /// its holder record ([`Owner::value`]; etcd: as the key's value, the
-    /// layout of `concurrency.Election`). Where it does not, `elect` puts
-    /// the value in the owner field ([`user_with_value`]).
-    fn keeps_values(&self) -> bool {
-        false
+    /// What this backend can do beyond the core of the contract.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
     }
 
     /// Close connections cleanly before the process exits.

@@ -44,7 +44,7 @@ impl Backend for Typed {
         me: &Owner,
         deadline: Option<Instant>,
     ) -> Result<Attempt> {
-        if spec.shared && !self.0.shares() {
+        if spec.shared && !self.0.capabilities().shares {
             return Err(crate::error::usage(format!(
                 "{}: this backend does not take shared locks (--shared)",
                 self.0.describe()
@@ -53,12 +53,8 @@ impl Backend for Typed {
         self.typed(self.0.acquire(spec, me, deadline).await)
     }
 
-    fn shares(&self) -> bool {
-        self.0.shares()
-    }
-
-    fn keeps_values(&self) -> bool {
-        self.0.keeps_values()
+    fn capabilities(&self) -> super::Capabilities {
+        self.0.capabilities()
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Renewal> {

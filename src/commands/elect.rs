@@ -6,7 +6,7 @@
 //! A term is a `run` lease, and its fencing token, which rises with every
 //! acquisition on every backend, is the term number. The one thing a backend
 //! may do for elections is keep the candidate's value apart from dlock's
-//! holder record (`Backend::keeps_values`): etcd stores it bare, as Go's
+//! holder record (`Capabilities::keeps_values`): etcd stores it bare, as Go's
 //! `concurrency.Election` does; the others carry it in the owner field.
 
 use std::time::{Duration, Instant, SystemTime};
@@ -363,7 +363,7 @@ async fn campaign(
     };
     lock.ttl = ttl;
     let mut me = owner(LeaseKind::Run)?;
-    if backend.keeps_values() {
+    if backend.capabilities().keeps_values {
         me.value = Some(value.to_string());
     } else if explicit {
         me.user = user_with_value(&me.user, value);

@@ -477,12 +477,11 @@ impl Backend for EtcdBackend {
         self.shown.clone()
     }
 
-    fn shares(&self) -> bool {
-        true
-    }
-
-    fn keeps_values(&self) -> bool {
-        true
+    fn capabilities(&self) -> super::Capabilities {
+        super::Capabilities {
+            shares: true,
+            keeps_values: true,
+        }
     }
 
     async fn acquire(

@@ -377,8 +377,8 @@ impl Backend for MemoryBackend {
         Some(self)
     }
 
-    fn shares(&self) -> bool {
-        true
+    fn capabilities(&self) -> super::Capabilities {
+        super::Capabilities::SHARES
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Renewal> {

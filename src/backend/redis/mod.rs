@@ -327,8 +327,8 @@ impl Backend for RedisBackend {
         Some(self)
     }
 
-    fn shares(&self) -> bool {
-        true
+    fn capabilities(&self) -> super::Capabilities {
+        super::Capabilities::SHARES
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Renewal> {

@@ -461,8 +461,8 @@ impl<P: Link> Backend for SqlBackend<P> {
         self.d.doctor(self).await
     }
 
-    fn shares(&self) -> bool {
-        true
+    fn capabilities(&self) -> super::Capabilities {
+        super::Capabilities::SHARES
     }
 
     async fn server_time(&self) -> Result<Option<SystemTime>> {

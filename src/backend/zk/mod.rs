@@ -342,8 +342,8 @@ impl Backend for ZkBackend {
         self.shown.clone()
     }
 
-    fn shares(&self) -> bool {
-        true
+    fn capabilities(&self) -> super::Capabilities {
+        super::Capabilities::SHARES
     }
 
     async fn effective_ttl(&self, ttl: Duration) -> Result<Duration> {
