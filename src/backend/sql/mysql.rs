@@ -206,7 +206,16 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend> {
     let sep = if url.contains('?') { '&' } else { '?' };
     let url = format!("{url}{sep}timezone=%2B00:00");
     let opts = MySqlConnectOptions::from_str(&url)
-        .map_err(|e| usage(format!("bad MySQL URL {shown}: {e}")))?;
+        .map_err(|e| usage(format!("bad MySQL URL {shown}: {e}")))?
+        // The connections of our own (a slot, the wake-up lock) only take
+        // and let go of named locks, whose names are ASCII: sqlx's
+        // session settings (sql_mode, time zone, NAMES) change nothing
+        // there, and cost a round trip per connection, one of them between
+        // an uncontended holder's commit and its command's start.
+        .pipes_as_concat(false)
+        .no_engine_substitution(false)
+        .timezone(None)
+        .set_names(false);
     let db = opts.get_database().unwrap_or_default().to_string();
     let pool = Arc::new(OnceLock::new());
     let d = Mysql {
@@ -349,17 +358,6 @@ impl Mysql {
         let _ = conn.close().await;
         Ok(None)
     }
-
-    /// Our waiter connection, freed of its slot, if we have one, and the
-    /// line lock it still holds.
-    async fn leave_slot(&self) -> Option<(MySqlConnection, Option<String>)> {
-        let mut w = self.waiter.lock().await.take()?;
-        let q = sqlx::query("SELECT RELEASE_LOCK(?)")
-            .bind(&w.slot)
-            .execute(&mut w.conn);
-        kit::best_effort(self.timeout, q).await?;
-        Some((w.conn, w.line))
-    }
 }
 
 #[async_trait]
@@ -382,38 +380,41 @@ impl Dialect for Mysql {
     async fn taken(&self, spec: &LockSpec, kind: LeaseKind) {
         self.poll.reset();
         self.backoff.reset();
-        // Our slot goes to the next waiter; our connection, if we had one,
-        // to the wake-up lock.
-        let (kept, line) = match self.leave_slot().await {
-            Some((c, line)) => (Some(c), line),
-            None => (None, None),
-        };
+        // Our waiter connection, if we had one: its slot goes to the next
+        // waiter, the connection to the wake-up lock.
+        let kept = self.waiter.lock().await.take();
         if kind != LeaseKind::Run || spec.limit != 1 || spec.shared {
-            // Closing it lets go of our line lock: the next in line wakes.
-            if let Some(c) = kept {
-                kit::best_effort(self.timeout, c.close()).await;
+            // Closing it lets go of our slot and our line lock: the next in
+            // line wakes.
+            if let Some(w) = kept {
+                kit::best_effort(self.timeout, w.conn.close()).await;
             }
             return;
         }
         let name = self.wake_name(&spec.namespace, &spec.key);
         let take = async {
-            let mut c = match kept {
-                Some(c) => c,
-                None => MySqlConnection::connect_with(&self.opts).await?,
+            let (mut c, slot, line) = match kept {
+                Some(w) => (w.conn, Some(w.slot), w.line),
+                None => (MySqlConnection::connect_with(&self.opts).await?, None, None),
             };
-            let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, 0.2)")
-                .bind(&name)
-                .fetch_one(&mut c)
-                .await?;
-            // Only now the next in line, blocked on our line lock, wakes:
-            // it then finds the wake-up lock held, and blocks on it.
-            if let Some(line) = &line {
-                sqlx::query("SELECT RELEASE_LOCK(?)")
-                    .bind(line)
-                    .execute(&mut c)
-                    .await?;
-            }
-            Ok::<_, sqlx::Error>((got == Some(1)).then_some(c))
+            // One round trip between our commit and our command's start
+            // (there were three): take the wake-up lock, and only then let
+            // go of our line lock, so that the next in line, blocked on it,
+            // wakes to find the wake-up lock held and blocks on that; and
+            // of our slot. IF evaluates its condition first, and each
+            // release is part of the value, so none is optimised away.
+            let got: Option<i64> = sqlx::query_scalar(
+                "SELECT CAST(IF(GET_LOCK(?, 0.2) = 1,
+                    10 + COALESCE(RELEASE_LOCK(?), 0) + 2 * COALESCE(RELEASE_LOCK(?), 0), 0)
+                    AS SIGNED)",
+            )
+            .bind(&name)
+            .bind(line)
+            .bind(slot)
+            .fetch_one(&mut c)
+            .await?;
+            // Not taken: dropping the connection lets go of the rest.
+            Ok::<_, sqlx::Error>((got >= Some(10)).then_some(c))
         };
         if let Some(Some(c)) = kit::best_effort(self.timeout, take).await {
             self.held.lock().await.push((name, c));
@@ -493,33 +494,52 @@ impl Dialect for Mysql {
                     *held = mine.clone();
                 }
             }
-            let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
-                .bind(&target)
-                .bind(secs)
-                .fetch_one(&mut *c)
-                .await?;
-            if got == Some(1) {
-                sqlx::query("SELECT RELEASE_LOCK(?)")
-                    .bind(&target)
-                    .execute(&mut *c)
-                    .await?;
-            }
-            Ok::<_, sqlx::Error>(())
+            // One round trip: whether someone held the lock as we asked
+            // for it (only then is a grant a hand-off: judged by the time
+            // it took, a holder whose command ran under 2 ms looked like
+            // none, and its waiter slept 5-20 ms before its attempt), the
+            // blocking GET_LOCK, and if granted its release (we only wait
+            // to be woken). IF evaluates its condition, then one branch.
+            let got: Option<i64> = sqlx::query_scalar(
+                "SELECT CAST(IF(IS_USED_LOCK(?) IS NULL,
+                    IF(GET_LOCK(?, ?) = 1, 10 + COALESCE(RELEASE_LOCK(?), 0), 0),
+                    IF(GET_LOCK(?, ?) = 1, 30 + COALESCE(RELEASE_LOCK(?), 0), 20)) AS SIGNED)",
+            )
+            .bind(&target)
+            .bind(&target)
+            .bind(secs)
+            .bind(&target)
+            .bind(&target)
+            .bind(secs)
+            .bind(&target)
+            .fetch_one(&mut *c)
+            .await?;
+            Ok::<_, sqlx::Error>(got >= Some(20))
         };
-        match tokio::time::timeout_at((bound + Duration::from_millis(500)).into(), wait).await {
-            Ok(Ok(())) => {}
+        let was_held = match tokio::time::timeout_at(
+            (bound + Duration::from_millis(500)).into(),
+            wait,
+        )
+        .await
+        {
+            Ok(Ok(was_held)) => was_held,
             // A connection stuck in GET_LOCK or broken is dropped, and its
             // slot with it; the next wait looks for one again.
-            _ => *w = None,
-        }
+            _ => {
+                *w = None;
+                false
+            }
+        };
         drop(w);
-        if started.elapsed() < Duration::from_millis(2) && behind {
-            // Granted at once: the one ahead holds no line lock (it has no
-            // slot, or has just left): look by our place.
+        let at_once = !was_held && started.elapsed() < Duration::from_millis(2);
+        if at_once && behind {
+            // Granted at once, nobody holding it: the one ahead holds no
+            // line lock (it has no slot, or has just left): look by our
+            // place.
             self.place.sleep(&self.backoff, bound).await;
-        } else if started.elapsed() < Duration::from_millis(2) {
-            // Granted at once: nobody holds the wake-up lock (a handle's
-            // lease, or a holder that lost it). Poll.
+        } else if at_once {
+            // Granted at once, nobody holding it: nobody holds the wake-up
+            // lock (a handle's lease, or a holder that lost it). Poll.
             tokio::time::sleep_until(bound.min(Instant::now() + self.poll.next()).into()).await;
         } else {
             self.poll.reset();
