@@ -50,6 +50,22 @@ impl LockSpec {
         (!self.shared && self.limit <= 1).then_some(0)
     }
 
+    /// The lease this spec's key was granted: `token` and the holder's `id`
+    /// as the backend stores them, the request sent at `granted_at`, and
+    /// the semaphore slot the backend chose (else [`LockSpec::fixed_slot`]).
+    pub fn lease(&self, token: u64, id: String, granted_at: Instant, slot: Option<u32>) -> Lease {
+        Lease {
+            namespace: self.namespace.clone(),
+            key: self.key.clone(),
+            token,
+            id,
+            ttl: self.ttl,
+            granted_at,
+            shared: self.shared,
+            slot: slot.or(self.fixed_slot()),
+        }
+    }
+
     /// The mode the admission rule ([`kit::admits`]) reads.
     pub fn mode(&self) -> kit::Mode {
         kit::Mode::of(self.shared, self.limit)

@@ -116,21 +116,14 @@ impl queue::Turn for EtcdTurn<'_> {
             };
             slot = self.b.claim_slot(&self.prefix, spec.limit, &me).await?;
         }
-        Ok(Lease {
-            namespace: spec.namespace.clone(),
-            key: spec.key.clone(),
-            token: entries[ours].kv.create_revision() as u64,
-            // The handle carries the lease id: it names our key.
-            id: if self.me.kind == LeaseKind::Handle {
-                format!("{lease:x}")
-            } else {
-                self.me.id.clone()
-            },
-            ttl: spec.ttl,
-            granted_at: self.alive_since,
-            shared: spec.shared,
-            slot,
-        })
+        // The handle carries the lease id: it names our key.
+        let id = if self.me.kind == LeaseKind::Handle {
+            format!("{lease:x}")
+        } else {
+            self.me.id.clone()
+        };
+        let token = entries[ours].kv.create_revision() as u64;
+        Ok(spec.lease(token, id, self.alive_since, slot))
     }
 
     async fn give_up(&mut self, holding: &[Entry]) -> Result<Vec<Holder>> {

@@ -257,16 +257,8 @@ impl Poll for MemoryBackend {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&(n, me.id.clone()));
-            return Ok(Attempt::Acquired(Lease {
-                namespace: spec.namespace.clone(),
-                key: spec.key.clone(),
-                token,
-                id: me.id.clone(),
-                ttl: spec.ttl,
-                granted_at: now.into_std(),
-                shared: spec.shared,
-                slot,
-            }));
+            let lease = spec.lease(token, me.id.clone(), now.into_std(), slot);
+            return Ok(Attempt::Acquired(lease));
         }
         if join {
             match mine {

@@ -11,7 +11,7 @@ use redis::{Script, Value};
 use super::scripts::{ACQUIRE, BREAK_DEAD, FENCE};
 use super::status::{holders_from, strings};
 use super::{RedisBackend, clean, keys, waiter_entry};
-use crate::backend::{Attempt, Holder, Lease, LockSpec, Owner, Poll, kit};
+use crate::backend::{Attempt, Holder, LockSpec, Owner, Poll, kit};
 
 /// How long a waiter's place in line lasts without being renewed: every
 /// attempt renews it, and a waiter tries at least every 250 ms.
@@ -93,15 +93,9 @@ impl Poll for RedisBackend {
         let elapsed = granted_at.elapsed();
         let drift = spec.ttl / 100 + Duration::from_millis(2);
         let valid = spec.ttl.saturating_sub(elapsed + drift);
-        let lease = |token, slot: Option<u32>| Lease {
-            namespace: spec.namespace.clone(),
-            key: spec.key.clone(),
-            token,
-            id: me.id.clone(),
-            ttl: spec.ttl,
-            granted_at,
-            shared: spec.shared,
-            slot: if semaphore { slot } else { spec.fixed_slot() },
+        let lease = |token, slot: Option<u32>| {
+            let slot = slot.filter(|_| semaphore);
+            spec.lease(token, me.id.clone(), granted_at, slot)
         };
         if granted.len() >= self.quorum && !valid.is_zero() {
             if !self.redlock() {

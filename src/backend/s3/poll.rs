@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use super::kit::{self, NField, Record};
 use super::state::Entry;
 use super::{S3Backend, Step, clean, ms};
-use crate::backend::{Attempt, Holder, Lease, LockSpec, Owner, Poll};
+use crate::backend::{Attempt, Holder, LockSpec, Owner, Poll};
 use crate::error::Retry;
 
 /// How long a waiter's entry lasts unless renewed (every third of it):
@@ -155,16 +155,13 @@ impl Poll for S3Backend {
             Ok((token, slot)) => {
                 self.waiting.done(ns, key);
                 self.polling.lock().unwrap().interval = Duration::from_millis(10);
-                Ok(Attempt::Acquired(Lease {
-                    namespace: spec.namespace.clone(),
-                    key: spec.key.clone(),
+                let slot = spec.fixed_slot().or(slot);
+                Ok(Attempt::Acquired(spec.lease(
                     token,
-                    id: me.id.clone(),
-                    ttl: spec.ttl,
+                    me.id.clone(),
                     granted_at,
-                    shared: spec.shared,
-                    slot: spec.fixed_slot().or(slot),
-                }))
+                    slot,
+                )))
             }
             Err(holders) => {
                 if joining.is_some() && !due {

@@ -24,7 +24,7 @@ use super::{
     Args, BREAK_GRACE, Entry, Line, Link, SqlBackend, epoch_micros, kit, lim_of, slot_in, us,
     waiter_dead, with_slot,
 };
-use crate::backend::{Attempt, Holder, Lease, LockSpec, Owner};
+use crate::backend::{Attempt, Holder, LockSpec, Owner};
 
 /// A busy attempt.
 pub(super) struct Busy {
@@ -297,16 +297,7 @@ impl<P: Link> SqlBackend<P> {
             Ok((token, id, slot)) => {
                 self.waiting.done(ns, key);
                 self.d.taken(spec, me.kind).await;
-                let lease = Lease {
-                    namespace: ns.clone(),
-                    key: key.clone(),
-                    token: token as u64,
-                    id,
-                    ttl: spec.ttl,
-                    granted_at,
-                    shared: spec.shared,
-                    slot: slot.or(spec.fixed_slot()),
-                };
+                let lease = spec.lease(token as u64, id, granted_at, slot);
                 Ok((Attempt::Acquired(lease), None))
             }
             Err(busy) => {

@@ -160,14 +160,8 @@ impl queue::Turn for ZkTurn<'_> {
             (self.c.session_timeout().min(spec.ttl), self.checked)
         };
         Ok(Lease {
-            namespace: spec.namespace.clone(),
-            key: spec.key.clone(),
-            token: self.token,
-            id: self.me.id.clone(),
             ttl,
-            granted_at,
-            shared: spec.shared,
-            slot,
+            ..spec.lease(self.token, self.me.id.clone(), granted_at, slot)
         })
     }
 
