@@ -85,6 +85,14 @@ pub fn blocker(mode: Mode, ahead: &[Mode]) -> Option<usize> {
     }
 }
 
+/// The semaphore slot a new holder takes: the lowest that none of `used`
+/// (the slots of the live exclusive holders) is. Below the `--limit` of a
+/// request [`admits`] lets in, since fewer than that many hold.
+pub fn lowest_free_slot(used: impl IntoIterator<Item = u32>) -> u32 {
+    let used: Vec<u32> = used.into_iter().collect();
+    (0..).find(|s| !used.contains(s)).unwrap_or(0)
+}
+
 /// On a queue whose entries are `modes`, in queue order: how many lead it
 /// as holders, each admitted by [`admits`] given the entries before it (the
 /// rest wait; once one waits, every entry after it waits too).
@@ -123,5 +131,8 @@ mod tests {
         assert_eq!(holding(&[x, Shared, Shared]), 1);
         assert_eq!(holding(&[sem, sem, sem, sem]), 3);
         assert_eq!(holding(&[Shared, Shared, Shared]), 3);
+        assert_eq!(lowest_free_slot([]), 0);
+        assert_eq!(lowest_free_slot([0, 2]), 1);
+        assert_eq!(lowest_free_slot([1, 0, 2]), 3);
     }
 }

@@ -232,8 +232,9 @@ impl Poll for MemoryBackend {
             .collect();
         if kit::admits(mode, &ahead) {
             let slot = if !spec.shared && spec.limit > 1 {
-                // The lowest slot no exclusive holder has.
-                (0..).find(|s| !k.holders.iter().any(|h| h.slot == Some(*s)))
+                Some(kit::lowest_free_slot(
+                    k.holders.iter().filter_map(|h| h.slot),
+                ))
             } else {
                 spec.fixed_slot()
             };

@@ -208,23 +208,14 @@ impl LockObject {
     /// is always one below the `--limit` of a request [`LockObject::admits`]
     /// lets in, since fewer than that many hold.
     pub fn free_slot(&self) -> u32 {
-        let taken: Vec<u32> = self
-            .holders
-            .iter()
-            .filter_map(|h| {
-                let r = h.record()?;
-                match r.slot {
-                    Some(s) if !r.shared => Some(s),
-                    None if !r.shared && r.limit.unwrap_or(1) <= 1 => Some(0),
-                    _ => None,
-                }
-            })
-            .collect();
-        let mut slot = 0;
-        while taken.contains(&slot) {
-            slot += 1;
-        }
-        slot
+        kit::lowest_free_slot(self.holders.iter().filter_map(|h| {
+            let r = h.record()?;
+            match r.slot {
+                Some(s) if !r.shared => Some(s),
+                None if !r.shared && r.limit.unwrap_or(1) <= 1 => Some(0),
+                _ => None,
+            }
+        }))
     }
 
     /// Where `waiter` stands in line: its index among the waiters, or

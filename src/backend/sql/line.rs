@@ -232,13 +232,14 @@ impl Line {
     /// The lowest semaphore slot, 0 to `limit` - 1, that no live exclusive
     /// lease has (leases of older versions carry no slot).
     pub fn free_slot(&self, limit: u32) -> u32 {
-        let used: Vec<u32> = self
+        let used = self
             .leases
             .iter()
             .filter(|e| !e.mode().is_shared())
-            .filter_map(|e| e.holder.slot)
-            .collect();
-        (0..limit.max(1)).find(|s| !used.contains(s)).unwrap_or(0)
+            .filter_map(|e| e.holder.slot);
+        Some(kit::lowest_free_slot(used))
+            .filter(|s| *s < limit.max(1))
+            .unwrap_or(0)
     }
 }
 
