@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod partial;
+
 /// The part of the long help every command shares.
 macro_rules! after_help_common {
     () => {
@@ -510,8 +512,15 @@ pub enum LogFormat {
 /// (clap suggests `-- --kye` where CMD follows `--`), and `--` before the
 /// command for `run --key K CMD` written as for `flock`. `Err` holds
 /// clap's error and, where there is one, the text to print instead.
+///
+/// A command line that names a subcommand is first parsed with a tree of
+/// that subcommand alone ([`partial`]), which costs a fraction of the whole;
+/// whatever that does not parse goes through the whole tree as before.
 pub fn parse(args: Vec<OsString>) -> Result<Cli, (clap::Error, Option<String>)> {
     let args = watch_takes_no_key(args);
+    if let Some(cli) = partial::parse(&args) {
+        return Ok(cli);
+    }
     // Not `Cli::try_parse_from`: it drops the command line's definition at
     // the end, whose tree of subcommands and flags costs as much to free
     // as to build, and the process ends soon after.
