@@ -9,20 +9,25 @@
 //! - The engine, written once: [`kit`] (bounded calls, retries, the
 //!   admission rule, the holder record, the polling loop), [`queue`] (the
 //!   queue wait), [`waiting`] (waiter entries), [`typed`] (error typing).
-//! - One module (or folder) per service.
+//! - One module (or folder) per service; each networked one is built
+//!   only with its cargo feature (SQLite always is).
 
 pub mod contract;
+#[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod kit;
 pub mod memory;
 pub mod probe;
 pub mod queue;
+#[cfg(feature = "redis")]
 pub mod redis;
 pub mod registry;
+#[cfg(feature = "s3")]
 pub mod s3;
 pub mod sql;
 pub mod typed;
 pub mod waiting;
+#[cfg(feature = "zookeeper")]
 pub mod zk;
 
 pub use contract::*;

@@ -84,7 +84,8 @@ impl Place {
     }
 
     /// Whether we were first in the key's line: in it, no live waiter
-    /// ahead.
+    /// ahead (MySQL's waiter keeps its connection then).
+    #[cfg(feature = "mysql")]
     pub fn first(&self) -> bool {
         self.in_line.load(Ordering::Relaxed) && self.ahead.load(Ordering::Relaxed) == 0
     }
@@ -149,6 +150,7 @@ pub type PoolCell = Arc<OnceLock<AnyPool>>;
 
 /// Close the engine's connection, if it has one, so that a waiter holds
 /// none of its own while it sleeps. Never opens one.
+#[cfg(feature = "mysql")]
 pub async fn hang_up(pool: &PoolCell) {
     let Some(pool) = pool.get() else { return };
     if pool.size() == 0 {

@@ -9,6 +9,7 @@ use super::kit::{self, Kind};
 pub fn kind(e: &sqlx::Error) -> Kind {
     match e {
         sqlx::Error::Database(db) => {
+            #[cfg(feature = "mysql")]
             if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
                 // ER_CON_COUNT_ERROR, ER_TOO_MANY_USER_CONNECTIONS,
                 // ER_USER_LIMIT_REACHED; access denied (db, user, plugin).

@@ -38,15 +38,19 @@
 //! of `Any` either way ([`Link`]), so it is written once.
 
 mod attempt;
+// What PostgreSQL and MySQL share: waiters on servers.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 mod crowd;
 mod direct;
 mod errors;
 mod line;
 mod link;
 mod liveness;
+#[cfg(feature = "mysql")]
 mod mysql;
 mod names;
 mod plan;
+#[cfg(feature = "postgres")]
 mod postgres;
 mod sqlite;
 
@@ -57,7 +61,9 @@ pub use liveness::*;
 pub use names::*;
 pub use plan::*;
 
+#[cfg(feature = "mysql")]
 pub use mysql::connect as connect_mysql;
+#[cfg(feature = "postgres")]
 pub use postgres::connect as connect_postgres;
 pub use sqlite::connect as connect_sqlite;
 
@@ -67,8 +73,8 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Result;
 use async_trait::async_trait;
 use sqlx::AnyPool;
-use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::Row;
+use sqlx::any::AnyRow;
 
 use super::kit;
 use super::{
@@ -155,6 +161,7 @@ pub struct SqlBackend<P: Link = AnyPool> {
 
 /// How long an attempt waits for the key's row lock (behind other
 /// attempts) before it gives up as busy: half the call's bound.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 fn lock_wait(timeout: Duration) -> Duration {
     timeout / 2
 }
@@ -163,6 +170,8 @@ fn us(d: Duration) -> i64 {
     d.as_micros().min(i64::MAX as u128) as i64
 }
 
+// The server databases' connection (SQLite has its own: [`direct`]).
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 impl SqlBackend {
     /// Connect to `url` (sqlx's own form, for the `Any` driver) with one
     /// connection: a database connection costs a server process or
@@ -183,7 +192,7 @@ impl SqlBackend {
         // The pool retries a refused or full server for part of the time;
         // a direct attempt in the rest says which it was.
         let part = timeout.mul_f64(0.45);
-        let pool = match AnyPoolOptions::new()
+        let pool = match sqlx::any::AnyPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(part)
             .after_connect(move |c, _| {
@@ -191,7 +200,7 @@ impl SqlBackend {
                 let init = init.clone();
                 Box::pin(async move {
                     if let Some(sql) = init {
-                        sqlx::Executor::execute(c, AssertSqlSafe(sql)).await?;
+                        sqlx::Executor::execute(c, sqlx::AssertSqlSafe(sql)).await?;
                     }
                     Ok(())
                 })
@@ -210,9 +219,12 @@ impl SqlBackend {
 
     /// Run DDL (several statements) once.
     async fn ddl(&self, what: &str, sql: String) -> Result<()> {
-        self.bounded(what, sqlx::raw_sql(AssertSqlSafe(sql)).execute(&self.pool))
-            .await
-            .map(drop)
+        self.bounded(
+            what,
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&self.pool),
+        )
+        .await
+        .map(drop)
     }
 }
 
