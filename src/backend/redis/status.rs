@@ -120,7 +120,7 @@ impl RedisBackend {
             )
             .await;
         let mut seen: Vec<(String, Holder, usize)> = Vec::new();
-        // (entry, ticket, waiter, servers that list it).
+        // (entry, ticket, waiter, servers that list it, its --limit).
         let mut line: Vec<(String, f64, Holder, usize, Option<u32>)> = Vec::new();
         let mut answered = 0;
         let mut waiters = 0u64;
