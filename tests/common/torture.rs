@@ -105,12 +105,40 @@ impl Rng {
 }
 
 fn pid_alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s[s.rfind(')').unwrap_or(0) + 1..]
-            .trim_start()
-            .starts_with('Z'),
-        Err(_) => false,
+    started(pid).is_some()
+}
+
+/// The fields of `/proc/PID/stat` after the command's name: the state
+/// first (`Z` a zombie, `D` uninterruptible), the start time 20th.
+fn stat_of(pid: i32) -> Option<Vec<String>> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// When the process `pid` started (clock ticks since boot), unless it is
+/// gone or a zombie: with it, a pid reused by another process (this
+/// machine's `pid_max` may be 32768) is not taken for the one it was.
+fn started(pid: i32) -> Option<u64> {
+    let f = stat_of(pid)?;
+    if f.first()? == "Z" {
+        return None;
     }
+    f.get(19)?.parse().ok()
+}
+
+/// Wait until the process `pid` that started at `born` is gone, or
+/// `limit`; whether it still runs then, and its state if so.
+fn gone_by(pid: i32, born: Option<u64>, limit: Instant) -> Option<String> {
+    let same = || born.is_some() && started(pid) == born;
+    while same() && Instant::now() < limit {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    same().then(|| {
+        stat_of(pid)
+            .and_then(|f| f.first().cloned())
+            .unwrap_or_default()
+    })
 }
 
 fn lines(p: &Path) -> Vec<String> {
@@ -199,6 +227,7 @@ fn client(
             }
             if let Some(cpid) = begun {
                 *faults.entry(format!("{fault:?}")).or_insert(0) += 1;
+                let born = started(cpid);
                 match fault {
                     Fault::KillDlock => kill(dlock_pid, libc::SIGKILL),
                     Fault::KillChild => kill(cpid, libc::SIGKILL),
@@ -209,13 +238,11 @@ fn client(
                 let stop_until = Instant::now() + cfg.ttl + Duration::from_millis(300);
                 // The child's end is the moment its process is gone.
                 let limit = Instant::now() + cfg.ttl * 3 + Duration::from_secs(10);
-                while pid_alive(cpid) && Instant::now() < limit {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
+                let left = gone_by(cpid, born, limit);
                 let end = now_ns();
-                if pid_alive(cpid) {
+                if let Some(state) = left {
                     problems.push(format!(
-                        "child {cpid} outlived fault {fault:?} by {:?}",
+                        "child {cpid} (state {state}) outlived fault {fault:?} by {:?}",
                         cfg.ttl * 3
                     ));
                 }
@@ -443,12 +470,12 @@ fn candidate(cfg: &Config, ns: Option<&str>, i: usize) -> std::process::Child {
 /// Wait until `pid` is gone (bounded) and log its end in client `i`'s log.
 fn note_end(cfg: &Config, i: usize, pid: i32, problems: &mut Vec<String>) -> i128 {
     let limit = Instant::now() + cfg.ttl * 3 + Duration::from_secs(10);
-    while pid_alive(pid) && Instant::now() < limit {
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let left = gone_by(pid, started(pid), limit);
     let end = now_ns();
-    if pid_alive(pid) {
-        problems.push(format!("leader body {pid} outlived its fault"));
+    if let Some(state) = left {
+        problems.push(format!(
+            "leader body {pid} (state {state}) outlived its fault"
+        ));
     }
     use std::io::Write;
     let log = cfg.dir.join(format!("client-{i}.log"));
