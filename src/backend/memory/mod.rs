@@ -48,7 +48,6 @@ struct Held {
 /// A place in a key's line.
 #[derive(Debug, Clone)]
 struct Waiter {
-    ticket: u64,
     owner: Owner,
     mode: kit::Mode,
     lapse: Instant,
@@ -58,9 +57,8 @@ struct Waiter {
 #[derive(Debug, Default)]
 struct Key {
     holders: Vec<Held>,
-    /// In ticket order (tickets only grow, so pushing keeps it sorted).
+    /// In arrival order: a newcomer is pushed at the back.
     line: Vec<Waiter>,
-    next_ticket: u64,
     next_token: u64,
     /// Bumped on every change that may let a waiter in (a release, an
     /// expiry, a removal): a client waits until it differs from the one
@@ -221,23 +219,30 @@ impl Poll for MemoryBackend {
             self.server.0.changed.notify_waiters();
         }
         let mine = k.line.iter().position(|w| w.owner.id == me.id);
-        // Ahead of us: the waiters with a lower ticket (all of them, if
-        // we have none yet).
-        let ticket = mine.map_or(u64::MAX, |i| k.line[i].ticket);
-        let ahead: Vec<kit::Mode> = k
-            .holders
-            .iter()
-            .map(|h| h.mode)
-            .chain(k.line.iter().filter(|w| w.ticket < ticket).map(|w| w.mode))
-            .collect();
-        if kit::admits(mode, &ahead) {
-            let slot = if !spec.shared && spec.limit > 1 {
-                Some(kit::lowest_free_slot(
-                    k.holders.iter().filter_map(|h| h.slot),
-                ))
-            } else {
-                spec.fixed_slot()
-            };
+        let State { keys, dead } = &mut *st;
+        let k = keys.get_mut(&n).expect("entered above");
+        let line = kit::Line::new(
+            k.holders
+                .iter()
+                .map(|h| kit::Seat::new(h.mode, false, h.slot))
+                .collect(),
+            k.line
+                .iter()
+                .map(|w| kit::Seat::new(w.mode, dead.contains(&w.owner.id), None))
+                .collect(),
+        );
+        // Dead waiters ahead leave the line in this attempt (no grace).
+        let gone: Vec<usize> = line.dead_ahead(mine).collect();
+        let ruling = line.rule(mode, mine, 0, join);
+        for &i in gone.iter().rev() {
+            k.line.remove(i);
+        }
+        let mine = mine.map(|i| i - gone.len());
+        if !gone.is_empty() {
+            self.server.changed(k);
+        }
+        if let kit::Ruling::Enter { slot } = ruling {
+            let slot = slot.or(spec.fixed_slot());
             k.next_token += 1;
             let token = k.next_token;
             k.holders.push(Held {
@@ -265,10 +270,7 @@ impl Poll for MemoryBackend {
             match mine {
                 Some(i) => k.line[i].lapse = now + WAITER_LAPSE,
                 None => {
-                    k.next_ticket += 1;
-                    let ticket = k.next_ticket;
                     k.line.push(Waiter {
-                        ticket,
                         owner: me.clone(),
                         mode,
                         lapse: now + WAITER_LAPSE,
@@ -277,17 +279,9 @@ impl Poll for MemoryBackend {
                 }
             }
         }
-        // Every holder, and the dead waiters ahead (for the liveness rule
-        // to remove); the live waiters ahead wait, as we do.
+        // Every holder, for the liveness rule to break the dead ones.
         let k = &st.keys[&n];
-        let mut busy: Vec<Holder> = k.holders.iter().map(|h| st.holder(h, now)).collect();
-        busy.extend(
-            k.line
-                .iter()
-                .filter(|w| w.ticket < ticket)
-                .map(|w| st.waiter(w))
-                .filter(|h| h.dead),
-        );
+        let busy: Vec<Holder> = k.holders.iter().map(|h| st.holder(h, now)).collect();
         let v = k.version;
         drop(st);
         self.saw(&n, v);

@@ -93,33 +93,36 @@ impl Poll for S3Backend {
                 }
                 // (Waiters on this machine whose process is gone were
                 // pruned from `o`: they leave the line in this write.)
-                if !o.admits(spec, &waiter) {
-                    let busy = Err(o.holders());
-                    let mine = o.waiters.iter().any(|w| w.id == waiter);
-                    let step = if join && (due || !mine) {
-                        // Take our place at the end of the line, or keep
-                        // it (renewed), in the same write as the attempt.
-                        o.wait(
-                            &waiter,
-                            spec.shared,
-                            clock.now_hi() + ms(WAITER_LAPSE),
-                            &queued,
-                        );
-                        joining = busy.as_ref().err().cloned();
-                        Step::Write(busy)
-                    } else if !join && o.unwait(&waiter) {
-                        // Given up (`--no-wait`, or the deadline passed):
-                        // no trace left.
-                        Step::Write(busy)
-                    } else {
-                        Step::Done(busy)
-                    };
-                    self.polling.lock().unwrap().place = o.place(&waiter);
-                    return step;
-                }
-                // A semaphore's holder takes the lowest free slot in the
-                // write that admits it (a mutex is slot 0, shared none).
-                let slot = (!spec.shared && spec.limit > 1).then(|| o.free_slot());
+                let at = o.place(&waiter);
+                let slot = match o.seats().rule(spec.mode(), at, 0, join) {
+                    kit::Ruling::Enter { slot } => slot,
+                    kit::Ruling::Wait { join: joining_now } => {
+                        let busy = Err(o.holders());
+                        let step = if joining_now || (join && due) {
+                            // Take our place at the end of the line, or keep
+                            // it (renewed), in the same write as the attempt.
+                            o.wait(
+                                &waiter,
+                                spec.shared,
+                                clock.now_hi() + ms(WAITER_LAPSE),
+                                &queued,
+                            );
+                            joining = busy.as_ref().err().cloned();
+                            Step::Write(busy)
+                        } else if !join && o.unwait(&waiter) {
+                            // Given up (`--no-wait`, or the deadline passed):
+                            // no trace left.
+                            Step::Write(busy)
+                        } else {
+                            Step::Done(busy)
+                        };
+                        self.polling.lock().unwrap().place = at.unwrap_or(o.waiters.len());
+                        return step;
+                    }
+                };
+                // A semaphore's holder records the lowest free slot (the
+                // ruling's) in the write that admits it (a mutex is slot 0,
+                // shared none: not recorded).
                 let mut r = rec.clone();
                 r.slot = slot;
                 o.fence += 1;

@@ -23,8 +23,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::backend::Holder;
 use crate::backend::kit::{self, Mode, NField, Record};
-use crate::backend::{Holder, LockSpec};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LockObject {
@@ -202,49 +202,37 @@ impl LockObject {
         self.waiters.retain(|w| w.exp > now);
     }
 
-    /// The lowest semaphore slot no exclusive holder has: a mutex's holder
-    /// has slot 0; a semaphore holder of the previous release has none
-    /// recorded (its child was given none), so it takes none here. There
-    /// is always one below the `--limit` of a request [`LockObject::admits`]
-    /// lets in, since fewer than that many hold.
-    pub fn free_slot(&self) -> u32 {
-        kit::lowest_free_slot(self.holders.iter().filter_map(|h| {
-            let r = h.record()?;
-            match r.slot {
+    /// Where `waiter` stands in line, if it has an entry.
+    pub fn place(&self, waiter: &str) -> Option<usize> {
+        self.waiters.iter().position(|w| w.id == waiter)
+    }
+
+    /// The object as the ruling reads it ([`kit::Line::rule`]), once
+    /// [`LockObject::prune`]d: the waiters whose process is known gone have
+    /// left it, and a dead holder is broken by the engine from the holders
+    /// the attempt reports, so none is marked dead here. A mutex holder is
+    /// slot 0; a semaphore holder of the previous release (no slot
+    /// recorded: its child was given none) has none.
+    pub fn seats(&self) -> kit::Line {
+        let holders = self.holders.iter().map(|h| {
+            let slot = h.record().and_then(|r| match r.slot {
                 Some(s) if !r.shared => Some(s),
                 None if !r.shared && r.limit.unwrap_or(1) <= 1 => Some(0),
                 _ => None,
-            }
-        }))
-    }
-
-    /// Where `waiter` stands in line: its index among the waiters, or
-    /// behind them all if it has no entry yet.
-    pub fn place(&self, waiter: &str) -> usize {
-        self.waiters
+            });
+            kit::Seat::new(h.mode(), false, slot)
+        });
+        let queue = self
+            .waiters
             .iter()
-            .position(|w| w.id == waiter)
-            .unwrap_or(self.waiters.len())
+            .map(|w| kit::Seat::new(w.mode(), false, None));
+        kit::Line::new(holders.collect(), queue.collect())
     }
 
-    /// What a request for `spec`, waiting as `waiter`, is admitted behind
-    /// (the fair queue): the holders, and the requests that were waiting
-    /// before it; for a shared request only the exclusive ones among them
-    /// (it joins the readers at once when no writer waits ahead of it).
-    pub fn ahead(&self, spec: &LockSpec, waiter: &str) -> Vec<Mode> {
-        let mut modes: Vec<Mode> = self.holders.iter().map(Entry::mode).collect();
-        let before = &self.waiters[..self.place(waiter)];
-        modes.extend(
-            before
-                .iter()
-                .filter(|w| !spec.shared || !w.shared)
-                .map(Waiter::mode),
-        );
-        modes
-    }
-
-    pub fn admits(&self, spec: &LockSpec, waiter: &str) -> bool {
-        kit::admits(spec.mode(), &self.ahead(spec, waiter))
+    /// Whether a request for `spec`, waiting as `waiter`, enters now.
+    #[cfg(test)]
+    pub fn admits(&self, spec: &crate::backend::LockSpec, waiter: &str) -> bool {
+        self.seats().admits(spec.mode(), self.place(waiter), 0)
     }
 
     pub fn holders(&self) -> Vec<Holder> {
@@ -301,7 +289,7 @@ impl LockObject {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{LeaseKind, Owner};
+    use crate::backend::{LeaseKind, LockSpec, Owner};
 
     fn me(id: &str) -> Owner {
         Owner {
@@ -359,7 +347,7 @@ mod tests {
         assert!(!q.admits(&spec(1, false), "b"));
         assert!(q.admits(&spec(1, false), "a"));
         q.wait("a", false, 2000, "");
-        assert_eq!(q.place("a"), 0);
+        assert_eq!(q.place("a"), Some(0));
         assert!(q.admits(&spec(2, false), "b"), "a semaphore of 2");
         // Readers wait only behind writers.
         let mut r = LockObject::default();
@@ -398,25 +386,30 @@ mod tests {
             }
         };
         let mut o = LockObject::default();
-        assert_eq!(o.free_slot(), 0);
+        assert_eq!(o.seats().free_slot(3), 0);
         o.holders.push(slotted("a", Some(0)));
         o.holders.push(slotted("c", Some(2)));
-        assert_eq!(o.free_slot(), 1);
+        assert_eq!(o.seats().free_slot(3), 1);
         o.holders.push(slotted("b", Some(1)));
-        assert_eq!(o.free_slot(), 3);
+        assert_eq!(o.seats().free_slot(4), 3);
+        assert!(!o.admits(&spec(3, false), "w"), "all three slots taken");
         o.holders.remove(0);
-        assert_eq!(o.free_slot(), 0, "a freed slot is reused, lowest first");
+        assert_eq!(
+            o.seats().free_slot(3),
+            0,
+            "a freed slot is reused, lowest first"
+        );
         // The slot survives the record's round trip, and shows in status.
         assert_eq!(o.holders()[0].slot, Some(2));
         // A mutex holder is slot 0; a shared one and a semaphore holder of
         // the previous release (no slot recorded) take none.
         let mut m = LockObject::default();
         m.holders.push(entry("m", Some(1), false, 1000));
-        assert_eq!(m.free_slot(), 1);
+        assert_eq!(m.seats().free_slot(3), 1);
         let mut old = LockObject::default();
         old.holders.push(entry("s", None, true, 1000));
         old.holders.push(slotted("o", None));
-        assert_eq!(old.free_slot(), 0);
+        assert_eq!(old.seats().free_slot(3), 0);
     }
 
     #[test]
@@ -460,6 +453,6 @@ mod tests {
         assert_eq!(st.limit, 3);
         assert_eq!(st.queue[0].pid, Some(7));
         assert_eq!(st.queue[0].owner, None);
-        assert_eq!(o.free_slot(), 0);
+        assert_eq!(o.seats().free_slot(3), 0);
     }
 }

@@ -31,10 +31,11 @@ pub(super) struct Busy {
     /// The key's leases (dead ones marked), each with its `lim` and its
     /// microseconds left.
     holders: Vec<Entry>,
-    /// The `lim` of each live waiter ahead of us, and the writers of older
-    /// versions counted (a shared request gives way to them).
-    ahead: Vec<i64>,
-    writers: i64,
+    /// The line as the ruling read it, our place in it, and the writers
+    /// of older versions counted (a shared request gives way to them).
+    seats: kit::Line,
+    at: Option<usize>,
+    writers: usize,
     /// If some holders were found dead, the most microseconds until their
     /// leases end.
     gone: Option<i64>,
@@ -115,31 +116,27 @@ impl<P: Link> SqlBackend<P> {
             return Ok(None);
         }
         let line = self.line_of(&rows)?;
-        let joining = join && self.queue_table && line.place(me).is_none();
-        let dead = line
-            .leases
-            .iter()
-            .chain(line.ahead(me))
-            .any(|e| e.holder.dead);
+        let (seats, at) = (line.seats(), line.place(me));
+        let joining = join && self.queue_table && at.is_none();
+        let dead = seats.holders.iter().any(|s| s.dead) || seats.dead_ahead(at).next().is_some();
         if joining || dead {
             return Ok(None);
         }
         let mut writers = 0;
         if spec.shared && self.waiter_table {
             let out = self.call("acquire", self.writers_stmt(), a).await?;
-            writers = out.first()?.unwrap_or(0);
+            writers = out.first()?.unwrap_or(0).max(0) as usize;
         }
-        if line.admits(spec.mode(), me, writers) {
+        if seats.admits(spec.mode(), at, writers) {
             return Ok(None);
         }
-        let ahead = line.ahead(me).iter().map(|e| e.lim).collect();
-        let place = line.place(me).map(|_| line.before(me));
         Ok(Some(Busy {
+            place: at.map(|_| line.before(me)),
             holders: line.leases,
-            ahead,
+            seats,
+            at,
             writers,
             gone: None,
-            place,
         }))
     }
 
@@ -209,14 +206,16 @@ impl<P: Link> SqlBackend<P> {
             };
             let rows = tx.run(read, &a).await?.rows;
             let line = self.line_of(&rows)?;
+            let (seats, at) = (line.seats(), line.place(wid));
             // A shared request also gives way to the writers waiting.
             let mut writers = 0;
             if spec.shared && self.waiter_table {
-                writers = tx.run(self.writers_stmt(), &a).await?.first()?.unwrap_or(0);
+                let n = tx.run(self.writers_stmt(), &a).await?.first()?;
+                writers = n.unwrap_or(0).max(0) as usize;
             }
             // Waiters ahead whose process is gone leave the line now: they
             // hold nothing, so no grace.
-            for e in line.ahead(wid).iter().filter(|e| e.holder.dead) {
+            for e in seats.dead_ahead(at).map(|i| &line.queue[i]) {
                 tracing::info!(
                     key = spec.key,
                     pid = e.holder.pid,
@@ -224,50 +223,46 @@ impl<P: Link> SqlBackend<P> {
                 );
                 tx.run(&q.dequeue, &Args::of(ns, key).id(&e.id)).await?;
             }
-            let queued = line.place(wid).is_some();
-            if !line.admits(spec.mode(), wid, writers) {
-                // Holders known dead: their leases end BREAK_GRACE from
-                // now instead of at their TTL, by when they are gone.
-                let mut gone = None;
-                for e in &line.leases {
-                    if let (true, Some(brk)) = (e.holder.dead, &q.break_lease) {
-                        gone = gone.max(Some(e.left_us.min(grace).max(0)));
-                        if e.left_us > grace {
-                            tracing::info!(
-                                key = spec.key,
-                                pid = e.holder.pid,
-                                "the holder's process is gone: breaking its lease"
-                            );
-                            tx.run(brk, &Args::of(ns, key).id(&e.id)).await?;
+            let join = join && self.queue_table;
+            let slot = match seats.rule(spec.mode(), at, writers, join) {
+                kit::Ruling::Enter { slot } => slot,
+                kit::Ruling::Wait { join: joined } => {
+                    // Holders known dead: their leases end BREAK_GRACE from
+                    // now instead of at their TTL, by when they are gone.
+                    let mut gone = None;
+                    for e in &line.leases {
+                        if let (true, Some(brk)) = (e.holder.dead, &q.break_lease) {
+                            gone = gone.max(Some(e.left_us.min(grace).max(0)));
+                            if e.left_us > grace {
+                                tracing::info!(
+                                    key = spec.key,
+                                    pid = e.holder.pid,
+                                    "the holder's process is gone: breaking its lease"
+                                );
+                                tx.run(brk, &Args::of(ns, key).id(&e.id)).await?;
+                            }
                         }
                     }
+                    // Take our place at the back of the line, in this
+                    // transaction. (The waiter row that older versions count
+                    // is written after it, outside the key's lock:
+                    // `wait_change`.)
+                    if joined {
+                        tx.run(&q.enqueue, &Args { id: wid, ..a }).await?;
+                    }
+                    tx.commit().await?;
+                    return Ok::<_, sqlx::Error>(Err(Busy {
+                        place: (at.is_some() || joined).then(|| line.before(wid)),
+                        holders: line.leases,
+                        seats,
+                        at,
+                        writers,
+                        gone,
+                    }));
                 }
-                // Take our place at the back of the line, in this
-                // transaction. (The waiter row that older versions count is
-                // written after it, outside the key's lock: `wait_change`.)
-                let joined = join && self.queue_table && !queued;
-                if joined {
-                    tx.run(&q.enqueue, &Args { id: wid, ..a }).await?;
-                }
-                tx.commit().await?;
-                let place = (queued || joined).then(|| line.before(wid));
-                let ahead = line
-                    .ahead(wid)
-                    .iter()
-                    .filter(|e| !e.holder.dead)
-                    .map(|e| e.lim)
-                    .collect();
-                return Ok::<_, sqlx::Error>(Err(Busy {
-                    holders: line.leases,
-                    ahead,
-                    writers,
-                    gone,
-                    place,
-                }));
-            }
-            // A semaphore's holder takes the lowest free slot; the slot is
-            // in its lease's id ([`with_slot`]).
-            let slot = (!spec.shared && spec.limit > 1).then(|| line.free_slot(spec.limit));
+            };
+            // A semaphore's holder takes the lowest free slot (the ruling's);
+            // the slot is in its lease's id ([`with_slot`]).
             let id = slot.map_or_else(|| row_id.clone(), |s| with_slot(&row_id, s));
             let mut a = Args { id: &id, ..a };
             if let Some(bump) = &q.bump {
@@ -280,7 +275,7 @@ impl<P: Link> SqlBackend<P> {
             }
             // No longer a waiter: in the same transaction, so the new holder
             // is never counted as both.
-            if queued {
+            if at.is_some() {
                 tx.run(&q.dequeue, &Args::of(ns, key).id(wid)).await?;
             }
             if let Some(w) = self.waiting.ours(spec) {
@@ -302,7 +297,8 @@ impl<P: Link> SqlBackend<P> {
             }
             Err(busy) => {
                 let place = busy.place.as_ref().map(|b| (wid, b.as_deref()));
-                self.d.missed(spec, busy.ahead.len(), place).await;
+                let ahead = busy.seats.waiting_ahead(busy.at);
+                self.d.missed(spec, ahead, place).await;
                 let soonest = busy.holders.iter().map(|e| e.left_us).min();
                 let soonest = soonest.unwrap_or(i64::MAX);
                 *self.next_expiry.lock().unwrap() = Some(
@@ -310,15 +306,12 @@ impl<P: Link> SqlBackend<P> {
                 );
                 // Busy only because of holders that are dead: say when they
                 // will be gone, so that the caller can try again then.
-                let alive = busy
-                    .holders
-                    .iter()
-                    .filter(|e| !e.holder.dead)
-                    .map(|e| e.lim);
-                let alive = super::ahead(alive.chain(busy.ahead.iter().copied()), busy.writers);
                 let free_at = busy
                     .gone
-                    .filter(|_| kit::admits(spec.mode(), &alive))
+                    .filter(|_| {
+                        busy.seats
+                            .busy_with_the_dead(spec.mode(), busy.at, busy.writers)
+                    })
                     .map(|g| Instant::now() + Duration::from_micros(g as u64 + 5_000));
                 let holders = busy.holders.into_iter().map(|e| e.holder).collect();
                 Ok((Attempt::Busy(holders), free_at))

@@ -44,16 +44,6 @@ pub fn waiter_id(id: &str, shared: bool) -> Cow<'_, str> {
     }
 }
 
-/// What a request is admitted behind ([`kit::admits`]): the live leases, by
-/// their `lim` column, and `writers` exclusive waiters (a shared request
-/// gives way to them; counted up to 1024).
-pub fn ahead(lims: impl IntoIterator<Item = i64>, writers: i64) -> Vec<Mode> {
-    let mut modes: Vec<Mode> = lims.into_iter().map(mode_of_lim).collect();
-    let writer = Mode::Exclusive { limit: 1 };
-    modes.extend(std::iter::repeat_n(writer, writers.clamp(0, 1024) as usize));
-    modes
-}
-
 /// This process's rows in a waiter table, SQL's and SQLite's alike: the
 /// keys it waits for, when each row was last written, and the mode it
 /// waits in (a shared waiter's rows are `s:ID`, an exclusive one's `ID`).
@@ -199,47 +189,24 @@ impl Line {
         self.queue.iter().position(|e| e.id == me)
     }
 
-    /// The waiters ahead of us: those before our row, or all of them when
-    /// we have none (a request not in line yet comes after every waiter).
-    pub fn ahead(&self, me: &str) -> &[Entry] {
-        &self.queue[..self.place(me).unwrap_or(self.queue.len())]
-    }
-
-    /// The id of the live waiter just ahead of `me` in the line (none:
-    /// `me` is first, or not in line).
+    /// The id of the live waiter just ahead of our row `me` in the line
+    /// (none: `me` is first, or not in line).
     pub fn before(&self, me: &str) -> Option<String> {
-        self.ahead(me)
+        let place = self.place(me).unwrap_or(self.queue.len());
+        self.queue[..place]
             .iter()
             .rev()
             .find(|e| !e.holder.dead)
             .map(|e| e.id.clone())
     }
 
-    /// Whether a request in `mode` whose row in line is `me` enters now
-    /// ([`super::kit::admits`]): behind every lease, the live waiters
-    /// ahead of it (the dead ones go in the same transaction), and
-    /// `writers` exclusive waiters of older versions, not in line.
-    pub fn admits(&self, mode: Mode, me: &str, writers: i64) -> bool {
-        let lims = self.leases.iter().map(|e| e.lim);
-        let waiting = self
-            .ahead(me)
-            .iter()
-            .filter(|e| !e.holder.dead)
-            .map(|e| e.lim);
-        super::kit::admits(mode, &ahead(lims.chain(waiting), writers))
-    }
-
-    /// The lowest semaphore slot, 0 to `limit` - 1, that no live exclusive
-    /// lease has (leases of older versions carry no slot).
-    pub fn free_slot(&self, limit: u32) -> u32 {
-        let used = self
-            .leases
-            .iter()
-            .filter(|e| !e.mode().is_shared())
-            .filter_map(|e| e.holder.slot);
-        Some(kit::lowest_free_slot(used))
-            .filter(|s| *s < limit.max(1))
-            .unwrap_or(0)
+    /// The line as the ruling reads it ([`kit::Line::rule`]).
+    pub fn seats(&self) -> kit::Line {
+        let seat = |e: &Entry| kit::Seat::new(e.mode(), e.holder.dead, e.holder.slot);
+        kit::Line::new(
+            self.leases.iter().map(seat).collect(),
+            self.queue.iter().map(seat).collect(),
+        )
     }
 }
 
@@ -264,26 +231,31 @@ mod tests {
         }
     }
 
+    /// The ruling over the line read, for the request whose row is `me`.
+    fn admits(line: &Line, mode: Mode, me: &str, writers: usize) -> bool {
+        line.seats().admits(mode, line.place(me), writers)
+    }
+
     #[test]
     fn a_request_goes_behind_the_waiters_ahead_of_it() {
         let x = Mode::Exclusive { limit: 1 };
         // Free key, a waiter in line: a newcomer waits, the waiter goes.
         let line = Line::new(vec![entry(true, 1, 7, false, "w1")]);
-        assert!(!line.admits(x, "new", 0));
-        assert!(line.admits(x, "w1", 0));
+        assert!(!admits(&line, x, "new", 0));
+        assert!(admits(&line, x, "w1", 0));
         // Tickets, not the order rows come in, decide.
         let line = Line::new(vec![
             entry(true, 1, 9, false, "late"),
             entry(true, 1, 3, false, "early"),
         ]);
         assert_eq!(line.place("early"), Some(0));
-        assert!(line.admits(x, "early", 0) && !line.admits(x, "late", 0));
+        assert!(admits(&line, x, "early", 0) && !admits(&line, x, "late", 0));
         // A dead waiter ahead does not hold us up.
         let line = Line::new(vec![
             entry(true, 1, 1, true, "dead"),
             entry(true, 1, 2, false, "me"),
         ]);
-        assert!(line.admits(x, "me", 0));
+        assert!(admits(&line, x, "me", 0));
         // Readers ahead of a reader, a reader holding: all let in; a
         // writer between them: not.
         let line = Line::new(vec![
@@ -293,11 +265,11 @@ mod tests {
             entry(true, 1, 3, false, "w3"),
             entry(true, 0, 4, false, "r4"),
         ]);
-        assert!(line.admits(Mode::Shared, "r2", 0));
-        assert!(!line.admits(Mode::Shared, "r4", 0));
-        assert!(!line.admits(x, "w3", 0));
+        assert!(admits(&line, Mode::Shared, "r2", 0));
+        assert!(!admits(&line, Mode::Shared, "r4", 0));
+        assert!(!admits(&line, x, "w3", 0));
         // ... and older versions' writers waiting outside the line.
-        assert!(!line.admits(Mode::Shared, "r1", 1));
+        assert!(!admits(&line, Mode::Shared, "r1", 1));
     }
 
     #[test]
@@ -316,13 +288,13 @@ mod tests {
             entry(false, 3, 1, false, &with_slot("a", 0)),
             entry(false, 3, 2, false, &with_slot("b", 2)),
         ]);
-        assert_eq!(line.free_slot(3), 1);
-        assert!(line.admits(three, "c", 0));
+        assert_eq!(line.seats().free_slot(3), 1);
+        assert!(admits(&line, three, "c", 0));
         let line = Line::new(vec![entry(false, 3, 1, false, &with_slot("b", 1))]);
-        assert_eq!(line.free_slot(3), 0);
+        assert_eq!(line.seats().free_slot(3), 0);
         // A holder of an older version has no slot we know of.
         let line = Line::new(vec![entry(false, 3, 1, false, "old")]);
-        assert_eq!(line.free_slot(3), 0);
+        assert_eq!(line.seats().free_slot(3), 0);
     }
 
     #[test]
