@@ -29,6 +29,7 @@ pub(super) fn command_line(spec: &ChildSpec) -> (OsString, Vec<OsString>) {
 }
 
 /// Where the child meets the guard and the relay before exec.
+#[derive(Debug, Clone, Copy)]
 pub(super) struct Meet {
     /// The guard's pipe: the child writes its pid, whom to kill.
     pub guard_fd: i32,
@@ -38,6 +39,30 @@ pub(super) struct Meet {
     pub take_terminal: bool,
 }
 
+/// A started child: its pid, and its exit to wait for.
+pub(super) enum Running {
+    /// Started without a fork ([`super::spawn`]).
+    Cloned(super::spawn::Spawned),
+    /// Forked by the standard library, where that clone is not used.
+    Forked(tokio::process::Child),
+}
+
+impl Running {
+    pub(super) fn id(&self) -> Option<u32> {
+        match self {
+            Running::Cloned(c) => Some(c.id()),
+            Running::Forked(c) => c.id(),
+        }
+    }
+
+    pub(super) async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        match self {
+            Running::Cloned(c) => c.wait().await,
+            Running::Forked(c) => c.wait().await,
+        }
+    }
+}
+
 /// Spawn CMD in a process group of its own, with the environment of the
 /// contract and `PR_SET_PDEATHSIG = SIGKILL`, so it dies with dlock.
 pub(super) fn spawn(
@@ -45,13 +70,12 @@ pub(super) fn spawn(
     args: &[OsString],
     spec: &ChildSpec,
     meet: Meet,
-) -> std::io::Result<tokio::process::Child> {
+) -> std::io::Result<Running> {
+    if super::spawn::usable() {
+        return super::spawn::spawn(program, args, &spec.env_remove, &spec.env, meet)
+            .map(Running::Cloned);
+    }
     let parent = std::process::id() as i32;
-    let Meet {
-        guard_fd,
-        relay_fds: (relay_pid_fd, relay_go_fd),
-        take_terminal: tty_fg,
-    } = meet;
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args).process_group(0).kill_on_drop(false);
     for k in &spec.env_remove {
@@ -60,36 +84,51 @@ pub(super) fn spawn(
     for (k, v) in &spec.env {
         cmd.env(k, v);
     }
-    // SAFETY: the closure runs in the forked child before exec and makes only
-    // async-signal-safe calls (write, read, prctl, getppid, sigprocmask,
-    // tcsetpgrp); it allocates nothing.
+    // SAFETY: the closure runs in the forked child before exec and makes
+    // only async-signal-safe calls (see `before_exec`).
     unsafe {
         cmd.pre_exec(move || {
-            // The guard's first message, whom to kill, comes from the child
-            // itself before the command runs: were dlock frozen the moment
-            // spawn returned, the guard would otherwise not know the group.
-            let me = i64::from(libc::getpid()).to_ne_bytes();
-            libc::write(guard_fd, me.as_ptr().cast(), me.len());
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            );
-            if libc::getppid() != parent {
-                // dlock died before the death signal was armed.
-                libc::_exit(died_of(libc::SIGKILL));
-            }
-            // The relay is in the group before the group can get Ctrl-C.
-            meet_relay(relay_pid_fd, relay_go_fd);
-            if tty_fg {
-                take_terminal();
-            }
+            before_exec(parent, &meet);
             Ok(())
         });
     }
-    cmd.spawn()
+    cmd.spawn().map(Running::Forked)
+}
+
+/// In the child, between fork (or clone) and exec, in its own process
+/// group: tell the guard whom to kill, arm the death signal, meet the
+/// relay, take the terminal. Only async-signal-safe calls (write, read,
+/// prctl, getppid, sigprocmask, tcsetpgrp); it allocates nothing.
+pub(super) fn before_exec(parent: i32, meet: &Meet) {
+    let Meet {
+        guard_fd,
+        relay_fds: (relay_pid_fd, relay_go_fd),
+        take_terminal: tty_fg,
+    } = *meet;
+    // SAFETY: system calls on inherited descriptors and local values.
+    unsafe {
+        // The guard's first message, whom to kill, comes from the child
+        // itself before the command runs: were dlock frozen the moment
+        // spawn returned, the guard would otherwise not know the group.
+        let me = i64::from(libc::getpid()).to_ne_bytes();
+        libc::write(guard_fd, me.as_ptr().cast(), me.len());
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        if libc::getppid() != parent {
+            // dlock died before the death signal was armed.
+            libc::_exit(died_of(libc::SIGKILL));
+        }
+    }
+    // The relay is in the group before the group can get Ctrl-C.
+    meet_relay(relay_pid_fd, relay_go_fd);
+    if tty_fg {
+        take_terminal();
+    }
 }
 
 /// Processes the child left in its group would run on without the lock:

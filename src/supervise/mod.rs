@@ -36,6 +36,7 @@ mod child;
 mod guard;
 mod relay;
 pub mod signals;
+mod spawn;
 #[cfg(test)]
 mod tests;
 mod watch;
