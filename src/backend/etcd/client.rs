@@ -522,12 +522,6 @@ impl RangeResponse {
     }
 }
 
-impl DeleteRangeResponse {
-    pub fn deleted(&self) -> i64 {
-        self.deleted
-    }
-}
-
 impl LeaseGrantResponse {
     pub fn id(&self) -> i64 {
         self.id

@@ -620,21 +620,32 @@ impl Backend for EtcdBackend {
             .await
             .remove(&(lease.namespace.clone(), lease.key.clone()));
         let cap = self.timeout;
-        let (r, again) = self
-            .failing_over("delete", cap, |mut c| {
+        // Whether our entry is still there once the command has ended (a
+        // `release --force` or an expiry may have taken it while it ran): a
+        // read, which etcd answers without a raft commit.
+        let (r, _) = self
+            .failing_over("get", cap, |mut c| {
                 let key = key.clone();
-                async move { c.delete(key, None).await }
+                async move { c.get(key, None).await }
             })
             .await?;
-        let _ = self
+        let ours = r.kvs().iter().any(|kv| kv.lease() == id);
+        // Revoking the lease deletes our entry with it (and the slot claim
+        // or side key on it; the waiter behind sees the same delete): one
+        // raft commit, where a delete and then a revoke were two.
+        let revoked = self
             .failing_over(
                 "revoke",
                 cap,
                 |mut c| async move { c.lease_revoke(id).await },
             )
             .await;
-        // Tried again on another member: the first try may have deleted it.
-        Ok(r.deleted() > 0 || again)
+        match revoked {
+            Ok(_) => Ok(ours),
+            // Expired since the read: gone, after the command ended.
+            Err(e) if format!("{e:#}").contains("lease not found") => Ok(ours),
+            Err(e) => Err(e),
+        }
     }
 
     async fn force_release(&self, namespace: &str, key: &str) -> Result<u64> {
