@@ -18,6 +18,7 @@
 //! queued past `--connect-timeout` and some waiters exited 69.
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -50,6 +51,9 @@ struct Postgres {
     me: std::sync::Mutex<Option<(String, String)>>,
     /// The release's `NOTIFY`, naming the next in line ([`next_in_line`]).
     notify: String,
+    /// Whether the last notification named us: the key is ours to try,
+    /// without reading first whether it is busy.
+    named: AtomicBool,
 }
 
 /// A listening waiter's own connection: `LISTEN`ing on `chan`, and holding
@@ -243,6 +247,7 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend> {
         place: crowd::Place::default(),
         me: std::sync::Mutex::new(None),
         notify: next_in_line(&t),
+        named: AtomicBool::new(false),
     };
     let q = statements(&t);
     let mut b = SqlBackend::open(shown, &url, timeout, t, q, Box::new(d), None).await?;
@@ -359,13 +364,17 @@ impl Postgres {
     /// is for, or empty for all, [`next_in_line`]) is for us. A waiter not
     /// in the key's line (`dlock_queue=off`) takes every one.
     fn for_us(&self, chan: &str, payload: &str) -> bool {
-        payload.is_empty()
-            || self
-                .me
-                .lock()
-                .unwrap()
-                .as_ref()
-                .is_none_or(|(c, me)| c != chan || me == payload)
+        if payload.is_empty() {
+            return true;
+        }
+        let me = self.me.lock().unwrap();
+        let Some((c, id)) = me.as_ref() else {
+            return true;
+        };
+        if c == chan && id == payload {
+            self.named.store(true, Ordering::Relaxed);
+        }
+        c != chan || id == payload
     }
 
     /// A connection of our own that takes a free slot of the key and
@@ -377,18 +386,18 @@ impl Postgres {
         let mut pl = PgListener::connect_with(&own).await?;
         // A lost connection ends the wait (and the slot with it).
         pl.eager_reconnect(false);
-        let class = slot_class(spec);
-        let mut got = false;
-        for slot in 0..SLOTS as i32 {
-            got = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
-                .bind(class)
-                .bind(slot)
-                .fetch_one(&mut pl)
-                .await?;
-            if got {
-                break;
-            }
-        }
+        // The lowest free slot, in one round trip (it was one per slot
+        // tried, 3.5 per contended run of 8 × 20): the filter runs row by
+        // row and the limit stops at the first lock taken.
+        let got = sqlx::query_scalar::<_, i32>(
+            "SELECT s FROM generate_series(0, $2 - 1) AS s
+              WHERE pg_try_advisory_lock($1, s) LIMIT 1",
+        )
+        .bind(slot_class(spec))
+        .bind(SLOTS as i32)
+        .fetch_optional(&mut pl)
+        .await?
+        .is_some();
         let l = Listener {
             chan: chan.to_string(),
             pl,
@@ -427,6 +436,13 @@ impl Dialect for Postgres {
             sqlx::query("SELECT pg_notify($1, '')").bind(chan)
         };
         let _ = e.bounded("notify", q.execute(&e.pool)).await;
+    }
+
+    /// Named by the release we were woken by: first in line, so the
+    /// attempt goes straight to its transaction (which decides, as ever),
+    /// without the read that would tell it the key may be free.
+    fn first_in_line(&self, _spec: &LockSpec, _kind: LeaseKind) -> bool {
+        self.named.swap(false, Ordering::Relaxed)
     }
 
     /// A holder does not listen: its slot goes to the next waiter.
