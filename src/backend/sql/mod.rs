@@ -49,6 +49,8 @@ mod liveness;
 #[cfg(feature = "mysql")]
 mod mysql;
 mod names;
+#[cfg(feature = "postgres")]
+mod pglink;
 mod plan;
 #[cfg(feature = "postgres")]
 mod postgres;
