@@ -17,7 +17,13 @@
 //! next statement: until then it would keep the key's fence row locked.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// A connection unused for this long is pinged before its next step (a
+/// lost one is replaced): the pool's test before each acquire, made only
+/// where it can matter. A waiter uses its connection at least once a
+/// second, and a contended hand-off takes milliseconds.
+const IDLE_CHECK: Duration = Duration::from_secs(2);
 
 use futures_util::TryStreamExt;
 use futures_util::future::BoxFuture;
@@ -62,6 +68,8 @@ pub struct State {
     rollback: bool,
     /// What a waiter holds on this connection.
     listening: Option<Listening>,
+    /// When a step last ended (or the connection was opened).
+    used: Option<Instant>,
 }
 
 impl State {
@@ -76,6 +84,7 @@ impl State {
         self.dirty = false;
         self.rollback = false;
         self.listening = None;
+        self.used = None;
     }
 }
 
@@ -100,10 +109,28 @@ impl PgLink {
     /// The connection, opened if there is none.
     pub async fn lock(&self) -> sqlx::Result<PgGuard<'_>> {
         let mut s = self.0.state.lock().await;
+        let rollback = std::mem::take(&mut s.rollback);
+        let idle = s.used.is_some_and(|t| t.elapsed() >= IDLE_CHECK);
+        if s.conn.is_some() && (rollback || idle) {
+            // A transaction dropped unfinished keeps the key's fence row
+            // locked until its queued ROLLBACK is sent: a ping sends it.
+            // After a while unused (a holder's child running), the server
+            // may have restarted: a ping finds out before the statement.
+            let ping = async {
+                let Some((_, l)) = s.conn.as_mut() else {
+                    return Err(sqlx::Error::PoolClosed);
+                };
+                sqlx::Connection::ping(l.acquire().await?).await
+            };
+            if !matches!(tokio::time::timeout(self.0.timeout, ping).await, Ok(Ok(()))) {
+                s.give_up();
+            }
+        }
         if s.conn.is_none() {
             s.give_up();
             s.conn = Some(self.open().await?);
         }
+        s.used = Some(Instant::now());
         Ok(PgGuard { inner: &self.0, s })
     }
 
@@ -177,11 +204,13 @@ impl PgGuard<'_> {
     /// A step ended with `r`.
     pub fn done<T>(&mut self, r: &sqlx::Result<T>) {
         self.s.dirty = !clean(r);
+        self.s.used = Some(Instant::now());
     }
 
     /// A step was cut short where that is safe (a wait for a notification).
     pub fn idle(&mut self) {
         self.s.dirty = false;
+        self.s.used = Some(Instant::now());
     }
 
     /// What the waiter holds on this connection.

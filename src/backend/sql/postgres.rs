@@ -206,6 +206,12 @@ fn statements(t: &Names) -> Statements {
 
 /// Connect, and create the tables where they are missing.
 pub async fn connect(url: &str, timeout: Duration) -> Result<PgBackend> {
+    // Boxed: sqlx's connection set-up nests deep enough to take every
+    // caller's future past the compiler's depth limit in a release build.
+    Box::pin(open(url, timeout)).await
+}
+
+async fn open(url: &str, timeout: Duration) -> Result<PgBackend> {
     let shown = redact_url(url);
     let (url, t) = Names::from_url(url)?;
     // Every statement, and every wait for a row lock, is bounded.
