@@ -8,16 +8,18 @@
 //!   sleep ([`hang_up`]); the next attempt opens another (a thread on the
 //!   server). PostgreSQL keeps it: there a connection is a forked process,
 //!   too dear to open per attempt.
-//! - The first [`SLOTS`] waiters in a key's line each keep one *wake-up
-//!   connection* (PostgreSQL `LISTEN`, MySQL's blocking `GET_LOCK`), which
-//!   also holds one of the key's slots: a server-side lock (an advisory
-//!   lock, a `GET_LOCK` name) that the server lets go of when the
-//!   connection ends, so a waiter that dies never keeps its slot. They are
-//!   woken the moment the key is freed.
+//! - The first [`SLOTS`] waiters in a key's line are woken the moment the
+//!   key is freed, each holding one of the key's slots: a server-side lock
+//!   (an advisory lock, a `GET_LOCK` name) that the server lets go of when
+//!   the connection ends, so a waiter that dies never keeps its slot. On
+//!   MySQL each keeps a *wake-up connection* for its blocking `GET_LOCK`;
+//!   on PostgreSQL the slot and the `LISTEN` are on the engine's own
+//!   connection (one per run), and a release wakes only the one first in
+//!   line when only that one may go.
 //! - Every other waiter (on MySQL) holds no connection between attempts, or
 //!   (on PostgreSQL) only the engine's: it polls with
-//!   a capped, jittered backoff ([`Backoff`]), and after each attempt looks
-//!   whether a slot is free, on the connection it has open for the attempt.
+//!   a capped, jittered backoff ([`Backoff`]); near the front of the line
+//!   it tries for a slot (on MySQL after looking whether one is free).
 //!
 //! - A waiter that could not open its wake-up connection (a server at its
 //!   connection limit) does not try again for [`NO_SLOT_FOR`], and a try is
@@ -32,8 +34,7 @@
 //!
 //! So a crowd of any size keeps about 2 × `SLOTS` idle connections per key
 //! on a MySQL server (a slot's and the engine's), plus those of the holders
-//! and of the attempts in flight; on PostgreSQL one per waiter, plus
-//! `SLOTS`.
+//! and of the attempts in flight; on PostgreSQL one per waiter.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

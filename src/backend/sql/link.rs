@@ -1,5 +1,6 @@
-//! Where the engine's statements go: a server's pool, or a database file's
-//! one connection, in rows of `Any` either way.
+//! Where the engine's statements go: a server's pool, PostgreSQL's held
+//! connection, or a database file's one connection, in rows of `Any`
+//! every way.
 
 use futures_util::TryStreamExt;
 use sqlx::any::Any;
@@ -102,16 +103,30 @@ impl Link for Local {
     }
 }
 
+/// PostgreSQL's: one connection held for the run, on which a waiter also
+/// listens ([`super::pglink`]).
+#[cfg(feature = "postgres")]
+impl Link for super::pglink::PgLink {
+    const SERVER: bool = true;
+    async fn conn(&self) -> sqlx::Result<Conn<'_>> {
+        Ok(Conn::Pg(self.lock().await?))
+    }
+}
+
 /// A connection taken from a [`Link`].
 pub enum Conn<'a> {
     Pool(PoolConnection<Any>),
     Local(tokio::sync::MutexGuard<'a, direct::Direct>),
+    #[cfg(feature = "postgres")]
+    Pg(super::pglink::PgGuard<'a>),
 }
 
 /// A transaction on a [`Conn`]; rolled back if dropped.
 pub(super) enum Tx<'c> {
     Pool(sqlx::Transaction<'c, Any>),
     Local(LocalTx<'c>),
+    #[cfg(feature = "postgres")]
+    Pg(super::pglink::PgTx<'c>),
 }
 
 /// A transaction on a database file: `BEGIN` (or the plan's own opening)
@@ -146,6 +161,8 @@ impl Conn<'_> {
         match self {
             Conn::Pool(c) => run_any(c, stmt, args).await,
             Conn::Local(c) => run_sqlite(c, stmt, args).await,
+            #[cfg(feature = "postgres")]
+            Conn::Pg(c) => c.run(stmt, args).await,
         }
     }
 
@@ -158,6 +175,8 @@ impl Conn<'_> {
                 c.exec_waiting(with.unwrap_or("BEGIN")).await?;
                 Tx::Local(LocalTx { c, open: true })
             }
+            #[cfg(feature = "postgres")]
+            (Conn::Pg(c), with) => Tx::Pg(c.begin(with).await?),
         })
     }
 }
@@ -167,6 +186,8 @@ impl Tx<'_> {
         match self {
             Tx::Pool(t) => run_any(t, stmt, args).await,
             Tx::Local(t) => run_sqlite(t.c, stmt, args).await,
+            #[cfg(feature = "postgres")]
+            Tx::Pg(t) => t.run(stmt, args).await,
         }
     }
 
@@ -174,6 +195,8 @@ impl Tx<'_> {
         match self {
             Tx::Pool(t) => t.commit().await,
             Tx::Local(t) => t.end("COMMIT"),
+            #[cfg(feature = "postgres")]
+            Tx::Pg(t) => t.end(true).await,
         }
     }
 
@@ -181,6 +204,8 @@ impl Tx<'_> {
         match self {
             Tx::Pool(t) => t.rollback().await,
             Tx::Local(t) => t.end("ROLLBACK"),
+            #[cfg(feature = "postgres")]
+            Tx::Pg(t) => t.end(false).await,
         }
     }
 }

@@ -49,6 +49,8 @@ mod liveness;
 #[cfg(feature = "mysql")]
 mod mysql;
 mod names;
+#[cfg(feature = "postgres")]
+mod pglink;
 mod plan;
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -157,6 +159,8 @@ pub struct SqlBackend<P: Link = AnyPool> {
     /// without it (dlock may not create tables there), waiters are not
     /// served in arrival order.
     queue_table: bool,
+    /// The keys (namespace, key) this process has made an attempt on.
+    tried: StdMutex<std::collections::HashSet<(String, String)>>,
 }
 
 /// How long an attempt waits for the key's row lock (behind other
@@ -248,6 +252,7 @@ impl<P: Link> SqlBackend<P> {
             waiting: WaiterRows::default(),
             waiter_table: false,
             queue_table: false,
+            tried: Default::default(),
         }
     }
 

@@ -1,65 +1,62 @@
 //! PostgreSQL's dialect: `now()` is the transaction's clock, the token is
 //! bumped and the lease inserted in one statement, and a waiter `LISTEN`s on
 //! a per-key channel that a release `NOTIFY`s (with a bounded poll for
-//! expiries). Readers and writers listen alike; a writer that stops waiting
-//! notifies too, for the readers that gave way to it.
+//! expiries), naming the next in line when only that one may go
+//! ([`next_in_line`]). Readers and writers listen alike; a writer that stops
+//! waiting notifies too, for the readers that gave way to it.
 //!
-//! Only the first [`SLOTS`] waiters of a key listen (see [`super::crowd`]):
-//! each on a connection of its own that holds one of the key's slots, the
-//! session advisory lock (key hash, slot). The rest of a crowd poll on the
-//! engine's one connection, and after each attempt count the slots held (in
-//! `pg_locks`) to see whether they may listen. So a waiter holds one
-//! connection (a listener two), not two as each did before.
+//! A run has one connection ([`PgLink`]): the engine's statements and a
+//! waiter's `LISTEN` share it. Only the first [`SLOTS`] waiters of a key
+//! listen (see [`super::crowd`]): each holds one of the key's slots, the
+//! session advisory lock (key hash, slot), taken on that connection with its
+//! `LISTEN` and let go of (with `UNLISTEN`) when it takes the key; the
+//! server lets go of it if the connection ends. The rest of a crowd poll,
+//! and near the front of the line try for a slot.
 //!
-//! Unlike MySQL's, the engine's connection is kept while waiting: a
-//! PostgreSQL connection is a forked server process, and a crowd of 200
-//! reconnecting for every attempt kept two cores busy forking; attempts then
-//! queued past `--connect-timeout` and some waiters exited 69.
+//! Unlike MySQL's, the connection is kept while waiting: a PostgreSQL
+//! connection is a forked server process, and a crowd of 200 reconnecting
+//! for every attempt kept two cores busy forking; attempts then queued past
+//! `--connect-timeout` and some waiters exited 69.
 
 use std::str::FromStr;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
-use tokio::sync::Mutex;
+use futures_util::FutureExt;
+use sqlx::postgres::PgConnectOptions;
 
 use super::crowd::{self, SLOTS};
-use super::{BREAK_GRACE, Dialect, Names, Spelling, SqlBackend, Statements, channel_name, fnv64};
+use super::pglink::{Listening, PgGuard, PgLink};
+use super::{
+    BREAK_GRACE, Dialect, Names, Spelling, SqlBackend, Statements, channel_name, connect_error,
+    fnv64,
+};
 use crate::backend::kit;
 use crate::backend::probe::{Check, Level};
 use crate::backend::{LeaseKind, LockSpec, redact_url};
 use crate::error::usage;
 
+type PgBackend = SqlBackend<PgLink>;
+
 struct Postgres {
-    opts: PgConnectOptions,
     timeout: Duration,
-    /// The engine's pool, to ask on it whether a slot is free.
-    pool: crowd::PoolCell,
-    /// Our listener, when we are among the first waiters of a key.
-    listener: Mutex<Option<Listener>>,
+    /// The engine's connection, on which we also listen.
+    link: PgLink,
     /// The sleep between attempts of a waiter that does not listen.
     backoff: crowd::Backoff,
     /// Where we stood in the key's line at our last attempt, and whether
     /// we may try to listen.
     place: crowd::Place,
-}
-
-/// A listening waiter's own connection: `LISTEN`ing on `chan`, and holding
-/// one of the key's slots.
-struct Listener {
-    chan: String,
-    pl: PgListener,
-    own: sqlx::PgPool,
-}
-
-impl Listener {
-    /// Close its connection, which lets go of the slot.
-    async fn close(self) {
-        drop(self.pl);
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.own.close()).await;
-    }
+    /// Our row's id in a key's line (its channel, the id) at our last
+    /// attempt: a release that names another waiter is not for us.
+    me: std::sync::Mutex<Option<(String, String)>>,
+    /// The release's `NOTIFY`, naming the next in line ([`next_in_line`]).
+    notify: String,
+    /// Whether the last notification named us: the key is ours to try,
+    /// without reading first whether it is busy.
+    named: AtomicBool,
 }
 
 /// The first of a key's advisory lock pairs (key hash, slot) that hold its
@@ -68,11 +65,29 @@ fn slot_class(spec: &LockSpec) -> i32 {
     (fnv64(&[&spec.namespace, &spec.key, "listeners"]) >> 33) as i32
 }
 
-/// How many of a key's slots are held, in this database.
-const SLOTS_HELD: &str = "SELECT count(*) FROM pg_locks
-    WHERE locktype = 'advisory' AND granted AND objsubid = 2
-      AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-      AND classid = $1::int8::oid AND objid < $2::int8::oid";
+/// A release's `NOTIFY` on the key's channel ($1), whose payload names the
+/// one waiter it is for: the first live one in the key's line ($2, $3),
+/// when that one wants the key alone (`lim` 1), since nobody behind it may
+/// go before it. Otherwise (readers first in line, a semaphore's, nobody in
+/// line) the payload is empty and every listener tries, as before: several
+/// may be let in at once. Older versions ignore the payload and wake on
+/// every notification; a waiter of this one takes an empty payload (an
+/// older release's) as meant for all.
+///
+/// Each listener but the one named used to wake and read the line only to
+/// find the key taken: about 7 reads per contended run of 8 × 20. The
+/// payload only says who should look first; who may enter is still decided
+/// in the attempt's transaction. A named waiter that died keeps the next
+/// one waiting until its bounded poll (at most a second).
+fn next_in_line(t: &Names) -> String {
+    format!(
+        "SELECT pg_notify($1, COALESCE((
+            SELECT CASE WHEN lim = 1 THEN id ELSE '' END FROM {}
+             WHERE ns = $2 AND key = $3 AND expires_at > clock_timestamp()
+             ORDER BY ticket LIMIT 1), ''))",
+        t.queue
+    )
+}
 
 fn statements(t: &Names) -> Statements {
     let (lease, fence, waiter, queue) = (&t.lease, &t.fence, &t.waiter, &t.queue);
@@ -190,7 +205,13 @@ fn statements(t: &Names) -> Statements {
 }
 
 /// Connect, and create the tables where they are missing.
-pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend> {
+pub async fn connect(url: &str, timeout: Duration) -> Result<PgBackend> {
+    // Boxed: sqlx's connection set-up nests deep enough to take every
+    // caller's future past the compiler's depth limit in a release build.
+    Box::pin(open(url, timeout)).await
+}
+
+async fn open(url: &str, timeout: Duration) -> Result<PgBackend> {
     let shown = redact_url(url);
     let (url, t) = Names::from_url(url)?;
     // Every statement, and every wait for a row lock, is bounded.
@@ -203,30 +224,34 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend> {
         format!("{url}{sep}options=-c%20statement_timeout%3D{ms}%20-c%20lock_timeout%3D{lock_ms}");
     let opts = PgConnectOptions::from_str(&url)
         .map_err(|e| usage(format!("bad PostgreSQL URL {shown}: {e}")))?;
-    let pool = Arc::new(OnceLock::new());
+    // Opening a connection retries a refused or full server for part of
+    // the time; a direct attempt in the rest says which it was.
+    let part = timeout.mul_f64(0.45);
+    let link = PgLink::new(opts, part, timeout);
+    if let Err(e) = link.lock().await {
+        let service = format!("PostgreSQL {shown}");
+        return Err(connect_error(&service, e, part, link.probe()).await);
+    }
     let d = Postgres {
-        opts,
         timeout,
-        pool: pool.clone(),
-        listener: Mutex::new(None),
+        link: link.clone(),
         backoff: crowd::Backoff::default(),
         place: crowd::Place::default(),
+        me: std::sync::Mutex::new(None),
+        notify: next_in_line(&t),
+        named: AtomicBool::new(false),
     };
     let q = statements(&t);
-    let mut b = SqlBackend::open(shown, &url, timeout, t, q, Box::new(d), None).await?;
-    let _ = pool.set(b.pool.clone());
+    let mut b = SqlBackend::new(shown, link, timeout, t, q.into(), Box::new(d));
     let (lease, fence, waiter, queue) = (&b.t.lease, &b.t.fence, &b.t.waiter, &b.t.queue);
     // Most runs find the tables there: one cheap look instead of DDL
     // (which takes locks and sends notices). The waiter table counts only
     // where this role may read it, the line only where it may use it.
-    let (present, waiter_present, waiter_readable, queue_present, queue_usable): (
-        bool,
-        bool,
-        bool,
-        bool,
-        bool,
-    ) = sqlx::query_as(
-        "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL,
+    let names = [lease, fence, waiter, queue].map(String::clone);
+    let look = b.pool.with(move |c| {
+        let [lease, fence, waiter, queue] = names;
+        sqlx::query_as::<_, (bool, bool, bool, bool, bool)>(
+            "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL,
                 to_regclass($3) IS NOT NULL,
                 CASE WHEN to_regclass($3) IS NULL THEN false
                      ELSE has_table_privilege($3, 'SELECT') END,
@@ -235,41 +260,44 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend> {
                      ELSE has_table_privilege($4, 'SELECT') AND has_table_privilege($4, 'INSERT')
                       AND has_table_privilege($4, 'UPDATE') AND has_table_privilege($4, 'DELETE')
                 END",
-    )
-    .bind(lease)
-    .bind(fence)
-    .bind(waiter)
-    .bind(queue)
-    .fetch_one(&b.pool)
-    .await
-    .unwrap_or((false, false, false, false, false));
+        )
+        .bind(lease)
+        .bind(fence)
+        .bind(waiter)
+        .bind(queue)
+        .fetch_one(c)
+        .boxed()
+    });
+    let (present, waiter_present, waiter_readable, queue_present, queue_usable) = b
+        .bounded("looking for the tables", look)
+        .await
+        .unwrap_or((false, false, false, false, false));
     b.waiter_table = waiter_readable;
     b.queue_table = queue_usable && b.t.fair;
     if !waiter_present {
         // Waiter rows feed `status` and let waiting writers go before later
         // readers: a role that may not create tables still locks without
         // them (readers then do not give way to waiting writers).
-        b.waiter_table = b
-            .ddl(
-                "create the waiter table",
-                format!(
-                    "CREATE TABLE IF NOT EXISTS {waiter} (
+        b.waiter_table = run_ddl(
+            &b,
+            "create the waiter table",
+            format!(
+                "CREATE TABLE IF NOT EXISTS {waiter} (
                         ns TEXT NOT NULL, key TEXT NOT NULL, id TEXT NOT NULL,
                         expires_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (ns, key, id))"
-                ),
-            )
-            .await
-            .is_ok();
+            ),
+        )
+        .await
+        .is_ok();
     }
     if !queue_present && b.t.fair {
         // The line (fair queues): a role that may not create it still
         // locks, first come not always first served.
         // Two clients creating it at once may collide; the loser finds it.
-        b.queue_table = b
-            .ddl("create the queue table", queue_ddl(queue))
+        b.queue_table = run_ddl(&b, "create the queue table", queue_ddl(queue))
             .await
             .is_ok()
-            || b.ddl("create the queue table", queue_ddl(queue))
+            || run_ddl(&b, "create the queue table", queue_ddl(queue))
                 .await
                 .is_ok();
     }
@@ -287,12 +315,23 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend> {
     );
     // Two clients creating the tables at once may collide; the loser finds
     // them made.
-    if let Err(first) = b.ddl("create tables", ddl.clone()).await {
-        b.ddl("create tables", ddl)
+    if let Err(first) = run_ddl(&b, "create tables", ddl.clone()).await {
+        run_ddl(&b, "create tables", ddl)
             .await
             .map_err(|e| e.context(format!("(first: {first:#})")))?;
     }
     Ok(b)
+}
+
+/// Run DDL (several statements) once.
+async fn run_ddl(b: &PgBackend, what: &str, sql: String) -> Result<()> {
+    let run = b.pool.with(move |c| {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(c)
+            .map(|r| r.map(drop))
+            .boxed()
+    });
+    b.bounded(what, run).await
 }
 
 /// The line of waiters of every key (see [`super::line`]).
@@ -308,59 +347,66 @@ fn queue_ddl(queue: &str) -> String {
 }
 
 impl Postgres {
-    /// Whether one of the key's listener slots is free, asked on the
-    /// engine's connection of the attempt just made.
-    async fn slot_free(&self, spec: &LockSpec) -> bool {
-        let Some(pool) = self.pool.get() else {
-            return false;
+    /// Whether a release's notification on `chan` (payload: the waiter it
+    /// is for, or empty for all, [`next_in_line`]) is for us. A waiter not
+    /// in the key's line (`dlock_queue=off`) takes every one.
+    fn for_us(&self, chan: &str, payload: &str) -> bool {
+        if payload.is_empty() {
+            return true;
+        }
+        let me = self.me.lock().unwrap();
+        let Some((c, id)) = me.as_ref() else {
+            return true;
         };
-        let q = sqlx::query_scalar::<_, i64>(SLOTS_HELD)
-            .bind(i64::from(slot_class(spec)))
-            .bind(i64::from(SLOTS))
-            .fetch_one(pool);
-        kit::best_effort(self.timeout, q)
-            .await
-            .is_some_and(|n| n < i64::from(SLOTS))
+        if c == chan && id == payload {
+            self.named.store(true, Ordering::Relaxed);
+        }
+        c != chan || id == payload
     }
 
-    /// A connection of our own that takes a free slot of the key and
-    /// listens on its channel; `None` if every slot is taken.
-    async fn listen(&self, spec: &LockSpec, chan: &str) -> Result<Option<Listener>, sqlx::Error> {
-        let own = PgPoolOptions::new()
-            .max_connections(1)
-            .connect_lazy_with(self.opts.clone());
-        let mut pl = PgListener::connect_with(&own).await?;
-        // A lost connection ends the wait (and the slot with it).
-        pl.eager_reconnect(false);
-        let class = slot_class(spec);
-        let mut got = false;
-        for slot in 0..SLOTS as i32 {
-            got = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
-                .bind(class)
-                .bind(slot)
-                .fetch_one(&mut pl)
-                .await?;
-            if got {
-                break;
-            }
+    /// Take a free slot of the key (the lowest, in one round trip: the
+    /// filter runs row by row and the limit stops at the first lock taken)
+    /// and listen on its channel; `None` if every slot is taken.
+    async fn listen(g: &mut PgGuard<'_>, class: i32, chan: &str) -> sqlx::Result<Option<i32>> {
+        let l = g.conn()?;
+        let slot = sqlx::query_scalar::<_, i32>(
+            "SELECT s FROM generate_series(0, $2 - 1) AS s
+              WHERE pg_try_advisory_lock($1, s) LIMIT 1",
+        )
+        .bind(class)
+        .bind(SLOTS as i32)
+        .fetch_optional(&mut *l)
+        .await?;
+        if slot.is_some() {
+            l.listen(chan).await?;
         }
-        let l = Listener {
-            chan: chan.to_string(),
-            pl,
-            own,
+        g.idle();
+        Ok(slot)
+    }
+
+    /// Stop listening, and let go of our slot for the next waiter.
+    async fn unlisten(&self, g: &mut PgGuard<'_>) {
+        let Some(ls) = g.listening().take() else {
+            return;
         };
-        if !got {
-            l.close().await;
-            return Ok(None);
+        let r = async {
+            let l = g.conn()?;
+            l.unlisten(&ls.chan).await?;
+            sqlx::query("SELECT pg_advisory_unlock($1, $2)")
+                .bind(ls.class)
+                .bind(ls.slot)
+                .execute(&mut *l)
+                .await
+        };
+        // Cut short, the connection is given up, and the slot with it.
+        if let Ok(r) = tokio::time::timeout(self.timeout, r).await {
+            g.done(&r);
         }
-        let mut l = l;
-        l.pl.listen(chan).await?;
-        Ok(Some(l))
     }
 }
 
 #[async_trait]
-impl Dialect for Postgres {
+impl Dialect<PgLink> for Postgres {
     fn service(&self) -> &'static str {
         "PostgreSQL"
     }
@@ -369,61 +415,103 @@ impl Dialect for Postgres {
         "postgres"
     }
 
-    async fn freed(&self, e: &SqlBackend, ns: &str, key: &str) {
-        let q = sqlx::query("SELECT pg_notify($1, '')")
-            .bind(channel_name(ns, key))
-            .execute(&e.pool);
+    async fn freed(&self, e: &PgBackend, ns: &str, key: &str) {
+        let chan = channel_name(ns, key);
+        // Without the line (`dlock_queue=off`, or a role that may not use
+        // it), every listener is woken.
+        let line = e.queue_table;
+        let sql = match line {
+            true => self.notify.clone(),
+            false => "SELECT pg_notify($1, '')".to_string(),
+        };
+        let (ns, key) = (ns.to_string(), key.to_string());
+        let q = e.pool.with(move |c| {
+            let q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(chan);
+            let q = if line { q.bind(ns).bind(key) } else { q };
+            q.execute(c).map(|r| r.map(drop)).boxed()
+        });
         let _ = e.bounded("notify", q).await;
+    }
+
+    /// Named by the release we were woken by: first in line, so the
+    /// attempt goes straight to its transaction (which decides, as ever),
+    /// without the read that would tell it the key may be free.
+    fn first_in_line(&self, _spec: &LockSpec, _kind: LeaseKind) -> bool {
+        self.named.swap(false, Ordering::Relaxed)
     }
 
     /// A holder does not listen: its slot goes to the next waiter.
     async fn taken(&self, _spec: &LockSpec, _kind: LeaseKind) {
         self.backoff.reset();
-        if let Some(l) = self.listener.lock().await.take() {
-            l.close().await;
+        if let Some(mut g) = kit::best_effort(self.timeout, self.link.lock()).await {
+            self.unlisten(&mut g).await;
         }
     }
 
-    async fn missed(&self, _spec: &LockSpec, ahead: usize, place: Option<(&str, Option<&str>)>) {
+    async fn missed(&self, spec: &LockSpec, ahead: usize, place: Option<(&str, Option<&str>)>) {
         self.place.missed(ahead, place);
+        *self.me.lock().unwrap() = place.map(|(me, _)| {
+            let chan = channel_name(&spec.namespace, &spec.key);
+            (chan, me.to_string())
+        });
     }
 
     async fn wait(&self, spec: &LockSpec, bound: Instant) {
         let chan = channel_name(&spec.namespace, &spec.key);
-        let mut l = self.listener.lock().await;
-        if let Some(old) = l.take_if(|o| o.chan != chan) {
-            old.close().await;
+        let Some(mut g) = kit::best_effort(self.timeout, self.link.lock()).await else {
+            self.place.sleep(&self.backoff, bound).await;
+            return;
+        };
+        if g.listening().as_ref().is_some_and(|l| l.chan != chan) {
+            self.unlisten(&mut g).await;
         }
-        if l.is_none() && self.place.may_try() && self.slot_free(spec).await {
-            *l = self.place.try_slot(bound, self.listen(spec, &chan)).await;
-            if l.is_some() {
+        if g.listening().is_none() && self.place.may_try() {
+            let class = slot_class(spec);
+            let take = Self::listen(&mut g, class, &chan);
+            if let Some(slot) = self.place.try_slot(bound, take).await {
+                *g.listening() = Some(Listening { chan, class, slot });
                 // A release between our last attempt and LISTEN went
                 // unheard: try again at once.
                 return;
             }
         }
-        let Some(listener) = l.as_mut() else {
-            drop(l);
+        if g.listening().is_none() {
+            drop(g);
             self.place.sleep(&self.backoff, bound).await;
             return;
-        };
-        match tokio::time::timeout_at(bound.into(), listener.pl.try_recv()).await {
-            Ok(Ok(Some(_))) | Err(_) => {}
-            // Lost (and with it the slot) or broken: a new one next time.
-            Ok(_) => {
-                if let Some(old) = l.take() {
-                    old.close().await;
+        }
+        loop {
+            let Ok(l) = g.conn() else { return };
+            match tokio::time::timeout_at(bound.into(), l.try_recv()).await {
+                Ok(Ok(Some(n))) => {
+                    g.idle();
+                    if self.for_us(&chan, n.payload()) {
+                        return;
+                    }
+                    // Another waiter is next in line: we would only find
+                    // the key taken. Wait on, as far as the bound.
                 }
+                // The wait is safe to cut short: the connection is as it was.
+                Err(_) => {
+                    g.idle();
+                    return;
+                }
+                // Lost or broken: given up (and the slot with it); the next
+                // step opens another.
+                Ok(_) => return,
             }
         }
     }
 
-    async fn durability(&self, e: &SqlBackend) -> Check {
+    async fn durability(&self, e: &PgBackend) -> Check {
         // Settings under which a crash can take back a committed lease row.
         let mut lax = Vec::new();
         for name in ["fsync", "synchronous_commit"] {
-            let q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(format!("SHOW {name}")))
-                .fetch_one(&e.pool);
+            let q = e.pool.with(move |c| {
+                sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(format!("SHOW {name}")))
+                    .fetch_one(c)
+                    .boxed()
+            });
             if let Ok(v) = e.bounded("doctor", q).await
                 && v == "off"
             {
