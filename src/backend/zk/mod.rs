@@ -301,6 +301,18 @@ impl ZkBackend {
         }
     }
 
+    /// Create the lock directory `dir` (and its parents) if missing.
+    async fn make_dir(&self, c: &zk::Client, dir: &str) -> Result<()> {
+        let parent = zk::CreateMode::Persistent.with_acls(self.acls());
+        self.bounded(&format!("create the lock directory {dir}"), async {
+            match c.mkdir(dir, &parent).await {
+                Err(zk::Error::NodeExists) => Ok(()),
+                r => r,
+            }
+        })
+        .await
+    }
+
     /// The contenders of a lock directory, in lock order.
     async fn contenders(&self, c: &zk::Client, dir: &str) -> Result<Vec<Contender>> {
         match self.list(c, dir).await? {
@@ -371,14 +383,6 @@ impl Backend for ZkBackend {
         // own node ahead of us would keep us waiting for ourselves.
         self.drop_queued(c).await?;
         let acls = self.acls();
-        let parent = zk::CreateMode::Persistent.with_acls(acls);
-        self.bounded(&format!("create the lock directory {dir}"), async {
-            match c.mkdir(&dir, &parent).await {
-                Err(zk::Error::NodeExists) => Ok(()),
-                r => r,
-            }
-        })
-        .await?;
         let handle = me.kind == LeaseKind::Handle;
         let data = NodeData {
             limit: Some(spec.limit),
@@ -391,19 +395,41 @@ impl Backend for ZkBackend {
         self.queued.add(entry.clone());
         // A handle's node lives from the last write to it: when that write
         // was sent is when its lease can have started, at the earliest.
-        let touched = Instant::now();
-        let (stat, seq, data) = if handle {
-            self.create_outliving(c, &prefix, data, spec.ttl).await?
-        } else {
-            let data = encode(&data);
-            let opts = zk::CreateMode::EphemeralSequential.with_acls(acls);
-            let (stat, seq) = self
-                .bounded(
-                    &format!("create a lock node in {dir}"),
-                    c.create(&prefix, &data, &opts),
-                )
-                .await?;
-            (stat, seq, data)
+        let mut touched = Instant::now();
+        // The node is created first, and the lock directory only when the
+        // server says it is missing (as Curator does): a key used before
+        // costs no write to find its directory there.
+        let mut made_dir = false;
+        let (stat, seq, data) = loop {
+            let created = if handle {
+                self.create_outliving(c, &prefix, data.clone(), spec.ttl)
+                    .await?
+            } else {
+                let data = encode(&data);
+                let opts = zk::CreateMode::EphemeralSequential.with_acls(acls);
+                let what = format!("create a lock node in {dir}");
+                match self.answer(&what, c.create(&prefix, &data, &opts)).await? {
+                    Ok((stat, seq)) => Some((stat, seq, data)),
+                    Err(zk::Error::NoNode) => None,
+                    Err(e) => return Err(zk_err(&self.shown, &what, e)),
+                }
+            };
+            match created {
+                Some(made) => break made,
+                // Made just now and gone again (a `dlock` tidying keys, an
+                // operator): it is not ours to insist.
+                None if made_dir => {
+                    return Err(unavailable(format!(
+                        "ZooKeeper {}: the lock directory {dir} vanished as it was made",
+                        self.shown
+                    )));
+                }
+                None => {
+                    self.make_dir(c, &dir).await?;
+                    made_dir = true;
+                    touched = Instant::now();
+                }
+            }
         };
         let name = format!("{tag}{seq}");
         let path = format!("{dir}/{name}");
@@ -504,7 +530,15 @@ impl Backend for ZkBackend {
         if let Some(claim) = self.claims.lock().await.remove(&k) {
             self.unclaim(c, &path, &claim).await;
         }
-        match self.release_on(c, &path).await {
+        // A `run`'s node lives with our session: it cannot have expired
+        // while the session is alive, so it is deleted at once (the waiter
+        // behind it is woken by this delete; a read first would add a round
+        // trip to every hand-off). A handle's node is judged first.
+        let released = match ours {
+            Some((_, false)) => self.delete_ephemeral(c, &path).await,
+            _ => self.release_on(c, &path).await,
+        };
+        match released {
             // The server of our session does not answer (frozen, cut off):
             // our session's node is deleted through another server.
             Err(e)
