@@ -46,6 +46,17 @@ pub(super) struct ZkTurn<'a> {
 }
 
 impl ZkTurn<'_> {
+    /// Keep the record of the node `name` ahead: a node's liveness never
+    /// changes (one that outlives its session has none), so it is read once.
+    fn remember(&mut self, name: String, data: &[u8], stat: &zk::Stat) {
+        if !outlives_session(stat) {
+            // An ephemeral node: never expires by its TTL (`reap`).
+            self.lasting.insert(name.clone());
+        }
+        self.records
+            .insert(name, (record_of(data, stat), stat.version));
+    }
+
     /// Rewrite a handle's node so that its TTL starts again.
     async fn touch(&mut self) -> Result<()> {
         match self.b.touch(&self.c, &self.path, &self.data).await? {
@@ -82,20 +93,57 @@ impl queue::Turn for ZkTurn<'_> {
             .await?
         {
             Ok((data, stat)) => {
-                // A node's liveness never changes (one that outlives its
-                // session has none): read once.
-                let r = record_of(&data, &stat);
-                if !outlives_session(&stat) {
-                    // An ephemeral node: never expires by its TTL (`reap`).
-                    self.lasting.insert(ct.name.clone());
-                }
-                self.records
-                    .insert(ct.name.clone(), (r.clone(), stat.version));
-                Ok(r)
+                self.remember(ct.name.clone(), &data, &stat);
+                Ok(record_of(&data, &stat))
             }
             // Gone, or not ours to read (an ACL).
             Err(_) => Ok(None),
         }
+    }
+
+    /// The records of the nodes ahead not read yet, in one batch of reads
+    /// sent together (the server answers them in order, in one round trip).
+    async fn prefetch(&mut self, ahead: &[Contender]) -> Result<bool> {
+        let paths: Vec<(String, String)> = ahead
+            .iter()
+            .filter(|ct| !self.records.contains_key(&ct.name))
+            .map(|ct| (ct.name.clone(), format!("{}/{}", self.dir, ct.name)))
+            .collect();
+        if paths.is_empty() {
+            return Ok(false);
+        }
+        let reads = paths.iter().map(|(_, p)| self.c.get_data(p));
+        let what = format!("read the nodes ahead in {}", self.dir);
+        let timeout = self.b.timeout;
+        let read = tokio::time::timeout(timeout, futures_util::future::join_all(reads))
+            .await
+            .map_err(|_| kit::no_answer(&format!("ZooKeeper {}", self.b.shown), &what, timeout))?;
+        let mut gone = false;
+        for ((name, _), r) in paths.into_iter().zip(read) {
+            match r {
+                Ok((data, stat)) => self.remember(name, &data, &stat),
+                // Gone since the listing: the queue moved, look again.
+                Err(zk::Error::NoNode) => gone = true,
+                // Not ours to read (an ACL): no record, and nothing to
+                // judge for expiry either.
+                Err(zk::Error::NoAuth) => {
+                    self.lasting.insert(name.clone());
+                    self.records.insert(name, (None, -1));
+                }
+                // Left to `record`, read alone.
+                Err(_) => {}
+            }
+        }
+        Ok(gone)
+    }
+
+    async fn gone(&mut self, ct: &Contender) -> Result<bool> {
+        let path = format!("{}/{}", self.dir, ct.name);
+        let stat = self
+            .b
+            .bounded(&format!("look for {path}"), self.c.check_stat(&path))
+            .await?;
+        Ok(stat.is_none())
     }
 
     async fn remove_dead(&mut self, ct: &Contender) -> Result<bool> {
