@@ -83,6 +83,9 @@ use names::{Contender, Recipe, contenders_of, entry_of, modes, parse_url};
 use node::{NodeData, encode, expiry_of, fresh_id, ms_of, node_data, outlives_session};
 use turn::ZkTurn;
 
+/// How long `close` waits for the server to end the session.
+const SESSION_CLOSE_WAIT: Duration = Duration::from_millis(300);
+
 pub struct ZkBackend {
     shown: String,
     cluster: String,
@@ -161,6 +164,27 @@ impl ZkBackend {
         let c = Arc::new(self.connect(ttl).await?);
         *slot = Some(c.clone());
         Ok(c)
+    }
+
+    /// End the session, rather than leave it to expire: the server then
+    /// closes the connection itself (a client that just goes costs it an
+    /// error, logged with its stack trace, and the session's expiry
+    /// later). Waited for briefly: nobody needs it (our nodes are gone
+    /// already), so a slow server only leaves the session to expire.
+    async fn end_session(&self) {
+        let Some(c) = self.client.lock().await.take() else {
+            return;
+        };
+        let mut state = c.state_watcher();
+        // Ended already, or still in use elsewhere (then it closes when
+        // that lets go of it).
+        if state.peek_state().is_terminated() || Arc::strong_count(&c) > 1 {
+            return;
+        }
+        // The last handle gone, the client asks the server to close.
+        drop(c);
+        let closed = async { while !state.changed().await.is_terminated() {} };
+        let _ = tokio::time::timeout(self.timeout.min(SESSION_CLOSE_WAIT), closed).await;
     }
 
     /// The session now, if there is one.
@@ -703,5 +727,7 @@ impl Backend for ZkBackend {
             }
             kit::best_effort(self.timeout, c.delete(&p, None)).await;
         }
+        drop(session);
+        self.end_session().await;
     }
 }
