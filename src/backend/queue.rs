@@ -44,9 +44,10 @@ pub trait Turn: Send {
     async fn record(&mut self, entry: &Self::Entry) -> Result<Option<Record>>;
 
     /// Before the entries `ahead` are judged one by one: read every record
-    /// not read yet at once (one round trip, not one per entry). True if
-    /// one is gone meanwhile: look again.
-    async fn prefetch(&mut self, _ahead: &[Self::Entry]) -> Result<bool> {
+    /// not read yet at once (one round trip, not one per entry); the
+    /// backend may set its watch on `ahead[blocker]` with the read. True
+    /// if one is gone meanwhile: look again.
+    async fn prefetch(&mut self, _ahead: &[Self::Entry], _blocker: usize) -> Result<bool> {
         Ok(false)
     }
 
@@ -99,7 +100,7 @@ pub async fn wait_turn<T: Turn>(
         let Some(blocker) = kit::blocker(mode, &modes[..ours]) else {
             return Ok(Attempt::Acquired(t.admitted(&entries, ours).await?));
         };
-        if t.prefetch(&entries[..ours]).await? {
+        if t.prefetch(&entries[..ours], blocker).await? {
             continue;
         }
         if break_dead(t, &entries[..ours]).await? {

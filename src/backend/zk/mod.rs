@@ -475,6 +475,7 @@ impl Backend for ZkBackend {
             lasting: HashSet::new(),
             records: HashMap::new(),
             next_expiry: None,
+            watching: None,
         };
         queue::wait_turn(&mut turn, spec.mode(), deadline).await
     }

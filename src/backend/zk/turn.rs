@@ -43,6 +43,8 @@ pub(super) struct ZkTurn<'a> {
     pub(super) records: HashMap<String, (Option<Record>, i32)>,
     /// When the next node ahead expires.
     pub(super) next_expiry: Option<Duration>,
+    /// A watch on the node ahead we wait for, set as its record was read.
+    pub(super) watching: Option<(String, zk::OneshotWatcher)>,
 }
 
 impl ZkTurn<'_> {
@@ -103,7 +105,9 @@ impl queue::Turn for ZkTurn<'_> {
 
     /// The records of the nodes ahead not read yet, in one batch of reads
     /// sent together (the server answers them in order, in one round trip).
-    async fn prefetch(&mut self, ahead: &[Contender]) -> Result<bool> {
+    /// The blocker's is read with a watch, which `wait` then keeps
+    /// (no second request to set one).
+    async fn prefetch(&mut self, ahead: &[Contender], blocker: usize) -> Result<bool> {
         let paths: Vec<(String, String)> = ahead
             .iter()
             .filter(|ct| !self.records.contains_key(&ct.name))
@@ -112,16 +116,34 @@ impl queue::Turn for ZkTurn<'_> {
         if paths.is_empty() {
             return Ok(false);
         }
-        let reads = paths.iter().map(|(_, p)| self.c.get_data(p));
+        let watched = ahead.get(blocker).map(|ct| ct.name.as_str());
+        let (watched, others): (Vec<_>, Vec<_>) = paths
+            .into_iter()
+            .partition(|(n, _)| Some(n.as_str()) == watched);
+        let c = &self.c;
+        let reads = futures_util::future::join_all(others.iter().map(|(_, p)| c.get_data(p)));
+        let watch = async {
+            match watched.first() {
+                Some((_, p)) => Some(c.get_and_watch_data(p).await),
+                None => None,
+            }
+        };
         let what = format!("read the nodes ahead in {}", self.dir);
         let timeout = self.b.timeout;
-        let read = tokio::time::timeout(timeout, futures_util::future::join_all(reads))
+        let (read, watch) = tokio::time::timeout(timeout, futures_util::future::join(reads, watch))
             .await
             .map_err(|_| kit::no_answer(&format!("ZooKeeper {}", self.b.shown), &what, timeout))?;
+        let watch = watch.map(|r| r.map(|(data, stat, w)| ((data, stat), Some(w))));
+        let read = read.into_iter().map(|r| r.map(|d| (d, None)));
         let mut gone = false;
-        for ((name, _), r) in paths.into_iter().zip(read) {
+        for ((name, _), r) in others.into_iter().chain(watched).zip(read.chain(watch)) {
             match r {
-                Ok((data, stat)) => self.remember(name, &data, &stat),
+                Ok(((data, stat), w)) => {
+                    if let Some(w) = w {
+                        self.watching = Some((name.clone(), w));
+                    }
+                    self.remember(name, &data, &stat);
+                }
                 // Gone since the listing: the queue moved, look again.
                 Err(zk::Error::NoNode) => gone = true,
                 // Not ours to read (an ACL): no record, and nothing to
@@ -244,13 +266,18 @@ impl queue::Turn for ZkTurn<'_> {
             self.touch().await?;
         }
         let pred = format!("{}/{}", self.dir, blocker.name);
-        let watcher = match self
-            .b
-            .bounded(&format!("watch {pred}"), self.c.check_and_watch_stat(&pred))
-            .await?
-        {
-            (Some(_), w) => w,
-            (None, _) => return Ok(()),
+        let watcher = match self.watching.take() {
+            // Set when its record was read: it has fired already if the
+            // node went or changed since.
+            Some((name, w)) if name == blocker.name => w,
+            _ => match self
+                .b
+                .bounded(&format!("watch {pred}"), self.c.check_and_watch_stat(&pred))
+                .await?
+            {
+                (Some(_), w) => w,
+                (None, _) => return Ok(()),
+            },
         };
         // Wake on the blocker's change, the deadline, or a periodic
         // re-check (a session event can end the watch silently; a node
