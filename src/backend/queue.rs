@@ -43,6 +43,21 @@ pub trait Turn: Send {
     /// foreign client's entry, or one gone meanwhile.
     async fn record(&mut self, entry: &Self::Entry) -> Result<Option<Record>>;
 
+    /// Before the entries `ahead` are judged one by one: read every record
+    /// not read yet at once (one round trip, not one per entry); the
+    /// backend may set its watch on `ahead[blocker]` with the read. True
+    /// if one is gone meanwhile: look again.
+    async fn prefetch(&mut self, _ahead: &[Self::Entry], _blocker: usize) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// Whether the entry is gone from the queue now (one found dead
+    /// may have released before it exited). False where the backend
+    /// cannot tell cheaply: the entry is judged as listed.
+    async fn gone(&mut self, _entry: &Self::Entry) -> Result<bool> {
+        Ok(false)
+    }
+
     /// Remove an entry whose process is gone, only if it is still the
     /// entry that was judged (a version- or revision-checked delete). True
     /// if the queue changed (it went, or changed meanwhile): look again.
@@ -85,6 +100,9 @@ pub async fn wait_turn<T: Turn>(
         let Some(blocker) = kit::blocker(mode, &modes[..ours]) else {
             return Ok(Attempt::Acquired(t.admitted(&entries, ours).await?));
         };
+        if t.prefetch(&entries[..ours], blocker).await? {
+            continue;
+        }
         if break_dead(t, &entries[..ours]).await? {
             continue;
         }
@@ -102,15 +120,32 @@ pub async fn wait_turn<T: Turn>(
             .and_then(|r| local_process(&r));
         match local {
             Some((pid, start)) => {
+                let wait = t.wait(&entries[blocker], deadline);
+                tokio::pin!(wait);
                 tokio::select! {
-                    r = t.wait(&entries[blocker], deadline) => r?,
-                    () = until_gone(pid, start) => {}
+                    biased;
+                    r = &mut wait => r?,
+                    () = until_gone(pid, start) => {
+                        // A holder deletes its entry just before it exits,
+                        // so the service's word of it is usually on its
+                        // way: take it (a watch dropped unfired costs a
+                        // request to take it off the server). A process
+                        // that died holding has its entry broken after a
+                        // longer grace anyway.
+                        if let Ok(r) = tokio::time::timeout(SETTLE, &mut wait).await {
+                            r?;
+                        }
+                    }
                 }
             }
             None => t.wait(&entries[blocker], deadline).await?,
         }
     }
 }
+
+/// How long a waiter whose blocker's process exited still waits for the
+/// service to say the entry went (see [`wait_turn`]).
+const SETTLE: Duration = Duration::from_millis(20);
 
 /// Remove the entries `ahead` whose process, on this machine, is gone:
 /// true if any went (or changed meanwhile), to look again.
@@ -125,6 +160,13 @@ async fn break_dead<T: Turn>(t: &mut T, ahead: &[T::Entry]) -> Result<bool> {
             continue;
         }
         if !graced {
+            // Most often the process released, then exited, since we
+            // listed: its entry is gone and there is nothing to break.
+            // Look again at once rather than sleep with nobody watching
+            // (the line would stand still behind us meanwhile).
+            if t.gone(e).await? {
+                return Ok(true);
+            }
             // The dead process's guard may still be stopping its job.
             tokio::time::sleep(kit::BREAK_GRACE).await;
             graced = true;

@@ -105,13 +105,14 @@ impl ZkBackend {
     /// `ttl` unmodified: a TTL node where the server has them, else a plain
     /// persistent node whose TTL (in its data) dlock judges.
     /// Its data is `data` marked as a TTL node's or not; returned with it.
+    /// None if the lock directory is missing.
     pub(super) async fn create_outliving(
         &self,
         c: &zk::Client,
         prefix: &str,
         mut data: NodeData,
         ttl: Duration,
-    ) -> Result<(zk::Stat, zk::CreateSequence, Vec<u8>)> {
+    ) -> Result<Option<(zk::Stat, zk::CreateSequence, Vec<u8>)>> {
         let acls = self.acls();
         let what = format!("create a lock node at {prefix}");
         if !self.no_ttl_nodes.load(Ordering::Relaxed) {
@@ -120,17 +121,12 @@ impl ZkBackend {
                 .with_ttl(ttl);
             data.ttl_node = true;
             let bytes = encode(&data);
-            let created = self
-                .bounded(&what, async {
-                    match c.create(prefix, &bytes, &opts).await {
-                        // No TTL nodes on this server.
-                        Err(zk::Error::Unimplemented) => Ok(None),
-                        r => r.map(Some),
-                    }
-                })
-                .await?;
-            if let Some((stat, seq)) = created {
-                return Ok((stat, seq, bytes));
+            match self.answer(&what, c.create(prefix, &bytes, &opts)).await? {
+                Ok((stat, seq)) => return Ok(Some((stat, seq, bytes))),
+                Err(zk::Error::NoNode) => return Ok(None),
+                // No TTL nodes on this server.
+                Err(zk::Error::Unimplemented) => {}
+                Err(e) => return Err(zk_err(&self.shown, &what, e)),
             }
             tracing::debug!("the server has no TTL nodes: dlock judges expiry itself");
             self.no_ttl_nodes.store(true, Ordering::Relaxed);
@@ -138,8 +134,11 @@ impl ZkBackend {
         let opts = zk::CreateMode::PersistentSequential.with_acls(acls);
         data.ttl_node = false;
         let bytes = encode(&data);
-        let (stat, seq) = self.bounded(&what, c.create(prefix, &bytes, &opts)).await?;
-        Ok((stat, seq, bytes))
+        match self.answer(&what, c.create(prefix, &bytes, &opts)).await? {
+            Ok((stat, seq)) => Ok(Some((stat, seq, bytes))),
+            Err(zk::Error::NoNode) => Ok(None),
+            Err(e) => Err(zk_err(&self.shown, &what, e)),
+        }
     }
 
     /// Rewrite a node that outlives its session, unchanged, so that its

@@ -83,6 +83,9 @@ use names::{Contender, Recipe, contenders_of, entry_of, modes, parse_url};
 use node::{NodeData, encode, expiry_of, fresh_id, ms_of, node_data, outlives_session};
 use turn::ZkTurn;
 
+/// How long `close` waits for the server to end the session.
+const SESSION_CLOSE_WAIT: Duration = Duration::from_millis(300);
+
 pub struct ZkBackend {
     shown: String,
     cluster: String,
@@ -161,6 +164,27 @@ impl ZkBackend {
         let c = Arc::new(self.connect(ttl).await?);
         *slot = Some(c.clone());
         Ok(c)
+    }
+
+    /// End the session, rather than leave it to expire: the server then
+    /// closes the connection itself (a client that just goes costs it an
+    /// error, logged with its stack trace, and the session's expiry
+    /// later). Waited for briefly: nobody needs it (our nodes are gone
+    /// already), so a slow server only leaves the session to expire.
+    async fn end_session(&self) {
+        let Some(c) = self.client.lock().await.take() else {
+            return;
+        };
+        let mut state = c.state_watcher();
+        // Ended already, or still in use elsewhere (then it closes when
+        // that lets go of it).
+        if state.peek_state().is_terminated() || Arc::strong_count(&c) > 1 {
+            return;
+        }
+        // The last handle gone, the client asks the server to close.
+        drop(c);
+        let closed = async { while !state.changed().await.is_terminated() {} };
+        let _ = tokio::time::timeout(self.timeout.min(SESSION_CLOSE_WAIT), closed).await;
     }
 
     /// The session now, if there is one.
@@ -301,6 +325,18 @@ impl ZkBackend {
         }
     }
 
+    /// Create the lock directory `dir` (and its parents) if missing.
+    async fn make_dir(&self, c: &zk::Client, dir: &str) -> Result<()> {
+        let parent = zk::CreateMode::Persistent.with_acls(self.acls());
+        self.bounded(&format!("create the lock directory {dir}"), async {
+            match c.mkdir(dir, &parent).await {
+                Err(zk::Error::NodeExists) => Ok(()),
+                r => r,
+            }
+        })
+        .await
+    }
+
     /// The contenders of a lock directory, in lock order.
     async fn contenders(&self, c: &zk::Client, dir: &str) -> Result<Vec<Contender>> {
         match self.list(c, dir).await? {
@@ -371,14 +407,6 @@ impl Backend for ZkBackend {
         // own node ahead of us would keep us waiting for ourselves.
         self.drop_queued(c).await?;
         let acls = self.acls();
-        let parent = zk::CreateMode::Persistent.with_acls(acls);
-        self.bounded(&format!("create the lock directory {dir}"), async {
-            match c.mkdir(&dir, &parent).await {
-                Err(zk::Error::NodeExists) => Ok(()),
-                r => r,
-            }
-        })
-        .await?;
         let handle = me.kind == LeaseKind::Handle;
         let data = NodeData {
             limit: Some(spec.limit),
@@ -391,19 +419,41 @@ impl Backend for ZkBackend {
         self.queued.add(entry.clone());
         // A handle's node lives from the last write to it: when that write
         // was sent is when its lease can have started, at the earliest.
-        let touched = Instant::now();
-        let (stat, seq, data) = if handle {
-            self.create_outliving(c, &prefix, data, spec.ttl).await?
-        } else {
-            let data = encode(&data);
-            let opts = zk::CreateMode::EphemeralSequential.with_acls(acls);
-            let (stat, seq) = self
-                .bounded(
-                    &format!("create a lock node in {dir}"),
-                    c.create(&prefix, &data, &opts),
-                )
-                .await?;
-            (stat, seq, data)
+        let mut touched = Instant::now();
+        // The node is created first, and the lock directory only when the
+        // server says it is missing (as Curator does): a key used before
+        // costs no write to find its directory there.
+        let mut made_dir = false;
+        let (stat, seq, data) = loop {
+            let created = if handle {
+                self.create_outliving(c, &prefix, data.clone(), spec.ttl)
+                    .await?
+            } else {
+                let data = encode(&data);
+                let opts = zk::CreateMode::EphemeralSequential.with_acls(acls);
+                let what = format!("create a lock node in {dir}");
+                match self.answer(&what, c.create(&prefix, &data, &opts)).await? {
+                    Ok((stat, seq)) => Some((stat, seq, data)),
+                    Err(zk::Error::NoNode) => None,
+                    Err(e) => return Err(zk_err(&self.shown, &what, e)),
+                }
+            };
+            match created {
+                Some(made) => break made,
+                // Made just now and gone again (a `dlock` tidying keys, an
+                // operator): it is not ours to insist.
+                None if made_dir => {
+                    return Err(unavailable(format!(
+                        "ZooKeeper {}: the lock directory {dir} vanished as it was made",
+                        self.shown
+                    )));
+                }
+                None => {
+                    self.make_dir(c, &dir).await?;
+                    made_dir = true;
+                    touched = Instant::now();
+                }
+            }
         };
         let name = format!("{tag}{seq}");
         let path = format!("{dir}/{name}");
@@ -425,6 +475,7 @@ impl Backend for ZkBackend {
             lasting: HashSet::new(),
             records: HashMap::new(),
             next_expiry: None,
+            watching: None,
         };
         queue::wait_turn(&mut turn, spec.mode(), deadline).await
     }
@@ -504,7 +555,15 @@ impl Backend for ZkBackend {
         if let Some(claim) = self.claims.lock().await.remove(&k) {
             self.unclaim(c, &path, &claim).await;
         }
-        match self.release_on(c, &path).await {
+        // A `run`'s node lives with our session: it cannot have expired
+        // while the session is alive, so it is deleted at once (the waiter
+        // behind it is woken by this delete; a read first would add a round
+        // trip to every hand-off). A handle's node is judged first.
+        let released = match ours {
+            Some((_, false)) => self.delete_ephemeral(c, &path).await,
+            _ => self.release_on(c, &path).await,
+        };
+        match released {
             // The server of our session does not answer (frozen, cut off):
             // our session's node is deleted through another server.
             Err(e)
@@ -669,5 +728,7 @@ impl Backend for ZkBackend {
             }
             kit::best_effort(self.timeout, c.delete(&p, None)).await;
         }
+        drop(session);
+        self.end_session().await;
     }
 }

@@ -45,6 +45,18 @@ impl ZkBackend {
         }
         Ok(())
     }
+    /// Release our node at `path`, one that lives with the session `c`
+    /// (a `run`'s): delete it. Already gone (broken with --force, the
+    /// session expired) is a lease we no longer held.
+    pub(super) async fn delete_ephemeral(&self, c: &zk::Client, path: &str) -> Result<bool> {
+        let what = format!("release {path}");
+        match self.answer(&what, c.delete(path, None)).await? {
+            Ok(()) => Ok(true),
+            Err(zk::Error::NoNode) => Ok(false),
+            Err(e) => Err(zk_err(&self.shown, &what, e)),
+        }
+    }
+
     /// Release our node at `path` through the session `c`.
     pub(super) async fn release_on(&self, c: &zk::Client, path: &str) -> Result<bool> {
         let what = format!("release {path}");

@@ -43,9 +43,22 @@ pub(super) struct ZkTurn<'a> {
     pub(super) records: HashMap<String, (Option<Record>, i32)>,
     /// When the next node ahead expires.
     pub(super) next_expiry: Option<Duration>,
+    /// A watch on the node ahead we wait for, set as its record was read.
+    pub(super) watching: Option<(String, zk::OneshotWatcher)>,
 }
 
 impl ZkTurn<'_> {
+    /// Keep the record of the node `name` ahead: a node's liveness never
+    /// changes (one that outlives its session has none), so it is read once.
+    fn remember(&mut self, name: String, data: &[u8], stat: &zk::Stat) {
+        if !outlives_session(stat) {
+            // An ephemeral node: never expires by its TTL (`reap`).
+            self.lasting.insert(name.clone());
+        }
+        self.records
+            .insert(name, (record_of(data, stat), stat.version));
+    }
+
     /// Rewrite a handle's node so that its TTL starts again.
     async fn touch(&mut self) -> Result<()> {
         match self.b.touch(&self.c, &self.path, &self.data).await? {
@@ -82,20 +95,77 @@ impl queue::Turn for ZkTurn<'_> {
             .await?
         {
             Ok((data, stat)) => {
-                // A node's liveness never changes (one that outlives its
-                // session has none): read once.
-                let r = record_of(&data, &stat);
-                if !outlives_session(&stat) {
-                    // An ephemeral node: never expires by its TTL (`reap`).
-                    self.lasting.insert(ct.name.clone());
-                }
-                self.records
-                    .insert(ct.name.clone(), (r.clone(), stat.version));
-                Ok(r)
+                self.remember(ct.name.clone(), &data, &stat);
+                Ok(record_of(&data, &stat))
             }
             // Gone, or not ours to read (an ACL).
             Err(_) => Ok(None),
         }
+    }
+
+    /// The records of the nodes ahead not read yet, in one batch of reads
+    /// sent together (the server answers them in order, in one round trip).
+    /// The blocker's is read with a watch, which `wait` then keeps
+    /// (no second request to set one).
+    async fn prefetch(&mut self, ahead: &[Contender], blocker: usize) -> Result<bool> {
+        let paths: Vec<(String, String)> = ahead
+            .iter()
+            .filter(|ct| !self.records.contains_key(&ct.name))
+            .map(|ct| (ct.name.clone(), format!("{}/{}", self.dir, ct.name)))
+            .collect();
+        if paths.is_empty() {
+            return Ok(false);
+        }
+        let watched = ahead.get(blocker).map(|ct| ct.name.as_str());
+        let (watched, others): (Vec<_>, Vec<_>) = paths
+            .into_iter()
+            .partition(|(n, _)| Some(n.as_str()) == watched);
+        let c = &self.c;
+        let reads = futures_util::future::join_all(others.iter().map(|(_, p)| c.get_data(p)));
+        let watch = async {
+            match watched.first() {
+                Some((_, p)) => Some(c.get_and_watch_data(p).await),
+                None => None,
+            }
+        };
+        let what = format!("read the nodes ahead in {}", self.dir);
+        let timeout = self.b.timeout;
+        let (read, watch) = tokio::time::timeout(timeout, futures_util::future::join(reads, watch))
+            .await
+            .map_err(|_| kit::no_answer(&format!("ZooKeeper {}", self.b.shown), &what, timeout))?;
+        let watch = watch.map(|r| r.map(|(data, stat, w)| ((data, stat), Some(w))));
+        let read = read.into_iter().map(|r| r.map(|d| (d, None)));
+        let mut gone = false;
+        for ((name, _), r) in others.into_iter().chain(watched).zip(read.chain(watch)) {
+            match r {
+                Ok(((data, stat), w)) => {
+                    if let Some(w) = w {
+                        self.watching = Some((name.clone(), w));
+                    }
+                    self.remember(name, &data, &stat);
+                }
+                // Gone since the listing: the queue moved, look again.
+                Err(zk::Error::NoNode) => gone = true,
+                // Not ours to read (an ACL): no record, and nothing to
+                // judge for expiry either.
+                Err(zk::Error::NoAuth) => {
+                    self.lasting.insert(name.clone());
+                    self.records.insert(name, (None, -1));
+                }
+                // Left to `record`, read alone.
+                Err(_) => {}
+            }
+        }
+        Ok(gone)
+    }
+
+    async fn gone(&mut self, ct: &Contender) -> Result<bool> {
+        let path = format!("{}/{}", self.dir, ct.name);
+        let stat = self
+            .b
+            .bounded(&format!("look for {path}"), self.c.check_stat(&path))
+            .await?;
+        Ok(stat.is_none())
     }
 
     async fn remove_dead(&mut self, ct: &Contender) -> Result<bool> {
@@ -196,13 +266,18 @@ impl queue::Turn for ZkTurn<'_> {
             self.touch().await?;
         }
         let pred = format!("{}/{}", self.dir, blocker.name);
-        let watcher = match self
-            .b
-            .bounded(&format!("watch {pred}"), self.c.check_and_watch_stat(&pred))
-            .await?
-        {
-            (Some(_), w) => w,
-            (None, _) => return Ok(()),
+        let watcher = match self.watching.take() {
+            // Set when its record was read: it has fired already if the
+            // node went or changed since.
+            Some((name, w)) if name == blocker.name => w,
+            _ => match self
+                .b
+                .bounded(&format!("watch {pred}"), self.c.check_and_watch_stat(&pred))
+                .await?
+            {
+                (Some(_), w) => w,
+                (None, _) => return Ok(()),
+            },
         };
         // Wake on the blocker's change, the deadline, or a periodic
         // re-check (a session event can end the watch silently; a node
