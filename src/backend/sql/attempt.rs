@@ -187,12 +187,14 @@ impl<P: Link> SqlBackend<P> {
         // their connections and, unable to renew their rows, their places).
         let read_first = !P::SERVER || self.queue_table;
         // A run's first attempt on the key would only read that it must
-        // join the line (or that the key may be free): it goes straight to
-        // the transaction. Later ones read first, even where our place is
-        // not known to be kept (a crowd on a full server fails to renew
-        // places, and each of its polls would take the fence row).
+        // join the line (or that the key may be free): where the dialect
+        // says so, it goes straight to the transaction. Later ones read
+        // first, even where our place is not known to be kept (a crowd on a
+        // full server fails to renew places, and each of its polls would
+        // take the fence row).
         let first_try = join
             && self.queue_table
+            && self.d.first_try_writes()
             && self.tried.lock().unwrap().insert((ns.clone(), key.clone()));
         let peeked = if !read_first || first_try || self.d.first_in_line(spec, me.kind) {
             None

@@ -14,7 +14,10 @@
 //! next step opens another. What a waiter held on the old one (a slot, its
 //! `LISTEN`) went with it ([`State::listening`]). A transaction dropped
 //! unfinished (an error in it) has its `ROLLBACK` sent at once, not at the
-//! next statement: until then it would keep the key's fence row locked.
+//! next statement: until then it would keep the key's fence row locked. A
+//! connection unused for [`IDLE_CHECK`] is pinged before its next step, as
+//! sqlx's pool tested each connection before every statement (a ping each
+//! way, which a held connection saves).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -109,6 +112,10 @@ impl PgLink {
     /// The connection, opened if there is none.
     pub async fn lock(&self) -> sqlx::Result<PgGuard<'_>> {
         let mut s = self.0.state.lock().await;
+        // A ping cut short below (by the caller's bound) left this set.
+        if s.dirty {
+            s.give_up();
+        }
         let rollback = std::mem::take(&mut s.rollback);
         let idle = s.used.is_some_and(|t| t.elapsed() >= IDLE_CHECK);
         if s.conn.is_some() && (rollback || idle) {
@@ -116,13 +123,16 @@ impl PgLink {
             // locked until its queued ROLLBACK is sent: a ping sends it.
             // After a while unused (a holder's child running), the server
             // may have restarted: a ping finds out before the statement.
+            s.dirty = true;
             let ping = async {
                 let Some((_, l)) = s.conn.as_mut() else {
                     return Err(sqlx::Error::PoolClosed);
                 };
                 sqlx::Connection::ping(l.acquire().await?).await
             };
-            if !matches!(tokio::time::timeout(self.0.timeout, ping).await, Ok(Ok(()))) {
+            if matches!(tokio::time::timeout(self.0.timeout, ping).await, Ok(Ok(()))) {
+                s.dirty = false;
+            } else {
                 s.give_up();
             }
         }
