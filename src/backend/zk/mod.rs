@@ -75,6 +75,7 @@ mod expiry;
 mod names;
 mod node;
 mod release;
+mod session;
 mod slots;
 mod status;
 mod turn;
@@ -82,9 +83,6 @@ mod turn;
 use names::{Contender, Recipe, contenders_of, entry_of, modes, parse_url};
 use node::{NodeData, encode, expiry_of, fresh_id, ms_of, node_data, outlives_session};
 use turn::ZkTurn;
-
-/// How long `close` waits for the server to end the session.
-const SESSION_CLOSE_WAIT: Duration = Duration::from_millis(300);
 
 pub struct ZkBackend {
     shown: String,
@@ -166,107 +164,9 @@ impl ZkBackend {
         Ok(c)
     }
 
-    /// End the session, rather than leave it to expire: the server then
-    /// closes the connection itself (a client that just goes costs it an
-    /// error, logged with its stack trace, and the session's expiry
-    /// later). Waited for briefly: nobody needs it (our nodes are gone
-    /// already), so a slow server only leaves the session to expire.
-    async fn end_session(&self) {
-        let Some(c) = self.client.lock().await.take() else {
-            return;
-        };
-        let mut state = c.state_watcher();
-        // Ended already, or still in use elsewhere (then it closes when
-        // that lets go of it).
-        if state.peek_state().is_terminated() || Arc::strong_count(&c) > 1 {
-            return;
-        }
-        // The last handle gone, the client asks the server to close.
-        drop(c);
-        let closed = async { while !state.changed().await.is_terminated() {} };
-        let _ = tokio::time::timeout(self.timeout.min(SESSION_CLOSE_WAIT), closed).await;
-    }
-
     /// The session now, if there is one.
     async fn session(&self) -> Option<Arc<zk::Client>> {
         self.client.lock().await.clone()
-    }
-
-    /// A new session, with a session timeout of `ttl`.
-    async fn connect(&self, ttl: Duration) -> Result<zk::Client> {
-        let mut c = zk::Client::connector()
-            .with_session_timeout(ttl.max(Duration::from_millis(100)))
-            .with_connection_timeout(self.timeout)
-            .with_fail_eagerly();
-        if let Some(a) = &self.auth {
-            c = c.with_auth("digest", a);
-        }
-        let service = format!("ZooKeeper {}", self.shown);
-        let began = Instant::now();
-        match tokio::time::timeout(self.timeout, c.connect(&self.cluster)).await {
-            Ok(Ok(client)) => Ok(client),
-            // The client gave up after its connection timeout (the
-            // same bound): nothing answered.
-            Ok(Err(e))
-                if kind(&e) == Kind::Outage
-                    && began.elapsed() + self.timeout / 10 >= self.timeout =>
-            {
-                Err(kit::no_answer(&service, "connect", self.timeout))
-            }
-            Ok(Err(e)) => {
-                // A server past `maxClientCnxns` for our address
-                // accepts the connection and closes it at once: up,
-                // but full. A server that is down refuses it; one
-                // that accepts and never answers (a wrong port, a
-                // hung JVM) is down too.
-                let k = match kind(&e) {
-                    Kind::Outage if self.drops_us_at_once().await => Kind::Full,
-                    k => k,
-                };
-                let why = if k == Kind::Full {
-                    " (it accepts connections but closes ours at once: too many from this address?)"
-                } else {
-                    ""
-                };
-                Err(kit::typed(k, format!("{service}: connect: {e}{why}")))
-            }
-            Err(_) => Err(kit::no_answer(&service, "connect", self.timeout)),
-        }
-    }
-
-    /// Whether a listed server accepts a TCP connection and closes it at
-    /// once, before we say anything: what ZooKeeper does past its
-    /// `maxClientCnxns` for our address (a reset). A server that keeps the
-    /// connection open without answering is not full, it is down.
-    async fn drops_us_at_once(&self) -> bool {
-        use tokio::io::AsyncReadExt;
-        let hosts = self.cluster.split('/').next().unwrap_or_default();
-        let wait = (self.timeout / 4).min(Duration::from_secs(1));
-        for h in hosts.split(',').filter(|h| !h.is_empty()) {
-            let c = tokio::net::TcpStream::connect(h);
-            let mut tcp = match tokio::time::timeout(wait, c).await {
-                Ok(Ok(tcp)) => tcp,
-                // Accepted and reset so soon that the connect saw it (Linux
-                // says EPIPE then).
-                Ok(Err(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::ConnectionReset
-                            | std::io::ErrorKind::ConnectionAborted
-                            | std::io::ErrorKind::BrokenPipe
-                    ) =>
-                {
-                    return true;
-                }
-                _ => continue,
-            };
-            let mut b = [0u8; 1];
-            let r = tokio::time::timeout(wait, tcp.read(&mut b)).await;
-            if matches!(r, Ok(Ok(0) | Err(_))) {
-                return true;
-            }
-        }
-        false
     }
 
     fn acls(&self) -> zk::Acls<'static> {
