@@ -83,6 +83,18 @@ impl queue::Turn for EtcdTurn<'_> {
         Ok(r)
     }
 
+    /// Whether the entry is gone now: a holder that released, then exited
+    /// since we listed, is not slept on for the grace (the line would
+    /// stand still behind us meanwhile).
+    async fn gone(&mut self, e: &Entry) -> Result<bool> {
+        let got = self
+            .b
+            .bounded("get", self.c.get(e.kv.key().to_vec(), None))
+            .await?;
+        let rev = e.kv.create_revision();
+        Ok(!got.kvs().iter().any(|kv| kv.create_revision() == rev))
+    }
+
     async fn remove_dead(&mut self, e: &Entry) -> Result<bool> {
         self.b.remove_dead(e).await
     }
