@@ -51,6 +51,15 @@ pub trait Turn: Send {
         Ok(false)
     }
 
+    /// How long a waiter whose blocker's process exited still waits for
+    /// the service to say the entry went (see [`wait_turn`]): ZooKeeper's
+    /// word comes with the exit, and taking it spares the request that
+    /// would take an unfired watch off the server. None elsewhere: the
+    /// waiter looks again at once.
+    fn settle(&self) -> Duration {
+        Duration::ZERO
+    }
+
     /// Whether the entry is gone from the queue now (one found dead
     /// may have released before it exited). False where the backend
     /// cannot tell cheaply: the entry is judged as listed.
@@ -120,6 +129,7 @@ pub async fn wait_turn<T: Turn>(
             .and_then(|r| local_process(&r));
         match local {
             Some((pid, start)) => {
+                let settle = t.settle();
                 let wait = t.wait(&entries[blocker], deadline);
                 tokio::pin!(wait);
                 tokio::select! {
@@ -132,7 +142,9 @@ pub async fn wait_turn<T: Turn>(
                         // request to take it off the server). A process
                         // that died holding has its entry broken after a
                         // longer grace anyway.
-                        if let Ok(r) = tokio::time::timeout(SETTLE, &mut wait).await {
+                        if !settle.is_zero()
+                            && let Ok(r) = tokio::time::timeout(settle, &mut wait).await
+                        {
                             r?;
                         }
                     }
@@ -142,10 +154,6 @@ pub async fn wait_turn<T: Turn>(
         }
     }
 }
-
-/// How long a waiter whose blocker's process exited still waits for the
-/// service to say the entry went (see [`wait_turn`]).
-const SETTLE: Duration = Duration::from_millis(20);
 
 /// Remove the entries `ahead` whose process, on this machine, is gone:
 /// true if any went (or changed meanwhile), to look again.

@@ -159,6 +159,10 @@ impl queue::Turn for ZkTurn<'_> {
         Ok(gone)
     }
 
+    fn settle(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(20)
+    }
+
     async fn gone(&mut self, ct: &Contender) -> Result<bool> {
         let path = format!("{}/{}", self.dir, ct.name);
         let stat = self
