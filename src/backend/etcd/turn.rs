@@ -146,6 +146,13 @@ impl queue::Turn for EtcdTurn<'_> {
 
     async fn wait(&mut self, blocker: &Entry, deadline: Option<Instant>) -> Result<()> {
         let (c, lease) = (&mut self.c, self.lease);
+        // The watch first: one created from a revision etcd has already
+        // passed is "unsynced", and etcd catches those up only every
+        // 100 ms; so the sooner it is in place after the listing, the
+        // likelier a release is seen the moment it commits.
+        let pred = blocker.kv.key().to_vec();
+        let opts = ec::WatchOptions::new().with_start_revision(self.rev + 1);
+        let watch = self.b.bounded("watch", c.watch(pred, Some(opts))).await;
         // While waiting, keep our own lease alive.
         let sent = Instant::now();
         // (A member that does not answer is left for the next one.)
@@ -160,9 +167,6 @@ impl queue::Turn for EtcdTurn<'_> {
         if matches!(kept, Ok(true)) {
             self.alive_since = sent;
         }
-        let pred = blocker.kv.key().to_vec();
-        let opts = ec::WatchOptions::new().with_start_revision(self.rev + 1);
-        let watch = self.b.bounded("watch", c.watch(pred, Some(opts))).await;
         let recheck = Instant::now() + (self.spec.ttl / 3).min(Duration::from_secs(2));
         let until = deadline.map_or(recheck, |d| d.min(recheck));
         if let Ok(mut stream) = watch {
