@@ -67,8 +67,8 @@ impl Spawned {
         let Some(fd) = &self.pidfd else {
             return tokio::task::spawn_blocking(move || reap(pid, 0))
                 .await
-                .map_err(io::Error::other)?
-                .map(|s| s.expect("a blocking waitpid returns a status"));
+                .map_err(io::Error::other)??
+                .ok_or_else(|| io::Error::other("waitpid returned no status"));
         };
         loop {
             let mut ready = fd.readable().await?;
