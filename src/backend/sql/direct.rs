@@ -39,6 +39,9 @@ pub struct Direct {
     busy: NonNull<Busy>,
     /// How long a statement waits for a lock another connection holds.
     timeout: Duration,
+    /// The WAL's length in pages after this connection's last commit, as
+    /// the WAL hook was told it (`Box::into_raw`; SQLite holds a pointer).
+    wal: NonNull<c_int>,
 }
 
 // SAFETY: the handle is only used through `&mut Direct`, so by one thread at
@@ -79,12 +82,14 @@ impl Direct {
             timeout: busy_timeout.min(IN_HANDLER),
             since: None,
         })));
+        let wal = NonNull::from(Box::leak(Box::new(0)));
         // From here `Drop` closes the handle, even if it failed to open.
         let mut d = Direct {
             db,
             schema,
             busy,
             timeout: busy_timeout,
+            wal,
         };
         d.check(rc)?;
         // SAFETY: `db` is open and ours; `busy` outlives the handler, which
@@ -94,7 +99,70 @@ impl Direct {
             ffi::sqlite3_busy_handler(db.as_ptr(), Some(busy_handler), busy.as_ptr().cast());
         }
         d.exec(pragmas)?;
+        // After the pragmas: this hook replaces SQLite's automatic
+        // checkpoint (`wal_autocheckpoint` is that same hook). SAFETY: as
+        // for `busy`.
+        unsafe { ffi::sqlite3_wal_hook(db.as_ptr(), Some(wal_hook), wal.as_ptr().cast()) };
         Ok(d)
+    }
+
+    /// Checkpoint the WAL if it has grown to [`CHECKPOINT_AT`] pages since
+    /// the last one (its fsyncs, a few milliseconds on a VM's disk).
+    /// SQLite would do it in whichever commit crossed the mark, often the
+    /// one that takes a key, so that the holder's command started only
+    /// after the fsyncs; dlock does it once it has let a key go and woken
+    /// the next in line.
+    ///
+    /// A PASSIVE checkpoint waits for nobody: whatever it cannot copy now,
+    /// a later one does. When it copied everything, the WAL is also cut to
+    /// nothing if that needs no wait (no other connection reading it): a
+    /// process that opens the database alone rebuilds the WAL's index from
+    /// the file and counts every page in it as not yet copied, so a WAL
+    /// that was only checkpointed, never restarted by a later write of the
+    /// same connection, would be checkpointed again by every run.
+    pub(super) fn checkpoint_if_due(&mut self) {
+        // SAFETY: `wal` is ours, and the hook writes it only inside calls on
+        // this connection, which `&mut self` excludes now.
+        let frames = unsafe { *self.wal.as_ptr() };
+        if frames < CHECKPOINT_AT {
+            return;
+        }
+        let db = self.db.as_ptr();
+        let (mut log, mut copied) = (0, 0);
+        // SAFETY: `db` is open; the main database; SQLite writes the two
+        // counts.
+        let rc = unsafe {
+            ffi::sqlite3_wal_checkpoint_v2(
+                db,
+                ptr::null(),
+                ffi::SQLITE_CHECKPOINT_PASSIVE,
+                &mut log,
+                &mut copied,
+            )
+        };
+        if rc != ffi::SQLITE_OK {
+            return;
+        }
+        // SAFETY: as above.
+        unsafe { *self.wal.as_ptr() = 0 };
+        if log != copied {
+            return;
+        }
+        // Without the busy handler, a TRUNCATE checkpoint that would wait
+        // for a reader or a writer gives up at once (SQLITE_BUSY).
+        // SAFETY: `db` is open; the handler and its state (still owned by
+        // `self`) are put back before returning.
+        unsafe {
+            ffi::sqlite3_busy_handler(db, None, ptr::null_mut());
+            ffi::sqlite3_wal_checkpoint_v2(
+                db,
+                ptr::null(),
+                ffi::SQLITE_CHECKPOINT_TRUNCATE,
+                ptr::null_mut(),
+                ptr::null_mut(),
+            );
+            ffi::sqlite3_busy_handler(db, Some(busy_handler), self.busy.as_ptr().cast());
+        }
     }
 
     /// [`Direct::run`], waiting out a lock another connection holds for
@@ -254,6 +322,7 @@ impl Drop for Direct {
         unsafe {
             ffi::sqlite3_close(self.db.as_ptr());
             drop(Box::from_raw(self.busy.as_ptr()));
+            drop(Box::from_raw(self.wal.as_ptr()));
         }
     }
 }
@@ -363,6 +432,49 @@ fn is_busy(e: &sqlx::Error) -> bool {
 /// How long the busy handler waits, on dlock's thread, before the statement
 /// is refused as busy and [`Direct::run_waiting`] waits on the runtime.
 const IN_HANDLER: Duration = Duration::from_millis(20);
+
+/// The WAL's length in pages at which a connection checkpoints it once it
+/// has let a key go ([`Direct::checkpoint_if_due`]). A run writes about 3
+/// pages, a waiter's place in line about as many; a process that opens the
+/// database alone replays the WAL at about 2 us a page.
+const CHECKPOINT_AT: c_int = 64;
+
+/// The WAL's length at which a commit checkpoints it at once, as SQLite's
+/// own hook does at 1000: a process that commits often and lets nothing go
+/// (`dlock elect` renewing its lease) keeps it bounded.
+const CHECKPOINT_NOW: c_int = 512;
+
+/// Told after every commit how many pages the WAL holds: keeps the count
+/// for [`Direct::checkpoint_if_due`], and checkpoints at once only past
+/// [`CHECKPOINT_NOW`].
+unsafe extern "C" fn wal_hook(
+    state: *mut c_void,
+    db: *mut ffi::sqlite3,
+    name: *const c_char,
+    frames: c_int,
+) -> c_int {
+    // SAFETY: `state` is the count that `Direct` registered and owns, only
+    // touched during calls on the connection by the thread making them.
+    unsafe { *state.cast::<c_int>() = frames };
+    if frames >= CHECKPOINT_NOW {
+        // SAFETY: `db` and `name` are SQLite's own, valid during the hook
+        // (what SQLite's default hook does here).
+        let rc = unsafe {
+            ffi::sqlite3_wal_checkpoint_v2(
+                db,
+                name,
+                ffi::SQLITE_CHECKPOINT_PASSIVE,
+                ptr::null_mut(),
+                ptr::null_mut(),
+            )
+        };
+        if rc == ffi::SQLITE_OK {
+            // SAFETY: as above.
+            unsafe { *state.cast::<c_int>() = 0 };
+        }
+    }
+    ffi::SQLITE_OK
+}
 
 /// Whether `e` is SQLite's "no such table" (SQLITE_ERROR at prepare).
 fn no_such_table(e: &sqlx::Error) -> bool {
