@@ -49,6 +49,12 @@ impl<P: Link> SqlBackend<P> {
     /// A row of [`super::Plan::line`] (or of `holders`, which has only
     /// leases) as the engine reads it.
     pub(super) fn entry(&self, r: &AnyRow) -> sqlx::Result<Entry> {
+        self.entry_judged(r, None)
+    }
+
+    /// [`Self::entry`], asking whether a waiter's process is gone only if
+    /// the waiter is ahead of `ticket` in line (none: of every waiter).
+    fn entry_judged(&self, r: &AnyRow, ticket: Option<i64>) -> sqlx::Result<Entry> {
         let waiting = r.try_get::<String, _>("what").is_ok_and(|w| w == "q");
         let id: String = r.try_get("id")?;
         let pid: i64 = r.try_get("pid")?;
@@ -67,9 +73,11 @@ impl<P: Link> SqlBackend<P> {
             ..Holder::default()
         };
         let order = if waiting {
-            let host_id: String = r.try_get("host_id")?;
-            let start: i64 = r.try_get("proc_start")?;
-            holder.dead = waiter_dead(&host_id, pid, start);
+            if ticket.is_none_or(|t| token <= t) {
+                let host_id: String = r.try_get("host_id")?;
+                let start: i64 = r.try_get("proc_start")?;
+                holder.dead = waiter_dead(&host_id, pid, start);
+            }
             token
         } else {
             holder.token = Some(token as u64);
@@ -100,6 +108,27 @@ impl<P: Link> SqlBackend<P> {
         Ok(Line::new(entries))
     }
 
+    /// The line as an attempt of the waiter `me` reads it: every holder's
+    /// liveness is judged, but a waiter's only if it is ahead of `me`
+    /// (the ruling never asks about those behind). Each judgement reads a
+    /// process's `/proc` entry, and a waiter woken at the head of a long
+    /// line would otherwise read one for every waiter behind it.
+    fn line_for(&self, rows: &[AnyRow], me: &str) -> sqlx::Result<Line> {
+        let mine = |r: &&AnyRow| {
+            r.try_get::<String, _>("what").is_ok_and(|w| w == "q")
+                && r.try_get::<String, _>("id").is_ok_and(|id| id == me)
+        };
+        let ticket = match rows.iter().find(mine) {
+            Some(r) => Some(r.try_get::<i64, _>("token")?),
+            None => None,
+        };
+        let entries = rows
+            .iter()
+            .map(|r| self.entry_judged(r, ticket))
+            .collect::<sqlx::Result<Vec<_>>>()?;
+        Ok(Line::new(entries))
+    }
+
     /// Whether `spec.key` is busy for us, by reading its line outside a
     /// transaction (see [`Self::attempt`]): `None` when it may
     /// be free, when we must join the line, or when an entry is dead (the
@@ -115,7 +144,7 @@ impl<P: Link> SqlBackend<P> {
         if rows.is_empty() {
             return Ok(None);
         }
-        let line = self.line_of(&rows)?;
+        let line = self.line_for(&rows, me)?;
         let (seats, at) = (line.seats(), line.place(me));
         let joining = join && self.queue_table && at.is_none();
         let dead = seats.holders.iter().any(|s| s.dead) || seats.dead_ahead(at).next().is_some();
@@ -215,7 +244,7 @@ impl<P: Link> SqlBackend<P> {
                 &q.holders_locked
             };
             let rows = tx.run(read, &a).await?.rows;
-            let line = self.line_of(&rows)?;
+            let line = self.line_for(&rows, wid)?;
             let (seats, at) = (line.seats(), line.place(wid));
             // A shared request also gives way to the writers waiting.
             let mut writers = 0;
