@@ -286,10 +286,24 @@ impl<P: Link> SqlBackend<P> {
                     // transaction. (The waiter row that older versions count
                     // is written after it, outside the key's lock:
                     // `wait_change`.)
+                    // On a database file, whose one writer at a time is
+                    // all the key's lock there is, our waiter row goes in
+                    // the same write (`renew_place` then has nothing due).
+                    let mut rows_written = false;
                     if joined {
                         tx.run(&q.enqueue, &Args { id: wid, ..a }).await?;
+                        if !P::SERVER
+                            && let Some(w) = self.waiting.due(spec)
+                        {
+                            let first = self.waiting.first_write(ns, key);
+                            self.waiter_rows(&mut tx, ns, key, &w, first).await?;
+                            rows_written = true;
+                        }
                     }
                     tx.commit().await?;
+                    if rows_written {
+                        self.waiting.written(ns, key);
+                    }
                     return Ok::<_, sqlx::Error>(Err(Busy {
                         place: (at.is_some() || joined).then(|| line.before(wid)),
                         holders: line.leases,

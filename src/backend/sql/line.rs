@@ -83,6 +83,12 @@ impl WaiterRows {
         self.keys.note(ns, key)
     }
 
+    /// Whether our rows for the key are not written yet: the next write is
+    /// the first, which also clears the rows of waiters that died.
+    pub fn first_write(&self, ns: &str, key: &str) -> bool {
+        !self.keys.has(ns, key)
+    }
+
     /// Our row for `spec`'s key, if we wrote one: the acquiring transaction
     /// deletes it, so the new holder is never counted as both.
     pub fn ours(&self, spec: &LockSpec) -> Option<Cow<'_, str>> {

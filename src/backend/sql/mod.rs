@@ -308,6 +308,9 @@ impl<P: Link> SqlBackend<P> {
         let Some(w) = self.waiting.due(spec) else {
             return;
         };
+        if !P::SERVER {
+            return self.renew_place_at_once(spec, &w).await;
+        }
         let a = Args::of(ns, key).id(self.waiting.id());
         match self.call("waiting", &self.q.renew_queue, &a).await {
             Ok(out) if out.affected == 0 => {
@@ -331,6 +334,64 @@ impl<P: Link> SqlBackend<P> {
             // were stopped): once per key and process.
             let _ = self.call("waiting", &self.q.lapsed_queue, &a).await;
         }
+    }
+
+    /// [`Self::renew_place`] on a database file, in one transaction: a
+    /// file has one writer at a time, and each statement on its own took
+    /// the write lock, wrote the WAL and let go; a waiter that had just
+    /// joined made four such writes, each one more turn at the lock that
+    /// the holder and the next in line wait for. (On a server the
+    /// statements stay apart: row locks held across them would make
+    /// waiters of one key wait on each other's clean-ups.)
+    async fn renew_place_at_once(&self, spec: &LockSpec, w: &str) {
+        let (ns, key) = (&spec.namespace, &spec.key);
+        let first = self.waiting.first_write(ns, key);
+        let at_once = async {
+            let mut c = self.pool.conn().await?;
+            let mut tx = c.begin(self.q.begin).await?;
+            let a = Args::of(ns, key).id(self.waiting.id());
+            if tx.run(&self.q.renew_queue, &a).await?.affected == 0 {
+                tx.commit().await?;
+                return Ok::<_, sqlx::Error>(false);
+            }
+            self.waiter_rows(&mut tx, ns, key, w, first).await?;
+            tx.commit().await?;
+            Ok(true)
+        };
+        match self.bounded("waiting", at_once).await {
+            Ok(true) => {
+                self.waiting.written(ns, key);
+            }
+            // Our row in line lapsed: the next attempt joins at the back.
+            Ok(false) => self.waiting.done(ns, key),
+            // Tried again at the next wake.
+            Err(_) => {}
+        }
+    }
+
+    /// In `tx`, on a database file: our waiter row `w` (the one older
+    /// versions count), and the first time (`first`) the clearing of rows
+    /// whose waiters died.
+    async fn waiter_rows(
+        &self,
+        tx: &mut Tx<'_>,
+        ns: &str,
+        key: &str,
+        w: &str,
+        first: bool,
+    ) -> sqlx::Result<()> {
+        if self.waiter_table {
+            let a = Args::of(ns, key).id(w);
+            tx.run(&self.q.upsert_waiter, &a).await?;
+            if first {
+                tx.run(&self.q.stale_waiters, &a).await?;
+            }
+        }
+        if first {
+            let a = Args::of(ns, key).id(self.waiting.id());
+            tx.run(&self.q.lapsed_queue, &a).await?;
+        }
+        Ok(())
     }
 
     /// Delete the rows of our waiter entries. A writer that stops waiting
