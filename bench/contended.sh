@@ -9,30 +9,23 @@
 #   URL: the backend; @TMP@ in it is a fresh directory per build (so
 #   `sqlite:@TMP@/c.db` gives each build its own database).
 #   DLOCK...: the builds to compare (default: $DLOCK, or target/release/dlock).
-#   env: ROUNDS=5, KEY=k (a fresh key per build and round is k-BUILD-ROUND)
+#   env: ROUNDS=5, KEY=k (a fresh key per build and round is k-BUILD-ROUND),
+#   FLOOR=1 (the CPU each batch cost and the floor it sets: bench/floor.sh),
+#   SERVER_PID (with FLOOR=1: the server's main process, its CPU counted)
 #   e.g. bench/contended.sh "$DLOCK_BENCH_REDIS" 8 20 -- /work/bin-base/dlock target/release/dlock
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-[[ $# -ge 1 ]] || { sed -n '2,13p' "$0" >&2; exit 64; }
-URL=$1; shift
-LOOPS=8 RUNS=20
-if [[ $# -gt 0 && $1 != -- ]]; then LOOPS=$1; shift; fi
-if [[ $# -gt 0 && $1 != -- ]]; then RUNS=$1; shift; fi
-[[ ${1:-} == -- ]] && shift
-builds=()
-for b in "$@"; do builds+=("$(realpath "$b")"); done
+. "$here/batch.sh"
+batch_setup 2,13p "$@"
 [[ ${#builds[@]} -gt 0 ]] || builds=("$(realpath "${DLOCK:-$here/../target/release/dlock}")")
 command -v flock >/dev/null || { echo "flock(1) is missing (Debian: util-linux)" >&2; exit 1; }
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-# The user's settings (DLOCK_BACKEND, a config file) must not reach the runs.
-while read -r v; do unset "$v"; done < <(compgen -e | grep '^DLOCK_' || true)
-export XDG_CONFIG_HOME=$TMP/config XDG_STATE_HOME=$TMP/state
 
-python3 - "$URL" "$LOOPS" "$RUNS" "${ROUNDS:-5}" "${KEY:-k}" "$TMP" "${builds[@]}" <<'EOF'
-import os, statistics, subprocess, sys, time
-url, loops, runs, rounds, key, tmp, *builds = sys.argv[1:]
+python3 - "$URL" "$LOOPS" "$RUNS" "${ROUNDS:-5}" "${KEY:-k}" "$TMP" "${FLOOR:-}" "${SERVER_PID:-}" \
+  "${builds[@]}" <<'EOF'
+import os, resource, statistics, subprocess, sys, time
+url, loops, runs, rounds, key, tmp, floor, server, *builds = sys.argv[1:]
 loops, runs, rounds = int(loops), int(runs), int(rounds)
+tick = os.sysconf("SC_CLK_TCK")
 flock = subprocess.run(["sh", "-c", "command -v flock"], capture_output=True, text=True).stdout.strip()
 names = ["flock"] + [f"#{i}" for i in range(len(builds))]
 
@@ -46,15 +39,31 @@ def argv(name, r):
     return [builds[i], "--backend", url.replace("@TMP@", d), "run", "--key",
             f"{key}-{i}-{r}", "--", "true"]
 
+def server_cpu():
+    """The server's CPU seconds so far, its reaped children's included
+    (PostgreSQL's backends): utime, stime, cutime, cstime of /proc/PID/stat."""
+    if not server:
+        return 0.0
+    with open(f"/proc/{server}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / tick
+
 def batch(cmd):
-    """LOOPS loops x RUNS runs of cmd on one key, at once; wall ms."""
+    """LOOPS loops x RUNS runs of cmd on one key, at once: wall ms, and the
+    CPU ms of every process of the batch (getrusage of the reaped tree) and
+    of the server."""
     script = f'for i in $(seq {runs}); do "$@" || exit 1; done'
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    s0 = server_cpu()
     t = time.perf_counter_ns()
     ps = [subprocess.Popen(["sh", "-c", script, "sh", *cmd], stdout=subprocess.DEVNULL)
           for _ in range(loops)]
     if any(p.wait() != 0 for p in ps):
         sys.exit(f"{' '.join(cmd)}: a contended run failed")
-    return (time.perf_counter_ns() - t) / 1e6
+    wall = (time.perf_counter_ns() - t) / 1e6
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client = (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) * 1e3
+    return wall, client, (server_cpu() - s0) * 1e3
 
 for n in names:            # warm up: caches, connections, the key's line
     subprocess.run(argv(n, "w"), stdout=subprocess.DEVNULL, check=True)
@@ -64,15 +73,33 @@ for r in range(rounds):
     for n in names[k:] + names[:k]:
         got[n].append(batch(argv(n, r)))
 med = statistics.median
+walls = {n: [w for w, _, _ in got[n]] for n in names}
 def ratio(a, b):
-    return med([x / y for x, y in zip(got[a], got[b])])
+    return med([x / y for x, y in zip(walls[a], walls[b])])
+if floor:
+    # On N cores a batch cannot take less than the CPU it cost / N.
+    total, cores = loops * runs, os.cpu_count()
+    fw = med(walls["flock"])
+    print(f"{loops} x {runs} runs on one key, {url}, median of {rounds} rounds, {cores} cores")
+    print("| | wall | client CPU / run | server CPU / run | CPU floor | wall / flock | floor / flock |")
+    print("|---|---|---|---|---|---|---|")
+    for n in names:
+        what = "flock" if n == "flock" else f"{n} {builds[int(n[1:])]}"
+        w = med(walls[n])
+        c = med([x[1] for x in got[n]])
+        sv = med([x[2] for x in got[n]])
+        fl = (c + sv) / cores
+        print(f"| {what} | {w:.0f} ms | {c / total:.2f} ms | {sv / total:.2f} ms | {fl:.0f} ms "
+              f"| {w / fw:.2f}x | {fl / fw:.2f}x |")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
+    sys.exit(0)
 print(f"{loops} x {runs} runs on one key, {url}, median of {rounds} rounds")
 print("| | median | each round | /flock | /#0 |")
 print("|---|---|---|---|---|")
 for n in names:
     what = "flock" if n == "flock" else f"{n} {builds[int(n[1:])]}"
-    each = " ".join(f"{x:.0f}" for x in got[n])
-    print(f"| {what} | {med(got[n]):.0f} ms | {each} | {ratio(n, 'flock'):.2f}x "
+    each = " ".join(f"{x:.0f}" for x in walls[n])
+    print(f"| {what} | {med(walls[n]):.0f} ms | {each} | {ratio(n, 'flock'):.2f}x "
           f"| {'' if n == 'flock' else f'{ratio(n, names[1]):.2f}x'} |")
 print(f"load average at the end: {os.getloadavg()[0]:.1f}, nproc {os.cpu_count()}")
 EOF

@@ -8,22 +8,14 @@
 # Usage: bench/remote.sh URL [LOOPS] [RUNS] -- DLOCK...     (env: ROUNDS=3)
 #   e.g. bench/remote.sh "$DLOCK_BENCH_ETCD" 8 20 -- OLD NEW
 set -euo pipefail
-[[ $# -ge 1 ]] || { sed -n '2,9p' "$0" >&2; exit 64; }
-URL=$1; shift
-LOOPS=8 RUNS=20
-if [[ $# -gt 0 && $1 != -- ]]; then LOOPS=$1; shift; fi
-if [[ $# -gt 0 && $1 != -- ]]; then RUNS=$1; shift; fi
-[[ ${1:-} == -- ]] && shift
-[[ $# -gt 0 ]] || { echo "no dlock build given" >&2; exit 64; }
+. "$(cd "$(dirname "$0")" && pwd)/batch.sh"
+batch_setup 2,9p "$@"
+[[ ${#builds[@]} -gt 0 ]] || { echo "no dlock build given" >&2; exit 64; }
 command -v unshare >/dev/null || { echo "unshare(1) is missing (Debian: util-linux)" >&2; exit 1; }
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-while read -r v; do unset "$v"; done < <(compgen -e | grep '^DLOCK_' || true)
-export XDG_CONFIG_HOME=$TMP/config XDG_STATE_HOME=$TMP/state
 for round in $(seq "${ROUNDS:-3}"); do
   line="round $round:"
-  for b in "$@"; do
-    b=$(realpath "$b"); key=remote-$round-$RANDOM
+  for b in "${builds[@]}"; do
+    key=remote-$round-$RANDOM
     start=$(date +%s%N)
     for _ in $(seq "$LOOPS"); do
       unshare --pid --fork --mount-proc bash -c \
