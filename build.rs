@@ -14,6 +14,12 @@
 //! Nothing changes where the archive is not found (another C toolchain, a
 //! cross build): the linker then finds the shared library as before.
 //! `DLOCK_SHARED_LIBGCC=1` keeps the shared library on purpose.
+//!
+//! The static unwinder of a GCC built against glibc 2.35 or later finds
+//! unwind tables with glibc's `_dl_find_object`: built on such a system
+//! (Debian 12: glibc 2.36), dlock then needs glibc 2.35 at run time, where
+//! the shared library left it at 2.34. A binary meant for an older glibc
+//! is best built on it (or with `DLOCK_SHARED_LIBGCC=1`).
 
 use std::path::PathBuf;
 use std::process::Command;
