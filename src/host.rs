@@ -47,34 +47,13 @@ fn read_host_id() -> String {
 
 /// A process's state letter and start time in clock ticks since boot
 /// (fields 3 and 22 of /proc/PID/stat), or None if it cannot be read.
+///
+/// In one `open`, one `read` and one `close`: a waiter checks every entry
+/// ahead of it on each attempt (before, each check was also a `statx` and
+/// a second `read`).
 fn proc_stat(pid: u32) -> Option<(char, u64)> {
-    match read_proc_stat(pid) {
-        Stat::Read(state, start) => Some((state, start)),
-        Stat::Gone | Stat::Unknown => None,
-    }
-}
-
-/// What /proc/PID/stat says of a process.
-enum Stat {
-    /// Its state letter and start time.
-    Read(char, u64),
-    /// No such process (the file is not there, /proc is).
-    Gone,
-    /// Not readable (no /proc, or a format not understood).
-    Unknown,
-}
-
-/// /proc/PID/stat in one `open`, one `read` and one `close`: a waiter
-/// checks every entry ahead of it on each attempt, and a contended run
-/// made about 24 such checks (before, each was also a `kill(pid, 0)`, a
-/// `statx` and a second `read`).
-fn read_proc_stat(pid: u32) -> Stat {
     use std::io::Read;
-    let mut f = match std::fs::File::open(format!("/proc/{pid}/stat")) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && proc_mounted() => return Stat::Gone,
-        Err(_) => return Stat::Unknown,
-    };
+    let mut f = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
     // The line is about 300 bytes; the command name (at most 64 bytes
     // here) comes before the fields read.
     let mut buf = [0u8; 1024];
@@ -82,31 +61,22 @@ fn read_proc_stat(pid: u32) -> Stat {
     while len < buf.len() {
         match f.read(&mut buf[len..]) {
             Ok(0) => break,
-            Ok(n) => len += n,
+            Ok(n) => {
+                len += n;
+                // The whole line: no second `read` to learn of its end.
+                if buf[len - 1] == b'\n' {
+                    break;
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return Stat::Unknown,
+            Err(_) => return None,
         }
     }
-    let Ok(stat) = std::str::from_utf8(&buf[..len]) else {
-        return Stat::Unknown;
-    };
+    let stat = std::str::from_utf8(&buf[..len]).ok()?;
     // The command name (field 2) is in parentheses and may hold spaces.
-    let parsed = (|| {
-        let mut f = stat[stat.rfind(')')? + 1..].split_whitespace();
-        let state = f.next()?.chars().next()?;
-        Some((state, f.nth(18)?.parse().ok()?))
-    })();
-    match parsed {
-        Some((state, start)) => Stat::Read(state, start),
-        None => Stat::Unknown,
-    }
-}
-
-/// Whether /proc is this system's procfs (so that a missing /proc/PID
-/// means that no such process exists).
-fn proc_mounted() -> bool {
-    static MOUNTED: OnceLock<bool> = OnceLock::new();
-    *MOUNTED.get_or_init(|| std::path::Path::new("/proc/self/stat").exists())
+    let mut f = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = f.next()?.chars().next()?;
+    Some((state, f.nth(18)?.parse().ok()?))
 }
 
 pub fn proc_start(pid: u32) -> Option<u64> {
@@ -120,12 +90,13 @@ pub fn process_alive(pid: u32, start: u64) -> bool {
     let Ok(p) = i32::try_from(pid) else {
         return false;
     };
-    match read_proc_stat(pid) {
-        Stat::Read(state, s) => state != 'Z' && state != 'X' && s == start,
-        Stat::Gone => false,
-        // Without /proc: whether the pid is in use at all (EPERM: alive
-        // but not ours), as the start time cannot be compared.
-        Stat::Unknown => !matches!(
+    match proc_stat(pid) {
+        Some((state, s)) => state != 'Z' && state != 'X' && s == start,
+        // Not readable: gone, or hidden (/proc mounted with `hidepid=2`
+        // shows another user's live process as missing), or no /proc at
+        // all. Only the kernel's word makes it dead: no such pid (EPERM is
+        // alive but not ours). The start time cannot be compared then.
+        None => !matches!(
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None),
             Err(nix::errno::Errno::ESRCH)
         ),
