@@ -626,3 +626,62 @@ fn an_older_dlocks_waiting_writer_keeps_readers_out() {
     let out = env.run(&["run", "--shared", "-n", "--key", "ow", "--", "true"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
 }
+
+/// A release tells only the waiter it lets in, on that waiter's own
+/// channel (`{NS:KEY}:released:ENTRY`), and names it on the shared
+/// `:released` too (`q:ENTRY`), where older builds listen: two waiters in
+/// line are each told once, in turn, and a holder's release reaches the
+/// first in line only.
+#[test]
+fn a_release_tells_only_the_next_in_line_on_its_own_channel() {
+    let env = Env::redis();
+    let port = env.redis[0].port;
+    let script = format!(
+        "import redis,time\nr=redis.Redis(port={port})\np=r.pubsub()\np.psubscribe('{{dlock:w}}:released*')\n\
+         while p.get_message(timeout=5) is None: pass\nprint('held',flush=True)\nseen=[]\nend=time.time()+30\n\
+         while time.time()<end and sum(1 for c,_ in seen if c.count(':released:'))<2:\n  \
+         m=p.get_message(timeout=1)\n  if m and m['type']=='pmessage': seen.append((m['channel'].decode(),m['data'].decode()))\n\
+         for c,d in seen: print(c+' '+d,flush=True)\n"
+    );
+    let mut py = python_holder("redis", &script);
+    let mut h = env.spawn(&["run", "--key", "w", "--", "sleep", "1"]);
+    wait_for(Duration::from_secs(10), "dlock to hold", || env.held("w"));
+    let mut w1 = env.spawn(&["run", "--wait", "20s", "--key", "w", "--", "sleep", "0.3"]);
+    wait_for(Duration::from_secs(10), "the first waiter in line", || {
+        !env.redis[0]
+            .cli(&["ZRANGE", "{dlock:w}:queue", "0", "-1"])
+            .trim()
+            .is_empty()
+    });
+    let mut w2 = env.spawn(&["run", "--wait", "20s", "--key", "w", "--", "true"]);
+    for c in [&mut h, &mut w1, &mut w2] {
+        assert_eq!(wait_timeout(c, Duration::from_secs(20)), 0);
+    }
+    let mut out = String::new();
+    std::io::Read::read_to_string(py.stdout.as_mut().unwrap(), &mut out).unwrap();
+    assert!(py.wait().unwrap().success());
+    let own: Vec<(&str, &str)> = out
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(c, _)| c.starts_with("{dlock:w}:released:"))
+        .collect();
+    let named: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("{dlock:w}:released q:"))
+        .filter(|n| !n.is_empty())
+        .collect();
+    assert_eq!(
+        own.len(),
+        2,
+        "one wake-up per waiter, each on its own channel:\n{out}"
+    );
+    assert_ne!(own[0].0, own[1].0, "{out}");
+    for (i, (chan, _)) in own.iter().enumerate() {
+        let entry = chan.trim_start_matches("{dlock:w}:released:");
+        assert_eq!(
+            named.get(i),
+            Some(&entry),
+            "the shared channel names it too:\n{out}"
+        );
+    }
+}

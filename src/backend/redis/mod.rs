@@ -273,14 +273,18 @@ impl RedisBackend {
         .await
     }
 
-    /// Subscribe to `key`'s channels, unless already subscribed; true if
-    /// the subscription is new. A release published before it was in place
-    /// reached nobody: a new subscriber must try once more before it waits
-    /// (see `wait_change`).
-    async fn subscribe(&self, ns: &str, key: &str) -> Result<bool> {
+    /// Subscribe to the channels that wake the waiter `entry` of `key`,
+    /// unless already subscribed; true if the subscription is new. A
+    /// release published before it was in place reached nobody: a new
+    /// subscriber must try once more before it waits (see `wait_change`).
+    /// The channel is the waiter's own (`:released:ENTRY`): the shared
+    /// `:released`, which every release also names its waiters on for
+    /// older builds, would wake this process at every hand-off in the line.
+    async fn subscribe(&self, ns: &str, key: &str, entry: &str) -> Result<bool> {
         let k = keys(ns, key);
+        let mine = format!("{}:{entry}", k.chan);
         let mut subs = self.subs.lock().await;
-        if subs.as_ref().is_some_and(|(c, _)| *c == k.chan) {
+        if subs.as_ref().is_some_and(|(c, _)| *c == mine) {
             return Ok(false);
         }
         // Every server at once (Redlock), each bounded; one SUBSCRIBE for
@@ -288,7 +292,7 @@ impl RedisBackend {
         // where the server has them enabled, also tell about releases by
         // other clients and expiry.
         let subscribed = join_all(self.nodes.iter().enumerate().map(|(i, n)| {
-            let channels = [k.chan.clone(), format!("__keyspace@{}__:{}", n.db, k.main)];
+            let channels = [mine.clone(), format!("__keyspace@{}__:{}", n.db, k.main)];
             let sub = async move {
                 let mut ps = n.conn.pubsub_client().await?.get_async_pubsub().await?;
                 ps.subscribe(&channels).await?;
@@ -308,7 +312,7 @@ impl RedisBackend {
         }))
         .await;
         let all: Subs = subscribed.into_iter().flatten().collect();
-        *subs = Some((k.chan, all));
+        *subs = Some((mine, all));
         Ok(true)
     }
 }

@@ -175,7 +175,8 @@ impl Poll for RedisBackend {
         // waited now, we, the first in line, would sleep out the poll, and
         // the whole line with us (that was the 2.5x of issue 21). Try once
         // more instead: from here on every release reaches us.
-        if self.subscribe(&spec.namespace, &spec.key).await? {
+        let mine = waiter_entry(&self.waiting.id, spec.shared);
+        if self.subscribe(&spec.namespace, &spec.key, &mine).await? {
             return Ok(());
         }
         // Wake on a release message, or poll: a holder that expires or a
@@ -188,7 +189,6 @@ impl Poll for RedisBackend {
             cap += Duration::from_millis(u64::from(b[0]) % 50);
         }
         let bound = until.map_or(Instant::now() + cap, |u| u.min(Instant::now() + cap));
-        let mine = waiter_entry(&self.waiting.id, spec.shared);
         let mut subs = self.subs.lock().await;
         let Some((_, streams)) = subs.as_mut() else {
             return Ok(());
@@ -205,7 +205,7 @@ impl Poll for RedisBackend {
             match tokio::time::timeout_at(bound.into(), streams.next()).await {
                 // The poll's bound: try again.
                 Err(_) => return Ok(()),
-                Ok(Some((server, msg))) if wakes(&msg, &mine) => {
+                Ok(Some((server, msg))) if wakes(&msg) => {
                     if !heard.contains(&server) {
                         heard.push(server);
                     }
@@ -263,20 +263,17 @@ impl RedisBackend {
     }
 }
 
-/// Whether a message on the key's channels is a reason for this waiter
-/// (entry `mine`) to try again: a release that names it among those who
-/// may go in now (`q:ENTRY,...`), any other message on `:released` (an
-/// older dlock's), or a keyspace event that may have freed the key (a
-/// foreign client's release, an expiry), not one that took it.
-fn wakes(msg: &redis::Msg, mine: &str) -> bool {
-    let payload: String = msg.get_payload().unwrap_or_default();
+/// Whether a message on the waiter's channels is a reason for it to try
+/// again: a release on its own channel (`:released:ENTRY`, published only
+/// to the waiters that may go in now), or a keyspace event that may have
+/// freed the key (a foreign client's release, an expiry), not one that
+/// took it.
+fn wakes(msg: &redis::Msg) -> bool {
     if msg.get_channel_name().starts_with("__keyspace@") {
+        let payload: String = msg.get_payload().unwrap_or_default();
         return !matches!(payload.as_str(), "set" | "expire");
     }
-    match payload.strip_prefix("q:") {
-        Some(names) => names.split(',').any(|n| n == mine),
-        None => true,
-    }
+    true
 }
 
 /// The slot most granting servers chose, the lowest of those if several.

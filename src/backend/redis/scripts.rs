@@ -96,12 +96,14 @@ end
     };
 }
 
-/// Wake the waiters that may go in now: the message on `:released` names
-/// them (`q:` then their entries, comma-separated, first in line first),
-/// so that only they try again at once rather than every waiter (each try
-/// is a script the server runs in turn, the next in line's among them).
-/// Any other message (an older dlock's `1`) wakes every waiter. Needs
-/// `lua_common`, `lua_line` and `lua_record`.
+/// Wake the waiters that may go in now, and only them: each is told on its
+/// own channel, `:released:ENTRY`, which only it listens to, so a release
+/// wakes one process rather than the whole line (each woken process costs
+/// a scheduling and a read on two busy cores, the next in line's among
+/// them). The message on the shared `:released` names them too (`q:` then
+/// their entries, comma-separated, first in line first), for waiters of
+/// older dlock builds, which listen there only. Needs `lua_common`,
+/// `lua_line` and `lua_record`.
 macro_rules! lua_wake {
     () => {
         r"
@@ -134,6 +136,7 @@ local function wake()
     end
   end
   redis.call('PUBLISH', CHAN, 'q:' .. table.concat(names, ','))
+  for _, m in ipairs(names) do redis.call('PUBLISH', CHAN .. ':' .. m, 'q') end
 end
 "
     };
