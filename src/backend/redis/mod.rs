@@ -13,7 +13,8 @@
 //! as `:sem` for shared holders), `:waiters` (a sorted set of waiting
 //! processes scored by when each entry lapses), `:queue` (the line: the
 //! same entries scored by arrival ticket), `:qrec` (a hash of the waiters'
-//! records) and the `:released` pub/sub channel.
+//! records), and the pub/sub channels `:released:ENTRY` (a waiter's own)
+//! and `:released`.
 //!
 //! Shared locks (`--shared`): each reader is a member of the sorted set
 //! `{NAMESPACE:KEY}:shared`, valued like the main key (`dlock1|ID|TOKEN|...`)
@@ -39,11 +40,12 @@
 //! `s|ID` for a reader, as older versions wrote them: an older dlock counts
 //! our writers ahead of its readers, and we count its waiting writers (in
 //! `:waiters` but not in line) ahead of ours. Every acquisition, shared or
-//! not, takes its token from `:fence`. `:released` is published at every
-//! release, when the last reader leaves, and when a waiter leaves the line
-//! or is found dead; the message names the entries that may go in now
-//! (`q:ENTRY,...`), and only they try at once (any other message, such as
-//! an older dlock's `1`, wakes every waiter).
+//! not, takes its token from `:fence`. At every release, when the last
+//! reader leaves, and when a waiter leaves the line or is found dead, the
+//! entries that may go in now are told, each on its own channel
+//! `:released:ENTRY`, which only it listens to: nobody else wakes. The
+//! same names go out on `:released` (`q:ENTRY,...`) for older builds,
+//! which listen there.
 //!
 //! Expiry is judged by the Redis server's clock (`TIME` inside the scripts,
 //! and `PX`), never ours.

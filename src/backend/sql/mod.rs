@@ -207,6 +207,12 @@ impl SqlBackend {
         let pool = match sqlx::any::AnyPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(part)
+            // The one connection keeps session state that others rely on
+            // for as long as we run (MySQL's wake-up lock of a key we
+            // hold; PostgreSQL's LISTEN and slot while we wait): never
+            // recycled for its age or idleness.
+            .max_lifetime(None)
+            .idle_timeout(None)
             .after_connect(move |c, _| {
                 // A session setting of the dialect's (a constant, no input).
                 let init = init.clone();

@@ -3,8 +3,9 @@
 //! with `LAST_INSERT_ID(token + 1)` in a statement of its own.
 //!
 //! Waiting uses a server-side wait instead of a poll: a `run` holder keeps
-//! `GET_LOCK(name)` on a connection of its own for as long as it holds the
-//! key; a waiter blocks in `GET_LOCK(name, timeout)` on its own connection,
+//! `GET_LOCK(name)` for as long as it holds the key (on the connection it
+//! waited on, if it had one, or else on the engine's, so that an
+//! uncontended run opens one connection); a waiter blocks in `GET_LOCK(name, timeout)` on its own connection,
 //! which the server grants the moment the holder releases it or its
 //! connection dies. Where nobody holds it (a lock taken by `dlock acquire`,
 //! `--limit` > 1, shared holders: GET_LOCK has no shared mode), waiters poll
@@ -48,8 +49,9 @@ struct Mysql {
     /// The engine's pool: its connection is closed while we wait without a
     /// slot.
     pool: crowd::PoolCell,
-    /// Connections holding GET_LOCK for keys we hold, by lock name.
-    held: Mutex<Vec<(String, MySqlConnection)>>,
+    /// The wake-up locks (GET_LOCK) of keys we hold, by lock name, and
+    /// the connection each is held on.
+    held: Mutex<Vec<(String, WakeConn)>>,
     /// The connection a waiter blocks on, when it is among the key's first.
     waiter: Mutex<Option<Waiter>>,
     /// The poll of a waiter that blocks but finds nobody holding the
@@ -63,6 +65,14 @@ struct Mysql {
     /// Our row's id in the key's line and the one just ahead of it, at our
     /// last attempt (fair queues).
     line: std::sync::Mutex<Option<(String, Option<String>)>>,
+}
+
+/// Where a holder keeps its wake-up lock: on the connection it waited on
+/// (it was first in line), or on the engine's own (it took the key without
+/// waiting on a connection of its own: one connection per run, not two).
+enum WakeConn {
+    Own(MySqlConnection),
+    Engine,
 }
 
 /// A waiter's own connection, holding the slot `slot` of the key whose
@@ -392,32 +402,45 @@ impl Dialect for Mysql {
             return;
         }
         let name = self.wake_name(&spec.namespace, &spec.key);
+        // One round trip between our commit and our command's start
+        // (there were three): take the wake-up lock, and only then let go
+        // of our line lock, so that the next in line, blocked on it, wakes
+        // to find the wake-up lock held and blocks on that; and of our
+        // slot. IF evaluates its condition first, and each release is part
+        // of the value, so none is optimised away.
+        const TAKE: &str = "SELECT CAST(IF(GET_LOCK(?, 0.2) = 1,
+            10 + COALESCE(RELEASE_LOCK(?), 0) + 2 * COALESCE(RELEASE_LOCK(?), 0), 0)
+            AS SIGNED)";
+        let Some(w) = kept else {
+            // Nothing to let go of: the wake-up lock goes on the engine's
+            // connection (the pool's one, which keeps it for the process's
+            // life), where a connection of its own cost a second login.
+            let Some(pool) = self.pool.get() else { return };
+            let take = sqlx::query_scalar::<_, Option<i64>>(TAKE)
+                .bind(&name)
+                .bind(None::<String>)
+                .bind(None::<String>)
+                .fetch_one(pool);
+            if let Some(Some(got)) = kit::best_effort(self.timeout, take).await
+                && got >= 10
+            {
+                self.held.lock().await.push((name, WakeConn::Engine));
+            }
+            return;
+        };
         let take = async {
-            let (mut c, slot, line) = match kept {
-                Some(w) => (w.conn, Some(w.slot), w.line),
-                None => (MySqlConnection::connect_with(&self.opts).await?, None, None),
-            };
-            // One round trip between our commit and our command's start
-            // (there were three): take the wake-up lock, and only then let
-            // go of our line lock, so that the next in line, blocked on it,
-            // wakes to find the wake-up lock held and blocks on that; and
-            // of our slot. IF evaluates its condition first, and each
-            // release is part of the value, so none is optimised away.
-            let got: Option<i64> = sqlx::query_scalar(
-                "SELECT CAST(IF(GET_LOCK(?, 0.2) = 1,
-                    10 + COALESCE(RELEASE_LOCK(?), 0) + 2 * COALESCE(RELEASE_LOCK(?), 0), 0)
-                    AS SIGNED)",
-            )
-            .bind(&name)
-            .bind(line)
-            .bind(slot)
-            .fetch_one(&mut c)
-            .await?;
+            let mut c = w.conn;
+            let got: Option<i64> = sqlx::query_scalar(TAKE)
+                .bind(&name)
+                .bind(w.line)
+                .bind(w.slot)
+                .fetch_one(&mut c)
+                .await?;
             // Not taken: dropping the connection lets go of the rest.
             Ok::<_, sqlx::Error>((got >= Some(10)).then_some(c))
         };
         if let Some(Some(c)) = kit::best_effort(self.timeout, take).await {
-            self.held.lock().await.push((name, c));
+            self.held.lock().await.push((name, WakeConn::Own(c)));
         }
     }
 
@@ -426,12 +449,21 @@ impl Dialect for Mysql {
         *self.line.lock().unwrap() = place.map(|(me, before)| (me.into(), before.map(Into::into)));
     }
 
-    async fn freed(&self, _e: &SqlBackend, ns: &str, key: &str) {
+    async fn freed(&self, e: &SqlBackend, ns: &str, key: &str) {
         let name = self.wake_name(ns, key);
         let mut held = self.held.lock().await;
         if let Some(i) = held.iter().position(|(n, _)| *n == name) {
-            let (_, c) = held.remove(i);
-            kit::best_effort(self.timeout, c.close()).await;
+            match held.remove(i).1 {
+                WakeConn::Own(c) => {
+                    kit::best_effort(self.timeout, c.close()).await;
+                }
+                WakeConn::Engine => {
+                    let let_go = sqlx::query("SELECT RELEASE_LOCK(?)")
+                        .bind(&name)
+                        .execute(&e.pool);
+                    kit::best_effort(self.timeout, let_go).await;
+                }
+            }
         }
     }
 
