@@ -1,11 +1,54 @@
 //! `main` only builds the runtime, runs [`dlock::run`] and turns its result
 //! into an exit code; everything else lives in the library.
 
+#![no_main]
+
 use std::io::Write;
 
 use dlock::outcome::Outcome;
 
-fn main() {
+/// The process's entry, called by the C runtime: Rust's own start-up
+/// (`lang_start`) is not run. Of what it does, dlock keeps the two things
+/// it relies on (below), and leaves out the main thread's stack-overflow
+/// guard, which read and parsed `/proc/self/maps` and set up an alternate
+/// signal stack at every start (20 system calls of the 50 before `main`):
+/// a stack overflow is then reported as a plain SIGSEGV.
+#[unsafe(no_mangle)]
+extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+    std_fds();
+    // SAFETY: setting a signal's disposition, before any thread exists.
+    // Ignored, as Rust programs have it: a write to a closed pipe is an
+    // error (EPIPE), not death. The child gets the default back (spawn.rs).
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    real_main();
+    let _ = std::io::stdout().flush();
+    0
+}
+
+/// Standard input, output and error open, as Rust's start-up makes sure:
+/// one that was closed is opened on /dev/null, so that no file dlock opens
+/// (a database, a lock file) takes its number and is handed to the child
+/// as its standard input or output.
+fn std_fds() {
+    let mut fds = [0, 1, 2].map(|fd| libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    });
+    // SAFETY: `fds` is a valid array of three pollfd, for the call's length.
+    if unsafe { libc::poll(fds.as_mut_ptr(), 3, 0) } < 0 {
+        return;
+    }
+    for p in fds {
+        if p.revents & libc::POLLNVAL != 0 {
+            // SAFETY: a constant, NUL-terminated path; the lowest free
+            // number is the closed one.
+            unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
+        }
+    }
+}
+
+fn real_main() {
     // `dlock --version` needs nothing of the command line's definition,
     // which clap builds whole (every subcommand and flag) before parsing:
     // that was most of this invocation's own work.
