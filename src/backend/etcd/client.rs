@@ -522,6 +522,26 @@ impl RangeResponse {
     }
 }
 
+impl TxnResponse {
+    /// Whether the comparisons held (the success branch ran).
+    pub fn succeeded(&self) -> bool {
+        self.succeeded
+    }
+
+    /// The revision after the transaction.
+    pub fn revision(&self) -> i64 {
+        self.header.as_ref().map_or(0, |h| h.revision)
+    }
+
+    /// The rows of the transaction's last read, if it made one.
+    pub fn last_range(&self) -> Option<&RangeResponse> {
+        self.responses.iter().rev().find_map(|r| match &r.response {
+            Some(pb::response_op::Response::ResponseRange(rr)) => Some(rr),
+            _ => None,
+        })
+    }
+}
+
 impl LeaseGrantResponse {
     pub fn id(&self) -> i64 {
         self.id

@@ -324,8 +324,12 @@ impl EtcdBackend {
     /// (`NS/KEY/sub/<lease>`), which are another lock.
     async fn contenders(&self, prefix: &str) -> Result<(Vec<Entry>, i64)> {
         let (kvs, rev) = self.under(prefix).await?;
-        let entries = kvs
-            .into_iter()
+        Ok((Self::entries_of(prefix, kvs), rev))
+    }
+
+    /// The contenders among the keys listed under `prefix`.
+    fn entries_of(prefix: &str, kvs: Vec<ec::KeyValue>) -> Vec<Entry> {
+        kvs.into_iter()
             .filter_map(|kv| {
                 let tail = kv.key().strip_prefix(prefix.as_bytes())?;
                 let shared = mode_of(tail, &kv)?;
@@ -335,18 +339,24 @@ impl EtcdBackend {
                     side: None,
                 })
             })
-            .collect();
-        Ok((entries, rev))
+            .collect()
+    }
+
+    /// The listing of a key's prefix, oldest first.
+    fn listing() -> ec::GetOptions {
+        ec::GetOptions::new()
+            .with_prefix()
+            .with_sort(ec::SortTarget::Create, ec::SortOrder::Ascend)
     }
 
     /// Every key under a prefix, oldest first, and the revision read at.
     async fn under(&self, prefix: &str) -> Result<(Vec<ec::KeyValue>, i64)> {
         let mut c = self.client.clone();
-        let opts = ec::GetOptions::new()
-            .with_prefix()
-            .with_sort(ec::SortTarget::Create, ec::SortOrder::Ascend);
         let r = self
-            .bounded(&format!("get {prefix}"), c.get(prefix, Some(opts)))
+            .bounded(
+                &format!("get {prefix}"),
+                c.get(prefix, Some(Self::listing())),
+            )
             .await?;
         let rev = r.header().map_or(0, |h| h.revision());
         Ok((r.kvs().to_vec(), rev))
@@ -516,7 +526,7 @@ impl Backend for EtcdBackend {
         let on_lease = || Some(ec::PutOptions::new().with_lease(lease));
         // An elect candidate's entry holds its value, its record the side
         // key: both on the lease, in one transaction.
-        let (ops, record_key) = match me.value.as_ref().filter(|_| !spec.shared) {
+        let (mut ops, record_key) = match me.value.as_ref().filter(|_| !spec.shared) {
             None => (
                 vec![ec::TxnOp::put(key.as_str(), record, on_lease())],
                 key.clone().into_bytes(),
@@ -532,6 +542,10 @@ impl Backend for EtcdBackend {
                 )
             }
         };
+        // The first listing of the prefix in the same transaction, after
+        // the put (a read there sees the transaction's writes): one round
+        // trip where the put and the listing were two.
+        ops.push(ec::TxnOp::get(prefix.as_str(), Some(Self::listing())));
         let put = ec::Txn::new()
             .when([ec::Compare::create_revision(
                 key.as_str(),
@@ -539,10 +553,16 @@ impl Backend for EtcdBackend {
                 0,
             )])
             .and_then(ops);
-        if let Err(e) = self.bounded("put", c.txn(put)).await {
-            self.give_up(&key, lease).await;
-            return Err(e);
-        }
+        let first = match self.bounded("put", c.txn(put)).await {
+            Ok(r) => r
+                .last_range()
+                .filter(|_| r.succeeded())
+                .map(|l| (Self::entries_of(&prefix, l.kvs().to_vec()), r.revision())),
+            Err(e) => {
+                self.give_up(&key, lease).await;
+                return Err(e);
+            }
+        };
         let mut turn = EtcdTurn {
             b: self,
             c,
@@ -557,6 +577,7 @@ impl Backend for EtcdBackend {
             sides: HashMap::new(),
             record: rec,
             record_key,
+            first,
         };
         queue::wait_turn(&mut turn, spec.mode(), deadline).await
     }

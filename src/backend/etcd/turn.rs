@@ -32,6 +32,9 @@ pub(super) struct EtcdTurn<'a> {
     /// candidate's side key): a semaphore's holder adds its slot.
     pub(super) record: Record,
     pub(super) record_key: Vec<u8>,
+    /// The listing read with our put, in its transaction: the first
+    /// `entries` needs no read of its own.
+    pub(super) first: Option<(Vec<Entry>, i64)>,
 }
 
 #[async_trait]
@@ -39,7 +42,11 @@ impl queue::Turn for EtcdTurn<'_> {
     type Entry = Entry;
 
     async fn entries(&mut self) -> Result<(Vec<Entry>, Option<usize>)> {
-        let (entries, rev) = match self.b.contenders(&self.prefix).await {
+        let listed = match self.first.take() {
+            Some(first) => Ok(first),
+            None => self.b.contenders(&self.prefix).await,
+        };
+        let (entries, rev) = match listed {
             Ok(v) => v,
             Err(e) => {
                 self.b.give_up(&self.key, self.lease).await;

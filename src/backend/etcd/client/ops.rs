@@ -103,6 +103,20 @@ impl TxnOp {
         })
     }
 
+    /// A read in the transaction, which sees the transaction's own writes
+    /// before it.
+    pub fn get(key: impl Into<Vec<u8>>, options: Option<GetOptions>) -> TxnOp {
+        let o = options.unwrap_or_default();
+        let mut r = o.req;
+        r.key = key.into();
+        if o.prefix {
+            r.range_end = prefix_end(&r.key);
+        }
+        TxnOp(pb::RequestOp {
+            request: Some(pb::request_op::Request::RequestRange(r)),
+        })
+    }
+
     pub fn delete(key: impl Into<Vec<u8>>) -> TxnOp {
         let del = pb::DeleteRangeRequest {
             key: key.into(),
