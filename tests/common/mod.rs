@@ -448,16 +448,16 @@ pub fn bare(home: &Path) -> Command {
         .env("XDG_STATE_HOME", home.join("state"))
         .env("XDG_CONFIG_HOME", home.join("config"))
         .env_remove("NO_COLOR");
-    // SIGINT and SIGQUIT as a terminal would deliver them, however the
-    // tests were started: a shell's background job (`cargo test &`)
-    // ignores both, its children inherit that, and dlock leaves ignored
-    // what it found ignored (as nohup asks), so a test that interrupts
-    // dlock would time out.
+    // SIGHUP, SIGINT and SIGQUIT as a terminal would deliver them,
+    // however the tests were started: a shell's background job (`cargo
+    // test &`) ignores SIGINT and SIGQUIT, `nohup` SIGHUP, their children
+    // inherit that, and dlock leaves ignored what it found ignored (as
+    // nohup asks), so a test that stops dlock with one would time out.
     unsafe {
         use std::os::unix::process::CommandExt;
         c.pre_exec(|| {
             use nix::sys::signal::{SigHandler, Signal, signal};
-            for s in [Signal::SIGINT, Signal::SIGQUIT] {
+            for s in [Signal::SIGHUP, Signal::SIGINT, Signal::SIGQUIT] {
                 signal(s, SigHandler::SigDfl).map_err(std::io::Error::from)?;
             }
             Ok(())
