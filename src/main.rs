@@ -1,7 +1,10 @@
 //! `main` only builds the runtime, runs [`dlock::run`] and turns its result
 //! into an exit code; everything else lives in the library.
 
-#![no_main]
+// The unit-test harness of this target (`cargo test --all-targets`) has a
+// `main` of its own: ours is the process's entry only outside it.
+#![cfg_attr(not(test), no_main)]
+#![cfg_attr(test, allow(dead_code))]
 
 use std::io::Write;
 
@@ -13,6 +16,7 @@ use dlock::outcome::Outcome;
 /// guard, which read and parsed `/proc/self/maps` and set up an alternate
 /// signal stack at every start (20 system calls of the 50 before `main`):
 /// a stack overflow is then reported as a plain SIGSEGV.
+#[cfg(not(test))]
 #[unsafe(no_mangle)]
 extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
     std_fds();
