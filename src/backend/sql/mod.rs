@@ -207,9 +207,9 @@ impl SqlBackend {
         let pool = match sqlx::any::AnyPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(part)
-            // The one connection keeps session state that others rely on
-            // for as long as we run (MySQL's wake-up lock of a key we
-            // hold; PostgreSQL's LISTEN and slot while we wait): never
+            // The one connection (MySQL's: PostgreSQL holds its own in
+            // `pglink`) keeps session state that others rely on for as
+            // long as we run, the wake-up lock of a key we hold: never
             // recycled for its age or idleness.
             .max_lifetime(None)
             .idle_timeout(None)
