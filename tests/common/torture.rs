@@ -128,17 +128,52 @@ fn started(pid: i32) -> Option<u64> {
 }
 
 /// Wait until the process `pid` that started at `born` is gone, or
-/// `limit`; whether it still runs then, and its state if so.
-fn gone_by(pid: i32, born: Option<u64>, limit: Instant) -> Option<String> {
+/// `limit`: its state if it still runs then, and the last moment it is
+/// known to have been running (the clock read before the last look that
+/// found it; `seen`, read before `born` was, if no look did). The process
+/// ended after that moment, so a section ended there ends no later than
+/// it did: the time check then never reports an overlap that did not
+/// happen, however late this thread is scheduled (a loaded machine), and
+/// the lock on the resource (see [`claim`]) catches the ones in between.
+fn gone_by(pid: i32, born: Option<u64>, seen: i128, limit: Instant) -> (Option<String>, i128) {
     let same = || born.is_some() && started(pid) == born;
-    while same() && Instant::now() < limit {
+    let mut alive_at = seen;
+    loop {
+        let t = now_ns();
+        if !same() {
+            return (None, alive_at);
+        }
+        alive_at = t;
+        if Instant::now() >= limit {
+            let state = stat_of(pid)
+                .and_then(|f| f.first().cloned())
+                .unwrap_or_default();
+            return (Some(state), alive_at);
+        }
         std::thread::sleep(Duration::from_millis(1));
     }
-    same().then(|| {
-        stat_of(pid)
-            .and_then(|f| f.first().cloned())
-            .unwrap_or_default()
-    })
+}
+
+/// The start of a child's script: it takes a lock on the shared resource,
+/// one of `limit` files (`res-N` in the log directory), shared for a
+/// reader, without waiting; where none is free, it logs `O` (an overlap),
+/// then goes on. The lock lasts until every process of the child's group
+/// has exited (they share the descriptor), as the kernel sees it: an exact
+/// witness of two live children at once, which the times in the logs can
+/// only bound.
+fn claim(cfg: &Config, log: &Path, mode: &str) -> String {
+    let (slots, how) = if mode == "S" {
+        (1, "-s")
+    } else {
+        (cfg.limit.max(1), "-x")
+    };
+    let list: Vec<String> = (0..slots).map(|n| n.to_string()).collect();
+    format!(
+        "o=O; for n in {list}; do exec 9>>'{dir}/res-'$n; if flock -n {how} 9; then o=; break; fi; exec 9>&-; done;          [ -z \"$o\" ] || echo \"O $DLOCK_TOKEN $$ $(date +%s%N) {mode}\" >> '{log}'; ",
+        list = list.join(" "),
+        dir = cfg.dir.display(),
+        log = log.display(),
+    )
 }
 
 fn lines(p: &Path) -> Vec<String> {
@@ -170,7 +205,8 @@ fn client(
     // The fifth field is the mode: X exclusive, S shared.
     let script = |mode: &str| {
         format!(
-            "echo \"B $DLOCK_TOKEN $$ $(date +%s%N) {mode}\" >> '{log}'; sleep {hold}; echo \"E $DLOCK_TOKEN $$ $(date +%s%N) {mode}\" >> '{log}'",
+            "{claim}echo \"B $DLOCK_TOKEN $$ $(date +%s%N) {mode}\" >> '{log}'; sleep {hold}; echo \"E $DLOCK_TOKEN $$ $(date +%s%N) {mode}\" >> '{log}'",
+            claim = claim(cfg, &log, mode),
             log = log.display(),
             hold = cfg.hold.as_secs_f64()
         )
@@ -227,6 +263,7 @@ fn client(
             }
             if let Some(cpid) = begun {
                 *faults.entry(format!("{fault:?}")).or_insert(0) += 1;
+                let seen = now_ns();
                 let born = started(cpid);
                 match fault {
                     Fault::KillDlock => kill(dlock_pid, libc::SIGKILL),
@@ -238,8 +275,7 @@ fn client(
                 let stop_until = Instant::now() + cfg.ttl + Duration::from_millis(300);
                 // The child's end is the moment its process is gone.
                 let limit = Instant::now() + cfg.ttl * 3 + Duration::from_secs(10);
-                let left = gone_by(cpid, born, limit);
-                let end = now_ns();
+                let (left, end) = gone_by(cpid, born, seen, limit);
                 if let Some(state) = left {
                     problems.push(format!(
                         "child {cpid} (state {state}) outlived fault {fault:?} by {:?}",
@@ -334,6 +370,10 @@ pub fn check(cfg: &Config, report: &mut Report) {
             let pid: i32 = f[2].parse().unwrap_or(0);
             let t: i128 = f[3].parse().unwrap_or(0);
             match f[0] {
+                "O" => report.overlaps.push(format!(
+                    "child {pid} (token {}) began while every slot of the resource was locked by a child still running",
+                    f[1]
+                )),
                 "B" => intervals.push(Section {
                     start: t,
                     end: None,
@@ -444,7 +484,8 @@ fn running_body(log: &Path) -> Option<i32> {
 fn candidate(cfg: &Config, ns: Option<&str>, i: usize) -> std::process::Child {
     let log = cfg.dir.join(format!("client-{i}.log"));
     let script = format!(
-        "echo \"B $DLOCK_TOKEN $$ $(date +%s%N)\" >> '{}'; exec sleep 100000",
+        "{}echo \"B $DLOCK_TOKEN $$ $(date +%s%N)\" >> '{}'; exec sleep 100000",
+        claim(cfg, &log, "X"),
         log.display()
     );
     Command::new(&cfg.dlock)
@@ -470,8 +511,8 @@ fn candidate(cfg: &Config, ns: Option<&str>, i: usize) -> std::process::Child {
 /// Wait until `pid` is gone (bounded) and log its end in client `i`'s log.
 fn note_end(cfg: &Config, i: usize, pid: i32, problems: &mut Vec<String>) -> i128 {
     let limit = Instant::now() + cfg.ttl * 3 + Duration::from_secs(10);
-    let left = gone_by(pid, started(pid), limit);
-    let end = now_ns();
+    let seen = now_ns();
+    let (left, end) = gone_by(pid, started(pid), seen, limit);
     if let Some(state) = left {
         problems.push(format!(
             "leader body {pid} (state {state}) outlived its fault"
