@@ -2,7 +2,11 @@
 //! backend while holders are SIGKILLed, their children SIGKILLed, or dlock
 //! frozen with SIGSTOP past the TTL. Every child logs when it begins and
 //! ends; the check proves that no more than `limit` children ever ran at
-//! once and that fencing tokens rose in the order the holders began.
+//! once and that fencing tokens rose in the order the holders began. Two
+//! witnesses of an overlap: the times in the logs (a killed child's end is
+//! the last moment it was seen running, so a late look never invents one),
+//! and a `flock` each child takes on the resource without waiting, which
+//! the kernel lets go only when the child's whole group has exited.
 //!
 //! With `shared` > 0, that fraction of the runs take the lock `--shared`
 //! (readers beside writers): the check then counts an overlap only where
