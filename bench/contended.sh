@@ -18,7 +18,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/batch.sh"
 batch_setup 2,13p "$@"
 [[ ${#builds[@]} -gt 0 ]] || builds=("$(realpath "${DLOCK:-$here/../target/release/dlock}")")
-command -v flock >/dev/null || { echo "flock(1) is missing (Debian: util-linux)" >&2; exit 1; }
+need_flock
 
 python3 - "$URL" "$LOOPS" "$RUNS" "${ROUNDS:-5}" "${KEY:-k}" "$TMP" "${FLOOR:-}" "${SERVER_PID:-}" \
   "${builds[@]}" <<'EOF'

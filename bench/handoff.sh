@@ -23,11 +23,9 @@ if [[ $# -gt 0 && $1 != -- ]]; then ROUNDS=$1; shift; fi
 builds=()
 for b in "$@"; do builds+=("$(realpath "$b")"); done
 [[ ${#builds[@]} -gt 0 ]] || builds=("$(realpath "${DLOCK:-$here/../target/release/dlock}")")
-command -v flock >/dev/null || { echo "flock(1) is missing (Debian: util-linux)" >&2; exit 1; }
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-while read -r v; do unset "$v"; done < <(compgen -e | grep '^DLOCK_' || true)
-export XDG_CONFIG_HOME=$TMP/config XDG_STATE_HOME=$TMP/state
+. "$here/batch.sh"
+need_flock
+bench_scratch
 
 python3 - "$URL" "$ROUNDS" "$TMP" "${builds[@]}" <<'EOF'
 import os, statistics, subprocess, sys, time

@@ -12,11 +12,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 [[ $# -eq 2 ]] || { sed -n '2,10p' "$0" >&2; exit 64; }
 OLD=$(realpath "$1") NEW=$(realpath "$2")
 RUNS=${RUNS:-150} CRUNS=${CRUNS:-5}
-command -v flock >/dev/null || { echo "flock(1) is missing (Debian: util-linux)" >&2; exit 1; }
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-while read -r v; do unset "$v"; done < <(compgen -e | grep '^DLOCK_' || true)
-export XDG_CONFIG_HOME=$TMP/config XDG_STATE_HOME=$TMP/state
+. "$here/batch.sh"
+need_flock
+bench_scratch
 
 python3 - "$OLD" "$NEW" "$RUNS" "$TMP" <<'EOF'
 import os, statistics, subprocess, sys, time
