@@ -173,7 +173,7 @@ fn claim(cfg: &Config, log: &Path, mode: &str) -> String {
     };
     let list: Vec<String> = (0..slots).map(|n| n.to_string()).collect();
     format!(
-        "o=O; for n in {list}; do exec 9>>'{dir}/res-'$n; if flock -n {how} 9; then o=; break; fi; exec 9>&-; done;          [ -z \"$o\" ] || echo \"O $DLOCK_TOKEN $$ $(date +%s%N) {mode}\" >> '{log}'; ",
+        "o=O; for n in {list}; do exec 9>>'{dir}/res-'$n; if flock -n {how} 9; then o=; break; fi; exec 9>&-; done; [ -z \"$o\" ] || echo \"O $DLOCK_TOKEN $$ $(date +%s%N) {mode}\" >> '{log}'; ",
         list = list.join(" "),
         dir = cfg.dir.display(),
         log = log.display(),
@@ -277,7 +277,7 @@ fn client(
                     Fault::None => {}
                 }
                 let stop_until = Instant::now() + cfg.ttl + Duration::from_millis(300);
-                // The child's end is the moment its process is gone.
+                // The child's end is the last moment it was seen running.
                 let limit = Instant::now() + cfg.ttl * 3 + Duration::from_secs(10);
                 let (left, end) = gone_by(cpid, born, seen, limit);
                 if let Some(state) = left {

@@ -7,9 +7,10 @@
 //! waited on, if it had one, or else on the engine's, so that an
 //! uncontended run opens one connection); a waiter blocks in
 //! `GET_LOCK(name, timeout)` on its own connection, which the server grants
-//! the moment the holder releases it or its connection dies. Where nobody holds it (a lock taken by `dlock acquire`,
-//! `--limit` > 1, shared holders: GET_LOCK has no shared mode), waiters poll
-//! with a backoff from 5 ms to 100 ms. Readers waiting for a writer's `run`
+//! the moment the holder releases it or its connection dies. Where nobody
+//! holds it (a lock taken by `dlock acquire`, `--limit` > 1, shared
+//! holders: GET_LOCK has no shared mode), waiters poll with a backoff from
+//! 5 ms to 100 ms. Readers waiting for a writer's `run`
 //! block in GET_LOCK like any waiter, and each lets it go as soon as it has
 //! it, so they all wake in turn within moments.
 //!
