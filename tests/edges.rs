@@ -78,6 +78,60 @@ fn a_missing_sqlite_directory_is_said_at_once() {
     );
 }
 
+/// A lease's clock starts when the write that grants it is made, not when
+/// the attempt began: an attempt that waited for SQLite's write lock (held
+/// here by another program for longer than the TTL) still gets a whole
+/// lease, and its command runs to the end instead of being stopped as lost
+/// (74) at once.
+#[test]
+fn a_slow_grant_is_not_a_lost_lease() {
+    let env = Env::sqlite();
+    let db = env.dir.path().join("locks.db");
+    assert_eq!(code(&env.run(&["run", "--key", "k", "--", "true"])), 0);
+    // Another program takes the database's write lock for 1.5 s.
+    let mut writer = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys, time\n\
+             c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+             c.execute('BEGIN IMMEDIATE')\n\
+             print('held', flush=True)\n\
+             time.sleep(1.5)\n\
+             c.execute('COMMIT')",
+        ])
+        .arg(&db)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(writer.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "held");
+    let started = Instant::now();
+    let out = env.run(&[
+        "run",
+        "--ttl",
+        "1s",
+        "--key",
+        "k",
+        "--",
+        "sh",
+        "-c",
+        "sleep 0.2; echo ran",
+    ]);
+    assert!(writer.wait().unwrap().success());
+    assert!(
+        started.elapsed() >= Duration::from_millis(1200),
+        "dlock did not wait for the write lock: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "ran");
+}
+
 /// Item 4: `elect --restart always` with a command that cannot run waits
 /// longer before each new try and gives up (127) after a few in a row.
 #[test]

@@ -53,7 +53,12 @@ impl Poll for S3Backend {
         let (ns, key) = (&spec.namespace, &spec.key);
         let object = self.object(ns, key);
         let waiter = self.waiting.id.clone();
-        let granted_at = Instant::now();
+        // When the write that admits us was decided (set in the step that
+        // admits): the store's expiry is counted from a moment after it.
+        // Not the attempt's start: a crowd rewriting the object can keep
+        // the compare-and-swap going for seconds, and a lease clock
+        // counted from before them would call the lease lost at once.
+        let mut granted_at = Instant::now();
         let mut rec = Record::new(&me.id, me);
         rec.user = clean(&rec.user);
         rec.host = clean(&rec.host);
@@ -89,6 +94,13 @@ impl Poll for S3Backend {
                 // Ours already: a write whose answer was lost took effect.
                 if let Some(i) = o.find(&me.id) {
                     let e = &o.holders[i];
+                    // Its expiry is what is left of it by the store's
+                    // clock, at the earliest.
+                    let left = Duration::from_millis((e.exp - clock.now_hi()).max(0) as u64);
+                    let now = Instant::now();
+                    granted_at = now
+                        .checked_sub(spec.ttl.saturating_sub(left))
+                        .unwrap_or(now);
                     return Step::Done(Ok((e.token, e.record().and_then(|r| r.slot))));
                 }
                 // (Waiters on this machine whose process is gone were
@@ -125,6 +137,7 @@ impl Poll for S3Backend {
                 // shared none: not recorded).
                 let mut r = rec.clone();
                 r.slot = slot;
+                granted_at = Instant::now();
                 o.fence += 1;
                 o.holders.push(Entry {
                     rec: r.encode(NField::Limit),

@@ -188,7 +188,6 @@ impl<P: Link> SqlBackend<P> {
         me: &Owner,
         join: bool,
     ) -> Result<(Attempt, Option<Instant>)> {
-        let granted_at = Instant::now();
         let (ns, key) = (&spec.namespace, &spec.key);
         let q = &self.q;
         let row_id = self.d.row_id(me);
@@ -232,7 +231,26 @@ impl<P: Link> SqlBackend<P> {
         };
         let attempt = async {
             let mut c = self.pool.conn().await?;
+            // The lease clock starts here, not at the attempt's start: a
+            // peek, a connection and a wait for the write lock can take
+            // longer than a short TTL, and a lease counted from before them
+            // would be called lost as soon as it is granted. A server counts
+            // the expiry from a moment after this (PostgreSQL's `now()` is
+            // the transaction's start, MySQL's `UTC_TIMESTAMP(6)` the
+            // statement's).
+            let mut granted_at = Instant::now();
             let mut tx = c.begin(q.begin).await?;
+            // A database file's statements read our clock, once we have its
+            // write lock: the wait for it does not count against the lease.
+            let a = if P::SERVER {
+                a
+            } else {
+                granted_at = Instant::now();
+                Args {
+                    now_ms: Args::now_ms(),
+                    ..a
+                }
+            };
             // Lock this key's fence row: contenders queue here.
             if let Some(fence) = &q.fence {
                 tx.run(fence, &a).await?;
@@ -335,14 +353,14 @@ impl<P: Link> SqlBackend<P> {
                 tx.run(&q.delete_waiter, &Args::of(ns, key).id(&w)).await?;
             }
             tx.commit().await?;
-            Ok(Ok((a.token, id, slot)))
+            Ok(Ok((a.token, id, slot, granted_at)))
         };
         let result = match peeked {
             Some(busy) => Err(busy),
             None => self.bounded("acquire", attempt).await?,
         };
         match result {
-            Ok((token, id, slot)) => {
+            Ok((token, id, slot, granted_at)) => {
                 self.waiting.done(ns, key);
                 self.d.taken(spec, me.kind).await;
                 let lease = spec.lease(token as u64, id, granted_at, slot);

@@ -266,15 +266,19 @@ pub(super) enum Val<'a> {
 impl<'a> Args<'a> {
     /// For a statement on `key` of `ns`, now.
     pub(super) fn of(ns: &'a str, key: &'a str) -> Args<'a> {
-        let now_ms = SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
         Args {
             ns,
             key,
-            now_ms,
+            now_ms: Args::now_ms(),
             ..Args::default()
         }
+    }
+
+    /// This machine's clock, as a database file's statements read it.
+    pub(super) fn now_ms() -> i64 {
+        SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
     }
 
     /// For a statement on our lease, or our waiter row, `id`.
