@@ -166,6 +166,26 @@ impl Conn<'_> {
         }
     }
 
+    /// Prepare `stmts` on this connection ahead of their first run (a
+    /// server keeps them for the connection; a database file's are not
+    /// kept across runs of [`direct`], and cost no round trip).
+    pub(super) async fn prepare(
+        &mut self,
+        stmts: impl IntoIterator<Item = &Stmt>,
+    ) -> sqlx::Result<()> {
+        match self {
+            Conn::Pool(c) => {
+                for s in stmts {
+                    sqlx::Executor::prepare(&mut **c, s.sql.clone()).await?;
+                }
+                Ok(())
+            }
+            Conn::Local(_) => Ok(()),
+            #[cfg(feature = "postgres")]
+            Conn::Pg(c) => c.prepare(stmts).await,
+        }
+    }
+
     pub(super) async fn begin(&mut self, with: Option<&'static str>) -> sqlx::Result<Tx<'_>> {
         use sqlx::Connection;
         Ok(match (self, with) {

@@ -169,6 +169,9 @@ pub struct SqlBackend<P: Link = AnyPool> {
     queue_table: bool,
     /// The keys (namespace, key) this process has made an attempt on.
     tried: StdMutex<std::collections::HashSet<(String, String)>>,
+    /// Whether a waiter has prepared the statements of its grant and its
+    /// release ([`Conn::prepare`]).
+    prepared: std::sync::atomic::AtomicBool,
 }
 
 /// How long an attempt waits for the key's row lock (behind other
@@ -267,6 +270,7 @@ impl<P: Link> SqlBackend<P> {
             waiter_table: false,
             queue_table: false,
             tried: Default::default(),
+            prepared: Default::default(),
         }
     }
 

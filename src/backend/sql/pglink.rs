@@ -31,7 +31,9 @@ const IDLE_CHECK: Duration = Duration::from_secs(2);
 use futures_util::TryStreamExt;
 use futures_util::future::BoxFuture;
 use sqlx::any::AnyRow;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
+use sqlx::postgres::{
+    PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, PgTypeInfo,
+};
 use sqlx::{Acquire, Either, Postgres};
 
 use super::plan::{Args, Out, Stmt, Val};
@@ -232,6 +234,33 @@ impl PgGuard<'_> {
         let r = async {
             let c = self.conn()?.acquire().await?;
             run_pg(c, stmt, args).await
+        }
+        .await;
+        self.done(&r);
+        r
+    }
+
+    /// Prepare `stmts` (with the types [`run_pg`] binds, as PostgreSQL
+    /// fixes a statement's parameter types when it is prepared).
+    pub(super) async fn prepare(
+        &mut self,
+        stmts: impl IntoIterator<Item = &Stmt>,
+    ) -> sqlx::Result<()> {
+        let r = async {
+            let c = self.conn()?.acquire().await?;
+            for s in stmts {
+                let types: Vec<PgTypeInfo> = s
+                    .args
+                    .iter()
+                    .map(|&a| match Args::default().val(a) {
+                        Val::Str(_) | Val::Opt(_) => <&str as sqlx::Type<Postgres>>::type_info(),
+                        Val::I64(_) => <i64 as sqlx::Type<Postgres>>::type_info(),
+                        Val::I32(_) => <i32 as sqlx::Type<Postgres>>::type_info(),
+                    })
+                    .collect();
+                sqlx::Executor::prepare_with(&mut *c, s.sql.clone(), &types).await?;
+            }
+            Ok(())
         }
         .await;
         self.done(&r);

@@ -386,22 +386,28 @@ impl Postgres {
 
     /// Stop listening, and let go of our slot for the next waiter.
     async fn unlisten(&self, g: &mut PgGuard<'_>) {
-        let Some(ls) = g.listening().take() else {
-            return;
-        };
-        let r = async {
-            let l = g.conn()?;
-            l.unlisten(&ls.chan).await?;
-            sqlx::query("SELECT pg_advisory_unlock($1, $2)")
-                .bind(ls.class)
-                .bind(ls.slot)
-                .execute(&mut *l)
-                .await
-        };
-        // Cut short, the connection is given up, and the slot with it.
-        if let Ok(r) = tokio::time::timeout(self.timeout, r).await {
-            g.done(&r);
+        if let Some(ls) = g.listening().take() {
+            let_go(g, &ls, true, self.timeout).await;
         }
+    }
+}
+
+/// `UNLISTEN` (if `unlisten`) and let go of the slot of `ls`.
+async fn let_go(g: &mut PgGuard<'_>, ls: &Listening, unlisten: bool, timeout: Duration) {
+    let r = async {
+        let l = g.conn()?;
+        if unlisten {
+            l.unlisten(&ls.chan).await?;
+        }
+        sqlx::query("SELECT pg_advisory_unlock($1, $2)")
+            .bind(ls.class)
+            .bind(ls.slot)
+            .execute(&mut *l)
+            .await
+    };
+    // Cut short, the connection is given up, and the slot with it.
+    if let Ok(r) = tokio::time::timeout(timeout, r).await {
+        g.done(&r);
     }
 }
 
@@ -447,9 +453,25 @@ impl Dialect<PgLink> for Postgres {
     /// A holder does not listen: its slot goes to the next waiter.
     async fn taken(&self, _spec: &LockSpec, _kind: LeaseKind) {
         self.backoff.reset();
-        if let Some(mut g) = kit::best_effort(self.timeout, self.link.lock()).await {
-            self.unlisten(&mut g).await;
-        }
+        let Some(mut g) = kit::best_effort(self.timeout, self.link.lock()).await else {
+            return;
+        };
+        let Some(ls) = g.listening().take() else {
+            return;
+        };
+        drop(g);
+        // The `LISTEN` and the slot are let go while the command starts,
+        // not before it: two round trips off the hand-off's path. (A
+        // notification meanwhile is read by nobody; the slot is the next
+        // waiter's a few milliseconds later.) Should this process listen on
+        // the channel again first, its `LISTEN` is kept.
+        let (link, timeout) = (self.link.clone(), self.timeout);
+        tokio::spawn(async move {
+            if let Some(mut g) = kit::best_effort(timeout, link.lock()).await {
+                let again = g.listening().as_ref().is_some_and(|l| l.chan == ls.chan);
+                let_go(&mut g, &ls, !again, timeout).await;
+            }
+        });
     }
 
     async fn missed(&self, spec: &LockSpec, ahead: usize, place: Option<(&str, Option<&str>)>) {
