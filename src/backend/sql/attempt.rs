@@ -14,7 +14,6 @@
 //! machine) leave the line in the same transaction, with no grace (they
 //! hold nothing); a dead holder's lease ends [`BREAK_GRACE`] from now.
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Result;
@@ -322,28 +321,6 @@ impl<P: Link> SqlBackend<P> {
                     tx.commit().await?;
                     if rows_written {
                         self.waiting.written(ns, key);
-                    }
-                    // A server prepares each statement once per connection,
-                    // a round trip (two on PostgreSQL) the first time it
-                    // runs. A waiter prepares those of its grant and of its
-                    // release now, while the key is busy: off the path of
-                    // the hand-offs to it and from it.
-                    if P::SERVER
-                        && (joined || at.is_some())
-                        && !self.prepared.swap(true, Ordering::Relaxed)
-                    {
-                        // An insert that returns the token (no separate
-                        // bump: PostgreSQL) is left to its first run: sqlx
-                        // describes a prepared statement's columns with a
-                        // catalog query (2 ms of a new server process's CPU).
-                        let ahead = [
-                            q.bump.as_ref(),
-                            q.bump.as_ref().map(|_| &q.insert),
-                            Some(&q.dequeue),
-                            self.waiter_table.then_some(&q.delete_waiter),
-                            Some(&q.release),
-                        ];
-                        c.prepare(ahead.into_iter().flatten()).await?;
                     }
                     return Ok::<_, sqlx::Error>(Err(Busy {
                         place: (at.is_some() || joined).then(|| line.before(wid)),

@@ -36,7 +36,7 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
 use tokio::sync::Mutex;
 
 use super::crowd::{self, SLOTS};
-use super::{BREAK_GRACE, Dialect, Names, Spelling, SqlBackend, Statements, channel_name};
+use super::{Ahead, BREAK_GRACE, Dialect, Names, Spelling, SqlBackend, Statements, channel_name};
 use crate::backend::kit;
 use crate::backend::probe::{Check, Level};
 use crate::backend::{LeaseKind, LockSpec, redact_url};
@@ -468,7 +468,14 @@ impl Dialect for Mysql {
         }
     }
 
-    async fn wait(&self, spec: &LockSpec, bound: Instant) {
+    async fn wait(&self, spec: &LockSpec, bound: Instant, ahead: Ahead<'_>) {
+        // The engine's work runs while this blocks on a connection of its
+        // own, or first if it does not.
+        let ahead = async {
+            if let Some(a) = ahead {
+                a.await;
+            }
+        };
         let name = self.wake_name(&spec.namespace, &spec.key);
         let mut w = self.waiter.lock().await;
         if let Some(old) = w.take_if(|o| o.wake != name) {
@@ -479,6 +486,7 @@ impl Dialect for Mysql {
         }
         let Some(waiter) = w.as_mut() else {
             drop(w);
+            ahead.await;
             // Behind the first few: no connection while we sleep. The
             // first in line keeps its own: it looks often.
             if !self.place.first() {
@@ -489,6 +497,7 @@ impl Dialect for Mysql {
         };
         if spec.limit > 1 {
             drop(w);
+            ahead.await;
             tokio::time::sleep_until(bound.min(Instant::now() + self.poll.next()).into()).await;
             return;
         }
@@ -549,12 +558,9 @@ impl Dialect for Mysql {
             .await?;
             Ok::<_, sqlx::Error>(got >= Some(20))
         };
-        let was_held = match tokio::time::timeout_at(
-            (bound + Duration::from_millis(500)).into(),
-            wait,
-        )
-        .await
-        {
+        let wait = tokio::time::timeout_at((bound + Duration::from_millis(500)).into(), wait);
+        let (waited, ()) = tokio::join!(wait, ahead);
+        let was_held = match waited {
             Ok(Ok(was_held)) => was_held,
             // A connection stuck in GET_LOCK or broken is dropped, and its
             // slot with it; the next wait looks for one again.

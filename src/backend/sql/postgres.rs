@@ -30,8 +30,8 @@ use sqlx::postgres::PgConnectOptions;
 use super::crowd::{self, SLOTS};
 use super::pglink::{Listening, PgGuard, PgLink};
 use super::{
-    BREAK_GRACE, Dialect, Names, Spelling, SqlBackend, Statements, channel_name, connect_error,
-    fnv64,
+    Ahead, BREAK_GRACE, Dialect, Names, Spelling, SqlBackend, Statements, channel_name,
+    connect_error, fnv64,
 };
 use crate::backend::kit;
 use crate::backend::probe::{Check, Level};
@@ -482,7 +482,11 @@ impl Dialect<PgLink> for Postgres {
         });
     }
 
-    async fn wait(&self, spec: &LockSpec, bound: Instant) {
+    async fn wait(&self, spec: &LockSpec, bound: Instant, ahead: Ahead<'_>) {
+        // On the connection this waits on: first.
+        if let Some(a) = ahead {
+            a.await;
+        }
         let chan = channel_name(&spec.namespace, &spec.key);
         let Some(mut g) = kit::best_effort(self.timeout, self.link.lock()).await else {
             self.place.sleep(&self.backoff, bound).await;

@@ -50,7 +50,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use tokio::sync::Mutex;
 
-use super::{Arg, BREAK_GRACE, Dialect, Local, Names, Plan, SqlBackend, Stmt, fnv64};
+use super::{Ahead, Arg, BREAK_GRACE, Dialect, Local, Names, Plan, SqlBackend, Stmt, fnv64};
 use crate::backend::kit;
 use crate::backend::probe::{Check, Level};
 use crate::backend::{LeaseKind, LockSpec, Owner};
@@ -498,7 +498,10 @@ impl Dialect<Local> for Sqlite {
         e.pool.0.lock().await.checkpoint_if_due();
     }
 
-    async fn wait(&self, spec: &LockSpec, bound: Instant) {
+    async fn wait(&self, spec: &LockSpec, bound: Instant, ahead: Ahead<'_>) {
+        if let Some(a) = ahead {
+            a.await;
+        }
         // The flock only tells about `run` holders of one slot.
         if spec.limit > 1 {
             return self.poll(bound).await;
