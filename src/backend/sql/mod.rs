@@ -110,10 +110,12 @@ pub trait Dialect<P: Link = AnyPool>: Send + Sync {
     fn row_id(&self, me: &Owner) -> String {
         row_id(me)
     }
-    /// Before an attempt on a database file: whether this process is first
-    /// in line for `spec.key` (SQLite: it has just locked the key's wake
-    /// file, for a `run`), so that it goes straight to the write transaction
-    /// without reading first whether the key is busy.
+    /// Before an attempt: whether this process is first in line for
+    /// `spec.key` (SQLite: it has just locked the key's wake file, for a
+    /// `run`; PostgreSQL: the release's notification named it; MySQL: the
+    /// release handed it the key's wake-up lock), so that it goes straight
+    /// to the write transaction without reading first whether the key is
+    /// busy.
     fn first_in_line(&self, _spec: &LockSpec, _kind: LeaseKind) -> bool {
         false
     }

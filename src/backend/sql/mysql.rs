@@ -66,6 +66,13 @@ struct Mysql {
     /// Our row's id in the key's line and the one just ahead of it, at our
     /// last attempt (fair queues).
     line: std::sync::Mutex<Option<(String, Option<String>)>>,
+    /// Whether our last wait was a hand-off of the key's wake-up lock to
+    /// us (first in line, blocked on it while someone held it): the key
+    /// was released just now, so the attempt goes straight to its
+    /// transaction, which decides as ever, without the read that would
+    /// tell it the key may be free (a round trip between a release and the
+    /// next command's start).
+    handed: std::sync::atomic::AtomicBool,
 }
 
 /// Where a holder keeps its wake-up lock: on the connection it waited on
@@ -240,6 +247,7 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<SqlBackend> {
         backoff: crowd::Backoff::default(),
         place: crowd::Place::default(),
         line: std::sync::Mutex::new(None),
+        handed: std::sync::atomic::AtomicBool::new(false),
     };
     let q = statements(&t);
     // A wait for the key's row lock behind a crowd's attempts ends well
@@ -445,6 +453,12 @@ impl Dialect for Mysql {
         }
     }
 
+    /// Handed the wake-up lock by a release (see [`Mysql::handed`]).
+    fn first_in_line(&self, _spec: &LockSpec, _kind: LeaseKind) -> bool {
+        self.handed
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+    }
+
     async fn missed(&self, _spec: &LockSpec, ahead: usize, place: Option<(&str, Option<&str>)>) {
         self.place.missed(ahead, place);
         *self.line.lock().unwrap() = place.map(|(me, before)| (me.into(), before.map(Into::into)));
@@ -514,6 +528,7 @@ impl Dialect for Mysql {
         };
         let behind = target != name;
         let mine = line.map(|(me, _)| Mysql::line_name(&name, &me));
+        let in_line = mine.is_some();
         let started = Instant::now();
         let secs = bound
             .saturating_duration_since(Instant::now())
@@ -556,19 +571,29 @@ impl Dialect for Mysql {
             .bind(&target)
             .fetch_one(&mut *c)
             .await?;
-            Ok::<_, sqlx::Error>(got >= Some(20))
+            Ok::<_, sqlx::Error>(got)
         };
+        // 20: held by someone as we asked, not granted in time; 30 and
+        // above: held, then granted to us (a release).
         let wait = tokio::time::timeout_at((bound + Duration::from_millis(500)).into(), wait);
         let (waited, ()) = tokio::join!(wait, ahead);
-        let was_held = match waited {
-            Ok(Ok(was_held)) => was_held,
+        let got = match waited {
+            Ok(Ok(got)) => got,
             // A connection stuck in GET_LOCK or broken is dropped, and its
             // slot with it; the next wait looks for one again.
             _ => {
                 *w = None;
-                false
+                None
             }
         };
+        let was_held = got >= Some(20);
+        // Only the first in line: a waiter without a place in line (in a
+        // crowd larger than the server takes) blocks on the wake-up lock
+        // too, and each is granted it in turn at a release.
+        self.handed.store(
+            in_line && !behind && got >= Some(30),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         drop(w);
         let at_once = !was_held && started.elapsed() < Duration::from_millis(2);
         if at_once && behind {
