@@ -92,16 +92,15 @@ impl Poll for S3Backend {
             .update_with(&object, backoff, |o, clock| {
                 joining = None;
                 // Ours already: a write whose answer was lost took effect.
+                // Its expiry is written again, from now: the lease clock
+                // then starts now, where counting back from what is left
+                // of it could not always be done (an `Instant` before the
+                // machine's boot).
                 if let Some(i) = o.find(&me.id) {
-                    let e = &o.holders[i];
-                    // Its expiry is what is left of it by the store's
-                    // clock, at the earliest.
-                    let left = Duration::from_millis((e.exp - clock.now_hi()).max(0) as u64);
-                    let now = Instant::now();
-                    granted_at = now
-                        .checked_sub(spec.ttl.saturating_sub(left))
-                        .unwrap_or(now);
-                    return Step::Done(Ok((e.token, e.record().and_then(|r| r.slot))));
+                    granted_at = Instant::now();
+                    let e = &mut o.holders[i];
+                    e.exp = clock.now_hi() + ms(spec.ttl);
+                    return Step::Write(Ok((e.token, e.record().and_then(|r| r.slot))));
                 }
                 // (Waiters on this machine whose process is gone were
                 // pruned from `o`: they leave the line in this write.)

@@ -312,7 +312,7 @@ impl<P: Link> SqlBackend<P> {
         let ahead = [
             q.bump.as_ref(),
             q.bump.as_ref().map(|_| &q.insert),
-            Some(&q.dequeue),
+            self.queue_table.then_some(&q.dequeue),
             self.waiter_table.then_some(&q.delete_waiter),
             Some(&q.release),
         ];

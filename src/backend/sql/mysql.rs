@@ -500,10 +500,13 @@ impl Dialect for Mysql {
         }
         let Some(waiter) = w.as_mut() else {
             drop(w);
-            ahead.await;
-            // Behind the first few: no connection while we sleep. The
-            // first in line keeps its own: it looks often.
-            if !self.place.first() {
+            // Behind the first few: no connection while we sleep (nor
+            // statements prepared on it). The first in line keeps its own:
+            // it looks often.
+            if self.place.first() {
+                ahead.await;
+            } else {
+                drop(ahead);
                 crowd::hang_up(&self.pool).await;
             }
             self.place.sleep(&self.backoff, bound).await;

@@ -75,6 +75,8 @@ pub struct State {
     listening: Option<Listening>,
     /// When a step last ended (or the connection was opened).
     used: Option<Instant>,
+    /// How many connections have been opened: which one this is.
+    opened: u64,
 }
 
 impl State {
@@ -141,9 +143,19 @@ impl PgLink {
         if s.conn.is_none() {
             s.give_up();
             s.conn = Some(self.open().await?);
+            s.opened += 1;
         }
         s.used = Some(Instant::now());
         Ok(PgGuard { inner: &self.0, s })
+    }
+
+    /// The connection, if it is still the one `generation` names and is
+    /// in a known state: for a step about what was held on that one, which
+    /// is gone with it otherwise.
+    pub async fn lock_same(&self, generation: u64) -> Option<PgGuard<'_>> {
+        let s = self.0.state.lock().await;
+        (s.conn.is_some() && !s.dirty && !s.rollback && s.opened == generation)
+            .then(|| PgGuard { inner: &self.0, s })
     }
 
     async fn open(&self) -> sqlx::Result<(PgPool, PgListener)> {
@@ -223,6 +235,11 @@ impl PgGuard<'_> {
     pub fn idle(&mut self) {
         self.s.dirty = false;
         self.s.used = Some(Instant::now());
+    }
+
+    /// Which connection this is ([`PgLink::lock_same`]).
+    pub fn generation(&self) -> u64 {
+        self.s.opened
     }
 
     /// What the waiter holds on this connection.

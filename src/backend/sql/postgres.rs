@@ -459,15 +459,18 @@ impl Dialect<PgLink> for Postgres {
         let Some(ls) = g.listening().take() else {
             return;
         };
+        let generation = g.generation();
         drop(g);
         // The `LISTEN` and the slot are let go while the command starts,
         // not before it: two round trips off the hand-off's path. (A
         // notification meanwhile is read by nobody; the slot is the next
         // waiter's a few milliseconds later.) Should this process listen on
-        // the channel again first, its `LISTEN` is kept.
+        // the channel again first, its `LISTEN` is kept; should the
+        // connection be another by then, both went with the old one.
         let (link, timeout) = (self.link.clone(), self.timeout);
         tokio::spawn(async move {
-            if let Some(mut g) = kit::best_effort(timeout, link.lock()).await {
+            let same = tokio::time::timeout(timeout, link.lock_same(generation));
+            if let Ok(Some(mut g)) = same.await {
                 let again = g.listening().as_ref().is_some_and(|l| l.chan == ls.chan);
                 let_go(&mut g, &ls, !again, timeout).await;
             }
