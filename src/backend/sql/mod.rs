@@ -180,7 +180,7 @@ pub struct SqlBackend<P: Link = AnyPool> {
     /// The keys (namespace, key) this process has made an attempt on.
     tried: StdMutex<std::collections::HashSet<(String, String)>>,
     /// Whether a waiter has prepared the statements of its grant and its
-    /// release ([`Conn::prepare`]).
+    /// release ([`SqlBackend::prepare_ahead`]).
     prepared: std::sync::atomic::AtomicBool,
 }
 
@@ -308,6 +308,14 @@ impl<P: Link> SqlBackend<P> {
     /// describes a prepared statement's columns with a catalog query, 2 ms
     /// of a new server process's CPU.)
     async fn prepare_ahead(&self) {
+        // Once per process, counted when it runs: a dialect may drop it
+        // unrun (a MySQL waiter about to close its connection).
+        if self
+            .prepared
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
         let q = &self.q;
         let ahead = [
             q.bump.as_ref(),
@@ -647,9 +655,7 @@ impl<P: Link> Poll for SqlBackend<P> {
             .min()
             .unwrap_or(cap);
         let ahead: Ahead<'_> = (P::SERVER
-            && !self
-                .prepared
-                .swap(true, std::sync::atomic::Ordering::Relaxed))
+            && !self.prepared.load(std::sync::atomic::Ordering::Relaxed))
         .then(|| Box::pin(self.prepare_ahead()) as _);
         self.d.wait(spec, bound, ahead).await;
         Ok(())
