@@ -53,12 +53,7 @@ impl Poll for S3Backend {
         let (ns, key) = (&spec.namespace, &spec.key);
         let object = self.object(ns, key);
         let waiter = self.waiting.id.clone();
-        // When the write that admits us was decided (set in the step that
-        // admits): the store's expiry is counted from a moment after it.
-        // Not the attempt's start: a crowd rewriting the object can keep
-        // the compare-and-swap going for seconds, and a lease clock
-        // counted from before them would call the lease lost at once.
-        let mut granted_at = Instant::now();
+        let granted_at = Instant::now();
         let mut rec = Record::new(&me.id, me);
         rec.user = clean(&rec.user);
         rec.host = clean(&rec.host);
@@ -92,15 +87,9 @@ impl Poll for S3Backend {
             .update_with(&object, backoff, |o, clock| {
                 joining = None;
                 // Ours already: a write whose answer was lost took effect.
-                // Its expiry is written again, from now: the lease clock
-                // then starts now, where counting back from what is left
-                // of it could not always be done (an `Instant` before the
-                // machine's boot).
                 if let Some(i) = o.find(&me.id) {
-                    granted_at = Instant::now();
-                    let e = &mut o.holders[i];
-                    e.exp = clock.now_hi() + ms(spec.ttl);
-                    return Step::Write(Ok((e.token, e.record().and_then(|r| r.slot))));
+                    let e = &o.holders[i];
+                    return Step::Done(Ok((e.token, e.record().and_then(|r| r.slot))));
                 }
                 // (Waiters on this machine whose process is gone were
                 // pruned from `o`: they leave the line in this write.)
@@ -136,7 +125,6 @@ impl Poll for S3Backend {
                 // shared none: not recorded).
                 let mut r = rec.clone();
                 r.slot = slot;
-                granted_at = Instant::now();
                 o.fence += 1;
                 o.holders.push(Entry {
                     rec: r.encode(NField::Limit),
