@@ -116,21 +116,35 @@ impl ZkBackend {
             node = path,
             "the server of our session does not answer: deleting our node through another"
         );
+        // Until the bound, not once: a server that cannot make a session
+        // yet (the frozen one was the leader, and the others are still
+        // choosing another) is asked again.
+        let until = tokio::time::Instant::now() + self.timeout;
         let mut tries: FuturesUnordered<_> = hosts
             .iter()
             .map(|h| async move {
-                let mut c = zk::Client::connector()
-                    .with_session_timeout(Duration::from_secs(2))
-                    .with_connection_timeout(self.timeout)
-                    .with_fail_eagerly();
-                if let Some(a) = &self.auth {
-                    c = c.with_auth("digest", a);
-                }
                 let one = format!("{h}{chroot}");
-                let c = kit::best_effort(self.timeout, c.connect(&one)).await?;
-                match tokio::time::timeout(self.timeout, c.delete(path, None)).await {
-                    Ok(Ok(()) | Err(zk::Error::NoNode)) => Some(()),
-                    _ => None,
+                loop {
+                    let left = until.saturating_duration_since(tokio::time::Instant::now());
+                    if left.is_zero() {
+                        return None;
+                    }
+                    let mut c = zk::Client::connector()
+                        .with_session_timeout(Duration::from_secs(2))
+                        .with_connection_timeout(left)
+                        .with_fail_eagerly();
+                    if let Some(a) = &self.auth {
+                        c = c.with_auth("digest", a);
+                    }
+                    let Some(c) = kit::best_effort(left, c.connect(&one)).await else {
+                        // Refused or reset at once: not a hot loop.
+                        tokio::time::sleep(Duration::from_millis(50).min(left)).await;
+                        continue;
+                    };
+                    return match tokio::time::timeout_at(until, c.delete(path, None)).await {
+                        Ok(Ok(()) | Err(zk::Error::NoNode)) => Some(()),
+                        _ => None,
+                    };
                 }
             })
             .collect();

@@ -12,19 +12,50 @@ use super::{Kind, ZkBackend, kind, kit};
 /// How long `close` waits for the server to end the session.
 const SESSION_CLOSE_WAIT: Duration = Duration::from_millis(300);
 
+/// How long the session's connection may stay silent (pings unanswered)
+/// before the client leaves its server for another listed one, and the
+/// bound on each server's answer while connecting: an eighth of the TTL
+/// (at least 0.5 s), never more than `--connect-timeout`. The client may
+/// try the silent server once more first, so a move costs up to twice
+/// this, well inside the two thirds of the TTL the lease clock allows
+/// between renewals (with `--connect-timeout` alone, 5 s by default, a
+/// 10 s lease was lost to one frozen server).
+fn silence_bound(ttl: Duration, timeout: Duration) -> Duration {
+    (ttl / 8).max(Duration::from_millis(500)).min(timeout)
+}
+
 impl ZkBackend {
     /// A new session, with a session timeout of `ttl`.
     pub(super) async fn connect(&self, ttl: Duration) -> Result<zk::Client> {
-        let mut c = zk::Client::connector()
-            .with_session_timeout(ttl.max(Duration::from_millis(100)))
-            .with_connection_timeout(self.timeout)
-            .with_fail_eagerly();
-        if let Some(a) = &self.auth {
-            c = c.with_auth("digest", a);
-        }
+        let silence = silence_bound(ttl, self.timeout);
+        let connector = || {
+            let c = zk::Client::connector()
+                .with_session_timeout(ttl.max(Duration::from_millis(100)))
+                .with_connection_timeout(silence)
+                .with_fail_eagerly();
+            match &self.auth {
+                Some(a) => c.with_auth("digest", a),
+                None => c,
+            }
+        };
         let service = format!("ZooKeeper {}", self.shown);
         let began = Instant::now();
-        match tokio::time::timeout(self.timeout, c.connect(&self.cluster)).await {
+        // Every listed server tried once, each bounded by `silence`; again
+        // while none answered in that time, up to the whole bound (a
+        // refusal or a reset ends it at once: that is told below).
+        let attempt = async {
+            loop {
+                let tried = Instant::now();
+                match connector().connect(&self.cluster).await {
+                    Err(e)
+                        if kind(&e) == Kind::Outage
+                            && tried.elapsed() + silence / 10 >= silence
+                            && began.elapsed() < self.timeout => {}
+                    r => return r,
+                }
+            }
+        };
+        match tokio::time::timeout(self.timeout, attempt).await {
             Ok(Ok(client)) => Ok(client),
             // The client gave up after its connection timeout (the
             // same bound): nothing answered.
