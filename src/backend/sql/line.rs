@@ -186,7 +186,9 @@ impl Line {
         let (mut queue, mut leases): (Vec<Entry>, Vec<Entry>) =
             entries.into_iter().partition(|e| e.holder.waiting);
         leases.sort_by_key(|e| e.order);
-        queue.sort_by_key(|e| e.order);
+        // Two waiters that joined at once outside the key's lock can share
+        // a ticket: every reader orders them by id.
+        queue.sort_by(|a, b| (a.order, &a.id).cmp(&(b.order, &b.id)));
         Line { leases, queue }
     }
 

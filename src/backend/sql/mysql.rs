@@ -157,6 +157,14 @@ fn statements(t: &Names) -> Statements {
              ON DUPLICATE KEY UPDATE ticket = VALUES(ticket), lim = VALUES(lim),
                                      since = VALUES(since), expires_at = VALUES(expires_at)"
         ),
+        join: format!(
+            "INSERT INTO {queue} (ns, lkey, id, ticket, owner, host, pid, host_id, proc_start, lim,
+                                  since, expires_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
+                     UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)
+             ON DUPLICATE KEY UPDATE ticket = VALUES(ticket), lim = VALUES(lim),
+                                     since = VALUES(since), expires_at = VALUES(expires_at)"
+        ),
         lapsed_queue: format!(
             "DELETE FROM {queue} WHERE ns = ? AND lkey = ? AND expires_at <= UTC_TIMESTAMP(6)"
         ),

@@ -43,6 +43,10 @@ pub struct Statements {
     /// ns, key): our row at the back of the line, its ticket one more than
     /// the key's highest (our own row, lapsed, is replaced).
     pub enqueue: String,
+    /// (ns, key, id, token (the ticket), owner, host, pid, host_id,
+    /// proc_start, lim, lapse_us): our row in the line with the ticket
+    /// given, outside the key's lock (see [`Plan::join`]).
+    pub join: String,
     /// (ns, key): the key's waiter rows that have lapsed.
     pub lapsed_queue: String,
     /// (ns, key, id)
@@ -159,6 +163,11 @@ pub struct Plan {
     pub line_locked: Stmt,
     /// Our waiter row at the back of the key's line.
     pub enqueue: Stmt,
+    /// Our row in the line, with a ticket one more than the highest a read
+    /// just saw, written alone: a waiter that read the key busy joins
+    /// without the key's fence row. None: joining takes the key's lock (a
+    /// database file, whose every write does).
+    pub join: Option<Stmt>,
     /// Delete the key's lapsed waiter rows in line.
     pub lapsed_queue: Stmt,
     /// Delete a waiter's row in line, by its id.
@@ -218,6 +227,12 @@ impl From<Statements> for Plan {
                     Ns, Key, Id, Owner, Host, Pid, HostId, ProcStart, Lim, LapseUs, Ns, Key,
                 ],
             ),
+            join: Some(s(
+                q.join,
+                &[
+                    Ns, Key, Id, Token, Owner, Host, Pid, HostId, ProcStart, Lim, LapseUs,
+                ],
+            )),
             lapsed_queue: s(q.lapsed_queue, &[Ns, Key]),
             dequeue: s(q.dequeue, &[Ns, Key, Id]),
             renew_queue: s(q.renew_queue, &[LapseUs, Ns, Key, Id]),

@@ -151,6 +151,15 @@ fn statements(t: &Names) -> Statements {
                 SET ticket = EXCLUDED.ticket, lim = EXCLUDED.lim, since = EXCLUDED.since,
                     expires_at = EXCLUDED.expires_at"
         ),
+        join: format!(
+            "INSERT INTO {queue} (ns, key, id, ticket, owner, host, pid, host_id, proc_start, lim,
+                                  since, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
+                     clock_timestamp(), clock_timestamp() + $11::float8 * interval '1 microsecond')
+             ON CONFLICT (ns, key, id) DO UPDATE
+                SET ticket = EXCLUDED.ticket, lim = EXCLUDED.lim, since = EXCLUDED.since,
+                    expires_at = EXCLUDED.expires_at"
+        ),
         lapsed_queue: format!(
             "DELETE FROM {queue} WHERE ns = $1 AND key = $2 AND expires_at <= clock_timestamp()"
         ),

@@ -179,6 +179,7 @@ fn plan() -> Plan {
                 Ns, Key, Id, Owner, Host, Pid, HostId, ProcStart, Lim, LapseUs, NowMs,
             ],
         ),
+        join: None,
         lapsed_queue: s(
             "DELETE FROM dlock_queue WHERE ns = ?1 AND key = ?2 AND expires_at <= ?3".into(),
             key_now,
