@@ -685,3 +685,60 @@ fn a_release_tells_only_the_next_in_line_on_its_own_channel() {
         );
     }
 }
+
+/// A lease that lapses while its release waits, after the command ended
+/// well inside it, is not a loss while the command ran: dlock exits with
+/// the command's status and a warning, not 74. The command freezes the
+/// server as it ends (SIGSTOP; the test lets it go on 3.5 s later), so the
+/// release is answered only after the 3 s TTL has run out.
+#[test]
+fn a_lease_that_lapses_while_its_release_waits_is_not_lost() {
+    let env = Env::redis();
+    let pid = env.redis[0].pid();
+    let thaw = std::thread::spawn(move || {
+        let stopped = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('T')
+            })
+        };
+        let t = Instant::now();
+        while !stopped() && t.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(3500));
+        signal(pid, Signal::SIGCONT);
+    });
+    let script = format!("kill -STOP {pid}");
+    let started = Instant::now();
+    let out = env.run(&[
+        "--connect-timeout",
+        "10s",
+        "run",
+        "--ttl",
+        "3s",
+        "--key",
+        "k",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let took = started.elapsed();
+    thaw.join().unwrap();
+    assert!(
+        took >= Duration::from_secs(3),
+        "the release did not wait for the server: {took:?}: {}",
+        stderr(&out)
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("lapsed") && stderr(&out).contains("after the command ended"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!env.held("k"));
+}

@@ -110,8 +110,30 @@ async fn run_locked(
     } else {
         // Broken (`release --force`) or expired since the last renewal: the
         // end of the command ran without the lock, which is a loss too.
+        // Unless the lease clock says it was ours until after the command
+        // ended, and the release found it gone only once that time had
+        // passed: then it lapsed while the release waited (a server slow to
+        // answer, a crowd writing the same object), after the command.
+        let safe_until = keeper.safe_until();
         let gone = keeper.release().await;
-        if !gone.is_empty() {
+        if !gone.is_empty() && safe_until.is_some_and(|s| Instant::now() >= s) {
+            let what = gone
+                .iter()
+                .map(|l| format!("{:?} (token {})", l.key, l.token))
+                .collect::<Vec<_>>()
+                .join(", ");
+            tracing::warn!(
+                event = "lapsed_at_release",
+                "lease lapsed before its release"
+            );
+            crate::jsonlog::say(
+                "WARN",
+                &format!(
+                    "the lock on {what} lapsed on {} after the command ended, before dlock could release it",
+                    backend.describe()
+                ),
+            );
+        } else if !gone.is_empty() {
             let what = gone
                 .iter()
                 .map(|l| format!("{:?} (token {})", l.key, l.token))
