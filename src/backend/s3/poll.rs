@@ -53,7 +53,13 @@ impl Poll for S3Backend {
         let (ns, key) = (&spec.namespace, &spec.key);
         let object = self.object(ns, key);
         let waiter = self.waiting.id.clone();
-        let granted_at = Instant::now();
+        // When the write that admits us was decided (set in the step that
+        // admits, just before the expiry is counted from the store's clock):
+        // not the attempt's start, as a crowd rewriting the object can keep
+        // the compare-and-swap going for seconds, and a lease clock counted
+        // from before them would call the lease lost at once (74 in
+        // `s3::contention_never_overlaps` under load).
+        let mut granted_at = Instant::now();
         let mut rec = Record::new(&me.id, me);
         rec.user = clean(&rec.user);
         rec.host = clean(&rec.host);
@@ -83,13 +89,21 @@ impl Poll for S3Backend {
         };
         // The holders the last look found, when it wrote (only) our entry.
         let mut joining: Option<Vec<Holder>> = None;
+        // Whether the last look wrote our lease (admitted).
+        let mut admitting = false;
         let got = self
             .update_with(&object, backoff, |o, clock| {
                 joining = None;
-                // Ours already: a write whose answer was lost took effect.
+                admitting = false;
+                // Ours already: a write whose answer was lost took effect,
+                // in an earlier attempt. Its expiry is written again from
+                // now, where the lease clock starts.
                 if let Some(i) = o.find(&me.id) {
-                    let e = &o.holders[i];
-                    return Step::Done(Ok((e.token, e.record().and_then(|r| r.slot))));
+                    let e = &mut o.holders[i];
+                    granted_at = Instant::now();
+                    e.exp = clock.now_hi() + ms(spec.ttl);
+                    admitting = true;
+                    return Step::Write(Ok((e.token, e.record().and_then(|r| r.slot))));
                 }
                 // (Waiters on this machine whose process is gone were
                 // pruned from `o`: they leave the line in this write.)
@@ -125,6 +139,7 @@ impl Poll for S3Backend {
                 // shared none: not recorded).
                 let mut r = rec.clone();
                 r.slot = slot;
+                granted_at = Instant::now();
                 o.fence += 1;
                 o.holders.push(Entry {
                     rec: r.encode(NField::Limit),
@@ -132,6 +147,7 @@ impl Poll for S3Backend {
                     exp: clock.now_hi() + ms(spec.ttl),
                 });
                 o.unwait(&waiter);
+                admitting = true;
                 Step::Write(Ok((o.fence, slot)))
             })
             .await;
@@ -145,6 +161,20 @@ impl Poll for S3Backend {
             Err(e) if joining.is_some() && crate::error::retry_of(&e) != Retry::Never => {
                 tracing::debug!(error = format!("{e:#}"), "joining the line: trying again");
                 return Ok(Attempt::Busy(joining.unwrap_or_default()));
+            }
+            // The write that admits us got no answer, from a store that
+            // answered the read just before (one request stuck behind a
+            // crowd rewriting the object: twice in a row for a newcomer of
+            // the S3 crowd test, which then exited 69 with the store up).
+            // Not an outage yet: the next attempt reads again at once, and
+            // finds our entry if the write took effect; a store that is
+            // down fails that read.
+            Err(e) if admitting && crate::error::retry_of(&e) == Retry::Outage => {
+                tracing::debug!(
+                    error = format!("{e:#}"),
+                    "admitted, unanswered: looking again"
+                );
+                return Ok(Attempt::Busy(Vec::new()));
             }
             Err(e) => {
                 if due && !had {
