@@ -169,7 +169,9 @@ impl Poll for S3Backend {
             // Not an outage yet: the next attempt reads again at once, and
             // finds our entry if the write took effect; a store that is
             // down fails that read.
-            Err(e) if admitting && crate::error::retry_of(&e) == Retry::Outage => {
+            // (A request that does not wait, `--no-wait`, keeps the error:
+            // "busy" would be a guess.)
+            Err(e) if admitting && join && crate::error::retry_of(&e) == Retry::Outage => {
                 tracing::debug!(
                     error = format!("{e:#}"),
                     "admitted, unanswered: looking again"
