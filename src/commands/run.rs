@@ -116,12 +116,12 @@ async fn run_locked(
         // answer, a crowd writing the same object), after the command.
         let safe_until = keeper.safe_until();
         let gone = keeper.release().await;
+        let what = gone
+            .iter()
+            .map(|l| format!("{:?} (token {})", l.key, l.token))
+            .collect::<Vec<_>>()
+            .join(", ");
         if !gone.is_empty() && safe_until.is_some_and(|s| Instant::now() >= s) {
-            let what = gone
-                .iter()
-                .map(|l| format!("{:?} (token {})", l.key, l.token))
-                .collect::<Vec<_>>()
-                .join(", ");
             tracing::warn!(
                 event = "lapsed_at_release",
                 "lease lapsed before its release"
@@ -134,11 +134,6 @@ async fn run_locked(
                 ),
             );
         } else if !gone.is_empty() {
-            let what = gone
-                .iter()
-                .map(|l| format!("{:?} (token {})", l.key, l.token))
-                .collect::<Vec<_>>()
-                .join(", ");
             for l in &gone {
                 tracing::warn!(
                     event = "lost",

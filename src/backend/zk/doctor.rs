@@ -2,8 +2,6 @@
 
 use std::time::Duration;
 
-use zookeeper_client as zk;
-
 use super::ZkBackend;
 use crate::backend::probe::{Check, Level};
 
@@ -37,13 +35,7 @@ impl ZkBackend {
         let members: Vec<&str> = hosts.split(',').filter(|h| !h.is_empty()).collect();
         let mut answered = 0;
         for m in &members {
-            let mut c = zk::Client::connector()
-                .with_session_timeout(ttl.max(Duration::from_millis(100)))
-                .with_connection_timeout(timeout)
-                .with_fail_eagerly();
-            if let Some(a) = &self.auth {
-                c = c.with_auth("digest", a);
-            }
+            let c = self.connector(ttl, timeout);
             match tokio::time::timeout(timeout, c.connect(m)).await {
                 Ok(Ok(_client)) => answered += 1,
                 Ok(Err(e)) => out.push(

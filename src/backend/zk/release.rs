@@ -129,13 +129,7 @@ impl ZkBackend {
                     if left.is_zero() {
                         return None;
                     }
-                    let mut c = zk::Client::connector()
-                        .with_session_timeout(Duration::from_secs(2))
-                        .with_connection_timeout(left)
-                        .with_fail_eagerly();
-                    if let Some(a) = &self.auth {
-                        c = c.with_auth("digest", a);
-                    }
+                    let c = self.connector(Duration::from_secs(2), left);
                     let Some(c) = kit::best_effort(left, c.connect(&one)).await else {
                         // Refused or reset at once: not a hot loop.
                         tokio::time::sleep(Duration::from_millis(50).min(left)).await;

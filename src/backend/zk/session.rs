@@ -25,19 +25,23 @@ fn silence_bound(ttl: Duration, timeout: Duration) -> Duration {
 }
 
 impl ZkBackend {
+    /// A connector with our credentials, failing eagerly once every listed
+    /// server was tried: a session timeout of `session`, and `silence` as
+    /// the client's bound on a server's answer (see [`silence_bound`]).
+    pub(super) fn connector(&self, session: Duration, silence: Duration) -> zk::Connector {
+        let c = zk::Client::connector()
+            .with_session_timeout(session.max(Duration::from_millis(100)))
+            .with_connection_timeout(silence)
+            .with_fail_eagerly();
+        match &self.auth {
+            Some(a) => c.with_auth("digest", a),
+            None => c,
+        }
+    }
+
     /// A new session, with a session timeout of `ttl`.
     pub(super) async fn connect(&self, ttl: Duration) -> Result<zk::Client> {
         let silence = silence_bound(ttl, self.timeout);
-        let connector = || {
-            let c = zk::Client::connector()
-                .with_session_timeout(ttl.max(Duration::from_millis(100)))
-                .with_connection_timeout(silence)
-                .with_fail_eagerly();
-            match &self.auth {
-                Some(a) => c.with_auth("digest", a),
-                None => c,
-            }
-        };
         let service = format!("ZooKeeper {}", self.shown);
         let began = Instant::now();
         // Every listed server tried once, each bounded by `silence`; again
@@ -46,7 +50,7 @@ impl ZkBackend {
         let attempt = async {
             loop {
                 let tried = Instant::now();
-                match connector().connect(&self.cluster).await {
+                match self.connector(ttl, silence).connect(&self.cluster).await {
                     Err(e)
                         if kind(&e) == Kind::Outage
                             && tried.elapsed() + silence / 10 >= silence
