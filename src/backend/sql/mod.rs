@@ -184,6 +184,15 @@ pub struct SqlBackend<P: Link = AnyPool> {
     prepared: std::sync::atomic::AtomicBool,
 }
 
+/// A server connection unused for this long is pinged before its next
+/// step (a lost one is replaced): sqlx's pool tested it before every
+/// step, a round trip each, where only a connection left idle (a holder's
+/// command running) can have lost its server. A waiter uses its
+/// connection at least once a second, and a contended hand-off takes
+/// milliseconds.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+const IDLE_CHECK: Duration = Duration::from_secs(2);
+
 /// How long an attempt waits for the key's row lock (behind other
 /// attempts) before it gives up as busy: half the call's bound.
 #[cfg(any(feature = "postgres", feature = "mysql"))]
@@ -226,6 +235,19 @@ impl SqlBackend {
             // recycled for its age or idleness.
             .max_lifetime(None)
             .idle_timeout(None)
+            // Tested only after a while unused, as PostgreSQL's held
+            // connection is ([`IDLE_CHECK`]): sqlx pinged it before every
+            // step (and pings it again as each step gives it back), a
+            // round trip each on the way to a hand-off.
+            .test_before_acquire(false)
+            .before_acquire(|c, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= IDLE_CHECK {
+                        sqlx::Connection::ping(c).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .after_connect(move |c, _| {
                 // A session setting of the dialect's (a constant, no input).
                 let init = init.clone();
@@ -317,6 +339,20 @@ impl<P: Link> SqlBackend<P> {
             return;
         }
         let q = &self.q;
+        // Where a waiter's first attempt only read (MySQL), the statements
+        // of the attempt's transaction have not run on this connection
+        // yet either: a round trip each, once woken, before the grant.
+        let read = if self.queue_table {
+            &q.line_locked
+        } else {
+            &q.holders_locked
+        };
+        let unrun = !self.d.first_try_writes();
+        let tx: [Option<&Stmt>; 3] = if unrun {
+            [q.fence.as_ref(), Some(&q.delete_expired), Some(read)]
+        } else {
+            [None; 3]
+        };
         let ahead = [
             q.bump.as_ref(),
             q.bump.as_ref().map(|_| &q.insert),
@@ -324,9 +360,10 @@ impl<P: Link> SqlBackend<P> {
             self.waiter_table.then_some(&q.delete_waiter),
             Some(&q.release),
         ];
+        let stmts: Vec<&Stmt> = tx.into_iter().chain(ahead).flatten().collect();
         let prepare = async {
             let mut c = self.pool.conn().await?;
-            c.prepare(ahead.into_iter().flatten()).await
+            c.prepare(stmts).await
         };
         let _ = kit::best_effort(self.timeout, prepare).await;
     }

@@ -22,12 +22,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A connection unused for this long is pinged before its next step (a
-/// lost one is replaced): the pool's test before each acquire, made only
-/// where it can matter. A waiter uses its connection at least once a
-/// second, and a contended hand-off takes milliseconds.
-const IDLE_CHECK: Duration = Duration::from_secs(2);
-
 use futures_util::TryStreamExt;
 use futures_util::future::BoxFuture;
 use sqlx::any::AnyRow;
@@ -36,6 +30,7 @@ use sqlx::postgres::{
 };
 use sqlx::{Acquire, Either, Postgres};
 
+use super::IDLE_CHECK;
 use super::plan::{Args, Out, Stmt, Val};
 
 /// The engine's connection to a PostgreSQL server (cheap to clone: the
