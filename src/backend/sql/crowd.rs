@@ -41,8 +41,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use sqlx::AnyPool;
-
 use crate::backend::kit;
 
 /// How many waiters of one key keep a wake-up connection. With 4, eight
@@ -147,19 +145,14 @@ pub fn near_the_front(ahead: usize) -> bool {
 
 /// The engine's pool, for its dialect: set once the engine has opened it
 /// (the dialect is made before the engine, and `wait` is not given it).
-pub type PoolCell = Arc<OnceLock<AnyPool>>;
+pub type PoolCell = Arc<OnceLock<super::link::Held>>;
 
 /// Close the engine's connection, if it has one, so that a waiter holds
 /// none of its own while it sleeps. Never opens one.
 #[cfg(feature = "mysql")]
 pub async fn hang_up(pool: &PoolCell) {
-    let Some(pool) = pool.get() else { return };
-    if pool.size() == 0 {
-        return;
-    }
-    // The last attempt's connection may be on its way back to the pool.
-    if let Some(c) = kit::best_effort(Duration::from_millis(500), pool.acquire()).await {
-        kit::best_effort(Duration::from_secs(1), c.close()).await;
+    if let Some(held) = pool.get() {
+        held.hang_up().await;
     }
 }
 

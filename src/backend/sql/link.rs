@@ -1,11 +1,15 @@
-//! Where the engine's statements go: a server's pool, PostgreSQL's held
-//! connection, or a database file's one connection, in rows of `Any`
-//! every way.
+//! Where the engine's statements go: MySQL's pool's one connection
+//! ([`Held`]), PostgreSQL's held connection, or a database file's one
+//! connection, in rows of `Any` every way.
 
 use futures_util::TryStreamExt;
+use futures_util::future::BoxFuture;
 use sqlx::any::Any;
 use sqlx::pool::PoolConnection;
 use sqlx::{AnyConnection, AnyPool, Either};
+
+use super::IDLE_CHECK;
+use crate::backend::kit;
 
 use super::direct;
 use super::plan::{Args, Out, Stmt, Val};
@@ -69,26 +73,134 @@ pub trait Link: Send + Sync + 'static {
     fn conn(&self) -> impl Future<Output = sqlx::Result<Conn<'_>>> + Send;
 }
 
-impl Link for AnyPool {
-    const SERVER: bool = true;
-    async fn conn(&self) -> sqlx::Result<Conn<'_>> {
-        match self.acquire().await {
-            Ok(c) => Ok(Conn::Pool(c)),
-            // The pool retries a refused or full server (PostgreSQL's
-            // 53300) until its time-out and then says only "pool timed
-            // out": one direct attempt tells which, so that a full server
-            // is waited out as busy, not counted as an outage.
-            Err(sqlx::Error::PoolTimedOut) => {
-                use sqlx::ConnectOptions;
-                match self.connect_options().connect().await {
-                    Err(e) => Err(e),
-                    Ok(c) => {
-                        let _ = sqlx::Connection::close(c).await;
-                        Err(sqlx::Error::PoolTimedOut)
-                    }
+/// The pool's connection, taken out (the pool retries a refused or full
+/// server for part of the time, and then says only "pool timed out": one
+/// direct attempt tells which, so that a full server is waited out as
+/// busy, not counted as an outage, as PostgreSQL's 53300).
+async fn acquire(pool: &AnyPool) -> sqlx::Result<PoolConnection<Any>> {
+    match pool.acquire().await {
+        Ok(c) => Ok(c),
+        Err(sqlx::Error::PoolTimedOut) => {
+            use sqlx::ConnectOptions;
+            match pool.connect_options().connect().await {
+                Err(e) => Err(e),
+                Ok(c) => {
+                    let _ = sqlx::Connection::close(c).await;
+                    Err(sqlx::Error::PoolTimedOut)
                 }
             }
-            Err(e) => Err(e),
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// MySQL's: the pool's one connection, kept out of the pool between steps
+/// that ended well. sqlx pings a connection each time it goes back to its
+/// pool (and, unless told otherwise, again as it is taken out): a round
+/// trip each, several per run, some of them between a release and the
+/// next holder's command. Here a step that ended well keeps the connection
+/// for the next; one that did not (an error, a transaction left open, a
+/// step cut short by its bound) gives it back to the pool, whose ping sends
+/// a dropped transaction's `ROLLBACK` at once (until then it would keep the
+/// key's fence row locked) and closes a broken connection. A connection
+/// unused for [`IDLE_CHECK`] goes back to the pool too, and so is pinged,
+/// before its next step: its server may have restarted meanwhile.
+#[derive(Clone)]
+pub struct Held(std::sync::Arc<HeldInner>);
+
+struct HeldInner {
+    pool: AnyPool,
+    slot: tokio::sync::Mutex<Slot>,
+}
+
+#[derive(Default)]
+struct Slot {
+    conn: Option<PoolConnection<Any>>,
+    /// When the last step that ended well ended.
+    used: Option<std::time::Instant>,
+}
+
+impl Held {
+    pub fn new(pool: AnyPool) -> Held {
+        Held(std::sync::Arc::new(HeldInner {
+            pool,
+            slot: Default::default(),
+        }))
+    }
+
+    /// The connection, taken from the pool if we hold none.
+    pub async fn lock(&self) -> sqlx::Result<HeldGuard<'_>> {
+        let mut s = self.0.slot.lock().await;
+        if s.used.is_some_and(|t| t.elapsed() >= IDLE_CHECK) {
+            // Back to the pool, which pings it (and replaces a broken one).
+            s.conn = None;
+        }
+        if s.conn.is_none() {
+            s.used = None;
+            s.conn = Some(acquire(&self.0.pool).await?);
+        }
+        Ok(HeldGuard { s, ok: false })
+    }
+
+    /// Run `f` on the connection as one step.
+    pub async fn with<T>(
+        &self,
+        f: impl for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, sqlx::Result<T>>,
+    ) -> sqlx::Result<T> {
+        let mut g = self.lock().await?;
+        let r = f(g.conn()).await;
+        g.ok = r.is_ok();
+        r
+    }
+
+    /// Close the connection, if we hold one or the pool keeps one idle, so
+    /// that a waiter holds none while it sleeps. Never opens one.
+    pub async fn hang_up(&self) {
+        let held = self.0.slot.lock().await.conn.take();
+        if let Some(c) = held {
+            kit::best_effort(std::time::Duration::from_secs(1), c.close()).await;
+            return;
+        }
+        let pool = &self.0.pool;
+        if pool.size() == 0 {
+            return;
+        }
+        // A step's connection given back may be on its way to the pool.
+        if let Some(c) =
+            kit::best_effort(std::time::Duration::from_millis(500), pool.acquire()).await
+        {
+            kit::best_effort(std::time::Duration::from_secs(1), c.close()).await;
+        }
+    }
+}
+
+impl Link for Held {
+    const SERVER: bool = true;
+    async fn conn(&self) -> sqlx::Result<Conn<'_>> {
+        Ok(Conn::Held(self.lock().await?))
+    }
+}
+
+/// A step on [`Held`]'s connection: kept for the next step if it ended
+/// well (`ok`), given back to the pool if not.
+pub struct HeldGuard<'a> {
+    s: tokio::sync::MutexGuard<'a, Slot>,
+    ok: bool,
+}
+
+impl HeldGuard<'_> {
+    fn conn(&mut self) -> &mut AnyConnection {
+        self.s.conn.as_mut().expect("a guard holds the connection")
+    }
+}
+
+impl Drop for HeldGuard<'_> {
+    fn drop(&mut self) {
+        if self.ok {
+            self.s.used = Some(std::time::Instant::now());
+        } else {
+            self.s.conn = None;
+            self.s.used = None;
         }
     }
 }
@@ -115,7 +227,7 @@ impl Link for super::pglink::PgLink {
 
 /// A connection taken from a [`Link`].
 pub enum Conn<'a> {
-    Pool(PoolConnection<Any>),
+    Held(HeldGuard<'a>),
     Local(tokio::sync::MutexGuard<'a, direct::Direct>),
     #[cfg(feature = "postgres")]
     Pg(super::pglink::PgGuard<'a>),
@@ -123,7 +235,9 @@ pub enum Conn<'a> {
 
 /// A transaction on a [`Conn`]; rolled back if dropped.
 pub(super) enum Tx<'c> {
-    Pool(sqlx::Transaction<'c, Any>),
+    /// On [`Held`]'s connection: `ok` is its guard's, set once the
+    /// transaction has ended well.
+    Held(sqlx::Transaction<'c, Any>, &'c mut bool),
     Local(LocalTx<'c>),
     #[cfg(feature = "postgres")]
     Pg(super::pglink::PgTx<'c>),
@@ -159,7 +273,12 @@ impl Drop for LocalTx<'_> {
 impl Conn<'_> {
     pub(super) async fn run(&mut self, stmt: &Stmt, args: &Args<'_>) -> sqlx::Result<Out> {
         match self {
-            Conn::Pool(c) => run_any(c, stmt, args).await,
+            Conn::Held(g) => {
+                g.ok = false;
+                let r = run_any(g.conn(), stmt, args).await;
+                g.ok = r.is_ok();
+                r
+            }
             Conn::Local(c) => run_sqlite(c, stmt, args).await,
             #[cfg(feature = "postgres")]
             Conn::Pg(c) => c.run(stmt, args).await,
@@ -174,10 +293,12 @@ impl Conn<'_> {
         stmts: impl IntoIterator<Item = &Stmt>,
     ) -> sqlx::Result<()> {
         match self {
-            Conn::Pool(c) => {
+            Conn::Held(g) => {
+                g.ok = false;
                 for s in stmts {
-                    sqlx::Executor::prepare(&mut **c, s.sql.clone()).await?;
+                    sqlx::Executor::prepare(g.conn(), s.sql.clone()).await?;
                 }
+                g.ok = true;
                 Ok(())
             }
             Conn::Local(_) => Ok(()),
@@ -189,8 +310,15 @@ impl Conn<'_> {
     pub(super) async fn begin(&mut self, with: Option<&'static str>) -> sqlx::Result<Tx<'_>> {
         use sqlx::Connection;
         Ok(match (self, with) {
-            (Conn::Pool(c), None) => Tx::Pool(c.begin().await?),
-            (Conn::Pool(c), Some(s)) => Tx::Pool(c.begin_with(s).await?),
+            (Conn::Held(HeldGuard { s, ok }), with) => {
+                *ok = false;
+                let c = s.conn.as_mut().expect("a guard holds the connection");
+                let tx = match with {
+                    None => c.begin().await?,
+                    Some(sql) => c.begin_with(sql).await?,
+                };
+                Tx::Held(tx, ok)
+            }
             (Conn::Local(c), with) => {
                 c.exec_waiting(with.unwrap_or("BEGIN")).await?;
                 Tx::Local(LocalTx { c, open: true })
@@ -204,7 +332,7 @@ impl Conn<'_> {
 impl Tx<'_> {
     pub(super) async fn run(&mut self, stmt: &Stmt, args: &Args<'_>) -> sqlx::Result<Out> {
         match self {
-            Tx::Pool(t) => run_any(t, stmt, args).await,
+            Tx::Held(t, _) => run_any(t, stmt, args).await,
             Tx::Local(t) => run_sqlite(t.c, stmt, args).await,
             #[cfg(feature = "postgres")]
             Tx::Pg(t) => t.run(stmt, args).await,
@@ -213,7 +341,11 @@ impl Tx<'_> {
 
     pub(super) async fn commit(self) -> sqlx::Result<()> {
         match self {
-            Tx::Pool(t) => t.commit().await,
+            Tx::Held(t, ok) => {
+                let r = t.commit().await;
+                *ok = r.is_ok();
+                r
+            }
             Tx::Local(t) => t.end("COMMIT"),
             #[cfg(feature = "postgres")]
             Tx::Pg(t) => t.end(true).await,
@@ -222,7 +354,11 @@ impl Tx<'_> {
 
     pub(super) async fn rollback(self) -> sqlx::Result<()> {
         match self {
-            Tx::Pool(t) => t.rollback().await,
+            Tx::Held(t, ok) => {
+                let r = t.rollback().await;
+                *ok = r.is_ok();
+                r
+            }
             Tx::Local(t) => t.end("ROLLBACK"),
             #[cfg(feature = "postgres")]
             Tx::Pg(t) => t.end(false).await,

@@ -74,7 +74,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Result;
 use async_trait::async_trait;
-use sqlx::AnyPool;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -87,7 +86,7 @@ use crate::backend::probe::{Check, Level};
 /// What one database does its own way, beside its statements. The methods
 /// with a body are those a server dialect leaves alone.
 #[async_trait]
-pub trait Dialect<P: Link = AnyPool>: Send + Sync {
+pub trait Dialect<P: Link = link::Held>: Send + Sync {
     /// The service's name in messages: `PostgreSQL`, `MySQL`.
     fn service(&self) -> &'static str;
     /// The product, from its version string, for `ping`.
@@ -160,7 +159,7 @@ pub trait Dialect<P: Link = AnyPool>: Send + Sync {
 pub type Ahead<'a> = Option<futures_util::future::BoxFuture<'a, ()>>;
 
 /// The engine: a lease row per holder, for any [`Dialect`].
-pub struct SqlBackend<P: Link = AnyPool> {
+pub struct SqlBackend<P: Link = link::Held> {
     shown: String,
     pool: P,
     t: Names,
@@ -235,10 +234,10 @@ impl SqlBackend {
             // recycled for its age or idleness.
             .max_lifetime(None)
             .idle_timeout(None)
-            // Tested only after a while unused, as PostgreSQL's held
-            // connection is ([`IDLE_CHECK`]): sqlx pinged it before every
-            // step (and pings it again as each step gives it back), a
-            // round trip each on the way to a hand-off.
+            // Tested only after a while unused ([`IDLE_CHECK`]), as
+            // PostgreSQL's held connection is: sqlx pinged it before every
+            // step, a round trip each, some on the way to a hand-off. (A
+            // step that ended well keeps it out of the pool: [`Held`].)
             .test_before_acquire(false)
             .before_acquire(|c, meta| {
                 Box::pin(async move {
@@ -267,14 +266,16 @@ impl SqlBackend {
                 return Err(connect_error(&service, e, part, probe).await);
             }
         };
-        Ok(SqlBackend::new(shown, pool, timeout, t, q.into(), d))
+        let link = link::Held::new(pool);
+        Ok(SqlBackend::new(shown, link, timeout, t, q.into(), d))
     }
 
     /// Run DDL (several statements) once.
     async fn ddl(&self, what: &str, sql: String) -> Result<()> {
         self.bounded(
             what,
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&self.pool),
+            self.pool
+                .with(move |c| Box::pin(sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(c))),
         )
         .await
         .map(drop)

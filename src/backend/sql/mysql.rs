@@ -359,7 +359,7 @@ impl Mysql {
         for s in Mysql::slots(wake) {
             q = q.bind(s);
         }
-        kit::best_effort(self.timeout, q.fetch_one(pool))
+        kit::best_effort(self.timeout, pool.with(move |c| Box::pin(q.fetch_one(c))))
             .await
             .is_some_and(|n| n > 0)
     }
@@ -433,11 +433,11 @@ impl Dialect for Mysql {
             // connection (the pool's one, which keeps it for the process's
             // life), where a connection of its own cost a second login.
             let Some(pool) = self.pool.get() else { return };
-            let take = sqlx::query_scalar::<_, Option<i64>>(TAKE)
-                .bind(&name)
+            let q = sqlx::query_scalar::<_, Option<i64>>(TAKE)
+                .bind(name.clone())
                 .bind(None::<String>)
-                .bind(None::<String>)
-                .fetch_one(pool);
+                .bind(None::<String>);
+            let take = pool.with(move |c| Box::pin(q.fetch_one(c)));
             if let Some(Some(got)) = kit::best_effort(self.timeout, take).await
                 && got >= 10
             {
@@ -481,9 +481,8 @@ impl Dialect for Mysql {
                     kit::best_effort(self.timeout, c.close()).await;
                 }
                 WakeConn::Engine => {
-                    let let_go = sqlx::query("SELECT RELEASE_LOCK(?)")
-                        .bind(&name)
-                        .execute(&e.pool);
+                    let q = sqlx::query("SELECT RELEASE_LOCK(?)").bind(&name);
+                    let let_go = e.pool.with(move |c| Box::pin(q.execute(c)));
                     kit::best_effort(self.timeout, let_go).await;
                 }
             }
@@ -623,10 +622,10 @@ impl Dialect for Mysql {
 
     async fn durability(&self, e: &SqlBackend) -> Check {
         // Settings under which a crash can take back a committed lease row.
-        let flush = sqlx::query_scalar::<_, String>(
+        let q = sqlx::query_scalar::<_, String>(
             "SELECT CAST(@@innodb_flush_log_at_trx_commit AS CHAR)",
-        )
-        .fetch_one(&e.pool);
+        );
+        let flush = e.pool.with(move |c| Box::pin(q.fetch_one(c)));
         match e.bounded("doctor", flush).await {
             Ok(v) if v == "1" => Check::ok(
                 "durability",
