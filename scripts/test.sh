@@ -89,4 +89,6 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --all-features --quiet -- -D warnings
+# The embedded-only build (docs/getting-started.md) compiles too.
+cargo check --no-default-features --quiet
 cargo test --all-targets --all-features --no-fail-fast

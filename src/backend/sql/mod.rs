@@ -189,7 +189,6 @@ pub struct SqlBackend<P: Link = link::Held> {
 /// command running) can have lost its server. A waiter uses its
 /// connection at least once a second, and a contended hand-off takes
 /// milliseconds.
-#[cfg(any(feature = "postgres", feature = "mysql"))]
 const IDLE_CHECK: Duration = Duration::from_secs(2);
 
 /// How long an attempt waits for the key's row lock (behind other

@@ -514,7 +514,15 @@ impl Dialect for Mysql {
                 ahead.await;
             } else {
                 drop(ahead);
-                crowd::hang_up(&self.pool).await;
+                // Not while the engine's connection holds the wake-up lock
+                // of a key we hold (a run of several keys): closing it
+                // would let that lock go, and that key's waiters would
+                // take it for a release.
+                let engine_holds =
+                    (self.held.lock().await.iter()).any(|(_, c)| matches!(c, WakeConn::Engine));
+                if !engine_holds {
+                    crowd::hang_up(&self.pool).await;
+                }
             }
             self.place.sleep(&self.backoff, bound).await;
             return;
