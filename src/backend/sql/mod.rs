@@ -411,14 +411,19 @@ impl<P: Link> SqlBackend<P> {
             return self.renew_place_at_once(spec, &w).await;
         }
         let a = Args::of(ns, key).id(self.waiting.id());
-        match self.call("waiting", &self.q.renew_queue, &a).await {
-            Ok(out) if out.affected == 0 => {
-                self.waiting.done(ns, key);
-                return;
+        // The first time, the attempt just before has put our row in line
+        // (a busy attempt joins when we are not in it), with the same
+        // lapse: nothing to renew yet.
+        if !self.waiting.first_write(ns, key) {
+            match self.call("waiting", &self.q.renew_queue, &a).await {
+                Ok(out) if out.affected == 0 => {
+                    self.waiting.done(ns, key);
+                    return;
+                }
+                Ok(_) => {}
+                // Tried again at the next wake.
+                Err(_) => return,
             }
-            Ok(_) => {}
-            // Tried again at the next wake.
-            Err(_) => return,
         }
         let first = self.waiting.written(ns, key);
         if self.waiter_table {
