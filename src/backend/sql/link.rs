@@ -118,6 +118,12 @@ struct Slot {
     conn: Option<PoolConnection<Any>>,
     /// When the last step that ended well ended.
     used: Option<std::time::Instant>,
+    /// The last step did not end well: it may have been cut off while
+    /// its `BEGIN` was on its way, leaving a transaction open on the
+    /// server that sqlx does not know of (its ping does not end it), in
+    /// which the next steps' statements would stay uncommitted, holding
+    /// their row locks.
+    unsure: bool,
 }
 
 impl Held {
@@ -138,6 +144,16 @@ impl Held {
         if s.conn.is_none() {
             s.used = None;
             s.conn = Some(acquire(&self.0.pool).await?);
+        }
+        if s.unsure {
+            // A round trip after a failed step only: a no-op without a
+            // transaction.
+            let c = s.conn.as_mut().expect("just taken");
+            if let Err(e) = sqlx::raw_sql("ROLLBACK").execute(&mut **c).await {
+                s.conn = None;
+                return Err(e);
+            }
+            s.unsure = false;
         }
         Ok(HeldGuard { s, ok: false })
     }
@@ -201,6 +217,7 @@ impl Drop for HeldGuard<'_> {
         } else {
             self.s.conn = None;
             self.s.used = None;
+            self.s.unsure = true;
         }
     }
 }
