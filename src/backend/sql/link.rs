@@ -172,7 +172,13 @@ impl Held {
     /// Close the connection, if we hold one or the pool keeps one idle, so
     /// that a waiter holds none while it sleeps. Never opens one.
     pub async fn hang_up(&self) {
-        let held = self.0.slot.lock().await.conn.take();
+        let held = {
+            let mut s = self.0.slot.lock().await;
+            let c = s.conn.take();
+            // A closed connection ends whatever transaction it had.
+            s.unsure &= c.is_none();
+            c
+        };
         if let Some(c) = held {
             kit::best_effort(std::time::Duration::from_secs(1), c.close()).await;
             return;
