@@ -66,8 +66,10 @@ fn slot_class(spec: &LockSpec) -> i32 {
 }
 
 /// A release's `NOTIFY` on the key's channel ($1), whose payload names the
-/// one waiter it is for: the first live one in the key's line ($2, $3),
-/// when that one wants the key alone (`lim` 1), since nobody behind it may
+/// one waiter it is for: the first live one in the key's line ($2, $3), in
+/// the order every reader puts the line in (by ticket, then by id, byte by
+/// byte: two waiters that joined at once may share a ticket), when that
+/// one wants the key alone (`lim` 1), since nobody behind it may
 /// go before it. Otherwise (readers first in line, a semaphore's, nobody in
 /// line) the payload is empty and every listener tries, as before: several
 /// may be let in at once. Older versions ignore the payload and wake on
@@ -84,7 +86,7 @@ fn next_in_line(t: &Names) -> String {
         "SELECT pg_notify($1, COALESCE((
             SELECT CASE WHEN lim = 1 THEN id ELSE '' END FROM {}
              WHERE ns = $2 AND key = $3 AND expires_at > clock_timestamp()
-             ORDER BY ticket LIMIT 1), ''))",
+             ORDER BY ticket, id COLLATE \"C\" LIMIT 1), ''))",
         t.queue
     )
 }
