@@ -280,7 +280,9 @@ impl<P: Link> SqlBackend<P> {
             if let Some(fence) = &q.fence {
                 tx.run(fence, &a).await?;
             }
-            tx.run(&q.delete_expired, &a).await?;
+            if let Some(delete) = &q.delete_expired {
+                tx.run(delete, &a).await?;
+            }
             let read = if self.queue_table {
                 &q.line_locked
             } else {

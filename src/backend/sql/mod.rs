@@ -349,7 +349,7 @@ impl<P: Link> SqlBackend<P> {
         };
         let unrun = !self.d.first_try_writes();
         let tx: [Option<&Stmt>; 3] = if unrun {
-            [q.fence.as_ref(), Some(&q.delete_expired), Some(read)]
+            [q.fence.as_ref(), q.delete_expired.as_ref(), Some(read)]
         } else {
             [None; 3]
         };

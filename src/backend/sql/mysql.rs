@@ -124,9 +124,9 @@ fn statements(t: &Names) -> Statements {
         fence: format!(
             "INSERT INTO {fence} (ns, lkey, token) VALUES (?, ?, 0) ON DUPLICATE KEY UPDATE token = token"
         ),
-        delete_expired: format!(
+        delete_expired: Some(format!(
             "DELETE FROM {lease} WHERE ns = ? AND lkey = ? AND expires_at <= UTC_TIMESTAMP(6)"
-        ),
+        )),
         holders_locked: format!("{holders} LOCK IN SHARE MODE"),
         holders,
         bump: Some(format!(

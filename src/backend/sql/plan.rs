@@ -11,10 +11,12 @@ use super::{SHARED_WAITER_LIKE, Spelling, WAITER_LAPSE, us};
 /// in the one order its comment gives (PostgreSQL, MySQL); the engine reads
 /// them as a [`Plan`] with those lists.
 pub struct Statements {
-    /// (ns, key): create the key's fence row, or lock it.
+    /// (ns, key): create the key's fence row, or lock it (and, where
+    /// `delete_expired` is None, then delete the key's expired leases).
     pub fence: String,
-    /// (ns, key)
-    pub delete_expired: String,
+    /// (ns, key): delete the key's expired leases, after `fence`; None
+    /// where `fence` does it.
+    pub delete_expired: Option<String>,
     /// (ns, key) -> id, token, owner, host, pid, lim, acquired_us, left_us,
     /// the live leases, oldest first.
     pub holders: String,
@@ -137,7 +139,9 @@ pub struct Plan {
     /// Create the key's fence row, or lock it: contenders queue on it. None
     /// where `begin` already lets one attempt in at a time.
     pub fence: Option<Stmt>,
-    pub delete_expired: Stmt,
+    /// Delete the key's expired leases, after `fence`; None where `fence`
+    /// does it (one statement, and round trip, less per attempt).
+    pub delete_expired: Option<Stmt>,
     /// -> id, token, owner, host, pid, lim, acquired_us, left_us (and
     /// whatever the dialect's [`Dialect::dead`] reads): the live leases,
     /// oldest first.
@@ -212,7 +216,7 @@ impl From<Statements> for Plan {
         Plan {
             begin: None,
             fence: Some(s(q.fence, &[Ns, Key])),
-            delete_expired: s(q.delete_expired, &[Ns, Key]),
+            delete_expired: q.delete_expired.map(|d| s(d, &[Ns, Key])),
             holders: s(q.holders, &[Ns, Key]),
             holders_locked: s(q.holders_locked, &[Ns, Key]),
             bump: q.bump.map(|b| s(b, &[Ns, Key])),

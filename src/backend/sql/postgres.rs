@@ -115,13 +115,20 @@ fn statements(t: &Names) -> Statements {
            FROM {lease} WHERE ns = $1 AND key = $2 AND expires_at > now() ORDER BY acquired_at"
     );
     Statements {
+        // The fence row first (the one-time filter on the CTE runs before
+        // the scan: every deleter of lease rows holds the fence row first,
+        // so no two wait on each other), then the key's expired leases, in
+        // one statement: a round trip less per attempt. The delete reads
+        // the statement's snapshot, from before any wait for the fence
+        // row: a lease committed during that wait is new, not expired, and
+        // the read after this statement sees it.
         fence: format!(
-            "INSERT INTO {fence} (ns, key, token) VALUES ($1, $2, 0)
-             ON CONFLICT (ns, key) DO UPDATE SET token = {fence}.token"
+            "WITH f AS (INSERT INTO {fence} (ns, key, token) VALUES ($1, $2, 0)
+                        ON CONFLICT (ns, key) DO UPDATE SET token = {fence}.token RETURNING 1)
+             DELETE FROM {lease} WHERE EXISTS (SELECT 1 FROM f)
+                AND ns = $1 AND key = $2 AND expires_at <= now()"
         ),
-        delete_expired: format!(
-            "DELETE FROM {lease} WHERE ns = $1 AND key = $2 AND expires_at <= now()"
-        ),
+        delete_expired: None,
         holders_locked: holders.clone(),
         holders,
         bump: None,

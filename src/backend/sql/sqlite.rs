@@ -128,10 +128,10 @@ fn plan() -> Plan {
         // needed.
         begin: Some("BEGIN IMMEDIATE"),
         fence: None,
-        delete_expired: s(
+        delete_expired: Some(s(
             "DELETE FROM dlock_lease WHERE ns = ?1 AND key = ?2 AND expires_at <= ?3".into(),
             key_now,
-        ),
+        )),
         holders: s(holders.into(), key_now),
         holders_locked: s(holders.into(), key_now),
         bump: Some(s(
