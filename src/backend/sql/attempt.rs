@@ -239,17 +239,13 @@ impl<P: Link> SqlBackend<P> {
         // PostgreSQL, attempts queued there past their time bound, lost
         // their connections and, unable to renew their rows, their places).
         let read_first = !P::SERVER || self.queue_table;
-        // A run's first attempt on the key would only read that it must
-        // join the line (or that the key may be free): where the dialect
-        // says so, it goes straight to the transaction. Later ones read
-        // first, even where our place is not known to be kept (a crowd on a
-        // full server fails to renew places, and each of its polls would
-        // take the fence row).
-        let first_try = join
-            && self.queue_table
-            && self.d.first_try_writes()
-            && self.tried.lock().unwrap().insert((ns.clone(), key.clone()));
-        let peeked = if !read_first || first_try || self.d.first_in_line(spec, me.kind) {
+        // A run's first attempt reads first too: on a busy key it then
+        // joins the line in one statement of its own, without the fence row
+        // and the four statements of a transaction (on PostgreSQL, 22.8 ->
+        // 18.7 statements per contended run of 8 x 20, with the fence
+        // statement's merge); on a free key the read's statement is the
+        // transaction's read, prepared once (one round trip more).
+        let peeked = if !read_first || self.d.first_in_line(spec, me.kind) {
             None
         } else {
             self.peek(spec, &a, join).await?

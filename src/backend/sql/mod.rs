@@ -118,14 +118,6 @@ pub trait Dialect<P: Link = link::Held>: Send + Sync {
     fn first_in_line(&self, _spec: &LockSpec, _kind: LeaseKind) -> bool {
         false
     }
-    /// Whether a run's first attempt on a key goes straight to the write
-    /// transaction: reading first would only say that it must join the
-    /// line (PostgreSQL: one statement less per run). Where a crowd's
-    /// arrivals were measured with the read first (MySQL, SQLite), they
-    /// keep it.
-    fn first_try_writes(&self) -> bool {
-        false
-    }
     /// We took `spec.key` (MySQL holds a wake-up lock for an exclusive one).
     async fn taken(&self, _spec: &LockSpec, _kind: LeaseKind) {}
     /// An attempt found `spec.key` busy.
@@ -176,8 +168,6 @@ pub struct SqlBackend<P: Link = link::Held> {
     /// without it (dlock may not create tables there), waiters are not
     /// served in arrival order.
     queue_table: bool,
-    /// The keys (namespace, key) this process has made an attempt on.
-    tried: StdMutex<std::collections::HashSet<(String, String)>>,
     /// Whether a waiter has prepared the statements of its grant and its
     /// release ([`SqlBackend::prepare_ahead`]).
     prepared: std::sync::atomic::AtomicBool,
@@ -301,7 +291,6 @@ impl<P: Link> SqlBackend<P> {
             waiting: WaiterRows::default(),
             waiter_table: false,
             queue_table: false,
-            tried: Default::default(),
             prepared: Default::default(),
         }
     }
@@ -339,20 +328,15 @@ impl<P: Link> SqlBackend<P> {
             return;
         }
         let q = &self.q;
-        // Where a waiter's first attempt only read (MySQL), the statements
-        // of the attempt's transaction have not run on this connection
-        // yet either: a round trip each, once woken, before the grant.
+        // A waiter's first attempt only read: the statements of the
+        // attempt's transaction have not run on this connection yet
+        // either, a round trip each, once woken, before the grant.
         let read = if self.queue_table {
             &q.line_locked
         } else {
             &q.holders_locked
         };
-        let unrun = !self.d.first_try_writes();
-        let tx: [Option<&Stmt>; 3] = if unrun {
-            [q.fence.as_ref(), q.delete_expired.as_ref(), Some(read)]
-        } else {
-            [None; 3]
-        };
+        let tx = [q.fence.as_ref(), q.delete_expired.as_ref(), Some(read)];
         let ahead = [
             q.bump.as_ref(),
             q.bump.as_ref().map(|_| &q.insert),

@@ -457,10 +457,6 @@ impl Dialect<PgLink> for Postgres {
         let _ = e.bounded("notify", q).await;
     }
 
-    fn first_try_writes(&self) -> bool {
-        true
-    }
-
     /// Named by the release we were woken by: first in line, so the
     /// attempt goes straight to its transaction (which decides, as ever),
     /// without the read that would tell it the key may be free.
