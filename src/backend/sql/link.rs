@@ -21,6 +21,7 @@ macro_rules! bound {
         for &a in $stmt.args {
             q = match $args.val(a) {
                 Val::Str(v) => q.bind(v),
+                Val::Owned(v) => q.bind(v),
                 Val::Opt(v) => q.bind(v),
                 Val::I64(v) => q.bind(v),
                 Val::I32(v) => q.bind(v),

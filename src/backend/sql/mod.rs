@@ -553,7 +553,9 @@ impl<P: Link> Backend for SqlBackend<P> {
             Some(live) => live != 0,
             None => out.affected == 1,
         };
-        self.d.freed(self, &lease.namespace, &lease.key).await;
+        if !self.q.release_wakes {
+            self.d.freed(self, &lease.namespace, &lease.key).await;
+        }
         Ok(live)
     }
 

@@ -265,7 +265,9 @@ impl PgGuard<'_> {
                     .args
                     .iter()
                     .map(|&a| match Args::default().val(a) {
-                        Val::Str(_) | Val::Opt(_) => <&str as sqlx::Type<Postgres>>::type_info(),
+                        Val::Str(_) | Val::Owned(_) | Val::Opt(_) => {
+                            <&str as sqlx::Type<Postgres>>::type_info()
+                        }
                         Val::I64(_) => <i64 as sqlx::Type<Postgres>>::type_info(),
                         Val::I32(_) => <i32 as sqlx::Type<Postgres>>::type_info(),
                     })
@@ -378,6 +380,7 @@ async fn run_pg(c: &mut PgConnection, stmt: &Stmt, args: &Args<'_>) -> sqlx::Res
     for &a in stmt.args {
         q = match args.val(a) {
             Val::Str(v) => q.bind(v),
+            Val::Owned(v) => q.bind(v),
             Val::Opt(v) => q.bind(v),
             Val::I64(v) => q.bind(v),
             Val::I32(v) => q.bind(v),

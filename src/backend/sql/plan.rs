@@ -5,6 +5,7 @@ use std::time::SystemTime;
 use sqlx::any::{Any, AnyRow};
 use sqlx::{AssertSqlSafe, Row, SqlSafeStr, SqlStr};
 
+use super::line::channel_name;
 use super::{SHARED_WAITER_LIKE, Spelling, WAITER_LAPSE, us};
 
 /// The statements of a dialect whose every statement takes its parameters
@@ -113,6 +114,8 @@ pub enum Arg {
     /// without a server's (SQLite): read once per call, so that a
     /// transaction sees one time.
     NowMs,
+    /// The key's wake-up channel ([`channel_name`]: PostgreSQL's `NOTIFY`).
+    Chan,
 }
 
 /// One statement and the values it binds, in order.
@@ -190,6 +193,10 @@ pub struct Plan {
     /// Delete our lease: whether it was live is the row it returns, if
     /// any, else whether it deleted one.
     pub release: Stmt,
+    /// Whether `release` also wakes the key's waiters (PostgreSQL: its
+    /// `NOTIFY`, in the same statement), so that no [`super::Dialect::freed`]
+    /// follows it.
+    pub release_wakes: bool,
     /// Our live lease outlives this process (`--lock-at-least`): its row
     /// id loses the liveness [`row_id`] put in it, so that it is not taken
     /// for a dead process's. None where liveness has columns (SQLite: the
@@ -246,6 +253,7 @@ impl From<Statements> for Plan {
             stale_waiters: s(q.stale_waiters, &[Ns, Key]),
             renew: s(q.renew, &[TtlUs, Ns, Key, Id]),
             release: s(q.release, &[Ns, Key, Id]),
+            release_wakes: false,
             disown: Some(s(q.disown, &[Ns, Key, Id])),
             force: s(q.force, &[Ns, Key]),
             held_keys: s(q.held_keys, &[Ns]),
@@ -277,6 +285,8 @@ pub(super) struct Args<'a> {
 
 pub(super) enum Val<'a> {
     Str(&'a str),
+    /// Text made from the arguments ([`Arg::Chan`]).
+    Owned(String),
     Opt(Option<&'a str>),
     I64(i64),
     I32(i32),
@@ -322,6 +332,7 @@ impl<'a> Args<'a> {
             Arg::LapseUs => Val::I64(us(WAITER_LAPSE)),
             Arg::Like => Val::Str(SHARED_WAITER_LIKE),
             Arg::NowMs => Val::I64(self.now_ms),
+            Arg::Chan => Val::Owned(channel_name(self.ns, self.key)),
         }
     }
 }

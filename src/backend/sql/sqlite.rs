@@ -231,6 +231,7 @@ fn plan() -> Plan {
                 .into(),
             lease_live,
         ),
+        release_wakes: false,
         // `renew` marks a kept lease a handle's.
         disown: None,
         force: s(
