@@ -21,7 +21,7 @@ static int step(PGconn *c, const char *sql, const char *key) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 7 || strcmp(argv[1], "--backend") || strcmp(argv[4], "--key") || strcmp(argv[6], "--")) {
+    if (argc < 8 || strcmp(argv[1], "--backend") || strcmp(argv[4], "--key") || strcmp(argv[6], "--")) {
         fprintf(stderr, "usage: pglock --backend URL run --key KEY -- CMD...\n");
         return 64;
     }
