@@ -610,3 +610,32 @@ fn postgres_waiters_sharing_a_ticket_are_woken_in_the_lines_order() {
         released.elapsed()
     );
 }
+
+/// A PostgreSQL release sends its wake-up (`NOTIFY`, naming the next in
+/// line from the line's table) in the release's own statement. Where the
+/// server refuses that statement (here: the role lost its right to read
+/// the line while it held the key; also a full notification queue), the
+/// lease still goes at once, by the plain delete, not at its TTL.
+#[test]
+fn postgres_release_goes_through_when_its_wake_up_is_refused() {
+    let env = Env::postgres();
+    let out = env.run(&["run", "--key", "k", "--", "true"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let pg = env.postgres.as_ref().unwrap();
+    pg.psql(
+        "CREATE ROLE app LOGIN; GRANT SELECT, INSERT, UPDATE, DELETE \
+         ON dlock_lease, dlock_fence, dlock_waiter, dlock_queue TO app",
+    );
+    let app = Env::bare(format!("postgres://app@127.0.0.1:{}/dlock", pg.port));
+    let stop = env.path("refused-stop");
+    let hold = format!("while [ ! -e {} ]; do sleep 0.02; done", stop.display());
+    let mut h = app.spawn(&["run", "--ttl", "60s", "--key", "k", "--", "sh", "-c", &hold]);
+    wait_for(Duration::from_secs(10), "k held", || env.held("k"));
+    pg.psql("REVOKE SELECT ON dlock_queue FROM app");
+    std::fs::write(&stop, "").unwrap();
+    assert_eq!(wait_timeout(&mut h, Duration::from_secs(20)), 0);
+    assert!(!env.held("k"), "the lease outlived its holder");
+    // And the next one takes it at once.
+    let out = env.run(&["run", "-n", "--key", "k", "--", "true"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}

@@ -279,23 +279,22 @@ impl Direct {
         unsafe {
             let count = ffi::sqlite3_bind_parameter_count(s);
             for (i, v) in (1..=count).zip(args) {
-                let text = match v {
-                    Val::Str(t) | Val::Opt(Some(t)) => Some(*t),
-                    Val::Owned(t) => Some(t.as_str()),
-                    _ => None,
-                };
-                let rc = match (text, v) {
-                    (Some(t), _) => ffi::sqlite3_bind_text64(
+                let text = |t: &str| {
+                    ffi::sqlite3_bind_text64(
                         s,
                         i,
                         t.as_ptr().cast::<c_char>(),
                         t.len() as u64,
                         ffi::SQLITE_TRANSIENT(),
                         ffi::SQLITE_UTF8 as u8,
-                    ),
-                    (None, Val::I64(n)) => ffi::sqlite3_bind_int64(s, i, *n),
-                    (None, Val::I32(n)) => ffi::sqlite3_bind_int64(s, i, i64::from(*n)),
-                    (None, _) => ffi::sqlite3_bind_null(s, i),
+                    )
+                };
+                let rc = match v {
+                    Val::Str(t) | Val::Opt(Some(t)) => text(t),
+                    Val::Owned(t) => text(t),
+                    Val::Opt(None) => ffi::sqlite3_bind_null(s, i),
+                    Val::I64(n) => ffi::sqlite3_bind_int64(s, i, *n),
+                    Val::I32(n) => ffi::sqlite3_bind_int64(s, i, i64::from(*n)),
                 };
                 self.check(rc)?;
             }

@@ -126,7 +126,8 @@ pub trait Dialect<P: Link = link::Held>: Send + Sync {
     /// ahead of us) when we are in the line.
     async fn missed(&self, _spec: &LockSpec, _ahead: usize, _place: Option<(&str, Option<&str>)>) {}
     /// We let go of a key, broke it, or left its line (those behind us
-    /// may now go): wake its waiters.
+    /// may now go): wake its waiters. (Not after a release by
+    /// [`Plan::release_waking`], which wakes them itself.)
     async fn freed(&self, e: &SqlBackend<P>, ns: &str, key: &str);
     /// Sleep until trying `spec.key` again is worthwhile, or `bound`.
     /// `ahead` is work for the engine's connection ([`Ahead`]): a dialect
@@ -328,9 +329,11 @@ impl<P: Link> SqlBackend<P> {
             return;
         }
         let q = &self.q;
-        // A waiter's first attempt only read: the statements of the
-        // attempt's transaction have not run on this connection yet
-        // either, a round trip each, once woken, before the grant.
+        // A waiter's first attempt only read (with the line; without it,
+        // on a server, it was the transaction, whose statements a prepare
+        // then finds cached): the statements of the attempt's transaction
+        // have not run on this connection yet either, a round trip each,
+        // once woken, before the grant.
         let read = if self.queue_table {
             &q.line_locked
         } else {
@@ -342,7 +345,7 @@ impl<P: Link> SqlBackend<P> {
             q.bump.as_ref().map(|_| &q.insert),
             self.queue_table.then_some(&q.dequeue),
             self.waiter_table.then_some(&q.delete_waiter),
-            Some(&q.release),
+            Some(q.release_waking.as_ref().unwrap_or(&q.release)),
         ];
         let stmts: Vec<&Stmt> = tx.into_iter().chain(ahead).flatten().collect();
         let prepare = async {
@@ -548,14 +551,37 @@ impl<P: Link> Backend for SqlBackend<P> {
 
     async fn release(&self, lease: &Lease) -> Result<bool> {
         let a = Args::of(&lease.namespace, &lease.key).id(&lease.id);
-        let out = self.call("release", &self.q.release, &a).await?;
-        let live = match out.first::<i64>()? {
-            Some(live) => live != 0,
-            None => out.affected == 1,
+        // Whether our lease was live: the row the release returns, if any,
+        // else whether it deleted one.
+        let live = |out: &Out| -> Result<bool> {
+            Ok(match out.first::<i64>()? {
+                Some(live) => live != 0,
+                None => out.affected == 1,
+            })
         };
-        if !self.q.release_wakes {
-            self.d.freed(self, &lease.namespace, &lease.key).await;
+        if let Some(waking) = &self.q.release_waking {
+            // The bound covers the call; the server's own error is looked at.
+            let run = async {
+                Ok::<_, sqlx::Error>(async { self.pool.conn().await?.run(waking, &a).await }.await)
+            };
+            match self.bounded("release", run).await? {
+                Ok(out) => return live(&out),
+                // Refused by the server (its notification queue full, the
+                // line's table unreadable): the release does not hang on the
+                // wake-up. The plain delete, then the wake-up on its own.
+                Err(sqlx::Error::Database(e)) => {
+                    tracing::debug!(error = %e.message(), "release and wake-up refused: releasing alone")
+                }
+                Err(e) => {
+                    return self
+                        .bounded("release", std::future::ready(Err::<bool, _>(e)))
+                        .await;
+                }
+            }
         }
+        let out = self.call("release", &self.q.release, &a).await?;
+        let live = live(&out)?;
+        self.d.freed(self, &lease.namespace, &lease.key).await;
         Ok(live)
     }
 

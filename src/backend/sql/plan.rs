@@ -193,10 +193,12 @@ pub struct Plan {
     /// Delete our lease: whether it was live is the row it returns, if
     /// any, else whether it deleted one.
     pub release: Stmt,
-    /// Whether `release` also wakes the key's waiters (PostgreSQL: its
-    /// `NOTIFY`, in the same statement), so that no [`super::Dialect::freed`]
-    /// follows it.
-    pub release_wakes: bool,
+    /// As `release` (with the key's channel, [`Arg::Chan`]), and it also
+    /// wakes the key's waiters in the same statement (PostgreSQL: its
+    /// `NOTIFY`): no [`super::Dialect::freed`] follows it. Where the
+    /// server refuses it (a full notification queue, the line's table
+    /// unreadable), `release` and `freed` run instead.
+    pub release_waking: Option<Stmt>,
     /// Our live lease outlives this process (`--lock-at-least`): its row
     /// id loses the liveness [`row_id`] put in it, so that it is not taken
     /// for a dead process's. None where liveness has columns (SQLite: the
@@ -253,7 +255,7 @@ impl From<Statements> for Plan {
             stale_waiters: s(q.stale_waiters, &[Ns, Key]),
             renew: s(q.renew, &[TtlUs, Ns, Key, Id]),
             release: s(q.release, &[Ns, Key, Id]),
-            release_wakes: false,
+            release_waking: None,
             disown: Some(s(q.disown, &[Ns, Key, Id])),
             force: s(q.force, &[Ns, Key]),
             held_keys: s(q.held_keys, &[Ns]),

@@ -52,7 +52,10 @@ struct Postgres {
     /// Our row's id in a key's line (its channel, the id) at our last
     /// attempt: a release that names another waiter is not for us.
     me: std::sync::Mutex<Option<(String, String)>>,
-    /// The release's `NOTIFY`, naming the next in line ([`next_in_line`]).
+    /// The `NOTIFY` naming the next in line ([`next_in_line`]) after a
+    /// forced release, a lease left to its TTL, a waiter leaving the line,
+    /// or a release the server refused with its own `NOTIFY`
+    /// ([`release_waking`] wakes the waiters of every other release).
     notify: String,
     /// Whether the last notification named us: the key is ours to try,
     /// without reading first whether it is busy.
@@ -101,7 +104,10 @@ fn named(t: &Names, ns: &str, key: &str) -> String {
 /// waiters: its `NOTIFY` ([`next_in_line`]; without the line, for all)
 /// in the same statement, one round trip less on the hand-off's path. The
 /// notification goes out as the delete commits, as before right after
-/// it. -> whether our lease was live.
+/// it; the waiter it names is read at the statement's start, so one that
+/// leaves the line in that moment may be named (the next then waits for
+/// its poll, up to a second, as when a named waiter dies). -> whether our
+/// lease was live.
 fn release_waking(t: &Names, line: bool) -> Stmt {
     let payload = if line {
         named(t, "$1", "$2")
@@ -144,8 +150,10 @@ fn statements(t: &Names) -> Statements {
     );
     Statements {
         // The fence row first (the one-time filter on the CTE runs before
-        // the scan: every deleter of lease rows holds the fence row first,
-        // so no two wait on each other), then the key's expired leases, in
+        // the scan: every statement that deletes or shortens others' leases
+        // holds the fence row first, so no two wait on each other; a
+        // release or a renewal touches only its own row, and takes no
+        // other lock), then the key's expired leases, in
         // one statement: a round trip less per attempt. The delete reads
         // the statement's snapshot, from before any wait for the fence
         // row: a lease committed during that wait is new, not expired, and
@@ -347,8 +355,7 @@ async fn open(url: &str, timeout: Duration) -> Result<PgBackend> {
                 .await
                 .is_ok();
     }
-    b.q.release = release_waking(&b.t, b.queue_table);
-    b.q.release_wakes = true;
+    b.q.release_waking = Some(release_waking(&b.t, b.queue_table));
     if present {
         return Ok(b);
     }

@@ -231,7 +231,7 @@ fn plan() -> Plan {
                 .into(),
             lease_live,
         ),
-        release_wakes: false,
+        release_waking: None,
         // `renew` marks a kept lease a handle's.
         disown: None,
         force: s(
