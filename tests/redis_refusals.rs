@@ -61,7 +61,7 @@ fn a_full_server_is_waited_out_and_named() {
         took >= Duration::from_secs(3) && took < Duration::from_secs(8),
         "took {took:?}: a full server is waited out until --wait"
     );
-    assert!(err.contains("no room for another client"), "{err}");
+    assert!(err.contains("turned the attempt away (no room"), "{err}");
     assert!(err.contains("max number of clients reached"), "{err}");
     let t = Instant::now();
     let out = env.run(&["--connect-timeout", "1s", "ping"]);

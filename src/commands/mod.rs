@@ -91,7 +91,8 @@ fn busy_message(busy: &lease::Busy, waited: Option<Duration>) -> String {
     }
     if let Some(cause) = &busy.cause {
         m.push_str(&format!(
-            ": the backend had no room for another client: {cause}"
+            ": the backend turned the attempt away (no room for another client, \
+             or its own locks busy): {cause}"
         ));
     }
     match busy.holders.as_slice() {

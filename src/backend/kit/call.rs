@@ -13,7 +13,9 @@ use crate::human::human_duration;
 pub enum Kind {
     /// Refused, reset, restarting, timed out: retried while waiting.
     Outage,
-    /// Up, but no room for another client: waited out like a busy lock.
+    /// Up, but no room for another client (or, on a SQL server, its own row
+    /// locks busy: a lock wait timed out, a deadlock's victim again and
+    /// again): waited out like a busy lock.
     Full,
     /// Authentication, authorisation or TLS trust failed: never retried.
     Denied,

@@ -250,7 +250,9 @@ impl<P: Link> SqlBackend<P> {
         } else {
             self.peek(spec, &a, join).await?
         };
-        let attempt = async {
+        // Made afresh for each run ([`SqlBackend::bounded_again`]).
+        let row_id = &row_id;
+        let attempt = || async move {
             let mut c = self.pool.conn().await?;
             // The lease clock starts here, not at the attempt's start: a
             // peek, a connection and a wait for the write lock can take
@@ -380,7 +382,7 @@ impl<P: Link> SqlBackend<P> {
         };
         let result = match peeked {
             Some(busy) => Err(busy),
-            None => self.bounded("acquire", attempt).await?,
+            None => self.bounded_again("acquire", attempt).await?,
         };
         match result {
             Ok((token, id, slot, granted_at)) => {

@@ -18,6 +18,11 @@ pub fn kind(e: &sqlx::Error) -> Kind {
                     // ER_LOCK_WAIT_TIMEOUT: the key's row lock, busy behind
                     // other attempts; waited out like a busy lock.
                     1205 => Kind::Full,
+                    // ER_LOCK_DEADLOCK: our transaction was a deadlock's
+                    // victim, rolled back; it is run again at once
+                    // (`SqlBackend::bounded_again`), and only a run of
+                    // them counts as a busy key.
+                    1213 => Kind::Full,
                     // ... and an unknown database: no retry cures these.
                     1044 | 1045 | 1698 | 1049 => Kind::Denied,
                     _ => Kind::Outage,
@@ -27,6 +32,8 @@ pub fn kind(e: &sqlx::Error) -> Kind {
                 // too_many_connections; lock_not_available (`lock_timeout`:
                 // the key's row lock, busy behind other attempts).
                 Some("53300") | Some("55P03") => Kind::Full,
+                // deadlock_detected, serialization_failure: see 1213 above.
+                Some("40P01") | Some("40001") => Kind::Full,
                 // invalid authorization, insufficient privilege, no such
                 // database: no retry cures these.
                 Some(c) if c.starts_with("28") || c == "42501" || c == "3D000" => Kind::Denied,
@@ -36,6 +43,21 @@ pub fn kind(e: &sqlx::Error) -> Kind {
         sqlx::Error::Tls(_) => Kind::Denied,
         _ => Kind::Outage,
     }
+}
+
+/// Whether the server ended our transaction to settle a conflict with
+/// another (a deadlock's victim, a serialization failure): it was rolled
+/// back whole, and running it again is the cure (MySQL's and
+/// PostgreSQL's own advice).
+pub fn victim(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    #[cfg(feature = "mysql")]
+    if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        return my.number() == 1213;
+    }
+    matches!(db.code().as_deref(), Some("40P01") | Some("40001"))
 }
 
 /// A database error as a user should read it: the server's message and its

@@ -183,6 +183,10 @@ pub struct SqlBackend<P: Link = link::Held> {
 /// milliseconds.
 const IDLE_CHECK: Duration = Duration::from_secs(2);
 
+/// How many times in a row a step is run when the server ends it as a
+/// deadlock's victim ([`SqlBackend::bounded_again`]).
+const VICTIM_TRIES: u32 = 5;
+
 /// How long an attempt waits for the key's row lock (behind other
 /// attempts) before it gives up as busy: half the call's bound.
 #[cfg(any(feature = "postgres", feature = "mysql"))]
@@ -313,6 +317,36 @@ impl<P: Link> SqlBackend<P> {
         .await
     }
 
+    /// [`Self::bounded`] for a step that the server may end as a
+    /// deadlock's victim ([`victim`]): InnoDB picks one whenever two
+    /// transactions lock rows of the line's tables in crossing orders (an
+    /// attempt's scan for expired leases against a holder's renewal), and
+    /// rolls it back whole. `step` makes the step afresh; it is run again,
+    /// after a short jittered pause, up to [`VICTIM_TRIES`] times, all
+    /// within the one bound. (A run of them is then a busy key, waited out
+    /// like one: exit 75 under `--no-wait`, never 69.)
+    async fn bounded_again<T, F, Fut>(&self, what: &str, mut step: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+    {
+        let run = async {
+            let mut pause = kit::Backoff::new(Duration::from_millis(2), Duration::from_millis(50));
+            let mut tries = 1;
+            loop {
+                match step().await {
+                    Err(e) if tries < VICTIM_TRIES && victim(&e) => {
+                        tracing::debug!(what, tries, error = %Shown(e), "run again");
+                        tries += 1;
+                        tokio::time::sleep(pause.next_delay()).await;
+                    }
+                    r => return r,
+                }
+            }
+        };
+        self.bounded(what, run).await
+    }
+
     /// A server prepares each statement once per connection, a round trip
     /// (two on PostgreSQL) the first time it runs. A waiter prepares those
     /// of its grant and of its release while it waits: off the path of the
@@ -358,8 +392,8 @@ impl<P: Link> SqlBackend<P> {
 
     /// One statement on a connection of its own.
     async fn call(&self, what: &str, stmt: &Stmt, args: &Args<'_>) -> Result<Out> {
-        let run = async { self.pool.conn().await?.run(stmt, args).await };
-        self.bounded(what, run).await
+        let run = || async { self.pool.conn().await?.run(stmt, args).await };
+        self.bounded_again(what, run).await
     }
 
     /// Extend our lease to `ttl` from now if it is still live (and mark it
@@ -428,11 +462,15 @@ impl<P: Link> Backend for SqlBackend<P> {
             })
         };
         if let Some(waking) = &self.q.release_waking {
-            // The bound covers the call; the server's own error is looked at.
-            let run = async {
-                Ok::<_, sqlx::Error>(async { self.pool.conn().await?.run(waking, &a).await }.await)
+            // The bound covers the call; the server's own error is looked
+            // at, but for a deadlock's victim's, run again.
+            let run = || async {
+                match self.pool.conn().await?.run(waking, &a).await {
+                    Err(e) if victim(&e) => Err(e),
+                    r => Ok(r),
+                }
             };
-            match self.bounded("release", run).await? {
+            match self.bounded_again("release", run).await? {
                 Ok(out) => return live(&out),
                 // Refused by the server (its notification queue full, the
                 // line's table unreadable): the release does not hang on the

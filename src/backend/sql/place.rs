@@ -73,7 +73,7 @@ impl<P: Link> SqlBackend<P> {
     pub(super) async fn renew_place_at_once(&self, spec: &LockSpec, w: &str) {
         let (ns, key) = (&spec.namespace, &spec.key);
         let first = self.waiting.first_write(ns, key);
-        let at_once = async {
+        let at_once = || async {
             let mut c = self.pool.conn().await?;
             let mut tx = c.begin(self.q.begin).await?;
             let a = Args::of(ns, key).id(self.waiting.id());
@@ -85,7 +85,7 @@ impl<P: Link> SqlBackend<P> {
             tx.commit().await?;
             Ok(true)
         };
-        match self.bounded("waiting", at_once).await {
+        match self.bounded_again("waiting", at_once).await {
             Ok(true) => {
                 self.waiting.written(ns, key);
             }
