@@ -359,7 +359,7 @@ impl<P: Link> SqlBackend<P> {
             };
             // A semaphore's holder takes the lowest free slot (the ruling's);
             // the slot is in its lease's id ([`with_slot`]).
-            let id = slot.map_or_else(|| row_id.clone(), |s| with_slot(&row_id, s));
+            let id = slot.map_or_else(|| row_id.clone(), |s| with_slot(row_id, s));
             let mut a = Args { id: &id, ..a };
             if let Some(bump) = &q.bump {
                 let out = tx.run(bump, &a).await?;
