@@ -323,8 +323,12 @@ impl<P: Link> SqlBackend<P> {
     /// attempt's scan for expired leases against a holder's renewal), and
     /// rolls it back whole. `step` makes the step afresh; it is run again,
     /// after a short jittered pause, up to [`VICTIM_TRIES`] times, all
-    /// within the one bound. (A run of them is then a busy key, waited out
-    /// like one: exit 75 under `--no-wait`, never 69.)
+    /// within the one bound, and only while half the bound is left: a run
+    /// may wait that long for a row lock (`lock_wait`) and end as busy, and
+    /// one that ran out of bound would end as a server that does not
+    /// answer (69 at once). PostgreSQL finds a deadlock only after
+    /// `deadlock_timeout` (1 s). (A victim that is not run again is a busy
+    /// key, waited out like one: exit 75 under `--no-wait`, never 69.)
     async fn bounded_again<T, F, Fut>(&self, what: &str, mut step: F) -> Result<T>
     where
         F: FnMut() -> Fut,
@@ -333,9 +337,11 @@ impl<P: Link> SqlBackend<P> {
         let run = async {
             let mut pause = kit::Backoff::new(Duration::from_millis(2), Duration::from_millis(50));
             let mut tries = 1;
+            let started = Instant::now();
+            let again = || started.elapsed() < self.timeout / 2;
             loop {
                 match step().await {
-                    Err(e) if tries < VICTIM_TRIES && victim(&e) => {
+                    Err(e) if tries < VICTIM_TRIES && victim(&e) && again() => {
                         tracing::debug!(what, tries, error = %Shown(e), "run again");
                         tries += 1;
                         tokio::time::sleep(pause.next_delay()).await;
