@@ -182,7 +182,35 @@ impl<P: Link> SqlBackend<P> {
                 token: ticket,
                 ..*a
             };
-            self.call("acquire", stmt, &row).await?;
+            // Our waiter row (the one older versions count) in the same
+            // statement, where the dialect can: the first write of it,
+            // which `renew_place` then finds done.
+            let merged = self.q.join_waiting.as_ref().filter(|_| self.waiter_table);
+            let w = merged.and_then(|_| self.waiting.due(spec));
+            let mut joined = false;
+            if let (Some(both), Some(w)) = (merged, &w) {
+                let row = Args {
+                    waiter: w.as_ref(),
+                    ..row
+                };
+                match self.call("acquire", both, &row).await {
+                    Ok(_) => joined = true,
+                    // A role that may not write waiter rows waits in line
+                    // without one, as before the merge.
+                    Err(e) if crate::error::retry_of(&e) == crate::error::Retry::Never => {
+                        tracing::debug!(error = %e, "no waiter row: joining alone");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if joined {
+                let (ns, key) = (&spec.namespace, &spec.key);
+                if self.waiting.written(ns, key) && self.tidies() {
+                    self.tidy(ns, key).await;
+                }
+            } else {
+                self.call("acquire", stmt, &row).await?;
+            }
         }
         Ok(Some(Busy {
             place: (at.is_some() || joining).then(|| line.before(me)),
@@ -360,22 +388,34 @@ impl<P: Link> SqlBackend<P> {
             // A semaphore's holder takes the lowest free slot (the ruling's);
             // the slot is in its lease's id ([`with_slot`]).
             let id = slot.map_or_else(|| row_id.clone(), |s| with_slot(row_id, s));
-            let mut a = Args { id: &id, ..a };
+            // No longer a waiter: in the same transaction, so the new holder
+            // is never counted as both; where the dialect can, in the
+            // insert's own statement (a waiter with a waiter row is in
+            // line there).
+            let ours = self.waiting.ours(spec);
+            let leaving = q.insert_leaving.as_ref().filter(|_| ours.is_some());
+            let waiter = ours.as_deref().unwrap_or_default();
+            let mut a = Args {
+                id: &id,
+                place: wid,
+                waiter,
+                ..a
+            };
             if let Some(bump) = &q.bump {
                 let out = tx.run(bump, &a).await?;
                 a.token = out.first()?.or(out.last_id).unwrap_or(0);
             }
-            let out = tx.run(&q.insert, &a).await?;
+            let out = tx.run(leaving.unwrap_or(&q.insert), &a).await?;
             if q.bump.is_none() {
                 a.token = out.first()?.unwrap_or(0);
             }
-            // No longer a waiter: in the same transaction, so the new holder
-            // is never counted as both.
-            if at.is_some() {
-                tx.run(&q.dequeue, &Args::of(ns, key).id(wid)).await?;
-            }
-            if let Some(w) = self.waiting.ours(spec) {
-                tx.run(&q.delete_waiter, &Args::of(ns, key).id(&w)).await?;
+            if leaving.is_none() {
+                if at.is_some() {
+                    tx.run(&q.dequeue, &Args::of(ns, key).id(wid)).await?;
+                }
+                if let Some(w) = &ours {
+                    tx.run(&q.delete_waiter, &Args::of(ns, key).id(w)).await?;
+                }
             }
             tx.commit().await?;
             Ok(Ok((a.token, id, slot, granted_at)))

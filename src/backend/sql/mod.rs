@@ -381,11 +381,14 @@ impl<P: Link> SqlBackend<P> {
             &q.holders_locked
         };
         let tx = [q.fence.as_ref(), q.delete_expired.as_ref(), Some(read)];
+        // (Where the insert also leaves the line, the grant has no other
+        // statement.)
+        let apart = q.insert_leaving.is_none();
         let ahead = [
             q.bump.as_ref(),
             q.bump.as_ref().map(|_| &q.insert),
-            self.queue_table.then_some(&q.dequeue),
-            self.waiter_table.then_some(&q.delete_waiter),
+            (apart && self.queue_table).then_some(&q.dequeue),
+            (apart && self.waiter_table).then_some(&q.delete_waiter),
             Some(q.release_waking.as_ref().unwrap_or(&q.release)),
         ];
         let stmts: Vec<&Stmt> = tx.into_iter().chain(ahead).flatten().collect();

@@ -52,15 +52,22 @@ impl<P: Link> SqlBackend<P> {
         if self.waiter_table {
             let a = Args::of(ns, key).id(&w);
             let _ = self.call("waiting", &self.q.upsert_waiter, &a).await;
-            if first && self.tidies() {
-                let _ = self.call("waiting", &self.q.stale_waiters, &a).await;
-            }
         }
         if first && self.tidies() {
-            // Rows in line that lapsed (their waiters died elsewhere, or
-            // were stopped): once per key and process.
-            let _ = self.call("waiting", &self.q.lapsed_queue, &a).await;
+            self.tidy(ns, key).await;
         }
+    }
+
+    /// Delete the rows that waiters who died left for `key` (waiter rows
+    /// a minute stale, places in line that lapsed: their waiters died
+    /// elsewhere, or were stopped), once per key and process, in the
+    /// processes that [`Self::tidies`].
+    pub(super) async fn tidy(&self, ns: &str, key: &str) {
+        let a = Args::of(ns, key);
+        if self.waiter_table {
+            let _ = self.call("waiting", &self.q.stale_waiters, &a).await;
+        }
+        let _ = self.call("waiting", &self.q.lapsed_queue, &a).await;
     }
 
     /// [`Self::renew_place`] on a database file, in one transaction: a

@@ -116,6 +116,10 @@ pub enum Arg {
     NowMs,
     /// The key's wake-up channel ([`channel_name`]: PostgreSQL's `NOTIFY`).
     Chan,
+    /// Our row's id in the key's line (where `Id` is our lease's).
+    Place,
+    /// Our waiter row's id (where `Id` is our lease's or our place's).
+    Waiter,
 }
 
 /// One statement and the values it binds, in order.
@@ -156,6 +160,11 @@ pub struct Plan {
     pub bump: Option<Stmt>,
     /// Insert our lease (returning the token, where there is no `bump`).
     pub insert: Stmt,
+    /// As `insert`, and in the same statement `dequeue` of our place
+    /// ([`Arg::Place`]) and `delete_waiter` of our waiter row
+    /// ([`Arg::Waiter`]): for a waiter, whose grant then takes one round
+    /// trip where it took three. None: the three apart.
+    pub insert_leaving: Option<Stmt>,
     /// End a dead holder's lease [`BREAK_GRACE`] from now (where the
     /// dialect can tell one: [`Dialect::dead`]).
     pub break_lease: Option<Stmt>,
@@ -175,6 +184,9 @@ pub struct Plan {
     /// without the key's fence row. None: joining takes the key's lock (a
     /// database file, whose every write does).
     pub join: Option<Stmt>,
+    /// As `join`, and in the same statement `upsert_waiter` of our
+    /// waiter row ([`Arg::Waiter`]). None: the two apart.
+    pub join_waiting: Option<Stmt>,
     /// Delete the key's lapsed waiter rows in line.
     pub lapsed_queue: Stmt,
     /// Delete a waiter's row in line, by its id.
@@ -230,6 +242,7 @@ impl From<Statements> for Plan {
             holders_locked: s(q.holders_locked, &[Ns, Key]),
             bump: q.bump.map(|b| s(b, &[Ns, Key])),
             insert: s(q.insert, &[Ns, Key, Id, Owner, Host, Pid, Lim, TtlUs]),
+            insert_leaving: None,
             break_lease: Some(s(q.break_lease, &[Ns, Key, Id])),
             exclusive_waiters: s(q.exclusive_waiters, &[Ns, Key, Like]),
             line: s(q.line, &[Ns, Key, Ns, Key]),
@@ -246,6 +259,7 @@ impl From<Statements> for Plan {
                     Ns, Key, Id, Token, Owner, Host, Pid, HostId, ProcStart, Lim, LapseUs,
                 ],
             )),
+            join_waiting: None,
             lapsed_queue: s(q.lapsed_queue, &[Ns, Key]),
             dequeue: s(q.dequeue, &[Ns, Key, Id]),
             renew_queue: s(q.renew_queue, &[LapseUs, Ns, Key, Id]),
@@ -283,6 +297,8 @@ pub(super) struct Args<'a> {
     pub(super) token: i64,
     pub(super) ttl_us: i64,
     pub(super) now_ms: i64,
+    pub(super) place: &'a str,
+    pub(super) waiter: &'a str,
 }
 
 pub(super) enum Val<'a> {
@@ -335,6 +351,8 @@ impl<'a> Args<'a> {
             Arg::Like => Val::Str(SHARED_WAITER_LIKE),
             Arg::NowMs => Val::I64(self.now_ms),
             Arg::Chan => Val::Owned(channel_name(self.ns, self.key)),
+            Arg::Place => Val::Str(self.place),
+            Arg::Waiter => Val::Str(self.waiter),
         }
     }
 }

@@ -125,6 +125,54 @@ fn release_waking(t: &Names, line: bool) -> Stmt {
     )
 }
 
+/// A waiter's grant (the insert's parameters, then our place in line and
+/// our waiter row): the token bumped, our lease in, and our place and our
+/// waiter row gone, in one statement, where they were three round trips
+/// between the wake-up and the command's start. (Every data-modifying
+/// `WITH` runs to completion, read or not; an id that matches no row
+/// deletes nothing.)
+fn insert_leaving(t: &Names) -> Stmt {
+    use Arg::*;
+    let (lease, fence, waiter, queue) = (&t.lease, &t.fence, &t.waiter, &t.queue);
+    Stmt::new(
+        format!(
+            "WITH t AS (UPDATE {fence} SET token = token + 1 WHERE ns = $1 AND key = $2 RETURNING token),
+                  q AS (DELETE FROM {queue} WHERE ns = $1 AND key = $2 AND id = $9),
+                  w AS (DELETE FROM {waiter} WHERE ns = $1 AND key = $2 AND id = $10)
+             INSERT INTO {lease} (ns, key, id, token, owner, host, pid, lim, acquired_at, expires_at)
+             SELECT $1, $2, $3, t.token, $4, $5, $6, $7, now(),
+                    now() + $8::float8 * interval '1 microsecond' FROM t
+             RETURNING token"
+        ),
+        &[Ns, Key, Id, Owner, Host, Pid, Lim, TtlUs, Place, Waiter],
+    )
+}
+
+/// An arrival's place at the back of the line (`join`'s parameters) and
+/// its waiter row ([`Arg::Waiter`]), in one statement.
+fn join_waiting(t: &Names) -> Stmt {
+    use Arg::*;
+    let (waiter, queue) = (&t.waiter, &t.queue);
+    Stmt::new(
+        format!(
+            "WITH j AS (
+               INSERT INTO {queue} (ns, key, id, ticket, owner, host, pid, host_id, proc_start,
+                                    lim, since, expires_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
+                       clock_timestamp(), clock_timestamp() + $11::float8 * interval '1 microsecond')
+               ON CONFLICT (ns, key, id) DO UPDATE
+                  SET ticket = EXCLUDED.ticket, lim = EXCLUDED.lim, since = EXCLUDED.since,
+                      expires_at = EXCLUDED.expires_at)
+             INSERT INTO {waiter} (ns, key, id, expires_at)
+             VALUES ($1, $2, $12, clock_timestamp() + $11::float8 * interval '1 microsecond')
+             ON CONFLICT (ns, key, id) DO UPDATE SET expires_at = EXCLUDED.expires_at"
+        ),
+        &[
+            Ns, Key, Id, Token, Owner, Host, Pid, HostId, ProcStart, Lim, LapseUs, Waiter,
+        ],
+    )
+}
+
 fn statements(t: &Names) -> Statements {
     let (lease, fence, waiter, queue) = (&t.lease, &t.fence, &t.waiter, &t.queue);
     // A waiter row's times are the clock's now, not the transaction's
@@ -356,6 +404,10 @@ async fn open(url: &str, timeout: Duration) -> Result<PgBackend> {
                 .is_ok();
     }
     b.q.release_waking = Some(release_waking(&b.t, b.queue_table));
+    if b.queue_table && b.waiter_table {
+        b.q.insert_leaving = Some(insert_leaving(&b.t));
+        b.q.join_waiting = Some(join_waiting(&b.t));
+    }
     if present {
         return Ok(b);
     }

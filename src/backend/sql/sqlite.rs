@@ -149,6 +149,7 @@ fn plan() -> Plan {
                 Ns, Key, Id, Token, Kind, Owner, Host, Pid, HostId, ProcStart, Lim, NowMs, TtlUs,
             ],
         ),
+        insert_leaving: None,
         break_lease: Some(s(
             format!(
                 "UPDATE dlock_lease SET expires_at = ?4 + {}
@@ -180,6 +181,7 @@ fn plan() -> Plan {
             ],
         ),
         join: None,
+        join_waiting: None,
         lapsed_queue: s(
             "DELETE FROM dlock_queue WHERE ns = ?1 AND key = ?2 AND expires_at <= ?3".into(),
             key_now,
