@@ -448,22 +448,12 @@ fn a_crowd_of_readers_wakes_together() {
 /// own command-line client (a new connection of its own); `None` if the
 /// server refused it.
 fn server_connections(env: &Env) -> Option<u64> {
-    let out = if let Some(pg) = &env.postgres {
-        std::process::Command::new("psql")
-            .args(["-h", "127.0.0.1", "-p", &pg.port.to_string()])
-            .args(["-U", "postgres", "-d", "dlock", "-At", "-c"])
-            .arg("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'")
-            .output()
-            .unwrap()
+    let sql = if env.postgres.is_some() {
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
     } else {
-        let m = env.mariadb.as_ref().unwrap();
-        std::process::Command::new("mariadb")
-            .args(["-h", "127.0.0.1", "-P", &m.port.to_string()])
-            .args(["-u", "dlock", "-pdlock", "-N", "-B", "-e"])
-            .arg("SHOW STATUS LIKE 'Threads_connected'")
-            .output()
-            .unwrap()
+        "SHOW STATUS LIKE 'Threads_connected'"
     };
+    let out = ask(env, sql);
     if !out.status.success() {
         return None;
     }
@@ -640,9 +630,10 @@ fn postgres_release_goes_through_when_its_wake_up_is_refused() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
 }
 
-/// One value that `sql` selects, asked with the server's own client.
-fn sql_value(env: &Env, sql: &str) -> String {
-    let out = if let Some(pg) = &env.postgres {
+/// Run `sql` with the server's own command-line client (as its superuser
+/// on PostgreSQL, as `dlock` on MariaDB), a connection of its own.
+fn ask(env: &Env, sql: &str) -> std::process::Output {
+    if let Some(pg) = &env.postgres {
         std::process::Command::new("psql")
             .args(["-h", "127.0.0.1", "-p", &pg.port.to_string()])
             .args(["-U", "postgres", "-d", "dlock", "-At", "-c", sql])
@@ -657,7 +648,12 @@ fn sql_value(env: &Env, sql: &str) -> String {
             ])
             .output()
             .unwrap()
-    };
+    }
+}
+
+/// One value that `sql` selects ([`ask`]).
+fn sql_value(env: &Env, sql: &str) -> String {
+    let out = ask(env, sql);
     assert!(out.status.success(), "{sql}: {}", stderr(&out));
     stdout(&out).trim().to_string()
 }

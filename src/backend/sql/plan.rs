@@ -163,7 +163,9 @@ pub struct Plan {
     /// As `insert`, and in the same statement `dequeue` of our place
     /// ([`Arg::Place`]) and `delete_waiter` of our waiter row
     /// ([`Arg::Waiter`]): for a waiter, whose grant then takes one round
-    /// trip where it took three. None: the three apart.
+    /// trip where it took three. None: the three apart. It bumps the
+    /// token itself, as `insert` does where there is no `bump`: only a
+    /// dialect without `bump` has it.
     pub insert_leaving: Option<Stmt>,
     /// End a dead holder's lease [`BREAK_GRACE`] from now (where the
     /// dialect can tell one: [`Dialect::dead`]).
