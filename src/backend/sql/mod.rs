@@ -318,10 +318,10 @@ impl<P: Link> SqlBackend<P> {
     }
 
     /// [`Self::bounded`] for a step that the server may end as a
-    /// deadlock's victim ([`victim`]): InnoDB picks one whenever two
-    /// transactions lock rows of the line's tables in crossing orders (an
-    /// attempt's scan for expired leases against a holder's renewal), and
-    /// rolls it back whole. `step` makes the step afresh; it is run again,
+    /// deadlock's victim ([`victim`]): a server picks one whenever two
+    /// transactions lock rows in crossing orders, and rolls it back whole
+    /// (seen once in CI, a shared reader's attempt on MariaDB; which
+    /// transaction crossed it was not found). `step` makes the step afresh; it is run again,
     /// after a short jittered pause, up to [`VICTIM_TRIES`] times, all
     /// within the one bound, and only while half the bound is left: a run
     /// may wait that long for a row lock (`lock_wait`) and end as busy, and
